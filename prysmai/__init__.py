@@ -1,0 +1,64 @@
+"""prysmai: observe every OpenAI call of an application through the Prysm proxy.
+
+Three ways in, all routing through the same request hooks:
+
+* ``prysmai.monitor(client)`` — one client;
+* ``prysmai.instrument()`` — every OpenAI client of the process, including those created before;
+* ``PRYSM_AUTO=1`` (or ``prysmai run -- python app.py``) — no code change at all.
+
+``prysm_context`` tags requests with user, session and metadata.
+
+Names are loaded on first use, so ``import prysmai`` (done at every interpreter start under
+``PRYSM_AUTO``) imports neither openai nor wrapt.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ContextSnapshot",
+    "InsecureBaseURLWarning",
+    "PrysmClient",
+    "PrysmContext",
+    "__version__",
+    "instrument",
+    "is_instrumented",
+    "monitor",
+    "prysm_context",
+    "uninstrument",
+]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._config import InsecureBaseURLWarning
+    from ._context import ContextSnapshot, PrysmContext, prysm_context
+    from ._instrument import instrument, is_instrumented, uninstrument
+    from ._monitor import PrysmClient, monitor
+
+_WHERE = {
+    "ContextSnapshot": "._context",
+    "PrysmContext": "._context",
+    "prysm_context": "._context",
+    "InsecureBaseURLWarning": "._config",
+    "instrument": "._instrument",
+    "is_instrumented": "._instrument",
+    "uninstrument": "._instrument",
+    "PrysmClient": "._monitor",
+    "monitor": "._monitor",
+}
+
+
+def __getattr__(name: str) -> object:
+    module_name = _WHERE.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'prysmai' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module_name, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

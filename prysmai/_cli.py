@@ -1,0 +1,60 @@
+"""The ``prysmai`` console script: ``run`` (zero-code launcher) and the proxy's commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prysmai",
+        description="Observe every OpenAI call of an application through the Prysm proxy.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser(
+        "run",
+        help="run a command with PRYSM_AUTO=1, so its OpenAI calls are observed with no code change",
+        description=(
+            "Run COMMAND with PRYSM_AUTO=1 and prysmai's start-up hook on PYTHONPATH, so every Python "
+            "process it starts instruments openai at start-up. Needs PRYSM_API_KEY (and PRYSM_BASE_URL "
+            "for a self-hosted proxy). Example: prysmai run -- python app.py"
+        ),
+    )
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS ...]")
+    run.set_defaults(handler=_run_command)
+
+    from ._proxy import cli as proxy_cli
+
+    proxy_cli.register(sub)
+    return parser
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from ._launcher import run
+
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("prysmai run: give the command to run, e.g. `prysmai run -- python app.py`", file=sys.stderr)
+        return 2
+    return run(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``prysmai`` command."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

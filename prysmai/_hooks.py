@@ -1,0 +1,193 @@
+"""What happens to each request: the wrappers around openai's ``_prepare_options`` hook.
+
+Every openai release from 1.0.0 to 3.x calls ``client._prepare_options(options)`` once per attempt
+(retries included) for every request of every resource, sync and async, streamed or not, raw or
+parsed, before it builds the HTTP request. Working there, rather than on the http client or its
+transport, keeps the user's http client (proxies, TLS, pool) and survives a library swapping it.
+1.x mutates ``options`` in place and returns ``None``; later releases return the options to use.
+
+Two kinds of wrapper:
+
+* class-level, applied by ``instrument()`` through the patch registry: if the client targets
+  OpenAI's default API, point the request at the proxy, authenticate with the Prysm key and tag it;
+* instance-level, applied by ``monitor()`` to the clients it creates (already pointed at the proxy
+  by construction): tag each request.
+
+We never mutate the caller's header dict: each request gets a new one.
+"""
+
+from __future__ import annotations
+
+from . import _instrument
+from ._context import current_headers
+from ._openai_compat import is_given, redirectable
+from ._wire import UPSTREAM_KEY_HEADER
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from ._config import Route
+    from ._patches import Patch, WrapperFunction
+
+MONITOR_ATTR = "_prysm_monitor_route"
+_DECISION_ATTR = "_prysm_redirect_decision"
+_UPSTREAM_KEY_LOWER = UPSTREAM_KEY_HEADER.lower()
+
+
+def _options_of(result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if result is not None:
+        return result
+    return args[0] if args else kwargs["options"]
+
+
+def _tag(options: Any, route: Route, authorization: str | None, client_base: str | None) -> None:
+    """Add the context (and route) headers to ``options``; with ``authorization``, also redirect.
+
+    Everything is computed before anything is assigned, so a failure half-way cannot send the
+    user's own OpenAI key to the proxy, nor a Prysm key to OpenAI.
+    """
+    context = current_headers()
+    upstream_key = route.upstream_api_key
+    if not context and upstream_key is None and authorization is None:
+        return
+    custom = options.headers
+    if not is_given(custom) or not custom:
+        custom = {}
+    # An explicit per-call header wins over the context (names are case-insensitive).
+    explicit = {name.lower() for name in custom} if custom else ()
+    headers: dict[str, Any] = {}
+    for name, value in context:
+        if name.lower() not in explicit:
+            headers[name] = value
+    if upstream_key is not None and _UPSTREAM_KEY_LOWER not in explicit:
+        headers[UPSTREAM_KEY_HEADER] = upstream_key
+    headers.update(custom)
+
+    new_url = None
+    if authorization is not None:
+        if "authorization" in explicit:
+            headers = {name: value for name, value in headers.items() if name.lower() != "authorization"}
+        headers["Authorization"] = authorization
+        url: str = options.url
+        if "://" not in url:
+            new_url = route.base_url + "/" + url.lstrip("/")
+        elif client_base is not None and url.startswith(client_base):
+            new_url = route.base_url + "/" + url[len(client_base) :]
+        if route.timeout is not None and not is_given(options.timeout):
+            options.timeout = route.timeout
+
+    options.headers = headers
+    if new_url is not None:
+        options.url = new_url
+
+
+def _redirect(client: Any, options: Any) -> None:
+    """For ``instrument()``: redirect and tag ``options`` if ``client`` targets a redirected URL."""
+    try:
+        active = _instrument.current
+        if active is None:
+            return
+        state = client.__dict__
+        if MONITOR_ATTR in state:
+            return  # monitor()'s own instance hook tags it
+        base = client.base_url
+        cached = state.get(_DECISION_ATTR)
+        if cached is not None and cached[0] is base and cached[1] is active:
+            client_base = cached[2]
+        else:
+            # Decided per client and cached until its base URL or the instrumentation changes.
+            client_base = str(base)
+            if client_base not in active.targets or not redirectable(client):
+                client_base = None
+            state[_DECISION_ATTR] = (base, active, client_base)
+        if client_base is not None:
+            _tag(options, active.route, active.authorization, client_base)
+    except Exception:
+        from ._log import log_once
+
+        log_once("redirect", "prysmai failed to redirect a request; it proceeds unobserved", exc_info=True)
+
+
+def class_wrapper(is_async: bool) -> Callable[[Patch], WrapperFunction]:
+    """The wrapper factory ``instrument()`` gives the patch registry for ``_prepare_options``."""
+
+    def make(patch: Patch) -> WrapperFunction:
+        if is_async:
+
+            async def async_wrapper(
+                wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> Any:
+                result = await wrapped(*args, **kwargs)
+                if patch.active:
+                    _redirect(instance, _options_of(result, args, kwargs))
+                return result
+
+            return async_wrapper
+
+        def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            result = wrapped(*args, **kwargs)
+            if patch.active:
+                _redirect(instance, _options_of(result, args, kwargs))
+            return result
+
+        return wrapper
+
+    return make
+
+
+def _tag_monitored(route: Route, options: Any) -> None:
+    try:
+        _tag(options, route, None, None)
+    except Exception:
+        from ._log import log_once
+
+        log_once("tag", "prysmai failed to tag a request with prysm_context; it proceeds untagged", exc_info=True)
+
+
+def attach(client: Any, route: Route, is_async: bool) -> None:
+    """Make a client created by ``monitor()``/``PrysmClient`` tag each of its requests.
+
+    Instance attributes shadow the class's methods, so the class stays untouched and the client
+    keeps its type. ``copy()``/``with_options()`` results pointing at the same proxy are attached too.
+    """
+    import wrapt
+
+    cls = type(client)
+    state = client.__dict__
+    state[MONITOR_ATTR] = route
+    prepare = cls._prepare_options.__get__(client, cls)
+
+    if is_async:
+
+        async def async_prepare(
+            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            result = await wrapped(*args, **kwargs)
+            _tag_monitored(route, _options_of(result, args, kwargs))
+            return result
+
+        state["_prepare_options"] = wrapt.FunctionWrapper(prepare, async_prepare)
+    else:
+
+        def sync_prepare(
+            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            result = wrapped(*args, **kwargs)
+            _tag_monitored(route, _options_of(result, args, kwargs))
+            return result
+
+        state["_prepare_options"] = wrapt.FunctionWrapper(prepare, sync_prepare)
+
+    def copy_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        new = wrapped(*args, **kwargs)
+        # A copy re-targeted elsewhere (another base_url) is no longer ours to tag.
+        if str(new.base_url).rstrip("/") == route.base_url and MONITOR_ATTR not in new.__dict__:
+            attach(new, route, is_async)
+        return new
+
+    for name in ("copy", "with_options"):
+        method = getattr(cls, name, None)
+        if method is not None:
+            state[name] = wrapt.FunctionWrapper(method.__get__(client, cls), copy_wrapper)

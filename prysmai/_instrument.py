@@ -1,0 +1,128 @@
+"""``instrument()``: redirect every OpenAI client that targets OpenAI's API, process-wide.
+
+Imported at interpreter start-up under ``PRYSM_AUTO``: it imports neither openai nor wrapt until
+openai itself is imported (see ``_import_hook``).
+"""
+
+from __future__ import annotations
+
+import _thread
+import sys
+
+from ._config import resolve_base_url_list, resolve_route
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import ModuleType
+
+    from ._config import Route
+    from ._patches import PatchRegistry
+
+
+class Instrumentation:
+    """What ``instrument()`` configured: read by the request hooks on every request."""
+
+    __slots__ = ("authorization", "route", "targets")
+
+    def __init__(self, route: Route, targets: frozenset[str]) -> None:
+        self.route = route
+        self.targets = targets
+        self.authorization = "Bearer " + route.prysm_key
+
+    def __repr__(self) -> str:
+        return f"Instrumentation(route={self.route!r}, targets={sorted(self.targets)!r})"
+
+
+#: The live instrumentation, or None. Replaced whole, never mutated, so readers need no lock.
+current: Instrumentation | None = None
+_lock = _thread.RLock()
+_registry: PatchRegistry | None = None
+
+
+def instrument(
+    prysm_key: str | None = None,
+    base_url: str | None = None,
+    timeout: float | None = None,
+    *,
+    upstream_api_key: str | None = None,
+    include_base_urls: Iterable[str] = (),
+) -> None:
+    """Route every ``openai.OpenAI``/``AsyncOpenAI`` client that targets OpenAI's API via Prysm.
+
+    Call it once at start-up, before or after ``import openai`` (it never imports openai itself).
+    Clients created before and after the call are redirected at request time, whatever http
+    client they use, as long as their base URL is OpenAI's default
+    (``https://api.openai.com/v1``). Clients with another base URL (``base_url=`` or
+    ``OPENAI_BASE_URL``), Azure and provider clients are left alone; list extra base URLs to
+    redirect in ``include_base_urls``. Calling it again replaces the settings.
+
+    Args:
+        prysm_key: the ``sk-prysm-...`` key; defaults to ``PRYSM_API_KEY``.
+        base_url: the proxy URL; defaults to ``PRYSM_BASE_URL``, then ``https://prysmai.io/api/v1``.
+        timeout: seconds per request for redirected calls that set none; ``None`` keeps the client's.
+        upstream_api_key: a provider key the proxy should use instead of its stored one.
+        include_base_urls: more base URLs (say, an OpenAI-compatible gateway) to redirect too.
+
+    Raises:
+        ValueError: a missing or malformed key or URL (nothing is patched then).
+    """
+    global current
+    route = resolve_route(prysm_key, base_url, timeout, upstream_api_key)
+    from ._openai_compat import OPENAI_DEFAULT_BASE_URL
+
+    targets = frozenset({OPENAI_DEFAULT_BASE_URL}) | resolve_base_url_list(include_base_urls, "include_base_urls")
+    with _lock:
+        current = Instrumentation(route, targets)
+        module = sys.modules.get("openai")
+        if module is not None and hasattr(module, "AsyncOpenAI"):
+            _patch(module)
+        else:
+            from . import _import_hook
+
+            _import_hook.install("openai", _on_openai_imported)
+
+
+def uninstrument() -> None:
+    """Undo ``instrument()``: openai's original methods are back and no request is redirected.
+
+    Clients made by ``monitor()`` or ``PrysmClient`` keep going through the proxy.
+    """
+    global current
+    with _lock:
+        current = None
+        from . import _import_hook
+
+        _import_hook.uninstall("openai")
+        if _registry is not None:
+            left = _registry.undo_all()
+            if left:
+                from ._log import log_once
+
+                log_once(
+                    "uninstrument-left",
+                    "uninstrument(): another library wrapped openai on top of prysmai; prysmai's wrappers "
+                    f"stay in place but are switched off: {left!r}",
+                )
+
+
+def is_instrumented() -> bool:
+    """Whether ``instrument()`` is in effect."""
+    return current is not None
+
+
+def _on_openai_imported(module: ModuleType) -> None:
+    with _lock:
+        if current is not None:
+            _patch(module)
+
+
+def _patch(module: ModuleType) -> None:
+    global _registry
+    from ._hooks import class_wrapper
+    from ._patches import PatchRegistry
+
+    if _registry is None:
+        _registry = PatchRegistry()
+    _registry.wrap(module.OpenAI, "_prepare_options", class_wrapper(is_async=False))
+    _registry.wrap(module.AsyncOpenAI, "_prepare_options", class_wrapper(is_async=True))

@@ -1,0 +1,98 @@
+"""The one place that patches other code: wrapt wrappers on class attributes, undone exactly.
+
+A patch is the triple (class, attribute name, what the class's own ``__dict__`` held), read from
+``__dict__`` rather than ``getattr`` so descriptors come back as they were stored. When the class
+only inherits the attribute, the wrapper is added to its own ``__dict__`` and undo deletes it.
+Undo restores an attribute only while it still *is* our wrapper: a wrapper another tool put on
+top of ours is left in place, and ours inside it is switched off through ``Patch.active``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    WrapperFunction = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+_MISSING = object()
+
+
+class Patch:
+    """One applied patch. Wrappers check ``active`` on every call and pass through when it is off."""
+
+    __slots__ = ("active", "name", "original", "owner", "wrapper")
+
+    def __init__(self, owner: type, name: str, original: object) -> None:
+        self.owner = owner
+        self.name = name
+        self.original = original  # _MISSING when the attribute was inherited
+        self.wrapper: object = None
+        self.active = True
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "inactive"
+        return f"<Patch {self.owner.__qualname__}.{self.name} {state}>"
+
+
+class PatchRegistry:
+    """Applies wrappers and undoes all of them; thread-safe and idempotent per attribute."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._patches: list[Patch] = []
+
+    @property
+    def patches(self) -> tuple[Patch, ...]:
+        return tuple(self._patches)
+
+    def wrap(self, owner: type, name: str, make_wrapper: Callable[[Patch], WrapperFunction]) -> Patch:
+        """Wrap ``owner.name`` with ``make_wrapper(patch)`` unless our live patch is already there."""
+        import wrapt
+
+        with self._lock:
+            for patch in self._patches:
+                if patch.owner is owner and patch.name == name:
+                    return patch
+            original = owner.__dict__.get(name, _MISSING)
+            target = original if original is not _MISSING else _inherited(owner, name)
+            patch = Patch(owner, name, original)
+            # Positional arguments only: wrapt 2 renamed the first parameter of its helpers.
+            patch.wrapper = wrapt.FunctionWrapper(target, make_wrapper(patch))  # type: ignore[arg-type]
+            setattr(owner, name, patch.wrapper)
+            self._patches.append(patch)
+            return patch
+
+    def undo_all(self) -> list[Patch]:
+        """Switch every patch off and restore what can be restored; return those left in place.
+
+        Goes on past failures, so one stubborn attribute cannot leave the others patched.
+        """
+        left: list[Patch] = []
+        with self._lock:
+            patches, self._patches = self._patches, []
+            for patch in reversed(patches):
+                patch.active = False
+                try:
+                    if patch.owner.__dict__.get(patch.name) is not patch.wrapper:
+                        left.append(patch)  # another wrapper sits on top of ours: leave it
+                    elif patch.original is _MISSING:
+                        delattr(patch.owner, patch.name)
+                    else:
+                        setattr(patch.owner, patch.name, patch.original)
+                except Exception:
+                    from ._log import log_once
+
+                    log_once(f"undo-{patch.name}", f"prysmai could not restore {patch!r}", exc_info=True)
+                    left.append(patch)
+        return left
+
+
+def _inherited(owner: type, name: str) -> object:
+    for klass in owner.__mro__[1:]:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    raise AttributeError(f"{owner.__qualname__} has no attribute {name!r} to patch")
