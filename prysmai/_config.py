@@ -184,4 +184,6 @@ def _is_loopback(url: str) -> bool:
     authority = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
     host = authority.split("]", 1)[0] + "]" if authority.startswith("[") else authority.split(":", 1)[0]
     host = host.lower()
-    return host in _LOOPBACK_HOSTS or host.startswith("127.") or host.endswith(".localhost")
+    # 127.0.0.0/8 as an IPv4 literal only: "127.example.com" is a DNS name like any other.
+    is_ipv4_loopback = host.startswith("127.") and host.count(".") == 3 and host.replace(".", "").isdigit()
+    return host in _LOOPBACK_HOSTS or is_ipv4_loopback or host.endswith(".localhost")

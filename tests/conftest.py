@@ -115,7 +115,9 @@ class RecordingServer(ThreadingHTTPServer):
         self._plans: list[_Plan] = []
         self._lock = threading.Lock()
         self.delay = 0.0
-        self._thread = threading.Thread(target=self.serve_forever, name=f"{name}-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.02}, name=f"{name}-server", daemon=True
+        )
 
     @property
     def origin(self) -> str:
