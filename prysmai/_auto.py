@@ -1,7 +1,7 @@
 """Zero-code activation: ``PRYSM_AUTO=1`` runs ``instrument()`` at interpreter start-up.
 
-Runs inside ``sitecustomize``, before the application: it must be cheap (openai is not imported
-here; the patches are applied when the application imports it), it must never stop the
+Runs inside ``sitecustomize``, before the application: it must be cheap (openai, wrapt and even
+our own settings are left for when the application imports openai), it must never stop the
 application (a problem is one line on stderr and the application runs unobserved), and it must
 let a ``sitecustomize`` the user already has run too.
 """
@@ -21,17 +21,41 @@ def enabled(environ: os._Environ[str] | dict[str, str] = os.environ) -> bool:
 
 
 def activate() -> bool:
-    """Instrument openai if ``PRYSM_AUTO`` says so; never raises. Returns whether it is active."""
+    """Arrange for ``instrument()`` when openai is imported, if ``PRYSM_AUTO`` says so; never raises.
+
+    Settings are read and checked when openai is imported, not at start-up: a process that never
+    uses openai (pip, a test runner, a build tool inheriting the variable) pays for one tiny import
+    hook and prints nothing. An explicit ``prysmai.instrument()`` or ``uninstrument()`` made by the
+    application before that replaces this one.
+    """
     if not enabled():
         return False
     try:
-        from ._instrument import instrument
+        if "openai" in sys.modules:  # imported by an earlier sitecustomize or .pth
+            _instrument_from_env(sys.modules["openai"])
+        else:
+            from . import _import_hook
 
-        instrument()
-    except Exception as exc:  # our messages never contain the key
-        sys.stderr.write(f"prysmai: {AUTO_ENV} is set but {exc} This process runs unobserved.\n")
+            _import_hook.install("openai", _instrument_from_env)
+    except Exception as exc:
+        _warn(exc)
         return False
     return True
+
+
+def _instrument_from_env(module: object) -> None:
+    from ._instrument import instrument, is_instrumented
+
+    if is_instrumented():
+        return
+    try:
+        instrument()
+    except Exception as exc:  # our messages never contain the key
+        _warn(exc)
+
+
+def _warn(exc: BaseException) -> None:
+    sys.stderr.write(f"prysmai: {AUTO_ENV} is set, but this process runs unobserved: {exc}\n")
 
 
 def bootstrap(sitecustomize_file: str) -> None:

@@ -58,9 +58,7 @@ def _chat(model: str, content: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": 1700000000,
         "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-        ],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
     }
 
@@ -164,9 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
-        recorded = Recorded(
-            self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
-        )
+        recorded = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
         plan = self.server.record(recorded)
         if self.server.delay:
             time.sleep(self.server.delay)

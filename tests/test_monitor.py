@@ -100,9 +100,7 @@ def test_copy_retargeted_elsewhere_is_no_longer_tagged(
 def test_upstream_key_is_sent_only_when_given(default_client: openai.OpenAI, proxy_server: RecordingServer) -> None:
     _call(prysmai.monitor(default_client, prysm_key=PRYSM_KEY, base_url=proxy_server.url))
     assert "x-prysm-upstream-key" not in proxy_server.last.headers
-    _call(
-        prysmai.monitor(default_client, prysm_key=PRYSM_KEY, base_url=proxy_server.url, upstream_api_key="sk-up")
-    )
+    _call(prysmai.monitor(default_client, prysm_key=PRYSM_KEY, base_url=proxy_server.url, upstream_api_key="sk-up"))
     assert proxy_server.last.header("x-prysm-upstream-key") == "sk-up"
     _call(PrysmClient_openai(proxy_server, upstream_api_key="sk-up-2"))
     assert proxy_server.last.header("x-prysm-upstream-key") == "sk-up-2"

@@ -45,9 +45,9 @@ def _async_client(
 
 
 @pytest.fixture(params=MODES)
-def client(request: pytest.FixtureRequest, proxy_server: RecordingServer, openai_server: RecordingServer) -> Iterator[
-    openai.OpenAI
-]:
+def client(
+    request: pytest.FixtureRequest, proxy_server: RecordingServer, openai_server: RecordingServer
+) -> Iterator[openai.OpenAI]:
     c = _sync_client(request.param, proxy_server, openai_server)
     yield c
     c.close()

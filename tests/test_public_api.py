@@ -1,0 +1,37 @@
+"""The public surface is ``prysmai.__all__`` and nothing else; importing it is cheap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import prysmai
+
+
+def test_all_is_the_public_namespace() -> None:
+    public = {name for name in dir(prysmai) if not name.startswith("_")} - {"annotations", "TYPE_CHECKING"}
+    assert public == set(prysmai.__all__) - {"__version__"}
+    for name in prysmai.__all__:
+        assert getattr(prysmai, name) is not None
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    try:
+        prysmai.no_such_thing  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as exc:
+        assert "no_such_thing" in str(exc)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_import_prysmai_imports_neither_openai_nor_wrapt() -> None:
+    code = "import sys, prysmai; print(sorted(m for m in ('openai', 'wrapt', 'httpx', 'httpx2') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_version_matches_the_distribution() -> None:
+    from importlib.metadata import version
+
+    assert prysmai.__version__ == version("prysmai")
