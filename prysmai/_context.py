@@ -250,7 +250,13 @@ class PrysmContext:
 def get() -> ContextSnapshot:
     scoped = _scope.get()
     values = _global if scoped is None else _merge(_global, scoped)
-    return ContextSnapshot(values.user_id, values.session_id, values.metadata)
+    metadata = _EMPTY_METADATA
+    if values.encoded_metadata is not None:
+        import json
+
+        # Fresh objects: mutating a nested list of the snapshot cannot reach the live context.
+        metadata = MappingProxyType(json.loads(values.encoded_metadata))
+    return ContextSnapshot(values.user_id, values.session_id, metadata)
 
 
 def _check_id(value: object, name: str) -> str | None:
