@@ -30,9 +30,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS ...]")
     run.set_defaults(handler=_run_command)
 
-    from ._proxy import cli as proxy_cli
+    from ._proxy.cli import register as register_proxy_commands
 
-    proxy_cli.register(sub)
+    register_proxy_commands(sub)
     return parser
 
 

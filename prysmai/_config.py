@@ -130,20 +130,28 @@ def validate_url(url: object, source: str) -> str:
         if type(url).__name__ != "URL":
             raise TypeError(f"{source} must be a string URL, not {type(url).__name__}.")
         url = str(url)
-    lowered = url.lower()
-    scheme_end = lowered.find("://")
-    host = url[scheme_end + 3 :].split("/", 1)[0].rsplit("@", 1)[-1] if scheme_end > 0 else ""
-    if (
-        lowered[:scheme_end] not in ("http", "https")
-        or not host
-        or host.startswith(":")
-        or not _is_header_safe(url)
-        or "?" in url
-        or "#" in url
-    ):
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        valid = (
+            parts.scheme.lower() in ("http", "https")
+            and bool(parts.hostname)
+            and (parts.port is None or parts.port > 0)  # .port raises ValueError when malformed
+            and not parts.query
+            and not parts.fragment
+            and "?" not in url
+            and "#" not in url
+            and _is_header_safe(url)
+        )
+    except ValueError:
+        valid = False
+    if not valid:
+        # A key pasted into the wrong setting must not end up in a traceback or a log.
+        shown = "a value that looks like a key (not shown)" if "sk-" in url else repr(url)
         raise ValueError(
             f"{source} must be an absolute http(s) URL such as 'https://prysmai.io/api/v1' or "
-            f"'http://localhost:3000/api/v1', got {url!r}."
+            f"'http://localhost:3000/api/v1', got {shown}."
         )
     return url.rstrip("/")
 

@@ -131,11 +131,11 @@ class TestSync:
 
     @pytest.mark.skipif(not HAS_STREAMING_RESPONSE, reason="this openai release has no with_streaming_response")
     def test_streaming_response(self, client: openai.OpenAI, proxy_server: RecordingServer, openai_server: Any) -> None:
-        with prysmai.prysm_context(user_id="u-1"):
-            with client.chat.completions.with_streaming_response.create(
-                model="gpt-4o-mini", messages=MESSAGES
-            ) as response:
-                assert response.parse().choices[0].message.content == "Hello from proxy"
+        with (
+            prysmai.prysm_context(user_id="u-1"),
+            client.chat.completions.with_streaming_response.create(model="gpt-4o-mini", messages=MESSAGES) as response,
+        ):
+            assert response.parse().choices[0].message.content == "Hello from proxy"
         assert_routed(proxy_server, openai_server, "/chat/completions")
 
     def test_copy_and_with_options_stay_routed_once(
@@ -280,7 +280,7 @@ class TestAsync:
         assert len(proxy_server.requests) == 20
         for recorded in proxy_server.requests:
             headers = prysm_headers(recorded)
-            assert headers["x-prysm-metadata"] == '{"echo":"%s"}' % headers["x-prysm-user-id"]
+            assert headers["x-prysm-metadata"] == '{{"echo":"{}"}}'.format(headers["x-prysm-user-id"])
 
 
 @pytest.mark.skipif(OPENAI_MAJOR < 3, reason="httpx2 is openai 3.x's default; 1.x/2.x use httpx, tested above")

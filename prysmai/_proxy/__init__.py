@@ -1,0 +1,21 @@
+"""The self-hostable Prysm capture proxy (``pip install 'prysmai[proxy]'``).
+
+``prysmai._cli`` imports :mod:`prysmai._proxy.cli` on every ``prysmai`` invocation, including
+``prysmai run`` where the proxy's extra may be absent, so nothing here (nor in ``cli``) imports
+starlette, uvicorn or httpx at module level.
+
+Modules, one concern each:
+
+* ``config``     -- the proxy's settings (:class:`ProxyConfig`) and default paths.
+* ``keys``       -- accepted ``sk-prysm-`` keys and their constant-time check.
+* ``app``        -- the pure-ASGI application: routing, auth, forwarding, read API.
+* ``upstream``   -- the pooled ``httpx`` client and header filtering.
+* ``capture``    -- turns a finished exchange into a trace row (SSE reassembly, usage, TTFT).
+* ``pricing``    -- cost per model from the shipped ``pricing.json`` and an override file.
+* ``store``      -- SQLite (WAL) trace store: bounded queue, background batch writer, queries.
+* ``demo_model`` -- the built-in offline model behind ``--upstream demo``.
+* ``server``     -- running the app on uvicorn, in the foreground or on a background thread.
+* ``report``     -- tables and summaries for the terminal.
+* ``cli``        -- ``prysmai proxy | traces | stats | demo``.
+* ``demo``       -- the ``prysmai demo`` sample application.
+"""

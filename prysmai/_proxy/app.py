@@ -1,0 +1,589 @@
+"""The proxy as a pure-ASGI application.
+
+Routes (all below ``/api/v1``):
+
+* ``GET health`` -- no key; liveness and the store's counters (queued / written / dropped).
+* ``GET traces``, ``GET traces/{id}``, ``GET stats`` -- the read API (key required).
+* anything else -- authenticated, forwarded to the upstream, captured as one trace.
+
+The hot path does no logging, no disk I/O and no response parsing: it reads the request body,
+parses it once (model, ``stream``, ``stream_options``), forwards the original bytes, relays the
+answer chunk by chunk and queues an :class:`~.capture.Exchange` for the writer thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from functools import partial
+from urllib.parse import parse_qs
+
+import httpx
+
+from .. import _wire
+from .capture import Exchange, finalize
+from .config import DEMO_UPSTREAM, ProxyConfig
+from .filters import filters_from_query
+from .keys import KeyRing
+from .pricing import PriceTable
+from .store import TraceStore, compute_stats, get_trace, list_traces, open_existing
+from .upstream import base_url, make_client, request_headers, response_headers
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, MutableMapping
+    from typing import Any
+
+    Scope = MutableMapping[str, Any]
+    Message = MutableMapping[str, Any]
+    Receive = Callable[[], Awaitable[Message]]
+    Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("prysmai.proxy")
+
+PREFIX = "/api/v1/"
+#: POST endpoints whose body must be a JSON object (anything else is a 400).
+JSON_ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "responses"})
+#: Endpoints whose streams accept ``stream_options.include_usage``.
+USAGE_ENDPOINTS = frozenset({"chat/completions", "completions"})
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_USAGE_NULL = (
+    re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])'),
+    re.compile(rb'"usage"\s*:\s*null\s*,\s*'),
+)
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+def error_body(message: str, type_: str, code: str | None) -> bytes:
+    """An OpenAI-style error document."""
+    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+
+
+class _UsageStripper:
+    """Makes a stream for which the proxy injected ``include_usage`` look as the client asked:
+    drops the usage-only chunk and the ``"usage":null`` field the provider adds to every other
+    chunk. Works on whole SSE events (a partial event is held until its end arrives)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._buf + chunk if self._buf else chunk
+        if b'"usage"' not in data:
+            ends = list(_EVENT_END.finditer(data))
+            if not ends:
+                self._buf = data
+                return b""
+            cut = ends[-1].end()
+            self._buf = data[cut:]
+            return data[:cut]
+        out: list[bytes] = []
+        pos = 0
+        for m in _EVENT_END.finditer(data):
+            out.append(self._event(data[pos : m.end()]))
+            pos = m.end()
+        self._buf = data[pos:]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        rest, self._buf = self._buf, b""
+        return self._event(rest) if rest else b""
+
+    @staticmethod
+    def _event(event: bytes) -> bytes:
+        if b'"usage"' not in event:
+            return event
+        for line in event.splitlines():
+            if line.startswith(b"data:"):
+                try:
+                    obj = json.loads(line[5:])
+                except ValueError:
+                    break
+                if isinstance(obj, dict) and obj.get("usage") and not obj.get("choices"):
+                    return b""  # the usage-only chunk the client did not ask for
+                break
+        stripped, n = _USAGE_NULL[0].subn(b"", event, count=1)
+        if not n:
+            stripped = _USAGE_NULL[1].sub(b"", event, count=1)
+        return stripped
+
+
+class ProxyApp:
+    """The capture proxy. ``startup()``/``shutdown()`` run from ASGI lifespan (or by hand)."""
+
+    def __init__(self, config: ProxyConfig, prices: PriceTable | None = None) -> None:
+        self.config = config
+        self.keys = KeyRing(config.keys)
+        self.prices = prices if prices is not None else PriceTable.load(config.pricing_file)
+        self.store = TraceStore(config.db_path, partial(finalize, prices=self.prices), config.queue_size)
+        self.base = base_url(config)
+        self.default_upstream_key = config.upstream_api_key.encode("latin-1") if config.upstream_api_key else None
+        self.client: httpx.AsyncClient | None = None
+        self.inflight = 0
+
+    def __repr__(self) -> str:
+        return f"ProxyApp(upstream={self.config.upstream!r}, db={self.config.db_path!r}, keys={len(self.keys)})"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        self.store.open()
+        self.client = make_client(self.config)
+
+    async def shutdown(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+        await asyncio.to_thread(self.store.close)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.shutdown()
+                except Exception as exc:  # pragma: no cover
+                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- entry point -----------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":  # pragma: no cover - not proxied
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if not path.startswith(PREFIX):
+            await _respond(
+                send,
+                404,
+                error_body(f"Unknown path {path}; the API lives under /api/v1", "invalid_request_error", "not_found"),
+            )
+            return
+        endpoint = path[len(PREFIX) :]
+        if endpoint == "health":
+            await self._health(send)
+            return
+        auth = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                auth = value
+                break
+        if not self.keys.check_authorization(auth):
+            msg = "Missing Prysm API key" if auth is None else "Invalid Prysm API key"
+            await _respond(
+                send,
+                401,
+                error_body(
+                    f"{msg}. Send 'Authorization: Bearer sk-prysm-...' with a key this proxy accepts.",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                ),
+            )
+            return
+        if endpoint == "traces" or endpoint == "stats" or endpoint.startswith("traces/"):
+            await self._read_api(scope, send, method, endpoint)
+            return
+        await self._proxy(scope, receive, send, t0, method, endpoint)
+
+    # -- proxying --------------------------------------------------------------------------------
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, t0: float, method: str, endpoint: str) -> None:
+        ex = Exchange(uuid.uuid4().hex, time.time(), t0, method, endpoint)
+        trace_header = (_wire.TRACE_ID_HEADER.lower().encode(), ex.id.encode())
+        upstream_key = self.default_upstream_key
+        content_length = -1
+        content_type = b""
+        for name, value in scope["headers"]:
+            if name.startswith(b"x-prysm-"):
+                if name == b"x-prysm-upstream-key":
+                    upstream_key = value.strip() or upstream_key
+                else:
+                    self._prysm_header(ex, name, value)
+            elif name == b"content-length":
+                content_length = int(value) if value.isdigit() else -1
+            elif name == b"content-type":
+                content_type = value
+        ex.request_content_type = content_type.decode("latin-1")
+        limit = self.config.max_body_bytes
+        try:
+            if content_length > limit:
+                raise _TooLarge
+            body = await _read_body(receive, limit)
+        except _TooLarge:
+            await self._fail(
+                send,
+                ex,
+                413,
+                f"Request body larger than {limit} bytes",
+                "invalid_request_error",
+                "request_too_large",
+                trace_header,
+            )
+            return
+        except _Disconnected:
+            ex.status, ex.http_status, ex.error = (
+                "cancelled",
+                None,
+                "client disconnected before sending the whole request",
+            )
+            ex.t_end = time.perf_counter()
+            self._submit(ex)
+            return
+        ex.request_body = body
+        inject = False
+        if body and (endpoint in JSON_ENDPOINTS or b"json" in content_type):
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None
+                if method == "POST" and endpoint in JSON_ENDPOINTS:
+                    await self._fail(
+                        send,
+                        ex,
+                        400,
+                        "We could not parse the JSON body of your request. The body must be a JSON object.",
+                        "invalid_request_error",
+                        "invalid_json",
+                        trace_header,
+                    )
+                    return
+            if isinstance(parsed, dict):
+                model = parsed.get("model")
+                ex.model = model if isinstance(model, str) else None
+                ex.stream = parsed.get("stream") is True
+                if ex.stream and endpoint in USAGE_ENDPOINTS and self.config.inject_stream_usage:
+                    body, inject = _inject_usage(body, parsed)
+            elif method == "POST" and endpoint in JSON_ENDPOINTS:
+                await self._fail(
+                    send,
+                    ex,
+                    400,
+                    "The request body must be a JSON object.",
+                    "invalid_request_error",
+                    "invalid_json",
+                    trace_header,
+                )
+                return
+        assert self.client is not None, "ProxyApp.startup() was not run"
+        query = scope.get("query_string") or b""
+        url = f"{self.base}/{endpoint}" + (f"?{query.decode('latin-1')}" if query else "")
+        request = self.client.build_request(
+            method, url, content=body, headers=request_headers(scope["headers"], upstream_key)
+        )
+        self.inflight += 1
+        try:
+            await self._forward(request, receive, send, ex, trace_header, inject)
+        finally:
+            self._submit(ex)
+            self.inflight -= 1
+
+    @staticmethod
+    def _prysm_header(ex: Exchange, name: bytes, value: bytes) -> None:
+        label = name.decode("latin-1")
+        if len(value) > _wire.MAX_HEADER_VALUE_BYTES:
+            ex.notes.append(f"{label} ignored: longer than {_wire.MAX_HEADER_VALUE_BYTES} bytes")
+            return
+        try:
+            text = value.decode("ascii")
+            if name == b"x-prysm-metadata":
+                ex.metadata = _wire.decode_metadata(text)
+            elif name == b"x-prysm-user-id":
+                ex.user_id = _wire.decode_id(text)
+            elif name == b"x-prysm-session-id":
+                ex.session_id = _wire.decode_id(text)
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            ex.notes.append(f"{label} ignored: malformed ({type(exc).__name__}: {str(exc)[:200]})")
+
+    async def _fail(
+        self,
+        send: Send,
+        ex: Exchange,
+        status: int,
+        message: str,
+        type_: str,
+        code: str,
+        trace_header: tuple[bytes, bytes],
+    ) -> None:
+        """Answer with an error of our own and record it."""
+        ex.status = "timeout" if status == 504 else "error"
+        ex.http_status = status
+        ex.error = message
+        ex.t_end = time.perf_counter()
+        ex.response_body = error_body(message, type_, code)
+        ex.response_content_type = "application/json"
+        self._submit(ex)
+        await _respond(send, status, ex.response_body, [trace_header, _latency_header(ex)])
+
+    async def _forward(
+        self,
+        request: httpx.Request,
+        receive: Receive,
+        send: Send,
+        ex: Exchange,
+        trace_header: tuple[bytes, bytes],
+        inject: bool,
+    ) -> None:
+        assert self.client is not None
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TimeoutException:
+            await self._upstream_failed(send, ex, 504, "timed out connecting to the upstream", trace_header)
+            return
+        except httpx.HTTPError as exc:
+            await self._upstream_failed(send, ex, 502, f"upstream unreachable ({type(exc).__name__})", trace_header)
+            return
+        try:
+            ex.http_status = response.status_code
+            ex.provider_request_id = response.headers.get("x-request-id")
+            ctype = response.headers.get("content-type", "")
+            ex.response_content_type = ctype
+            headers = response_headers(response.headers.raw)
+            headers.append(trace_header)
+            if response.status_code < 400 and ctype.startswith("text/event-stream"):
+                ex.stream = True
+                headers.append((b"x-accel-buffering", b"no"))
+                await self._relay_stream(response, receive, send, ex, headers, inject)
+                return
+            try:
+                ex.response_body = await response.aread()
+            except httpx.TimeoutException:
+                await self._upstream_failed(send, ex, 504, "the upstream timed out while answering", trace_header)
+                return
+            except httpx.HTTPError as exc:
+                await self._upstream_failed(
+                    send, ex, 502, f"the upstream broke off its answer ({type(exc).__name__})", trace_header
+                )
+                return
+            ex.t_end = time.perf_counter()
+            if response.status_code >= 400:
+                ex.status = "error"
+            headers.append((b"content-length", str(len(ex.response_body)).encode()))
+            headers.append(_latency_header(ex))
+            self._submit(ex)  # before answering: a client that has its answer finds its trace
+            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            await send({"type": "http.response.body", "body": ex.response_body})
+        finally:
+            await response.aclose()
+
+    async def _upstream_failed(
+        self, send: Send, ex: Exchange, status: int, message: str, trace_header: tuple[bytes, bytes]
+    ) -> None:
+        ex.status = "timeout" if status == 504 else "error"
+        ex.http_status = status
+        ex.error = message
+        ex.t_end = time.perf_counter()
+        ex.response_body = error_body(
+            message, "upstream_error", "upstream_timeout" if status == 504 else "upstream_unreachable"
+        )
+        ex.response_content_type = "application/json"
+        self._submit(ex)
+        await _respond(send, status, ex.response_body, [trace_header, _latency_header(ex)])
+
+    async def _relay_stream(
+        self,
+        response: httpx.Response,
+        receive: Receive,
+        send: Send,
+        ex: Exchange,
+        headers: list[tuple[bytes, bytes]],
+        inject: bool,
+    ) -> None:
+        stripper = _UsageStripper() if inject else None
+        chunks = ex.chunks
+
+        async def pump() -> None:
+            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            try:
+                async for chunk in response.aiter_raw():
+                    t = time.perf_counter()
+                    chunks.append((t, chunk))
+                    out = stripper.feed(chunk) if stripper is not None else chunk
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+            except httpx.TimeoutException:
+                ex.status, ex.error = "timeout", "the upstream stopped sending (read timeout)"
+            except httpx.HTTPError as exc:
+                ex.status, ex.error = "error", f"the upstream broke off the stream ({type(exc).__name__})"
+            tail = stripper.flush() if stripper is not None else b""
+            ex.t_end = time.perf_counter()
+            self._submit(ex)  # before the last frame: a client that has its answer finds its trace
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+
+        pump_task = asyncio.ensure_future(pump())
+        watch_task = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait((pump_task, watch_task), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server is going away
+            self._cancel(ex, "the proxy was shut down mid-stream")
+            pump_task.cancel()
+            watch_task.cancel()
+            raise
+        if pump_task.done():
+            watch_task.cancel()
+            pump_task.result()
+            return
+        # The client went away first: stop reading; response.aclose() (caller) closes upstream.
+        pump_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump_task
+        if _stream_finished(chunks):
+            # The client hung up after the end-of-stream marker (the openai SDK stops at [DONE]):
+            # it got everything, so this is a success that ended when the marker was forwarded.
+            if not ex.submitted:
+                ex.t_end = chunks[-1][0]
+            return
+        self._cancel(ex, "the client disconnected mid-stream")
+
+    def _submit(self, ex: Exchange) -> None:
+        """Queue the trace once; after this the writer thread owns ``ex``."""
+        if not ex.submitted:
+            ex.submitted = True
+            self.store.submit(ex)
+
+    @staticmethod
+    def _cancel(ex: Exchange, why: str) -> None:
+        if ex.submitted:  # the stream had already ended
+            return
+        ex.status = "cancelled"
+        ex.error = why
+        ex.t_end = time.perf_counter()
+
+    # -- health and read API ---------------------------------------------------------------------
+    async def _health(self, send: Send) -> None:
+        body = {
+            "status": "ok",
+            "upstream": "demo" if self.config.upstream == DEMO_UPSTREAM else httpx.URL(self.base).host,
+            "inflight": self.inflight,
+            "store": self.store.counters(),
+        }
+        await _respond(send, 200, json.dumps(body).encode())
+
+    async def _read_api(self, scope: Scope, send: Send, method: str, endpoint: str) -> None:
+        if method != "GET":
+            await _respond(
+                send, 405, error_body("Only GET is supported here", "invalid_request_error", "method_not_allowed")
+            )
+            return
+        query = {k: v[-1] for k, v in parse_qs((scope.get("query_string") or b"").decode("latin-1")).items()}
+        try:
+            result = await asyncio.to_thread(self._query, endpoint, query)
+        except ValueError as exc:
+            await _respond(send, 400, error_body(str(exc), "invalid_request_error", "invalid_parameter"))
+            return
+        if result is None:
+            await _respond(send, 404, error_body("No such trace", "invalid_request_error", "not_found"))
+            return
+        await _respond(send, 200, json.dumps(result, ensure_ascii=False).encode())
+
+    def _query(self, endpoint: str, query: dict[str, str]) -> Any:
+        self.store.flush(2.0)  # read your own writes
+        conn = open_existing(self.config.db_path)
+        if conn is None:  # pragma: no cover - created at startup
+            return {"object": "list", "data": []}
+        try:
+            if endpoint.startswith("traces/"):
+                return get_trace(conn, endpoint[len("traces/") :])
+            filters = filters_from_query(query)
+            if endpoint == "stats":
+                filters.pop("limit", None)
+                stats = compute_stats(conn, **filters)
+                stats["store"] = self.store.counters()
+                return stats
+            return {"object": "list", "data": list_traces(conn, **filters)}
+        finally:
+            conn.close()
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _Disconnected
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise _TooLarge
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise _TooLarge
+        parts.append(part)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _inject_usage(body: bytes, parsed: dict[str, Any]) -> tuple[bytes, bool]:
+    """Ask the upstream for streaming usage; returns (body to send, whether we injected)."""
+    options = parsed.get("stream_options")
+    if options is None and "stream_options" not in parsed:
+        start = body.find(b"{")
+        return b'{"stream_options":{"include_usage":true},' + body[start + 1 :], True
+    if isinstance(options, dict):
+        if options.get("include_usage") is True:
+            return body, False  # the client asked: it gets the usage chunk
+        changed = dict(parsed)
+        changed["stream_options"] = {**options, "include_usage": True}
+        return json.dumps(changed, ensure_ascii=False).encode("utf-8"), True
+    return body, False  # something odd: let the upstream judge it
+
+
+def _stream_finished(chunks: list[tuple[float, bytes]]) -> bool:
+    """Whether the upstream's end-of-stream marker has been forwarded already."""
+    if not chunks:
+        return False
+    last = chunks[-1][1]
+    return b"[DONE]" in last[-16:] or b'"response.completed"' in last or b'"response.incomplete"' in last
+
+
+def _latency_header(ex: Exchange) -> tuple[bytes, bytes]:
+    end = ex.t_end if ex.t_end is not None else time.perf_counter()
+    return (_wire.LATENCY_HEADER.lower().encode(), f"{(end - ex.t0) * 1000.0:.2f}".encode())
+
+
+async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,55 @@
+"""The proxy's settings and default locations."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3000
+DEFAULT_UPSTREAM = "https://api.openai.com/v1"
+#: ``--upstream demo`` selects the built-in offline model instead of a URL.
+DEMO_UPSTREAM = "demo"
+DB_ENV = "PRYSM_DB"
+UPSTREAM_ENV = "PRYSM_UPSTREAM_URL"
+PRICING_ENV = "PRYSM_PRICING"
+#: The proxy's stored upstream credentials.
+UPSTREAM_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_QUEUE_SIZE = 10_000
+
+
+def default_db_path(environ: dict[str, str] | None = None) -> str:
+    """``$PRYSM_DB``, else ``$XDG_DATA_HOME/prysmai/traces.db``, else
+    ``~/.local/share/prysmai/traces.db`` (``%LOCALAPPDATA%\\prysmai\\traces.db`` on Windows)."""
+    env = os.environ if environ is None else environ
+    if env.get(DB_ENV):
+        return env[DB_ENV]
+    base = env.get("XDG_DATA_HOME")
+    if not base and os.name == "nt":
+        base = env.get("LOCALAPPDATA")
+    if not base:
+        base = os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "prysmai", "traces.db")
+
+
+@dataclass
+class ProxyConfig:
+    """Everything the proxy needs to run. Keys and the upstream key are never shown in its repr."""
+
+    keys: list[str] = field(repr=False)
+    db_path: str = field(default_factory=default_db_path)
+    upstream: str = DEFAULT_UPSTREAM
+    upstream_api_key: str | None = field(default=None, repr=False)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    #: Read timeout for the upstream, in seconds (time between two bytes, not the whole call).
+    upstream_timeout: float = 600.0
+    connect_timeout: float = 10.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    pricing_file: str | None = None
+    #: Ask the upstream for streaming usage when the client did not (and hide it from the client).
+    inject_stream_usage: bool = True
+    max_connections: int = 1000
+    max_keepalive: int = 256

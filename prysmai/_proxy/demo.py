@@ -1,0 +1,120 @@
+"""``prysmai demo``: the whole product on one machine in a few seconds.
+
+Starts the proxy on a free port with a fresh store and the offline model (or the real provider
+with ``--real``), runs a small sample app under ``prysmai.instrument()`` and prints what the proxy
+captured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+
+from .config import DEFAULT_UPSTREAM, DEMO_UPSTREAM, UPSTREAM_KEY_ENV, ProxyConfig
+from .keys import generate_key
+from .report import stats_text, traces_table
+from .server import BackgroundServer
+from .store import compute_stats, list_traces, open_existing
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+DEFAULT_MODEL = "gpt-4o-mini"
+
+
+def sample_app(model: str, say: Any = print) -> None:
+    """An ordinary OpenAI app: it knows nothing of Prysm except ``prysm_context`` tags."""
+    import openai
+
+    import prysmai
+
+    client = openai.OpenAI()
+    question = [{"role": "user", "content": "In one sentence: why trace LLM calls?"}]
+
+    answer = client.chat.completions.create(model=model, messages=question)  # type: ignore[arg-type]
+    say(f"  plain call     -> {answer.choices[0].message.content}")
+
+    stream = client.chat.completions.create(model=model, messages=question, stream=True)  # type: ignore[arg-type]
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)  # type: ignore[union-attr]
+    say(f"  streamed call  -> {text}")
+
+    async def async_call() -> str:
+        async with openai.AsyncOpenAI() as aclient:
+            r = await aclient.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "And asynchronously?"}]
+            )
+            return r.choices[0].message.content or ""
+
+    say(f"  async call     -> {asyncio.run(async_call())}")
+
+    for user, session, feature in (("alice", "session-a1", "search"), ("bob", "session-b7", "summarise")):
+        with prysmai.prysm_context(user_id=user, session_id=session, metadata={"feature": feature}):
+            r = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": f"Hello, I am {user}."}]
+            )
+        say(f"  as {user:<10}  -> {r.choices[0].message.content}")
+
+
+def run_demo(real: bool = False, keep_db: str | None = None, model: str | None = None) -> int:
+    import prysmai
+
+    upstream_key = os.environ.get(UPSTREAM_KEY_ENV) or None
+    if real and not upstream_key:
+        print(f"prysmai demo --real: set {UPSTREAM_KEY_ENV} to your provider key first.", file=sys.stderr)
+        return 2
+    tmpdir = None if keep_db else tempfile.mkdtemp(prefix="prysmai-demo-")
+    db_path = keep_db or os.path.join(tmpdir or ".", "traces.db")
+    key = generate_key()
+    config = ProxyConfig(
+        keys=[key],
+        db_path=db_path,
+        upstream=DEFAULT_UPSTREAM if real else DEMO_UPSTREAM,
+        upstream_api_key=upstream_key if real else None,
+        port=0,
+    )
+    model = model or DEFAULT_MODEL
+    # The sample app's clients must target OpenAI's default URL (what instrument() redirects) and
+    # need some API key to be constructed; neither setting leaves this process.
+    saved = {name: os.environ.get(name) for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
+    os.environ.pop("OPENAI_BASE_URL", None)
+    os.environ.setdefault("OPENAI_API_KEY", "sk-demo-unused")
+    try:
+        with BackgroundServer(config) as server:
+            where = "the real provider" if real else "the built-in offline model (prysm-demo)"
+            print(f"Prysm demo: a proxy on {server.base_url} in front of {where}.")
+            print(f"Running a sample app under prysmai.instrument() with model {model}:\n")
+            prysmai.instrument(prysm_key=key, base_url=server.base_url)
+            try:
+                sample_app(model)
+            finally:
+                prysmai.uninstrument()
+        # Stopping the server wrote every pending trace.
+        conn = open_existing(db_path)
+        if conn is None:  # pragma: no cover
+            print("No trace store was written.", file=sys.stderr)
+            return 1
+        traces = list_traces(conn, limit=100)
+        stats = compute_stats(conn)
+        conn.close()
+        print(f"\nCaptured {len(traces)} trace(s):\n")
+        print(traces_table(list(reversed(traces))))
+        print("\nStats:\n")
+        print(stats_text(stats))
+        if not real:
+            print(f"\n(Offline model: costs are what {model} would have cost for these token counts.)")
+        if keep_db:
+            print(f"\nTraces kept in {db_path}: try `prysmai traces --db {db_path}`.")
+        print("\nNext: `prysmai proxy --key sk-prysm-...` serves this for real; see docs/proxy.md.")
+        return 0
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)

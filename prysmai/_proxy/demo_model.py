@@ -1,0 +1,208 @@
+"""``prysm-demo``: the built-in offline model behind ``prysmai proxy --upstream demo``.
+
+An ``httpx`` transport that answers the OpenAI API shapes (chat completions, completions,
+embeddings, responses -- streamed and not -- and models) without any network, deterministically.
+Streams really stream: each word is a separate chunk, a few milliseconds apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+
+import httpx
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from typing import Any
+
+MODEL = "prysm-demo"
+_WORD_DELAY = 0.004
+
+
+def _tokens(text: str) -> int:
+    """A rough token count (about 4 characters per token), at least 1 for non-empty text."""
+    return max(1, round(len(text) / 4)) if text else 0
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return " ".join(_text_of(v) for v in value)
+    if isinstance(value, dict):
+        return _text_of(value.get("text") or value.get("content") or "")
+    return ""
+
+
+def _reply(prompt: str) -> str:
+    prompt = " ".join(prompt.split())
+    snippet = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+    return f'Hello from prysm-demo, the offline model built into prysmai. You said: "{snippet}"'
+
+
+def _words(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+class _Stream(httpx.AsyncByteStream):
+    def __init__(self, events: list[bytes]) -> None:
+        self._events = events
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i, event in enumerate(self._events):
+            if i:
+                await asyncio.sleep(_WORD_DELAY)
+            yield event
+
+
+def _sse(obj: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(obj, separators=(',', ':'))}\n\n".encode()
+
+
+def _json(status: int, obj: Any) -> httpx.Response:
+    return httpx.Response(status, headers={"content-type": "application/json"}, content=json.dumps(obj).encode())
+
+
+def _error(status: int, message: str, code: str) -> httpx.Response:
+    return _json(status, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
+
+
+class DemoTransport(httpx.AsyncBaseTransport):
+    """Answers like the OpenAI API, offline."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.rstrip("/")
+        endpoint = path.split("/v1/", 1)[-1] if "/v1/" in path else path.lstrip("/")
+        if request.method == "GET" and endpoint == "models":
+            return _json(
+                200, {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "prysmai"}]}
+            )
+        if request.method != "POST" or endpoint not in ("chat/completions", "completions", "embeddings", "responses"):
+            return _error(404, f"prysm-demo does not serve {request.method} /{endpoint}", "unknown_url")
+        body = json.loads(await request.aread() or b"{}")
+        seed = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
+        model = body.get("model") or MODEL
+        if endpoint == "embeddings":
+            return self._embeddings(body, model)
+        if endpoint == "responses":
+            return self._responses(body, model, seed)
+        if endpoint == "completions":
+            prompt = _text_of(body.get("prompt"))
+        else:
+            prompt = _text_of((body.get("messages") or [{}])[-1].get("content"))
+        return self._chat(body, model, seed, prompt, endpoint == "completions")
+
+    def _embeddings(self, body: dict[str, Any], model: str) -> httpx.Response:
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        dims = int(body.get("dimensions") or 8)
+        data = []
+        for i, item in enumerate(items):
+            digest = hashlib.sha256(str(item).encode()).digest()
+            data.append(
+                {"object": "embedding", "index": i, "embedding": [(digest[j % 32] - 128) / 128 for j in range(dims)]}
+            )
+        tokens = sum(_tokens(str(item)) for item in items)
+        return _json(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
+
+    def _chat(self, body: dict[str, Any], model: str, seed: str, prompt: str, legacy: bool) -> httpx.Response:
+        text = _reply(prompt)
+        usage = {"prompt_tokens": _tokens(prompt) + 8, "completion_tokens": _tokens(text)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        created = int(time.time())
+        rid = ("cmpl-" if legacy else "chatcmpl-") + seed
+        obj = "text_completion" if legacy else "chat.completion"
+        if not body.get("stream"):
+            choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
+            if legacy:
+                choice["text"] = text
+            else:
+                choice["message"] = {"role": "assistant", "content": text, "refusal": None}
+            return _json(
+                200, {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage}
+            )
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        base = {"id": rid, "object": obj + ("" if legacy else ".chunk"), "created": created, "model": model}
+
+        def chunk(choice: dict[str, Any]) -> bytes:
+            doc = {**base, "choices": [choice]}
+            if include_usage:
+                doc["usage"] = None
+            return _sse(doc)
+
+        events = []
+        if not legacy:
+            events.append(chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}))
+        for word in _words(text):
+            if legacy:
+                events.append(chunk({"index": 0, "text": word, "finish_reason": None}))
+            else:
+                events.append(chunk({"index": 0, "delta": {"content": word}, "finish_reason": None}))
+        events.append(
+            chunk({"index": 0, ("text" if legacy else "delta"): "" if legacy else {}, "finish_reason": "stop"})
+        )
+        if include_usage:
+            events.append(_sse({**base, "choices": [], "usage": usage}))
+        events.append(b"data: [DONE]\n\n")
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_Stream(events))
+
+    def _responses(self, body: dict[str, Any], model: str, seed: str) -> httpx.Response:
+        prompt = _text_of(body.get("input"))
+        text = _reply(prompt)
+        usage = {"input_tokens": _tokens(prompt) + 8, "output_tokens": _tokens(text)}
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+        rid, mid = "resp_" + seed, "msg_" + seed
+        message = {
+            "id": mid,
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+        final = {
+            "id": rid,
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": model,
+            "output": [message],
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            return _json(200, final)
+        pending = {**final, "status": "in_progress", "output": [], "usage": None}
+        events = [_sse({"type": "response.created", "sequence_number": 0, "response": pending}, "response.created")]
+        seq = 1
+        for word in _words(text):
+            events.append(
+                _sse(
+                    {
+                        "type": "response.output_text.delta",
+                        "sequence_number": seq,
+                        "item_id": mid,
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": word,
+                    },
+                    "response.output_text.delta",
+                )
+            )
+            seq += 1
+        events.append(
+            _sse({"type": "response.completed", "sequence_number": seq, "response": final}, "response.completed")
+        )
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_Stream(events))

@@ -1,0 +1,86 @@
+"""Accepted Prysm keys: where they come from and how a presented key is checked."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+
+from .._wire import KEY_PREFIX
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+KEYS_ENV = "PRYSM_PROXY_KEYS"
+KEYS_FILE_ENV = "PRYSM_PROXY_KEYS_FILE"
+
+
+class KeyConfigError(ValueError):
+    """A configured key is malformed (the message never contains the key)."""
+
+
+def generate_key() -> str:
+    """A fresh random key: ``sk-prysm-`` followed by 32 URL-safe characters."""
+    return KEY_PREFIX + secrets.token_urlsafe(24)
+
+
+def _validate(key: str, source: str) -> str:
+    key = key.strip()
+    if not key.startswith(KEY_PREFIX) or len(key) <= len(KEY_PREFIX):
+        raise KeyConfigError(f"a key from {source} does not start with {KEY_PREFIX!r} (or is empty after it)")
+    if not key.isascii() or any(c.isspace() for c in key):
+        raise KeyConfigError(f"a key from {source} contains whitespace or non-ASCII characters")
+    return key
+
+
+def read_keys_file(path: str) -> list[str]:
+    """Keys from a file: one per line; blank lines and lines starting with ``#`` are ignored."""
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    return [
+        _validate(line, f"the keys file {path}") for line in lines if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def collect_keys(
+    flag_keys: Iterable[str] = (), keys_file: str | None = None, environ: dict[str, str] | None = None
+) -> list[str]:
+    """All configured keys: ``--key`` flags, ``PRYSM_PROXY_KEYS`` (comma-separated) and the keys
+    file (``--keys-file`` or ``PRYSM_PROXY_KEYS_FILE``). Sources add up; duplicates are removed."""
+    env = os.environ if environ is None else environ
+    keys = [_validate(k, "--key") for k in flag_keys]
+    keys += [_validate(k, KEYS_ENV) for k in env.get(KEYS_ENV, "").split(",") if k.strip()]
+    path = keys_file or env.get(KEYS_FILE_ENV) or None
+    if path:
+        keys += read_keys_file(path)
+    return list(dict.fromkeys(keys))
+
+
+class KeyRing:
+    """The set of accepted keys. ``check`` compares in constant time against every key."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._keys = tuple(k.encode("ascii") for k in keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"KeyRing(<{len(self._keys)} key(s)>)"
+
+    def check(self, presented: bytes) -> bool:
+        """Whether ``presented`` is one of the keys. Every key is compared, so the time taken does
+        not reveal which key (or which prefix) matched."""
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(key, presented)
+        return ok
+
+    def check_authorization(self, header: bytes | None) -> bool:
+        """Check an ``Authorization: Bearer <key>`` header value."""
+        if not header or header[:7].lower() != b"bearer ":
+            return False
+        return self.check(header[7:].strip())

@@ -1,0 +1,199 @@
+"""Terminal output for ``prysmai traces`` / ``traces show`` / ``stats``: aligned plain text."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+NONE = "-"
+
+
+def parse_since(value: str, now: float | None = None) -> float:
+    """``30s``, ``15m``, ``2h``, ``7d``, ``1w`` (ago), or an ISO date/time (local if no zone)."""
+    m = _DURATION.match(value)
+    if m:
+        return (time.time() if now is None else now) - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        return datetime.fromisoformat(value.strip()).timestamp()
+    except ValueError:
+        raise ValueError(f"--since: expected e.g. 15m, 2h, 7d or 2025-01-31T12:00, not {value!r}") from None
+
+
+def fmt_time(ts: float | None) -> str:
+    return NONE if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_ms(ms: float | None) -> str:
+    if ms is None:
+        return NONE
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}"
+
+
+def fmt_cost(cost: float | None) -> str:
+    if cost is None:
+        return NONE
+    return f"${cost:.6f}" if cost < 1 else f"${cost:,.2f}"
+
+
+def fmt_int(value: int | None) -> str:
+    return NONE if value is None else f"{value:,}"
+
+
+def _clip(text: str | None, width: int = 24) -> str:
+    if not text:
+        return NONE
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """Columns as wide as their widest cell; columns in ``right`` are right-aligned."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def traces_table(traces: Sequence[dict[str, Any]]) -> str:
+    headers = [
+        "ID",
+        "TIME",
+        "ENDPOINT",
+        "MODEL",
+        "STATUS",
+        "LATENCY ms",
+        "TTFT ms",
+        "TOKENS",
+        "COST",
+        "USER",
+        "SESSION",
+    ]
+    rows = []
+    for t in traces:
+        status = t["status"] if t.get("http_status") in (None, 200) else f"{t['status']} {t['http_status']}"
+        rows.append(
+            [
+                t["id"][:12],
+                fmt_time(t.get("created_at")),
+                t.get("endpoint", "") + (" (stream)" if t.get("stream") else ""),
+                _clip(t.get("model")),
+                status,
+                fmt_ms(t.get("latency_ms")),
+                fmt_ms(t.get("ttft_ms")),
+                fmt_int(t.get("total_tokens")),
+                fmt_cost(t.get("cost_usd")),
+                _clip(t.get("user_id"), 20),
+                _clip(t.get("session_id"), 20),
+            ]
+        )
+    return render_table(headers, rows, right=(5, 6, 7, 8))
+
+
+def _pretty_body(text: str | None) -> str:
+    if text is None:
+        return NONE
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+def trace_detail(t: dict[str, Any]) -> str:
+    fields = [
+        ("Trace", t["id"]),
+        ("Time", fmt_time(t.get("created_at"))),
+        ("Request", f"{t.get('method')} /api/v1/{t.get('endpoint')}" + ("  (streamed)" if t.get("stream") else "")),
+        (
+            "Model",
+            f"{t.get('model') or NONE}"
+            + (
+                f"  (answered by {t['response_model']})"
+                if t.get("response_model") and t.get("response_model") != t.get("model")
+                else ""
+            ),
+        ),
+        ("Status", f"{t.get('status')}  (HTTP {t.get('http_status') if t.get('http_status') is not None else NONE})"),
+        ("Latency", f"{fmt_ms(t.get('latency_ms'))} ms"),
+        ("TTFT", f"{fmt_ms(t.get('ttft_ms'))} ms" if t.get("ttft_ms") is not None else NONE),
+        (
+            "Tokens",
+            f"prompt {fmt_int(t.get('prompt_tokens'))}, completion {fmt_int(t.get('completion_tokens'))}, "
+            f"total {fmt_int(t.get('total_tokens'))}",
+        ),
+        ("Cost", fmt_cost(t.get("cost_usd")) + ("" if t.get("cost_usd") is not None else "  (unknown)")),
+        ("User", t.get("user_id") or NONE),
+        ("Session", t.get("session_id") or NONE),
+        ("Metadata", json.dumps(t["metadata"], ensure_ascii=False) if t.get("metadata") is not None else NONE),
+        ("Provider request id", t.get("provider_request_id") or NONE),
+    ]
+    if t.get("error"):
+        fields.append(("Error", t["error"]))
+    if t.get("notes"):
+        fields.append(("Notes", "; ".join(t["notes"]) if isinstance(t["notes"], list) else str(t["notes"])))
+    width = max(len(k) for k, _ in fields)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in fields]
+    lines += [
+        "",
+        "Request body:",
+        _pretty_body(t.get("request_body")),
+        "",
+        "Response body:",
+        _pretty_body(t.get("response_body")),
+    ]
+    return "\n".join(lines)
+
+
+def stats_text(stats: dict[str, Any]) -> str:
+    def pct(x: float) -> str:
+        return f"{x * 100:.1f}%"
+
+    cost = fmt_cost(stats["cost_usd"]) + (
+        f"  (+ {stats['unpriced_requests']} request(s) with unknown cost)" if stats["unpriced_requests"] else ""
+    )
+    lines = [
+        f"Requests      {stats['requests']:,}",
+        f"Errors        {stats['errors']:,}  ({pct(stats['error_rate'])}, any status but success)",
+        f"Tokens        {stats['total_tokens']:,}  "
+        f"(prompt {stats['prompt_tokens']:,}, completion {stats['completion_tokens']:,})",
+        f"Cost          {cost}",
+        f"Latency       p50 {fmt_ms(stats['latency_p50_ms'])} ms, p95 {fmt_ms(stats['latency_p95_ms'])} ms",
+        f"TTFT          p50 {fmt_ms(stats['ttft_p50_ms'])} ms (streams)",
+    ]
+    store = stats.get("store")
+    if store and store.get("dropped"):
+        lines.append(f"Dropped       {store['dropped']:,} trace(s) lost to a full queue")
+    rows = [
+        [
+            _clip(model, 32),
+            fmt_int(s["requests"]),
+            pct(s["error_rate"]),
+            fmt_int(s["total_tokens"]),
+            fmt_cost(s["cost_usd"])
+            if not s["unpriced_requests"]
+            else (fmt_cost(s["cost_usd"]) + "*" if s["cost_usd"] else NONE),
+            fmt_ms(s["latency_p50_ms"]),
+            fmt_ms(s["latency_p95_ms"]),
+        ]
+        for model, s in stats["by_model"].items()
+    ]
+    if rows:
+        lines += [
+            "",
+            render_table(
+                ["MODEL", "REQUESTS", "ERRORS", "TOKENS", "COST", "P50 ms", "P95 ms"], rows, right=(1, 2, 3, 4, 5, 6)
+            ),
+        ]
+        if any(s["unpriced_requests"] for s in stats["by_model"].values()):
+            lines.append("(- : no price known for the model; * : partly unknown)")
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""Running the proxy on uvicorn: in the foreground (``prysmai proxy``) or on a background thread
+(``prysmai demo``, tests, embedding in another program)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import uvicorn
+
+from .app import ProxyApp
+from .config import ProxyConfig
+
+
+def uvicorn_config(app: ProxyApp, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
+    """uvloop + httptools when installed (``uvicorn[standard]``), no access log, lifespan on."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        server_header=False,
+        backlog=2048,
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def serve(app: ProxyApp, log_level: str = "warning") -> None:
+    """Serve in the foreground until SIGINT/SIGTERM; pending traces are written before returning."""
+    import signal
+
+    # uvicorn re-raises the signal that stopped it once it has shut down (and flushed the store);
+    # make that a normal return rather than a KeyboardInterrupt traceback or a kill.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.Server(uvicorn_config(app, app.config.host, app.config.port, log_level)).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class BackgroundServer:
+    """The proxy on a daemon thread, on a free port by default.
+
+    >>> with BackgroundServer(ProxyConfig(keys=[key], db_path=path, upstream="demo", port=0)) as srv:
+    ...     openai.OpenAI(base_url=srv.base_url, api_key=key)
+    """
+
+    def __init__(self, config: ProxyConfig, app: ProxyApp | None = None) -> None:
+        self.app = app if app is not None else ProxyApp(config)
+        self.config = config
+        self._server = uvicorn.Server(uvicorn_config(self.app, config.host, config.port))
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/api/v1"
+
+    def start(self, timeout: float = 15.0) -> BackgroundServer:
+        self._thread = threading.Thread(target=self._server.run, name="prysmai-proxy", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the proxy failed to start (see the log above)")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the proxy did not start within {timeout:.0f}s")
+            time.sleep(0.005)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop serving and write every pending trace."""
+        if self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        self._thread = None
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,364 @@
+"""Peers for the proxy's tests: a loopback fake upstream on uvicorn and a proxy factory.
+
+The fake upstream speaks enough of the OpenAI API (chat completions, completions, embeddings,
+responses, models) and is steered per request by ``x-fake-*`` headers, which the proxy forwards:
+
+* ``x-fake-status: 429``        -- answer with that status and an OpenAI-style error body;
+* ``x-fake-first-delay-ms: 200`` -- streams: send the role-only frame at once, hold the first token;
+* ``x-fake-chunks: 3`` / ``x-fake-gap-ms: 0`` -- streams: number of content chunks and the gap;
+* ``x-fake-hang: 1``            -- never answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+
+from prysmai._proxy.config import ProxyConfig
+from prysmai._proxy.server import BackgroundServer
+from prysmai._proxy.store import open_existing
+
+KEY = "sk-prysm-proxytest-0123456789abcdef"
+OTHER_KEY = "sk-prysm-second-key-0123456789"
+UPSTREAM_KEY = "sk-stored-upstream-credential"
+CREATED = 1_700_000_000
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _chunk(obj: dict[str, Any], include_usage: bool) -> bytes:
+    if include_usage:
+        obj = {**obj, "usage": None}
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+class FakeUpstream:
+    """A pure-ASGI fake of the OpenAI API that records every request."""
+
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+        self.disconnects = 0
+        self.disconnected = threading.Event()
+
+    def last(self) -> Seen:
+        assert self.seen, "the upstream received nothing"
+        return self.seen[-1]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path = scope["path"]
+        self.seen.append(Seen(scope["method"], path, headers, body))
+        if headers.get("x-fake-hang"):
+            await asyncio.sleep(60)
+        status = int(headers.get("x-fake-status", "200"))
+        if status >= 400:
+            await self._json(send, status, {"error": {"message": f"planned {status}", "type": "fake", "code": None}})
+            return
+        endpoint = path.split("/v1/", 1)[-1]
+        doc = json.loads(body) if body[:1] == b"{" else {}
+        model = doc.get("model", "gpt-4o-mini")
+        if endpoint == "models":
+            await self._json(send, 200, {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
+        elif endpoint == "embeddings":
+            usage = {"prompt_tokens": 5, "total_tokens": 5}
+            data = [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}]
+            await self._json(send, 200, {"object": "list", "data": data, "model": model, "usage": usage})
+        elif endpoint in ("chat/completions", "completions") and doc.get("stream"):
+            await self._stream_chat(send, receive, headers, doc, endpoint == "completions")
+        elif endpoint == "chat/completions":
+            message = {"role": "assistant", "content": "Hello there!", "refusal": None}
+            await self._json(
+                send,
+                200,
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": CREATED,
+                    "model": model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
+                },
+            )
+        elif endpoint == "completions":
+            await self._json(
+                send,
+                200,
+                {
+                    "id": "cmpl-fake",
+                    "object": "text_completion",
+                    "created": CREATED,
+                    "model": model,
+                    "choices": [{"index": 0, "text": "Hi", "finish_reason": "stop", "logprobs": None}],
+                    "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5},
+                },
+            )
+        elif endpoint == "responses":
+            await self._responses(send, doc, model)
+        else:
+            await self._json(send, 404, {"error": {"message": f"no route {path}", "type": "fake", "code": None}})
+
+    @staticmethod
+    async def _json(send: Any, status: int, obj: Any) -> None:
+        body = json.dumps(obj).encode()
+        headers = [(b"content-type", b"application/json"), (b"x-request-id", b"req_fake123")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _stream_chat(self, send: Any, receive: Any, headers: dict[str, str], doc: Any, legacy: bool) -> None:
+        include_usage = bool((doc.get("stream_options") or {}).get("include_usage"))
+        first_delay = float(headers.get("x-fake-first-delay-ms", "0")) / 1000
+        gap = float(headers.get("x-fake-gap-ms", "0")) / 1000
+        n = int(headers.get("x-fake-chunks", "3"))
+        obj = "text_completion" if legacy else "chat.completion.chunk"
+        base = {"id": "chatcmpl-fake", "object": obj, "created": CREATED, "model": doc.get("model")}
+        done = False
+
+        async def watch() -> None:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not done:
+                self.disconnects += 1
+                self.disconnected.set()
+
+        watcher = asyncio.ensure_future(watch())
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        if not legacy:
+            role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": _chunk({**base, "choices": [role]}, include_usage),
+                    "more_body": True,
+                }
+            )
+        await asyncio.sleep(first_delay)
+        for i in range(n):
+            if self.disconnected.is_set() and watcher.done():
+                return
+            choice: dict[str, Any] = (
+                {"index": 0, "text": f"tok{i} ", "finish_reason": None}
+                if legacy
+                else {"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}
+            )
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": _chunk({**base, "choices": [choice]}, include_usage),
+                    "more_body": True,
+                }
+            )
+            if gap:
+                await asyncio.sleep(gap)
+        end = (
+            {"index": 0, "text": "", "finish_reason": "stop"}
+            if legacy
+            else {"index": 0, "delta": {}, "finish_reason": "stop"}
+        )
+        tail = _chunk({**base, "choices": [end]}, include_usage)
+        if include_usage:
+            usage = {"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n}
+            tail += b"data: " + json.dumps({**base, "choices": [], "usage": usage}, separators=(",", ":")).encode()
+            tail += b"\n\n"
+        tail += b"data: [DONE]\n\n"
+        done = True
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        watcher.cancel()
+
+    async def _responses(self, send: Any, doc: Any, model: str) -> None:
+        usage = {"input_tokens": 7, "output_tokens": 2, "total_tokens": 9}
+        message = {
+            "id": "msg_1",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hi you", "annotations": []}],
+        }
+        final = {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": CREATED,
+            "status": "completed",
+            "model": model,
+            "output": [message],
+            "usage": usage,
+        }
+        if not doc.get("stream"):
+            await self._json(send, 200, final)
+            return
+        events = [
+            {
+                "type": "response.created",
+                "sequence_number": 0,
+                "response": {**final, "status": "in_progress", "output": [], "usage": None},
+            },
+            {
+                "type": "response.output_text.delta",
+                "sequence_number": 1,
+                "item_id": "msg_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": "Hi",
+            },
+            {
+                "type": "response.output_text.delta",
+                "sequence_number": 2,
+                "item_id": "msg_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": " you",
+            },
+            {"type": "response.completed", "sequence_number": 3, "response": final},
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for event in events:
+            data = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class ThreadedServer:
+    """Any ASGI app on uvicorn, on a daemon thread, on 127.0.0.1 and a free port."""
+
+    def __init__(self, app: Any) -> None:
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=1,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.port = 0
+
+    def start(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server failed to start"
+            time.sleep(0.005)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    app = FakeUpstream()
+    server = ThreadedServer(app).start()
+    app.url = server.url + "/v1"  # type: ignore[attr-defined]
+    try:
+        yield app
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ProxyHandle:
+    """A running proxy plus helpers to read what it stored."""
+
+    def __init__(self, server: BackgroundServer) -> None:
+        self.server = server
+        self.app = server.app
+        self.base_url = server.base_url
+        self.db_path = server.config.db_path
+
+    def traces(self) -> list[dict[str, Any]]:
+        """Every stored trace, oldest first, in full (after writing everything pending)."""
+        deadline = time.monotonic() + 10
+        while self.app.inflight:  # a client may have its answer before the proxy has finished
+            assert time.monotonic() < deadline, "requests still in flight"
+            time.sleep(0.002)
+        assert self.app.store.flush(10), "the trace writer did not catch up"
+        return read_traces(self.db_path)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def read_traces(db_path: str) -> list[dict[str, Any]]:
+    from prysmai._proxy.store import get_trace
+
+    conn = open_existing(db_path)
+    assert conn is not None
+    try:
+        ids = [r[0] for r in conn.execute("SELECT id FROM traces ORDER BY created_at, rowid")]
+        return [get_trace(conn, i) for i in ids]  # type: ignore[misc]
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Any) -> Iterator[Any]:
+    """``start_proxy(upstream_url, **config)`` -> a started :class:`ProxyHandle`; all stopped after."""
+    started: list[ProxyHandle] = []
+
+    def start(upstream: str, **overrides: Any) -> ProxyHandle:
+        settings: dict[str, Any] = {
+            "keys": [KEY, OTHER_KEY],
+            "db_path": str(tmp_path / "traces.db"),
+            "upstream": upstream,
+            "upstream_api_key": UPSTREAM_KEY,
+            "port": 0,
+        }
+        settings.update(overrides)
+        handle = ProxyHandle(BackgroundServer(ProxyConfig(**settings)).start())
+        started.append(handle)
+        return handle
+
+    try:
+        yield start
+    finally:
+        for handle in started:
+            handle.stop()
+
+
+@pytest.fixture
+def proxy(fake: FakeUpstream, start_proxy: Any) -> ProxyHandle:
+    handle: ProxyHandle = start_proxy(fake.url)  # type: ignore[attr-defined]
+    return handle

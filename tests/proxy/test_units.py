@@ -1,0 +1,300 @@
+"""Pure units: keys, pricing, SSE capture and usage stripping, the store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from prysmai._proxy.app import _inject_usage, _UsageStripper
+from prysmai._proxy.capture import Exchange, finalize
+from prysmai._proxy.keys import KeyConfigError, KeyRing, collect_keys, generate_key
+from prysmai._proxy.pricing import PriceTable, PricingError
+from prysmai._proxy.store import SCHEMA_VERSION, StoreError, TraceStore, compute_stats, open_existing, percentile
+
+PRICES = PriceTable.load()
+
+
+# -- keys ----------------------------------------------------------------------------------------
+def test_keyring_accepts_only_configured_keys() -> None:
+    ring = KeyRing(["sk-prysm-aaa", "sk-prysm-bbb"])
+    assert ring.check(b"sk-prysm-aaa") and ring.check(b"sk-prysm-bbb")
+    assert not ring.check(b"sk-prysm-aa") and not ring.check(b"sk-prysm-aaaa") and not ring.check(b"")
+    assert ring.check_authorization(b"Bearer sk-prysm-bbb") and ring.check_authorization(b"bearer sk-prysm-aaa")
+    assert not ring.check_authorization(None) and not ring.check_authorization(b"sk-prysm-aaa")
+    assert "sk-prysm" not in repr(ring)
+
+
+def test_keys_come_from_flags_env_and_file(tmp_path: Any) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# team keys\nsk-prysm-file1\n\n  sk-prysm-file2  \n")
+    env = {"PRYSM_PROXY_KEYS": "sk-prysm-env1, sk-prysm-env2,", "PRYSM_PROXY_KEYS_FILE": str(keys_file)}
+    keys = collect_keys(["sk-prysm-flag", "sk-prysm-env1"], None, env)
+    assert keys == ["sk-prysm-flag", "sk-prysm-env1", "sk-prysm-env2", "sk-prysm-file1", "sk-prysm-file2"]
+    assert collect_keys([], None, {}) == []
+
+
+@pytest.mark.parametrize("bad", ["sk-live-secretvalue", "sk-prysm-", "sk-prysm-has secret"])
+def test_malformed_key_is_refused_without_echo(bad: str) -> None:
+    with pytest.raises(KeyConfigError) as info:
+        collect_keys([bad], None, {})
+    secret = bad.replace("sk-prysm-", "")
+    assert not secret or secret not in str(info.value)
+
+
+def test_generated_keys_are_valid_and_distinct() -> None:
+    a, b = generate_key(), generate_key()
+    assert a != b and collect_keys([a, b], None, {}) == [a, b]
+
+
+# -- pricing -------------------------------------------------------------------------------------
+def test_pricing_table_has_date_and_source() -> None:
+    assert PRICES.as_of and PRICES.source.startswith("https://")
+    assert PRICES.cost("gpt-4o-mini", 1_000_000, 1_000_000) == pytest.approx(0.75)
+    assert PRICES.cost("gpt-4o-mini-2024-07-18", 1_000_000, 0) == pytest.approx(0.15)  # snapshot
+    assert PRICES.cost("gpt-4-0613", 1_000_000, 0) == pytest.approx(30.0)
+    assert PRICES.cost("gpt-4o", 1_000_000, 0, cached_tokens=500_000) == pytest.approx(1.25 + 0.625)
+    assert PRICES.cost("text-embedding-3-small", 1_000_000, None) == pytest.approx(0.02)
+
+
+def test_unknown_model_or_tokens_cost_none_never_zero() -> None:
+    assert PRICES.cost("mystery", 10, 10) is None
+    assert PRICES.cost(None, 10, 10) is None
+    assert PRICES.cost("gpt-4o", None, None) is None
+    assert PRICES.cost("text-embedding-3-small", 10, 5) is None  # no output price known
+
+
+def test_pricing_override_file(tmp_path: Any) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(
+        json.dumps({"models": {"my-model": {"input": 1, "output": 2}, "gpt-4o": {"input": 9, "output": 9}}})
+    )
+    table = PriceTable.load(str(path))
+    assert table.cost("my-model", 1_000_000, 1_000_000) == pytest.approx(3.0)
+    assert table.cost("gpt-4o", 1_000_000, 0) == pytest.approx(9.0)
+    assert table.cost("gpt-4o-mini", 1_000_000, 0) == pytest.approx(0.15)  # the rest stays
+    path.write_text('{"models": {"x": {"output": 1}}}')
+    with pytest.raises(PricingError):
+        PriceTable.load(str(path))
+    with pytest.raises(PricingError):
+        PriceTable.load(str(tmp_path / "missing.json"))
+
+
+# -- capture -------------------------------------------------------------------------------------
+def _sse(*objs: Any) -> list[bytes]:
+    return [b"data: " + json.dumps(o).encode() + b"\n\n" for o in objs]
+
+
+def _stream_exchange(events: list[tuple[float, bytes]]) -> Exchange:
+    ex = Exchange("t1", time.time(), 100.0, "POST", "chat/completions")
+    ex.stream = True
+    ex.model = "gpt-4o-mini"
+    ex.chunks = events
+    ex.t_end = 101.0
+    return ex
+
+
+def test_ttft_ignores_role_only_and_empty_frames_and_reassembles_tool_calls() -> None:
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini-2024-07-18"}
+    role, empty, tool1, tool2, text, end, usage = _sse(
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {**base, "choices": [{"index": 0, "delta": {}}]},
+        {
+            **base,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": "get_weather", "arguments": ""},
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+        {
+            **base,
+            "choices": [
+                {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":"Paris"}'}}]}}
+            ],
+        },
+        {**base, "choices": [{"index": 0, "delta": {"content": "ok"}}]},
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        {
+            **base,
+            "choices": [],
+            "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0, "total_tokens": 1_000_000},
+        },
+    )
+    # The tool-call frame arrives split across two network chunks: it counts when complete.
+    ex = _stream_exchange(
+        [
+            (100.010, role),
+            (100.020, empty),
+            (100.100, tool1[:20]),
+            (100.150, tool1[20:] + tool2),
+            (100.200, text + end + usage + b"data: [DONE]\n\n"),
+        ]
+    )
+    row = finalize(ex, PRICES)
+    assert row["ttft_ms"] == pytest.approx(150.0)
+    assert row["latency_ms"] == pytest.approx(1000.0)
+    body = json.loads(row["response_body"])
+    message = body["choices"][0]["message"]
+    assert message["content"] == "ok" and body["choices"][0]["finish_reason"] == "tool_calls"
+    assert message["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    ]
+    assert row["response_model"] == "gpt-4o-mini-2024-07-18"
+    assert row["cost_usd"] == pytest.approx(0.15)
+
+
+def test_ttft_none_when_nothing_generated_and_crlf_events() -> None:
+    role = b'data: {"choices":[{"index":0,"delta":{"role":"assistant"}}]}\r\n\r\n'
+    row = finalize(_stream_exchange([(100.5, role), (100.6, b"data: [DONE]\r\n\r\n")]), PRICES)
+    assert row["ttft_ms"] is None and row["status"] == "success"
+
+
+def test_responses_stream_capture() -> None:
+    events = [
+        b'event: response.created\ndata: {"type":"response.created","response":{"id":"r","status":"in_progress"}}\n\n',
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":""}\n\n',
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"Hi"}\n\n',
+    ]
+    ex = _stream_exchange([(100.1, events[0]), (100.2, events[1]), (100.3, events[2])])
+    ex.endpoint = "responses"
+    row = finalize(ex, PRICES)  # cut off before response.completed: the partial text is kept
+    assert row["ttft_ms"] == pytest.approx(300.0)
+    assert json.loads(row["response_body"])["output_text"] == "Hi"
+    failed = b'data: {"type":"response.failed","response":{"id":"r","error":{"message":"boom"}}}\n\n'
+    row = finalize(_stream_exchange([(100.1, failed)]), PRICES)
+    assert row["status"] == "error" and row["error"] == "boom"
+
+
+def test_binary_request_body_is_summarised() -> None:
+    ex = Exchange("t2", 0.0, 0.0, "POST", "audio/transcriptions")
+    ex.request_body = b"\xff\xfe\x00binary"
+    ex.request_content_type = "multipart/form-data"
+    row = finalize(ex, PRICES)
+    assert row["request_body"] == "<9 bytes of multipart/form-data, not stored>"
+
+
+# -- usage injection and stripping -------------------------------------------------------------
+def test_inject_usage_variants() -> None:
+    body = b'{"model":"m","stream":true}'
+    out, injected = _inject_usage(body, json.loads(body))
+    assert injected and json.loads(out) == {"stream_options": {"include_usage": True}, "model": "m", "stream": True}
+    body = b'{"model":"m","stream":true,"stream_options":{"include_usage":true}}'
+    assert _inject_usage(body, json.loads(body)) == (body, False)
+    body = b'{"model":"m","stream":true,"stream_options":{"include_obfuscation":false}}'
+    out, injected = _inject_usage(body, json.loads(body))
+    assert injected and json.loads(out)["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+
+
+@pytest.mark.parametrize("sep", [(",", ":"), (", ", ": ")])
+def test_stripper_restores_the_stream_the_client_asked_for(sep: tuple[str, str]) -> None:
+    def ev(obj: Any) -> bytes:
+        return b"data: " + json.dumps(obj, separators=sep).encode() + b"\n\n"
+
+    plain = [
+        {"id": "x", "choices": [{"index": 0, "delta": {"content": 'say "usage":null, ok'}}]},
+        {"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    expected = b"".join(ev(o) for o in plain) + b"data: [DONE]\n\n"
+    upstream = b"".join(ev({**o, "usage": None}) for o in plain)
+    upstream += ev({"id": "x", "choices": [], "usage": {"prompt_tokens": 1}}) + b"data: [DONE]\n\n"
+    for size in (1, 7, 64, len(upstream)):  # any network chunking
+        stripper = _UsageStripper()
+        out = b"".join(stripper.feed(upstream[i : i + size]) for i in range(0, len(upstream), size))
+        assert out + stripper.flush() == expected
+
+
+# -- store ---------------------------------------------------------------------------------------
+def _row(i: int, **kw: Any) -> dict[str, Any]:
+    return {
+        "id": f"{i:032x}",
+        "created_at": 1000.0 + i,
+        "method": "POST",
+        "endpoint": "chat/completions",
+        "model": "m",
+        "stream": 0,
+        "status": "success",
+        "latency_ms": float(i),
+        **kw,
+    }
+
+
+def test_store_writes_in_background_and_flushes_on_close(tmp_path: Any) -> None:
+    path = str(tmp_path / "sub" / "t.db")
+    store = TraceStore(path, lambda item: item, queue_size=1000)
+    store.open()
+    for i in range(1, 101):
+        assert store.submit(_row(i, model="a" if i % 2 else "b", status="error" if i % 10 == 0 else "success"))
+    store.close()
+    assert store.written == 100 and store.dropped == 0
+    conn = open_existing(path)
+    assert conn is not None
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    stats = compute_stats(conn)
+    assert stats["requests"] == 100 and stats["errors"] == 10 and stats["error_rate"] == 0.1
+    assert stats["latency_p50_ms"] == 50.0 and stats["latency_p95_ms"] == 95.0
+    assert stats["by_model"]["a"]["requests"] == 50 and stats["unpriced_requests"] == 100
+    assert compute_stats(conn, since=1090.5)["requests"] == 10
+
+
+def test_full_queue_drops_are_counted_and_logged(tmp_path: Any, caplog: Any) -> None:
+    gate = threading.Event()
+
+    def slow(item: Any) -> dict[str, Any]:
+        gate.wait(10)
+        return dict(item)
+
+    store = TraceStore(str(tmp_path / "t.db"), slow, queue_size=2)
+    store.open()
+    results = [store.submit(_row(i)) for i in range(10)]
+    assert results.count(False) >= 5 and store.dropped == results.count(False)
+    assert store.counters()["dropped"] == store.dropped
+    assert "dropped" in caplog.text
+    gate.set()
+    store.close()
+    assert store.written == results.count(True)
+
+
+def test_bad_row_does_not_lose_the_batch(tmp_path: Any) -> None:
+    store = TraceStore(str(tmp_path / "t.db"), lambda item: item)
+    store.open()
+    store.submit(_row(1))
+    store.submit({"id": "no-required-columns"})  # NOT NULL violations
+    store.submit(_row(2))
+    assert store.flush(10)
+    store.close()
+    assert (store.written, store.failed) == (2, 1)
+
+
+def test_newer_schema_or_garbage_is_refused(tmp_path: Any) -> None:
+    path = tmp_path / "new.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        TraceStore(str(path), dict).open()
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError):
+        TraceStore(str(garbage), dict).open()
+
+
+def test_percentile() -> None:
+    assert percentile([], 50) is None
+    assert percentile([1.0], 95) == 1.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
