@@ -2,7 +2,7 @@
 
 ``prysmai._cli`` imports :mod:`prysmai._proxy.cli` on every ``prysmai`` invocation, including
 ``prysmai run`` where the proxy's extra may be absent, so nothing here (nor in ``cli``) imports
-starlette, uvicorn or httpx at module level.
+uvicorn or httpx at module level.
 
 Modules, one concern each:
 
