@@ -389,16 +389,8 @@ class ProxyApp:
     async def _upstream_failed(
         self, send: Send, ex: Exchange, status: int, message: str, trace_header: tuple[bytes, bytes]
     ) -> None:
-        ex.status = "timeout" if status == 504 else "error"
-        ex.http_status = status
-        ex.error = message
-        ex.t_end = time.perf_counter()
-        ex.response_body = error_body(
-            message, "upstream_error", "upstream_timeout" if status == 504 else "upstream_unreachable"
-        )
-        ex.response_content_type = "application/json"
-        self._submit(ex)
-        await _respond(send, status, ex.response_body, [trace_header, _latency_header(ex)])
+        code = "upstream_timeout" if status == 504 else "upstream_unreachable"
+        await self._fail(send, ex, status, message, "upstream_error", code, trace_header)
 
     async def _relay_stream(
         self,
