@@ -298,3 +298,40 @@ def test_user_supplied_legacy_httpx_client(mode: str, proxy_server: RecordingSer
     with prysmai.prysm_context(user_id="u-1"):
         client.chat.completions.create(model="m", messages=MESSAGES)
     assert_routed(proxy_server, openai_server, "/chat/completions")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_httpx_client_seen_through_respx(mode: str) -> None:
+    """Where the client really uses ``httpx`` (openai 1.x/2.x, or a legacy client on 3.x), respx sees
+    exactly what leaves the process: the proxy URL, the Prysm key and the context headers."""
+    import httpx
+    import respx
+
+    proxy_url = "https://prysm.example.test/api/v1"
+    with respx.mock(assert_all_called=True) as router:
+        route = router.post(f"{proxy_url}/chat/completions").mock(
+            return_value=httpx.Response(
+                200,
+                json={
+                    "id": "c",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "m",
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+                    ],
+                },
+            )
+        )
+        base = openai.OpenAI(api_key="sk-user", http_client=httpx.Client(), max_retries=0)
+        if mode == "monitor":
+            client = prysmai.monitor(base, prysm_key=PRYSM_KEY, base_url=proxy_url)
+        else:
+            prysmai.instrument(prysm_key=PRYSM_KEY, base_url=proxy_url)
+            client = base
+        with prysmai.prysm_context(user_id="respx-user", session_id="é"):
+            assert client.chat.completions.create(model="m", messages=MESSAGES).choices[0].message.content == "ok"
+    sent = route.calls.last.request
+    assert sent.headers["authorization"] == f"Bearer {PRYSM_KEY}"
+    assert sent.headers["x-prysm-user-id"] == "respx-user"
+    assert sent.headers["x-prysm-session-id"] == "%C3%A9"
