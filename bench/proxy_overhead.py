@@ -1,0 +1,403 @@
+"""Proxy overhead: the fake upstream called directly, through ``prysmai proxy``, and through a peer.
+
+Starts ``server.py`` (the fake upstream) and each proxy as subprocesses on free loopback ports,
+then runs ``client.py`` against each target, round after round, rotating the order of the
+targets within each measurement (A B C, B C A, ...). Each run prints one JSON line with the
+client-side figures plus the proxy's CPU time per request (from /proc) and, at the end, each
+proxy's peak RSS. Finally the prysmai proxy is stopped gracefully (so it flushes) and its store
+must hold exactly one trace per request sent to it.
+
+``--floor httpx`` adds a bare pass-through (passthrough.py: the same uvicorn set-up, no capture)
+as a target, so the table separates what capture costs from what the HTTP stack costs.
+
+Measurements:
+* ``seq``     sequential, not streamed: latency p50/p95/p99 (added = target - direct, same round)
+* ``stream``  sequential, streamed (20 content chunks 1 ms apart): TTFT and the gap per chunk
+* ``c16`` / ``c64``  that many connections, back to back: requests per second and p99
+
+Everything runs on this machine's cores, client included (see README.md).
+
+    python bench/proxy_overhead.py --rounds 5            # direct vs prysmai proxy
+    python bench/proxy_overhead.py --rounds 5 --peer litellm
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from _common import (
+    BENCH_DIR,
+    PRYSM_KEY,
+    UPSTREAM_KEY,
+    VENVS_DIR,
+    cpu_seconds,
+    emit,
+    free_port,
+    rss_kib,
+    wait_for_port,
+)
+
+STREAM_MODEL = "bench-c20-d1"  # 20 content chunks, 1 ms apart (see server.py)
+LITELLM_VERSION = "1.108.7"  # the newest whose [proxy] extra resolves from the registry here
+LITELLM_MASTER_KEY = "sk-litellm-bench"
+
+
+class Target:
+    """One way to reach the fake upstream: its chat completions URL and the process serving it."""
+
+    def __init__(self, name: str, url: str, api_key: str, proc: subprocess.Popen[bytes] | None) -> None:
+        self.name = name
+        self.url = url
+        self.api_key = api_key
+        self.proc = proc
+        self.sent = 0
+        self.log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """Stop gracefully (SIGTERM, as a service manager does), then harder; return the exit code."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return proc.returncode if proc is not None else None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                return proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                return proc.wait(10)
+
+
+def _log_file(workdir: Path, name: str) -> IO[bytes]:
+    return open(workdir / f"{name}.log", "wb")  # closed when the run ends
+
+
+def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The fake upstream; returns (process, base URL ending in /v1)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH_DIR / "server.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=_log_file(workdir, "upstream"),
+    )
+    wait_for_port(port, proc, timeout=30)
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def start_prysm(workdir: Path, upstream: str, db: Path) -> Target:
+    port = free_port()
+    env = dict(os.environ, OPENAI_API_KEY=UPSTREAM_KEY)
+    for name in ("PRYSM_AUTO", "PRYSM_PROXY_KEYS", "PRYSM_PROXY_KEYS_FILE", "PRYSM_UPSTREAM_URL", "PRYSM_DB"):
+        env.pop(name, None)
+    log = _log_file(workdir, "prysm")
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from prysmai._cli import main; sys.exit(main())",
+        "proxy",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db",
+        str(db),
+        "--upstream",
+        upstream,
+        "--key",
+        PRYSM_KEY,
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc, timeout=60)
+    except Exception:
+        print((workdir / "prysm.log").read_text(errors="replace")[-2000:], file=sys.stderr)
+        raise
+    target = Target("prysm", f"http://127.0.0.1:{port}/api/v1/chat/completions", PRYSM_KEY, proc)
+    target.log = log
+    return target
+
+
+def start_floor(workdir: Path, upstream: str, client: str) -> Target:
+    """The bare pass-through (passthrough.py) with the given upstream client."""
+    port = free_port()
+    name = f"floor-{client}"
+    log = _log_file(workdir, name)
+    cmd = [sys.executable, str(BENCH_DIR / "passthrough.py"), "--port", str(port), "--upstream", upstream]
+    proc = subprocess.Popen(
+        [*cmd, "--client", client, "--upstream-key", UPSTREAM_KEY], stdout=log, stderr=subprocess.STDOUT
+    )
+    wait_for_port(port, proc, timeout=60)
+    target = Target(name, f"http://127.0.0.1:{port}/v1/chat/completions", "sk-bench", proc)
+    target.log = log
+    return target
+
+
+def litellm_python(version: str = LITELLM_VERSION) -> Path:
+    """LiteLLM's proxy in its own virtualenv, bench/.venvs/litellm, installed from the registry once."""
+    venv = VENVS_DIR / "litellm"
+    python = venv / "bin" / "python"
+    marker = venv / f".installed-{version}"
+    if not marker.exists():
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+        print(f"installing litellm[proxy]=={version} into {venv} ...", file=sys.stderr)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", f"litellm[proxy]=={version}"],
+            check=True,
+            timeout=1800,
+        )
+        marker.write_text(version)
+    return python
+
+
+def start_litellm(workdir: Path, upstream: str, version: str) -> Target:
+    python = litellm_python(version)
+    models = ["bench", STREAM_MODEL]
+    lines = ["model_list:"]
+    for model in models:
+        lines += [
+            f"  - model_name: {model}",
+            "    litellm_params:",
+            f"      model: openai/{model}",
+            f"      api_base: {upstream}",
+            f"      api_key: {UPSTREAM_KEY}",
+        ]
+    lines += [
+        "general_settings:",
+        f"  master_key: {LITELLM_MASTER_KEY}",
+        "litellm_settings:",
+        "  set_verbose: false",
+        "  telemetry: false",
+    ]
+    config = workdir / "litellm.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    port = free_port()
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False")
+    env.pop("PYTHONPATH", None)
+    log = _log_file(workdir, "litellm")
+    proc = subprocess.Popen(
+        [str(python.parent / "litellm"), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, proc, timeout=240)
+    except Exception:
+        print((workdir / "litellm.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+        raise
+    target = Target("litellm", f"http://127.0.0.1:{port}/v1/chat/completions", LITELLM_MASTER_KEY, proc)
+    target.log = log
+    return target
+
+
+def litellm_installed_version() -> str | None:
+    python = VENVS_DIR / "litellm" / "bin" / "python"
+    if not python.exists():
+        return None
+    out = subprocess.run(
+        [str(python), "-c", "from importlib.metadata import version; print(version('litellm'))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return out.stdout.strip() or None
+
+
+def run_client(target: Target, args: list[str], timeout: float) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        str(BENCH_DIR / "client.py"),
+        "--url",
+        target.url,
+        "--api-key",
+        target.api_key,
+        "--stream-model",
+        STREAM_MODEL,
+        *args,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"client failed ({out.returncode}) against {target.name}: {out.stderr[-2000:]}")
+    record: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    target.sent += int(record.get("sent", 0))
+    return record
+
+
+def count_traces(db: Path) -> int:
+    """Traces in the store, through ``prysmai traces --json`` (the public way), else SQLite directly."""
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from prysmai._cli import main; sys.exit(main())",
+        "traces",
+        "--db",
+        str(db),
+        "--json",
+        "--limit",
+        "100000000",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if out.returncode == 0:
+        text = out.stdout.strip()
+        try:
+            data = json.loads(text) if text else []
+        except ValueError:
+            data = [line for line in text.splitlines() if line.strip()]  # one JSON object a line
+        if isinstance(data, dict):
+            data = data.get("traces", [])
+        return len(data)
+    with contextlib.closing(sqlite3.connect(str(db))) as conn:
+        row = conn.execute("SELECT count(*) FROM traces").fetchone()
+        return int(row[0])
+
+
+MEASUREMENTS: dict[str, list[str]] = {
+    "seq": ["--mode", "seq"],
+    "stream": ["--mode", "stream"],
+    "c16": ["--mode", "load", "--concurrency", "16"],
+    "c64": ["--mode", "load", "--concurrency", "64"],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Added latency, throughput and cost of proxies.")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seq-requests", type=int, default=1000)
+    parser.add_argument("--stream-requests", type=int, default=100)
+    parser.add_argument("--load-requests", type=int, default=3000)
+    parser.add_argument("--load-seconds", type=float, default=20.0, help="time bound of one load run")
+    parser.add_argument("--peer", action="append", choices=["litellm"], default=[])
+    parser.add_argument(
+        "--floor",
+        action="append",
+        choices=["httpx", "aiohttp"],
+        default=[],
+        help="also measure a bare pass-through (no capture) with this upstream client",
+    )
+    parser.add_argument("--litellm-version", default=LITELLM_VERSION)
+    parser.add_argument("--no-prysm", action="store_true", help="skip prysmai proxy (harness check)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, store)")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="prysmai-bench-"))
+    upstream_proc, upstream = start_upstream(workdir)
+    targets: list[Target] = [Target("direct", upstream + "/chat/completions", UPSTREAM_KEY, None)]
+    db = workdir / "traces.db"
+    failed = False
+    try:
+        if not args.no_prysm:
+            targets.append(start_prysm(workdir, upstream, db))
+        for client in args.floor:
+            targets.append(start_floor(workdir, upstream, client))
+        if "litellm" in args.peer:
+            targets.append(start_litellm(workdir, upstream, args.litellm_version))
+        versions: dict[str, Any] = {}
+        if "litellm" in args.peer:
+            versions["litellm"] = litellm_installed_version()
+        emit({"bench": "proxy", "event": "targets", "targets": [t.name for t in targets], "versions": versions})
+
+        # Warm-up: connections, imports on first request, caches.
+        for target in targets:
+            run_client(target, ["--mode", "seq", "--requests", "50", "--warmup", "0"], 120)
+            run_client(target, ["--mode", "stream", "--requests", "5", "--warmup", "0"], 120)
+
+        sizes = {
+            "seq": ["--requests", str(args.seq_requests)],
+            "stream": ["--requests", str(args.stream_requests)],
+            "c16": ["--requests", str(args.load_requests), "--max-seconds", str(args.load_seconds)],
+            "c64": ["--requests", str(args.load_requests), "--max-seconds", str(args.load_seconds)],
+        }
+        for rnd in range(args.rounds):
+            for metric, margs in MEASUREMENTS.items():
+                shift = rnd % len(targets)
+                for target in targets[shift:] + targets[:shift]:
+                    served_by = target.pid if target.pid is not None else upstream_proc.pid
+                    cpu0 = cpu_seconds(served_by)
+                    up0 = cpu_seconds(upstream_proc.pid)
+                    record = run_client(target, margs + sizes[metric], args.load_seconds * 3 + 120)
+                    cpu = cpu_seconds(served_by) - cpu0
+                    up = cpu_seconds(upstream_proc.pid) - up0
+                    sent = max(int(record.get("sent", 0)), 1)
+                    emit(
+                        {
+                            "bench": "proxy",
+                            "round": rnd,
+                            "metric": metric,
+                            "target": target.name,
+                            **record,
+                            "cpu_us_per_req": round(cpu / sent * 1e6, 1) if target.pid is not None else None,
+                            "upstream_cpu_us_per_req": round(up / sent * 1e6, 1),
+                        }
+                    )
+                    if record.get("errors"):
+                        failed = True
+        for target in targets:
+            pid = target.pid if target.pid is not None else upstream_proc.pid
+            current, peak = rss_kib(pid)
+            emit(
+                {
+                    "bench": "proxy",
+                    "event": "memory",
+                    "target": target.name,
+                    "rss_mib": round(current / 1024, 1),
+                    "peak_rss_mib": round(peak / 1024, 1),
+                }
+            )
+        for target in targets:
+            if target.name == "prysm":
+                code = target.stop()
+                traces = count_traces(db)
+                ok = traces == target.sent
+                emit(
+                    {
+                        "bench": "proxy",
+                        "event": "traces",
+                        "target": "prysm",
+                        "sent": target.sent,
+                        "traces": traces,
+                        "exit_code": code,
+                        "ok": ok,
+                    }
+                )
+                failed = failed or not ok
+    finally:
+        for target in targets:
+            target.stop()
+            if target.log is not None:
+                target.log.close()
+        upstream_proc.send_signal(signal.SIGINT)
+        try:
+            upstream_proc.wait(10)
+        except subprocess.TimeoutExpired:
+            upstream_proc.kill()
+        if args.keep or failed:
+            print(f"proxy_overhead: logs and store kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    start = time.monotonic()
+    code = main()
+    print(f"proxy_overhead: done in {time.monotonic() - start:.0f} s", file=sys.stderr)
+    sys.exit(code)
