@@ -171,3 +171,16 @@ def test_monitor_does_not_patch_any_class(openai_server: RecordingServer, proxy_
     after = dict(vars(openai.OpenAI))
     assert before.keys() == after.keys()
     assert all(before[name] is after[name] for name in before)
+
+
+def test_base_url_changed_after_monitor_is_honoured(
+    default_client: openai.OpenAI, proxy_server: RecordingServer, openai_server: RecordingServer
+) -> None:
+    monitored = prysmai.monitor(default_client, prysm_key=PRYSM_KEY, base_url=proxy_server.url)
+    _call(monitored)
+    monitored.base_url = openai_server.url  # type: ignore[assignment]
+    if str(monitored.base_url).rstrip("/") != openai_server.url:
+        pytest.skip("this openai release's base_url setter does not change the client's base URL")
+    _call(monitored)
+    assert len(proxy_server.requests) == 1
+    assert openai_server.last.path == "/v1/chat/completions"
