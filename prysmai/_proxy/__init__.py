@@ -2,14 +2,14 @@
 
 ``prysmai._cli`` imports :mod:`prysmai._proxy.cli` on every ``prysmai`` invocation, including
 ``prysmai run`` where the proxy's extra may be absent, so nothing here (nor in ``cli``) imports
-uvicorn or httpx at module level.
+uvicorn or aiohttp at module level.
 
 Modules, one concern each:
 
 * ``config``     -- the proxy's settings (:class:`ProxyConfig`) and default paths.
 * ``keys``       -- accepted ``sk-prysm-`` keys and their constant-time check.
 * ``app``        -- the pure-ASGI application: routing, auth, forwarding, read API.
-* ``upstream``   -- the pooled ``httpx`` client and header filtering.
+* ``upstream``   -- the pooled upstream client (aiohttp) behind a small interface; header filtering.
 * ``capture``    -- turns a finished exchange into a trace row (SSE reassembly, usage, TTFT).
 * ``pricing``    -- cost per model from the shipped ``pricing.json`` and an override file.
 * ``store``      -- SQLite (WAL) trace store: bounded queue, background batch writer, queries.

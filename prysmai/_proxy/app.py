@@ -14,16 +14,13 @@ answer chunk by chunk and queues an :class:`~.capture.Exchange` for the writer t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
 import time
 import uuid
 from functools import partial
-from urllib.parse import parse_qs
-
-import httpx
+from urllib.parse import parse_qs, quote, urlsplit
 
 from .. import _wire
 from .capture import Exchange, finalize
@@ -32,7 +29,16 @@ from .filters import filters_from_query
 from .keys import KeyRing
 from .pricing import PriceTable
 from .store import TraceStore, compute_stats, get_trace, list_traces, open_existing
-from .upstream import base_url, make_client, request_headers, response_headers
+from .upstream import (
+    TIMEOUT_ERRORS,
+    TRANSPORT_ERRORS,
+    Upstream,
+    UpstreamResponse,
+    base_url,
+    make_upstream,
+    request_headers,
+    response_headers,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("prysmai.proxy")
 
 PREFIX = "/api/v1/"
+_PREFIX_BYTES = PREFIX.encode()
 #: POST endpoints whose body must be a JSON object (anything else is a 400).
 JSON_ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "responses"})
 #: Endpoints whose streams accept ``stream_options.include_usage``.
@@ -56,6 +63,9 @@ _USAGE_NULL = (
     re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])'),
     re.compile(rb'"usage"\s*:\s*null\s*,\s*'),
 )
+#: A ``usage`` member with an object value: the mark of the usage-only chunk (other chunks carry
+#: ``"usage":null`` when usage was asked for).
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
@@ -100,7 +110,17 @@ class _UsageStripper:
     def _event(event: bytes) -> bytes:
         if b'"usage"' not in event:
             return event
-        for line in event.splitlines():
+        # The common case, every content chunk: strip ``"usage":null`` by bytes. (A JSON string
+        # cannot hold an unescaped quote, so these patterns only match a member of an object.)
+        stripped, n = _USAGE_NULL[0].subn(b"", event, count=1)
+        if n:
+            return stripped
+        stripped, n = _USAGE_NULL[1].subn(b"", event, count=1)
+        if n:
+            return stripped
+        if _USAGE_OBJECT.search(event) is None:
+            return event
+        for line in event.splitlines():  # maybe the usage-only chunk: parse this one event
             if line.startswith(b"data:"):
                 try:
                     obj = json.loads(line[5:])
@@ -109,10 +129,7 @@ class _UsageStripper:
                 if isinstance(obj, dict) and obj.get("usage") and not obj.get("choices"):
                     return b""  # the usage-only chunk the client did not ask for
                 break
-        stripped, n = _USAGE_NULL[0].subn(b"", event, count=1)
-        if not n:
-            stripped = _USAGE_NULL[1].sub(b"", event, count=1)
-        return stripped
+        return event
 
 
 class ProxyApp:
@@ -125,7 +142,7 @@ class ProxyApp:
         self.store = TraceStore(config.db_path, partial(finalize, prices=self.prices), config.queue_size)
         self.base = base_url(config)
         self.default_upstream_key = config.upstream_api_key.encode("latin-1") if config.upstream_api_key else None
-        self.client: httpx.AsyncClient | None = None
+        self.client: Upstream | None = None
         self.inflight = 0
 
     def __repr__(self) -> str:
@@ -134,7 +151,7 @@ class ProxyApp:
     # -- lifecycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
         self.store.open()
-        self.client = make_client(self.config)
+        self.client = make_upstream(self.config)
 
     async def shutdown(self) -> None:
         if self.client is not None:
@@ -286,14 +303,18 @@ class ProxyApp:
                 )
                 return
         assert self.client is not None, "ProxyApp.startup() was not run"
-        query = scope.get("query_string") or b""
-        url = f"{self.base}/{endpoint}" + (f"?{query.decode('latin-1')}" if query else "")
-        request = self.client.build_request(
-            method, url, content=body, headers=request_headers(scope["headers"], upstream_key)
-        )
+        raw_path = scope.get("raw_path")
+        if isinstance(raw_path, bytes) and raw_path.startswith(_PREFIX_BYTES):  # as the client encoded it
+            url = f"{self.base}/{raw_path[len(_PREFIX_BYTES) :].decode('latin-1')}"
+        else:
+            url = f"{self.base}/{quote(endpoint)}"
+        query = scope.get("query_string")
+        if query:
+            url += "?" + query.decode("latin-1")
+        headers = request_headers(scope["headers"], upstream_key)
         self.inflight += 1
         try:
-            await self._forward(request, receive, send, ex, trace_header, inject)
+            await self._forward(method, url, headers, body, receive, send, ex, trace_header, inject)
         finally:
             self._submit(ex)
             self.inflight -= 1
@@ -337,7 +358,10 @@ class ProxyApp:
 
     async def _forward(
         self,
-        request: httpx.Request,
+        method: str,
+        url: str,
+        request_headers: list[tuple[bytes, bytes]],
+        body: bytes,
         receive: Receive,
         send: Send,
         ex: Exchange,
@@ -346,42 +370,42 @@ class ProxyApp:
     ) -> None:
         assert self.client is not None
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.TimeoutException:
-            await self._upstream_failed(send, ex, 504, "timed out connecting to the upstream", trace_header)
+            response = await self.client.send(method, url, request_headers, body)
+        except TIMEOUT_ERRORS:
+            await self._upstream_failed(send, ex, 504, "the upstream did not answer in time", trace_header)
             return
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             await self._upstream_failed(send, ex, 502, f"upstream unreachable ({type(exc).__name__})", trace_header)
             return
         try:
-            ex.http_status = response.status_code
-            ex.provider_request_id = response.headers.get("x-request-id")
-            ctype = response.headers.get("content-type", "")
-            ex.response_content_type = ctype
-            headers = response_headers(response.headers.raw)
+            status = ex.http_status = response.status
+            headers, ctype, request_id = response_headers(response.raw_headers)
+            ex.response_content_type = ctype.decode("latin-1")
+            if request_id is not None:
+                ex.provider_request_id = request_id.decode("latin-1")
             headers.append(trace_header)
-            if response.status_code < 400 and ctype.startswith("text/event-stream"):
+            if status < 400 and ctype.startswith(b"text/event-stream"):
                 ex.stream = True
                 headers.append((b"x-accel-buffering", b"no"))
                 await self._relay_stream(response, receive, send, ex, headers, inject)
                 return
             try:
-                ex.response_body = await response.aread()
-            except httpx.TimeoutException:
+                ex.response_body = await response.read()
+            except TIMEOUT_ERRORS:
                 await self._upstream_failed(send, ex, 504, "the upstream timed out while answering", trace_header)
                 return
-            except httpx.HTTPError as exc:
+            except TRANSPORT_ERRORS as exc:
                 await self._upstream_failed(
                     send, ex, 502, f"the upstream broke off its answer ({type(exc).__name__})", trace_header
                 )
                 return
             ex.t_end = time.perf_counter()
-            if response.status_code >= 400:
+            if status >= 400:
                 ex.status = "error"
             headers.append((b"content-length", str(len(ex.response_body)).encode()))
             headers.append(_latency_header(ex))
             self._submit(ex)  # before answering: a client that has its answer finds its trace
-            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": ex.response_body})
         finally:
             await response.aclose()
@@ -394,64 +418,71 @@ class ProxyApp:
 
     async def _relay_stream(
         self,
-        response: httpx.Response,
+        response: UpstreamResponse,
         receive: Receive,
         send: Send,
         ex: Exchange,
         headers: list[tuple[bytes, bytes]],
         inject: bool,
     ) -> None:
+        """Relay the stream in this task; one small watcher task waits for the client to go away
+        and, if it does before the end, cancels this task (the caller then closes the upstream)."""
         stripper = _UsageStripper() if inject else None
         chunks = ex.chunks
+        task = asyncio.current_task()
+        assert task is not None
+        state = [False, False]  # [finished: the last frame is being sent, the client went away]
 
-        async def pump() -> None:
-            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state[0]:
+                state[1] = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
             try:
-                async for chunk in response.aiter_raw():
-                    t = time.perf_counter()
-                    chunks.append((t, chunk))
-                    out = stripper.feed(chunk) if stripper is not None else chunk
-                    if out:
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
-            except httpx.TimeoutException:
+                if stripper is None:
+                    async for chunk in response.chunks():
+                        chunks.append((time.perf_counter(), chunk))
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                else:
+                    feed = stripper.feed
+                    async for chunk in response.chunks():
+                        chunks.append((time.perf_counter(), chunk))
+                        out = feed(chunk)
+                        if out:
+                            await send({"type": "http.response.body", "body": out, "more_body": True})
+            except TIMEOUT_ERRORS:
                 ex.status, ex.error = "timeout", "the upstream stopped sending (read timeout)"
-            except httpx.HTTPError as exc:
+            except TRANSPORT_ERRORS as exc:
                 ex.status, ex.error = "error", f"the upstream broke off the stream ({type(exc).__name__})"
             tail = stripper.flush() if stripper is not None else b""
+            state[0] = True
             ex.t_end = time.perf_counter()
             self._submit(ex)  # before the last frame: a client that has its answer finds its trace
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-
-        async def watch() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-
-        pump_task = asyncio.ensure_future(pump())
-        watch_task = asyncio.ensure_future(watch())
-        try:
-            await asyncio.wait((pump_task, watch_task), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the server is going away
-            self._cancel(ex, "the proxy was shut down mid-stream")
-            pump_task.cancel()
-            watch_task.cancel()
-            raise
-        if pump_task.done():
-            watch_task.cancel()
-            pump_task.result()
-            return
-        # The client went away first: stop reading; response.aclose() (caller) closes upstream.
-        pump_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump_task
-        if _stream_finished(chunks):
-            # The client hung up after the end-of-stream marker (the openai SDK stops at [DONE]):
-            # it got everything, so this is a success that ended when the marker was forwarded.
-            if not ex.submitted:
-                ex.t_end = chunks[-1][0]
-            return
-        self._cancel(ex, "the client disconnected mid-stream")
+        except asyncio.CancelledError:
+            if not state[1]:  # the server is going away
+                self._cancel(ex, "the proxy was shut down mid-stream")
+                raise
+            # The client went away first (our watcher cancelled us): stop reading; the caller's
+            # response.aclose() closes the upstream request.
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+            if _stream_finished(chunks):
+                # The client hung up after the end-of-stream marker (the openai SDK stops at
+                # [DONE]): it got everything, so this is a success that ended when the marker
+                # was forwarded.
+                if not ex.submitted:
+                    ex.t_end = chunks[-1][0]
+                return
+            self._cancel(ex, "the client disconnected mid-stream")
+        finally:
+            watcher.cancel()
 
     def _submit(self, ex: Exchange) -> None:
         """Queue the trace once; after this the writer thread owns ``ex``."""
@@ -471,7 +502,7 @@ class ProxyApp:
     async def _health(self, send: Send) -> None:
         body = {
             "status": "ok",
-            "upstream": "demo" if self.config.upstream == DEMO_UPSTREAM else httpx.URL(self.base).host,
+            "upstream": "demo" if self.config.upstream == DEMO_UPSTREAM else urlsplit(self.base).hostname,
             "inflight": self.inflight,
             "store": self.store.counters(),
         }

@@ -1,7 +1,7 @@
 """``prysmai proxy | traces | stats | demo``.
 
 Imported by ``prysmai._cli`` on every invocation: standard library only at module level; the
-proxy's extra (uvicorn, httpx) is imported inside the handlers that need it.
+proxy's extra (uvicorn, aiohttp) is imported inside the handlers that need it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def _has_extra() -> bool:
     try:
-        import httpx  # noqa: F401
+        import aiohttp  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
         return False

@@ -1,6 +1,6 @@
 """``prysm-demo``: the built-in offline model behind ``prysmai proxy --upstream demo``.
 
-An ``httpx`` transport that answers the OpenAI API shapes (chat completions, completions,
+An :class:`~.upstream.Upstream` that answers the OpenAI API shapes (chat completions, completions,
 embeddings, responses -- streamed and not -- and models) without any network, deterministically.
 Streams really stream: each word is a separate chunk, a few milliseconds apart.
 """
@@ -11,8 +11,7 @@ import asyncio
 import hashlib
 import json
 import time
-
-import httpx
+from urllib.parse import urlsplit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,15 +48,33 @@ def _words(text: str) -> list[str]:
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
 
-class _Stream(httpx.AsyncByteStream):
-    def __init__(self, events: list[bytes]) -> None:
+class _Answer:
+    """An answer of the demo model, as an :class:`~.upstream.UpstreamResponse`."""
+
+    __slots__ = ("_body", "_events", "raw_headers", "status")
+
+    def __init__(self, status: int, content_type: bytes, body: bytes = b"", events: list[bytes] | None = None) -> None:
+        self.status = status
+        self.raw_headers = [(b"content-type", content_type)]
+        self._body = body
         self._events = events
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def read(self) -> bytes:
+        if self._events is None:
+            return self._body
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._events is None:
+            yield self._body
+            return
         for i, event in enumerate(self._events):
             if i:
                 await asyncio.sleep(_WORD_DELAY)
             yield event
+
+    async def aclose(self) -> None:
+        pass
 
 
 def _sse(obj: Any, event: str | None = None) -> bytes:
@@ -65,40 +82,43 @@ def _sse(obj: Any, event: str | None = None) -> bytes:
     return f"{head}data: {json.dumps(obj, separators=(',', ':'))}\n\n".encode()
 
 
-def _json(status: int, obj: Any) -> httpx.Response:
-    return httpx.Response(status, headers={"content-type": "application/json"}, content=json.dumps(obj).encode())
+def _json(status: int, obj: Any) -> _Answer:
+    return _Answer(status, b"application/json", json.dumps(obj).encode())
 
 
-def _error(status: int, message: str, code: str) -> httpx.Response:
+def _error(status: int, message: str, code: str) -> _Answer:
     return _json(status, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
 
 
-class DemoTransport(httpx.AsyncBaseTransport):
+class DemoUpstream:
     """Answers like the OpenAI API, offline."""
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path.rstrip("/")
+    async def send(self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> _Answer:
+        path = urlsplit(url).path.rstrip("/")
         endpoint = path.split("/v1/", 1)[-1] if "/v1/" in path else path.lstrip("/")
-        if request.method == "GET" and endpoint == "models":
+        if method == "GET" and endpoint == "models":
             return _json(
                 200, {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "prysmai"}]}
             )
-        if request.method != "POST" or endpoint not in ("chat/completions", "completions", "embeddings", "responses"):
-            return _error(404, f"prysm-demo does not serve {request.method} /{endpoint}", "unknown_url")
-        body = json.loads(await request.aread() or b"{}")
-        seed = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
-        model = body.get("model") or MODEL
+        if method != "POST" or endpoint not in ("chat/completions", "completions", "embeddings", "responses"):
+            return _error(404, f"prysm-demo does not serve {method} /{endpoint}", "unknown_url")
+        doc = json.loads(body or b"{}")
+        seed = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
+        model = doc.get("model") or MODEL
         if endpoint == "embeddings":
-            return self._embeddings(body, model)
+            return self._embeddings(doc, model)
         if endpoint == "responses":
-            return self._responses(body, model, seed)
+            return self._responses(doc, model, seed)
         if endpoint == "completions":
-            prompt = _text_of(body.get("prompt"))
+            prompt = _text_of(doc.get("prompt"))
         else:
-            prompt = _text_of((body.get("messages") or [{}])[-1].get("content"))
-        return self._chat(body, model, seed, prompt, endpoint == "completions")
+            prompt = _text_of((doc.get("messages") or [{}])[-1].get("content"))
+        return self._chat(doc, model, seed, prompt, endpoint == "completions")
 
-    def _embeddings(self, body: dict[str, Any], model: str) -> httpx.Response:
+    async def aclose(self) -> None:
+        pass
+
+    def _embeddings(self, body: dict[str, Any], model: str) -> _Answer:
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
         dims = int(body.get("dimensions") or 8)
@@ -119,7 +139,7 @@ class DemoTransport(httpx.AsyncBaseTransport):
             },
         )
 
-    def _chat(self, body: dict[str, Any], model: str, seed: str, prompt: str, legacy: bool) -> httpx.Response:
+    def _chat(self, body: dict[str, Any], model: str, seed: str, prompt: str, legacy: bool) -> _Answer:
         text = _reply(prompt)
         usage = {"prompt_tokens": _tokens(prompt) + 8, "completion_tokens": _tokens(text)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -158,9 +178,9 @@ class DemoTransport(httpx.AsyncBaseTransport):
         if include_usage:
             events.append(_sse({**base, "choices": [], "usage": usage}))
         events.append(b"data: [DONE]\n\n")
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_Stream(events))
+        return _Answer(200, b"text/event-stream", events=events)
 
-    def _responses(self, body: dict[str, Any], model: str, seed: str) -> httpx.Response:
+    def _responses(self, body: dict[str, Any], model: str, seed: str) -> _Answer:
         prompt = _text_of(body.get("input"))
         text = _reply(prompt)
         usage = {"input_tokens": _tokens(prompt) + 8, "output_tokens": _tokens(text)}
@@ -205,4 +225,4 @@ class DemoTransport(httpx.AsyncBaseTransport):
         events.append(
             _sse({"type": "response.completed", "sequence_number": seq, "response": final}, "response.completed")
         )
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_Stream(events))
+        return _Answer(200, b"text/event-stream", events=events)

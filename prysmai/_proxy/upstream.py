@@ -1,10 +1,25 @@
-"""The connection to the provider: one pooled ``httpx.AsyncClient`` and header filtering."""
+"""The connection to the provider: one pooled HTTP client behind a small interface, and header
+filtering.
+
+The app sees only :class:`Upstream` (``send`` / ``aclose``), :class:`UpstreamResponse`
+(``status``, ``raw_headers``, ``read``, ``chunks``, ``aclose``) and the two exception tuples
+:data:`TIMEOUT_ERRORS` (→ 504) and :data:`TRANSPORT_ERRORS` (→ 502), so the HTTP library is a
+detail of this module (and of ``demo_model``, the offline upstream).
+"""
 
 from __future__ import annotations
 
-import httpx
+import asyncio
+from typing import Protocol
+
+import aiohttp
+from yarl import URL
 
 from .config import DEMO_UPSTREAM, ProxyConfig
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
 
 #: Hop-by-hop and framing headers that must not cross the proxy, plus everything that carries
 #: credentials or Prysm's own metadata (the upstream gets its own Authorization).
@@ -43,24 +58,131 @@ _DROP_RESPONSE = frozenset(
 )
 DEMO_BASE_URL = "http://prysm-demo.invalid/v1"
 
+#: Raised by ``send``, ``read`` and ``chunks`` when the upstream is too slow (connect or read).
+TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError,)
+#: Raised by ``send``, ``read`` and ``chunks`` when the upstream cannot be reached or breaks off.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError)
+
+
+class UpstreamResponse(Protocol):
+    """An upstream answer whose headers have arrived; the body is read with ``read`` or
+    ``chunks`` (raw bytes as they arrive, transfer-decoded, not content-decoded)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+
+    async def read(self) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None:
+        """Give the connection back (or close it, if the body was not read to the end)."""
+
+
+class Upstream(Protocol):
+    async def send(
+        self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _AiohttpResponse:
+    __slots__ = ("_r", "raw_headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._r = response
+        self.status = response.status
+        self.raw_headers = response.raw_headers
+
+    async def read(self) -> bytes:
+        return await self._r.read()
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._r.content.iter_any()
+
+    async def aclose(self) -> None:
+        # After the body's end the connection is back in the pool and this does nothing; before
+        # it (a client that went away, an error) it closes the connection, which ends the
+        # upstream request.
+        self._r.close()
+
+
+class AiohttpUpstream:
+    """The upstream on one pooled ``aiohttp.ClientSession``: HTTP/1.1 keep-alive, no redirects,
+    no cookie jar, no environment proxies, no automatic headers beyond ``Host`` and
+    ``Content-Length``, bodies relayed as received (no decompression)."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self._config = config
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the event loop that serves the proxy.
+        config = self._config
+        connector = aiohttp.TCPConnector(
+            limit=config.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=60.0,
+            enable_cleanup_closed=False,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=config.connect_timeout,  # waiting for a pooled connection and connecting
+            sock_connect=config.connect_timeout,
+            sock_read=config.upstream_timeout,  # between two reads, as the config documents
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            version=aiohttp.HttpVersion11,
+            raise_for_status=False,
+        )
+        return self._session
+
+    async def send(self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> _AiohttpResponse:
+        session = self._session or self._open()
+        response = await session.request(
+            method,
+            URL(url, encoded=True),  # already percent-encoded: sent as the client wrote it
+            data=body or None,
+            headers=[(k.decode("latin-1"), v.decode("latin-1") if v.isascii() else _text(v)) for k, v in headers],
+            allow_redirects=False,
+        )
+        return _AiohttpResponse(response)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _text(value: bytes) -> str:
+    """A non-ASCII header value as aiohttp will write it back (UTF-8): exact for UTF-8 values."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
 
 def base_url(config: ProxyConfig) -> str:
     return DEMO_BASE_URL if config.upstream == DEMO_UPSTREAM else config.upstream.rstrip("/")
 
 
-def make_client(config: ProxyConfig) -> httpx.AsyncClient:
-    """The shared client: generous pool, keep-alive, no redirects, no env proxies for the demo."""
-    timeout = httpx.Timeout(config.upstream_timeout, connect=config.connect_timeout, pool=config.connect_timeout)
-    limits = httpx.Limits(
-        max_connections=config.max_connections,
-        max_keepalive_connections=config.max_keepalive,
-        keepalive_expiry=60.0,
-    )
+def make_upstream(config: ProxyConfig) -> Upstream:
+    """The shared upstream client (or the offline demo model for ``--upstream demo``)."""
     if config.upstream == DEMO_UPSTREAM:
-        from .demo_model import DemoTransport
+        from .demo_model import DemoUpstream
 
-        return httpx.AsyncClient(transport=DemoTransport(), timeout=timeout)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+        return DemoUpstream()
+    return AiohttpUpstream(config)
 
 
 def request_headers(headers: list[tuple[bytes, bytes]], upstream_key: bytes | None) -> list[tuple[bytes, bytes]]:
@@ -72,6 +194,19 @@ def request_headers(headers: list[tuple[bytes, bytes]], upstream_key: bytes | No
     return out
 
 
-def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The upstream's response headers as the client should see them (lower-cased names)."""
-    return [(k.lower(), v) for k, v in raw if k.lower() not in _DROP_RESPONSE]
+def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bytes, bytes | None]:
+    """The upstream's response headers as the client should see them (lower-cased names), with
+    the content type and ``x-request-id`` picked out on the way."""
+    out = []
+    ctype = b""
+    request_id = None
+    for k, v in raw:
+        name = k.lower()
+        if name in _DROP_RESPONSE:
+            continue
+        out.append((name, v))
+        if name == b"content-type":
+            ctype = v
+        elif name == b"x-request-id":
+            request_id = v
+    return out, ctype, request_id

@@ -218,6 +218,19 @@ def test_stripper_restores_the_stream_the_client_asked_for(sep: tuple[str, str])
         assert out + stripper.flush() == expected
 
 
+def test_stripper_parses_only_what_can_be_the_usage_chunk() -> None:
+    stripper = _UsageStripper()
+    # "usage":null first or last, by bytes; an object-valued usage with choices is left as it is.
+    assert stripper.feed(b'data: {"usage":null,"id":"a","choices":[]}\n\n') == b'data: {"id":"a","choices":[]}\n\n'
+    assert stripper.feed(b'data: {"id":"a", "usage" : null}\n\n') == b'data: {"id":"a"}\n\n'
+    kept = b'data: {"id":"a","choices":[{"index":0}],"usage":{"total_tokens":3}}\n\n'
+    assert stripper.feed(kept) == kept
+    assert stripper.feed(b'data: {"id":"a","choices":[],"usage":{"total_tokens":3}}\r\n\r\n') == b""
+    assert stripper.feed(b'data: {"usage": {"total_tokens":3}, "choices": []}\n\n') == b""
+    assert stripper.feed(b'data: not json, "usage":{\n\n') == b'data: not json, "usage":{\n\n'
+    assert stripper.flush() == b""
+
+
 # -- store ---------------------------------------------------------------------------------------
 def _row(i: int, **kw: Any) -> dict[str, Any]:
     return {
