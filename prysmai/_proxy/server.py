@@ -32,15 +32,16 @@ def serve(app: ProxyApp, log_level: str = "warning") -> None:
     """Serve in the foreground until SIGINT/SIGTERM; pending traces are written before returning."""
     import signal
 
-    # uvicorn re-raises the signal that stopped it once it has shut down (and flushed the store);
-    # make that a normal return rather than a KeyboardInterrupt traceback or a kill.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    # uvicorn re-raises the signal that stopped it once it has shut down (and flushed the store).
+    # With no-op handlers in place for both, that is a normal return, not a kill or, for SIGINT,
+    # a KeyboardInterrupt from asyncio's own handler cancelling the lifespan mid-shutdown.
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in stops}
     try:
         uvicorn.Server(uvicorn_config(app, app.config.host, app.config.port, log_level)).run()
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class BackgroundServer:
