@@ -68,10 +68,7 @@ def mask_key(key: str) -> str:
 
 def resolve_key(prysm_key: str | None) -> str:
     """The Prysm key from the argument or ``PRYSM_API_KEY``; never echoed in an error."""
-    source = "prysm_key"
-    if prysm_key is None:
-        prysm_key = os.environ.get(KEY_ENV) or None
-        source = KEY_ENV
+    prysm_key, source = _argument_or_env(prysm_key, "prysm_key", KEY_ENV)
     if prysm_key is None:
         raise ValueError(f"No Prysm API key: pass prysm_key='sk-prysm-...' or set the {KEY_ENV} environment variable.")
     if not isinstance(prysm_key, str):
@@ -104,10 +101,7 @@ def resolve_upstream_key(upstream_api_key: str | None) -> str | None:
 
 def resolve_base_url(base_url: str | None) -> str:
     """The proxy URL from the argument, ``PRYSM_BASE_URL`` or the default, without a trailing slash."""
-    source = "base_url"
-    if base_url is None:
-        base_url = os.environ.get(BASE_URL_ENV) or None
-        source = BASE_URL_ENV
+    base_url, source = _argument_or_env(base_url, "base_url", BASE_URL_ENV)
     if base_url is None:
         return DEFAULT_BASE_URL
     url = validate_url(base_url, source)
@@ -182,6 +176,13 @@ def resolve_base_url_list(urls: Iterable[str], source: str) -> frozenset[str]:
     if isinstance(urls, str):
         raise TypeError(f"{source} must be a list of URLs, not a single string.")
     return frozenset(validate_url(url, source) + "/" for url in urls)
+
+
+def _argument_or_env(value: str | None, argument: str, env: str) -> tuple[str | None, str]:
+    """The argument if given, else the environment variable (empty counts as unset), and its name."""
+    if value is not None:
+        return value, argument
+    return os.environ.get(env) or None, env
 
 
 def _is_header_safe(value: str) -> bool:
