@@ -198,13 +198,22 @@ def _proxy_command(args: argparse.Namespace) -> int:
     except (PricingError, StoreError, OSError) as exc:
         _err(str(exc))
         return 1
+    port = args.port
+    if port == 0:
+        # Pick the free port now so the banner can name it (the window before uvicorn binds it again
+        # is small; this is for local use).
+        import socket
+
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+            probe.bind((args.host, 0))
+            port = probe.getsockname()[1]
     config = ProxyConfig(
         keys=keys,
         db_path=db_path,
         upstream=upstream,
         upstream_api_key=os.environ.get(UPSTREAM_KEY_ENV) or None,
         host=args.host,
-        port=args.port,
+        port=port,
         upstream_timeout=args.upstream_timeout,
         max_body_bytes=args.max_body_bytes,
         queue_size=args.queue_size,
@@ -220,7 +229,7 @@ def _proxy_command(args: argparse.Namespace) -> int:
         print(f"prysmai proxy: listening on {args.host}, reachable from other machines.", file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(
-        f"prysmai proxy: http://{host}:{args.port}/api/v1 -> {upstream}; {len(keys)} key(s); traces in {db_path}",
+        f"prysmai proxy: http://{host}:{port}/api/v1 -> {upstream}; {len(keys)} key(s); traces in {db_path}",
         file=sys.stderr,
     )
     serve(ProxyApp(config, prices), log_level="warning" if args.log_level == "info" else args.log_level)
