@@ -18,7 +18,7 @@ DEFAULT_BASE_URL = "https://prysmai.io/api/v1"
 KEY_ENV = "PRYSM_API_KEY"
 BASE_URL_ENV = "PRYSM_BASE_URL"
 
-_LOOPBACK_HOSTS = frozenset({"localhost", "::1", "[::1]"})
+_LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
 
 
 class InsecureBaseURLWarning(UserWarning):
@@ -132,9 +132,7 @@ def validate_url(url: object, source: str) -> str:
             parts.scheme.lower() in ("http", "https")
             and bool(parts.hostname)
             and (parts.port is None or parts.port > 0)  # .port raises ValueError when malformed
-            and not parts.query
-            and not parts.fragment
-            and "?" not in url
+            and "?" not in url  # stricter than an empty .query / .fragment: "http://h/?" is refused too
             and "#" not in url
             and _is_header_safe(url)
         )
@@ -190,9 +188,10 @@ def _is_header_safe(value: str) -> bool:
 
 
 def _is_loopback(url: str) -> bool:
-    authority = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
-    host = authority.split("]", 1)[0] + "]" if authority.startswith("[") else authority.split(":", 1)[0]
-    host = host.lower()
+    """For a URL ``validate_url`` accepted."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""  # lower-cased, IPv6 brackets and port removed
     # 127.0.0.0/8 as an IPv4 literal only: "127.example.com" is a DNS name like any other.
     is_ipv4_loopback = host.startswith("127.") and host.count(".") == 3 and host.replace(".", "").isdigit()
     return host in _LOOPBACK_HOSTS or is_ipv4_loopback or host.endswith(".localhost")
