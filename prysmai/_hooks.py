@@ -143,10 +143,10 @@ def class_wrapper(is_async: bool) -> Callable[[Patch], WrapperFunction]:
     return make
 
 
-def _tag_monitored(client: Any, route: Route, expected_base: object, options: Any) -> None:
+def _tag_monitored(client: Any, route: Route, expected_base: object, proxy_base: str, options: Any) -> None:
     try:
         # The URL is made absolute only while the client still has the base URL monitor() gave it.
-        client_base = route.base_url + "/" if getattr(client, "_base_url", None) is expected_base else None
+        client_base = proxy_base if getattr(client, "_base_url", None) is expected_base else None
         _tag(options, route, None, client_base)
     except Exception:
         from ._log import log_once
@@ -167,6 +167,7 @@ def attach(client: Any, route: Route, is_async: bool) -> None:
     state[MONITOR_ATTR] = route
     prepare = cls._prepare_options.__get__(client, cls)
     expected_base = getattr(client, "_base_url", None)
+    proxy_base = route.base_url + "/"  # as openai stores it; built once, not per request
 
     if is_async:
 
@@ -174,7 +175,7 @@ def attach(client: Any, route: Route, is_async: bool) -> None:
             wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             result = await wrapped(*args, **kwargs)
-            _tag_monitored(client, route, expected_base, _options_of(result, args, kwargs))
+            _tag_monitored(client, route, expected_base, proxy_base, _options_of(result, args, kwargs))
             return result
 
         state["_prepare_options"] = wrapt.FunctionWrapper(prepare, async_prepare)
@@ -184,7 +185,7 @@ def attach(client: Any, route: Route, is_async: bool) -> None:
             wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             result = wrapped(*args, **kwargs)
-            _tag_monitored(client, route, expected_base, _options_of(result, args, kwargs))
+            _tag_monitored(client, route, expected_base, proxy_base, _options_of(result, args, kwargs))
             return result
 
         state["_prepare_options"] = wrapt.FunctionWrapper(prepare, sync_prepare)
