@@ -6,7 +6,9 @@ Three ways in, all routing through the same request hooks:
 * ``prysmai.instrument()`` — every OpenAI client of the process, including those created before;
 * ``PRYSM_AUTO=1`` (or ``prysmai run -- python app.py``) — no code change at all.
 
-``prysm_context`` tags requests with user, session and metadata.
+``prysm_context`` tags requests with user, session and metadata; ``PrysmContext`` is the value it
+holds. ``prysmai.client`` and ``prysmai.context`` re-export the same objects under prysmai 0.1's
+import paths.
 
 Names are loaded on first use, so ``import prysmai`` (done at every interpreter start under
 ``PRYSM_AUTO``) imports neither openai nor wrapt.
@@ -49,16 +51,22 @@ _WHERE = {
 }
 
 
+#: Public submodules: prysmai 0.1's import paths (``from prysmai.client import monitor``).
+_SUBMODULES = ("client", "context")
+
+
 def __getattr__(name: str) -> object:
+    from importlib import import_module
+
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)  # importing a submodule sets it on the package
     module_name = _WHERE.get(name)
     if module_name is None:
         raise AttributeError(f"module 'prysmai' has no attribute {name!r}")
-    from importlib import import_module
-
     value = getattr(import_module(module_name, __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

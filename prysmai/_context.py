@@ -4,28 +4,28 @@ Two layers, merged at request time:
 
 * the global context (``prysm_context.set``): one immutable value swapped under a lock, so every
   thread and task sees the latest one;
-* scopes (``with prysm_context(...)``): an immutable overlay in a ``ContextVar``, so each thread
-  and asyncio task has its own, and nested scopes merge their metadata.
+* scopes (``with prysm_context(...)``): a chain of immutable layers in a ``ContextVar``, so each
+  thread and asyncio task has its own, and nested scopes merge their metadata.
 
 Values are validated and encoded when they are set, never mid-request; the encoded headers are
-cached on the immutable values, so a request only reads two references.
+cached on the immutable values, so a request only reads a few references.
+
+A scope's exit never raises and never installs values it did not find. Exiting the innermost scope
+of the thread or task that entered it (the normal case) restores the enclosing layer there. Any
+other exit -- out of order, from another thread, or from the task asyncio starts to finalise an
+abandoned async generator -- *closes* the layer instead: every context still holding it (including
+the one that entered it) skips it from then on, falling back to the enclosing values.
 """
 
 from __future__ import annotations
 
 import contextvars
-import functools
+import os
+import sys
 import threading
-from types import MappingProxyType
 
-from ._wire import (
-    MAX_HEADER_VALUE_BYTES,
-    METADATA_HEADER,
-    SESSION_ID_HEADER,
-    USER_ID_HEADER,
-    encode_id,
-    encode_metadata,
-)
+from ._context_checks import EMPTY_METADATA, check_id, check_metadata, encode_checked
+from ._wire import METADATA_HEADER, SESSION_ID_HEADER, USER_ID_HEADER, encode_id, encode_metadata
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,11 +37,18 @@ if TYPE_CHECKING:
 
 Headers = tuple[tuple[str, str], ...]
 
-_EMPTY_METADATA: Mapping[str, Any] = MappingProxyType({})
 
+class PrysmContext:
+    """Who and what a request is for: a user id, a session id and metadata. Immutable.
 
-class ContextSnapshot:
-    """An immutable view of the effective context: what the next request would carry."""
+    ``prysm_context.get()`` returns the one in effect; build one yourself to tag other HTTP calls
+    the way prysmai tags openai's::
+
+        PrysmContext(user_id="u1", metadata={"env": "test"}).to_headers()
+        # {'X-Prysm-User-Id': 'u1', 'X-Prysm-Metadata': '{"env":"test"}'}
+
+    Arguments are checked like ``prysm_context.set()``'s (``TypeError`` / ``ValueError``).
+    """
 
     __slots__ = ("metadata", "session_id", "user_id")
 
@@ -49,16 +56,45 @@ class ContextSnapshot:
     session_id: str | None
     metadata: Mapping[str, Any]
 
-    def __init__(self, user_id: str | None, session_id: str | None, metadata: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._init(check_id(user_id, "user_id"), check_id(session_id, "session_id"), check_metadata(metadata))
+
+    def _init(self, user_id: str | None, session_id: str | None, metadata: Mapping[str, Any]) -> None:
         object.__setattr__(self, "user_id", user_id)
         object.__setattr__(self, "session_id", session_id)
         object.__setattr__(self, "metadata", metadata)
 
+    @classmethod
+    def _checked(cls, user_id: str | None, session_id: str | None, metadata: Mapping[str, Any]) -> PrysmContext:
+        """Build one from values validated already (no second check)."""
+        value = cls.__new__(cls)
+        value._init(user_id, session_id, metadata)
+        return value
+
+    def to_headers(self) -> dict[str, str]:
+        """The ``X-Prysm-*`` headers of this context, encoded as prysmai sends them; only fields that are set."""
+        headers: dict[str, str] = {}
+        if self.user_id is not None:
+            headers[USER_ID_HEADER] = encode_id(self.user_id)
+        if self.session_id is not None:
+            headers[SESSION_ID_HEADER] = encode_id(self.session_id)
+        if self.metadata:
+            headers[METADATA_HEADER] = encode_metadata(dict(self.metadata))
+        return headers
+
     def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("ContextSnapshot is immutable")
+        raise AttributeError("PrysmContext is immutable; use prysm_context.set() or a scope to change the context")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("PrysmContext is immutable")
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ContextSnapshot):
+        if not isinstance(other, PrysmContext):
             return NotImplemented
         return (self.user_id, self.session_id, dict(self.metadata)) == (
             other.user_id,
@@ -70,50 +106,135 @@ class ContextSnapshot:
 
     def __repr__(self) -> str:
         return (
-            f"ContextSnapshot(user_id={self.user_id!r}, session_id={self.session_id!r}, "
-            f"metadata={dict(self.metadata)!r})"
+            f"PrysmContext(user_id={self.user_id!r}, session_id={self.session_id!r}, metadata={dict(self.metadata)!r})"
         )
+
+
+#: The name this value type had before it took the seed SDK's name; kept for existing code.
+ContextSnapshot = PrysmContext
 
 
 class _Values:
     """One layer of context (global, or a scope merged with its parents), validated and encoded."""
 
-    __slots__ = ("encoded_metadata", "headers", "merged", "metadata", "session_id", "user_id")
+    __slots__ = ("encoded_metadata", "headers", "metadata", "session_id", "user_id")
 
     def __init__(self, user_id: str | None, session_id: str | None, metadata: Mapping[str, Any]) -> None:
         self.user_id = user_id
         self.session_id = session_id
         self.metadata = metadata
-        self.encoded_metadata = _encode_metadata(metadata) if metadata else None
+        self.encoded_metadata = encode_checked(metadata) if metadata else None
         self.headers: Headers = _headers(user_id, session_id, self.encoded_metadata)
-        # For scopes: (global layer it was merged with, merged headers), rebuilt when the global changes.
-        self.merged: tuple[_Values, Headers] | None = None
+
+
+class _Layer:
+    """One entry of a scope, in the context that entered it: a link in that context's chain."""
+
+    __slots__ = ("clean", "closed", "merged", "owner", "parent", "scope", "values")
+
+    def __init__(self, scope: _Scope, parent: _Layer | None, values: _Values, clean: object) -> None:
+        self.scope = scope
+        self.parent = parent
+        self.values = values  # merged with the open layers below it, as they were on entry
+        self.owner = _owner()
+        self.closed = False
+        # `_epoch` at which no layer below this one was closed, or None: `values` is current then.
+        self.clean = clean
+        # (global values, epoch, effective values): what requests carry, until either changes.
+        self.merged: tuple[_Values, object, _Values] | None = None
 
 
 def current_headers() -> Headers:
     """The ``X-Prysm-*`` headers of the effective context, for the request being prepared now."""
-    scoped = _scope.get()
+    top = _scope.get()
     base = _global
-    if scoped is None:
+    if top is None:
         return base.headers
-    merged = scoped.merged
-    if merged is not None and merged[0] is base:
-        return merged[1]
-    try:
-        headers = _merge(base, scoped).headers
-    except ValueError:
-        # The global metadata grew after this scope was entered and the merge no longer fits in a
-        # header: send the scope's own values rather than fail the user's request.
-        from ._log import log_once
+    merged = top.merged
+    if merged is not None and merged[0] is base and merged[1] is _epoch:
+        return merged[2].headers
+    return _refresh(top, base).headers
 
-        log_once(
-            "context-too-large",
-            "prysm_context: global and scoped metadata together exceed the header limit; "
-            "sending the scope's metadata only",
-        )
-        headers = _merge(_Values(base.user_id, base.session_id, _EMPTY_METADATA), scoped).headers
-    scoped.merged = (base, headers)  # a benign race: any thread computes the same value
-    return headers
+
+def get() -> PrysmContext:
+    top = _scope.get()
+    base = _global
+    values = base
+    if top is not None:
+        merged = top.merged
+        values = merged[2] if merged is not None and merged[0] is base and merged[1] is _epoch else _refresh(top, base)
+    metadata = EMPTY_METADATA
+    if values.encoded_metadata is not None:
+        import json
+        from types import MappingProxyType
+
+        # Fresh objects: mutating a nested list of the value cannot reach the live context.
+        metadata = MappingProxyType(json.loads(values.encoded_metadata))
+    return PrysmContext._checked(values.user_id, values.session_id, metadata)
+
+
+def _refresh(top: _Layer, base: _Values) -> _Values:
+    """Merge ``top``'s chain with the global values and cache the result on ``top``."""
+    epoch = _epoch
+    try:
+        scoped = _open_values(top)
+    except ValueError:
+        scoped = top.scope.own  # closing a middle layer let an outer value grow past the limit
+    if scoped is None:
+        values = base
+    else:
+        try:
+            values = _merge(base, scoped)
+        except ValueError:
+            # The global metadata grew after this scope was entered and the merge no longer fits in a
+            # header: send the scope's own values rather than fail the user's request.
+            from ._log import log_once
+
+            log_once(
+                "context-too-large",
+                "prysm_context: global and scoped metadata together exceed the header limit; "
+                "sending the scope's metadata only",
+            )
+            values = _merge(_Values(base.user_id, base.session_id, EMPTY_METADATA), scoped)
+    top.merged = (base, epoch, values)  # a benign race: any thread computes the same value
+    return values
+
+
+def _open_values(layer: _Layer) -> _Values | None:
+    """The merged values of the layers of ``layer``'s chain that are still open (None: all closed)."""
+    if layer.clean is _epoch:
+        return layer.values
+    epoch = _epoch
+    chain: list[_Layer] = []
+    node: _Layer | None = layer
+    while node is not None:
+        if not node.closed:
+            chain.append(node)
+        node = node.parent
+    if len(chain) == _depth(layer):
+        layer.clean = epoch
+        return layer.values
+    if not chain:
+        return None
+    values = chain[-1].scope.own
+    for node in reversed(chain[:-1]):
+        values = _merge(values, node.scope.own)
+    return values
+
+
+def _depth(layer: _Layer) -> int:
+    depth = 0
+    node: _Layer | None = layer
+    while node is not None:
+        depth += 1
+        node = node.parent
+    return depth
+
+
+def _first_open(layer: _Layer | None) -> _Layer | None:
+    while layer is not None and layer.closed:
+        layer = layer.parent
+    return layer
 
 
 def _merge(base: _Values, scoped: _Values) -> _Values:
@@ -122,6 +243,8 @@ def _merge(base: _Values, scoped: _Values) -> _Values:
     elif not scoped.metadata:
         metadata = base.metadata
     else:
+        from types import MappingProxyType
+
         metadata = MappingProxyType({**base.metadata, **scoped.metadata})
     return _Values(
         scoped.user_id if scoped.user_id is not None else base.user_id,
@@ -130,27 +253,43 @@ def _merge(base: _Values, scoped: _Values) -> _Values:
     )
 
 
+def _owner() -> tuple[int, int]:
+    """Who is running: (thread, asyncio task or 0). A scope exited by someone else is closed, not popped."""
+    task = 0
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and asyncio._get_running_loop() is not None:
+        task = id(asyncio.current_task())
+    return threading.get_ident(), task
+
+
 class _Scope:
     """``with prysm_context(...)``: scoped values for the block, or for each call when decorating."""
 
-    __slots__ = ("_metadata", "_session_id", "_user_id")
+    __slots__ = ("_entries", "own")
 
     def __init__(self, user_id: str | None, session_id: str | None, metadata: Mapping[str, Any] | None) -> None:
-        self._user_id = _check_id(user_id, "user_id")
-        self._session_id = _check_id(session_id, "session_id")
-        self._metadata = _check_metadata(metadata)
-        # Fail here, not on entry, if this scope alone cannot be sent.
-        _Values(self._user_id, self._session_id, self._metadata)
+        # Checked here, not on entry: a scope that cannot be sent fails where it is written.
+        self.own = _Values(check_id(user_id, "user_id"), check_id(session_id, "session_id"), check_metadata(metadata))
+        # Open entries, oldest first: an exit from a context that did not enter the scope finds its
+        # layer here (one scope object may be entered by many threads and tasks at once).
+        self._entries: dict[_Layer, None] = {}
 
-    def __enter__(self) -> ContextSnapshot:
-        parent = _scope.get()
+    def __enter__(self) -> PrysmContext:
+        parent = _first_open(_scope.get())
+        clean: object = _epoch
         if parent is None:
-            layer = _Values(self._user_id, self._session_id, self._metadata)
+            values = self.own
         else:
-            layer = _merge(parent, _Values(self._user_id, self._session_id, self._metadata))
-        _merge(_global, layer)  # raises here if the merged metadata cannot be sent
-        token = _scope.set(layer)
-        _tokens.set((*_tokens.get(), token))
+            below = _open_values(parent)
+            if parent.clean is not _epoch:
+                clean = None
+            values = self.own if below is None else _merge(below, self.own)
+        base = _global
+        merged = _merge(base, values)  # raises here, with nothing entered, if the merge cannot be sent
+        layer = _Layer(self, parent, values, clean)
+        layer.merged = (base, _epoch, merged)
+        self._entries[layer] = None
+        _scope.set(layer)
         return get()
 
     def __exit__(
@@ -159,11 +298,35 @@ class _Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        tokens = _tokens.get()
-        _tokens.set(tokens[:-1])
-        _scope.reset(tokens[-1])
+        try:
+            self._exit()
+        except Exception:  # never replace the user's exception, nor raise one of ours
+            from ._log import log_once
 
-    async def __aenter__(self) -> ContextSnapshot:
+            log_once("scope-exit", "prysm_context: leaving a scope failed; its values were dropped", exc_info=True)
+
+    def _exit(self) -> None:
+        global _epoch
+        top = _scope.get()
+        layer = top
+        while layer is not None and (layer.scope is not self or layer.closed):
+            layer = layer.parent
+        if layer is None:
+            # Not entered in this context: another thread, or a task finalising a generator.
+            try:
+                layer = next(reversed(self._entries))
+            except (StopIteration, RuntimeError):
+                return  # exited more often than entered: nothing of ours to undo
+        self._entries.pop(layer, None)
+        if layer is top and layer.owner == _owner():
+            _scope.set(_first_open(layer.parent))  # the normal case: innermost scope, same thread/task
+            return
+        layer.closed = True
+        _epoch = object()  # every cached merge is rebuilt without the closed layer
+        if layer is top:
+            _scope.set(_first_open(layer.parent))
+
+    async def __aenter__(self) -> PrysmContext:
         return self.__enter__()
 
     async def __aexit__(
@@ -175,34 +338,25 @@ class _Scope:
         self.__exit__(exc_type, exc, tb)
 
     def __call__(self, func: _F) -> _F:
-        """Use the scope as a decorator: each call of ``func`` runs inside it."""
-        import inspect
+        """Use the scope as a decorator: each call of ``func`` runs inside it.
 
-        if inspect.iscoroutinefunction(func):
+        Generator functions (sync and async) get the scope around each resumption of their body,
+        never between ``yield``s, so the consumer never sees it.
+        """
+        from ._scoped_calls import in_scope
 
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with self:
-                    return await func(*args, **kwargs)
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self:
-                return func(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
+        return in_scope(self, func)
 
 
-class PrysmContext:
+class _PrysmContextManager:
     """User, session and metadata tags for every request, global or scoped.
 
     ``prysm_context.set(user_id="u1")`` sets the global context, seen by every thread and task;
     ``with prysm_context(user_id="u2", metadata={"feature": "chat"}):`` overrides it for the block
     only (per thread / asyncio task); nested scopes and the global context merge their metadata,
-    inner keys winning. ``@prysm_context(...)`` decorates sync and async functions the same way.
-    Values are read when each request is sent, so one client serves many users concurrently.
+    inner keys winning. ``@prysm_context(...)`` decorates sync and async functions and generators
+    the same way. Values are read when each request is sent, so one client serves many users
+    concurrently.
     """
 
     def __call__(
@@ -221,9 +375,9 @@ class PrysmContext:
     ) -> None:
         """Set the global context; only the given fields change (``metadata`` is replaced whole)."""
         global _global
-        user_id = _check_id(user_id, "user_id")
-        session_id = _check_id(session_id, "session_id")
-        checked = _check_metadata(metadata)
+        user_id = check_id(user_id, "user_id")
+        session_id = check_id(session_id, "session_id")
+        checked = check_metadata(metadata)
         with _global_lock:
             old = _global
             new = _Values(
@@ -233,7 +387,7 @@ class PrysmContext:
             )
             _global = new
 
-    def get(self) -> ContextSnapshot:
+    def get(self) -> PrysmContext:
         """The effective context here and now (global merged with the enclosing scopes)."""
         return get()
 
@@ -243,65 +397,19 @@ class PrysmContext:
         with _global_lock:
             _global = _EMPTY
 
+    def wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """``func`` bound to the current scope, for a thread pool: ``pool.submit(prysm_context.wrap(fn), x)``.
+
+        Each call runs in a copy of the context as it is now (``contextvars.copy_context()``), as
+        ``asyncio.to_thread`` does; ``ThreadPoolExecutor.submit`` and ``loop.run_in_executor`` alone
+        carry only the global context into their worker threads.
+        """
+        from ._scoped_calls import in_current_context
+
+        return in_current_context(func)
+
     def __repr__(self) -> str:
         return f"<prysm_context {get()!r}>"
-
-
-def get() -> ContextSnapshot:
-    scoped = _scope.get()
-    values = _global if scoped is None else _merge(_global, scoped)
-    metadata = _EMPTY_METADATA
-    if values.encoded_metadata is not None:
-        import json
-
-        # Fresh objects: mutating a nested list of the snapshot cannot reach the live context.
-        metadata = MappingProxyType(json.loads(values.encoded_metadata))
-    return ContextSnapshot(values.user_id, values.session_id, metadata)
-
-
-def _check_id(value: object, name: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, not {type(value).__name__}.")
-    if not value:
-        raise ValueError(f"{name} must not be empty; pass None to leave it unchanged.")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-        raise ValueError(f"{name} must not contain control characters such as CR or LF: {value!r}.")
-    try:
-        encoded = encode_id(value)
-    except UnicodeEncodeError:
-        raise ValueError(f"{name} is not valid Unicode text: {value!r}.") from None
-    if len(encoded) > MAX_HEADER_VALUE_BYTES:
-        raise ValueError(f"{name} is {len(encoded)} bytes once encoded; the limit is {MAX_HEADER_VALUE_BYTES}.")
-    return value
-
-
-def _check_metadata(metadata: object) -> Mapping[str, Any]:
-    if metadata is None:
-        return _EMPTY_METADATA
-    from collections.abc import Mapping as _Mapping
-
-    if not isinstance(metadata, _Mapping):
-        raise TypeError(f"metadata must be a mapping (dict) of str to JSON values, not {type(metadata).__name__}.")
-    for key in metadata:
-        if not isinstance(key, str):
-            raise ValueError(f"metadata keys must be strings, got {key!r}.")
-    import json
-
-    # A deep, private copy: later changes to the caller's dict (or its nested lists) cannot leak in.
-    copied = json.loads(_encode_metadata(metadata))
-    return MappingProxyType(copied)
-
-
-def _encode_metadata(metadata: Mapping[str, Any]) -> str:
-    encoded = encode_metadata(dict(metadata))
-    if len(encoded) > MAX_HEADER_VALUE_BYTES:
-        raise ValueError(
-            f"metadata is {len(encoded)} bytes once encoded as JSON; the limit is {MAX_HEADER_VALUE_BYTES} "
-            "(one HTTP header). Send large payloads in the request itself."
-        )
-    return encoded
 
 
 def _headers(user_id: str | None, session_id: str | None, encoded_metadata: str | None) -> Headers:
@@ -315,14 +423,30 @@ def _headers(user_id: str | None, session_id: str | None, encoded_metadata: str 
     return tuple(headers)
 
 
-_EMPTY = _Values(None, None, _EMPTY_METADATA)
+_EMPTY = _Values(None, None, EMPTY_METADATA)
 _global_lock = threading.Lock()
 _global: _Values = _EMPTY
-_scope: contextvars.ContextVar[_Values | None] = contextvars.ContextVar("prysm_scope", default=None)
-# Tokens of the scopes entered in this context, innermost last: lets one scope object be entered in
-# many threads or tasks at once (a module-level `ctx = prysm_context(...)` used as `with ctx:`).
-_tokens: contextvars.ContextVar[tuple[contextvars.Token[_Values | None], ...]] = contextvars.ContextVar(
-    "prysm_scope_tokens", default=()
-)
+_scope: contextvars.ContextVar[_Layer | None] = contextvars.ContextVar("prysm_scope", default=None)
+#: Replaced whenever a layer is closed away from the top of its context: cached merges made under an
+#: older epoch are recomputed, skipping closed layers.
+_epoch: object = object()
 
-prysm_context = PrysmContext()
+
+def _before_fork() -> None:
+    # A child must not inherit the lock held by a thread that does not exist there.
+    _global_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _global_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _global_lock
+    _global_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+
+prysm_context = _PrysmContextManager()

@@ -35,6 +35,9 @@ LATENCY_HEADER = "X-Prysm-Latency-Ms"
 KEY_PREFIX = "sk-prysm-"
 #: The largest encoded header value the SDK sends and the proxy accepts.
 MAX_HEADER_VALUE_BYTES = 8192
+#: How deeply the SDK lets metadata nest (the object itself is level 1): far beyond any real tags,
+#: far below what would exhaust a JSON codec's recursion on either side.
+MAX_METADATA_DEPTH = 64
 
 _PLAIN = frozenset(range(0x21, 0x7F)) - {ord("%")}
 
@@ -64,6 +67,8 @@ def encode_metadata(metadata: Mapping[str, Any]) -> str:
         return json.dumps(metadata, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata must be JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise ValueError("metadata is nested too deeply to encode; flatten it.") from None
 
 
 def decode_metadata(value: str) -> dict[str, Any]:

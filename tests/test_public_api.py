@@ -1,4 +1,4 @@
-"""The public surface is ``prysmai.__all__`` and nothing else; importing it is cheap."""
+"""The public surface is ``prysmai.__all__`` plus prysmai 0.1's two import paths; importing it is cheap."""
 
 from __future__ import annotations
 
@@ -7,12 +7,41 @@ import sys
 
 import prysmai
 
+SUBMODULES = {"client", "context"}
+
 
 def test_all_is_the_public_namespace() -> None:
     public = {name for name in dir(prysmai) if not name.startswith("_")} - {"annotations", "TYPE_CHECKING"}
-    assert public == set(prysmai.__all__) - {"__version__"}
+    assert public == set(prysmai.__all__) - {"__version__"} | SUBMODULES
     for name in prysmai.__all__:
         assert getattr(prysmai, name) is not None
+
+
+def test_seed_import_paths_are_the_same_objects() -> None:
+    from prysmai.client import PrysmClient, monitor
+    from prysmai.context import PrysmContext, prysm_context
+
+    assert (monitor, PrysmClient) == (prysmai.monitor, prysmai.PrysmClient)
+    assert monitor is prysmai.monitor and PrysmClient is prysmai.PrysmClient
+    assert prysm_context is prysmai.prysm_context and PrysmContext is prysmai.PrysmContext
+    assert prysmai.ContextSnapshot is prysmai.PrysmContext  # the value type's earlier name
+    for module, names in (
+        (prysmai.client, {"PrysmClient", "monitor"}),
+        (prysmai.context, {"PrysmContext", "prysm_context"}),
+    ):
+        assert set(module.__all__) == names
+        own = {n for n in dir(module) if not n.startswith("_")} - {"annotations", "TYPE_CHECKING"}
+        assert own == names, f"{module.__name__} grew public names: {own - names}"
+
+
+def test_seed_import_paths_import_neither_openai_nor_wrapt() -> None:
+    code = (
+        "import sys; from prysmai.client import monitor; from prysmai.context import prysm_context; "
+        "print(sorted(m for m in ('openai', 'wrapt', 'httpx', 'httpx2') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_unknown_attribute_is_an_attribute_error() -> None:
