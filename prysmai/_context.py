@@ -424,7 +424,8 @@ def _headers(user_id: str | None, session_id: str | None, encoded_metadata: str 
 
 
 _EMPTY = _Values(None, None, EMPTY_METADATA)
-_global_lock = threading.Lock()
+# Re-entrant so that the fork handlers below cannot deadlock a signal handler that forks mid-set().
+_global_lock = threading.RLock()
 _global: _Values = _EMPTY
 _scope: contextvars.ContextVar[_Layer | None] = contextvars.ContextVar("prysm_scope", default=None)
 #: Replaced whenever a layer is closed away from the top of its context: cached merges made under an
@@ -443,7 +444,7 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     global _global_lock
-    _global_lock = threading.Lock()
+    _global_lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):  # POSIX

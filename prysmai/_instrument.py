@@ -7,6 +7,7 @@ openai itself is imported (see ``_import_hook``).
 from __future__ import annotations
 
 import _thread
+import os
 import sys
 
 from ._config import resolve_base_url_list, resolve_route
@@ -126,3 +127,29 @@ def _patch(module: ModuleType) -> None:
         _registry = PatchRegistry()
     _registry.wrap(module.OpenAI, "_prepare_options", class_wrapper(is_async=False))
     _registry.wrap(module.AsyncOpenAI, "_prepare_options", class_wrapper(is_async=True))
+
+
+def _before_fork() -> None:
+    # Held across fork(), in the order instrument() takes them: a child never starts with a lock
+    # held by a thread that does not exist there, nor with a half-applied instrument().
+    _lock.acquire()
+    if _registry is not None:
+        _registry.acquire_for_fork()
+
+
+def _after_fork(in_child: bool) -> None:
+    global _lock
+    if _registry is not None:
+        _registry.release_after_fork(in_child)
+    if in_child:
+        _lock = _thread.RLock()
+    else:
+        _lock.release()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=lambda: _after_fork(in_child=False),
+        after_in_child=lambda: _after_fork(in_child=True),
+    )

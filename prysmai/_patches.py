@@ -45,6 +45,16 @@ class PatchRegistry:
         self._lock = threading.RLock()
         self._patches: list[Patch] = []
 
+    def acquire_for_fork(self) -> None:
+        """Hold the lock across ``fork()``, so no child inherits it held by a thread it does not have."""
+        self._lock.acquire()
+
+    def release_after_fork(self, in_child: bool) -> None:
+        if in_child:
+            self._lock = threading.RLock()  # the child's only thread is the one that forked
+        else:
+            self._lock.release()
+
     @property
     def patches(self) -> tuple[Patch, ...]:
         return tuple(self._patches)

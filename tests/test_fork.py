@@ -1,0 +1,111 @@
+"""Fork safety: a child forked while other threads are inside ``instrument()`` or ``prysm_context.set()``
+never inherits one of prysmai's locks held, and can use prysmai at once.
+
+Each test runs a script in a fresh interpreter (forking a multi-threaded pytest worker would test the
+worker, not prysmai). Every child arms ``alarm()``: a child stuck on a lock is killed by SIGALRM and
+counted as hung, so the test ends even when the bug is there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="POSIX only: os.fork")
+
+PRELUDE = textwrap.dedent(
+    """
+    import json, os, signal, sys, threading
+    import openai
+    import prysmai
+    from prysmai import prysm_context
+
+    KEY = "sk-prysm-test-0123456789"
+    URL = "http://127.0.0.1:9/api/v1"
+    stop = threading.Event()
+
+    def hammer(n):
+        i = 0
+        while not stop.is_set():
+            prysmai.instrument(prysm_key=KEY, base_url=URL)
+            prysm_context.set(user_id=f"t{n}-{i}", metadata={"i": i})
+            with prysm_context(session_id="s"):
+                prysmai.uninstrument()
+            i += 1
+
+    threads = [threading.Thread(target=hammer, args=(n,), daemon=True) for n in range(2)]
+    for thread in threads:
+        thread.start()
+
+    def child_body():
+        signal.alarm(5)  # default action: the process dies, even blocked on a lock
+        prysm_context.set(user_id="child")
+        with prysm_context(session_id="c"):
+            assert prysm_context.get().user_id == "child"
+        prysmai.instrument(prysm_key=KEY, base_url=URL)
+        assert prysmai.is_instrumented()
+        prysmai.uninstrument()
+        assert not prysmai.is_instrumented()
+    """
+)
+
+
+def run(script: str) -> dict[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(script)], capture_output=True, text=True, timeout=110
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_200_forks_while_threads_hammer_instrument_and_set() -> None:
+    counts = run(
+        """
+        counts = {"ok": 0, "hung": 0, "failed": 0}
+        for batch in range(8):
+            pids = []
+            for _ in range(25):
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        child_body()
+                    except BaseException:
+                        os._exit(3)
+                    os._exit(0)
+                pids.append(pid)
+            for pid in pids:
+                _, status = os.waitpid(pid, 0)
+                if os.WIFSIGNALED(status):
+                    counts["hung"] += 1
+                elif os.WEXITSTATUS(status) == 0:
+                    counts["ok"] += 1
+                else:
+                    counts["failed"] += 1
+        stop.set()
+        print(json.dumps(counts))
+        """
+    )
+    assert counts == {"ok": 200, "hung": 0, "failed": 0}
+
+
+def test_multiprocessing_fork_start_method_while_threads_hammer() -> None:
+    counts = run(
+        """
+        import multiprocessing
+        ctx = multiprocessing.get_context("fork")
+        processes = [ctx.Process(target=child_body) for _ in range(20)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(30)
+        stop.set()
+        codes = [process.exitcode for process in processes]
+        print(json.dumps({"ok": codes.count(0), "other": len(codes) - codes.count(0)}))
+        """
+    )
+    assert counts == {"ok": 20, "other": 0}
