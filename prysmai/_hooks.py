@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from . import _instrument
 from ._context import current_headers
-from ._openai_compat import is_given, redirectable
+from ._openai_compat import custom_default_headers, is_given, omit_shadowed_defaults, redirectable
 from ._wire import UPSTREAM_KEY_HEADER
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from typing import Any
 
     from ._config import Route
@@ -42,15 +42,24 @@ def _options_of(result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> A
     return args[0] if args else kwargs["options"]
 
 
-def _tag(options: Any, route: Route, authorization: str | None, client_base: str | None) -> None:
+def _tag(
+    options: Any,
+    route: Route,
+    authorization: str | None,
+    client_base: str | None,
+    defaults: Mapping[str, object] | None = None,
+    set_timeout: bool = False,
+) -> None:
     """Add the context (and route) headers to ``options``, and send it to ``route.base_url``.
 
     ``client_base`` is the client's own base URL (with its slash), or ``None`` to leave the URL
     alone. A relative URL becomes absolute either way: openai then skips joining it to the base
     URL, which costs more than everything else done here. With ``authorization``, the request
-    also authenticates with the Prysm key (a redirected client would send the user's own key).
-    Everything is computed before anything is assigned, so a failure half-way cannot send the
-    user's own OpenAI key to the proxy, nor a Prysm key to OpenAI.
+    authenticates with the Prysm key whatever the client's own key or headers say, so the user's
+    provider key never reaches the proxy. ``defaults`` are the client's own ``default_headers``:
+    one of them spelt in another case than a header set here is omitted (openai < 3 would send
+    both). Everything is computed before anything is assigned, so a failure half-way cannot send
+    the user's own OpenAI key to the proxy, nor a Prysm key to OpenAI.
     """
     context = current_headers()
     upstream_key = route.upstream_api_key
@@ -72,6 +81,8 @@ def _tag(options: Any, route: Route, authorization: str | None, client_base: str
             if "authorization" in explicit:
                 headers = {name: value for name, value in headers.items() if name.lower() != "authorization"}
             headers["Authorization"] = authorization
+        if defaults:
+            headers = omit_shadowed_defaults(defaults, headers)
 
     new_url = None
     if client_base is not None:
@@ -81,7 +92,7 @@ def _tag(options: Any, route: Route, authorization: str | None, client_base: str
         elif url.startswith(client_base):
             new_url = route.base_url + "/" + url[len(client_base) :]
 
-    if authorization is not None and route.timeout is not None and not is_given(options.timeout):
+    if set_timeout and route.timeout is not None and not is_given(options.timeout):
         options.timeout = route.timeout
     if headers is not None:
         options.headers = headers
@@ -109,7 +120,7 @@ def _redirect(client: Any, options: Any) -> None:
                 client_base = None
             state[_DECISION_ATTR] = (base, active, client_base)
         if client_base is not None:
-            _tag(options, active.route, active.authorization, client_base)
+            _tag(options, active.route, active.authorization, client_base, custom_default_headers(client), True)
     except Exception:
         from ._log import log_once
 
@@ -143,11 +154,15 @@ def class_wrapper(is_async: bool) -> Callable[[Patch], WrapperFunction]:
     return make
 
 
-def _tag_monitored(client: Any, route: Route, expected_base: object, proxy_base: str, options: Any) -> None:
+def _tag_monitored(
+    client: Any, route: Route, authorization: str, expected_base: object, proxy_base: str, options: Any
+) -> None:
     try:
         # The URL is made absolute only while the client still has the base URL monitor() gave it.
         client_base = proxy_base if getattr(client, "_base_url", None) is expected_base else None
-        _tag(options, route, None, client_base)
+        # Authenticated with the Prysm key even if the client's default_headers or the call's
+        # extra_headers carry an Authorization of the user's own.
+        _tag(options, route, authorization, client_base, custom_default_headers(client))
     except Exception:
         from ._log import log_once
 
@@ -168,6 +183,7 @@ def attach(client: Any, route: Route, is_async: bool) -> None:
     prepare = cls._prepare_options.__get__(client, cls)
     expected_base = getattr(client, "_base_url", None)
     proxy_base = route.base_url + "/"  # as openai stores it; built once, not per request
+    authorization = "Bearer " + route.prysm_key
 
     if is_async:
 
@@ -175,7 +191,7 @@ def attach(client: Any, route: Route, is_async: bool) -> None:
             wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             result = await wrapped(*args, **kwargs)
-            _tag_monitored(client, route, expected_base, proxy_base, _options_of(result, args, kwargs))
+            _tag_monitored(client, route, authorization, expected_base, proxy_base, _options_of(result, args, kwargs))
             return result
 
         state["_prepare_options"] = wrapt.FunctionWrapper(prepare, async_prepare)
@@ -185,7 +201,7 @@ def attach(client: Any, route: Route, is_async: bool) -> None:
             wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             result = wrapped(*args, **kwargs)
-            _tag_monitored(client, route, expected_base, proxy_base, _options_of(result, args, kwargs))
+            _tag_monitored(client, route, authorization, expected_base, proxy_base, _options_of(result, args, kwargs))
             return result
 
         state["_prepare_options"] = wrapt.FunctionWrapper(prepare, sync_prepare)

@@ -36,6 +36,33 @@ def _not_given_type() -> type:
     return NotGiven
 
 
+@functools.cache
+def _omit() -> object:
+    from openai._types import Omit
+
+    return Omit()
+
+
+def custom_default_headers(client: Any) -> Any:
+    """The ``default_headers=`` a client was built with (an attribute of every release, 1.0.0 to 3.x)."""
+    return client.__dict__.get("_custom_headers")
+
+
+def omit_shadowed_defaults(defaults: Any, headers: dict[str, Any]) -> dict[str, Any]:
+    """``headers`` for one call, led by ``Omit`` for each default header they set in another case.
+
+    openai 1.x/2.x merge the client's default headers with a call's as dicts, case-sensitively:
+    ``authorization`` from ``default_headers`` and ``Authorization`` from the call would both be
+    sent. ``Omit`` removes a default in every release; 3.x merges case-insensitively, in order, so
+    the markers come first there.
+    """
+    lowered = {name.lower(): name for name in headers}
+    omitted = {name: _omit() for name in defaults if lowered.get(name.lower(), name) != name}
+    if not omitted:
+        return headers
+    return {**omitted, **headers}
+
+
 def is_given(value: object) -> bool:
     """False for openai's ``NOT_GIVEN`` sentinel (and ``None``)."""
     return value is not None and not isinstance(value, _not_given_type())
