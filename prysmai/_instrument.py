@@ -96,6 +96,10 @@ def uninstrument() -> None:
 
         _import_hook.uninstall("openai")
         if _registry is not None:
+            for patch in _registry.lost():
+                from ._patches import log_lost
+
+                log_lost(patch, "uninstrument() had nothing to undo there")
             left = _registry.undo_all()
             if left:
                 from ._log import log_once
@@ -108,8 +112,27 @@ def uninstrument() -> None:
 
 
 def is_instrumented() -> bool:
-    """Whether ``instrument()`` is in effect."""
-    return current is not None
+    """Whether ``instrument()`` is in effect: called, not undone, and its hooks still on openai's classes.
+
+    A cheap check (two class attributes): false when another library has removed prysmai's hook
+    (restoring the method it saw before prysmai's), in which case calling ``instrument()`` again
+    puts it back. True before openai is imported, once ``instrument()`` waits for it.
+    """
+    if current is None:
+        return False
+    registry = _registry
+    if registry is None:
+        return True
+    lost = registry.lost()
+    if lost:
+        from ._log import log_once
+
+        log_once(
+            f"lost-{id(lost[0])}",
+            f"prysmai's hook on {lost[0].owner.__qualname__}.{lost[0].name} was removed by another library: "
+            "requests are not routed through Prysm; call prysmai.instrument() again to restore it",
+        )
+    return not lost
 
 
 def _on_openai_imported(module: ModuleType) -> None:

@@ -66,7 +66,14 @@ class PatchRegistry:
         with self._lock:
             for patch in self._patches:
                 if patch.owner is owner and patch.name == name:
-                    return patch
+                    if self.is_live(patch):
+                        return patch
+                    # Another tool removed our wrapper (restoring what it saw when it wrapped first):
+                    # ours, switched off, gives way to a new one on whatever is there now.
+                    patch.active = False
+                    self._patches.remove(patch)
+                    log_lost(patch, "re-applied")
+                    break
             original = owner.__dict__.get(name, _MISSING)
             target = original if original is not _MISSING else _inherited(owner, name)
             patch = Patch(owner, name, original)
@@ -76,10 +83,31 @@ class PatchRegistry:
             self._patches.append(patch)
             return patch
 
+    def is_live(self, patch: Patch) -> bool:
+        """Whether ``patch``'s wrapper is still called: on the class, or under wrappers put on top of it."""
+        current = patch.owner.__dict__.get(patch.name, _MISSING)
+        for _ in range(32):  # a bound on chains of wrappers, in case one refers to itself
+            if current is patch.wrapper:
+                return True
+            try:
+                # wrapt's wrappers and functools.wraps both name what they wrap `__wrapped__`.
+                current = getattr(current, "__wrapped__", _MISSING)
+            except Exception:
+                return False
+            if current is _MISSING:
+                return False
+        return False
+
+    def lost(self) -> list[Patch]:
+        """The patches whose wrapper another tool has removed: requests no longer pass through them."""
+        with self._lock:
+            return [patch for patch in self._patches if not self.is_live(patch)]
+
     def undo_all(self) -> list[Patch]:
         """Switch every patch off and restore what can be restored; return those left in place.
 
-        Goes on past failures, so one stubborn attribute cannot leave the others patched.
+        Goes on past failures, so one stubborn attribute cannot leave the others patched. A patch
+        whose wrapper another tool already removed has nothing to restore and is not returned.
         """
         left: list[Patch] = []
         with self._lock:
@@ -88,7 +116,8 @@ class PatchRegistry:
                 patch.active = False
                 try:
                     if patch.owner.__dict__.get(patch.name) is not patch.wrapper:
-                        left.append(patch)  # another wrapper sits on top of ours: leave it
+                        if self.is_live(patch):
+                            left.append(patch)  # another wrapper sits on top of ours: leave it
                     elif patch.original is _MISSING:
                         delattr(patch.owner, patch.name)
                     else:
@@ -106,3 +135,17 @@ def _inherited(owner: type, name: str) -> object:
         if name in klass.__dict__:
             return klass.__dict__[name]
     raise AttributeError(f"{owner.__qualname__} has no attribute {name!r} to patch")
+
+
+def log_lost(patch: Patch, outcome: str) -> None:
+    import logging
+
+    now = patch.owner.__dict__.get(patch.name, _MISSING)
+    holds = "nothing of its own" if now is _MISSING else repr(now)
+    logging.getLogger("prysmai").warning(
+        "prysmai's wrapper on %s.%s had been removed by another library (the class now holds %s); %s",
+        patch.owner.__qualname__,
+        patch.name,
+        holds,
+        outcome,
+    )
