@@ -67,21 +67,28 @@ def mask_key(key: str) -> str:
 
 
 def resolve_key(prysm_key: str | None) -> str:
-    """The Prysm key from the argument or ``PRYSM_API_KEY``; never echoed in an error."""
-    prysm_key, source = _argument_or_env(prysm_key, "prysm_key", KEY_ENV)
+    """The Prysm key from the argument or ``PRYSM_API_KEY``; never echoed in an error.
+
+    The messages start with prysmai 0.1's phrases ("Prysm API key is required", "Invalid Prysm API
+    key format"), which its users match on; an empty ``prysm_key`` counts as not given, as it did there.
+    """
+    prysm_key, source = _argument_or_env(prysm_key or None, "prysm_key", KEY_ENV)
     if prysm_key is None:
-        raise ValueError(f"No Prysm API key: pass prysm_key='sk-prysm-...' or set the {KEY_ENV} environment variable.")
+        raise ValueError(
+            f"Prysm API key is required: pass prysm_key='sk-prysm-...' or set the {KEY_ENV} environment variable."
+        )
     if not isinstance(prysm_key, str):
         raise TypeError(f"{source} must be a string, not {type(prysm_key).__name__}.")
     if not prysm_key.startswith(KEY_PREFIX):
         raise ValueError(
-            f"The Prysm API key given by {source} does not start with '{KEY_PREFIX}' (the value is not "
-            "shown). Copy the key from your Prysm project settings; an OpenAI key (sk-...) does not work here."
+            f"Invalid Prysm API key format: the key given by {source} does not start with '{KEY_PREFIX}' (the "
+            "value is not shown). Copy the key from your Prysm project settings; an OpenAI key (sk-...) does "
+            "not work here."
         )
     if len(prysm_key) == len(KEY_PREFIX) or not _is_header_safe(prysm_key):
         raise ValueError(
-            f"The Prysm API key given by {source} is empty after '{KEY_PREFIX}' or contains whitespace or "
-            "control characters (the value is not shown)."
+            f"Invalid Prysm API key format: the key given by {source} is empty after '{KEY_PREFIX}' or contains "
+            "whitespace or control characters (the value is not shown)."
         )
     return prysm_key
 

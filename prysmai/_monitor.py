@@ -93,6 +93,16 @@ class PrysmClient:
         """The proxy URL the clients use."""
         return self._route.base_url
 
+    @property
+    def prysm_key(self) -> str:
+        """The Prysm key the clients authenticate with (shown masked in ``repr``)."""
+        return self._route.prysm_key
+
+    @property
+    def timeout(self) -> Any:
+        """Seconds per request the clients get unless given their own (``None``: openai's default)."""
+        return self._route.timeout
+
     def openai(self, **kwargs: Any) -> OpenAI:
         """A new ``openai.OpenAI`` client routed through the proxy."""
         from openai import OpenAI
