@@ -64,3 +64,12 @@ def test_version_matches_the_distribution() -> None:
     from importlib.metadata import version
 
     assert prysmai.__version__ == version("prysmai")
+
+
+def test_prysm_context_and_its_value_expose_exactly_their_documented_members() -> None:
+    manager = {n for n in dir(prysmai.prysm_context) if not n.startswith("_")}
+    assert manager == {"set", "get", "clear", "wrap"}
+    value = {n for n in dir(prysmai.PrysmContext()) if not n.startswith("_")}
+    assert value == {"user_id", "session_id", "metadata", "to_headers"}
+    client = {n for n in dir(prysmai.PrysmClient) if not n.startswith("_")}
+    assert client == {"openai", "async_openai", "base_url", "prysm_key", "timeout"}
