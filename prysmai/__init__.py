@@ -6,7 +6,8 @@ Three ways in, all routing through the same request hooks:
 * ``prysmai.instrument()`` — every OpenAI client of the process, including those created before;
 * ``PRYSM_AUTO=1`` (or ``prysmai run -- python app.py``) — no code change at all.
 
-``prysm_context`` tags requests with user, session and metadata.
+``prysm_context`` tags requests with user, session and metadata; ``status()`` tells where requests
+go (the proxy, or straight to the provider while the proxy is down) and how many went each way.
 
 Names are loaded on first use, so ``import prysmai`` (done at every interpreter start under
 ``PRYSM_AUTO``) imports neither openai nor wrapt.
@@ -21,11 +22,13 @@ __all__ = [
     "InsecureBaseURLWarning",
     "PrysmClient",
     "PrysmContext",
+    "Status",
     "__version__",
     "instrument",
     "is_instrumented",
     "monitor",
     "prysm_context",
+    "status",
     "uninstrument",
 ]
 
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from ._context import ContextSnapshot, PrysmContext, prysm_context
     from ._instrument import instrument, is_instrumented, uninstrument
     from ._monitor import PrysmClient, monitor
+    from ._status import Status, status
 
 _WHERE = {
     "ContextSnapshot": "._context",
@@ -46,6 +50,8 @@ _WHERE = {
     "uninstrument": "._instrument",
     "PrysmClient": "._monitor",
     "monitor": "._monitor",
+    "Status": "._status",
+    "status": "._status",
 }
 
 
