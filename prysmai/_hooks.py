@@ -106,6 +106,10 @@ def _redirect(client: Any, options: Any) -> None:
             # Decided per client and cached until its base URL or the instrumentation changes.
             client_base = str(base)
             if client_base not in active.targets or not redirectable(client):
+                if client_base not in active.targets:
+                    from ._notices import left_alone
+
+                    left_alone(client_base)
                 client_base = None
             state[_DECISION_ATTR] = (base, active, client_base)
         if client_base is not None:

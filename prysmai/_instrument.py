@@ -86,6 +86,9 @@ def instrument(
     policy = instrument_policy(route, fallback, fallback_cooldown)
     with _lock:
         current = Instrumentation(route, targets, policy)
+        from ._notices import instrumented
+
+        instrumented(route, targets, policy)
         module = sys.modules.get("openai")
         if module is not None and hasattr(module, "AsyncOpenAI"):
             _patch(module)

@@ -72,6 +72,9 @@ def monitor(
         copy_kwargs["timeout"] = route.timeout
     monitored = client.copy(**copy_kwargs)
     _hooks.attach(monitored, route, is_async=isinstance(monitored, client_classes()[1]), policy=policy)
+    from ._notices import monitored as log_monitored
+
+    log_monitored(str(client.base_url), route, policy)
     return monitored
 
 
