@@ -35,3 +35,39 @@ def test_version_matches_the_distribution() -> None:
     from importlib.metadata import version
 
     assert prysmai.__version__ == version("prysmai")
+
+
+def test_status_reports_mode_proxy_breaker_and_counters() -> None:
+    s = prysmai.status()
+    assert (s.mode, s.proxy_url, s.breaker, s.routed, s.sent_direct, s.failed) == ("off", None, None, 0, 0, 0)
+    prysmai.instrument(prysm_key="sk-prysm-test-0123456789", base_url="http://127.0.0.1:9/api/v1", fallback=False)
+    s = prysmai.status()
+    assert (s.mode, s.proxy_url, s.fallback, s.breaker) == ("instrument", "http://127.0.0.1:9/api/v1", False, "closed")
+    data = s.as_dict()
+    assert data["proxies"] == [
+        {
+            "url": "http://127.0.0.1:9/api/v1",
+            "breaker": "closed",
+            "cooldown": 30.0,
+            "routed": 0,
+            "sent_direct": 0,
+            "failed": 0,
+        }
+    ]
+    assert "sk-prysm" not in repr(s) + str(data)
+    try:
+        s.routed = 5  # type: ignore[misc]
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("Status must be immutable")
+
+
+def test_status_imports_neither_openai_nor_wrapt() -> None:
+    code = (
+        "import sys, prysmai; s = prysmai.status(); "
+        "print(s.mode, sorted(m for m in ('openai', 'wrapt') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "off []"
