@@ -7,8 +7,9 @@ Three ways in, all routing through the same request hooks:
 * ``PRYSM_AUTO=1`` (or ``prysmai run -- python app.py``) — no code change at all.
 
 ``prysm_context`` tags requests with user, session and metadata; ``PrysmContext`` is the value it
-holds. ``prysmai.client`` and ``prysmai.context`` re-export the same objects under prysmai 0.1's
-import paths.
+holds. ``status()`` tells where requests go (the proxy, or straight to the provider while the proxy
+is down) and how many went each way. ``prysmai.client`` and ``prysmai.context`` re-export the same
+objects under prysmai 0.1's import paths.
 
 Names are loaded on first use, so ``import prysmai`` (done at every interpreter start under
 ``PRYSM_AUTO``) imports neither openai nor wrapt.
@@ -23,11 +24,13 @@ __all__ = [
     "InsecureBaseURLWarning",
     "PrysmClient",
     "PrysmContext",
+    "Status",
     "__version__",
     "instrument",
     "is_instrumented",
     "monitor",
     "prysm_context",
+    "status",
     "uninstrument",
 ]
 
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from ._context import ContextSnapshot, PrysmContext, prysm_context
     from ._instrument import instrument, is_instrumented, uninstrument
     from ._monitor import PrysmClient, monitor
+    from ._status import Status, status
 
 _WHERE = {
     "ContextSnapshot": "._context",
@@ -48,6 +52,8 @@ _WHERE = {
     "uninstrument": "._instrument",
     "PrysmClient": "._monitor",
     "monitor": "._monitor",
+    "Status": "._status",
+    "status": "._status",
 }
 
 

@@ -13,11 +13,19 @@ import sys
 
 AUTO_ENV = "PRYSM_AUTO"
 _TRUE = ("1", "true", "yes")
+_FALSE = ("", "0", "false", "no", "off")
 
 
 def enabled(environ: os._Environ[str] | dict[str, str] = os.environ) -> bool:
     """Whether ``PRYSM_AUTO`` asks for activation (``1``, ``true`` or ``yes``)."""
     return environ.get(AUTO_ENV, "").strip().lower() in _TRUE
+
+
+def unrecognised(environ: os._Environ[str] | dict[str, str] = os.environ) -> str | None:
+    """The value of ``PRYSM_AUTO`` if it is neither on (``1``/``true``/``yes``) nor off (unset, empty,
+    ``0``/``false``/``no``/``off``): a typo that would silently leave the application unobserved."""
+    value = environ.get(AUTO_ENV, "")
+    return None if value.strip().lower() in _TRUE + _FALSE else value
 
 
 def activate() -> bool:
@@ -29,6 +37,12 @@ def activate() -> bool:
     application before that replaces this one.
     """
     if not enabled():
+        odd = unrecognised()
+        if odd is not None:
+            sys.stderr.write(
+                f"prysmai: {AUTO_ENV}={odd!r} is not understood, so this process runs unobserved: "
+                f"use {AUTO_ENV}=1 (or true, yes) to activate, 0 (or false, no) to leave it off.\n"
+            )
         return False
     try:
         if "openai" in sys.modules:  # imported by an earlier sitecustomize or .pth

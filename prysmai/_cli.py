@@ -30,6 +30,20 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS ...]")
     run.set_defaults(handler=_run_command)
 
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the installation, the settings in effect and the proxy (exit code 1 on a problem)",
+        description=(
+            "Show versions, the settings in effect and where each comes from (keys masked), whether "
+            "PRYSM_AUTO would activate, whether the proxy answers and accepts the key, and the fallback "
+            "mode: one line per check, ok / warning / error, with what to do."
+        ),
+    )
+    doctor.add_argument("--base-url", metavar="URL", help="the proxy URL to check (default: $PRYSM_BASE_URL)")
+    doctor.add_argument("--json", action="store_true", help="print JSON")
+    doctor.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per request (default 5)")
+    doctor.set_defaults(handler=_doctor_command)
+
     from ._proxy.cli import register as register_proxy_commands
 
     register_proxy_commands(sub)
@@ -46,6 +60,12 @@ def _run_command(args: argparse.Namespace) -> int:
         print("prysmai run: give the command to run, e.g. `prysmai run -- python app.py`", file=sys.stderr)
         return 2
     return run(argv)
+
+
+def _doctor_command(args: argparse.Namespace) -> int:
+    from ._doctor import main as doctor
+
+    return doctor(args.base_url, args.json, args.timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -112,6 +112,9 @@ def resolve_base_url(base_url: str | None) -> str:
     if base_url is None:
         return DEFAULT_BASE_URL
     url = validate_url(base_url, source)
+    from ._notices import check_path
+
+    check_path(url, source)
     if url.lower().startswith("http://") and not _is_loopback(url):
         import warnings
 

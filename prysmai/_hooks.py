@@ -18,7 +18,7 @@ We never mutate the caller's header dict: each request gets a new one.
 
 from __future__ import annotations
 
-from . import _instrument
+from . import _fallback, _instrument
 from ._context import current_headers
 from ._openai_compat import custom_default_headers, is_given, omit_shadowed_defaults, redirectable
 from ._wire import UPSTREAM_KEY_HEADER
@@ -117,10 +117,20 @@ def _redirect(client: Any, options: Any) -> None:
             # Decided per client and cached until its base URL or the instrumentation changes.
             client_base = str(base)
             if client_base not in active.targets or not redirectable(client):
+                if client_base not in active.targets:
+                    from ._notices import left_alone
+
+                    left_alone(client_base)
                 client_base = None
             state[_DECISION_ATTR] = (base, active, client_base)
         if client_base is not None:
-            _tag(options, active.route, active.authorization, client_base, custom_default_headers(client), True)
+            call = _fallback.current.get()
+            if call is None or _fallback.to_proxy(call):
+                if call is not None:
+                    _fallback.save_original(call, options)
+                _tag(options, active.route, active.authorization, client_base, custom_default_headers(client), True)
+            else:  # fail-open: this attempt goes where the client points, as the client made it
+                _fallback.restore_original(call, options, active.route.base_url + "/")
     except Exception:
         from ._log import log_once
 
@@ -158,6 +168,12 @@ def _tag_monitored(
     client: Any, route: Route, authorization: str, expected_base: object, proxy_base: str, options: Any
 ) -> None:
     try:
+        call = _fallback.current.get()
+        if call is not None and not _fallback.to_proxy(call):
+            direct = call.policy.direct
+            if direct is not None:  # fail-open: the source client's URL and key
+                _fallback.go_direct(options, direct, proxy_base)
+            return
         # The URL is made absolute only while the client still has the base URL monitor() gave it.
         client_base = proxy_base if getattr(client, "_base_url", None) is expected_base else None
         # Authenticated with the Prysm key even if the client's default_headers or the call's
@@ -169,17 +185,30 @@ def _tag_monitored(
         log_once("tag", "prysmai failed to tag a request with prysm_context; it proceeds untagged", exc_info=True)
 
 
-def attach(client: Any, route: Route, is_async: bool) -> None:
+def attach(client: Any, route: Route, is_async: bool, policy: _fallback.Policy | None = None) -> None:
     """Make a client created by ``monitor()``/``PrysmClient`` tag each of its requests.
 
     Instance attributes shadow the class's methods, so the class stays untouched and the client
     keeps its type. ``copy()``/``with_options()`` results pointing at the same proxy are attached too.
+    ``policy``: fail-open settings (default: off, the proxy's failures surface as openai errors).
     """
     import wrapt
 
     cls = type(client)
     state = client.__dict__
     state[MONITOR_ATTR] = route
+    if policy is None:
+        from ._breaker import breaker_for
+
+        policy = _fallback.Policy(breaker_for(route.base_url), fallback=False, direct=None)
+    state[_fallback.POLICY_ATTR] = policy
+    policy.breaker.monitored = True
+    state["request"] = wrapt.FunctionWrapper(
+        cls.request.__get__(client, cls), _fallback.request_wrapper(is_async, lambda _: policy)(None)
+    )
+    state["_calculate_retry_timeout"] = wrapt.FunctionWrapper(
+        cls._calculate_retry_timeout.__get__(client, cls), _fallback.retry_delay_wrapper()
+    )
     prepare = cls._prepare_options.__get__(client, cls)
     expected_base = getattr(client, "_base_url", None)
     proxy_base = route.base_url + "/"  # as openai stores it; built once, not per request
@@ -210,7 +239,7 @@ def attach(client: Any, route: Route, is_async: bool) -> None:
         new = wrapped(*args, **kwargs)
         # A copy re-targeted elsewhere (another base_url) is no longer ours to tag.
         if str(new.base_url).rstrip("/") == route.base_url and MONITOR_ATTR not in new.__dict__:
-            attach(new, route, is_async)
+            attach(new, route, is_async, policy)
         return new
 
     for name in ("copy", "with_options"):

@@ -18,18 +18,20 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from ._config import Route
+    from ._fallback import Policy
     from ._patches import PatchRegistry
 
 
 class Instrumentation:
     """What ``instrument()`` configured: read by the request hooks on every request."""
 
-    __slots__ = ("authorization", "route", "targets")
+    __slots__ = ("authorization", "policy", "route", "targets")
 
-    def __init__(self, route: Route, targets: frozenset[str]) -> None:
+    def __init__(self, route: Route, targets: frozenset[str], policy: Policy) -> None:
         self.route = route
         self.targets = targets
         self.authorization = "Bearer " + route.prysm_key
+        self.policy = policy
 
     def __repr__(self) -> str:
         return f"Instrumentation(route={self.route!r}, targets={sorted(self.targets)!r})"
@@ -48,6 +50,8 @@ def instrument(
     *,
     upstream_api_key: str | None = None,
     include_base_urls: Iterable[str] = (),
+    fallback: bool | None = None,
+    fallback_cooldown: float | None = None,
 ) -> None:
     """Route every ``openai.OpenAI``/``AsyncOpenAI`` client that targets OpenAI's API via Prysm.
 
@@ -64,17 +68,28 @@ def instrument(
         timeout: seconds per request for redirected calls that set none; ``None`` keeps the client's.
         upstream_api_key: a provider key the proxy should use instead of its stored one.
         include_base_urls: more base URLs (say, an OpenAI-compatible gateway) to redirect too.
+        fallback: when the proxy cannot be reached (or answers a 502/503/504 of its own), send the
+            request straight to where the client pointed, with its own key, and keep doing so for
+            ``fallback_cooldown`` seconds before trying the proxy again. Defaults to
+            ``PRYSM_FALLBACK``, else on; ``False`` never sends a request uncaptured.
+        fallback_cooldown: seconds between tries of a failed proxy; defaults to
+            ``PRYSM_FALLBACK_COOLDOWN``, else 30.
 
     Raises:
         ValueError: a missing or malformed key or URL (nothing is patched then).
     """
     global current
     route = resolve_route(prysm_key, base_url, timeout, upstream_api_key)
+    from ._fallback import instrument_policy
     from ._openai_compat import OPENAI_DEFAULT_BASE_URL
 
     targets = frozenset({OPENAI_DEFAULT_BASE_URL}) | resolve_base_url_list(include_base_urls, "include_base_urls")
+    policy = instrument_policy(route, fallback, fallback_cooldown)
     with _lock:
-        current = Instrumentation(route, targets)
+        current = Instrumentation(route, targets, policy)
+        from ._notices import instrumented
+
+        instrumented(route, targets, policy)
         module = sys.modules.get("openai")
         if module is not None and hasattr(module, "AsyncOpenAI"):
             _patch(module)
@@ -150,6 +165,12 @@ def _patch(module: ModuleType) -> None:
         _registry = PatchRegistry()
     _registry.wrap(module.OpenAI, "_prepare_options", class_wrapper(is_async=False))
     _registry.wrap(module.AsyncOpenAI, "_prepare_options", class_wrapper(is_async=True))
+    from ._fallback import instrumented_policy, request_wrapper, retry_delay_wrapper
+
+    _registry.wrap(module.OpenAI, "request", request_wrapper(False, instrumented_policy))
+    _registry.wrap(module.AsyncOpenAI, "request", request_wrapper(True, instrumented_policy))
+    _registry.wrap(module.OpenAI, "_calculate_retry_timeout", retry_delay_wrapper)
+    _registry.wrap(module.AsyncOpenAI, "_calculate_retry_timeout", retry_delay_wrapper)
 
 
 def _before_fork() -> None:

@@ -24,6 +24,8 @@ def monitor(
     timeout: float | None = 120.0,
     *,
     upstream_api_key: str | None = None,
+    fallback: bool = False,
+    fallback_cooldown: float | None = None,
 ) -> _ClientT:
     """Return a copy of ``client`` whose requests go through the Prysm proxy.
 
@@ -43,10 +45,15 @@ def monitor(
         base_url: the proxy URL; defaults to ``PRYSM_BASE_URL``, then ``https://prysmai.io/api/v1``.
         timeout: seconds per request (``None`` keeps the client's).
         upstream_api_key: a provider key the proxy should use instead of its stored one.
+        fallback: when the proxy cannot be reached (or answers a 502/503/504 of its own), send the
+            request to ``client``'s own base URL with ``client``'s own API key instead of raising
+            ``openai.APIConnectionError`` (off by default).
+        fallback_cooldown: seconds between tries of a failed proxy; defaults to
+            ``PRYSM_FALLBACK_COOLDOWN``, else 30.
 
     Raises:
         TypeError: ``client`` cannot be routed through the proxy (Azure, provider runtimes, ...).
-        ValueError: a missing or malformed key or URL.
+        ValueError: a missing or malformed key or URL, or ``fallback=True`` on a client without an API key.
     """
     from . import _hooks
     from ._openai_compat import client_classes, unsupported_reason
@@ -57,11 +64,17 @@ def monitor(
     route = resolve_route(prysm_key, base_url, timeout, upstream_api_key)
     if client.__dict__.get(_hooks.MONITOR_ATTR) == route:
         return client  # already monitored this way: wrapping again would tag twice
+    from ._fallback import monitor_policy
+
+    policy = monitor_policy(client, route, fallback, fallback_cooldown)
     copy_kwargs: dict[str, Any] = {"api_key": route.prysm_key, "base_url": route.base_url}
     if route.timeout is not None:
         copy_kwargs["timeout"] = route.timeout
     monitored = client.copy(**copy_kwargs)
-    _hooks.attach(monitored, route, is_async=isinstance(monitored, client_classes()[1]))
+    _hooks.attach(monitored, route, is_async=isinstance(monitored, client_classes()[1]), policy=policy)
+    from ._notices import monitored as log_monitored
+
+    log_monitored(str(client.base_url), route, policy)
     return monitored
 
 
@@ -76,6 +89,8 @@ class PrysmClient:
 
     Settings are validated here, at construction; ``**kwargs`` of ``openai()`` and
     ``async_openai()`` go to the openai constructor (anything but ``api_key`` and ``base_url``).
+    ``fallback=True``: while the proxy is down, requests go straight to ``OPENAI_BASE_URL`` (else
+    OpenAI's API) with ``upstream_api_key`` (else ``OPENAI_API_KEY``); off by default.
     """
 
     def __init__(
@@ -85,8 +100,13 @@ class PrysmClient:
         timeout: float | None = 120.0,
         *,
         upstream_api_key: str | None = None,
+        fallback: bool = False,
+        fallback_cooldown: float | None = None,
     ) -> None:
+        from ._fallback import factory_policy
+
         self._route: Route = resolve_route(prysm_key, base_url, timeout, upstream_api_key)
+        self._policy = factory_policy(self._route, fallback, fallback_cooldown)
 
     @property
     def base_url(self) -> str:
@@ -130,7 +150,7 @@ class PrysmClient:
         if route.timeout is not None:
             kwargs.setdefault("timeout", route.timeout)
         client = cls(api_key=route.prysm_key, base_url=route.base_url, **kwargs)
-        _hooks.attach(client, route, is_async=is_async)
+        _hooks.attach(client, route, is_async=is_async, policy=self._policy)
         return client
 
     def __repr__(self) -> str:

@@ -104,3 +104,12 @@ def unsupported_reason(client: object) -> str | None:
 def redirectable(client: Any) -> bool:
     """Whether ``instrument()`` may move this client's requests to the proxy."""
     return unsupported_reason(client) is None
+
+
+def options_without_retries(options: Any) -> Any:
+    """A copy of openai's ``FinalRequestOptions`` with retries off (``model_copy`` is in every release)."""
+    from openai._compat import model_copy
+
+    copied = model_copy(options)
+    copied.max_retries = 0
+    return copied

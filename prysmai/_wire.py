@@ -30,6 +30,9 @@ UPSTREAM_KEY_HEADER = "X-Prysm-Upstream-Key"
 #: Set by the proxy on every response.
 TRACE_ID_HEADER = "X-Prysm-Trace-Id"
 LATENCY_HEADER = "X-Prysm-Latency-Ms"
+#: Set (to ``proxy``) by the proxy on the responses it makes itself, never on a provider's answer it
+#: relays: the SDK falls back to the provider only on a 502/503/504 that carries it.
+ORIGIN_HEADER = "X-Prysm-Origin"
 
 #: Every Prysm key starts with this prefix.
 KEY_PREFIX = "sk-prysm-"

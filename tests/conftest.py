@@ -334,6 +334,11 @@ def clean_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("PRYSM_API_KEY", "PRYSM_BASE_URL", "PRYSM_AUTO", "OPENAI_BASE_URL", "OPENAI_CUSTOM_HEADERS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env-openai-key")
+    for name in ("PRYSM_FALLBACK", "PRYSM_FALLBACK_COOLDOWN"):
+        monkeypatch.delenv(name, raising=False)
+    from prysmai import _breaker
+
+    _breaker.reset()  # each test meets every proxy with a closed breaker and zero counters
     prysmai.uninstrument()
     prysmai.prysm_context.clear()
     yield

@@ -227,7 +227,19 @@ def test_start_up_does_not_import_openai_and_patches_it_on_import(
     assert report["pythonpath"] == BOOTSTRAP
 
 
-@pytest.mark.parametrize("value", [None, "", "0", "false", "no", "off", "2"])
+@pytest.mark.parametrize("value", ["2", "on", "ture"])
+def test_auto_unrecognised_value_says_so_and_leaves_openai_alone(
+    value: str, app: Path, tmp_path: Path, proxy_server: RecordingServer, openai_server: RecordingServer
+) -> None:
+    result = run([sys.executable, str(app)], auto_env(openai_server, proxy_server, PRYSM_AUTO=value), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"PRYSM_AUTO={value!r} is not understood" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.report["patched_on_import"] is False
+    assert_unobserved(result, proxy_server, openai_server)
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "false", "no", "off"])
 def test_auto_off_leaves_openai_alone(
     value: str | None, app: Path, tmp_path: Path, proxy_server: RecordingServer, openai_server: RecordingServer
 ) -> None:

@@ -73,3 +73,39 @@ def test_prysm_context_and_its_value_expose_exactly_their_documented_members() -
     assert value == {"user_id", "session_id", "metadata", "to_headers"}
     client = {n for n in dir(prysmai.PrysmClient) if not n.startswith("_")}
     assert client == {"openai", "async_openai", "base_url", "prysm_key", "timeout"}
+
+
+def test_status_reports_mode_proxy_breaker_and_counters() -> None:
+    s = prysmai.status()
+    assert (s.mode, s.proxy_url, s.breaker, s.routed, s.sent_direct, s.failed) == ("off", None, None, 0, 0, 0)
+    prysmai.instrument(prysm_key="sk-prysm-test-0123456789", base_url="http://127.0.0.1:9/api/v1", fallback=False)
+    s = prysmai.status()
+    assert (s.mode, s.proxy_url, s.fallback, s.breaker) == ("instrument", "http://127.0.0.1:9/api/v1", False, "closed")
+    data = s.as_dict()
+    assert data["proxies"] == [
+        {
+            "url": "http://127.0.0.1:9/api/v1",
+            "breaker": "closed",
+            "cooldown": 30.0,
+            "routed": 0,
+            "sent_direct": 0,
+            "failed": 0,
+        }
+    ]
+    assert "sk-prysm" not in repr(s) + str(data)
+    try:
+        s.routed = 5  # type: ignore[misc]
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("Status must be immutable")
+
+
+def test_status_imports_neither_openai_nor_wrapt() -> None:
+    code = (
+        "import sys, prysmai; s = prysmai.status(); "
+        "print(s.mode, sorted(m for m in ('openai', 'wrapt') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "off []"

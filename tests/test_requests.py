@@ -213,7 +213,7 @@ def test_unreachable_proxy_is_api_connection_error(mode: str, openai_server: Rec
     if mode == "monitor":
         client = prysmai.monitor(openai.OpenAI(max_retries=0), prysm_key=PRYSM_KEY, base_url=dead)
     else:
-        prysmai.instrument(prysm_key=PRYSM_KEY, base_url=dead)
+        prysmai.instrument(prysm_key=PRYSM_KEY, base_url=dead, fallback=False)  # fail-open: tests/test_fallback.py
         client = openai.OpenAI(max_retries=0, http_client=loopback_http_client(openai_server))
     with pytest.raises(openai.APIConnectionError) as excinfo:
         client.chat.completions.create(model="m", messages=MESSAGES)

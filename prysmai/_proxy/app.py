@@ -605,7 +605,11 @@ def _latency_header(ex: Exchange) -> tuple[bytes, bytes]:
 
 
 async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    headers = [
+        *_JSON_HEADERS,
+        (_wire.ORIGIN_HEADER.lower().encode(), b"proxy"),
+        (b"content-length", str(len(body)).encode()),
+    ]
     if extra:
         headers += extra
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -1,0 +1,244 @@
+"""``prysmai doctor``: what is installed, which settings are in effect and where each comes from,
+whether the proxy answers and accepts the key -- one line per check, each ok / warning / error
+with what to do. Keys are shown masked, never in full.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+OK, WARNING, ERROR = "ok", "warning", "error"
+
+
+class Check:
+    __slots__ = ("detail", "fix", "name", "status")
+
+    def __init__(self, name: str, status: str, detail: str, fix: str | None = None) -> None:
+        self.name = name
+        self.status = status
+        self.detail = _printable(detail)
+        self.fix = _printable(fix) if fix else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"check": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
+
+
+def _printable(text: str) -> str:
+    # Server answers and exception texts end up here: no control characters on the terminal.
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _version(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return None
+
+
+def _source(argument: str | None, env: str) -> tuple[str | None, str]:
+    if argument is not None:
+        return argument, "argument"
+    value = os.environ.get(env) or None
+    return value, ("environment" if value is not None else "default")
+
+
+def run_checks(base_url_argument: str | None = None, timeout: float = 5.0) -> list[Check]:
+    """Every check, in order; the network ones only when the settings allow them."""
+    from . import __version__, _auto
+    from ._config import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV, mask_key, resolve_key, validate_url
+    from ._fallback import COOLDOWN_ENV, FALLBACK_ENV, resolve_cooldown, resolve_fallback
+
+    checks: list[Check] = []
+    python = ".".join(map(str, sys.version_info[:3]))
+    checks.append(Check("python", OK if sys.version_info >= (3, 9) else ERROR, python, "prysmai needs Python 3.9+"))
+    checks.append(Check("prysmai", OK, __version__))
+    for package, need in (("openai", "pip install 'openai>=1'"), ("wrapt", "pip install 'wrapt>=1.14'")):
+        found = _version(package)
+        if found is None:
+            checks.append(Check(package, ERROR, "not installed", need))
+        else:
+            checks.append(Check(package, OK, found))
+
+    # -- settings ---------------------------------------------------------------------------------
+    key: str | None = None
+    raw_key, key_source = _source(None, KEY_ENV)
+    if raw_key is None:
+        checks.append(Check("prysm key", ERROR, f"not set ({KEY_ENV})", f"export {KEY_ENV}=sk-prysm-..."))
+    else:
+        try:
+            key = resolve_key(raw_key)
+        except (TypeError, ValueError) as exc:
+            checks.append(Check("prysm key", ERROR, f"{KEY_ENV} (from the {key_source}): {exc}", "fix the key"))
+        else:
+            checks.append(Check("prysm key", OK, f"{mask_key(key)} (from the {key_source}, {KEY_ENV})"))
+
+    url: str | None = None
+    raw_url, url_source = _source(base_url_argument, BASE_URL_ENV)
+    try:
+        url = validate_url(raw_url, "--base-url" if url_source == "argument" else BASE_URL_ENV) if raw_url else None
+    except (TypeError, ValueError) as exc:
+        checks.append(Check("proxy url", ERROR, str(exc), f"set {BASE_URL_ENV} to the proxy's URL, ending in /api/v1"))
+    else:
+        if url is None:
+            url = DEFAULT_BASE_URL
+        from urllib.parse import urlsplit
+
+        where = f"{url} (from the {url_source}{'' if url_source != 'environment' else ', ' + BASE_URL_ENV})"
+        if not urlsplit(url).path.strip("/"):
+            checks.append(Check("proxy url", WARNING, f"{where} has no path", f"the proxy's API is under {url}/api/v1"))
+        else:
+            checks.append(Check("proxy url", OK, where))
+
+    auto_value = os.environ.get(_auto.AUTO_ENV)
+    if _auto.enabled():
+        if key is not None and url is not None:
+            checks.append(
+                Check(
+                    "PRYSM_AUTO",
+                    OK,
+                    f"{auto_value!r}: instrument() runs when a Python process imports openai, provided prysmai's "
+                    "start-up hook is on its path (`prysmai run -- ...` does that)",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    "PRYSM_AUTO",
+                    ERROR,
+                    f"{auto_value!r}, but the settings above are wrong: processes run unobserved",
+                    "fix the settings marked error",
+                )
+            )
+    elif _auto.unrecognised() is not None:
+        checks.append(
+            Check("PRYSM_AUTO", WARNING, f"{auto_value!r} is not understood: off", "use 1/true/yes, or 0/false/no")
+        )
+    else:
+        checks.append(Check("PRYSM_AUTO", OK, "off (use `prysmai run -- COMMAND` or PRYSM_AUTO=1 to activate)"))
+
+    try:
+        fallback = resolve_fallback(None, default=True)
+        cooldown = resolve_cooldown(None)
+    except (TypeError, ValueError) as exc:
+        checks.append(Check("fallback", ERROR, str(exc), f"fix {FALLBACK_ENV} / {COOLDOWN_ENV}"))
+    else:
+        from ._breaker import DEFAULT_COOLDOWN
+
+        seconds = DEFAULT_COOLDOWN if cooldown is None else cooldown
+        _, fb_source = _source(None, FALLBACK_ENV)
+        if not fallback:
+            checks.append(
+                Check(
+                    "fallback",
+                    OK,
+                    f"off (from the {fb_source}): instrument()/PRYSM_AUTO requests fail while the proxy is down",
+                )
+            )
+        elif not os.environ.get("OPENAI_API_KEY"):
+            checks.append(
+                Check(
+                    "fallback",
+                    WARNING,
+                    f"on (from the {fb_source}), cool-down {seconds:g} s, but OPENAI_API_KEY is not set here: "
+                    "requests sent direct while the proxy is down need the app's own provider key",
+                    "set OPENAI_API_KEY in the application's environment (or PRYSM_FALLBACK=0)",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    "fallback",
+                    OK,
+                    f"on (from the {fb_source}) for instrument()/PRYSM_AUTO: while the proxy is down, requests go "
+                    f"straight to the provider, uncaptured; the proxy is retried every {seconds:g} s",
+                )
+            )
+    openai_base = os.environ.get("OPENAI_BASE_URL")
+    if openai_base:
+        checks.append(
+            Check(
+                "OPENAI_BASE_URL",
+                WARNING,
+                f"{openai_base!r}: instrument() leaves clients that target it alone (not observed)",
+                "pass include_base_urls=[...] to instrument(), or unset OPENAI_BASE_URL",
+            )
+        )
+
+    # -- the proxy ------------------------------------------------------------------------------------
+    if url is None:
+        return checks
+    status, rtt, error = _get(url + "/health", None, timeout)
+    if error is not None:
+        checks.append(
+            Check("proxy health", ERROR, f"{url}/health: {error}", "start the proxy (`prysmai proxy`) or fix the URL")
+        )
+        return checks
+    if status != 200:
+        checks.append(Check("proxy health", ERROR, f"{url}/health answered HTTP {status}", "is this a Prysm proxy?"))
+        return checks
+    checks.append(Check("proxy health", OK, f"{url}/health answered in {rtt * 1000:.1f} ms"))
+    if key is None:
+        return checks
+    status, rtt, error = _get(url + "/traces?limit=1", key, timeout)
+    if error is not None:
+        checks.append(Check("key accepted", ERROR, f"{url}/traces: {error}", "check the proxy's log"))
+    elif status == 200:
+        checks.append(Check("key accepted", OK, f"the proxy accepts {mask_key(key)} ({rtt * 1000:.1f} ms)"))
+    elif status == 401:
+        checks.append(
+            Check(
+                "key accepted",
+                ERROR,
+                f"the proxy rejects {mask_key(key)} (HTTP 401): requests would fail with AuthenticationError",
+                f"use a key the proxy accepts (its --key / PRYSM_PROXY_KEYS) in {KEY_ENV}",
+            )
+        )
+    else:
+        checks.append(
+            Check("key accepted", WARNING, f"could not check the key (HTTP {status} from {url}/traces)", None)
+        )
+    return checks
+
+
+def _get(url: str, key: str | None, timeout: float) -> tuple[int, float, str | None]:
+    """``(status, seconds, error)`` of one GET that costs nothing at the provider."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read(65536)
+            return response.status, time.perf_counter() - start, None
+    except urllib.error.HTTPError as exc:
+        return exc.code, time.perf_counter() - start, None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return 0, time.perf_counter() - start, f"cannot connect ({reason})"
+
+
+def main(base_url: str | None, as_json: bool, timeout: float) -> int:
+    """Print the checks; 1 if any is an error, else 0."""
+    checks = run_checks(base_url, timeout)
+    failed = any(c.status == ERROR for c in checks)
+    if as_json:
+        import json
+
+        print(json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            print(f"{c.status:<8} {c.name:<{width}}  {c.detail}")
+            if c.fix and c.status != OK:
+                print(f"{'':<8} {'':<{width}}  -> {c.fix}")
+        print("\n" + ("problems found (see the lines marked error)" if failed else "no problems found"))
+    return 1 if failed else 0
