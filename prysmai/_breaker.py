@@ -18,6 +18,7 @@ breaker is safe to share between threads and between asyncio tasks. The WARNING 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -158,3 +159,24 @@ def reset() -> None:
     """Forget every breaker and counter (for tests)."""
     with _breakers_lock:
         _breakers.clear()
+
+
+def _before_fork() -> None:
+    # Held across fork(): a child never starts with a breaker lock held by a thread it does not have.
+    _breakers_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _breakers_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _breakers_lock
+    _breakers_lock = threading.Lock()
+    for breaker in _breakers.values():
+        # A breaker's lock guards a few attribute updates; one held by a vanished thread is replaced.
+        breaker._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

@@ -42,7 +42,7 @@ PRELUDE = textwrap.dedent(
         thread.start()
 
     def child_body():
-        signal.alarm(5)  # default action: the process dies, even blocked on a lock
+        signal.alarm(30)  # default action: the process dies, even blocked on a lock
         prysm_context.set(user_id="child")
         with prysm_context(session_id="c"):
             assert prysm_context.get().user_id == "child"
