@@ -87,7 +87,7 @@ def error(message: str, code: str, type_: str = "invalid_request_error") -> dict
 
 def for_endpoint(endpoint: str, result: Any) -> Any:
     """Shape a read-API result by its endpoint (``traces``, ``traces/{id}``, ``stats``)."""
-    if not isinstance(result, (dict, list)) or "error" in result:
+    if not isinstance(result, (dict, list)):
         return result
     if endpoint.startswith("traces/"):
         return trace(result)  # type: ignore[arg-type]
