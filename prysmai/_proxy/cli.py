@@ -28,7 +28,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-EXTRA_MESSAGE = "the proxy needs its extra: pip install 'prysmai[proxy]'"
+# Not `pip install 'prysmai[proxy]'`: on the public registry that name is another release line.
+EXTRA_MESSAGE = (
+    "the proxy needs its extra, uvicorn[standard] and aiohttp: "
+    "pip install '.[proxy]' in a clone of prysmai (or pip install 'PRYSMAI_WHEEL[proxy]')"
+)
 #: Printed under ``prysmai proxy --help``: what an installed package cannot otherwise show.
 PROXY_ESSENTIALS = """\
 essentials:

@@ -113,7 +113,8 @@ def test_proxy_and_demo_need_the_extra(capsys: Any, monkeypatch: Any) -> None:
     monkeypatch.setattr(proxy_cli, "_has_extra", lambda: False)
     for command in ("proxy", "demo"):
         code, _, err = run_cli(capsys, command)
-        assert code == 2 and err.strip() == "prysmai: the proxy needs its extra: pip install 'prysmai[proxy]'"
+        assert code == 2 and err.strip() == f"prysmai: {proxy_cli.EXTRA_MESSAGE}"
+        assert "uvicorn[standard] and aiohttp" in err and "pip install '.[proxy]'" in err
 
 
 def test_cli_import_is_light() -> None:
