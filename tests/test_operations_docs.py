@@ -65,10 +65,7 @@ def test_systemd_command_starts_the_proxy(tmp_path: Path) -> None:
     keys.parent.mkdir()
     keys.write_text(generate_key() + "\n")
     db = tmp_path / "state" / "traces.db"
-    argv = [
-        a.replace("${CREDENTIALS_DIRECTORY}", str(keys.parent)).replace("/var/lib/prysmai/traces.db", str(db))
-        for a in _exec_start()[1:]
-    ]
+    argv = [a.replace("%d", str(keys.parent)).replace("/var/lib/prysmai/traces.db", str(db)) for a in _exec_start()[1:]]
     argv[argv.index("--port") + 1] = "0"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PRYSM_", "OPENAI_"))}
     env["OPENAI_API_KEY"] = "sk-unused-in-this-test"
