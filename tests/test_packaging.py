@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -12,13 +13,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_sdist_and_wheel_carry_licence_docs_and_urls(tmp_path: Path) -> None:
+    # A copy of the tree: building writes build/ and *.egg-info next to the sources.
+    source = tmp_path / "src"
+    junk = (".venv*", ".git", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "*.db*")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*junk))
     # --no-isolation: build with this environment's setuptools (no download), as .ci/run installs it.
+    out = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel", "--outdir", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel", "--outdir", str(out), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
     )
+    tmp_path = out
     (sdist,) = tmp_path.glob("prysmai-*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}

@@ -262,3 +262,16 @@ def test_store_rows_as_read_by_sqlite_are_unchanged(big_db: tuple[str, str]) -> 
     (body,) = conn.execute("SELECT request_body FROM traces LIMIT 1").fetchone()
     conn.close()
     assert json.loads(body) == CHAT
+
+
+def test_monitor_with_a_placeholder_openai_key(fake: FakeUpstream, proxy: Any) -> None:
+    """The README's other way: a placeholder key lets openai build the client; it is never sent."""
+    import openai
+
+    placeholder = "unused-placeholder-0123"
+    client = openai.OpenAI(api_key=placeholder, max_retries=0)
+    monitored = prysmai.monitor(client, prysm_key=KEY, base_url=proxy.base_url)
+    assert monitored.chat.completions.create(**CHAT).choices[0].message.content  # the proxy took KEY
+    seen = fake.last()
+    assert all(placeholder not in value for value in seen.headers.values())
+    assert placeholder.encode() not in seen.body
