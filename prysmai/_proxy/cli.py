@@ -26,6 +26,7 @@ from .config import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import logging
     from typing import Any
 
 # Not `pip install 'prysmai[proxy]'`: on the public registry that name is another release line.
@@ -212,7 +213,15 @@ def _proxy_command(args: argparse.Namespace) -> int:
     if not _has_extra():
         _err(EXTRA_MESSAGE)
         return 2
-    from . import listen, logs, private_files
+    from . import logs
+
+    # Every line from here on, ours and uvicorn's, has one format (see .logs).
+    with logs.configured(args.log_level, args.log_format) as log:
+        return _run_proxy(args, log)
+
+
+def _run_proxy(args: argparse.Namespace, log: logging.Logger) -> int:
+    from . import listen, private_files
     from .app import ProxyApp
     from .config import ProxyConfig
     from .keys import KeyConfigError, collect_keys, generate_key
@@ -220,8 +229,6 @@ def _proxy_command(args: argparse.Namespace) -> int:
     from .server import serve
     from .store import StoreError, open_db
 
-    # Every line from here on, ours and uvicorn's, has one format (see .logs).
-    log = logs.configure(args.log_level, args.log_format)
     try:
         keys = collect_keys(args.key, args.keys_file)
     except (KeyConfigError, OSError) as exc:

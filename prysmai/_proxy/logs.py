@@ -9,6 +9,7 @@ cannot drive a terminal. Colour is never used, so ``NO_COLOR`` and non-tty outpu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -17,6 +18,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any, TextIO
 
 LOGGERS = ("prysmai", "uvicorn")
@@ -60,25 +62,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False)
 
 
-_OURS = "_prysmai_handler"
-
-
-def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> logging.Logger:
-    """Send the ``prysmai`` and ``uvicorn`` loggers to one handler; returns ``prysmai.proxy``.
+@contextlib.contextmanager
+def configured(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> Iterator[logging.Logger]:
+    """Send the ``prysmai`` and ``uvicorn`` loggers to one handler while the block runs; yields
+    ``prysmai.proxy``. Everything is put back afterwards (``main()`` may run inside a test process
+    or another program).
 
     At ``info``, uvicorn's own start-up chatter stays out (its warnings and errors do not)."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    setattr(handler, _OURS, True)
     numeric = logging.getLevelName(level.upper())
+    levels = {
+        "prysmai": numeric,
+        "uvicorn": numeric if numeric <= logging.DEBUG else logging.WARNING,
+        # Access lines are INFO records; whether there are any is uvicorn's access_log switch.
+        "uvicorn.access": logging.INFO,
+    }
+    saved = [(lg, lg.level, lg.propagate) for lg in map(logging.getLogger, (*LOGGERS, "uvicorn.access"))]
     for name in LOGGERS:
-        logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if getattr(h, _OURS, False)]:
-            logger.removeHandler(old)  # configured again (tests call main() repeatedly)
-        logger.addHandler(handler)
-        logger.propagate = False
-    logging.getLogger("prysmai").setLevel(numeric)
-    logging.getLogger("uvicorn").setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
-    # Access lines are INFO records; whether there are any is uvicorn's access_log switch.
-    logging.getLogger("uvicorn.access").setLevel(logging.INFO)
-    return logging.getLogger("prysmai.proxy")
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).propagate = False
+    for name, value in levels.items():
+        logging.getLogger(name).setLevel(value)
+    try:
+        yield logging.getLogger("prysmai.proxy")
+    finally:
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
+        for logger, old_level, old_propagate in saved:
+            logger.setLevel(old_level)
+            logger.propagate = old_propagate
