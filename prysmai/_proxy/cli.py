@@ -49,7 +49,7 @@ essentials:
            TLS-terminating reverse proxy in front (keep --host 127.0.0.1 then).
   stop     Ctrl-C or SIGTERM: in-flight requests finish (up to 10 s), pending traces are written, exit 0.
 
-Full reference: docs/proxy.md in the source tree and the sdist (Documentation in `pip show -v prysmai`)."""
+Full reference: docs/proxy.md and docs/operations.md (systemd, nginx, security) in the source tree and sdist."""
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

@@ -238,7 +238,7 @@ def test_help_texts(capsys: Any) -> None:
     assert "(default 33554432 = 32 MiB)" in out and "default 10000)" in out
     for essential in ("--ssl-certfile", "--log-format", "--access-log", "GET /api/v1/health", "SIGTERM"):
         assert essential in out
-    assert "docs/proxy.md in the source tree" in out
+    assert "docs/proxy.md and docs/operations.md" in out and "source tree and sdist" in out
 
 
 # -- a client needs no OpenAI key when the proxy holds the credentials ----------------------------
