@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -275,3 +276,25 @@ def test_monitor_with_a_placeholder_openai_key(fake: FakeUpstream, proxy: Any) -
     seen = fake.last()
     assert all(placeholder not in value for value in seen.headers.values())
     assert placeholder.encode() not in seen.body
+
+
+def test_the_documented_shape_is_the_printed_one(capsys: Any, served: Any) -> None:
+    """docs/proxy.md's "JSON output" table names exactly fields the CLI prints."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "proxy.md").read_text()
+    section = doc.split("### JSON output", 1)[1].split("\n#", 1)[0]
+    rows = {line.split("|")[1].strip(): line.split("|")[2] for line in section.splitlines() if line.startswith("| ")}
+    # Quoted words are field names, except the values of "object".
+    names = {doc: set(re.findall(r'"(\w+)"', shape)) - {"trace", "list", "stats"} for doc, shape in rows.items()}
+
+    trace_id = served.traces()[0]["id"]
+    one = json.loads(run_cli(capsys, "traces", "show", trace_id, "--db", served.db_path, "--json")[1])
+    listing = json.loads(run_cli(capsys, "traces", "--db", served.db_path, "--json")[1])
+    stats = json.loads(run_cli(capsys, "stats", "--db", served.db_path, "--json")[1])
+    assert names["trace"] - {"object"} <= set(one) and one["object"] == "trace"
+    assert names["list"] == {"object", "data"} and set(listing) == {"object", "data"}
+    list_fields = names["trace"] - {"request_body", "response_body", "response_model", "provider_request_id"}
+    assert list_fields <= set(listing["data"][0])
+    assert names["stats"] <= set(stats) | {"store"}
+    assert names["error"] == {"error", "message", "type", "param", "code"}
