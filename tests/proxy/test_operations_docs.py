@@ -20,7 +20,7 @@ import pytest
 from prysmai._cli import _build_parser
 from prysmai._proxy.keys import collect_keys, generate_key
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "docs" / "systemd" / "prysmai-proxy.service"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
