@@ -86,14 +86,17 @@ def error(message: str, code: str, type_: str = "invalid_request_error") -> dict
 
 
 def for_endpoint(endpoint: str, result: Any) -> Any:
-    """Shape a read-API result by its endpoint (``traces``, ``traces/{id}``, ``stats``)."""
+    """Shape a read-API result by its endpoint (``traces``, ``traces/{id}``, ``stats``); results of
+    other endpoints are returned as they are."""
     if not isinstance(result, (dict, list)):
         return result
     if endpoint.startswith("traces/"):
         return trace(result)  # type: ignore[arg-type]
     if endpoint == "stats":
         return stats(result)  # type: ignore[arg-type]
-    return trace_list(result)
+    if endpoint == "traces":
+        return trace_list(result)
+    return result
 
 
 def dumps(document: Any, pretty: bool = True) -> str:

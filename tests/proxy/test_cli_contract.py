@@ -298,3 +298,13 @@ def test_the_documented_shape_is_the_printed_one(capsys: Any, served: Any) -> No
     assert list_fields <= set(listing["data"][0])
     assert names["stats"] <= set(stats) | {"store"}
     assert names["error"] == {"error", "message", "type", "param", "code"}
+
+
+def test_shape_leaves_other_endpoints_alone() -> None:
+    from prysmai._proxy import jsonshape
+
+    sessions = {"object": "list", "data": [{"session_id": "s-1", "requests": 2}]}
+    assert jsonshape.for_endpoint("sessions", sessions) == sessions
+    assert jsonshape.for_endpoint("traces", [{"id": "a", "stream": 1}])["data"] == [
+        {"object": "trace", "id": "a", "stream": True}
+    ]
