@@ -262,8 +262,8 @@ def count_traces(db: Path) -> int:
             data = json.loads(text) if text else []
         except ValueError:
             data = [line for line in text.splitlines() if line.strip()]  # one JSON object a line
-        if isinstance(data, dict):
-            data = data.get("traces", [])
+        if isinstance(data, dict):  # {"object": "list", "data": [...]} (docs/proxy.md, "JSON output")
+            data = data.get("data", [])
         return len(data)
     with contextlib.closing(sqlite3.connect(str(db))) as conn:
         row = conn.execute("SELECT count(*) FROM traces").fetchone()

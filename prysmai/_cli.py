@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 TYPE_CHECKING = False
@@ -15,6 +16,9 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="prysmai",
         description="Observe every OpenAI call of an application through the Prysm proxy.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"prysmai {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -72,8 +76,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prysmai`` command."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+        sys.stdout.flush()  # inside the try: a piped stdout is written here, at the latest
+    except BrokenPipeError:
+        # The reader went away (`prysmai traces | head -2`): stop quietly, as cat does. Point stdout
+        # at /dev/null so the interpreter's final flush cannot raise a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return SIGPIPE_STATUS
     return code
+
+
+#: What a shell reports for a process killed by SIGPIPE (128 + 13), as for `cat` in the same place.
+SIGPIPE_STATUS = 141
 
 
 if __name__ == "__main__":  # pragma: no cover

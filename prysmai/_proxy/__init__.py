@@ -15,7 +15,12 @@ Modules, one concern each:
 * ``store``      -- SQLite (WAL) trace store: bounded queue, background batch writer, queries.
 * ``demo_model`` -- the built-in offline model behind ``--upstream demo``.
 * ``server``     -- running the app on uvicorn, in the foreground or on a background thread.
+* ``listen``     -- binding the listening socket before anything is announced or created.
+* ``logs``       -- one log format (text or JSON, timestamped, no colour) for ours and uvicorn's.
+* ``ratelog``    -- flood-proof warnings: the first at once, then one summary per interval.
+* ``private_files`` -- the store created 0600 in a 0700 directory.
 * ``report``     -- tables and summaries for the terminal.
+* ``jsonshape``  -- the one JSON shape of CLI ``--json`` output and the read API.
 * ``cli``        -- ``prysmai proxy | traces | stats | demo``.
 * ``demo``       -- the ``prysmai demo`` sample application.
 """

@@ -23,11 +23,13 @@ from functools import partial
 from urllib.parse import parse_qs, quote, urlsplit
 
 from .. import _wire
+from . import jsonshape
 from .capture import Exchange, finalize
 from .config import DEMO_UPSTREAM, ProxyConfig
 from .filters import filters_from_query
 from .keys import KeyRing
 from .pricing import PriceTable
+from .ratelog import RateLimitedLog
 from .store import TraceStore, compute_stats, get_trace, list_traces, open_existing
 from .upstream import (
     TIMEOUT_ERRORS,
@@ -144,6 +146,7 @@ class ProxyApp:
         self.default_upstream_key = config.upstream_api_key.encode("latin-1") if config.upstream_api_key else None
         self.client: Upstream | None = None
         self.inflight = 0
+        self.warnings = RateLimitedLog(log)  # floods (502s, rejected keys): first line, then summaries
 
     def __repr__(self) -> str:
         return f"ProxyApp(upstream={self.config.upstream!r}, db={self.config.db_path!r}, keys={len(self.keys)})"
@@ -154,6 +157,7 @@ class ProxyApp:
         self.client = make_upstream(self.config)
 
     async def shutdown(self) -> None:
+        self.warnings.close()
         if self.client is not None:
             await self.client.aclose()
             self.client = None
@@ -209,6 +213,7 @@ class ProxyApp:
                 break
         if not self.keys.check_authorization(auth):
             msg = "Missing Prysm API key" if auth is None else "Invalid Prysm API key"
+            self.warnings.event("auth", f"401 {msg.lower()} from {_client(scope)} on {method} {path}")
             await _respond(
                 send,
                 401,
@@ -414,6 +419,7 @@ class ProxyApp:
         self, send: Send, ex: Exchange, status: int, message: str, trace_header: tuple[bytes, bytes]
     ) -> None:
         code = "upstream_timeout" if status == 504 else "upstream_unreachable"
+        self.warnings.event("upstream", f"{status} to the client: {message} ({self.base}/{ex.endpoint})")
         await self._fail(send, ex, status, message, "upstream_error", code, trace_header)
 
     async def _relay_stream(
@@ -523,7 +529,7 @@ class ProxyApp:
         if result is None:
             await _respond(send, 404, error_body("No such trace", "invalid_request_error", "not_found"))
             return
-        await _respond(send, 200, json.dumps(result, ensure_ascii=False).encode())
+        await _respond(send, 200, json.dumps(jsonshape.for_endpoint(endpoint, result), ensure_ascii=False).encode())
 
     def _query(self, endpoint: str, query: dict[str, str]) -> Any:
         self.store.flush(2.0)  # read your own writes
@@ -597,6 +603,11 @@ def _stream_finished(chunks: list[tuple[float, bytes]]) -> bool:
         return False
     last = chunks[-1][1]
     return b"[DONE]" in last[-16:] or b'"response.completed"' in last or b'"response.incomplete"' in last
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "an unknown client"
 
 
 def _latency_header(ex: Exchange) -> tuple[bytes, bytes]:

@@ -7,7 +7,6 @@ proxy's extra (uvicorn, aiohttp) is imported inside the handlers that need it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -27,9 +26,30 @@ from .config import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import logging
     from typing import Any
 
-EXTRA_MESSAGE = "the proxy needs its extra: pip install 'prysmai[proxy]'"
+# Not `pip install 'prysmai[proxy]'`: on the public registry that name is another release line.
+EXTRA_MESSAGE = (
+    "the proxy needs its extra, uvicorn[standard] and aiohttp: "
+    "pip install '.[proxy]' in a clone of prysmai (or pip install 'PRYSMAI_WHEEL[proxy]')"
+)
+#: Printed under ``prysmai proxy --help``: what an installed package cannot otherwise show.
+PROXY_ESSENTIALS = """\
+essentials:
+  keys     --key / PRYSM_PROXY_KEYS / --keys-file: 'sk-prysm-' then 16+ characters. With none, a key is
+           generated and printed for this run only. Make one:
+           python3 -c "import secrets; print('sk-prysm-' + secrets.token_urlsafe(24))"
+  clients  base_url=http://HOST:PORT/api/v1 and the Prysm key as api_key (prysmai: prysm_key=...).
+           The provider key is OPENAI_API_KEY in the proxy's environment, or X-Prysm-Upstream-Key per request.
+  store    SQLite (WAL) created 0600 in a 0700 directory; holds every prompt and answer (never keys).
+           Read it with `prysmai traces`, `prysmai stats`, or GET /api/v1/traces, /api/v1/stats (key needed).
+  health   GET /api/v1/health (no key): status and the store's queued/written/dropped counters.
+  network  Plain http on 127.0.0.1 by default. Beyond loopback, use --ssl-certfile/--ssl-keyfile or a
+           TLS-terminating reverse proxy in front (keep --host 127.0.0.1 then).
+  stop     Ctrl-C or SIGTERM: in-flight requests finish (up to 10 s), pending traces are written, exit 0.
+
+Full reference: docs/proxy.md and docs/operations.md (systemd, nginx, security) in the source tree and sdist."""
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -51,7 +71,8 @@ def _add_db(p: argparse.ArgumentParser) -> None:
         "--db",
         metavar="PATH",
         default=None,
-        help=f"trace store (default: ${DB_ENV}, else {default_db_path({})} under $XDG_DATA_HOME or ~/.local/share)",
+        help=f"trace store (default: ${DB_ENV}, else $XDG_DATA_HOME/prysmai/traces.db, "
+        "else ~/.local/share/prysmai/traces.db)",
     )
 
 
@@ -71,8 +92,10 @@ def register(subparsers: Any) -> None:
         help="run the self-hosted capture proxy (OpenAI-compatible, under /api/v1)",
         description=(
             "Serve an OpenAI-compatible API under /api/v1 that checks a Prysm key, forwards each request "
-            "to the upstream and records it as a trace in a local SQLite store. See docs/proxy.md."
+            "to the upstream and records it as a trace in a local SQLite store."
         ),
+        epilog=PROXY_ESSENTIALS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     proxy.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     proxy.add_argument(
@@ -100,13 +123,18 @@ def register(subparsers: Any) -> None:
         "--pricing", metavar="PATH", help=f"JSON price file overriding the shipped table (also ${PRICING_ENV})"
     )
     proxy.add_argument(
-        "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413"
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        metavar="N",
+        help="larger request bodies get 413 (default %(default)s = 32 MiB)",
     )
     proxy.add_argument(
         "--queue-size",
         type=int,
         default=DEFAULT_QUEUE_SIZE,
-        help="traces waiting to be written before new ones are dropped (counted)",
+        metavar="N",
+        help="traces waiting to be written before new ones are dropped (counted; default %(default)s)",
     )
     proxy.add_argument(
         "--upstream-timeout", type=float, default=600.0, metavar="SECONDS", help="upstream read timeout (default 600)"
@@ -116,20 +144,42 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="do not add stream_options.include_usage to streamed requests (streams then have no token counts)",
     )
-    proxy.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    proxy.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="(default info)"
+    )
+    proxy.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="text: one timestamped line per record (default); json: one JSON object per line",
+    )
+    proxy.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request (client, method, path, status; never bodies or keys)",
+    )
+    proxy.add_argument("--ssl-certfile", metavar="PATH", help="serve https with this certificate (PEM)")
+    proxy.add_argument("--ssl-keyfile", metavar="PATH", help="the certificate's private key (PEM)")
     proxy.set_defaults(handler=_proxy_command)
 
     traces = subparsers.add_parser(
         "traces",
         help="list captured traces (or `traces show ID` for one)",
         description="List captured traces, newest first. `prysmai traces show TRACE_ID` prints one in full.",
+        usage="prysmai traces [options]\n       prysmai traces show TRACE_ID [--json] [--db PATH]",
     )
     _add_db(traces)
     _add_filters(traces)
     traces.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
     traces.set_defaults(handler=_traces_command)
-    traces_sub = traces.add_subparsers(dest="traces_command", metavar="show")
-    show = traces_sub.add_parser("show", help="one trace in full (an id prefix of 6+ characters works)")
+    # The help is the group's, not the choice's: argparse would otherwise list `show` twice.
+    traces_sub = traces.add_subparsers(
+        dest="traces_command",
+        title="one trace",
+        metavar="show TRACE_ID",
+        help="one trace in full (the id, or a unique prefix of 6+ characters)",
+    )
+    show = traces_sub.add_parser("show", description="Print one trace in full.")
     show.add_argument("trace_id", metavar="TRACE_ID")
     # SUPPRESS: a sub-parser's defaults would overwrite `traces --db X show ID`'s values.
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
@@ -163,8 +213,15 @@ def _proxy_command(args: argparse.Namespace) -> int:
     if not _has_extra():
         _err(EXTRA_MESSAGE)
         return 2
-    import logging
+    from . import logs
 
+    # Every line from here on, ours and uvicorn's, has one format (see .logs).
+    with logs.configured(args.log_level, args.log_format) as log:
+        return _run_proxy(args, log)
+
+
+def _run_proxy(args: argparse.Namespace, log: logging.Logger) -> int:
+    from . import listen, private_files
     from .app import ProxyApp
     from .config import ProxyConfig
     from .keys import KeyConfigError, collect_keys, generate_key
@@ -172,82 +229,155 @@ def _proxy_command(args: argparse.Namespace) -> int:
     from .server import serve
     from .store import StoreError, open_db
 
-    logging.basicConfig(format="prysmai proxy: %(levelname)s %(message)s")
-    logging.getLogger("prysmai.proxy").setLevel(args.log_level.upper())
     try:
         keys = collect_keys(args.key, args.keys_file)
     except (KeyConfigError, OSError) as exc:
-        _err(f"key configuration: {exc}")
+        log.error("key configuration: %s", exc)
         return 2
+    generated = None
     if not keys:
-        key = generate_key()
-        keys = [key]
-        print(
-            "prysmai proxy: no key configured (--key, PRYSM_PROXY_KEYS or --keys-file); "
-            f"accepting this generated key for this run only:\n\n    {key}\n",
-            file=sys.stderr,
-        )
+        generated = generate_key()
+        keys = [generated]
     upstream = args.upstream or os.environ.get(UPSTREAM_ENV) or DEFAULT_UPSTREAM
     if upstream != DEMO_UPSTREAM and not upstream.startswith(("http://", "https://")):
-        _err(f"--upstream must be an http(s) URL or '{DEMO_UPSTREAM}', not {upstream!r}")
+        log.error("--upstream must be an http(s) URL or '%s', not %r", DEMO_UPSTREAM, upstream)
+        return 2
+    tls_error = _check_tls(args.ssl_certfile, args.ssl_keyfile)
+    if tls_error:
+        log.error("%s", tls_error)
         return 2
     db_path = args.db or default_db_path()
     try:
         prices = PriceTable.load(args.pricing or os.environ.get(PRICING_ENV) or None)
-        open_db(db_path).close()
-    except (PricingError, StoreError, OSError) as exc:
-        _err(str(exc))
+    except (PricingError, OSError) as exc:
+        log.error("%s", exc)
         return 1
-    port = args.port
-    if port == 0:
-        # Pick the free port now so the banner can name it (the window before uvicorn binds it again
-        # is small; this is for local use).
-        import socket
-
-        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
-            probe.bind((args.host, 0))
-            port = probe.getsockname()[1]
-    config = ProxyConfig(
-        keys=keys,
-        db_path=db_path,
-        upstream=upstream,
-        upstream_api_key=os.environ.get(UPSTREAM_KEY_ENV) or None,
-        host=args.host,
-        port=port,
-        upstream_timeout=args.upstream_timeout,
-        max_body_bytes=args.max_body_bytes,
-        queue_size=args.queue_size,
-        inject_stream_usage=not args.no_stream_usage,
-    )
-    if upstream != DEMO_UPSTREAM and config.upstream_api_key is None:
-        print(
-            f"prysmai proxy: {UPSTREAM_KEY_ENV} is not set: each request must bring its provider key in "
-            "X-Prysm-Upstream-Key (prysmai: upstream_api_key=...).",
-            file=sys.stderr,
+    # Bind before anything is announced or created: a busy port leaves no store and no banner.
+    try:
+        sock = listen.bind(args.host, args.port)
+    except listen.PortInUse:
+        log.error("port %d is in use; choose another with --port", args.port)
+        return 1
+    except OSError as exc:
+        log.error("cannot listen on %s port %d: %s", args.host, args.port, exc.strerror or exc)
+        return 1
+    try:
+        try:
+            open_db(db_path).close()
+        except (StoreError, OSError) as exc:
+            log.error("%s", exc)
+            return 1
+        mode = private_files.loose_mode(db_path)
+        if mode is not None:
+            log.warning(
+                "the trace store %s is readable by other users (mode %o): it holds every prompt and answer; "
+                "`chmod 600 %s`",
+                db_path,
+                mode,
+                db_path,
+            )
+        port = sock.getsockname()[1]
+        config = ProxyConfig(
+            keys=keys,
+            db_path=db_path,
+            upstream=upstream,
+            upstream_api_key=os.environ.get(UPSTREAM_KEY_ENV) or None,
+            host=args.host,
+            port=port,
+            upstream_timeout=args.upstream_timeout,
+            max_body_bytes=args.max_body_bytes,
+            queue_size=args.queue_size,
+            inject_stream_usage=not args.no_stream_usage,
         )
-    if args.host not in _LOOPBACK:
-        print(f"prysmai proxy: listening on {args.host}, reachable from other machines.", file=sys.stderr)
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(
-        f"prysmai proxy: http://{host}:{port}/api/v1 -> {upstream}; {len(keys)} key(s); traces in {db_path}",
-        file=sys.stderr,
-    )
-    serve(ProxyApp(config, prices), log_level="warning" if args.log_level == "info" else args.log_level)
+        if generated is not None:
+            # Printed, not logged: shown once to the person starting the proxy.
+            print(
+                "prysmai proxy: no key configured (--key, PRYSM_PROXY_KEYS or --keys-file); "
+                f"accepting this generated key for this run only:\n\n    {generated}\n",
+                file=sys.stderr,
+            )
+        if upstream != DEMO_UPSTREAM and config.upstream_api_key is None:
+            log.warning(
+                "%s is not set: each request must bring its provider key in X-Prysm-Upstream-Key "
+                "(prysmai: upstream_api_key=...)",
+                UPSTREAM_KEY_ENV,
+            )
+        tls = bool(args.ssl_certfile)
+        if args.host not in _LOOPBACK:
+            if tls:
+                log.info("listening on %s: reachable from other machines (https)", args.host)
+            else:
+                log.warning(
+                    "listening on %s without TLS: Prysm keys, prompts and answers cross the network in clear "
+                    "text; use --ssl-certfile/--ssl-keyfile, or a TLS-terminating reverse proxy with "
+                    "--host 127.0.0.1",
+                    args.host,
+                )
+        scheme = "https" if tls else "http"
+        log.info(
+            "serving %s://%s:%d/api/v1 -> %s; %d key(s); traces in %s",
+            scheme,
+            listen.url_host(args.host),
+            port,
+            upstream,
+            len(keys),
+            db_path,
+        )
+        serve(
+            ProxyApp(config, prices),
+            sock,
+            log_level=None,
+            access_log=args.access_log,
+            ssl_certfile=args.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile,
+        )
+    finally:
+        sock.close()
     return 0
 
 
-def _open_store(args: argparse.Namespace) -> Any:
+def _check_tls(certfile: str | None, keyfile: str | None) -> str | None:
+    """Load the certificate now, so a mistake is one line at start-up, not a traceback."""
+    if not certfile and not keyfile:
+        return None
+    if not certfile:
+        return "--ssl-keyfile needs --ssl-certfile"
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot use the TLS certificate {certfile}: {exc}"
+    return None
+
+
+def _fail(args: argparse.Namespace, message: str, code: str, status: int) -> int:
+    """An error: JSON on stderr under --json (the API's error shape), else a plain line."""
+    if getattr(args, "json", False):
+        from . import jsonshape
+
+        print(jsonshape.dumps(jsonshape.error(message, code), pretty=False), file=sys.stderr)
+    else:
+        _err(message)
+    return status
+
+
+def _open_store(args: argparse.Namespace) -> tuple[Any, int]:
+    """(connection, 0), or (None, exit status) after saying why."""
     from .store import StoreError, open_existing
 
     path = args.db or default_db_path()
     try:
         conn = open_existing(path)
     except StoreError as exc:
-        _err(str(exc))
-        return None
+        return None, _fail(args, str(exc), "store_unreadable", 1)
     if conn is None:
-        print(f"No trace store at {path} yet. Start one with `prysmai proxy` (or try `prysmai demo`).")
-    return conn
+        message = f"No trace store at {path} yet. Start one with `prysmai proxy` (or try `prysmai demo`)."
+        if getattr(args, "json", False):
+            return None, _fail(args, message, "store_not_found", 1)
+        print(message)
+        return None, 1
+    return conn, 0
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -256,25 +386,26 @@ def _filters(args: argparse.Namespace) -> dict[str, Any] | None:
     try:
         return filters_from_args(args)
     except ValueError as exc:
-        _err(str(exc))
+        _fail(args, str(exc), "invalid_parameter", 2)
         return None
 
 
 def _traces_command(args: argparse.Namespace) -> int:
+    from . import jsonshape
     from .report import traces_table
     from .store import list_traces
 
     filters = _filters(args)
     if filters is None:
         return 2
-    conn = _open_store(args)
+    conn, status = _open_store(args)
     if conn is None:
-        return 1
+        return status
     with conn:
         rows = list_traces(conn, limit=args.limit, **filters)
     conn.close()
     if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        print(jsonshape.dumps(jsonshape.trace_list(rows)))
     elif not rows:
         print("No traces" + (" match these filters." if filters else " yet: send a request through the proxy."))
     else:
@@ -282,36 +413,44 @@ def _traces_command(args: argparse.Namespace) -> int:
     return 0
 
 
+MIN_PREFIX = 6
+
+
 def _show_command(args: argparse.Namespace) -> int:
+    from . import jsonshape
     from .report import trace_detail
     from .store import get_trace
 
-    conn = _open_store(args)
+    conn, status = _open_store(args)
     if conn is None:
-        return 1
+        return status
     trace = get_trace(conn, args.trace_id)
     conn.close()
     if trace is None:
-        _err(f"no trace {args.trace_id!r} (give the id, or a unique prefix of 6+ characters)")
-        return 1
-    print(json.dumps(trace, indent=2, ensure_ascii=False) if args.json else trace_detail(trace))
+        if len(args.trace_id) < MIN_PREFIX:
+            message = f"prefix too short: give the trace id, or at least {MIN_PREFIX} of its first characters"
+            return _fail(args, message, "prefix_too_short", 2)
+        message = f"no trace {args.trace_id!r} (give the id, or a unique prefix of {MIN_PREFIX}+ characters)"
+        return _fail(args, message, "not_found", 1)
+    print(jsonshape.dumps(jsonshape.trace(trace)) if args.json else trace_detail(trace))
     return 0
 
 
 def _stats_command(args: argparse.Namespace) -> int:
+    from . import jsonshape
     from .report import stats_text
     from .store import compute_stats
 
     filters = _filters(args)
     if filters is None:
         return 2
-    conn = _open_store(args)
+    conn, status = _open_store(args)
     if conn is None:
-        return 1
+        return status
     stats = compute_stats(conn, **filters)
     conn.close()
     if args.json:
-        print(json.dumps(stats, indent=2))
+        print(jsonshape.dumps(jsonshape.stats(stats)))
     elif not stats["requests"]:
         print("No traces" + (" match these filters." if filters else " yet: send a request through the proxy."))
     else:

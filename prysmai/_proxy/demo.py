@@ -108,7 +108,7 @@ def run_demo(real: bool = False, keep_db: str | None = None, model: str | None =
             print(f"\n(Offline model: costs are what {model} would have cost for these token counts.)")
         if keep_db:
             print(f"\nTraces kept in {db_path}: try `prysmai traces --db {db_path}`.")
-        print("\nNext: `prysmai proxy --key sk-prysm-...` serves this for real; see docs/proxy.md.")
+        print("\nNext: `prysmai proxy` serves this for real; `prysmai proxy --help` has the essentials.")
         return 0
     finally:
         for name, value in saved.items():

@@ -17,7 +17,7 @@ def filters_from_query(query: dict[str, str]) -> dict[str, Any]:
     """``?model=&user=&session=&status=&since=&limit=``; raises ``ValueError`` on a bad value."""
     filters: dict[str, Any] = {k: query[k] for k in FILTER_KEYS if query.get(k)}
     if query.get("since"):
-        filters["since"] = parse_since(query["since"])
+        filters["since"] = _since(query["since"], "since")
     if query.get("limit"):
         try:
             filters["limit"] = int(query["limit"])
@@ -29,5 +29,13 @@ def filters_from_query(query: dict[str, str]) -> dict[str, Any]:
 def filters_from_args(args: argparse.Namespace) -> dict[str, Any]:
     filters: dict[str, Any] = {k: getattr(args, k) for k in FILTER_KEYS if getattr(args, k, None)}
     if getattr(args, "since", None):
-        filters["since"] = parse_since(args.since)
+        filters["since"] = _since(args.since, "--since")
     return filters
+
+
+def _since(value: str, name: str) -> float:
+    """Name the setting as the caller spelled it: the query parameter, or the CLI flag."""
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None

@@ -25,12 +25,31 @@ def generate_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(24)
 
 
+#: A key the proxy accepts guards every prompt it stores: at least this many characters after the
+#: prefix, with at least ``MIN_DISTINCT_CHARS`` different ones (``generate_key`` makes 32 random).
+MIN_SECRET_CHARS = 16
+MIN_DISTINCT_CHARS = 8
+GENERATE_HINT = "python3 -c \"import secrets; print('sk-prysm-' + secrets.token_urlsafe(24))\""
+#: Placeholders seen in docs and examples; refused by name so the message can say why.
+_PLACEHOLDERS = frozenset({"...", "xxx", "your-key", "your-key-here", "changeme", "local-dev-key"})
+
+
 def _validate(key: str, source: str) -> str:
     key = key.strip()
     if not key.startswith(KEY_PREFIX) or len(key) <= len(KEY_PREFIX):
         raise KeyConfigError(f"a key from {source} does not start with {KEY_PREFIX!r} (or is empty after it)")
     if not key.isascii() or any(c.isspace() for c in key):
         raise KeyConfigError(f"a key from {source} contains whitespace or non-ASCII characters")
+    secret = key[len(KEY_PREFIX) :]
+    if secret.lower() in _PLACEHOLDERS or set(secret) <= set(".x*<>"):
+        raise KeyConfigError(
+            f"a key from {source} is a documentation placeholder, not a key; make one with: {GENERATE_HINT}"
+        )
+    if len(secret) < MIN_SECRET_CHARS or len(set(secret)) < MIN_DISTINCT_CHARS:
+        raise KeyConfigError(
+            f"a key from {source} is too weak: it needs at least {MIN_SECRET_CHARS} characters after "
+            f"{KEY_PREFIX!r}, with {MIN_DISTINCT_CHARS} or more different ones; make one with: {GENERATE_HINT}"
+        )
     return key
 
 

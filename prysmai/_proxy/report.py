@@ -25,11 +25,16 @@ def parse_since(value: str, now: float | None = None) -> float:
     try:
         return datetime.fromisoformat(value.strip()).timestamp()
     except ValueError:
-        raise ValueError(f"--since: expected e.g. 15m, 2h, 7d or 2025-01-31T12:00, not {value!r}") from None
+        raise ValueError(f"expected e.g. 15m, 2h, 7d or 2025-01-31T12:00, not {value!r}") from None
 
 
 def fmt_time(ts: float | None) -> str:
-    return NONE if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    """Local time with its UTC offset, e.g. ``2025-01-31 12:00:05+01:00`` (``TZ=UTC`` for UTC)."""
+    if ts is None:
+        return NONE
+    local = datetime.fromtimestamp(ts).astimezone()
+    offset = local.strftime("%z")  # +0100
+    return local.strftime("%Y-%m-%d %H:%M:%S") + f"{offset[:3]}:{offset[3:5]}"
 
 
 def fmt_ms(ms: float | None) -> str:

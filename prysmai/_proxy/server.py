@@ -11,25 +11,38 @@ import uvicorn
 from .app import ProxyApp
 from .config import ProxyConfig
 
-
-def uvicorn_config(app: ProxyApp, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
-    """uvloop + httptools when installed (``uvicorn[standard]``), no access log, lifespan on."""
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        lifespan="on",
-        access_log=False,
-        log_level=log_level,
-        server_header=False,
-        backlog=2048,
-        timeout_keep_alive=75,
-        timeout_graceful_shutdown=10,
-    )
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from typing import Any
 
 
-def serve(app: ProxyApp, log_level: str = "warning") -> None:
-    """Serve in the foreground until SIGINT/SIGTERM; pending traces are written before returning."""
+def uvicorn_config(
+    app: ProxyApp, host: str, port: int, log_level: str | None = "warning", **options: Any
+) -> uvicorn.Config:
+    """uvloop + httptools when installed (``uvicorn[standard]``), no access log, lifespan on.
+
+    uvicorn's own logging configuration (coloured, untimed) is never installed: its records go to
+    whatever handlers the ``uvicorn`` logger has (``prysmai proxy``: :mod:`.logs`)."""
+    settings: dict[str, Any] = {
+        "lifespan": "on",
+        "access_log": False,
+        "log_config": None,
+        "log_level": log_level,
+        "server_header": False,
+        "backlog": 2048,
+        "timeout_keep_alive": 75,
+        "timeout_graceful_shutdown": 10,
+    }
+    settings.update(options)
+    return uvicorn.Config(app, host=host, port=port, **settings)
+
+
+def serve(app: ProxyApp, sock: socket.socket | None = None, **options: Any) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM; pending traces are written before returning.
+
+    ``sock``: an already bound socket (see :mod:`.listen`); ``options`` go to :func:`uvicorn_config`
+    (``access_log``, ``ssl_certfile``, ``ssl_keyfile``, ``log_level``)."""
     import signal
 
     # uvicorn re-raises the signal that stopped it once it has shut down (and flushed the store).
@@ -38,7 +51,8 @@ def serve(app: ProxyApp, log_level: str = "warning") -> None:
     stops = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in stops}
     try:
-        uvicorn.Server(uvicorn_config(app, app.config.host, app.config.port, log_level)).run()
+        server = uvicorn.Server(uvicorn_config(app, app.config.host, app.config.port, **options))
+        server.run(sockets=[sock] if sock is not None else None)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

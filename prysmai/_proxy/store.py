@@ -18,6 +18,8 @@ import sqlite3
 import threading
 import time
 
+from . import private_files
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -102,8 +104,7 @@ def _connect(path: str) -> sqlite3.Connection:
 
 def open_db(path: str) -> sqlite3.Connection:
     """Open (creating if needed) the database at ``path`` with the current schema."""
-    if path != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    private_files.prepare(path)  # 0600 in a 0700 directory, before SQLite creates anything
     try:
         conn = _connect(path)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -278,7 +279,7 @@ class TraceStore:
 # -- queries (CLI and HTTP read API) -------------------------------------------------------------
 _SUMMARY_COLUMNS = (
     "id, created_at, method, endpoint, model, stream, status, http_status, latency_ms, ttft_ms, "
-    "prompt_tokens, completion_tokens, total_tokens, cost_usd, user_id, session_id, error"
+    "prompt_tokens, completion_tokens, total_tokens, cost_usd, user_id, session_id, metadata, notes, error"
 )
 
 

@@ -69,13 +69,18 @@ def test_traces_table_filters_and_json(capsys: Any, filled_db: str) -> None:
     assert "alice" in out and "s-1" in out and "error 500" in out and "(stream)" in out
     assert re.search(r"mystery .* error 500 .* - ", out)  # unknown cost shown as unknown, not $0
     code, out, _ = run_cli(capsys, "traces", "--db", filled_db, "--user", "bob", "--json")
-    rows = json.loads(out)
+    rows = json.loads(out)["data"]
     assert [(r["user_id"], r["model"], r["stream"]) for r in rows] == [("bob", "gpt-4.1", True)]
     assert rows[0]["ttft_ms"] is not None
-    assert len(json.loads(run_cli(capsys, "traces", "--db", filled_db, "--json", "--limit", "2")[1])) == 2
-    assert len(json.loads(run_cli(capsys, "traces", "--db", filled_db, "--json", "--status", "error")[1])) == 1
-    assert len(json.loads(run_cli(capsys, "traces", "--db", filled_db, "--json", "--since", "1h")[1])) == 3
-    assert json.loads(run_cli(capsys, "traces", "--db", filled_db, "--json", "--since", "2999-01-01")[1]) == []
+
+    def data(*flags: str) -> list[Any]:
+        rows: list[Any] = json.loads(run_cli(capsys, "traces", "--db", filled_db, "--json", *flags)[1])["data"]
+        return rows
+
+    assert len(data("--limit", "2")) == 2
+    assert len(data("--status", "error")) == 1
+    assert len(data("--since", "1h")) == 3
+    assert data("--since", "2999-01-01") == []
     code, _, err = run_cli(capsys, "traces", "--db", filled_db, "--since", "yesterday-ish")
     assert code == 2 and "--since" in err
 
@@ -108,7 +113,8 @@ def test_proxy_and_demo_need_the_extra(capsys: Any, monkeypatch: Any) -> None:
     monkeypatch.setattr(proxy_cli, "_has_extra", lambda: False)
     for command in ("proxy", "demo"):
         code, _, err = run_cli(capsys, command)
-        assert code == 2 and err.strip() == "prysmai: the proxy needs its extra: pip install 'prysmai[proxy]'"
+        assert code == 2 and err.strip() == f"prysmai: {proxy_cli.EXTRA_MESSAGE}"
+        assert "uvicorn[standard] and aiohttp" in err and "pip install '.[proxy]'" in err
 
 
 def test_cli_import_is_light() -> None:

@@ -31,10 +31,11 @@ def test_keyring_accepts_only_configured_keys() -> None:
 
 def test_keys_come_from_flags_env_and_file(tmp_path: Any) -> None:
     keys_file = tmp_path / "keys"
-    keys_file.write_text("# team keys\nsk-prysm-file1\n\n  sk-prysm-file2  \n")
-    env = {"PRYSM_PROXY_KEYS": "sk-prysm-env1, sk-prysm-env2,", "PRYSM_PROXY_KEYS_FILE": str(keys_file)}
-    keys = collect_keys(["sk-prysm-flag", "sk-prysm-env1"], None, env)
-    assert keys == ["sk-prysm-flag", "sk-prysm-env1", "sk-prysm-env2", "sk-prysm-file1", "sk-prysm-file2"]
+    k = {name: f"sk-prysm-{name}-0123456789abcdef" for name in ("file1", "file2", "env1", "env2", "flag")}
+    keys_file.write_text(f"# team keys\n{k['file1']}\n\n  {k['file2']}  \n")
+    env = {"PRYSM_PROXY_KEYS": f"{k['env1']}, {k['env2']},", "PRYSM_PROXY_KEYS_FILE": str(keys_file)}
+    keys = collect_keys([k["flag"], k["env1"]], None, env)
+    assert keys == [k["flag"], k["env1"], k["env2"], k["file1"], k["file2"]]
     assert collect_keys([], None, {}) == []
 
 

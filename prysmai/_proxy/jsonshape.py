@@ -1,0 +1,103 @@
+"""The one JSON shape of what the CLI (``--json``) and the HTTP read API return.
+
+Both print exactly these documents (docs/proxy.md, "JSON output"):
+
+* a trace: ``{"object": "trace", "id": ..., ...}``; ``request_body`` / ``response_body`` are the
+  body as a JSON value when it is JSON (an object, not JSON text inside a string), else the text,
+  else ``null``; ``metadata`` an object or ``null``; ``notes`` a list; ``stream`` a boolean;
+* a list: ``{"object": "list", "data": [trace, ...]}`` (rows without bodies);
+* stats: ``{"object": "stats", ...}``;
+* an error: ``{"error": {"message", "type", "param", "code"}}`` (OpenAI's error shape; the CLI
+  writes it to stderr and exits non-zero).
+
+Standard library only: the CLI imports it without the proxy's extra.
+"""
+
+from __future__ import annotations
+
+import json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+BODY_FIELDS = ("request_body", "response_body")
+
+
+def _body(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    stripped = text.lstrip()
+    # Only documents become JSON values: a plain-text body that happens to parse as a JSON
+    # scalar ("42", "true") stays the text it was.
+    if stripped[:1] in ("{", "["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _json_field(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def trace(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One trace (a full one, or a list row without bodies)."""
+    out: dict[str, Any] = {"object": "trace"}
+    out.update(row)
+    out["object"] = "trace"
+    if "stream" in out:
+        out["stream"] = bool(out["stream"])
+    if "metadata" in out:
+        out["metadata"] = _json_field(out["metadata"]) if out["metadata"] else None
+    if "notes" in out:
+        notes = _json_field(out["notes"]) if out["notes"] else []
+        out["notes"] = notes if isinstance(notes, list) else [str(notes)]
+    for name in BODY_FIELDS:
+        if name in out:
+            out[name] = _body(out[name])
+    return out
+
+
+def trace_list(rows: Any) -> dict[str, Any]:
+    """The list envelope. Accepts rows, or an envelope already built (its other keys are kept)."""
+    if isinstance(rows, dict):
+        envelope: dict[str, Any] = {"object": "list", **rows}
+        envelope["object"] = "list"
+        envelope["data"] = [trace(r) for r in rows.get("data", ())]
+        return envelope
+    return {"object": "list", "data": [trace(r) for r in rows]}
+
+
+def stats(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {"object": "stats", **{k: v for k, v in values.items() if k != "object"}}
+
+
+def error(message: str, code: str, type_: str = "invalid_request_error") -> dict[str, Any]:
+    """OpenAI's error document, as the proxy answers it."""
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def for_endpoint(endpoint: str, result: Any) -> Any:
+    """Shape a read-API result by its endpoint (``traces``, ``traces/{id}``, ``stats``); results of
+    other endpoints are returned as they are."""
+    if not isinstance(result, (dict, list)):
+        return result
+    if endpoint.startswith("traces/"):
+        return trace(result)  # type: ignore[arg-type]
+    if endpoint == "stats":
+        return stats(result)  # type: ignore[arg-type]
+    if endpoint == "traces":
+        return trace_list(result)
+    return result
+
+
+def dumps(document: Any, pretty: bool = True) -> str:
+    return json.dumps(document, indent=2 if pretty else None, ensure_ascii=False)
