@@ -161,17 +161,28 @@ def reset() -> None:
         _breakers.clear()
 
 
+_held_for_fork = False
+
+
 def _before_fork() -> None:
     # Held across fork(): a child never starts with a breaker lock held by a thread it does not have.
+    global _held_for_fork
     _breakers_lock.acquire()
+    _held_for_fork = True
 
 
 def _after_fork_in_parent() -> None:
-    _breakers_lock.release()
+    # Checked, not assumed: this module may be imported (and these handlers registered) by another
+    # thread while a fork is under way, and then only the "after" half runs for that fork.
+    global _held_for_fork
+    if _held_for_fork:
+        _held_for_fork = False
+        _breakers_lock.release()
 
 
 def _after_fork_in_child() -> None:
-    global _breakers_lock
+    global _breakers_lock, _held_for_fork
+    _held_for_fork = False
     _breakers_lock = threading.Lock()
     for breaker in _breakers.values():
         # A breaker's lock guards a few attribute updates; one held by a vanished thread is replaced.

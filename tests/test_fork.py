@@ -28,6 +28,17 @@ PRELUDE = textwrap.dedent(
     URL = "http://127.0.0.1:9/api/v1"
     stop = threading.Event()
 
+    # Import every module the hammer and the children use before any thread starts: a child forked
+    # while another thread is importing a module deadlocks on that module's import lock when it
+    # needs the module too (CPython's import system, whoever's module it is), which is not what
+    # these tests are about: prysmai's own locks.
+    prysmai.instrument(prysm_key=KEY, base_url=URL)
+    prysmai.is_instrumented()
+    with prysm_context(session_id="warm-up"):
+        prysm_context.set(user_id="warm-up")
+    prysmai.uninstrument()
+    prysm_context.clear()
+
     def hammer(n):
         i = 0
         while not stop.is_set():
