@@ -129,7 +129,7 @@ def register(subparsers: Any) -> None:
     traces.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
     traces.set_defaults(handler=_traces_command)
     traces_sub = traces.add_subparsers(dest="traces_command", metavar="show")
-    show = traces_sub.add_parser("show", help="one trace in full (an id prefix of 6+ characters works)")
+    show = traces_sub.add_parser("show", help="one trace in full (an id prefix of 8+ characters works)")
     show.add_argument("trace_id", metavar="TRACE_ID")
     # SUPPRESS: a sub-parser's defaults would overwrite `traces --db X show ID`'s values.
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
@@ -250,72 +250,89 @@ def _open_store(args: argparse.Namespace) -> Any:
     return conn
 
 
-def _filters(args: argparse.Namespace) -> dict[str, Any] | None:
-    from .filters import filters_from_args
+def _filters(args: argparse.Namespace) -> Any:
+    """The command's filter flags as a :class:`~.queries.TraceFilter` (``None`` after an error)."""
+    from .queries import TraceFilter
 
+    names = {"model": "model", "user": "user", "session": "session", "status": "status", "since": "since"}
     try:
-        return filters_from_args(args)
+        return TraceFilter.from_query({q: getattr(args, a) for a, q in names.items() if getattr(args, a, None)})
     except ValueError as exc:
-        _err(str(exc))
+        message = str(exc)
+        _err("--" + message if message.startswith("since:") else message)  # name the flag
         return None
 
 
 def _traces_command(args: argparse.Namespace) -> int:
+    from .queries import TraceFilter, list_traces
     from .report import traces_table
-    from .store import list_traces
 
-    filters = _filters(args)
-    if filters is None:
+    f = _filters(args)
+    if f is None:
         return 2
     conn = _open_store(args)
     if conn is None:
         return 1
-    with conn:
-        rows = list_traces(conn, limit=args.limit, **filters)
-    conn.close()
+    try:
+        rows, _ = list_traces(conn, f, limit=args.limit)
+    except ValueError as exc:
+        _err(str(exc))
+        return 2
+    finally:
+        conn.close()
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     elif not rows:
-        print("No traces" + (" match these filters." if filters else " yet: send a request through the proxy."))
+        filtered = f != TraceFilter()
+        print("No traces" + (" match these filters." if filtered else " yet: send a request through the proxy."))
     else:
         print(traces_table(rows))
     return 0
 
 
 def _show_command(args: argparse.Namespace) -> int:
+    from .queries import get_trace
     from .report import trace_detail
-    from .store import get_trace
 
     conn = _open_store(args)
     if conn is None:
         return 1
-    trace = get_trace(conn, args.trace_id)
-    conn.close()
+    try:
+        trace = get_trace(conn, args.trace_id)
+    except ValueError as exc:  # a prefix too short or ambiguous
+        _err(str(exc))
+        return 1
+    finally:
+        conn.close()
     if trace is None:
-        _err(f"no trace {args.trace_id!r} (give the id, or a unique prefix of 6+ characters)")
+        _err(f"no trace {args.trace_id!r} (give the id, or a unique prefix of 8+ characters)")
         return 1
     print(json.dumps(trace, indent=2, ensure_ascii=False) if args.json else trace_detail(trace))
     return 0
 
 
 def _stats_command(args: argparse.Namespace) -> int:
+    # Aggregated by SQLite from the hourly rollups (queries.py): constant memory, whatever the store's size.
+    from .queries import TraceFilter, stats
     from .report import stats_text
-    from .store import compute_stats
 
-    filters = _filters(args)
-    if filters is None:
+    f = _filters(args)
+    if f is None:
         return 2
     conn = _open_store(args)
     if conn is None:
         return 1
-    stats = compute_stats(conn, **filters)
-    conn.close()
+    try:
+        result = stats(conn, f)
+    finally:
+        conn.close()
     if args.json:
-        print(json.dumps(stats, indent=2))
-    elif not stats["requests"]:
-        print("No traces" + (" match these filters." if filters else " yet: send a request through the proxy."))
+        print(json.dumps(result, indent=2))
+    elif not result["requests"]:
+        filtered = f != TraceFilter()
+        print("No traces" + (" match these filters." if filtered else " yet: send a request through the proxy."))
     else:
-        print(stats_text(stats))
+        print(stats_text(result))
     return 0
 
 
