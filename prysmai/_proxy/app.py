@@ -39,6 +39,7 @@ from .upstream import (
     request_headers,
     response_headers,
 )
+from .web import make_dashboard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -144,6 +145,8 @@ class ProxyApp:
         self.default_upstream_key = config.upstream_api_key.encode("latin-1") if config.upstream_api_key else None
         self.client: Upstream | None = None
         self.inflight = 0
+        #: Every path outside /api/v1: the dashboard (see web/app.py).
+        self.web = make_dashboard(config.db_path, self.keys, self.prices)
 
     def __repr__(self) -> str:
         return f"ProxyApp(upstream={self.config.upstream!r}, db={self.config.db_path!r}, keys={len(self.keys)})"
@@ -158,6 +161,7 @@ class ProxyApp:
             await self.client.aclose()
             self.client = None
         await asyncio.to_thread(self.store.close)
+        await asyncio.to_thread(self.web.runner.close)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -192,11 +196,7 @@ class ProxyApp:
         path: str = scope["path"]
         method: str = scope["method"]
         if not path.startswith(PREFIX):
-            await _respond(
-                send,
-                404,
-                error_body(f"Unknown path {path}; the API lives under /api/v1", "invalid_request_error", "not_found"),
-            )
+            await self.web(scope, receive, send)
             return
         endpoint = path[len(PREFIX) :]
         if endpoint == "health":

@@ -29,6 +29,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+DEFAULT_UI_PORT = 3001
 EXTRA_MESSAGE = "the proxy needs its extra: pip install 'prysmai[proxy]'"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -155,7 +156,33 @@ def register(subparsers: Any) -> None:
     demo.add_argument(
         "--keep-db", metavar="PATH", help="write the traces to PATH and keep it (default: a temporary store)"
     )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="then keep the proxy and its dashboard running (prints the URL and a key to log in; Ctrl+C stops)",
+    )
     demo.set_defaults(handler=_demo_command)
+
+    ui = subparsers.add_parser(
+        "ui",
+        help="serve the dashboard read-only over an existing trace store (no proxying)",
+        description=(
+            "Serve the web dashboard over an existing trace store, read-only: no requests are proxied and no "
+            "traces are written. Log in with one of the keys given here. See docs/proxy.md, 'The dashboard'."
+        ),
+    )
+    _add_db(ui)
+    ui.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help=f"port (default {DEFAULT_UI_PORT}; 0 = any)")
+    ui.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="sk-prysm-...",
+        help="accept this key to log in (repeatable; also PRYSM_PROXY_KEYS and --keys-file)",
+    )
+    ui.add_argument("--keys-file", metavar="PATH", help="file with one accepted key per line")
+    ui.set_defaults(handler=_ui_command)
 
 
 # -- handlers ------------------------------------------------------------------------------------
@@ -232,6 +259,7 @@ def _proxy_command(args: argparse.Namespace) -> int:
         f"prysmai proxy: http://{host}:{port}/api/v1 -> {upstream}; {len(keys)} key(s); traces in {db_path}",
         file=sys.stderr,
     )
+    print(f"prysmai proxy: dashboard at http://{host}:{port}/ (log in with a proxy key)", file=sys.stderr)
     serve(ProxyApp(config, prices), log_level="warning" if args.log_level == "info" else args.log_level)
     return 0
 
@@ -342,4 +370,55 @@ def _demo_command(args: argparse.Namespace) -> int:
         return 2
     from .demo import run_demo
 
-    return run_demo(real=args.real, keep_db=args.keep_db, model=args.model)
+    return run_demo(real=args.real, keep_db=args.keep_db, model=args.model, serve=args.serve)
+
+
+def _ui_command(args: argparse.Namespace) -> int:
+    if not _has_extra():
+        _err(EXTRA_MESSAGE)
+        return 2
+    from .keys import KeyConfigError, collect_keys, generate_key
+    from .store import StoreError, open_existing
+
+    db_path = args.db or default_db_path()
+    if not os.path.exists(db_path):
+        _err(f"no trace store at {db_path} (give --db PATH; `prysmai proxy` creates one)")
+        return 1
+    try:
+        keys = collect_keys(args.key, args.keys_file)
+    except (KeyConfigError, OSError) as exc:
+        _err(f"key configuration: {exc}")
+        return 2
+    try:
+        # Brings a store written by an older prysmai to the current schema (its traces are kept as
+        # they are); the dashboard itself only reads, on read-only connections.
+        conn = open_existing(db_path)
+    except (StoreError, OSError) as exc:
+        _err(str(exc))
+        return 1
+    if conn is None:
+        _err(f"{db_path} holds no traces table (is it a prysmai trace store?)")
+        return 1
+    conn.close()
+    if not keys:
+        keys = [generate_key()]
+        print(
+            "prysmai ui: no key configured (--key, PRYSM_PROXY_KEYS or --keys-file); "
+            f"log in with this generated key (this run only):\n\n    {keys[0]}\n",
+            file=sys.stderr,
+        )
+    from .web.standalone import serve_read_only
+
+    port = args.port
+    if port == 0:  # pick it now so the banner can name it
+        import socket
+
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+            probe.bind((args.host, 0))
+            port = probe.getsockname()[1]
+    if args.host not in _LOOPBACK:
+        print(f"prysmai ui: listening on {args.host}, reachable from other machines.", file=sys.stderr)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"prysmai ui: dashboard at http://{host}:{port}/ (read-only) over {db_path}", file=sys.stderr)
+    serve_read_only(db_path, keys, args.host, port)
+    return 0
