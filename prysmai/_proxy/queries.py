@@ -707,7 +707,9 @@ def list_traces(
     after = _decode_cursor(cursor, kind) if cursor else None
     op, order = ("<", "DESC") if descending else (">", "ASC")
     clauses, params = _conditions(f)
-    rows: list[dict[str, Any]] = []
+    # Pick the page's ids first (from the covering index traces_agg when the filter allows), then
+    # read just those rows: sorting full rows would read every row of the range, bodies included.
+    ids: list[Any] = []
     in_nulls = after is not None and after[1] is None
     if not in_nulls:
         where = [*clauses, f"{column} IS NOT NULL"]
@@ -715,19 +717,24 @@ def list_traces(
         if after is not None:
             where.append(f"({column}, id) {op} (?, ?)")
             more += [after[1], after[2]]
-        sql = f"SELECT {_SUMMARY} FROM traces{_where(where)} ORDER BY {column} {order}, id {order} LIMIT ?"
-        rows = _rows(conn, sql, [*more, limit + 1])
-    if len(rows) <= limit and column != "created_at":
+        sql = f"SELECT id FROM traces{_where(where)} ORDER BY {column} {order}, id {order} LIMIT ?"
+        ids = [r[0] for r in conn.execute(sql, [*more, limit + 1])]
+    if len(ids) <= limit and column != "created_at":
         where = [*clauses, f"{column} IS NULL"]
         more = list(params)
         if in_nulls and after is not None:
             where.append(f"id {op} ?")
             more.append(after[2])
-        sql = f"SELECT {_SUMMARY} FROM traces{_where(where)} ORDER BY id {order} LIMIT ?"
-        rows += _rows(conn, sql, [*more, limit + 1 - len(rows)])
-    if len(rows) <= limit:
+        sql = f"SELECT id FROM traces{_where(where)} ORDER BY id {order} LIMIT ?"
+        ids += [r[0] for r in conn.execute(sql, [*more, limit + 1 - len(ids)])]
+    page = ids[:limit]
+    by_id = {}
+    if page:
+        sql = f"SELECT {_SUMMARY} FROM traces WHERE id IN ({', '.join('?' * len(page))})"
+        by_id = {r["id"]: r for r in _rows(conn, sql, page)}
+    rows = [by_id[i] for i in page if i in by_id]
+    if len(ids) <= limit or not rows:
         return rows, None
-    rows = rows[:limit]
     last = rows[-1]
     return rows, _encode_cursor([kind, last[column], last["id"], 0])
 
