@@ -155,6 +155,39 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     assert other.locator("#traces-table tbody tr").count() == 3 and other.input_value("#f-user") == "alice"
     other.close()
 
+    # -- cursor pagination: three pages of 3, 3 and 2, no trace twice ----------------------------
+    b.goto(page, base + "/traces?limit=3")
+    seen: list[str] = []
+    for size in (3, 3, 2):
+        ids = page.eval_on_selector_all("#traces-table tbody tr td:first-child a", "as => as.map(a => a.pathname)")
+        assert len(ids) == size, ids
+        seen += ids
+        if size == 2:
+            assert page.locator("#next-page").count() == 0
+        else:
+            page.click("#next-page")
+            page.wait_for_url(re.compile(r".*cursor=.*"))
+            b.wait_ready(page)
+    everything = api(page, base, "traces", since="24h")["data"]
+    assert seen == [f"/traces/{t['id']}" for t in everything]
+
+    # -- a custom time range: from the first trace's minute to the next minute --------------------
+    first = min(t["created_at"] for t in everything)
+    b.goto(page, base + "/traces")
+    page.select_option("#f-range", "custom")
+    start = time.strftime("%Y-%m-%dT%H:%M", time.localtime(first))
+    end = time.strftime("%Y-%m-%dT%H:%M", time.localtime(first + 120))
+    page.fill("#f-since", start)
+    page.fill("#f-until", end)
+    page.click("#filters button[type=submit]")
+    page.wait_for_url(re.compile(r".*since=\d+&until=\d+.*"))
+    b.wait_ready(page)
+    since_q = re.search(r"since=(\d+)", page.url).group(1)  # type: ignore[union-attr]
+    until_q = re.search(r"until=(\d+)", page.url).group(1)  # type: ignore[union-attr]
+    in_range = api(page, base, "traces", since=since_q, until=until_q)["data"]
+    assert page.locator("#traces-table tbody tr").count() == len(in_range) >= 1
+    assert page.input_value("#f-since") == start and page.input_value("#f-until") == end
+
     # -- the error, filtered by status --------------------------------------------------------
     b.goto(page, base + "/traces?status=error")
     assert page.locator("#traces-table tbody tr").count() == 1

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from prysmai._proxy.web.auth import COOKIE_NAME, Sessions, key_id
+from prysmai._proxy.web.auth import COOKIE_NAME, Sessions, cookie_name, key_id
 
 from .conftest import KEY, OTHER_KEY, ProxyHandle, free_port
 
@@ -54,9 +54,10 @@ def test_session_cookie_is_signed_expires_and_never_holds_the_key() -> None:
     assert Sessions(lifetime=60).check(value, now=1001.0) is None  # another process's secret
     for junk in ("", "x", "a.b", "1.2.3.4", "ab.cd.ef", "9" * 300):
         assert sessions.check(junk, now=1001.0) is None
-    cookie = sessions.set_cookie(value, secure=False).decode()
+    cookie = sessions.set_cookie("c", value, secure=False).decode()
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie and "Secure" not in cookie
-    assert "Secure" in sessions.set_cookie(value, secure=True).decode()
+    assert "Secure" in sessions.set_cookie("c", value, secure=True).decode()
+    assert cookie_name(3000) == COOKIE_NAME + "_3000" and cookie_name(None) == COOKIE_NAME
 
 
 # -- log-in over HTTP ----------------------------------------------------------------------------
@@ -93,13 +94,14 @@ def test_login_sets_an_httponly_strict_cookie_and_logout_clears_it(proxy: ProxyH
         r = login(client, base, next="/traces?user=alice")
         assert r.status_code == 303 and r.headers["location"] == "/traces?user=alice"
         set_cookie = r.headers["set-cookie"]
-        assert set_cookie.startswith(COOKIE_NAME + "=")
+        # Named after the port: a proxy and a `prysmai ui` on one host do not log each other out.
+        assert set_cookie.startswith(f"{COOKIE_NAME}_{proxy.server.port}=")
         assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
         assert KEY not in set_cookie
         # What a browser sends under our "Referrer-Policy: no-referrer": Origin null, same-origin fetch.
         same = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
         assert client.post(f"{base}/ui/login", data={"key": KEY}, headers=same).status_code == 303
-        client.cookies.set(COOKIE_NAME, r.cookies[COOKIE_NAME])
+        client.cookies.update(r.cookies)
         assert client.get(f"{base}/traces").status_code == 200
         me = client.get(f"{base}/ui/api/me").json()
         assert me["key_id"] == key_id(KEY.encode()) and me["read_only"] is False
@@ -145,7 +147,7 @@ def test_api_answers_json_and_the_proxy_api_is_unchanged(proxy: ProxyHandle) -> 
     assert httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT, headers=auth).status_code == 200
     proxy.traces()
     with httpx.Client() as client:
-        client.cookies.set(COOKIE_NAME, login(client, base).cookies[COOKIE_NAME])
+        client.cookies.update(login(client, base).cookies)
         doc = client.get(f"{base}/ui/api/traces", params={"since": "all"}).json()
         (row,) = doc["data"]
         assert row["model"] == "gpt-4o-mini" and "request_body" not in row
@@ -196,7 +198,7 @@ def test_prysmai_ui_serves_an_existing_store_read_only(proxy: ProxyHandle, tmp_p
                 assert time.monotonic() < deadline, "prysmai ui did not start"
                 time.sleep(0.05)
         with httpx.Client() as client:
-            client.cookies.set(COOKIE_NAME, login(client, base).cookies[COOKIE_NAME])
+            client.cookies.update(login(client, base).cookies)
             assert client.get(f"{base}/ui/api/me").json()["read_only"] is True
             users = client.get(f"{base}/ui/api/users", params={"since": "all"}).json()["data"]
             assert sorted(u["user_id"] for u in users) == ["alice", "bob"]
@@ -241,7 +243,7 @@ def test_demo_serve_keeps_the_dashboard_up_until_interrupted() -> None:
         assert m, out
         base, key = m.group(1), m.group(2)
         with httpx.Client() as client:
-            client.cookies.set(COOKIE_NAME, login(client, base, key=key).cookies[COOKIE_NAME])
+            client.cookies.update(login(client, base, key=key).cookies)
             overview = client.get(f"{base}/ui/api/overview").json()["overview"]
             assert overview["requests"] == 8 and overview["errors"] == 1
             # The proxy itself is still up too.

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, quote, unquote
 
 from .. import queries
 from ..keys import KeyRing
-from .auth import Sessions, read_cookie
+from .auth import Sessions, cookie_name, read_cookie
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -137,9 +137,10 @@ class Dashboard:
                 await self._login(scope, receive, send, headers)
             elif path == "/ui/logout" and method == "POST":
                 _check_origin(scope, headers)
-                await _redirect(send, "/login?out=1", self.sessions.clear_cookie(_secure(scope)))
+                await _redirect(send, "/login?out=1", self.sessions.clear_cookie(_cookie(scope), _secure(scope)))
             elif path.startswith("/ui/api/"):
-                if self.sessions.check(read_cookie(headers.get(b"cookie"))) is None:
+                who = self.sessions.check(read_cookie(headers.get(b"cookie"), _cookie(scope)))
+                if who is None:
                     raise _HTTPError(401, "Log in first (POST /ui/login with a proxy key).")
                 if method != "GET":
                     raise _HTTPError(405, "Only GET is supported here")
@@ -147,12 +148,12 @@ class Dashboard:
                 # The raw path: a session id may itself contain "/" or "%" (sent percent-encoded).
                 raw = scope.get("raw_path")
                 route = raw.decode("latin-1") if isinstance(raw, bytes) else quote(path)
-                result = await self._api(route[len("/ui/api/") :], query, headers)
+                result = await self._api(route[len("/ui/api/") :], query, who)
                 await _send(
                     send, 200, json.dumps(result, ensure_ascii=False, allow_nan=False).encode(), b"application/json"
                 )
             elif PAGES.match(path) and method in ("GET", "HEAD"):
-                if self.sessions.check(read_cookie(headers.get(b"cookie"))) is None:
+                if self.sessions.check(read_cookie(headers.get(b"cookie"), _cookie(scope))) is None:
                     target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
                     await _redirect(send, "/login?next=" + quote(target, safe=""))
                 else:
@@ -185,10 +186,12 @@ class Dashboard:
         if not key or not self.keys.check(key):
             await _redirect(send, "/login?error=1&next=" + quote(target, safe=""))
             return
-        await _redirect(send, target, self.sessions.set_cookie(self.sessions.issue(key), _secure(scope)))
+        await _redirect(
+            send, target, self.sessions.set_cookie(_cookie(scope), self.sessions.issue(key), _secure(scope))
+        )
 
     # -- JSON for the pages -------------------------------------------------------------------------
-    async def _api(self, route: str, query: dict[str, str], headers: dict[bytes, bytes]) -> Any:
+    async def _api(self, route: str, query: dict[str, str], who: str) -> Any:
         run = self.runner.run
         if query.get("since") == "all":  # the pages' name for an open range
             query = {k: v for k, v in query.items() if k != "since"}
@@ -196,7 +199,7 @@ class Dashboard:
             if route == "me":
                 return {
                     "read_only": self.read_only,
-                    "key_id": self.sessions.check(read_cookie(headers.get(b"cookie"))),
+                    "key_id": who,
                     "pricing": self.pricing,
                 }
             if route.startswith("traces/"):
@@ -254,6 +257,11 @@ def _limit(query: dict[str, str], default: int) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= max(_MAX_LIMIT, default):
         raise _HTTPError(400, f"limit must be a whole number from 1 to {max(_MAX_LIMIT, default)}")
     return int(raw)
+
+
+def _cookie(scope: Scope) -> str:
+    server = scope.get("server")
+    return cookie_name(server[1] if server and len(server) > 1 else None)
 
 
 def _secure(scope: Scope) -> bool:

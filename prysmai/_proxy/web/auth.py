@@ -58,23 +58,29 @@ class Sessions:
             return None
         return parts[1]
 
-    def set_cookie(self, value: str, secure: bool) -> bytes:
+    def set_cookie(self, name: str, value: str, secure: bool) -> bytes:
         """The ``Set-Cookie`` header value: HttpOnly, SameSite=Strict, scoped to the whole site."""
         flags = f"; Max-Age={int(self.lifetime)}; Path=/; HttpOnly; SameSite=Strict"
-        return f"{COOKIE_NAME}={value}{flags}{'; Secure' if secure else ''}".encode("ascii")
+        return f"{name}={value}{flags}{'; Secure' if secure else ''}".encode("ascii")
 
     @staticmethod
-    def clear_cookie(secure: bool) -> bytes:
+    def clear_cookie(name: str, secure: bool) -> bytes:
         flags = "; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"
-        return f"{COOKIE_NAME}={flags}{'; Secure' if secure else ''}".encode("ascii")
+        return f"{name}={flags}{'; Secure' if secure else ''}".encode("ascii")
 
 
-def read_cookie(header: bytes | None) -> str | None:
-    """Our cookie's value from a ``Cookie`` request header."""
+def cookie_name(port: int | None) -> str:
+    """Cookies are shared by every port of a host: a proxy and a ``prysmai ui`` side by side (each
+    with its own secret) would log each other out under one name, so the port is part of it."""
+    return f"{COOKIE_NAME}_{port}" if port else COOKIE_NAME
+
+
+def read_cookie(header: bytes | None, name: str) -> str | None:
+    """The value of cookie ``name`` from a ``Cookie`` request header."""
     if not header:
         return None
     for part in header.decode("latin-1").split(";"):
-        name, _, value = part.strip().partition("=")
-        if name == COOKIE_NAME:
+        key, _, value = part.strip().partition("=")
+        if key == name:
             return value
     return None

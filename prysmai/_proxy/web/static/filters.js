@@ -36,7 +36,7 @@ export function apiParams(search, extra) {
 
 function toLocalInput(value) {
   // An ISO date/time from the URL as the value of a datetime-local input.
-  const d = new Date(value);
+  const d = /^\d+(\.\d+)?$/.test(value) ? new Date(Number(value) * 1000) : new Date(value);
   if (Number.isNaN(d.getTime())) return "";
   const pad = (n) => String(n).padStart(2, "0");
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
@@ -81,14 +81,15 @@ export function filterBar(full) {
     event.preventDefault();
     const next = new URLSearchParams();
     if (range.value === "custom") {
-      if (from.value) next.set("since", new Date(from.value).toISOString());
-      if (to.value) next.set("until", new Date(to.value).toISOString());
+      // Unix seconds: unambiguous whatever the browser's or the server's time zone.
+      if (from.value) next.set("since", String(Math.floor(new Date(from.value).getTime() / 1000)));
+      if (to.value) next.set("until", String(Math.floor(new Date(to.value).getTime() / 1000)));
     } else if (range.value !== DEFAULT_RANGE) {
       next.set("since", range.value);
     }
     for (const [name, input] of Object.entries(inputs)) if (input.value) next.set(name, input.value.trim());
     // Keep the sort of the traces table; a new filter starts from the first page.
-    for (const keep of ["sort", "order"]) if (url.get(keep)) next.set(keep, url.get(keep));
+    for (const keep of ["sort", "order", "limit"]) if (url.get(keep)) next.set(keep, url.get(keep));
     const query = next.toString();
     location.assign(location.pathname + (query ? "?" + query : ""));
   });

@@ -38,7 +38,7 @@ export function traceColumns(withSort) {
 export async function render(main) {
   const url = new URLSearchParams(location.search);
   const params = apiParams(location.search, {
-    sort: url.get("sort") || "time", order: url.get("order") || "desc", limit: "50",
+    sort: url.get("sort") || "time", order: url.get("order") || "desc", limit: url.get("limit") || "50",
   });
   if (url.get("cursor")) params.cursor = url.get("cursor");
   const body = el("div", { id: "traces-body" }, el("p", { class: "muted" }, "Loading…"));
