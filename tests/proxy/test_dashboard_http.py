@@ -257,3 +257,65 @@ def test_demo_serve_keeps_the_dashboard_up_until_interrupted() -> None:
             proc.communicate()
     assert proc.returncode == 0
     assert "Captured 9 trace(s)" in rest
+
+
+def test_expired_and_forged_sessions_are_refused(proxy: ProxyHandle) -> None:
+    base = origin(proxy)
+    sessions = proxy.app.web.sessions
+    name = cookie_name(proxy.server.port)
+    expired = sessions.issue(KEY.encode(), now=time.time() - sessions.lifetime - 1)
+    forged = Sessions().issue(KEY.encode())  # right shape, another secret
+    for value in (expired, forged, KEY):
+        with httpx.Client(cookies={name: value}) as client:
+            assert client.get(f"{base}/ui/api/me").status_code == 401
+            assert client.get(f"{base}/traces").status_code == 303
+    with httpx.Client(cookies={name: sessions.issue(KEY.encode())}) as client:
+        assert client.get(f"{base}/ui/api/me").status_code == 200
+
+
+def test_proxy_banner_names_the_dashboard(tmp_path: Any) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prysmai._cli",
+            "proxy",
+            "--port",
+            str(port),
+            "--db",
+            str(tmp_path / "t.db"),
+            "--upstream",
+            "demo",
+            "--key",
+            KEY,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        banner = ""
+        while "dashboard at" not in banner:
+            line = proc.stderr.readline()
+            assert line, f"proxy exited early: {banner}"
+            banner += line
+        url = re.search(r"dashboard at (http://\S+/)", banner).group(1)  # type: ignore[union-attr]
+        assert url == f"http://127.0.0.1:{port}/" and KEY not in banner
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                r = httpx.get(url)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert r.status_code == 303 and r.headers["location"] == "/login?next=%2F"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
