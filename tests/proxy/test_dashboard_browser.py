@@ -210,6 +210,12 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     assert float(page.get_attribute("#timing", "data-latency")) == tool["latency_ms"]
     raw = page.text_content("#raw-request")
     assert json.loads(raw) == json.loads(tool["request_body"])
+    # "Copy" puts the raw JSON on the clipboard.
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+    page.click("details:has(#raw-response) summary")
+    page.click("button[data-copy=raw-response]")
+    page.wait_for_function("document.querySelector('button[data-copy=raw-response]').textContent === 'Copied'")
+    assert json.loads(page.evaluate("navigator.clipboard.readText()")) == json.loads(tool["response_body"])
     assert tool["provider_request_id"] is None or tool["provider_request_id"] in page.text_content(".detail-side")
     assert "feature" in page.text_content(".meta") and "search" in page.text_content(".meta")
     b.screenshot(page, "trace", docs=True)

@@ -86,6 +86,8 @@ def test_pages_and_api_need_a_login(proxy: ProxyHandle) -> None:
         assert client.get(f"{base}/static/../app.py").status_code == 404
         assert client.get(f"{base}/static/nope.js").status_code == 404
         assert client.get(f"{base}/elsewhere").status_code == 404
+        assert client.post(f"{base}/traces").status_code == 405
+        assert client.get(f"{base}/ui/login").status_code == 405
 
 
 def test_login_sets_an_httponly_strict_cookie_and_logout_clears_it(proxy: ProxyHandle) -> None:

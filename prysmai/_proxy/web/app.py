@@ -158,6 +158,8 @@ class Dashboard:
                     await _redirect(send, "/login?next=" + quote(target, safe=""))
                 else:
                     await _send(send, 200, self.assets["index.html"][1], _TYPES[".html"])
+            elif PAGES.match(path) or path in ("/login", "/ui/login", "/ui/logout"):
+                raise _HTTPError(405, f"{method} is not supported on {path}")
             else:
                 raise _HTTPError(404, f"Unknown path {path} (the dashboard is at /, the API under /api/v1)")
         except _HTTPError as exc:
