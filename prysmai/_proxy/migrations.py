@@ -8,9 +8,10 @@
 * covering indexes (``traces_agg`` replaces ``traces_created_at`` and ``traces_model``;
   ``traces_user2`` and ``traces_session2`` replace ``traces_user`` and ``traces_session``), so
   that aggregates and sorted listings read index pages instead of rows that carry the bodies;
-* two hourly rollup tables, ``rollup_hour`` (counts, tokens, cost) and ``rollup_latency``
-  (histograms of latency and TTFT), maintained by triggers on ``traces``: the writer thread
-  keeps inserting rows as before and SQLite updates the rollups in the same transaction.
+* rollup tables -- ``rollup_hour`` (counts, tokens, cost by hour, model, endpoint, status),
+  ``rollup_hist_hour`` (latency and TTFT histograms by hour) and ``rollup_hist_day`` (the same by
+  day, model and endpoint) -- maintained by triggers on ``traces``: the writer thread keeps
+  inserting rows as before and SQLite updates the rollups in the same transaction.
 
 Every step runs in one ``BEGIN IMMEDIATE`` transaction that also sets the new version, so a
 store is never left half-migrated: an interrupted migration leaves the previous version intact
@@ -102,19 +103,34 @@ CREATE INDEX IF NOT EXISTS traces_session ON traces (session_id, created_at);
 
 # -- version 2 ----------------------------------------------------------------------------------
 # The rollups key NULL model as '' (a primary key column cannot usefully hold NULL for an upsert).
-_HOUR = "CAST(NEW.created_at / 3600 AS INTEGER) * 3600"
-_HOUR_OLD = "CAST(OLD.created_at / 3600 AS INTEGER) * 3600"
+#: Histogram rollups: table -> (period in seconds, dimensions kept). A table's size is bounded by
+#: periods x dimension values x buckets, whatever the traffic: hourly without dimensions (time
+#: series, overviews), daily by model and endpoint (breakdowns, filtered overviews).
+HIST_LEVELS: dict[str, tuple[int, tuple[str, ...]]] = {
+    "rollup_hist_hour": (3600, ()),
+    "rollup_hist_day": (86400, ("model", "endpoint")),
+}
+METRICS = (("latency", "latency_ms"), ("ttft", "ttft_ms"))
 
 
-def _hist_upsert(metric: str, column: str, sign: str) -> str:
+def _period(row: str, seconds: int) -> str:
+    return f"CAST({row}.created_at / {seconds} AS INTEGER) * {seconds}"
+
+
+def _dim(row: str, dim: str) -> str:
+    return f"coalesce({row}.model, '')" if dim == "model" else f"{row}.{dim}"
+
+
+def _hist_upsert(table: str, metric: str, column: str, sign: str) -> str:
     row = "NEW" if sign == "+" else "OLD"
-    hour = _HOUR if sign == "+" else _HOUR_OLD
+    seconds, dims = HIST_LEVELS[table]
+    names = ", ".join(["period", *dims, "metric", "bucket"])
+    values = ", ".join([_period(row, seconds), *(_dim(row, d) for d in dims)])
     return f"""
-    INSERT INTO rollup_latency (hour, model, endpoint, status, metric, bucket, n, min_ms, max_ms)
-    SELECT {hour}, coalesce({row}.model, ''), {row}.endpoint, {row}.status, '{metric}',
-           {bucket_sql(f"{row}.{column}")}, {sign}1, {row}.{column}, {row}.{column}
+    INSERT INTO {table} ({names}, n, min_ms, max_ms)
+    SELECT {values}, '{metric}', {bucket_sql(f"{row}.{column}")}, {sign}1, {row}.{column}, {row}.{column}
     WHERE {row}.{column} IS NOT NULL
-    ON CONFLICT (hour, model, endpoint, status, metric, bucket) DO UPDATE SET
+    ON CONFLICT ({names}) DO UPDATE SET
         n = n {sign} 1,
         min_ms = min(min_ms, excluded.min_ms),
         max_ms = max(max_ms, excluded.max_ms);"""
@@ -122,11 +138,10 @@ def _hist_upsert(metric: str, column: str, sign: str) -> str:
 
 def _hour_upsert(sign: str) -> str:
     row = "NEW" if sign == "+" else "OLD"
-    hour = _HOUR if sign == "+" else _HOUR_OLD
     return f"""
     INSERT INTO rollup_hour (hour, model, endpoint, status, requests, prompt_tokens, completion_tokens,
                              total_tokens, cost_usd, unpriced)
-    VALUES ({hour}, coalesce({row}.model, ''), {row}.endpoint, {row}.status, {sign}1,
+    VALUES ({_period(row, 3600)}, coalesce({row}.model, ''), {row}.endpoint, {row}.status, {sign}1,
             {sign}coalesce({row}.prompt_tokens, 0), {sign}coalesce({row}.completion_tokens, 0),
             {sign}coalesce({row}.total_tokens, 0), {sign}coalesce({row}.cost_usd, 0),
             {sign}(CASE WHEN {row}.cost_usd IS NULL THEN 1 ELSE 0 END))
@@ -137,6 +152,22 @@ def _hour_upsert(sign: str) -> str:
         total_tokens = total_tokens + excluded.total_tokens,
         cost_usd = cost_usd + excluded.cost_usd,
         unpriced = unpriced + excluded.unpriced;"""
+
+
+def _hist_table(table: str) -> str:
+    _, dims = HIST_LEVELS[table]
+    dim_columns = "".join(f"    {d} TEXT NOT NULL,\n" for d in dims)
+    key = ", ".join(["period", *dims, "metric", "bucket"])
+    return f"""CREATE TABLE IF NOT EXISTS {table} (
+    period INTEGER NOT NULL,
+{dim_columns}    metric TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    min_ms REAL NOT NULL,
+    max_ms REAL NOT NULL,
+    PRIMARY KEY ({key})
+);
+"""
 
 
 # min_ms/max_ms only narrow the percentile estimate; after a delete they may be wider than the
@@ -155,19 +186,7 @@ CREATE TABLE IF NOT EXISTS rollup_hour (
     unpriced INTEGER NOT NULL,
     PRIMARY KEY (hour, model, endpoint, status)
 );
-CREATE TABLE IF NOT EXISTS rollup_latency (
-    hour INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    status TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    bucket INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    min_ms REAL NOT NULL,
-    max_ms REAL NOT NULL,
-    PRIMARY KEY (hour, model, endpoint, status, metric, bucket)
-);
-"""
+""" + "".join(_hist_table(t) for t in HIST_LEVELS)
 
 # Index choice, for a writer that stays fast: traces_agg grows at its end (created_at increases), so
 # it is nearly free to maintain and serves time ranges, aggregates and sorted listings (a listing
@@ -188,36 +207,35 @@ CREATE INDEX IF NOT EXISTS traces_session2 ON traces
     (session_id, created_at, status, total_tokens, cost_usd, latency_ms);
 """
 
-V2_TRIGGERS = f"""
-CREATE TRIGGER IF NOT EXISTS traces_rollup_insert AFTER INSERT ON traces BEGIN
-{_hour_upsert("+")}
-{_hist_upsert("latency", "latency_ms", "+")}
-{_hist_upsert("ttft", "ttft_ms", "+")}
-END;
-CREATE TRIGGER IF NOT EXISTS traces_rollup_delete AFTER DELETE ON traces BEGIN
-{_hour_upsert("-")}
-{_hist_upsert("latency", "latency_ms", "-")}
-{_hist_upsert("ttft", "ttft_ms", "-")}
-END;
-"""
+
+def _trigger(name: str, event: str, sign: str) -> str:
+    body = _hour_upsert(sign) + "".join(
+        _hist_upsert(table, metric, column, sign) for table in HIST_LEVELS for metric, column in METRICS
+    )
+    return f"CREATE TRIGGER IF NOT EXISTS {name} AFTER {event} ON traces BEGIN{body}\nEND;\n"
+
+
+V2_TRIGGERS = _trigger("traces_rollup_insert", "INSERT", "+") + _trigger("traces_rollup_delete", "DELETE", "-")
 
 
 def _backfill_sql() -> str:
     hour = "CAST(created_at / 3600 AS INTEGER) * 3600"
     lines = [
         "DELETE FROM rollup_hour;",
-        "DELETE FROM rollup_latency;",
         f"""INSERT INTO rollup_hour SELECT {hour}, coalesce(model, ''), endpoint, status, count(*),
             coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0),
             coalesce(sum(cost_usd), 0), sum(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END)
             FROM traces GROUP BY 1, 2, 3, 4;""",
     ]
-    for metric, column in (("latency", "latency_ms"), ("ttft", "ttft_ms")):
-        lines.append(
-            f"""INSERT INTO rollup_latency SELECT {hour}, coalesce(model, ''), endpoint, status, '{metric}',
-            {bucket_sql(column)}, count(*), min({column}), max({column})
-            FROM traces WHERE {column} IS NOT NULL GROUP BY 1, 2, 3, 4, 6;"""
-        )
+    for table, (seconds, dims) in HIST_LEVELS.items():
+        lines.append(f"DELETE FROM {table};")
+        keys = [f"CAST(created_at / {seconds} AS INTEGER) * {seconds}", *(_dim("traces", d) for d in dims)]
+        for metric, column in METRICS:
+            group = ", ".join(str(i + 1) for i in range(len(keys) + 2))
+            lines.append(
+                f"""INSERT INTO {table} SELECT {", ".join(keys)}, '{metric}', {bucket_sql(column)},
+                count(*), min({column}), max({column}) FROM traces WHERE {column} IS NOT NULL GROUP BY {group};"""
+            )
     return "\n".join(lines)
 
 

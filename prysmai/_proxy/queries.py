@@ -7,10 +7,12 @@ queries on an index; Python only merges a few hundred histogram rows. The SQL is
 what :class:`_SQLite` holds (JSON access to metadata, case-insensitive ``LIKE``, the histogram
 bucket expression), so a PostgreSQL store can share this module by supplying its own dialect.
 
-**Aggregates over time** read the hourly rollups (``rollup_hour``, ``rollup_latency``; see
-:mod:`.migrations`) for the whole hours of the range and the ``traces`` table for the partial
-hours at its edges, when the filter only names time, model, endpoint and status; any other
-filter (user, session, key, metadata, text) reads ``traces`` through its covering indexes.
+**Aggregates over time** read the rollups (see :mod:`.migrations`) for the whole periods of the
+range -- totals from ``rollup_hour``; histograms from ``rollup_hist_day`` for whole days and
+``rollup_hist_hour`` for the whole hours around them -- and the ``traces`` table for the partial
+periods at its edges, when the filter only names time, model, endpoint and status (status: totals
+only); any other filter (user, session, key, metadata, text) reads ``traces`` through its
+covering indexes.
 
 **Percentiles** are nearest-rank percentiles read from a log-scale histogram of 16 buckets per
 e-fold (bucket bounds differ by a factor e^(1/16) = 1.0645). The value reported is the geometric
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote
 
-from .migrations import BUCKETS_PER_E, bucket_bounds, bucket_sql, ensure_functions
+from .migrations import BUCKETS_PER_E, HIST_LEVELS, METRICS, bucket_bounds, bucket_sql, ensure_functions
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -323,112 +325,168 @@ def histogram_percentiles(hist: Mapping[int, list[float]], pcts: Iterable[float]
     return out
 
 
-def _raw_into(
-    conn: sqlite3.Connection,
-    aggs: dict[Any, _Agg],
-    f: TraceFilter,
-    group: str,
-    since: float | None,
-    until: float | None,
-    ttft: bool = True,
-) -> None:
-    """Add the ``traces`` rows of ``[since, until)`` matching ``f``, grouped by ``group``."""
-    clauses, params = _conditions(f, since, until)
-    where = _where(clauses)
-    b = _DIALECT.bucket("latency_ms")
-    sql = (
-        f"SELECT {group} AS g, {b} AS b, count(*), sum({_ERR}), sum(prompt_tokens), sum(completion_tokens), "
-        f"sum(total_tokens), sum(cost_usd), sum({_UNPRICED}), min(latency_ms), max(latency_ms) "
-        f"FROM traces{where} GROUP BY g, b"
-    )
-    for g, bucket, n, errors, prompt, completion, total, cost, unpriced, lo, hi in conn.execute(sql, params):
-        agg = aggs.get(g)
-        if agg is None:
-            agg = aggs[g] = _Agg()
-        agg.add_totals(n, errors, prompt, completion, total, cost, unpriced)
-        if bucket is not None:
-            agg.add_hist("latency", bucket, n, lo, hi)
-    if not ttft:
-        return
-    tb = _DIALECT.bucket("ttft_ms")
-    sql = (
-        f"SELECT {group} AS g, {tb} AS b, count(*), min(ttft_ms), max(ttft_ms) FROM traces"
-        f"{_where([*clauses, 'ttft_ms IS NOT NULL'])} GROUP BY g, b"
-    )
-    for g, bucket, n, lo, hi in conn.execute(sql, params):
-        agg = aggs.get(g)
-        if agg is None:  # pragma: no cover - a row with TTFT was counted above
-            agg = aggs[g] = _Agg()
-        agg.add_hist("ttft", bucket, n, lo, hi)
+@dataclass(frozen=True)
+class _Grouping:
+    """How one aggregate groups rows, in SQL over each source: ``raw`` over ``traces``, ``hour``
+    over ``rollup_hour``, ``hist`` over each histogram rollup (``None``: that source cannot)."""
+
+    raw: str
+    hour: str | None
+    hist: dict[str, str | None]
 
 
-def _rollup_into(
-    conn: sqlite3.Connection,
-    aggs: dict[Any, _Agg],
-    f: TraceFilter,
-    group: str,
-    lo_hour: int | None,
-    hi_hour: int,
+_CONSTANT = _Grouping("0", "0", {t: "0" for t in HIST_LEVELS})
+
+
+def _by_column(column: str) -> _Grouping:
+    return _Grouping(column, column, {t: column if column in dims else None for t, (_, dims) in HIST_LEVELS.items()})
+
+
+def _by_time(width: int) -> _Grouping:
+    def per(seconds: int, column: str) -> str | None:
+        return f"CAST({column} / {width} AS INTEGER)" if width % seconds == 0 else None
+
+    return _Grouping(
+        f"CAST(created_at / {width} AS INTEGER)",
+        per(_HOUR, "hour"),
+        {t: per(seconds, "period") for t, (seconds, _) in HIST_LEVELS.items()},
+    )
+
+
+def _agg(aggs: dict[Any, _Agg], g: Any) -> _Agg:
+    agg = aggs.get(g)
+    if agg is None:
+        agg = aggs[g] = _Agg()
+    return agg
+
+
+def _raw_totals(
+    conn: sqlite3.Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, lo: float | None, hi: float | None
 ) -> None:
-    """Add the whole hours ``[lo_hour, hi_hour)`` from the rollups, grouped by ``group``."""
-    clauses = ["hour < ?"]
-    params: list[Any] = [hi_hour]
-    if lo_hour is not None:
-        clauses.append("hour >= ?")
-        params.append(lo_hour)
-    for column in ("model", "endpoint", "status"):
+    clauses, params = _conditions(f, lo, hi)
+    sql = (
+        f"SELECT {g} AS g, count(*), sum({_ERR}), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), "
+        f"sum(cost_usd), sum({_UNPRICED}) FROM traces{_where(clauses)} GROUP BY g"
+    )
+    for key, n, errors, prompt, completion, total, cost, unpriced in conn.execute(sql, params):
+        _agg(aggs, key).add_totals(n, errors, prompt, completion, total, cost, unpriced)
+
+
+def _raw_hist(
+    conn: sqlite3.Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, lo: float | None, hi: float | None
+) -> None:
+    clauses, params = _conditions(f, lo, hi)
+    for metric, column in METRICS:
+        b = _DIALECT.bucket(column)
+        sql = (
+            f"SELECT {g} AS g, {b} AS b, count(*), min({column}), max({column}) FROM traces"
+            f"{_where([*clauses, f'{column} IS NOT NULL'])} GROUP BY g, b"
+        )
+        for key, bucket, n, lo_ms, hi_ms in conn.execute(sql, params):
+            _agg(aggs, key).add_hist(metric, bucket, n, lo_ms, hi_ms)
+
+
+def _rollup_filters(f: TraceFilter, dims: Iterable[str]) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column in dims:
         value = getattr(f, column)
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
-    where = _where(clauses)
+    return clauses, params
+
+
+def _rollup_totals(
+    conn: sqlite3.Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, lo: int | None, hi: int
+) -> None:
+    clauses, params = _rollup_filters(f, ("model", "endpoint", "status"))
+    clauses.append("hour < ?")
+    params.append(hi)
+    if lo is not None:
+        clauses.append("hour >= ?")
+        params.append(lo)
     sql = (
-        f"SELECT {group} AS g, sum(requests), sum(CASE WHEN status <> 'success' THEN requests ELSE 0 END), "
+        f"SELECT {g} AS g, sum(requests), sum(CASE WHEN status <> 'success' THEN requests ELSE 0 END), "
         f"sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), sum(cost_usd), sum(unpriced) "
-        f"FROM rollup_hour{where} GROUP BY g"
+        f"FROM rollup_hour{_where(clauses)} GROUP BY g"
     )
-    for g, n, errors, prompt, completion, total, cost, unpriced in conn.execute(sql, params):
-        if not n:
-            continue
-        agg = aggs.get(g)
-        if agg is None:
-            agg = aggs[g] = _Agg()
-        agg.add_totals(n, errors, prompt, completion, total, cost, unpriced)
+    for key, n, errors, prompt, completion, total, cost, unpriced in conn.execute(sql, params):
+        if n:
+            _agg(aggs, key).add_totals(n, errors, prompt, completion, total, cost, unpriced)
+
+
+def _rollup_hist(
+    conn: sqlite3.Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, table: str, lo: int | None, hi: int
+) -> None:
+    clauses, params = _rollup_filters(f, HIST_LEVELS[table][1])
+    clauses.append("period < ?")
+    params.append(hi)
+    if lo is not None:
+        clauses.append("period >= ?")
+        params.append(lo)
     sql = (
-        f"SELECT {group} AS g, metric, bucket, sum(n), min(min_ms), max(max_ms) FROM rollup_latency{where} "
+        f"SELECT {g} AS g, metric, bucket, sum(n), min(min_ms), max(max_ms) FROM {table}{_where(clauses)} "
         "GROUP BY g, metric, bucket"
     )
-    for g, metric, bucket, n, lo, hi in conn.execute(sql, params):
-        agg = aggs.get(g)
-        if agg is not None:
-            agg.add_hist(metric, bucket, n, lo, hi)
+    for key, metric, bucket, n, lo_ms, hi_ms in conn.execute(sql, params):
+        if n:
+            _agg(aggs, key).add_hist(metric, bucket, n, lo_ms, hi_ms)
+
+
+def _tiered(
+    lo: float | None,
+    hi: float | None,
+    now: float,
+    tiers: list[tuple[int, Callable[[int | None, int], None]]],
+    raw: Callable[[float | None, float | None], None],
+) -> None:
+    """Cover ``[lo, hi)`` with the coarsest tier's whole periods, the rest with finer tiers, and
+    what no tier covers whole with ``raw`` (``None`` = open end)."""
+    if not tiers:
+        raw(lo, hi)
+        return
+    (seconds, rollup), finer = tiers[0], tiers[1:]
+    first = None if lo is None else math.ceil(lo / seconds) * seconds
+    end = math.floor((now if hi is None else hi) / seconds) * seconds
+    if first is not None and first >= end:
+        _tiered(lo, hi, now, finer, raw)
+        return
+    rollup(first, end)
+    if lo is not None and first is not None and lo < first:
+        _tiered(lo, float(first), now, finer, raw)
+    _tiered(float(end), hi, now, finer, raw)  # to ``hi``, or on past ``now`` when open
 
 
 def _collect(
-    conn: sqlite3.Connection,
-    f: TraceFilter,
-    raw_group: str,
-    rollup_group: str | None,
-    now: float | None = None,
+    conn: sqlite3.Connection, f: TraceFilter, grouping: _Grouping, now: float | None = None
 ) -> dict[Any, _Agg]:
-    """Aggregate ``f``'s traces by group: rollups for whole hours where they can answer, raw
-    rows for the rest. ``rollup_group`` must group rollup rows exactly as ``raw_group`` groups
-    traces (``None``: read raw rows only)."""
-    aggs: dict[Any, _Agg] = {}
-    if rollup_group is None or not f.rollup_ok:
-        _raw_into(conn, aggs, f, raw_group, f.since, f.until)
-        return aggs
+    """Totals and histograms of ``f``'s traces by group: whole periods from the rollups that can
+    answer the filter and the grouping, the partial periods at the edges from ``traces``."""
     now = time.time() if now is None else now
-    lo_hour = None if f.since is None else math.ceil(f.since / _HOUR) * _HOUR
-    hi_hour = math.floor((now if f.until is None else f.until) / _HOUR) * _HOUR
-    if lo_hour is not None and lo_hour >= hi_hour:
-        _raw_into(conn, aggs, f, raw_group, f.since, f.until)
-        return aggs
-    _rollup_into(conn, aggs, f, rollup_group, lo_hour, hi_hour)
-    if f.since is not None and lo_hour is not None and f.since < lo_hour:
-        _raw_into(conn, aggs, f, raw_group, f.since, float(lo_hour))
-    # The rest: from the last whole hour on (the current hour when ``until`` is open).
-    _raw_into(conn, aggs, f, raw_group, float(hi_hour), f.until)
+    aggs: dict[Any, _Agg] = {}
+    g = grouping
+
+    def raw_totals(lo: float | None, hi: float | None) -> None:
+        _raw_totals(conn, aggs, f, g.raw, lo, hi)
+
+    def raw_hist(lo: float | None, hi: float | None) -> None:
+        _raw_hist(conn, aggs, f, g.raw, lo, hi)
+
+    totals: list[tuple[int, Callable[[int | None, int], None]]] = []
+    hour_group = g.hour
+    if f.rollup_ok and hour_group is not None:
+        totals.append((_HOUR, lambda lo, hi: _rollup_totals(conn, aggs, f, hour_group, lo, hi)))
+    _tiered(f.since, f.until, now, totals, raw_totals)
+
+    hists: list[tuple[int, Callable[[int | None, int], None]]] = []
+    for table, (seconds, dims) in sorted(HIST_LEVELS.items(), key=lambda kv: -kv[1][0]):
+        group = g.hist.get(table)
+        # A histogram rollup keeps no status, and only its own dimensions.
+        unkept = [d for d in ("model", "endpoint") if d not in dims]
+        if group is not None and f.rollup_ok and f.status is None and all(getattr(f, d) is None for d in unkept):
+            hists.append((seconds, functools.partial(_rollup_hist, conn, aggs, f, group, table)))
+    _tiered(f.since, f.until, now, hists, raw_hist)
     return aggs
 
 
@@ -446,7 +504,7 @@ def _merge(aggs: Iterable[_Agg]) -> _Agg:
 def overview(conn: sqlite3.Connection, f: TraceFilter) -> dict[str, Any]:
     """Totals over ``f``: requests, errors, tokens, cost (``None`` when no request was priced;
     ``unpriced`` counts the requests of unknown cost), latency and TTFT percentiles (ms)."""
-    agg = _merge(_collect(conn, f, "0", "0").values())
+    agg = _merge(_collect(conn, f, _CONSTANT).values())
     p50, p95, p99 = agg.percentiles("latency", (50, 95, 99))
     t50, t95 = agg.percentiles("ttft", (50, 95))
     return {
@@ -509,9 +567,7 @@ def timeseries(conn: sqlite3.Connection, f: TraceFilter, bucket_seconds: int) ->
     end = now if f.until is None else f.until
     if f.since is not None and (end - f.since) / width > MAX_BUCKETS:
         raise ValueError(f"a {width} s bucket gives more than {MAX_BUCKETS} buckets over this range; widen it")
-    raw_group = f"CAST(created_at / {width} AS INTEGER)"
-    rollup_group = f"CAST(hour / {width} AS INTEGER)" if width % _HOUR == 0 else None
-    aggs = _collect(conn, f, raw_group, rollup_group, now)
+    aggs = _collect(conn, f, _by_time(width), now)
     if f.since is not None:
         first = math.floor(f.since / width)
     elif aggs:
@@ -577,7 +633,7 @@ def breakdown(conn: sqlite3.Connection, f: TraceFilter, by: str, limit: int = 20
         raise ValueError(f"breakdown by must be one of {', '.join(BREAKDOWNS)}, not {by!r}")
     limit = _check_limit(limit)
     if by in ("model", "endpoint"):
-        aggs = _collect(conn, f, by, by)
+        aggs = _collect(conn, f, _by_column(by))
         if by == "model":  # the rollups keep a missing model as ''
             merged: dict[Any, _Agg] = {}
             for k, a in aggs.items():
@@ -617,7 +673,7 @@ def breakdown(conn: sqlite3.Connection, f: TraceFilter, by: str, limit: int = 20
 def stats(conn: sqlite3.Connection, f: TraceFilter) -> dict[str, Any]:
     """``prysmai stats --json`` and ``GET /api/v1/stats``: totals and ``by_model``, with the keys
     of prysmai 0.1.0 (``unpriced_requests``, ``latency_p50_ms``...) plus p99 and TTFT p95."""
-    by_model = _collect(conn, f, "model", "model")
+    by_model = _collect(conn, f, _by_column("model"))
     models: dict[str, _Agg] = {}
     for k, a in by_model.items():
         name = k or "(none)"

@@ -254,9 +254,28 @@ def test_percentiles_within_the_stated_bound_and_rollup_equals_raw(tmp_path: Any
             assert abs(hybrid["latency_ms"][f"p{pct}"] / exact - 1) <= BOUND
         exact_ttft = nearest_rank([r["ttft_ms"] for r in chosen if r["ttft_ms"] is not None], 95)
         assert abs(hybrid["ttft_ms"]["p95"] / exact_ttft - 1) <= BOUND
+    # Time series and breakdowns read day, hour and raw tiers too: the same as from raw rows alone.
+    f, raw_f = TraceFilter(since=since, until=until), TraceFilter(since=since, until=until, text="hello")
+    for width in (3600, 7200, 86400):
+        for got, want in zip(queries.timeseries(conn, f, width), queries.timeseries(conn, raw_f, width)):
+            assert got.pop("cost_usd") == pytest.approx(want.pop("cost_usd"), rel=1e-12)
+            assert got == want
+    for by in ("model", "endpoint"):
+        got_rows, want_rows = queries.breakdown(conn, f, by), queries.breakdown(conn, raw_f, by)
+        for got, want in zip(got_rows, want_rows):
+            assert got.pop("cost_usd") == pytest.approx(want.pop("cost_usd"), rel=1e-12)
+            assert got == want
+    errors_only = TraceFilter(since=since, until=until, status="error")
+    assert queries.overview(conn, errors_only)["requests"] == sum(
+        r["status"] == "error" for r in chosen_all(rows, since, until)
+    )
     stats = queries.stats(conn, TraceFilter())
     assert set(stats["by_model"]) == {"a", "b", "(none)"}
     assert sum(m["requests"] for m in stats["by_model"].values()) == stats["requests"] == 3000
+
+
+def chosen_all(rows: list[dict[str, Any]], since: float, until: float) -> list[dict[str, Any]]:
+    return [r for r in rows if since <= r["created_at"] < until]
 
 
 def test_histogram_percentile_clamps_to_what_was_seen() -> None:
