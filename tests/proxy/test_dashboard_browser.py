@@ -83,6 +83,8 @@ def close(a: list[float | None], b_: list[float | None]) -> bool:
 
 
 def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> None:
+    from playwright.sync_api import expect
+
     base, key = demo
     context = chromium.new_context(viewport=b.DESKTOP)
     page = context.new_page()
@@ -214,7 +216,7 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
     page.click("details:has(#raw-response) summary")
     page.click("button[data-copy=raw-response]")
-    page.wait_for_function("document.querySelector('button[data-copy=raw-response]').textContent === 'Copied'")
+    expect(page.locator("button[data-copy=raw-response]")).to_have_text("Copied")
     assert json.loads(page.evaluate("navigator.clipboard.readText()")) == json.loads(tool["response_body"])
     assert tool["provider_request_id"] is None or tool["provider_request_id"] in page.text_content(".detail-side")
     assert "feature" in page.text_content(".meta") and "search" in page.text_content(".meta")
@@ -227,6 +229,10 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     assert turns.count() == len(session) == 3
     assert [turns.nth(i).get_attribute("data-trace") for i in range(3)] == [t["id"] for t in session]
     assert [t["created_at"] for t in session] == sorted(t["created_at"] for t in session)
+    # Each turn shows what it added: the tool's answer turn repeats three earlier messages.
+    roles = [turns.nth(i).locator(".msg").evaluate_all("ms => ms.map(m => m.dataset.role)") for i in range(3)]
+    assert roles == [["user", "assistant"], ["system", "user", "assistant"], ["tool", "assistant"]]
+    assert "3 earlier message(s)" in turns.nth(2).text_content()
     b.screenshot(page, "session", docs=True)
 
     # -- the streamed call's TTFT is drawn in its timing bar -------------------------------------

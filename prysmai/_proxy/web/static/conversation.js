@@ -56,13 +56,33 @@ export function message(role, body, extra) {
     el("div", { class: "role" }, r, extra ? el("span", { class: "muted" }, " " + extra) : null), body);
 }
 
-/** The request's messages (chat, responses, completions or embeddings input). */
-export function requestMessages(req) {
+function norm(m) {
+  if (!m || typeof m !== "object") return JSON.stringify(m ?? null);
+  const calls = (m.tool_calls || []).map((c) => [c.id, c.function && c.function.name, c.function && c.function.arguments]);
+  return JSON.stringify([m.role, m.content ?? null, calls, m.tool_call_id ?? null]);
+}
+
+/** How many leading messages of a chat request repeat the previous turn of its session (that
+ * turn's messages, then its answer): a session page shows each turn's new messages only. */
+export function repeatedCount(prevReq, prevResp, req) {
+  if (!req || !Array.isArray(req.messages) || !prevReq || !Array.isArray(prevReq.messages)) return 0;
+  const before = [...prevReq.messages];
+  const answer = prevResp && Array.isArray(prevResp.choices) && prevResp.choices[0] && prevResp.choices[0].message;
+  if (answer) before.push(answer);
+  let n = 0;
+  while (n < before.length && n < req.messages.length && norm(before[n]) === norm(req.messages[n])) n++;
+  return n >= prevReq.messages.length ? n : 0;  // only a real continuation is shortened
+}
+
+/** The request's messages (chat, responses, completions or embeddings input); ``skip`` leading
+ * chat messages are left out (see repeatedCount). */
+export function requestMessages(req, skip = 0) {
   if (!req || typeof req !== "object") return [];
   const out = [];
-  if (typeof req.instructions === "string") out.push(message("system", content(req.instructions), "(instructions)"));
+  if (typeof req.instructions === "string" && !skip) out.push(message("system", content(req.instructions), "(instructions)"));
   if (Array.isArray(req.messages)) {
-    for (const m of req.messages) {
+    if (skip) out.push(el("div", { class: "muted repeated" }, `… ${skip} earlier message(s) of this session`));
+    for (const m of req.messages.slice(skip)) {
       if (!m || typeof m !== "object") continue;
       const extra = m.tool_call_id ? "for " + str(m.tool_call_id) : m.name ? str(m.name) : "";
       out.push(message(m.role, [...content(m.content), ...toolCalls(m.tool_calls)], extra));

@@ -1,6 +1,6 @@
 // Trace detail, and a session's traces as one conversation timeline.
 import { getJSON } from "./api.js";
-import { parameters, parseJSON, requestMessages, responseMessages } from "./conversation.js";
+import { parameters, parseJSON, repeatedCount, requestMessages, responseMessages } from "./conversation.js";
 import { clear, el, facts, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, sessionLink, statusBadge, traceLink } from "./dom.js";
 
 function timingBar(t) {
@@ -116,17 +116,20 @@ export async function renderSession(main, sessionId) {
   let tokens = 0;
   let cost = 0;
   let unpriced = 0;
+  let prev = { req: null, resp: null };
   for (const t of doc.traces) {
     tokens += t.total_tokens || 0;
     if (t.cost_usd === null || t.cost_usd === undefined) unpriced += 1;
     else cost += t.cost_usd;
-    const req = requestMessages(parseJSON(t.request_body));
-    // The conversation so far is repeated in every request: show only what this turn added.
-    const latest = req.length ? [req[req.length - 1]] : [];
+    const reqDoc = parseJSON(t.request_body);
+    const respDoc = parseJSON(t.response_body);
+    // A chat request repeats the conversation so far: show what this turn added.
+    const latest = requestMessages(reqDoc, repeatedCount(prev.req, prev.resp, reqDoc));
+    prev = { req: reqDoc, resp: respDoc };
     timeline.append(el("li", { class: "turn", "data-trace": t.id },
       el("div", { class: "turn-head" }, traceLink(t.id, fmtTime(t.created_at)), " ", statusBadge(t.status, t.http_status),
         el("span", { class: "muted" }, ` ${t.model ?? ""} · ${fmtMs(t.latency_ms)} · ${fmtNum(t.total_tokens)} tokens · ${fmtCost(t.cost_usd)}`)),
-      latest, responseMessages(parseJSON(t.response_body)),
+      latest, responseMessages(respDoc),
       t.error ? el("div", { class: "error-text" }, t.error) : null));
   }
   clear(main).append(
