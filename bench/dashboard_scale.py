@@ -19,6 +19,7 @@ One JSON line per measurement on stdout; a Markdown table on stderr (and ``--tab
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import random
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -192,27 +194,26 @@ def _size_mb(path: Path) -> float:
 
 
 # -- measuring ---------------------------------------------------------------------------------------
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> bool:
+def _sqlite_highwater() -> Any:
+    """SQLite's own ``sqlite3_memory_highwater`` (heap in use at its peak, all connections of
+    this process), reached through the library the ``sqlite3`` module loaded; ``None`` if hidden."""
     try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
+        import _sqlite3
+
+        fn = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_highwater
+    except (ImportError, OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_int]
+    return fn
+
+
+_HIGHWATER = _sqlite_highwater()
 
 
 def measure(runner: ReadRunner, fn: Any, *args: Any, repeat: int = 5, **kw: Any) -> dict[str, Any]:
-    """First run (cold-ish) and the median of ``repeat`` more, server-side, and the peak extra RSS."""
-    base = _status_kib("VmRSS")
-    can_reset = _reset_peak()
+    """Server time: the first run (cold-ish) and the median of ``repeat`` more. Memory, in one more
+    run: Python's peak allocations (tracemalloc) plus SQLite's heap at its peak."""
     t0 = time.perf_counter()
     runner.run_sync(fn, *args, **kw)
     first = (time.perf_counter() - t0) * 1000
@@ -221,12 +222,20 @@ def measure(runner: ReadRunner, fn: Any, *args: Any, repeat: int = 5, **kw: Any)
         t0 = time.perf_counter()
         runner.run_sync(fn, *args, **kw)
         times.append((time.perf_counter() - t0) * 1000)
-    peak = (_status_kib("VmHWM") - base) / 1024 if can_reset else float("nan")
+    if _HIGHWATER is not None:
+        _HIGHWATER(1)  # reset the peak to what is in use now (page caches of open connections)
+    tracemalloc.start()
+    runner.run_sync(fn, *args, **kw)
+    python_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    sqlite_peak = _HIGHWATER(0) if _HIGHWATER is not None else float("nan")
     return {
         "first_ms": round(first, 2),
         "ms": round(median(times), 2),
         "max_ms": round(max(times), 2),
-        "peak_mb": round(peak, 1),
+        "peak_mb": round((python_peak + sqlite_peak) / 1e6, 1),
+        "python_peak_mb": round(python_peak / 1e6, 2),
+        "sqlite_peak_mb": round(sqlite_peak / 1e6, 2),
     }
 
 
