@@ -130,8 +130,12 @@ def hostile_store(start_proxy: Any) -> Any:
         for model in (PAYLOADS[0], FAIL_MODEL):
             r = httpx.post(url, json={"model": model, "messages": messages, PAYLOADS[1]: PAYLOADS[2]}, headers=headers)
             assert r.status_code in (200, 400)
+        # The endpoint (the path below /api/v1) is captured too.
+        r = httpx.post(f"{proxy.base_url}/{quote(PAYLOADS[1], safe='')}", json={"model": "m"}, headers=headers)
+        assert r.status_code == 200
         traces = proxy.traces()
-        assert len(traces) == 2 and {t["status"] for t in traces} == {"success", "error"}
+        assert len(traces) == 3 and {t["status"] for t in traces} == {"success", "error"}
+        assert traces[-1]["endpoint"] == PAYLOADS[1]
         yield proxy, traces
     finally:
         upstream.stop()
@@ -171,7 +175,9 @@ def test_hostile_content_is_shown_as_text(chromium: Any, hostile_store: Any, byp
         hrefs = page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)")
         assert all(h.startswith(base + "/") for h in hrefs), [h for h in hrefs if not h.startswith(base + "/")]
         text = page.inner_text("main")
-        if path.startswith("/traces/"):
+        if path == f"/traces/{traces[-1]['id']}":
+            assert f"POST /api/v1/{PAYLOADS[1]}" in text
+        elif path.startswith("/traces/"):
             for expected in (*PAYLOADS[:7], shown(PAYLOADS[7])):
                 assert expected in text, (path, expected)
             # The raw JSON block shows the body as it was captured (hidden characters marked).

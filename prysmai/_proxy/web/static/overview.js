@@ -71,7 +71,16 @@ export async function render(main) {
     } catch (err) {
       clear(body).append(el("p", { class: "error" }, String(err.message || err)));
     }
-    if (!paused) timer = setTimeout(load, REFRESH_MS);
+    if (!paused) timer = setTimeout(tick, REFRESH_MS);
+  }
+
+  // A tab in the background does not query the store; it catches up when shown again.
+  function tick() {
+    if (document.visibilityState === "hidden") {
+      document.addEventListener("visibilitychange", () => { if (!paused) load(); }, { once: true });
+    } else {
+      load();
+    }
   }
 
   function draw(doc) {
