@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from . import browser as b
@@ -61,7 +62,7 @@ def demo(tmp_path_factory: Any) -> Iterator[tuple[str, str]]:
             proc.kill()
             rest, _ = proc.communicate()
     assert proc.returncode == 0, rest
-    assert "Captured 8 trace(s)" in rest  # Ctrl+C ends it as a plain demo ends
+    assert "Captured 10 trace(s)" in rest  # the demo's 8 and the test's 2; Ctrl+C ends it as a plain demo ends
 
 
 def api(page: Any, base: str, route: str, **params: str) -> Any:
@@ -99,7 +100,7 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     # -- overview: the numbers and the charts are the API's ----------------------------------------
     doc = api(page, base, "overview", since="24h")
     o = doc["overview"]
-    assert o["requests"] == 8 and o["errors"] == 1
+    assert o["requests"] == 8 and o["errors"] == 1  # the demo's traffic
     assert page.text_content("[data-metric=requests] .card-value") == str(o["requests"])
     assert "1 errors" in page.text_content("[data-metric=error_rate]")
     assert page.text_content("[data-metric=total_tokens] .card-value") == f"{o['total_tokens']:,}"
@@ -124,9 +125,22 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     assert models.count() == len(doc["breakdowns"]["model"]) >= 1
     users = [r["key"] for r in doc["breakdowns"]["user_id"]]
     assert {"alice", "bob"} <= set(users)
+    b.screenshot(page, "overview", docs=True)
+
+    # -- auto-refresh picks up new traffic, and stops when paused ---------------------------------
+    b.goto(page, base + "/?refresh=2")
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one more"}]}
+    auth = {"Authorization": f"Bearer {key}"}
+    assert httpx.post(f"{base}/api/v1/chat/completions", json=chat, headers=auth).status_code == 200
+    expect(page.locator("[data-metric=requests] .card-value")).to_have_text("9", timeout=10000)
     page.click("#pause")
     assert page.get_attribute("#pause", "aria-pressed") == "true"
-    b.screenshot(page, "overview", docs=True)
+    assert httpx.post(f"{base}/api/v1/chat/completions", json=chat, headers=auth).status_code == 200
+    page.wait_for_timeout(3000)
+    assert page.text_content("[data-metric=requests] .card-value") == "9"
+    page.click("#pause")  # resume: refreshes at once
+    expect(page.locator("[data-metric=requests] .card-value")).to_have_text("10", timeout=10000)
+    page.click("#pause")
 
     # -- traces: filters live in the URL, sorting, one user's traces ----------------------------
     page.select_option("#f-range", "1h")
@@ -134,7 +148,7 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     b.wait_ready(page)
     b.goto(page, base + "/traces")
     rows = page.locator("#traces-table tbody tr")
-    assert rows.count() == 8
+    assert rows.count() == 10
     page.fill("#f-user", "alice")
     page.click("#filters button[type=submit]")
     page.wait_for_url(re.compile(r".*/traces\?user=alice$"))
@@ -157,14 +171,14 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     assert other.locator("#traces-table tbody tr").count() == 3 and other.input_value("#f-user") == "alice"
     other.close()
 
-    # -- cursor pagination: three pages of 3, 3 and 2, no trace twice ----------------------------
+    # -- cursor pagination: pages of 3, 3, 3 and 1, no trace twice ---------------------------------
     b.goto(page, base + "/traces?limit=3")
     seen: list[str] = []
-    for size in (3, 3, 2):
+    for size in (3, 3, 3, 1):
         ids = page.eval_on_selector_all("#traces-table tbody tr td:first-child a", "as => as.map(a => a.pathname)")
         assert len(ids) == size, ids
         seen += ids
-        if size == 2:
+        if size == 1:
             assert page.locator("#next-page").count() == 0
         else:
             page.click("#next-page")

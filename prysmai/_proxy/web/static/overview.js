@@ -4,7 +4,8 @@ import { chart } from "./charts.js";
 import { apiParams, filterBar } from "./filters.js";
 import { clear, costText, el, fmtCost, fmtMs, fmtNum, fmtPct, pageLink, sessionLink, table } from "./dom.js";
 
-const REFRESH_MS = 10000;
+// Every 10 s by default; ?refresh=N (seconds, at least 2) in the URL changes it.
+const REFRESH_MS = Math.max(2, Number(new URLSearchParams(location.search).get("refresh")) || 10) * 1000;
 
 function card(id, label, value, sub) {
   return el("div", { class: "card", "data-metric": id }, el("div", { class: "card-label" }, label),
