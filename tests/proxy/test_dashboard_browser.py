@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -203,6 +204,18 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     in_range = api(page, base, "traces", since=since_q, until=until_q)["data"]
     assert page.locator("#traces-table tbody tr").count() == len(in_range) >= 1
     assert page.input_value("#f-since") == start and page.input_value("#f-until") == end
+
+    # -- text in bodies, a metadata key=value, a breakdown's link: each the API's answer -----------
+    for query, expected in (({"q": "search_docs"}, 2), ({"meta": "feature=search"}, 3), ({"user": "bob"}, 1)):
+        b.goto(page, base + "/traces?" + urlencode(query))
+        assert page.locator("#traces-table tbody tr").count() == expected, query
+        assert len(api(page, base, "traces", since="24h", **query)["data"]) == expected
+        field = "f-" + next(iter(query))
+        assert page.input_value("#" + field) == next(iter(query.values()))
+    b.goto(page, base + "/")
+    page.click("[data-breakdown=user_id] a:text-is('bob')")
+    b.wait_ready(page)
+    assert "user=bob" in page.url and page.locator("#traces-table tbody tr").count() == 1
 
     # -- the error, filtered by status --------------------------------------------------------
     b.goto(page, base + "/traces?status=error")
