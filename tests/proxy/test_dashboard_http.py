@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from prysmai._proxy.web.auth import COOKIE_NAME, Sessions, cookie_name, key_id
 
@@ -321,3 +322,15 @@ def test_proxy_banner_names_the_dashboard(tmp_path: Any) -> None:
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+def test_browser_tests_fail_in_ci_without_chromium(monkeypatch: Any) -> None:
+    from . import browser
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium is not installed"):
+        browser.chromium_path()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        browser.chromium_path()
