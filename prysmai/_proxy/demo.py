@@ -160,6 +160,8 @@ def run_demo(real: bool = False, keep_db: str | None = None, model: str | None =
             print(f"\n(Offline model: costs are what {model} would have cost for these token counts.)")
         if keep_db:
             print(f"\nTraces kept in {db_path}: try `prysmai traces --db {db_path}`.")
+        if not serve:
+            print("\nSee them in the browser: `prysmai demo --serve` keeps the proxy and its dashboard up.")
         print("\nNext: `prysmai proxy --key sk-prysm-...` serves this for real; see docs/proxy.md.")
         return 0
     finally:
