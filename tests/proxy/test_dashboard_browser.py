@@ -297,3 +297,48 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
 
     assert not dialogs
     assert all(u.startswith(base + "/") for u in requests), [u for u in requests if not u.startswith(base)]
+
+
+def test_other_request_shapes_render_as_conversations(chromium: Any, fake: Any, start_proxy: Any) -> None:
+    """Responses API (plain and streamed), embeddings, legacy completions, images and audio."""
+    from .conftest import KEY
+
+    proxy = start_proxy(fake.url)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo" + "A" * 500}}
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGR" + "A" * 500, "format": "wav"}}
+    sent = [
+        (
+            "chat/completions",
+            {
+                "model": "gpt-4o",
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, image, audio]}],
+            },
+        ),
+        ("responses", {"model": "gpt-4o", "instructions": "Be brief.", "input": "Say hi"}),
+        ("responses", {"model": "gpt-4o", "input": [{"role": "user", "content": "Stream hi"}], "stream": True}),
+        ("embeddings", {"model": "text-embedding-3-small", "input": "embed me"}),
+        ("completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "Once upon"}),
+    ]
+    for endpoint, body in sent:
+        r = httpx.post(f"{proxy.base_url}/{endpoint}", json=body, headers=auth)
+        assert r.status_code == 200, r.text
+    traces = proxy.traces()
+    base = proxy.server.url
+    page = chromium.new_context(viewport=b.DESKTOP).new_page()
+    b.login(page, base, KEY, "/traces?since=all")
+    expected = [
+        ("[image] data:image/png;base64,…", "[audio]", "what is this?", "Hello there!"),
+        ("Be brief.", "(instructions)", "Say hi", "Hi you"),
+        ("Stream hi", "Hi you", "reassembled stream"),
+        ("embed me", "[1 embedding vector(s)]"),
+        ("Once upon", "Hi"),
+    ]
+    for trace, texts in zip(traces, expected):
+        b.goto(page, f"{base}/traces/{trace['id']}")
+        text = page.inner_text("main")
+        for t in texts:
+            assert t in text, (trace["endpoint"], t)
+        assert "A" * 100 not in text  # the image and audio data are not dumped into the conversation
+    assert page.evaluate("document.querySelectorAll('img, audio, video').length") == 0
+    page.context.close()
