@@ -27,7 +27,7 @@ export function apiParams(search, extra) {
   const out = {};
   const since = url.get("since") || DEFAULT_RANGE;
   if (since !== "all") out.since = since;
-  for (const name of ["until", "model", "endpoint", "status", "user", "session", "meta", "q"]) {
+  for (const name of ["until", "model", "endpoint", "status", "user", "session", "key", "meta", "q"]) {
     const value = url.get(name);
     if (value) out[name] = value;
   }
@@ -89,7 +89,7 @@ export function filterBar(full) {
     }
     for (const [name, input] of Object.entries(inputs)) if (input.value) next.set(name, input.value.trim());
     // Keep the sort of the traces table; a new filter starts from the first page.
-    for (const keep of ["sort", "order", "limit", "refresh"]) if (url.get(keep)) next.set(keep, url.get(keep));
+    for (const keep of ["sort", "order", "limit", "refresh", "key"]) if (url.get(keep)) next.set(keep, url.get(keep));
     const query = next.toString();
     location.assign(location.pathname + (query ? "?" + query : ""));
   });

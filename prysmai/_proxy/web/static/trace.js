@@ -80,7 +80,7 @@ export async function renderTrace(main, id, me) {
     ["cost", priceNote],
     ["user", t.user_id ? pageLink("/traces", { user: t.user_id, since: "all" }, t.user_id) : null],
     ["session", t.session_id ? sessionLink(t.session_id) : null],
-    ["key", t.key_id],
+    ["key", t.key_id ? pageLink("/traces", { key: t.key_id, since: "all" }, t.key_id) : null],
     ["provider request id", t.provider_request_id],
     ["trace id", t.id],
     ["notes", Array.isArray(t.notes) ? t.notes.join("\n") : t.notes],
