@@ -334,3 +334,24 @@ def test_browser_tests_fail_in_ci_without_chromium(monkeypatch: Any) -> None:
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
         browser.chromium_path()
+
+
+def test_shipped_scripts_never_parse_strings_as_html_or_code() -> None:
+    """A guard beside the browser tests: no HTML or code is ever built from strings."""
+    from importlib import resources
+
+    static = resources.files("prysmai._proxy.web").joinpath("static")
+    scripts = [f for f in static.iterdir() if f.name.endswith(".js")]
+    assert len(scripts) >= 8
+    banned = re.compile(
+        r"\.(innerHTML|outerHTML)\s*[+]?=|insertAdjacentHTML|document\.write|"
+        r"\beval\(|new Function|setTimeout\(\s*['\"`]"
+    )
+    for script in scripts:
+        source = script.read_text(encoding="utf-8")
+        assert not banned.search(source), (script.name, banned.search(source))
+    # No asset refers to another origin.
+    for asset in static.iterdir():
+        assert not re.search(
+            r"https?://", asset.read_text(encoding="utf-8").replace("http://www.w3.org/2000/svg", "")
+        ), asset.name

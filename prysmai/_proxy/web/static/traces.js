@@ -3,8 +3,6 @@ import { getJSON } from "./api.js";
 import { apiParams, filterBar } from "./filters.js";
 import { clear, el, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, sessionLink, statusBadge, table, traceLink } from "./dom.js";
 
-const SORTS = [["time", "time"], ["latency", "latency"], ["ttft", "TTFT"], ["tokens", "tokens"], ["cost", "cost"]];
-
 function sortHead(key, label) {
   const url = new URLSearchParams(location.search);
   const current = url.get("sort") || "time";
@@ -69,5 +67,3 @@ export async function render(main) {
     el("p", { class: "muted" }, `${rows.length} trace(s) on this page`),
     pager);
 }
-
-export { SORTS };
