@@ -189,10 +189,10 @@ CREATE TABLE IF NOT EXISTS rollup_hour (
 """ + "".join(_hist_table(t) for t in HIST_LEVELS)
 
 # Index choice, for a writer that stays fast: traces_agg grows at its end (created_at increases), so
-# it is nearly free to maintain and serves time ranges, aggregates and sorted listings (a listing
-# picks its page of ids from it, then reads those rows); user and session indexes cover the per-user
-# and per-session aggregates. No index per sort column: each would be one more random B-tree
-# insertion per trace.
+# it is nearly free to maintain and serves time ranges, aggregates, per-user and per-session groups
+# within a range, and sorted listings (a listing picks its page of ids from it, then reads those
+# rows); the user and session indexes cover per-user and per-session aggregates over all time.
+# No index per sort column: each would be one more random B-tree insertion per trace.
 V2_INDEXES = """
 CREATE INDEX IF NOT EXISTS traces_key ON traces (key_id, created_at);
 DROP INDEX IF EXISTS traces_created_at;
@@ -200,7 +200,7 @@ DROP INDEX IF EXISTS traces_model;
 DROP INDEX IF EXISTS traces_user;
 DROP INDEX IF EXISTS traces_session;
 CREATE INDEX IF NOT EXISTS traces_agg ON traces (created_at, status, model, endpoint, latency_ms, ttft_ms,
-    prompt_tokens, completion_tokens, total_tokens, cost_usd, id);
+    prompt_tokens, completion_tokens, total_tokens, cost_usd, user_id, session_id, id);
 CREATE INDEX IF NOT EXISTS traces_user2 ON traces
     (user_id, created_at, status, total_tokens, cost_usd, latency_ms);
 CREATE INDEX IF NOT EXISTS traces_session2 ON traces

@@ -101,7 +101,7 @@ _UNPRICED = "CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END"
 
 
 class _SQLite:
-    """What is not standard SQL (a PostgreSQL dialect would supply the same three methods)."""
+    """What is not standard SQL (a PostgreSQL dialect would supply the same methods)."""
 
     @staticmethod
     def bucket(column: str) -> str:
@@ -121,8 +121,22 @@ class _SQLite:
         parts = [f"{c} LIKE ? ESCAPE '\\'" for c in columns]
         return "(" + " OR ".join(parts) + ")", [pattern] * len(parts)
 
+    @staticmethod
+    def time_first(table: str) -> str:
+        """Read ``table`` through the index that starts with ``created_at`` (traces_agg): for a
+        time range, grouping its entries beats walking a per-user or per-session index whole, but
+        SQLite's planner cannot know how narrow the range is."""
+        return f"{table} INDEXED BY traces_agg"
+
 
 _DIALECT = _SQLite()
+
+
+def _traces(f: TraceFilter) -> str:
+    """``traces``, read time-first when the filter has a start and no key-like column to seek."""
+    if f.since is not None and f.user_id is None and f.session_id is None and f.key_id is None:
+        return _DIALECT.time_first("traces")
+    return "traces"
 
 
 # -- filters ------------------------------------------------------------------------------------
@@ -647,7 +661,7 @@ def breakdown(conn: sqlite3.Connection, f: TraceFilter, by: str, limit: int = 20
     clauses, params = _conditions(f)
     sql = (
         f"SELECT {by}, count(*) AS n, sum({_ERR}), sum(total_tokens), sum(cost_usd), sum({_UNPRICED}) "
-        f"FROM traces{_where(clauses)} GROUP BY {by} ORDER BY n DESC, {by} LIMIT ?"
+        f"FROM {_traces(f)}{_where(clauses)} GROUP BY {by} ORDER BY n DESC, {by} LIMIT ?"
     )
     aggs = {}
     for key, n, errors, total, cost, unpriced in conn.execute(sql, [*params, limit]):
@@ -662,7 +676,7 @@ def breakdown(conn: sqlite3.Connection, f: TraceFilter, by: str, limit: int = 20
             member.append(f"{by} IS NULL")
         b = _DIALECT.bucket("latency_ms")
         sql = (
-            f"SELECT {by}, {b} AS b, count(*), min(latency_ms), max(latency_ms) FROM traces"
+            f"SELECT {by}, {b} AS b, count(*), min(latency_ms), max(latency_ms) FROM {_traces(f)}"
             f"{_where([*clauses, '(' + ' OR '.join(member) + ')', 'latency_ms IS NOT NULL'])} GROUP BY {by}, b"
         )
         for key, bucket, n, lo, hi in conn.execute(sql, [*params, *keys]):
@@ -831,7 +845,7 @@ def _groups(
         more = [after[1], after[2]]
     sql = (
         f"SELECT {column}, count(*), sum({_ERR}), coalesce(sum(total_tokens), 0), sum(cost_usd), sum({_UNPRICED}), "
-        f"min(created_at), max(created_at) AS last_seen FROM traces{_where(clauses)} GROUP BY {column}{having} "
+        f"min(created_at), max(created_at) AS last_seen FROM {_traces(f)}{_where(clauses)} GROUP BY {column}{having} "
         f"ORDER BY last_seen DESC, {column} DESC LIMIT ?"
     )
     rows = [
