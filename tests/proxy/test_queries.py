@@ -531,3 +531,27 @@ def test_read_runner_migrates_a_v1_store(tmp_path: Any) -> None:
     conn.close()
     with ReadRunner(path) as runner:
         assert runner.run_sync(queries.overview, TraceFilter())["latency_ms"]["p50"] == 3.0
+
+
+def test_prysmai_stats_reads_a_v1_store_after_migrating_it(tmp_path: Any, capsys: Any) -> None:
+    import json
+
+    from prysmai._cli import main
+
+    path = str(tmp_path / "v1.db")
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_DDL)
+    conn.executemany(
+        "INSERT INTO traces (id, created_at, method, endpoint, model, status, latency_ms, cost_usd) "
+        "VALUES (?, ?, 'POST', 'chat/completions', 'm', ?, ?, ?)",
+        [("a" * 32, 1.0, "success", 4.0, 0.5), ("b" * 32, 2.0, "error", 8.0, None)],
+    )
+    conn.commit()
+    conn.close()
+    assert main(["stats", "--db", path, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["requests"], stats["errors"], stats["cost_usd"], stats["unpriced_requests"]) == (2, 1, 0.5, 1)
+    assert (stats["latency_p50_ms"], stats["latency_p99_ms"]) == (4.0, 8.0)
+    assert main(["traces", "--db", path, "--json"]) == 0
+    assert [t["id"][0] for t in json.loads(capsys.readouterr().out)] == ["b", "a"]
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
