@@ -28,11 +28,13 @@ QUICK = {
     "sdk": ["--rounds", "6", "--calls", "10", "--stream-calls", "3"],
     "activation": ["--runs", "8", "--warmup", "1", "--instrument-runs", "3"],
     "proxy": ["--rounds", "2", "--seq-requests", "200", "--stream-requests", "20", "--load-requests", "400"],
+    "dashboard": ["--quick"],
 }
 FULL = {
     "sdk": ["--rounds", "60", "--calls", "25", "--stream-calls", "6"],
     "activation": ["--runs", "60"],
     "proxy": ["--rounds", "5"],
+    "dashboard": [],
 }
 
 
@@ -390,7 +392,12 @@ def versions() -> dict[str, str | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a few rounds, no peer: for CI")
-    parser.add_argument("--only", action="append", choices=["sdk", "activation", "proxy"], help="default: all")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["sdk", "activation", "proxy", "dashboard"],
+        help="default: all (dashboard, at 10k/100k/1M traces, only with --only; --quick runs its 2k-trace check)",
+    )
     parser.add_argument("--peer", action="append", choices=["litellm"], default=[])
     parser.add_argument("--openai", action="append", default=[], metavar="VERSION", help="also this openai")
     parser.add_argument("--no-floor", action="store_true", help="skip the bare pass-through targets")
@@ -405,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render([r for r in lines if "header" not in r], lines[0]["header"]))
         return 0
     sizes = QUICK if args.quick else FULL
-    only = args.only or ["sdk", "activation", "proxy"]
+    only = args.only or ["sdk", "activation", "proxy", *(["dashboard"] if args.quick else [])]
     py = sys.executable
     records: list[dict[str, Any]] = []
     ok = True
@@ -426,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             if importlib.util.find_spec("aiohttp") is not None:
                 extra += ["--floor", "aiohttp"]
         ok &= run_bench("proxy", [py, "proxy_overhead.py", *sizes["proxy"], *extra], None, records)
+    if "dashboard" in only:  # its own table (bench/README.md, "Dashboard at scale"), on stderr
+        ok &= run_bench("dashboard", [py, "dashboard_scale.py", *sizes["dashboard"]], None, records)
 
     from _common import loop_name
 

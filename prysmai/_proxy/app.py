@@ -23,14 +23,13 @@ from functools import partial
 from urllib.parse import parse_qs, quote, urlsplit
 
 from .. import _wire
-from . import jsonshape
+from . import jsonshape, queries
 from .capture import Exchange, finalize
 from .config import DEMO_UPSTREAM, ProxyConfig
-from .filters import filters_from_query
 from .keys import KeyRing
 from .pricing import PriceTable
 from .ratelog import RateLimitedLog
-from .store import TraceStore, compute_stats, get_trace, list_traces, open_existing
+from .store import TraceStore
 from .upstream import (
     TIMEOUT_ERRORS,
     TRANSPORT_ERRORS,
@@ -41,6 +40,7 @@ from .upstream import (
     request_headers,
     response_headers,
 )
+from .web import make_dashboard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -147,6 +147,8 @@ class ProxyApp:
         self.client: Upstream | None = None
         self.inflight = 0
         self.warnings = RateLimitedLog(log)  # floods (502s, rejected keys): first line, then summaries
+        #: Every path outside /api/v1: the dashboard (see web/app.py).
+        self.web = make_dashboard(config.db_path, self.keys, self.prices)
 
     def __repr__(self) -> str:
         return f"ProxyApp(upstream={self.config.upstream!r}, db={self.config.db_path!r}, keys={len(self.keys)})"
@@ -162,6 +164,7 @@ class ProxyApp:
             await self.client.aclose()
             self.client = None
         await asyncio.to_thread(self.store.close)
+        await asyncio.to_thread(self.web.runner.close)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -196,11 +199,7 @@ class ProxyApp:
         path: str = scope["path"]
         method: str = scope["method"]
         if not path.startswith(PREFIX):
-            await _respond(
-                send,
-                404,
-                error_body(f"Unknown path {path}; the API lives under /api/v1", "invalid_request_error", "not_found"),
-            )
+            await self.web(scope, receive, send)
             return
         endpoint = path[len(PREFIX) :]
         if endpoint == "health":
@@ -526,28 +525,39 @@ class ProxyApp:
         except ValueError as exc:
             await _respond(send, 400, error_body(str(exc), "invalid_request_error", "invalid_parameter"))
             return
+        except TimeoutError as exc:  # queries.QueryTimeout: the read ran past its time limit
+            await _respond(send, 503, error_body(str(exc), "server_error", "query_timeout"))
+            return
         if result is None:
             await _respond(send, 404, error_body("No such trace", "invalid_request_error", "not_found"))
             return
         await _respond(send, 200, json.dumps(jsonshape.for_endpoint(endpoint, result), ensure_ascii=False).encode())
 
     def _query(self, endpoint: str, query: dict[str, str]) -> Any:
+        """The read API on the query layer (queries.py): read-only connections, time-limited."""
         self.store.flush(2.0)  # read your own writes
-        conn = open_existing(self.config.db_path)
-        if conn is None:  # pragma: no cover - created at startup
-            return {"object": "list", "data": []}
-        try:
-            if endpoint.startswith("traces/"):
-                return get_trace(conn, endpoint[len("traces/") :])
-            filters = filters_from_query(query)
-            if endpoint == "stats":
-                filters.pop("limit", None)
-                stats = compute_stats(conn, **filters)
-                stats["store"] = self.store.counters()
-                return stats
-            return {"object": "list", "data": list_traces(conn, **filters)}
-        finally:
-            conn.close()
+        reader: queries.ReadRunner | None = getattr(self, "_reader", None)
+        if reader is None:  # made on first use (here, in a worker thread: it opens the store)
+            reader = self._reader = queries.ReadRunner(self.config.db_path, migrate=False)
+        if endpoint.startswith("traces/"):
+            return reader.run_sync(queries.get_trace, endpoint[len("traces/") :])
+        f = queries.TraceFilter.from_query(query)
+        if endpoint == "stats":
+            stats = reader.run_sync(queries.stats, f)
+            stats["store"] = self.store.counters()
+            return stats
+        limit = query.get("limit") or "50"
+        if not limit.isdigit():
+            raise ValueError(f"limit must be a whole number from 1 to {queries.MAX_LIMIT}, not {limit!r}")
+        rows, cursor = reader.run_sync(
+            queries.list_traces,
+            f,
+            sort=query.get("sort") or "created_at",
+            descending=query.get("order", "desc") != "asc",
+            cursor=query.get("cursor") or None,
+            limit=int(limit),
+        )
+        return {"object": "list", "data": rows, "next_cursor": cursor}
 
 
 class _TooLarge(Exception):

@@ -50,6 +50,7 @@ essentials:
   stop     Ctrl-C or SIGTERM: in-flight requests finish (up to 10 s), pending traces are written, exit 0.
 
 Full reference: docs/proxy.md and docs/operations.md (systemd, nginx, security) in the source tree and sdist."""
+DEFAULT_UI_PORT = 3001
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -177,7 +178,7 @@ def register(subparsers: Any) -> None:
         dest="traces_command",
         title="one trace",
         metavar="show TRACE_ID",
-        help="one trace in full (the id, or a unique prefix of 6+ characters)",
+        help="one trace in full (the id, or a unique prefix of 8+ characters)",
     )
     show = traces_sub.add_parser("show", description="Print one trace in full.")
     show.add_argument("trace_id", metavar="TRACE_ID")
@@ -205,7 +206,33 @@ def register(subparsers: Any) -> None:
     demo.add_argument(
         "--keep-db", metavar="PATH", help="write the traces to PATH and keep it (default: a temporary store)"
     )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="then keep the proxy and its dashboard running (prints the URL and a key to log in; Ctrl+C stops)",
+    )
     demo.set_defaults(handler=_demo_command)
+
+    ui = subparsers.add_parser(
+        "ui",
+        help="serve the dashboard read-only over an existing trace store (no proxying)",
+        description=(
+            "Serve the web dashboard over an existing trace store, read-only: no requests are proxied and no "
+            "traces are written. Log in with one of the keys given here. See docs/proxy.md, 'The dashboard'."
+        ),
+    )
+    _add_db(ui)
+    ui.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help=f"port (default {DEFAULT_UI_PORT}; 0 = any)")
+    ui.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="sk-prysm-...",
+        help="accept this key to log in (repeatable; also PRYSM_PROXY_KEYS and --keys-file)",
+    )
+    ui.add_argument("--keys-file", metavar="PATH", help="file with one accepted key per line")
+    ui.set_defaults(handler=_ui_command)
 
 
 # -- handlers ------------------------------------------------------------------------------------
@@ -323,6 +350,7 @@ def _run_proxy(args: argparse.Namespace, log: logging.Logger) -> int:
             len(keys),
             db_path,
         )
+        log.info("dashboard at %s://%s:%d/ (log in with a proxy key)", scheme, listen.url_host(args.host), port)
         serve(
             ProxyApp(config, prices),
             sock,
@@ -380,57 +408,63 @@ def _open_store(args: argparse.Namespace) -> tuple[Any, int]:
     return conn, 0
 
 
-def _filters(args: argparse.Namespace) -> dict[str, Any] | None:
-    from .filters import filters_from_args
+def _filters(args: argparse.Namespace) -> Any:
+    """The command's filter flags as a :class:`~.queries.TraceFilter` (``None`` after an error)."""
+    from .queries import TraceFilter
 
+    names = {"model": "model", "user": "user", "session": "session", "status": "status", "since": "since"}
     try:
-        return filters_from_args(args)
+        return TraceFilter.from_query({q: getattr(args, a) for a, q in names.items() if getattr(args, a, None)})
     except ValueError as exc:
-        _fail(args, str(exc), "invalid_parameter", 2)
+        message = str(exc)
+        _fail(args, "--" + message if message.startswith("since:") else message, "invalid_parameter", 2)  # the flag
         return None
 
 
 def _traces_command(args: argparse.Namespace) -> int:
     from . import jsonshape
+    from .queries import TraceFilter, list_traces
     from .report import traces_table
-    from .store import list_traces
 
-    filters = _filters(args)
-    if filters is None:
+    f = _filters(args)
+    if f is None:
         return 2
     conn, status = _open_store(args)
     if conn is None:
         return status
-    with conn:
-        rows = list_traces(conn, limit=args.limit, **filters)
-    conn.close()
+    try:
+        rows, _ = list_traces(conn, f, limit=args.limit)
+    except ValueError as exc:
+        return _fail(args, str(exc), "invalid_parameter", 2)
+    finally:
+        conn.close()
     if args.json:
         print(jsonshape.dumps(jsonshape.trace_list(rows)))
     elif not rows:
-        print("No traces" + (" match these filters." if filters else " yet: send a request through the proxy."))
+        filtered = f != TraceFilter()
+        print("No traces" + (" match these filters." if filtered else " yet: send a request through the proxy."))
     else:
         print(traces_table(rows))
     return 0
 
 
-MIN_PREFIX = 6
-
-
 def _show_command(args: argparse.Namespace) -> int:
     from . import jsonshape
+    from .queries import get_trace
     from .report import trace_detail
-    from .store import get_trace
 
     conn, status = _open_store(args)
     if conn is None:
         return status
-    trace = get_trace(conn, args.trace_id)
-    conn.close()
+    try:
+        trace = get_trace(conn, args.trace_id)
+    except ValueError as exc:  # a prefix too short, or matching several traces
+        code = "prefix_too_short" if "too short" in str(exc) else "ambiguous_prefix"
+        return _fail(args, str(exc), code, 2)
+    finally:
+        conn.close()
     if trace is None:
-        if len(args.trace_id) < MIN_PREFIX:
-            message = f"prefix too short: give the trace id, or at least {MIN_PREFIX} of its first characters"
-            return _fail(args, message, "prefix_too_short", 2)
-        message = f"no trace {args.trace_id!r} (give the id, or a unique prefix of {MIN_PREFIX}+ characters)"
+        message = f"no trace {args.trace_id!r} (give the id, or a unique prefix of 8+ characters)"
         return _fail(args, message, "not_found", 1)
     print(jsonshape.dumps(jsonshape.trace(trace)) if args.json else trace_detail(trace))
     return 0
@@ -438,23 +472,28 @@ def _show_command(args: argparse.Namespace) -> int:
 
 def _stats_command(args: argparse.Namespace) -> int:
     from . import jsonshape
-    from .report import stats_text
-    from .store import compute_stats
+    from .queries import TraceFilter, stats
 
-    filters = _filters(args)
-    if filters is None:
+    # Aggregated by SQLite from the hourly rollups (queries.py): constant memory, whatever the store's size.
+    from .report import stats_text
+
+    f = _filters(args)
+    if f is None:
         return 2
     conn, status = _open_store(args)
     if conn is None:
         return status
-    stats = compute_stats(conn, **filters)
-    conn.close()
+    try:
+        result = stats(conn, f)
+    finally:
+        conn.close()
     if args.json:
-        print(jsonshape.dumps(jsonshape.stats(stats)))
-    elif not stats["requests"]:
-        print("No traces" + (" match these filters." if filters else " yet: send a request through the proxy."))
+        print(jsonshape.dumps(jsonshape.stats(result)))
+    elif not result["requests"]:
+        filtered = f != TraceFilter()
+        print("No traces" + (" match these filters." if filtered else " yet: send a request through the proxy."))
     else:
-        print(stats_text(stats))
+        print(stats_text(result))
     return 0
 
 
@@ -464,4 +503,55 @@ def _demo_command(args: argparse.Namespace) -> int:
         return 2
     from .demo import run_demo
 
-    return run_demo(real=args.real, keep_db=args.keep_db, model=args.model)
+    return run_demo(real=args.real, keep_db=args.keep_db, model=args.model, serve=args.serve)
+
+
+def _ui_command(args: argparse.Namespace) -> int:
+    if not _has_extra():
+        _err(EXTRA_MESSAGE)
+        return 2
+    from .keys import KeyConfigError, collect_keys, generate_key
+    from .store import StoreError, open_existing
+
+    db_path = args.db or default_db_path()
+    if not os.path.exists(db_path):
+        _err(f"no trace store at {db_path} (give --db PATH; `prysmai proxy` creates one)")
+        return 1
+    try:
+        keys = collect_keys(args.key, args.keys_file)
+    except (KeyConfigError, OSError) as exc:
+        _err(f"key configuration: {exc}")
+        return 2
+    try:
+        # Brings a store written by an older prysmai to the current schema (its traces are kept as
+        # they are); the dashboard itself only reads, on read-only connections.
+        conn = open_existing(db_path)
+    except (StoreError, OSError) as exc:
+        _err(str(exc))
+        return 1
+    if conn is None:
+        _err(f"{db_path} holds no traces table (is it a prysmai trace store?)")
+        return 1
+    conn.close()
+    if not keys:
+        keys = [generate_key()]
+        print(
+            "prysmai ui: no key configured (--key, PRYSM_PROXY_KEYS or --keys-file); "
+            f"log in with this generated key (this run only):\n\n    {keys[0]}\n",
+            file=sys.stderr,
+        )
+    from .web.standalone import serve_read_only
+
+    port = args.port
+    if port == 0:  # pick it now so the banner can name it
+        import socket
+
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+            probe.bind((args.host, 0))
+            port = probe.getsockname()[1]
+    if args.host not in _LOOPBACK:
+        print(f"prysmai ui: listening on {args.host}, reachable from other machines.", file=sys.stderr)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"prysmai ui: dashboard at http://{host}:{port}/ (read-only) over {db_path}", file=sys.stderr)
+    serve_read_only(db_path, keys, args.host, port)
+    return 0

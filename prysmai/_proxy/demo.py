@@ -58,8 +58,57 @@ def sample_app(model: str, say: Any = print) -> None:
             )
         say(f"  as {user:<10}  -> {r.choices[0].message.content}")
 
+    # A tool call and its answer, in alice's session.
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "search_docs",
+                "description": "Search the documentation",
+                "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+            },
+        }
+    ]
+    with prysmai.prysm_context(user_id="alice", session_id="session-a1", metadata={"feature": "search"}):
+        turn: list[Any] = [
+            {"role": "system", "content": "You answer from the docs."},
+            {"role": "user", "content": "How do I see my traces?"},
+        ]
+        r = client.chat.completions.create(model=model, messages=turn, tools=tools)  # type: ignore[arg-type]
+        call = (r.choices[0].message.tool_calls or [])[0]
+        say(f"  tool call      -> {call.function.name}({call.function.arguments})")  # type: ignore[union-attr]
+        turn += [
+            r.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "Open the dashboard: prysmai demo --serve"},
+        ]
+        r = client.chat.completions.create(model=model, messages=turn, tools=tools)  # type: ignore[arg-type]
+        say(f"  tool result    -> {r.choices[0].message.content}")
 
-def run_demo(real: bool = False, keep_db: str | None = None, model: str | None = None) -> int:
+    try:  # an error: the provider refuses a request without messages
+        client.chat.completions.create(model=model, messages=[])
+    except openai.BadRequestError as exc:
+        say(f"  bad request    -> {exc.status_code} (captured as an error trace)")
+
+
+def _keep_serving(url: str, key: str) -> None:
+    """``--serve``: keep the proxy and its dashboard up until Ctrl+C (or SIGTERM)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    print(f"\nDashboard: {url}/  (log in with the demo's key: {key})", flush=True)
+    print(f"The proxy stays up at {url}/api/v1; Ctrl+C stops it and prints the captured traces.", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(real: bool = False, keep_db: str | None = None, model: str | None = None, serve: bool = False) -> int:
     import prysmai
 
     upstream_key = os.environ.get(UPSTREAM_KEY_ENV) or None
@@ -92,6 +141,9 @@ def run_demo(real: bool = False, keep_db: str | None = None, model: str | None =
                 sample_app(model)
             finally:
                 prysmai.uninstrument()
+            if serve:
+                server.app.store.flush(10.0)
+                _keep_serving(server.url, key)
         # Stopping the server wrote every pending trace.
         conn = open_existing(db_path)
         if conn is None:  # pragma: no cover
@@ -108,6 +160,8 @@ def run_demo(real: bool = False, keep_db: str | None = None, model: str | None =
             print(f"\n(Offline model: costs are what {model} would have cost for these token counts.)")
         if keep_db:
             print(f"\nTraces kept in {db_path}: try `prysmai traces --db {db_path}`.")
+        if not serve:
+            print("\nSee them in the browser: `prysmai demo --serve` keeps the proxy and its dashboard up.")
         print("\nNext: `prysmai proxy` serves this for real; `prysmai proxy --help` has the essentials.")
         return 0
     finally:

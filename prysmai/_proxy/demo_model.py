@@ -112,7 +112,14 @@ class DemoUpstream:
         if endpoint == "completions":
             prompt = _text_of(doc.get("prompt"))
         else:
-            prompt = _text_of((doc.get("messages") or [{}])[-1].get("content"))
+            messages = doc.get("messages")
+            if not isinstance(messages, list) or not messages:
+                # As the real API does: a request without messages is a client error.
+                return _error(400, "'messages' must contain at least one message.", "invalid_value")
+            last = messages[-1] if isinstance(messages[-1], dict) else {}
+            if doc.get("tools") and last.get("role") == "user" and not doc.get("stream"):
+                return self._tool_call(doc, model, seed, _text_of(last.get("content")))
+            prompt = _text_of(last.get("content"))
         return self._chat(doc, model, seed, prompt, endpoint == "completions")
 
     async def aclose(self) -> None:
@@ -136,6 +143,31 @@ class DemoUpstream:
                 "data": data,
                 "model": model,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
+
+    def _tool_call(self, body: dict[str, Any], model: str, seed: str, prompt: str) -> _Answer:
+        """Given tools and a user's turn, the demo model calls the first tool with the user's words."""
+        tool = body["tools"][0] if isinstance(body["tools"], list) and body["tools"] else {}
+        name = str((tool.get("function") or {}).get("name") or "tool") if isinstance(tool, dict) else "tool"
+        call = {
+            "id": "call_" + seed[:12],
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps({"query": prompt})},
+        }
+        usage = {"prompt_tokens": _tokens(prompt) + 30, "completion_tokens": 12}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        message = {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}
+        choice = {"index": 0, "message": message, "finish_reason": "tool_calls", "logprobs": None}
+        return _json(
+            200,
+            {
+                "id": "chatcmpl-" + seed,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
             },
         )
 

@@ -9,8 +9,6 @@ A full queue drops the trace, counts it (``dropped``) and logs it at most every 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import queue
@@ -19,15 +17,15 @@ import threading
 import time
 
 from . import private_files
+from .migrations import SCHEMA_VERSION, ensure_functions, migrate, version
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable
     from typing import Any
 
 log = logging.getLogger("prysmai.proxy")
 
-SCHEMA_VERSION = 1
 COLUMNS = (
     "id",  # ours: uuid4 hex, never the provider's id
     "created_at",  # unix time (seconds, float) at which the proxy received the request
@@ -52,39 +50,8 @@ COLUMNS = (
     "notes",  # JSON array of strings (e.g. malformed metadata)
     "response_model",  # the model the provider says answered
     "provider_request_id",  # the provider's x-request-id, for cross-reference only
+    "key_id",  # which accepted key sent it (an id derived from the key, never the key); schema 2
 )
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS traces (
-    id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    method TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    model TEXT,
-    stream INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL,
-    http_status INTEGER,
-    latency_ms REAL,
-    ttft_ms REAL,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    total_tokens INTEGER,
-    cost_usd REAL,
-    request_body TEXT,
-    response_body TEXT,
-    error TEXT,
-    user_id TEXT,
-    session_id TEXT,
-    metadata TEXT,
-    notes TEXT,
-    response_model TEXT,
-    provider_request_id TEXT
-);
-CREATE INDEX IF NOT EXISTS traces_created_at ON traces (created_at);
-CREATE INDEX IF NOT EXISTS traces_model ON traces (model, created_at);
-CREATE INDEX IF NOT EXISTS traces_user ON traces (user_id, created_at);
-CREATE INDEX IF NOT EXISTS traces_session ON traces (session_id, created_at);
-PRAGMA user_version = {SCHEMA_VERSION};
-"""
 _INSERT = f"INSERT INTO traces ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _STOP = object()
 _BATCH = 512
@@ -99,7 +66,24 @@ class StoreError(RuntimeError):
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 10000")
+    ensure_functions(conn)  # the rollup triggers call ln()
     return conn
+
+
+def _refuse_newer(conn: sqlite3.Connection, path: str) -> None:
+    found = version(conn)
+    if found > SCHEMA_VERSION:
+        conn.close()
+        raise StoreError(
+            f"{path} has trace schema version {found}, newer than this prysmai "
+            f"understands ({SCHEMA_VERSION}); upgrade prysmai or use another --db"
+        )
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    before, after = migrate(conn)
+    if before not in (0, after):
+        log.info("trace store %s migrated in place from schema %d to %d", path, before, after)
 
 
 def open_db(path: str) -> sqlite3.Connection:
@@ -107,29 +91,27 @@ def open_db(path: str) -> sqlite3.Connection:
     private_files.prepare(path)  # 0600 in a 0700 directory, before SQLite creates anything
     try:
         conn = _connect(path)
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            conn.close()
-            raise StoreError(
-                f"{path} has trace schema version {version}, newer than this prysmai "
-                f"understands ({SCHEMA_VERSION}); upgrade prysmai or use another --db"
-            )
+        _refuse_newer(conn, path)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(_SCHEMA)
+        _migrate(conn, path)  # a store of an earlier prysmai is upgraded in place, never refused
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"cannot open the trace store {path}: {exc}") from None
     return conn
 
 
 def open_existing(path: str) -> sqlite3.Connection | None:
-    """Open an existing store for reading; ``None`` if there is none at ``path``."""
+    """Open an existing store for reading (migrating an older schema in place first); ``None``
+    if there is none at ``path``."""
     if not os.path.exists(path):
         return None
     try:
         conn = _connect(path)
-        conn.execute("PRAGMA user_version").fetchone()
         has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'traces'").fetchone()
+        if has_table:
+            _refuse_newer(conn, path)
+            if version(conn) < SCHEMA_VERSION:
+                _migrate(conn, path)
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"cannot read the trace store {path}: {exc}") from None
     if not has_table:
@@ -276,113 +258,33 @@ class TraceStore:
         return ok, bad
 
 
-# -- queries (CLI and HTTP read API) -------------------------------------------------------------
-_SUMMARY_COLUMNS = (
-    "id, created_at, method, endpoint, model, stream, status, http_status, latency_ms, ttft_ms, "
-    "prompt_tokens, completion_tokens, total_tokens, cost_usd, user_id, session_id, metadata, notes, error"
-)
-
-
-def _where(
-    model: str | None = None,
-    user: str | None = None,
-    session: str | None = None,
-    status: str | None = None,
-    since: float | None = None,
-) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (("model", model), ("user_id", user), ("session_id", session), ("status", status)):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if since is not None:
-        clauses.append("created_at >= ?")
-        params.append(since)
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-
-def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
-    out = dict(row)
-    if "stream" in out:
-        out["stream"] = bool(out["stream"])
-    for key in ("metadata", "notes"):
-        if out.get(key):
-            with contextlib.suppress(ValueError):
-                out[key] = json.loads(out[key])
-    return out
-
-
+# -- reads: thin wrappers over the query layer (.queries), kept for the CLI's and demo's callers ----
 def list_traces(conn: sqlite3.Connection, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
-    """Newest first, summary columns only (no bodies)."""
-    where, params = _where(**filters)
-    sql = f"SELECT {_SUMMARY_COLUMNS} FROM traces{where} ORDER BY created_at DESC, rowid DESC LIMIT ?"
-    return [_row_dict(r) for r in conn.execute(sql, [*params, max(0, limit)])]
+    """Newest first, without bodies; ``filters`` are :class:`~.queries.TraceFilter` fields."""
+    from . import queries
+
+    return queries.list_traces(conn, _filter(filters), limit=limit)[0]
 
 
 def get_trace(conn: sqlite3.Connection, trace_id: str) -> dict[str, Any] | None:
-    """One trace in full, by id or by a unique id prefix (at least 6 characters)."""
-    row = conn.execute("SELECT * FROM traces WHERE id = ?", (trace_id,)).fetchone()
-    if row is None and len(trace_id) >= 6 and all(c in "0123456789abcdef" for c in trace_id):
-        rows = conn.execute("SELECT * FROM traces WHERE id LIKE ? LIMIT 2", (trace_id + "%",)).fetchall()
-        row = rows[0] if len(rows) == 1 else None
-    return None if row is None else _row_dict(row)
+    """One trace in full, by id or unique id prefix (``None`` if there is no such trace)."""
+    from . import queries
 
-
-def percentile(sorted_values: Sequence[float], pct: float) -> float | None:
-    """Nearest-rank percentile of an ascending sequence."""
-    if not sorted_values:
+    try:
+        return queries.get_trace(conn, trace_id)
+    except ValueError:
         return None
-    rank = max(1, -(-len(sorted_values) * pct // 100))  # ceil
-    return sorted_values[int(rank) - 1]
-
-
-def _summarise(rows: Iterable[sqlite3.Row]) -> dict[str, Any]:
-    latencies: list[float] = []
-    ttfts: list[float] = []
-    out: dict[str, Any] = {
-        "requests": 0,
-        "errors": 0,
-        "prompt_tokens": 0,
-        "completion_tokens": 0,
-        "total_tokens": 0,
-        "cost_usd": 0.0,
-        "unpriced_requests": 0,
-    }
-    for r in rows:
-        out["requests"] += 1
-        if r["status"] != "success":
-            out["errors"] += 1
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            out[key] += r[key] or 0
-        if r["cost_usd"] is None:
-            out["unpriced_requests"] += 1
-        else:
-            out["cost_usd"] += r["cost_usd"]
-        if r["latency_ms"] is not None:
-            latencies.append(r["latency_ms"])
-        if r["ttft_ms"] is not None:
-            ttfts.append(r["ttft_ms"])
-    latencies.sort()
-    ttfts.sort()
-    out["error_rate"] = out["errors"] / out["requests"] if out["requests"] else 0.0
-    out["latency_p50_ms"] = percentile(latencies, 50)
-    out["latency_p95_ms"] = percentile(latencies, 95)
-    out["ttft_p50_ms"] = percentile(ttfts, 50)
-    return out
 
 
 def compute_stats(conn: sqlite3.Connection, **filters: Any) -> dict[str, Any]:
-    """Totals and a per-model breakdown (``errors`` counts every status but success)."""
-    where, params = _where(**filters)
-    sql = (
-        "SELECT model, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, total_tokens, "
-        f"cost_usd FROM traces{where}"
-    )
-    rows = conn.execute(sql, params).fetchall()
-    by_model: dict[str, list[sqlite3.Row]] = {}
-    for r in rows:
-        by_model.setdefault(r["model"] or "(none)", []).append(r)
-    stats = _summarise(rows)
-    stats["by_model"] = {m: _summarise(rs) for m, rs in sorted(by_model.items())}
-    return stats
+    """Totals and a per-model breakdown, as ``prysmai stats --json`` prints them."""
+    from . import queries
+
+    return queries.stats(conn, _filter(filters))
+
+
+def _filter(filters: dict[str, Any]) -> Any:
+    from .queries import TraceFilter
+
+    renamed = {"user": "user_id", "session": "session_id", "key": "key_id"}
+    return TraceFilter(**{renamed.get(k, k): v for k, v in filters.items()})

@@ -184,10 +184,16 @@ def test_demo_runs_offline(capsys: Any, tmp_path: Any) -> None:
     keep = str(tmp_path / "demo.db")
     code, out, _ = run_cli(capsys, "demo", "--keep-db", keep)
     assert code == 0, out
-    assert "Captured 5 trace(s)" in out and "plain call" in out and "streamed call" in out and "async call" in out
+    assert "Captured 8 trace(s)" in out and "plain call" in out and "streamed call" in out and "async call" in out
+    assert "tool call      -> search_docs(" in out and "bad request    -> 400" in out
     traces = read_traces(keep)
-    assert len(traces) == 5
-    assert [t["user_id"] for t in traces][-2:] == ["alice", "bob"]
-    assert sum(t["stream"] for t in traces) == 1 and all(t["status"] == "success" for t in traces)
-    assert all(t["total_tokens"] and t["cost_usd"] for t in traces)
-    assert "Requests      5" in out and "OPENAI_BASE_URL" not in os.environ
+    assert len(traces) == 8
+    assert [t["user_id"] for t in traces][3:7] == ["alice", "bob", "alice", "alice"]
+    assert sum(t["stream"] for t in traces) == 1
+    assert [t["status"] for t in traces] == ["success"] * 7 + ["error"]
+    assert traces[-1]["http_status"] == 400 and "at least one message" in traces[-1]["error"]
+    tool_call = json.loads(traces[5]["response_body"])["choices"][0]["message"]["tool_calls"][0]
+    assert tool_call["function"]["name"] == "search_docs"
+    assert json.loads(traces[6]["request_body"])["messages"][-1]["role"] == "tool"
+    assert all(t["total_tokens"] and t["cost_usd"] for t in traces[:7])
+    assert "Requests      8" in out and "OPENAI_BASE_URL" not in os.environ

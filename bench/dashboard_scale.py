@@ -1,0 +1,564 @@
+"""The dashboard's queries at scale: stores of 10 k, 100 k and 1 M traces written by the real writer.
+
+For each size it fills a store through :class:`prysmai._proxy.store.TraceStore` (the proxy's writer
+thread, batches, schema-2 triggers and indexes) with varied traces spread over 30 days, then times
+the query layer (``prysmai._proxy.queries``) through a :class:`ReadRunner` as the dashboard and the
+read API call it -- overview (24 h, 7 d, all), the overview page's full set of queries, trace lists
+with and without filters, trace detail, the session page, session and user lists -- with the
+extra peak memory of each, and ``prysmai stats`` as a subprocess (wall time, peak RSS). It also times
+the in-place migration of a store that prysmai 0.1.0 wrote (schema 1) at the largest size, and the
+proxy's sequential added latency with and without a dashboard-like client calling the read API
+every 2 s against the largest store (rounds interleaved, added = proxy - direct within a round).
+
+    python bench/dashboard_scale.py                      # 10k, 100k, 1M (~25 min; ~6 GB in --workdir)
+    python bench/dashboard_scale.py --quick              # 2k traces, no migration/proxy parts (~20 s)
+
+One JSON line per measurement on stdout; a Markdown table on stderr (and ``--table-out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from _common import BENCH_DIR, PRYSM_KEY, REPO_DIR, emit, machine_info, median
+
+sys.path.insert(0, str(REPO_DIR))
+
+from prysmai._proxy import queries
+from prysmai._proxy.migrations import V1
+from prysmai._proxy.queries import ReadRunner, TraceFilter
+from prysmai._proxy.store import COLUMNS, TraceStore, open_db
+
+DAY = 86400.0
+SPAN_DAYS = 30
+MODELS = [  # (model, share, $ per 1k tokens or None = unpriced)
+    ("gpt-4o-mini", 0.45, 0.0006),
+    ("gpt-4o", 0.2, 0.01),
+    ("gpt-4.1", 0.1, 0.008),
+    ("o3-mini", 0.1, 0.0044),
+    ("text-embedding-3-small", 0.1, 0.00002),
+    ("local-llama", 0.05, None),
+]
+TARGETS_MS = {"overview": 300.0, "list": 100.0, "detail": 50.0}
+WORDS = [
+    "the",
+    "a",
+    "to",
+    "of",
+    "and",
+    "in",
+    "is",
+    "it",
+    "you",
+    "that",
+    "for",
+    "on",
+    "with",
+    "as",
+    "this",
+    "be",
+    "are",
+    "not",
+    "can",
+    "your",
+    "have",
+    "at",
+    "from",
+]
+
+
+# -- data -------------------------------------------------------------------------------------------
+def make_rows(n: int, now: float, seed: int = 1) -> Any:
+    """``n`` trace rows, oldest first, over the last 30 days: 6 models (one unpriced), 3 endpoints,
+    1000 users (Zipf-like; 10 % anonymous), sessions of 6-hour windows per user, 4 statuses,
+    40 % streamed (with TTFT), metadata with 3 keys, bodies of 0.2-2 KB."""
+    rng = random.Random(seed)
+    start = now - SPAN_DAYS * DAY
+    step = SPAN_DAYS * DAY / n
+    models = [m for m, _, _ in MODELS]
+    weights = [w for _, w, _ in MODELS]
+    prices = {m: p for m, _, p in MODELS}
+    users = [f"user-{i:04d}" for i in range(1000)]
+    user_w = [1 / (i + 1) ** 0.8 for i in range(1000)]
+    keys = ["key_a1b2c3d4e5f6", "key_0f1e2d3c4b5a", "key_9a8b7c6d5e4f"]
+    for i in range(n):
+        t = start + i * step + rng.random() * step
+        model = rng.choices(models, weights)[0]
+        endpoint = (
+            "embeddings" if model.startswith("text-embedding") else rng.choice(["chat/completions"] * 9 + ["responses"])
+        )
+        stream = endpoint != "embeddings" and rng.random() < 0.4
+        r = rng.random()
+        status = "success" if r < 0.96 else "error" if r < 0.99 else "timeout" if r < 0.995 else "cancelled"
+        latency = rng.lognormvariate(6.2, 0.9) if status != "timeout" else 600_000.0
+        prompt = rng.randint(20, 3000)
+        completion = 0 if endpoint == "embeddings" or status != "success" else rng.randint(5, 800)
+        user = None if rng.random() < 0.1 else rng.choices(users, user_w)[0]
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 300)))
+        price = prices[model]
+        yield {
+            "id": f"{rng.getrandbits(128):032x}",
+            "created_at": t,
+            "method": "POST",
+            "endpoint": endpoint,
+            "model": model,
+            "stream": int(stream),
+            "status": status,
+            "http_status": 200
+            if status == "success"
+            else 400
+            if status == "error"
+            else 504
+            if status == "timeout"
+            else 499,
+            "latency_ms": latency,
+            "ttft_ms": latency * rng.uniform(0.05, 0.5) if stream and status == "success" else None,
+            "prompt_tokens": prompt if status == "success" else None,
+            "completion_tokens": completion if status == "success" else None,
+            "total_tokens": prompt + completion if status == "success" else None,
+            "cost_usd": None if price is None or status != "success" else (prompt + completion) / 1000 * price,
+            "request_body": json.dumps({"model": model, "messages": [{"role": "user", "content": words}]}),
+            "response_body": json.dumps({"choices": [{"message": {"role": "assistant", "content": words[::-1]}}]})
+            if status == "success"
+            else None,
+            "error": None if status == "success" else f"upstream said {status}",
+            "user_id": user,
+            "session_id": None if user is None else f"sess-{user}-{int(t // (6 * 3600))}",
+            "metadata": json.dumps(
+                {
+                    "env": rng.choice(["prod"] * 8 + ["staging", "dev"]),
+                    "feature": f"f{rng.randint(1, 20)}",
+                    "tier": rng.randint(1, 3),
+                }
+            ),
+            "notes": None,
+            "response_model": model,
+            "provider_request_id": f"req_{rng.getrandbits(64):016x}",
+            "key_id": rng.choice(keys),
+        }
+
+
+def fill(path: Path, n: int, now: float) -> dict[str, Any]:
+    """Write ``n`` traces through the real writer thread, keeping its queue below capacity."""
+    store = TraceStore(str(path), lambda row: row, queue_size=20_000)
+    store.open()
+    start = time.perf_counter()
+    for row in make_rows(n, now):
+        while store.pending > 15_000:
+            time.sleep(0.002)
+        if not store.submit(row):
+            raise RuntimeError("the writer dropped a trace while filling")
+    store.close(timeout=600)
+    seconds = time.perf_counter() - start
+    if store.written != n:
+        raise RuntimeError(f"wrote {store.written} of {n} traces")
+    return {"seconds": round(seconds, 2), "rows_per_s": round(n / seconds), "db_mb": round(_size_mb(path), 1)}
+
+
+def fill_v1(path: Path, n: int, now: float, source: Path | None = None) -> None:
+    """A store exactly as prysmai 0.1.0 wrote it (its DDL, schema 1, no key_id): the rows of
+    ``source`` copied by SQLite when it holds ``n`` traces (fast), else generated."""
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.executescript(V1 + "PRAGMA user_version = 1;")
+    columns = COLUMNS[: COLUMNS.index("provider_request_id") + 1]
+    names = ", ".join(columns)
+    if source is not None and source.exists():
+        conn.execute("ATTACH DATABASE ? AS src", (str(source),))
+        if conn.execute("SELECT count(*) FROM src.traces").fetchone()[0] == n:
+            conn.execute(f"INSERT INTO traces ({names}) SELECT {names} FROM src.traces ORDER BY created_at")
+            conn.execute("DETACH DATABASE src")
+            conn.close()
+            return
+        conn.execute("DETACH DATABASE src")
+    sql = f"INSERT INTO traces ({names}) VALUES ({', '.join('?' * len(columns))})"
+    batch: list[tuple[Any, ...]] = []
+    conn.execute("BEGIN")
+    for row in make_rows(n, now):
+        batch.append(tuple(row[c] for c in columns))
+        if len(batch) == 5000:
+            conn.executemany(sql, batch)
+            batch.clear()
+    conn.executemany(sql, batch)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def _size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 1e6
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+def _sqlite_highwater() -> Any:
+    """SQLite's own ``sqlite3_memory_highwater`` (heap in use at its peak, all connections of
+    this process), reached through the library the ``sqlite3`` module loaded; ``None`` if hidden."""
+    try:
+        import _sqlite3
+
+        fn = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_highwater
+    except (ImportError, OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_int]
+    return fn
+
+
+_HIGHWATER = _sqlite_highwater()
+
+
+def measure(runner: ReadRunner, fn: Any, *args: Any, repeat: int = 5, **kw: Any) -> dict[str, Any]:
+    """Server time: the first run (cold-ish) and the median of ``repeat`` more. Memory, in one more
+    run: Python's peak allocations (tracemalloc) plus SQLite's heap at its peak."""
+    t0 = time.perf_counter()
+    runner.run_sync(fn, *args, **kw)
+    first = (time.perf_counter() - t0) * 1000
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        runner.run_sync(fn, *args, **kw)
+        times.append((time.perf_counter() - t0) * 1000)
+    if _HIGHWATER is not None:
+        _HIGHWATER(1)  # reset the peak to what is in use now (page caches of open connections)
+    tracemalloc.start()
+    runner.run_sync(fn, *args, **kw)
+    python_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    sqlite_peak = _HIGHWATER(0) if _HIGHWATER is not None else float("nan")
+    return {
+        "first_ms": round(first, 2),
+        "ms": round(median(times), 2),
+        "max_ms": round(max(times), 2),
+        "peak_mb": round((python_peak + sqlite_peak) / 1e6, 1),
+        "python_peak_mb": round(python_peak / 1e6, 2),
+        "sqlite_peak_mb": round(sqlite_peak / 1e6, 2),
+    }
+
+
+def overview_page(conn: sqlite3.Connection, f: TraceFilter) -> Any:
+    """What the dashboard's overview page asks for: totals, a time series and four breakdowns."""
+    bucket = queries.pick_bucket(f.since, f.until)
+    return (
+        queries.overview(conn, f),
+        queries.timeseries(conn, f, bucket),
+        [queries.breakdown(conn, f, by, 10) for by in queries.BREAKDOWNS],
+    )
+
+
+def list_pages(conn: sqlite3.Connection, f: TraceFilter, pages: int) -> Any:
+    cursor = None
+    for _ in range(pages):
+        _, cursor = queries.list_traces(conn, f, cursor=cursor, limit=50)
+    return cursor
+
+
+def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
+    runner = ReadRunner(str(path), time_limit=120.0)  # measure, don't cut (the default is 1.5 s)
+    last24, last7 = TraceFilter(since=now - DAY), TraceFilter(since=now - 7 * DAY)
+    every = TraceFilter()
+    probe = runner.run_sync(
+        lambda c: c.execute(
+            "SELECT id, session_id FROM traces WHERE session_id IS NOT NULL ORDER BY created_at DESC LIMIT 1 OFFSET 500"
+        ).fetchone()
+    )
+    trace_id, session = probe[0], probe[1]
+    cases: list[tuple[str, str, Any, tuple[Any, ...], dict[str, Any]]] = [
+        ("overview", "overview 24 h", queries.overview, (last24,), {}),
+        ("overview", "overview 7 d", queries.overview, (last7,), {}),
+        ("overview", "overview all", queries.overview, (every,), {}),
+        ("page", "overview page 24 h (overview + series + 4 breakdowns)", overview_page, (last24,), {}),
+        ("page", "overview page 7 d", overview_page, (last7,), {}),
+        ("page", "overview page all", overview_page, (every,), {}),
+        (
+            "overview",
+            "overview 7 d, model = gpt-4o",
+            queries.overview,
+            (TraceFilter(since=now - 7 * DAY, model="gpt-4o"),),
+            {},
+        ),
+        (
+            "overview",
+            "overview 7 d, user (raw rows)",
+            queries.overview,
+            (TraceFilter(since=now - 7 * DAY, user_id="user-0003"),),
+            {},
+        ),
+        ("list", "list, newest 50", queries.list_traces, (every,), {}),
+        ("list", "list, page 20 (cursor)", list_pages, (every, 20), {}),
+        ("list", "list, model = local-llama", queries.list_traces, (TraceFilter(model="local-llama"),), {}),
+        ("list", "list, user", queries.list_traces, (TraceFilter(user_id="user-0500"),), {}),
+        ("list", "list, status = timeout", queries.list_traces, (TraceFilter(status="timeout"),), {}),
+        ("list", "list, metadata env = dev", queries.list_traces, (TraceFilter(meta_key="env", meta_value="dev"),), {}),
+        ("list", "list, 24 h, sorted by latency", queries.list_traces, (last24,), {"sort": "latency_ms"}),
+        (
+            "list",
+            "list, all, sorted by cost ascending",
+            queries.list_traces,
+            (every,),
+            {"sort": "cost_usd", "descending": False},
+        ),
+        (
+            "list",
+            "list, 24 h, text search",
+            queries.list_traces,
+            (TraceFilter(since=now - DAY, text="zzz-absent"),),
+            {},
+        ),
+        (
+            "list",
+            "list, all, text search (no match: reads every body)",
+            queries.list_traces,
+            (TraceFilter(text="zzz-absent"),),
+            {},
+        ),
+        ("detail", "detail by id", queries.get_trace, (trace_id,), {}),
+        ("detail", "detail by 8-char prefix", queries.get_trace, (trace_id[:8],), {}),
+        ("detail", "session page (its traces in full)", queries.session_traces, (session,), {}),
+        ("list", "sessions, 24 h", queries.sessions, (last24,), {}),
+        ("list", "users, all", queries.users, (every,), {}),
+    ]
+    out = []
+    try:
+        for kind, name, fn, args, kw in cases:
+            record = {
+                "bench": "dashboard",
+                "kind": kind,
+                "size": size,
+                "name": name,
+                # Reading every body takes seconds at 1 M: time it once more, not five times.
+                **measure(runner, fn, *args, repeat=1 if "every body" in name else 5, **kw),
+            }
+            emit(record)
+            out.append(record)
+    finally:
+        runner.close()
+    return out
+
+
+def cli_stats(path: Path, size: int) -> dict[str, Any]:
+    """``prysmai stats`` over the whole store, as a user runs it: wall time and peak RSS."""
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from prysmai._cli import main; sys.exit(main())",
+        "stats",
+        "--db",
+        str(path),
+    ]
+    walls, rss = [], []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        walls.append(time.perf_counter() - t0)
+        rss.append(usage.ru_maxrss / 1024)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"prysmai stats failed: {proc.stderr.read() if proc.stderr else ''}")
+    record = {
+        "bench": "dashboard",
+        "kind": "cli_stats",
+        "size": size,
+        "wall_s": round(median(walls), 3),
+        "maxrss_mb": round(max(rss), 1),
+    }
+    emit(record)
+    return record
+
+
+# -- the proxy while a dashboard refreshes ------------------------------------------------------------
+def proxy_under_dashboard(path: Path, workdir: Path, rounds: int, requests: int) -> list[dict[str, Any]]:
+    from proxy_overhead import Target, run_client, start_prysm, start_upstream
+
+    upstream, upstream_url = start_upstream(workdir)
+    direct = Target("direct", upstream_url + "/chat/completions", "sk-bench", None)
+    prysm = start_prysm(workdir, upstream_url, path)
+    api = prysm.url.replace("/chat/completions", "")
+    stop = threading.Event()
+    calls: list[float] = []
+
+    def dashboard() -> None:
+        # What an open dashboard asks every 2 s: the all-time and 24 h stats and the newest traces.
+        urls = [f"{api}/stats", f"{api}/stats?since=24h", f"{api}/traces?limit=50"]
+        while not stop.is_set():
+            for url in urls:
+                req = urllib.request.Request(url, headers={"Authorization": f"Bearer {PRYSM_KEY}"})
+                t0 = time.perf_counter()
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    resp.read()
+                calls.append((time.perf_counter() - t0) * 1000)
+            stop.wait(2.0)
+
+    out: list[dict[str, Any]] = []
+    try:
+        seq = ["--mode", "seq", "--requests", str(requests), "--warmup", "50"]
+        for rnd in range(rounds):
+            for with_dashboard in (False, True) if rnd % 2 == 0 else (True, False):
+                thread = None
+                if with_dashboard:
+                    stop.clear()
+                    thread = threading.Thread(target=dashboard, daemon=True)
+                    thread.start()
+                    time.sleep(0.5)
+                base = run_client(direct, seq, timeout=300)
+                got = run_client(prysm, seq, timeout=300)
+                if thread is not None:
+                    stop.set()
+                    thread.join(60)
+                if got.get("errors"):
+                    raise RuntimeError(f"proxy errors: {got}")
+                record = {
+                    "bench": "dashboard",
+                    "kind": "proxy",
+                    "round": rnd,
+                    "dashboard": with_dashboard,
+                    "added_p50_ms": round(got["p50_ms"] - base["p50_ms"], 4),
+                    "added_p99_ms": round(got["p99_ms"] - base["p99_ms"], 4),
+                    "proxy_p99_ms": got["p99_ms"],
+                    "direct_p99_ms": base["p99_ms"],
+                }
+                emit(record)
+                out.append(record)
+        if calls:
+            emit(
+                {
+                    "bench": "dashboard",
+                    "kind": "api_calls",
+                    "n": len(calls),
+                    "median_ms": round(median(calls), 1),
+                    "max_ms": round(max(calls), 1),
+                }
+            )
+    finally:
+        stop.set()
+        prysm.stop()
+        upstream.terminate()
+        upstream.wait(10)
+    return out
+
+
+# -- report -------------------------------------------------------------------------------------------
+def table(records: list[dict[str, Any]], sizes: list[int]) -> str:
+    lines = []
+    queries_ = [r for r in records if r["kind"] in ("overview", "page", "list", "detail")]
+    names = list(dict.fromkeys(r["name"] for r in queries_))
+    head = "| query | " + " | ".join(f"{s:,} traces: ms (first) / peak MB" for s in sizes) + " |"
+    lines += [head, "|---|" + "---:|" * len(sizes)]
+    for name in names:
+        cells = []
+        for s in sizes:
+            r = next((r for r in queries_ if r["name"] == name and r["size"] == s), None)
+            cells.append("" if r is None else f"{r['ms']:.1f} ({r['first_ms']:.0f}) / {r['peak_mb']:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for kind, label in (
+        ("fill", "fill through the writer: s (traces/s), store MB"),
+        ("cli_stats", "`prysmai stats`: wall s / peak RSS MB"),
+    ):
+        cells = []
+        for s in sizes:
+            r = next((r for r in records if r["kind"] == kind and r["size"] == s), None)
+            if r is None:
+                cells.append("")
+            elif kind == "fill":
+                cells.append(f"{r['seconds']:.0f} ({r['rows_per_s']:,}), {r['db_mb']:,.0f}")
+            else:
+                cells.append(f"{r['wall_s']:.2f} / {r['maxrss_mb']:.0f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for r in records:
+        if r["kind"] == "migrate":
+            lines.append(
+                f"\nMigration of a {r['size']:,}-trace schema-1 store (prysmai 0.1.0) to schema 2: {r['seconds']:.1f} s"
+            )
+    proxy = [r for r in records if r["kind"] == "proxy"]
+    if proxy:
+        lines.append("\n| proxy, sequential | added p50 ms | added p99 ms |\n|---|---:|---:|")
+        for flag, label in ((False, "no dashboard"), (True, "dashboard calling the read API every 2 s")):
+            rs = [r for r in proxy if r["dashboard"] is flag]
+            p50, p99 = median([r["added_p50_ms"] for r in rs]), median([r["added_p99_ms"] for r in rs])
+            lines.append(f"| {label} | {p50:.3f} | {p99:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated store sizes")
+    parser.add_argument("--quick", action="store_true", help="one store of 2000 traces; no migration or proxy part")
+    parser.add_argument("--workdir", default=None, help="where the stores go (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="reuse stores already filled in --workdir")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--no-migration", action="store_true")
+    parser.add_argument("--no-proxy", action="store_true")
+    parser.add_argument("--proxy-rounds", type=int, default=4)
+    parser.add_argument("--seq-requests", type=int, default=1000)
+    parser.add_argument("--table-out", default=None)
+    args = parser.parse_args(argv)
+    sizes = [2000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="prysmai-dash-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    records: list[dict[str, Any]] = []
+    emit({"bench": "dashboard", "kind": "machine", **machine_info(), "sqlite": sqlite3.sqlite_version})
+    try:
+        for size in sizes:
+            path = workdir / f"store-{size}.db"
+            marker = workdir / f"store-{size}.done"
+            if args.reuse and marker.exists():
+                now = float(marker.read_text())
+            else:
+                for old in workdir.glob(path.name + "*"):
+                    old.unlink()
+                record = {"bench": "dashboard", "kind": "fill", "size": size, **fill(path, size, now)}
+                marker.write_text(repr(now))
+                emit(record)
+                records.append(record)
+            records += query_suite(path, size, now)
+            records.append(cli_stats(path, size))
+        if not args.quick and not args.no_migration:
+            size = max(sizes)
+            v1 = workdir / f"v1-{size}.db"
+            for old in workdir.glob(v1.name + "*"):
+                old.unlink()
+            fill_v1(v1, size, now, source=workdir / f"store-{size}.db")
+            t0 = time.perf_counter()
+            open_db(str(v1)).close()
+            record = {
+                "bench": "dashboard",
+                "kind": "migrate",
+                "size": size,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+            emit(record)
+            records.append(record)
+            for old in workdir.glob(v1.name + "*"):
+                old.unlink()
+        if not args.quick and not args.no_proxy:
+            records += proxy_under_dashboard(
+                workdir / f"store-{max(sizes)}.db", workdir, args.proxy_rounds, args.seq_requests
+            )
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    text = table(records, sizes)
+    print(text, file=sys.stderr)
+    if args.table_out:
+        Path(args.table_out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(BENCH_DIR)
+    sys.exit(main())

@@ -1,0 +1,97 @@
+// The filter bar. Every filter lives in the page's URL (so a view can be shared or bookmarked);
+// applying filters navigates to the same page with the new query string.
+import { el } from "./dom.js";
+
+export const RANGES = [
+  ["15m", "15 min"],
+  ["1h", "1 hour"],
+  ["24h", "24 hours"],
+  ["7d", "7 days"],
+  ["30d", "30 days"],
+  ["all", "all time"],
+  ["custom", "custom"],
+];
+export const DEFAULT_RANGE = "24h";
+const FIELDS = [
+  ["model", "model"],
+  ["endpoint", "endpoint"],
+  ["user", "user"],
+  ["session", "session"],
+  ["meta", "metadata key=value"],
+  ["q", "text in bodies"],
+];
+
+/** The URL's parameters as the API's query (range -> since; "all" -> no since). */
+export function apiParams(search, extra) {
+  const url = new URLSearchParams(search);
+  const out = {};
+  const since = url.get("since") || DEFAULT_RANGE;
+  if (since !== "all") out.since = since;
+  for (const name of ["until", "model", "endpoint", "status", "user", "session", "key", "meta", "q"]) {
+    const value = url.get(name);
+    if (value) out[name] = value;
+  }
+  return Object.assign(out, extra || {});
+}
+
+function toLocalInput(value) {
+  // An ISO date/time from the URL as the value of a datetime-local input.
+  const d = /^\d+(\.\d+)?$/.test(value) ? new Date(Number(value) * 1000) : new Date(value);
+  if (Number.isNaN(d.getTime())) return "";
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
+
+/** The filter form; `full` adds the per-trace filters (the overview takes them too). */
+export function filterBar(full) {
+  const url = new URLSearchParams(location.search);
+  const since = url.get("since") || DEFAULT_RANGE;
+  const isCustom = !RANGES.some(([v]) => v === since) || Boolean(url.get("until"));
+  const range = el("select", { name: "range", id: "f-range", "aria-label": "time range" },
+    RANGES.map(([value, label]) => el("option", { value, selected: (isCustom ? value === "custom" : value === since) }, label)));
+  const from = el("input", { type: "datetime-local", id: "f-since", "aria-label": "from" });
+  const to = el("input", { type: "datetime-local", id: "f-until", "aria-label": "until" });
+  if (isCustom) {
+    from.value = toLocalInput(since);
+    to.value = url.get("until") ? toLocalInput(url.get("until")) : "";
+  }
+  const custom = el("span", { class: "custom-range" }, from, " – ", to);
+  custom.hidden = !isCustom;
+  range.addEventListener("change", () => {
+    custom.hidden = range.value !== "custom";
+    if (range.value !== "custom") form.requestSubmit();
+  });
+  const inputs = {};
+  const controls = [el("label", { class: "field" }, "Range ", range), custom];
+  if (full) {
+    const status = el("select", { id: "f-status", name: "status", "aria-label": "status" },
+      ["", "success", "error", "timeout", "cancelled"].map((s) =>
+        el("option", { value: s, selected: (url.get("status") || "") === s }, s || "any status")));
+    inputs.status = status;
+    controls.push(status);
+    for (const [name, label] of FIELDS) {
+      const input = el("input", { type: "search", id: "f-" + name, placeholder: label, "aria-label": label });
+      input.value = url.get(name) || "";
+      inputs[name] = input;
+      controls.push(input);
+    }
+  }
+  const form = el("form", { class: "filters", id: "filters" }, controls, el("button", { type: "submit" }, "Apply"));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const next = new URLSearchParams();
+    if (range.value === "custom") {
+      // Unix seconds: unambiguous whatever the browser's or the server's time zone.
+      if (from.value) next.set("since", String(Math.floor(new Date(from.value).getTime() / 1000)));
+      if (to.value) next.set("until", String(Math.floor(new Date(to.value).getTime() / 1000)));
+    } else if (range.value !== DEFAULT_RANGE) {
+      next.set("since", range.value);
+    }
+    for (const [name, input] of Object.entries(inputs)) if (input.value) next.set(name, input.value.trim());
+    // Keep the sort of the traces table; a new filter starts from the first page.
+    for (const keep of ["sort", "order", "limit", "refresh", "key"]) if (url.get(keep)) next.set(keep, url.get(keep));
+    const query = next.toString();
+    location.assign(location.pathname + (query ? "?" + query : ""));
+  });
+  return form;
+}

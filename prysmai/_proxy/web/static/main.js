@@ -1,0 +1,33 @@
+// The router: one page shell, a module per page, chosen by the path.
+import { getJSON } from "./api.js";
+import { el } from "./dom.js";
+import { render as overview } from "./overview.js";
+import { render as traces } from "./traces.js";
+import { renderSession, renderTrace } from "./trace.js";
+import { renderSessions, renderUsers } from "./users.js";
+
+async function route() {
+  const main = document.getElementById("main");
+  const path = location.pathname;
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  const section = parts[0] || "overview";
+  for (const a of document.querySelectorAll("nav a")) {
+    if (a.dataset.nav === section) a.setAttribute("aria-current", "page");
+  }
+  let me = null;
+  try {
+    me = await getJSON("me");
+  } catch {
+    return;
+  }
+  if (me.read_only) document.querySelector(".brand").append(el("span", { class: "ro" }, " read-only"));
+  if (section === "overview") await overview(main);
+  else if (section === "traces" && parts.length === 1) await traces(main);
+  else if (section === "traces") await renderTrace(main, parts[1], me);
+  else if (section === "sessions" && parts.length === 1) await renderSessions(main);
+  else if (section === "sessions") await renderSession(main, parts.slice(1).join("/"));
+  else if (section === "users") await renderUsers(main);
+  document.body.dataset.ready = "1";  // tests wait for this
+}
+
+route();

@@ -1,0 +1,111 @@
+// Overview: totals, time series and breakdowns for a time range; refreshes itself until paused.
+import { getJSON } from "./api.js";
+import { chart } from "./charts.js";
+import { apiParams, filterBar } from "./filters.js";
+import { clear, costText, el, fmtCost, fmtMs, fmtNum, fmtPct, pageLink, sessionLink, table } from "./dom.js";
+
+// Every 10 s by default; ?refresh=N (seconds, at least 2) in the URL changes it.
+const REFRESH_MS = Math.max(2, Number(new URLSearchParams(location.search).get("refresh")) || 10) * 1000;
+
+function card(id, label, value, sub) {
+  return el("div", { class: "card", "data-metric": id }, el("div", { class: "card-label" }, label),
+    el("div", { class: "card-value" }, value), sub ? el("div", { class: "card-sub" }, sub) : null);
+}
+
+function cards(o) {
+  return el("section", { class: "cards", id: "cards" },
+    card("requests", "Requests", fmtNum(o.requests)),
+    card("error_rate", "Error rate", fmtPct(o.error_rate), fmtNum(o.errors) + " errors"),
+    card("total_tokens", "Tokens", fmtNum(o.total_tokens),
+      `${fmtNum(o.prompt_tokens)} in · ${fmtNum(o.completion_tokens)} out`),
+    card("cost_usd", "Cost", costText(o.cost_usd, o.unpriced, o.requests),
+      o.unpriced ? fmtNum(o.unpriced) + " request(s) without a price" : "every request priced"),
+    card("latency", "Latency p50 / p95 / p99",
+      `${fmtMs(o.latency_ms.p50)} / ${fmtMs(o.latency_ms.p95)} / ${fmtMs(o.latency_ms.p99)}`),
+    card("ttft", "TTFT p50 / p95", `${fmtMs(o.ttft_ms.p50)} / ${fmtMs(o.ttft_ms.p95)}`, "streamed requests"));
+}
+
+const BREAKDOWN_TITLES = { model: "By model", endpoint: "By endpoint", user_id: "By user", session_id: "By session" };
+const FILTER_OF = { model: "model", endpoint: "endpoint", user_id: "user", session_id: "session" };
+
+function breakdown(by, rows) {
+  const keyCell = (r) => {
+    if (r.key === null || r.key === undefined) return el("span", { class: "muted" }, "(none)");
+    if (by === "session_id") return sessionLink(r.key);
+    return pageLink("/traces", Object.assign(apiParams(location.search), { [FILTER_OF[by]]: r.key }), r.key);
+  };
+  const columns = [
+    { head: by.replace("_id", ""), cell: keyCell, cls: "clip" },
+    { head: "requests", cell: (r) => fmtNum(r.requests), cls: "num" },
+    { head: "errors", cell: (r) => fmtNum(r.errors), cls: "num" },
+    { head: "tokens", cell: (r) => fmtNum(r.total_tokens), cls: "num" },
+    { head: "cost", cell: (r) => costText(r.cost_usd, r.unpriced, r.requests), cls: "num" },
+    { head: "p50", cell: (r) => fmtMs(r.latency_p50), cls: "num" },
+    { head: "p95", cell: (r) => fmtMs(r.latency_p95), cls: "num" },
+  ];
+  return el("section", { class: "breakdown", "data-breakdown": by },
+    el("h2", null, BREAKDOWN_TITLES[by]),
+    rows.length ? table(columns, rows) : el("p", { class: "muted" }, "nothing in this range"));
+}
+
+export async function render(main) {
+  let timer = null;
+  let paused = false;
+  const body = el("div", { id: "overview-body" });
+  const pause = el("button", { type: "button", id: "pause", class: "secondary" }, "Pause auto-refresh");
+  const stamp = el("span", { class: "muted", id: "refreshed" });
+  pause.addEventListener("click", () => {
+    paused = !paused;
+    pause.textContent = paused ? "Resume auto-refresh" : "Pause auto-refresh";
+    pause.setAttribute("aria-pressed", String(paused));
+    if (paused) clearTimeout(timer);
+    else load();
+  });
+  clear(main).append(el("h1", null, "Overview"), filterBar(true), el("div", { class: "toolbar" }, pause, stamp), body);
+
+  async function load() {
+    clearTimeout(timer);
+    try {
+      const doc = await getJSON("overview", apiParams(location.search));
+      draw(doc);
+      stamp.textContent = "updated " + new Date().toLocaleTimeString();
+    } catch (err) {
+      clear(body).append(el("p", { class: "error" }, String(err.message || err)));
+    }
+    if (!paused) timer = setTimeout(tick, REFRESH_MS);
+  }
+
+  // A tab in the background does not query the store; it catches up when shown again.
+  function tick() {
+    if (document.visibilityState === "hidden") {
+      document.addEventListener("visibilitychange", () => { if (!paused) load(); }, { once: true });
+    } else {
+      load();
+    }
+  }
+
+  function draw(doc) {
+    const pts = doc.timeseries;
+    const b = doc.bucket_seconds;
+    const charts = el("section", { class: "charts" },
+      chart({ id: "requests", title: "Requests and errors per " + bucketName(b), points: pts, bucket: b, format: fmtNum,
+        series: [{ key: "requests", label: "requests", kind: "bar" }, { key: "errors", label: "errors", kind: "bar" }] }),
+      chart({ id: "latency", title: "Latency percentiles", points: pts, bucket: b, format: fmtMs,
+        series: [{ key: "latency_p50", label: "p50", kind: "line" }, { key: "latency_p95", label: "p95", kind: "line" },
+          { key: "latency_p99", label: "p99", kind: "line" }] }),
+      chart({ id: "cost", title: "Cost per " + bucketName(b) + " (priced requests)", points: pts, bucket: b, format: fmtCost,
+        series: [{ key: "cost_usd", label: "cost (USD)", kind: "bar" }] }));
+    const breakdowns = el("div", { class: "breakdowns" },
+      Object.keys(BREAKDOWN_TITLES).map((by) => breakdown(by, doc.breakdowns[by] || [])));
+    clear(body).append(cards(doc.overview), charts, breakdowns);
+  }
+
+  await load();
+}
+
+function bucketName(seconds) {
+  if (seconds % 86400 === 0) return seconds === 86400 ? "day" : seconds / 86400 + " days";
+  if (seconds % 3600 === 0) return seconds === 3600 ? "hour" : seconds / 3600 + " hours";
+  if (seconds % 60 === 0) return seconds === 60 ? "minute" : seconds / 60 + " minutes";
+  return seconds + " s";
+}

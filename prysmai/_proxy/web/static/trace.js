@@ -1,0 +1,144 @@
+// Trace detail, and a session's traces as one conversation timeline.
+import { getJSON } from "./api.js";
+import { parameters, parseJSON, repeatedCount, requestMessages, responseMessages } from "./conversation.js";
+import { clear, el, facts, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, sessionLink, statusBadge, traceLink } from "./dom.js";
+
+function timingBar(t) {
+  const total = t.latency_ms;
+  if (total === null || total === undefined) return null;
+  const bar = el("div", { class: "timing", id: "timing", "data-latency": total, "data-ttft": t.ttft_ms ?? "" });
+  const ttft = el("div", { class: "timing-ttft" });
+  const rest = el("div", { class: "timing-rest" });
+  // Widths through the CSSOM: the CSP forbids inline style attributes, not this.
+  const share = t.ttft_ms !== null && t.ttft_ms !== undefined && total > 0 ? Math.min(100, (t.ttft_ms / total) * 100) : 0;
+  ttft.style.width = share + "%";
+  rest.style.width = 100 - share + "%";
+  bar.append(ttft, rest);
+  const legend = el("div", { class: "timing-legend" },
+    t.ttft_ms !== null && t.ttft_ms !== undefined ? el("span", { class: "key key-ttft" }, "time to first token " + fmtMs(t.ttft_ms)) : null,
+    el("span", { class: "key key-total" }, "total " + fmtMs(total)));
+  return el("section", null, el("h2", null, "Timing"), bar, legend);
+}
+
+function rawBlock(title, text, id) {
+  let shown = text ?? "";
+  const parsed = parseJSON(text);
+  if (parsed !== null) shown = JSON.stringify(parsed, null, 2);
+  const pre = el("pre", { class: "raw", id }, shown);
+  const copy = el("button", { type: "button", class: "secondary copy", "data-copy": id }, "Copy");
+  copy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(shown);
+      copy.textContent = "Copied";
+    } catch {
+      // No clipboard (e.g. not a secure context): select the text so Ctrl+C works.
+      const range = document.createRange();
+      range.selectNodeContents(pre);
+      const sel = getSelection();
+      sel.removeAllRanges();
+      sel.addRange(range);
+      copy.textContent = "Selected: press Ctrl+C";
+    }
+  });
+  return el("details", { class: "raw-box" }, el("summary", null, title, " "), copy, pre);
+}
+
+function metadataList(meta) {
+  if (!meta || typeof meta !== "object") return meta ? String(meta) : null;
+  const dl = el("dl", { class: "meta" });
+  for (const [k, v] of Object.entries(meta)) {
+    dl.append(el("dt", null, k), el("dd", null, typeof v === "string" ? v : JSON.stringify(v)));
+  }
+  return dl;
+}
+
+export async function renderTrace(main, id, me) {
+  clear(main).append(el("p", { class: "muted" }, "Loading…"));
+  let t;
+  try {
+    t = await getJSON("traces/" + encodeURIComponent(id));
+  } catch (err) {
+    clear(main).append(el("h1", null, "Trace"), el("p", { class: "error" }, String(err.message || err)));
+    return;
+  }
+  const req = parseJSON(t.request_body);
+  const resp = parseJSON(t.response_body);
+  const priceNote = t.cost_usd === null || t.cost_usd === undefined
+    ? "unpriced: no price for this model in the price table (never counted as $0)"
+    : fmtCost(t.cost_usd) + (me && me.pricing ? " · prices: " + me.pricing : "");
+  const summary = facts([
+    ["status", statusBadge(t.status, t.http_status)],
+    ["error", t.error ? el("span", { class: "error-text" }, t.error) : null],
+    ["time", fmtTime(t.created_at)],
+    ["model", t.model],
+    ["answered by", t.response_model && t.response_model !== t.model ? t.response_model : null],
+    ["endpoint", `${t.method} /api/v1/${t.endpoint}`],
+    ["streamed", t.stream ? "yes" : "no"],
+    ["latency", fmtMs(t.latency_ms)],
+    ["TTFT", t.ttft_ms !== null && t.ttft_ms !== undefined ? fmtMs(t.ttft_ms) : null],
+    ["tokens", `${fmtNum(t.total_tokens)} (${fmtNum(t.prompt_tokens)} in, ${fmtNum(t.completion_tokens)} out)`],
+    ["cost", priceNote],
+    ["user", t.user_id ? pageLink("/traces", { user: t.user_id, since: "all" }, t.user_id) : null],
+    ["session", t.session_id ? sessionLink(t.session_id) : null],
+    ["key", t.key_id ? pageLink("/traces", { key: t.key_id, since: "all" }, t.key_id) : null],
+    ["provider request id", t.provider_request_id],
+    ["trace id", t.id],
+    ["notes", Array.isArray(t.notes) ? t.notes.join("\n") : t.notes],
+  ]);
+  const meta = t.metadata ? el("section", null, el("h2", null, "Metadata"), metadataList(t.metadata)) : null;
+  const request = requestMessages(req);
+  const response = responseMessages(resp);
+  const params = parameters(req);
+  clear(main).append(
+    el("h1", null, "Trace ", el("code", null, t.id.slice(0, 12))),
+    el("div", { class: "detail" },
+      el("div", { class: "detail-main" },
+        el("section", { class: "conversation", id: "request" }, el("h2", null, "Request"),
+          request.length ? request : el("pre", { class: "text" }, t.request_body ?? "(no body)")),
+        el("section", { class: "conversation", id: "response" }, el("h2", null, t.stream ? "Response (reassembled stream)" : "Response"),
+          response.length ? response : el("pre", { class: "text" }, t.response_body ?? "(no body)")),
+        params.length ? el("section", null, el("h2", null, "Parameters"), facts(params)) : null,
+        rawBlock("Raw request JSON", t.request_body, "raw-request"),
+        rawBlock("Raw response JSON", t.response_body, "raw-response")),
+      el("aside", { class: "detail-side" }, summary, timingBar(t), meta)));
+}
+
+export async function renderSession(main, sessionId) {
+  clear(main).append(el("p", { class: "muted" }, "Loading…"));
+  let doc;
+  try {
+    doc = await getJSON("sessions/" + encodeURIComponent(sessionId));
+  } catch (err) {
+    clear(main).append(el("h1", null, "Session"), el("p", { class: "error" }, String(err.message || err)));
+    return;
+  }
+  const timeline = el("ol", { class: "timeline", id: "timeline" });
+  let tokens = 0;
+  let cost = 0;
+  let unpriced = 0;
+  let prev = { req: null, resp: null };
+  for (const t of doc.traces) {
+    tokens += t.total_tokens || 0;
+    if (t.cost_usd === null || t.cost_usd === undefined) unpriced += 1;
+    else cost += t.cost_usd;
+    const reqDoc = parseJSON(t.request_body);
+    const respDoc = parseJSON(t.response_body);
+    // A chat request repeats the conversation so far: show what this turn added.
+    const latest = requestMessages(reqDoc, repeatedCount(prev.req, prev.resp, reqDoc));
+    prev = { req: reqDoc, resp: respDoc };
+    timeline.append(el("li", { class: "turn", "data-trace": t.id },
+      el("div", { class: "turn-head" }, traceLink(t.id, fmtTime(t.created_at)), " ", statusBadge(t.status, t.http_status),
+        el("span", { class: "muted" }, ` ${t.model ?? ""} · ${fmtMs(t.latency_ms)} · ${fmtNum(t.total_tokens)} tokens · ${fmtCost(t.cost_usd)}`)),
+      latest, responseMessages(respDoc),
+      t.error ? el("div", { class: "error-text" }, t.error) : null));
+  }
+  clear(main).append(
+    el("h1", null, "Session ", el("code", null, sessionId)),
+    facts([
+      ["traces", fmtNum(doc.traces.length)],
+      ["tokens", fmtNum(tokens)],
+      ["cost", fmtCost(cost) + (unpriced ? ` + ${unpriced} unpriced` : "")],
+      ["all its traces", pageLink("/traces", { session: sessionId, since: "all" }, "in the traces table")],
+    ]),
+    doc.traces.length ? timeline : el("p", { class: "muted" }, "No traces in this session."));
+}

@@ -1,0 +1,83 @@
+"""Headless Chromium (Debian's ``chromium`` package) under Playwright for Python, for the
+dashboard's browser tests. Playwright's own browser download cannot work here (no internet), so
+the system browser is launched by path.
+
+Without chromium the tests are skipped on a developer machine, and FAIL in CI (``CI=true``):
+``.ci/run`` installs it, so a missing browser there is a broken pipeline, not a reason to skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Every run's screenshots (ignored by git).
+OUTPUT = ROOT / "test-output" / "screenshots"
+#: The screenshots the README shows; refreshed with PRYSM_UPDATE_SCREENSHOTS=1.
+DOCS = ROOT / "docs" / "screenshots"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        message = "chromium is not installed (Debian: apt-get install chromium); .ci/run installs it"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def launch() -> Iterator[Any]:
+    """A started browser (generator, for a fixture)."""
+    path = chromium_path()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def screenshot(page: Any, name: str, docs: bool = False) -> None:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=False)
+    if docs and os.environ.get("PRYSM_UPDATE_SCREENSHOTS") == "1":
+        DOCS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOCS / f"{name}.png"), full_page=False)
+
+
+def login(page: Any, base: str, key: str, path: str = "/") -> None:
+    """Log in through the form, as a user does, and land on ``path``."""
+    page.goto(base + path)
+    assert page.url.startswith(base + "/login?next="), page.url
+    page.fill("#key", key)
+    page.click("form#login-form button[type=submit]")
+    wait_ready(page)
+    assert page.url.split("?")[0] == base + path.split("?")[0], page.url
+
+
+def wait_ready(page: Any) -> None:
+    page.wait_for_selector("body[data-ready='1']", state="attached", timeout=15000)
+
+
+def goto(page: Any, url: str) -> None:
+    page.goto(url)
+    wait_ready(page)
