@@ -433,13 +433,13 @@ def _traces_command(args: argparse.Namespace) -> int:
     if conn is None:
         return status
     try:
-        rows, _ = list_traces(conn, f, limit=args.limit)
+        rows, next_cursor = list_traces(conn, f, limit=args.limit)
     except ValueError as exc:
         return _fail(args, str(exc), "invalid_parameter", 2)
     finally:
         conn.close()
     if args.json:
-        print(jsonshape.dumps(jsonshape.trace_list(rows)))
+        print(jsonshape.dumps(jsonshape.trace_list({"data": rows, "next_cursor": next_cursor})))
     elif not rows:
         filtered = f != TraceFilter()
         print("No traces" + (" match these filters." if filtered else " yet: send a request through the proxy."))

@@ -90,8 +90,8 @@ def _quote(arg: str) -> str:
 @pytest.mark.parametrize(
     ("args", "head", "lines"),
     [
-        (["traces", "--json", "--limit", "3000"], "head -2", 2),
-        (["traces", "--limit", "3000"], "head -3", 3),
+        (["traces", "--json", "--limit", "1000"], "head -2", 2),
+        (["traces", "--limit", "1000"], "head -3", 3),
         (["stats"], "head", 10),
     ],
 )
@@ -293,7 +293,7 @@ def test_the_documented_shape_is_the_printed_one(capsys: Any, served: Any) -> No
     listing = json.loads(run_cli(capsys, "traces", "--db", served.db_path, "--json")[1])
     stats = json.loads(run_cli(capsys, "stats", "--db", served.db_path, "--json")[1])
     assert names["trace"] - {"object"} <= set(one) and one["object"] == "trace"
-    assert names["list"] == {"object", "data"} and set(listing) == {"object", "data"}
+    assert names["list"] == {"object", "data", "next_cursor"} and set(listing) == {"object", "data", "next_cursor"}
     list_fields = names["trace"] - {"request_body", "response_body", "response_model", "provider_request_id"}
     assert list_fields <= set(listing["data"][0])
     assert names["stats"] <= set(stats) | {"store"}

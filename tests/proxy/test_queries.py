@@ -553,5 +553,5 @@ def test_prysmai_stats_reads_a_v1_store_after_migrating_it(tmp_path: Any, capsys
     assert (stats["requests"], stats["errors"], stats["cost_usd"], stats["unpriced_requests"]) == (2, 1, 0.5, 1)
     assert (stats["latency_p50_ms"], stats["latency_p99_ms"]) == (4.0, 8.0)
     assert main(["traces", "--db", path, "--json"]) == 0
-    assert [t["id"][0] for t in json.loads(capsys.readouterr().out)] == ["b", "a"]
+    assert [t["id"][0] for t in json.loads(capsys.readouterr().out)["data"]] == ["b", "a"]
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
