@@ -30,6 +30,9 @@ UPSTREAM_KEY_HEADER = "X-Prysm-Upstream-Key"
 #: Set by the proxy on every response.
 TRACE_ID_HEADER = "X-Prysm-Trace-Id"
 LATENCY_HEADER = "X-Prysm-Latency-Ms"
+#: ``X-Prysm-Origin: proxy`` marks a response the proxy made itself (its own errors), as opposed to
+#: the provider's answer relayed.
+ORIGIN_HEADER = "X-Prysm-Origin"
 
 #: Every Prysm key starts with this prefix.
 KEY_PREFIX = "sk-prysm-"

@@ -46,6 +46,13 @@ def _err(message: str) -> None:
     print(f"prysmai: {message}", file=sys.stderr)
 
 
+def _json_text(obj: Any, **kw: Any) -> str:
+    """Exact JSON; an unpaired surrogate in a stored value (not valid Unicode) is written as its
+    ``\\uXXXX`` escape, which a JSON reader decodes back to the same value, instead of crashing print()."""
+    text = json.dumps(obj, ensure_ascii=False, **kw)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--db",
@@ -126,7 +133,7 @@ def register(subparsers: Any) -> None:
     )
     _add_db(traces)
     _add_filters(traces)
-    traces.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    traces.add_argument("--limit", type=int, default=50, help="at most this many rows, 1 to 10000 (default 50)")
     traces.set_defaults(handler=_traces_command)
     traces_sub = traces.add_subparsers(dest="traces_command", metavar="show")
     show = traces_sub.add_parser("show", help="one trace in full (an id prefix of 6+ characters works)")
@@ -274,7 +281,7 @@ def _traces_command(args: argparse.Namespace) -> int:
         rows = list_traces(conn, limit=args.limit, **filters)
     conn.close()
     if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        print(_json_text(rows, indent=2))
     elif not rows:
         print("No traces" + (" match these filters." if filters else " yet: send a request through the proxy."))
     else:
@@ -294,7 +301,7 @@ def _show_command(args: argparse.Namespace) -> int:
     if trace is None:
         _err(f"no trace {args.trace_id!r} (give the id, or a unique prefix of 6+ characters)")
         return 1
-    print(json.dumps(trace, indent=2, ensure_ascii=False) if args.json else trace_detail(trace))
+    print(_json_text(trace, indent=2) if args.json else trace_detail(trace))
     return 0
 
 
@@ -311,7 +318,7 @@ def _stats_command(args: argparse.Namespace) -> int:
     stats = compute_stats(conn, **filters)
     conn.close()
     if args.json:
-        print(json.dumps(stats, indent=2))
+        print(_json_text(stats, indent=2))
     elif not stats["requests"]:
         print("No traces" + (" match these filters." if filters else " yet: send a request through the proxy."))
     else:

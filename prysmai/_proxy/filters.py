@@ -11,6 +11,16 @@ if TYPE_CHECKING:
     from typing import Any
 
 FILTER_KEYS = ("model", "user", "session", "status")
+#: The allowed range of ``limit`` (``?limit=``, ``--limit``).
+LIMIT_RANGE = (1, 10_000)
+
+
+def check_limit(value: int, name: str = "limit") -> int:
+    """``value`` if within :data:`LIMIT_RANGE`, else ``ValueError`` naming the range."""
+    low, high = LIMIT_RANGE
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}")
+    return value
 
 
 def filters_from_query(query: dict[str, str]) -> dict[str, Any]:
@@ -19,10 +29,10 @@ def filters_from_query(query: dict[str, str]) -> dict[str, Any]:
     if query.get("since"):
         filters["since"] = parse_since(query["since"])
     if query.get("limit"):
-        try:
-            filters["limit"] = int(query["limit"])
-        except ValueError:
-            raise ValueError("limit must be an integer") from None
+        text = query["limit"].strip()
+        if not text.lstrip("-").isdigit() or len(text) > 20:
+            raise ValueError(f"limit must be an integer between {LIMIT_RANGE[0]} and {LIMIT_RANGE[1]}")
+        filters["limit"] = check_limit(int(text))
     return filters
 
 
@@ -30,4 +40,6 @@ def filters_from_args(args: argparse.Namespace) -> dict[str, Any]:
     filters: dict[str, Any] = {k: getattr(args, k) for k in FILTER_KEYS if getattr(args, k, None)}
     if getattr(args, "since", None):
         filters["since"] = parse_since(args.since)
+    if getattr(args, "limit", None) is not None:
+        check_limit(args.limit, "--limit")
     return filters

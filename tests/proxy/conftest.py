@@ -7,6 +7,11 @@ responses, models) and is steered per request by ``x-fake-*`` headers, which the
 * ``x-fake-first-delay-ms: 200`` -- streams: send the role-only frame at once, hold the first token;
 * ``x-fake-chunks: 3`` / ``x-fake-gap-ms: 0`` -- streams: number of content chunks and the gap;
 * ``x-fake-hang: 1``            -- never answer.
+* ``x-fake-delay-ms: 3000``     -- answer after this long (and count it in ``finished`` if the
+  answer is completed, in ``abandoned`` if the proxy went away first);
+* ``x-fake-deep: 5000``         -- answer 200 with valid JSON nested that deep;
+* ``x-fake-break-after: 2``     -- streams: send that many content chunks, then cut the connection
+  (no terminating chunk).
 """
 
 from __future__ import annotations
@@ -57,6 +62,17 @@ class FakeUpstream:
         self.seen: list[Seen] = []
         self.disconnects = 0
         self.disconnected = threading.Event()
+        self.finished = 0
+        self.abandoned = 0
+
+    @staticmethod
+    async def _gone(receive: Any) -> bool:
+        """Whether the client has disconnected (checked without waiting)."""
+        try:
+            message = await asyncio.wait_for(receive(), 0.001)
+        except asyncio.TimeoutError:
+            return False
+        return bool(message["type"] == "http.disconnect")
 
     def last(self) -> Seen:
         assert self.seen, "the upstream received nothing"
@@ -82,6 +98,24 @@ class FakeUpstream:
         self.seen.append(Seen(scope["method"], path, headers, body))
         if headers.get("x-fake-hang"):
             await asyncio.sleep(60)
+        if headers.get("x-fake-delay-ms"):
+            try:
+                await asyncio.sleep(float(headers["x-fake-delay-ms"]) / 1000)
+            except asyncio.CancelledError:
+                self.abandoned += 1
+                raise
+            if (await self._gone(receive)) is True:
+                self.abandoned += 1
+                return
+            self.finished += 1
+        if headers.get("x-fake-deep"):
+            depth = int(headers["x-fake-deep"])
+            deep = b'{"id":"deep","usage":{"prompt_tokens":1},"x":' + b"[" * depth + b"]" * depth + b"}"
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send({"type": "http.response.body", "body": deep})
+            return
         status = int(headers.get("x-fake-status", "200"))
         if status >= 400:
             await self._json(send, status, {"error": {"message": f"planned {status}", "type": "fake", "code": None}})
@@ -163,7 +197,10 @@ class FakeUpstream:
                 }
             )
         await asyncio.sleep(first_delay)
+        break_after = int(headers.get("x-fake-break-after", "-1"))
         for i in range(n):
+            if i == break_after:
+                raise ConnectionResetError("x-fake-break-after: cutting the stream")  # uvicorn drops the connection
             if self.disconnected.is_set() and watcher.done():
                 return
             choice: dict[str, Any] = (

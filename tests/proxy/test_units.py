@@ -272,7 +272,7 @@ def test_full_queue_drops_are_counted_and_logged(tmp_path: Any, caplog: Any) -> 
         gate.wait(10)
         return dict(item)
 
-    store = TraceStore(str(tmp_path / "t.db"), slow, queue_size=2)
+    store = TraceStore(str(tmp_path / "t.db"), slow, queue_size=2, when_behind="drop")
     store.open()
     results = [store.submit(_row(i)) for i in range(10)]
     assert results.count(False) >= 5 and store.dropped == results.count(False)

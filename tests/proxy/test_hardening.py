@@ -1,0 +1,209 @@
+"""Issue 7, proxy side: hostile input and faults never cost a trace nor give a bare 500.
+
+Real uvicorn on port 0 in front of the loopback fake upstream (``conftest.FakeUpstream``), which
+misbehaves on demand through ``x-fake-*`` headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from prysmai._proxy.keys import key_id
+
+from .conftest import KEY, OTHER_KEY, FakeUpstream, ProxyHandle
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def post(proxy: ProxyHandle, body: Any, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(
+        f"{proxy.base_url}/chat/completions",
+        content=content,
+        headers={**AUTH, "content-type": "application/json", **(headers or {})},
+        timeout=30,
+        **kw,
+    )
+
+
+def health(proxy: ProxyHandle, key: bool = True) -> dict[str, Any]:
+    doc: dict[str, Any] = httpx.get(f"{proxy.base_url}/health", headers=AUTH if key else {}).json()
+    return doc
+
+
+# -- the writer never dies, never drops silently ---------------------------------------------------
+def test_unpaired_surrogate_in_metadata_is_stored_escaped_and_later_traces_still_written(
+    proxy: ProxyHandle,
+) -> None:
+    r = post(proxy, CHAT, {"X-Prysm-Metadata": '{"k":"\\ud800","ok":"caf\\u00e9"}'})
+    assert r.status_code == 200
+    post(proxy, CHAT).raise_for_status()
+    first, second = proxy.traces()
+    # Decodes back to exactly what was sent, lone surrogate included.
+    assert first["metadata"] == {"k": "\ud800", "ok": "café"}
+    assert any("metadata" in n and "escape" in n for n in first["notes"]), first["notes"]
+    assert second["status"] == "success"
+    counters = health(proxy)["store"]
+    assert counters["written"] == 2 and counters["repaired"] == 1
+    assert counters["write_errors"] == 0 and counters["lost"] == 0
+    # The read API serves it (the escape again, valid JSON) instead of failing.
+    got = httpx.get(f"{proxy.base_url}/traces/{first['id']}", headers=AUTH)
+    assert got.status_code == 200 and got.json()["metadata"] == {"k": "\ud800", "ok": "café"}
+
+
+def test_unpaired_surrogates_in_model_and_stream_content_are_stored_escaped(proxy: ProxyHandle) -> None:
+    body = b'{"model":"m\\ud83d","messages":[],"stream":true}'
+    r = post(proxy, body)
+    assert r.status_code == 200
+    (trace,) = proxy.traces()
+    assert trace["model"] == "m\\ud83d"  # not valid Unicode: shown escaped
+    assert json.loads(trace["request_body"])["model"] == "m\ud83d"  # the body as received, exactly
+    assert any(n.startswith("model:") for n in trace["notes"])
+
+
+def test_upstream_json_nested_5000_deep_is_stored_as_text(proxy: ProxyHandle) -> None:
+    r = post(proxy, CHAT, {"x-fake-deep": "5000"})
+    assert r.status_code == 200 and len(r.content) > 10000
+    (trace,) = proxy.traces()
+    assert trace["response_body"] == r.text
+    assert trace["status"] == "success" and trace["prompt_tokens"] is None
+    assert any("nested too deeply" in n for n in trace["notes"])
+    assert health(proxy)["store"]["write_errors"] == 0
+
+
+class _WriterKiller(BaseException):
+    """Not an Exception: escapes every per-row guard, as an unforeseen failure of the loop would."""
+
+
+def test_writer_that_fails_is_restarted_loss_counted_health_degraded_and_logged(
+    proxy: ProxyHandle, caplog: Any
+) -> None:
+    finalize = proxy.app.store._finalize
+
+    def once(item: Any) -> dict[str, Any]:
+        if item.model == "kill-the-writer":
+            raise _WriterKiller("boom")
+        return finalize(item)
+
+    proxy.app.store._finalize = once
+    assert health(proxy, key=False) == {"status": "ok"}
+    with caplog.at_level(logging.ERROR, logger="prysmai.proxy"):
+        post(proxy, {**CHAT, "model": "kill-the-writer"}).raise_for_status()
+        assert proxy.app.store.flush(10)
+        post(proxy, CHAT).raise_for_status()
+        traces = proxy.traces()
+    assert [t["model"] for t in traces] == ["gpt-4o-mini"]  # the writer came back for later traces
+    doc = health(proxy)
+    assert doc["status"] == "degraded" and "restarted" in doc["reason"] and "1 trace(s) lost" in doc["reason"]
+    assert doc["store"]["lost"] == 1 and doc["store"]["writer_restarts"] == 1
+    assert health(proxy, key=False) == {"status": "degraded"}  # the reason only with a key
+    assert "writer restarted" in caplog.text
+
+
+def test_writer_loop_failure_outside_any_row_is_survived(proxy: ProxyHandle) -> None:
+    store = proxy.app.store
+    post(proxy, CHAT).raise_for_status()
+    assert store.flush(10)
+    store.submit(_Poison())  # an item on which the writer's loop itself fails, outside any row guard
+    deadline = time.monotonic() + 5
+    while store.restarts == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    post(proxy, CHAT).raise_for_status()
+    assert len(proxy.traces()) == 2
+    assert health(proxy)["status"] == "degraded"
+
+
+class _Poison:
+    """Its id cannot even be read: the writer's loop itself fails on it."""
+
+    @property
+    def id(self) -> str:
+        raise _WriterKiller("poison")
+
+    def __getattr__(self, name: str) -> Any:
+        raise _WriterKiller("poison")
+
+
+# -- one error path -----------------------------------------------------------------------------
+def test_request_body_nested_100000_deep_is_a_json_400_with_one_trace(proxy: ProxyHandle, fake: FakeUpstream) -> None:
+    body = b'{"model":"m","messages":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = post(proxy, body)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert "nested too deeply" in r.json()["error"]["message"]
+    assert r.headers["x-prysm-origin"] == "proxy"
+    (trace,) = proxy.traces()
+    assert (trace["status"], trace["http_status"]) == ("error", 400)
+    assert trace["request_body"] == body.decode()
+    assert not fake.seen
+
+
+def test_metadata_nested_4000_deep_is_ignored_with_a_note(proxy: ProxyHandle) -> None:
+    value = '{"k":' + "[" * 4000 + "]" * 4000 + "}"
+    assert len(value) < 8192
+    r = post(proxy, CHAT, {"X-Prysm-Metadata": value})
+    assert r.status_code == 200
+    (trace,) = proxy.traces()
+    assert trace["metadata"] is None and any("nested too deeply" in n for n in trace["notes"])
+
+
+@pytest.mark.parametrize("endpoint", ["chat/completions", "completions", "embeddings", "responses"])
+def test_empty_body_on_json_endpoint_is_400_invalid_json(proxy: ProxyHandle, fake: FakeUpstream, endpoint: str) -> None:
+    r = httpx.post(f"{proxy.base_url}/{endpoint}", content=b"", headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    (trace,) = proxy.traces()
+    assert trace["http_status"] == 400 and trace["endpoint"] == endpoint
+    assert not fake.seen
+
+
+def test_a_bug_of_ours_is_a_json_500_with_one_trace(proxy: ProxyHandle, caplog: Any) -> None:
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    proxy.app._prysm_header = broken  # type: ignore[method-assign]
+    r = post(proxy, CHAT, {"X-Prysm-User-Id": "u"})
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.headers["x-prysm-origin"] == "proxy"
+    err = r.json()["error"]
+    assert err["code"] == "internal_error" and "RuntimeError" in err["message"]
+    (trace,) = proxy.traces()
+    assert (trace["status"], trace["http_status"]) == ("error", 500)
+    assert trace["id"] == r.headers["x-prysm-trace-id"]
+    with pytest.raises(openai.InternalServerError):
+        openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0).chat.completions.create(
+            **CHAT, extra_headers={"X-Prysm-User-Id": "u"}
+        )
+
+
+def test_proxy_made_responses_carry_the_origin_marker(proxy: ProxyHandle) -> None:
+    assert httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT).headers["x-prysm-origin"] == "proxy"
+    assert post(proxy, b"nope").headers["x-prysm-origin"] == "proxy"
+    relayed = post(proxy, CHAT, {"x-fake-status": "503"})
+    assert relayed.status_code == 503 and "x-prysm-origin" not in relayed.headers
+    assert "x-prysm-origin" not in post(proxy, CHAT).headers
+
+
+# -- key id per trace --------------------------------------------------------------------------------
+def test_each_trace_records_which_key_made_it(proxy: ProxyHandle) -> None:
+    post(proxy, CHAT).raise_for_status()
+    post(proxy, CHAT, {"Authorization": f"Bearer {OTHER_KEY}"}).raise_for_status()
+    a, b = proxy.traces()
+    assert a["key_id"] == key_id(KEY) and b["key_id"] == key_id(OTHER_KEY) and a["key_id"] != b["key_id"]
+    assert a["key_id"].startswith("key_") and len(a["key_id"]) == 16
+    listed = httpx.get(f"{proxy.base_url}/traces", headers=AUTH).json()["data"]
+    assert {t["key_id"] for t in listed} == {key_id(KEY), key_id(OTHER_KEY)}
+
+
+# -- read API range -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("limit", ["9223372036854775808", "0", "-1", "10001", "1e3"])
+def test_traces_limit_out_of_range_is_400_naming_the_range(proxy: ProxyHandle, limit: str) -> None:
+    r = httpx.get(f"{proxy.base_url}/traces", params={"limit": limit}, headers=AUTH)
+    assert r.status_code == 400, r.text
+    assert "between 1 and 10000" in r.json()["error"]["message"]
