@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from .. import _wire
 from .capture import Exchange, fallback_row, finalize
 from .config import DEMO_UPSTREAM, ProxyConfig
+from .disconnect import DisconnectWatch
 from .filters import filters_from_query
 from .keys import KeyRing
 from .pricing import PriceTable
@@ -426,12 +427,45 @@ class ProxyApp:
         inject: bool,
     ) -> None:
         assert self.client is not None
+        watch = DisconnectWatch(receive)  # a client that leaves cancels the upstream request at once
+        try:
+            await self._forward_watched(
+                method, url, request_headers, body, receive, send, ex, trace_header, inject, watch
+            )
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+            if not ex.submitted:
+                ex.http_status = None
+            self._cancel(ex, "the client disconnected before the answer")
+        finally:
+            watch.stop()
+
+    async def _forward_watched(
+        self,
+        method: str,
+        url: str,
+        request_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        ex: Exchange,
+        trace_header: tuple[bytes, bytes],
+        inject: bool,
+        watch: DisconnectWatch,
+    ) -> None:
+        assert self.client is not None
         try:
             response = await self.client.send(method, url, request_headers, body)
         except TIMEOUT_ERRORS:
+            watch.stop()
             await self._upstream_failed(send, ex, 504, "the upstream did not answer in time", trace_header)
             return
         except TRANSPORT_ERRORS as exc:
+            watch.stop()
             await self._upstream_failed(send, ex, 502, f"upstream unreachable ({type(exc).__name__})", trace_header)
             return
         try:
@@ -444,18 +478,22 @@ class ProxyApp:
             if status < 400 and ctype.startswith(b"text/event-stream"):
                 ex.stream = True
                 headers.append((b"x-accel-buffering", b"no"))
+                watch.stop()  # the stream relay watches the client itself
                 await self._relay_stream(response, receive, send, ex, headers, inject)
                 return
             try:
                 ex.response_body = await response.read()
             except TIMEOUT_ERRORS:
+                watch.stop()
                 await self._upstream_failed(send, ex, 504, "the upstream timed out while answering", trace_header)
                 return
             except TRANSPORT_ERRORS as exc:
+                watch.stop()
                 await self._upstream_failed(
                     send, ex, 502, f"the upstream broke off its answer ({type(exc).__name__})", trace_header
                 )
                 return
+            watch.stop()
             ex.t_end = time.perf_counter()
             if status >= 400:
                 ex.status = "error"
@@ -516,6 +554,15 @@ class ProxyApp:
                 ex.status, ex.error = "timeout", "the upstream stopped sending (read timeout)"
             except TRANSPORT_ERRORS as exc:
                 ex.status, ex.error = "error", f"the upstream broke off the stream ({type(exc).__name__})"
+            if ex.status != "success" and ex.error is not None:
+                # End the client's response abnormally (no terminating chunk): its client raises
+                # instead of taking a cut-off answer for a complete one. uvicorn closes the
+                # connection when the app returns with the response unfinished.
+                state[0] = True
+                ex.t_end = time.perf_counter()
+                self._submit(ex)
+                log.warning("trace %s: %s; the client's response was cut off too", ex.id, ex.error)
+                return
             tail = stripper.flush() if stripper is not None else b""
             state[0] = True
             ex.t_end = time.perf_counter()

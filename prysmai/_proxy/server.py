@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -12,8 +13,23 @@ from .app import ProxyApp
 from .config import ProxyConfig
 
 
+class _CutOffFilter(logging.Filter):
+    """The proxy cuts a client's response off on purpose when the upstream broke its stream (and
+    logs that itself); uvicorn's generic error line for it would only add noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "ASGI callable returned without completing response."
+
+
+def _quiet_cut_offs() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _CutOffFilter) for f in logger.filters):
+        logger.addFilter(_CutOffFilter())
+
+
 def uvicorn_config(app: ProxyApp, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
     """uvloop + httptools when installed (``uvicorn[standard]``), no access log, lifespan on."""
+    _quiet_cut_offs()
     return uvicorn.Config(
         app,
         host=host,

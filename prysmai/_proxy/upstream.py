@@ -10,7 +10,12 @@ detail of this module (and of ``demo_model``, the offline upstream).
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+import contextvars
+import select
+import socket
+import struct
+import sys
+from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
@@ -111,6 +116,99 @@ class _AiohttpResponse:
         self._r.close()
 
 
+_PEER_GONE = select.POLLIN | select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+
+
+def _peer_closed(transport: Any) -> bool:
+    """Whether a pooled, idle connection has already been closed (or written to) by the server.
+
+    The kernel knows before the event loop does: a server that closes an idle keep-alive
+    connection just as we pick it sends a FIN our loop has not processed yet. aiohttp retries
+    only idempotent methods on such a connection, so a POST sent on it fails with
+    ``ServerDisconnectedError``. Polling the one socket we are about to write to (one syscall, no
+    wait) tells us first; an idle connection must have nothing to read, so anything pending means
+    it cannot be used -- and no byte of the request has been sent on it yet."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), _PEER_GONE)
+    return bool(poller.poll(0))
+
+
+#: Offset of ``tcpi_bytes_acked`` (u64) in Linux's ``struct tcp_info`` (since Linux 4.1).
+_BYTES_ACKED = 120
+_TCP_INFO = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+
+
+class _AckProbe:
+    """Proof that the upstream accepted no byte of a request: the peer's TCP acknowledged none.
+
+    Holds a duplicate of the connection's socket, so it can still be asked after aiohttp has
+    closed its own descriptor (``TCP_INFO``'s ``bytes_acked`` before the request and after the
+    failure). A server that had already closed its end answers our bytes with a reset, never an
+    acknowledgement; a server that may have read them has acknowledged them."""
+
+    __slots__ = ("_acked", "_sock")
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._acked = -1
+
+    def attach(self, transport: Any) -> None:
+        if _TCP_INFO is None or self._sock is not None:
+            return
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return
+        try:
+            self._sock = socket.fromfd(sock.fileno(), socket.AF_INET, socket.SOCK_STREAM)  # a dup
+            self._acked = _bytes_acked(self._sock)
+        except OSError:
+            self.close()
+
+    def nothing_accepted(self) -> bool:
+        if self._sock is None or self._acked < 0:
+            return False
+        try:
+            return _bytes_acked(self._sock) == self._acked
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _bytes_acked(sock: socket.socket) -> int:
+    raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO or 0, 256)
+    if len(raw) < _BYTES_ACKED + 8:
+        return -1
+    return int(struct.unpack_from("=Q", raw, _BYTES_ACKED)[0])
+
+
+_probe: contextvars.ContextVar[_AckProbe | None] = contextvars.ContextVar("prysmai_ack_probe", default=None)
+
+
+class _CheckedConnector(aiohttp.TCPConnector):
+    """A ``TCPConnector`` that never hands out a pooled connection the server already closed, and
+    lets :class:`_AckProbe` see the connection a request goes out on."""
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        for _ in range(8):  # each round discards one dead pooled connection; then a fresh one
+            conn = await super().connect(req, traces, timeout)
+            if not _peer_closed(conn.transport):
+                break
+            conn.close()
+        else:
+            conn = await super().connect(req, traces, timeout)
+        probe = _probe.get()
+        if probe is not None:
+            probe.attach(conn.transport)
+        return conn
+
+
 class AiohttpUpstream:
     """The upstream on one pooled ``aiohttp.ClientSession``: HTTP/1.1 keep-alive, no redirects,
     no cookie jar, no environment proxies, no automatic headers beyond ``Host`` and
@@ -123,7 +221,7 @@ class AiohttpUpstream:
     def _open(self) -> aiohttp.ClientSession:
         # Created on first use, inside the event loop that serves the proxy.
         config = self._config
-        connector = aiohttp.TCPConnector(
+        connector = _CheckedConnector(
             limit=config.max_connections,
             limit_per_host=0,
             keepalive_timeout=60.0,
@@ -149,14 +247,25 @@ class AiohttpUpstream:
 
     async def send(self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> _AiohttpResponse:
         session = self._session or self._open()
-        response = await session.request(
-            method,
-            URL(url, encoded=True),  # already percent-encoded: sent as the client wrote it
-            data=body or None,
-            headers=[(k.decode("latin-1"), v.decode("latin-1") if v.isascii() else _text(v)) for k, v in headers],
-            allow_redirects=False,
-        )
-        return _AiohttpResponse(response)
+        target = URL(url, encoded=True)  # already percent-encoded: sent as the client wrote it
+        header_list = [(k.decode("latin-1"), v.decode("latin-1") if v.isascii() else _text(v)) for k, v in headers]
+        for attempt in (0, 1):
+            probe = _AckProbe()
+            token = _probe.set(probe)
+            try:
+                response = await session.request(
+                    method, target, data=body or None, headers=header_list, allow_redirects=False
+                )
+                return _AiohttpResponse(response)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                # The connection died before any answer. Send again -- once, on another
+                # connection -- only when the upstream provably accepted no byte of the request.
+                if attempt or not probe.nothing_accepted():
+                    raise
+            finally:
+                _probe.reset(token)
+                probe.close()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
         if self._session is not None:

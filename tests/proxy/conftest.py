@@ -65,15 +65,6 @@ class FakeUpstream:
         self.finished = 0
         self.abandoned = 0
 
-    @staticmethod
-    async def _gone(receive: Any) -> bool:
-        """Whether the client has disconnected (checked without waiting)."""
-        try:
-            message = await asyncio.wait_for(receive(), 0.001)
-        except asyncio.TimeoutError:
-            return False
-        return bool(message["type"] == "http.disconnect")
-
     def last(self) -> Seen:
         assert self.seen, "the upstream received nothing"
         return self.seen[-1]
@@ -99,14 +90,12 @@ class FakeUpstream:
         if headers.get("x-fake-hang"):
             await asyncio.sleep(60)
         if headers.get("x-fake-delay-ms"):
-            try:
-                await asyncio.sleep(float(headers["x-fake-delay-ms"]) / 1000)
-            except asyncio.CancelledError:
-                self.abandoned += 1
-                raise
-            if (await self._gone(receive)) is True:
+            waiter = asyncio.ensure_future(receive())  # after the body, only a disconnect arrives
+            done, _ = await asyncio.wait({waiter}, timeout=float(headers["x-fake-delay-ms"]) / 1000)
+            if waiter in done and waiter.result()["type"] == "http.disconnect":
                 self.abandoned += 1
                 return
+            waiter.cancel()
             self.finished += 1
         if headers.get("x-fake-deep"):
             depth = int(headers["x-fake-deep"])
@@ -399,3 +388,55 @@ def start_proxy(tmp_path: Any) -> Iterator[Any]:
 def proxy(fake: FakeUpstream, start_proxy: Any) -> ProxyHandle:
     handle: ProxyHandle = start_proxy(fake.url)  # type: ignore[attr-defined]
     return handle
+
+
+class ClosingUpstream:
+    """A raw HTTP/1.1 upstream that answers every request as keep-alive (no ``Connection:
+    close``) and then closes the connection at once: the next request on that pooled connection
+    is sent to a server that has already gone."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.port = 0
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> None:
+            server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+
+        self._loop.run_until_complete(start())
+        self._loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await reader.readexactly(length)
+        self.requests += 1
+        body = b'{"id":"x","object":"chat.completion","model":"m","choices":[]}'
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    def __enter__(self) -> ClosingUpstream:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"

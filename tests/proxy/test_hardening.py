@@ -17,7 +17,7 @@ import pytest
 
 from prysmai._proxy.keys import key_id
 
-from .conftest import KEY, OTHER_KEY, FakeUpstream, ProxyHandle
+from .conftest import KEY, OTHER_KEY, ClosingUpstream, FakeUpstream, ProxyHandle
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -29,8 +29,7 @@ def post(proxy: ProxyHandle, body: Any, headers: dict[str, str] | None = None, *
         f"{proxy.base_url}/chat/completions",
         content=content,
         headers={**AUTH, "content-type": "application/json", **(headers or {})},
-        timeout=30,
-        **kw,
+        **{"timeout": 30, **kw},
     )
 
 
@@ -207,3 +206,52 @@ def test_traces_limit_out_of_range_is_400_naming_the_range(proxy: ProxyHandle, l
     r = httpx.get(f"{proxy.base_url}/traces", params={"limit": limit}, headers=AUTH)
     assert r.status_code == 400, r.text
     assert "between 1 and 10000" in r.json()["error"]["message"]
+
+
+# -- upstream faults ------------------------------------------------------------------------------------
+def test_client_leaving_a_slow_call_cancels_the_upstream_request_at_once(
+    proxy: ProxyHandle, fake: FakeUpstream
+) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        post(proxy, CHAT, {"x-fake-delay-ms": "3000"}, timeout=httpx.Timeout(30, read=0.3))
+    deadline = time.monotonic() + 1.5  # well before the upstream's 3 s answer
+    while not fake.abandoned and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (fake.abandoned, fake.finished) == (1, 0)
+    (trace,) = proxy.traces()
+    assert trace["status"] == "cancelled" and trace["http_status"] is None
+    assert trace["latency_ms"] < 1500 and "disconnected" in trace["error"]
+
+
+def test_a_slow_call_the_client_waits_for_is_served(proxy: ProxyHandle, fake: FakeUpstream) -> None:
+    r = post(proxy, CHAT, {"x-fake-delay-ms": "150"})
+    assert r.status_code == 200 and fake.finished == 1
+    (trace,) = proxy.traces()
+    assert trace["status"] == "success" and trace["latency_ms"] >= 150
+
+
+def test_upstream_breaking_a_stream_breaks_the_clients_stream_too(proxy: ProxyHandle) -> None:
+    client = openai.OpenAI(
+        base_url=proxy.base_url, api_key=KEY, max_retries=0, default_headers={"x-fake-break-after": "2"}
+    )
+    got: list[str] = []
+    with pytest.raises((openai.APIError, httpx.HTTPError)):  # never a clean, partial answer
+        for chunk in client.chat.completions.create(**CHAT, stream=True):  # type: ignore[call-overload]
+            if chunk.choices:
+                got.append(chunk.choices[0].delta.content or "")
+    assert "".join(got) == "tok0 tok1 "
+    (trace,) = proxy.traces()
+    assert trace["status"] == "error" and "broke off" in trace["error"]
+    assert json.loads(trace["response_body"])["choices"][0]["message"]["content"] == "tok0 tok1 "
+
+
+async def test_upstream_closing_pooled_connections_gives_no_spurious_502(start_proxy: Any) -> None:
+    with ClosingUpstream() as upstream:
+        proxy = start_proxy(upstream.url)
+        statuses = []
+        async with httpx.AsyncClient(base_url=proxy.base_url, headers=AUTH, timeout=30) as client:
+            for _ in range(150):
+                statuses.append((await client.post("chat/completions", json=CHAT)).status_code)
+        assert statuses.count(200) == 150, [s for s in statuses if s != 200]
+        assert upstream.requests == 150  # each sent once: none lost, none duplicated
+        assert len(proxy.traces()) == 150
