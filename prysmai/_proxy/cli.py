@@ -13,11 +13,15 @@ import sys
 
 from .config import (
     DB_ENV,
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_PORT,
     DEFAULT_QUEUE_SIZE,
     DEFAULT_UPSTREAM,
+    DEFAULT_WHEN_BEHIND,
     DEMO_UPSTREAM,
     PRICING_ENV,
     UPSTREAM_ENV,
@@ -113,7 +117,33 @@ def register(subparsers: Any) -> None:
         "--queue-size",
         type=int,
         default=DEFAULT_QUEUE_SIZE,
-        help="traces waiting to be written before new ones are dropped (counted)",
+        help="traces waiting to be written before the writer counts as behind (see --when-behind)",
+    )
+    proxy.add_argument(
+        "--when-behind",
+        choices=("block", "drop"),
+        default=DEFAULT_WHEN_BEHIND,
+        help="when --queue-size traces are waiting: hold new requests until the writer catches up "
+        f"(block) or answer them and drop their traces, counted (drop); default {DEFAULT_WHEN_BEHIND}",
+    )
+    proxy.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT,
+        metavar="SECONDS",
+        help=f"time a client has to send a request's headers (default {DEFAULT_HEADER_TIMEOUT:g}); then 408",
+    )
+    proxy.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help=f"concurrent client connections (default {DEFAULT_MAX_CONNECTIONS}); beyond it 503",
+    )
+    proxy.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=DEFAULT_MAX_HEADER_BYTES,
+        help=f"request line + headers (default {DEFAULT_MAX_HEADER_BYTES}); beyond it 431",
     )
     proxy.add_argument(
         "--upstream-timeout", type=float, default=600.0, metavar="SECONDS", help="upstream read timeout (default 600)"
@@ -198,6 +228,15 @@ def _proxy_command(args: argparse.Namespace) -> int:
     if upstream != DEMO_UPSTREAM and not upstream.startswith(("http://", "https://")):
         _err(f"--upstream must be an http(s) URL or '{DEMO_UPSTREAM}', not {upstream!r}")
         return 2
+    for name, value in (
+        ("--header-timeout", args.header_timeout),
+        ("--max-connections", args.max_connections),
+        ("--max-header-bytes", args.max_header_bytes),
+        ("--queue-size", args.queue_size),
+    ):
+        if not value > 0:
+            _err(f"{name} must be greater than 0")
+            return 2
     db_path = args.db or default_db_path()
     try:
         prices = PriceTable.load(args.pricing or os.environ.get(PRICING_ENV) or None)
@@ -225,6 +264,10 @@ def _proxy_command(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         queue_size=args.queue_size,
         inject_stream_usage=not args.no_stream_usage,
+        when_behind=args.when_behind,
+        header_timeout=args.header_timeout,
+        max_client_connections=args.max_connections,
+        max_header_bytes=args.max_header_bytes,
     )
     if upstream != DEMO_UPSTREAM and config.upstream_api_key is None:
         print(

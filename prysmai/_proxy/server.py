@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import uvicorn
 
@@ -30,6 +31,14 @@ def _quiet_cut_offs() -> None:
 def uvicorn_config(app: ProxyApp, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
     """uvloop + httptools when installed (``uvicorn[standard]``), no access log, lifespan on."""
     _quiet_cut_offs()
+    c = app.config
+    limits: dict[str, Any]
+    try:
+        from .guard import guarded_protocol
+
+        limits = {"http": guarded_protocol(c.header_timeout, c.max_header_bytes, c.max_client_connections)}
+    except ImportError:  # no httptools: h11's own size limit and uvicorn's (plain-text) cap
+        limits = {"h11_max_incomplete_event_size": c.max_header_bytes, "limit_concurrency": c.max_client_connections}
     return uvicorn.Config(
         app,
         host=host,
@@ -41,6 +50,7 @@ def uvicorn_config(app: ProxyApp, host: str, port: int, log_level: str = "warnin
         backlog=2048,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=10,
+        **limits,
     )
 
 

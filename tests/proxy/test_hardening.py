@@ -6,8 +6,10 @@ misbehaves on demand through ``x-fake-*`` headers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import time
 from typing import Any
 
@@ -255,3 +257,64 @@ async def test_upstream_closing_pooled_connections_gives_no_spurious_502(start_p
         assert statuses.count(200) == 150, [s for s in statuses if s != 200]
         assert upstream.requests == 150  # each sent once: none lost, none duplicated
         assert len(proxy.traces()) == 150
+
+
+# -- slow and hostile connections -----------------------------------------------------------------------
+def _raw(proxy: ProxyHandle) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", proxy.server.port), timeout=10)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_headers_that_trickle_or_never_come_time_out(fake: FakeUpstream, start_proxy: Any) -> None:
+    proxy = start_proxy(fake.url, header_timeout=1.0)
+    silent, trickler = _raw(proxy), _raw(proxy)
+    start = time.monotonic()
+    trickler.sendall(b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+    for _ in range(4):  # one header byte at a time, never the end of the headers
+        time.sleep(0.4)
+        with contextlib.suppress(OSError):
+            trickler.sendall(b"X")
+    answers = [_read_all(trickler), _read_all(silent)]
+    assert time.monotonic() - start < 5
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+        assert b"x-prysm-origin: proxy" in answer and b'"code": "request_timeout"' in answer
+    assert not fake.seen
+    post(proxy, CHAT).raise_for_status()  # the proxy itself is fine
+
+
+def test_headers_over_the_limit_get_431_and_are_not_forwarded(fake: FakeUpstream, start_proxy: Any) -> None:
+    proxy = start_proxy(fake.url, max_header_bytes=8192)
+    r = post(proxy, CHAT, {"X-Big": "a" * 20_000})
+    assert r.status_code == 431 and r.json()["error"]["code"] == "request_header_fields_too_large"
+    assert "8192" in r.json()["error"]["message"] and r.headers["x-prysm-origin"] == "proxy"
+    assert not fake.seen
+    # A large body is not a large header.
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 1_000_000}]}
+    assert post(proxy, big, {"X-Small": "b" * 4000}).status_code == 200
+
+
+def test_connections_over_the_cap_get_503(fake: FakeUpstream, start_proxy: Any) -> None:
+    proxy = start_proxy(fake.url, max_client_connections=4, header_timeout=30.0)
+    held = [_raw(proxy) for _ in range(4)]
+    time.sleep(0.2)
+    extra = _raw(proxy)
+    answer = _read_all(extra)
+    assert answer.startswith(b"HTTP/1.1 503 "), answer[:80]
+    assert b'"code": "overloaded"' in answer and b"x-prysm-origin: proxy" in answer
+    for sock in held:
+        sock.close()
+    time.sleep(0.2)
+    post(proxy, CHAT).raise_for_status()
