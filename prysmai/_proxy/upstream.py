@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import select
+import functools
 import socket
 import struct
 import sys
 from typing import Any, Protocol
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from .config import DEMO_UPSTREAM, ProxyConfig
@@ -116,96 +117,90 @@ class _AiohttpResponse:
         self._r.close()
 
 
-_PEER_GONE = select.POLLIN | select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
-
-
-def _peer_closed(transport: Any) -> bool:
-    """Whether a pooled, idle connection has already been closed (or written to) by the server.
-
-    The kernel knows before the event loop does: a server that closes an idle keep-alive
-    connection just as we pick it sends a FIN our loop has not processed yet. aiohttp retries
-    only idempotent methods on such a connection, so a POST sent on it fails with
-    ``ServerDisconnectedError``. Polling the one socket we are about to write to (one syscall, no
-    wait) tells us first; an idle connection must have nothing to read, so anything pending means
-    it cannot be used -- and no byte of the request has been sent on it yet."""
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None:
-        return False
-    poller = select.poll()
-    poller.register(sock.fileno(), _PEER_GONE)
-    return bool(poller.poll(0))
-
-
-#: Offset of ``tcpi_bytes_acked`` (u64) in Linux's ``struct tcp_info`` (since Linux 4.1).
-_BYTES_ACKED = 120
+#: Offsets in Linux's ``struct tcp_info``: ``tcpi_state`` (u8) and ``tcpi_bytes_acked`` (u64,
+#: since Linux 4.1).
+_STATE, _BYTES_ACKED = 0, 120
+_ESTABLISHED = 1
 _TCP_INFO = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
 
 
-class _AckProbe:
-    """Proof that the upstream accepted no byte of a request: the peer's TCP acknowledged none.
+def _tcp_info(sock: Any) -> tuple[int, int] | None:
+    """(state, bytes the peer acknowledged) of a TCP socket; None where unknown."""
+    if _TCP_INFO is None or sock is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
+    except (OSError, ValueError):
+        return None
+    if len(raw) < _BYTES_ACKED + 8:
+        return None
+    return raw[_STATE], int(struct.unpack_from("=Q", raw, _BYTES_ACKED)[0])
 
-    Holds a duplicate of the connection's socket, so it can still be asked after aiohttp has
-    closed its own descriptor (``TCP_INFO``'s ``bytes_acked`` before the request and after the
-    failure). A server that had already closed its end answers our bytes with a reset, never an
-    acknowledgement; a server that may have read them has acknowledged them."""
 
-    __slots__ = ("_acked", "_sock")
+class _Handler(ResponseHandler):
+    """aiohttp's connection protocol, remembering how many bytes the peer had acknowledged when
+    a request went out and when the connection was lost (the socket is still open then).
 
-    def __init__(self) -> None:
-        self._sock: socket.socket | None = None
-        self._acked = -1
+    That is the proof that the upstream accepted no byte of a request: a server that had
+    already closed its end answers our bytes with a reset, never an acknowledgement; a server
+    that may have read them has acknowledged them."""
 
-    def attach(self, transport: Any) -> None:
-        if _TCP_INFO is None or self._sock is not None:
-            return
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None:
-            return
-        try:
-            self._sock = socket.fromfd(sock.fileno(), socket.AF_INET, socket.SOCK_STREAM)  # a dup
-            self._acked = _bytes_acked(self._sock)
-        except OSError:
-            self.close()
+    acked_before = -1
+    acked_at_loss = -1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        transport = self.transport
+        info = _tcp_info(transport.get_extra_info("socket")) if transport is not None else None
+        if info is not None:
+            self.acked_at_loss = info[1]
+        super().connection_lost(exc)
 
     def nothing_accepted(self) -> bool:
-        if self._sock is None or self._acked < 0:
-            return False
-        try:
-            return _bytes_acked(self._sock) == self._acked
-        except OSError:
-            return False
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self.acked_at_loss < 0 and self.transport is not None:  # failed before the loss was seen
+            info = _tcp_info(self.transport.get_extra_info("socket"))
+            if info is not None:
+                self.acked_at_loss = info[1]
+        return self.acked_before >= 0 and self.acked_at_loss == self.acked_before
 
 
-def _bytes_acked(sock: socket.socket) -> int:
-    raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO or 0, 256)
-    if len(raw) < _BYTES_ACKED + 8:
-        return -1
-    return int(struct.unpack_from("=Q", raw, _BYTES_ACKED)[0])
-
-
-_probe: contextvars.ContextVar[_AckProbe | None] = contextvars.ContextVar("prysmai_ack_probe", default=None)
+#: The protocol of the connection the current task's request went out on.
+_sent_on: contextvars.ContextVar[list[_Handler]] = contextvars.ContextVar("prysmai_sent_on")
 
 
 class _CheckedConnector(aiohttp.TCPConnector):
-    """A ``TCPConnector`` that never hands out a pooled connection the server already closed, and
-    lets :class:`_AckProbe` see the connection a request goes out on."""
+    """A ``TCPConnector`` that never hands out a pooled connection the server already closed.
+
+    The kernel knows before the event loop does: a server that closes an idle keep-alive
+    connection just as we pick it has sent a FIN our loop has not processed yet, and aiohttp
+    retries only idempotent methods on such a connection (a POST fails with
+    ``ServerDisconnectedError``). One ``TCP_INFO`` call on the socket we are about to write to
+    tells us first (its state is no longer ESTABLISHED) and records the acknowledged bytes for
+    :meth:`_Handler.nothing_accepted`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # aiohttp's protocol factory (an attribute since 3.0): ours, for the acknowledged bytes.
+        self._factory = functools.partial(_Handler, loop=self._loop)  # type: ignore[assignment]
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
         for _ in range(8):  # each round discards one dead pooled connection; then a fresh one
             conn = await super().connect(req, traces, timeout)
-            if not _peer_closed(conn.transport):
+            proto = conn.protocol
+            transport = conn.transport
+            info = _tcp_info(transport.get_extra_info("socket")) if transport is not None else None
+            if info is None or info[0] == _ESTABLISHED:
                 break
             conn.close()
         else:
             conn = await super().connect(req, traces, timeout)
-        probe = _probe.get()
-        if probe is not None:
-            probe.attach(conn.transport)
+            proto = conn.protocol
+            info = None
+        if isinstance(proto, _Handler):
+            proto.acked_before = info[1] if info is not None else -1
+            proto.acked_at_loss = -1
+            holder = _sent_on.get(None)
+            if holder is not None:
+                holder.append(proto)
         return conn
 
 
@@ -250,8 +245,8 @@ class AiohttpUpstream:
         target = URL(url, encoded=True)  # already percent-encoded: sent as the client wrote it
         header_list = [(k.decode("latin-1"), v.decode("latin-1") if v.isascii() else _text(v)) for k, v in headers]
         for attempt in (0, 1):
-            probe = _AckProbe()
-            token = _probe.set(probe)
+            sent_on: list[_Handler] = []
+            token = _sent_on.set(sent_on)
             try:
                 response = await session.request(
                     method, target, data=body or None, headers=header_list, allow_redirects=False
@@ -260,11 +255,10 @@ class AiohttpUpstream:
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
                 # The connection died before any answer. Send again -- once, on another
                 # connection -- only when the upstream provably accepted no byte of the request.
-                if attempt or not probe.nothing_accepted():
+                if attempt or not sent_on or not sent_on[-1].nothing_accepted():
                     raise
             finally:
-                _probe.reset(token)
-                probe.close()
+                _sent_on.reset(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:

@@ -17,6 +17,7 @@ responses, models) and is steered per request by ``x-fake-*`` headers, which the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -395,7 +396,9 @@ class ClosingUpstream:
     close``) and then closes the connection at once: the next request on that pooled connection
     is sent to a server that has already gone."""
 
-    def __init__(self) -> None:
+    def __init__(self, eat_second: bool = False) -> None:
+        #: Read the second request of each connection fully, then close without answering.
+        self.eat_second = eat_second
         self.requests = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -413,7 +416,7 @@ class ClosingUpstream:
         self._loop.run_until_complete(start())
         self._loop.run_forever()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _read_request(self, reader: asyncio.StreamReader) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         length = 0
         for line in head.split(b"\r\n"):
@@ -421,11 +424,17 @@ class ClosingUpstream:
                 length = int(line.split(b":", 1)[1])
         await reader.readexactly(length)
         self.requests += 1
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._read_request(reader)
         body = b'{"id":"x","object":"chat.completion","model":"m","choices":[]}'
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
         )
         await writer.drain()
+        if self.eat_second:
+            with contextlib.suppress(asyncio.IncompleteReadError):
+                await self._read_request(reader)
         writer.close()
 
     def __enter__(self) -> ClosingUpstream:

@@ -318,3 +318,14 @@ def test_connections_over_the_cap_get_503(fake: FakeUpstream, start_proxy: Any) 
         sock.close()
     time.sleep(0.2)
     post(proxy, CHAT).raise_for_status()
+
+
+async def test_a_request_the_upstream_read_is_never_sent_twice(start_proxy: Any) -> None:
+    with ClosingUpstream(eat_second=True) as upstream:  # reads every 2nd request, never answers it
+        proxy = start_proxy(upstream.url)
+        async with httpx.AsyncClient(base_url=proxy.base_url, headers=AUTH, timeout=30) as client:
+            statuses = [(await client.post("chat/completions", json=CHAT)).status_code for _ in range(20)]
+        assert statuses.count(200) == 10 and statuses.count(502) == 10, statuses
+        assert upstream.requests == 20  # the eaten ones were not sent again
+        traces = proxy.traces()
+        assert len(traces) == 20 and sum(t["http_status"] == 502 for t in traces) == 10
