@@ -243,28 +243,20 @@ def run_client(target: Target, args: list[str], timeout: float) -> dict[str, Any
 
 
 def count_traces(db: Path) -> int:
-    """Traces in the store, through ``prysmai traces --json`` (the public way), else SQLite directly."""
+    """Traces in the store, through ``prysmai stats --json`` (the public way), else SQLite directly."""
     cmd = [
         sys.executable,
         "-c",
         "import sys; from prysmai._cli import main; sys.exit(main())",
-        "traces",
+        "stats",
         "--db",
         str(db),
         "--json",
-        "--limit",
-        "100000000",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if out.returncode == 0:
-        text = out.stdout.strip()
-        try:
-            data = json.loads(text) if text else []
-        except ValueError:
-            data = [line for line in text.splitlines() if line.strip()]  # one JSON object a line
-        if isinstance(data, dict):
-            data = data.get("traces", [])
-        return len(data)
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return int(json.loads(out.stdout)["requests"])
     with contextlib.closing(sqlite3.connect(str(db))) as conn:
         row = conn.execute("SELECT count(*) FROM traces").fetchone()
         return int(row[0])

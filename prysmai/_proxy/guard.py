@@ -11,6 +11,8 @@ httptools protocol with three guards, each answered with an OpenAI-style JSON er
   pays for two attribute writes, not a timer;
 * a header size limit (``431``) on the request line plus headers;
 * a cap on concurrent connections (``503``) -- a connection over it is answered and closed at once.
+
+It also answers a request that is not valid HTTP (``400``) in JSON rather than uvicorn's plain text.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .. import _wire
 
 _SWEEP_SECONDS = 1.0
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
 
 
 class _HeaderTooLarge(Exception):
@@ -96,9 +103,13 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
                 self._too_large()
 
         def _bad_request(self) -> None:
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
+            # As uvicorn's own answer (not an application request: no trace), but in JSON.
+            self.logger.debug("invalid HTTP request received")
+            self._reject(
+                400,
+                "Invalid HTTP request (malformed request line or headers, e.g. a control character in a header value)",
+                "invalid_http_request",
+            )
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
