@@ -28,11 +28,13 @@ QUICK = {
     "sdk": ["--rounds", "6", "--calls", "10", "--stream-calls", "3"],
     "activation": ["--runs", "8", "--warmup", "1", "--instrument-runs", "3"],
     "proxy": ["--rounds", "2", "--seq-requests", "200", "--stream-requests", "20", "--load-requests", "400"],
+    "sustained": ["--seconds", "5"],
 }
 FULL = {
     "sdk": ["--rounds", "60", "--calls", "25", "--stream-calls", "6"],
     "activation": ["--runs", "60"],
     "proxy": ["--rounds", "5"],
+    "sustained": ["--seconds", "60"],
 }
 
 
@@ -356,9 +358,36 @@ def proxy_table(records: list[dict[str, Any]], verdicts: list[tuple[str, str, st
     return out
 
 
+def sustained_table(records: list[dict[str, Any]], verdicts: list[tuple[str, str, str]]) -> list[str]:
+    rows = [r for r in records if r.get("bench") == "sustained"]
+    if not rows:
+        return []
+    out = [
+        "### Sustained load (`sustained_load.py`: 64 connections, `--when-behind drop`, then SIGTERM)",
+        "",
+        "| seconds | req/s | p99 ms | answered | traces stored | dropped | lost | max queued | proxy CPU s/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {_f(r['seconds'], 1)} | {_f(r['rps'], 0)} | {_f(r['p99_ms'], 1)} | {r['answered']} | "
+            f"{r['stored']} | {r['dropped']} | {r['lost']} | {r['max_queued']} | {_f(r['proxy_cpu_s_per_s'], 2)} |"
+        )
+        verdicts.append(
+            (
+                f"Proxy: sustained load, every answered request stored ({_f(r['seconds'], 0)} s)",
+                f"{r['stored']} / {r['answered']}, {r['dropped']} dropped",
+                _verdict(bool(r["ok"]) and not r["dropped"]),
+            )
+        )
+    out.append("")
+    return out
+
+
 def render(records: list[dict[str, Any]], header: dict[str, Any]) -> str:
     verdicts: list[tuple[str, str, str]] = []
     body = sdk_table(records, verdicts) + activation_table(records, verdicts) + proxy_table(records, verdicts)
+    body += sustained_table(records, verdicts)
     lines = [
         f"## Results ({header['mode']} run, {header['date']})",
         "",
@@ -390,7 +419,9 @@ def versions() -> dict[str, str | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a few rounds, no peer: for CI")
-    parser.add_argument("--only", action="append", choices=["sdk", "activation", "proxy"], help="default: all")
+    parser.add_argument(
+        "--only", action="append", choices=["sdk", "activation", "proxy", "sustained"], help="default: all"
+    )
     parser.add_argument("--peer", action="append", choices=["litellm"], default=[])
     parser.add_argument("--openai", action="append", default=[], metavar="VERSION", help="also this openai")
     parser.add_argument("--no-floor", action="store_true", help="skip the bare pass-through targets")
@@ -405,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render([r for r in lines if "header" not in r], lines[0]["header"]))
         return 0
     sizes = QUICK if args.quick else FULL
-    only = args.only or ["sdk", "activation", "proxy"]
+    only = args.only or ["sdk", "activation", "proxy", "sustained"]
     py = sys.executable
     records: list[dict[str, Any]] = []
     ok = True
@@ -426,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             if importlib.util.find_spec("aiohttp") is not None:
                 extra += ["--floor", "aiohttp"]
         ok &= run_bench("proxy", [py, "proxy_overhead.py", *sizes["proxy"], *extra], None, records)
+    if "sustained" in only:
+        ok &= run_bench("sustained", [py, "sustained_load.py", *sizes["sustained"]], None, records)
 
     from _common import loop_name
 

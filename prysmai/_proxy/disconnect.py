@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 #: Seconds before the watcher starts. Answers faster than this pay for one timer, not a task; a
 #: client that leaves earlier is noticed at this point.
-ARM_AFTER = 0.02
+ARM_AFTER = 0.1
 
 
 class DisconnectWatch:

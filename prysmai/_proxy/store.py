@@ -164,11 +164,13 @@ def _sqlite_max_variables() -> int:
     return 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 
 
-#: Rows per INSERT statement. One multi-row statement is one ``sqlite3_step``: the writer thread
-#: releases and re-takes the GIL once per statement instead of once per row. Under load every
-#: re-take waits for the event loop to yield the GIL (up to the 5 ms switch interval), which is
-#: what made a per-row ``executemany`` fall behind the request path.
-_ROWS_PER_INSERT = max(1, min(_BATCH, _sqlite_max_variables() // len(COLUMNS)))
+#: Most rows per INSERT statement (a power of two). One multi-row statement is one
+#: ``sqlite3_step``: the writer thread releases and re-takes the GIL once per statement instead of
+#: once per row. Under load every re-take waits for the event loop to yield the GIL (up to the
+#: 5 ms switch interval), which is what made a per-row ``executemany`` fall behind the request
+#: path. A batch of n rows is written as statements of power-of-two sizes (n's binary digits), so
+#: at most ten distinct statements exist and all stay in sqlite3's statement cache.
+_ROWS_PER_INSERT = 1 << (max(1, min(_BATCH, _sqlite_max_variables() // len(COLUMNS))).bit_length() - 1)
 
 
 @functools.cache
@@ -464,9 +466,13 @@ class TraceStore:
         try:
             with conn:  # one transaction per batch
                 conn.execute("BEGIN")
-                for start in range(0, len(rows), _ROWS_PER_INSERT):
-                    part = rows[start : start + _ROWS_PER_INSERT]
-                    conn.execute(_insert_sql(len(part)), [value for row in part for value in row])
+                start, size = 0, _ROWS_PER_INSERT
+                while start < len(rows):
+                    while size > len(rows) - start:
+                        size >>= 1
+                    part = rows[start : start + size]
+                    conn.execute(_insert_sql(size), [value for row in part for value in row])
+                    start += size
             return len(rows), 0, 0
         except (sqlite3.Error, ValueError, OverflowError, TypeError):
             pass  # find the row(s) at fault below; the others are written

@@ -14,7 +14,15 @@ from prysmai._proxy.app import _inject_usage, _UsageStripper
 from prysmai._proxy.capture import Exchange, finalize
 from prysmai._proxy.keys import KeyConfigError, KeyRing, collect_keys, generate_key
 from prysmai._proxy.pricing import PriceTable, PricingError
-from prysmai._proxy.store import SCHEMA_VERSION, StoreError, TraceStore, compute_stats, open_existing, percentile
+from prysmai._proxy.store import (
+    COLUMNS,
+    SCHEMA_VERSION,
+    StoreError,
+    TraceStore,
+    compute_stats,
+    open_existing,
+    percentile,
+)
 
 PRICES = PriceTable.load()
 
@@ -311,3 +319,18 @@ def test_percentile() -> None:
     assert percentile([], 50) is None
     assert percentile([1.0], 95) == 1.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+
+
+@pytest.mark.parametrize("n", [1, 3, 511, 513, 777])
+def test_batches_of_any_size_are_written_exactly(tmp_path: Any, n: int) -> None:
+    path = str(tmp_path / "t.db")
+    store = TraceStore(path, lambda item: item)
+    store.open()
+    assert store._conn is not None
+    assert store._write(store._conn, [tuple(_row(i).get(c) for c in COLUMNS) for i in range(n)]) == (n, 0, 0)
+    store.close()
+    conn = open_existing(path)
+    assert conn is not None
+    assert [r[0] for r in conn.execute("SELECT id FROM traces ORDER BY latency_ms")] == [
+        _row(i)["id"] for i in range(n)
+    ]
