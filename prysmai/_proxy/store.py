@@ -296,6 +296,8 @@ class TraceStore:
             return False
         self._queue.put(item)
         self.enqueued += 1
+        if not self.enqueued & 255:  # now and then: cheap enough for the request path
+            self.ensure_writer()
         return True
 
     @property
@@ -428,6 +430,8 @@ class TraceStore:
                 else:
                     rows.append(row)
                     built_repaired += repaired
+            if self._conn is None:  # a writer restarted after its connection was closed
+                self._reconnect()
             conn = self._conn
             if conn is None:
                 raise sqlite3.OperationalError("the trace store is not open")

@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from prysmai._proxy import store as store_module
 from prysmai._proxy.keys import key_id
 
 from .conftest import KEY, OTHER_KEY, ClosingUpstream, FakeUpstream, ProxyHandle
@@ -329,3 +330,17 @@ async def test_a_request_the_upstream_read_is_never_sent_twice(start_proxy: Any)
         assert upstream.requests == 20  # the eaten ones were not sent again
         traces = proxy.traces()
         assert len(traces) == 20 and sum(t["http_status"] == 502 for t in traces) == 10
+
+
+def test_a_writer_thread_that_is_gone_is_restarted_and_its_queue_written(proxy: ProxyHandle) -> None:
+    store = proxy.app.store
+    thread = store._thread
+    assert thread is not None
+    store._queue.put(store_module._STOP)  # the thread ends as if it had died
+    thread.join(5)
+    assert not thread.is_alive()
+    post(proxy, CHAT).raise_for_status()
+    assert health(proxy)["status"] == "degraded"  # noticed, restarted, said
+    assert store._thread is not thread and store._thread is not None and store._thread.is_alive()
+    (trace,) = proxy.traces()
+    assert trace["status"] == "success"
