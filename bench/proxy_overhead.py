@@ -102,12 +102,15 @@ def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
-def start_prysm(workdir: Path, upstream: str, db: Path) -> Target:
+def start_prysm(workdir: Path, upstream: str, db: Path, name: str = "prysm", source: str | None = None) -> Target:
+    """``prysmai proxy``; ``source``: a checkout's directory to run instead of the installed one."""
     port = free_port()
     env = dict(os.environ, OPENAI_API_KEY=UPSTREAM_KEY)
+    if source is not None:
+        env["PYTHONPATH"] = source
     for name in ("PRYSM_AUTO", "PRYSM_PROXY_KEYS", "PRYSM_PROXY_KEYS_FILE", "PRYSM_UPSTREAM_URL", "PRYSM_DB"):
         env.pop(name, None)
-    log = _log_file(workdir, "prysm")
+    log = _log_file(workdir, name)
     cmd = [
         sys.executable,
         "-c",
@@ -124,13 +127,15 @@ def start_prysm(workdir: Path, upstream: str, db: Path) -> Target:
         "--key",
         PRYSM_KEY,
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # cwd: `python -c` puts the working directory first on sys.path; a checkout's root there would
+    # shadow ``source``.
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(BENCH_DIR))
     try:
         wait_for_port(port, proc, timeout=60)
     except Exception:
-        print((workdir / "prysm.log").read_text(errors="replace")[-2000:], file=sys.stderr)
+        print((workdir / f"{name}.log").read_text(errors="replace")[-2000:], file=sys.stderr)
         raise
-    target = Target("prysm", f"http://127.0.0.1:{port}/api/v1/chat/completions", PRYSM_KEY, proc)
+    target = Target(name, f"http://127.0.0.1:{port}/api/v1/chat/completions", PRYSM_KEY, proc)
     target.log = log
     return target
 
@@ -287,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--litellm-version", default=LITELLM_VERSION)
     parser.add_argument("--no-prysm", action="store_true", help="skip prysmai proxy (harness check)")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also measure the prysmai proxy of another checkout (a directory holding its prysmai/), "
+        "in the same rounds: a paired before/after on a noisy machine",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, store)")
     args = parser.parse_args(argv)
 
@@ -298,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.no_prysm:
             targets.append(start_prysm(workdir, upstream, db))
+        if args.baseline:
+            targets.append(start_prysm(workdir, upstream, workdir / "baseline.db", "prysm-baseline", args.baseline))
         for client in args.floor:
             targets.append(start_floor(workdir, upstream, client))
         if "litellm" in args.peer:
