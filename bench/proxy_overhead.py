@@ -108,8 +108,8 @@ def start_prysm(workdir: Path, upstream: str, db: Path, name: str = "prysm", sou
     env = dict(os.environ, OPENAI_API_KEY=UPSTREAM_KEY)
     if source is not None:
         env["PYTHONPATH"] = source
-    for name in ("PRYSM_AUTO", "PRYSM_PROXY_KEYS", "PRYSM_PROXY_KEYS_FILE", "PRYSM_UPSTREAM_URL", "PRYSM_DB"):
-        env.pop(name, None)
+    for var in ("PRYSM_AUTO", "PRYSM_PROXY_KEYS", "PRYSM_PROXY_KEYS_FILE", "PRYSM_UPSTREAM_URL", "PRYSM_DB"):
+        env.pop(var, None)
     log = _log_file(workdir, name)
     cmd = [
         sys.executable,
