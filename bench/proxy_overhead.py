@@ -102,12 +102,15 @@ def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
-def start_prysm(workdir: Path, upstream: str, db: Path) -> Target:
+def start_prysm(workdir: Path, upstream: str, db: Path, name: str = "prysm", source: str | None = None) -> Target:
+    """``prysmai proxy``; ``source``: a checkout's directory to run instead of the installed one."""
     port = free_port()
     env = dict(os.environ, OPENAI_API_KEY=UPSTREAM_KEY)
-    for name in ("PRYSM_AUTO", "PRYSM_PROXY_KEYS", "PRYSM_PROXY_KEYS_FILE", "PRYSM_UPSTREAM_URL", "PRYSM_DB"):
-        env.pop(name, None)
-    log = _log_file(workdir, "prysm")
+    if source is not None:
+        env["PYTHONPATH"] = source
+    for var in ("PRYSM_AUTO", "PRYSM_PROXY_KEYS", "PRYSM_PROXY_KEYS_FILE", "PRYSM_UPSTREAM_URL", "PRYSM_DB"):
+        env.pop(var, None)
+    log = _log_file(workdir, name)
     cmd = [
         sys.executable,
         "-c",
@@ -124,13 +127,15 @@ def start_prysm(workdir: Path, upstream: str, db: Path) -> Target:
         "--key",
         PRYSM_KEY,
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # cwd: `python -c` puts the working directory first on sys.path; a checkout's root there would
+    # shadow ``source``.
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(BENCH_DIR))
     try:
         wait_for_port(port, proc, timeout=60)
     except Exception:
-        print((workdir / "prysm.log").read_text(errors="replace")[-2000:], file=sys.stderr)
+        print((workdir / f"{name}.log").read_text(errors="replace")[-2000:], file=sys.stderr)
         raise
-    target = Target("prysm", f"http://127.0.0.1:{port}/api/v1/chat/completions", PRYSM_KEY, proc)
+    target = Target(name, f"http://127.0.0.1:{port}/api/v1/chat/completions", PRYSM_KEY, proc)
     target.log = log
     return target
 
@@ -243,28 +248,20 @@ def run_client(target: Target, args: list[str], timeout: float) -> dict[str, Any
 
 
 def count_traces(db: Path) -> int:
-    """Traces in the store, through ``prysmai traces --json`` (the public way), else SQLite directly."""
+    """Traces in the store, through ``prysmai stats --json`` (the public way), else SQLite directly."""
     cmd = [
         sys.executable,
         "-c",
         "import sys; from prysmai._cli import main; sys.exit(main())",
-        "traces",
+        "stats",
         "--db",
         str(db),
         "--json",
-        "--limit",
-        "100000000",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if out.returncode == 0:
-        text = out.stdout.strip()
-        try:
-            data = json.loads(text) if text else []
-        except ValueError:
-            data = [line for line in text.splitlines() if line.strip()]  # one JSON object a line
-        if isinstance(data, dict):  # {"object": "list", "data": [...]} (docs/proxy.md, "JSON output")
-            data = data.get("data", [])
-        return len(data)
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return int(json.loads(out.stdout)["requests"])
     with contextlib.closing(sqlite3.connect(str(db))) as conn:
         row = conn.execute("SELECT count(*) FROM traces").fetchone()
         return int(row[0])
@@ -295,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--litellm-version", default=LITELLM_VERSION)
     parser.add_argument("--no-prysm", action="store_true", help="skip prysmai proxy (harness check)")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also measure the prysmai proxy of another checkout (a directory holding its prysmai/), "
+        "in the same rounds: a paired before/after on a noisy machine",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, store)")
     args = parser.parse_args(argv)
 
@@ -306,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.no_prysm:
             targets.append(start_prysm(workdir, upstream, db))
+        if args.baseline:
+            targets.append(start_prysm(workdir, upstream, workdir / "baseline.db", "prysm-baseline", args.baseline))
         for client in args.floor:
             targets.append(start_floor(workdir, upstream, client))
         if "litellm" in args.peer:

@@ -29,12 +29,14 @@ QUICK = {
     "activation": ["--runs", "8", "--warmup", "1", "--instrument-runs", "3"],
     "proxy": ["--rounds", "2", "--seq-requests", "200", "--stream-requests", "20", "--load-requests", "400"],
     "dashboard": ["--quick"],
+    "sustained": ["--seconds", "5"],
 }
 FULL = {
     "sdk": ["--rounds", "60", "--calls", "25", "--stream-calls", "6"],
     "activation": ["--runs", "60"],
     "proxy": ["--rounds", "5"],
     "dashboard": [],
+    "sustained": ["--seconds", "60"],
 }
 
 
@@ -358,9 +360,36 @@ def proxy_table(records: list[dict[str, Any]], verdicts: list[tuple[str, str, st
     return out
 
 
+def sustained_table(records: list[dict[str, Any]], verdicts: list[tuple[str, str, str]]) -> list[str]:
+    rows = [r for r in records if r.get("bench") == "sustained"]
+    if not rows:
+        return []
+    out = [
+        "### Sustained load (`sustained_load.py`: 64 connections, `--when-behind drop`, then SIGTERM)",
+        "",
+        "| seconds | req/s | p99 ms | answered | traces stored | dropped | lost | max queued | proxy CPU s/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {_f(r['seconds'], 1)} | {_f(r['rps'], 0)} | {_f(r['p99_ms'], 1)} | {r['answered']} | "
+            f"{r['stored']} | {r['dropped']} | {r['lost']} | {r['max_queued']} | {_f(r['proxy_cpu_s_per_s'], 2)} |"
+        )
+        verdicts.append(
+            (
+                f"Proxy: sustained load, every answered request stored ({_f(r['seconds'], 0)} s)",
+                f"{r['stored']} / {r['answered']}, {r['dropped']} dropped",
+                _verdict(bool(r["ok"]) and not r["dropped"]),
+            )
+        )
+    out.append("")
+    return out
+
+
 def render(records: list[dict[str, Any]], header: dict[str, Any]) -> str:
     verdicts: list[tuple[str, str, str]] = []
     body = sdk_table(records, verdicts) + activation_table(records, verdicts) + proxy_table(records, verdicts)
+    body += sustained_table(records, verdicts)
     lines = [
         f"## Results ({header['mode']} run, {header['date']})",
         "",
@@ -395,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["sdk", "activation", "proxy", "dashboard"],
+        choices=["sdk", "activation", "proxy", "sustained", "dashboard"],
         help="default: all (dashboard, at 10k/100k/1M traces, only with --only; --quick runs its 2k-trace check)",
     )
     parser.add_argument("--peer", action="append", choices=["litellm"], default=[])
@@ -412,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render([r for r in lines if "header" not in r], lines[0]["header"]))
         return 0
     sizes = QUICK if args.quick else FULL
-    only = args.only or ["sdk", "activation", "proxy", *(["dashboard"] if args.quick else [])]
+    only = args.only or ["sdk", "activation", "proxy", "sustained", *(["dashboard"] if args.quick else [])]
     py = sys.executable
     records: list[dict[str, Any]] = []
     ok = True
@@ -435,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         ok &= run_bench("proxy", [py, "proxy_overhead.py", *sizes["proxy"], *extra], None, records)
     if "dashboard" in only:  # its own table (bench/README.md, "Dashboard at scale"), on stderr
         ok &= run_bench("dashboard", [py, "dashboard_scale.py", *sizes["dashboard"]], None, records)
+    if "sustained" in only:
+        ok &= run_bench("sustained", [py, "sustained_load.py", *sizes["sustained"]], None, records)
 
     from _common import loop_name
 

@@ -2,13 +2,18 @@
 
 Routes (all below ``/api/v1``):
 
-* ``GET health`` -- no key; liveness and the store's counters (queued / written / dropped).
+* ``GET health`` -- no key: ``ok`` / ``degraded`` only; with a key also the upstream, the store's
+  counters and why it is degraded.
 * ``GET traces``, ``GET traces/{id}``, ``GET stats`` -- the read API (key required).
 * anything else -- authenticated, forwarded to the upstream, captured as one trace.
 
 The hot path does no logging, no disk I/O and no response parsing: it reads the request body,
 parses it once (model, ``stream``, ``stream_options``), forwards the original bytes, relays the
 answer chunk by chunk and queues an :class:`~.capture.Exchange` for the writer thread.
+
+One error path: anything raised while handling a request becomes an OpenAI-style JSON error of
+ours (``500 internal_error``: a bug) and, for a forwarded request, its one trace; if the answer
+had already begun, it is cut off (the client sees a broken response, not a complete one).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from .. import _wire
 from . import jsonshape, queries
-from .capture import Exchange, finalize
+from .capture import Exchange, fallback_row, finalize
 from .config import DEMO_UPSTREAM, ProxyConfig
+from .disconnect import DisconnectWatch
 from .keys import KeyRing
 from .pricing import PriceTable
 from .ratelog import RateLimitedLog
@@ -60,7 +66,7 @@ _PREFIX_BYTES = PREFIX.encode()
 JSON_ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "responses"})
 #: Endpoints whose streams accept ``stream_options.include_usage``.
 USAGE_ENDPOINTS = frozenset({"chat/completions", "completions"})
-_JSON_HEADERS = [(b"content-type", b"application/json")]
+_JSON_HEADERS = [(b"content-type", b"application/json"), (_wire.ORIGIN_HEADER.lower().encode(), b"proxy")]
 _USAGE_NULL = (
     re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])'),
     re.compile(rb'"usage"\s*:\s*null\s*,\s*'),
@@ -141,7 +147,13 @@ class ProxyApp:
         self.config = config
         self.keys = KeyRing(config.keys)
         self.prices = prices if prices is not None else PriceTable.load(config.pricing_file)
-        self.store = TraceStore(config.db_path, partial(finalize, prices=self.prices), config.queue_size)
+        self.store = TraceStore(
+            config.db_path,
+            partial(finalize, prices=self.prices),
+            config.queue_size,
+            when_behind=config.when_behind,
+            fallback=fallback_row,
+        )
         self.base = base_url(config)
         self.default_upstream_key = config.upstream_api_key.encode("latin-1") if config.upstream_api_key else None
         self.client: Upstream | None = None
@@ -196,21 +208,32 @@ class ProxyApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
+        responder = _Responder(send)
+        try:
+            await self._route(scope, receive, responder, t0)
+        except Exception as exc:  # the one error path: never the server's bare 500
+            log.exception("internal error while handling %s %s", scope.get("method"), scope.get("path"))
+            if not responder.started:
+                await _respond(responder, 500, _internal_error_body(exc))
+            # else: return with the response unfinished; the server cuts the connection
+
+    async def _route(self, scope: Scope, receive: Receive, send: _Responder, t0: float) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
         if not path.startswith(PREFIX):
             await self.web(scope, receive, send)
             return
         endpoint = path[len(PREFIX) :]
-        if endpoint == "health":
-            await self._health(send)
-            return
         auth = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 auth = value
                 break
-        if not self.keys.check_authorization(auth):
+        key_id = self.keys.identify(auth)
+        if endpoint == "health":
+            await self._health(send, key_id is not None)
+            return
+        if key_id is None:
             msg = "Missing Prysm API key" if auth is None else "Invalid Prysm API key"
             self.warnings.event("auth", f"401 {msg.lower()} from {_client(scope)} on {method} {path}")
             await _respond(
@@ -226,12 +249,37 @@ class ProxyApp:
         if endpoint == "traces" or endpoint == "stats" or endpoint.startswith("traces/"):
             await self._read_api(scope, send, method, endpoint)
             return
-        await self._proxy(scope, receive, send, t0, method, endpoint)
+        await self._proxy(scope, receive, send, t0, method, endpoint, key_id)
 
     # -- proxying --------------------------------------------------------------------------------
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send, t0: float, method: str, endpoint: str) -> None:
+    async def _proxy(
+        self, scope: Scope, receive: Receive, send: _Responder, t0: float, method: str, endpoint: str, key_id: str
+    ) -> None:
+        await self.store.wait_for_room()  # --when-behind block: hold new requests while the writer catches up
         ex = Exchange(uuid.uuid4().hex, time.time(), t0, method, endpoint)
+        ex.key_id = key_id
         trace_header = (_wire.TRACE_ID_HEADER.lower().encode(), ex.id.encode())
+        self.inflight += 1
+        try:
+            await self._exchange(scope, receive, send, ex, trace_header)
+        except Exception as exc:  # a bug of ours: a JSON 500 (or a cut-off answer) and the trace says so
+            log.exception("internal error while proxying %s %s (trace %s)", method, endpoint, ex.id)
+            ex.status, ex.error = "error", f"internal error in the proxy ({type(exc).__name__})"
+            ex.t_end = time.perf_counter()
+            if not send.started:
+                ex.http_status = 500
+                ex.response_body = _internal_error_body(exc)
+                ex.response_content_type = "application/json"
+                self._submit(ex)
+                await _respond(send, 500, ex.response_body, [trace_header])
+        finally:
+            self._submit(ex)
+            self.inflight -= 1
+
+    async def _exchange(
+        self, scope: Scope, receive: Receive, send: _Responder, ex: Exchange, trace_header: tuple[bytes, bytes]
+    ) -> None:
+        method, endpoint = ex.method, ex.endpoint
         upstream_key = self.default_upstream_key
         content_length = -1
         content_type = b""
@@ -273,17 +321,30 @@ class ProxyApp:
             return
         ex.request_body = body
         inject = False
+        json_required = method == "POST" and endpoint in JSON_ENDPOINTS
+        if not body and json_required:
+            await self._fail(
+                send,
+                ex,
+                400,
+                "The request body is empty. It must be a JSON object.",
+                "invalid_request_error",
+                "invalid_json",
+                trace_header,
+            )
+            return
         if body and (endpoint in JSON_ENDPOINTS or b"json" in content_type):
             try:
                 parsed = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError) as exc:
                 parsed = None
-                if method == "POST" and endpoint in JSON_ENDPOINTS:
+                if json_required:
+                    detail = "It is nested too deeply. " if isinstance(exc, RecursionError) else ""
                     await self._fail(
                         send,
                         ex,
                         400,
-                        "We could not parse the JSON body of your request. The body must be a JSON object.",
+                        f"We could not parse the JSON body of your request. {detail}The body must be a JSON object.",
                         "invalid_request_error",
                         "invalid_json",
                         trace_header,
@@ -295,7 +356,7 @@ class ProxyApp:
                 ex.stream = parsed.get("stream") is True
                 if ex.stream and endpoint in USAGE_ENDPOINTS and self.config.inject_stream_usage:
                     body, inject = _inject_usage(body, parsed)
-            elif method == "POST" and endpoint in JSON_ENDPOINTS:
+            elif json_required:
                 await self._fail(
                     send,
                     ex,
@@ -316,12 +377,7 @@ class ProxyApp:
         if query:
             url += "?" + query.decode("latin-1")
         headers = request_headers(scope["headers"], upstream_key)
-        self.inflight += 1
-        try:
-            await self._forward(method, url, headers, body, receive, send, ex, trace_header, inject)
-        finally:
-            self._submit(ex)
-            self.inflight -= 1
+        await self._forward(method, url, headers, body, receive, send, ex, trace_header, inject)
 
     @staticmethod
     def _prysm_header(ex: Exchange, name: bytes, value: bytes) -> None:
@@ -339,6 +395,8 @@ class ProxyApp:
                 ex.session_id = _wire.decode_id(text)
         except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             ex.notes.append(f"{label} ignored: malformed ({type(exc).__name__}: {str(exc)[:200]})")
+        except RecursionError:
+            ex.notes.append(f"{label} ignored: nested too deeply to decode")
 
     async def _fail(
         self,
@@ -373,12 +431,45 @@ class ProxyApp:
         inject: bool,
     ) -> None:
         assert self.client is not None
+        watch = DisconnectWatch(receive)  # a client that leaves cancels the upstream request at once
+        try:
+            await self._forward_watched(
+                method, url, request_headers, body, receive, send, ex, trace_header, inject, watch
+            )
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+            if not ex.submitted:
+                ex.http_status = None
+            self._cancel(ex, "the client disconnected before the answer")
+        finally:
+            watch.stop()
+
+    async def _forward_watched(
+        self,
+        method: str,
+        url: str,
+        request_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        ex: Exchange,
+        trace_header: tuple[bytes, bytes],
+        inject: bool,
+        watch: DisconnectWatch,
+    ) -> None:
+        assert self.client is not None
         try:
             response = await self.client.send(method, url, request_headers, body)
         except TIMEOUT_ERRORS:
+            watch.stop()
             await self._upstream_failed(send, ex, 504, "the upstream did not answer in time", trace_header)
             return
         except TRANSPORT_ERRORS as exc:
+            watch.stop()
             await self._upstream_failed(send, ex, 502, f"upstream unreachable ({type(exc).__name__})", trace_header)
             return
         try:
@@ -391,18 +482,22 @@ class ProxyApp:
             if status < 400 and ctype.startswith(b"text/event-stream"):
                 ex.stream = True
                 headers.append((b"x-accel-buffering", b"no"))
+                watch.stop()  # the stream relay watches the client itself
                 await self._relay_stream(response, receive, send, ex, headers, inject)
                 return
             try:
                 ex.response_body = await response.read()
             except TIMEOUT_ERRORS:
+                watch.stop()
                 await self._upstream_failed(send, ex, 504, "the upstream timed out while answering", trace_header)
                 return
             except TRANSPORT_ERRORS as exc:
+                watch.stop()
                 await self._upstream_failed(
                     send, ex, 502, f"the upstream broke off its answer ({type(exc).__name__})", trace_header
                 )
                 return
+            watch.stop()
             ex.t_end = time.perf_counter()
             if status >= 400:
                 ex.status = "error"
@@ -464,6 +559,15 @@ class ProxyApp:
                 ex.status, ex.error = "timeout", "the upstream stopped sending (read timeout)"
             except TRANSPORT_ERRORS as exc:
                 ex.status, ex.error = "error", f"the upstream broke off the stream ({type(exc).__name__})"
+            if ex.status != "success" and ex.error is not None:
+                # End the client's response abnormally (no terminating chunk): its client raises
+                # instead of taking a cut-off answer for a complete one. uvicorn closes the
+                # connection when the app returns with the response unfinished.
+                state[0] = True
+                ex.t_end = time.perf_counter()
+                self._submit(ex)
+                log.warning("trace %s: %s; the client's response was cut off too", ex.id, ex.error)
+                return
             tail = stripper.flush() if stripper is not None else b""
             state[0] = True
             ex.t_end = time.perf_counter()
@@ -504,13 +608,15 @@ class ProxyApp:
         ex.t_end = time.perf_counter()
 
     # -- health and read API ---------------------------------------------------------------------
-    async def _health(self, send: Send) -> None:
-        body = {
-            "status": "ok",
-            "upstream": "demo" if self.config.upstream == DEMO_UPSTREAM else urlsplit(self.base).hostname,
-            "inflight": self.inflight,
-            "store": self.store.counters(),
-        }
+    async def _health(self, send: Send, with_key: bool) -> None:
+        """``ok`` / ``degraded`` for anyone; the details only for a key holder."""
+        status, reason = self.store.health()
+        body: dict[str, Any] = {"status": status}
+        if with_key:
+            body["reason"] = reason
+            body["upstream"] = "demo" if self.config.upstream == DEMO_UPSTREAM else urlsplit(self.base).hostname
+            body["inflight"] = self.inflight
+            body["store"] = self.store.counters()
         await _respond(send, 200, json.dumps(body).encode())
 
     async def _read_api(self, scope: Scope, send: Send, method: str, endpoint: str) -> None:
@@ -531,7 +637,7 @@ class ProxyApp:
         if result is None:
             await _respond(send, 404, error_body("No such trace", "invalid_request_error", "not_found"))
             return
-        await _respond(send, 200, json.dumps(jsonshape.for_endpoint(endpoint, result), ensure_ascii=False).encode())
+        await _respond(send, 200, _json_bytes(jsonshape.for_endpoint(endpoint, result)))
 
     def _query(self, endpoint: str, query: dict[str, str]) -> Any:
         """The read API on the query layer (queries.py): read-only connections, time-limited."""
@@ -558,6 +664,37 @@ class ProxyApp:
             limit=int(limit),
         )
         return {"object": "list", "data": rows, "next_cursor": cursor}
+
+
+class _Responder:
+    """The ASGI ``send`` of one request, remembering whether the response has started (so the
+    error path knows whether it can still answer with a JSON error)."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            self.started = True
+        return self._send(message)
+
+
+def _internal_error_body(exc: BaseException) -> bytes:
+    # The exception's type only: its text may hold request data.
+    return error_body(
+        f"Internal error in the Prysm proxy ({type(exc).__name__}); the proxy's log has the details.",
+        "server_error",
+        "internal_error",
+    )
+
+
+def _json_bytes(obj: Any) -> bytes:
+    """UTF-8 JSON; an unpaired surrogate (stored escaped, decoded back) goes out as its ``\\uXXXX``
+    escape -- the exact value again for a JSON reader -- instead of failing the encoding."""
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 class _TooLarge(Exception):

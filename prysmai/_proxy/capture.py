@@ -44,6 +44,7 @@ class Exchange:
         "error",
         "http_status",
         "id",
+        "key_id",
         "metadata",
         "method",
         "model",
@@ -87,6 +88,7 @@ class Exchange:
         #: For streams: (perf_counter when forwarded, raw upstream bytes), in order.
         self.chunks: list[tuple[float, bytes]] = []
         self.provider_request_id: str | None = None
+        self.key_id: str | None = None
         self.submitted = False
 
     def __repr__(self) -> str:
@@ -162,6 +164,7 @@ class _StreamState:
         self.final_response: Any = None
         self.output_text: list[str] = []
         self.other_events = 0
+        self.too_deep = 0
 
     def _content(self, t: float) -> None:
         if self.ttft is None:
@@ -174,6 +177,9 @@ class _StreamState:
             obj = json.loads(data)
         except ValueError:
             self.other_events += 1
+            return
+        except RecursionError:
+            self.too_deep += 1
             return
         if not isinstance(obj, dict):
             return
@@ -304,6 +310,7 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
     response_model: str | None = None
     response_text: str | None
     error = ex.error
+    notes = list(ex.notes)
     if ex.stream and ex.chunks:
         state = _StreamState(ex.t0)
         for t, event_type, data in iter_sse(ex.chunks):
@@ -312,10 +319,16 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
         usage = state.usage
         response_model = state.model
         reassembled = state.body()
+        if state.too_deep:
+            notes.append(f"{state.too_deep} stream event(s) nested too deeply to parse: not reassembled")
+        if reassembled is not None:
+            try:
+                response_text = json.dumps(reassembled, ensure_ascii=False)
+            except RecursionError:
+                notes.append("response nested too deeply to reassemble: stored as received")
+                reassembled = None
         if reassembled is None:
             response_text = body_text(b"".join(c for _, c in ex.chunks), ex.response_content_type)
-        else:
-            response_text = json.dumps(reassembled, ensure_ascii=False)
         if state.error and not error:
             error = state.error
             if ex.status == "success":
@@ -327,6 +340,9 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
                 parsed = json.loads(ex.response_body)
             except ValueError:
                 parsed = None
+            except RecursionError:
+                parsed = None
+                notes.append("response body nested too deeply to parse: stored as text (no usage, no cost)")
             if isinstance(parsed, dict):
                 usage = parsed.get("usage")
                 model = parsed.get("model")
@@ -359,7 +375,41 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
         "user_id": ex.user_id,
         "session_id": ex.session_id,
         "metadata": None if ex.metadata is None else json.dumps(ex.metadata, ensure_ascii=False),
-        "notes": json.dumps(ex.notes, ensure_ascii=False) if ex.notes else None,
+        "notes": json.dumps(notes, ensure_ascii=False) if notes else None,
         "response_model": response_model,
         "provider_request_id": ex.provider_request_id,
+        "key_id": ex.key_id,
+    }
+
+
+def fallback_row(ex: Exchange, exc: BaseException) -> dict[str, Any]:
+    """The row of an exchange :func:`finalize` could not build: what was captured, unparsed (no
+    usage, cost or reassembly), with a note saying why."""
+    notes = [*ex.notes, f"trace stored unparsed: building it failed ({type(exc).__name__}: {str(exc)[:200]})"]
+    metadata = None
+    if ex.metadata is not None:
+        try:
+            metadata = json.dumps(ex.metadata)
+        except (ValueError, TypeError, RecursionError):
+            notes.append("metadata could not be stored")
+    response = b"".join(c for _, c in ex.chunks) if ex.chunks else ex.response_body
+    return {
+        "id": ex.id,
+        "created_at": ex.created_at,
+        "method": ex.method,
+        "endpoint": ex.endpoint,
+        "model": ex.model,
+        "stream": int(ex.stream),
+        "status": ex.status,
+        "http_status": ex.http_status,
+        "latency_ms": None if ex.t_end is None else round((ex.t_end - ex.t0) * 1000.0, 3),
+        "request_body": body_text(ex.request_body, ex.request_content_type),
+        "response_body": body_text(response, ex.response_content_type),
+        "error": ex.error,
+        "user_id": ex.user_id,
+        "session_id": ex.session_id,
+        "metadata": metadata,
+        "notes": json.dumps(notes),
+        "provider_request_id": ex.provider_request_id,
+        "key_id": ex.key_id,
     }

@@ -12,11 +12,15 @@ import sys
 
 from .config import (
     DB_ENV,
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_PORT,
     DEFAULT_QUEUE_SIZE,
     DEFAULT_UPSTREAM,
+    DEFAULT_WHEN_BEHIND,
     DEMO_UPSTREAM,
     PRICING_ENV,
     UPSTREAM_ENV,
@@ -135,7 +139,35 @@ def register(subparsers: Any) -> None:
         type=int,
         default=DEFAULT_QUEUE_SIZE,
         metavar="N",
-        help="traces waiting to be written before new ones are dropped (counted; default %(default)s)",
+        help="traces waiting to be written before the writer counts as behind (see --when-behind; default %(default)s)",
+    )
+    proxy.add_argument(
+        "--when-behind",
+        choices=("block", "drop"),
+        default=DEFAULT_WHEN_BEHIND,
+        help="when --queue-size traces are waiting: hold new requests until the writer catches up "
+        f"(block) or answer them and drop their traces, counted (drop); default {DEFAULT_WHEN_BEHIND}",
+    )
+    proxy.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT,
+        metavar="SECONDS",
+        help=f"time a client has to send a request's headers (default {DEFAULT_HEADER_TIMEOUT:g}); then 408",
+    )
+    proxy.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"concurrent client connections (default {DEFAULT_MAX_CONNECTIONS}); beyond it 503",
+    )
+    proxy.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=DEFAULT_MAX_HEADER_BYTES,
+        metavar="BYTES",
+        help=f"request line + headers (default {DEFAULT_MAX_HEADER_BYTES}); beyond it 431",
     )
     proxy.add_argument(
         "--upstream-timeout", type=float, default=600.0, metavar="SECONDS", help="upstream read timeout (default 600)"
@@ -171,7 +203,7 @@ def register(subparsers: Any) -> None:
     )
     _add_db(traces)
     _add_filters(traces)
-    traces.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    traces.add_argument("--limit", type=int, default=50, help="at most this many rows, 1 to 1000 (default 50)")
     traces.set_defaults(handler=_traces_command)
     # The help is the group's, not the choice's: argparse would otherwise list `show` twice.
     traces_sub = traces.add_subparsers(
@@ -273,6 +305,15 @@ def _run_proxy(args: argparse.Namespace, log: logging.Logger) -> int:
     if tls_error:
         log.error("%s", tls_error)
         return 2
+    for name, value in (
+        ("--header-timeout", args.header_timeout),
+        ("--max-connections", args.max_connections),
+        ("--max-header-bytes", args.max_header_bytes),
+        ("--queue-size", args.queue_size),
+    ):
+        if not value > 0:
+            log.error("%s must be greater than 0", name)
+            return 2
     db_path = args.db or default_db_path()
     try:
         prices = PriceTable.load(args.pricing or os.environ.get(PRICING_ENV) or None)
@@ -315,6 +356,10 @@ def _run_proxy(args: argparse.Namespace, log: logging.Logger) -> int:
             max_body_bytes=args.max_body_bytes,
             queue_size=args.queue_size,
             inject_stream_usage=not args.no_stream_usage,
+            when_behind=args.when_behind,
+            header_timeout=args.header_timeout,
+            max_client_connections=args.max_connections,
+            max_header_bytes=args.max_header_bytes,
         )
         if generated is not None:
             # Printed, not logged: shown once to the person starting the proxy.
@@ -423,12 +468,14 @@ def _filters(args: argparse.Namespace) -> Any:
 
 def _traces_command(args: argparse.Namespace) -> int:
     from . import jsonshape
-    from .queries import TraceFilter, list_traces
+    from .queries import MAX_LIMIT, TraceFilter, list_traces
     from .report import traces_table
 
     f = _filters(args)
     if f is None:
         return 2
+    if not 1 <= args.limit <= MAX_LIMIT:
+        return _fail(args, f"--limit must be a whole number from 1 to {MAX_LIMIT}", "invalid_parameter", 2)
     conn, status = _open_store(args)
     if conn is None:
         return status

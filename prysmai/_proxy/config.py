@@ -17,6 +17,14 @@ PRICING_ENV = "PRYSM_PRICING"
 UPSTREAM_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_QUEUE_SIZE = 10_000
+#: ``--when-behind``: what to do when the trace queue is full (see docs/proxy.md).
+DEFAULT_WHEN_BEHIND = "block"
+#: Seconds a client has to send a request's headers, from connection or the previous request.
+DEFAULT_HEADER_TIMEOUT = 10.0
+#: Concurrent client connections; beyond it new connections get ``503``.
+DEFAULT_MAX_CONNECTIONS = 1000
+#: Bytes of request line plus headers; beyond it ``431``.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 
 
 def default_db_path(environ: dict[str, str] | None = None) -> str:
@@ -53,3 +61,8 @@ class ProxyConfig:
     inject_stream_usage: bool = True
     max_connections: int = 1000
     max_keepalive: int = 256
+    #: Full trace queue: hold new requests until there is room ("block") or drop traces ("drop").
+    when_behind: str = DEFAULT_WHEN_BEHIND
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    max_client_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES

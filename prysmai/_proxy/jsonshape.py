@@ -100,4 +100,7 @@ def for_endpoint(endpoint: str, result: Any) -> Any:
 
 
 def dumps(document: Any, pretty: bool = True) -> str:
-    return json.dumps(document, indent=2 if pretty else None, ensure_ascii=False)
+    """Exact JSON; an unpaired surrogate in a stored value (not valid Unicode) is written as its
+    ``\\uXXXX`` escape, which a JSON reader decodes back to the same value, instead of crashing print()."""
+    text = json.dumps(document, indent=2 if pretty else None, ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

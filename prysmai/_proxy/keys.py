@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -76,13 +77,20 @@ def collect_keys(
     return list(dict.fromkeys(keys))
 
 
+def key_id(key: str) -> str:
+    """A key's stable, public id: ``key_`` and the first 12 hex digits of its SHA-256. Recorded
+    with each trace instead of the key; cannot be turned back into the key."""
+    return "key_" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+
+
 class KeyRing:
     """The set of accepted keys. ``check`` compares in constant time against every key."""
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_ids", "_keys")
 
     def __init__(self, keys: Iterable[str]) -> None:
         self._keys = tuple(k.encode("ascii") for k in keys)
+        self._ids = tuple(key_id(k.decode("ascii")) for k in self._keys)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -100,6 +108,16 @@ class KeyRing:
 
     def check_authorization(self, header: bytes | None) -> bool:
         """Check an ``Authorization: Bearer <key>`` header value."""
+        return self.identify(header) is not None
+
+    def identify(self, header: bytes | None) -> str | None:
+        """The :func:`key_id` of the accepted key in an ``Authorization: Bearer <key>`` header
+        value, or ``None``. Every key is compared (constant time, whichever matches)."""
         if not header or header[:7].lower() != b"bearer ":
-            return False
-        return self.check(header[7:].strip())
+            return None
+        presented = header[7:].strip()
+        found = None
+        for key, kid in zip(self._keys, self._ids):
+            if hmac.compare_digest(key, presented):
+                found = kid
+        return found

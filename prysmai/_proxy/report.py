@@ -1,4 +1,9 @@
-"""Terminal output for ``prysmai traces`` / ``traces show`` / ``stats``: aligned plain text."""
+"""Terminal output for ``prysmai traces`` / ``traces show`` / ``stats``: aligned plain text.
+
+Captured values come from any key holder: every control character in them (C0, DEL, C1, bidi
+overrides, unpaired surrogates) is shown as an escape (``\\x1b``, ``\\u202e``), so a trace can never
+retitle, clear or recolour the operator's terminal. ``--json`` output is exact JSON, not this.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_CONTROL_BUT_LINES = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 NONE = "-"
@@ -26,6 +35,17 @@ def parse_since(value: str, now: float | None = None) -> float:
         return datetime.fromisoformat(value.strip()).timestamp()
     except ValueError:
         raise ValueError(f"expected e.g. 15m, 2h, 7d or 2025-01-31T12:00, not {value!r}") from None
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(text: object, lines: bool = False) -> str:
+    """``text`` with control characters escaped; ``lines=True`` keeps newlines and tabs."""
+    value = str(text)
+    return (_CONTROL_BUT_LINES if lines else _CONTROL).sub(_escape_char, value)
 
 
 def fmt_time(ts: float | None) -> str:
@@ -56,6 +76,7 @@ def fmt_int(value: int | None) -> str:
 def _clip(text: str | None, width: int = 24) -> str:
     if not text:
         return NONE
+    text = safe(text)
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -83,23 +104,25 @@ def traces_table(traces: Sequence[dict[str, Any]]) -> str:
         "COST",
         "USER",
         "SESSION",
+        "KEY",
     ]
     rows = []
     for t in traces:
         status = t["status"] if t.get("http_status") in (None, 200) else f"{t['status']} {t['http_status']}"
         rows.append(
             [
-                t["id"][:12],
+                safe(t["id"][:12]),
                 fmt_time(t.get("created_at")),
-                t.get("endpoint", "") + (" (stream)" if t.get("stream") else ""),
+                safe(t.get("endpoint", "")) + (" (stream)" if t.get("stream") else ""),
                 _clip(t.get("model")),
-                status,
+                safe(status),
                 fmt_ms(t.get("latency_ms")),
                 fmt_ms(t.get("ttft_ms")),
                 fmt_int(t.get("total_tokens")),
                 fmt_cost(t.get("cost_usd")),
                 _clip(t.get("user_id"), 20),
                 _clip(t.get("session_id"), 20),
+                safe(t.get("key_id") or NONE),
             ]
         )
     return render_table(headers, rows, right=(5, 6, 7, 8))
@@ -109,9 +132,10 @@ def _pretty_body(text: str | None) -> str:
     if text is None:
         return NONE
     try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except ValueError:
-        return text
+        # JSON escapes every control character inside strings (\u001b): nothing raw gets through.
+        return safe(json.dumps(json.loads(text), indent=2, ensure_ascii=False), lines=True)
+    except (ValueError, RecursionError):
+        return safe(text, lines=True)
 
 
 def trace_detail(t: dict[str, Any]) -> str:
@@ -141,13 +165,14 @@ def trace_detail(t: dict[str, Any]) -> str:
         ("Session", t.get("session_id") or NONE),
         ("Metadata", json.dumps(t["metadata"], ensure_ascii=False) if t.get("metadata") is not None else NONE),
         ("Provider request id", t.get("provider_request_id") or NONE),
+        ("Key", t.get("key_id") or NONE),
     ]
     if t.get("error"):
         fields.append(("Error", t["error"]))
     if t.get("notes"):
         fields.append(("Notes", "; ".join(t["notes"]) if isinstance(t["notes"], list) else str(t["notes"])))
     width = max(len(k) for k, _ in fields)
-    lines = [f"{k.ljust(width)}  {v}" for k, v in fields]
+    lines = [f"{k.ljust(width)}  {safe(v)}" for k, v in fields]
     lines += [
         "",
         "Request body:",

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from typing import Any
 
 import uvicorn
 
@@ -14,7 +16,31 @@ from .config import ProxyConfig
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
-    from typing import Any
+
+
+class _CutOffFilter(logging.Filter):
+    """The proxy cuts a client's response off on purpose when the upstream broke its stream (and
+    logs that itself); uvicorn's generic error line for it would only add noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "ASGI callable returned without completing response."
+
+
+def _quiet_cut_offs() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _CutOffFilter) for f in logger.filters):
+        logger.addFilter(_CutOffFilter())
+
+
+def _limits(app: ProxyApp) -> dict[str, Any]:
+    """The connection guard's settings: header timeout, header size, connection cap."""
+    c = app.config
+    try:
+        from .guard import guarded_protocol
+
+        return {"http": guarded_protocol(c.header_timeout, c.max_header_bytes, c.max_client_connections)}
+    except ImportError:  # no httptools: h11's own size limit and uvicorn's (plain-text) cap
+        return {"h11_max_incomplete_event_size": c.max_header_bytes, "limit_concurrency": c.max_client_connections}
 
 
 def uvicorn_config(
@@ -24,6 +50,7 @@ def uvicorn_config(
 
     uvicorn's own logging configuration (coloured, untimed) is never installed: its records go to
     whatever handlers the ``uvicorn`` logger has (``prysmai proxy``: :mod:`.logs`)."""
+    _quiet_cut_offs()
     settings: dict[str, Any] = {
         "lifespan": "on",
         "access_log": False,
@@ -33,6 +60,7 @@ def uvicorn_config(
         "backlog": 2048,
         "timeout_keep_alive": 75,
         "timeout_graceful_shutdown": 10,
+        **_limits(app),
     }
     settings.update(options)
     return uvicorn.Config(app, host=host, port=port, **settings)

@@ -9,6 +9,9 @@ A full queue drops the trace, counts it (``dropped``) and logs it at most every 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import logging
 import os
 import queue
@@ -21,7 +24,7 @@ from .migrations import SCHEMA_VERSION, ensure_functions, migrate, version
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import Any
 
 log = logging.getLogger("prysmai.proxy")
@@ -121,30 +124,121 @@ def open_existing(path: str) -> sqlite3.Connection | None:
     return conn
 
 
+#: What the proxy does when the writer is behind (``--when-behind``): hold new requests until the
+#: queue has room again (``block``), or answer them and drop their traces, counted (``drop``).
+WHEN_BEHIND = ("block", "drop")
+#: How long ``/api/v1/health`` reports ``degraded`` after the last trace that was lost or could not
+#: be stored, in seconds (a state that lasts is reported as long as it lasts).
+DEGRADED_SECONDS = 300.0
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _sqlite_max_variables() -> int:
+    # 32766 since SQLite 3.32 (2020); 999 before.
+    return 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+
+
+#: Most rows per INSERT statement (a power of two). One multi-row statement is one
+#: ``sqlite3_step``: the writer thread releases and re-takes the GIL once per statement instead of
+#: once per row. Under load every re-take waits for the event loop to yield the GIL (up to the
+#: 5 ms switch interval), which is what made a per-row ``executemany`` fall behind the request
+#: path. Not more than 32 rows, though: binding a statement's parameters holds the GIL, and a
+#: long hold delays the requests the event loop is serving (measured: 512-row statements raised
+#: the proxy's p95 latency). A batch of n rows is written as statements of power-of-two sizes
+#: (n's binary digits), so at most six distinct statements exist, all in sqlite3's cache.
+_ROWS_PER_INSERT = 1 << (max(1, min(32, _sqlite_max_variables() // len(COLUMNS))).bit_length() - 1)
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    one = "(" + ", ".join("?" * len(COLUMNS)) + ")"
+    return f"INSERT INTO traces ({', '.join(COLUMNS)}) VALUES " + ", ".join([one] * rows)
+
+
+def repair_row(row: Sequence[Any]) -> tuple[tuple[Any, ...], list[str]]:
+    """A row SQLite refused, made storable: text holding unpaired surrogates (not valid Unicode,
+    so not UTF-8) gets them as ``\\uXXXX`` escapes -- in JSON columns that is the JSON escape, so
+    the value decodes back exactly -- and integers outside SQLite's range become NULL. Returns the
+    row and one note per repaired column (also added to its ``notes``)."""
+    values = list(row)
+    notes: list[str] = []
+    for i, (column, value) in enumerate(zip(COLUMNS, values)):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                values[i] = value.encode("utf-8", "backslashreplace").decode("utf-8")
+                notes.append(f"{column}: unpaired surrogates stored as \\uXXXX escapes")
+        elif isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+            values[i] = None
+            notes.append(f"{column}: integer outside SQLite's range, not stored")
+        elif value is not None and not isinstance(value, (str, int, float, bytes)):
+            values[i] = str(value)
+            notes.append(f"{column}: stored as text ({type(value).__name__})")
+    if notes:
+        at = COLUMNS.index("notes")
+        previous: list[Any] = []
+        if isinstance(values[at], str):
+            with contextlib.suppress(ValueError, RecursionError):
+                loaded = json.loads(values[at])
+                previous = loaded if isinstance(loaded, list) else [loaded]
+        values[at] = json.dumps(previous + notes)  # ASCII: cannot fail again
+    return tuple(values), notes
+
+
 class TraceStore:
-    """Bounded queue + one writer thread. ``submit`` is called from the event loop thread only."""
+    """A queue and one supervised writer thread. ``submit`` is called from the event loop thread.
+
+    The writer never dies: a row that cannot be built is stored without parsing (``fallback``), a
+    row SQLite refuses is repaired (:func:`repair_row`), and anything else that stops the loop
+    restarts it, counting the traces of the interrupted batch as ``lost``. Every such event is
+    logged and makes :meth:`health` report ``degraded``.
+
+    When ``queue_size`` traces are waiting the writer is behind: with ``when_behind="drop"`` a new
+    trace is dropped (counted, logged); with ``"block"`` it is still queued and the proxy holds new
+    requests at the door (:meth:`wait_for_room`) until the writer has caught up, so the queue
+    exceeds its size by at most the requests in flight.
+    """
 
     def __init__(
         self,
         path: str,
         finalize: Callable[[Any], dict[str, Any]],
         queue_size: int = 10_000,
+        when_behind: str = "block",
+        fallback: Callable[[Any, BaseException], dict[str, Any]] | None = None,
     ) -> None:
+        if when_behind not in WHEN_BEHIND:
+            raise ValueError(f"when_behind must be one of {', '.join(WHEN_BEHIND)}, not {when_behind!r}")
         self.path = path
         self._finalize = finalize
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, queue_size))
+        self._fallback = fallback
+        self.capacity = max(1, queue_size)
+        self.when_behind = when_behind
+        # Unbounded on purpose: the capacity is a policy (above), not a hard limit of the queue.
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closing = False
         self._conn: sqlite3.Connection | None = None
+        self._batch: list[Any] = []
         self.enqueued = 0
         self.written = 0
+        self.repaired = 0
         self.failed = 0
         self.dropped = 0
+        self.lost = 0
+        self.restarts = 0
+        self._incident: tuple[float, str] | None = None
         self._last_drop_log = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self) -> None:
         self._conn = open_db(self.path)
+        self._closing = False
+        self._start_thread()
+
+    def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name="prysmai-trace-writer", daemon=True)
         self._thread.start()
 
@@ -152,63 +246,145 @@ class TraceStore:
         """Write everything pending, stop the writer and close the database."""
         if self._thread is None:
             return
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:  # pragma: no cover - the writer is wedged
-            log.error("trace writer did not drain its queue in %.0fs", timeout)
+        self._closing = True
+        self.ensure_writer()
+        self._queue.put(_STOP)
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("trace writer did not finish in %.0fs: %d trace(s) not written", timeout, self.pending)
         self._thread = None
-        if self.dropped:
-            log.warning("%d trace(s) were dropped because the trace queue was full", self.dropped)
+        losses = {"dropped (queue full)": self.dropped, "lost (writer restarted)": self.lost}
+        losses["not storable"] = self.failed
+        for what, n in losses.items():
+            if n:
+                log.warning("%d trace(s) %s during this run", n, what)
 
     # -- request path ----------------------------------------------------------------------------
     def submit(self, item: Any) -> bool:
-        """Queue a captured exchange; ``False`` (and counted) if the queue is full."""
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
+        """Queue a captured exchange; ``False`` (counted, logged) if dropped by the drop policy."""
+        if self.when_behind == "drop" and self._queue.qsize() >= self.capacity:
             self.dropped += 1
             now = time.monotonic()
+            self._incident = (now, f"trace writer behind: {self.dropped} trace(s) dropped (queue full)")
             if now - self._last_drop_log >= _DROP_LOG_INTERVAL:
                 self._last_drop_log = now
                 log.warning("trace queue full: %d trace(s) dropped so far", self.dropped)
             return False
+        self._queue.put(item)
         self.enqueued += 1
+        if not self.enqueued & 255:  # now and then: cheap enough for the request path
+            self.ensure_writer()
         return True
+
+    @property
+    def behind(self) -> bool:
+        """Whether the queue is at its size (the writer is behind)."""
+        return self._queue.qsize() >= self.capacity
+
+    async def wait_for_room(self) -> None:
+        """With the block policy, wait (without blocking the event loop) until the queue is below
+        its size. Costs one size check when there is room."""
+        if self.when_behind != "block" or self._queue.qsize() < self.capacity:
+            return
+        import asyncio
+
+        while self._queue.qsize() >= self.capacity:
+            self.ensure_writer()
+            await asyncio.sleep(0.005)
 
     @property
     def pending(self) -> int:
         return self._queue.qsize()
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Block until everything submitted before the call is written (or failed)."""
+        """Block until everything submitted before the call is written (or counted as failed/lost)."""
         target = self.enqueued
         deadline = time.monotonic() + timeout
+        self.ensure_writer()
         with self._cond:
-            while self.written + self.failed < target:
+            while self.written + self.failed + self.lost < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._thread is None:
                     return False
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, 1.0))
         return True
 
     def counters(self) -> dict[str, int]:
         return {
             "queued": self.pending,
             "written": self.written,
+            "repaired": self.repaired,
             "dropped": self.dropped,
+            "lost": self.lost,
             "write_errors": self.failed,
-            "queue_capacity": self._queue.maxsize,
+            "writer_restarts": self.restarts,
+            "queue_capacity": self.capacity,
         }
+
+    def health(self) -> tuple[str, str | None]:
+        """``("ok", None)`` or ``("degraded", reason)``: the writer is behind now, or a trace was
+        lost or could not be stored in the last :data:`DEGRADED_SECONDS`."""
+        self.ensure_writer()
+        if self.behind:
+            return "degraded", f"trace writer behind: {self.pending} trace(s) queued (queue size {self.capacity})"
+        incident = self._incident
+        if incident is not None and time.monotonic() - incident[0] < DEGRADED_SECONDS:
+            return "degraded", incident[1]
+        return "ok", None
+
+    def ensure_writer(self) -> None:
+        """Restart the writer thread if it is gone (it should never be: its loop is supervised)."""
+        thread = self._thread
+        if thread is not None and not thread.is_alive() and not (self._closing and self._conn is None):
+            with self._cond:
+                if self._thread is thread:
+                    self._record_crash("the trace writer thread had stopped")
+                    self._start_thread()
 
     # -- writer thread ---------------------------------------------------------------------------
     def _run(self) -> None:
-        assert self._conn is not None
-        conn = self._conn
-        stop = False
-        while not stop:
-            batch = [self._queue.get()]
-            if batch[0] is not _STOP and self._queue.qsize() < _BATCH:
+        while True:
+            try:
+                if self._drain():
+                    break
+            except BaseException as exc:  # the writer must outlive anything a batch throws
+                stop = any(item is _STOP for item in self._batch)
+                with self._cond:
+                    self._record_crash(f"the trace writer failed ({type(exc).__name__}: {str(exc)[:200]})", exc)
+                if stop:
+                    break
+                self._reconnect()
+                time.sleep(0.05)  # no hot loop if the cause persists
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _record_crash(self, why: str, exc: BaseException | None = None) -> None:
+        """Count the traces of the interrupted batch as lost (called with ``_cond`` held)."""
+        lost = sum(1 for item in self._batch if item is not _STOP)
+        self._batch = []
+        self.lost += lost
+        self.restarts += 1
+        self._incident = (time.monotonic(), f"{why}; restarted, {lost} trace(s) lost")
+        log.error("%s; writer restarted, %d trace(s) lost (%d in total)", why, lost, self.lost, exc_info=exc)
+        self._cond.notify_all()
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._conn is not None:
+                self._conn.close()
+        try:
+            self._conn = open_db(self.path)
+        except Exception:  # the next batch fails too, and is counted
+            log.exception("could not reopen the trace store %s", self.path)
+
+    def _drain(self) -> bool:
+        """Write batches until the stop marker; True when stopped."""
+        while True:
+            item = self._queue.get()
+            batch = self._batch = [item]
+            if item is not _STOP and self._queue.qsize() < _BATCH:
                 # Linger a moment so traces are written in batches: fewer wake-ups of this thread,
                 # less contention with the event loop for the GIL.
                 time.sleep(_LINGER)
@@ -217,45 +393,99 @@ class TraceStore:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            stop = False
             rows: list[tuple[Any, ...]] = []
-            failed = 0
+            built_repaired = unbuildable = 0
             for item in batch:
                 if item is _STOP:
                     stop = True
                     continue
-                try:
-                    row = self._finalize(item)
-                    rows.append(tuple(row.get(c) for c in COLUMNS))
-                except Exception:
-                    failed += 1
-                    log.exception("could not build a trace row")
-            written, write_failed = self._write(conn, rows)
+                row, repaired = self._build(item)
+                if row is None:
+                    unbuildable += 1
+                else:
+                    rows.append(row)
+                    built_repaired += repaired
+            if self._conn is None:  # a writer restarted after its connection was closed
+                self._reconnect()
+            conn = self._conn
+            if conn is None:
+                raise sqlite3.OperationalError("the trace store is not open")
+            written, repaired, failed = self._write(conn, rows)
+            failed += unbuildable
             with self._cond:
                 self.written += written
-                self.failed += failed + write_failed
+                self.repaired += built_repaired + repaired
+                self.failed += failed
+                self._batch = []
                 self._cond.notify_all()
-        conn.close()
-        self._conn = None
+            if failed:
+                self._incident = (time.monotonic(), f"{self.failed} trace(s) could not be stored (see the log)")
+            if stop:
+                return True
 
-    def _write(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
+    def _build(self, item: Any) -> tuple[tuple[Any, ...] | None, int]:
+        """(row, 1 if built by the fallback); (None, 0) if no row can be built at all."""
+        try:
+            row = self._finalize(item)
+            return tuple(row.get(c) for c in COLUMNS), 0
+        except Exception as exc:
+            log.warning("trace %s: could not build its row (%s: %s); storing it unparsed", _id(item), _kind(exc), exc)
+            if self._fallback is not None:
+                try:
+                    row = self._fallback(item, exc)
+                    return tuple(row.get(c) for c in COLUMNS), 1
+                except Exception:
+                    log.exception("trace %s: the fallback row failed too", _id(item))
+            return None, 0
+
+    def _write(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> tuple[int, int, int]:
+        """Insert rows in one transaction; (written, repaired, failed)."""
         if not rows:
-            return 0, 0
+            return 0, 0, 0
         try:
             with conn:  # one transaction per batch
                 conn.execute("BEGIN")
-                conn.executemany(_INSERT, rows)
-            return len(rows), 0
-        except sqlite3.Error:
-            log.exception("batch write of %d trace(s) failed; retrying one by one", len(rows))
-        ok = bad = 0
-        for row in rows:  # isolate the bad row(s) so one cannot lose the batch
+                start, size = 0, _ROWS_PER_INSERT
+                while start < len(rows):
+                    while size > len(rows) - start:
+                        size >>= 1
+                    part = rows[start : start + size]
+                    conn.execute(_insert_sql(size), [value for row in part for value in row])
+                    start += size
+            return len(rows), 0, 0
+        except (sqlite3.Error, ValueError, OverflowError, TypeError):
+            pass  # find the row(s) at fault below; the others are written
+        ok = fixed = bad = 0
+        for row in rows:
             try:
                 conn.execute(_INSERT, row)
                 ok += 1
+                continue
             except sqlite3.Error as exc:
                 bad += 1
                 log.error("trace %s could not be written: %s", row[0], exc)
-        return ok, bad
+                continue
+            except (ValueError, OverflowError, TypeError) as exc:  # a value SQLite cannot take
+                reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            repaired, notes = repair_row(row)
+            try:
+                conn.execute(_INSERT, repaired)
+                ok += 1
+                fixed += 1
+                log.warning("trace %s stored with repairs (%s): %s", row[0], reason, "; ".join(notes))
+            except Exception as exc:
+                bad += 1
+                log.error("trace %s could not be written even repaired: %s", row[0], exc)
+        return ok, fixed, bad
+
+
+def _id(item: Any) -> str:
+    return str(getattr(item, "id", None) or (item.get("id") if isinstance(item, dict) else "?"))
+
+
+def _kind(exc: BaseException) -> str:
+    return type(exc).__name__
 
 
 # -- reads: thin wrappers over the query layer (.queries), kept for the CLI's and demo's callers ----

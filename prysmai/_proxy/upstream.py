@@ -10,9 +10,15 @@ detail of this module (and of ``demo_model``, the offline upstream).
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+import contextvars
+import functools
+import socket
+import struct
+import sys
+from typing import Any, Protocol
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from .config import DEMO_UPSTREAM, ProxyConfig
@@ -111,6 +117,93 @@ class _AiohttpResponse:
         self._r.close()
 
 
+#: Offsets in Linux's ``struct tcp_info``: ``tcpi_state`` (u8) and ``tcpi_bytes_acked`` (u64,
+#: since Linux 4.1).
+_STATE, _BYTES_ACKED = 0, 120
+_ESTABLISHED = 1
+_TCP_INFO = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+
+
+def _tcp_info(sock: Any) -> tuple[int, int] | None:
+    """(state, bytes the peer acknowledged) of a TCP socket; None where unknown."""
+    if _TCP_INFO is None or sock is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
+    except (OSError, ValueError):
+        return None
+    if len(raw) < _BYTES_ACKED + 8:
+        return None
+    return raw[_STATE], int(struct.unpack_from("=Q", raw, _BYTES_ACKED)[0])
+
+
+class _Handler(ResponseHandler):
+    """aiohttp's connection protocol, remembering how many bytes the peer had acknowledged when
+    a request went out and when the connection was lost (the socket is still open then).
+
+    That is the proof that the upstream accepted no byte of a request: a server that had
+    already closed its end answers our bytes with a reset, never an acknowledgement; a server
+    that may have read them has acknowledged them."""
+
+    acked_before = -1
+    acked_at_loss = -1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        transport = self.transport
+        info = _tcp_info(transport.get_extra_info("socket")) if transport is not None else None
+        if info is not None:
+            self.acked_at_loss = info[1]
+        super().connection_lost(exc)
+
+    def nothing_accepted(self) -> bool:
+        if self.acked_at_loss < 0 and self.transport is not None:  # failed before the loss was seen
+            info = _tcp_info(self.transport.get_extra_info("socket"))
+            if info is not None:
+                self.acked_at_loss = info[1]
+        return self.acked_before >= 0 and self.acked_at_loss == self.acked_before
+
+
+#: The protocol of the connection the current task's request went out on.
+_sent_on: contextvars.ContextVar[list[_Handler]] = contextvars.ContextVar("prysmai_sent_on")
+
+
+class _CheckedConnector(aiohttp.TCPConnector):
+    """A ``TCPConnector`` that never hands out a pooled connection the server already closed.
+
+    The kernel knows before the event loop does: a server that closes an idle keep-alive
+    connection just as we pick it has sent a FIN our loop has not processed yet, and aiohttp
+    retries only idempotent methods on such a connection (a POST fails with
+    ``ServerDisconnectedError``). One ``TCP_INFO`` call on the socket we are about to write to
+    tells us first (its state is no longer ESTABLISHED) and records the acknowledged bytes for
+    :meth:`_Handler.nothing_accepted`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # aiohttp's protocol factory (an attribute since 3.0): ours, for the acknowledged bytes.
+        self._factory = functools.partial(_Handler, loop=self._loop)  # type: ignore[assignment]
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        for _ in range(8):  # each round discards one dead pooled connection; then a fresh one
+            conn = await super().connect(req, traces, timeout)
+            proto = conn.protocol
+            transport = conn.transport
+            info = _tcp_info(transport.get_extra_info("socket")) if transport is not None else None
+            if info is None or info[0] == _ESTABLISHED:
+                break
+            conn.close()
+        else:
+            conn = await super().connect(req, traces, timeout)
+            proto = conn.protocol
+            info = None
+        if isinstance(proto, _Handler):
+            proto.acked_before = info[1] if info is not None else -1
+            proto.acked_at_loss = -1
+            holder = _sent_on.get(None)
+            if holder is not None:
+                holder.append(proto)
+        return conn
+
+
 class AiohttpUpstream:
     """The upstream on one pooled ``aiohttp.ClientSession``: HTTP/1.1 keep-alive, no redirects,
     no cookie jar, no environment proxies, no automatic headers beyond ``Host`` and
@@ -123,7 +216,7 @@ class AiohttpUpstream:
     def _open(self) -> aiohttp.ClientSession:
         # Created on first use, inside the event loop that serves the proxy.
         config = self._config
-        connector = aiohttp.TCPConnector(
+        connector = _CheckedConnector(
             limit=config.max_connections,
             limit_per_host=0,
             keepalive_timeout=60.0,
@@ -149,14 +242,24 @@ class AiohttpUpstream:
 
     async def send(self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> _AiohttpResponse:
         session = self._session or self._open()
-        response = await session.request(
-            method,
-            URL(url, encoded=True),  # already percent-encoded: sent as the client wrote it
-            data=body or None,
-            headers=[(k.decode("latin-1"), v.decode("latin-1") if v.isascii() else _text(v)) for k, v in headers],
-            allow_redirects=False,
-        )
-        return _AiohttpResponse(response)
+        target = URL(url, encoded=True)  # already percent-encoded: sent as the client wrote it
+        header_list = [(k.decode("latin-1"), v.decode("latin-1") if v.isascii() else _text(v)) for k, v in headers]
+        for attempt in (0, 1):
+            sent_on: list[_Handler] = []
+            token = _sent_on.set(sent_on)
+            try:
+                response = await session.request(
+                    method, target, data=body or None, headers=header_list, allow_redirects=False
+                )
+                return _AiohttpResponse(response)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                # The connection died before any answer. Send again -- once, on another
+                # connection -- only when the upstream provably accepted no byte of the request.
+                if attempt or not sent_on or not sent_on[-1].nothing_accepted():
+                    raise
+            finally:
+                _sent_on.reset(token)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
         if self._session is not None:

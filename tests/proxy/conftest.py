@@ -7,11 +7,17 @@ responses, models) and is steered per request by ``x-fake-*`` headers, which the
 * ``x-fake-first-delay-ms: 200`` -- streams: send the role-only frame at once, hold the first token;
 * ``x-fake-chunks: 3`` / ``x-fake-gap-ms: 0`` -- streams: number of content chunks and the gap;
 * ``x-fake-hang: 1``            -- never answer.
+* ``x-fake-delay-ms: 3000``     -- answer after this long (and count it in ``finished`` if the
+  answer is completed, in ``abandoned`` if the proxy went away first);
+* ``x-fake-deep: 5000``         -- answer 200 with valid JSON nested that deep;
+* ``x-fake-break-after: 2``     -- streams: send that many content chunks, then cut the connection
+  (no terminating chunk).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -57,6 +63,8 @@ class FakeUpstream:
         self.seen: list[Seen] = []
         self.disconnects = 0
         self.disconnected = threading.Event()
+        self.finished = 0
+        self.abandoned = 0
 
     def last(self) -> Seen:
         assert self.seen, "the upstream received nothing"
@@ -82,6 +90,22 @@ class FakeUpstream:
         self.seen.append(Seen(scope["method"], path, headers, body))
         if headers.get("x-fake-hang"):
             await asyncio.sleep(60)
+        if headers.get("x-fake-delay-ms"):
+            waiter = asyncio.ensure_future(receive())  # after the body, only a disconnect arrives
+            done, _ = await asyncio.wait({waiter}, timeout=float(headers["x-fake-delay-ms"]) / 1000)
+            if waiter in done and waiter.result()["type"] == "http.disconnect":
+                self.abandoned += 1
+                return
+            waiter.cancel()
+            self.finished += 1
+        if headers.get("x-fake-deep"):
+            depth = int(headers["x-fake-deep"])
+            deep = b'{"id":"deep","usage":{"prompt_tokens":1},"x":' + b"[" * depth + b"]" * depth + b"}"
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send({"type": "http.response.body", "body": deep})
+            return
         status = int(headers.get("x-fake-status", "200"))
         if status >= 400:
             await self._json(send, status, {"error": {"message": f"planned {status}", "type": "fake", "code": None}})
@@ -163,7 +187,10 @@ class FakeUpstream:
                 }
             )
         await asyncio.sleep(first_delay)
+        break_after = int(headers.get("x-fake-break-after", "-1"))
         for i in range(n):
+            if i == break_after:
+                raise ConnectionResetError("x-fake-break-after: cutting the stream")  # uvicorn drops the connection
             if self.disconnected.is_set() and watcher.done():
                 return
             choice: dict[str, Any] = (
@@ -362,3 +389,63 @@ def start_proxy(tmp_path: Any) -> Iterator[Any]:
 def proxy(fake: FakeUpstream, start_proxy: Any) -> ProxyHandle:
     handle: ProxyHandle = start_proxy(fake.url)  # type: ignore[attr-defined]
     return handle
+
+
+class ClosingUpstream:
+    """A raw HTTP/1.1 upstream that answers every request as keep-alive (no ``Connection:
+    close``) and then closes the connection at once: the next request on that pooled connection
+    is sent to a server that has already gone."""
+
+    def __init__(self, eat_second: bool = False) -> None:
+        #: Read the second request of each connection fully, then close without answering.
+        self.eat_second = eat_second
+        self.requests = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.port = 0
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> None:
+            server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+
+        self._loop.run_until_complete(start())
+        self._loop.run_forever()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await reader.readexactly(length)
+        self.requests += 1
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._read_request(reader)
+        body = b'{"id":"x","object":"chat.completion","model":"m","choices":[]}'
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        if self.eat_second:
+            with contextlib.suppress(asyncio.IncompleteReadError):
+                await self._read_request(reader)
+        writer.close()
+
+    def __enter__(self) -> ClosingUpstream:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"

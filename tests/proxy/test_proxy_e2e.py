@@ -315,13 +315,19 @@ def test_unknown_model_costs_null_not_zero(proxy: ProxyHandle) -> None:
     assert trace["total_tokens"] == 13 and trace["cost_usd"] is None
 
 
-def test_health_needs_no_key_and_reports_counters(proxy: ProxyHandle) -> None:
+def test_health_says_only_ok_without_a_key_and_details_with_one(proxy: ProxyHandle) -> None:
     post(proxy, "chat/completions", CHAT).raise_for_status()
     proxy.app.store.flush()
     r = httpx.get(f"{proxy.base_url}/health")
     assert r.status_code == 200
+    assert r.json() == {"status": "ok"}  # no upstream, no counters for strangers
+    assert httpx.get(f"{proxy.base_url}/health", headers={"Authorization": "Bearer sk-prysm-wrong"}).json() == {
+        "status": "ok"
+    }
+    r = httpx.get(f"{proxy.base_url}/health", headers=AUTH)
     doc = r.json()
-    assert doc["status"] == "ok" and doc["store"]["written"] == 1 and doc["store"]["dropped"] == 0
+    assert doc["status"] == "ok" and doc["reason"] is None and doc["upstream"] == "127.0.0.1"
+    assert doc["store"]["written"] == 1 and doc["store"]["dropped"] == 0 and doc["store"]["lost"] == 0
     assert KEY not in r.text and UPSTREAM_KEY not in r.text and proxy.db_path not in r.text
 
 

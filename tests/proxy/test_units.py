@@ -14,7 +14,7 @@ from prysmai._proxy.app import _inject_usage, _UsageStripper
 from prysmai._proxy.capture import Exchange, finalize
 from prysmai._proxy.keys import KeyConfigError, KeyRing, collect_keys, generate_key
 from prysmai._proxy.pricing import PriceTable, PricingError
-from prysmai._proxy.store import SCHEMA_VERSION, StoreError, TraceStore, compute_stats, open_existing
+from prysmai._proxy.store import COLUMNS, SCHEMA_VERSION, StoreError, TraceStore, compute_stats, open_existing
 
 PRICES = PriceTable.load()
 
@@ -275,7 +275,7 @@ def test_full_queue_drops_are_counted_and_logged(tmp_path: Any, caplog: Any) -> 
         gate.wait(10)
         return dict(item)
 
-    store = TraceStore(str(tmp_path / "t.db"), slow, queue_size=2)
+    store = TraceStore(str(tmp_path / "t.db"), slow, queue_size=2, when_behind="drop")
     store.open()
     results = [store.submit(_row(i)) for i in range(10)]
     assert results.count(False) >= 5 and store.dropped == results.count(False)
@@ -308,3 +308,18 @@ def test_newer_schema_or_garbage_is_refused(tmp_path: Any) -> None:
     garbage.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError):
         TraceStore(str(garbage), dict).open()
+
+
+@pytest.mark.parametrize("n", [1, 3, 511, 513, 777])
+def test_batches_of_any_size_are_written_exactly(tmp_path: Any, n: int) -> None:
+    path = str(tmp_path / "t.db")
+    store = TraceStore(path, lambda item: item)
+    store.open()
+    assert store._conn is not None
+    assert store._write(store._conn, [tuple(_row(i).get(c) for c in COLUMNS) for i in range(n)]) == (n, 0, 0)
+    store.close()
+    conn = open_existing(path)
+    assert conn is not None
+    assert [r[0] for r in conn.execute("SELECT id FROM traces ORDER BY latency_ms")] == [
+        _row(i)["id"] for i in range(n)
+    ]
