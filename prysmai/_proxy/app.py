@@ -764,8 +764,7 @@ def _latency_header(ex: Exchange) -> tuple[bytes, bytes]:
 
 async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [
-        *_JSON_HEADERS,
-        (_wire.ORIGIN_HEADER.lower().encode(), b"proxy"),
+        *_JSON_HEADERS,  # with the X-Prysm-Origin marker: the SDK's fail-open reads it
         (b"content-length", str(len(body)).encode()),
     ]
     if extra:

@@ -56,7 +56,8 @@ def trace(row: Mapping[str, Any]) -> dict[str, Any]:
     if "stream" in out:
         out["stream"] = bool(out["stream"])
     if "metadata" in out:
-        out["metadata"] = _json_field(out["metadata"]) if out["metadata"] else None
+        # An empty object stays an object: "{}" was sent, which is not "nothing was sent".
+        out["metadata"] = None if out["metadata"] in (None, "") else _json_field(out["metadata"])
     if "notes" in out:
         notes = _json_field(out["notes"]) if out["notes"] else []
         out["notes"] = notes if isinstance(notes, list) else [str(notes)]

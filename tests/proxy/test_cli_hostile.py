@@ -48,7 +48,7 @@ def test_human_output_escapes_control_characters(capsys: Any, hostile_db: str) -
     assert code == 0
     _no_raw_controls(out)
     assert "\\x1b" in out and "eve\\x1b[2J" in out and key_id(KEY) in out
-    trace_id = json.loads(run_cli(capsys, "traces", "--db", hostile_db, "--json")[1])[0]["id"]
+    trace_id = json.loads(run_cli(capsys, "traces", "--db", hostile_db, "--json")[1])["data"][0]["id"]
     code, out, _ = run_cli(capsys, "traces", "show", trace_id, "--db", hostile_db)
     assert code == 0
     _no_raw_controls(out)
@@ -62,7 +62,7 @@ def test_human_output_escapes_control_characters(capsys: Any, hostile_db: str) -
 def test_json_output_stays_exact(capsys: Any, hostile_db: str) -> None:
     code, out, _ = run_cli(capsys, "traces", "--db", hostile_db, "--json")
     assert code == 0
-    (row,) = json.loads(out)
+    (row,) = json.loads(out)["data"]
     assert row["model"] == HOSTILE_MODEL and row["user_id"] == "eve\u001b[2J"
     code, out, _ = run_cli(capsys, "traces", "show", row["id"], "--db", hostile_db, "--json")
     full = json.loads(out)
