@@ -18,6 +18,7 @@ breaker is safe to share between threads and between asyncio tasks. The WARNING 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -158,3 +159,15 @@ def reset() -> None:
     """Forget every breaker and counter (for tests)."""
     with _breakers_lock:
         _breakers.clear()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at fork() stays held forever in the child: start afresh.
+    global _breakers_lock
+    _breakers_lock = threading.Lock()
+    for breaker in _breakers.values():
+        breaker._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
