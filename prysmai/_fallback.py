@@ -270,7 +270,7 @@ def _ended(call: _Call, exc: BaseException | None) -> bool:
     breaker = policy.breaker
     if not call.at_proxy:
         breaker.count_direct()
-        if route == PROBE and not call.fell_back:  # pragma: no cover - a probe always tries the proxy
+        if route == PROBE and not call.fell_back:  # the probe never reached the proxy (our own failure)
             breaker.released(route)
         return False
     if exc is None:

@@ -123,6 +123,9 @@ def _redirect(client: Any, options: Any) -> None:
     except Exception:
         from ._log import log_once
 
+        call = _fallback.current.get()
+        if call is not None:
+            call.at_proxy = False  # it goes where the client points: counted as sent direct
         log_once("redirect", "prysmai failed to redirect a request; it proceeds unobserved", exc_info=True)
 
 
