@@ -118,6 +118,11 @@ class Breaker:
                 if self.state == HALF_OPEN:
                     self.state = OPEN  # the cool-down is over: the next request probes again
 
+    def count_routed(self) -> None:
+        """The proxy answered a request that was not a probe (the common case of :meth:`answered`)."""
+        with self._lock:
+            self.routed += 1
+
     def count_direct(self) -> None:
         with self._lock:
             self.sent_direct += 1

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextvars
 import sys
 
-from ._breaker import DIRECT, PROBE, Breaker
+from ._breaker import DIRECT, PROBE, PROXY, Breaker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -349,7 +349,10 @@ def request_wrapper(is_async: bool, policy_of: Callable[[Any], Policy | None]) -
                         if resend is None:
                             raise
                     else:
-                        _safe_ended(call, None)
+                        if call.at_proxy and call.route == PROXY:  # the happy path, kept short
+                            policy.breaker.count_routed()
+                        else:
+                            _safe_ended(call, None)
                         return result
                     # Outside the except block: a failure of the direct attempt is not chained to ours.
                     try:
@@ -375,7 +378,10 @@ def request_wrapper(is_async: bool, policy_of: Callable[[Any], Policy | None]) -
                     if resend is None:
                         raise
                 else:
-                    _safe_ended(call, None)
+                    if call.at_proxy and call.route == PROXY:  # the happy path, kept short
+                        policy.breaker.count_routed()
+                    else:
+                        _safe_ended(call, None)
                     return result
                 try:
                     return wrapped(*resend[0], **resend[1])
@@ -402,17 +408,6 @@ def instrument_policy(route: Any, fallback: bool | None, cooldown: float | None)
 
     on = resolve_fallback(fallback, default=True)
     return Policy(breaker_for(route.base_url, resolve_cooldown(cooldown)), on, Direct(None, None) if on else None)
-
-
-def instrumented_policy(client: Any) -> Policy | None:
-    """The policy for a call of ``client`` under ``instrument()`` (monitored clients have their own)."""
-    from . import _instrument
-    from ._hooks import MONITOR_ATTR
-
-    active = _instrument.current
-    if active is None or MONITOR_ATTR in client.__dict__:
-        return None
-    return active.policy
 
 
 def monitor_policy(source: Any, route: Any, fallback: bool | None, cooldown: float | None) -> Policy:

@@ -129,6 +129,14 @@ def _redirect(client: Any, options: Any) -> None:
         log_once("redirect", "prysmai failed to redirect a request; it proceeds unobserved", exc_info=True)
 
 
+def instrumented_policy(client: Any) -> _fallback.Policy | None:
+    """The fail-open policy for a call of ``client`` under ``instrument()`` (None: not ours)."""
+    active = _instrument.current
+    if active is None or MONITOR_ATTR in client.__dict__:
+        return None  # monitor()'s clients have their own
+    return active.policy
+
+
 def class_wrapper(is_async: bool) -> Callable[[Patch], WrapperFunction]:
     """The wrapper factory ``instrument()`` gives the patch registry for ``_prepare_options``."""
 
