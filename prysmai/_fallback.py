@@ -327,15 +327,22 @@ def _resend(
         return None
 
 
-def request_wrapper(is_async: bool, policy_of: Callable[[Any], Policy | None]) -> Callable[[Patch | None], Any]:
-    """A wrapper factory for openai's ``request()``: one :class:`_Call` per call, fallback when due."""
+def request_method(is_async: bool, policy_of: Callable[[Any], Policy | None]) -> Callable[[Patch | None, Any], Any]:
+    """A replacement factory for openai's ``request()``: one :class:`_Call` per call, fallback when due.
 
-    def make(patch: Patch | None = None) -> WrapperFunction:
+    ``make(patch, original)`` returns a plain function taking the client first (as a method; see
+    ``PatchRegistry.replace``); with ``patch`` None, ``original`` is already bound (``monitor()``).
+    """
+
+    def make(patch: Patch | None, original: Any) -> Callable[..., Any]:
+        def bind(instance: Any) -> Callable[..., Any]:
+            bound: Callable[..., Any] = original.__get__(instance, type(instance))
+            return bound
+
         if is_async:
 
-            async def async_wrapper(
-                wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-            ) -> Any:
+            async def async_request(instance: Any, *args: Any, **kwargs: Any) -> Any:
+                wrapped = bind(instance) if patch is not None else original
                 policy = policy_of(instance) if patch is None or patch.active else None
                 if policy is None:
                     return await wrapped(*args, **kwargs)
@@ -362,9 +369,10 @@ def request_wrapper(is_async: bool, policy_of: Callable[[Any], Policy | None]) -
                 finally:
                     current.reset(token)
 
-            return async_wrapper
+            return _named(async_request, original)
 
-        def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        def request(instance: Any, *args: Any, **kwargs: Any) -> Any:
+            wrapped = bind(instance) if patch is not None else original
             policy = policy_of(instance) if patch is None or patch.active else None
             if policy is None:
                 return wrapped(*args, **kwargs)
@@ -390,9 +398,15 @@ def request_wrapper(is_async: bool, policy_of: Callable[[Any], Policy | None]) -
             finally:
                 current.reset(token)
 
-        return wrapper
+        return _named(request, original)
 
     return make
+
+
+def _named(function: Callable[..., Any], original: Any) -> Callable[..., Any]:
+    import functools
+
+    return functools.update_wrapper(function, original, updated=())
 
 
 def _log_own_error() -> None:

@@ -18,6 +18,8 @@ We never mutate the caller's header dict: each request gets a new one.
 
 from __future__ import annotations
 
+import functools
+
 from . import _fallback, _instrument
 from ._context import current_headers
 from ._openai_compat import is_given, redirectable
@@ -199,9 +201,8 @@ def attach(client: Any, route: Route, is_async: bool, policy: _fallback.Policy |
         policy = _fallback.Policy(breaker_for(route.base_url), fallback=False, direct=None)
     state[_fallback.POLICY_ATTR] = policy
     policy.breaker.monitored = True
-    state["request"] = wrapt.FunctionWrapper(
-        cls.request.__get__(client, cls), _fallback.request_wrapper(is_async, lambda _: policy)(None)
-    )
+    request = _fallback.request_method(is_async, lambda _: policy)(None, cls.request.__get__(client, cls))
+    state["request"] = functools.partial(request, client)
     state["_calculate_retry_timeout"] = wrapt.FunctionWrapper(
         cls._calculate_retry_timeout.__get__(client, cls), _fallback.retry_delay_wrapper()
     )
