@@ -118,6 +118,11 @@ class Breaker:
                 if self.state == HALF_OPEN:
                     self.state = OPEN  # the cool-down is over: the next request probes again
 
+    def count_routed(self) -> None:
+        """The proxy answered a request that was not a probe (the common case of :meth:`answered`)."""
+        with self._lock:
+            self.routed += 1
+
     def count_direct(self) -> None:
         with self._lock:
             self.sent_direct += 1
@@ -161,33 +166,13 @@ def reset() -> None:
         _breakers.clear()
 
 
-_held_for_fork = False
-
-
-def _before_fork() -> None:
-    # Held across fork(): a child never starts with a breaker lock held by a thread it does not have.
-    global _held_for_fork
-    _breakers_lock.acquire()
-    _held_for_fork = True
-
-
-def _after_fork_in_parent() -> None:
-    # Checked, not assumed: this module may be imported (and these handlers registered) by another
-    # thread while a fork is under way, and then only the "after" half runs for that fork.
-    global _held_for_fork
-    if _held_for_fork:
-        _held_for_fork = False
-        _breakers_lock.release()
-
-
 def _after_fork_in_child() -> None:
-    global _breakers_lock, _held_for_fork
-    _held_for_fork = False
+    # A lock held by another thread at fork() stays held forever in the child: start afresh.
+    global _breakers_lock
     _breakers_lock = threading.Lock()
     for breaker in _breakers.values():
-        # A breaker's lock guards a few attribute updates; one held by a vanished thread is replaced.
         breaker._lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)

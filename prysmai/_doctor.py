@@ -134,6 +134,8 @@ def run_checks(base_url_argument: str | None = None, timeout: float = 5.0) -> li
 
         seconds = DEFAULT_COOLDOWN if cooldown is None else cooldown
         _, fb_source = _source(None, FALLBACK_ENV)
+        _, cd_source = _source(None, COOLDOWN_ENV)
+        pause = f"cool-down {seconds:g} s (from the {cd_source})"
         if not fallback:
             checks.append(
                 Check(
@@ -147,7 +149,7 @@ def run_checks(base_url_argument: str | None = None, timeout: float = 5.0) -> li
                 Check(
                     "fallback",
                     WARNING,
-                    f"on (from the {fb_source}), cool-down {seconds:g} s, but OPENAI_API_KEY is not set here: "
+                    f"on (from the {fb_source}), {pause}, but OPENAI_API_KEY is not set here: "
                     "requests sent direct while the proxy is down need the app's own provider key",
                     "set OPENAI_API_KEY in the application's environment (or PRYSM_FALLBACK=0)",
                 )
@@ -158,7 +160,7 @@ def run_checks(base_url_argument: str | None = None, timeout: float = 5.0) -> li
                     "fallback",
                     OK,
                     f"on (from the {fb_source}) for instrument()/PRYSM_AUTO: while the proxy is down, requests go "
-                    f"straight to the provider, uncaptured; the proxy is retried every {seconds:g} s",
+                    f"straight to the provider, uncaptured; {pause} before the proxy is tried again",
                 )
             )
     openai_base = os.environ.get("OPENAI_BASE_URL")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextvars
 import sys
 
-from ._breaker import DIRECT, PROBE, Breaker
+from ._breaker import DIRECT, PROBE, PROXY, Breaker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ def _ended(call: _Call, exc: BaseException | None) -> bool:
     breaker = policy.breaker
     if not call.at_proxy:
         breaker.count_direct()
-        if route == PROBE and not call.fell_back:  # pragma: no cover - a probe always tries the proxy
+        if route == PROBE and not call.fell_back:  # the probe never reached the proxy (our own failure)
             breaker.released(route)
         return False
     if exc is None:
@@ -327,15 +327,22 @@ def _resend(
         return None
 
 
-def request_wrapper(is_async: bool, policy_of: Callable[[Any], Policy | None]) -> Callable[[Patch | None], Any]:
-    """A wrapper factory for openai's ``request()``: one :class:`_Call` per call, fallback when due."""
+def request_method(is_async: bool, policy_of: Callable[[Any], Policy | None]) -> Callable[[Patch | None, Any], Any]:
+    """A replacement factory for openai's ``request()``: one :class:`_Call` per call, fallback when due.
 
-    def make(patch: Patch | None = None) -> WrapperFunction:
+    ``make(patch, original)`` returns a plain function taking the client first (as a method; see
+    ``PatchRegistry.replace``); with ``patch`` None, ``original`` is already bound (``monitor()``).
+    """
+
+    def make(patch: Patch | None, original: Any) -> Callable[..., Any]:
+        def bind(instance: Any) -> Callable[..., Any]:
+            bound: Callable[..., Any] = original.__get__(instance, type(instance))
+            return bound
+
         if is_async:
 
-            async def async_wrapper(
-                wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-            ) -> Any:
+            async def async_request(instance: Any, *args: Any, **kwargs: Any) -> Any:
+                wrapped = bind(instance) if patch is not None else original
                 policy = policy_of(instance) if patch is None or patch.active else None
                 if policy is None:
                     return await wrapped(*args, **kwargs)
@@ -349,7 +356,10 @@ def request_wrapper(is_async: bool, policy_of: Callable[[Any], Policy | None]) -
                         if resend is None:
                             raise
                     else:
-                        _safe_ended(call, None)
+                        if call.at_proxy and call.route == PROXY:  # the happy path, kept short
+                            policy.breaker.count_routed()
+                        else:
+                            _safe_ended(call, None)
                         return result
                     # Outside the except block: a failure of the direct attempt is not chained to ours.
                     try:
@@ -359,9 +369,10 @@ def request_wrapper(is_async: bool, policy_of: Callable[[Any], Policy | None]) -
                 finally:
                     current.reset(token)
 
-            return async_wrapper
+            return _named(async_request, original)
 
-        def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        def request(instance: Any, *args: Any, **kwargs: Any) -> Any:
+            wrapped = bind(instance) if patch is not None else original
             policy = policy_of(instance) if patch is None or patch.active else None
             if policy is None:
                 return wrapped(*args, **kwargs)
@@ -375,7 +386,10 @@ def request_wrapper(is_async: bool, policy_of: Callable[[Any], Policy | None]) -
                     if resend is None:
                         raise
                 else:
-                    _safe_ended(call, None)
+                    if call.at_proxy and call.route == PROXY:  # the happy path, kept short
+                        policy.breaker.count_routed()
+                    else:
+                        _safe_ended(call, None)
                     return result
                 try:
                     return wrapped(*resend[0], **resend[1])
@@ -384,9 +398,15 @@ def request_wrapper(is_async: bool, policy_of: Callable[[Any], Policy | None]) -
             finally:
                 current.reset(token)
 
-        return wrapper
+        return _named(request, original)
 
     return make
+
+
+def _named(function: Callable[..., Any], original: Any) -> Callable[..., Any]:
+    import functools
+
+    return functools.update_wrapper(function, original, updated=())
 
 
 def _log_own_error() -> None:
@@ -402,17 +422,6 @@ def instrument_policy(route: Any, fallback: bool | None, cooldown: float | None)
 
     on = resolve_fallback(fallback, default=True)
     return Policy(breaker_for(route.base_url, resolve_cooldown(cooldown)), on, Direct(None, None) if on else None)
-
-
-def instrumented_policy(client: Any) -> Policy | None:
-    """The policy for a call of ``client`` under ``instrument()`` (monitored clients have their own)."""
-    from . import _instrument
-    from ._hooks import MONITOR_ATTR
-
-    active = _instrument.current
-    if active is None or MONITOR_ATTR in client.__dict__:
-        return None
-    return active.policy
 
 
 def monitor_policy(source: Any, route: Any, fallback: bool | None, cooldown: float | None) -> Policy:

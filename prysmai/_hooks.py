@@ -18,6 +18,8 @@ We never mutate the caller's header dict: each request gets a new one.
 
 from __future__ import annotations
 
+import functools
+
 from . import _fallback, _instrument
 from ._context import current_headers
 from ._openai_compat import custom_default_headers, is_given, omit_shadowed_defaults, redirectable
@@ -134,7 +136,18 @@ def _redirect(client: Any, options: Any) -> None:
     except Exception:
         from ._log import log_once
 
+        call = _fallback.current.get()
+        if call is not None:
+            call.at_proxy = False  # it goes where the client points: counted as sent direct
         log_once("redirect", "prysmai failed to redirect a request; it proceeds unobserved", exc_info=True)
+
+
+def instrumented_policy(client: Any) -> _fallback.Policy | None:
+    """The fail-open policy for a call of ``client`` under ``instrument()`` (None: not ours)."""
+    active = _instrument.current
+    if active is None or MONITOR_ATTR in client.__dict__:
+        return None  # monitor()'s clients have their own
+    return active.policy
 
 
 def class_wrapper(is_async: bool) -> Callable[[Patch], WrapperFunction]:
@@ -203,9 +216,8 @@ def attach(client: Any, route: Route, is_async: bool, policy: _fallback.Policy |
         policy = _fallback.Policy(breaker_for(route.base_url), fallback=False, direct=None)
     state[_fallback.POLICY_ATTR] = policy
     policy.breaker.monitored = True
-    state["request"] = wrapt.FunctionWrapper(
-        cls.request.__get__(client, cls), _fallback.request_wrapper(is_async, lambda _: policy)(None)
-    )
+    request = _fallback.request_method(is_async, lambda _: policy)(None, cls.request.__get__(client, cls))
+    state["request"] = functools.partial(request, client)
     state["_calculate_retry_timeout"] = wrapt.FunctionWrapper(
         cls._calculate_retry_timeout.__get__(client, cls), _fallback.retry_delay_wrapper()
     )

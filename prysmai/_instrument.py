@@ -165,10 +165,11 @@ def _patch(module: ModuleType) -> None:
         _registry = PatchRegistry()
     _registry.wrap(module.OpenAI, "_prepare_options", class_wrapper(is_async=False))
     _registry.wrap(module.AsyncOpenAI, "_prepare_options", class_wrapper(is_async=True))
-    from ._fallback import instrumented_policy, request_wrapper, retry_delay_wrapper
+    from ._fallback import request_method, retry_delay_wrapper
+    from ._hooks import instrumented_policy
 
-    _registry.wrap(module.OpenAI, "request", request_wrapper(False, instrumented_policy))
-    _registry.wrap(module.AsyncOpenAI, "request", request_wrapper(True, instrumented_policy))
+    _registry.replace(module.OpenAI, "request", request_method(False, instrumented_policy))
+    _registry.replace(module.AsyncOpenAI, "request", request_method(True, instrumented_policy))
     _registry.wrap(module.OpenAI, "_calculate_retry_timeout", retry_delay_wrapper)
     _registry.wrap(module.AsyncOpenAI, "_calculate_retry_timeout", retry_delay_wrapper)
 

@@ -152,6 +152,18 @@ def test_instrument_falls_back_when_nothing_listens(openai_server: RecordingServ
     assert (s.mode, s.breaker, s.fallback, s.routed, s.sent_direct, s.failed) == ("instrument", "open", True, 0, 1, 0)
 
 
+@pytest.mark.skipif(OPENAI_MAJOR < 3, reason="openai 1.x/2.x use httpx already (the test above)")
+def test_instrument_falls_back_with_a_legacy_httpx_client_on_openai_3(openai_server: RecordingServer) -> None:
+    import httpx
+
+    prysmai.instrument(prysm_key=PRYSM_KEY, base_url=dead_url())
+    client = openai.OpenAI(
+        api_key=USER_KEY, http_client=loopback_http_client(openai_server, httpx_module=httpx), max_retries=1
+    )
+    assert chat(client) == "Hello from openai"
+    assert_direct(openai_server)
+
+
 @pytest.mark.parametrize("max_retries", [0, 2])
 def test_a_down_proxy_costs_one_connection_per_cooldown(
     openai_server: RecordingServer, broken_proxy: BrokenProxy, max_retries: int
