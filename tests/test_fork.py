@@ -42,7 +42,7 @@ PRELUDE = textwrap.dedent(
         thread.start()
 
     def child_body():
-        signal.alarm(5)  # default action: the process dies, even blocked on a lock
+        signal.alarm(20)  # default action: the process dies, even blocked on a lock (generous: a loaded CI box)
         prysm_context.set(user_id="child")
         with prysm_context(session_id="c"):
             assert prysm_context.get().user_id == "child"
@@ -86,6 +86,8 @@ def test_200_forks_while_threads_hammer_instrument_and_set() -> None:
                     counts["ok"] += 1
                 else:
                     counts["failed"] += 1
+            if counts["hung"] or counts["failed"]:
+                break  # the bug is shown; more batches would only take longer
         stop.set()
         print(json.dumps(counts))
         """
@@ -102,7 +104,7 @@ def test_multiprocessing_fork_start_method_while_threads_hammer() -> None:
         for process in processes:
             process.start()
         for process in processes:
-            process.join(30)
+            process.join(60)
         stop.set()
         codes = [process.exitcode for process in processes]
         print(json.dumps({"ok": codes.count(0), "other": len(codes) - codes.count(0)}))
