@@ -70,10 +70,12 @@ def instrument(
     """
     global current
     route = resolve_route(prysm_key, base_url, timeout, upstream_api_key)
-    from ._openai_compat import OPENAI_DEFAULT_BASE_URL
-
-    targets = frozenset({OPENAI_DEFAULT_BASE_URL}) | resolve_base_url_list(include_base_urls, "include_base_urls")
     with _lock:
+        # Imported under the lock the fork handlers hold: a child is never forked half-way through
+        # this import (its module lock would be held there by a thread the child does not have).
+        from ._openai_compat import OPENAI_DEFAULT_BASE_URL
+
+        targets = frozenset({OPENAI_DEFAULT_BASE_URL}) | resolve_base_url_list(include_base_urls, "include_base_urls")
         current = Instrumentation(route, targets)
         module = sys.modules.get("openai")
         if module is not None and hasattr(module, "AsyncOpenAI"):

@@ -37,6 +37,13 @@ PRELUDE = textwrap.dedent(
                 prysmai.uninstrument()
             i += 1
 
+    # Load prysmai's modules before any thread runs: a fork in the middle of a first import leaves the
+    # child waiting on that module's import lock, a hazard of fork() with threads that no library's
+    # own locks can prevent (an application that forks must not import concurrently).
+    prysmai.instrument(prysm_key=KEY, base_url=URL)
+    prysmai.is_instrumented()
+    prysmai.uninstrument()
+
     threads = [threading.Thread(target=hammer, args=(n,), daemon=True) for n in range(2)]
     for thread in threads:
         thread.start()
