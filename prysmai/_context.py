@@ -275,6 +275,11 @@ class _Scope:
         self._entries: dict[_Layer, None] = {}
 
     def __enter__(self) -> PrysmContext:
+        self.enter()
+        return get()
+
+    def enter(self) -> None:
+        """Enter without building the ``PrysmContext`` that ``with ... as ctx`` returns (for decorators)."""
         parent = _first_open(_scope.get())
         clean: object = _epoch
         if parent is None:
@@ -290,7 +295,6 @@ class _Scope:
         layer.merged = (base, _epoch, merged)
         self._entries[layer] = None
         _scope.set(layer)
-        return get()
 
     def __exit__(
         self,

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from ._patches import Patch, WrapperFunction
 
 MONITOR_ATTR = "_prysm_monitor_route"
+#: What a monitored client was copied from. Early openai 1.x releases (1.0.0 among them) close a
+#: client's own http client in ``__del__``, and ``copy()`` shares that http client:
+#: ``monitor(OpenAI())`` would break once the temporary original is collected, unless the copy
+#: keeps it alive.
+SOURCE_ATTR = "_prysm_copied_from"
 _DECISION_ATTR = "_prysm_redirect_decision"
 _UPSTREAM_KEY_LOWER = UPSTREAM_KEY_HEADER.lower()
 
@@ -249,6 +254,7 @@ def attach(client: Any, route: Route, is_async: bool, policy: _fallback.Policy |
 
     def copy_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         new = wrapped(*args, **kwargs)
+        new.__dict__[SOURCE_ATTR] = client  # it shares client's http client (see SOURCE_ATTR)
         # A copy re-targeted elsewhere (another base_url) is no longer ours to tag.
         if str(new.base_url).rstrip("/") == route.base_url and MONITOR_ATTR not in new.__dict__:
             attach(new, route, is_async, policy)

@@ -80,15 +80,16 @@ def instrument(
     """
     global current
     route = resolve_route(prysm_key, base_url, timeout, upstream_api_key)
-    from ._fallback import instrument_policy
-    from ._openai_compat import OPENAI_DEFAULT_BASE_URL
-
-    targets = frozenset({OPENAI_DEFAULT_BASE_URL}) | resolve_base_url_list(include_base_urls, "include_base_urls")
-    policy = instrument_policy(route, fallback, fallback_cooldown)
     with _lock:
-        current = Instrumentation(route, targets, policy)
+        # Imported under the lock the fork handlers hold: a child is never forked half-way through
+        # these imports (a module lock would be held there by a thread the child does not have).
+        from ._fallback import instrument_policy
         from ._notices import instrumented
+        from ._openai_compat import OPENAI_DEFAULT_BASE_URL
 
+        targets = frozenset({OPENAI_DEFAULT_BASE_URL}) | resolve_base_url_list(include_base_urls, "include_base_urls")
+        policy = instrument_policy(route, fallback, fallback_cooldown)
+        current = Instrumentation(route, targets, policy)
         instrumented(route, targets, policy)
         module = sys.modules.get("openai")
         if module is not None and hasattr(module, "AsyncOpenAI"):

@@ -71,6 +71,7 @@ def monitor(
     if route.timeout is not None:
         copy_kwargs["timeout"] = route.timeout
     monitored = client.copy(**copy_kwargs)
+    monitored.__dict__[_hooks.SOURCE_ATTR] = client  # keeps the shared http client open (see SOURCE_ATTR)
     _hooks.attach(monitored, route, is_async=isinstance(monitored, client_classes()[1]), policy=policy)
     from ._notices import monitored as log_monitored
 

@@ -24,6 +24,21 @@ if TYPE_CHECKING:
     _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+class Entered:
+    """``with scope:`` minus the ``PrysmContext`` it returns, which a decorator would build for nothing."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, scope: _Scope) -> None:
+        self._scope = scope
+
+    def __enter__(self) -> None:
+        self._scope.enter()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._scope.__exit__(None, None, None)
+
+
 def in_scope(scope: _Scope, func: _F) -> _F:
     """``func`` with each call (or each resumption of its generator) inside ``scope``."""
     if inspect.isasyncgenfunction(func):
@@ -32,7 +47,7 @@ def in_scope(scope: _Scope, func: _F) -> _F:
         async def async_generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
             inner = func(*args, **kwargs)
             try:
-                with scope:
+                with Entered(scope):
                     value = await inner.__anext__()
             except StopAsyncIteration:
                 return
@@ -40,18 +55,18 @@ def in_scope(scope: _Scope, func: _F) -> _F:
                 try:
                     sent = yield value
                 except GeneratorExit:
-                    with scope:
+                    with Entered(scope):
                         await inner.aclose()
                     raise
                 except BaseException as exc:
                     try:
-                        with scope:
+                        with Entered(scope):
                             value = await inner.athrow(exc)
                     except StopAsyncIteration:
                         return
                 else:
                     try:
-                        with scope:
+                        with Entered(scope):
                             value = await inner.asend(sent)
                     except StopAsyncIteration:
                         return
@@ -64,7 +79,7 @@ def in_scope(scope: _Scope, func: _F) -> _F:
         def generator(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             inner = func(*args, **kwargs)
             try:
-                with scope:
+                with Entered(scope):
                     value = next(inner)
             except StopIteration as stop:
                 return stop.value
@@ -72,18 +87,18 @@ def in_scope(scope: _Scope, func: _F) -> _F:
                 try:
                     sent = yield value
                 except GeneratorExit:
-                    with scope:
+                    with Entered(scope):
                         inner.close()
                     raise
                 except BaseException as exc:
                     try:
-                        with scope:
+                        with Entered(scope):
                             value = inner.throw(exc)
                     except StopIteration as stop:
                         return stop.value
                 else:
                     try:
-                        with scope:
+                        with Entered(scope):
                             value = inner.send(sent)
                     except StopIteration as stop:
                         return stop.value
@@ -94,14 +109,14 @@ def in_scope(scope: _Scope, func: _F) -> _F:
 
         @functools.wraps(func)
         async def coroutine(*args: Any, **kwargs: Any) -> Any:
-            with scope:
+            with Entered(scope):
                 return await func(*args, **kwargs)
 
         return coroutine  # type: ignore[return-value]
 
     @functools.wraps(func)
     def function(*args: Any, **kwargs: Any) -> Any:
-        with scope:
+        with Entered(scope):
             return func(*args, **kwargs)
 
     return function  # type: ignore[return-value]

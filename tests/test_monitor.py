@@ -184,3 +184,19 @@ def test_base_url_changed_after_monitor_is_honoured(
     _call(monitored)
     assert len(proxy_server.requests) == 1
     assert openai_server.last.path == "/v1/chat/completions"
+
+
+@pytest.mark.parametrize("derive", ["monitor", "with_options"])
+def test_monitored_client_outlives_the_temporary_it_was_made_from(derive: str, proxy_server: RecordingServer) -> None:
+    """``monitor(openai.OpenAI())``: openai 1.0.x closes a client's own http client when the client is
+    collected, and copies share it; the monitored client must keep working after the original is gone."""
+    import gc
+
+    monitored = prysmai.monitor(openai.OpenAI(max_retries=0), prysm_key=PRYSM_KEY, base_url=proxy_server.url)
+    if derive == "with_options":
+        monitored = monitored.with_options(timeout=30.0)
+    gc.collect()
+    _call(monitored)
+    gc.collect()
+    _call(monitored)
+    assert len(proxy_server.requests) == 2
