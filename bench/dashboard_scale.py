@@ -1,7 +1,7 @@
 """The dashboard's queries at scale: stores of 10 k, 100 k and 1 M traces written by the real writer.
 
 For each size it fills a store through :class:`prysmai._proxy.store.TraceStore` (the proxy's writer
-thread, batches, schema-2 triggers and indexes) with varied traces spread over 30 days, then times
+thread, batches, schema-2 rollup folding and indexes) with varied traces spread over 30 days, then times
 the query layer (``prysmai._proxy.queries``) through a :class:`ReadRunner` as the dashboard and the
 read API call it -- overview (24 h, 7 d, all), the overview page's full set of queries, trace lists
 with and without filters, trace detail, the session page, session and user lists -- with the

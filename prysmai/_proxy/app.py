@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from functools import partial
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -31,7 +31,7 @@ from .. import _wire
 from . import jsonshape, queries
 from .capture import Exchange, fallback_row, finalize
 from .config import DEMO_UPSTREAM, ProxyConfig
-from .disconnect import DisconnectWatch
+from .disconnect import DisconnectWatch, DisconnectWatches
 from .keys import KeyRing
 from .pricing import PriceTable
 from .ratelog import RateLimitedLog
@@ -159,6 +159,7 @@ class ProxyApp:
         self.client: Upstream | None = None
         self.inflight = 0
         self.warnings = RateLimitedLog(log)  # floods (502s, rejected keys): first line, then summaries
+        self._watches = DisconnectWatches()  # notices clients that leave while the upstream thinks
         #: Every path outside /api/v1: the dashboard (see web/app.py).
         self.web = make_dashboard(config.db_path, self.keys, self.prices)
 
@@ -256,7 +257,7 @@ class ProxyApp:
         self, scope: Scope, receive: Receive, send: _Responder, t0: float, method: str, endpoint: str, key_id: str
     ) -> None:
         await self.store.wait_for_room()  # --when-behind block: hold new requests while the writer catches up
-        ex = Exchange(uuid.uuid4().hex, time.time(), t0, method, endpoint)
+        ex = Exchange(_new_trace_id(), time.time(), t0, method, endpoint)
         ex.key_id = key_id
         trace_header = (_wire.TRACE_ID_HEADER.lower().encode(), ex.id.encode())
         self.inflight += 1
@@ -431,7 +432,7 @@ class ProxyApp:
         inject: bool,
     ) -> None:
         assert self.client is not None
-        watch = DisconnectWatch(receive)  # a client that leaves cancels the upstream request at once
+        watch = self._watches.start(receive)  # a client that leaves cancels the upstream request at once
         try:
             await self._forward_watched(
                 method, url, request_headers, body, receive, send, ex, trace_header, inject, watch
@@ -755,6 +756,15 @@ def _stream_finished(chunks: list[tuple[float, bytes]]) -> bool:
 def _client(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "an unknown client"
+
+
+def _new_trace_id() -> str:
+    """A random UUID (version 4) as 32 hex digits, as ``uuid.uuid4().hex`` gives it at a third of
+    the cost (no UUID object on the request path)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 def _latency_header(ex: Exchange) -> tuple[bytes, bytes]:

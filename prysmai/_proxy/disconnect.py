@@ -11,8 +11,9 @@ if TYPE_CHECKING:
 
     Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
-#: Seconds before the watcher starts. Answers faster than this pay for one timer, not a task; a
-#: client that leaves earlier is noticed at this point.
+#: Seconds before a request's watcher starts (up to half as long again: the sweep's period).
+#: Answers faster than this pay for a set insertion, not a task or a timer; a client that leaves
+#: earlier is noticed at this point.
 ARM_AFTER = 0.1
 
 
@@ -21,17 +22,18 @@ class DisconnectWatch:
     upstream request it is waiting for is closed at once. :meth:`stop` before reading ``receive``
     elsewhere or answering."""
 
-    __slots__ = ("_handle", "_receive", "_task", "_watcher", "gone")
+    __slots__ = ("_receive", "_since", "_task", "_watcher", "_watches", "gone")
 
-    def __init__(self, receive: Receive, delay: float = ARM_AFTER) -> None:
+    def __init__(self, receive: Receive, watches: DisconnectWatches, since: float) -> None:
         self._receive = receive
         self._task = asyncio.current_task()
         self._watcher: asyncio.Future[None] | None = None
+        self._watches: DisconnectWatches | None = watches
+        self._since = since
         self.gone = False
-        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(delay, self._arm)
 
     def _arm(self) -> None:
-        self._handle = None
+        self._watches = None
         self._watcher = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
@@ -42,9 +44,44 @@ class DisconnectWatch:
             self._task.cancel()
 
     def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self._watches is not None:
+            self._watches.pending.discard(self)
+            self._watches = None
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
+
+
+class DisconnectWatches:
+    """The watches of one event loop's requests. One timer sweeps them every ``delay / 2`` (only
+    while some are pending) and arms those older than ``delay``: a timer per request cost more
+    than the rest of the watch (uvloop timers are libuv handles, created and closed each time)."""
+
+    __slots__ = ("_delay", "_loop", "_timer", "pending")
+
+    def __init__(self, delay: float = ARM_AFTER) -> None:
+        self._delay = delay
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.pending: set[DisconnectWatch] = set()
+
+    def start(self, receive: Receive) -> DisconnectWatch:
+        """A watch for the current task, armed once the request has waited ``delay``."""
+        loop = asyncio.get_running_loop()
+        watch = DisconnectWatch(receive, self, loop.time())
+        self.pending.add(watch)
+        if self._timer is None or self._loop is not loop:  # (a sweep of a closed loop never runs)
+            self._loop = loop
+            self._timer = loop.call_later(self._delay / 2, self._sweep, loop)
+        return watch
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            return
+        self._timer = None
+        due = loop.time() - self._delay
+        for watch in [w for w in self.pending if w._since <= due]:
+            self.pending.discard(watch)
+            watch._arm()
+        if self.pending:
+            self._timer = loop.call_later(self._delay / 2, self._sweep, loop)

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 
-from . import private_files
+from . import private_files, rollups
 from .migrations import SCHEMA_VERSION, ensure_functions, migrate, version
 
 TYPE_CHECKING = False
@@ -69,7 +69,7 @@ class StoreError(RuntimeError):
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 10000")
-    ensure_functions(conn)  # the rollup triggers call ln()
+    ensure_functions(conn)  # folding the rollups calls ln()
     return conn
 
 
@@ -113,8 +113,7 @@ def open_existing(path: str) -> sqlite3.Connection | None:
         has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'traces'").fetchone()
         if has_table:
             _refuse_newer(conn, path)
-            if version(conn) < SCHEMA_VERSION:
-                _migrate(conn, path)
+            _migrate(conn, path)  # also folds rows inserted by other means into the rollups
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"cannot read the trace store {path}: {exc}") from None
     if not has_table:
@@ -444,18 +443,34 @@ class TraceStore:
         if not rows:
             return 0, 0, 0
         try:
-            with conn:  # one transaction per batch
+            with conn:  # one transaction per batch, the rollups folded in it
                 conn.execute("BEGIN")
                 start, size = 0, _ROWS_PER_INSERT
+                before: int | None = None
                 while start < len(rows):
                     while size > len(rows) - start:
                         size >>= 1
                     part = rows[start : start + size]
-                    conn.execute(_insert_sql(size), [value for row in part for value in row])
+                    cursor = conn.execute(_insert_sql(size), [value for row in part for value in row])
+                    if before is None and cursor.lastrowid is not None:
+                        # One INSERT numbers its rows consecutively (max(rowid) + 1, ...): where
+                        # this batch began, without a statement of its own.
+                        before = cursor.lastrowid - size
                     start += size
+                rollups.fold(conn, before)
             return len(rows), 0, 0
         except (sqlite3.Error, ValueError, OverflowError, TypeError):
             pass  # find the row(s) at fault below; the others are written
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")  # the write lock first: max(rowid) is where this starts
+            before = conn.execute("SELECT coalesce(max(rowid), 0) FROM traces").fetchone()[0]
+            written = self._write_one_by_one(conn, rows)
+            rollups.fold(conn, before)
+        return written
+
+    def _write_one_by_one(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> tuple[int, int, int]:
+        """Insert rows singly (in the caller's transaction), repairing or skipping the ones SQLite
+        refuses: a failed statement undoes only itself."""
         ok = fixed = bad = 0
         for row in rows:
             try:

@@ -122,6 +122,7 @@ class _AiohttpResponse:
 _STATE, _BYTES_ACKED = 0, 120
 _ESTABLISHED = 1
 _TCP_INFO = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+_INFO = struct.Struct(f"=B{_BYTES_ACKED - 1}xQ")  # tcpi_state ... tcpi_bytes_acked
 
 
 def _tcp_info(sock: Any) -> tuple[int, int] | None:
@@ -129,12 +130,13 @@ def _tcp_info(sock: Any) -> tuple[int, int] | None:
     if _TCP_INFO is None or sock is None:
         return None
     try:
-        raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
+        raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO.size)  # only the fields we read
     except (OSError, ValueError):
         return None
-    if len(raw) < _BYTES_ACKED + 8:
+    if len(raw) < _INFO.size:
         return None
-    return raw[_STATE], int(struct.unpack_from("=Q", raw, _BYTES_ACKED)[0])
+    state, acked = _INFO.unpack_from(raw)
+    return state, acked
 
 
 class _Handler(ResponseHandler):

@@ -344,3 +344,33 @@ def test_a_writer_thread_that_is_gone_is_restarted_and_its_queue_written(proxy: 
     assert store._thread is not thread and store._thread is not None and store._thread.is_alive()
     (trace,) = proxy.traces()
     assert trace["status"] == "success"
+
+
+async def test_disconnect_watches_arm_only_requests_still_waiting_after_the_delay() -> None:
+    import asyncio
+
+    from prysmai._proxy.disconnect import DisconnectWatches
+
+    watches = DisconnectWatches(delay=0.05)
+    calls: list[float] = []
+
+    async def receive() -> dict[str, Any]:
+        calls.append(time.monotonic())
+        return {"type": "http.disconnect"}
+
+    quick = watches.start(receive)  # answered at once: never armed, receive never read
+    quick.stop()
+
+    async def slow() -> None:
+        watch = watches.start(receive)
+        try:
+            await asyncio.sleep(5)
+        finally:
+            watch.stop()
+            assert watch.gone
+
+    start = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(slow())
+    assert 0.05 <= time.monotonic() - start < 1.0  # armed after the delay (within one sweep), not 5 s
+    assert len(calls) == 1 and not quick.gone and not watches.pending

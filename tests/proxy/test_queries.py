@@ -164,8 +164,57 @@ def test_migration_is_idempotent(tmp_path: Any) -> None:
     open_db(path).close()
     conn = sqlite3.connect(path)
     triggers = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY 1")]
-    assert triggers == ["traces_rollup_delete", "traces_rollup_insert"]
+    assert triggers == ["rollup_fold", "traces_rollup_delete"]  # folding runs once per batch, not per row
     conn.close()
+
+
+def test_rows_inserted_by_other_means_are_folded_when_the_store_is_opened(tmp_path: Any) -> None:
+    base = 1_700_000_000.0
+    path = str(tmp_path / "t.db")
+    write(path, [row(base, latency_ms=2.0)])
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO traces (id, created_at, method, endpoint, model, status, latency_ms, cost_usd) "
+        "VALUES ('x', ?, 'POST', 'chat/completions', 'm', 'error', 8.0, 0.25)",
+        (base + 60,),
+    )
+    conn.commit()
+    conn.close()
+    read = open_existing(path)  # as prysmai stats and the dashboard open it
+    assert read is not None
+    got = queries.overview(read, TraceFilter())
+    assert (got["requests"], got["errors"], got["cost_usd"]) == (2, 1, 0.25)
+    read.execute("DELETE FROM traces WHERE id = 'x'")
+    got = queries.overview(read, TraceFilter())
+    assert (got["requests"], got["errors"], got["cost_usd"]) == (1, 0, None)  # none priced
+    read.close()
+    write(path, [row(base + 120, latency_ms=4.0)])  # the writer folds its own rows only once
+    read = open_existing(path)
+    assert read is not None
+    assert queries.overview(read, TraceFilter())["requests"] == 2
+    assert read.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0] == 2
+    read.close()
+
+
+def test_a_schema_2_store_with_the_old_insert_trigger_is_converted(tmp_path: Any) -> None:
+    from prysmai._proxy import rollups
+
+    base = 1_700_000_000.0
+    path = str(tmp_path / "t.db")
+    write(path, [row(base + i, latency_ms=float(i + 1)) for i in range(5)])
+    conn = sqlite3.connect(path, isolation_level=None)
+    # As the first schema 2 left it: no watermark table, a trigger that counted each inserted row.
+    conn.execute("DROP TABLE rollup_state")
+    conn.execute(f"CREATE TRIGGER {rollups.OLD_INSERT_TRIGGER} AFTER INSERT ON traces BEGIN SELECT 1; END")
+    conn.close()
+    write(path, [row(base + 10, latency_ms=9.0)])
+    read = open_existing(path)
+    assert read is not None
+    names = [r[0] for r in read.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
+    assert sorted(names) == ["rollup_fold", "traces_rollup_delete"]
+    assert queries.overview(read, TraceFilter())["requests"] == 6
+    assert read.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0] == 6
+    read.close()
 
 
 def test_rollups_follow_inserts_and_deletes(tmp_path: Any) -> None:
