@@ -1,11 +1,14 @@
-"""The proxy as a pure-ASGI application.
+"""The proxy as a pure-ASGI application: lifecycle, routing and the forwarding path.
 
 Routes (all below ``/api/v1``):
 
 * ``GET health`` -- no key: ``ok`` / ``degraded`` only; with a key also the upstream, the store's
-  counters and why it is degraded.
-* ``GET traces``, ``GET traces/{id}``, ``GET stats`` -- the read API (key required).
-* anything else -- authenticated, forwarded to the upstream, captured as one trace.
+  counters and why it is degraded (answered by :mod:`.readapi`).
+* ``GET traces``, ``GET traces/{id}``, ``GET stats`` -- the read API (key required; :mod:`.readapi`).
+* anything else -- authenticated, forwarded to the upstream, captured as one trace (here).
+
+Every path outside ``/api/v1`` goes to the dashboard (:mod:`.web`). The ASGI vocabulary and our own
+JSON answers are in :mod:`.asgi`; the stream-usage rewriting in :mod:`.usage`.
 
 The hot path does no logging, no disk I/O and no response parsing: it reads the request body,
 parses it once (model, ``stream``, ``stream_options``), forwards the original bytes, relays the
@@ -22,19 +25,29 @@ import asyncio
 import json
 import logging
 import os
-import re
 import time
 from functools import partial
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
 from .. import _wire
-from . import jsonshape, queries
+from .asgi import (
+    Disconnected,
+    Responder,
+    TooLarge,
+    client_name,
+    error_body,
+    internal_error_body,
+    latency_header,
+    read_body,
+    respond,
+)
 from .capture import Exchange, fallback_row, finalize
-from .config import DEMO_UPSTREAM, ProxyConfig
+from .config import ProxyConfig
 from .disconnect import DisconnectWatch, DisconnectWatches
 from .keys import KeyRing
 from .pricing import PriceTable
 from .ratelog import RateLimitedLog
+from .readapi import ReadApi
 from .store import TraceStore
 from .upstream import (
     TIMEOUT_ERRORS,
@@ -46,17 +59,12 @@ from .upstream import (
     request_headers,
     response_headers,
 )
+from .usage import UsageStripper, inject_usage, stream_finished
 from .web import make_dashboard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, MutableMapping
-    from typing import Any
-
-    Scope = MutableMapping[str, Any]
-    Message = MutableMapping[str, Any]
-    Receive = Callable[[], Awaitable[Message]]
-    Send = Callable[[Message], Awaitable[None]]
+    from .asgi import Receive, Scope, Send
 
 log = logging.getLogger("prysmai.proxy")
 
@@ -66,78 +74,6 @@ _PREFIX_BYTES = PREFIX.encode()
 JSON_ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "responses"})
 #: Endpoints whose streams accept ``stream_options.include_usage``.
 USAGE_ENDPOINTS = frozenset({"chat/completions", "completions"})
-_JSON_HEADERS = [(b"content-type", b"application/json"), (_wire.ORIGIN_HEADER.lower().encode(), b"proxy")]
-_USAGE_NULL = (
-    re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])'),
-    re.compile(rb'"usage"\s*:\s*null\s*,\s*'),
-)
-#: A ``usage`` member with an object value: the mark of the usage-only chunk (other chunks carry
-#: ``"usage":null`` when usage was asked for).
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-
-
-def error_body(message: str, type_: str, code: str | None) -> bytes:
-    """An OpenAI-style error document."""
-    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
-
-
-class _UsageStripper:
-    """Makes a stream for which the proxy injected ``include_usage`` look as the client asked:
-    drops the usage-only chunk and the ``"usage":null`` field the provider adds to every other
-    chunk. Works on whole SSE events (a partial event is held until its end arrives)."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        data = self._buf + chunk if self._buf else chunk
-        if b'"usage"' not in data:
-            ends = list(_EVENT_END.finditer(data))
-            if not ends:
-                self._buf = data
-                return b""
-            cut = ends[-1].end()
-            self._buf = data[cut:]
-            return data[:cut]
-        out: list[bytes] = []
-        pos = 0
-        for m in _EVENT_END.finditer(data):
-            out.append(self._event(data[pos : m.end()]))
-            pos = m.end()
-        self._buf = data[pos:]
-        return b"".join(out)
-
-    def flush(self) -> bytes:
-        rest, self._buf = self._buf, b""
-        return self._event(rest) if rest else b""
-
-    @staticmethod
-    def _event(event: bytes) -> bytes:
-        if b'"usage"' not in event:
-            return event
-        # The common case, every content chunk: strip ``"usage":null`` by bytes. (A JSON string
-        # cannot hold an unescaped quote, so these patterns only match a member of an object.)
-        stripped, n = _USAGE_NULL[0].subn(b"", event, count=1)
-        if n:
-            return stripped
-        stripped, n = _USAGE_NULL[1].subn(b"", event, count=1)
-        if n:
-            return stripped
-        if _USAGE_OBJECT.search(event) is None:
-            return event
-        for line in event.splitlines():  # maybe the usage-only chunk: parse this one event
-            if line.startswith(b"data:"):
-                try:
-                    obj = json.loads(line[5:])
-                except ValueError:
-                    break
-                if isinstance(obj, dict) and obj.get("usage") and not obj.get("choices"):
-                    return b""  # the usage-only chunk the client did not ask for
-                break
-        return event
 
 
 class ProxyApp:
@@ -160,6 +96,8 @@ class ProxyApp:
         self.inflight = 0
         self.warnings = RateLimitedLog(log)  # floods (502s, rejected keys): first line, then summaries
         self._watches = DisconnectWatches()  # notices clients that leave while the upstream thinks
+        #: /api/v1/health and the read API (readapi.py).
+        self.read_api = ReadApi(config, self.store, self.base, lambda: self.inflight)
         #: Every path outside /api/v1: the dashboard (see web/app.py).
         self.web = make_dashboard(config.db_path, self.keys, self.prices)
 
@@ -209,16 +147,16 @@ class ProxyApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
-        responder = _Responder(send)
+        responder = Responder(send)
         try:
             await self._route(scope, receive, responder, t0)
         except Exception as exc:  # the one error path: never the server's bare 500
             log.exception("internal error while handling %s %s", scope.get("method"), scope.get("path"))
             if not responder.started:
-                await _respond(responder, 500, _internal_error_body(exc))
+                await respond(responder, 500, internal_error_body(exc))
             # else: return with the response unfinished; the server cuts the connection
 
-    async def _route(self, scope: Scope, receive: Receive, send: _Responder, t0: float) -> None:
+    async def _route(self, scope: Scope, receive: Receive, send: Responder, t0: float) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
         if not path.startswith(PREFIX):
@@ -232,12 +170,12 @@ class ProxyApp:
                 break
         key_id = self.keys.identify(auth)
         if endpoint == "health":
-            await self._health(send, key_id is not None)
+            await self.read_api.health(send, key_id is not None)
             return
         if key_id is None:
             msg = "Missing Prysm API key" if auth is None else "Invalid Prysm API key"
-            self.warnings.event("auth", f"401 {msg.lower()} from {_client(scope)} on {method} {path}")
-            await _respond(
+            self.warnings.event("auth", f"401 {msg.lower()} from {client_name(scope)} on {method} {path}")
+            await respond(
                 send,
                 401,
                 error_body(
@@ -248,13 +186,13 @@ class ProxyApp:
             )
             return
         if endpoint == "traces" or endpoint == "stats" or endpoint.startswith("traces/"):
-            await self._read_api(scope, send, method, endpoint)
+            await self.read_api.read(scope, send, method, endpoint)
             return
         await self._proxy(scope, receive, send, t0, method, endpoint, key_id)
 
     # -- proxying --------------------------------------------------------------------------------
     async def _proxy(
-        self, scope: Scope, receive: Receive, send: _Responder, t0: float, method: str, endpoint: str, key_id: str
+        self, scope: Scope, receive: Receive, send: Responder, t0: float, method: str, endpoint: str, key_id: str
     ) -> None:
         await self.store.wait_for_room()  # --when-behind block: hold new requests while the writer catches up
         ex = Exchange(_new_trace_id(), time.time(), t0, method, endpoint)
@@ -269,16 +207,16 @@ class ProxyApp:
             ex.t_end = time.perf_counter()
             if not send.started:
                 ex.http_status = 500
-                ex.response_body = _internal_error_body(exc)
+                ex.response_body = internal_error_body(exc)
                 ex.response_content_type = "application/json"
                 self._submit(ex)
-                await _respond(send, 500, ex.response_body, [trace_header])
+                await respond(send, 500, ex.response_body, [trace_header])
         finally:
             self._submit(ex)
             self.inflight -= 1
 
     async def _exchange(
-        self, scope: Scope, receive: Receive, send: _Responder, ex: Exchange, trace_header: tuple[bytes, bytes]
+        self, scope: Scope, receive: Receive, send: Responder, ex: Exchange, trace_header: tuple[bytes, bytes]
     ) -> None:
         method, endpoint = ex.method, ex.endpoint
         upstream_key = self.default_upstream_key
@@ -298,9 +236,9 @@ class ProxyApp:
         limit = self.config.max_body_bytes
         try:
             if content_length > limit:
-                raise _TooLarge
-            body = await _read_body(receive, limit)
-        except _TooLarge:
+                raise TooLarge
+            body = await read_body(receive, limit)
+        except TooLarge:
             await self._fail(
                 send,
                 ex,
@@ -311,7 +249,7 @@ class ProxyApp:
                 trace_header,
             )
             return
-        except _Disconnected:
+        except Disconnected:
             ex.status, ex.http_status, ex.error = (
                 "cancelled",
                 None,
@@ -356,7 +294,7 @@ class ProxyApp:
                 ex.model = model if isinstance(model, str) else None
                 ex.stream = parsed.get("stream") is True
                 if ex.stream and endpoint in USAGE_ENDPOINTS and self.config.inject_stream_usage:
-                    body, inject = _inject_usage(body, parsed)
+                    body, inject = inject_usage(body, parsed)
             elif json_required:
                 await self._fail(
                     send,
@@ -417,7 +355,7 @@ class ProxyApp:
         ex.response_body = error_body(message, type_, code)
         ex.response_content_type = "application/json"
         self._submit(ex)
-        await _respond(send, status, ex.response_body, [trace_header, _latency_header(ex)])
+        await respond(send, status, ex.response_body, [trace_header, latency_header(ex)])
 
     async def _forward(
         self,
@@ -503,7 +441,7 @@ class ProxyApp:
             if status >= 400:
                 ex.status = "error"
             headers.append((b"content-length", str(len(ex.response_body)).encode()))
-            headers.append(_latency_header(ex))
+            headers.append(latency_header(ex))
             self._submit(ex)  # before answering: a client that has its answer finds its trace
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": ex.response_body})
@@ -528,7 +466,7 @@ class ProxyApp:
     ) -> None:
         """Relay the stream in this task; one small watcher task waits for the client to go away
         and, if it does before the end, cancels this task (the caller then closes the upstream)."""
-        stripper = _UsageStripper() if inject else None
+        stripper = UsageStripper() if inject else None
         chunks = ex.chunks
         task = asyncio.current_task()
         assert task is not None
@@ -583,7 +521,7 @@ class ProxyApp:
             uncancel = getattr(task, "uncancel", None)  # Python 3.11+
             if uncancel is not None:
                 uncancel()
-            if _stream_finished(chunks):
+            if stream_finished(chunks):
                 # The client hung up after the end-of-stream marker (the openai SDK stops at
                 # [DONE]): it got everything, so this is a success that ended when the marker
                 # was forwarded.
@@ -608,155 +546,6 @@ class ProxyApp:
         ex.error = why
         ex.t_end = time.perf_counter()
 
-    # -- health and read API ---------------------------------------------------------------------
-    async def _health(self, send: Send, with_key: bool) -> None:
-        """``ok`` / ``degraded`` for anyone; the details only for a key holder."""
-        status, reason = self.store.health()
-        body: dict[str, Any] = {"status": status}
-        if with_key:
-            body["reason"] = reason
-            body["upstream"] = "demo" if self.config.upstream == DEMO_UPSTREAM else urlsplit(self.base).hostname
-            body["inflight"] = self.inflight
-            body["store"] = self.store.counters()
-        await _respond(send, 200, json.dumps(body).encode())
-
-    async def _read_api(self, scope: Scope, send: Send, method: str, endpoint: str) -> None:
-        if method != "GET":
-            await _respond(
-                send, 405, error_body("Only GET is supported here", "invalid_request_error", "method_not_allowed")
-            )
-            return
-        query = {k: v[-1] for k, v in parse_qs((scope.get("query_string") or b"").decode("latin-1")).items()}
-        try:
-            result = await asyncio.to_thread(self._query, endpoint, query)
-        except ValueError as exc:
-            await _respond(send, 400, error_body(str(exc), "invalid_request_error", "invalid_parameter"))
-            return
-        except TimeoutError as exc:  # queries.QueryTimeout: the read ran past its time limit
-            await _respond(send, 503, error_body(str(exc), "server_error", "query_timeout"))
-            return
-        if result is None:
-            await _respond(send, 404, error_body("No such trace", "invalid_request_error", "not_found"))
-            return
-        await _respond(send, 200, _json_bytes(jsonshape.for_endpoint(endpoint, result)))
-
-    def _query(self, endpoint: str, query: dict[str, str]) -> Any:
-        """The read API on the query layer (queries.py): read-only connections, time-limited."""
-        self.store.flush(2.0)  # read your own writes
-        reader: queries.ReadRunner | None = getattr(self, "_reader", None)
-        if reader is None:  # made on first use (here, in a worker thread: it opens the store)
-            reader = self._reader = queries.ReadRunner(self.config.db_path, migrate=False)
-        if endpoint.startswith("traces/"):
-            return reader.run_sync(queries.get_trace, endpoint[len("traces/") :])
-        f = queries.TraceFilter.from_query(query)
-        if endpoint == "stats":
-            stats = reader.run_sync(queries.stats, f)
-            stats["store"] = self.store.counters()
-            return stats
-        limit = query.get("limit") or "50"
-        if not limit.isdigit():
-            raise ValueError(f"limit must be a whole number from 1 to {queries.MAX_LIMIT}, not {limit!r}")
-        rows, cursor = reader.run_sync(
-            queries.list_traces,
-            f,
-            sort=query.get("sort") or "created_at",
-            descending=query.get("order", "desc") != "asc",
-            cursor=query.get("cursor") or None,
-            limit=int(limit),
-        )
-        return {"object": "list", "data": rows, "next_cursor": cursor}
-
-
-class _Responder:
-    """The ASGI ``send`` of one request, remembering whether the response has started (so the
-    error path knows whether it can still answer with a JSON error)."""
-
-    __slots__ = ("_send", "started")
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self.started = False
-
-    def __call__(self, message: Message) -> Awaitable[None]:
-        if message["type"] == "http.response.start":
-            self.started = True
-        return self._send(message)
-
-
-def _internal_error_body(exc: BaseException) -> bytes:
-    # The exception's type only: its text may hold request data.
-    return error_body(
-        f"Internal error in the Prysm proxy ({type(exc).__name__}); the proxy's log has the details.",
-        "server_error",
-        "internal_error",
-    )
-
-
-def _json_bytes(obj: Any) -> bytes:
-    """UTF-8 JSON; an unpaired surrogate (stored escaped, decoded back) goes out as its ``\\uXXXX``
-    escape -- the exact value again for a JSON reader -- instead of failing the encoding."""
-    return json.dumps(obj, ensure_ascii=False).encode("utf-8", "backslashreplace")
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _Disconnected(Exception):
-    pass
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise _Disconnected
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise _TooLarge
-        return body
-    parts = [body]
-    size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        part = message.get("body", b"")
-        size += len(part)
-        if size > limit:
-            raise _TooLarge
-        parts.append(part)
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-def _inject_usage(body: bytes, parsed: dict[str, Any]) -> tuple[bytes, bool]:
-    """Ask the upstream for streaming usage; returns (body to send, whether we injected)."""
-    options = parsed.get("stream_options")
-    if options is None and "stream_options" not in parsed:
-        start = body.find(b"{")
-        return b'{"stream_options":{"include_usage":true},' + body[start + 1 :], True
-    if isinstance(options, dict):
-        if options.get("include_usage") is True:
-            return body, False  # the client asked: it gets the usage chunk
-        changed = dict(parsed)
-        changed["stream_options"] = {**options, "include_usage": True}
-        return json.dumps(changed, ensure_ascii=False).encode("utf-8"), True
-    return body, False  # something odd: let the upstream judge it
-
-
-def _stream_finished(chunks: list[tuple[float, bytes]]) -> bool:
-    """Whether the upstream's end-of-stream marker has been forwarded already."""
-    if not chunks:
-        return False
-    last = chunks[-1][1]
-    return b"[DONE]" in last[-16:] or b'"response.completed"' in last or b'"response.incomplete"' in last
-
-
-def _client(scope: Scope) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "an unknown client"
-
 
 def _new_trace_id() -> str:
     """A random UUID (version 4) as 32 hex digits, as ``uuid.uuid4().hex`` gives it at a third of
@@ -765,19 +554,3 @@ def _new_trace_id() -> str:
     raw[6] = raw[6] & 0x0F | 0x40  # version 4
     raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
     return raw.hex()
-
-
-def _latency_header(ex: Exchange) -> tuple[bytes, bytes]:
-    end = ex.t_end if ex.t_end is not None else time.perf_counter()
-    return (_wire.LATENCY_HEADER.lower().encode(), f"{(end - ex.t0) * 1000.0:.2f}".encode())
-
-
-async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [
-        *_JSON_HEADERS,  # with the X-Prysm-Origin marker: the SDK's fail-open reads it
-        (b"content-length", str(len(body)).encode()),
-    ]
-    if extra:
-        headers += extra
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
