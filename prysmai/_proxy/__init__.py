@@ -8,7 +8,11 @@ Modules, one concern each:
 
 * ``config``     -- the proxy's settings (:class:`ProxyConfig`) and default paths.
 * ``keys``       -- accepted ``sk-prysm-`` keys and their constant-time check.
-* ``app``        -- the pure-ASGI application: routing, auth, forwarding, read API.
+* ``app``        -- the pure-ASGI application: lifecycle, routing, auth.
+* ``forward``    -- the forwarding path: a request to the upstream and back, as one trace.
+* ``asgi``       -- the ASGI type aliases and small response helpers (JSON errors, body reading).
+* ``usage``      -- asking a stream for its usage, and stripping that from what the client sees.
+* ``readapi``    -- ``/api/v1/health`` and the read API (``traces``, ``stats``).
 * ``upstream``   -- the pooled upstream client (aiohttp) behind a small interface; header filtering.
 * ``capture``    -- turns a finished exchange into a trace row (SSE reassembly, usage, TTFT).
 * ``pricing``    -- cost per model from the shipped ``pricing.json`` and an override file.

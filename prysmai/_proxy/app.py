@@ -1,15 +1,15 @@
-"""The proxy as a pure-ASGI application.
+"""The proxy as a pure-ASGI application: lifecycle and routing.
 
 Routes (all below ``/api/v1``):
 
 * ``GET health`` -- no key: ``ok`` / ``degraded`` only; with a key also the upstream, the store's
-  counters and why it is degraded.
-* ``GET traces``, ``GET traces/{id}``, ``GET stats`` -- the read API (key required).
-* anything else -- authenticated, forwarded to the upstream, captured as one trace.
+  counters and why it is degraded (:mod:`.readapi`).
+* ``GET traces``, ``GET traces/{id}``, ``GET stats`` -- the read API (key required; :mod:`.readapi`).
+* anything else -- authenticated, forwarded to the upstream, captured as one trace (the forwarding
+  path, :mod:`.forward`, which :class:`ProxyApp` inherits).
 
-The hot path does no logging, no disk I/O and no response parsing: it reads the request body,
-parses it once (model, ``stream``, ``stream_options``), forwards the original bytes, relays the
-answer chunk by chunk and queues an :class:`~.capture.Exchange` for the writer thread.
+Every path outside ``/api/v1`` goes to the dashboard (:mod:`.web`). The ASGI vocabulary and our own
+JSON answers are in :mod:`.asgi`; the stream-usage rewriting in :mod:`.usage`.
 
 One error path: anything raised while handling a request becomes an OpenAI-style JSON error of
 ours (``500 internal_error``: a bug) and, for a forwarded request, its one trace; if the answer
@@ -19,128 +19,31 @@ had already begun, it is cut off (the client sees a broken response, not a compl
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import re
 import time
 from functools import partial
-from urllib.parse import parse_qs, quote, urlsplit
 
-from .. import _wire
-from . import jsonshape, queries
-from .capture import Exchange, fallback_row, finalize
-from .config import DEMO_UPSTREAM, ProxyConfig
-from .disconnect import DisconnectWatch, DisconnectWatches
+from .asgi import Responder, client_name, error_body, internal_error_body, respond
+from .capture import fallback_row, finalize
+from .config import ProxyConfig
+from .disconnect import DisconnectWatches
+from .forward import PREFIX, Forwarding
 from .keys import KeyRing
 from .pricing import PriceTable
 from .ratelog import RateLimitedLog
+from .readapi import ReadApi
 from .store import TraceStore
-from .upstream import (
-    TIMEOUT_ERRORS,
-    TRANSPORT_ERRORS,
-    Upstream,
-    UpstreamResponse,
-    base_url,
-    make_upstream,
-    request_headers,
-    response_headers,
-)
+from .upstream import Upstream, base_url, make_upstream
 from .web import make_dashboard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, MutableMapping
-    from typing import Any
-
-    Scope = MutableMapping[str, Any]
-    Message = MutableMapping[str, Any]
-    Receive = Callable[[], Awaitable[Message]]
-    Send = Callable[[Message], Awaitable[None]]
+    from .asgi import Receive, Scope, Send
 
 log = logging.getLogger("prysmai.proxy")
 
-PREFIX = "/api/v1/"
-_PREFIX_BYTES = PREFIX.encode()
-#: POST endpoints whose body must be a JSON object (anything else is a 400).
-JSON_ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "responses"})
-#: Endpoints whose streams accept ``stream_options.include_usage``.
-USAGE_ENDPOINTS = frozenset({"chat/completions", "completions"})
-_JSON_HEADERS = [(b"content-type", b"application/json"), (_wire.ORIGIN_HEADER.lower().encode(), b"proxy")]
-_USAGE_NULL = (
-    re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])'),
-    re.compile(rb'"usage"\s*:\s*null\s*,\s*'),
-)
-#: A ``usage`` member with an object value: the mark of the usage-only chunk (other chunks carry
-#: ``"usage":null`` when usage was asked for).
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
-
-def error_body(message: str, type_: str, code: str | None) -> bytes:
-    """An OpenAI-style error document."""
-    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
-
-
-class _UsageStripper:
-    """Makes a stream for which the proxy injected ``include_usage`` look as the client asked:
-    drops the usage-only chunk and the ``"usage":null`` field the provider adds to every other
-    chunk. Works on whole SSE events (a partial event is held until its end arrives)."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        data = self._buf + chunk if self._buf else chunk
-        if b'"usage"' not in data:
-            ends = list(_EVENT_END.finditer(data))
-            if not ends:
-                self._buf = data
-                return b""
-            cut = ends[-1].end()
-            self._buf = data[cut:]
-            return data[:cut]
-        out: list[bytes] = []
-        pos = 0
-        for m in _EVENT_END.finditer(data):
-            out.append(self._event(data[pos : m.end()]))
-            pos = m.end()
-        self._buf = data[pos:]
-        return b"".join(out)
-
-    def flush(self) -> bytes:
-        rest, self._buf = self._buf, b""
-        return self._event(rest) if rest else b""
-
-    @staticmethod
-    def _event(event: bytes) -> bytes:
-        if b'"usage"' not in event:
-            return event
-        # The common case, every content chunk: strip ``"usage":null`` by bytes. (A JSON string
-        # cannot hold an unescaped quote, so these patterns only match a member of an object.)
-        stripped, n = _USAGE_NULL[0].subn(b"", event, count=1)
-        if n:
-            return stripped
-        stripped, n = _USAGE_NULL[1].subn(b"", event, count=1)
-        if n:
-            return stripped
-        if _USAGE_OBJECT.search(event) is None:
-            return event
-        for line in event.splitlines():  # maybe the usage-only chunk: parse this one event
-            if line.startswith(b"data:"):
-                try:
-                    obj = json.loads(line[5:])
-                except ValueError:
-                    break
-                if isinstance(obj, dict) and obj.get("usage") and not obj.get("choices"):
-                    return b""  # the usage-only chunk the client did not ask for
-                break
-        return event
-
-
-class ProxyApp:
+class ProxyApp(Forwarding):
     """The capture proxy. ``startup()``/``shutdown()`` run from ASGI lifespan (or by hand)."""
 
     def __init__(self, config: ProxyConfig, prices: PriceTable | None = None) -> None:
@@ -160,6 +63,8 @@ class ProxyApp:
         self.inflight = 0
         self.warnings = RateLimitedLog(log)  # floods (502s, rejected keys): first line, then summaries
         self._watches = DisconnectWatches()  # notices clients that leave while the upstream thinks
+        #: /api/v1/health and the read API (readapi.py).
+        self.read_api = ReadApi(config, self.store, self.base, lambda: self.inflight)
         #: Every path outside /api/v1: the dashboard (see web/app.py).
         self.web = make_dashboard(config.db_path, self.keys, self.prices)
 
@@ -209,16 +114,16 @@ class ProxyApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
-        responder = _Responder(send)
+        responder = Responder(send)
         try:
             await self._route(scope, receive, responder, t0)
         except Exception as exc:  # the one error path: never the server's bare 500
             log.exception("internal error while handling %s %s", scope.get("method"), scope.get("path"))
             if not responder.started:
-                await _respond(responder, 500, _internal_error_body(exc))
+                await respond(responder, 500, internal_error_body(exc))
             # else: return with the response unfinished; the server cuts the connection
 
-    async def _route(self, scope: Scope, receive: Receive, send: _Responder, t0: float) -> None:
+    async def _route(self, scope: Scope, receive: Receive, send: Responder, t0: float) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
         if not path.startswith(PREFIX):
@@ -232,12 +137,12 @@ class ProxyApp:
                 break
         key_id = self.keys.identify(auth)
         if endpoint == "health":
-            await self._health(send, key_id is not None)
+            await self.read_api.health(send, key_id is not None)
             return
         if key_id is None:
             msg = "Missing Prysm API key" if auth is None else "Invalid Prysm API key"
-            self.warnings.event("auth", f"401 {msg.lower()} from {_client(scope)} on {method} {path}")
-            await _respond(
+            self.warnings.event("auth", f"401 {msg.lower()} from {client_name(scope)} on {method} {path}")
+            await respond(
                 send,
                 401,
                 error_body(
@@ -248,536 +153,6 @@ class ProxyApp:
             )
             return
         if endpoint == "traces" or endpoint == "stats" or endpoint.startswith("traces/"):
-            await self._read_api(scope, send, method, endpoint)
+            await self.read_api.read(scope, send, method, endpoint)
             return
         await self._proxy(scope, receive, send, t0, method, endpoint, key_id)
-
-    # -- proxying --------------------------------------------------------------------------------
-    async def _proxy(
-        self, scope: Scope, receive: Receive, send: _Responder, t0: float, method: str, endpoint: str, key_id: str
-    ) -> None:
-        await self.store.wait_for_room()  # --when-behind block: hold new requests while the writer catches up
-        ex = Exchange(_new_trace_id(), time.time(), t0, method, endpoint)
-        ex.key_id = key_id
-        trace_header = (_wire.TRACE_ID_HEADER.lower().encode(), ex.id.encode())
-        self.inflight += 1
-        try:
-            await self._exchange(scope, receive, send, ex, trace_header)
-        except Exception as exc:  # a bug of ours: a JSON 500 (or a cut-off answer) and the trace says so
-            log.exception("internal error while proxying %s %s (trace %s)", method, endpoint, ex.id)
-            ex.status, ex.error = "error", f"internal error in the proxy ({type(exc).__name__})"
-            ex.t_end = time.perf_counter()
-            if not send.started:
-                ex.http_status = 500
-                ex.response_body = _internal_error_body(exc)
-                ex.response_content_type = "application/json"
-                self._submit(ex)
-                await _respond(send, 500, ex.response_body, [trace_header])
-        finally:
-            self._submit(ex)
-            self.inflight -= 1
-
-    async def _exchange(
-        self, scope: Scope, receive: Receive, send: _Responder, ex: Exchange, trace_header: tuple[bytes, bytes]
-    ) -> None:
-        method, endpoint = ex.method, ex.endpoint
-        upstream_key = self.default_upstream_key
-        content_length = -1
-        content_type = b""
-        for name, value in scope["headers"]:
-            if name.startswith(b"x-prysm-"):
-                if name == b"x-prysm-upstream-key":
-                    upstream_key = value.strip() or upstream_key
-                else:
-                    self._prysm_header(ex, name, value)
-            elif name == b"content-length":
-                content_length = int(value) if value.isdigit() else -1
-            elif name == b"content-type":
-                content_type = value
-        ex.request_content_type = content_type.decode("latin-1")
-        limit = self.config.max_body_bytes
-        try:
-            if content_length > limit:
-                raise _TooLarge
-            body = await _read_body(receive, limit)
-        except _TooLarge:
-            await self._fail(
-                send,
-                ex,
-                413,
-                f"Request body larger than {limit} bytes",
-                "invalid_request_error",
-                "request_too_large",
-                trace_header,
-            )
-            return
-        except _Disconnected:
-            ex.status, ex.http_status, ex.error = (
-                "cancelled",
-                None,
-                "client disconnected before sending the whole request",
-            )
-            ex.t_end = time.perf_counter()
-            self._submit(ex)
-            return
-        ex.request_body = body
-        inject = False
-        json_required = method == "POST" and endpoint in JSON_ENDPOINTS
-        if not body and json_required:
-            await self._fail(
-                send,
-                ex,
-                400,
-                "The request body is empty. It must be a JSON object.",
-                "invalid_request_error",
-                "invalid_json",
-                trace_header,
-            )
-            return
-        if body and (endpoint in JSON_ENDPOINTS or b"json" in content_type):
-            try:
-                parsed = json.loads(body)
-            except (ValueError, RecursionError) as exc:
-                parsed = None
-                if json_required:
-                    detail = "It is nested too deeply. " if isinstance(exc, RecursionError) else ""
-                    await self._fail(
-                        send,
-                        ex,
-                        400,
-                        f"We could not parse the JSON body of your request. {detail}The body must be a JSON object.",
-                        "invalid_request_error",
-                        "invalid_json",
-                        trace_header,
-                    )
-                    return
-            if isinstance(parsed, dict):
-                model = parsed.get("model")
-                ex.model = model if isinstance(model, str) else None
-                ex.stream = parsed.get("stream") is True
-                if ex.stream and endpoint in USAGE_ENDPOINTS and self.config.inject_stream_usage:
-                    body, inject = _inject_usage(body, parsed)
-            elif json_required:
-                await self._fail(
-                    send,
-                    ex,
-                    400,
-                    "The request body must be a JSON object.",
-                    "invalid_request_error",
-                    "invalid_json",
-                    trace_header,
-                )
-                return
-        assert self.client is not None, "ProxyApp.startup() was not run"
-        raw_path = scope.get("raw_path")
-        if isinstance(raw_path, bytes) and raw_path.startswith(_PREFIX_BYTES):  # as the client encoded it
-            url = f"{self.base}/{raw_path[len(_PREFIX_BYTES) :].decode('latin-1')}"
-        else:
-            url = f"{self.base}/{quote(endpoint)}"
-        query = scope.get("query_string")
-        if query:
-            url += "?" + query.decode("latin-1")
-        headers = request_headers(scope["headers"], upstream_key)
-        await self._forward(method, url, headers, body, receive, send, ex, trace_header, inject)
-
-    @staticmethod
-    def _prysm_header(ex: Exchange, name: bytes, value: bytes) -> None:
-        label = name.decode("latin-1")
-        if len(value) > _wire.MAX_HEADER_VALUE_BYTES:
-            ex.notes.append(f"{label} ignored: longer than {_wire.MAX_HEADER_VALUE_BYTES} bytes")
-            return
-        try:
-            text = value.decode("ascii")
-            if name == b"x-prysm-metadata":
-                ex.metadata = _wire.decode_metadata(text)
-            elif name == b"x-prysm-user-id":
-                ex.user_id = _wire.decode_id(text)
-            elif name == b"x-prysm-session-id":
-                ex.session_id = _wire.decode_id(text)
-        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            ex.notes.append(f"{label} ignored: malformed ({type(exc).__name__}: {str(exc)[:200]})")
-        except RecursionError:
-            ex.notes.append(f"{label} ignored: nested too deeply to decode")
-
-    async def _fail(
-        self,
-        send: Send,
-        ex: Exchange,
-        status: int,
-        message: str,
-        type_: str,
-        code: str,
-        trace_header: tuple[bytes, bytes],
-    ) -> None:
-        """Answer with an error of our own and record it."""
-        ex.status = "timeout" if status == 504 else "error"
-        ex.http_status = status
-        ex.error = message
-        ex.t_end = time.perf_counter()
-        ex.response_body = error_body(message, type_, code)
-        ex.response_content_type = "application/json"
-        self._submit(ex)
-        await _respond(send, status, ex.response_body, [trace_header, _latency_header(ex)])
-
-    async def _forward(
-        self,
-        method: str,
-        url: str,
-        request_headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        receive: Receive,
-        send: Send,
-        ex: Exchange,
-        trace_header: tuple[bytes, bytes],
-        inject: bool,
-    ) -> None:
-        assert self.client is not None
-        watch = self._watches.start(receive)  # a client that leaves cancels the upstream request at once
-        try:
-            await self._forward_watched(
-                method, url, request_headers, body, receive, send, ex, trace_header, inject, watch
-            )
-        except asyncio.CancelledError:
-            if not watch.gone:
-                raise
-            uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11+
-            if uncancel is not None:
-                uncancel()
-            if not ex.submitted:
-                ex.http_status = None
-            self._cancel(ex, "the client disconnected before the answer")
-        finally:
-            watch.stop()
-
-    async def _forward_watched(
-        self,
-        method: str,
-        url: str,
-        request_headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        receive: Receive,
-        send: Send,
-        ex: Exchange,
-        trace_header: tuple[bytes, bytes],
-        inject: bool,
-        watch: DisconnectWatch,
-    ) -> None:
-        assert self.client is not None
-        try:
-            response = await self.client.send(method, url, request_headers, body)
-        except TIMEOUT_ERRORS:
-            watch.stop()
-            await self._upstream_failed(send, ex, 504, "the upstream did not answer in time", trace_header)
-            return
-        except TRANSPORT_ERRORS as exc:
-            watch.stop()
-            await self._upstream_failed(send, ex, 502, f"upstream unreachable ({type(exc).__name__})", trace_header)
-            return
-        try:
-            status = ex.http_status = response.status
-            headers, ctype, request_id = response_headers(response.raw_headers)
-            ex.response_content_type = ctype.decode("latin-1")
-            if request_id is not None:
-                ex.provider_request_id = request_id.decode("latin-1")
-            headers.append(trace_header)
-            if status < 400 and ctype.startswith(b"text/event-stream"):
-                ex.stream = True
-                headers.append((b"x-accel-buffering", b"no"))
-                watch.stop()  # the stream relay watches the client itself
-                await self._relay_stream(response, receive, send, ex, headers, inject)
-                return
-            try:
-                ex.response_body = await response.read()
-            except TIMEOUT_ERRORS:
-                watch.stop()
-                await self._upstream_failed(send, ex, 504, "the upstream timed out while answering", trace_header)
-                return
-            except TRANSPORT_ERRORS as exc:
-                watch.stop()
-                await self._upstream_failed(
-                    send, ex, 502, f"the upstream broke off its answer ({type(exc).__name__})", trace_header
-                )
-                return
-            watch.stop()
-            ex.t_end = time.perf_counter()
-            if status >= 400:
-                ex.status = "error"
-            headers.append((b"content-length", str(len(ex.response_body)).encode()))
-            headers.append(_latency_header(ex))
-            self._submit(ex)  # before answering: a client that has its answer finds its trace
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": ex.response_body})
-        finally:
-            await response.aclose()
-
-    async def _upstream_failed(
-        self, send: Send, ex: Exchange, status: int, message: str, trace_header: tuple[bytes, bytes]
-    ) -> None:
-        code = "upstream_timeout" if status == 504 else "upstream_unreachable"
-        self.warnings.event("upstream", f"{status} to the client: {message} ({self.base}/{ex.endpoint})")
-        await self._fail(send, ex, status, message, "upstream_error", code, trace_header)
-
-    async def _relay_stream(
-        self,
-        response: UpstreamResponse,
-        receive: Receive,
-        send: Send,
-        ex: Exchange,
-        headers: list[tuple[bytes, bytes]],
-        inject: bool,
-    ) -> None:
-        """Relay the stream in this task; one small watcher task waits for the client to go away
-        and, if it does before the end, cancels this task (the caller then closes the upstream)."""
-        stripper = _UsageStripper() if inject else None
-        chunks = ex.chunks
-        task = asyncio.current_task()
-        assert task is not None
-        state = [False, False]  # [finished: the last frame is being sent, the client went away]
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not state[0]:
-                state[1] = True
-                task.cancel()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await send({"type": "http.response.start", "status": response.status, "headers": headers})
-            try:
-                if stripper is None:
-                    async for chunk in response.chunks():
-                        chunks.append((time.perf_counter(), chunk))
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                else:
-                    feed = stripper.feed
-                    async for chunk in response.chunks():
-                        chunks.append((time.perf_counter(), chunk))
-                        out = feed(chunk)
-                        if out:
-                            await send({"type": "http.response.body", "body": out, "more_body": True})
-            except TIMEOUT_ERRORS:
-                ex.status, ex.error = "timeout", "the upstream stopped sending (read timeout)"
-            except TRANSPORT_ERRORS as exc:
-                ex.status, ex.error = "error", f"the upstream broke off the stream ({type(exc).__name__})"
-            if ex.status != "success" and ex.error is not None:
-                # End the client's response abnormally (no terminating chunk): its client raises
-                # instead of taking a cut-off answer for a complete one. uvicorn closes the
-                # connection when the app returns with the response unfinished.
-                state[0] = True
-                ex.t_end = time.perf_counter()
-                self._submit(ex)
-                log.warning("trace %s: %s; the client's response was cut off too", ex.id, ex.error)
-                return
-            tail = stripper.flush() if stripper is not None else b""
-            state[0] = True
-            ex.t_end = time.perf_counter()
-            self._submit(ex)  # before the last frame: a client that has its answer finds its trace
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
-        except asyncio.CancelledError:
-            if not state[1]:  # the server is going away
-                self._cancel(ex, "the proxy was shut down mid-stream")
-                raise
-            # The client went away first (our watcher cancelled us): stop reading; the caller's
-            # response.aclose() closes the upstream request.
-            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
-            if uncancel is not None:
-                uncancel()
-            if _stream_finished(chunks):
-                # The client hung up after the end-of-stream marker (the openai SDK stops at
-                # [DONE]): it got everything, so this is a success that ended when the marker
-                # was forwarded.
-                if not ex.submitted:
-                    ex.t_end = chunks[-1][0]
-                return
-            self._cancel(ex, "the client disconnected mid-stream")
-        finally:
-            watcher.cancel()
-
-    def _submit(self, ex: Exchange) -> None:
-        """Queue the trace once; after this the writer thread owns ``ex``."""
-        if not ex.submitted:
-            ex.submitted = True
-            self.store.submit(ex)
-
-    @staticmethod
-    def _cancel(ex: Exchange, why: str) -> None:
-        if ex.submitted:  # the stream had already ended
-            return
-        ex.status = "cancelled"
-        ex.error = why
-        ex.t_end = time.perf_counter()
-
-    # -- health and read API ---------------------------------------------------------------------
-    async def _health(self, send: Send, with_key: bool) -> None:
-        """``ok`` / ``degraded`` for anyone; the details only for a key holder."""
-        status, reason = self.store.health()
-        body: dict[str, Any] = {"status": status}
-        if with_key:
-            body["reason"] = reason
-            body["upstream"] = "demo" if self.config.upstream == DEMO_UPSTREAM else urlsplit(self.base).hostname
-            body["inflight"] = self.inflight
-            body["store"] = self.store.counters()
-        await _respond(send, 200, json.dumps(body).encode())
-
-    async def _read_api(self, scope: Scope, send: Send, method: str, endpoint: str) -> None:
-        if method != "GET":
-            await _respond(
-                send, 405, error_body("Only GET is supported here", "invalid_request_error", "method_not_allowed")
-            )
-            return
-        query = {k: v[-1] for k, v in parse_qs((scope.get("query_string") or b"").decode("latin-1")).items()}
-        try:
-            result = await asyncio.to_thread(self._query, endpoint, query)
-        except ValueError as exc:
-            await _respond(send, 400, error_body(str(exc), "invalid_request_error", "invalid_parameter"))
-            return
-        except TimeoutError as exc:  # queries.QueryTimeout: the read ran past its time limit
-            await _respond(send, 503, error_body(str(exc), "server_error", "query_timeout"))
-            return
-        if result is None:
-            await _respond(send, 404, error_body("No such trace", "invalid_request_error", "not_found"))
-            return
-        await _respond(send, 200, _json_bytes(jsonshape.for_endpoint(endpoint, result)))
-
-    def _query(self, endpoint: str, query: dict[str, str]) -> Any:
-        """The read API on the query layer (queries.py): read-only connections, time-limited."""
-        self.store.flush(2.0)  # read your own writes
-        reader: queries.ReadRunner | None = getattr(self, "_reader", None)
-        if reader is None:  # made on first use (here, in a worker thread: it opens the store)
-            reader = self._reader = queries.ReadRunner(self.config.db_path, migrate=False)
-        if endpoint.startswith("traces/"):
-            return reader.run_sync(queries.get_trace, endpoint[len("traces/") :])
-        f = queries.TraceFilter.from_query(query)
-        if endpoint == "stats":
-            stats = reader.run_sync(queries.stats, f)
-            stats["store"] = self.store.counters()
-            return stats
-        limit = query.get("limit") or "50"
-        if not limit.isdigit():
-            raise ValueError(f"limit must be a whole number from 1 to {queries.MAX_LIMIT}, not {limit!r}")
-        rows, cursor = reader.run_sync(
-            queries.list_traces,
-            f,
-            sort=query.get("sort") or "created_at",
-            descending=query.get("order", "desc") != "asc",
-            cursor=query.get("cursor") or None,
-            limit=int(limit),
-        )
-        return {"object": "list", "data": rows, "next_cursor": cursor}
-
-
-class _Responder:
-    """The ASGI ``send`` of one request, remembering whether the response has started (so the
-    error path knows whether it can still answer with a JSON error)."""
-
-    __slots__ = ("_send", "started")
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self.started = False
-
-    def __call__(self, message: Message) -> Awaitable[None]:
-        if message["type"] == "http.response.start":
-            self.started = True
-        return self._send(message)
-
-
-def _internal_error_body(exc: BaseException) -> bytes:
-    # The exception's type only: its text may hold request data.
-    return error_body(
-        f"Internal error in the Prysm proxy ({type(exc).__name__}); the proxy's log has the details.",
-        "server_error",
-        "internal_error",
-    )
-
-
-def _json_bytes(obj: Any) -> bytes:
-    """UTF-8 JSON; an unpaired surrogate (stored escaped, decoded back) goes out as its ``\\uXXXX``
-    escape -- the exact value again for a JSON reader -- instead of failing the encoding."""
-    return json.dumps(obj, ensure_ascii=False).encode("utf-8", "backslashreplace")
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _Disconnected(Exception):
-    pass
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise _Disconnected
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise _TooLarge
-        return body
-    parts = [body]
-    size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        part = message.get("body", b"")
-        size += len(part)
-        if size > limit:
-            raise _TooLarge
-        parts.append(part)
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-def _inject_usage(body: bytes, parsed: dict[str, Any]) -> tuple[bytes, bool]:
-    """Ask the upstream for streaming usage; returns (body to send, whether we injected)."""
-    options = parsed.get("stream_options")
-    if options is None and "stream_options" not in parsed:
-        start = body.find(b"{")
-        return b'{"stream_options":{"include_usage":true},' + body[start + 1 :], True
-    if isinstance(options, dict):
-        if options.get("include_usage") is True:
-            return body, False  # the client asked: it gets the usage chunk
-        changed = dict(parsed)
-        changed["stream_options"] = {**options, "include_usage": True}
-        return json.dumps(changed, ensure_ascii=False).encode("utf-8"), True
-    return body, False  # something odd: let the upstream judge it
-
-
-def _stream_finished(chunks: list[tuple[float, bytes]]) -> bool:
-    """Whether the upstream's end-of-stream marker has been forwarded already."""
-    if not chunks:
-        return False
-    last = chunks[-1][1]
-    return b"[DONE]" in last[-16:] or b'"response.completed"' in last or b'"response.incomplete"' in last
-
-
-def _client(scope: Scope) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "an unknown client"
-
-
-def _new_trace_id() -> str:
-    """A random UUID (version 4) as 32 hex digits, as ``uuid.uuid4().hex`` gives it at a third of
-    the cost (no UUID object on the request path)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    return raw.hex()
-
-
-def _latency_header(ex: Exchange) -> tuple[bytes, bytes]:
-    end = ex.t_end if ex.t_end is not None else time.perf_counter()
-    return (_wire.LATENCY_HEADER.lower().encode(), f"{(end - ex.t0) * 1000.0:.2f}".encode())
-
-
-async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [
-        *_JSON_HEADERS,  # with the X-Prysm-Origin marker: the SDK's fail-open reads it
-        (b"content-length", str(len(body)).encode()),
-    ]
-    if extra:
-        headers += extra
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

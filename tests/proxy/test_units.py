@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from prysmai._proxy.app import _inject_usage, _UsageStripper
 from prysmai._proxy.capture import Exchange, finalize
 from prysmai._proxy.keys import KeyConfigError, KeyRing, collect_keys, generate_key
 from prysmai._proxy.pricing import PriceTable, PricingError
 from prysmai._proxy.store import COLUMNS, SCHEMA_VERSION, StoreError, TraceStore, compute_stats, open_existing
+from prysmai._proxy.usage import UsageStripper, inject_usage
 
 PRICES = PriceTable.load()
 
@@ -192,12 +192,12 @@ def test_binary_request_body_is_summarised() -> None:
 # -- usage injection and stripping -------------------------------------------------------------
 def test_inject_usage_variants() -> None:
     body = b'{"model":"m","stream":true}'
-    out, injected = _inject_usage(body, json.loads(body))
+    out, injected = inject_usage(body, json.loads(body))
     assert injected and json.loads(out) == {"stream_options": {"include_usage": True}, "model": "m", "stream": True}
     body = b'{"model":"m","stream":true,"stream_options":{"include_usage":true}}'
-    assert _inject_usage(body, json.loads(body)) == (body, False)
+    assert inject_usage(body, json.loads(body)) == (body, False)
     body = b'{"model":"m","stream":true,"stream_options":{"include_obfuscation":false}}'
-    out, injected = _inject_usage(body, json.loads(body))
+    out, injected = inject_usage(body, json.loads(body))
     assert injected and json.loads(out)["stream_options"] == {"include_obfuscation": False, "include_usage": True}
 
 
@@ -214,13 +214,13 @@ def test_stripper_restores_the_stream_the_client_asked_for(sep: tuple[str, str])
     upstream = b"".join(ev({**o, "usage": None}) for o in plain)
     upstream += ev({"id": "x", "choices": [], "usage": {"prompt_tokens": 1}}) + b"data: [DONE]\n\n"
     for size in (1, 7, 64, len(upstream)):  # any network chunking
-        stripper = _UsageStripper()
+        stripper = UsageStripper()
         out = b"".join(stripper.feed(upstream[i : i + size]) for i in range(0, len(upstream), size))
         assert out + stripper.flush() == expected
 
 
 def test_stripper_parses_only_what_can_be_the_usage_chunk() -> None:
-    stripper = _UsageStripper()
+    stripper = UsageStripper()
     # "usage":null first or last, by bytes; an object-valued usage with choices is left as it is.
     assert stripper.feed(b'data: {"usage":null,"id":"a","choices":[]}\n\n') == b'data: {"id":"a","choices":[]}\n\n'
     assert stripper.feed(b'data: {"id":"a", "usage" : null}\n\n') == b'data: {"id":"a"}\n\n'

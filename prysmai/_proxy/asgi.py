@@ -1,0 +1,117 @@
+"""The ASGI vocabulary the proxy speaks and its small response helpers.
+
+The ``Scope``/``Message``/``Receive``/``Send`` aliases (for annotations only), the OpenAI-style
+error document and the JSON answers of our own (``respond``, with the ``X-Prysm-Origin`` marker the
+SDK's fail-open reads), the ``send`` wrapper that remembers whether a response has begun, reading a
+request body under a size limit, and the latency header; nothing here knows about routes or traces.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from .. import _wire
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, MutableMapping
+    from typing import Any
+
+    from .capture import Exchange
+
+    Scope = MutableMapping[str, Any]
+    Message = MutableMapping[str, Any]
+    Receive = Callable[[], Awaitable[Message]]
+    Send = Callable[[Message], Awaitable[None]]
+
+JSON_HEADERS = [(b"content-type", b"application/json"), (_wire.ORIGIN_HEADER.lower().encode(), b"proxy")]
+
+
+def error_body(message: str, type_: str, code: str | None) -> bytes:
+    """An OpenAI-style error document."""
+    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+
+
+class Responder:
+    """The ASGI ``send`` of one request, remembering whether the response has started (so the
+    error path knows whether it can still answer with a JSON error)."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            self.started = True
+        return self._send(message)
+
+
+def internal_error_body(exc: BaseException) -> bytes:
+    # The exception's type only: its text may hold request data.
+    return error_body(
+        f"Internal error in the Prysm proxy ({type(exc).__name__}); the proxy's log has the details.",
+        "server_error",
+        "internal_error",
+    )
+
+
+def json_bytes(obj: Any) -> bytes:
+    """UTF-8 JSON; an unpaired surrogate (stored escaped, decoded back) goes out as its ``\\uXXXX``
+    escape -- the exact value again for a JSON reader -- instead of failing the encoding."""
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8", "backslashreplace")
+
+
+class TooLarge(Exception):
+    pass
+
+
+class Disconnected(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise Disconnected
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise TooLarge
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Disconnected
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise TooLarge
+        parts.append(part)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def client_name(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "an unknown client"
+
+
+def latency_header(ex: Exchange) -> tuple[bytes, bytes]:
+    end = ex.t_end if ex.t_end is not None else time.perf_counter()
+    return (_wire.LATENCY_HEADER.lower().encode(), f"{(end - ex.t0) * 1000.0:.2f}".encode())
+
+
+async def respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [
+        *JSON_HEADERS,  # with the X-Prysm-Origin marker: the SDK's fail-open reads it
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

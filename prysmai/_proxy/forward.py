@@ -1,0 +1,421 @@
+"""The forwarding path: one authenticated request to the upstream and back, captured as one trace.
+
+:class:`Forwarding` holds it as methods that :class:`~.app.ProxyApp` inherits (so a request costs
+no extra hop): read the request body under its size limit, parse it once (model, ``stream``,
+``stream_options``), ask a stream for its usage (:mod:`.usage`), forward the original bytes
+through the pooled upstream client, relay the answer chunk by chunk, notice a client that leaves,
+answer upstream failures with an OpenAI-style error of ours, and queue an
+:class:`~.capture.Exchange` for the writer thread. It does no logging, no disk I/O and no response
+parsing on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from urllib.parse import quote
+
+from .. import _wire
+from .asgi import Disconnected, TooLarge, error_body, internal_error_body, latency_header, read_body, respond
+from .capture import Exchange
+from .upstream import TIMEOUT_ERRORS, TRANSPORT_ERRORS, request_headers, response_headers
+from .usage import UsageStripper, inject_usage, stream_finished
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .asgi import Receive, Responder, Scope, Send
+    from .config import ProxyConfig
+    from .disconnect import DisconnectWatch, DisconnectWatches
+    from .ratelog import RateLimitedLog
+    from .store import TraceStore
+    from .upstream import Upstream, UpstreamResponse
+
+log = logging.getLogger("prysmai.proxy")
+
+#: The API's path prefix: below it, what is not ours is forwarded (to the upstream's base URL).
+PREFIX = "/api/v1/"
+_PREFIX_BYTES = PREFIX.encode()
+#: POST endpoints whose body must be a JSON object (anything else is a 400).
+JSON_ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "responses"})
+#: Endpoints whose streams accept ``stream_options.include_usage``.
+USAGE_ENDPOINTS = frozenset({"chat/completions", "completions"})
+
+
+class Forwarding:
+    """The forwarding path of :class:`~.app.ProxyApp`, which sets these attributes."""
+
+    config: ProxyConfig
+    store: TraceStore
+    client: Upstream | None
+    base: str
+    default_upstream_key: bytes | None
+    inflight: int
+    warnings: RateLimitedLog
+    _watches: DisconnectWatches
+
+    async def _proxy(
+        self, scope: Scope, receive: Receive, send: Responder, t0: float, method: str, endpoint: str, key_id: str
+    ) -> None:
+        await self.store.wait_for_room()  # --when-behind block: hold new requests while the writer catches up
+        ex = Exchange(_new_trace_id(), time.time(), t0, method, endpoint)
+        ex.key_id = key_id
+        trace_header = (_wire.TRACE_ID_HEADER.lower().encode(), ex.id.encode())
+        self.inflight += 1
+        try:
+            await self._exchange(scope, receive, send, ex, trace_header)
+        except Exception as exc:  # a bug of ours: a JSON 500 (or a cut-off answer) and the trace says so
+            log.exception("internal error while proxying %s %s (trace %s)", method, endpoint, ex.id)
+            ex.status, ex.error = "error", f"internal error in the proxy ({type(exc).__name__})"
+            ex.t_end = time.perf_counter()
+            if not send.started:
+                ex.http_status = 500
+                ex.response_body = internal_error_body(exc)
+                ex.response_content_type = "application/json"
+                self._submit(ex)
+                await respond(send, 500, ex.response_body, [trace_header])
+        finally:
+            self._submit(ex)
+            self.inflight -= 1
+
+    async def _exchange(
+        self, scope: Scope, receive: Receive, send: Responder, ex: Exchange, trace_header: tuple[bytes, bytes]
+    ) -> None:
+        method, endpoint = ex.method, ex.endpoint
+        upstream_key = self.default_upstream_key
+        content_length = -1
+        content_type = b""
+        for name, value in scope["headers"]:
+            if name.startswith(b"x-prysm-"):
+                if name == b"x-prysm-upstream-key":
+                    upstream_key = value.strip() or upstream_key
+                else:
+                    self._prysm_header(ex, name, value)
+            elif name == b"content-length":
+                content_length = int(value) if value.isdigit() else -1
+            elif name == b"content-type":
+                content_type = value
+        ex.request_content_type = content_type.decode("latin-1")
+        limit = self.config.max_body_bytes
+        try:
+            if content_length > limit:
+                raise TooLarge
+            body = await read_body(receive, limit)
+        except TooLarge:
+            await self._fail(
+                send,
+                ex,
+                413,
+                f"Request body larger than {limit} bytes",
+                "invalid_request_error",
+                "request_too_large",
+                trace_header,
+            )
+            return
+        except Disconnected:
+            ex.status, ex.http_status, ex.error = (
+                "cancelled",
+                None,
+                "client disconnected before sending the whole request",
+            )
+            ex.t_end = time.perf_counter()
+            self._submit(ex)
+            return
+        ex.request_body = body
+        inject = False
+        json_required = method == "POST" and endpoint in JSON_ENDPOINTS
+        if not body and json_required:
+            await self._fail(
+                send,
+                ex,
+                400,
+                "The request body is empty. It must be a JSON object.",
+                "invalid_request_error",
+                "invalid_json",
+                trace_header,
+            )
+            return
+        if body and (endpoint in JSON_ENDPOINTS or b"json" in content_type):
+            try:
+                parsed = json.loads(body)
+            except (ValueError, RecursionError) as exc:
+                parsed = None
+                if json_required:
+                    detail = "It is nested too deeply. " if isinstance(exc, RecursionError) else ""
+                    await self._fail(
+                        send,
+                        ex,
+                        400,
+                        f"We could not parse the JSON body of your request. {detail}The body must be a JSON object.",
+                        "invalid_request_error",
+                        "invalid_json",
+                        trace_header,
+                    )
+                    return
+            if isinstance(parsed, dict):
+                model = parsed.get("model")
+                ex.model = model if isinstance(model, str) else None
+                ex.stream = parsed.get("stream") is True
+                if ex.stream and endpoint in USAGE_ENDPOINTS and self.config.inject_stream_usage:
+                    body, inject = inject_usage(body, parsed)
+            elif json_required:
+                await self._fail(
+                    send,
+                    ex,
+                    400,
+                    "The request body must be a JSON object.",
+                    "invalid_request_error",
+                    "invalid_json",
+                    trace_header,
+                )
+                return
+        assert self.client is not None, "ProxyApp.startup() was not run"
+        raw_path = scope.get("raw_path")
+        if isinstance(raw_path, bytes) and raw_path.startswith(_PREFIX_BYTES):  # as the client encoded it
+            url = f"{self.base}/{raw_path[len(_PREFIX_BYTES) :].decode('latin-1')}"
+        else:
+            url = f"{self.base}/{quote(endpoint)}"
+        query = scope.get("query_string")
+        if query:
+            url += "?" + query.decode("latin-1")
+        headers = request_headers(scope["headers"], upstream_key)
+        await self._forward(method, url, headers, body, receive, send, ex, trace_header, inject)
+
+    @staticmethod
+    def _prysm_header(ex: Exchange, name: bytes, value: bytes) -> None:
+        label = name.decode("latin-1")
+        if len(value) > _wire.MAX_HEADER_VALUE_BYTES:
+            ex.notes.append(f"{label} ignored: longer than {_wire.MAX_HEADER_VALUE_BYTES} bytes")
+            return
+        try:
+            text = value.decode("ascii")
+            if name == b"x-prysm-metadata":
+                ex.metadata = _wire.decode_metadata(text)
+            elif name == b"x-prysm-user-id":
+                ex.user_id = _wire.decode_id(text)
+            elif name == b"x-prysm-session-id":
+                ex.session_id = _wire.decode_id(text)
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            ex.notes.append(f"{label} ignored: malformed ({type(exc).__name__}: {str(exc)[:200]})")
+        except RecursionError:
+            ex.notes.append(f"{label} ignored: nested too deeply to decode")
+
+    async def _fail(
+        self,
+        send: Send,
+        ex: Exchange,
+        status: int,
+        message: str,
+        type_: str,
+        code: str,
+        trace_header: tuple[bytes, bytes],
+    ) -> None:
+        """Answer with an error of our own and record it."""
+        ex.status = "timeout" if status == 504 else "error"
+        ex.http_status = status
+        ex.error = message
+        ex.t_end = time.perf_counter()
+        ex.response_body = error_body(message, type_, code)
+        ex.response_content_type = "application/json"
+        self._submit(ex)
+        await respond(send, status, ex.response_body, [trace_header, latency_header(ex)])
+
+    async def _forward(
+        self,
+        method: str,
+        url: str,
+        request_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        ex: Exchange,
+        trace_header: tuple[bytes, bytes],
+        inject: bool,
+    ) -> None:
+        assert self.client is not None
+        watch = self._watches.start(receive)  # a client that leaves cancels the upstream request at once
+        try:
+            await self._forward_watched(
+                method, url, request_headers, body, receive, send, ex, trace_header, inject, watch
+            )
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+            if not ex.submitted:
+                ex.http_status = None
+            self._cancel(ex, "the client disconnected before the answer")
+        finally:
+            watch.stop()
+
+    async def _forward_watched(
+        self,
+        method: str,
+        url: str,
+        request_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        ex: Exchange,
+        trace_header: tuple[bytes, bytes],
+        inject: bool,
+        watch: DisconnectWatch,
+    ) -> None:
+        assert self.client is not None
+        try:
+            response = await self.client.send(method, url, request_headers, body)
+        except TIMEOUT_ERRORS:
+            watch.stop()
+            await self._upstream_failed(send, ex, 504, "the upstream did not answer in time", trace_header)
+            return
+        except TRANSPORT_ERRORS as exc:
+            watch.stop()
+            await self._upstream_failed(send, ex, 502, f"upstream unreachable ({type(exc).__name__})", trace_header)
+            return
+        try:
+            status = ex.http_status = response.status
+            headers, ctype, request_id = response_headers(response.raw_headers)
+            ex.response_content_type = ctype.decode("latin-1")
+            if request_id is not None:
+                ex.provider_request_id = request_id.decode("latin-1")
+            headers.append(trace_header)
+            if status < 400 and ctype.startswith(b"text/event-stream"):
+                ex.stream = True
+                headers.append((b"x-accel-buffering", b"no"))
+                watch.stop()  # the stream relay watches the client itself
+                await self._relay_stream(response, receive, send, ex, headers, inject)
+                return
+            try:
+                ex.response_body = await response.read()
+            except TIMEOUT_ERRORS:
+                watch.stop()
+                await self._upstream_failed(send, ex, 504, "the upstream timed out while answering", trace_header)
+                return
+            except TRANSPORT_ERRORS as exc:
+                watch.stop()
+                await self._upstream_failed(
+                    send, ex, 502, f"the upstream broke off its answer ({type(exc).__name__})", trace_header
+                )
+                return
+            watch.stop()
+            ex.t_end = time.perf_counter()
+            if status >= 400:
+                ex.status = "error"
+            headers.append((b"content-length", str(len(ex.response_body)).encode()))
+            headers.append(latency_header(ex))
+            self._submit(ex)  # before answering: a client that has its answer finds its trace
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": ex.response_body})
+        finally:
+            await response.aclose()
+
+    async def _upstream_failed(
+        self, send: Send, ex: Exchange, status: int, message: str, trace_header: tuple[bytes, bytes]
+    ) -> None:
+        code = "upstream_timeout" if status == 504 else "upstream_unreachable"
+        self.warnings.event("upstream", f"{status} to the client: {message} ({self.base}/{ex.endpoint})")
+        await self._fail(send, ex, status, message, "upstream_error", code, trace_header)
+
+    async def _relay_stream(
+        self,
+        response: UpstreamResponse,
+        receive: Receive,
+        send: Send,
+        ex: Exchange,
+        headers: list[tuple[bytes, bytes]],
+        inject: bool,
+    ) -> None:
+        """Relay the stream in this task; one small watcher task waits for the client to go away
+        and, if it does before the end, cancels this task (the caller then closes the upstream)."""
+        stripper = UsageStripper() if inject else None
+        chunks = ex.chunks
+        task = asyncio.current_task()
+        assert task is not None
+        state = [False, False]  # [finished: the last frame is being sent, the client went away]
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state[0]:
+                state[1] = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            try:
+                if stripper is None:
+                    async for chunk in response.chunks():
+                        chunks.append((time.perf_counter(), chunk))
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                else:
+                    feed = stripper.feed
+                    async for chunk in response.chunks():
+                        chunks.append((time.perf_counter(), chunk))
+                        out = feed(chunk)
+                        if out:
+                            await send({"type": "http.response.body", "body": out, "more_body": True})
+            except TIMEOUT_ERRORS:
+                ex.status, ex.error = "timeout", "the upstream stopped sending (read timeout)"
+            except TRANSPORT_ERRORS as exc:
+                ex.status, ex.error = "error", f"the upstream broke off the stream ({type(exc).__name__})"
+            if ex.status != "success" and ex.error is not None:
+                # End the client's response abnormally (no terminating chunk): its client raises
+                # instead of taking a cut-off answer for a complete one. uvicorn closes the
+                # connection when the app returns with the response unfinished.
+                state[0] = True
+                ex.t_end = time.perf_counter()
+                self._submit(ex)
+                log.warning("trace %s: %s; the client's response was cut off too", ex.id, ex.error)
+                return
+            tail = stripper.flush() if stripper is not None else b""
+            state[0] = True
+            ex.t_end = time.perf_counter()
+            self._submit(ex)  # before the last frame: a client that has its answer finds its trace
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        except asyncio.CancelledError:
+            if not state[1]:  # the server is going away
+                self._cancel(ex, "the proxy was shut down mid-stream")
+                raise
+            # The client went away first (our watcher cancelled us): stop reading; the caller's
+            # response.aclose() closes the upstream request.
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+            if stream_finished(chunks):
+                # The client hung up after the end-of-stream marker (the openai SDK stops at
+                # [DONE]): it got everything, so this is a success that ended when the marker
+                # was forwarded.
+                if not ex.submitted:
+                    ex.t_end = chunks[-1][0]
+                return
+            self._cancel(ex, "the client disconnected mid-stream")
+        finally:
+            watcher.cancel()
+
+    def _submit(self, ex: Exchange) -> None:
+        """Queue the trace once; after this the writer thread owns ``ex``."""
+        if not ex.submitted:
+            ex.submitted = True
+            self.store.submit(ex)
+
+    @staticmethod
+    def _cancel(ex: Exchange, why: str) -> None:
+        if ex.submitted:  # the stream had already ended
+            return
+        ex.status = "cancelled"
+        ex.error = why
+        ex.t_end = time.perf_counter()
+
+
+def _new_trace_id() -> str:
+    """A random UUID (version 4) as 32 hex digits, as ``uuid.uuid4().hex`` gives it at a third of
+    the cost (no UUID object on the request path)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    return raw.hex()

@@ -1,0 +1,94 @@
+"""``GET /api/v1/health`` and the read API (``traces``, ``traces/{id}``, ``stats``).
+
+:class:`ReadApi` answers them for :class:`~.app.ProxyApp`, which routes here after its key check
+(``health`` answers anyone, with details for a key holder). Reads run in a worker thread on the
+query layer (:mod:`.queries`: read-only connections, time-limited), never on the event loop that
+forwards requests; answers take the one JSON shape of :mod:`.jsonshape`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from urllib.parse import parse_qs, urlsplit
+
+from . import jsonshape, queries
+from .asgi import error_body, json_bytes, respond
+from .config import DEMO_UPSTREAM
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from .asgi import Scope, Send
+    from .config import ProxyConfig
+    from .store import TraceStore
+
+
+class ReadApi:
+    """The health check and the read API over one store; ``inflight`` counts forwarded requests."""
+
+    def __init__(self, config: ProxyConfig, store: TraceStore, base: str, inflight: Callable[[], int]) -> None:
+        self.config = config
+        self.store = store
+        self.base = base
+        self.inflight = inflight
+        self._reader: queries.ReadRunner | None = None
+
+    async def health(self, send: Send, with_key: bool) -> None:
+        """``ok`` / ``degraded`` for anyone; the details only for a key holder."""
+        status, reason = self.store.health()
+        body: dict[str, Any] = {"status": status}
+        if with_key:
+            body["reason"] = reason
+            body["upstream"] = "demo" if self.config.upstream == DEMO_UPSTREAM else urlsplit(self.base).hostname
+            body["inflight"] = self.inflight()
+            body["store"] = self.store.counters()
+        await respond(send, 200, json.dumps(body).encode())
+
+    async def read(self, scope: Scope, send: Send, method: str, endpoint: str) -> None:
+        if method != "GET":
+            await respond(
+                send, 405, error_body("Only GET is supported here", "invalid_request_error", "method_not_allowed")
+            )
+            return
+        query = {k: v[-1] for k, v in parse_qs((scope.get("query_string") or b"").decode("latin-1")).items()}
+        try:
+            result = await asyncio.to_thread(self._query, endpoint, query)
+        except ValueError as exc:
+            await respond(send, 400, error_body(str(exc), "invalid_request_error", "invalid_parameter"))
+            return
+        except TimeoutError as exc:  # queries.QueryTimeout: the read ran past its time limit
+            await respond(send, 503, error_body(str(exc), "server_error", "query_timeout"))
+            return
+        if result is None:
+            await respond(send, 404, error_body("No such trace", "invalid_request_error", "not_found"))
+            return
+        await respond(send, 200, json_bytes(jsonshape.for_endpoint(endpoint, result)))
+
+    def _query(self, endpoint: str, query: dict[str, str]) -> Any:
+        """The read API on the query layer (queries.py): read-only connections, time-limited."""
+        self.store.flush(2.0)  # read your own writes
+        reader = self._reader
+        if reader is None:  # made on first use (here, in a worker thread: it opens the store)
+            reader = self._reader = queries.ReadRunner(self.config.db_path, migrate=False)
+        if endpoint.startswith("traces/"):
+            return reader.run_sync(queries.get_trace, endpoint[len("traces/") :])
+        f = queries.TraceFilter.from_query(query)
+        if endpoint == "stats":
+            stats = reader.run_sync(queries.stats, f)
+            stats["store"] = self.store.counters()
+            return stats
+        limit = query.get("limit") or "50"
+        if not limit.isdigit():
+            raise ValueError(f"limit must be a whole number from 1 to {queries.MAX_LIMIT}, not {limit!r}")
+        rows, cursor = reader.run_sync(
+            queries.list_traces,
+            f,
+            sort=query.get("sort") or "created_at",
+            descending=query.get("order", "desc") != "asc",
+            cursor=query.get("cursor") or None,
+            limit=int(limit),
+        )
+        return {"object": "list", "data": rows, "next_cursor": cursor}
