@@ -16,7 +16,13 @@ Modules, one concern each:
 * ``upstream``   -- the pooled upstream client (aiohttp) behind a small interface; header filtering.
 * ``capture``    -- turns a finished exchange into a trace row (SSE reassembly, usage, TTFT).
 * ``pricing``    -- cost per model from the shipped ``pricing.json`` and an override file.
-* ``store``      -- SQLite (WAL) trace store: bounded queue, background batch writer, queries.
+* ``store``      -- SQLite (WAL) trace store: bounded queue, background batch writer (never dies).
+* ``migrations`` -- schema versions; a store of an earlier prysmai is upgraded in place.
+* ``rollups``    -- the hourly/daily rollup tables, folded once per writer batch.
+* ``queries``    -- the one query layer (filters, aggregates, pagination) and its read runner.
+* ``guard``      -- header-read timeout, header size limit and connection cap on uvicorn's protocol.
+* ``disconnect`` -- noticing a client that left a non-streamed call, to cancel the upstream.
+* ``web``        -- the dashboard served at ``/`` (pages, log-in, its JSON endpoints).
 * ``demo_model`` -- the built-in offline model behind ``--upstream demo``.
 * ``server``     -- running the app on uvicorn, in the foreground or on a background thread.
 * ``listen``     -- binding the listening socket before anything is announced or created.
@@ -25,6 +31,6 @@ Modules, one concern each:
 * ``private_files`` -- the store created 0600 in a 0700 directory.
 * ``report``     -- tables and summaries for the terminal.
 * ``jsonshape``  -- the one JSON shape of CLI ``--json`` output and the read API.
-* ``cli``        -- ``prysmai proxy | traces | stats | demo``.
+* ``cli``        -- ``prysmai proxy | ui | traces | stats | demo``.
 * ``demo``       -- the ``prysmai demo`` sample application.
 """

@@ -29,15 +29,10 @@ from .auth import Sessions, cookie_name, read_cookie
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, MutableMapping
     from typing import Any
 
+    from ..asgi import Receive, Scope, Send
     from ..pricing import PriceTable
-
-    Scope = MutableMapping[str, Any]
-    Message = MutableMapping[str, Any]
-    Receive = Callable[[], Awaitable[Message]]
-    Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("prysmai.proxy")
 

@@ -10,7 +10,7 @@ from . import make_dashboard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .app import Receive, Scope, Send
+    from ..asgi import Receive, Scope, Send
 
 
 class ReadOnlyDashboard:
