@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from datetime import datetime
 
 TYPE_CHECKING = False
@@ -21,20 +20,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-
 _CONTROL_BUT_LINES = re.compile(
     "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
 )
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 NONE = "-"
-
-
-def parse_since(value: str, now: float | None = None) -> float:
-    """``30s``, ``15m``, ``2h``, ``7d``, ``1w`` (ago), or an ISO date/time (local if no zone)."""
-    m = _DURATION.match(value)
-    if m:
-        return (time.time() if now is None else now) - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        return datetime.fromisoformat(value.strip()).timestamp()
-    except ValueError:
-        raise ValueError(f"expected e.g. 15m, 2h, 7d or 2025-01-31T12:00, not {value!r}") from None
 
 
 def _escape_char(m: re.Match[str]) -> str:
