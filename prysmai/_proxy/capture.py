@@ -354,6 +354,26 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
     cost = prices.cost(response_model or ex.model, prompt, completion, cached)
     if cost is None and response_model and ex.model:
         cost = prices.cost(ex.model, prompt, completion, cached)
+    row = _captured(ex)
+    row.update(
+        latency_ms=latency,
+        ttft_ms=ttft,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=total,
+        cost_usd=cost,
+        response_body=response_text,
+        error=error,
+        metadata=None if ex.metadata is None else json.dumps(ex.metadata, ensure_ascii=False),
+        notes=json.dumps(notes, ensure_ascii=False) if notes else None,
+        response_model=response_model,
+    )
+    return row
+
+
+def _captured(ex: Exchange) -> dict[str, Any]:
+    """The fields of a row taken from the exchange as captured, with no parsing: what
+    :func:`finalize` and :func:`fallback_row` share."""
     return {
         "id": ex.id,
         "created_at": ex.created_at,
@@ -363,20 +383,9 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
         "stream": int(ex.stream),
         "status": ex.status,
         "http_status": ex.http_status,
-        "latency_ms": latency,
-        "ttft_ms": ttft,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": total,
-        "cost_usd": cost,
         "request_body": body_text(ex.request_body, ex.request_content_type),
-        "response_body": response_text,
-        "error": error,
         "user_id": ex.user_id,
         "session_id": ex.session_id,
-        "metadata": None if ex.metadata is None else json.dumps(ex.metadata, ensure_ascii=False),
-        "notes": json.dumps(notes, ensure_ascii=False) if notes else None,
-        "response_model": response_model,
         "provider_request_id": ex.provider_request_id,
         "key_id": ex.key_id,
     }
@@ -393,23 +402,12 @@ def fallback_row(ex: Exchange, exc: BaseException) -> dict[str, Any]:
         except (ValueError, TypeError, RecursionError):
             notes.append("metadata could not be stored")
     response = b"".join(c for _, c in ex.chunks) if ex.chunks else ex.response_body
-    return {
-        "id": ex.id,
-        "created_at": ex.created_at,
-        "method": ex.method,
-        "endpoint": ex.endpoint,
-        "model": ex.model,
-        "stream": int(ex.stream),
-        "status": ex.status,
-        "http_status": ex.http_status,
-        "latency_ms": None if ex.t_end is None else round((ex.t_end - ex.t0) * 1000.0, 3),
-        "request_body": body_text(ex.request_body, ex.request_content_type),
-        "response_body": body_text(response, ex.response_content_type),
-        "error": ex.error,
-        "user_id": ex.user_id,
-        "session_id": ex.session_id,
-        "metadata": metadata,
-        "notes": json.dumps(notes),
-        "provider_request_id": ex.provider_request_id,
-        "key_id": ex.key_id,
-    }
+    row = _captured(ex)
+    row.update(
+        latency_ms=None if ex.t_end is None else round((ex.t_end - ex.t0) * 1000.0, 3),
+        response_body=body_text(response, ex.response_content_type),
+        error=ex.error,
+        metadata=metadata,
+        notes=json.dumps(notes),
+    )
+    return row
