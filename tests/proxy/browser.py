@@ -9,12 +9,11 @@ Without chromium the tests are skipped on a developer machine, and FAIL in CI (`
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from .system_tools import require
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Every run's screenshots (ignored by git).
@@ -34,13 +33,7 @@ PHONE = {"width": 390, "height": 844}
 
 
 def chromium_path() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        message = "chromium is not installed (Debian: apt-get install chromium); .ci/run installs it"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return require("chromium", "chromium")
 
 
 def launch() -> Iterator[Any]:

@@ -20,14 +20,15 @@ import pytest
 from prysmai._cli import _build_parser
 from prysmai._proxy.keys import collect_keys, generate_key
 
+from .system_tools import require
+
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "docs" / "systemd" / "prysmai-proxy.service"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def _verify(unit: Path) -> subprocess.CompletedProcess[str]:
-    analyze = shutil.which("systemd-analyze")
-    assert analyze, "systemd-analyze is missing: .ci/run installs Debian's systemd package"
+    analyze = require("systemd-analyze", "systemd")
     return subprocess.run(
         [analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60, check=False
     )

@@ -25,6 +25,7 @@ from prysmai._proxy.ratelog import RateLimitedLog
 from prysmai._proxy.store import open_db
 
 from .conftest import KEY
+from .system_tools import require
 
 PRYSMAI = [sys.executable, "-m", "prysmai._cli"]
 CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -231,8 +232,9 @@ def test_weak_keys_are_refused(tmp_path: Any, key: str, why: str) -> None:
 
 def _self_signed(tmp_path: Any) -> tuple[str, str]:
     cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    openssl = require("openssl", "openssl")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
          "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
