@@ -58,12 +58,6 @@ def internal_error_body(exc: BaseException) -> bytes:
     )
 
 
-def json_bytes(obj: Any) -> bytes:
-    """UTF-8 JSON; an unpaired surrogate (stored escaped, decoded back) goes out as its ``\\uXXXX``
-    escape -- the exact value again for a JSON reader -- instead of failing the encoding."""
-    return json.dumps(obj, ensure_ascii=False).encode("utf-8", "backslashreplace")
-
-
 class TooLarge(Exception):
     pass
 

@@ -100,6 +100,13 @@ def for_endpoint(endpoint: str, result: Any) -> Any:
     return result
 
 
+def encode(document: Any, *, allow_nan: bool = True) -> bytes:
+    """UTF-8 JSON for an HTTP answer (the read API, the dashboard's endpoints); an unpaired
+    surrogate in a stored value goes out as its ``\\uXXXX`` escape, as in :func:`dumps`, instead of
+    failing the whole answer."""
+    return json.dumps(document, ensure_ascii=False, allow_nan=allow_nan).encode("utf-8", "backslashreplace")
+
+
 def dumps(document: Any, pretty: bool = True) -> str:
     """Exact JSON; an unpaired surrogate in a stored value (not valid Unicode) is written as its
     ``\\uXXXX`` escape, which a JSON reader decodes back to the same value, instead of crashing print()."""

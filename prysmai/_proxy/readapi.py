@@ -13,7 +13,7 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 from . import jsonshape, queries
-from .asgi import error_body, json_bytes, respond
+from .asgi import error_body, respond
 from .config import DEMO_UPSTREAM
 
 TYPE_CHECKING = False
@@ -65,7 +65,7 @@ class ReadApi:
         if result is None:
             await respond(send, 404, error_body("No such trace", "invalid_request_error", "not_found"))
             return
-        await respond(send, 200, json_bytes(jsonshape.for_endpoint(endpoint, result)))
+        await respond(send, 200, jsonshape.encode(jsonshape.for_endpoint(endpoint, result)))
 
     def _query(self, endpoint: str, query: dict[str, str]) -> Any:
         """The read API on the query layer (queries.py): read-only connections, time-limited."""

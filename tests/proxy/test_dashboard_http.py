@@ -172,6 +172,23 @@ def test_api_answers_json_and_the_proxy_api_is_unchanged(proxy: ProxyHandle) -> 
     assert httpx.get(f"{proxy.base_url}/traces", headers=auth).json()["data"][0]["id"] == row["id"]
 
 
+def test_api_answers_a_trace_holding_an_unpaired_surrogate(proxy: ProxyHandle) -> None:
+    """Any key holder can store one (valid JSON, ASCII on the wire); it must not break the pages."""
+    auth = {"Authorization": f"Bearer {KEY}", "X-Prysm-Metadata": '{"lone":"\\ud800"}'}
+    r = httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT, headers=auth)
+    assert r.status_code == 200
+    proxy.traces()
+    base = origin(proxy)
+    with httpx.Client() as client:
+        client.cookies.update(login(client, base).cookies)
+        listed = client.get(f"{base}/ui/api/traces", params={"since": "all"})
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["data"][0]["metadata"] == {"lone": "\ud800"}
+        full = client.get(f"{base}/ui/api/traces/{r.headers['x-prysm-trace-id']}")
+        assert full.status_code == 200, full.text
+        assert full.json()["metadata"] == {"lone": "\ud800"}  # the exact value, escaped on the wire
+
+
 # -- prysmai ui --------------------------------------------------------------------------------------
 def test_prysmai_ui_serves_an_existing_store_read_only(proxy: ProxyHandle, tmp_path: Any) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}

@@ -23,7 +23,7 @@ import re
 from importlib import resources
 from urllib.parse import parse_qs, quote, unquote
 
-from .. import queries
+from .. import jsonshape, queries
 from ..keys import KeyRing
 from .auth import Sessions, cookie_name, read_cookie
 
@@ -144,9 +144,8 @@ class Dashboard:
                 raw = scope.get("raw_path")
                 route = raw.decode("latin-1") if isinstance(raw, bytes) else quote(path)
                 result = await self._api(route[len("/ui/api/") :], query, who)
-                await _send(
-                    send, 200, json.dumps(result, ensure_ascii=False, allow_nan=False).encode(), b"application/json"
-                )
+                # Captured values may hold unpaired surrogates: the shared encoder escapes them.
+                await _send(send, 200, jsonshape.encode(result, allow_nan=False), b"application/json")
             elif PAGES.match(path) and method in ("GET", "HEAD"):
                 if self.sessions.check(read_cookie(headers.get(b"cookie"), _cookie(scope))) is None:
                     target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
