@@ -63,10 +63,10 @@ class ProxyApp(Forwarding):
         self.inflight = 0
         self.warnings = RateLimitedLog(log)  # floods (502s, rejected keys): first line, then summaries
         self._watches = DisconnectWatches()  # notices clients that leave while the upstream thinks
-        #: /api/v1/health and the read API (readapi.py).
-        self.read_api = ReadApi(config, self.store, self.base, lambda: self.inflight)
         #: Every path outside /api/v1: the dashboard (see web/app.py).
         self.web = make_dashboard(config.db_path, self.keys, self.prices)
+        #: /api/v1/health and the read API (readapi.py), reading through the dashboard's runner.
+        self.read_api = ReadApi(config, self.store, self.base, lambda: self.inflight, self.web.runner)
 
     def __repr__(self) -> str:
         return f"ProxyApp(upstream={self.config.upstream!r}, db={self.config.db_path!r}, keys={len(self.keys)})"

@@ -29,12 +29,20 @@ if TYPE_CHECKING:
 class ReadApi:
     """The health check and the read API over one store; ``inflight`` counts forwarded requests."""
 
-    def __init__(self, config: ProxyConfig, store: TraceStore, base: str, inflight: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        store: TraceStore,
+        base: str,
+        inflight: Callable[[], int],
+        runner: queries.ReadRunner,
+    ) -> None:
         self.config = config
         self.store = store
         self.base = base
         self.inflight = inflight
-        self._reader: queries.ReadRunner | None = None
+        #: Shared with the dashboard: one pool of read-only connections per store, closed at shutdown.
+        self.runner = runner
 
     async def health(self, send: Send, with_key: bool) -> None:
         """``ok`` / ``degraded`` for anyone; the details only for a key holder."""
@@ -55,7 +63,7 @@ class ReadApi:
             return
         query = {k: v[-1] for k, v in parse_qs((scope.get("query_string") or b"").decode("latin-1")).items()}
         try:
-            result = await asyncio.to_thread(self._query, endpoint, query)
+            result = await self._query(endpoint, query)
         except ValueError as exc:
             await respond(send, 400, error_body(str(exc), "invalid_request_error", "invalid_parameter"))
             return
@@ -67,23 +75,22 @@ class ReadApi:
             return
         await respond(send, 200, jsonshape.encode(jsonshape.for_endpoint(endpoint, result)))
 
-    def _query(self, endpoint: str, query: dict[str, str]) -> Any:
-        """The read API on the query layer (queries.py): read-only connections, time-limited."""
-        self.store.flush(2.0)  # read your own writes
-        reader = self._reader
-        if reader is None:  # made on first use (here, in a worker thread: it opens the store)
-            reader = self._reader = queries.ReadRunner(self.config.db_path, migrate=False)
+    async def _query(self, endpoint: str, query: dict[str, str]) -> Any:
+        """The read API on the query layer (queries.py): read-only connections, time-limited,
+        never on the event loop."""
+        await asyncio.to_thread(self.store.flush, 2.0)  # read your own writes
+        run = self.runner.run
         if endpoint.startswith("traces/"):
-            return reader.run_sync(queries.get_trace, endpoint[len("traces/") :])
+            return await run(queries.get_trace, endpoint[len("traces/") :])
         f = queries.TraceFilter.from_query(query)
         if endpoint == "stats":
-            stats = reader.run_sync(queries.stats, f)
+            stats = await run(queries.stats, f)
             stats["store"] = self.store.counters()
             return stats
         limit = query.get("limit") or "50"
         if not limit.isdigit():
             raise ValueError(f"limit must be a whole number from 1 to {queries.MAX_LIMIT}, not {limit!r}")
-        rows, cursor = reader.run_sync(
+        rows, cursor = await run(
             queries.list_traces,
             f,
             sort=query.get("sort") or "created_at",
