@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import json
 
+from .projects import DEFAULT_PROJECT
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
-    from .pricing import PriceTable
+    from .pricing import Price, PriceTable
 
 #: Responses-API stream events that carry generated content (they stop the TTFT clock).
 RESPONSES_CONTENT_EVENTS = frozenset(
@@ -49,6 +52,9 @@ class Exchange:
         "method",
         "model",
         "notes",
+        "project",
+        "provider",
+        "provider_prices",
         "provider_request_id",
         "request_body",
         "request_content_type",
@@ -89,6 +95,11 @@ class Exchange:
         self.chunks: list[tuple[float, bytes]] = []
         self.provider_request_id: str | None = None
         self.key_id: str | None = None
+        #: The project of the key, the provider the request went to (its name in the config) and
+        #: that provider's own prices (model -> Price; consulted before the global table).
+        self.project: str = DEFAULT_PROJECT
+        self.provider: str | None = None
+        self.provider_prices: Mapping[str, Price] | None = None
         self.submitted = False
 
     def __repr__(self) -> str:
