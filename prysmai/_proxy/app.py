@@ -4,9 +4,16 @@ Routes (all below ``/api/v1``):
 
 * ``GET health`` -- no key: ``ok`` / ``degraded`` only; with a key also the upstream, the store's
   counters and why it is degraded (:mod:`.readapi`).
-* ``GET traces``, ``GET traces/{id}``, ``GET stats`` -- the read API (key required; :mod:`.readapi`).
-* anything else -- authenticated, forwarded to the upstream, captured as one trace (the forwarding
-  path, :mod:`.forward`, which :class:`ProxyApp` inherits).
+* ``GET traces``, ``GET traces/{id}``, ``GET stats`` -- the read API (key required; :mod:`.readapi`):
+  a project's key reads that project's traces, an admin key every project's.
+* anything else -- authenticated by a project's key, checked against the project's limits
+  (:mod:`.limits`), routed to one of its providers (:mod:`.projects`), captured as one trace (the
+  forwarding path, :mod:`.forward`, which :class:`ProxyApp` inherits).
+
+Who may do what comes from a :class:`~.projects.Tenancy`: the ``--config`` file's projects, or
+the command line's keys and upstream as the one project ``default``. With a config file, SIGHUP
+or a change of the file reloads it (:mod:`.reload`); a request in flight finishes under the
+tenancy it started with.
 
 Every path outside ``/api/v1`` goes to the dashboard (:mod:`.web`). The ASGI vocabulary and our own
 JSON answers are in :mod:`.asgi`; the stream-usage rewriting in :mod:`.usage`.
@@ -28,17 +35,23 @@ from .capture import fallback_row, finalize
 from .config import ProxyConfig
 from .disconnect import DisconnectWatches
 from .forward import PREFIX, Forwarding
-from .keys import KeyRing
+from .limits import Limits, month_start
 from .pricing import PriceTable
+from .projects import Tenancy, flat
+from .queries import month_spend
 from .ratelog import RateLimitedLog
 from .readapi import ReadApi
+from .reload import ConfigWatch
 from .store import TraceStore
-from .upstream import Upstream, base_url, make_upstream
+from .upstream import AiohttpUpstream, Upstream
 from .web import make_dashboard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .asgi import Receive, Scope, Send
+    from .capture import Exchange
 
 log = logging.getLogger("prysmai.proxy")
 
@@ -48,39 +61,64 @@ class ProxyApp(Forwarding):
 
     def __init__(self, config: ProxyConfig, prices: PriceTable | None = None) -> None:
         self.config = config
-        self.keys = KeyRing(config.keys)
+        #: Projects, keys and providers; replaced whole by a reload (never changed in place).
+        self.tenancy: Tenancy = load_tenancy(config)
+        self.limits = Limits()
         self.prices = prices if prices is not None else PriceTable.load(config.pricing_file)
         self.store = TraceStore(
             config.db_path,
-            partial(finalize, prices=self.prices),
+            partial(_finalize_counting, prices=self.prices, limits=self.limits),
             config.queue_size,
             when_behind=config.when_behind,
             fallback=fallback_row,
         )
-        self.base = base_url(config)
-        self.default_upstream_key = config.upstream_api_key.encode("latin-1") if config.upstream_api_key else None
         self.client: Upstream | None = None
+        self.demo_client: Upstream | None = None
         self.inflight = 0
         self.warnings = RateLimitedLog(log)  # floods (502s, rejected keys): first line, then summaries
         self._watches = DisconnectWatches()  # notices clients that leave while the upstream thinks
         #: Every path outside /api/v1: the dashboard (see web/app.py).
-        self.web = make_dashboard(config.db_path, self.keys, self.prices)
+        self.web = make_dashboard(config.db_path, lambda: self.tenancy, self.prices)
         #: /api/v1/health and the read API (readapi.py), reading through the dashboard's runner.
-        self.read_api = ReadApi(config, self.store, self.base, lambda: self.inflight, self.web.runner)
+        self.read_api = ReadApi(lambda: self.tenancy, self.store, lambda: self.inflight, self.web.runner)
+        self._watch: ConfigWatch | None = None
 
     def __repr__(self) -> str:
-        return f"ProxyApp(upstream={self.config.upstream!r}, db={self.config.db_path!r}, keys={len(self.keys)})"
+        return f"ProxyApp({self.tenancy!r}, db={self.config.db_path!r})"
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
         self.store.open()
-        self.client = make_upstream(self.config)
+        self.client = AiohttpUpstream(self.config)
+        since = month_start(time.time())
+        self.limits.seed(await self.web.runner.run(month_spend, since), since)
+        if self.config.config_file:
+            self._watch = ConfigWatch(self.config.config_file, self._reload)
+            self._watch.start()
+
+    def _reload(self) -> None:
+        """Read the config file again and use it for every request from now on; a file that does
+        not load is refused (the error is logged) and the current tenancy stays."""
+        assert self.config.config_file is not None
+        try:
+            tenancy = load_tenancy(self.config)
+        except (ValueError, OSError) as exc:  # ConfigError (file:line, never a key), unreadable file
+            log.error("config reload refused, still using the previous config: %s", exc)
+            return
+        self.tenancy = tenancy
+        log.info("config reloaded from %s: %s", self.config.config_file, _summary(tenancy))
 
     async def shutdown(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         self.warnings.close()
         if self.client is not None:
             await self.client.aclose()
             self.client = None
+        if self.demo_client is not None:
+            await self.demo_client.aclose()
+            self.demo_client = None
         await asyncio.to_thread(self.store.close)
         await asyncio.to_thread(self.web.runner.close)
 
@@ -135,11 +173,11 @@ class ProxyApp(Forwarding):
             if name == b"authorization":
                 auth = value
                 break
-        key_id = self.keys.identify(auth)
+        entry = self.tenancy.identify(auth)
         if endpoint == "health":
-            await self.read_api.health(send, key_id is not None)
+            await self.read_api.health(send, entry)
             return
-        if key_id is None:
+        if entry is None:
             msg = "Missing Prysm API key" if auth is None else "Invalid Prysm API key"
             self.warnings.event("auth", f"401 {msg.lower()} from {client_name(scope)} on {method} {path}")
             await respond(
@@ -153,6 +191,40 @@ class ProxyApp(Forwarding):
             )
             return
         if endpoint == "traces" or endpoint == "stats" or endpoint.startswith("traces/"):
-            await self.read_api.read(scope, send, method, endpoint)
+            await self.read_api.read(scope, send, method, endpoint, entry.project_name)
             return
-        await self._proxy(scope, receive, send, t0, method, endpoint, key_id)
+        if entry.project is None:
+            await respond(
+                send,
+                403,
+                error_body(
+                    "Admin keys read every project's traces but cannot send requests; use a project's key.",
+                    "invalid_request_error",
+                    "admin_key_cannot_send",
+                ),
+            )
+            return
+        await self._proxy(scope, receive, send, t0, method, endpoint, entry.key_id, entry.project)
+
+
+def load_tenancy(config: ProxyConfig) -> Tenancy:
+    """The config file's projects (``config.config_file``), else the command line's keys and
+    upstream as the one project ``default``. Raises the config file's ``ConfigError``."""
+    if config.config_file:
+        from .projectconfig import load
+
+        return load(config.config_file)
+    return flat(config.keys, config.upstream, config.upstream_api_key)
+
+
+def _summary(tenancy: Tenancy) -> str:
+    names = ", ".join(sorted(tenancy.projects))
+    return f"{len(tenancy.projects)} project(s) ({names}), {len(tenancy)} key(s)"
+
+
+def _finalize_counting(ex: Exchange, prices: PriceTable, limits: Limits) -> dict[str, Any]:
+    """The trace row (:func:`~.capture.finalize`, on the writer thread), its cost counted
+    towards the project's monthly budget."""
+    row = finalize(ex, prices)
+    limits.add_spend(ex.project, row.get("cost_usd"), ex.created_at)
+    return row

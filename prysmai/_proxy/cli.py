@@ -124,6 +124,7 @@ def register(subparsers: Any) -> None:
     proxy.add_argument(
         "--keys-file", metavar="PATH", help="file with one accepted key per line (also PRYSM_PROXY_KEYS_FILE)"
     )
+    _add_config(proxy)
     proxy.add_argument(
         "--pricing", metavar="PATH", help=f"JSON price file overriding the shipped table (also ${PRICING_ENV})"
     )
@@ -264,7 +265,40 @@ def register(subparsers: Any) -> None:
         help="accept this key to log in (repeatable; also PRYSM_PROXY_KEYS and --keys-file)",
     )
     ui.add_argument("--keys-file", metavar="PATH", help="file with one accepted key per line")
+    _add_config(ui)
     ui.set_defaults(handler=_ui_command)
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help="projects config file (TOML; also $PRYSM_CONFIG): projects, their keys, providers and limits; "
+        "replaces --key/--keys-file and --upstream (see docs/projects.md)",
+    )
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    return args.config or os.environ.get("PRYSM_CONFIG") or None
+
+
+def _load_tenancy(args: argparse.Namespace, keys: list[str], upstream: str) -> tuple[Any, str | None]:
+    """The tenancy the command runs with, and an error line instead (never containing a key)."""
+    from .projectconfig import ConfigError, load
+    from .projects import flat
+
+    path = _config_path(args)
+    if path is None:
+        return flat(keys, upstream, os.environ.get(UPSTREAM_KEY_ENV) or None), None
+    if args.key or args.keys_file:
+        return None, "--config names the keys: drop --key/--keys-file, or put those keys in the config's projects"
+    try:
+        return load(path), None
+    except ConfigError as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"cannot read the config file {path}: {exc.strerror or exc}"
 
 
 # -- handlers ------------------------------------------------------------------------------------
@@ -288,18 +322,28 @@ def _run_proxy(args: argparse.Namespace, log: logging.Logger) -> int:
     from .server import serve
     from .store import StoreError, open_db
 
-    try:
-        keys = collect_keys(args.key, args.keys_file)
-    except (KeyConfigError, OSError) as exc:
-        log.error("key configuration: %s", exc)
-        return 2
+    config_file = _config_path(args)
+    keys: list[str] = []
     generated = None
-    if not keys:
-        generated = generate_key()
-        keys = [generated]
+    if config_file is None:
+        try:
+            keys = collect_keys(args.key, args.keys_file)
+        except (KeyConfigError, OSError) as exc:
+            log.error("key configuration: %s", exc)
+            return 2
+        if not keys:
+            generated = generate_key()
+            keys = [generated]
+    elif args.upstream:
+        log.error("--config names each project's providers: drop --upstream, or add it to the config as a provider")
+        return 2
     upstream = args.upstream or os.environ.get(UPSTREAM_ENV) or DEFAULT_UPSTREAM
     if upstream != DEMO_UPSTREAM and not upstream.startswith(("http://", "https://")):
         log.error("--upstream must be an http(s) URL or '%s', not %r", DEMO_UPSTREAM, upstream)
+        return 2
+    tenancy, config_error = _load_tenancy(args, keys, upstream)
+    if config_error is not None:
+        log.error("%s", config_error)
         return 2
     tls_error = _check_tls(args.ssl_certfile, args.ssl_keyfile)
     if tls_error:
@@ -360,6 +404,7 @@ def _run_proxy(args: argparse.Namespace, log: logging.Logger) -> int:
             header_timeout=args.header_timeout,
             max_client_connections=args.max_connections,
             max_header_bytes=args.max_header_bytes,
+            config_file=config_file,
         )
         if generated is not None:
             # Printed, not logged: shown once to the person starting the proxy.
@@ -368,7 +413,7 @@ def _run_proxy(args: argparse.Namespace, log: logging.Logger) -> int:
                 f"accepting this generated key for this run only:\n\n    {generated}\n",
                 file=sys.stderr,
             )
-        if upstream != DEMO_UPSTREAM and config.upstream_api_key is None:
+        if config_file is None and upstream != DEMO_UPSTREAM and config.upstream_api_key is None:
             log.warning(
                 "%s is not set: each request must bring its provider key in X-Prysm-Upstream-Key "
                 "(prysmai: upstream_api_key=...)",
@@ -386,15 +431,12 @@ def _run_proxy(args: argparse.Namespace, log: logging.Logger) -> int:
                     args.host,
                 )
         scheme = "https" if tls else "http"
-        log.info(
-            "serving %s://%s:%d/api/v1 -> %s; %d key(s); traces in %s",
-            scheme,
-            listen.url_host(args.host),
-            port,
-            upstream,
-            len(keys),
-            db_path,
-        )
+        if config_file is None:
+            where = f"-> {upstream}; {len(keys)} key(s)"
+        else:
+            names = ", ".join(sorted(tenancy.projects))
+            where = f"with {config_file}: {len(tenancy.projects)} project(s) ({names}), {len(tenancy)} key(s)"
+        log.info("serving %s://%s:%d/api/v1 %s; traces in %s", scheme, listen.url_host(args.host), port, where, db_path)
         log.info("dashboard at %s://%s:%d/ (log in with a proxy key)", scheme, listen.url_host(args.host), port)
         serve(
             ProxyApp(config, prices),
@@ -580,13 +622,17 @@ def _ui_command(args: argparse.Namespace) -> int:
         _err(f"{db_path} holds no traces table (is it a prysmai trace store?)")
         return 1
     conn.close()
-    if not keys:
+    if not keys and _config_path(args) is None:
         keys = [generate_key()]
         print(
-            "prysmai ui: no key configured (--key, PRYSM_PROXY_KEYS or --keys-file); "
+            "prysmai ui: no key configured (--key, PRYSM_PROXY_KEYS, --keys-file or --config); "
             f"log in with this generated key (this run only):\n\n    {keys[0]}\n",
             file=sys.stderr,
         )
+    tenancy, config_error = _load_tenancy(args, keys, DEMO_UPSTREAM)
+    if config_error is not None:
+        _err(config_error)
+        return 2
     from .web.standalone import serve_read_only
 
     port = args.port
@@ -600,5 +646,5 @@ def _ui_command(args: argparse.Namespace) -> int:
         print(f"prysmai ui: listening on {args.host}, reachable from other machines.", file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"prysmai ui: dashboard at http://{host}:{port}/ (read-only) over {db_path}", file=sys.stderr)
-    serve_read_only(db_path, keys, args.host, port)
+    serve_read_only(db_path, tenancy, args.host, port)
     return 0

@@ -66,3 +66,6 @@ class ProxyConfig:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     max_client_connections: int = DEFAULT_MAX_CONNECTIONS
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    #: A projects config file (``--config``; see docs/projects.md). With it, ``keys``, ``upstream``
+    #: and ``upstream_api_key`` are not used: the file says which keys, projects and providers.
+    config_file: str | None = None

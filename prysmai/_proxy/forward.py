@@ -21,6 +21,7 @@ from urllib.parse import quote
 from .. import _wire
 from .asgi import Disconnected, TooLarge, error_body, internal_error_body, latency_header, read_body, respond
 from .capture import Exchange
+from .projects import DEMO
 from .upstream import TIMEOUT_ERRORS, TRANSPORT_ERRORS, request_headers, response_headers
 from .usage import UsageStripper, inject_usage, stream_finished
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from .asgi import Receive, Responder, Scope, Send
     from .config import ProxyConfig
     from .disconnect import DisconnectWatch, DisconnectWatches
+    from .limits import Limits
+    from .projects import Project, Provider
     from .ratelog import RateLimitedLog
     from .store import TraceStore
     from .upstream import Upstream, UpstreamResponse
@@ -50,22 +53,31 @@ class Forwarding:
     config: ProxyConfig
     store: TraceStore
     client: Upstream | None
-    base: str
-    default_upstream_key: bytes | None
+    demo_client: Upstream | None
+    limits: Limits
     inflight: int
     warnings: RateLimitedLog
     _watches: DisconnectWatches
 
     async def _proxy(
-        self, scope: Scope, receive: Receive, send: Responder, t0: float, method: str, endpoint: str, key_id: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Responder,
+        t0: float,
+        method: str,
+        endpoint: str,
+        key_id: str,
+        project: Project,
     ) -> None:
         await self.store.wait_for_room()  # --when-behind block: hold new requests while the writer catches up
         ex = Exchange(_new_trace_id(), time.time(), t0, method, endpoint)
         ex.key_id = key_id
+        ex.project = project.name
         trace_header = (_wire.TRACE_ID_HEADER.lower().encode(), ex.id.encode())
         self.inflight += 1
         try:
-            await self._exchange(scope, receive, send, ex, trace_header)
+            await self._exchange(scope, receive, send, ex, trace_header, project)
         except Exception as exc:  # a bug of ours: a JSON 500 (or a cut-off answer) and the trace says so
             log.exception("internal error while proxying %s %s (trace %s)", method, endpoint, ex.id)
             ex.status, ex.error = "error", f"internal error in the proxy ({type(exc).__name__})"
@@ -81,16 +93,22 @@ class Forwarding:
             self.inflight -= 1
 
     async def _exchange(
-        self, scope: Scope, receive: Receive, send: Responder, ex: Exchange, trace_header: tuple[bytes, bytes]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Responder,
+        ex: Exchange,
+        trace_header: tuple[bytes, bytes],
+        project: Project,
     ) -> None:
         method, endpoint = ex.method, ex.endpoint
-        upstream_key = self.default_upstream_key
+        upstream_key = None
         content_length = -1
         content_type = b""
         for name, value in scope["headers"]:
             if name.startswith(b"x-prysm-"):
                 if name == b"x-prysm-upstream-key":
-                    upstream_key = value.strip() or upstream_key
+                    upstream_key = value.strip() or None
                 else:
                     self._prysm_header(ex, name, value)
             elif name == b"content-length":
@@ -125,6 +143,7 @@ class Forwarding:
             return
         ex.request_body = body
         inject = False
+        parsed = None
         json_required = method == "POST" and endpoint in JSON_ENDPOINTS
         if not body and json_required:
             await self._fail(
@@ -158,8 +177,6 @@ class Forwarding:
                 model = parsed.get("model")
                 ex.model = model if isinstance(model, str) else None
                 ex.stream = parsed.get("stream") is True
-                if ex.stream and endpoint in USAGE_ENDPOINTS and self.config.inject_stream_usage:
-                    body, inject = inject_usage(body, parsed)
             elif json_required:
                 await self._fail(
                     send,
@@ -171,17 +188,50 @@ class Forwarding:
                     trace_header,
                 )
                 return
-        assert self.client is not None, "ProxyApp.startup() was not run"
+        routed = project.route(ex.model)
+        if routed is None:
+            what = f"the model {ex.model!r}" if ex.model else "a request without a model"
+            await self._fail(
+                send,
+                ex,
+                400,
+                f"Project {project.name!r} has no provider for {what}: no provider lists it in `models` or "
+                "matches it by `prefix`, and the project has no `default_provider` (see the proxy's config).",
+                "invalid_request_error",
+                "model_not_routed",
+                trace_header,
+            )
+            return
+        provider, upstream_model = routed
+        ex.provider = provider.name
+        ex.provider_prices = provider.prices or None
+        refusal = self.limits.check(project)
+        if refusal is not None:
+            await self._fail(
+                send, ex, 429, refusal.message, refusal.type, refusal.code, trace_header, list(refusal.headers)
+            )
+            return
+        if isinstance(parsed, dict):
+            if upstream_model is not None:  # a prefix rule: the provider knows the model without it
+                parsed = {**parsed, "model": upstream_model}
+                body = json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+            if ex.stream and endpoint in USAGE_ENDPOINTS and self.config.inject_stream_usage:
+                body, inject = inject_usage(body, parsed)
         raw_path = scope.get("raw_path")
         if isinstance(raw_path, bytes) and raw_path.startswith(_PREFIX_BYTES):  # as the client encoded it
-            url = f"{self.base}/{raw_path[len(_PREFIX_BYTES) :].decode('latin-1')}"
+            tail = raw_path[len(_PREFIX_BYTES) :].decode("latin-1")
         else:
-            url = f"{self.base}/{quote(endpoint)}"
+            tail = quote(endpoint)
         query = scope.get("query_string")
-        if query:
-            url += "?" + query.decode("latin-1")
-        headers = request_headers(scope["headers"], upstream_key)
-        await self._forward(method, url, headers, body, receive, send, ex, trace_header, inject)
+        url = provider.url(tail, upstream_model or ex.model, query.decode("latin-1") if query else "")
+        headers = request_headers(scope["headers"], None)
+        auth = provider.auth_header(upstream_key)
+        if auth is not None:
+            if auth[0] != b"authorization":  # Azure's api-key: never relay one the client sent
+                headers = [h for h in headers if h[0] != auth[0]]
+            headers.append(auth)
+        upstream = self._upstream_for(provider)
+        await self._forward(upstream, method, url, headers, body, receive, send, ex, trace_header, inject)
 
     @staticmethod
     def _prysm_header(ex: Exchange, name: bytes, value: bytes) -> None:
@@ -211,6 +261,7 @@ class Forwarding:
         type_: str,
         code: str,
         trace_header: tuple[bytes, bytes],
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         """Answer with an error of our own and record it."""
         ex.status = "timeout" if status == 504 else "error"
@@ -220,10 +271,11 @@ class Forwarding:
         ex.response_body = error_body(message, type_, code)
         ex.response_content_type = "application/json"
         self._submit(ex)
-        await respond(send, status, ex.response_body, [trace_header, latency_header(ex)])
+        await respond(send, status, ex.response_body, [trace_header, latency_header(ex), *(extra or ())])
 
     async def _forward(
         self,
+        upstream: Upstream,
         method: str,
         url: str,
         request_headers: list[tuple[bytes, bytes]],
@@ -234,11 +286,10 @@ class Forwarding:
         trace_header: tuple[bytes, bytes],
         inject: bool,
     ) -> None:
-        assert self.client is not None
         watch = self._watches.start(receive)  # a client that leaves cancels the upstream request at once
         try:
             await self._forward_watched(
-                method, url, request_headers, body, receive, send, ex, trace_header, inject, watch
+                upstream, method, url, request_headers, body, receive, send, ex, trace_header, inject, watch
             )
         except asyncio.CancelledError:
             if not watch.gone:
@@ -254,6 +305,7 @@ class Forwarding:
 
     async def _forward_watched(
         self,
+        upstream: Upstream,
         method: str,
         url: str,
         request_headers: list[tuple[bytes, bytes]],
@@ -265,9 +317,8 @@ class Forwarding:
         inject: bool,
         watch: DisconnectWatch,
     ) -> None:
-        assert self.client is not None
         try:
-            response = await self.client.send(method, url, request_headers, body)
+            response = await upstream.send(method, url, request_headers, body)
         except TIMEOUT_ERRORS:
             watch.stop()
             await self._upstream_failed(send, ex, 504, "the upstream did not answer in time", trace_header)
@@ -317,7 +368,8 @@ class Forwarding:
         self, send: Send, ex: Exchange, status: int, message: str, trace_header: tuple[bytes, bytes]
     ) -> None:
         code = "upstream_timeout" if status == 504 else "upstream_unreachable"
-        self.warnings.event("upstream", f"{status} to the client: {message} ({self.base}/{ex.endpoint})")
+        where = f"provider {ex.provider!r} of project {ex.project!r}, /{ex.endpoint}"
+        self.warnings.event("upstream", f"{status} to the client: {message} ({where})")
         await self._fail(send, ex, status, message, "upstream_error", code, trace_header)
 
     async def _relay_stream(
@@ -396,6 +448,16 @@ class Forwarding:
             self._cancel(ex, "the client disconnected mid-stream")
         finally:
             watcher.cancel()
+
+    def _upstream_for(self, provider: Provider) -> Upstream:
+        if provider.kind == DEMO:
+            if self.demo_client is None:
+                from .demo_model import DemoUpstream
+
+                self.demo_client = DemoUpstream()
+            return self.demo_client
+        assert self.client is not None, "ProxyApp.startup() was not run"
+        return self.client
 
     def _submit(self, ex: Exchange) -> None:
         """Queue the trace once; after this the writer thread owns ``ex``."""

@@ -9,12 +9,13 @@ forwards requests; answers take the one JSON shape of :mod:`.jsonshape`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from urllib.parse import parse_qs, urlsplit
 
 from . import jsonshape, queries
 from .asgi import error_body, respond
-from .config import DEMO_UPSTREAM
+from .projects import DEMO
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .asgi import Scope, Send
-    from .config import ProxyConfig
+    from .projects import KeyEntry, Provider, Tenancy
     from .store import TraceStore
 
 
@@ -31,31 +32,38 @@ class ReadApi:
 
     def __init__(
         self,
-        config: ProxyConfig,
+        tenancy: Callable[[], Tenancy],
         store: TraceStore,
-        base: str,
         inflight: Callable[[], int],
         runner: queries.ReadRunner,
     ) -> None:
-        self.config = config
+        self.tenancy = tenancy
         self.store = store
-        self.base = base
         self.inflight = inflight
         #: Shared with the dashboard: one pool of read-only connections per store, closed at shutdown.
         self.runner = runner
 
-    async def health(self, send: Send, with_key: bool) -> None:
-        """``ok`` / ``degraded`` for anyone; the details only for a key holder."""
+    async def health(self, send: Send, entry: KeyEntry | None) -> None:
+        """``ok`` / ``degraded`` for anyone; the details only for a key holder: for a project's
+        key, its project and the hosts of its providers (never a credential)."""
         status, reason = self.store.health()
         body: dict[str, Any] = {"status": status}
-        if with_key:
+        if entry is not None:
             body["reason"] = reason
-            body["upstream"] = "demo" if self.config.upstream == DEMO_UPSTREAM else urlsplit(self.base).hostname
+            if entry.project is not None:
+                providers = entry.project.providers
+                body["project"] = entry.project.name
+                default = entry.project.default_provider or providers[0]
+                body["upstream"] = _host(default)
+                body["providers"] = {p.name: _host(p) for p in providers}
+            else:
+                body["projects"] = sorted(self.tenancy().projects)
             body["inflight"] = self.inflight()
             body["store"] = self.store.counters()
         await respond(send, 200, json.dumps(body).encode())
 
-    async def read(self, scope: Scope, send: Send, method: str, endpoint: str) -> None:
+    async def read(self, scope: Scope, send: Send, method: str, endpoint: str, project: str | None) -> None:
+        """A read of the traces of ``project`` (``None``: an admin key, every project)."""
         if method != "GET":
             await respond(
                 send, 405, error_body("Only GET is supported here", "invalid_request_error", "method_not_allowed")
@@ -63,7 +71,7 @@ class ReadApi:
             return
         query = {k: v[-1] for k, v in parse_qs((scope.get("query_string") or b"").decode("latin-1")).items()}
         try:
-            result = await self._query(endpoint, query)
+            result = await self._query(endpoint, query, project)
         except ValueError as exc:
             await respond(send, 400, error_body(str(exc), "invalid_request_error", "invalid_parameter"))
             return
@@ -75,14 +83,16 @@ class ReadApi:
             return
         await respond(send, 200, jsonshape.encode(jsonshape.for_endpoint(endpoint, result)))
 
-    async def _query(self, endpoint: str, query: dict[str, str]) -> Any:
+    async def _query(self, endpoint: str, query: dict[str, str], project: str | None) -> Any:
         """The read API on the query layer (queries.py): read-only connections, time-limited,
         never on the event loop."""
         await asyncio.to_thread(self.store.flush, 2.0)  # read your own writes
         run = self.runner.run
         if endpoint.startswith("traces/"):
-            return await run(queries.get_trace, endpoint[len("traces/") :])
+            return await run(queries.get_trace, endpoint[len("traces/") :], project=project)
         f = queries.TraceFilter.from_query(query)
+        if project is not None:  # a project's key: its own project, whatever the query asks
+            f = dataclasses.replace(f, project=project)
         if endpoint == "stats":
             stats = await run(queries.stats, f)
             stats["store"] = self.store.counters()
@@ -99,3 +109,7 @@ class ReadApi:
             limit=int(limit),
         )
         return {"object": "list", "data": rows, "next_cursor": cursor}
+
+
+def _host(provider: Provider) -> str | None:
+    return "demo" if provider.kind == DEMO else urlsplit(provider.base_url).hostname

@@ -45,6 +45,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+    query: str = ""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -87,7 +88,7 @@ class FakeUpstream:
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"]
-        self.seen.append(Seen(scope["method"], path, headers, body))
+        self.seen.append(Seen(scope["method"], path, headers, body, scope.get("query_string", b"").decode("latin-1")))
         if headers.get("x-fake-hang"):
             await asyncio.sleep(60)
         if headers.get("x-fake-delay-ms"):
@@ -111,6 +112,8 @@ class FakeUpstream:
             await self._json(send, status, {"error": {"message": f"planned {status}", "type": "fake", "code": None}})
             return
         endpoint = path.split("/v1/", 1)[-1]
+        if path.startswith("/openai/deployments/"):  # Azure OpenAI: /openai/deployments/{name}/{endpoint}
+            endpoint = path.split("/", 4)[-1]
         doc = json.loads(body) if body[:1] == b"{" else {}
         model = doc.get("model", "gpt-4o-mini")
         if endpoint == "models":

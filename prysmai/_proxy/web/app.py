@@ -17,6 +17,7 @@ read-only connection in a worker thread, under a time limit, never on the event 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -24,15 +25,16 @@ from importlib import resources
 from urllib.parse import parse_qs, quote, unquote
 
 from .. import jsonshape, queries
-from ..keys import KeyRing
 from .auth import Sessions, cookie_name, read_cookie
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from ..asgi import Receive, Scope, Send
     from ..pricing import PriceTable
+    from ..projects import KeyEntry, Tenancy
 
 log = logging.getLogger("prysmai.proxy")
 
@@ -86,12 +88,14 @@ class _HTTPError(Exception):
 
 
 class Dashboard:
-    """The dashboard over the store at ``db_path``, for whoever holds one of ``keys``."""
+    """The dashboard over the store at ``db_path``, for whoever holds a key of ``tenancy()`` (a
+    callable: the proxy's current tenancy, which a reload replaces). A project's key sees that
+    project's traces; an admin key every project's."""
 
     def __init__(
         self,
         db_path: str,
-        keys: KeyRing,
+        tenancy: Callable[[], Tenancy],
         runner: queries.ReadRunner,
         *,
         prices: PriceTable | None = None,
@@ -99,7 +103,7 @@ class Dashboard:
         sessions: Sessions | None = None,
     ) -> None:
         self.db_path = db_path
-        self.keys = keys
+        self.tenancy = tenancy
         self.runner = runner
         self.read_only = read_only
         #: Where costs come from, for the trace page.
@@ -134,7 +138,7 @@ class Dashboard:
                 _check_origin(scope, headers)
                 await _redirect(send, "/login?out=1", self.sessions.clear_cookie(_cookie(scope), _secure(scope)))
             elif path.startswith("/ui/api/"):
-                who = self.sessions.check(read_cookie(headers.get(b"cookie"), _cookie(scope)))
+                who = self._who(scope, headers)
                 if who is None:
                     raise _HTTPError(401, "Log in first (POST /ui/login with a proxy key).")
                 if method != "GET":
@@ -147,7 +151,7 @@ class Dashboard:
                 # Captured values may hold unpaired surrogates: the shared encoder escapes them.
                 await _send(send, 200, jsonshape.encode(result, allow_nan=False), b"application/json")
             elif PAGES.match(path) and method in ("GET", "HEAD"):
-                if self.sessions.check(read_cookie(headers.get(b"cookie"), _cookie(scope))) is None:
+                if self._who(scope, headers) is None:
                     target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
                     await _redirect(send, "/login?next=" + quote(target, safe=""))
                 else:
@@ -158,6 +162,12 @@ class Dashboard:
                 raise _HTTPError(404, f"Unknown path {path} (the dashboard is at /, the API under /api/v1)")
         except _HTTPError as exc:
             await _send_error(send, exc.status, exc.message)
+
+    def _who(self, scope: Scope, headers: dict[bytes, bytes]) -> KeyEntry | None:
+        """The key of a valid session cookie, if that key is still accepted (a reload may have
+        removed it: its sessions end with it)."""
+        key_id = self.sessions.check(read_cookie(headers.get(b"cookie"), _cookie(scope)))
+        return None if key_id is None else self.tenancy().by_key_id(key_id)
 
     # -- log-in ------------------------------------------------------------------------------------
     async def _login(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]) -> None:
@@ -179,7 +189,7 @@ class Dashboard:
         if not target.startswith("/") or target.startswith(("//", "/\\")) or not target.isprintable():
             target = "/"
         target = quote(target, safe="/?&=%:@+,;~-._!$'()*")  # no raw CR/LF or non-ASCII in Location
-        if not key or not self.keys.check(key):
+        if not key or self.tenancy().check(key) is None:
             await _redirect(send, "/login?error=1&next=" + quote(target, safe=""))
             return
         await _redirect(
@@ -187,20 +197,24 @@ class Dashboard:
         )
 
     # -- JSON for the pages -------------------------------------------------------------------------
-    async def _api(self, route: str, query: dict[str, str], who: str) -> Any:
+    async def _api(self, route: str, query: dict[str, str], who: KeyEntry) -> Any:
         run = self.runner.run
+        project = who.project_name  # None: an admin key, every project
         if query.get("since") == "all":  # the pages' name for an open range
             query = {k: v for k, v in query.items() if k != "since"}
         try:
             if route == "me":
                 return {
                     "read_only": self.read_only,
-                    "key_id": who,
+                    "key_id": who.key_id,
+                    "project": project,
+                    "admin": who.admin,
+                    "projects": sorted(self.tenancy().projects) if who.admin else [project],
                     "pricing": self.pricing,
                 }
             if route.startswith("traces/"):
                 try:
-                    trace = await run(queries.get_trace, unquote(route[len("traces/") :]))
+                    trace = await run(queries.get_trace, unquote(route[len("traces/") :]), project=project)
                 except ValueError as exc:
                     raise _HTTPError(400, str(exc)) from None
                 if trace is None:
@@ -208,15 +222,17 @@ class Dashboard:
                 return trace
             if route.startswith("sessions/"):
                 session_id = unquote(route[len("sessions/") :])
-                traces = await run(queries.session_traces, session_id, _limit(query, 500))
+                traces = await run(queries.session_traces, session_id, _limit(query, 500), project=project)
                 return {"session_id": session_id, "traces": traces}
             f = queries.TraceFilter.from_query(query)
+            if project is not None:  # a project's key: its own project, whatever the query asks
+                f = dataclasses.replace(f, project=project)
             if route == "overview":
                 bucket = queries.pick_bucket(f.since, f.until)
                 overview = await run(queries.overview, f)
                 series = await run(queries.timeseries, f, bucket)
                 breakdowns = {}
-                for by in _BREAKDOWNS:
+                for by in (("project", *_BREAKDOWNS) if who.admin else _BREAKDOWNS):
                     breakdowns[by] = await run(queries.breakdown, f, by, 10)
                 return {"overview": overview, "bucket_seconds": bucket, "timeseries": series, "breakdowns": breakdowns}
             if route == "traces":

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import json
 
-from ..keys import KeyRing
 from ..pricing import PriceTable
 from . import make_dashboard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..asgi import Receive, Scope, Send
+    from ..projects import Tenancy
 
 
 class ReadOnlyDashboard:
-    """An ASGI app: the :class:`~.app.Dashboard` on a read-only store; ``/api/v1`` answers 404."""
+    """An ASGI app: the :class:`~.app.Dashboard` on a read-only store; ``/api/v1`` answers 404.
+    ``tenancy``: who may log in and which project each key reads (see :mod:`..projects`)."""
 
-    def __init__(self, db_path: str, keys: list[str]) -> None:
-        self.dashboard = make_dashboard(db_path, KeyRing(keys), PriceTable.load(None), read_only=True)
+    def __init__(self, db_path: str, tenancy: Tenancy) -> None:
+        self.dashboard = make_dashboard(db_path, lambda: tenancy, PriceTable.load(None), read_only=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -48,14 +49,14 @@ class ReadOnlyDashboard:
         await self.dashboard(scope, receive, send)
 
 
-def serve_read_only(db_path: str, keys: list[str], host: str, port: int) -> None:
+def serve_read_only(db_path: str, tenancy: Tenancy, host: str, port: int) -> None:
     """``prysmai ui`` in the foreground until SIGINT/SIGTERM."""
     import signal
 
     import uvicorn
 
     config = uvicorn.Config(
-        ReadOnlyDashboard(db_path, keys),
+        ReadOnlyDashboard(db_path, tenancy),
         host=host,
         port=port,
         lifespan="on",

@@ -13,6 +13,7 @@ export const RANGES = [
 ];
 export const DEFAULT_RANGE = "24h";
 const FIELDS = [
+  ["project", "project"],
   ["model", "model"],
   ["endpoint", "endpoint"],
   ["user", "user"],
@@ -27,7 +28,7 @@ export function apiParams(search, extra) {
   const out = {};
   const since = url.get("since") || DEFAULT_RANGE;
   if (since !== "all") out.since = since;
-  for (const name of ["until", "model", "endpoint", "status", "user", "session", "key", "meta", "q"]) {
+  for (const name of ["until", "project", "model", "endpoint", "status", "user", "session", "key", "meta", "q"]) {
     const value = url.get(name);
     if (value) out[name] = value;
   }

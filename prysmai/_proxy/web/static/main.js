@@ -21,6 +21,8 @@ async function route() {
     return;
   }
   if (me.read_only) document.querySelector(".brand").append(el("span", { class: "ro" }, " read-only"));
+  // Which traces this key reads: its project's, or (an admin key) every project's.
+  document.querySelector(".brand").append(el("span", { class: "ro" }, me.admin ? " all projects" : " project " + me.project));
   if (section === "overview") await overview(main);
   else if (section === "traces" && parts.length === 1) await traces(main);
   else if (section === "traces") await renderTrace(main, parts[1], me);

@@ -25,8 +25,8 @@ function cards(o) {
     card("ttft", "TTFT p50 / p95", `${fmtMs(o.ttft_ms.p50)} / ${fmtMs(o.ttft_ms.p95)}`, "streamed requests"));
 }
 
-const BREAKDOWN_TITLES = { model: "By model", endpoint: "By endpoint", user_id: "By user", session_id: "By session" };
-const FILTER_OF = { model: "model", endpoint: "endpoint", user_id: "user", session_id: "session" };
+const BREAKDOWN_TITLES = { project: "By project", model: "By model", endpoint: "By endpoint", user_id: "By user", session_id: "By session" };
+const FILTER_OF = { project: "project", model: "model", endpoint: "endpoint", user_id: "user", session_id: "session" };
 
 function breakdown(by, rows) {
   const keyCell = (r) => {
@@ -96,7 +96,7 @@ export async function render(main) {
       chart({ id: "cost", title: "Cost per " + bucketName(b) + " (priced requests)", points: pts, bucket: b, format: fmtCost,
         series: [{ key: "cost_usd", label: "cost (USD)", kind: "bar" }] }));
     const breakdowns = el("div", { class: "breakdowns" },
-      Object.keys(BREAKDOWN_TITLES).map((by) => breakdown(by, doc.breakdowns[by] || [])));
+      Object.keys(BREAKDOWN_TITLES).filter((by) => by in doc.breakdowns).map((by) => breakdown(by, doc.breakdowns[by])));
     clear(body).append(cards(doc.overview), charts, breakdowns);
   }
 

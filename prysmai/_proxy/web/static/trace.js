@@ -70,6 +70,8 @@ export async function renderTrace(main, id, me) {
     ["status", statusBadge(t.status, t.http_status)],
     ["error", t.error ? el("span", { class: "error-text" }, t.error) : null],
     ["time", fmtTime(t.created_at)],
+    ["project", t.project],
+    ["provider", t.provider],
     ["model", t.model],
     ["answered by", t.response_model && t.response_model !== t.model ? t.response_model : null],
     ["endpoint", `${t.method} /api/v1/${t.endpoint}`],

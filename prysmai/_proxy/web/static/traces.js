@@ -21,6 +21,7 @@ export function traceColumns(withSort) {
   const head = (key, label) => (withSort ? sortHead(key, label) : label);
   return [
     { head: head("time", "time"), cell: (r) => traceLink(r.id, fmtTime(r.created_at)), cls: "nowrap" },
+    { head: "project", cell: (r) => r.project ?? "–", cls: "clip" },
     { head: "model", cell: (r) => r.model ?? "–", cls: "clip" },
     { head: "endpoint", cell: (r) => r.endpoint, cls: "clip" },
     { head: "status", cell: (r) => statusBadge(r.status, r.http_status) },
