@@ -105,20 +105,28 @@ class Project:
     providers: tuple[Provider, ...]
     default_provider: Provider | None = None
     limits: Limits = field(default_factory=Limits)
+    # The routing table, built once: exact names, then prefixes longest first.
+    _exact: dict[str, Provider] = field(init=False, repr=False, compare=False)
+    _prefixes: tuple[tuple[str, Provider], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        exact: dict[str, Provider] = {}
+        for provider in reversed(self.providers):  # the first provider listing a model wins
+            exact.update(dict.fromkeys(provider.models, provider))
+        prefixes = sorted(((p.prefix, p) for p in self.providers if p.prefix), key=lambda e: -len(e[0]))
+        object.__setattr__(self, "_exact", exact)
+        object.__setattr__(self, "_prefixes", tuple(prefixes))
 
     def route(self, model: str | None) -> tuple[Provider, str | None] | None:
         """The provider for ``model`` and the model name to send it (``None``: unchanged): an
         exact name first, then the longest matching prefix (stripped), then the default."""
         if model:
-            for provider in self.providers:
-                if model in provider.models:
-                    return provider, None
-            prefixed = [
-                p for p in self.providers if p.prefix and model.startswith(p.prefix) and len(model) > len(p.prefix)
-            ]
-            if prefixed:
-                best = max(prefixed, key=lambda p: len(p.prefix or ""))
-                return best, model[len(best.prefix or "") :]
+            provider = self._exact.get(model)
+            if provider is not None:
+                return provider, None
+            for prefix, provider in self._prefixes:
+                if model.startswith(prefix) and len(model) > len(prefix):
+                    return provider, model[len(prefix) :]
         if self.default_provider is not None:
             return self.default_provider, None
         return None
