@@ -318,3 +318,77 @@ def test_scoped_rollups_agree_with_raw_rows(
             assert {r["key"]: r["requests"] for r in by_project}.get(project, 0) == len(chosen)
         finally:
             conn.close()
+
+
+# -- the CLI: prysmai traces / traces show / stats --project ----------------------------------------
+def test_cli_reads_one_project(tmp_path: Path, capsys: Any) -> None:
+    import json
+    import re
+
+    from prysmai._cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    def trace(i: int, **kw: Any) -> dict[str, Any]:
+        return {
+            "id": f"{i:02d}" + "a" * 30,
+            "created_at": BASE + i,
+            "method": "POST",
+            "endpoint": "chat/completions",
+            "model": "gpt-4o-mini",
+            "stream": 0,
+            "status": "success",
+            "http_status": 200,
+            "latency_ms": 10.0 + i,
+            "total_tokens": 10,
+            "cost_usd": 0.5,
+            **kw,
+        }
+
+    path = str(tmp_path / "t.db")
+    evil = "evil\u001b]0;PWNED\u0007\u202e"
+    write(
+        path,
+        [
+            trace(1, project="web", provider="openai"),
+            trace(2, project="web", provider="openai", model="gpt-4o"),
+            trace(3, project="batch", provider=evil, cost_usd=0.0),
+            trace(4, project="batch", provider="ollama", status="error", cost_usd=None),
+            trace(5),  # no project: the default one
+        ],
+    )
+    code, out, _ = run("traces", "--db", path, "--project", "web", "--json")
+    rows = json.loads(out)["data"]
+    assert code == 0 and [(r["id"][:2], r["project"], r["provider"]) for r in rows] == [
+        ("02", "web", "openai"),
+        ("01", "web", "openai"),
+    ]
+    code, out, _ = run("traces", "--db", path, "--project", "web")
+    assert code == 0 and "PROJECT" not in out and len(out.splitlines()) == 4  # one project: no column
+    code, out, _ = run("traces", "--db", path)
+    header, _, *lines = out.splitlines()
+    assert header.rstrip().endswith("PROJECT")
+    assert [line.split()[-1] for line in lines] == ["default", "batch", "batch", "web", "web"]
+    code, out, _ = run("stats", "--db", path, "--project", "batch", "--json")
+    stats = json.loads(out)
+    assert (stats["requests"], stats["errors"], stats["cost_usd"], stats["unpriced_requests"]) == (2, 1, 0.0, 1)
+    code, out, _ = run("stats", "--db", path, "--project", "default")
+    assert code == 0 and re.search(r"Requests\s+1\b", out)
+    assert run("stats", "--db", path, "--project", "nobody")[1] == "No traces match these filters.\n"
+    code, _, err = run("traces", "show", "01" + "a" * 30, "--db", path, "--project", "batch")
+    assert code == 1 and "no trace" in err and "in project 'batch'" in err
+    code, out, _ = run("traces", "--db", path, "--project", "batch", "show", "03aaaaaa")
+    assert code == 0 and re.search(r"^Project +batch$", out, re.M)
+    assert "evil\\x1b]0;PWNED\\x07\\u202e" in out and "\u001b" not in out and "\u202e" not in out
+    code, out, _ = run("traces", "show", "03aaaaaa", "--db", path, "--project", "batch", "--json")
+    assert json.loads(out)["provider"] == evil  # JSON stays exact
+    for argv in (
+        ("traces", "--project", ""),
+        ("stats", "--project", ""),
+        ("traces", "show", "03aaaaaa", "--project", ""),
+    ):
+        code, out, err = run(*argv, "--db", path)
+        assert code == 2 and out == "" and "--project" in err
