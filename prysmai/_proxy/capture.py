@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 
+from .pricing import cost_of, first_price
 from .projects import DEFAULT_PROJECT
 
 TYPE_CHECKING = False
@@ -362,9 +363,10 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
                 if not error and isinstance(err, dict) and (ex.http_status or 200) >= 400:
                     error = str(err.get("message") or err.get("code") or err)
     prompt, completion, total, cached = _usage_numbers(usage)
-    cost = prices.cost(response_model or ex.model, prompt, completion, cached)
-    if cost is None and response_model and ex.model:
-        cost = prices.cost(ex.model, prompt, completion, cached)
+    # The provider's own prices first (a local model priced 0 is known free), then the table;
+    # in each, the model as the provider reported it, then as the client sent it.
+    price = first_price((ex.provider_prices, prices.prices), (response_model, ex.model))
+    cost = cost_of(price, prompt, completion, cached)
     row = _captured(ex)
     row.update(
         latency_ms=latency,
@@ -399,6 +401,8 @@ def _captured(ex: Exchange) -> dict[str, Any]:
         "session_id": ex.session_id,
         "provider_request_id": ex.provider_request_id,
         "key_id": ex.key_id,
+        "project": ex.project,
+        "provider": ex.provider,
     }
 
 

@@ -82,6 +82,7 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", metavar="NAME", help="only this project's traces (without a config file: default)")
     p.add_argument("--model", help="only this model (as requested by the client)")
     p.add_argument("--user", help="only this user id")
     p.add_argument("--session", help="only this session id")
@@ -218,6 +219,9 @@ def register(subparsers: Any) -> None:
     # SUPPRESS: a sub-parser's defaults would overwrite `traces --db X show ID`'s values.
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     show.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help="trace store (as for traces)")
+    show.add_argument(
+        "--project", metavar="NAME", default=argparse.SUPPRESS, help="only if the trace is in this project"
+    )
     show.set_defaults(handler=_show_command)
 
     stats = subparsers.add_parser("stats", help="requests, error rate, tokens, cost and latency, by model")
@@ -499,7 +503,17 @@ def _filters(args: argparse.Namespace) -> Any:
     """The command's filter flags as a :class:`~.queries.TraceFilter` (``None`` after an error)."""
     from .queries import TraceFilter
 
-    names = {"model": "model", "user": "user", "session": "session", "status": "status", "since": "since"}
+    if getattr(args, "project", None) == "":
+        _fail(args, "--project: give a project's name (leave the flag out for every project)", "invalid_parameter", 2)
+        return None
+    names = {
+        "project": "project",
+        "model": "model",
+        "user": "user",
+        "session": "session",
+        "status": "status",
+        "since": "since",
+    }
     try:
         return TraceFilter.from_query({q: getattr(args, a) for a, q in names.items() if getattr(args, a, None)})
     except ValueError as exc:
@@ -542,18 +556,22 @@ def _show_command(args: argparse.Namespace) -> int:
     from .queries import get_trace
     from .report import trace_detail
 
+    project = getattr(args, "project", None)
+    if project == "":
+        return _fail(args, "--project: give a project's name", "invalid_parameter", 2)
     conn, status = _open_store(args)
     if conn is None:
         return status
     try:
-        trace = get_trace(conn, args.trace_id)
+        trace = get_trace(conn, args.trace_id, project=project)
     except ValueError as exc:  # a prefix too short, or matching several traces
         code = "prefix_too_short" if "too short" in str(exc) else "ambiguous_prefix"
         return _fail(args, str(exc), code, 2)
     finally:
         conn.close()
     if trace is None:
-        message = f"no trace {args.trace_id!r} (give the id, or a unique prefix of 8+ characters)"
+        where = f" in project {project!r}" if project is not None else ""
+        message = f"no trace {args.trace_id!r}{where} (give the id, or a unique prefix of 8+ characters)"
         return _fail(args, message, "not_found", 1)
     print(jsonshape.dumps(jsonshape.trace(trace)) if args.json else trace_detail(trace))
     return 0

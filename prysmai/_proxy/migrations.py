@@ -1,7 +1,7 @@
 """Schema versions of the trace store, and the in-place migrations between them.
 
 ``PRAGMA user_version`` holds the version. 0 is a new, empty file; 1 is what prysmai 0.1.0 wrote
-(the ``traces`` table and four indexes); 2 adds:
+(the ``traces`` table and four indexes); 2 added:
 
 * ``traces.key_id`` -- which accepted proxy key sent the request (an id derived from it, never
   the key), with an index;
@@ -13,8 +13,17 @@
   day, model and endpoint) -- which the writer folds each batch into, in the batch's own
   transaction (:mod:`.rollups`); the migration folds the existing rows once.
 
-Every step runs in one ``BEGIN IMMEDIATE`` transaction that also sets the new version, so a
-store is never left half-migrated: an interrupted migration leaves the previous version intact
+3 (projects) adds:
+
+* ``traces.project`` (``NOT NULL DEFAULT 'default'``) and ``traces.provider``. Adding a column
+  with a constant default rewrites no row: the rows of an earlier store read as project
+  ``default``;
+* ``project`` in every rollup's key, and in ``traces_agg``; the index ``traces_project``
+  (project, created_at, id) for a project's traces in time order. The rollups are rebuilt and
+  every row folded again.
+
+All pending steps run in one ``BEGIN IMMEDIATE`` transaction that also sets the new version, so
+a store is never left half-migrated: an interrupted migration leaves the previous version intact
 and the next start-up runs it again. A store is migrated, never refused or rebuilt, unless it is
 newer than this prysmai (then :class:`~.store.StoreError` says so).
 
@@ -81,19 +90,15 @@ CREATE INDEX IF NOT EXISTS traces_session ON traces (session_id, created_at);
 """
 
 # -- version 2 ----------------------------------------------------------------------------------
-# Index choice, for a writer that stays fast: traces_agg grows at its end (created_at increases), so
-# it is nearly free to maintain and serves time ranges, aggregates, per-user and per-session groups
-# within a range, and sorted listings (a listing picks its page of ids from it, then reads those
-# rows); the user and session indexes cover per-user and per-session aggregates over all time.
-# No index per sort column: each would be one more random B-tree insertion per trace.
+# Index choice, for a writer that stays fast: the user and session indexes cover per-user and
+# per-session aggregates over all time. No index per sort column: each would be one more random
+# B-tree insertion per trace. (Schema 2's traces_agg is schema 3's, below, without the project.)
 V2_INDEXES = """
 CREATE INDEX IF NOT EXISTS traces_key ON traces (key_id, created_at);
 DROP INDEX IF EXISTS traces_created_at;
 DROP INDEX IF EXISTS traces_model;
 DROP INDEX IF EXISTS traces_user;
 DROP INDEX IF EXISTS traces_session;
-CREATE INDEX IF NOT EXISTS traces_agg ON traces (created_at, status, model, endpoint, latency_ms, ttft_ms,
-    prompt_tokens, completion_tokens, total_tokens, cost_usd, user_id, session_id, id);
 CREATE INDEX IF NOT EXISTS traces_user2 ON traces
     (user_id, created_at, status, total_tokens, cost_usd, latency_ms);
 CREATE INDEX IF NOT EXISTS traces_session2 ON traces
@@ -102,27 +107,54 @@ CREATE INDEX IF NOT EXISTS traces_session2 ON traces
 
 
 def _to_v2(conn: sqlite3.Connection) -> None:
-    columns = {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
-    if "key_id" not in columns:  # a writer of a later step may have added it already
+    if "key_id" not in _columns(conn):
         conn.execute("ALTER TABLE traces ADD COLUMN key_id TEXT")
-    _script(conn, rollups.TABLES + rollups.FOLD_TRIGGER + V2_INDEXES)
-    for table in ("rollup_hour", *rollups.HIST_LEVELS):
-        conn.execute(f"DELETE FROM {table}")
+    # The rollups and traces_agg come with schema 3's step, which always follows in the same
+    # transaction: building schema 2's here would be undone there.
+    _script(conn, V2_INDEXES)
+
+
+# -- version 3 ----------------------------------------------------------------------------------
+# traces_agg grows at its end (created_at increases), so it is nearly free to maintain; it serves
+# time ranges, aggregates, per-user and per-session groups within a range, and sorted listings (a
+# listing picks its page of ids from it, then reads those rows) -- with or without a project,
+# which it holds too: ``project`` is the table's last column, after the bodies, so reading it from
+# a row may mean walking the row's overflow pages; no query reads it from rows. traces_project
+# lists one project's traces in time order (a keyset page is one range of it) and finds a small
+# project's rows without walking everyone's; its insertion points are the ends of a few
+# projects' ranges, so it costs the writer little more than an append.
+# 'default' is projects.DEFAULT_PROJECT, spelled out: a migration is history and must not change.
+V3_COLUMNS = (
+    ("project", "ALTER TABLE traces ADD COLUMN project TEXT NOT NULL DEFAULT 'default'"),
+    ("provider", "ALTER TABLE traces ADD COLUMN provider TEXT"),
+)
+V3_INDEXES = """
+DROP INDEX IF EXISTS traces_agg;
+CREATE INDEX traces_agg ON traces (created_at, status, model, endpoint, latency_ms, ttft_ms,
+    prompt_tokens, completion_tokens, total_tokens, cost_usd, user_id, session_id, project, id);
+CREATE INDEX IF NOT EXISTS traces_project ON traces (project, created_at, id);
+"""
+
+
+def _to_v3(conn: sqlite3.Connection) -> None:
+    columns = _columns(conn)
+    for name, statement in V3_COLUMNS:
+        if name not in columns:
+            conn.execute(statement)
+    # The rollups' keys gain the project: drop them (with the triggers that write them, including
+    # the per-row insert trigger the first schema 2 had) and fold every row again.
+    for trigger in (*rollups.TRIGGERS, rollups.OLD_INSERT_TRIGGER):
+        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    for table in rollups.ROLLUP_TABLES:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+    _script(conn, V3_INDEXES + rollups.TABLES + rollups.FOLD_TRIGGER)
     conn.execute("UPDATE rollup_state SET folded_rowid = 0, fold_from = 0")
     rollups.fold(conn)  # the existing rows, once: one INSERT ... SELECT ... GROUP BY per rollup
     _script(conn, rollups.DELETE_TRIGGER)
 
 
-def _fold_instead_of_insert_trigger(conn: sqlite3.Connection) -> None:
-    """A schema-2 store written before folding replaced the per-row insert trigger: everything in
-    it is already in the rollups, so the watermark starts at the last row."""
-    conn.execute(f"DROP TRIGGER IF EXISTS {rollups.OLD_INSERT_TRIGGER}")
-    conn.execute("DROP TRIGGER IF EXISTS traces_rollup_delete")
-    _script(conn, rollups.TABLES)
-    last = conn.execute("SELECT coalesce(max(rowid), 0) FROM traces").fetchone()[0]
-    conn.execute("UPDATE rollup_state SET folded_rowid = ?, fold_from = ?", (last, last))
-    _script(conn, rollups.FOLD_TRIGGER)
-    _script(conn, rollups.DELETE_TRIGGER)
+def _columns(conn: sqlite3.Connection) -> set[str]:
+    return {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
 
 
 def _script(conn: sqlite3.Connection, script: str) -> None:
@@ -149,6 +181,7 @@ def _split(script: str) -> list[str]:
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     0: lambda conn: _script(conn, V1),
     1: _to_v2,
+    2: _to_v3,
 }
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 
@@ -158,30 +191,20 @@ def version(conn: sqlite3.Connection) -> int:
 
 
 def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
-    """Bring the store on ``conn`` (autocommit mode) to :data:`SCHEMA_VERSION`, one transaction
-    per step. Returns ``(version before, version after)``; a newer store is left untouched."""
+    """Bring the store on ``conn`` (autocommit mode) to :data:`SCHEMA_VERSION`, every pending step
+    in one transaction. Returns ``(version before, version after)``; a newer store is left
+    untouched."""
     ensure_functions(conn)
     before = current = version(conn)
-    while current < SCHEMA_VERSION:
+    if current < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Re-read under the write lock: another process may have migrated meanwhile.
             current = version(conn)
-            if current >= SCHEMA_VERSION:
-                conn.execute("COMMIT")
-                break
-            MIGRATIONS[current](conn)
-            current += 1
-            conn.execute(f"PRAGMA user_version = {current}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    if current == SCHEMA_VERSION and _has_trigger(conn, rollups.OLD_INSERT_TRIGGER):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if _has_trigger(conn, rollups.OLD_INSERT_TRIGGER):  # re-read under the write lock
-                _fold_instead_of_insert_trigger(conn)
+            while current < SCHEMA_VERSION:
+                MIGRATIONS[current](conn)
+                current += 1
+                conn.execute(f"PRAGMA user_version = {current}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -209,8 +232,3 @@ def fold_pending(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-
-
-def _has_trigger(conn: sqlite3.Connection, name: str) -> bool:
-    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?", (name,))
-    return found.fetchone() is not None

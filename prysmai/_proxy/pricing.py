@@ -1,5 +1,7 @@
 """Cost of a call: a shipped price table (``pricing.json``, with its date and source) that a user
-file can extend or override. A model with no price costs *unknown* (``None``), never ``$0``."""
+file can extend or override, and a provider's own prices (``prices =`` in the config), looked up
+first. A model with no price costs *unknown* (``None``), never ``$0``; a price of 0 is *known
+free* (a local model), and costs ``0.0``."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
     from typing import Any
 
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
@@ -71,14 +74,7 @@ class PriceTable:
         return table
 
     def lookup(self, model: str | None) -> Price | None:
-        if not model:
-            return None
-        price = self.prices.get(model)
-        if price is None:
-            base = _SNAPSHOT.sub("", model)
-            if base != model:
-                price = self.prices.get(base)
-        return price
+        return lookup(self.prices, model)
 
     def cost(
         self,
@@ -88,14 +84,45 @@ class PriceTable:
         cached_tokens: int | None = None,
     ) -> float | None:
         """Cost in USD, or ``None`` when the model or the token counts are unknown."""
-        price = self.lookup(model)
-        if price is None or prompt_tokens is None:
+        return cost_of(self.lookup(model), prompt_tokens, completion_tokens, cached_tokens)
+
+
+def lookup(prices: Mapping[str, Price], model: str | None) -> Price | None:
+    """``model``'s price in ``prices``; a dated snapshot (``gpt-4o-2024-08-06``, ``gpt-4-0613``)
+    falls back to its base model's."""
+    if not model:
+        return None
+    price = prices.get(model)
+    if price is None:
+        base = _SNAPSHOT.sub("", model)
+        if base != model:
+            price = prices.get(base)
+    return price
+
+
+def first_price(tables: Iterable[Mapping[str, Price] | None], models: Iterable[str | None]) -> Price | None:
+    """The first price found, table by table and, within a table, model name by model name."""
+    names = [m for m in models if m]
+    for table in tables:
+        if table:
+            for name in names:
+                price = lookup(table, name)
+                if price is not None:
+                    return price
+    return None
+
+
+def cost_of(
+    price: Price | None, prompt_tokens: int | None, completion_tokens: int | None, cached_tokens: int | None = None
+) -> float | None:
+    """Cost in USD at ``price``, or ``None`` when the price or the token counts are unknown."""
+    if price is None or prompt_tokens is None:
+        return None
+    cached = min(cached_tokens or 0, prompt_tokens)
+    cached_rate = price.cached_input if price.cached_input is not None else price.input
+    total = (prompt_tokens - cached) * price.input + cached * cached_rate
+    if completion_tokens:
+        if price.output is None:
             return None
-        cached = min(cached_tokens or 0, prompt_tokens)
-        cached_rate = price.cached_input if price.cached_input is not None else price.input
-        total = (prompt_tokens - cached) * price.input + cached * cached_rate
-        if completion_tokens:
-            if price.output is None:
-                return None
-            total += completion_tokens * price.output
-        return total / 1_000_000
+        total += completion_tokens * price.output
+    return total / 1_000_000

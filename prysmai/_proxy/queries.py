@@ -10,9 +10,13 @@ bucket expression), so a PostgreSQL store can share this module by supplying its
 **Aggregates over time** read the rollups (see :mod:`.migrations`) for the whole periods of the
 range -- totals from ``rollup_hour``; histograms from ``rollup_hist_day`` for whole days and
 ``rollup_hist_hour`` for the whole hours around them -- and the ``traces`` table for the partial
-periods at its edges, when the filter only names time, model, endpoint and status (status: totals
-only); any other filter (user, session, key, metadata, text) reads ``traces`` through its
-covering indexes.
+periods at its edges, when the filter only names time, project, model, endpoint and status
+(status: totals only); any other filter (user, session, key, metadata, text) reads ``traces``
+through its covering indexes.
+
+**Projects**: every function reads one project's traces when the filter names it
+(:attr:`TraceFilter.project`; :func:`get_trace` and :func:`session_traces` take ``project=``), from
+the rollups as for all projects; a trace of another project is not found.
 
 **Percentiles** are nearest-rank percentiles read from a log-scale histogram of 16 buckets per
 e-fold (bucket bounds differ by a factor e^(1/16) = 1.0645). The value reported is the geometric
@@ -44,6 +48,7 @@ from datetime import datetime
 from urllib.parse import quote
 
 from .migrations import BUCKETS_PER_E, HIST_LEVELS, METRICS, bucket_bounds, bucket_sql, ensure_functions
+from .rollups import HOUR_DIMS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -66,7 +71,7 @@ SORTS = {
     "cost_usd": "cost_usd",
     "cost": "cost_usd",
 }
-BREAKDOWNS = ("model", "endpoint", "user_id", "session_id")
+BREAKDOWNS = ("project", "model", "endpoint", "user_id", "session_id")
 MAX_LIMIT = 1000
 MAX_BUCKETS = 5000
 #: Columns of a listed trace: everything but the bodies.
@@ -89,6 +94,8 @@ SUMMARY_COLUMNS = (
     "user_id",
     "session_id",
     "key_id",
+    "project",
+    "provider",
     "metadata",
     "notes",
     "error",
@@ -166,7 +173,8 @@ def parse_time(name: str, value: str, now: float | None = None) -> float:
 class TraceFilter:
     """Which traces a query covers; every field ``None`` = all. ``since`` is inclusive, ``until``
     exclusive (unix seconds); ``meta_key``/``meta_value`` match one metadata member (compared as
-    text); ``text`` is a case-insensitive (ASCII) substring of the request or response body."""
+    text); ``text`` is a case-insensitive (ASCII) substring of the request or response body;
+    ``project`` is one project's traces only."""
 
     since: float | None = None
     until: float | None = None
@@ -179,6 +187,7 @@ class TraceFilter:
     meta_key: str | None = None
     meta_value: str | None = None
     text: str | None = None
+    project: str | None = None
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
@@ -196,8 +205,8 @@ class TraceFilter:
 
     @classmethod
     def from_query(cls, query: Mapping[str, str], now: float | None = None) -> TraceFilter:
-        """From a query string: ``since``, ``until`` (unix seconds, ``15m``/``1h``/``7d`` ago, or
-        ISO), ``model``, ``endpoint``, ``status``, ``user``, ``session``, ``key``,
+        """From a query string: ``project``, ``since``, ``until`` (unix seconds, ``15m``/``1h``/``7d``
+        ago, or ISO), ``model``, ``endpoint``, ``status``, ``user``, ``session``, ``key``,
         ``meta=key=value``, ``q`` (text in bodies). Empty values and other names are ignored;
         a bad value raises ``ValueError`` saying what is expected."""
 
@@ -213,6 +222,7 @@ class TraceFilter:
             if not sep or not meta_key:
                 raise ValueError(f"meta: expected key=value, not {meta!r}")
         return cls(
+            project=get("project"),
             since=parse_time("since", since, now) if since else None,
             until=parse_time("until", until, now) if until else None,
             model=get("model"),
@@ -228,7 +238,8 @@ class TraceFilter:
 
     @property
     def rollup_ok(self) -> bool:
-        """Whether the hourly rollups can answer this filter (they keep model, endpoint, status)."""
+        """Whether the hourly rollups can answer this filter (they keep project, model, endpoint,
+        status)."""
         return (
             self.user_id is None
             and self.session_id is None
@@ -253,7 +264,7 @@ def _conditions(
         if until is not None:
             clauses.append("created_at < ?")
             params.append(until)
-    for column in ("model", "endpoint", "status", "user_id", "session_id", "key_id"):
+    for column in ("project", "model", "endpoint", "status", "user_id", "session_id", "key_id"):
         value = getattr(f, column)
         if value is not None:
             clauses.append(f"{column} = ?")
@@ -414,7 +425,7 @@ def _rollup_filters(f: TraceFilter, dims: Iterable[str]) -> tuple[list[str], lis
 def _rollup_totals(
     conn: sqlite3.Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, lo: int | None, hi: int
 ) -> None:
-    clauses, params = _rollup_filters(f, ("model", "endpoint", "status"))
+    clauses, params = _rollup_filters(f, HOUR_DIMS)
     clauses.append("hour < ?")
     params.append(hi)
     if lo is not None:
@@ -497,7 +508,7 @@ def _collect(
     for table, (seconds, dims) in sorted(HIST_LEVELS.items(), key=lambda kv: -kv[1][0]):
         group = g.hist.get(table)
         # A histogram rollup keeps no status, and only its own dimensions.
-        unkept = [d for d in ("model", "endpoint") if d not in dims]
+        unkept = [d for d in HOUR_DIMS if d != "status" and d not in dims]
         if group is not None and f.rollup_ok and f.status is None and all(getattr(f, d) is None for d in unkept):
             hists.append((seconds, functools.partial(_rollup_hist, conn, aggs, f, group, table)))
     _tiered(f.since, f.until, now, hists, raw_hist)
@@ -641,12 +652,12 @@ def _breakdown_row(key: Any, agg: _Agg) -> dict[str, Any]:
 
 
 def breakdown(conn: sqlite3.Connection, f: TraceFilter, by: str, limit: int = 20) -> list[dict[str, Any]]:
-    """The ``limit`` most requested values of ``by`` (model, endpoint, user_id, session_id) with
-    their totals and latency p50/p95; ``key`` is ``None`` for traces without one."""
+    """The ``limit`` most requested values of ``by`` (project, model, endpoint, user_id,
+    session_id) with their totals and latency p50/p95; ``key`` is ``None`` for traces without one."""
     if by not in BREAKDOWNS:
         raise ValueError(f"breakdown by must be one of {', '.join(BREAKDOWNS)}, not {by!r}")
     limit = _check_limit(limit)
-    if by in ("model", "endpoint"):
+    if by in ("project", "model", "endpoint"):  # kept by the rollups
         aggs = _collect(conn, f, _by_column(by))
         if by == "model":  # the rollups keep a missing model as ''
             merged: dict[Any, _Agg] = {}
@@ -812,10 +823,18 @@ def list_traces(
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
-def get_trace(conn: sqlite3.Connection, trace_id: str) -> dict[str, Any] | None:
+def _in_project(project: str | None) -> tuple[str, list[Any]]:
+    """`` AND`` the row is in ``project`` (nothing when ``None``), for a query that finds its rows
+    by another index: the unary ``+`` keeps SQLite from walking the project's index instead."""
+    return ("", []) if project is None else (" AND +project = ?", [project])
+
+
+def get_trace(conn: sqlite3.Connection, trace_id: str, *, project: str | None = None) -> dict[str, Any] | None:
     """One trace in full, by id or by a unique prefix of at least 8 hex characters; ``None`` if
-    none matches. ``ValueError`` for a prefix shorter than 8 or matching several traces."""
-    found = _rows(conn, "SELECT * FROM traces WHERE id = ?", [trace_id])
+    none matches (in ``project``, when given: a trace of another project is not found).
+    ``ValueError`` for a prefix shorter than 8 or matching several traces."""
+    scope, scoped = _in_project(project)
+    found = _rows(conn, f"SELECT * FROM traces WHERE id = ?{scope}", [trace_id, *scoped])
     if found:
         return found[0]
     prefix = trace_id.strip().lower()
@@ -824,7 +843,8 @@ def get_trace(conn: sqlite3.Connection, trace_id: str) -> dict[str, Any] | None:
     if len(prefix) < 8:
         raise ValueError(f"trace id prefix too short: give at least 8 hex characters, not {len(prefix)}")
     # A range on the primary key index ('g' sorts after every hex digit).
-    found = _rows(conn, "SELECT * FROM traces WHERE id >= ? AND id < ? ORDER BY id LIMIT 2", [prefix, prefix + "g"])
+    sql = f"SELECT * FROM traces WHERE id >= ? AND id < ?{scope} ORDER BY id LIMIT 2"
+    found = _rows(conn, sql, [prefix, prefix + "g", *scoped])
     if len(found) > 1:
         raise ValueError(f"trace id prefix {prefix!r} is ambiguous: give more characters")
     return found[0] if found else None
@@ -881,10 +901,25 @@ def users(
     return _groups(conn, f, "user_id", cursor, limit)
 
 
-def session_traces(conn: sqlite3.Connection, session_id: str, limit: int = 500) -> list[dict[str, Any]]:
-    """A session's traces in full, oldest first (its conversation timeline)."""
+def session_traces(
+    conn: sqlite3.Connection, session_id: str, limit: int = 500, *, project: str | None = None
+) -> list[dict[str, Any]]:
+    """A session's traces in full, oldest first (its conversation timeline); only those of
+    ``project`` when given."""
     limit = _check_limit(limit)
-    return _rows(conn, "SELECT * FROM traces WHERE session_id = ? ORDER BY created_at, id LIMIT ?", [session_id, limit])
+    scope, scoped = _in_project(project)
+    sql = f"SELECT * FROM traces WHERE session_id = ?{scope} ORDER BY created_at, id LIMIT ?"
+    return _rows(conn, sql, [session_id, *scoped, limit])
+
+
+def month_spend(conn: sqlite3.Connection, since: float) -> dict[str, float]:
+    """USD spent per project from ``since`` (unix seconds on a whole hour, as the start of a UTC
+    month is) to now, from the hourly rollups: what a monthly budget is checked against. Requests
+    of unknown cost add nothing; a project without traces in the range is absent."""
+    if not math.isfinite(since) or since % _HOUR:
+        raise ValueError(f"since must be a whole hour (unix seconds divisible by {_HOUR}), not {since!r}")
+    sql = "SELECT project, sum(cost_usd) FROM rollup_hour WHERE hour >= ? GROUP BY project"
+    return {project: float(cost or 0.0) for project, cost in conn.execute(sql, [int(since)])}
 
 
 # -- running reads off the event loop -------------------------------------------------------------
@@ -979,6 +1014,7 @@ __all__ = [
     "get_trace",
     "histogram_percentiles",
     "list_traces",
+    "month_spend",
     "overview",
     "pick_bucket",
     "session_traces",

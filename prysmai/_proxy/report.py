@@ -78,6 +78,8 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: S
 
 
 def traces_table(traces: Sequence[dict[str, Any]]) -> str:
+    """One line per trace; a PROJECT column when the traces are of more than one project."""
+    projects = len({t.get("project") for t in traces}) > 1
     headers = [
         "ID",
         "TIME",
@@ -91,7 +93,7 @@ def traces_table(traces: Sequence[dict[str, Any]]) -> str:
         "USER",
         "SESSION",
         "KEY",
-    ]
+    ] + (["PROJECT"] if projects else [])
     rows = []
     for t in traces:
         status = t["status"] if t.get("http_status") in (None, 200) else f"{t['status']} {t['http_status']}"
@@ -110,6 +112,7 @@ def traces_table(traces: Sequence[dict[str, Any]]) -> str:
                 _clip(t.get("session_id"), 20),
                 safe(t.get("key_id") or NONE),
             ]
+            + ([_clip(t.get("project"), 20)] if projects else [])
         )
     return render_table(headers, rows, right=(5, 6, 7, 8))
 
@@ -128,6 +131,8 @@ def trace_detail(t: dict[str, Any]) -> str:
     fields = [
         ("Trace", t["id"]),
         ("Time", fmt_time(t.get("created_at"))),
+        ("Project", t.get("project") or NONE),
+        ("Provider", t.get("provider") or NONE),
         ("Request", f"{t.get('method')} /api/v1/{t.get('endpoint')}" + ("  (streamed)" if t.get("stream") else "")),
         (
             "Model",

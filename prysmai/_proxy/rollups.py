@@ -10,6 +10,9 @@ rollups. Rows inserted by other means (a script, the ``sqlite3`` shell) are fold
 writer's next batch, or when ``prysmai stats``/``traces`` or the dashboard opens the store
 (``migrations.fold_pending``). Deletes are rare (a user's own cleanup): a trigger subtracts a
 deleted row, but only one already folded (``rowid <= folded_rowid``).
+
+Every rollup keeps the trace's ``project`` (schema 3), so a read scoped to one project is answered
+from the rollups as an unscoped one is.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ BUCKETS_PER_E = 16
 #: Latencies below this many ms share bucket 0.
 BUCKET_FLOOR_MS = 0.001
 
+#: Dimensions of ``rollup_hour`` (after ``hour``): totals by hour and these.
+HOUR_DIMS = ("project", "model", "endpoint", "status")
 #: Histogram rollups: table -> (period in seconds, dimensions kept). A table's size is bounded by
-#: periods x dimension values x buckets, whatever the traffic: hourly without dimensions (time
-#: series, overviews), daily by model and endpoint (breakdowns, filtered overviews).
+#: periods x dimension values x buckets, whatever the traffic: hourly by project (time series,
+#: overviews), daily by project, model and endpoint (breakdowns, filtered overviews).
 HIST_LEVELS: dict[str, tuple[int, tuple[str, ...]]] = {
-    "rollup_hist_hour": (3600, ()),
-    "rollup_hist_day": (86400, ("model", "endpoint")),
+    "rollup_hist_hour": (3600, ("project",)),
+    "rollup_hist_day": (86400, ("project", "model", "endpoint")),
 }
 METRICS = (("latency", "latency_ms"), ("ttft", "ttft_ms"))
 
@@ -90,22 +95,21 @@ def _hist_table(table: str) -> str:
 
 # WITHOUT ROWID: an upsert then touches one B-tree (the key's) instead of the key's index and the
 # table; folding a batch upserts about one histogram row per trace (day x model x endpoint x
-# bucket has few repeats within a batch).
+# bucket has few repeats within a batch). The period leads every key: a time range is one range of
+# the key whether or not a project is named, and the rows a batch adds sit at the table's end.
 # min_ms/max_ms only narrow the percentile estimate; after a delete they may be wider than the
 # remaining rows, which keeps the estimate within the bucket (the documented bound) regardless.
-TABLES = """
+_HOUR_DIM_COLUMNS = "".join(f"    {d} TEXT NOT NULL,\n" for d in HOUR_DIMS)
+TABLES = f"""
 CREATE TABLE IF NOT EXISTS rollup_hour (
     hour INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    status TEXT NOT NULL,
-    requests INTEGER NOT NULL,
+{_HOUR_DIM_COLUMNS}    requests INTEGER NOT NULL,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     total_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
     unpriced INTEGER NOT NULL,
-    PRIMARY KEY (hour, model, endpoint, status)
+    PRIMARY KEY (hour, {", ".join(HOUR_DIMS)})
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rollup_state (
     one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -114,17 +118,22 @@ CREATE TABLE IF NOT EXISTS rollup_state (
 );
 INSERT OR IGNORE INTO rollup_state (one, folded_rowid, fold_from) VALUES (1, 0, 0);
 """ + "".join(_hist_table(t) for t in HIST_LEVELS)
+#: Every rollup table (what a migration drops and rebuilds when their keys change).
+ROLLUP_TABLES = ("rollup_hour", *HIST_LEVELS)
 
 
 # -- folding: rows (fold_from, folded_rowid] of traces into every rollup, one statement per table ----
 def _fold_hour_sql(lo: str, hi: str) -> str:
-    return f"""INSERT INTO rollup_hour (hour, model, endpoint, status, requests, prompt_tokens,
+    names = ", ".join(["hour", *HOUR_DIMS])
+    keys = ", ".join(_dim("", d) for d in HOUR_DIMS)
+    group = ", ".join(str(i + 1) for i in range(len(HOUR_DIMS) + 1))
+    return f"""INSERT INTO rollup_hour ({names}, requests, prompt_tokens,
         completion_tokens, total_tokens, cost_usd, unpriced)
-    SELECT {_period("", 3600)}, coalesce(model, ''), endpoint, status, count(*),
+    SELECT {_period("", 3600)}, {keys}, count(*),
         coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0),
         coalesce(sum(cost_usd), 0), sum(cost_usd IS NULL)
-    FROM traces WHERE rowid > {lo} AND rowid <= {hi} GROUP BY 1, 2, 3, 4
-    ON CONFLICT (hour, model, endpoint, status) DO UPDATE SET
+    FROM traces WHERE rowid > {lo} AND rowid <= {hi} GROUP BY {group}
+    ON CONFLICT ({names}) DO UPDATE SET
         requests = requests + excluded.requests,
         prompt_tokens = prompt_tokens + excluded.prompt_tokens,
         completion_tokens = completion_tokens + excluded.completion_tokens,
@@ -186,6 +195,7 @@ def pending(conn: sqlite3.Connection) -> bool:
 
 # -- deletes: the only per-row trigger left, for rows already folded --------------------------------
 def _unfold_sql() -> str:
+    match = " AND ".join([f"hour = {_period('OLD.', 3600)}", *(f"{d} = {_dim('OLD.', d)}" for d in HOUR_DIMS)])
     hour = f"""
     UPDATE rollup_hour SET requests = requests - 1,
         prompt_tokens = prompt_tokens - coalesce(OLD.prompt_tokens, 0),
@@ -193,8 +203,7 @@ def _unfold_sql() -> str:
         total_tokens = total_tokens - coalesce(OLD.total_tokens, 0),
         cost_usd = cost_usd - coalesce(OLD.cost_usd, 0),
         unpriced = unpriced - (OLD.cost_usd IS NULL)
-    WHERE hour = {_period("OLD.", 3600)} AND model = coalesce(OLD.model, '')
-        AND endpoint = OLD.endpoint AND status = OLD.status;"""
+    WHERE {match};"""
     hists = ""
     for table, (seconds, dims) in HIST_LEVELS.items():
         for metric, column in METRICS:
@@ -214,5 +223,7 @@ DELETE_TRIGGER = f"""CREATE TRIGGER IF NOT EXISTS traces_rollup_delete AFTER DEL
 WHEN OLD.rowid <= (SELECT folded_rowid FROM rollup_state) BEGIN{_unfold_sql()}
 END;
 """
+#: Triggers that keep the rollups (a migration that changes the rollups drops and re-creates them).
+TRIGGERS = ("rollup_fold", "traces_rollup_delete")
 #: What schema 2 had before folding: a trigger per inserted row (dropped wherever found).
 OLD_INSERT_TRIGGER = "traces_rollup_insert"

@@ -21,6 +21,7 @@ import time
 
 from . import private_files, rollups
 from .migrations import SCHEMA_VERSION, ensure_functions, migrate, version
+from .projects import DEFAULT_PROJECT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,8 +55,13 @@ COLUMNS = (
     "response_model",  # the model the provider says answered
     "provider_request_id",  # the provider's x-request-id, for cross-reference only
     "key_id",  # which accepted key sent it (an id derived from the key, never the key); schema 2
+    "project",  # the key's project (DEFAULT_PROJECT when none is given); schema 3
+    "provider",  # the name of the provider the request went to (None: not forwarded); schema 3
 )
-_INSERT = f"INSERT INTO traces ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+# A row without a project is in the default one: the column is NOT NULL, and NULL would make
+# SQLite refuse the trace.
+_ONE_ROW = "(" + ", ".join(f"coalesce(?, '{DEFAULT_PROJECT}')" if c == "project" else "?" for c in COLUMNS) + ")"
+_INSERT = f"INSERT INTO traces ({', '.join(COLUMNS)}) VALUES {_ONE_ROW}"
 _STOP = object()
 _BATCH = 512
 _LINGER = 0.025
@@ -150,8 +156,7 @@ _ROWS_PER_INSERT = 1 << (max(1, min(32, _sqlite_max_variables() // len(COLUMNS))
 
 @functools.cache
 def _insert_sql(rows: int) -> str:
-    one = "(" + ", ".join("?" * len(COLUMNS)) + ")"
-    return f"INSERT INTO traces ({', '.join(COLUMNS)}) VALUES " + ", ".join([one] * rows)
+    return f"INSERT INTO traces ({', '.join(COLUMNS)}) VALUES " + ", ".join([_ONE_ROW] * rows)
 
 
 def repair_row(row: Sequence[Any]) -> tuple[tuple[Any, ...], list[str]]:
@@ -511,12 +516,13 @@ def list_traces(conn: sqlite3.Connection, limit: int = 50, **filters: Any) -> li
     return queries.list_traces(conn, _filter(filters), limit=limit)[0]
 
 
-def get_trace(conn: sqlite3.Connection, trace_id: str) -> dict[str, Any] | None:
-    """One trace in full, by id or unique id prefix (``None`` if there is no such trace)."""
+def get_trace(conn: sqlite3.Connection, trace_id: str, project: str | None = None) -> dict[str, Any] | None:
+    """One trace in full, by id or unique id prefix (``None`` if there is no such trace, or it is
+    not in ``project`` when one is given)."""
     from . import queries
 
     try:
-        return queries.get_trace(conn, trace_id)
+        return queries.get_trace(conn, trace_id, project=project)
     except ValueError:
         return None
 

@@ -60,6 +60,7 @@ def big_db(tmp_path_factory: Any) -> tuple[str, str]:
             total_tokens=10,
             request_body=json.dumps(CHAT),
             response_body='{"ok": true}',
+            project="default",
         )
         rows.append(row)
     rows[-1]["response_body"] = json.dumps({"text": "x" * 300_000})

@@ -7,14 +7,15 @@ import asyncio
 import math
 import random
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from prysmai._proxy import queries
+from prysmai._proxy import queries, rollups
 from prysmai._proxy.migrations import SCHEMA_VERSION, bucket_bounds
 from prysmai._proxy.queries import QueryTimeout, ReadRunner, TraceFilter
-from prysmai._proxy.store import COLUMNS, TraceStore, open_db, open_existing
+from prysmai._proxy.store import COLUMNS, StoreError, TraceStore, open_db, open_existing
 
 HOUR = 3600.0
 BOUND = math.exp(1 / 32) - 1  # the documented percentile error bound (3.2 %)
@@ -53,6 +54,9 @@ CREATE INDEX IF NOT EXISTS traces_session ON traces (session_id, created_at);
 PRAGMA user_version = 1;
 """
 V1_COLUMNS = COLUMNS[: COLUMNS.index("provider_request_id") + 1]
+V2_COLUMNS = COLUMNS[: COLUMNS.index("key_id") + 1]
+# The schema prysmai wrote before projects (schema 2), dumped verbatim from a store it made.
+V2_DDL = (Path(__file__).parent / "schema_v2.sql").read_text()
 
 _counter = iter(range(1, 10**9))
 
@@ -139,9 +143,14 @@ def test_a_v1_store_is_migrated_in_place_keeping_every_row(tmp_path: Any) -> Non
 
     conn = open_existing(path)
     assert conn is not None
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     after = conn.execute(f"SELECT {', '.join(V1_COLUMNS)} FROM traces WHERE key_id IS NULL ORDER BY id").fetchall()
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
+    # Every row of 0.1.0 is in the default project, sent to no named provider.
+    assert [tuple(r) for r in conn.execute("SELECT project, provider, count(*) FROM traces GROUP BY 1, 2")] == [
+        ("default", None, 501)
+    ]
+    assert queries.overview(conn, TraceFilter(project="default"))["requests"] == 501
     assert conn.execute("SELECT key_id FROM traces WHERE created_at = ?", (base + 99_999,)).fetchone()[0] == (
         "key_0123456789ab"
     )
@@ -196,14 +205,124 @@ def test_rows_inserted_by_other_means_are_folded_when_the_store_is_opened(tmp_pa
     read.close()
 
 
-def test_a_schema_2_store_with_the_old_insert_trigger_is_converted(tmp_path: Any) -> None:
-    from prysmai._proxy import rollups
+def v2_store(path: str, rows: list[dict[str, Any]]) -> None:
+    """A store as prysmai wrote it at schema 2: its DDL, its rows, folded by its own trigger."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(V2_DDL)
+    conn.execute("BEGIN")
+    conn.executemany(
+        f"INSERT INTO traces ({', '.join(V2_COLUMNS)}) VALUES ({', '.join('?' * len(V2_COLUMNS))})",
+        [tuple(r.get(c) for c in V2_COLUMNS) for r in rows],
+    )
+    # What schema 2's writer did after each batch: move the watermark; its trigger folds.
+    conn.execute("UPDATE rollup_state SET fold_from = folded_rowid, folded_rowid = (SELECT max(rowid) FROM traces)")
+    conn.execute("COMMIT")
+    conn.close()
 
+
+def random_rows(n: int, seed: int, base: float = 1_700_000_000.0, **fixed: Any) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [
+        row(
+            base + rng.uniform(0, 50 * HOUR),
+            endpoint=rng.choice(["chat/completions", "embeddings", "responses"]),
+            model=rng.choice(["a", "b", None]),
+            stream=rng.randint(0, 1),
+            status=rng.choice(["success", "success", "success", "error", "timeout"]),
+            latency_ms=rng.choice([None, rng.lognormvariate(5, 1.2)]),
+            ttft_ms=rng.choice([None, rng.lognormvariate(3, 1)]),
+            prompt_tokens=rng.randint(0, 500),
+            completion_tokens=rng.randint(0, 500),
+            total_tokens=rng.choice([None, rng.randint(1, 900)]),
+            cost_usd=rng.choice([None, 0.0, rng.uniform(0, 0.01)]),
+            request_body='{"messages": ["hello"]}',
+            response_body=rng.choice([None, "x" * rng.randint(0, 9000)]),  # some rows overflow a page
+            user_id=rng.choice(["u1", "u2", None]),
+            session_id=rng.choice([f"s{i}" for i in range(9)] + [None]),
+            key_id=rng.choice(["key_aaaaaaaaaaaa", "key_bbbbbbbbbbbb", None]),
+            metadata=rng.choice(['{"env": "prod"}', None]),
+            **fixed,
+        )
+        for _ in range(n)
+    ]
+
+
+def assert_rollups_equal_rows(conn: sqlite3.Connection) -> None:
+    """Every rollup holds exactly what its rows say (the rollups regrouped from scratch)."""
+    hour = conn.execute(
+        "SELECT hour, project, model, endpoint, status, requests, total_tokens, unpriced FROM rollup_hour "
+        "WHERE requests > 0 ORDER BY 1, 2, 3, 4, 5"
+    ).fetchall()
+    want = conn.execute(
+        "SELECT CAST(created_at / 3600 AS INTEGER) * 3600, project, coalesce(model, ''), endpoint, status, "
+        "count(*), coalesce(sum(total_tokens), 0), sum(cost_usd IS NULL) FROM traces "
+        "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
+    ).fetchall()
+    assert [tuple(r) for r in hour] == [tuple(r) for r in want]
+    for table, seconds, dims in (
+        ("rollup_hist_hour", 3600, "project"),
+        ("rollup_hist_day", 86400, "project, model, endpoint"),
+    ):
+        got = conn.execute(f"SELECT metric, sum(n) FROM {table} GROUP BY 1 ORDER BY 1").fetchall()
+        counts = conn.execute("SELECT count(ttft_ms), count(latency_ms) FROM traces").fetchone()
+        assert [tuple(r) for r in got] == [("latency", counts[1]), ("ttft", counts[0])], table
+        keys = conn.execute(f"SELECT DISTINCT period, {dims} FROM {table} WHERE n > 0 ORDER BY 1, 2").fetchall()
+        dim_sql = ", ".join("coalesce(model, '')" if d == "model" else d for d in dims.split(", "))
+        want_keys = conn.execute(
+            f"SELECT DISTINCT CAST(created_at / {seconds} AS INTEGER) * {seconds}, {dim_sql} FROM traces "
+            "WHERE latency_ms IS NOT NULL OR ttft_ms IS NOT NULL ORDER BY 1, 2"
+        ).fetchall()
+        assert sorted(tuple(k) for k in keys) == sorted(tuple(k) for k in want_keys), table
+
+
+def test_a_v2_store_is_migrated_in_place_keeping_every_row_in_the_default_project(tmp_path: Any) -> None:
+    path = str(tmp_path / "v2.db")
+    rows = random_rows(400, seed=11)
+    v2_store(path, rows)
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM traces WHERE rowid % 10 = 0")  # schema 2's delete trigger unfolds them
+    conn.commit()
+    before = conn.execute(f"SELECT {', '.join(V2_COLUMNS)} FROM traces ORDER BY id").fetchall()
+    v2_overview = conn.execute("SELECT sum(requests), sum(unpriced), sum(total_tokens) FROM rollup_hour").fetchone()
+    conn.close()
+    assert v2_overview[0] == len(before) == 360
+
+    # The proxy's start-up: open_db migrates; the writer then stores traces of a named project.
+    store = TraceStore(path, lambda item: item)
+    store.open()
+    store.submit(row(1_700_000_000.0 + 5, id="f" * 32, project="web", provider="ollama", cost_usd=0.0))
+    store.close()
+
+    conn = open_existing(path)
+    assert conn is not None
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    after = conn.execute(f"SELECT {', '.join(V2_COLUMNS)} FROM traces WHERE id <> ? ORDER BY id", ("f" * 32,))
+    assert [tuple(r) for r in after] == [tuple(r) for r in before]
+    groups = conn.execute("SELECT project, provider, count(*) FROM traces GROUP BY 1, 2 ORDER BY 1")
+    assert [tuple(r) for r in groups] == [
+        ("default", None, 360),
+        ("web", "ollama", 1),
+    ]
+    assert_rollups_equal_rows(conn)
+    default = queries.overview(conn, TraceFilter(project="default"))
+    assert (default["requests"], default["unpriced"], default["total_tokens"]) == tuple(v2_overview)
+    web = queries.overview(conn, TraceFilter(project="web"))
+    assert (web["requests"], web["cost_usd"], web["unpriced"]) == (1, 0.0, 0)  # priced at 0: known free
+    assert queries.overview(conn, TraceFilter())["requests"] == 361
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('index', 'trigger')")}
+    assert {"traces_agg", "traces_project", "traces_user2", "traces_session2", "traces_key"} <= names
+    assert {"rollup_fold", "traces_rollup_delete"} <= names and rollups.OLD_INSERT_TRIGGER not in names
+    conn.close()
+
+
+def test_a_schema_2_store_with_the_old_insert_trigger_is_migrated(tmp_path: Any) -> None:
     base = 1_700_000_000.0
     path = str(tmp_path / "t.db")
-    write(path, [row(base + i, latency_ms=float(i + 1)) for i in range(5)])
+    v2_store(path, [row(base + i, latency_ms=float(i + 1)) for i in range(5)])
     conn = sqlite3.connect(path, isolation_level=None)
-    # As the first schema 2 left it: no watermark table, a trigger that counted each inserted row.
+    # As the first schema 2 left it: no watermark table (nor its trigger), a trigger that counted
+    # each inserted row.
     conn.execute("DROP TABLE rollup_state")
     conn.execute(f"CREATE TRIGGER {rollups.OLD_INSERT_TRIGGER} AFTER INSERT ON traces BEGIN SELECT 1; END")
     conn.close()
@@ -215,6 +334,40 @@ def test_a_schema_2_store_with_the_old_insert_trigger_is_converted(tmp_path: Any
     assert queries.overview(read, TraceFilter())["requests"] == 6
     assert read.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0] == 6
     read.close()
+
+
+@pytest.mark.parametrize("old", [1, 2])
+def test_a_failed_migration_leaves_the_store_as_it_was(tmp_path: Any, old: int) -> None:
+    path = str(tmp_path / "old.db")
+    if old == 2:
+        v2_store(path, [row(1_700_000_000.0 + i) for i in range(20)])
+    else:
+        conn = sqlite3.connect(path)
+        conn.executescript(V1_DDL)
+        conn.execute("INSERT INTO traces (id, created_at, method, endpoint, status) VALUES ('a', 1, 'POST', 'x', 'ok')")
+        conn.commit()
+        conn.close()
+    conn = sqlite3.connect(path)
+    # A table in the way of schema 3's new index: the last step fails, after the others ran.
+    conn.execute("CREATE TABLE traces_project (x)")
+    conn.commit()
+    schema = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+    content = conn.execute("SELECT * FROM traces ORDER BY id").fetchall()
+    conn.close()
+    with pytest.raises(StoreError, match="traces_project"):
+        open_db(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == old
+    assert conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall() == schema
+    assert conn.execute("SELECT * FROM traces ORDER BY id").fetchall() == content
+    conn.execute("DROP TABLE traces_project")
+    conn.commit()
+    conn.close()
+    open_db(path).close()  # the next start-up migrates it
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT count(*), min(project) FROM traces").fetchone() == (len(content), "default")
+    conn.close()
 
 
 def test_rollups_follow_inserts_and_deletes(tmp_path: Any) -> None:
