@@ -266,6 +266,10 @@ def register(subparsers: Any) -> None:
     ui.add_argument("--keys-file", metavar="PATH", help="file with one accepted key per line")
     ui.set_defaults(handler=_ui_command)
 
+    from .keyscli import add_parser as add_keys_commands  # keys new / keys hash
+
+    add_keys_commands(subparsers)
+
 
 # -- handlers ------------------------------------------------------------------------------------
 def _proxy_command(args: argparse.Namespace) -> int:
