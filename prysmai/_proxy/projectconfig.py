@@ -44,7 +44,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _HASH = re.compile(r"sha256:([0-9a-fA-F]{64})\Z")
 #: Anything that looks like a key or a provider credential, scrubbed from every message as a last
 #: line of defence (the messages are built not to hold one in the first place).
-_SECRETISH = re.compile(r"sk-[A-Za-z0-9_\-]{4,}")
+_SECRETISH = re.compile(r"sk-[A-Za-z0-9_\-]{12,}")
 _SYNTAX_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 
 _TOP_FIELDS = ("admin", "projects")
@@ -117,9 +117,14 @@ def _scrub(message: str) -> str:
 def _label(table: dict[str, Any], what: str, index: int) -> str:
     """``project 'web'`` when the table has a valid name, else ``the project #2``."""
     name = table.get("name")
-    if isinstance(name, str) and _NAME.match(name) and not _SECRETISH.search(name):
+    if isinstance(name, str) and _valid_name(name):
         return f"{what} {name!r}"
     return f"the {what} #{index + 1}"
+
+
+def _valid_name(name: str) -> bool:
+    # A key pasted as a name would be shown in every trace and log line: names never look like one.
+    return bool(_NAME.match(name)) and not name.lower().startswith("sk-")
 
 
 def _show(value: str) -> str:
@@ -182,7 +187,7 @@ class _Reader:
     def name(self, table: dict[str, Any], where: Path, what: str) -> str:
         value = self.string(table, "name", where, what, required=True)
         assert value is not None
-        if not _NAME.match(value) or _SECRETISH.search(value):
+        if not _valid_name(value):
             self.fail((*where, "name"), f"{what}: name {_show(value)} is not a valid name; use {_NAME_RULE}")
         return value
 
@@ -357,7 +362,7 @@ class _Reader:
             if not self.environ.get(variable, "").strip():
                 self.fail(where, f"{what}: the environment variable {variable} is not set (or empty); set it")
             try:
-                key = _validate(self.environ[variable], f"the environment variable {variable}")
+                key = _validate(self.environ[variable], f"the environment variable {variable} ({what})")
             except KeyConfigError as exc:
                 self.fail(where, str(exc))
             return projects.key_digest(key)
