@@ -67,8 +67,12 @@ def _err(message: str) -> int:
 
 
 def _new(project: str, config: str | None) -> int:
-    from . import projectconfig
     from .keys import generate_key, key_id
+
+    try:
+        from . import projectconfig
+    except ImportError:  # Python < 3.11 without the proxy extra, which brings tomli
+        return _err("reading a config file needs the proxy's extra below Python 3.11: pip install '.[proxy]'")
 
     if not _PROJECT_NAME.match(project):
         return _err("--project: a project name has 1 to 64 letters, digits, '_', '.' or '-'")

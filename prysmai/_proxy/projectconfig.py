@@ -473,8 +473,10 @@ class _Reader:
         else:
             if not self.secrets:
                 return None
+            # A relative path is taken from the config file's folder, wherever the proxy was started.
+            full = os.path.join(os.path.dirname(os.path.abspath(self.path)), os.path.expanduser(name))
             try:
-                with open(os.path.expanduser(name), encoding="utf-8") as fh:
+                with open(full, encoding="utf-8") as fh:
                     secret = fh.read().strip()
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"

@@ -3,14 +3,18 @@ and that every mistake stops with the file's name, the line, what to do, and nev
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from prysmai._proxy import keys, projects
 from prysmai._proxy.pricing import Price
@@ -488,6 +492,141 @@ def test_a_key_as_a_toml_key_is_scrubbed_from_syntax_errors(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as caught:
         load(path, ENVIRON)
     assert WEB_KEY not in str(caught.value) and ":2:" in str(caught.value)
+
+
+def test_a_relative_credential_file_is_next_to_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "openai.key").write_text(OPENAI_SECRET)
+    path = write(folder, case(provider='api_key = { file = "openai.key" }\n'))
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    (provider,) = load(path, ENVIRON).projects["web"].providers
+    assert provider.credential == OPENAI_SECRET.encode()
+
+
+# -- hostile files -------------------------------------------------------------------------------
+def _toml(value: Any) -> str:
+    """A value in TOML's inline syntax."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return {"nan": "nan", "inf": "inf", "-inf": "-inf"}.get(repr(value), repr(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=12)
+_scalars = st.one_of(
+    st.booleans(),
+    st.integers(-3, 10**6),
+    st.floats(),
+    _text,
+    st.sampled_from(
+        [
+            "web",
+            "openai",
+            "azure",
+            "openai-compatible",
+            "demo",
+            "gpt-4o",
+            "ollama/",
+            "2024-10-21",
+            "https://api.example.com/v1",
+            "http://127.0.0.1:1/v1",
+            _hash(HASHED_KEY),
+            _hash(ADMIN_KEY),
+            WEB_KEY,
+            ENV_KEY,
+            OPENAI_SECRET,
+            AZURE_SECRET,
+            "sk-prysm-...",
+            "sha256:00",
+        ]
+    ),
+)
+_values = st.recursive(
+    st.one_of(
+        _scalars,
+        st.sampled_from([{"env": "PRYSM_WEB_KEY"}, {"env": "OPENAI_API_KEY"}, {"env": "WEAK_KEY"}, {"file": "/"}]),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["input", "output", "env", "x"]), inner, max_size=3),
+    ),
+    max_leaves=6,
+)
+
+
+def _mostly(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Valid values nine times in ten: mistakes then come one or two at a time, deep in the file."""
+    return st.sampled_from(range(10)).flatmap(lambda n: valid if n else _values)
+
+
+_KEY_ITEMS = st.sampled_from(
+    [_hash(HASHED_KEY), _hash(ADMIN_KEY), WEB_KEY, {"env": "PRYSM_WEB_KEY"}, _hash(_key()), _hash(_key())]
+)
+_MODELS = st.lists(st.sampled_from(["gpt-4o", "gpt-4o-mini", "gpt-4.1", "llama3.1"]), max_size=2)
+_PRICE = st.fixed_dictionaries(
+    {"input": st.integers(0, 5)}, optional={"output": st.floats(0, 5), "cached_input": st.integers(0, 1)}
+)
+_PROJECT = st.fixed_dictionaries(
+    {"name": _mostly(st.sampled_from(["web", "batch", "ml.team-1"]))},
+    optional={
+        "keys": _mostly(st.lists(_KEY_ITEMS, max_size=3)),
+        "default_provider": _mostly(st.sampled_from(["openai", "azure", "local"])),
+        "requests_per_minute": _mostly(st.integers(1, 10_000)),
+        "monthly_budget_usd": _mostly(st.floats(0.01, 1e6)),
+    },
+)
+_PROVIDER = st.fixed_dictionaries(
+    {
+        "name": _mostly(st.sampled_from(["openai", "azure", "local"])),
+        "kind": _mostly(st.sampled_from(["openai", "azure", "openai-compatible", "demo"])),
+    },
+    optional={
+        "base_url": _mostly(st.sampled_from(["https://api.example.com/v1", "https://r.openai.azure.com"])),
+        "api_key": _mostly(st.sampled_from([{"env": "OPENAI_API_KEY"}, {"env": "AZURE_OPENAI_KEY"}])),
+        "api_version": _mostly(st.just("2024-10-21")),
+        "models": _mostly(_MODELS),
+        "prefix": _mostly(st.sampled_from(["ollama/", "o/", "ollama/l"])),
+        "deployments": _mostly(st.dictionaries(st.sampled_from(["gpt-4.1", "gpt-4o"]), st.just("dep"), max_size=2)),
+        "prices": _mostly(st.dictionaries(st.sampled_from(["gpt-4o", "llama3.1"]), _PRICE, max_size=2)),
+    },
+)
+_documents = st.tuples(
+    st.one_of(st.none(), st.fixed_dictionaries({}, optional={"keys": _mostly(st.lists(_KEY_ITEMS, max_size=2))})),
+    st.lists(st.tuples(_PROJECT, st.lists(_PROVIDER, max_size=3)), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=_documents)
+def test_any_file_loads_or_fails_with_file_line_and_no_secret(tmp_path: Path, document: Any) -> None:
+    admin, entries = document
+    lines = []
+    if admin is not None:
+        lines += ["[admin]", *(f"{k} = {_toml(v)}" for k, v in admin.items())]
+    for project, providers in entries:
+        lines += ["[[projects]]", *(f"{k} = {_toml(v)}" for k, v in project.items())]
+        for provider in providers:
+            lines += ["  [[projects.providers]]", *(f"  {k} = {_toml(v)}" for k, v in provider.items())]
+    text = "\n".join(lines) + "\n"
+    path = write(tmp_path, text)
+    try:
+        tenancy = load(path, ENVIRON)
+    except ConfigError as exc:
+        message = str(exc)
+        found = re.match(rf"{re.escape(path)}:(\d+)(:\d+)?: ", message)
+        assert found and 1 <= int(found.group(1)) <= len(lines) + 1, message
+        assert not any(secret in message for secret in SECRETS), message
+        assert "\n" not in message
+    else:
+        assert tenancy.projects and len(tenancy) >= 1
 
 
 # -- the shipped example ---------------------------------------------------------------------------
