@@ -665,6 +665,40 @@ def test_the_example_loads(tmp_path: Path) -> None:
         assert projects.digest_key_id(bytes.fromhex(digest)) == key_id
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "unset"),
+    [
+        ('api_version = "2024-10-21"\n', "", None),
+        ("\nrequests_per_minute = 600 ", "\nrequest_per_minute = 600 ", None),
+        ("", "", "SHOP_PRYSM_KEY"),
+        (
+            'keys = [{ env = "PRYSM_ADMIN_KEY" }]',
+            'keys = [{ env = "PRYSM_ADMIN_KEY" }, "sha256:3b8f5c2e6d1a4f7093b2c8e1d5a6f4b7'
+            'c9e0d2a1b3c5e7f9a0b2c4d6e8f0a1b2"]',
+            None,
+        ),
+    ],
+    ids=["azure-version", "typo", "env-unset", "key-twice"],
+)
+def test_the_documented_messages_are_real(tmp_path: Path, old: str, new: str, unset: str | None) -> None:
+    """docs/projects.md quotes four messages about its own example: each is what load() says."""
+    text = (DOCS / "prysm.example.toml").read_text(encoding="utf-8")
+    assert old in text
+    path = write(tmp_path, text.replace(old, new).replace("/run/secrets/azure-openai-key", "/etc/hostname"))
+    env = {
+        "PRYSM_ADMIN_KEY": ADMIN_KEY,
+        "SHOP_PRYSM_KEY": ENV_KEY,
+        "OPENAI_API_KEY": "x",
+        "RESEARCH_OPENAI_API_KEY": "y",
+    }
+    env.pop(unset or "", None)
+    with pytest.raises(ConfigError) as caught:
+        load(path, env)
+    message = str(caught.value).replace(path, "prysm.toml")
+    documented = (DOCS / "projects.md").read_text(encoding="utf-8").splitlines()
+    assert message in documented
+
+
 def test_the_docs_show_the_example_file() -> None:
     example = (DOCS / "prysm.example.toml").read_text(encoding="utf-8")
     doc = (DOCS / "projects.md").read_text(encoding="utf-8")
