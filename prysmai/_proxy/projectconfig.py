@@ -561,8 +561,10 @@ class _Scanner:
 
     def pair(self, table: Path) -> None:
         line = self.line
-        where = (*table, *self.key_parts())
-        self.index.setdefault(where, line)
+        parts = self.key_parts()
+        for depth in range(1, len(parts) + 1):  # a dotted key also places its tables
+            self.index.setdefault((*table, *parts[:depth]), line)
+        where = (*table, *parts)
         self.i += 1  # '='
         self.value(where)
 

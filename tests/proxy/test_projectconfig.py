@@ -504,6 +504,49 @@ def test_a_relative_credential_file_is_next_to_the_config(tmp_path: Path, monkey
     assert provider.credential == OPENAI_SECRET.encode()
 
 
+def test_lines_are_found_in_any_layout() -> None:
+    """Comments and strings holding brackets, multi-line strings and arrays, quoted and dotted
+    keys, spaced headers, CRLF: each place gets its own line."""
+    from prysmai._proxy.projectconfig import _line_index
+
+    text = """\
+# a comment with [brackets]
+[ admin ]   # [[projects]]
+keys = [ # [
+  'a]b', \"\"\"x
+y\"\"\",  # ,
+  { env = "E" } ]
+[[ "projects" ]]
+"name" = 'w'
+limits.rpm = 3
+s = '''a
+b'''
+[[projects.providers]]
+name = "p"
+[[projects]]
+name = "q"
+  [[projects.providers]]
+  name = "r"
+"""
+    index = _line_index(text)
+    assert _line_index(text.replace("\n", "\r\n")) == index
+    expected = {
+        ("admin",): 2,
+        ("admin", "keys", 1): 4,
+        ("admin", "keys", 2, "env"): 6,
+        ("projects", 0): 7,
+        ("projects", 0, "name"): 8,
+        ("projects", 0, "limits"): 9,
+        ("projects", 0, "limits", "rpm"): 9,
+        ("projects", 0, "s"): 10,
+        ("projects", 0, "providers", 0, "name"): 13,
+        ("projects", 1, "name"): 15,
+        ("projects", 1, "providers", 0): 16,
+        ("projects", 1, "providers", 0, "name"): 17,
+    }
+    assert {k: index.get(k) for k in expected} == expected
+
+
 # -- hostile files -------------------------------------------------------------------------------
 def _toml(value: Any) -> str:
     """A value in TOML's inline syntax."""
