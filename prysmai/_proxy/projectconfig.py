@@ -62,6 +62,8 @@ _PROVIDER_FIELDS = (
     "prices",
 )
 _PRICE_FIELDS = ("input", "output", "cached_input")
+#: Last path segments that mean a base_url is an endpoint, not an API base.
+_ENDPOINTS = frozenset({"completions", "responses", "embeddings", "models"})
 
 
 class ConfigError(ValueError):
@@ -291,6 +293,13 @@ class _Reader:
                 f"{what} routes no model anywhere: give it a default_provider, or a provider with models = [...] "
                 'or prefix = "..."',
             )
+        for j, provider in enumerate(providers):
+            if provider is not default and not provider.models and not provider.prefix:
+                self.fail(
+                    (*where, "providers", j),
+                    f"{what}: no request can reach provider {provider.name!r}: give it models = [...] or "
+                    'prefix = "...", or make it the default_provider',
+                )
         return Project(name, tuple(providers), default, limits)
 
     def check_routes(self, providers: list[Provider], where: Path, what: str) -> None:
@@ -433,6 +442,10 @@ class _Reader:
                 f"{what}: Azure's base_url is the resource endpoint, like https://NAME.openai.azure.com "
                 "(the proxy adds /openai/deployments/...)",
             )
+        endpoint = parts.path.rstrip("/").rsplit("/", 1)[-1]
+        if endpoint in _ENDPOINTS:
+            # The client's path is appended to the base: .../chat/completions/chat/completions.
+            self.fail(uwhere, f"{what}: base_url is an endpoint ({endpoint}); give the API's base, like .../v1")
         return url
 
     def deployments(self, raw: dict[str, Any], kind: str, where: Path, what: str) -> dict[str, str]:

@@ -327,6 +327,12 @@ ERRORS: list[tuple[str, str, str]] = [
         case(provider=f'base_url = "https://api.example.com/v1?key={AZURE_SECRET}"  #!\n'),
         "no query",
     ),
+    ("base-url-endpoint", case(provider='base_url = "https://x.example/v1/chat/completions/"  #!\n'), "an endpoint"),
+    (
+        "provider-unreachable",
+        case(more='[[projects.providers]]  #!\nname = "spare"\nkind = "openai"\n'),
+        "no request can reach provider 'spare'",
+    ),
     ("base-url-port", case(provider='base_url = "https://api.example.com:99999/v1"  #!\n'), "invalid port"),
     (
         "demo-base-url",
