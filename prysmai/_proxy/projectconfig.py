@@ -11,6 +11,7 @@ The format is described in docs/projects.md (an example: docs/prysm.example.toml
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -173,8 +174,10 @@ class _Reader:
     def fields(self, table: dict[str, Any], allowed: tuple[str, ...], where: Path, what: str) -> None:
         for name in table:
             if name not in allowed:
-                hint = ", ".join(allowed)
-                self.fail((*where, name), f"{what}: unknown field {_show(name)} (a typo?); the fields are: {hint}")
+                close = difflib.get_close_matches(name, allowed, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "a typo?"
+                fields = ", ".join(allowed)
+                self.fail((*where, name), f"{what}: unknown field {_show(name)} ({hint}); the fields are: {fields}")
 
     def string(self, table: dict[str, Any], name: str, where: Path, what: str, required: bool = False) -> str | None:
         value = table.get(name)

@@ -276,9 +276,14 @@ ERRORS: list[tuple[str, str, str]] = [
     # (id, file, a phrase of the message)
     ("syntax", case(project="requests_per_minute = 600 600  #!\n"), "TOML syntax error"),
     ("syntax-value", case(project="requests_per_minute = = 5  #!\n"), "TOML syntax error: Invalid value"),
-    ("top-typo", case(top="[adnim]  #!\nkeys = []\n"), "unknown field 'adnim'"),
+    ("top-typo", case(top="[adnim]  #!\nkeys = []\n"), "unknown field 'adnim' (did you mean 'admin'?)"),
     ("project-typo", case(project="request_per_minute = 10  #!\n"), "unknown field 'request_per_minute'"),
-    ("provider-typo", case(provider='base_ur = "https://x.example/v1"  #!\n'), "unknown field 'base_ur'"),
+    (
+        "provider-typo",
+        case(provider='base_ur = "https://x.example/v1"  #!\n'),
+        "unknown field 'base_ur' (did you mean 'base_url'?)",
+    ),
+    ("provider-unknown", case(provider="temperature = 0.2  #!\n"), "unknown field 'temperature' (a typo?)"),
     ("admin-typo", case(top='[admin]\nkey = ["' + _hash(ADMIN_KEY) + '"]  #!\n'), "unknown field 'key'"),
     ("projects-not-array", '[projects]  #!\nname = "web"\n', "[[projects]]"),
     ("no-projects", '[admin]  #!\nkeys = ["' + _hash(ADMIN_KEY) + '"]\n', "declare at least one [[projects]]"),
@@ -443,7 +448,11 @@ ERRORS: list[tuple[str, str, str]] = [
     ("api-key-number", case(provider="api_key = 12345  #!\n"), "must be { env"),
     ("price-negative", case(provider='prices = { "gpt-4o" = { input = -1, output = 2 } }  #!\n'), "0 or more"),
     ("price-no-input", case(provider='prices = { "gpt-4o" = { output = 2 } }  #!\n'), "input is required"),
-    ("price-typo", case(provider='prices = { "gpt-4o" = { input = 1, ouptut = 2 } }  #!\n'), "unknown field 'ouptut'"),
+    (
+        "price-typo",
+        case(provider='prices = { "gpt-4o" = { input = 1, ouptut = 2 } }  #!\n'),
+        "unknown field 'ouptut' (did you mean 'output'?)",
+    ),
     (
         "price-string",
         case(provider='[projects.providers.prices.gpt-4o]\ninput = 1\noutput = "2"  #!\n'),
