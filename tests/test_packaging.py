@@ -36,6 +36,8 @@ def test_sdist_and_wheel_carry_licence_docs_and_urls(tmp_path: Path) -> None:
         "docs/proxy.md",
         "docs/operations.md",
         "docs/systemd/prysmai-proxy.service",
+        "docs/projects.md",
+        "docs/prysm.example.toml",
     ):
         assert needed in names, needed
     (wheel,) = tmp_path.glob("prysmai-*.whl")
@@ -47,3 +49,5 @@ def test_sdist_and_wheel_carry_licence_docs_and_urls(tmp_path: Path) -> None:
     assert "Project-URL: Homepage, " in metadata
     assert "Provides-Extra: proxy" in metadata
     assert "uvicorn[standard]" in metadata and "aiohttp" in metadata
+    # The config file's TOML reader below Python 3.11 (tomllib from 3.11).
+    assert 'Requires-Dist: tomli>=1.1; python_version < "3.11" and extra == "proxy"' in metadata

@@ -272,6 +272,10 @@ def register(subparsers: Any) -> None:
     _add_config(ui)
     ui.set_defaults(handler=_ui_command)
 
+    from .keyscli import add_parser as add_keys_commands  # keys new / keys hash
+
+    add_keys_commands(subparsers)
+
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

@@ -31,6 +31,8 @@ DEFAULT_PROJECT = "default"
 OPENAI, AZURE, COMPATIBLE, DEMO = "openai", "azure", "openai-compatible", "demo"
 PROVIDER_KINDS = (OPENAI, AZURE, COMPATIBLE, DEMO)
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+#: The offline demo model's stand-in address (as ``upstream.DEMO_BASE_URL``: never contacted).
+DEMO_BASE_URL = "http://prysm-demo.invalid/v1"
 
 
 def key_digest(key: str) -> bytes:
@@ -196,7 +198,7 @@ def flat(keys: Iterable[str], upstream: str, upstream_api_key: str | None) -> Te
     """The tenancy of a proxy without a config file: every key in the project ``default``, whose
     one provider is ``upstream`` (``demo``: the offline model) with ``upstream_api_key``."""
     if upstream == DEMO:
-        provider = Provider("demo", DEMO, "http://prysm-demo.invalid/v1")
+        provider = Provider("demo", DEMO, DEMO_BASE_URL)
     else:
         credential = upstream_api_key.encode("latin-1") if upstream_api_key else None
         provider = Provider("upstream", OPENAI, upstream.rstrip("/"), credential)
