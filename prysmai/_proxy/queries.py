@@ -1023,7 +1023,3 @@ __all__ = [
     "timeseries",
     "users",
 ]
-
-
-def month_spend(conn: sqlite3.Connection, since: float) -> dict[str, float]:  # TEMP: replaced by the store branch
-    return {}

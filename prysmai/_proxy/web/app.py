@@ -232,7 +232,7 @@ class Dashboard:
                 overview = await run(queries.overview, f)
                 series = await run(queries.timeseries, f, bucket)
                 breakdowns = {}
-                for by in (("project", *_BREAKDOWNS) if who.admin else _BREAKDOWNS):
+                for by in ("project", *_BREAKDOWNS) if who.admin else _BREAKDOWNS:
                     breakdowns[by] = await run(queries.breakdown, f, by, 10)
                 return {"overview": overview, "bucket_seconds": bucket, "timeseries": series, "breakdowns": breakdowns}
             if route == "traces":
