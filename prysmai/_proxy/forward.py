@@ -321,11 +321,13 @@ class Forwarding:
             response = await upstream.send(method, url, request_headers, body)
         except TIMEOUT_ERRORS:
             watch.stop()
-            await self._upstream_failed(send, ex, 504, "the upstream did not answer in time", trace_header)
+            await self._upstream_failed(send, ex, 504, "the upstream did not answer in time", trace_header, url)
             return
         except TRANSPORT_ERRORS as exc:
             watch.stop()
-            await self._upstream_failed(send, ex, 502, f"upstream unreachable ({type(exc).__name__})", trace_header)
+            await self._upstream_failed(
+                send, ex, 502, f"upstream unreachable ({type(exc).__name__})", trace_header, url
+            )
             return
         try:
             status = ex.http_status = response.status
@@ -344,12 +346,12 @@ class Forwarding:
                 ex.response_body = await response.read()
             except TIMEOUT_ERRORS:
                 watch.stop()
-                await self._upstream_failed(send, ex, 504, "the upstream timed out while answering", trace_header)
+                await self._upstream_failed(send, ex, 504, "the upstream timed out while answering", trace_header, url)
                 return
             except TRANSPORT_ERRORS as exc:
                 watch.stop()
                 await self._upstream_failed(
-                    send, ex, 502, f"the upstream broke off its answer ({type(exc).__name__})", trace_header
+                    send, ex, 502, f"the upstream broke off its answer ({type(exc).__name__})", trace_header, url
                 )
                 return
             watch.stop()
@@ -365,10 +367,10 @@ class Forwarding:
             await response.aclose()
 
     async def _upstream_failed(
-        self, send: Send, ex: Exchange, status: int, message: str, trace_header: tuple[bytes, bytes]
+        self, send: Send, ex: Exchange, status: int, message: str, trace_header: tuple[bytes, bytes], url: str
     ) -> None:
         code = "upstream_timeout" if status == 504 else "upstream_unreachable"
-        where = f"provider {ex.provider!r} of project {ex.project!r}, /{ex.endpoint}"
+        where = f"{url.split('?', 1)[0]}: provider {ex.provider!r} of project {ex.project!r}"
         self.warnings.event("upstream", f"{status} to the client: {message} ({where})")
         await self._fail(send, ex, status, message, "upstream_error", code, trace_header)
 

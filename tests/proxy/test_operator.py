@@ -142,8 +142,9 @@ def test_log_unreachable_upstream_and_rejected_keys(run_proxy: Any, tmp_path: An
     # The unreachable upstream and the bad keys: the first at once, the rest in a summary.
     upstream_lines = [line for line in lines if "upstream unreachable" in line]
     assert "502 to the client: upstream unreachable" in upstream_lines[0] and upstream in upstream_lines[0]
-    # 19 more chat requests and the request with a control character in its path (escaped: \x1b)
-    assert "20 more like this" in upstream_lines[1] and "models\\x1b[31m" in upstream_lines[1]
+    # 19 more chat requests and the request with a control character in its path (the URL as
+    # sent upstream: percent-encoded, so no raw ESC reaches the log)
+    assert "20 more like this" in upstream_lines[1] and "/v1/models%1b[31m" in upstream_lines[1]
     assert len(upstream_lines) == 2, upstream_lines
     auth_lines = [line for line in lines if "invalid prysm api key" in line]
     assert len(auth_lines) == 2 and "from 127.0.0.1" in auth_lines[0]
