@@ -12,6 +12,11 @@ export const RANGES = [
   ["custom", "custom"],
 ];
 export const DEFAULT_RANGE = "24h";
+// The project filter is offered to admin keys only: a project's key reads its own project.
+let withProject = false;
+export function offerProjectFilter(on) {
+  withProject = Boolean(on);
+}
 const FIELDS = [
   ["project", "project"],
   ["model", "model"],
@@ -70,7 +75,7 @@ export function filterBar(full) {
         el("option", { value: s, selected: (url.get("status") || "") === s }, s || "any status")));
     inputs.status = status;
     controls.push(status);
-    for (const [name, label] of FIELDS) {
+    for (const [name, label] of FIELDS.filter(([n]) => withProject || n !== "project")) {
       const input = el("input", { type: "search", id: "f-" + name, placeholder: label, "aria-label": label });
       input.value = url.get(name) || "";
       inputs[name] = input;

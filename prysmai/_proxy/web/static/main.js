@@ -1,6 +1,7 @@
 // The router: one page shell, a module per page, chosen by the path.
 import { getJSON } from "./api.js";
 import { el } from "./dom.js";
+import { offerProjectFilter } from "./filters.js";
 import { render as overview } from "./overview.js";
 import { render as traces } from "./traces.js";
 import { renderSession, renderTrace } from "./trace.js";
@@ -20,11 +21,12 @@ async function route() {
   } catch {
     return;
   }
+  offerProjectFilter(me.admin);
   if (me.read_only) document.querySelector(".brand").append(el("span", { class: "ro" }, " read-only"));
   // Which traces this key reads: its project's, or (an admin key) every project's.
   document.querySelector(".brand").append(el("span", { class: "ro" }, me.admin ? " all projects" : " project " + me.project));
   if (section === "overview") await overview(main);
-  else if (section === "traces" && parts.length === 1) await traces(main);
+  else if (section === "traces" && parts.length === 1) await traces(main, me);
   else if (section === "traces") await renderTrace(main, parts[1], me);
   else if (section === "sessions" && parts.length === 1) await renderSessions(main);
   else if (section === "sessions") await renderSession(main, parts.slice(1).join("/"));

@@ -17,11 +17,12 @@ function sortHead(key, label) {
   return a;
 }
 
-export function traceColumns(withSort) {
+export function traceColumns(withSort, withProject) {
   const head = (key, label) => (withSort ? sortHead(key, label) : label);
   return [
     { head: head("time", "time"), cell: (r) => traceLink(r.id, fmtTime(r.created_at)), cls: "nowrap" },
-    { head: "project", cell: (r) => r.project ?? "–", cls: "clip" },
+    // Only an admin key reads several projects; a project's key sees its own only.
+    ...(withProject ? [{ head: "project", cell: (r) => r.project ?? "–", cls: "clip" }] : []),
     { head: "model", cell: (r) => r.model ?? "–", cls: "clip" },
     { head: "endpoint", cell: (r) => r.endpoint, cls: "clip" },
     { head: "status", cell: (r) => statusBadge(r.status, r.http_status) },
@@ -34,7 +35,7 @@ export function traceColumns(withSort) {
   ];
 }
 
-export async function render(main) {
+export async function render(main, me) {
   const url = new URLSearchParams(location.search);
   const params = apiParams(location.search, {
     sort: url.get("sort") || "time", order: url.get("order") || "desc", limit: url.get("limit") || "50",
@@ -64,7 +65,7 @@ export async function render(main) {
     pager.append(a);
   }
   clear(body).append(
-    rows.length ? table(traceColumns(true), rows, { id: "traces-table" }) : el("p", { class: "muted" }, "No traces match these filters."),
+    rows.length ? table(traceColumns(true, Boolean(me && me.admin)), rows, { id: "traces-table" }) : el("p", { class: "muted" }, "No traces match these filters."),
     el("p", { class: "muted" }, `${rows.length} trace(s) on this page`),
     pager);
 }
