@@ -47,8 +47,9 @@ def add_parser(subparsers: Any) -> None:
         "hash",
         help="print the sha256: form and id of keys read on stdin",
         description=(
-            "Read keys on stdin (one per line; asked for without echo on a terminal) and print each one's "
-            "sha256: form and key id, to move existing keys into a config file without writing them down."
+            "Read keys on stdin (one per line, as in a --keys-file: blank lines and # comments skipped; asked "
+            "for without echo on a terminal) and print each one's sha256: form and key id, to move existing "
+            "keys into a config file without writing them down."
         ),
     )
     hashed.set_defaults(handler=run)
@@ -129,7 +130,8 @@ def _hash() -> int:
         lines = [getpass.getpass("key (not shown): ")]
     else:
         lines = sys.stdin.read().splitlines()
-    found = [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip() and not line.startswith("#")]
+    # As a keys file (--keys-file): blank lines and lines starting with # are skipped.
+    found = [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip() and not line.lstrip().startswith("#")]
     if not found:
         return _err("keys hash: no key on stdin; e.g. `prysmai keys hash < keys.txt` (one key per line)")
     out = []

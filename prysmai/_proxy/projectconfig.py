@@ -150,7 +150,9 @@ class _Reader:
 
     # -- errors ----------------------------------------------------------------------------------
     def fail(self, where: Path, message: str) -> NoReturn:
-        raise ConfigError(_scrub(f"{self.path}:{self.line(where)}: {message}"))
+        # from None: an exception being handled (a decoding error holds the bytes it could not
+        # decode) is not shown under this one in a traceback.
+        raise ConfigError(_scrub(f"{self.path}:{self.line(where)}: {message}")) from None
 
     def line(self, where: Path) -> int:
         """The line of ``where`` in the text, else of its closest enclosing table or array."""

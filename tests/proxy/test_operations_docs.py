@@ -109,8 +109,9 @@ def _command_lines() -> list[tuple[str, str]]:
                 continue
             command = line.strip().removeprefix("$ ")
             synopsis = "[--" in command  # a usage line, not a command
-            if in_block and not synopsis and re.match(r"(\S+=\S+ )*prysmai (proxy|traces|stats|demo)\b", command):
-                found.append((doc.name, command.split("#", 1)[0].strip()))
+            if in_block and not synopsis and re.match(r"(\S+=\S+ )*prysmai (proxy|traces|stats|demo|keys)\b", command):
+                # Without a comment or a redirection of standard input (`prysmai keys hash < keys.txt`).
+                found.append((doc.name, command.split("#", 1)[0].split(" < ", 1)[0].strip()))
     return found
 
 

@@ -813,7 +813,7 @@ def test_keys_new_with_a_broken_config(tmp_path: Path) -> None:
 
 def test_keys_hash() -> None:
     a, b = _key(), _key()
-    done = cli("keys", "hash", stdin=f"{a}\n\n  {b}  \n")
+    done = cli("keys", "hash", stdin=f"# the keys file\n{a}\n\n  # {a}\n  {b}  \r\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"{_hash(a)}  {keys.key_id(a)}", f"{_hash(b)}  {keys.key_id(b)}"]
     assert a not in done.stdout and b not in done.stdout
