@@ -556,3 +556,36 @@ def test_no_secret_in_traces_logs_errors_dashboard_or_doctor(providers: Provider
         assert secret not in log, "a secret in the log"
         for text in seen_text:
             assert secret not in text, "a secret in an answer"
+
+
+# -- the dashboard in a real browser -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    from . import browser
+
+    yield from browser.launch()
+
+
+def test_dashboard_in_a_browser_shows_each_key_its_own_project(start: Any, chromium: Any) -> None:
+    from . import browser as b
+
+    proxy = start()
+    ids = _send_both(proxy)
+    base = proxy.server.url
+    for key, sees in ((ALPHA_KEY, ["alpha"]), (ADMIN_KEY, ["alpha", "beta"])):
+        admin = key == ADMIN_KEY
+        page = chromium.new_context(viewport=b.DESKTOP).new_page()
+        b.login(page, base, key, "/traces?since=all")
+        assert ("all projects" if admin else "project alpha") in page.inner_text(".brand")
+        assert page.locator("#traces-table tbody tr").count() == len(sees)
+        assert page.locator("#f-project").count() == (1 if admin else 0)  # the filter: admin keys only
+        if admin:
+            cells = page.locator("#traces-table tbody tr td:nth-child(2)").all_inner_texts()
+            assert sorted(cells) == sees
+        b.goto(page, f"{base}/?since=all")
+        assert page.locator("section[data-breakdown='project']").count() == (1 if admin else 0)
+        b.goto(page, f"{base}/traces?since=all&project=beta")  # a project's key cannot widen its view
+        assert page.locator("#traces-table tbody tr").count() == 1
+        link = page.locator("#traces-table tbody tr a").first.get_attribute("href") or ""
+        assert link.endswith(ids["beta"] if admin else ids["alpha"])
+        page.context.close()
