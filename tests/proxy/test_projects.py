@@ -210,7 +210,12 @@ def test_routing_exact_prefix_default_and_azure_shape(start: Any, providers: Pro
     compat = providers.fakes["compat"].seen
     assert [s.json()["model"] for s in compat] == ["llama3.1", "mistral-small"]  # prefix stripped; default as sent
     assert "api-key" not in compat[0].headers
-    rows = {t["model"]: t for t in proxy.traces()}
+    # A provider's own error is relayed unchanged (status, body), without the proxy's marker.
+    with httpx.Client(base_url=proxy.base_url, timeout=10, headers=auth(BETA_KEY)) as client:
+        refused = client.post("/chat/completions", json=chat("gpt-4.1"), headers={"x-fake-status": "429"})
+    assert refused.status_code == 429 and refused.json()["error"]["message"] == "planned 429"
+    assert "x-prysm-origin" not in refused.headers
+    rows = {t["model"]: t for t in proxy.traces() if t["http_status"] == 200}
     assert rows["gpt-4.1"]["provider"] == "azure"
     assert rows["local/llama3.1"]["provider"] == "compat"
     assert rows["local/llama3.1"]["response_model"] == "llama3.1"  # as the provider reported it
@@ -589,3 +594,67 @@ def test_dashboard_in_a_browser_shows_each_key_its_own_project(start: Any, chrom
         link = page.locator("#traces-table tbody tr a").first.get_attribute("href") or ""
         assert link.endswith(ids["beta"] if admin else ids["alpha"])
         page.context.close()
+
+
+# -- the command line ------------------------------------------------------------------------------
+def test_a_bad_config_stops_the_start_up_naming_file_and_line_never_a_key(tmp_path: Any) -> None:
+    path = tmp_path / "prysm.toml"
+    path.write_text(
+        f'[[projects]]\nname = "alpha"\nkeys = ["{ALPHA_KEY}", "{ALPHA_KEY[:-4]}"]\n'
+        'default_provider = "main"\n\n  [[projects.providers]]\n  name = "main"\n  kind = "openai"\n'
+        f'  api_key = "{ALPHA_CRED}"\n'  # a literal credential: refused
+    )
+    db = tmp_path / "store" / "traces.db"
+    done = subprocess.run(
+        [*PRYSMAI, "proxy", "--port", "0", "--config", str(path), "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
+    assert done.returncode == 2, done.stderr
+    assert re.search(r"prysm\.toml:\d+", done.stderr), done.stderr
+    assert "Traceback" not in done.stderr and "serving" not in done.stderr
+    for secret in SECRETS:
+        assert secret not in done.stderr and secret[:-4] not in done.stderr
+    assert not db.parent.exists()
+
+
+def test_ui_with_a_config_scopes_each_key_to_its_project(start: Any, providers: Providers, tmp_path: Any) -> None:
+    proxy = start()
+    _send_both(proxy)
+    proxy.stop()
+    env = _env()
+    port = str(_free_port())
+    ui = subprocess.Popen(
+        [*PRYSMAI, "ui", "--db", proxy.db_path, "--config", str(tmp_path / "prysm.toml"), "--port", port],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        root = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(root + "/login", timeout=1)
+                break
+            except httpx.TransportError:
+                assert ui.poll() is None and time.monotonic() < deadline, "prysmai ui did not start"
+                time.sleep(0.1)
+        for key, expected in ((BETA_KEY, {"beta"}), (ADMIN_KEY, {"alpha", "beta"})):
+            with httpx.Client(base_url=root, timeout=10) as client:
+                _dashboard_login(client, key)
+                rows = client.get("/ui/api/traces?since=all").json()["data"]
+                assert {r["project"] for r in rows} == expected
+    finally:
+        ui.terminate()
+        ui.communicate(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
