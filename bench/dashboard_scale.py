@@ -55,6 +55,9 @@ MODELS = [  # (model, share, $ per 1k tokens or None = unpriced)
     ("local-llama", 0.05, None),
 ]
 TARGETS_MS = {"overview": 300.0, "list": 100.0, "detail": 50.0}
+#: Projects and their shares of the traces: one large, two medium and small, one tiny (its rows
+#: are few among many: what a project-scoped read must find without walking everyone's).
+PROJECTS = [("web", 0.6), ("batch", 0.3), ("eval", 0.095), ("tiny", 0.005)]
 WORDS = [
     "the",
     "a",
@@ -86,8 +89,12 @@ WORDS = [
 def make_rows(n: int, now: float, seed: int = 1) -> Any:
     """``n`` trace rows, oldest first, over the last 30 days: 6 models (one unpriced), 3 endpoints,
     1000 users (Zipf-like; 10 % anonymous), sessions of 6-hour windows per user, 4 statuses,
-    40 % streamed (with TTFT), metadata with 3 keys, bodies of 0.2-2 KB."""
+    40 % streamed (with TTFT), metadata with 3 keys, bodies of 0.2-2 KB, 4 projects (``PROJECTS``;
+    drawn from a random stream of their own, so the other values are those of earlier versions)."""
     rng = random.Random(seed)
+    project_rng = random.Random(seed + 1)
+    projects = [p for p, _ in PROJECTS]
+    project_w = [w for _, w in PROJECTS]
     start = now - SPAN_DAYS * DAY
     step = SPAN_DAYS * DAY / n
     models = [m for m, _, _ in MODELS]
@@ -150,6 +157,8 @@ def make_rows(n: int, now: float, seed: int = 1) -> Any:
             "response_model": model,
             "provider_request_id": f"req_{rng.getrandbits(64):016x}",
             "key_id": rng.choice(keys),
+            "project": project_rng.choices(projects, project_w)[0],
+            "provider": "local" if price is None else "openai",
         }
 
 
@@ -276,6 +285,14 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ).fetchone()
     )
     trace_id, session = probe[0], probe[1]
+    web, tiny = TraceFilter(project="web"), TraceFilter(project="tiny")
+    web24, web7 = TraceFilter(since=now - DAY, project="web"), TraceFilter(since=now - 7 * DAY, project="web")
+    web_trace = runner.run_sync(
+        lambda c: c.execute(
+            "SELECT id FROM traces WHERE project = 'web' ORDER BY created_at DESC LIMIT 1 OFFSET 500"
+        ).fetchone()[0]
+    )
+    month = now - now % 3600 - 30 * DAY
     cases: list[tuple[str, str, Any, tuple[Any, ...], dict[str, Any]]] = [
         ("overview", "overview 24 h", queries.overview, (last24,), {}),
         ("overview", "overview 7 d", queries.overview, (last7,), {}),
@@ -330,6 +347,58 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ("detail", "session page (its traces in full)", queries.session_traces, (session,), {}),
         ("list", "sessions, 24 h", queries.sessions, (last24,), {}),
         ("list", "users, all", queries.users, (every,), {}),
+        # One project's traces (what a project's key reads): web holds 60 % of them, tiny 0.5 %.
+        ("overview", "project web: overview 24 h", queries.overview, (web24,), {}),
+        ("overview", "project web: overview all", queries.overview, (web,), {}),
+        (
+            "overview",
+            "project tiny: overview 7 d",
+            queries.overview,
+            (TraceFilter(since=now - 7 * DAY, project="tiny"),),
+            {},
+        ),
+        ("page", "project web: overview page 24 h", overview_page, (web24,), {}),
+        ("page", "project web: overview page 7 d", overview_page, (web7,), {}),
+        ("list", "project web: list, newest 50", queries.list_traces, (web,), {}),
+        ("list", "project web: list, 20 pages by cursor", list_pages, (web, 20), {}),
+        ("list", "project tiny: list, newest 50", queries.list_traces, (tiny,), {}),
+        ("list", "project tiny: list, 20 pages by cursor", list_pages, (tiny, 20), {}),
+        (
+            "list",
+            "project web: list, model = local-llama",
+            queries.list_traces,
+            (TraceFilter(model="local-llama", project="web"),),
+            {},
+        ),
+        (
+            "list",
+            "project web: list, one user",
+            queries.list_traces,
+            (TraceFilter(user_id="user-0500", project="web"),),
+            {},
+        ),
+        ("list", "project web: list, 24 h, sorted by latency", queries.list_traces, (web24,), {"sort": "latency_ms"}),
+        (
+            "list",
+            "project web: list, all, sorted by cost ascending",
+            queries.list_traces,
+            (web,),
+            {"sort": "cost_usd", "descending": False},
+        ),
+        (
+            "list",
+            "project tiny: list, all, sorted by cost ascending",
+            queries.list_traces,
+            (tiny,),
+            {"sort": "cost_usd", "descending": False},
+        ),
+        ("detail", "project web: detail by id", queries.get_trace, (web_trace,), {"project": "web"}),
+        ("detail", "project web: detail by 8-char prefix", queries.get_trace, (web_trace[:8],), {"project": "web"}),
+        ("detail", "project web: session page", queries.session_traces, (session,), {"project": "web"}),
+        ("list", "project web: sessions, 24 h", queries.sessions, (web24,), {}),
+        ("list", "project web: users, all", queries.users, (web,), {}),
+        ("list", "project tiny: users, all", queries.users, (tiny,), {}),
+        ("overview", "month_spend (30 days, every project)", queries.month_spend, (month,), {}),
     ]
     out = []
     try:
