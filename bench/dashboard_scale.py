@@ -40,7 +40,7 @@ from _common import BENCH_DIR, PRYSM_KEY, REPO_DIR, emit, machine_info, median
 sys.path.insert(0, str(REPO_DIR))
 
 from prysmai._proxy import queries
-from prysmai._proxy.migrations import V1
+from prysmai._proxy.migrations import SCHEMA_VERSION, V1
 from prysmai._proxy.queries import ReadRunner, TraceFilter
 from prysmai._proxy.store import COLUMNS, TraceStore, open_db
 
@@ -205,6 +205,26 @@ def fill_v1(path: Path, n: int, now: float, source: Path | None = None) -> None:
             batch.clear()
     conn.executemany(sql, batch)
     conn.execute("COMMIT")
+    conn.close()
+
+
+def fill_v2(path: Path, n: int, now: float, source: Path | None = None) -> None:
+    """A store as prysmai wrote it at schema 2 (before projects): its DDL (dumped from a store it
+    made, kept with the tests), the rows of ``source`` (else of a schema-1 store filled here),
+    folded into its rollups by its own trigger."""
+    if source is None or not source.exists():
+        source = path.with_name(path.name + ".v1-source")
+        fill_v1(source, n, now)
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.executescript((REPO_DIR / "tests" / "proxy" / "schema_v2.sql").read_text())
+    names = ", ".join(COLUMNS[: COLUMNS.index("key_id") + 1])
+    conn.execute("ATTACH DATABASE ? AS src", (str(source),))
+    conn.execute("BEGIN")
+    conn.execute(f"INSERT INTO traces ({names}) SELECT {names} FROM src.traces ORDER BY created_at")
+    conn.execute("UPDATE rollup_state SET fold_from = 0, folded_rowid = (SELECT max(rowid) FROM traces)")
+    conn.execute("COMMIT")
+    conn.execute("DETACH DATABASE src")
     conn.close()
 
 
@@ -550,7 +570,8 @@ def table(records: list[dict[str, Any]], sizes: list[int]) -> str:
     for r in records:
         if r["kind"] == "migrate":
             lines.append(
-                f"\nMigration of a {r['size']:,}-trace schema-1 store (prysmai 0.1.0) to schema 2: {r['seconds']:.1f} s"
+                f"\nMigration of a {r['size']:,}-trace schema-{r['from']} store to schema {SCHEMA_VERSION}: "
+                f"{r['seconds']:.1f} s"
             )
     proxy = [r for r in records if r["kind"] == "proxy"]
     if proxy:
@@ -598,22 +619,24 @@ def main(argv: list[str] | None = None) -> int:
             records.append(cli_stats(path, size))
         if not args.quick and not args.no_migration:
             size = max(sizes)
-            v1 = workdir / f"v1-{size}.db"
-            for old in workdir.glob(v1.name + "*"):
-                old.unlink()
-            fill_v1(v1, size, now, source=workdir / f"store-{size}.db")
-            t0 = time.perf_counter()
-            open_db(str(v1)).close()
-            record = {
-                "bench": "dashboard",
-                "kind": "migrate",
-                "size": size,
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-            emit(record)
-            records.append(record)
-            for old in workdir.glob(v1.name + "*"):
-                old.unlink()
+            for schema, make in ((1, fill_v1), (2, fill_v2)):
+                old_store = workdir / f"v{schema}-{size}.db"
+                for old in workdir.glob(old_store.name + "*"):
+                    old.unlink()
+                make(old_store, size, now, source=workdir / f"store-{size}.db")
+                t0 = time.perf_counter()
+                open_db(str(old_store)).close()
+                record = {
+                    "bench": "dashboard",
+                    "kind": "migrate",
+                    "from": schema,
+                    "size": size,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
+                emit(record)
+                records.append(record)
+                for old in workdir.glob(old_store.name + "*"):
+                    old.unlink()
         if not args.quick and not args.no_proxy:
             records += proxy_under_dashboard(
                 workdir / f"store-{max(sizes)}.db", workdir, args.proxy_rounds, args.seq_requests

@@ -58,7 +58,7 @@ V2_COLUMNS = COLUMNS[: COLUMNS.index("key_id") + 1]
 # The schema prysmai wrote before projects (schema 2), dumped verbatim from a store it made.
 V2_DDL = (Path(__file__).parent / "schema_v2.sql").read_text()
 #: Schema 3's indexes (a new store's, and a migrated one's).
-INDEXES = {"traces_agg", "traces_project", "traces_user3", "traces_session3", "traces_key"}
+INDEXES = {"traces_agg", "traces_project", "traces_user3", "traces_session3", "traces_key3"}
 
 _counter = iter(range(1, 10**9))
 
