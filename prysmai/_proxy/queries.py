@@ -15,8 +15,10 @@ periods at its edges, when the filter only names time, project, model, endpoint 
 through its covering indexes.
 
 **Projects**: every function reads one project's traces when the filter names it
-(:attr:`TraceFilter.project`; :func:`get_trace` and :func:`session_traces` take ``project=``), from
-the rollups as for all projects; a trace of another project is not found.
+(:attr:`TraceFilter.project`; :func:`get_trace` and :func:`session_traces` take ``project=``); a
+trace of another project is not found. The rollups and the covering indexes hold the project, so
+a large project is read as the whole store is (filtered in the index); a small one
+(:data:`SMALL_PROJECT`), and any project's traces listed by time, through ``traces_project``.
 
 **Percentiles** are nearest-rank percentiles read from a log-scale histogram of 16 buckets per
 e-fold (bucket bounds differ by a factor e^(1/16) = 1.0645). The value reported is the geometric
