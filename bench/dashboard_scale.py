@@ -451,7 +451,10 @@ def cli_stats(path: Path, size: int) -> dict[str, Any]:
     walls, rss = [], []
     for _ in range(3):
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # This checkout's prysmai, not whichever the interpreter finds from the bench folder
+        # (main() changes into it): a run of another checkout must time that checkout's command.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_DIR), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         walls.append(time.perf_counter() - t0)
         rss.append(usage.ru_maxrss / 1024)

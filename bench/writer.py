@@ -132,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                 cell += f", **{median(ratios):.2f}x** [{min(ratios):.2f}-{max(ratios):.2f}]"
             cells.append(cell)
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    lines.append(
-        f"\nrows/s of writer-thread CPU, per round; **x**: median over rounds of the ratio to {reference} "
-        "in the same round [range]"
-    )
+    if len(variants) > 1:
+        lines.append(
+            f"\nrows/s of writer-thread CPU, per round; **x**: median over rounds of the ratio to {reference} "
+            "in the same round [range]"
+        )
     print("\n".join(lines), file=sys.stderr)
     return 0
 
