@@ -35,7 +35,7 @@ from _common import BENCH_DIR, REPO_DIR, emit, machine_info, median
 KINDS = ("plain", "users", "projects")
 
 
-def child(code: str, kind: str, n: int, drop: str | None) -> None:
+def child(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> None:
     sys.path.insert(0, code)
     from prysmai._proxy import store as store_module
 
@@ -51,6 +51,8 @@ def child(code: str, kind: str, n: int, drop: str | None) -> None:
             row["user_id"] = row["session_id"] = None
         row["project"] = rng.choices(["web", "batch", "eval"], (6, 3, 1))[0] if kind == "projects" else "default"
         row["provider"] = "openai"
+        if body_kb:  # rows larger than a page: their last columns sit on overflow pages
+            row["response_body"] = (row["response_body"] or "") + "x" * (body_kb * 1024)
         rows.append(row)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "t.db")
@@ -70,8 +72,8 @@ def child(code: str, kind: str, n: int, drop: str | None) -> None:
     print(json.dumps({"writer_cpu_s": writer_cpu, "wall_s": wall}))
 
 
-def run(code: str, kind: str, n: int, drop: str | None) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", code, "--kinds", kind, "--rows", str(n)]
+def run(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", code, "--kinds", kind, "--rows", str(n), "--body-kb", str(body_kb)]
     if drop:
         cmd += ["--drop", drop]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1200).stdout
@@ -86,10 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--kinds", default="plain,users,projects")
     parser.add_argument("--drop", metavar="INDEX", help="also run this checkout without INDEX")
+    parser.add_argument("--body-kb", type=int, default=0, help="add this many KiB to every response body")
     parser.add_argument("--child", metavar="CODE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.kinds, args.rows, args.drop)
+        child(args.child, args.kinds, args.rows, args.drop, args.body_kb)
         return 0
     kinds = [k for k in args.kinds.split(",") if k]
     for k in kinds:
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in kinds:
             order = variants[rnd % len(variants) :] + variants[: rnd % len(variants)]  # rotate
             for name, code, drop in order:
-                r = run(code, kind, args.rows, drop)
+                r = run(code, kind, args.rows, drop, args.body_kb)
                 rate = args.rows / r["writer_cpu_s"]
                 results.setdefault((kind, name), []).append(rate)
                 emit(
