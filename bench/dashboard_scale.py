@@ -40,7 +40,7 @@ from _common import BENCH_DIR, PRYSM_KEY, REPO_DIR, emit, machine_info, median
 sys.path.insert(0, str(REPO_DIR))
 
 from prysmai._proxy import queries
-from prysmai._proxy.migrations import V1
+from prysmai._proxy.migrations import SCHEMA_VERSION, V1
 from prysmai._proxy.queries import ReadRunner, TraceFilter
 from prysmai._proxy.store import COLUMNS, TraceStore, open_db
 
@@ -55,6 +55,9 @@ MODELS = [  # (model, share, $ per 1k tokens or None = unpriced)
     ("local-llama", 0.05, None),
 ]
 TARGETS_MS = {"overview": 300.0, "list": 100.0, "detail": 50.0}
+#: Projects and their shares of the traces: one large, two medium and small, one tiny (its rows
+#: are few among many: what a project-scoped read must find without walking everyone's).
+PROJECTS = [("web", 0.6), ("batch", 0.3), ("eval", 0.095), ("tiny", 0.005)]
 WORDS = [
     "the",
     "a",
@@ -86,8 +89,12 @@ WORDS = [
 def make_rows(n: int, now: float, seed: int = 1) -> Any:
     """``n`` trace rows, oldest first, over the last 30 days: 6 models (one unpriced), 3 endpoints,
     1000 users (Zipf-like; 10 % anonymous), sessions of 6-hour windows per user, 4 statuses,
-    40 % streamed (with TTFT), metadata with 3 keys, bodies of 0.2-2 KB."""
+    40 % streamed (with TTFT), metadata with 3 keys, bodies of 0.2-2 KB, 4 projects (``PROJECTS``;
+    drawn from a random stream of their own, so the other values are those of earlier versions)."""
     rng = random.Random(seed)
+    project_rng = random.Random(seed + 1)
+    projects = [p for p, _ in PROJECTS]
+    project_w = [w for _, w in PROJECTS]
     start = now - SPAN_DAYS * DAY
     step = SPAN_DAYS * DAY / n
     models = [m for m, _, _ in MODELS]
@@ -150,6 +157,8 @@ def make_rows(n: int, now: float, seed: int = 1) -> Any:
             "response_model": model,
             "provider_request_id": f"req_{rng.getrandbits(64):016x}",
             "key_id": rng.choice(keys),
+            "project": project_rng.choices(projects, project_w)[0],
+            "provider": "local" if price is None else "openai",
         }
 
 
@@ -196,6 +205,26 @@ def fill_v1(path: Path, n: int, now: float, source: Path | None = None) -> None:
             batch.clear()
     conn.executemany(sql, batch)
     conn.execute("COMMIT")
+    conn.close()
+
+
+def fill_v2(path: Path, n: int, now: float, source: Path | None = None) -> None:
+    """A store as prysmai wrote it at schema 2 (before projects): its DDL (dumped from a store it
+    made, kept with the tests), the rows of ``source`` (else of a schema-1 store filled here),
+    folded into its rollups by its own trigger."""
+    if source is None or not source.exists():
+        source = path.with_name(path.name + ".v1-source")
+        fill_v1(source, n, now)
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.executescript((REPO_DIR / "tests" / "proxy" / "schema_v2.sql").read_text())
+    names = ", ".join(COLUMNS[: COLUMNS.index("key_id") + 1])
+    conn.execute("ATTACH DATABASE ? AS src", (str(source),))
+    conn.execute("BEGIN")
+    conn.execute(f"INSERT INTO traces ({names}) SELECT {names} FROM src.traces ORDER BY created_at")
+    conn.execute("UPDATE rollup_state SET fold_from = 0, folded_rowid = (SELECT max(rowid) FROM traces)")
+    conn.execute("COMMIT")
+    conn.execute("DETACH DATABASE src")
     conn.close()
 
 
@@ -276,6 +305,14 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ).fetchone()
     )
     trace_id, session = probe[0], probe[1]
+    web, tiny = TraceFilter(project="web"), TraceFilter(project="tiny")
+    web24, web7 = TraceFilter(since=now - DAY, project="web"), TraceFilter(since=now - 7 * DAY, project="web")
+    web_trace = runner.run_sync(
+        lambda c: c.execute(
+            "SELECT id FROM traces WHERE project = 'web' ORDER BY created_at DESC LIMIT 1 OFFSET 500"
+        ).fetchone()[0]
+    )
+    month = now - now % 3600 - 30 * DAY
     cases: list[tuple[str, str, Any, tuple[Any, ...], dict[str, Any]]] = [
         ("overview", "overview 24 h", queries.overview, (last24,), {}),
         ("overview", "overview 7 d", queries.overview, (last7,), {}),
@@ -330,6 +367,58 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ("detail", "session page (its traces in full)", queries.session_traces, (session,), {}),
         ("list", "sessions, 24 h", queries.sessions, (last24,), {}),
         ("list", "users, all", queries.users, (every,), {}),
+        # One project's traces (what a project's key reads): web holds 60 % of them, tiny 0.5 %.
+        ("overview", "project web: overview 24 h", queries.overview, (web24,), {}),
+        ("overview", "project web: overview all", queries.overview, (web,), {}),
+        (
+            "overview",
+            "project tiny: overview 7 d",
+            queries.overview,
+            (TraceFilter(since=now - 7 * DAY, project="tiny"),),
+            {},
+        ),
+        ("page", "project web: overview page 24 h", overview_page, (web24,), {}),
+        ("page", "project web: overview page 7 d", overview_page, (web7,), {}),
+        ("list", "project web: list, newest 50", queries.list_traces, (web,), {}),
+        ("list", "project web: list, 20 pages by cursor", list_pages, (web, 20), {}),
+        ("list", "project tiny: list, newest 50", queries.list_traces, (tiny,), {}),
+        ("list", "project tiny: list, 20 pages by cursor", list_pages, (tiny, 20), {}),
+        (
+            "list",
+            "project web: list, model = local-llama",
+            queries.list_traces,
+            (TraceFilter(model="local-llama", project="web"),),
+            {},
+        ),
+        (
+            "list",
+            "project web: list, one user",
+            queries.list_traces,
+            (TraceFilter(user_id="user-0500", project="web"),),
+            {},
+        ),
+        ("list", "project web: list, 24 h, sorted by latency", queries.list_traces, (web24,), {"sort": "latency_ms"}),
+        (
+            "list",
+            "project web: list, all, sorted by cost ascending",
+            queries.list_traces,
+            (web,),
+            {"sort": "cost_usd", "descending": False},
+        ),
+        (
+            "list",
+            "project tiny: list, all, sorted by cost ascending",
+            queries.list_traces,
+            (tiny,),
+            {"sort": "cost_usd", "descending": False},
+        ),
+        ("detail", "project web: detail by id", queries.get_trace, (web_trace,), {"project": "web"}),
+        ("detail", "project web: detail by 8-char prefix", queries.get_trace, (web_trace[:8],), {"project": "web"}),
+        ("detail", "project web: session page", queries.session_traces, (session,), {"project": "web"}),
+        ("list", "project web: sessions, 24 h", queries.sessions, (web24,), {}),
+        ("list", "project web: users, all", queries.users, (web,), {}),
+        ("list", "project tiny: users, all", queries.users, (tiny,), {}),
+        ("overview", "month_spend (30 days, every project)", queries.month_spend, (month,), {}),
     ]
     out = []
     try:
@@ -362,7 +451,10 @@ def cli_stats(path: Path, size: int) -> dict[str, Any]:
     walls, rss = [], []
     for _ in range(3):
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # This checkout's prysmai, not whichever the interpreter finds from the bench folder
+        # (main() changes into it): a run of another checkout must time that checkout's command.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_DIR), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         walls.append(time.perf_counter() - t0)
         rss.append(usage.ru_maxrss / 1024)
@@ -481,7 +573,8 @@ def table(records: list[dict[str, Any]], sizes: list[int]) -> str:
     for r in records:
         if r["kind"] == "migrate":
             lines.append(
-                f"\nMigration of a {r['size']:,}-trace schema-1 store (prysmai 0.1.0) to schema 2: {r['seconds']:.1f} s"
+                f"\nMigration of a {r['size']:,}-trace schema-{r['from']} store to schema {SCHEMA_VERSION}: "
+                f"{r['seconds']:.1f} s"
             )
     proxy = [r for r in records if r["kind"] == "proxy"]
     if proxy:
@@ -529,22 +622,24 @@ def main(argv: list[str] | None = None) -> int:
             records.append(cli_stats(path, size))
         if not args.quick and not args.no_migration:
             size = max(sizes)
-            v1 = workdir / f"v1-{size}.db"
-            for old in workdir.glob(v1.name + "*"):
-                old.unlink()
-            fill_v1(v1, size, now, source=workdir / f"store-{size}.db")
-            t0 = time.perf_counter()
-            open_db(str(v1)).close()
-            record = {
-                "bench": "dashboard",
-                "kind": "migrate",
-                "size": size,
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-            emit(record)
-            records.append(record)
-            for old in workdir.glob(v1.name + "*"):
-                old.unlink()
+            for schema, make in ((1, fill_v1), (2, fill_v2)):
+                old_store = workdir / f"v{schema}-{size}.db"
+                for old in workdir.glob(old_store.name + "*"):
+                    old.unlink()
+                make(old_store, size, now, source=workdir / f"store-{size}.db")
+                t0 = time.perf_counter()
+                open_db(str(old_store)).close()
+                record = {
+                    "bench": "dashboard",
+                    "kind": "migrate",
+                    "from": schema,
+                    "size": size,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
+                emit(record)
+                records.append(record)
+                for old in workdir.glob(old_store.name + "*"):
+                    old.unlink()
         if not args.quick and not args.no_proxy:
             records += proxy_under_dashboard(
                 workdir / f"store-{max(sizes)}.db", workdir, args.proxy_rounds, args.seq_requests

@@ -18,9 +18,10 @@
 * ``traces.project`` (``NOT NULL DEFAULT 'default'``) and ``traces.provider``. Adding a column
   with a constant default rewrites no row: the rows of an earlier store read as project
   ``default``;
-* ``project`` in every rollup's key, and in ``traces_agg``; the index ``traces_project``
-  (project, created_at, id) for a project's traces in time order. The rollups are rebuilt and
-  every row folded again.
+* ``project`` in every rollup's key, and in the indexes (``traces_agg``; ``traces_user3``,
+  ``traces_session3`` and ``traces_key3`` replace ``traces_user2``, ``traces_session2`` and
+  ``traces_key``); the index ``traces_project`` (project, created_at, id) for a project's traces
+  in time order. The rollups are rebuilt and every row folded again.
 
 All pending steps run in one ``BEGIN IMMEDIATE`` transaction that also sets the new version, so
 a store is never left half-migrated: an interrupted migration leaves the previous version intact
@@ -90,39 +91,37 @@ CREATE INDEX IF NOT EXISTS traces_session ON traces (session_id, created_at);
 """
 
 # -- version 2 ----------------------------------------------------------------------------------
-# Index choice, for a writer that stays fast: the user and session indexes cover per-user and
-# per-session aggregates over all time. No index per sort column: each would be one more random
-# B-tree insertion per trace. (Schema 2's traces_agg is schema 3's, below, without the project.)
+# Schema 2 also had indexes (traces_key, covering ones) and rollups; schema 3's step, which always
+# follows in the same transaction, replaces them all, so this step does not build them only to
+# have them rebuilt.
 V2_INDEXES = """
-CREATE INDEX IF NOT EXISTS traces_key ON traces (key_id, created_at);
 DROP INDEX IF EXISTS traces_created_at;
 DROP INDEX IF EXISTS traces_model;
 DROP INDEX IF EXISTS traces_user;
 DROP INDEX IF EXISTS traces_session;
-CREATE INDEX IF NOT EXISTS traces_user2 ON traces
-    (user_id, created_at, status, total_tokens, cost_usd, latency_ms);
-CREATE INDEX IF NOT EXISTS traces_session2 ON traces
-    (session_id, created_at, status, total_tokens, cost_usd, latency_ms);
 """
 
 
 def _to_v2(conn: sqlite3.Connection) -> None:
     if "key_id" not in _columns(conn):
         conn.execute("ALTER TABLE traces ADD COLUMN key_id TEXT")
-    # The rollups and traces_agg come with schema 3's step, which always follows in the same
-    # transaction: building schema 2's here would be undone there.
     _script(conn, V2_INDEXES)
 
 
 # -- version 3 ----------------------------------------------------------------------------------
-# traces_agg grows at its end (created_at increases), so it is nearly free to maintain; it serves
-# time ranges, aggregates, per-user and per-session groups within a range, and sorted listings (a
-# listing picks its page of ids from it, then reads those rows) -- with or without a project,
-# which it holds too: ``project`` is the table's last column, after the bodies, so reading it from
-# a row may mean walking the row's overflow pages; no query reads it from rows. traces_project
-# lists one project's traces in time order (a keyset page is one range of it) and finds a small
-# project's rows without walking everyone's; its insertion points are the ends of a few
-# projects' ranges, so it costs the writer little more than an append.
+# Index choice, for a writer that stays fast (bench/README.md has the measurements):
+# - traces_agg grows at its end (created_at increases), so it is nearly free to maintain; it
+#   serves time ranges, aggregates, per-user and per-session groups within a range, and sorted
+#   listings (a listing picks its page of ids from it, then reads those rows);
+# - the user and session indexes cover per-user and per-session aggregates over all time;
+# - each holds the project, so a query scoped to a project reads what it reads unscoped: the
+#   project is the table's last column, after the bodies, and reading it from rows (which may mean
+#   walking their overflow pages) made scoped listings up to 300 times slower (and a key's
+#   aggregates, which read its rows anyway, 1.4 times slower even without overflow pages);
+# - traces_project lists one project's traces in time order (a keyset page is one range of it)
+#   and finds a small project's rows without walking everyone's; its insertion points are the
+#   ends of a few projects' ranges, so it costs the writer little more than an append.
+# No index per sort column: each would be one more random B-tree insertion per trace.
 # 'default' is projects.DEFAULT_PROJECT, spelled out: a migration is history and must not change.
 V3_COLUMNS = (
     ("project", "ALTER TABLE traces ADD COLUMN project TEXT NOT NULL DEFAULT 'default'"),
@@ -130,8 +129,16 @@ V3_COLUMNS = (
 )
 V3_INDEXES = """
 DROP INDEX IF EXISTS traces_agg;
+DROP INDEX IF EXISTS traces_user2;
+DROP INDEX IF EXISTS traces_session2;
+DROP INDEX IF EXISTS traces_key;
 CREATE INDEX traces_agg ON traces (created_at, status, model, endpoint, latency_ms, ttft_ms,
     prompt_tokens, completion_tokens, total_tokens, cost_usd, user_id, session_id, project, id);
+CREATE INDEX IF NOT EXISTS traces_user3 ON traces
+    (user_id, created_at, status, total_tokens, cost_usd, latency_ms, project);
+CREATE INDEX IF NOT EXISTS traces_session3 ON traces
+    (session_id, created_at, status, total_tokens, cost_usd, latency_ms, project);
+CREATE INDEX IF NOT EXISTS traces_key3 ON traces (key_id, created_at, project);
 CREATE INDEX IF NOT EXISTS traces_project ON traces (project, created_at, id);
 """
 

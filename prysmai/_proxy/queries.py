@@ -15,8 +15,10 @@ periods at its edges, when the filter only names time, project, model, endpoint 
 through its covering indexes.
 
 **Projects**: every function reads one project's traces when the filter names it
-(:attr:`TraceFilter.project`; :func:`get_trace` and :func:`session_traces` take ``project=``), from
-the rollups as for all projects; a trace of another project is not found.
+(:attr:`TraceFilter.project`; :func:`get_trace` and :func:`session_traces` take ``project=``); a
+trace of another project is not found. The rollups and the covering indexes hold the project, so
+a large project is read as the whole store is (filtered in the index); a small one
+(:data:`SMALL_PROJECT`), and any project's traces listed by time, through ``traces_project``.
 
 **Percentiles** are nearest-rank percentiles read from a log-scale histogram of 16 buckets per
 e-fold (bucket bounds differ by a factor e^(1/16) = 1.0645). The value reported is the geometric
@@ -139,11 +141,26 @@ class _SQLite:
 _DIALECT = _SQLite()
 
 
-def _traces(f: TraceFilter) -> str:
-    """``traces``, read time-first when the filter has a start and no key-like column to seek."""
-    if f.since is not None and f.user_id is None and f.session_id is None and f.key_id is None:
+def _traces(f: TraceFilter, seek: bool = False) -> str:
+    """``traces``, read time-first when the filter has a start and no key-like column to seek (a
+    small project's own index, with ``seek``, is one)."""
+    if f.since is not None and f.user_id is None and f.session_id is None and f.key_id is None and not seek:
         return _DIALECT.time_first("traces")
     return "traces"
+
+
+#: A project with fewer traces than this is read through its own index (``traces_project``) and
+#: its rows; a larger one through the covering indexes an unscoped query reads, which hold the
+#: project too.
+SMALL_PROJECT = 5000
+
+
+def _small_project(conn: sqlite3.Connection, f: TraceFilter) -> bool:
+    """Whether ``f`` names a small project (at most :data:`SMALL_PROJECT` index entries read)."""
+    if f.project is None:
+        return False
+    sql = "SELECT count(*) FROM (SELECT 1 FROM traces WHERE project = ? LIMIT ?)"
+    return int(conn.execute(sql, [f.project, SMALL_PROJECT]).fetchone()[0]) < SMALL_PROJECT
 
 
 # -- filters ------------------------------------------------------------------------------------
@@ -250,11 +267,17 @@ class TraceFilter:
 
 
 def _conditions(
-    f: TraceFilter, since: float | None = None, until: float | None = None, *, times: bool = True
+    f: TraceFilter, since: float | None = None, until: float | None = None, *, times: bool = True, seek: bool = False
 ) -> tuple[list[str], list[Any]]:
-    """WHERE clauses on ``traces`` for ``f``; ``since``/``until`` override the filter's range."""
+    """WHERE clauses on ``traces`` for ``f``; ``since``/``until`` override the filter's range.
+    The project is matched through ``traces_project`` only with ``seek``: otherwise SQLite would
+    take that index for any query naming a project (an equality on its first column), and read
+    every row of a large project for what a covering index answers."""
     clauses: list[str] = []
     params: list[Any] = []
+    if f.project is not None:
+        clauses.append("project = ?" if seek else "+project = ?")  # unary +: not through an index
+        params.append(f.project)
     if times:
         since = f.since if since is None else since
         until = f.until if until is None else until
@@ -264,7 +287,7 @@ def _conditions(
         if until is not None:
             clauses.append("created_at < ?")
             params.append(until)
-    for column in ("project", "model", "endpoint", "status", "user_id", "session_id", "key_id"):
+    for column in ("model", "endpoint", "status", "user_id", "session_id", "key_id"):
         value = getattr(f, column)
         if value is not None:
             clauses.append(f"{column} = ?")
@@ -386,9 +409,15 @@ def _agg(aggs: dict[Any, _Agg], g: Any) -> _Agg:
 
 
 def _raw_totals(
-    conn: sqlite3.Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, lo: float | None, hi: float | None
+    conn: sqlite3.Connection,
+    aggs: dict[Any, _Agg],
+    f: TraceFilter,
+    g: str,
+    lo: float | None,
+    hi: float | None,
+    seek: bool = False,
 ) -> None:
-    clauses, params = _conditions(f, lo, hi)
+    clauses, params = _conditions(f, lo, hi, seek=seek)
     sql = (
         f"SELECT {g} AS g, count(*), sum({_ERR}), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), "
         f"sum(cost_usd), sum({_UNPRICED}) FROM traces{_where(clauses)} GROUP BY g"
@@ -398,9 +427,15 @@ def _raw_totals(
 
 
 def _raw_hist(
-    conn: sqlite3.Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, lo: float | None, hi: float | None
+    conn: sqlite3.Connection,
+    aggs: dict[Any, _Agg],
+    f: TraceFilter,
+    g: str,
+    lo: float | None,
+    hi: float | None,
+    seek: bool = False,
 ) -> None:
-    clauses, params = _conditions(f, lo, hi)
+    clauses, params = _conditions(f, lo, hi, seek=seek)
     for metric, column in METRICS:
         b = _DIALECT.bucket(column)
         sql = (
@@ -491,12 +526,15 @@ def _collect(
     now = time.time() if now is None else now
     aggs: dict[Any, _Agg] = {}
     g = grouping
+    # The rollups answer whole periods: rows are read for the edges only, through traces_agg,
+    # unless the filter needs them all (then a small project's are found through its index).
+    seek = not f.rollup_ok and _small_project(conn, f)
 
     def raw_totals(lo: float | None, hi: float | None) -> None:
-        _raw_totals(conn, aggs, f, g.raw, lo, hi)
+        _raw_totals(conn, aggs, f, g.raw, lo, hi, seek)
 
     def raw_hist(lo: float | None, hi: float | None) -> None:
-        _raw_hist(conn, aggs, f, g.raw, lo, hi)
+        _raw_hist(conn, aggs, f, g.raw, lo, hi, seek)
 
     totals: list[tuple[int, Callable[[int | None, int], None]]] = []
     hour_group = g.hour
@@ -669,10 +707,11 @@ def breakdown(conn: sqlite3.Connection, f: TraceFilter, by: str, limit: int = 20
         return [_breakdown_row(k, a) for k, a in top]
     # Users and sessions are not in the rollups: pick the top keys by count through the covering
     # index, then read the latency histograms of those keys only.
-    clauses, params = _conditions(f)
+    seek = _small_project(conn, f)
+    clauses, params = _conditions(f, seek=seek)
     sql = (
         f"SELECT {by}, count(*) AS n, sum({_ERR}), sum(total_tokens), sum(cost_usd), sum({_UNPRICED}) "
-        f"FROM {_traces(f)}{_where(clauses)} GROUP BY {by} ORDER BY n DESC, {by} LIMIT ?"
+        f"FROM {_traces(f, seek)}{_where(clauses)} GROUP BY {by} ORDER BY n DESC, {by} LIMIT ?"
     )
     aggs = {}
     for key, n, errors, total, cost, unpriced in conn.execute(sql, [*params, limit]):
@@ -687,7 +726,7 @@ def breakdown(conn: sqlite3.Connection, f: TraceFilter, by: str, limit: int = 20
             member.append(f"{by} IS NULL")
         b = _DIALECT.bucket("latency_ms")
         sql = (
-            f"SELECT {by}, {b} AS b, count(*), min(latency_ms), max(latency_ms) FROM {_traces(f)}"
+            f"SELECT {by}, {b} AS b, count(*), min(latency_ms), max(latency_ms) FROM {_traces(f, seek)}"
             f"{_where([*clauses, '(' + ' OR '.join(member) + ')', 'latency_ms IS NOT NULL'])} GROUP BY {by}, b"
         )
         for key, bucket, n, lo, hi in conn.execute(sql, [*params, *keys]):
@@ -787,7 +826,11 @@ def list_traces(
     kind = f"traces:{column}:{'desc' if descending else 'asc'}"
     after = _decode_cursor(cursor, kind) if cursor else None
     op, order = ("<", "DESC") if descending else (">", "ASC")
-    clauses, params = _conditions(f)
+    # A project's traces by time alone are one range of traces_project (which holds the ids); with
+    # any other filter or order, a large project's are picked from the covering traces_agg.
+    by_time_only = column == "created_at" and f == TraceFilter(since=f.since, until=f.until, project=f.project)
+    seek = f.project is not None and (by_time_only or _small_project(conn, f))
+    clauses, params = _conditions(f, seek=seek)
     # Pick the page's ids first (from the covering index traces_agg when the filter allows), then
     # read just those rows: sorting full rows would read every row of the range, bodies included.
     ids: list[Any] = []
@@ -855,7 +898,8 @@ def _groups(
 ) -> tuple[list[dict[str, Any]], str | None]:
     limit = _check_limit(limit)
     kind = f"{column}s"
-    clauses, params = _conditions(f)
+    seek = _small_project(conn, f)
+    clauses, params = _conditions(f, seek=seek)
     clauses.append(f"{column} IS NOT NULL")
     having = ""
     more: list[Any] = []
@@ -865,8 +909,8 @@ def _groups(
         more = [after[1], after[2]]
     sql = (
         f"SELECT {column}, count(*), sum({_ERR}), coalesce(sum(total_tokens), 0), sum(cost_usd), sum({_UNPRICED}), "
-        f"min(created_at), max(created_at) AS last_seen FROM {_traces(f)}{_where(clauses)} GROUP BY {column}{having} "
-        f"ORDER BY last_seen DESC, {column} DESC LIMIT ?"
+        f"min(created_at), max(created_at) AS last_seen FROM {_traces(f, seek)}{_where(clauses)} "
+        f"GROUP BY {column}{having} ORDER BY last_seen DESC, {column} DESC LIMIT ?"
     )
     rows = [
         {

@@ -87,6 +87,15 @@ def stores(tmp_path_factory: Any) -> Iterator[dict[str | None, sqlite3.Connectio
         conn.close()
 
 
+@pytest.fixture(params=["small", "large"])
+def sizes(request: Any, monkeypatch: Any) -> str:
+    """Read every project as a small one (through its own index) or as a large one (through the
+    covering indexes): the two plans must give the same answers."""
+    if request.param == "large":
+        monkeypatch.setattr(queries, "SMALL_PROJECT", 1)
+    return str(request.param)
+
+
 def scoped(f: TraceFilter, project: str) -> TraceFilter:
     return dataclasses.replace(f, project=project)
 
@@ -124,7 +133,7 @@ FILTERS = [
 @pytest.mark.parametrize("project", PROJECTS)
 @pytest.mark.parametrize("f", FILTERS, ids=repr)
 def test_aggregates_scoped_equal_the_projects_own_store(
-    stores: dict[str | None, sqlite3.Connection], project: str, f: TraceFilter
+    stores: dict[str | None, sqlite3.Connection], project: str, f: TraceFilter, sizes: str
 ) -> None:
     mixed, own = stores[None], stores[project]
     s = scoped(f, project)
@@ -140,7 +149,7 @@ def test_aggregates_scoped_equal_the_projects_own_store(
 @pytest.mark.parametrize("project", PROJECTS)
 @pytest.mark.parametrize("f", FILTERS[:5], ids=repr)
 def test_rollup_path_equals_raw_path_when_scoped(
-    stores: dict[str | None, sqlite3.Connection], project: str, f: TraceFilter
+    stores: dict[str | None, sqlite3.Connection], project: str, f: TraceFilter, sizes: str
 ) -> None:
     """Every body holds "hello": a text filter matching them all forces the raw path."""
     mixed = stores[None]
@@ -165,7 +174,9 @@ def _pages(conn: sqlite3.Connection, fn: Any, f: TraceFilter, **kw: Any) -> list
 
 
 @pytest.mark.parametrize("project", PROJECTS)
-def test_lists_scoped_equal_the_projects_own_store(stores: dict[str | None, sqlite3.Connection], project: str) -> None:
+def test_lists_scoped_equal_the_projects_own_store(
+    stores: dict[str | None, sqlite3.Connection], project: str, sizes: str
+) -> None:
     mixed, own = stores[None], stores[project]
     for f in (TraceFilter(), TraceFilter(since=BASE + 10 * HOUR, model="b"), TraceFilter(user_id="u1")):
         s = scoped(f, project)
@@ -183,7 +194,7 @@ def test_lists_scoped_equal_the_projects_own_store(stores: dict[str | None, sqli
         assert queries.session_traces(mixed, session, project=project) == queries.session_traces(own, session)
 
 
-def test_a_trace_of_another_project_is_not_found(stores: dict[str | None, sqlite3.Connection]) -> None:
+def test_a_trace_of_another_project_is_not_found(stores: dict[str | None, sqlite3.Connection], sizes: str) -> None:
     mixed = stores[None]
     ids = {p: [r[0] for r in stores[p].execute("SELECT id FROM traces")] for p in PROJECTS}
     for project in PROJECTS:
@@ -281,11 +292,20 @@ TIMES = st.one_of(st.none(), st.floats(BASE - HOUR, BASE + 81 * HOUR))
     span=st.one_of(st.none(), st.floats(0, 90 * HOUR)),
     model=st.sampled_from(["a", None]),
     deleted=st.integers(0, 5),
+    small=st.booleans(),
 )
 def test_scoped_rollups_agree_with_raw_rows(
-    rows: list[dict[str, Any]], project: str, since: float | None, span: float | None, model: str | None, deleted: int
+    rows: list[dict[str, Any]],
+    project: str,
+    since: float | None,
+    span: float | None,
+    model: str | None,
+    deleted: int,
+    small: bool,
 ) -> None:
     until = None if since is None or span is None else since + span
+    threshold = queries.SMALL_PROJECT
+    queries.SMALL_PROJECT = threshold if small else 1  # the raw path through either plan
     with tempfile.TemporaryDirectory() as folder:
         conn = open_db(str(Path(folder) / "t.db"))
         try:
@@ -318,6 +338,7 @@ def test_scoped_rollups_agree_with_raw_rows(
             assert {r["key"]: r["requests"] for r in by_project}.get(project, 0) == len(chosen)
         finally:
             conn.close()
+            queries.SMALL_PROJECT = threshold
 
 
 # -- the CLI: prysmai traces / traces show / stats --project ----------------------------------------

@@ -1,0 +1,148 @@
+"""The trace writer's speed: rows per second of the writer thread's CPU, this checkout against
+another, rounds interleaved.
+
+Each run is a fresh process that imports ``prysmai`` from one checkout, builds ``--rows`` trace rows
+(the dashboard benchmark's generator: bodies of 0.2-2 KB, ``created_at`` increasing as the proxy
+writes them), queues them all to a :class:`TraceStore` on a new store, and closes it (which
+writes everything). The figure is rows / CPU seconds of the writer thread (the process's CPU time
+minus the main thread's), which other processes on the machine do not inflate as they do the
+wall time (also reported).
+
+    python bench/writer.py --baseline DIR            # DIR holds another checkout's prysmai/
+    python bench/writer.py --baseline DIR --rounds 5 --kinds plain,users,projects
+
+Row kinds: ``plain`` (no user or session ids, one project: what the proxy benchmarks send),
+``users`` (1 000 users, sessions of 6-hour windows), ``projects`` (``users``, spread over three
+projects). A checkout that predates projects ignores the project. ``--drop INDEX`` also runs this
+checkout with that index dropped before writing (what the index costs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import BENCH_DIR, REPO_DIR, emit, machine_info, median
+
+KINDS = ("plain", "users", "projects")
+
+
+def child(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> None:
+    sys.path.insert(0, code)
+    from prysmai._proxy import store as store_module
+
+    if not store_module.__file__ or not store_module.__file__.startswith(code):
+        raise RuntimeError(f"imported {store_module.__file__}, not the checkout in {code}")
+    sys.path.insert(1, str(BENCH_DIR))
+    from dashboard_scale import make_rows
+
+    rng = random.Random(5)
+    rows = []
+    for row in make_rows(n, time.time()):
+        if kind == "plain":
+            row["user_id"] = row["session_id"] = None
+        row["project"] = rng.choices(["web", "batch", "eval"], (6, 3, 1))[0] if kind == "projects" else "default"
+        row["provider"] = "openai"
+        if body_kb:  # rows larger than a page: their last columns sit on overflow pages
+            row["response_body"] = (row["response_body"] or "") + "x" * (body_kb * 1024)
+        rows.append(row)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "t.db")
+        store = store_module.TraceStore(path, lambda item: item, queue_size=n + 10)
+        store.open()
+        if drop:
+            assert store._conn is not None
+            store._conn.execute(f"DROP INDEX {drop}")
+        cpu, main_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
+        for row in rows:
+            store.submit(row)
+        store.close(timeout=600)
+        wall = time.perf_counter() - wall
+        writer_cpu = (time.process_time() - cpu) - (time.thread_time() - main_cpu)
+        if store.written != n:
+            raise RuntimeError(f"wrote {store.written} of {n}")
+    print(json.dumps({"writer_cpu_s": writer_cpu, "wall_s": wall}))
+
+
+def run(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", code, "--kinds", kind, "--rows", str(n), "--body-kb", str(body_kb)]
+    if drop:
+        cmd += ["--drop", drop]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1200).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", metavar="DIR", help="a folder holding another checkout's prysmai/")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--kinds", default="plain,users,projects")
+    parser.add_argument("--drop", metavar="INDEX", help="also run this checkout without INDEX")
+    parser.add_argument("--body-kb", type=int, default=0, help="add this many KiB to every response body")
+    parser.add_argument("--child", metavar="CODE", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.kinds, args.rows, args.drop, args.body_kb)
+        return 0
+    kinds = [k for k in args.kinds.split(",") if k]
+    for k in kinds:
+        if k not in KINDS:
+            parser.error(f"--kinds: {k!r} is not one of {', '.join(KINDS)}")
+    variants: list[tuple[str, str, str | None]] = [("this", str(REPO_DIR), None)]
+    if args.drop:
+        variants.append((f"this without {args.drop}", str(REPO_DIR), args.drop))
+    if args.baseline:
+        variants.append(("baseline", str(Path(args.baseline).resolve()), None))
+    emit({"bench": "writer", "kind": "machine", **machine_info()})
+    results: dict[tuple[str, str], list[float]] = {}
+    for rnd in range(args.rounds):
+        for kind in kinds:
+            order = variants[rnd % len(variants) :] + variants[: rnd % len(variants)]  # rotate
+            for name, code, drop in order:
+                r = run(code, kind, args.rows, drop, args.body_kb)
+                rate = args.rows / r["writer_cpu_s"]
+                results.setdefault((kind, name), []).append(rate)
+                emit(
+                    {
+                        "bench": "writer",
+                        "round": rnd,
+                        "rows": kind,
+                        "variant": name,
+                        "rows_per_cpu_s": round(rate),
+                        "rows_per_wall_s": round(args.rows / r["wall_s"]),
+                    }
+                )
+    # Each variant against the last (the baseline, when given) in the same round: the ratio's median.
+    reference = variants[-1][0]
+    lines = ["| rows | " + " | ".join(v[0] for v in variants) + " |", "|---|" + "---:|" * len(variants)]
+    for kind in kinds:
+        cells = []
+        for name, _, _ in variants:
+            rates = results[(kind, name)]
+            cell = " / ".join(f"{r / 1000:.1f}" for r in rates) + f" k (median {median(rates) / 1000:.1f} k)"
+            if name != reference:
+                ratios = [a / b for a, b in zip(rates, results[(kind, reference)])]
+                cell += f", **{median(ratios):.2f}x** [{min(ratios):.2f}-{max(ratios):.2f}]"
+            cells.append(cell)
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    if len(variants) > 1:
+        lines.append(
+            f"\nrows/s of writer-thread CPU, per round; **x**: median over rounds of the ratio to {reference} "
+            "in the same round [range]"
+        )
+    print("\n".join(lines), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
