@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 
+from . import pricedb
 from .pricing import cost_of, first_price
 from .projects import DEFAULT_PROJECT
 
@@ -53,6 +54,7 @@ class Exchange:
         "method",
         "model",
         "notes",
+        "price_ref",
         "project",
         "provider",
         "provider_prices",
@@ -101,6 +103,8 @@ class Exchange:
         self.project: str = DEFAULT_PROJECT
         self.provider: str | None = None
         self.provider_prices: Mapping[str, Price] | None = None
+        #: How the price database knows the provider (see ``Provider.price_ref``).
+        self.price_ref: tuple[str | None, str | None] | None = None
         self.submitted = False
 
     def __repr__(self) -> str:
@@ -367,6 +371,11 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
     # in each, the model as the provider reported it, then as the client sent it.
     price = first_price((ex.provider_prices, prices.prices), (response_model, ex.model))
     cost = cost_of(price, prompt, completion, cached)
+    if price is None and ex.price_ref is not None:  # then genai-prices, for this provider
+        for name in dict.fromkeys(m for m in (response_model, ex.model) if m):
+            cost = pricedb.cost(*ex.price_ref, name, prompt, completion, cached)
+            if cost is not None:
+                break
     row = _captured(ex)
     row.update(
         latency_ms=latency,

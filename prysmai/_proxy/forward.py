@@ -205,6 +205,7 @@ class Forwarding:
         provider, upstream_model = routed
         ex.provider = provider.name
         ex.provider_prices = provider.prices or None
+        ex.price_ref = provider.price_ref
         refusal = self.limits.check(project)
         if refusal is not None:
             await self._fail(

@@ -82,6 +82,16 @@ class Provider:
             path = f"{self.base_url}/{endpoint}"
         return f"{path}?{query}" if query else path
 
+    @property
+    def price_ref(self) -> tuple[str | None, str | None]:
+        """How the price database (:mod:`.pricedb`) knows this provider: (its provider id, or
+        ``None`` and the API URL it recognises providers by)."""
+        if self.kind == AZURE:
+            return "azure", None
+        if self.kind in (OPENAI, DEMO):  # the demo answers as OpenAI's models would be priced
+            return "openai", None
+        return None, self.base_url
+
     def auth_header(self, override: bytes | None = None) -> tuple[bytes, bytes] | None:
         """The credential header for this provider: ``Authorization: Bearer`` (``api-key`` for
         Azure). ``override`` is a per-request key (``X-Prysm-Upstream-Key``)."""
