@@ -39,6 +39,7 @@ from typing import IO, Any
 
 from _common import (
     BENCH_DIR,
+    CLK_TCK,
     PRYSM_KEY,
     UPSTREAM_KEY,
     VENVS_DIR,
@@ -85,6 +86,18 @@ class Target:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 return proc.wait(10)
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the process's main thread (a Python proxy's event loop; the rest of its
+    CPU is its other threads': the trace writer's)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as fh:
+            raw = fh.read()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def _log_file(workdir: Path, name: str) -> IO[bytes]:
@@ -314,13 +327,16 @@ def print_paired_summary(records: list[dict[str, Any]], names: list[str]) -> Non
             f"TTFT added ms {fmt(series('stream', 'ttft_p50_ms', name, 'direct', False), 3)}",
             f"c64 req/s {fmt(series('c64', 'rps', name, None, False), 0)}",
             f"CPU us/req seq {fmt(series('seq', 'cpu_us_per_req', name, None, False), 0)}",
-            f"c64 {fmt(series('c64', 'cpu_us_per_req', name, None, False), 0)}",
+            f"c64 {fmt(series('c64', 'cpu_us_per_req', name, None, False), 0)} "
+            f"(main thread {fmt(series('c64', 'main_thread_cpu_us_per_req', name, None, False), 0)})",
         ]
         if name != ref:
             cells += [
                 f"vs {ref}: seq added diff {fmt(_diff_added(by, rounds, 'seq', 'p50_ms', name, ref), 3)}",
                 f"TTFT added diff {fmt(_diff_added(by, rounds, 'stream', 'ttft_p50_ms', name, ref), 3)}",
                 f"c64 ratio {fmt(series('c64', 'rps', name, ref, True), 2)}",
+                f"c64 CPU us/req diff {fmt(_diff_added(by, rounds, 'c64', 'cpu_us_per_req', name, ref), 0)}",
+                f"main thread {fmt(_diff_added(by, rounds, 'c64', 'main_thread_cpu_us_per_req', name, ref), 0)}",
             ]
         print(f"  {name}: " + "; ".join(cells), file=sys.stderr)
 
@@ -363,8 +379,17 @@ def main(argv: list[str] | None = None) -> int:
         "in the same rounds: a paired before/after on a noisy machine (repeatable: prysm-baseline, "
         "prysm-baseline2, ...)",
     )
+    parser.add_argument(
+        "--metrics",
+        default=",".join(MEASUREMENTS),
+        help="comma-separated subset of the measurements to run (default: all: %(default)s)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, store)")
     args = parser.parse_args(argv)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = [m for m in metrics if m not in MEASUREMENTS]
+    if unknown or not metrics:
+        parser.error(f"--metrics: choose from {', '.join(MEASUREMENTS)} (got {args.metrics!r})")
 
     workdir = Path(tempfile.mkdtemp(prefix="prysmai-bench-"))
     upstream_proc, upstream = start_upstream(workdir)
@@ -399,14 +424,17 @@ def main(argv: list[str] | None = None) -> int:
             "c64": ["--requests", str(args.load_requests), "--max-seconds", str(args.load_seconds)],
         }
         for rnd in range(args.rounds):
-            for metric, margs in MEASUREMENTS.items():
+            for metric in metrics:
+                margs = MEASUREMENTS[metric]
                 shift = rnd % len(targets)
                 for target in targets[shift:] + targets[:shift]:
                     served_by = target.pid if target.pid is not None else upstream_proc.pid
                     cpu0 = cpu_seconds(served_by)
+                    main0 = main_thread_cpu_seconds(served_by)
                     up0 = cpu_seconds(upstream_proc.pid)
                     record = run_client(target, margs + sizes[metric], args.load_seconds * 3 + 120)
                     cpu = cpu_seconds(served_by) - cpu0
+                    main_cpu = main_thread_cpu_seconds(served_by) - main0
                     up = cpu_seconds(upstream_proc.pid) - up0
                     sent = max(int(record.get("sent", 0)), 1)
                     line = {
@@ -416,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
                         "target": target.name,
                         **record,
                         "cpu_us_per_req": round(cpu / sent * 1e6, 1) if target.pid is not None else None,
+                        # the event loop's thread (main) and the others (the trace writer)
+                        "main_thread_cpu_us_per_req": round(main_cpu / sent * 1e6, 1)
+                        if target.pid is not None
+                        else None,
                         "upstream_cpu_us_per_req": round(up / sent * 1e6, 1),
                         "loadavg_1m": os.getloadavg()[0],
                     }
