@@ -148,7 +148,8 @@ def _own_socket(transport: Any) -> socket.socket | None:
     real one), and a socket wrapped around the transport's own descriptor would close it, or a
     reused number, when collected. A duplicate descriptor is ours to close and names the same
     connection; it is closed when the connection is lost (until then it keeps the connection
-    open, so it must be closed then: see :meth:`_Handler.connection_lost`)."""
+    open, so it must be closed then: see :meth:`_Handler.connection_lost`). Without one (no
+    descriptor left, not Linux) the check reads the transport's pseudo-socket, as before."""
     if _TCP_INFO is None:
         return None
     try:
@@ -182,15 +183,19 @@ class _Handler(ResponseHandler):
             self._sock = None
             info = _tcp_info(sock)
             sock.close()  # our duplicate: the connection really closes once uvloop's is closed too
-            if info is not None:
-                self.acked_at_loss = info[1]
+        else:  # no duplicate (descriptors exhausted?): the transport's socket is still open here
+            transport = self.transport
+            info = _tcp_info(transport.get_extra_info("socket")) if transport is not None else None
+        if info is not None:
+            self.acked_at_loss = info[1]
         super().connection_lost(exc)
 
     def info(self) -> tuple[int, int] | None:
         """(state, bytes acknowledged) now; None once lost or where unknown."""
         sock = self._sock
-        if sock is None:
-            return None
+        if sock is None:  # the slow way, through the transport (see _own_socket)
+            transport = self.transport
+            return _tcp_info(transport.get_extra_info("socket")) if transport is not None else None
         try:
             raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO.size)  # type: ignore[arg-type]
         except OSError:

@@ -6,16 +6,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvloop
 
+from prysmai._proxy import upstream as upstream_module
 from prysmai._proxy.config import ProxyConfig
 from prysmai._proxy.upstream import AiohttpUpstream
+
+from .conftest import KEY, ClosingUpstream, FakeUpstream, free_port
 
 _BODY = b'{"id":"x","object":"chat.completion","model":"m","choices":[]}'
 
@@ -125,3 +133,70 @@ def test_closing_the_pool_closes_each_connection_and_its_own_descriptor(
     assert descriptors == [1, 2]
     assert left == []  # all closed
     assert upstream.closed_by_peer[0].wait(5)  # and the upstream saw the connection end
+
+
+async def _posts_through(url: str, count: int) -> list[int]:
+    client = AiohttpUpstream(ProxyConfig(keys=["sk-prysm-unused-0123456789"], upstream=url))
+    statuses = []
+    try:
+        for _ in range(count):
+            response = await client.send("POST", f"{url}/chat/completions", [], b"{}")
+            await response.read()
+            await response.aclose()
+            statuses.append(response.status)
+    finally:
+        await client.aclose()
+    return statuses
+
+
+@pytest.mark.parametrize("own_descriptor", [True, False], ids=["duplicate", "no-descriptor-left"])
+def test_pooled_connections_the_upstream_closed_are_never_used_with_or_without_our_descriptor(
+    own_descriptor: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not own_descriptor:  # as when os.dup fails (EMFILE): the check reads uvloop's pseudo-socket
+        monkeypatch.setattr(upstream_module, "_own_socket", lambda transport: None)
+    with ClosingUpstream() as server:
+        loop = uvloop.new_event_loop()
+        try:
+            statuses = loop.run_until_complete(_posts_through(server.url, 40))
+        finally:
+            loop.close()
+    assert statuses == [200] * 40
+    assert server.requests == 40  # each sent once
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/limits"), reason="reads /proc/PID/limits (Linux)")
+def test_prysmai_proxy_raises_a_low_open_files_limit_to_what_its_connection_caps_need(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1000 + 2 * 1000 + 256  # the default caps: client connections, upstream connections
+    if hard != resource.RLIM_INFINITY and hard < want:
+        pytest.skip(f"the hard limit ({hard}) is below what the test checks for")
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRYSM_")}
+    argv = [
+        sys.executable, "-m", "prysmai._cli", "proxy", "--port", str(port), "--key", KEY,
+        "--db", str(tmp_path / "traces.db"), "--upstream", fake.url, "--log-level", "warning",
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, preexec_fn=low_limit, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "the proxy exited"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.monotonic() < deadline, "the proxy did not come up"
+            time.sleep(0.05)
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert int(line.split()[3]) >= want, line
+    finally:
+        proc.terminate()
+        proc.wait(30)
