@@ -94,13 +94,20 @@ def serve(app: ProxyApp, sock: socket.socket | None = None, **options: Any) -> N
     import signal
 
     # uvicorn re-raises the signal that stopped it once it has shut down (and flushed the store).
-    # With no-op handlers in place for both, that is a normal return, not a kill or, for SIGINT,
-    # a KeyboardInterrupt from asyncio's own handler cancelling the lifespan mid-shutdown.
+    # With our handlers in place for both, that is a normal return, not a kill or, for SIGINT,
+    # a KeyboardInterrupt from asyncio's own handler cancelling the lifespan mid-shutdown. Before
+    # uvicorn has put its own in place (the listening socket may already be bound: clients and a
+    # service manager can see the port), ours stop the server as soon as it has started, rather
+    # than losing the signal.
     raise_open_files_limit(app.config)  # the process is ours here (not when embedded)
+    server = uvicorn.Server(uvicorn_config(app, app.config.host, app.config.port, **options))
+
+    def stop_when_started(signum: int, frame: object) -> None:
+        server.should_exit = True
+
     stops = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in stops}
+    previous = {sig: signal.signal(sig, stop_when_started) for sig in stops}
     try:
-        server = uvicorn.Server(uvicorn_config(app, app.config.host, app.config.port, **options))
         server.run(sockets=[sock] if sock is not None else None)
     finally:
         for sig, handler in previous.items():

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,6 +167,36 @@ def test_pooled_connections_the_upstream_closed_are_never_used_with_or_without_o
     assert server.requests == 40  # each sent once
 
 
+def _start_proxy_process(fake: FakeUpstream, tmp_path: Path, **popen: Any) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRYSM_")}
+    argv = [
+        sys.executable, "-m", "prysmai._cli", "proxy", "--port", str(port), "--key", KEY,
+        "--db", str(tmp_path / "traces.db"), "--upstream", fake.url, "--log-level", "warning",
+    ]  # fmt: skip
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen), port
+
+
+def _wait(proc: subprocess.Popen[bytes], ready: Any, pause: float = 0.01) -> None:
+    deadline = time.monotonic() + 30
+    while not ready():
+        assert proc.poll() is None, "the proxy exited at start-up"
+        assert time.monotonic() < deadline, "the proxy did not come up"
+        time.sleep(pause)
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def _healthy(port: int) -> bool:
+    with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=1) as r:
+        return bool(r.status == 200)
+    return False
+
+
 @pytest.mark.skipif(not os.path.isfile("/proc/self/limits"), reason="reads /proc/PID/limits (Linux)")
 def test_prysmai_proxy_raises_a_low_open_files_limit_to_what_its_connection_caps_need(
     fake: FakeUpstream, tmp_path: Path
@@ -179,24 +211,42 @@ def test_prysmai_proxy_raises_a_low_open_files_limit_to_what_its_connection_caps
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRYSM_")}
-    argv = [
-        sys.executable, "-m", "prysmai._cli", "proxy", "--port", str(port), "--key", KEY,
-        "--db", str(tmp_path / "traces.db"), "--upstream", fake.url, "--log-level", "warning",
-    ]  # fmt: skip
-    proc = subprocess.Popen(argv, env=env, preexec_fn=low_limit, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc, port = _start_proxy_process(fake, tmp_path, preexec_fn=low_limit)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "the proxy exited"
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            assert time.monotonic() < deadline, "the proxy did not come up"
-            time.sleep(0.05)
-        limits = Path(f"/proc/{proc.pid}/limits").read_text()
-        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
-        assert int(line.split()[3]) >= want, line
+        _wait(proc, lambda: _healthy(port))
+        assert _open_files_limit(proc.pid) >= want
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/limits"), reason="reads /proc/PID/limits (Linux)")
+def test_sigterm_while_the_proxy_starts_stops_it(fake: FakeUpstream, tmp_path: Path) -> None:
+    # The CLI binds the port before uvicorn handles signals: a service manager stopping the proxy
+    # in between must not be ignored. The raised open-files limit marks the start of serve(), just
+    # before it puts its handlers in place and starts uvicorn.
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the hard limit ({hard}) is too low to see the proxy raise its soft one")
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+
+    proc, _port = _start_proxy_process(fake, tmp_path, preexec_fn=low_limit)
+    try:
+        _wait(proc, lambda: _open_files_limit(proc.pid) > 512, pause=0.0005)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _open_files_limit(pid: int) -> int:
+    with contextlib.suppress(OSError, StopIteration):
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        return int(next(x for x in limits.splitlines() if x.startswith("Max open files")).split()[3])
+    return 0
