@@ -133,16 +133,14 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
             super().on_headers_complete()
 
         def on_response_complete(self) -> None:
-            # uvicorn's, but the keep-alive timeout is the sweep's: no timer per response.
-            self.server_state.total_requests += 1
-            if self.transport.is_closing():
+            if self.pipeline or self.transport.is_closing():
+                # uvicorn's own: start the next pipelined request, or nothing; no timer either way.
+                super().on_response_complete()
                 return
+            # As uvicorn's, but the keep-alive timeout is the sweep's: no timer per response.
+            self.server_state.total_requests += 1
             self.flow.resume_reading()
-            if self.pipeline:
-                cycle, app = self.pipeline.pop()
-                self._start_asgi_task(cycle, app)
-            else:
-                self._idle_since = self.loop.time()
+            self._idle_since = self.loop.time()
 
         def _too_large(self) -> None:
             self._reject(

@@ -74,3 +74,22 @@ def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout(
         assert time.monotonic() - start > 0.9  # kept alive for the timeout, then closed
     finally:
         sock.close()
+
+
+def test_pipelined_requests_are_all_answered_in_order(fake: FakeUpstream, start_proxy: Any) -> None:
+    proxy = start_proxy(fake.url)
+    request = (
+        f"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(CHAT)}\r\n\r\n{CHAT}"
+    ).encode()
+    last = request.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n")
+    with socket.create_connection(("127.0.0.1", proxy.server.port), timeout=10) as sock:
+        sock.sendall(request + request + last)  # three requests in one write, before any answer
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    assert received.count(b"HTTP/1.1 200 ") == 3, received[:300]
+    assert len(proxy.traces()) == 3
