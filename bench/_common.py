@@ -28,7 +28,7 @@ PRYSM_KEY = "sk-prysm-bench-0123456789abcdef"
 #: The key the fake upstream expects (it accepts any bearer token, but a proxy may need one).
 UPSTREAM_KEY = "sk-upstream-bench"
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+CLK_TCK = _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def emit(record: dict[str, Any]) -> None:

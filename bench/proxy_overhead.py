@@ -39,12 +39,14 @@ from typing import IO, Any
 
 from _common import (
     BENCH_DIR,
+    CLK_TCK,
     PRYSM_KEY,
     UPSTREAM_KEY,
     VENVS_DIR,
     cpu_seconds,
     emit,
     free_port,
+    median,
     rss_kib,
     wait_for_port,
 )
@@ -84,6 +86,18 @@ class Target:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 return proc.wait(10)
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the process's main thread (a Python proxy's event loop; the rest of its
+    CPU is its other threads': the trace writer's)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as fh:
+            raw = fh.read()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def _log_file(workdir: Path, name: str) -> IO[bytes]:
@@ -275,6 +289,70 @@ MEASUREMENTS: dict[str, list[str]] = {
 }
 
 
+def print_paired_summary(records: list[dict[str, Any]], names: list[str]) -> None:
+    """To stderr: per target, the medians over rounds (ranges in brackets) of the figures the
+    README's tables hold, each paired with ``direct`` (added) or with the first target (ratio)
+    in the same round."""
+    by: dict[tuple[int, str, str], dict[str, Any]] = {(r["round"], r["metric"], r["target"]): r for r in records}
+    rounds = sorted({r["round"] for r in records})
+    if not names:
+        return
+    ref = names[0]
+
+    def series(metric: str, field: str, name: str, paired: str | None, ratio: bool) -> list[float]:
+        out = []
+        for rnd in rounds:
+            rec, other = by.get((rnd, metric, name)), by.get((rnd, metric, paired)) if paired else None
+            if rec is None or rec.get(field) is None or (paired and (other is None or other.get(field) is None)):
+                continue
+            value = float(rec[field])
+            if paired is not None and other is not None:
+                value = value / float(other[field]) if ratio else value - float(other[field])
+            out.append(value)
+        return out
+
+    def fmt(values: list[float], digits: int) -> str:
+        if not values:
+            return "-"
+        return f"{median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+    loads = [float(r["loadavg_1m"]) for r in records if "loadavg_1m" in r]
+    print(
+        f"paired summary over {len(rounds)} rounds (median [min-max]); load average (1 min) {fmt(loads, 1)}",
+        file=sys.stderr,
+    )
+    for name in names:
+        cells = [
+            f"seq added p50 ms {fmt(series('seq', 'p50_ms', name, 'direct', False), 3)}",
+            f"TTFT added ms {fmt(series('stream', 'ttft_p50_ms', name, 'direct', False), 3)}",
+            f"c64 req/s {fmt(series('c64', 'rps', name, None, False), 0)}",
+            f"CPU us/req seq {fmt(series('seq', 'cpu_us_per_req', name, None, False), 0)}",
+            f"c64 {fmt(series('c64', 'cpu_us_per_req', name, None, False), 0)} "
+            f"(main thread {fmt(series('c64', 'main_thread_cpu_us_per_req', name, None, False), 0)})",
+        ]
+        if name != ref:
+            cells += [
+                f"vs {ref}: seq added diff {fmt(_diff_added(by, rounds, 'seq', 'p50_ms', name, ref), 3)}",
+                f"TTFT added diff {fmt(_diff_added(by, rounds, 'stream', 'ttft_p50_ms', name, ref), 3)}",
+                f"c64 ratio {fmt(series('c64', 'rps', name, ref, True), 2)}",
+                f"c64 CPU us/req diff {fmt(_diff_added(by, rounds, 'c64', 'cpu_us_per_req', name, ref), 0)}",
+                f"main thread {fmt(_diff_added(by, rounds, 'c64', 'main_thread_cpu_us_per_req', name, ref), 0)}",
+            ]
+        print(f"  {name}: " + "; ".join(cells), file=sys.stderr)
+
+
+def _diff_added(
+    by: dict[tuple[int, str, str], dict[str, Any]], rounds: list[int], metric: str, field: str, name: str, ref: str
+) -> list[float]:
+    """Per round: (name - direct) - (ref - direct) = name - ref."""
+    out = []
+    for rnd in rounds:
+        a, b = by.get((rnd, metric, name)), by.get((rnd, metric, ref))
+        if a and b and a.get(field) is not None and b.get(field) is not None:
+            out.append(float(a[field]) - float(b[field]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Added latency, throughput and cost of proxies.")
     parser.add_argument("--rounds", type=int, default=5)
@@ -295,11 +373,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline",
         metavar="DIR",
+        action="append",
+        default=[],
         help="also measure the prysmai proxy of another checkout (a directory holding its prysmai/), "
-        "in the same rounds: a paired before/after on a noisy machine",
+        "in the same rounds: a paired before/after on a noisy machine (repeatable: prysm-baseline, "
+        "prysm-baseline2, ...)",
+    )
+    parser.add_argument(
+        "--metrics",
+        default=",".join(MEASUREMENTS),
+        help="comma-separated subset of the measurements to run (default: all: %(default)s)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, store)")
     args = parser.parse_args(argv)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = [m for m in metrics if m not in MEASUREMENTS]
+    if unknown or not metrics:
+        parser.error(f"--metrics: choose from {', '.join(MEASUREMENTS)} (got {args.metrics!r})")
 
     workdir = Path(tempfile.mkdtemp(prefix="prysmai-bench-"))
     upstream_proc, upstream = start_upstream(workdir)
@@ -309,8 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.no_prysm:
             targets.append(start_prysm(workdir, upstream, db))
-        if args.baseline:
-            targets.append(start_prysm(workdir, upstream, workdir / "baseline.db", "prysm-baseline", args.baseline))
+        for i, source in enumerate(args.baseline):
+            name = "prysm-baseline" if i == 0 else f"prysm-baseline{i + 1}"
+            targets.append(start_prysm(workdir, upstream, workdir / f"{name}.db", name, source))
         for client in args.floor:
             targets.append(start_floor(workdir, upstream, client))
         if "litellm" in args.peer:
@@ -325,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             run_client(target, ["--mode", "seq", "--requests", "50", "--warmup", "0"], 120)
             run_client(target, ["--mode", "stream", "--requests", "5", "--warmup", "0"], 120)
 
+        records: list[dict[str, Any]] = []
         sizes = {
             "seq": ["--requests", str(args.seq_requests)],
             "stream": ["--requests", str(args.stream_requests)],
@@ -332,29 +424,38 @@ def main(argv: list[str] | None = None) -> int:
             "c64": ["--requests", str(args.load_requests), "--max-seconds", str(args.load_seconds)],
         }
         for rnd in range(args.rounds):
-            for metric, margs in MEASUREMENTS.items():
+            for metric in metrics:
+                margs = MEASUREMENTS[metric]
                 shift = rnd % len(targets)
                 for target in targets[shift:] + targets[:shift]:
                     served_by = target.pid if target.pid is not None else upstream_proc.pid
                     cpu0 = cpu_seconds(served_by)
+                    main0 = main_thread_cpu_seconds(served_by)
                     up0 = cpu_seconds(upstream_proc.pid)
                     record = run_client(target, margs + sizes[metric], args.load_seconds * 3 + 120)
                     cpu = cpu_seconds(served_by) - cpu0
+                    main_cpu = main_thread_cpu_seconds(served_by) - main0
                     up = cpu_seconds(upstream_proc.pid) - up0
                     sent = max(int(record.get("sent", 0)), 1)
-                    emit(
-                        {
-                            "bench": "proxy",
-                            "round": rnd,
-                            "metric": metric,
-                            "target": target.name,
-                            **record,
-                            "cpu_us_per_req": round(cpu / sent * 1e6, 1) if target.pid is not None else None,
-                            "upstream_cpu_us_per_req": round(up / sent * 1e6, 1),
-                        }
-                    )
+                    line = {
+                        "bench": "proxy",
+                        "round": rnd,
+                        "metric": metric,
+                        "target": target.name,
+                        **record,
+                        "cpu_us_per_req": round(cpu / sent * 1e6, 1) if target.pid is not None else None,
+                        # the event loop's thread (main) and the others (the trace writer)
+                        "main_thread_cpu_us_per_req": round(main_cpu / sent * 1e6, 1)
+                        if target.pid is not None
+                        else None,
+                        "upstream_cpu_us_per_req": round(up / sent * 1e6, 1),
+                        "loadavg_1m": os.getloadavg()[0],
+                    }
+                    records.append(line)
+                    emit(line)
                     if record.get("errors"):
                         failed = True
+        print_paired_summary(records, [t.name for t in targets if t.name != "direct"])
         for target in targets:
             pid = target.pid if target.pid is not None else upstream_proc.pid
             current, peak = rss_kib(pid)

@@ -12,7 +12,10 @@ httptools protocol with three guards, each answered with an OpenAI-style JSON er
 * a header size limit (``431``) on the request line plus headers;
 * a cap on concurrent connections (``503``) -- a connection over it is answered and closed at once.
 
-It also answers a request that is not valid HTTP (``400``) in JSON rather than uvicorn's plain text.
+It also answers a request that is not valid HTTP (``400``) in JSON rather than uvicorn's plain text,
+and closes a keep-alive connection left idle for ``timeout_keep_alive`` seconds in the same sweep
+(to within its period) rather than by uvicorn's libuv timer, which is created after every response
+and cancelled by the next request's first bytes.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
     class GuardedProtocol(HttpToolsProtocol):
         _head_since: float | None = None  # loop time when the current request's head began
         _head_bytes = 0
+        _idle_since: float | None = None  # loop time when the last response ended (keep-alive)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -79,6 +83,7 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
                 sweeper[0] = None
 
         def data_received(self, data: bytes) -> None:
+            self._idle_since = None  # (uvicorn's own cancels its keep-alive timer here)
             if self._head_since is not None:
                 self._head_bytes += len(data)
             try:
@@ -127,6 +132,16 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
             self._head_bytes = 0
             super().on_headers_complete()
 
+        def on_response_complete(self) -> None:
+            if self.pipeline or self.transport.is_closing():
+                # uvicorn's own: start the next pipelined request, or nothing; no timer either way.
+                super().on_response_complete()
+                return
+            # As uvicorn's, but the keep-alive timeout is the sweep's: no timer per response.
+            self.server_state.total_requests += 1
+            self.flow.resume_reading()
+            self._idle_since = self.loop.time()
+
         def _too_large(self) -> None:
             self._reject(
                 431,
@@ -139,6 +154,14 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
             if not self.transport.is_closing():
                 self.transport.write(_error_response(status, message, code))
                 self.transport.close()
+
+        def idle_timed_out(self, now: float) -> bool:
+            idle = self._idle_since
+            if idle is None or now - idle < self.timeout_keep_alive or self.transport.is_closing():
+                return False
+            self._idle_since = None
+            self.timeout_keep_alive_handler()  # uvicorn's: closes the connection
+            return True
 
         def header_timed_out(self, now: float) -> bool:
             since = self._head_since
@@ -153,8 +176,8 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
         now = loop.time()
         for conn in list(connections):
             check = getattr(conn, "header_timed_out", None)
-            if check is not None:
-                check(now)
+            if check is not None and not check(now):
+                conn.idle_timed_out(now)
         sweeper[0] = loop.call_later(_SWEEP_SECONDS, _sweep, connections, loop) if connections else None
 
     return GuardedProtocol

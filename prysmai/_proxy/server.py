@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -43,6 +44,25 @@ def _limits(app: ProxyApp) -> dict[str, Any]:
         return {"h11_max_incomplete_event_size": c.max_header_bytes, "limit_concurrency": c.max_client_connections}
 
 
+def raise_open_files_limit(config: ProxyConfig) -> None:
+    """Raise this process's soft limit on open descriptors (up to the hard one) to what the
+    configured connection caps can use: one per client connection, two per upstream connection
+    (the transport's and the duplicate :mod:`.upstream` reads ``TCP_INFO`` from), plus a margin.
+    A common soft default is 1024, which the defaults (1000 + 2 * 1000) would exceed."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    want = config.max_client_connections + 2 * config.max_connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):  # a platform that refuses: keep its limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def uvicorn_config(
     app: ProxyApp, host: str, port: int, log_level: str | None = "warning", **options: Any
 ) -> uvicorn.Config:
@@ -74,12 +94,20 @@ def serve(app: ProxyApp, sock: socket.socket | None = None, **options: Any) -> N
     import signal
 
     # uvicorn re-raises the signal that stopped it once it has shut down (and flushed the store).
-    # With no-op handlers in place for both, that is a normal return, not a kill or, for SIGINT,
-    # a KeyboardInterrupt from asyncio's own handler cancelling the lifespan mid-shutdown.
+    # With our handlers in place for both, that is a normal return, not a kill or, for SIGINT,
+    # a KeyboardInterrupt from asyncio's own handler cancelling the lifespan mid-shutdown. Before
+    # uvicorn has put its own in place (the listening socket may already be bound: clients and a
+    # service manager can see the port), ours stop the server as soon as it has started, rather
+    # than losing the signal.
+    raise_open_files_limit(app.config)  # the process is ours here (not when embedded)
+    server = uvicorn.Server(uvicorn_config(app, app.config.host, app.config.port, **options))
+
+    def stop_when_started(signum: int, frame: object) -> None:
+        server.should_exit = True
+
     stops = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in stops}
+    previous = {sig: signal.signal(sig, stop_when_started) for sig in stops}
     try:
-        server = uvicorn.Server(uvicorn_config(app, app.config.host, app.config.port, **options))
         server.run(sockets=[sock] if sock is not None else None)
     finally:
         for sig, handler in previous.items():
