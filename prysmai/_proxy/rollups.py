@@ -114,27 +114,18 @@ CREATE TABLE IF NOT EXISTS rollup_hour (
 CREATE TABLE IF NOT EXISTS rollup_state (
     one INTEGER PRIMARY KEY CHECK (one = 1),
     folded_rowid INTEGER NOT NULL,
-    fold_from INTEGER NOT NULL,
-    fold_project TEXT
+    fold_from INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO rollup_state (one, folded_rowid, fold_from) VALUES (1, 0, 0);
 """ + "".join(_hist_table(t) for t in HIST_LEVELS)
-#: Every rollup table and the watermark (what a migration drops and rebuilds when they change).
-ROLLUP_TABLES = ("rollup_hour", *HIST_LEVELS, "rollup_state")
-
-
-def _fold_dim(dim: str) -> str:
-    # The project of the rows being folded, when the writer says they are all of one: reading the
-    # column from each row would walk the overflow pages of rows with large bodies (the project
-    # is the table's last column), which cost the writer ~10 % on 16 KiB bodies. coalesce() reads
-    # the column only when the first value is NULL.
-    return "coalesce(NEW.fold_project, project)" if dim == "project" else _dim("", dim)
+#: Every rollup table (what a migration drops and rebuilds when their keys change).
+ROLLUP_TABLES = ("rollup_hour", *HIST_LEVELS)
 
 
 # -- folding: rows (fold_from, folded_rowid] of traces into every rollup, one statement per table ----
 def _fold_hour_sql(lo: str, hi: str) -> str:
     names = ", ".join(["hour", *HOUR_DIMS])
-    keys = ", ".join(_fold_dim(d) for d in HOUR_DIMS)
+    keys = ", ".join(_dim("", d) for d in HOUR_DIMS)
     group = ", ".join(str(i + 1) for i in range(len(HOUR_DIMS) + 1))
     return f"""INSERT INTO rollup_hour ({names}, requests, prompt_tokens,
         completion_tokens, total_tokens, cost_usd, unpriced)
@@ -154,7 +145,7 @@ def _fold_hour_sql(lo: str, hi: str) -> str:
 def _fold_hist_sql(table: str, lo: str, hi: str) -> str:
     seconds, dims = HIST_LEVELS[table]
     names = ", ".join(["period", *dims, "metric", "bucket"])
-    keys = ", ".join([_period("", seconds), *(_fold_dim(d) for d in dims)])
+    keys = ", ".join([_period("", seconds), *(_dim("", d) for d in dims)])
     group = ", ".join(str(i + 1) for i in range(len(dims) + 3))
     # Both metrics in one statement: a UNION ALL of one grouped SELECT per metric.
     selects = " UNION ALL ".join(
@@ -181,22 +172,17 @@ WHEN NEW.folded_rowid > NEW.fold_from BEGIN
 END;
 """
 _NO_ROWID = 2**63 - 1
-# Every SET reads the row as it was: fold_project is kept only when the range is the caller's rows
-# alone (the old watermark at or past where they began).
 _FOLD = """UPDATE rollup_state SET fold_from = min(folded_rowid, ?),
-    fold_project = CASE WHEN folded_rowid >= ? THEN ? END,
     folded_rowid = (SELECT coalesce(max(rowid), 0) FROM traces)"""
 
 
-def fold(conn: sqlite3.Connection, before_rowid: int | None = None, project: str | None = None) -> None:
+def fold(conn: sqlite3.Connection, before_rowid: int | None = None) -> None:
     """Add the rows not yet in the rollups to them (one statement); the caller holds a write
     transaction. ``before_rowid`` is where the caller's own inserts began (their first rowid - 1):
     the range starts there even if the watermark says otherwise (rowids of a table without an
     INTEGER PRIMARY KEY may be renumbered by VACUUM), and at the watermark when rows were
-    inserted after it by other means. ``project``: every one of the caller's rows is of this
-    project (then it is not read from them, unless rows of others are folded too)."""
-    before = _NO_ROWID if before_rowid is None else before_rowid
-    conn.execute(_FOLD, (before, before, project))
+    inserted after it by other means."""
+    conn.execute(_FOLD, (_NO_ROWID if before_rowid is None else before_rowid,))
 
 
 def pending(conn: sqlite3.Connection) -> bool:

@@ -462,7 +462,7 @@ class TraceStore:
                         # this batch began, without a statement of its own.
                         before = cursor.lastrowid - size
                     start += size
-                rollups.fold(conn, before, _one_project(rows))
+                rollups.fold(conn, before)
             return len(rows), 0, 0
         except (sqlite3.Error, ValueError, OverflowError, TypeError):
             pass  # find the row(s) at fault below; the others are written
@@ -498,18 +498,6 @@ class TraceStore:
                 bad += 1
                 log.error("trace %s could not be written even repaired: %s", row[0], exc)
         return ok, fixed, bad
-
-
-_PROJECT = COLUMNS.index("project")
-
-
-def _one_project(rows: list[tuple[Any, ...]]) -> str | None:
-    """The project of every row, if they share one (the rollups' fold then need not read it)."""
-    projects = {DEFAULT_PROJECT if r[_PROJECT] is None else r[_PROJECT] for r in rows}
-    if len(projects) != 1:
-        return None
-    (project,) = projects
-    return project if isinstance(project, str) else None
 
 
 def _id(item: Any) -> str:

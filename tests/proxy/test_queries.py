@@ -768,8 +768,8 @@ def test_prysmai_stats_reads_a_v1_store_after_migrating_it(tmp_path: Any, capsys
 
 
 def test_rows_of_another_project_inserted_between_batches_are_folded_under_their_own(tmp_path: Any) -> None:
-    """The writer tells the fold its batch's one project (so it is not read from the rows); rows
-    inserted by other means past the watermark are folded with it, under their own project."""
+    """Rows inserted by other means past the watermark are folded with the writer's next batch,
+    under their own project; so are batches of several projects and rows on overflow pages."""
     base = 1_700_000_000.0
     path = str(tmp_path / "t.db")
     store = TraceStore(path, lambda item: item)
