@@ -64,6 +64,7 @@ class Exchange:
         "request_json",
         "response_body",
         "response_content_type",
+        "sent_model",
         "session_id",
         "status",
         "stream",
@@ -103,6 +104,8 @@ class Exchange:
         self.project: str = DEFAULT_PROJECT
         self.provider: str | None = None
         self.provider_prices: Mapping[str, Price] | None = None
+        #: The model name sent upstream when a prefix rule changed it (``ollama/llama3.1`` -> ``llama3.1``).
+        self.sent_model: str | None = None
         #: How the price database knows the provider (see ``Provider.price_ref``).
         self.price_ref: tuple[str | None, str | None] | None = None
         self.submitted = False
@@ -368,11 +371,13 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
                     error = str(err.get("message") or err.get("code") or err)
     prompt, completion, total, cached = _usage_numbers(usage)
     # The provider's own prices first (a local model priced 0 is known free), then the table;
-    # in each, the model as the provider reported it, then as the client sent it.
-    price = first_price((ex.provider_prices, prices.prices), (response_model, ex.model))
+    # in each, the model as the provider reported it, as it was sent to the provider, then as the
+    # client sent it.
+    names = (response_model, ex.sent_model, ex.model)
+    price = first_price((ex.provider_prices, prices.prices), names)
     cost = cost_of(price, prompt, completion, cached)
     if price is None and ex.price_ref is not None:  # then genai-prices, for this provider
-        for name in dict.fromkeys(m for m in (response_model, ex.model) if m):
+        for name in dict.fromkeys(m for m in names if m):
             cost = pricedb.cost(*ex.price_ref, name, prompt, completion, cached)
             if cost is not None:
                 break

@@ -214,6 +214,7 @@ class Forwarding:
             return
         if isinstance(parsed, dict):
             if upstream_model is not None:  # a prefix rule: the provider knows the model without it
+                ex.sent_model = upstream_model
                 parsed = {**parsed, "model": upstream_model}
                 body = json.dumps(parsed, ensure_ascii=False).encode("utf-8")
             if ex.stream and endpoint in USAGE_ENDPOINTS and self.config.inject_stream_usage:

@@ -111,3 +111,12 @@ def test_a_proxied_call_to_a_model_newer_than_the_table_is_priced(fake: FakeUpst
     (trace,) = proxy.traces()
     # The fake reports 10 prompt and 3 completion tokens.
     assert trace["cost_usd"] == pytest.approx(reference("gpt-5.1", 10, 3, provider_id="openai"))
+
+
+def test_a_prefix_routed_model_is_priced_by_the_name_sent_upstream() -> None:
+    # "ollama/llama3.1" went to the provider as "llama3.1", whose answer names no model.
+    ex = _exchange("ollama/llama3.1", (None, "http://127.0.0.1:11434/v1"), {"llama3.1": Price(0.0, 0.0)})
+    ex.response_body = b'{"usage": {"prompt_tokens": 1000, "completion_tokens": 100}}'
+    assert finalize(ex, PriceTable.load(None))["cost_usd"] is None  # the name the client sent is unknown
+    ex.sent_model = "llama3.1"
+    assert finalize(ex, PriceTable.load(None))["cost_usd"] == 0.0
