@@ -92,9 +92,9 @@ class ProxyApp(Forwarding):
         self.client = AiohttpUpstream(self.config)
         since = month_start(time.time())
         self.limits.seed(await self.web.runner.run(month_spend, since), since)
-        if self.config.config_file:
-            self._watch = ConfigWatch(self.config.config_file, self._reload)
-            self._watch.start()
+        path = self.config.config_file
+        self._watch = ConfigWatch(path, self._reload if path else None)
+        self._watch.start()
 
     def _reload(self) -> None:
         """Read the config file again and use it for every request from now on; a file that does

@@ -32,19 +32,26 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
 
 
 class ConfigWatch:
-    """Calls ``reload`` (on the event loop) on SIGHUP and when the file at ``path`` changes."""
+    """Calls ``reload`` (on the event loop) on SIGHUP and when the file at ``path`` changes.
 
-    def __init__(self, path: str, reload: Callable[[], None], poll_seconds: float = POLL_SECONDS) -> None:
+    Without a file (``path=None``: keys and upstream from the command line) SIGHUP is still
+    caught, so that ``systemctl reload`` or a stray ``kill -HUP`` does not stop the proxy (the
+    signal's default action): it is logged as having nothing to reload."""
+
+    def __init__(
+        self, path: str | None, reload: Callable[[], None] | None = None, poll_seconds: float = POLL_SECONDS
+    ) -> None:
         self.path = path
         self._reload = reload
         self._poll_seconds = poll_seconds
-        self._stamp = _stamp(path)
+        self._stamp = _stamp(path) if path else None
         self._task: asyncio.Task[None] | None = None
         self._sighup = False
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._poll())
+        if self.path:
+            self._task = loop.create_task(self._poll())
         sighup = getattr(signal, "SIGHUP", None)
         if sighup is not None:
             try:
@@ -63,11 +70,15 @@ class ConfigWatch:
             self._sighup = False
 
     def _on_sighup(self) -> None:
+        if not self.path or self._reload is None:
+            log.info("SIGHUP: nothing to reload (no --config); keys and upstream change with a restart")
+            return
         log.info("SIGHUP: reloading %s", self.path)
         self._stamp = _stamp(self.path)
         self._reload()
 
     async def _poll(self) -> None:
+        assert self.path is not None and self._reload is not None
         while True:
             await asyncio.sleep(self._poll_seconds)
             stamp = _stamp(self.path)

@@ -107,6 +107,11 @@ def serve(app: ProxyApp, sock: socket.socket | None = None, **options: Any) -> N
 
     stops = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, stop_when_started) for sig in stops}
+    # SIGHUP reloads the config once the app has started (reload.ConfigWatch); until then it is
+    # ignored rather than left to its default action, which would stop the proxy.
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is not None:
+        previous[hup] = signal.signal(hup, signal.SIG_IGN)
     try:
         server.run(sockets=[sock] if sock is not None else None)
     finally:

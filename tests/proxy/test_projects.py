@@ -386,9 +386,10 @@ def test_monthly_budget_refuses_once_spent_and_survives_a_restart(start: Any, pr
 
 # -- reload: a real process, SIGHUP and file changes ------------------------------------------------
 class Proc:
-    def __init__(self, config: str, db: str, env: dict[str, str]) -> None:
+    def __init__(self, config: str | None, db: str, env: dict[str, str], *args: str) -> None:
+        where = ["--config", config] if config else []
         self.proc = subprocess.Popen(
-            [*PRYSMAI, "proxy", "--port", "0", "--config", config, "--db", db],
+            [*PRYSMAI, "proxy", "--port", "0", *where, "--db", db, *args],
             stderr=subprocess.PIPE,
             text=True,
             env=env,
@@ -510,6 +511,22 @@ def test_a_changed_file_is_reloaded_and_a_broken_one_refused(providers: Provider
         log = proc.stop()
     for secret in SECRETS:
         assert secret not in log
+
+
+def test_sighup_without_a_config_is_logged_and_the_proxy_keeps_serving(tmp_path: Any) -> None:
+    # systemctl reload (the unit's ExecReload) on a proxy started with --key: SIGHUP's default
+    # action would stop it.
+    proc = Proc(None, str(tmp_path / "traces.db"), _env(), "--upstream", "demo", "--key", ALPHA_KEY)
+    try:
+        assert httpx.get(f"{proc.base}/health").status_code == 200  # started (a SIGHUP before is ignored)
+        mark = len(proc.lines)
+        proc.proc.send_signal(signal.SIGHUP)
+        proc.wait_for("nothing to reload", after=mark)
+        r = httpx.post(f"{proc.base}/chat/completions", json=chat("gpt-4o-mini"), headers=auth(ALPHA_KEY))
+        assert r.status_code == 200 and proc.proc.poll() is None
+    finally:
+        proc.stop()
+    assert proc.proc.returncode == 0
 
 
 # -- secrets ---------------------------------------------------------------------------------------
