@@ -7,7 +7,12 @@ uvicorn or aiohttp at module level.
 Modules, one concern each:
 
 * ``config``     -- the proxy's settings (:class:`ProxyConfig`) and default paths.
-* ``keys``       -- accepted ``sk-prysm-`` keys and their constant-time check.
+* ``keys``       -- ``sk-prysm-`` keys from flags, environment and file: their strength and id.
+* ``projects``   -- projects, their keys and providers, routing (the :class:`Tenancy` of a moment).
+* ``projectconfig`` -- the ``--config`` file (TOML) read and checked into a tenancy.
+* ``keyscli``    -- ``prysmai keys new | hash``.
+* ``limits``     -- per-project requests per minute and monthly budget.
+* ``reload``     -- when to re-read the config file (SIGHUP, a change of the file).
 * ``app``        -- the pure-ASGI application: lifecycle, routing, auth.
 * ``forward``    -- the forwarding path: a request to the upstream and back, as one trace.
 * ``asgi``       -- the ASGI type aliases and small response helpers (JSON errors, body reading).
@@ -16,6 +21,7 @@ Modules, one concern each:
 * ``upstream``   -- the pooled upstream client (aiohttp) behind a small interface; header filtering.
 * ``capture``    -- turns a finished exchange into a trace row (SSE reassembly, usage, TTFT).
 * ``pricing``    -- cost per model from the shipped ``pricing.json`` and an override file.
+* ``pricedb``    -- prices the table lacks, by provider, from genai-prices (bundled data).
 * ``store``      -- SQLite (WAL) trace store: bounded queue, background batch writer (never dies).
 * ``migrations`` -- schema versions; a store of an earlier prysmai is upgraded in place.
 * ``rollups``    -- the hourly/daily rollup tables, folded once per writer batch.
@@ -31,6 +37,6 @@ Modules, one concern each:
 * ``private_files`` -- the store created 0600 in a 0700 directory.
 * ``report``     -- tables and summaries for the terminal.
 * ``jsonshape``  -- the one JSON shape of CLI ``--json`` output and the read API.
-* ``cli``        -- ``prysmai proxy | ui | traces | stats | demo``.
+* ``cli``        -- ``prysmai proxy | ui | traces | stats | demo | keys``.
 * ``demo``       -- the ``prysmai demo`` sample application.
 """

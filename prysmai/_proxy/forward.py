@@ -226,7 +226,7 @@ class Forwarding:
             tail = quote(endpoint)
         query = scope.get("query_string")
         url = provider.url(tail, upstream_model or ex.model, query.decode("latin-1") if query else "")
-        headers = request_headers(scope["headers"], None)
+        headers = request_headers(scope["headers"])
         auth = provider.auth_header(upstream_key)
         if auth is not None:
             if auth[0] != b"authorization":  # Azure's api-key: never relay one the client sent

@@ -1,9 +1,9 @@
-"""Accepted Prysm keys: where they come from and how a presented key is checked."""
+"""Prysm keys given on the command line: where they come from, how strong they must be, and the
+public id a key is known by. (Checking a presented key: :class:`.projects.Tenancy`.)"""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import secrets
 
@@ -81,43 +81,3 @@ def key_id(key: str) -> str:
     """A key's stable, public id: ``key_`` and the first 12 hex digits of its SHA-256. Recorded
     with each trace instead of the key; cannot be turned back into the key."""
     return "key_" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
-
-
-class KeyRing:
-    """The set of accepted keys. ``check`` compares in constant time against every key."""
-
-    __slots__ = ("_ids", "_keys")
-
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._keys = tuple(k.encode("ascii") for k in keys)
-        self._ids = tuple(key_id(k.decode("ascii")) for k in self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __repr__(self) -> str:
-        return f"KeyRing(<{len(self._keys)} key(s)>)"
-
-    def check(self, presented: bytes) -> bool:
-        """Whether ``presented`` is one of the keys. Every key is compared, so the time taken does
-        not reveal which key (or which prefix) matched."""
-        ok = False
-        for key in self._keys:
-            ok |= hmac.compare_digest(key, presented)
-        return ok
-
-    def check_authorization(self, header: bytes | None) -> bool:
-        """Check an ``Authorization: Bearer <key>`` header value."""
-        return self.identify(header) is not None
-
-    def identify(self, header: bytes | None) -> str | None:
-        """The :func:`key_id` of the accepted key in an ``Authorization: Bearer <key>`` header
-        value, or ``None``. Every key is compared (constant time, whichever matches)."""
-        if not header or header[:7].lower() != b"bearer ":
-            return None
-        presented = header[7:].strip()
-        found = None
-        for key, kid in zip(self._keys, self._ids):
-            if hmac.compare_digest(key, presented):
-                found = kid
-        return found

@@ -15,6 +15,7 @@ Provider credentials are held as bytes, never shown in a ``repr``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -31,7 +32,7 @@ DEFAULT_PROJECT = "default"
 OPENAI, AZURE, COMPATIBLE, DEMO = "openai", "azure", "openai-compatible", "demo"
 PROVIDER_KINDS = (OPENAI, AZURE, COMPATIBLE, DEMO)
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-#: The offline demo model's stand-in address (as ``upstream.DEMO_BASE_URL``: never contacted).
+#: The offline demo model's stand-in address (never contacted).
 DEMO_BASE_URL = "http://prysm-demo.invalid/v1"
 
 
@@ -82,7 +83,7 @@ class Provider:
             path = f"{self.base_url}/{endpoint}"
         return f"{path}?{query}" if query else path
 
-    @property
+    @functools.cached_property
     def price_ref(self) -> tuple[str | None, str | None]:
         """How the price database (:mod:`.pricedb`) knows this provider: (its provider id, or
         ``None`` and the API URL it recognises providers by)."""

@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
-from .config import DEMO_UPSTREAM, ProxyConfig
+from .config import ProxyConfig
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,7 +63,6 @@ _DROP_RESPONSE = frozenset(
         b"server",
     }
 )
-DEMO_BASE_URL = "http://prysm-demo.invalid/v1"
 
 #: Raised by ``send``, ``read`` and ``chunks`` when the upstream is too slow (connect or read).
 TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError,)
@@ -324,25 +323,11 @@ def _text(value: bytes) -> str:
         return value.decode("latin-1")
 
 
-def base_url(config: ProxyConfig) -> str:
-    return DEMO_BASE_URL if config.upstream == DEMO_UPSTREAM else config.upstream.rstrip("/")
-
-
-def make_upstream(config: ProxyConfig) -> Upstream:
-    """The shared upstream client (or the offline demo model for ``--upstream demo``)."""
-    if config.upstream == DEMO_UPSTREAM:
-        from .demo_model import DemoUpstream
-
-        return DemoUpstream()
-    return AiohttpUpstream(config)
-
-
-def request_headers(headers: list[tuple[bytes, bytes]], upstream_key: bytes | None) -> list[tuple[bytes, bytes]]:
-    """The client's headers as the upstream should see them."""
+def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The client's headers as the upstream should see them (the caller adds the provider's
+    credential: ``Provider.auth_header``)."""
     out = [(k, v) for k, v in headers if k not in _DROP_REQUEST and not k.startswith(b"x-prysm-")]
     out.append((b"accept-encoding", b"identity"))  # the proxy must read what it forwards
-    if upstream_key:
-        out.append((b"authorization", b"Bearer " + upstream_key))
     return out
 
 

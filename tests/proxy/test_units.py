@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from prysmai._proxy.capture import Exchange, finalize
-from prysmai._proxy.keys import KeyConfigError, KeyRing, collect_keys, generate_key
+from prysmai._proxy.keys import KeyConfigError, collect_keys, generate_key, key_id
 from prysmai._proxy.pricing import Price, PriceTable, PricingError
+from prysmai._proxy.projects import flat
 from prysmai._proxy.store import COLUMNS, SCHEMA_VERSION, StoreError, TraceStore, compute_stats, open_existing
 from prysmai._proxy.usage import UsageStripper, inject_usage
 
@@ -20,13 +21,15 @@ PRICES = PriceTable.load()
 
 
 # -- keys ----------------------------------------------------------------------------------------
-def test_keyring_accepts_only_configured_keys() -> None:
-    ring = KeyRing(["sk-prysm-aaa", "sk-prysm-bbb"])
+def test_flat_tenancy_accepts_only_configured_keys() -> None:
+    ring = flat(["sk-prysm-aaa", "sk-prysm-bbb"], "https://api.openai.com/v1", "sk-upstream-secret")
     assert ring.check(b"sk-prysm-aaa") and ring.check(b"sk-prysm-bbb")
     assert not ring.check(b"sk-prysm-aa") and not ring.check(b"sk-prysm-aaaa") and not ring.check(b"")
-    assert ring.check_authorization(b"Bearer sk-prysm-bbb") and ring.check_authorization(b"bearer sk-prysm-aaa")
-    assert not ring.check_authorization(None) and not ring.check_authorization(b"sk-prysm-aaa")
-    assert "sk-prysm" not in repr(ring)
+    entry = ring.identify(b"Bearer sk-prysm-bbb")
+    assert entry is not None and entry.key_id == key_id("sk-prysm-bbb") and entry.project_name == "default"
+    assert ring.identify(b"bearer sk-prysm-aaa") is not None
+    assert ring.identify(None) is None and ring.identify(b"sk-prysm-aaa") is None
+    assert "sk-prysm" not in repr(ring) and "sk-upstream-secret" not in repr(ring.projects["default"])
 
 
 def test_keys_come_from_flags_env_and_file(tmp_path: Any) -> None:
