@@ -37,7 +37,7 @@ from .disconnect import DisconnectWatches
 from .forward import PREFIX, Forwarding
 from .limits import Limits, month_start
 from .pricing import PriceTable
-from .projects import Tenancy, flat
+from .projects import DEMO, Tenancy, flat
 from .queries import month_spend
 from .ratelog import RateLimitedLog
 from .readapi import ReadApi
@@ -90,6 +90,10 @@ class ProxyApp(Forwarding):
     async def startup(self) -> None:
         self.store.open()
         self.client = AiohttpUpstream(self.config)
+        providers = (p for project in self.tenancy.projects.values() for p in project.providers)
+        demo = next((p for p in providers if p.kind == DEMO), None)
+        if demo is not None:  # the offline model's import now, not in the first request's time
+            self._upstream_for(demo)
         since = month_start(time.time())
         self.limits.seed(await self.web.runner.run(month_spend, since), since)
         path = self.config.config_file
