@@ -681,7 +681,10 @@ def test_any_file_loads_or_fails_with_file_line_and_no_secret(tmp_path: Path, do
         message = str(exc)
         found = re.match(rf"{re.escape(path)}:(\d+)(:\d+)?: ", message)
         assert found and 1 <= int(found.group(1)) <= len(lines) + 1, message
-        assert not any(secret in message for secret in SECRETS), message
+        # A string the file itself gives as a project's or provider's name is a name, which
+        # messages show (the generator may draw a secret's value there: AZURE_SECRET is plain hex).
+        named = {secret for secret in SECRETS if f"name = {json.dumps(secret)}" in text}
+        assert not any(secret in message for secret in SECRETS if secret not in named), message
         assert "\n" not in message
     else:
         assert tenancy.projects and len(tenancy) >= 1
