@@ -288,7 +288,9 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_path(args: argparse.Namespace) -> str | None:
-    return args.config or os.environ.get("PRYSM_CONFIG") or None
+    from .projectconfig import CONFIG_ENV
+
+    return args.config or os.environ.get(CONFIG_ENV) or None
 
 
 def _load_tenancy(args: argparse.Namespace, keys: list[str], upstream: str) -> tuple[Any, str | None]:

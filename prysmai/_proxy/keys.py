@@ -77,7 +77,18 @@ def collect_keys(
     return list(dict.fromkeys(keys))
 
 
-def key_id(key: str) -> str:
-    """A key's stable, public id: ``key_`` and the first 12 hex digits of its SHA-256. Recorded
+def key_digest(key: str) -> bytes:
+    """The SHA-256 digest of a key: what the proxy keeps instead of it (a config file's
+    ``sha256:`` form is its hex)."""
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def digest_key_id(digest: bytes) -> str:
+    """A key's stable, public id from its digest: ``key_`` and the first 12 hex digits. Recorded
     with each trace instead of the key; cannot be turned back into the key."""
-    return "key_" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+    return "key_" + digest.hex()[:12]
+
+
+def key_id(key: str) -> str:
+    """The public id of ``key`` (see :func:`digest_key_id`)."""
+    return digest_key_id(key_digest(key))

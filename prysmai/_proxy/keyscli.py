@@ -68,7 +68,7 @@ def _err(message: str) -> int:
 
 
 def _new(project: str, config: str | None) -> int:
-    from .keys import generate_key, key_id
+    from .keys import generate_key, key_digest, key_id
 
     try:
         from . import projectconfig
@@ -103,7 +103,7 @@ def _new(project: str, config: str | None) -> int:
         "\n"
         "    [[projects]]\n"
         f'    name = "{project}"\n'
-        f'    keys = ["sha256:{_sha256(key)}"]   # {key_id(key)}\n'
+        f'    keys = ["sha256:{key_digest(key).hex()}"]   # {key_id(key)}\n'
         "\n"
         "A running proxy takes it when the file changes (or on SIGHUP)."
     )
@@ -122,7 +122,7 @@ def _declares_keys(path: str, project: str) -> bool:
 
 
 def _hash() -> int:
-    from .keys import KeyConfigError, _validate, key_id
+    from .keys import KeyConfigError, _validate, key_digest, key_id
 
     if sys.stdin.isatty():
         import getpass
@@ -140,12 +140,6 @@ def _hash() -> int:
             key = _validate(line, f"stdin line {n}")
         except KeyConfigError as exc:
             return _err(f"keys hash: {exc}")
-        out.append(f"sha256:{_sha256(key)}  {key_id(key)}")
+        out.append(f"sha256:{key_digest(key).hex()}  {key_id(key)}")
     print("\n".join(out))
     return 0
-
-
-def _sha256(key: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()

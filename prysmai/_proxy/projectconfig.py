@@ -19,7 +19,7 @@ import sys
 from urllib.parse import urlsplit
 
 from . import projects
-from .keys import KeyConfigError, _validate
+from .keys import KeyConfigError, _validate, digest_key_id, key_digest
 from .pricing import Price
 from .projects import AZURE, DEMO, OPENAI, PROVIDER_KINDS, Limits, Project, Provider, Tenancy
 
@@ -221,7 +221,7 @@ class _Reader:
                         continue  # the same key twice in one list: harmless
                     self.fail(
                         where,
-                        f"the key {projects.digest_key_id(digest)} is in both {other} and {label}; "
+                        f"the key {digest_key_id(digest)} is in both {other} and {label}; "
                         "a key belongs to one project (or to [admin]): remove one of them",
                     )
                 owners[digest] = (label, where)
@@ -366,7 +366,7 @@ class _Reader:
                 key = _validate(item, what)
             except KeyConfigError as exc:
                 self.fail(where, f"{exc}; or store its hash instead (`prysmai keys hash`)")
-            return projects.key_digest(key)
+            return key_digest(key)
         if isinstance(item, dict):
             if set(item) != {"env"} or not isinstance(item["env"], str):
                 self.fail(where, f"{what}: must be {hint}")
@@ -379,7 +379,7 @@ class _Reader:
                 key = _validate(self.environ[variable], f"the environment variable {variable} ({what})")
             except KeyConfigError as exc:
                 self.fail(where, str(exc))
-            return projects.key_digest(key)
+            return key_digest(key)
         self.fail(where, f"{what}: must be {hint}")
 
     def variable(self, name: str, where: Path, what: str) -> str:

@@ -20,6 +20,7 @@ import hashlib
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from .keys import digest_key_id, key_digest
 from .pricing import Price
 
 TYPE_CHECKING = False
@@ -34,17 +35,6 @@ PROVIDER_KINDS = (OPENAI, AZURE, COMPATIBLE, DEMO)
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 #: The offline demo model's stand-in address (never contacted).
 DEMO_BASE_URL = "http://prysm-demo.invalid/v1"
-
-
-def key_digest(key: str) -> bytes:
-    """The SHA-256 digest of a key: what the proxy keeps instead of it."""
-    return hashlib.sha256(key.encode("utf-8")).digest()
-
-
-def digest_key_id(digest: bytes) -> str:
-    """A key's stable public id from its digest: ``key_`` and 12 hex digits (the same as
-    :func:`.keys.key_id` of the key)."""
-    return "key_" + digest.hex()[:12]
 
 
 @dataclass(frozen=True)

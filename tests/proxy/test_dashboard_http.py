@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from prysmai._proxy.web.auth import COOKIE_NAME, Sessions, cookie_name, key_id
+from prysmai._proxy.keys import key_id
+from prysmai._proxy.web.auth import COOKIE_NAME, Sessions, cookie_name
 
 from .conftest import KEY, OTHER_KEY, ProxyHandle, free_port
 
@@ -44,9 +45,9 @@ def assert_security_headers(r: httpx.Response) -> None:
 # -- the signed session cookie -------------------------------------------------------------------
 def test_session_cookie_is_signed_expires_and_never_holds_the_key() -> None:
     sessions = Sessions(lifetime=60)
-    value = sessions.issue(KEY.encode(), now=1000.0)
+    value = sessions.issue(key_id(KEY), now=1000.0)
     assert KEY not in value and KEY.split("-")[-1] not in value
-    assert sessions.check(value, now=1001.0) == key_id(KEY.encode())
+    assert sessions.check(value, now=1001.0) == key_id(KEY)
     assert sessions.check(value, now=1060.0) is None  # expired
     expiry, kid, sig = value.split(".")
     assert sessions.check(f"{int(expiry) + 3600}.{kid}.{sig}", now=1001.0) is None  # extended: bad signature
@@ -107,7 +108,7 @@ def test_login_sets_an_httponly_strict_cookie_and_logout_clears_it(proxy: ProxyH
         client.cookies.update(r.cookies)
         assert client.get(f"{base}/traces").status_code == 200
         me = client.get(f"{base}/ui/api/me").json()
-        assert me["key_id"] == key_id(KEY.encode()) and me["read_only"] is False
+        assert me["key_id"] == key_id(KEY) and me["read_only"] is False
         # The second accepted key logs in as well, as its own key id.
         other = login(httpx.Client(), base, key=OTHER_KEY)
         assert other.status_code == 303 and COOKIE_NAME in other.headers["set-cookie"]
@@ -283,13 +284,13 @@ def test_expired_and_forged_sessions_are_refused(proxy: ProxyHandle) -> None:
     base = origin(proxy)
     sessions = proxy.app.web.sessions
     name = cookie_name(proxy.server.port)
-    expired = sessions.issue(KEY.encode(), now=time.time() - sessions.lifetime - 1)
-    forged = Sessions().issue(KEY.encode())  # right shape, another secret
+    expired = sessions.issue(key_id(KEY), now=time.time() - sessions.lifetime - 1)
+    forged = Sessions().issue(key_id(KEY))  # right shape, another secret
     for value in (expired, forged, KEY):
         with httpx.Client(cookies={name: value}) as client:
             assert client.get(f"{base}/ui/api/me").status_code == 401
             assert client.get(f"{base}/traces").status_code == 303
-    with httpx.Client(cookies={name: sessions.issue(KEY.encode())}) as client:
+    with httpx.Client(cookies={name: sessions.issue(key_id(KEY))}) as client:
         assert client.get(f"{base}/ui/api/me").status_code == 200
 
 

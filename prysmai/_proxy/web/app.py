@@ -189,12 +189,12 @@ class Dashboard:
         if not target.startswith("/") or target.startswith(("//", "/\\")) or not target.isprintable():
             target = "/"
         target = quote(target, safe="/?&=%:@+,;~-._!$'()*")  # no raw CR/LF or non-ASCII in Location
-        if not key or self.tenancy().check(key) is None:
+        entry = self.tenancy().check(key) if key else None
+        if entry is None:
             await _redirect(send, "/login?error=1&next=" + quote(target, safe=""))
             return
-        await _redirect(
-            send, target, self.sessions.set_cookie(_cookie(scope), self.sessions.issue(key), _secure(scope))
-        )
+        cookie = self.sessions.set_cookie(_cookie(scope), self.sessions.issue(entry.key_id), _secure(scope))
+        await _redirect(send, target, cookie)
 
     # -- JSON for the pages -------------------------------------------------------------------------
     async def _api(self, route: str, query: dict[str, str], who: KeyEntry) -> Any:

@@ -18,11 +18,6 @@ COOKIE_NAME = "prysm_session"
 SESSION_SECONDS = 12 * 3600
 
 
-def key_id(key: bytes) -> str:
-    """A stable, non-secret name for a key (the same derivation the traces' ``key_id`` uses)."""
-    return "key_" + hashlib.sha256(key).hexdigest()[:12]
-
-
 class Sessions:
     """Issues and checks session cookies."""
 
@@ -38,10 +33,10 @@ class Sessions:
     def _sign(self, payload: str) -> str:
         return hmac.new(self._secret, payload.encode("ascii"), hashlib.sha256).hexdigest()
 
-    def issue(self, key: bytes, now: float | None = None) -> str:
-        """A cookie value for a key that was just accepted."""
+    def issue(self, key_id: str, now: float | None = None) -> str:
+        """A cookie value for the key (by its public id, :func:`..keys.key_id`) that was just accepted."""
         expiry = int((time.time() if now is None else now) + self.lifetime)
-        payload = f"{expiry}.{key_id(key)}"
+        payload = f"{expiry}.{key_id}"
         return f"{payload}.{self._sign(payload)}"
 
     def check(self, value: str | None, now: float | None = None) -> str | None:
