@@ -16,6 +16,7 @@ A role-only first frame, an empty delta or a usage chunk does not stop the clock
 from __future__ import annotations
 
 import json
+import time
 
 from . import pricedb
 from .pricing import cost_of, first_price
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 
     from .pricing import Price, PriceTable
 
+#: Stream events parsed (about 6 us each) between two yields of the GIL while a long streamed
+#: answer is reassembled on the writer thread.
+EVENTS_PER_SLICE = 32
 #: Responses-API stream events that carry generated content (they stop the TTFT clock).
 RESPONSES_CONTENT_EVENTS = frozenset(
     {
@@ -148,6 +152,10 @@ def iter_sse(chunks: list[tuple[float, bytes]]) -> Any:
                 yield t, event_type, b"\n".join(data)
 
 
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
 def _usage_numbers(usage: Any) -> tuple[int | None, int | None, int | None, int | None]:
     """(prompt, completion, total, cached) from a chat/completions or Responses usage object."""
     if not isinstance(usage, dict):
@@ -157,10 +165,6 @@ def _usage_numbers(usage: Any) -> tuple[int | None, int | None, int | None, int 
     total = usage.get("total_tokens")
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-
-    def _int(v: Any) -> int | None:
-        return v if isinstance(v, int) and not isinstance(v, bool) else None
-
     prompt, completion, total, cached = _int(prompt), _int(completion), _int(total), _int(cached)
     if total is None and prompt is not None:
         total = prompt + (completion or 0)
@@ -332,8 +336,10 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
     notes = list(ex.notes)
     if ex.stream and ex.chunks:
         state = _StreamState(ex.t0)
-        for t, event_type, data in iter_sse(ex.chunks):
+        for n, (t, event_type, data) in enumerate(iter_sse(ex.chunks), 1):
             state.feed(t, event_type, data)
+            if not n % EVENTS_PER_SLICE:
+                time.sleep(0)  # a long answer: let the event loop have the GIL (see store.GIL_SLICE)
         ttft = None if state.ttft is None else round(state.ttft, 3)
         usage = state.usage
         response_model = state.model
@@ -377,10 +383,11 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
     price = first_price((ex.provider_prices, prices.prices), names)
     cost = cost_of(price, prompt, completion, cached)
     if price is None and ex.price_ref is not None:  # then genai-prices, for this provider
-        for name in dict.fromkeys(m for m in names if m):
-            cost = pricedb.cost(*ex.price_ref, name, prompt, completion, cached)
-            if cost is not None:
-                break
+        for i, name in enumerate(names):
+            if name and name not in names[:i]:
+                cost = pricedb.cost(*ex.price_ref, name, prompt, completion, cached)
+                if cost is not None:
+                    break
     row = _captured(ex)
     row.update(
         latency_ms=latency,

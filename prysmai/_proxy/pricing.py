@@ -5,6 +5,7 @@ free* (a local model), and costs ``0.0``."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -94,10 +95,17 @@ def lookup(prices: Mapping[str, Price], model: str | None) -> Price | None:
         return None
     price = prices.get(model)
     if price is None:
-        base = _SNAPSHOT.sub("", model)
+        base = _base_model(model)
         if base != model:
             price = prices.get(base)
     return price
+
+
+@functools.lru_cache(maxsize=4096)
+def _base_model(model: str) -> str:
+    # Memoized: an unpriced model (a local one, say) is looked up on every trace; bounded, since
+    # model names come from clients.
+    return _SNAPSHOT.sub("", model)
 
 
 def first_price(tables: Iterable[Mapping[str, Price] | None], models: Iterable[str | None]) -> Price | None:

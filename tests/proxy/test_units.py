@@ -360,3 +360,66 @@ def test_batches_of_any_size_are_written_exactly(tmp_path: Any, n: int) -> None:
     assert [r[0] for r in conn.execute("SELECT id FROM traces ORDER BY latency_ms")] == [
         _row(i)["id"] for i in range(n)
     ]
+
+
+# -- the writer lets go of the GIL: the event loop must not wait out CPython's 5 ms switch interval --
+def _long_stream(events: int) -> Exchange:
+    ex = Exchange("long", time.time(), 0.0, "POST", "chat/completions")
+    ex.model, ex.stream, ex.http_status, ex.t_end = "gpt-4o-mini", True, 200, 1.0
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini"}
+    event = b"data: " + json.dumps({**chunk, "choices": [{"index": 0, "delta": {"content": "w "}}]}).encode() + b"\n\n"
+    ex.chunks = [(0.001 * i, event) for i in range(events)]
+    ex.chunks.append((1.0, b"data: [DONE]\n\n"))
+    return ex
+
+
+def test_reassembling_a_long_stream_yields_the_gil_every_few_events(monkeypatch: Any) -> None:
+    from prysmai._proxy import capture
+
+    sleeps: list[float] = []
+    real_sleep, me = time.sleep, threading.current_thread()
+
+    def sleep(seconds: float) -> None:  # (time.sleep is global: other threads' calls go through)
+        if threading.current_thread() is me:
+            sleeps.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(capture.time, "sleep", sleep)
+    events = 10 * capture.EVENTS_PER_SLICE + 5
+    row = finalize(_long_stream(events), PriceTable.load())
+    assert json.loads(row["response_body"])["choices"][0]["message"]["content"] == "w " * events
+    assert sleeps == [0] * 10  # one yield per EVENTS_PER_SLICE events, never a real sleep
+
+
+def test_writer_yields_the_gil_between_rows_once_its_slice_is_used(monkeypatch: Any, tmp_path: Any) -> None:
+    from prysmai._proxy import store as store_module
+
+    yields = 0
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        nonlocal yields
+        if seconds == 0 and threading.current_thread().name == "prysmai-trace-writer":
+            yields += 1
+        real_sleep(seconds)
+
+    monkeypatch.setattr(store_module.time, "sleep", sleep)
+    monkeypatch.setattr(store_module, "GIL_SLICE", 0.0)  # every row is a whole slice
+    store = TraceStore(str(tmp_path / "t.db"), lambda item: item, queue_size=1000)
+    store.open()
+    for i in range(1, 41):
+        store.submit(_row(i))
+    store.close()
+    assert store.written == 40 and yields == 40
+
+
+def test_the_proxy_process_freezes_its_startup_objects() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, sys; from prysmai._proxy import pricedb, server; server.freeze_startup_objects();"
+        "loaded = 'genai_prices' in sys.modules; print(gc.get_freeze_count() > 1000, loaded or not pricedb.available())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.split() == ["True", "True"]
