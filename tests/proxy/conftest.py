@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import uvicorn
@@ -394,15 +394,18 @@ def proxy(fake: FakeUpstream, start_proxy: Any) -> ProxyHandle:
     return handle
 
 
-class ClosingUpstream:
-    """A raw HTTP/1.1 upstream that answers every request as keep-alive (no ``Connection:
-    close``) and then closes the connection at once: the next request on that pooled connection
-    is sent to a server that has already gone."""
+_U = TypeVar("_U", bound="RawUpstream")
 
-    def __init__(self, eat_second: bool = False) -> None:
-        #: Read the second request of each connection fully, then close without answering.
-        self.eat_second = eat_second
-        self.requests = 0
+
+class RawUpstream:
+    """A raw HTTP/1.1 upstream on its own thread and event loop, on a free port of 127.0.0.1: what
+    aiohttp's pooled connections meet, byte by byte. Subclasses serve each connection
+    (``_handle``) with :meth:`read_request` and :meth:`answer`."""
+
+    #: The one answer: a chat completion, as JSON.
+    BODY = b'{"id":"x","object":"chat.completion","model":"m","choices":[]}'
+
+    def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -419,28 +422,29 @@ class ClosingUpstream:
         self._loop.run_until_complete(start())
         self._loop.run_forever()
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> None:
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    async def read_request(reader: asyncio.StreamReader) -> None:
+        """Read one request, head and body (by its Content-Length)."""
         head = await reader.readuntil(b"\r\n\r\n")
         length = 0
         for line in head.split(b"\r\n"):
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":", 1)[1])
         await reader.readexactly(length)
-        self.requests += 1
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._read_request(reader)
-        body = b'{"id":"x","object":"chat.completion","model":"m","choices":[]}'
+    @classmethod
+    async def answer(cls, writer: asyncio.StreamWriter) -> None:
+        """Answer 200 with :attr:`BODY`, keep-alive (no ``Connection: close``)."""
         writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(cls.BODY), cls.BODY)
         )
         await writer.drain()
-        if self.eat_second:
-            with contextlib.suppress(asyncio.IncompleteReadError):
-                await self._read_request(reader)
-        writer.close()
 
-    def __enter__(self) -> ClosingUpstream:
+    def __enter__(self: _U) -> _U:
         self._thread.start()
         self._ready.wait(10)
         return self
@@ -452,3 +456,25 @@ class ClosingUpstream:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+
+class ClosingUpstream(RawUpstream):
+    """Answers every request as keep-alive (no ``Connection: close``) and then closes the
+    connection at once: the next request on that pooled connection is sent to a server that has
+    already gone."""
+
+    def __init__(self, eat_second: bool = False) -> None:
+        super().__init__()
+        #: Read the second request of each connection fully, then close without answering.
+        self.eat_second = eat_second
+        self.requests = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.read_request(reader)
+        self.requests += 1
+        await self.answer(writer)
+        if self.eat_second:
+            with contextlib.suppress(asyncio.IncompleteReadError):
+                await self.read_request(reader)
+                self.requests += 1
+        writer.close()

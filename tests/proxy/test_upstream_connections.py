@@ -25,31 +25,17 @@ from prysmai._proxy import upstream as upstream_module
 from prysmai._proxy.config import ProxyConfig
 from prysmai._proxy.upstream import AiohttpUpstream
 
-from .conftest import KEY, ClosingUpstream, FakeUpstream, free_port
-
-_BODY = b'{"id":"x","object":"chat.completion","model":"m","choices":[]}'
+from .conftest import KEY, ClosingUpstream, FakeUpstream, RawUpstream, free_port
 
 
-class KeepAliveUpstream:
-    """A raw keep-alive HTTP/1.1 server on its own thread that records, per connection, how many
-    requests it answered and whether the peer closed it (EOF)."""
+class KeepAliveUpstream(RawUpstream):
+    """A keep-alive server that records, per connection, how many requests it answered and
+    whether the peer closed it (EOF)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.answered: list[int] = []
         self.closed_by_peer: list[threading.Event] = []
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.port = 0
-
-    def _run(self) -> None:
-        async def start() -> None:
-            server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
-            self._ready.set()
-
-        self._loop.run_until_complete(start())
-        self._loop.run_forever()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         index = len(self.answered)
@@ -58,35 +44,13 @@ class KeepAliveUpstream:
         self.closed_by_peer.append(closed)
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                await reader.readexactly(length)
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                    % (len(_BODY), _BODY)
-                )
-                await writer.drain()
+                await self.read_request(reader)
+                await self.answer(writer)
                 self.answered[index] += 1
         except (asyncio.IncompleteReadError, ConnectionError):
             closed.set()
         finally:
             writer.close()
-
-    def __enter__(self) -> KeepAliveUpstream:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
 
 @pytest.fixture
@@ -111,7 +75,7 @@ async def _three_requests_then_close(url: str) -> tuple[list[int], list[str]]:
     before = _sockets()
     for _ in range(3):
         response = await client.send("POST", f"{url}/chat/completions", [(b"content-type", b"application/json")], b"{}")
-        assert response.status == 200 and await response.read() == _BODY
+        assert response.status == 200 and await response.read() == RawUpstream.BODY
         await response.aclose()
     new = {name: n for name, n in _sockets().items() if name not in before}
     await client.aclose()
