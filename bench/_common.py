@@ -27,6 +27,9 @@ VENVS_DIR = BENCH_DIR / ".venvs"
 PRYSM_KEY = "sk-prysm-bench-0123456789abcdef"
 #: The key the fake upstream expects (it accepts any bearer token, but a proxy may need one).
 UPSTREAM_KEY = "sk-upstream-bench"
+#: ``prysmai`` as a command, run by this interpreter from whichever ``prysmai`` it imports (a
+#: checkout's, through ``PYTHONPATH``), not the installed script's.
+PRYSMAI_CLI = [sys.executable, "-c", "import sys; from prysmai._cli import main; sys.exit(main())"]
 
 CLK_TCK = _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 

@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_DIR, PRYSM_KEY, REPO_DIR, emit, machine_info, median
+from _common import BENCH_DIR, PRYSM_KEY, PRYSMAI_CLI, REPO_DIR, emit, machine_info, median
 
 sys.path.insert(0, str(REPO_DIR))
 
@@ -441,9 +441,7 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
 def cli_stats(path: Path, size: int) -> dict[str, Any]:
     """``prysmai stats`` over the whole store, as a user runs it: wall time and peak RSS."""
     cmd = [
-        sys.executable,
-        "-c",
-        "import sys; from prysmai._cli import main; sys.exit(main())",
+        *PRYSMAI_CLI,
         "stats",
         "--db",
         str(path),

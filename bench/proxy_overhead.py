@@ -41,6 +41,7 @@ from _common import (
     BENCH_DIR,
     CLK_TCK,
     PRYSM_KEY,
+    PRYSMAI_CLI,
     UPSTREAM_KEY,
     VENVS_DIR,
     cpu_seconds,
@@ -126,9 +127,7 @@ def start_prysm(workdir: Path, upstream: str, db: Path, name: str = "prysm", sou
         env.pop(var, None)
     log = _log_file(workdir, name)
     cmd = [
-        sys.executable,
-        "-c",
-        "import sys; from prysmai._cli import main; sys.exit(main())",
+        *PRYSMAI_CLI,
         "proxy",
         "--host",
         "127.0.0.1",
@@ -264,9 +263,7 @@ def run_client(target: Target, args: list[str], timeout: float) -> dict[str, Any
 def count_traces(db: Path) -> int:
     """Traces in the store, through ``prysmai stats --json`` (the public way), else SQLite directly."""
     cmd = [
-        sys.executable,
-        "-c",
-        "import sys; from prysmai._cli import main; sys.exit(main())",
+        *PRYSMAI_CLI,
         "stats",
         "--db",
         str(db),

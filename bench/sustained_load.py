@@ -26,10 +26,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_DIR, PRYSM_KEY, UPSTREAM_KEY, cpu_seconds, emit, free_port, machine_info, wait_for_port
+from _common import (
+    BENCH_DIR,
+    PRYSM_KEY,
+    PRYSMAI_CLI,
+    UPSTREAM_KEY,
+    cpu_seconds,
+    emit,
+    free_port,
+    machine_info,
+    wait_for_port,
+)
 from proxy_overhead import Target, start_upstream
-
-CLI = "import sys; from prysmai._cli import main; sys.exit(main())"
 
 
 def start_proxy(workdir: Path, upstream: str, db: Path, extra: list[str]) -> Target:
@@ -38,7 +46,7 @@ def start_proxy(workdir: Path, upstream: str, db: Path, extra: list[str]) -> Tar
     for name in ("PRYSM_AUTO", "PRYSM_PROXY_KEYS", "PRYSM_PROXY_KEYS_FILE", "PRYSM_UPSTREAM_URL", "PRYSM_DB"):
         env.pop(name, None)
     log = open(workdir / "prysm.log", "wb")  # noqa: SIM115 - kept open for the process's life
-    cmd = [sys.executable, "-c", CLI, "proxy", "--port", str(port), "--db", str(db), "--upstream", upstream]
+    cmd = [*PRYSMAI_CLI, "proxy", "--port", str(port), "--db", str(db), "--upstream", upstream]
     cmd += ["--key", PRYSM_KEY, *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     wait_for_port(port, proc, timeout=60)
@@ -56,7 +64,7 @@ def health(base: str) -> dict[str, Any]:
 
 def stored_traces(db: Path) -> int:
     out = subprocess.run(
-        [sys.executable, "-c", CLI, "stats", "--db", str(db), "--json"], capture_output=True, text=True, timeout=300
+        [*PRYSMAI_CLI, "stats", "--db", str(db), "--json"], capture_output=True, text=True, timeout=300
     )
     if out.returncode != 0:
         raise RuntimeError(f"prysmai stats failed: {out.stderr[-1000:]}")
