@@ -45,6 +45,7 @@ from .reload import ConfigWatch
 from .store import TraceStore
 from .upstream import AiohttpUpstream, Upstream
 from .web import make_dashboard
+from .writerproc import WriterProcess
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,12 +66,17 @@ class ProxyApp(Forwarding):
         self.tenancy: Tenancy = load_tenancy(config)
         self.limits = Limits()
         self.prices = prices if prices is not None else PriceTable.load(config.pricing_file)
+        finalize_here = partial(_finalize_counting, prices=self.prices, limits=self.limits)
+        process = None
+        if config.trace_writer == "process":
+            process = WriterProcess(self.prices, finalize_here, on_cost=self.limits.add_spend)
         self.store = TraceStore(
             config.db_path,
-            partial(_finalize_counting, prices=self.prices, limits=self.limits),
+            finalize_here,
             config.queue_size,
             when_behind=config.when_behind,
             fallback=fallback_row,
+            process=process,
         )
         self.client: Upstream | None = None
         self.demo_client: Upstream | None = None

@@ -19,10 +19,12 @@ from .config import (
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_PORT,
     DEFAULT_QUEUE_SIZE,
+    DEFAULT_TRACE_WRITER,
     DEFAULT_UPSTREAM,
     DEFAULT_WHEN_BEHIND,
     DEMO_UPSTREAM,
     PRICING_ENV,
+    TRACE_WRITERS,
     UPSTREAM_ENV,
     UPSTREAM_KEY_ENV,
     default_db_path,
@@ -149,6 +151,13 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_WHEN_BEHIND,
         help="when --queue-size traces are waiting: hold new requests until the writer catches up "
         f"(block) or answer them and drop their traces, counted (drop); default {DEFAULT_WHEN_BEHIND}",
+    )
+    proxy.add_argument(
+        "--trace-writer",
+        choices=TRACE_WRITERS,
+        default=DEFAULT_TRACE_WRITER,
+        help="build and write trace rows in a child process, off the proxy's interpreter (process), "
+        f"or on a thread of the proxy (thread); default {DEFAULT_TRACE_WRITER}",
     )
     proxy.add_argument(
         "--header-timeout",
@@ -411,6 +420,7 @@ def _run_proxy(args: argparse.Namespace, log: logging.Logger) -> int:
             queue_size=args.queue_size,
             inject_stream_usage=not args.no_stream_usage,
             when_behind=args.when_behind,
+            trace_writer=args.trace_writer,
             header_timeout=args.header_timeout,
             max_client_connections=args.max_connections,
             max_header_bytes=args.max_header_bytes,

@@ -19,6 +19,9 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_QUEUE_SIZE = 10_000
 #: ``--when-behind``: what to do when the trace queue is full (see docs/proxy.md).
 DEFAULT_WHEN_BEHIND = "block"
+#: ``--trace-writer``: where trace rows are built and inserted (see docs/proxy.md).
+TRACE_WRITERS = ("process", "thread")
+DEFAULT_TRACE_WRITER = "process"
 #: Seconds a client has to send a request's headers, from connection or the previous request.
 DEFAULT_HEADER_TIMEOUT = 10.0
 #: Concurrent client connections; beyond it new connections get ``503``.
@@ -63,9 +66,15 @@ class ProxyConfig:
     max_keepalive: int = 256
     #: Full trace queue: hold new requests until there is room ("block") or drop traces ("drop").
     when_behind: str = DEFAULT_WHEN_BEHIND
+    #: Build and insert trace rows in a child process ("process") or on a thread of the proxy.
+    trace_writer: str = DEFAULT_TRACE_WRITER
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     max_client_connections: int = DEFAULT_MAX_CONNECTIONS
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     #: A projects config file (``--config``; see docs/projects.md). With it, ``keys``, ``upstream``
     #: and ``upstream_api_key`` are not used: the file says which keys, projects and providers.
     config_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.trace_writer not in TRACE_WRITERS:
+            raise ValueError(f"trace_writer must be one of {', '.join(TRACE_WRITERS)}, not {self.trace_writer!r}")

@@ -63,19 +63,20 @@ def raise_open_files_limit(config: ProxyConfig) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def freeze_startup_objects() -> None:
+def freeze_startup_objects(import_prices: bool = True) -> None:
     """Import what the writer thread would import on its first trace (``genai-prices``: ~30 k
-    objects), then move every object alive now to the collector's permanent generation
-    (``gc.freeze``). They live as long as the process anyway, and a full collection then no
-    longer walks them: with ``genai-prices`` loaded, one took ~28 ms instead of ~11 ms, with
-    every request in flight waiting (the collector holds the GIL). Only where the process is
-    ours: frozen objects are never collected, which an application embedding the proxy did not
-    ask for."""
+    objects; only with ``import_prices``: a writer process imports it itself), then move every
+    object alive now to the collector's permanent generation (``gc.freeze``). They live as long
+    as the process anyway, and a full collection then no longer walks them: with
+    ``genai-prices`` loaded, one took ~28 ms instead of ~11 ms, with every request in flight
+    waiting (the collector holds the GIL). Only where the process is ours: frozen objects are
+    never collected, which an application embedding the proxy did not ask for."""
     import gc
 
-    from . import pricedb
+    if import_prices:
+        from . import pricedb
 
-    pricedb.available()
+        pricedb.available()
     gc.collect()  # what is garbage already is freed, not frozen
     gc.freeze()
 
@@ -118,7 +119,7 @@ def serve(app: ProxyApp, sock: socket.socket | None = None, **options: Any) -> N
     # than losing the signal.
     raise_open_files_limit(app.config)  # the process is ours here (not when embedded)
     server = uvicorn.Server(uvicorn_config(app, app.config.host, app.config.port, **options))
-    freeze_startup_objects()
+    freeze_startup_objects(import_prices=app.config.trace_writer == "thread")
 
     def stop_when_started(signum: int, frame: object) -> None:
         server.should_exit = True

@@ -23,6 +23,7 @@ from itertools import chain
 from . import private_files, rollups
 from .migrations import SCHEMA_VERSION, ensure_functions, migrate, version
 from .projects import DEFAULT_PROJECT
+from .writerproc import WriterProcess, WriterProcessError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -218,12 +219,16 @@ class TraceStore:
         queue_size: int = 10_000,
         when_behind: str = "block",
         fallback: Callable[[Any, BaseException], dict[str, Any]] | None = None,
+        process: WriterProcess | None = None,
     ) -> None:
         if when_behind not in WHEN_BEHIND:
             raise ValueError(f"when_behind must be one of {', '.join(WHEN_BEHIND)}, not {when_behind!r}")
         self.path = path
         self._finalize = finalize
         self._fallback = fallback
+        #: Where rows are built and inserted: a child process (see :mod:`.writerproc`), or, when
+        #: ``None``, this store's writer thread (``finalize`` and ``fallback`` run there).
+        self._process = process
         self.capacity = max(1, queue_size)
         self.when_behind = when_behind
         # Unbounded on purpose: the capacity is a policy (above), not a hard limit of the queue.
@@ -245,9 +250,20 @@ class TraceStore:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self) -> None:
-        self._conn = open_db(self.path)
+        self._conn = open_db(self.path)  # created and migrated here: errors surface at start-up
         self._closing = False
+        if self._process is not None:
+            try:
+                self._process.start(self.path)
+            except WriterProcessError as exc:
+                log.warning("%s; building trace rows on a thread of the proxy instead", exc)
+                self._process = None
         self._start_thread()
+
+    @property
+    def writer(self) -> str:
+        """Where rows are built: ``"process"`` or ``"thread"``."""
+        return "thread" if self._process is None else "process"
 
     def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name="prysmai-trace-writer", daemon=True)
@@ -366,6 +382,8 @@ class TraceStore:
                     break
                 self._reconnect()
                 time.sleep(0.05)  # no hot loop if the cause persists
+        if self._process is not None:
+            self._process.stop()
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
@@ -382,6 +400,12 @@ class TraceStore:
         self._cond.notify_all()
 
     def _reconnect(self) -> None:
+        if self._process is not None:
+            try:
+                self._process.ensure_running()
+            except WriterProcessError:  # the next batch fails too, and is counted
+                log.exception("could not start the trace writer process again")
+            return
         with contextlib.suppress(Exception):
             if self._conn is not None:
                 self._conn.close()
@@ -389,6 +413,40 @@ class TraceStore:
             self._conn = open_db(self.path)
         except Exception:  # the next batch fails too, and is counted
             log.exception("could not reopen the trace store %s", self.path)
+
+    def _write_here(self, items: list[Any]) -> tuple[int, int, int]:
+        """Build and insert on this thread; (written, repaired, failed)."""
+        rows: list[tuple[Any, ...]] = []
+        built_repaired = unbuildable = 0
+        since = time.perf_counter()
+        for item in items:
+            row, repaired = build_row(item, self._finalize, self._fallback)
+            if time.perf_counter() - since > GIL_SLICE:
+                time.sleep(0)  # let the event loop have the GIL (see GIL_SLICE)
+                since = time.perf_counter()
+            if row is None:
+                unbuildable += 1
+            else:
+                rows.append(row)
+                built_repaired += repaired
+        if self._conn is None:  # a writer restarted after its connection was closed
+            self._reconnect()
+        conn = self._conn
+        if conn is None:
+            raise sqlite3.OperationalError("the trace store is not open")
+        written, repaired, failed = insert_rows(conn, rows)
+        return written, repaired + built_repaired, failed + unbuildable
+
+    def _write_in_process(self, process: WriterProcess, items: list[Any]) -> tuple[int, int, int]:
+        if not items:
+            return 0, 0, 0
+        why = process.ensure_running()  # a child that died between batches: no trace was in it
+        if why is not None:
+            with self._cond:
+                self.restarts += 1
+                self._incident = (time.monotonic(), f"{why}; restarted, no trace lost")
+            log.error("%s; restarted it, no trace lost", why)
+        return process.write(items)
 
     def _drain(self) -> bool:
         """Write batches until the stop marker; True when stopped."""
@@ -404,33 +462,15 @@ class TraceStore:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            stop = False
-            rows: list[tuple[Any, ...]] = []
-            built_repaired = unbuildable = 0
-            since = time.perf_counter()
-            for item in batch:
-                if item is _STOP:
-                    stop = True
-                    continue
-                row, repaired = self._build(item)
-                if time.perf_counter() - since > GIL_SLICE:
-                    time.sleep(0)  # let the event loop have the GIL (see GIL_SLICE)
-                    since = time.perf_counter()
-                if row is None:
-                    unbuildable += 1
-                else:
-                    rows.append(row)
-                    built_repaired += repaired
-            if self._conn is None:  # a writer restarted after its connection was closed
-                self._reconnect()
-            conn = self._conn
-            if conn is None:
-                raise sqlite3.OperationalError("the trace store is not open")
-            written, repaired, failed = self._write(conn, rows)
-            failed += unbuildable
+            items = [item for item in batch if item is not _STOP]
+            stop = len(items) < len(batch)
+            if self._process is not None:
+                written, repaired, failed = self._write_in_process(self._process, items)
+            else:
+                written, repaired, failed = self._write_here(items)
             with self._cond:
                 self.written += written
-                self.repaired += built_repaired + repaired
+                self.repaired += repaired
                 self.failed += failed
                 self._batch = []
                 self._cond.notify_all()
@@ -439,76 +479,85 @@ class TraceStore:
             if stop:
                 return True
 
-    def _build(self, item: Any) -> tuple[tuple[Any, ...] | None, int]:
-        """(row, 1 if built by the fallback); (None, 0) if no row can be built at all."""
-        try:
-            row = self._finalize(item)
-            return tuple(map(row.get, COLUMNS)), 0
-        except Exception as exc:
-            log.warning("trace %s: could not build its row (%s: %s); storing it unparsed", _id(item), _kind(exc), exc)
-            if self._fallback is not None:
-                try:
-                    row = self._fallback(item, exc)
-                    return tuple(row.get(c) for c in COLUMNS), 1
-                except Exception:
-                    log.exception("trace %s: the fallback row failed too", _id(item))
-            return None, 0
 
-    def _write(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> tuple[int, int, int]:
-        """Insert rows in one transaction; (written, repaired, failed)."""
-        if not rows:
-            return 0, 0, 0
-        try:
-            with conn:  # one transaction per batch, the rollups folded in it
-                conn.execute("BEGIN")
-                start, size = 0, _ROWS_PER_INSERT
-                before: int | None = None
-                while start < len(rows):
-                    while size > len(rows) - start:
-                        size >>= 1
-                    part = rows[start : start + size]
-                    cursor = conn.execute(_insert_sql(size), list(chain.from_iterable(part)))
-                    if before is None and cursor.lastrowid is not None:
-                        # One INSERT numbers its rows consecutively (max(rowid) + 1, ...): where
-                        # this batch began, without a statement of its own.
-                        before = cursor.lastrowid - size
-                    start += size
-                rollups.fold(conn, before)
-            return len(rows), 0, 0
-        except (sqlite3.Error, ValueError, OverflowError, TypeError):
-            pass  # find the row(s) at fault below; the others are written
+def build_row(
+    item: Any,
+    finalize: Callable[[Any], dict[str, Any]],
+    fallback: Callable[[Any, BaseException], dict[str, Any]] | None,
+) -> tuple[tuple[Any, ...] | None, int]:
+    """The row of one captured item: (row, 1 if built by the fallback); (None, 0) if no row can
+    be built at all."""
+    try:
+        row = finalize(item)
+        return tuple(map(row.get, COLUMNS)), 0
+    except Exception as exc:
+        log.warning("trace %s: could not build its row (%s: %s); storing it unparsed", _id(item), _kind(exc), exc)
+        if fallback is not None:
+            try:
+                row = fallback(item, exc)
+                return tuple(row.get(c) for c in COLUMNS), 1
+            except Exception:
+                log.exception("trace %s: the fallback row failed too", _id(item))
+        return None, 0
+
+
+def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> tuple[int, int, int]:
+    """Insert rows in one transaction, the rollups folded in it; (written, repaired, failed).
+    A row SQLite refuses is repaired (:func:`repair_row`) or skipped; the others are written."""
+    if not rows:
+        return 0, 0, 0
+    try:
         with conn:
-            conn.execute("BEGIN IMMEDIATE")  # the write lock first: max(rowid) is where this starts
-            before = conn.execute("SELECT coalesce(max(rowid), 0) FROM traces").fetchone()[0]
-            written = self._write_one_by_one(conn, rows)
+            conn.execute("BEGIN")
+            start, size = 0, _ROWS_PER_INSERT
+            before: int | None = None
+            while start < len(rows):
+                while size > len(rows) - start:
+                    size >>= 1
+                part = rows[start : start + size]
+                cursor = conn.execute(_insert_sql(size), list(chain.from_iterable(part)))
+                if before is None and cursor.lastrowid is not None:
+                    # One INSERT numbers its rows consecutively (max(rowid) + 1, ...): where
+                    # this batch began, without a statement of its own.
+                    before = cursor.lastrowid - size
+                start += size
             rollups.fold(conn, before)
-        return written
+        return len(rows), 0, 0
+    except (sqlite3.Error, ValueError, OverflowError, TypeError):
+        pass  # find the row(s) at fault below; the others are written
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")  # the write lock first: max(rowid) is where this starts
+        before = conn.execute("SELECT coalesce(max(rowid), 0) FROM traces").fetchone()[0]
+        written = _insert_one_by_one(conn, rows)
+        rollups.fold(conn, before)
+    return written
 
-    def _write_one_by_one(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> tuple[int, int, int]:
-        """Insert rows singly (in the caller's transaction), repairing or skipping the ones SQLite
-        refuses: a failed statement undoes only itself."""
-        ok = fixed = bad = 0
-        for row in rows:
-            try:
-                conn.execute(_INSERT, row)
-                ok += 1
-                continue
-            except sqlite3.Error as exc:
-                bad += 1
-                log.error("trace %s could not be written: %s", row[0], exc)
-                continue
-            except (ValueError, OverflowError, TypeError) as exc:  # a value SQLite cannot take
-                reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-            repaired, notes = repair_row(row)
-            try:
-                conn.execute(_INSERT, repaired)
-                ok += 1
-                fixed += 1
-                log.warning("trace %s stored with repairs (%s): %s", row[0], reason, "; ".join(notes))
-            except Exception as exc:
-                bad += 1
-                log.error("trace %s could not be written even repaired: %s", row[0], exc)
-        return ok, fixed, bad
+
+def _insert_one_by_one(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> tuple[int, int, int]:
+    """Insert rows singly (in the caller's transaction), repairing or skipping the ones SQLite
+    refuses: a failed statement undoes only itself."""
+    ok = fixed = bad = 0
+    for row in rows:
+        try:
+            conn.execute(_INSERT, row)
+            ok += 1
+            continue
+        except sqlite3.Error as exc:
+            bad += 1
+            log.error("trace %s could not be written: %s", row[0], exc)
+            continue
+        except (ValueError, OverflowError, TypeError) as exc:  # a value SQLite cannot take
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+        repaired, notes = repair_row(row)
+        try:
+            conn.execute(_INSERT, repaired)
+            ok += 1
+            fixed += 1
+            log.warning("trace %s stored with repairs (%s): %s", row[0], reason, "; ".join(notes))
+        except Exception as exc:
+            bad += 1
+            log.error("trace %s could not be written even repaired: %s", row[0], exc)
+    return ok, fixed, bad
 
 
 def _id(item: Any) -> str:

@@ -86,8 +86,9 @@ class _WriterKiller(BaseException):
 
 
 def test_writer_that_fails_is_restarted_loss_counted_health_degraded_and_logged(
-    proxy: ProxyHandle, caplog: Any
+    fake: FakeUpstream, start_proxy: Any, caplog: Any
 ) -> None:
+    proxy = start_proxy(fake.url, trace_writer="thread")  # rows built here, where a test can break them
     finalize = proxy.app.store._finalize
 
     def once(item: Any) -> dict[str, Any]:

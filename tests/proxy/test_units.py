@@ -14,7 +14,15 @@ from prysmai._proxy.capture import Exchange, finalize
 from prysmai._proxy.keys import KeyConfigError, collect_keys, generate_key, key_id
 from prysmai._proxy.pricing import Price, PriceTable, PricingError
 from prysmai._proxy.projects import flat
-from prysmai._proxy.store import COLUMNS, SCHEMA_VERSION, StoreError, TraceStore, compute_stats, open_existing
+from prysmai._proxy.store import (
+    COLUMNS,
+    SCHEMA_VERSION,
+    StoreError,
+    TraceStore,
+    compute_stats,
+    insert_rows,
+    open_existing,
+)
 from prysmai._proxy.usage import UsageStripper, inject_usage
 
 PRICES = PriceTable.load()
@@ -353,7 +361,7 @@ def test_batches_of_any_size_are_written_exactly(tmp_path: Any, n: int) -> None:
     store = TraceStore(path, lambda item: item)
     store.open()
     assert store._conn is not None
-    assert store._write(store._conn, [tuple(_row(i).get(c) for c in COLUMNS) for i in range(n)]) == (n, 0, 0)
+    assert insert_rows(store._conn, [tuple(_row(i).get(c) for c in COLUMNS) for i in range(n)]) == (n, 0, 0)
     store.close()
     conn = open_existing(path)
     assert conn is not None
