@@ -133,6 +133,15 @@ def iter_sse(chunks: list[tuple[float, bytes]]) -> Any:
     chunk that completed the event."""
     buf = b""
     for t, chunk in chunks:
+        if (
+            not buf
+            and chunk[:6] == b"data: "
+            and chunk[-2:] == b"\n\n"
+            and chunk.count(b"\n") == 2
+            and b"\r" not in chunk
+        ):
+            yield t, None, chunk[6:-2]  # the common chunk: exactly one event of one data line
+            continue
         buf += chunk
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -194,6 +203,7 @@ class _StreamState:
             self.ttft = (t - self.t0) * 1000.0
 
     def feed(self, t: float, event_type: str | None, data: bytes) -> None:
+        """One event's data, parsed here."""
         if data.strip() == b"[DONE]":
             return
         try:
@@ -204,6 +214,10 @@ class _StreamState:
         except RecursionError:
             self.too_deep += 1
             return
+        self.feed_parsed(t, event_type, obj)
+
+    def feed_parsed(self, t: float, event_type: str | None, obj: Any) -> None:
+        """One event's data, already parsed."""
         if not isinstance(obj, dict):
             return
         kind = obj.get("type") if isinstance(obj.get("type"), str) else event_type
@@ -225,9 +239,9 @@ class _StreamState:
 
     def _feed_choice(self, t: float, choice: dict[str, Any]) -> None:
         index = choice.get("index", 0)
-        st = self.choices.setdefault(
-            index, {"role": None, "content": [], "refusal": [], "tools": {}, "finish_reason": None}
-        )
+        st = self.choices.get(index)
+        if st is None:
+            st = self.choices[index] = {"role": None, "content": [], "refusal": [], "tools": {}, "finish_reason": None}
         if choice.get("finish_reason"):
             st["finish_reason"] = choice["finish_reason"]
         text = choice.get("text")  # legacy completions
@@ -325,6 +339,25 @@ class _StreamState:
         }
 
 
+def _feed_events(state: _StreamState, events: list[tuple[float, str | None, bytes]]) -> None:
+    """Feed stream events, their data parsed with one ``json.loads`` (a call per event cost more
+    than the parsing itself: ~9 us an event against ~1.5 us); a group in which any event is not a
+    single JSON value (``[DONE]`` aside) is parsed event by event instead."""
+    data = [d for _, _, d in events if d.strip() != b"[DONE]"]
+    try:
+        parsed = json.loads(b"[" + b",".join(data) + b"]") if data else []
+    except (ValueError, RecursionError):
+        parsed = None
+    if parsed is None or len(parsed) != len(data):  # one event's data was not one value
+        for t, event_type, d in events:
+            state.feed(t, event_type, d)
+        return
+    values = iter(parsed)
+    for t, event_type, d in events:
+        if d.strip() != b"[DONE]":
+            state.feed_parsed(t, event_type, next(values))
+
+
 def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
     """The trace row for a finished exchange (runs on the writer thread)."""
     latency = None if ex.t_end is None else round((ex.t_end - ex.t0) * 1000.0, 3)
@@ -336,10 +369,11 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
     notes = list(ex.notes)
     if ex.stream and ex.chunks:
         state = _StreamState(ex.t0)
-        for n, (t, event_type, data) in enumerate(iter_sse(ex.chunks), 1):
-            state.feed(t, event_type, data)
-            if not n % EVENTS_PER_SLICE:
+        events = list(iter_sse(ex.chunks))
+        for start in range(0, len(events), EVENTS_PER_SLICE):
+            if start:
                 time.sleep(0)  # a long answer: let the event loop have the GIL (see store.GIL_SLICE)
+            _feed_events(state, events[start : start + EVENTS_PER_SLICE])
         ttft = None if state.ttft is None else round(state.ttft, 3)
         usage = state.usage
         response_model = state.model

@@ -9,6 +9,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prysmai._proxy.capture import Exchange, finalize
 from prysmai._proxy.keys import KeyConfigError, collect_keys, generate_key, key_id
@@ -431,3 +433,49 @@ def test_the_proxy_process_freezes_its_startup_objects() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.split() == ["True", "True"]
+
+
+# -- stream parsing: grouped and per event agree -------------------------------------------------
+_PAYLOADS = [
+    b'{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"role":"assistant"}}]}',
+    b'{"id":"c","choices":[{"index":0,"delta":{"content":"h\\u00e9"}}],"usage":null}',
+    b'{"id":"c","choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"id":"t","function":{"name":"f"}}]}}]}',
+    b'{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}',
+    b'{"type":"response.output_text.delta","delta":"x"}',
+    b'{"error":{"message":"boom"}}',
+    b"[DONE]",
+    b" [DONE] ",
+    b"not json",
+    b"",
+    b"1,2",
+    b"1],[2",
+    b'{"a":',
+    b'"a string"',
+    b"[" * 5000 + b"]" * 5000,
+]
+
+
+@given(st.lists(st.sampled_from(_PAYLOADS), max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_stream_events_parsed_together_read_as_parsed_one_by_one(payloads: list[bytes]) -> None:
+    from prysmai._proxy.capture import _feed_events, _StreamState
+
+    events = [(float(i), None, p) for i, p in enumerate(payloads)]
+    together, one_by_one = _StreamState(0.0), _StreamState(0.0)
+    _feed_events(together, events)
+    for event in events:
+        one_by_one.feed(*event)
+    assert vars(together) == vars(one_by_one)
+
+
+@given(st.lists(st.sampled_from(_PAYLOADS[:8]), min_size=1, max_size=12), st.data())
+@settings(max_examples=200, deadline=None)
+def test_sse_events_are_the_same_however_the_bytes_are_chunked(payloads: list[bytes], data: Any) -> None:
+    from prysmai._proxy.capture import iter_sse
+
+    stream = b"".join(b"data: " + p + b"\n\n" for p in payloads)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1), max_size=8)))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    whole = [(e[1], e[2]) for e in iter_sse([(0.0, stream)])]
+    chunked = [(e[1], e[2]) for e in iter_sse([(float(i), p) for i, p in enumerate(pieces)])]
+    assert chunked == whole == [(None, p) for p in payloads]
