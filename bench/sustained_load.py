@@ -79,12 +79,20 @@ def main(argv: list[str] | None = None) -> int:
         "--when-behind", choices=("block", "drop", "unset"), default="drop", help="unset: older proxies without it"
     )
     parser.add_argument("--queue-size", type=int, default=10_000)
+    parser.add_argument(
+        "--trace-writer",
+        choices=("process", "thread", "unset"),
+        default="unset",
+        help="the proxy's --trace-writer (unset: its default, and older proxies without it)",
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="prysmai-sustained-"))
     upstream_proc, upstream = start_upstream(workdir)
     db = workdir / "traces.db"
     policy = [] if args.when_behind == "unset" else ["--when-behind", args.when_behind]
+    if args.trace_writer != "unset":
+        policy += ["--trace-writer", args.trace_writer]
     target = start_proxy(workdir, upstream, db, [*policy, "--queue-size", str(args.queue_size)])
     base = target.url.rsplit("/chat/completions", 1)[0]
     samples: list[dict[str, Any]] = []
@@ -139,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "bench": "sustained",
         "when_behind": args.when_behind,
+        "trace_writer": args.trace_writer,
         "concurrency": args.concurrency,
         "seconds": result["seconds"],
         "rps": result["rps"],
@@ -152,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         "write_errors": last["store"]["write_errors"],
         "max_queued": max([s["store"]["queued"] for s in samples] + [queued_at_end]),
         "queued_at_end": queued_at_end,
+        # Whether the writer keeps up or slowly falls behind: the queue every 10 s.
+        "queued_every_10s": [s["store"]["queued"] for s in samples[19::20]],
         "health_degraded_samples": sum(1 for s in samples if s["status"] != "ok"),
         "proxy_cpu_s_per_s": round(cpu / max(result["seconds"], 1e-9), 3),
         "proxy_exit": code,

@@ -48,6 +48,18 @@ log = logging.getLogger("prysmai.proxy")
 FIELDS = tuple(f for f in Exchange.__slots__ if f not in ("provider_prices", "request_json", "submitted"))
 _fields_of = operator.attrgetter(*FIELDS)
 _HEADER = struct.Struct(">I")
+#: The child's command (``python -c``): this very copy of prysmai (the proxy may run from a
+#: checkout, not the installed one), and not the working directory's modules, which ``-c`` and
+#: ``-m`` would put first on ``sys.path`` (the proxy may be started in any project's folder).
+_CHILD = """# prysmai trace writer
+import sys
+if sys.path and sys.path[0] == "":
+    del sys.path[0]
+if sys.argv[1] not in sys.path:
+    sys.path.insert(0, sys.argv[1])
+from prysmai._proxy.writerproc import main
+main()
+"""
 #: How long the proxy waits for a new child to say it is ready before it refuses to start.
 START_TIMEOUT = 30.0
 #: An item built in the proxy (it could not be sent as is): its row, not its fields.
@@ -97,6 +109,18 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(parts)
 
 
+#: What the child keeps of the proxy's environment: what Python itself reads. Not the keys
+#: (``OPENAI_API_KEY``, ``PRYSM_PROXY_KEYS``, whatever a projects file names): the process that
+#: parses captured, untrusted content holds no secret. Not ``PRYSM_AUTO`` either.
+_ENVIRONMENT = frozenset(
+    {"PATH", "HOME", "LANG", "TMPDIR", "TEMP", "TMP", "SYSTEMROOT", "VIRTUAL_ENV", "LD_LIBRARY_PATH"}
+)
+
+
+def _child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k in _ENVIRONMENT or k.startswith(("PYTHON", "LC_"))}
+
+
 class WriterProcess:
     """The proxy's end of the child that builds and writes its trace rows.
 
@@ -134,13 +158,11 @@ class WriterProcess:
         """Start the child on the store at ``path`` and wait until it has opened it."""
         self._path = path
         self._price_refs = {}
-        env = dict(os.environ)
-        env.pop("PRYSM_AUTO", None)  # the child runs no openai client: nothing to instrument
+        env = _child_environment(os.environ)
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         try:
             proc = subprocess.Popen(
-                [sys.executable or "python3", "-m", "prysmai._proxy.writerproc"],
+                [sys.executable or "python3", "-c", _CHILD, package_root],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
@@ -157,7 +179,7 @@ class WriterProcess:
             reply = self._reply(START_TIMEOUT)
         except (OSError, WriterProcessError) as exc:
             self.stop(timeout=1.0)
-            raise WriterProcessError(f"the trace writer process did not start: {exc}") from None
+            raise WriterProcessError(f"the trace writer process did not start ({exc})") from None
         if reply[0] != "ready":
             self.stop(timeout=1.0)
             raise WriterProcessError(f"the trace writer process did not start: {reply[1]}")

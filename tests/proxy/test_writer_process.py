@@ -147,6 +147,41 @@ def test_without_a_usable_interpreter_rows_are_built_on_a_thread(
     assert len(proxy.traces()) == 1
 
 
+def test_the_child_imports_prysmai_not_the_working_directorys_modules(tmp_path: Any, monkeypatch: Any) -> None:
+    folder = tmp_path / "some-project"
+    folder.mkdir()
+    (folder / "logging.py").write_text("raise SystemExit('the working directory was imported')\n")
+    monkeypatch.chdir(folder)  # where the operator happened to start the proxy
+    store = TraceStore(
+        str(tmp_path / "t.db"),
+        lambda e: finalize(e, PRICES),
+        fallback=fallback_row,
+        process=WriterProcess(PRICES, lambda e: finalize(e, PRICES)),
+    )
+    store.open()
+    store.submit(Exchange("one", time.time(), 1.0, "POST", "chat/completions"))
+    store.close()
+    assert store.writer == "process" and store.written == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="reads a process's environment from /proc")
+def test_the_child_holds_no_key(proxy: ProxyHandle, monkeypatch: Any) -> None:
+    secret = "sk-upstream-" + "s3cr3t" * 4
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    monkeypatch.setenv("PRYSM_PROXY_KEYS", KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
+    store = proxy.app.store
+    old = child_of(store)
+    os.kill(old, signal.SIGKILL)  # its replacement starts with the environment set above
+    wait_gone(old)
+    post(proxy)
+    assert len(proxy.traces()) == 1
+    with open(f"/proc/{child_of(store)}/environ", "rb") as fh:
+        environ = fh.read()
+    assert secret.encode() not in environ and KEY.encode() not in environ
+    assert b"PATH=" in environ
+
+
 def test_trace_writer_must_be_process_or_thread() -> None:
     from prysmai._proxy.config import ProxyConfig
 
