@@ -40,6 +40,16 @@ def health(proxy: ProxyHandle) -> dict[str, Any]:
     return doc
 
 
+def process_store(path: str, on_cost: Any = None) -> TraceStore:
+    """A store (not opened) whose rows a writer process builds with the shipped prices."""
+    return TraceStore(
+        path,
+        lambda ex: finalize(ex, PRICES),
+        fallback=fallback_row,
+        process=WriterProcess(PRICES, lambda ex: finalize(ex, PRICES), on_cost=on_cost),
+    )
+
+
 def child_of(store: TraceStore) -> int:
     process = store._process
     assert process is not None and process.pid is not None
@@ -152,12 +162,7 @@ def test_the_child_imports_prysmai_not_the_working_directorys_modules(tmp_path: 
     folder.mkdir()
     (folder / "logging.py").write_text("raise SystemExit('the working directory was imported')\n")
     monkeypatch.chdir(folder)  # where the operator happened to start the proxy
-    store = TraceStore(
-        str(tmp_path / "t.db"),
-        lambda e: finalize(e, PRICES),
-        fallback=fallback_row,
-        process=WriterProcess(PRICES, lambda e: finalize(e, PRICES)),
-    )
+    store = process_store(str(tmp_path / "t.db"))
     store.open()
     store.submit(Exchange("one", time.time(), 1.0, "POST", "chat/completions"))
     store.close()
@@ -245,12 +250,7 @@ def _stored(path: str) -> list[dict[str, Any]]:
 def test_the_child_stores_exactly_the_rows_the_writer_thread_stores(tmp_path: Any) -> None:
     here = TraceStore(str(tmp_path / "thread.db"), lambda ex: finalize(ex, PRICES), fallback=fallback_row)
     spent: list[tuple[str, float, float]] = []
-    there = TraceStore(
-        str(tmp_path / "process.db"),
-        lambda ex: finalize(ex, PRICES),
-        fallback=fallback_row,
-        process=WriterProcess(PRICES, lambda ex: finalize(ex, PRICES), on_cost=lambda *c: spent.append(c)),
-    )
+    there = process_store(str(tmp_path / "process.db"), on_cost=lambda *c: spent.append(c))
     for store in (here, there):
         store.open()
         for ex in _exchanges():
@@ -271,12 +271,7 @@ def test_an_exchange_the_pipe_cannot_carry_is_built_in_the_proxy(tmp_path: Any) 
     ex = Exchange("deep", time.time(), 1.0, "POST", "chat/completions")
     ex.metadata = deep
     ok = Exchange("fine", time.time(), 1.0, "POST", "chat/completions")
-    store = TraceStore(
-        str(tmp_path / "t.db"),
-        lambda e: finalize(e, PRICES),
-        fallback=fallback_row,
-        process=WriterProcess(PRICES, lambda e: finalize(e, PRICES)),
-    )
+    store = process_store(str(tmp_path / "t.db"))
     store.open()
     store.submit(ex)
     store.submit(ok)
