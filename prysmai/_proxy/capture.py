@@ -2,7 +2,7 @@
 
 The request path only fills an :class:`Exchange` (raw bytes and ``perf_counter`` timestamps);
 everything that costs CPU -- JSON parsing of the response, SSE reassembly, usage, TTFT, cost --
-happens in :func:`finalize`, on the store's writer thread.
+happens in :func:`finalize`, in the store's writer process (or on its writer thread).
 
 TTFT is the time from the proxy receiving the request (``Exchange.t0``, taken when the ASGI app
 is entered) to the moment the proxy forwarded the chunk that completed the first SSE event

@@ -2,9 +2,10 @@
 bundled with the package, no network), by provider: the same model name can cost differently on
 OpenAI, Azure, Groq or OpenRouter.
 
-Looked up on the writer thread, after a provider's own prices, the ``--pricing`` file and the
-shipped table, so a price the operator wrote down always wins. ``genai_prices`` is imported on
-first use (~0.2 s, once; ``prysmai proxy`` does it at start-up: ``server.freeze_startup_objects``).
+Looked up where rows are built (the writer process, or the writer thread), after a provider's own
+prices, the ``--pricing`` file and the shipped table, so a price the operator wrote down always
+wins. ``genai_prices`` is imported on first use (~0.2 s, once; a proxy building rows on its
+thread does it at start-up: ``server.freeze_startup_objects``).
 Finding a model there takes ~0.1 ms, so each (provider, model) is
 found once and kept (in a bounded cache: model names come from clients); a flat price is then
 turned into a :class:`~.pricing.Price` and costed like any other, and only a tiered one (a

@@ -1,8 +1,10 @@
-"""The trace store: SQLite in WAL mode, written by one background thread in batches.
+"""The trace store: SQLite in WAL mode, written in batches off the request path.
 
 The request path only calls :meth:`TraceStore.submit`, which appends to a bounded in-memory queue
-(never blocks, never touches the disk). The writer thread drains the queue, turns each captured
-exchange into a row (``finalize``, see :mod:`.capture`) and inserts a batch per transaction.
+(never blocks, never touches the disk). The writer thread drains the queue; each batch's captured
+exchanges become rows (``finalize``, see :mod:`.capture`), inserted in one transaction, either by
+a child process the thread hands them to (:mod:`.writerproc`, what ``prysmai proxy`` does) or on
+the thread itself.
 A full queue drops the trace, counts it (``dropped``) and logs it at most every 10 seconds.
 :meth:`close` writes everything pending before returning.
 """
@@ -199,7 +201,8 @@ def repair_row(row: Sequence[Any]) -> tuple[tuple[Any, ...], list[str]]:
 
 
 class TraceStore:
-    """A queue and one supervised writer thread. ``submit`` is called from the event loop thread.
+    """A queue and one supervised writer thread (with, when given, the writer process it hands
+    batches to). ``submit`` is called from the event loop thread.
 
     The writer never dies: a row that cannot be built is stored without parsing (``fallback``), a
     row SQLite refuses is repaired (:func:`repair_row`), and anything else that stops the loop
