@@ -319,7 +319,7 @@ class WriterProcess:
         proc = self._proc
         assert proc is not None and proc.stdout is not None
         fd = proc.stdout.fileno()
-        if timeout is not None:
+        if timeout is not None and os.name != "nt":  # Windows' select() takes sockets only: wait unbounded
             import selectors
 
             with selectors.DefaultSelector() as sel:
