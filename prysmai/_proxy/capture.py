@@ -343,19 +343,17 @@ def _feed_events(state: _StreamState, events: list[tuple[float, str | None, byte
     """Feed stream events, their data parsed with one ``json.loads`` (a call per event cost more
     than the parsing itself: ~9 us an event against ~1.5 us); a group in which any event is not a
     single JSON value (``[DONE]`` aside) is parsed event by event instead."""
-    data = [d for _, _, d in events if d.strip() != b"[DONE]"]
+    kept = [(t, event_type, d) for t, event_type, d in events if d.strip() != b"[DONE]"]
     try:
-        parsed = json.loads(b"[" + b",".join(data) + b"]") if data else []
+        parsed = json.loads(b"[" + b",".join(d for _, _, d in kept) + b"]") if kept else []
     except (ValueError, RecursionError):
         parsed = None
-    if parsed is None or len(parsed) != len(data):  # one event's data was not one value
-        for t, event_type, d in events:
+    if parsed is None or len(parsed) != len(kept):  # one event's data was not one value
+        for t, event_type, d in kept:
             state.feed(t, event_type, d)
         return
-    values = iter(parsed)
-    for t, event_type, d in events:
-        if d.strip() != b"[DONE]":
-            state.feed_parsed(t, event_type, next(values))
+    for (t, event_type, _), value in zip(kept, parsed):
+        state.feed_parsed(t, event_type, value)
 
 
 def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:

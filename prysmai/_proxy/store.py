@@ -404,11 +404,7 @@ class TraceStore:
 
     def _reconnect(self) -> None:
         if self._process is not None:
-            try:
-                self._process.ensure_running()
-            except WriterProcessError:  # the next batch fails too, and is counted
-                log.exception("could not start the trace writer process again")
-            return
+            return  # the child holds the connection; the next batch starts another if it is gone
         with contextlib.suppress(Exception):
             if self._conn is not None:
                 self._conn.close()
@@ -419,19 +415,7 @@ class TraceStore:
 
     def _write_here(self, items: list[Any]) -> tuple[int, int, int]:
         """Build and insert on this thread; (written, repaired, failed)."""
-        rows: list[tuple[Any, ...]] = []
-        built_repaired = unbuildable = 0
-        since = time.perf_counter()
-        for item in items:
-            row, repaired = build_row(item, self._finalize, self._fallback)
-            if time.perf_counter() - since > GIL_SLICE:
-                time.sleep(0)  # let the event loop have the GIL (see GIL_SLICE)
-                since = time.perf_counter()
-            if row is None:
-                unbuildable += 1
-            else:
-                rows.append(row)
-                built_repaired += repaired
+        rows, built_repaired, unbuildable = build_rows(items, self._finalize, self._fallback, GIL_SLICE)
         if self._conn is None:  # a writer restarted after its connection was closed
             self._reconnect()
         conn = self._conn
@@ -502,6 +486,31 @@ def build_row(
             except Exception:
                 log.exception("trace %s: the fallback row failed too", _id(item))
         return None, 0
+
+
+def build_rows(
+    items: Sequence[Any],
+    finalize: Callable[[Any], dict[str, Any]],
+    fallback: Callable[[Any, BaseException], dict[str, Any]] | None,
+    gil_slice: float | None = None,
+) -> tuple[list[tuple[Any, ...]], int, int]:
+    """The rows of ``items`` (:func:`build_row` each): (rows, how many the fallback built, how many
+    items no row could be built for). With ``gil_slice``, the GIL is yielded whenever that many
+    seconds of building have passed (the writer thread: see :data:`GIL_SLICE`)."""
+    rows: list[tuple[Any, ...]] = []
+    repaired = unbuildable = 0
+    since = time.perf_counter()
+    for item in items:
+        row, by_fallback = build_row(item, finalize, fallback)
+        if gil_slice is not None and time.perf_counter() - since > gil_slice:
+            time.sleep(0)  # let the event loop have the GIL
+            since = time.perf_counter()
+        if row is None:
+            unbuildable += 1
+        else:
+            rows.append(row)
+            repaired += by_fallback
+    return rows, repaired, unbuildable
 
 
 def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> tuple[int, int, int]:

@@ -109,6 +109,12 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(parts)
 
 
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
+
+
 #: What the child keeps of the proxy's environment: what Python itself reads. Not the keys
 #: (``OPENAI_API_KEY``, ``PRYSM_PROXY_KEYS``, whatever a projects file names): the process that
 #: parses captured, untrusted content holds no secret. Not ``PRYSM_AUTO`` either.
@@ -201,9 +207,7 @@ class WriterProcess:
         proc = self._proc
         if proc is None:
             return
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                pipe.close()
+        _close_pipes(proc)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -226,9 +230,7 @@ class WriterProcess:
 
     def _discard(self) -> None:
         if self._proc is not None:
-            for pipe in (self._proc.stdin, self._proc.stdout):
-                if pipe is not None:
-                    pipe.close()
+            _close_pipes(self._proc)
             if self._proc.poll() is None:
                 self._proc.kill()
             self._proc.wait()
@@ -425,11 +427,9 @@ def _write_batch(
     provider_prices: Mapping[int, Mapping[str, Price]],
     collect: _Collect,
 ) -> tuple[Any, ...]:
-    from .store import build_row, insert_rows
+    from .store import build_rows, insert_rows
 
-    rows: list[tuple[Any, ...]] = []
     costs: list[tuple[str, float, float]] = []
-    built_repaired = unbuildable = 0
 
     def counted(ex: Exchange) -> dict[str, Any]:
         row = finalize(ex, prices)
@@ -437,18 +437,10 @@ def _write_batch(
             costs.append((ex.project, row["cost_usd"], ex.created_at))
         return row
 
-    for kind, values, extra in items:
-        if kind == _BUILT:
-            rows.append(values)
-            continue
-        ex = _exchange(values, provider_prices.get(extra))
-        row, repaired = build_row(ex, counted, fallback_row)
-        if row is None:
-            unbuildable += 1
-        else:
-            rows.append(row)
-            built_repaired += repaired
-    written, repaired, failed = insert_rows(conn, rows)
+    rows = [values for kind, values, _ in items if kind == _BUILT]  # built in the proxy (rare)
+    exchanges = [_exchange(values, provider_prices.get(ref)) for kind, values, ref in items if kind == _SENT]
+    built, built_repaired, unbuildable = build_rows(exchanges, counted, fallback_row)
+    written, repaired, failed = insert_rows(conn, rows + built)
     return ("ok", written, built_repaired + repaired, failed + unbuildable, costs, collect.take())
 
 
