@@ -177,14 +177,10 @@ class _Handler(ResponseHandler):
         self._sock = _own_socket(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        sock = self._sock
+        info = self.info()  # (without a duplicate, the transport's socket is still open here)
+        sock, self._sock = self._sock, None
         if sock is not None:
-            self._sock = None
-            info = _tcp_info(sock)
             sock.close()  # our duplicate: the connection really closes once uvloop's is closed too
-        else:  # no duplicate (descriptors exhausted?): the transport's socket is still open here
-            transport = self.transport
-            info = _tcp_info(transport.get_extra_info("socket")) if transport is not None else None
         if info is not None:
             self.acked_at_loss = info[1]
         super().connection_lost(exc)
@@ -195,14 +191,7 @@ class _Handler(ResponseHandler):
         if sock is None:  # the slow way, through the transport (see _own_socket)
             transport = self.transport
             return _tcp_info(transport.get_extra_info("socket")) if transport is not None else None
-        try:
-            raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO.size)  # type: ignore[arg-type]
-        except OSError:
-            return None
-        if len(raw) < _INFO.size:
-            return None
-        state, acked = _INFO.unpack_from(raw)
-        return state, acked
+        return _tcp_info(sock)
 
     def nothing_accepted(self) -> bool:
         if self.acked_at_loss < 0:  # failed before the loss was seen
