@@ -19,7 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -478,3 +483,52 @@ class ClosingUpstream(RawUpstream):
                 await self.read_request(reader)
                 self.requests += 1
         writer.close()
+
+
+# -- ``prysmai proxy`` as a subprocess ------------------------------------------------------------
+PRYSMAI = [sys.executable, "-m", "prysmai._cli"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """This environment without the ``PRYSM_*``/``OPENAI_*`` variables a developer may have set."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("PRYSM_", "OPENAI_"))}
+    out.update(extra)
+    return out
+
+
+class Proxy:
+    """``prysmai proxy ...`` in a subprocess; ``start()`` returns once it announced itself.
+    ``new_session``: in a process group of its own, as under a service manager."""
+
+    def __init__(self, *args: str, new_session: bool = False, **environ: str) -> None:
+        self.proc = subprocess.Popen(
+            [*PRYSMAI, "proxy", "--port", "0", *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(**environ),
+            start_new_session=new_session,
+        )
+        self.lines: list[str] = []
+        self.base = ""
+
+    def start(self) -> Proxy:
+        assert self.proc.stderr is not None
+        while True:
+            line = self.proc.stderr.readline()
+            assert line, "proxy exited early:\n" + "".join(self.lines)
+            self.lines.append(line)
+            m = re.search(r"serving (https?://\S+/api/v1)", line)
+            if m:
+                self.base = m.group(1).replace("0.0.0.0", "127.0.0.1")
+                return self
+
+    def stop(self) -> str:
+        """SIGTERM, wait, and return everything it wrote on stderr."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, rest = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, rest = self.proc.communicate()
+        return "".join(self.lines) + (rest or "")

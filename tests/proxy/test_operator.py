@@ -8,12 +8,10 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
 import ssl
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,18 +22,11 @@ import pytest
 from prysmai._proxy.ratelog import RateLimitedLog
 from prysmai._proxy.store import open_db
 
-from .conftest import KEY
+from .conftest import KEY, PRYSMAI, Proxy, cli_env
 from .system_tools import require
 
-PRYSMAI = [sys.executable, "-m", "prysmai._cli"]
 CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
-
-
-def env(**extra: str) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("PRYSM_", "OPENAI_"))}
-    out.update(extra)
-    return out
 
 
 def closed_port() -> int:
@@ -43,42 +34,6 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class Proxy:
-    """``prysmai proxy ...`` in a subprocess; ``start()`` returns once it announced itself."""
-
-    def __init__(self, *args: str, **environ: str) -> None:
-        self.proc = subprocess.Popen(
-            [*PRYSMAI, "proxy", "--port", "0", *args],
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env(**environ),
-        )
-        self.lines: list[str] = []
-        self.base = ""
-
-    def start(self) -> Proxy:
-        assert self.proc.stderr is not None
-        while True:
-            line = self.proc.stderr.readline()
-            assert line, "proxy exited early:\n" + "".join(self.lines)
-            self.lines.append(line)
-            m = re.search(r"serving (https?://\S+/api/v1)", line)
-            if m:
-                self.base = m.group(1).replace("0.0.0.0", "127.0.0.1")
-                return self
-
-    def stop(self) -> str:
-        """SIGTERM, wait, and return everything it wrote on stderr."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, rest = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, rest = self.proc.communicate()
-        return "".join(self.lines) + (rest or "")
 
 
 @pytest.fixture
@@ -109,7 +64,7 @@ def test_busy_port_is_one_line_and_leaves_nothing(tmp_path: Any) -> None:
             capture_output=True,
             text=True,
             timeout=60,
-            env=env(),
+            env=cli_env(),
         )
     assert done.returncode == 1
     assert f"port {port} is in use; choose another with --port" in done.stderr
@@ -224,7 +179,7 @@ def test_weak_keys_are_refused(tmp_path: Any, key: str, why: str) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        env=env(),
+        env=cli_env(),
     )
     assert done.returncode == 2 and why in done.stderr and "secrets.token_urlsafe" in done.stderr
     assert key not in done.stderr
@@ -271,7 +226,7 @@ def test_tls_mistakes_are_one_line(tmp_path: Any) -> None:
             capture_output=True,
             text=True,
             timeout=60,
-            env=env(),
+            env=cli_env(),
         )
         assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr
 

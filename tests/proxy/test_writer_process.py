@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from typing import Any
@@ -22,7 +21,7 @@ from prysmai._proxy.pricing import Price, PriceTable
 from prysmai._proxy.store import TraceStore, open_existing
 from prysmai._proxy.writerproc import WriterProcess
 
-from .conftest import KEY, FakeUpstream, ProxyHandle, read_traces
+from .conftest import KEY, FakeUpstream, Proxy, ProxyHandle, read_traces
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -283,26 +282,9 @@ def test_an_exchange_the_pipe_cannot_carry_is_built_in_the_proxy(tmp_path: Any) 
 
 
 # -- the process as an operator runs it ------------------------------------------------------------------
-PRYSMAI = [sys.executable, "-m", "prysmai._cli"]
-
-
-def _start(tmp_path: Any, upstream: str) -> tuple[subprocess.Popen[str], str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRYSM_", "OPENAI_"))}
-    proc = subprocess.Popen(
-        [*PRYSMAI, "proxy", "--port", "0", "--key", KEY, "--upstream", upstream, "--db", str(tmp_path / "t.db")],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**env, "OPENAI_API_KEY": "sk-upstream"},
-        start_new_session=True,  # its own process group, as under a service manager
-    )
-    assert proc.stderr is not None
-    seen = []
-    while True:
-        line = proc.stderr.readline()
-        assert line, "proxy exited early:\n" + "".join(seen)
-        seen.append(line)
-        if "serving http://" in line:
-            return proc, line.split("serving ", 1)[1].split()[0]
+def _start(tmp_path: Any, upstream: str) -> Proxy:
+    args = ("--key", KEY, "--upstream", upstream, "--db", str(tmp_path / "t.db"))
+    return Proxy(*args, new_session=True, OPENAI_API_KEY="sk-upstream").start()
 
 
 def _child(pid: int) -> int:
@@ -322,31 +304,27 @@ def _child(pid: int) -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads the process tree from /proc (Linux)")
 def test_sigterm_to_the_whole_group_still_writes_every_trace(tmp_path: Any, fake: FakeUpstream) -> None:
-    proc, base = _start(tmp_path, fake.url)
+    proxy = _start(tmp_path, fake.url)
     try:
-        child = _child(proc.pid)
+        child = _child(proxy.proc.pid)
         for _ in range(20):
-            httpx.post(f"{base}/chat/completions", json=CHAT, headers=AUTH, timeout=30).raise_for_status()
-        os.killpg(proc.pid, signal.SIGTERM)  # the child ignores it: the proxy stops it once flushed
-        assert proc.wait(30) == 0
+            httpx.post(f"{proxy.base}/chat/completions", json=CHAT, headers=AUTH, timeout=30).raise_for_status()
+        os.killpg(proxy.proc.pid, signal.SIGTERM)  # the child ignores it: the proxy stops it once flushed
+        assert proxy.proc.wait(30) == 0
         wait_gone(child)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+        proxy.stop()
     assert len(read_traces(str(tmp_path / "t.db"))) == 20
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads the process tree from /proc (Linux)")
 def test_a_killed_proxy_leaves_no_writer_process_behind(tmp_path: Any, fake: FakeUpstream) -> None:
-    proc, base = _start(tmp_path, fake.url)
+    proxy = _start(tmp_path, fake.url)
     try:
-        child = _child(proc.pid)
-        httpx.post(f"{base}/chat/completions", json=CHAT, headers=AUTH, timeout=30).raise_for_status()
-        proc.kill()
-        proc.wait(10)
+        child = _child(proxy.proc.pid)
+        httpx.post(f"{proxy.base}/chat/completions", json=CHAT, headers=AUTH, timeout=30).raise_for_status()
+        proxy.proc.kill()
+        proxy.proc.wait(10)
         wait_gone(child)  # its input closed with the proxy: it finished and exited
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+        proxy.stop()
