@@ -53,16 +53,20 @@ class DisconnectWatch:
 
 
 class DisconnectWatches:
-    """The watches of one event loop's requests. One timer sweeps them every ``delay / 2`` (only
-    while some are pending) and arms those older than ``delay``: a timer per request cost more
-    than the rest of the watch (uvloop timers are libuv handles, created and closed each time)."""
+    """The watches of one event loop's requests. One timer sweeps them every ``delay / 2`` and
+    arms those older than ``delay``: a timer per request cost more than the rest of the watch
+    (uvloop timers are libuv handles, created and closed each time). The timer runs while
+    requests keep coming -- some pending, or one started since the last sweep -- so a steady
+    stream of short requests (each over before a sweep) does not create one every other
+    request; an idle proxy has none."""
 
-    __slots__ = ("_delay", "_loop", "_timer", "pending")
+    __slots__ = ("_delay", "_loop", "_started", "_timer", "pending")
 
     def __init__(self, delay: float = ARM_AFTER) -> None:
         self._delay = delay
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
         self.pending: set[DisconnectWatch] = set()
 
     def start(self, receive: Receive) -> DisconnectWatch:
@@ -70,6 +74,7 @@ class DisconnectWatches:
         loop = asyncio.get_running_loop()
         watch = DisconnectWatch(receive, self, loop.time())
         self.pending.add(watch)
+        self._started = True
         if self._timer is None or self._loop is not loop:  # (a sweep of a closed loop never runs)
             self._loop = loop
             self._timer = loop.call_later(self._delay / 2, self._sweep, loop)
@@ -83,5 +88,6 @@ class DisconnectWatches:
         for watch in [w for w in self.pending if w._since <= due]:
             self.pending.discard(watch)
             watch._arm()
-        if self.pending:
+        if self.pending or self._started:
+            self._started = False
             self._timer = loop.call_later(self._delay / 2, self._sweep, loop)

@@ -22,14 +22,16 @@ from .. import _wire
 from .asgi import Disconnected, TooLarge, error_body, internal_error_body, latency_header, read_body, respond
 from .capture import Exchange
 from .projects import DEMO
-from .upstream import TIMEOUT_ERRORS, TRANSPORT_ERRORS, request_headers, response_headers
+from .upstream import TIMEOUT_ERRORS, TRANSPORT_ERRORS, UPSTREAM_ERRORS, request_headers, response_headers
 from .usage import UsageStripper, inject_usage, stream_finished
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from .asgi import Receive, Responder, Scope, Send
     from .config import ProxyConfig
-    from .disconnect import DisconnectWatch, DisconnectWatches
+    from .disconnect import DisconnectWatches
     from .limits import Limits
     from .projects import Project, Provider
     from .ratelog import RateLimitedLog
@@ -77,7 +79,9 @@ class Forwarding:
         trace_header = (_wire.TRACE_ID_HEADER.lower().encode(), ex.id.encode())
         self.inflight += 1
         try:
-            await self._exchange(scope, receive, send, ex, trace_header, project)
+            forward = await self._prepare(scope, receive, send, ex, trace_header, project)
+            if forward is not None:  # (awaited here: one frame fewer on each resumption of a stream)
+                await forward
         except Exception as exc:  # a bug of ours: a JSON 500 (or a cut-off answer) and the trace says so
             log.exception("internal error while proxying %s %s (trace %s)", method, endpoint, ex.id)
             ex.status, ex.error = "error", f"internal error in the proxy ({type(exc).__name__})"
@@ -92,7 +96,7 @@ class Forwarding:
             self._submit(ex)
             self.inflight -= 1
 
-    async def _exchange(
+    async def _prepare(
         self,
         scope: Scope,
         receive: Receive,
@@ -100,7 +104,9 @@ class Forwarding:
         ex: Exchange,
         trace_header: tuple[bytes, bytes],
         project: Project,
-    ) -> None:
+    ) -> Awaitable[None] | None:
+        """Read, check and route the request: the forwarding coroutine to await, or ``None`` if
+        the request has been answered (an error of ours, recorded)."""
         method, endpoint = ex.method, ex.endpoint
         upstream_key = None
         content_length = -1
@@ -131,7 +137,7 @@ class Forwarding:
                 "request_too_large",
                 trace_header,
             )
-            return
+            return None
         except Disconnected:
             ex.status, ex.http_status, ex.error = (
                 "cancelled",
@@ -140,7 +146,7 @@ class Forwarding:
             )
             ex.t_end = time.perf_counter()
             self._submit(ex)
-            return
+            return None
         ex.request_body = body
         inject = False
         parsed = None
@@ -155,7 +161,7 @@ class Forwarding:
                 "invalid_json",
                 trace_header,
             )
-            return
+            return None
         if body and (endpoint in JSON_ENDPOINTS or b"json" in content_type):
             try:
                 parsed = json.loads(body)
@@ -172,7 +178,7 @@ class Forwarding:
                         "invalid_json",
                         trace_header,
                     )
-                    return
+                    return None
             if isinstance(parsed, dict):
                 model = parsed.get("model")
                 ex.model = model if isinstance(model, str) else None
@@ -187,7 +193,7 @@ class Forwarding:
                     "invalid_json",
                     trace_header,
                 )
-                return
+                return None
         routed = project.route(ex.model)
         if routed is None:
             what = f"the model {ex.model!r}" if ex.model else "a request without a model"
@@ -201,17 +207,17 @@ class Forwarding:
                 "model_not_routed",
                 trace_header,
             )
-            return
+            return None
         provider, upstream_model = routed
         ex.provider = provider.name
         ex.provider_prices = provider.prices or None
         ex.price_ref = provider.price_ref
-        refusal = self.limits.check(project)
+        refusal = self.limits.check(project) if project.limited else None
         if refusal is not None:
             await self._fail(
                 send, ex, 429, refusal.message, refusal.type, refusal.code, trace_header, list(refusal.headers)
             )
-            return
+            return None
         if isinstance(parsed, dict):
             if upstream_model is not None:  # a prefix rule: the provider knows the model without it
                 ex.sent_model = upstream_model
@@ -233,7 +239,7 @@ class Forwarding:
                 headers = [h for h in headers if h[0] != auth[0]]
             headers.append(auth)
         upstream = self._upstream_for(provider)
-        await self._forward(upstream, method, url, headers, body, receive, send, ex, trace_header, inject)
+        return self._forward(upstream, method, url, headers, body, receive, send, ex, trace_header, inject)
 
     @staticmethod
     def _prysm_header(ex: Exchange, name: bytes, value: bytes) -> None:
@@ -288,11 +294,46 @@ class Forwarding:
         trace_header: tuple[bytes, bytes],
         inject: bool,
     ) -> None:
+        # (One coroutine, not a watched one inside this one: every resumption of a relayed
+        # stream passes through each frame of the chain.)
         watch = self._watches.start(receive)  # a client that leaves cancels the upstream request at once
         try:
-            await self._forward_watched(
-                upstream, method, url, request_headers, body, receive, send, ex, trace_header, inject, watch
-            )
+            try:
+                response = await upstream.send(method, url, request_headers, body)
+            except UPSTREAM_ERRORS as exc:
+                watch.stop()
+                await self._upstream_failed(send, ex, exc, trace_header, url, answering=False)
+                return
+            try:
+                status = ex.http_status = response.status
+                headers, ctype, request_id = response_headers(response.raw_headers)
+                ex.response_content_type = ctype.decode("latin-1")
+                if request_id is not None:
+                    ex.provider_request_id = request_id.decode("latin-1")
+                headers.append(trace_header)
+                if status < 400 and ctype.startswith(b"text/event-stream"):
+                    ex.stream = True
+                    headers.append((b"x-accel-buffering", b"no"))
+                    watch.stop()  # the stream relay watches the client itself
+                    await self._relay_stream(response, receive, send, ex, headers, inject)
+                    return
+                try:
+                    ex.response_body = await response.read()
+                except UPSTREAM_ERRORS as exc:
+                    watch.stop()
+                    await self._upstream_failed(send, ex, exc, trace_header, url, answering=True)
+                    return
+                watch.stop()
+                ex.t_end = time.perf_counter()
+                if status >= 400:
+                    ex.status = "error"
+                headers.append((b"content-length", str(len(ex.response_body)).encode()))
+                headers.append(latency_header(ex))
+                self._submit(ex)  # before answering: a client that has its answer finds its trace
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": ex.response_body})
+            finally:
+                await response.aclose()
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -305,73 +346,24 @@ class Forwarding:
         finally:
             watch.stop()
 
-    async def _forward_watched(
+    async def _upstream_failed(
         self,
-        upstream: Upstream,
-        method: str,
-        url: str,
-        request_headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        receive: Receive,
         send: Send,
         ex: Exchange,
+        exc: BaseException,
         trace_header: tuple[bytes, bytes],
-        inject: bool,
-        watch: DisconnectWatch,
+        url: str,
+        answering: bool,
     ) -> None:
-        try:
-            response = await upstream.send(method, url, request_headers, body)
-        except TIMEOUT_ERRORS:
-            watch.stop()
-            await self._upstream_failed(send, ex, 504, "the upstream did not answer in time", trace_header, url)
-            return
-        except TRANSPORT_ERRORS as exc:
-            watch.stop()
-            await self._upstream_failed(
-                send, ex, 502, f"upstream unreachable ({type(exc).__name__})", trace_header, url
-            )
-            return
-        try:
-            status = ex.http_status = response.status
-            headers, ctype, request_id = response_headers(response.raw_headers)
-            ex.response_content_type = ctype.decode("latin-1")
-            if request_id is not None:
-                ex.provider_request_id = request_id.decode("latin-1")
-            headers.append(trace_header)
-            if status < 400 and ctype.startswith(b"text/event-stream"):
-                ex.stream = True
-                headers.append((b"x-accel-buffering", b"no"))
-                watch.stop()  # the stream relay watches the client itself
-                await self._relay_stream(response, receive, send, ex, headers, inject)
-                return
-            try:
-                ex.response_body = await response.read()
-            except TIMEOUT_ERRORS:
-                watch.stop()
-                await self._upstream_failed(send, ex, 504, "the upstream timed out while answering", trace_header, url)
-                return
-            except TRANSPORT_ERRORS as exc:
-                watch.stop()
-                await self._upstream_failed(
-                    send, ex, 502, f"the upstream broke off its answer ({type(exc).__name__})", trace_header, url
-                )
-                return
-            watch.stop()
-            ex.t_end = time.perf_counter()
-            if status >= 400:
-                ex.status = "error"
-            headers.append((b"content-length", str(len(ex.response_body)).encode()))
-            headers.append(latency_header(ex))
-            self._submit(ex)  # before answering: a client that has its answer finds its trace
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": ex.response_body})
-        finally:
-            await response.aclose()
-
-    async def _upstream_failed(
-        self, send: Send, ex: Exchange, status: int, message: str, trace_header: tuple[bytes, bytes], url: str
-    ) -> None:
-        code = "upstream_timeout" if status == 504 else "upstream_unreachable"
+        """Answer 504 (the upstream too slow) or 502 (unreachable, or it broke off) and log it
+        (rate-limited); ``answering``: the upstream had begun its answer."""
+        if isinstance(exc, TIMEOUT_ERRORS):  # (first: asyncio's TimeoutError is an OSError too)
+            status, code = 504, "upstream_timeout"
+            message = "the upstream timed out while answering" if answering else "the upstream did not answer in time"
+        else:
+            status, code = 502, "upstream_unreachable"
+            what = "the upstream broke off its answer" if answering else "upstream unreachable"
+            message = f"{what} ({type(exc).__name__})"
         where = f"{url.split('?', 1)[0]}: provider {ex.provider!r} of project {ex.project!r}"
         self.warnings.event("upstream", f"{status} to the client: {message} ({where})")
         await self._fail(send, ex, status, message, "upstream_error", code, trace_header)

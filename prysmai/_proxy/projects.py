@@ -16,11 +16,10 @@ Provider credentials are held as bytes, never shown in a ``repr``.
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from .keys import digest_key_id, key_digest
+from .keys import digest_key_id, key_digest, sha256
 from .pricing import Price
 
 TYPE_CHECKING = False
@@ -111,6 +110,8 @@ class Project:
     # The routing table, built once: exact names, then prefixes longest first.
     _exact: dict[str, Provider] = field(init=False, repr=False, compare=False)
     _prefixes: tuple[tuple[str, Provider], ...] = field(init=False, repr=False, compare=False)
+    #: Whether any limit is set (a project without one skips the check on the request path).
+    limited: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         exact: dict[str, Provider] = {}
@@ -119,6 +120,10 @@ class Project:
         prefixes = sorted(((p.prefix, p) for p in self.providers if p.prefix), key=lambda e: -len(e[0]))
         object.__setattr__(self, "_exact", exact)
         object.__setattr__(self, "_prefixes", tuple(prefixes))
+        limits = self.limits
+        object.__setattr__(
+            self, "limited", limits.requests_per_minute is not None or limits.monthly_budget_usd is not None
+        )
 
     def route(self, model: str | None) -> tuple[Provider, str | None] | None:
         """The provider for ``model`` and the model name to send it (``None``: unchanged): an
@@ -181,13 +186,13 @@ class Tenancy:
     def check(self, presented: bytes) -> KeyEntry | None:
         """The entry of a presented key, or ``None``. The key is hashed, then looked up: the time
         taken depends on the digest, which says nothing useful about any accepted key."""
-        return self._by_digest.get(hashlib.sha256(presented).digest())
+        return self._by_digest.get(sha256(presented).digest())
 
     def identify(self, authorization: bytes | None) -> KeyEntry | None:
         """The entry of the key in an ``Authorization: Bearer <key>`` header value, or ``None``."""
         if not authorization or authorization[:7].lower() != b"bearer ":
             return None
-        return self._by_digest.get(hashlib.sha256(authorization[7:].strip()).digest())
+        return self._by_digest.get(sha256(authorization[7:].strip()).digest())
 
     def by_key_id(self, key_id: str) -> KeyEntry | None:
         """The entry with this public id (a dashboard session names its key by id), if the key

@@ -68,6 +68,8 @@ _DROP_RESPONSE = frozenset(
 TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError,)
 #: Raised by ``send``, ``read`` and ``chunks`` when the upstream cannot be reached or breaks off.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError)
+#: Either (a timeout first, where one class is both: asyncio's ``TimeoutError`` is an ``OSError``).
+UPSTREAM_ERRORS = TIMEOUT_ERRORS + TRANSPORT_ERRORS
 
 
 class UpstreamResponse(Protocol):

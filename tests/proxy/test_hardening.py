@@ -6,6 +6,7 @@ misbehaves on demand through ``x-fake-*`` headers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -20,7 +21,7 @@ import pytest
 from prysmai._proxy import store as store_module
 from prysmai._proxy.keys import key_id
 
-from .conftest import KEY, OTHER_KEY, ClosingUpstream, FakeUpstream, ProxyHandle
+from .conftest import KEY, OTHER_KEY, ClosingUpstream, FakeUpstream, ProxyHandle, RawUpstream
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -249,6 +250,42 @@ def test_upstream_breaking_a_stream_breaks_the_clients_stream_too(proxy: ProxyHa
     assert json.loads(trace["response_body"])["choices"][0]["message"]["content"] == "tok0 tok1 "
 
 
+class _HalfAnswer(RawUpstream):
+    """Sends the head of a JSON answer and 10 of its 100 bytes, then stalls (``close=False``) or
+    closes the connection."""
+
+    def __init__(self, close: bool) -> None:
+        super().__init__()
+        self.close = close
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.read_request(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"id":"x",')
+        await writer.drain()
+        if not self.close:
+            await asyncio.sleep(5)
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("close", "status", "trace_status", "message"),
+    [
+        (False, 504, "timeout", "the upstream timed out while answering"),
+        (True, 502, "error", "the upstream broke off its answer (ClientPayloadError)"),
+    ],
+    ids=["stalls", "closes"],
+)
+def test_an_upstream_failing_mid_answer_is_a_json_error_with_one_trace(
+    start_proxy: Any, close: bool, status: int, trace_status: str, message: str
+) -> None:
+    with _HalfAnswer(close) as upstream:
+        proxy = start_proxy(upstream.url, upstream_timeout=0.5)
+        r = post(proxy, CHAT)
+        assert r.status_code == status and r.json()["error"]["message"] == message
+        (trace,) = proxy.traces()
+        assert (trace["status"], trace["http_status"], trace["error"]) == (trace_status, status, message)
+
+
 async def test_upstream_closing_pooled_connections_gives_no_spurious_502(start_proxy: Any) -> None:
     with ClosingUpstream() as upstream:
         proxy = start_proxy(upstream.url)
@@ -375,3 +412,28 @@ async def test_disconnect_watches_arm_only_requests_still_waiting_after_the_dela
         await asyncio.create_task(slow())
     assert 0.05 <= time.monotonic() - start < 1.0  # armed after the delay (within one sweep), not 5 s
     assert len(calls) == 1 and not quick.gone and not watches.pending
+
+
+async def test_disconnect_watches_keep_one_timer_while_requests_keep_coming() -> None:
+    """Short requests one after another (each over before a sweep) find the sweep's timer running
+    rather than each creating one; once requests stop, the timer stops too."""
+    import asyncio
+
+    from prysmai._proxy.disconnect import DisconnectWatches
+
+    async def receive() -> dict[str, Any]:  # pragma: no cover - never armed
+        return {"type": "http.disconnect"}
+
+    watches = DisconnectWatches(delay=0.2)  # a sweep every 0.1 s
+    watches.start(receive).stop()
+    found_running = []
+    for _ in range(30):  # 0.3 s of short requests: three sweeps with nothing pending
+        await asyncio.sleep(0.01)
+        found_running.append(watches._timer is not None)
+        watches.start(receive).stop()
+    assert all(found_running)
+    for _ in range(100):  # two idle sweeps: stopped (within 5 s on a slow machine)
+        if watches._timer is None:
+            break
+        await asyncio.sleep(0.05)
+    assert watches._timer is None and not watches.pending

@@ -3,6 +3,7 @@ and that every mistake stops with the file's name, the line, what to do, and nev
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -174,6 +175,32 @@ def test_admin_key_and_unknown_keys(tenancy: projects.Tenancy) -> None:
     assert tenancy.identify(f"Bearer {_key()}".encode()) is None
     assert tenancy.check(OPENAI_SECRET.encode()) is None
     assert tenancy.identify(WEB_KEY.encode()) is None  # not a bearer header
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_the_request_path_hash_is_sha256(data: bytes) -> None:
+    """Presented keys are hashed with the interpreter's built-in SHA-256 (cheaper than OpenSSL's
+    on a cold request path): the digests must be hashlib's, or config files' ``sha256:`` keys
+    would stop matching."""
+    assert keys.sha256(data).digest() == hashlib.sha256(data).digest()
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="CPython's built-in hash modules")
+def test_the_request_path_hash_is_the_built_in_one_on_cpython() -> None:
+    import importlib.util
+
+    if not any(importlib.util.find_spec(name) for name in ("_sha2", "_sha256")):
+        pytest.skip("this CPython was built without its own SHA-256")  # the OpenSSL fallback is then right
+    assert keys.sha256 is not hashlib.sha256
+
+
+def test_a_project_knows_whether_it_has_limits() -> None:
+    provider = projects.Provider("p", projects.OPENAI, "http://127.0.0.1:9/v1")
+    unlimited = projects.Project("a", (provider,), provider)
+    assert not unlimited.limited
+    for limits in (projects.Limits(requests_per_minute=10), projects.Limits(monthly_budget_usd=0.0)):
+        assert projects.Project("b", (provider,), provider, limits).limited
 
 
 def test_keys_from_the_environment_follow_the_environment(tmp_path: Path, secret_file: str) -> None:
