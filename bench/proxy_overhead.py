@@ -17,8 +17,16 @@ Measurements:
 
 Everything runs on this machine's cores, client included (see README.md).
 
+``--copies N`` starts N processes of the prysmai proxy and of each ``--baseline`` (named
+``prysm``, ``prysm@2``, ...) and the summary pools them: per round, the mean over a target's
+copies. One process keeps a speed of its own for its whole life (where its memory and threads
+landed, its hash seed): on this 2-core machine two processes of the *same* code differed by
+0.02-0.04 ms of TTFT over 8 paired rounds, more than the differences being measured, so a
+comparison of one process each is partly a comparison of two draws.
+
     python bench/proxy_overhead.py --rounds 5            # direct vs prysmai proxy
     python bench/proxy_overhead.py --rounds 5 --peer litellm
+    python bench/proxy_overhead.py --rounds 8 --copies 2 --baseline /tmp/base --metrics seq,stream,c64
 """
 
 from __future__ import annotations
@@ -338,6 +346,28 @@ def print_paired_summary(records: list[dict[str, Any]], names: list[str]) -> Non
         print(f"  {name}: " + "; ".join(cells), file=sys.stderr)
 
 
+def _stem(name: str) -> str:
+    """A target's name without its copy number (``prysm@2`` -> ``prysm``)."""
+    return name.split("@", 1)[0]
+
+
+def pool_copies(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per round, metric and target, the copies of a target (``--copies``) pooled:
+    each numeric figure is the mean over the copies measured in that round."""
+    groups: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["round"], record["metric"], _stem(record["target"])), []).append(record)
+    pooled = []
+    for (rnd, metric, target), copies in groups.items():
+        merged: dict[str, Any] = {"round": rnd, "metric": metric, "target": target}
+        for field in copies[0]:
+            values = [c.get(field) for c in copies]
+            if field not in merged and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                merged[field] = sum(values) / len(values)
+        pooled.append(merged)
+    return pooled
+
+
 def _diff_added(
     by: dict[tuple[int, str, str], dict[str, Any]], rounds: list[int], metric: str, field: str, name: str, ref: str
 ) -> list[float]:
@@ -381,12 +411,20 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(MEASUREMENTS),
         help="comma-separated subset of the measurements to run (default: all: %(default)s)",
     )
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=1,
+        help="processes of the prysmai proxy and of each baseline, pooled in the summary (see above)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, store)")
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in metrics if m not in MEASUREMENTS]
     if unknown or not metrics:
         parser.error(f"--metrics: choose from {', '.join(MEASUREMENTS)} (got {args.metrics!r})")
+    if args.copies < 1:
+        parser.error(f"--copies: at least 1 (got {args.copies})")
 
     workdir = Path(tempfile.mkdtemp(prefix="prysmai-bench-"))
     upstream_proc, upstream = start_upstream(workdir)
@@ -394,11 +432,14 @@ def main(argv: list[str] | None = None) -> int:
     db = workdir / "traces.db"
     failed = False
     try:
-        if not args.no_prysm:
-            targets.append(start_prysm(workdir, upstream, db))
-        for i, source in enumerate(args.baseline):
-            name = "prysm-baseline" if i == 0 else f"prysm-baseline{i + 1}"
-            targets.append(start_prysm(workdir, upstream, workdir / f"{name}.db", name, source))
+        for copy in range(1, args.copies + 1):
+            suffix = "" if copy == 1 else f"@{copy}"
+            if not args.no_prysm:
+                targets.append(start_prysm(workdir, upstream, db if copy == 1 else workdir / f"traces{suffix}.db"))
+                targets[-1].name += suffix
+            for i, source in enumerate(args.baseline):
+                name = ("prysm-baseline" if i == 0 else f"prysm-baseline{i + 1}") + suffix
+                targets.append(start_prysm(workdir, upstream, workdir / f"{name}.db", name, source))
         for client in args.floor:
             targets.append(start_floor(workdir, upstream, client))
         if "litellm" in args.peer:
@@ -452,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                     emit(line)
                     if record.get("errors"):
                         failed = True
-        print_paired_summary(records, [t.name for t in targets if t.name != "direct"])
+        print_paired_summary(pool_copies(records), list(dict.fromkeys(_stem(t.name) for t in targets[1:])))
         for target in targets:
             pid = target.pid if target.pid is not None else upstream_proc.pid
             current, peak = rss_kib(pid)
@@ -466,15 +507,16 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
         for target in targets:
-            if target.name == "prysm":
+            if _stem(target.name) == "prysm":
                 code = target.stop()
-                traces = count_traces(db)
+                suffix = target.name[len("prysm") :]
+                traces = count_traces(db if not suffix else workdir / f"traces{suffix}.db")
                 ok = traces == target.sent
                 emit(
                     {
                         "bench": "proxy",
                         "event": "traces",
-                        "target": "prysm",
+                        "target": target.name,
                         "sent": target.sent,
                         "traces": traces,
                         "exit_code": code,
