@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from .asgi import Receive, Responder, Scope, Send
     from .config import ProxyConfig
-    from .disconnect import DisconnectWatches
+    from .disconnect import DisconnectWatch, DisconnectWatches
     from .limits import Limits
     from .projects import Project, Provider
     from .ratelog import RateLimitedLog
@@ -294,46 +294,11 @@ class Forwarding:
         trace_header: tuple[bytes, bytes],
         inject: bool,
     ) -> None:
-        # (One coroutine, not a watched one inside this one: every resumption of a relayed
-        # stream passes through each frame of the chain.)
         watch = self._watches.start(receive)  # a client that leaves cancels the upstream request at once
         try:
-            try:
-                response = await upstream.send(method, url, request_headers, body)
-            except UPSTREAM_ERRORS as exc:
-                watch.stop()
-                await self._upstream_failed(send, ex, exc, trace_header, url, answering=False)
-                return
-            try:
-                status = ex.http_status = response.status
-                headers, ctype, request_id = response_headers(response.raw_headers)
-                ex.response_content_type = ctype.decode("latin-1")
-                if request_id is not None:
-                    ex.provider_request_id = request_id.decode("latin-1")
-                headers.append(trace_header)
-                if status < 400 and ctype.startswith(b"text/event-stream"):
-                    ex.stream = True
-                    headers.append((b"x-accel-buffering", b"no"))
-                    watch.stop()  # the stream relay watches the client itself
-                    await self._relay_stream(response, receive, send, ex, headers, inject)
-                    return
-                try:
-                    ex.response_body = await response.read()
-                except UPSTREAM_ERRORS as exc:
-                    watch.stop()
-                    await self._upstream_failed(send, ex, exc, trace_header, url, answering=True)
-                    return
-                watch.stop()
-                ex.t_end = time.perf_counter()
-                if status >= 400:
-                    ex.status = "error"
-                headers.append((b"content-length", str(len(ex.response_body)).encode()))
-                headers.append(latency_header(ex))
-                self._submit(ex)  # before answering: a client that has its answer finds its trace
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": ex.response_body})
-            finally:
-                await response.aclose()
+            await self._forward_watched(
+                upstream, method, url, request_headers, body, receive, send, ex, trace_header, inject, watch
+            )
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -345,6 +310,57 @@ class Forwarding:
             self._cancel(ex, "the client disconnected before the answer")
         finally:
             watch.stop()
+
+    async def _forward_watched(
+        self,
+        upstream: Upstream,
+        method: str,
+        url: str,
+        request_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        ex: Exchange,
+        trace_header: tuple[bytes, bytes],
+        inject: bool,
+        watch: DisconnectWatch,
+    ) -> None:
+        try:
+            response = await upstream.send(method, url, request_headers, body)
+        except UPSTREAM_ERRORS as exc:
+            watch.stop()
+            await self._upstream_failed(send, ex, exc, trace_header, url, answering=False)
+            return
+        try:
+            status = ex.http_status = response.status
+            headers, ctype, request_id = response_headers(response.raw_headers)
+            ex.response_content_type = ctype.decode("latin-1")
+            if request_id is not None:
+                ex.provider_request_id = request_id.decode("latin-1")
+            headers.append(trace_header)
+            if status < 400 and ctype.startswith(b"text/event-stream"):
+                ex.stream = True
+                headers.append((b"x-accel-buffering", b"no"))
+                watch.stop()  # the stream relay watches the client itself
+                await self._relay_stream(response, receive, send, ex, headers, inject)
+                return
+            try:
+                ex.response_body = await response.read()
+            except UPSTREAM_ERRORS as exc:
+                watch.stop()
+                await self._upstream_failed(send, ex, exc, trace_header, url, answering=True)
+                return
+            watch.stop()
+            ex.t_end = time.perf_counter()
+            if status >= 400:
+                ex.status = "error"
+            headers.append((b"content-length", str(len(ex.response_body)).encode()))
+            headers.append(latency_header(ex))
+            self._submit(ex)  # before answering: a client that has its answer finds its trace
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": ex.response_body})
+        finally:
+            await response.aclose()
 
     async def _upstream_failed(
         self,
