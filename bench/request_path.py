@@ -60,6 +60,9 @@ class Answer:
     def chunks(self):
         return self._chunks()
 
+    def buffered(self):
+        return b""
+
     async def aclose(self):
         pass
 
@@ -74,6 +77,21 @@ class Upstream:
 
 request = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}], "stream": STREAM})
 request = request.encode()
+try:  # the client's connection, as the proxy's own server protocol passes it
+    from prysmai._proxy.asgi import CONNECTION_KEY
+    from prysmai._proxy.guard import ClientConnection
+except ImportError:  # a checkout from before it did
+    CONNECTION_KEY = ClientConnection = None
+
+
+class Transport:
+    def write(self, data):
+        pass
+
+    def is_closing(self):
+        return False
+
+
 scope = {
     "type": "http", "method": "POST", "path": "/api/v1/chat/completions", "raw_path": b"/api/v1/chat/completions",
     "query_string": b"", "scheme": "http", "http_version": "1.1", "asgi": {"version": "3.0"},
@@ -81,6 +99,8 @@ scope = {
     "headers": [(b"host", b"127.0.0.1"), (b"authorization", b"Bearer " + KEY.encode()),
                 (b"content-type", b"application/json"), (b"content-length", str(len(request)).encode())],
 }
+if CONNECTION_KEY is not None:
+    scope[CONNECTION_KEY] = ClientConnection(Transport())  # one kept-alive connection
 
 
 async def one():

@@ -30,7 +30,7 @@ import logging
 import time
 from functools import partial
 
-from .asgi import Responder, client_name, error_body, internal_error_body, respond
+from .asgi import CONNECTION_KEY, Responder, client_name, error_body, internal_error_body, respond
 from .capture import fallback_row, finalize
 from .config import ProxyConfig
 from .disconnect import DisconnectWatches
@@ -163,7 +163,7 @@ class ProxyApp(Forwarding):
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
-        responder = Responder(send)
+        responder = Responder(send, scope.get(CONNECTION_KEY))
         try:
             await self._route(scope, receive, responder, t0)  # (awaits the handler's own coroutine)
         except Exception as exc:  # the one error path: never the server's bare 500

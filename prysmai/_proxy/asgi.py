@@ -2,21 +2,23 @@
 
 The ``Scope``/``Message``/``Receive``/``Send`` aliases (for annotations only), the OpenAI-style
 error document and the JSON answers of our own (``respond``, with the ``X-Prysm-Origin`` marker the
-SDK's fail-open reads), the ``send`` wrapper that remembers whether a response has begun, reading a
-request body under a size limit, and the latency header; nothing here knows about routes or traces.
+SDK's fail-open reads), the ``send`` wrapper that remembers whether a response has begun and can
+hold its writes (``send_whole``: head and body in one write), reading a request body under a size
+limit, and the latency header; nothing here knows about routes or traces.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from typing import Any, Protocol
 
 from .. import _wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Awaitable, Callable, MutableMapping
-    from typing import Any
 
     from .capture import Exchange
 
@@ -33,20 +35,63 @@ def error_body(message: str, type_: str, code: str | None) -> bytes:
     return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
 
 
+#: The scope key under which the proxy's own server protocol (:mod:`.guard`) passes the client's
+#: :class:`~.guard.ClientConnection`.
+CONNECTION_KEY = "prysmai.connection"
+
+
+class Watch(Protocol):
+    """Cancels the current task if the client goes away before ``stop`` (``gone`` then True)."""
+
+    gone: bool
+
+    def stop(self) -> None: ...
+
+
+class Connection(Protocol):
+    """What the server lets the app do with the client's connection (:class:`~.guard.ClientConnection`)."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def watch(self, task: asyncio.Task[Any]) -> Watch: ...
+
+
 class Responder:
     """The ASGI ``send`` of one request, remembering whether the response has started (so the
-    error path knows whether it can still answer with a JSON error)."""
+    error path knows whether it can still answer with a JSON error). ``connection``: the
+    client's connection, when the server passes it (``CONNECTION_KEY``)."""
 
-    __slots__ = ("_send", "started")
+    __slots__ = ("_send", "connection", "started")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, connection: Connection | None = None) -> None:
         self._send = send
         self.started = False
+        self.connection = connection
 
     def __call__(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             self.started = True
         return self._send(message)
+
+
+def connection_of(send: Send) -> Connection | None:
+    return send.connection if isinstance(send, Responder) else None
+
+
+async def send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """A whole response: its head and body leave in one write where the server can hold writes
+    (written apart, each wakes the client for half an answer)."""
+    connection = connection_of(send)
+    if connection is not None:
+        connection.hold()
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    finally:
+        if connection is not None:
+            connection.release()
 
 
 def internal_error_body(exc: BaseException) -> bytes:
@@ -107,5 +152,4 @@ async def respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes,
     ]
     if extra:
         headers += extra
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_whole(send, status, headers, body)

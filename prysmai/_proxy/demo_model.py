@@ -73,6 +73,9 @@ class _Answer:
                 await asyncio.sleep(_WORD_DELAY)
             yield event
 
+    def buffered(self) -> bytes:
+        return b""  # (each event is made when its time comes)
+
     async def aclose(self) -> None:
         pass
 

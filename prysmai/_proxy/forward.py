@@ -19,8 +19,19 @@ import time
 from urllib.parse import quote
 
 from .. import _wire
-from .asgi import Disconnected, TooLarge, error_body, internal_error_body, latency_header, read_body, respond
+from .asgi import (
+    Disconnected,
+    TooLarge,
+    connection_of,
+    error_body,
+    internal_error_body,
+    latency_header,
+    read_body,
+    respond,
+    send_whole,
+)
 from .capture import Exchange
+from .disconnect import DisconnectWatch, StreamWatch
 from .projects import DEMO
 from .upstream import TIMEOUT_ERRORS, TRANSPORT_ERRORS, UPSTREAM_ERRORS, request_headers, response_headers
 from .usage import UsageStripper, inject_usage, stream_finished
@@ -29,9 +40,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from .asgi import Receive, Responder, Scope, Send
+    from .asgi import Receive, Responder, Scope, Send, Watch
     from .config import ProxyConfig
-    from .disconnect import DisconnectWatch, DisconnectWatches
+    from .disconnect import DisconnectWatches
     from .limits import Limits
     from .projects import Project, Provider
     from .ratelog import RateLimitedLog
@@ -294,7 +305,14 @@ class Forwarding:
         trace_header: tuple[bytes, bytes],
         inject: bool,
     ) -> None:
-        watch = self._watches.start(receive)  # a client that leaves cancels the upstream request at once
+        # A client that leaves cancels the upstream request at once.
+        connection = connection_of(send)
+        if connection is not None:  # the server tells us (uvicorn with the guard: the default)
+            task = asyncio.current_task()
+            assert task is not None
+            watch: Watch = connection.watch(task)
+        else:
+            watch = self._watches.start(receive)
         try:
             await self._forward_watched(
                 upstream, method, url, request_headers, body, receive, send, ex, trace_header, inject, watch
@@ -323,7 +341,7 @@ class Forwarding:
         ex: Exchange,
         trace_header: tuple[bytes, bytes],
         inject: bool,
-        watch: DisconnectWatch,
+        watch: Watch,
     ) -> None:
         try:
             response = await upstream.send(method, url, request_headers, body)
@@ -341,8 +359,10 @@ class Forwarding:
             if status < 400 and ctype.startswith(b"text/event-stream"):
                 ex.stream = True
                 headers.append((b"x-accel-buffering", b"no"))
-                watch.stop()  # the stream relay watches the client itself
-                await self._relay_stream(response, receive, send, ex, headers, inject)
+                if isinstance(watch, DisconnectWatch):  # (its task starts late, for short answers)
+                    watch.stop()
+                    watch = StreamWatch(receive)
+                await self._relay_stream(response, send, ex, headers, inject, watch)
                 return
             try:
                 ex.response_body = await response.read()
@@ -357,8 +377,7 @@ class Forwarding:
             headers.append((b"content-length", str(len(ex.response_body)).encode()))
             headers.append(latency_header(ex))
             self._submit(ex)  # before answering: a client that has its answer finds its trace
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": ex.response_body})
+            await send_whole(send, status, headers, ex.response_body)
         finally:
             await response.aclose()
 
@@ -387,31 +406,30 @@ class Forwarding:
     async def _relay_stream(
         self,
         response: UpstreamResponse,
-        receive: Receive,
         send: Send,
         ex: Exchange,
         headers: list[tuple[bytes, bytes]],
         inject: bool,
+        watch: Watch,
     ) -> None:
-        """Relay the stream in this task; one small watcher task waits for the client to go away
-        and, if it does before the end, cancels this task (the caller then closes the upstream)."""
+        """Relay the stream in this task; ``watch`` cancels it if the client goes away before the
+        end (the caller then closes the upstream request)."""
         stripper = UsageStripper() if inject else None
         chunks = ex.chunks
-        task = asyncio.current_task()
-        assert task is not None
-        state = [False, False]  # [finished: the last frame is being sent, the client went away]
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not state[0]:
-                state[1] = True
-                task.cancel()
-
-        watcher = asyncio.ensure_future(watch())
+        connection = connection_of(send)
+        if connection is not None:
+            connection.hold()  # the head waits for what the upstream sent with its own
         try:
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
             try:
+                first = response.buffered()
+                if first:
+                    chunks.append((time.perf_counter(), first))
+                    out = first if stripper is None else stripper.feed(first)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                if connection is not None:
+                    connection.release()
                 if stripper is None:
                     async for chunk in response.chunks():
                         chunks.append((time.perf_counter(), chunk))
@@ -431,23 +449,23 @@ class Forwarding:
                 # End the client's response abnormally (no terminating chunk): its client raises
                 # instead of taking a cut-off answer for a complete one. uvicorn closes the
                 # connection when the app returns with the response unfinished.
-                state[0] = True
+                watch.stop()
                 ex.t_end = time.perf_counter()
                 self._submit(ex)
                 log.warning("trace %s: %s; the client's response was cut off too", ex.id, ex.error)
                 return
             tail = stripper.flush() if stripper is not None else b""
-            state[0] = True
+            watch.stop()  # from here on a client that leaves has had everything
             ex.t_end = time.perf_counter()
             self._submit(ex)  # before the last frame: a client that has its answer finds its trace
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
-            if not state[1]:  # the server is going away
+            if not watch.gone:  # the server is going away
                 self._cancel(ex, "the proxy was shut down mid-stream")
                 raise
-            # The client went away first (our watcher cancelled us): stop reading; the caller's
+            # The client went away first (the watch cancelled us): stop reading; the caller's
             # response.aclose() closes the upstream request.
-            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11+
             if uncancel is not None:
                 uncancel()
             if stream_finished(chunks):
@@ -459,7 +477,9 @@ class Forwarding:
                 return
             self._cancel(ex, "the client disconnected mid-stream")
         finally:
-            watcher.cancel()
+            if connection is not None:
+                connection.release()
+            watch.stop()
 
     def _upstream_for(self, provider: Provider) -> Upstream:
         if provider.kind == DEMO:

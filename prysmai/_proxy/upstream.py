@@ -86,6 +86,10 @@ class UpstreamResponse(Protocol):
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
+    def buffered(self) -> bytes:
+        """The body's bytes already received (taken: ``chunks`` continues after them), without
+        waiting; ``b""`` if none."""
+
     async def aclose(self) -> None:
         """Give the connection back (or close it, if the body was not read to the end)."""
 
@@ -111,6 +115,9 @@ class _AiohttpResponse:
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self._r.content.iter_any()
+
+    def buffered(self) -> bytes:
+        return self._r.content.read_nowait()
 
     async def aclose(self) -> None:
         # After the body's end the connection is back in the pool and this does nothing; before

@@ -25,6 +25,7 @@ from importlib import resources
 from urllib.parse import parse_qs, quote, unquote
 
 from .. import jsonshape, queries
+from ..asgi import send_whole
 from .auth import Sessions, cookie_name, read_cookie
 
 TYPE_CHECKING = False
@@ -303,8 +304,7 @@ async def _send(send: Send, status: int, body: bytes, content_type: bytes, cache
         *SECURITY_HEADERS[:-1],
         (b"cache-control", cache),
     ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_whole(send, status, headers, body)
 
 
 async def _send_error(send: Send, status: int, message: str) -> None:
@@ -317,5 +317,4 @@ async def _redirect(send: Send, location: str, cookie: bytes | None = None) -> N
     headers = [(b"location", location.encode("latin-1")), (b"content-length", b"0"), *SECURITY_HEADERS]
     if cookie is not None:
         headers.append((b"set-cookie", cookie))
-    await send({"type": "http.response.start", "status": 303, "headers": headers})
-    await send({"type": "http.response.body", "body": b""})
+    await send_whole(send, 303, headers, b"")
