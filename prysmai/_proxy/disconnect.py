@@ -1,6 +1,6 @@
-"""Noticing, while the proxy waits for the upstream, that the client has gone away -- through
-ASGI's ``receive``, where the server does not pass the proxy's :class:`~.guard.ClientConnection`
-(uvicorn without httptools): that tells it at once, without a task."""
+"""Noticing, while the proxy waits for the upstream, that the client has gone away, through
+ASGI's ``receive``: where the server does not pass the proxy a :class:`~.guard.ClientConnection`
+(uvicorn without httptools). Where it does, the connection tells the proxy at once, with no task."""
 
 from __future__ import annotations
 
