@@ -88,6 +88,9 @@ class Transport:
     def write(self, data):
         pass
 
+    def writelines(self, data):
+        pass
+
     def is_closing(self):
         return False
 

@@ -66,14 +66,19 @@ def _read_answer(sock: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-# -- ClientConnection: writes ----------------------------------------------------------------------------------
+# -- ClientConnection: writes ----------------------------------------------------------------------
 class _Transport:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self.gathered: list[list[bytes]] = []  # what each writelines got
         self.closed = False
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.writes.append(b"".join(data))
+        self.gathered.append(data)
 
     def close(self) -> None:
         self.closed = True
@@ -93,6 +98,7 @@ def test_held_writes_leave_as_one_write_on_release_and_pass_through_otherwise() 
     assert transport.writes == [b"a"]
     writes.release()
     assert transport.writes == [b"a", b"headbody"]
+    assert transport.gathered == [[b"head", b"body"]]  # one call, nothing joined (a body may be large)
     writes.release()  # again: nothing held, nothing written
     writes.hold()
     writes.release()  # held nothing: no empty write
@@ -110,7 +116,7 @@ def test_held_writes_are_written_before_the_transport_closes() -> None:
     assert writes.is_closing()
 
 
-# -- the proxy, end to end ---------------------------------------------------------------------------
+# -- the proxy, end to end -------------------------------------------------------------------------
 @linux_only
 def test_a_json_answer_and_an_error_of_ours_each_reach_the_client_as_one_segment(proxy: ProxyHandle) -> None:
     with _connect(proxy) as sock:
@@ -195,7 +201,7 @@ def test_a_stream_s_head_is_not_held_back_when_the_upstream_sent_it_alone(start_
     assert json.loads(trace["response_body"])["choices"][0]["message"]["content"] == "hi"
 
 
-# -- ClientConnection: the client leaving ------------------------------------------------------------
+# -- ClientConnection: the client leaving ----------------------------------------------------------
 async def test_a_watched_task_is_cancelled_when_the_connection_is_lost_and_not_after_stop() -> None:
     connection = ClientConnection(_Transport())  # type: ignore[arg-type]
     waiting = asyncio.ensure_future(asyncio.sleep(10))
