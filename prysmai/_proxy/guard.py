@@ -113,8 +113,11 @@ class ClientConnection:
         self.release()
         self._transport.close()
 
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
+    def __getattr__(self, name: str) -> Any:
+        # Anything else uvicorn's cycle may ask of its transport (none of it on the hot path).
+        if name.startswith("_"):  # (our own slots, unset: never recurse)
+            raise AttributeError(name)
+        return getattr(self._transport, name)
 
     # -- the client leaving ---------------------------------------------------------------------
     def watch(self, task: asyncio.Task[Any]) -> ClientConnection:

@@ -301,3 +301,11 @@ def test_a_stream_read_to_its_end_is_a_success_with_either_protocol(
     assert body.rstrip().endswith(b"data: [DONE]")
     (trace,) = proxy.traces()
     assert trace["status"] == "success" and trace["error"] is None
+
+
+def test_what_the_connection_does_not_define_is_the_transport_s() -> None:
+    transport = _Transport()
+    connection = ClientConnection(transport)  # type: ignore[arg-type]
+    assert connection.gathered is transport.gathered  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        connection.no_such_attribute  # type: ignore[attr-defined]  # noqa: B018
