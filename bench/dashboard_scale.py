@@ -1,8 +1,8 @@
 """The dashboard's queries at scale: stores of 10 k, 100 k and 1 M traces written by the real writer.
 
-For each size it fills a store through :class:`prysmai._proxy.store.TraceStore` (the proxy's writer
+For each size it fills a store through :class:`prysmai._proxy.store.writer.TraceStore` (the proxy's writer
 thread, batches, schema-2 rollup folding and indexes) with varied traces spread over 30 days, then times
-the query layer (``prysmai._proxy.queries``) through a :class:`ReadRunner` as the dashboard and the
+the query layer (``prysmai._proxy.store.queries``) through a :class:`ReadRunner` as the dashboard and the
 read API call it -- overview (24 h, 7 d, all), the overview page's full set of queries, trace lists
 with and without filters, trace detail, the session page, session and user lists -- with the
 extra peak memory of each, and ``prysmai stats`` as a subprocess (wall time, peak RSS). It also times
@@ -39,10 +39,10 @@ from _common import BENCH_DIR, PRYSM_KEY, PRYSMAI_CLI, REPO_DIR, emit, machine_i
 
 sys.path.insert(0, str(REPO_DIR))
 
-from prysmai._proxy import queries
-from prysmai._proxy.migrations import SCHEMA_VERSION, V1
-from prysmai._proxy.queries import ReadRunner, TraceFilter
-from prysmai._proxy.store import COLUMNS, TraceStore, open_db
+from prysmai._proxy.store import queries
+from prysmai._proxy.store.migrations import SCHEMA_VERSION, V1
+from prysmai._proxy.store.queries import ReadRunner, TraceFilter
+from prysmai._proxy.store.writer import COLUMNS, TraceStore, open_db
 
 DAY = 86400.0
 SPAN_DAYS = 30

@@ -1,5 +1,5 @@
 """The cost of hashing a presented key on a cold request path: OpenSSL's SHA-256 against the
-interpreter's built-in one (what ``prysmai._proxy.keys.sha256`` picks).
+interpreter's built-in one (what ``prysmai._proxy.config.keys.sha256`` picks).
 
 Every forwarded request hashes its ``sk-prysm-`` key once. A proxy between two requests of a slow
 client has its caches filled with other work, so what the request pays is the hash's cold cost,
@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from _common import emit, median
 
-from prysmai._proxy.keys import sha256
+from prysmai._proxy.config.keys import sha256
 
 KEY = b"sk-prysm-" + b"k3yK3YkeyKEYk3yK3YkeyKEYk3yK3Yke"
 

@@ -28,8 +28,8 @@ source, kind = sys.argv[1], sys.argv[2]
 sys.path.insert(0, source)
 import prysmai
 assert prysmai.__file__.startswith(source), prysmai.__file__
-from prysmai._proxy.app import ProxyApp
-from prysmai._proxy.config import ProxyConfig
+from prysmai._proxy.server.app import ProxyApp
+from prysmai._proxy.config.settings import ProxyConfig
 
 KEY = sys.argv[3]
 STREAM = kind == "stream"
@@ -79,7 +79,7 @@ request = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "con
 request = request.encode()
 try:  # the client's connection, as the proxy's own server protocol passes it
     from prysmai._proxy.asgi import CONNECTION_KEY
-    from prysmai._proxy.guard import ClientConnection
+    from prysmai._proxy.server.guard import ClientConnection
 except ImportError:  # a checkout from before it did
     CONNECTION_KEY = ClientConnection = None
 

@@ -37,7 +37,7 @@ KINDS = ("plain", "users", "projects")
 
 def child(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> None:
     sys.path.insert(0, code)
-    from prysmai._proxy import store as store_module
+    from prysmai._proxy.store import writer as store_module
 
     if not store_module.__file__ or not store_module.__file__.startswith(code):
         raise RuntimeError(f"imported {store_module.__file__}, not the checkout in {code}")

@@ -45,7 +45,7 @@ def test_sdist_and_wheel_carry_licence_docs_and_urls(tmp_path: Path) -> None:
         metadata_name = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
         metadata = whl.read(metadata_name).decode()
         assert any(n.endswith("LICENSE") for n in whl.namelist())
-        assert "prysmai/_proxy/pricing.json" in whl.namelist()
+        assert "prysmai/_proxy/config/pricing.json" in whl.namelist()
     assert "Project-URL: Homepage, " in metadata
     assert "Provides-Extra: proxy" in metadata
     assert "uvicorn[standard]" in metadata and "aiohttp" in metadata

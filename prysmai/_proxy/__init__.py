@@ -1,6 +1,6 @@
 """The self-hostable Prysm capture proxy (``pip install 'prysmai[proxy]'``).
 
-``prysmai._cli`` imports :mod:`prysmai._proxy.cli` on every ``prysmai`` invocation, including
+``prysmai._cli`` imports :mod:`prysmai._proxy.cli.commands` on every ``prysmai`` invocation, including
 ``prysmai run`` where the proxy's extra may be absent, so nothing here (nor in ``cli``) imports
 uvicorn or aiohttp at module level.
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Awaitable, Callable, MutableMapping
 
-    from .capture import Exchange
+    from .store.capture import Exchange
 
     Scope = MutableMapping[str, Any]
     Message = MutableMapping[str, Any]

@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 import pytest
 import uvicorn
 
-from prysmai._proxy.config import ProxyConfig
-from prysmai._proxy.server import BackgroundServer
-from prysmai._proxy.store import open_existing
+from prysmai._proxy.config.settings import ProxyConfig
+from prysmai._proxy.server.serve import BackgroundServer
+from prysmai._proxy.store.writer import open_existing
 
 KEY = "sk-prysm-proxytest-0123456789abcdef"
 OTHER_KEY = "sk-prysm-second-key-0123456789"
@@ -357,7 +357,7 @@ class ProxyHandle:
 
 
 def read_traces(db_path: str) -> list[dict[str, Any]]:
-    from prysmai._proxy.store import get_trace
+    from prysmai._proxy.store.writer import get_trace
 
     conn = open_existing(db_path)
     assert conn is not None

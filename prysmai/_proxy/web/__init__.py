@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from .. import queries
+from ..store import queries
 from .app import Dashboard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ..pricing import PriceTable
-    from ..projects import Tenancy
+    from ..config.pricing import PriceTable
+    from ..config.projects import Tenancy
 
 
 def make_dashboard(

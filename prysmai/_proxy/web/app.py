@@ -24,8 +24,9 @@ import re
 from importlib import resources
 from urllib.parse import parse_qs, quote, unquote
 
-from .. import jsonshape, queries
+from ..api import jsonshape
 from ..asgi import send_whole
+from ..store import queries
 from .auth import Sessions, cookie_name, read_cookie
 
 TYPE_CHECKING = False
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..asgi import Receive, Scope, Send
-    from ..pricing import PriceTable
-    from ..projects import KeyEntry, Tenancy
+    from ..config.pricing import PriceTable
+    from ..config.projects import KeyEntry, Tenancy
 
 log = logging.getLogger("prysmai.proxy")
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from ..pricing import PriceTable
+from ..config.pricing import PriceTable
 from . import make_dashboard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..asgi import Receive, Scope, Send
-    from ..projects import Tenancy
+    from ..config.projects import Tenancy
 
 
 class ReadOnlyDashboard:

@@ -1,0 +1,174 @@
+"""``prysmai demo``: the whole product on one machine in a few seconds.
+
+Starts the proxy on a free port with a fresh store and the offline model (or the real provider
+with ``--real``), runs a small sample app under ``prysmai.instrument()`` and prints what the proxy
+captured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+
+from ..config.keys import generate_key
+from ..config.settings import DEFAULT_UPSTREAM, DEMO_UPSTREAM, UPSTREAM_KEY_ENV, ProxyConfig
+from ..server.serve import BackgroundServer
+from ..store.writer import compute_stats, list_traces, open_existing
+from .report import stats_text, traces_table
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+DEFAULT_MODEL = "gpt-4o-mini"
+
+
+def sample_app(model: str, say: Any = print) -> None:
+    """An ordinary OpenAI app: it knows nothing of Prysm except ``prysm_context`` tags."""
+    import openai
+
+    import prysmai
+
+    client = openai.OpenAI()
+    question = [{"role": "user", "content": "In one sentence: why trace LLM calls?"}]
+
+    answer = client.chat.completions.create(model=model, messages=question)  # type: ignore[arg-type]
+    say(f"  plain call     -> {answer.choices[0].message.content}")
+
+    stream = client.chat.completions.create(model=model, messages=question, stream=True)  # type: ignore[arg-type]
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)  # type: ignore[union-attr]
+    say(f"  streamed call  -> {text}")
+
+    async def async_call() -> str:
+        async with openai.AsyncOpenAI() as aclient:
+            r = await aclient.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "And asynchronously?"}]
+            )
+            return r.choices[0].message.content or ""
+
+    say(f"  async call     -> {asyncio.run(async_call())}")
+
+    for user, session, feature in (("alice", "session-a1", "search"), ("bob", "session-b7", "summarise")):
+        with prysmai.prysm_context(user_id=user, session_id=session, metadata={"feature": feature}):
+            r = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": f"Hello, I am {user}."}]
+            )
+        say(f"  as {user:<10}  -> {r.choices[0].message.content}")
+
+    # A tool call and its answer, in alice's session.
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "search_docs",
+                "description": "Search the documentation",
+                "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+            },
+        }
+    ]
+    with prysmai.prysm_context(user_id="alice", session_id="session-a1", metadata={"feature": "search"}):
+        turn: list[Any] = [
+            {"role": "system", "content": "You answer from the docs."},
+            {"role": "user", "content": "How do I see my traces?"},
+        ]
+        r = client.chat.completions.create(model=model, messages=turn, tools=tools)  # type: ignore[arg-type]
+        call = (r.choices[0].message.tool_calls or [])[0]
+        say(f"  tool call      -> {call.function.name}({call.function.arguments})")  # type: ignore[union-attr]
+        turn += [
+            r.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "Open the dashboard: prysmai demo --serve"},
+        ]
+        r = client.chat.completions.create(model=model, messages=turn, tools=tools)  # type: ignore[arg-type]
+        say(f"  tool result    -> {r.choices[0].message.content}")
+
+    try:  # an error: the provider refuses a request without messages
+        client.chat.completions.create(model=model, messages=[])
+    except openai.BadRequestError as exc:
+        say(f"  bad request    -> {exc.status_code} (captured as an error trace)")
+
+
+def _keep_serving(url: str, key: str) -> None:
+    """``--serve``: keep the proxy and its dashboard up until Ctrl+C (or SIGTERM)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    print(f"\nDashboard: {url}/  (log in with the demo's key: {key})", flush=True)
+    print(f"The proxy stays up at {url}/api/v1; Ctrl+C stops it and prints the captured traces.", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(real: bool = False, keep_db: str | None = None, model: str | None = None, serve: bool = False) -> int:
+    import prysmai
+
+    upstream_key = os.environ.get(UPSTREAM_KEY_ENV) or None
+    if real and not upstream_key:
+        print(f"prysmai demo --real: set {UPSTREAM_KEY_ENV} to your provider key first.", file=sys.stderr)
+        return 2
+    tmpdir = None if keep_db else tempfile.mkdtemp(prefix="prysmai-demo-")
+    db_path = keep_db or os.path.join(tmpdir or ".", "traces.db")
+    key = generate_key()
+    config = ProxyConfig(
+        keys=[key],
+        db_path=db_path,
+        upstream=DEFAULT_UPSTREAM if real else DEMO_UPSTREAM,
+        upstream_api_key=upstream_key if real else None,
+        port=0,
+    )
+    model = model or DEFAULT_MODEL
+    # The sample app's clients must target OpenAI's default URL (what instrument() redirects) and
+    # need some API key to be constructed; neither setting leaves this process.
+    saved = {name: os.environ.get(name) for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
+    os.environ.pop("OPENAI_BASE_URL", None)
+    os.environ.setdefault("OPENAI_API_KEY", "sk-demo-unused")
+    try:
+        with BackgroundServer(config) as server:
+            where = "the real provider" if real else "the built-in offline model (prysm-demo)"
+            print(f"Prysm demo: a proxy on {server.base_url} in front of {where}.")
+            print(f"Running a sample app under prysmai.instrument() with model {model}:\n")
+            prysmai.instrument(prysm_key=key, base_url=server.base_url)
+            try:
+                sample_app(model)
+            finally:
+                prysmai.uninstrument()
+            if serve:
+                server.app.store.flush(10.0)
+                _keep_serving(server.url, key)
+        # Stopping the server wrote every pending trace.
+        conn = open_existing(db_path)
+        if conn is None:  # pragma: no cover
+            print("No trace store was written.", file=sys.stderr)
+            return 1
+        traces = list_traces(conn, limit=100)
+        stats = compute_stats(conn)
+        conn.close()
+        print(f"\nCaptured {len(traces)} trace(s):\n")
+        print(traces_table(list(reversed(traces))))
+        print("\nStats:\n")
+        print(stats_text(stats))
+        if not real:
+            print(f"\n(Offline model: costs are what {model} would have cost for these token counts.)")
+        if keep_db:
+            print(f"\nTraces kept in {db_path}: try `prysmai traces --db {db_path}`.")
+        if not serve:
+            print("\nSee them in the browser: `prysmai demo --serve` keeps the proxy and its dashboard up.")
+        print("\nNext: `prysmai proxy` serves this for real; `prysmai proxy --help` has the essentials.")
+        return 0
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)

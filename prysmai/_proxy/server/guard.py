@@ -1,0 +1,275 @@
+"""Limits on client connections that uvicorn's httptools protocol does not have.
+
+uvicorn holds a connection that never finishes its request headers for as long as the client
+likes (its keep-alive timeout only runs between requests), accepts headers of any size, and its
+``limit_concurrency`` answers with a plain-text 503. :func:`guarded_protocol` returns its
+httptools protocol with three guards, each answered with an OpenAI-style JSON error and
+``Connection: close``:
+
+* a header-read timeout (``408``): from a connection's start, or a request's first byte, to the
+  end of its headers -- checked by one sweep per second over the open connections, so a request
+  pays for two attribute writes, not a timer;
+* a header size limit (``431``) on the request line plus headers;
+* a cap on concurrent connections (``503``) -- a connection over it is answered and closed at once.
+
+It also answers a request that is not valid HTTP (``400``) in JSON rather than uvicorn's plain text,
+and closes a keep-alive connection left idle for ``timeout_keep_alive`` seconds in the same sweep
+(to within its period) rather than by uvicorn's libuv timer, which is created after every response
+and cancelled by the next request's first bytes.
+
+And it passes the app a :class:`ClientConnection` in the scope: to hold a response's writes
+(uvicorn writes a response's head the moment the app sends it, so head and body left as two
+segments) and to cancel a request's task the moment its client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ... import _wire
+from ..asgi import CONNECTION_KEY
+
+_SWEEP_SECONDS = 1.0
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
+class _HeaderTooLarge(Exception):
+    pass
+
+
+def _error_response(status: int, message: str, code: str) -> bytes:
+    body = json.dumps(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    ).encode()
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+            b"content-type: application/json\r\n",
+            _wire.ORIGIN_HEADER.lower().encode() + b": proxy\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+class ClientConnection:
+    """What the app may ask of the client's connection, passed in the scope (``CONNECTION_KEY``):
+    to hold a burst of writes so that they leave as one, and to cancel a task when the client goes
+    away. uvicorn's request cycle writes through it (it stands in for the transport).
+
+    Writes: uvicorn writes a response's head as soon as the app sends ``http.response.start``,
+    and the body (or a stream's first chunk) in a write of its own. On loopback or a LAN each
+    write is a segment that wakes the client for half an answer; on a busy machine that wakeup can
+    take the proxy's CPU for ~0.1 ms before the rest is written (bench/README.md, "Sixth pass").
+
+    Leaving: the protocol hears of it first (``connection_lost``); learning it through ASGI's
+    ``receive`` takes a task per request that waits on it."""
+
+    __slots__ = ("_held", "_task", "_transport", "gone", "lost")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: list[bytes] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self.lost = False  # the connection is gone
+        self.gone = False  # ... and that cancelled the watched task
+
+    # -- writes ------------------------------------------------------------------------------------
+    def hold(self) -> None:
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if held:
+                # One system call for all (uvloop gathers them), without joining: an answer's body
+                # may be megabytes.
+                self._transport.writelines(held)
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._transport.write(data)
+        else:
+            held.append(data)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self.release()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else uvicorn's cycle may ask of its transport (none of it on the hot path).
+        if name.startswith("_"):  # (our own slots, unset: never recurse)
+            raise AttributeError(name)
+        return getattr(self._transport, name)
+
+    # -- the client leaving ---------------------------------------------------------------------
+    def watch(self, task: asyncio.Task[Any]) -> ClientConnection:
+        """Cancel ``task`` if the client goes away before :meth:`stop` (at once if it has gone);
+        ``gone`` then says so. Returns itself: the watch."""
+        self._task = task
+        if self.lost:
+            self._cancel()
+        return self
+
+    def stop(self) -> None:
+        self._task = None
+
+    def connection_lost(self) -> None:
+        self.lost = True
+        self._cancel()
+
+    def _cancel(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            self.gone = True
+            task.cancel()
+
+
+def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connections: int) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with the three guards above (a fresh class per server)."""
+    sweeper: list[asyncio.TimerHandle | None] = [None]
+
+    class GuardedProtocol(HttpToolsProtocol):
+        _head_since: float | None = None  # loop time when the current request's head began
+        _head_bytes = 0
+        _idle_since: float | None = None  # loop time when the last response ended (keep-alive)
+        _client: ClientConnection
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._client = ClientConnection(transport)
+            if len(self.connections) > max_connections:
+                self._reject(503, f"Too many connections (more than {max_connections}); retry later", "overloaded")
+                return
+            self._head_since = self.loop.time()
+            if sweeper[0] is None:
+                sweeper[0] = self.loop.call_later(_SWEEP_SECONDS, _sweep, self.connections, self.loop)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            self._client.connection_lost()
+            if not self.connections and sweeper[0] is not None:
+                sweeper[0].cancel()
+                sweeper[0] = None
+
+        def data_received(self, data: bytes) -> None:
+            self._idle_since = None  # (uvicorn's own cancels its keep-alive timer here)
+            if self._head_since is not None:
+                self._head_bytes += len(data)
+            try:
+                self.parser.feed_data(data)
+            except _HeaderTooLarge:
+                return
+            except httptools.HttpParserCallbackError as exc:
+                if isinstance(exc.__context__, _HeaderTooLarge):
+                    return
+                self._bad_request()
+                return
+            except httptools.HttpParserError:
+                self._bad_request()
+                return
+            except httptools.HttpParserUpgrade:  # as uvicorn does
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+                return
+            if self._head_since is not None and self._head_bytes > max_header_bytes:
+                self._too_large()
+
+        def _bad_request(self) -> None:
+            # As uvicorn's own answer (not an application request: no trace), but in JSON.
+            self.logger.debug("invalid HTTP request received")
+            self._reject(
+                400,
+                "Invalid HTTP request (malformed request line or headers, e.g. a control character in a header value)",
+                "invalid_http_request",
+            )
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.scope[CONNECTION_KEY] = self._client  # type: ignore[literal-required]
+            if self._head_since is None:
+                self._head_since = self.loop.time()
+                self._head_bytes = 0
+
+        def on_headers_complete(self) -> None:
+            if self._head_bytes > max_header_bytes:  # maybe: this chunk also held body bytes
+                size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+                if size > max_header_bytes:
+                    self._too_large()
+                    raise _HeaderTooLarge
+            self._head_since = None
+            self._head_bytes = 0
+            super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.scope is self.scope:  # (this request's: not an upgrade)
+                # Its writes go through ours (the app's task has not run yet).
+                cycle.transport = self._client  # type: ignore[assignment]
+
+        def on_response_complete(self) -> None:
+            if self.pipeline or self.transport.is_closing():
+                # uvicorn's own: start the next pipelined request, or nothing; no timer either way.
+                super().on_response_complete()
+                return
+            # As uvicorn's, but the keep-alive timeout is the sweep's: no timer per response.
+            self.server_state.total_requests += 1
+            self.flow.resume_reading()
+            self._idle_since = self.loop.time()
+
+        def _too_large(self) -> None:
+            self._reject(
+                431,
+                f"Request headers larger than {max_header_bytes} bytes",
+                "request_header_fields_too_large",
+            )
+
+        def _reject(self, status: int, message: str, code: str) -> None:
+            self._head_since = None
+            if not self.transport.is_closing():
+                self.transport.write(_error_response(status, message, code))
+                self.transport.close()
+
+        def idle_timed_out(self, now: float) -> bool:
+            idle = self._idle_since
+            if idle is None or now - idle < self.timeout_keep_alive or self.transport.is_closing():
+                return False
+            self._idle_since = None
+            self.timeout_keep_alive_handler()  # uvicorn's: closes the connection
+            return True
+
+        def header_timed_out(self, now: float) -> bool:
+            since = self._head_since
+            if since is None or now - since < header_timeout or self.transport.is_closing():
+                return False
+            if self.cycle is not None and not self.cycle.response_complete:
+                return False  # a response is being sent on this connection: not ours to cut
+            self._reject(408, f"Request headers not received within {header_timeout:g} s", "request_timeout")
+            return True
+
+    def _sweep(connections: set[Any], loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for conn in list(connections):
+            check = getattr(conn, "header_timed_out", None)
+            if check is not None and not check(now):
+                conn.idle_timed_out(now)
+        sweeper[0] = loop.call_later(_SWEEP_SECONDS, _sweep, connections, loop) if connections else None
+
+    return GuardedProtocol

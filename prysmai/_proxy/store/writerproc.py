@@ -1,0 +1,458 @@
+"""Trace rows built and written by a child process (``--trace-writer process``, the default).
+
+Why a process: turning a captured exchange into a row is Python (JSON parsing, stream
+reassembly, costing, ~35 us a row and ~200 us a streamed answer), and Python in a thread of the
+proxy holds the one GIL the event loop needs. The loop lets go of it at every poll for I/O, and a
+thread that takes it then keeps it for up to CPython's 5 ms switch interval (bench/README.md,
+"Third pass": building rows in-process cost the proxy a quarter of its throughput at 64
+connections). Here the proxy's writer thread only copies each exchange's captured fields into a
+:mod:`marshal` frame (~2 us, C) and writes it to a pipe, GIL released; the child parses, costs and
+inserts with its own interpreter, and answers with what it wrote.
+
+The proxy's :class:`~.store.TraceStore` keeps everything else: the queue, the block/drop policy,
+the counters, ``flush`` and ``health``. A child that dies is started again; the batch it was
+writing is counted as lost, like a batch of a writer thread that failed.
+
+Wire format, both ways: frames of a 4-byte big-endian length and a :mod:`marshal` payload (only
+basic types: the child never runs code the proxy sent). To the child: ``("init", path, prices)``
+once, then ``("batch", price_defs, items)``; it answers each with ``("ok", written, repaired,
+failed, costs, logs)`` or ``("failed", reason, logs)``. The child exits when its input closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import marshal
+import operator
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+from ..config.pricing import Price, PriceTable
+from .capture import Exchange, fallback_row, finalize
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+log = logging.getLogger("prysmai.proxy")
+
+#: The exchange's fields the child needs, in the order they are sent. Not sent: the parsed request
+#: (``request_json``: the row stores the body as received), the submission mark, and the
+#: provider's prices, which are sent once per table (``price_defs``) and referred to by number.
+FIELDS = tuple(f for f in Exchange.__slots__ if f not in ("provider_prices", "request_json", "submitted"))
+_fields_of = operator.attrgetter(*FIELDS)
+_HEADER = struct.Struct(">I")
+#: The child's command (``python -c``): this very copy of prysmai (the proxy may run from a
+#: checkout, not the installed one), and not the working directory's modules, which ``-c`` and
+#: ``-m`` would put first on ``sys.path`` (the proxy may be started in any project's folder).
+_CHILD = """# prysmai trace writer
+import sys
+if sys.path and sys.path[0] == "":
+    del sys.path[0]
+if sys.argv[1] not in sys.path:
+    sys.path.insert(0, sys.argv[1])
+from prysmai._proxy.store.writerproc import main
+main()
+"""
+#: How long the proxy waits for a new child to say it is ready before it refuses to start.
+START_TIMEOUT = 30.0
+#: An item built in the proxy (it could not be sent as is): its row, not its fields.
+_BUILT = 1
+_SENT = 0
+#: Items marshalled between two yields of the GIL (about 2 us each).
+ITEMS_PER_SLICE = 64
+
+
+class WriterProcessError(RuntimeError):
+    """The child failed a batch or is gone; the batch's traces count as lost."""
+
+
+def _price_tuples(prices: Mapping[str, Price]) -> dict[str, tuple[float, float | None, float | None]]:
+    return {model: (p.input, p.output, p.cached_input) for model, p in prices.items()}
+
+
+def _prices_from(tuples: Mapping[str, Any]) -> dict[str, Price]:
+    return {model: Price(*values) for model, values in tuples.items()}
+
+
+def _write_frame(fd: int, payload: bytes) -> None:
+    view = memoryview(_HEADER.pack(len(payload)) + payload)
+    while view:
+        view = view[os.write(fd, view) :]  # releases the GIL while the pipe is full
+
+
+def _read_frame(fd: int) -> bytes | None:
+    """The next frame's payload; ``None`` at end of input."""
+    header = _read_exact(fd, _HEADER.size)
+    if header is None:
+        return None
+    payload = _read_exact(fd, _HEADER.unpack(header)[0])
+    if payload is None:
+        raise EOFError("input ended inside a frame")
+    return payload
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    parts: list[bytes] = []
+    while n:
+        part = os.read(fd, min(n, 1 << 20))
+        if not part:
+            return None
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
+
+
+#: What the child keeps of the proxy's environment: what Python itself reads. Not the keys
+#: (``OPENAI_API_KEY``, ``PRYSM_PROXY_KEYS``, whatever a projects file names): the process that
+#: parses captured, untrusted content holds no secret. Not ``PRYSM_AUTO`` either.
+_ENVIRONMENT = frozenset(
+    {"PATH", "HOME", "LANG", "TMPDIR", "TEMP", "TMP", "SYSTEMROOT", "VIRTUAL_ENV", "LD_LIBRARY_PATH"}
+)
+
+
+def _child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k in _ENVIRONMENT or k.startswith(("PYTHON", "LC_"))}
+
+
+class WriterProcess:
+    """The proxy's end of the child that builds and writes its trace rows.
+
+    ``on_cost(project, usd, created_at)`` is called for every written trace that has a cost (the
+    projects' monthly budgets); ``finalize`` builds, in the proxy, the row of the rare exchange
+    whose fields cannot be sent (a value :mod:`marshal` refuses)."""
+
+    def __init__(
+        self,
+        prices: PriceTable,
+        finalize: Callable[[Any], dict[str, Any]],
+        on_cost: Callable[[str, float, float], None] | None = None,
+    ) -> None:
+        self.prices = prices
+        self._finalize = finalize
+        self._on_cost = on_cost
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._path: str | None = None
+        #: id(provider prices) -> (the mapping, kept alive so the id stays its own; its number).
+        self._price_refs: dict[int, tuple[Mapping[str, Price], int]] = {}
+
+    def __repr__(self) -> str:
+        return f"WriterProcess(pid={self.pid})"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self, path: str) -> None:
+        """Start the child on the store at ``path`` and wait until it has opened it."""
+        self._path = path
+        self._price_refs = {}
+        env = _child_environment(os.environ)
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        try:
+            proc = subprocess.Popen(
+                [sys.executable or "python3", "-c", _CHILD, package_root],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                bufsize=0,
+                close_fds=True,
+            )
+        except OSError as exc:  # no usable interpreter (an embedding host, a broken install)
+            raise WriterProcessError(f"the trace writer process did not start: {exc}") from None
+        self._proc = proc
+        table = self.prices
+        init = ("init", path, _price_tuples(table.prices), table.as_of, table.source)
+        try:
+            _write_frame(self._fd_in, marshal.dumps(init))
+            reply = self._reply(START_TIMEOUT)
+        except (OSError, WriterProcessError) as exc:
+            self.stop(timeout=1.0)
+            raise WriterProcessError(f"the trace writer process did not start ({exc})") from None
+        if reply[0] != "ready":
+            self.stop(timeout=1.0)
+            raise WriterProcessError(f"the trace writer process did not start: {reply[1]}")
+
+    def ensure_running(self) -> str | None:
+        """Start the child again if it is gone: why it had to be, or ``None`` (also when its end
+        was already reported, by the :class:`WriterProcessError` of the batch it was writing)."""
+        if self._path is None or self.alive:
+            return None
+        why = None
+        if self._proc is not None:
+            why = f"the trace writer process had exited (code {self._proc.poll()})"
+            self._discard()
+        self.start(self._path)
+        return why
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Close the child's input (it finishes what it was given, then exits) and wait for it."""
+        proc = self._proc
+        if proc is None:
+            return
+        _close_pipes(proc)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("trace writer process %d did not exit in %.0fs: killed", proc.pid, timeout)
+            proc.kill()
+            proc.wait()
+        self._proc = None
+
+    def _died(self) -> WriterProcessError:
+        """The child is gone mid-batch: reap it (the next batch starts another) and say how it ended."""
+        proc = self._proc
+        how = "exited"
+        if proc is not None:
+            try:
+                how = f"exited (code {proc.wait(5)})"  # its pipe closed as it died: it is exiting
+            except subprocess.TimeoutExpired:
+                how = "stopped answering (killed)"
+            self._discard()
+        return WriterProcessError(f"the trace writer process {how}")
+
+    def _discard(self) -> None:
+        if self._proc is not None:
+            _close_pipes(self._proc)
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    @property
+    def _fd_in(self) -> int:
+        assert self._proc is not None and self._proc.stdin is not None
+        return self._proc.stdin.fileno()
+
+    # -- batches (the store's writer thread) -----------------------------------------------------
+    def write(self, items: list[Any]) -> tuple[int, int, int]:
+        """Have the child build and insert the rows of ``items``; (written, repaired, failed).
+        Raises :class:`WriterProcessError` if it cannot (the batch is then lost)."""
+        payload, built_repaired, unbuildable = self._pack(items)
+        try:
+            _write_frame(self._fd_in, payload)
+        except OSError:
+            raise self._died() from None
+        reply = self._reply(None)
+        if reply[0] != "ok":
+            raise WriterProcessError(f"the trace writer process failed a batch ({reply[1]})")
+        _, written, repaired, failed, costs, _logs = reply
+        if self._on_cost is not None:
+            for project, usd, created_at in costs:
+                self._on_cost(project, usd, created_at)
+        return written, repaired + built_repaired, failed + unbuildable
+
+    def _pack(self, items: list[Any]) -> tuple[bytes, int, int]:
+        """The batch's frame, and the counts of rows built here (by the fallback) and of items no
+        row could be built for. Marshalled :data:`ITEMS_PER_SLICE` items at a time, yielding the
+        GIL in between (a whole batch would hold it for a millisecond: see ``store.GIL_SLICE``)."""
+        defs: dict[int, Any] = {}
+        parts: list[bytes] = []
+        repaired = unbuildable = 0
+        for start in range(0, len(items), ITEMS_PER_SLICE):
+            if start:
+                time.sleep(0)
+            some = items[start : start + ITEMS_PER_SLICE]
+            sent = [(_SENT, _fields_of(item), self._price_ref(item.provider_prices, defs)) for item in some]
+            try:
+                parts.append(marshal.dumps(sent))
+            except ValueError:  # a value marshal refuses (nested too deeply): build those rows here
+                sent, built, failed = self._pack_each(some, sent)
+                parts.append(marshal.dumps(sent))
+                repaired += built
+                unbuildable += failed
+        return marshal.dumps(("batch", defs, parts)), repaired, unbuildable
+
+    def _price_ref(self, prices: Mapping[str, Price] | None, defs: dict[int, Any]) -> int:
+        """The number the child knows a provider's price table by (-1: none); a table it has not
+        seen yet goes into ``defs``, sent with the batch."""
+        if prices is None:
+            return -1
+        known = self._price_refs.get(id(prices))
+        if known is None:
+            known = self._price_refs[id(prices)] = (prices, len(self._price_refs))
+            defs[known[1]] = _price_tuples(prices)
+        return known[1]
+
+    def _pack_each(self, items: list[Any], sent: list[Any]) -> tuple[list[Any], int, int]:
+        from .writer import build_row
+
+        out: list[Any] = []
+        repaired = unbuildable = 0
+        for item, entry in zip(items, sent):
+            try:
+                marshal.dumps(entry)
+                out.append(entry)
+                continue
+            except ValueError:
+                pass
+            row, fallback = build_row(item, self._finalize, fallback_row)
+            if row is None:
+                unbuildable += 1
+                continue
+            try:
+                marshal.dumps(row)
+            except ValueError:
+                log.error("trace %s could not be written: a value cannot be sent to the writer process", row[0])
+                unbuildable += 1
+                continue
+            out.append((_BUILT, row, fallback))
+            repaired += fallback
+        return out, repaired, unbuildable
+
+    def _reply(self, timeout: float | None) -> Any:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        fd = proc.stdout.fileno()
+        if timeout is not None and os.name != "nt":  # Windows' select() takes sockets only: wait unbounded
+            import selectors
+
+            with selectors.DefaultSelector() as sel:
+                sel.register(fd, selectors.EVENT_READ)
+                if not sel.select(timeout):
+                    raise WriterProcessError(f"no answer in {timeout:.0f}s")
+        try:
+            payload = _read_frame(fd)
+        except (OSError, EOFError) as exc:
+            payload = None
+            log.debug("trace writer process: %s", exc)
+        if payload is None:
+            raise self._died()
+        reply = marshal.loads(payload)
+        for level, text in reply[-1]:
+            log.log(level, "%s", text)
+        return reply
+
+
+# -- the child ---------------------------------------------------------------------------------------
+class _Collect(logging.Handler):
+    """Keeps the child's log records, sent back with the batch's answer and logged by the proxy
+    (one log, in the proxy's format and handlers)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        self.records.append((record.levelno, text))
+
+    def take(self) -> list[tuple[int, str]]:
+        records, self.records = self.records, []
+        return records
+
+
+def _exchange(values: tuple[Any, ...], prices: Mapping[str, Price] | None) -> Exchange:
+    ex = Exchange.__new__(Exchange)
+    for name, value in zip(FIELDS, values):
+        setattr(ex, name, value)
+    ex.provider_prices = prices
+    ex.request_json = None
+    ex.submitted = True
+    return ex
+
+
+def main() -> None:
+    """The child: read frames from standard input until it closes, answer on standard output."""
+    # Stopped by the proxy closing our input, never by a signal meant for the proxy (Ctrl-C, a
+    # service manager's SIGTERM to the whole group): the proxy still has traces to hand over.
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    out = os.dup(1)
+    os.dup2(2, 1)  # a stray print() must not corrupt the frames
+    collect = _Collect()
+    log.addHandler(collect)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    serve(0, out, collect)
+
+
+def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
+    from . import writer as store
+
+    init = _read_frame(fd_in)
+    if init is None:
+        return
+    _, path, price_tuples, as_of, source = marshal.loads(init)
+    prices = PriceTable(_prices_from(price_tuples), as_of, source)
+    try:
+        conn = store.open_db(path)
+    except Exception as exc:
+        _write_frame(fd_out, marshal.dumps(("failed", str(exc), collect.take())))
+        return
+    _write_frame(fd_out, marshal.dumps(("ready", None, collect.take())))
+    provider_prices: dict[int, dict[str, Price]] = {}
+    while True:
+        frame = _read_frame(fd_in)
+        if frame is None:
+            break
+        _, defs, parts = marshal.loads(frame)
+        for ref, table in defs.items():
+            provider_prices[ref] = _prices_from(table)
+        try:
+            items = [item for part in parts for item in marshal.loads(part)]
+            reply = _write_batch(conn, items, prices, provider_prices, collect)
+        except Exception as exc:
+            log.exception("the trace writer process failed a batch")
+            reply = ("failed", f"{type(exc).__name__}: {str(exc)[:200]}", collect.take())
+            conn = _reopen(conn, path)
+        _write_frame(fd_out, marshal.dumps(reply))
+    conn.close()
+
+
+def _write_batch(
+    conn: Any,
+    items: list[Any],
+    prices: PriceTable,
+    provider_prices: Mapping[int, Mapping[str, Price]],
+    collect: _Collect,
+) -> tuple[Any, ...]:
+    from .writer import build_rows, insert_rows
+
+    costs: list[tuple[str, float, float]] = []
+
+    def counted(ex: Exchange) -> dict[str, Any]:
+        row = finalize(ex, prices)
+        if row.get("cost_usd"):
+            costs.append((ex.project, row["cost_usd"], ex.created_at))
+        return row
+
+    rows = [values for kind, values, _ in items if kind == _BUILT]  # built in the proxy (rare)
+    exchanges = [_exchange(values, provider_prices.get(ref)) for kind, values, ref in items if kind == _SENT]
+    built, built_repaired, unbuildable = build_rows(exchanges, counted, fallback_row)
+    written, repaired, failed = insert_rows(conn, rows + built)
+    return ("ok", written, built_repaired + repaired, failed + unbuildable, costs, collect.take())
+
+
+def _reopen(conn: Any, path: str) -> Any:
+    """A fresh connection after a failed batch (as the writer thread reconnects); if the store
+    cannot be opened now, the child exits and the proxy starts another for its next batch."""
+    from . import writer as store
+
+    with contextlib.suppress(Exception):
+        conn.close()
+    return store.open_db(path)
+
+
+if __name__ == "__main__":
+    main()
