@@ -1,6 +1,6 @@
 """The dashboard's queries at scale: stores of 10 k, 100 k and 1 M traces written by the real writer.
 
-For each size it fills a store through :class:`prysmai._proxy.store.writer.TraceStore` (the proxy's writer
+For each size it fills a store through :class:`prysmai._proxy.store.writer.TraceWriter` (the proxy's writer
 thread, batches, schema-2 rollup folding and indexes) with varied traces spread over 30 days, then times
 the query layer (``prysmai._proxy.store.queries``) through a :class:`ReadRunner` as the dashboard and the
 read API call it -- overview (24 h, 7 d, all), the overview page's full set of queries, trace lists
@@ -39,10 +39,12 @@ from _common import BENCH_DIR, PRYSM_KEY, PRYSMAI_CLI, REPO_DIR, emit, machine_i
 
 sys.path.insert(0, str(REPO_DIR))
 
-from prysmai._proxy.store import queries
-from prysmai._proxy.store.migrations import SCHEMA_VERSION, V1
-from prysmai._proxy.store.queries import ReadRunner, TraceFilter
-from prysmai._proxy.store.writer import COLUMNS, TraceStore, open_db
+from prysmai._proxy.store import TraceFilter, queries
+from prysmai._proxy.store.reader import ReadRunner
+from prysmai._proxy.store.rows import COLUMNS
+from prysmai._proxy.store.sqlite import SQLiteEngine
+from prysmai._proxy.store.sqlite.migrations import SCHEMA_VERSION, V1
+from prysmai._proxy.store.writer import TraceWriter
 
 DAY = 86400.0
 SPAN_DAYS = 30
@@ -164,7 +166,7 @@ def make_rows(n: int, now: float, seed: int = 1) -> Any:
 
 def fill(path: Path, n: int, now: float) -> dict[str, Any]:
     """Write ``n`` traces through the real writer thread, keeping its queue below capacity."""
-    store = TraceStore(str(path), lambda row: row, queue_size=20_000)
+    store = TraceWriter(SQLiteEngine(str(path)), lambda row: row, queue_size=20_000)
     store.open()
     start = time.perf_counter()
     for row in make_rows(n, now):
@@ -296,7 +298,7 @@ def list_pages(conn: sqlite3.Connection, f: TraceFilter, pages: int) -> Any:
 
 
 def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
-    runner = ReadRunner(str(path), time_limit=120.0)  # measure, don't cut (the default is 1.5 s)
+    runner = ReadRunner(SQLiteEngine(str(path)), time_limit=120.0)  # measure, don't cut (the default is 1.5 s)
     last24, last7 = TraceFilter(since=now - DAY), TraceFilter(since=now - 7 * DAY)
     every = TraceFilter()
     probe = runner.run_sync(
@@ -626,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
                     old.unlink()
                 make(old_store, size, now, source=workdir / f"store-{size}.db")
                 t0 = time.perf_counter()
-                open_db(str(old_store)).close()
+                SQLiteEngine(str(old_store)).open_for_writing().close()
                 record = {
                     "bench": "dashboard",
                     "kind": "migrate",

@@ -28,8 +28,12 @@ source, kind = sys.argv[1], sys.argv[2]
 sys.path.insert(0, source)
 import prysmai
 assert prysmai.__file__.startswith(source), prysmai.__file__
-from prysmai._proxy.server.app import ProxyApp
-from prysmai._proxy.config.settings import ProxyConfig
+try:
+    from prysmai._proxy.server.app import ProxyApp
+    from prysmai._proxy.config.settings import ProxyConfig
+except ImportError:  # a checkout from before the proxy's rooms
+    from prysmai._proxy.app import ProxyApp
+    from prysmai._proxy.config import ProxyConfig
 
 KEY = sys.argv[3]
 STREAM = kind == "stream"
@@ -124,7 +128,7 @@ async def one():
 
 async def main():
     await app.startup()
-    app.client = Upstream()
+    getattr(app, "forwarder", app).client = Upstream()  # (before the rooms: the app itself)
     for _ in range(300):
         await one()
     best = float("inf")

@@ -48,7 +48,7 @@ def _build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per request (default 5)")
     doctor.set_defaults(handler=_doctor_command)
 
-    from prysmai._proxy.cli.commands import register as register_proxy_commands
+    from ._proxy.cli import register as register_proxy_commands
 
     register_proxy_commands(sub)
     return parser

@@ -1,17 +1,19 @@
-"""The ASGI vocabulary the proxy speaks and its small response helpers.
+"""The HTTP vocabulary every part of the proxy speaks: ASGI types, the one error, route tables.
 
-The ``Scope``/``Message``/``Receive``/``Send`` aliases (for annotations only), the OpenAI-style
-error document and the JSON answers of our own (``respond``, with the ``X-Prysm-Origin`` marker the
-SDK's fail-open reads), the ``send`` wrapper that remembers whether a response has begun and can
-hold its writes (``send_whole``: head and body in one write), reading a request body under a size
-limit, and the latency header; nothing here knows about routes or traces.
+The ``Scope``/``Message``/``Receive``/``Send`` aliases (for annotations only); :class:`HTTPError`,
+the one error of the proxy's HTTP surface, answered with OpenAI's error document (the server, the
+connection guard, the read API and the dashboard all use it); :class:`Routes`, a declared route
+table; the JSON answers of our own (``respond``, with the ``X-Prysm-Origin`` marker the SDK's
+fail-open reads); the ``send`` wrapper that remembers whether a response has begun and can hold
+its writes (``send_whole``: head and body in one write); reading a request body under a size
+limit; and the latency header. Nothing here knows about traces.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from .. import _wire
 
@@ -30,13 +32,80 @@ if TYPE_CHECKING:
 JSON_HEADERS = [(b"content-type", b"application/json"), (_wire.ORIGIN_HEADER.lower().encode(), b"proxy")]
 
 
-def error_body(message: str, type_: str, code: str | None) -> bytes:
-    """An OpenAI-style error document."""
-    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+def error_document(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error document: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-#: The scope key under which the proxy's own server protocol (:mod:`.guard`) passes the client's
-#: :class:`~.guard.ClientConnection`.
+def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
+    """:func:`error_document` as JSON bytes."""
+    return json.dumps(error_document(message, type_, code, param)).encode()
+
+
+class HTTPError(Exception):
+    """An answer of ours that is an error: ``status`` and OpenAI's error document (``param``
+    names the request parameter at fault, when one is). Raised by handlers; answered by
+    :func:`respond_error`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        type_: str = "invalid_request_error",
+        *,
+        param: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.type = type_
+        self.param = param
+        self.headers = headers or []
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.type, self.code, self.param)
+
+
+H = TypeVar("H")
+
+
+class Routes(Generic[H]):
+    """A declared route table: path -> handler. A pattern ending in ``{name}`` matches any path
+    that starts with what comes before it and goes on (the rest is the parameter); exact paths
+    are matched first, then the patterns in the order given.
+
+    >>> routes = Routes({"traces": "list", "traces/{id}": "one"})
+    >>> routes.match("traces/abc")
+    ('one', 'abc')
+    """
+
+    __slots__ = ("_exact", "_prefixes")
+
+    def __init__(self, table: dict[str, H]) -> None:
+        self._exact: dict[str, H] = {}
+        self._prefixes: list[tuple[str, H]] = []
+        for pattern, handler in table.items():
+            if pattern.endswith("}") and "{" in pattern:
+                self._prefixes.append((pattern[: pattern.index("{")], handler))
+            else:
+                self._exact[pattern] = handler
+
+    def match(self, path: str) -> tuple[H, str | None] | None:
+        """``(handler, parameter or None)``, or ``None`` when no route matches."""
+        handler = self._exact.get(path)
+        if handler is not None:
+            return handler, None
+        for prefix, handler in self._prefixes:
+            if path.startswith(prefix) and len(path) > len(prefix):
+                return handler, path[len(prefix) :]
+        return None
+
+
+#: The scope key under which the proxy's own server protocol (:mod:`.server.guard`) passes the client's
+#: :class:`~.server.guard.ClientConnection`.
 CONNECTION_KEY = "prysmai.connection"
 
 
@@ -49,7 +118,7 @@ class Watch(Protocol):
 
 
 class Connection(Protocol):
-    """What the server lets the app do with the client's connection (:class:`~.guard.ClientConnection`)."""
+    """What the server lets the app do with the client's connection (:class:`~.server.guard.ClientConnection`)."""
 
     def hold(self) -> None: ...
 
@@ -94,12 +163,13 @@ async def send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]]
             connection.release()
 
 
-def internal_error_body(exc: BaseException) -> bytes:
-    # The exception's type only: its text may hold request data.
-    return error_body(
+def internal_error(exc: BaseException) -> HTTPError:
+    """The 500 of a bug of ours. The exception's type only: its text may hold request data."""
+    return HTTPError(
+        500,
         f"Internal error in the Prysm proxy ({type(exc).__name__}); the proxy's log has the details.",
-        "server_error",
         "internal_error",
+        "server_error",
     )
 
 
@@ -145,7 +215,13 @@ def latency_header(ex: Exchange) -> tuple[bytes, bytes]:
     return (_wire.LATENCY_HEADER.lower().encode(), f"{(end - ex.t0) * 1000.0:.2f}".encode())
 
 
+async def respond_error(send: Send, error: HTTPError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer ``error`` (its headers, then ``extra``)."""
+    await respond(send, error.status, error.body(), [*error.headers, *(extra or ())])
+
+
 async def respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A JSON answer of ours (``body``), marked with ``X-Prysm-Origin: proxy``."""
     headers = [
         *JSON_HEADERS,  # with the X-Prysm-Origin marker: the SDK's fail-open reads it
         (b"content-length", str(len(body)).encode()),

@@ -36,7 +36,7 @@ import uvicorn
 
 from prysmai._proxy.config.settings import ProxyConfig
 from prysmai._proxy.server.serve import BackgroundServer
-from prysmai._proxy.store.writer import open_existing
+from prysmai._proxy.store.sqlite import SQLiteEngine
 
 KEY = "sk-prysm-proxytest-0123456789abcdef"
 OTHER_KEY = "sk-prysm-second-key-0123456789"
@@ -346,7 +346,7 @@ class ProxyHandle:
     def traces(self) -> list[dict[str, Any]]:
         """Every stored trace, oldest first, in full (after writing everything pending)."""
         deadline = time.monotonic() + 10
-        while self.app.inflight:  # a client may have its answer before the proxy has finished
+        while self.app.forwarder.inflight:  # a client may have its answer before the proxy has finished
             assert time.monotonic() < deadline, "requests still in flight"
             time.sleep(0.002)
         assert self.app.store.flush(10), "the trace writer did not catch up"
@@ -357,9 +357,9 @@ class ProxyHandle:
 
 
 def read_traces(db_path: str) -> list[dict[str, Any]]:
-    from prysmai._proxy.store.writer import get_trace
+    from prysmai._proxy.store.queries import get_trace
 
-    conn = open_existing(db_path)
+    conn = SQLiteEngine(db_path).open_existing()
     assert conn is not None
     try:
         ids = [r[0] for r in conn.execute("SELECT id FROM traces ORDER BY created_at, rowid")]

@@ -5,17 +5,20 @@ Both print exactly these documents (docs/proxy.md, "JSON output"):
 * a trace: ``{"object": "trace", "id": ..., ...}``; ``request_body`` / ``response_body`` are the
   body as a JSON value when it is JSON (an object, not JSON text inside a string), else the text,
   else ``null``; ``metadata`` an object or ``null``; ``notes`` a list; ``stream`` a boolean;
-* a list: ``{"object": "list", "data": [trace, ...]}`` (rows without bodies);
+* a list: ``{"object": "list", "data": [...], "next_cursor": ...}`` (traces without bodies, or
+  sessions or users); ``next_cursor`` is ``null`` on the last page;
 * stats: ``{"object": "stats", ...}``;
 * an error: ``{"error": {"message", "type", "param", "code"}}`` (OpenAI's error shape; the CLI
   writes it to stderr and exits non-zero).
 
-Standard library only: the CLI imports it without the proxy's extra.
+Standard library only (as :mod:`..asgi`): the CLI imports it without the proxy's extra.
 """
 
 from __future__ import annotations
 
 import json
+
+from ..asgi import error_document
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -67,14 +70,9 @@ def trace(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def trace_list(rows: Any) -> dict[str, Any]:
-    """The list envelope. Accepts rows, or an envelope already built (its other keys are kept)."""
-    if isinstance(rows, dict):
-        envelope: dict[str, Any] = {"object": "list", **rows}
-        envelope["object"] = "list"
-        envelope["data"] = [trace(r) for r in rows.get("data", ())]
-        return envelope
-    return {"object": "list", "data": [trace(r) for r in rows]}
+def page(data: list[Any], next_cursor: str | None) -> dict[str, Any]:
+    """The list envelope: one page of ``data`` and the cursor of the next (``None``: the last)."""
+    return {"object": "list", "data": data, "next_cursor": next_cursor}
 
 
 def stats(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,21 +81,7 @@ def stats(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def error(message: str, code: str, type_: str = "invalid_request_error") -> dict[str, Any]:
     """OpenAI's error document, as the proxy answers it."""
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
-
-
-def for_endpoint(endpoint: str, result: Any) -> Any:
-    """Shape a read-API result by its endpoint (``traces``, ``traces/{id}``, ``stats``); results of
-    other endpoints are returned as they are."""
-    if not isinstance(result, (dict, list)):
-        return result
-    if endpoint.startswith("traces/"):
-        return trace(result)  # type: ignore[arg-type]
-    if endpoint == "stats":
-        return stats(result)  # type: ignore[arg-type]
-    if endpoint == "traces":
-        return trace_list(result)
-    return result
+    return error_document(message, type_, code)
 
 
 def encode(document: Any, *, allow_nan: bool = True) -> bytes:

@@ -3,27 +3,58 @@
 Starts the proxy on a free port with a fresh store and the offline model (or the real provider
 with ``--real``), runs a small sample app under ``prysmai.instrument()`` and prints what the proxy
 captured.
+
+Imported on every ``prysmai`` invocation (for its parser): standard library only at module level.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
 import sys
 import tempfile
 
-from ..config.keys import generate_key
-from ..config.settings import DEFAULT_UPSTREAM, DEMO_UPSTREAM, UPSTREAM_KEY_ENV, ProxyConfig
-from ..server.serve import BackgroundServer
-from ..store.writer import compute_stats, list_traces, open_existing
-from .report import stats_text, traces_table
+from ..config.settings import DEFAULT_UPSTREAM, DEMO_UPSTREAM, UPSTREAM_KEY_ENV
+from .common import needs_extra
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_MODEL = "gpt-4o-mini"
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``demo`` to ``prysmai``."""
+    demo = subparsers.add_parser(
+        "demo",
+        help="start a proxy with the offline model, run a sample app through it, show the traces",
+        description=(
+            "Start the proxy in-process on a free port with a fresh store and the built-in offline model, "
+            "run a small app under prysmai.instrument() (plain, streamed, async, and per-user calls), "
+            "then print the captured traces and stats. No network, no account."
+        ),
+    )
+    demo.add_argument("--real", action="store_true", help=f"use the real provider ({UPSTREAM_KEY_ENV} required)")
+    demo.add_argument("--model", default=None, help="model for the sample calls (default gpt-4o-mini)")
+    demo.add_argument(
+        "--keep-db", metavar="PATH", help="write the traces to PATH and keep it (default: a temporary store)"
+    )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="then keep the proxy and its dashboard running (prints the URL and a key to log in; Ctrl+C stops)",
+    )
+    demo.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    status = needs_extra()
+    if status is not None:
+        return status
+    return run_demo(real=args.real, keep_db=args.keep_db, model=args.model, serve=args.serve)
 
 
 def sample_app(model: str, say: Any = print) -> None:
@@ -111,6 +142,13 @@ def _keep_serving(url: str, key: str) -> None:
 def run_demo(real: bool = False, keep_db: str | None = None, model: str | None = None, serve: bool = False) -> int:
     import prysmai
 
+    from ..config.keys import generate_key
+    from ..config.settings import ProxyConfig
+    from ..server.serve import BackgroundServer
+    from ..store import Store, TraceFilter
+    from ..store.queries import list_traces, stats
+    from .report import stats_text, traces_table
+
     upstream_key = os.environ.get(UPSTREAM_KEY_ENV) or None
     if real and not upstream_key:
         print(f"prysmai demo --real: set {UPSTREAM_KEY_ENV} to your provider key first.", file=sys.stderr)
@@ -145,17 +183,17 @@ def run_demo(real: bool = False, keep_db: str | None = None, model: str | None =
                 server.app.store.flush(10.0)
                 _keep_serving(server.url, key)
         # Stopping the server wrote every pending trace.
-        conn = open_existing(db_path)
-        if conn is None:  # pragma: no cover
+        store = Store.existing(db_path, read_time_limit=None)
+        if store is None:  # pragma: no cover
             print("No trace store was written.", file=sys.stderr)
             return 1
-        traces = list_traces(conn, limit=100)
-        stats = compute_stats(conn)
-        conn.close()
+        with store:
+            traces, _ = store.read_sync(list_traces, TraceFilter(), limit=100)
+            totals = store.read_sync(stats, TraceFilter())
         print(f"\nCaptured {len(traces)} trace(s):\n")
         print(traces_table(list(reversed(traces))))
         print("\nStats:\n")
-        print(stats_text(stats))
+        print(stats_text(totals))
         if not real:
             print(f"\n(Offline model: costs are what {model} would have cost for these token counts.)")
         if keep_db:

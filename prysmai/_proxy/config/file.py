@@ -30,7 +30,7 @@ else:  # pragma: no cover - the backport, in the proxy extra below Python 3.11
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
     from typing import Any, NoReturn, Union
 
     #: A place in the parsed document: table keys and array indexes.
@@ -70,6 +70,15 @@ _ENDPOINTS = frozenset({"completions", "responses", "embeddings", "models"})
 class ConfigError(ValueError):
     """The config file cannot be used. The message names the file and line and says what to do;
     it never contains a key or a credential."""
+
+
+def load_tenancy(config_file: str | None, keys: Iterable[str], upstream: str, upstream_api_key: str | None) -> Tenancy:
+    """Who may do what: the config file's projects (``config_file``), else the command line's
+    keys and upstream as the one project ``default``. The one loader of the proxy, its reloads,
+    ``prysmai ui`` and the CLI. Raises :class:`ConfigError` (``OSError`` for a file it cannot read)."""
+    if config_file:
+        return load(config_file)
+    return projects.flat(keys, upstream, upstream_api_key)
 
 
 def load(path: str, environ: Mapping[str, str] | None = None, *, secrets: bool = True) -> Tenancy:

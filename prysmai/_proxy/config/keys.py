@@ -23,9 +23,9 @@ def _sha256_constructor() -> Callable[[bytes], _Hash]:
     """CPython's built-in SHA-256 where the interpreter has it, else hashlib's (OpenSSL).
 
     Same digests; but every forwarded request hashes its key once, and with the caches cold (a
-    proxy between two requests of a slow client) OpenSSL's EVP layer took ~35 µs for it against
-    ~14 µs for the built-in (bench/README.md, "Fifth pass"). Not on PyPy, whose ``_sha256`` is
-    pure Python."""
+    proxy between two requests of a slow client) OpenSSL's EVP layer takes about twice as long as
+    the built-in (``bench/key_hash.py`` measures both). Not on PyPy, whose ``_sha256`` is pure
+    Python."""
     if sys.implementation.name == "cpython":
         for name in ("_sha2", "_sha256"):  # Python 3.12+, 3.9-3.11
             try:

@@ -1,7 +1,7 @@
 """Projects, their keys and their providers: who may send what where, and read which traces.
 
 A :class:`Tenancy` is the proxy's whole access configuration at one moment. It comes from a
-config file (:func:`~.projectconfig.load`, ``--config prysm.toml``) or, without one, from the flat
+config file (:func:`~.file.load`, ``--config prysm.toml``) or, without one, from the flat
 key list and upstream of the command line as one project named ``default``
 (:func:`flat`). The request path asks it two things: which key is this (:meth:`Tenancy.identify`:
 its id, its project, or an admin key that reads every project), and which provider serves this

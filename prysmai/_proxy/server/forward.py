@@ -1,12 +1,12 @@
 """The forwarding path: one authenticated request to the upstream and back, captured as one trace.
 
-:class:`Forwarding` holds it as methods that :class:`~.app.ProxyApp` inherits (so a request costs
-no extra hop): read the request body under its size limit, parse it once (model, ``stream``,
-``stream_options``), ask a stream for its usage (:mod:`.usage`), forward the original bytes
-through the pooled upstream client, relay the answer chunk by chunk, notice a client that leaves,
-answer upstream failures with an OpenAI-style error of ours, and queue an
-:class:`~.capture.Exchange` for the writer thread. It does no logging, no disk I/O and no response
-parsing on the way.
+A :class:`Forwarder` reads the request body under its size limit, parses it once (model,
+``stream``, ``stream_options``), checks the project's limits, asks a stream for its usage
+(:mod:`.usage`), forwards the original bytes through the pooled upstream client, relays the
+answer chunk by chunk, notices a client that leaves, answers upstream failures with an
+OpenAI-style error of ours, and queues an :class:`~..store.capture.Exchange` for the store's
+writer. It does no logging on the way (but for failures), no disk I/O and no response parsing.
+What one request's steps share rides in its :class:`Call`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..asgi import (
     TooLarge,
     connection_of,
     error_body,
-    internal_error_body,
+    internal_error,
     latency_header,
     read_body,
     respond,
@@ -32,19 +32,16 @@ from ..asgi import (
 )
 from ..config.projects import DEMO
 from ..store.capture import Exchange
-from .disconnect import DisconnectWatch, StreamWatch
+from .disconnect import DisconnectWatch, DisconnectWatches, StreamWatch
 from .upstream import TIMEOUT_ERRORS, TRANSPORT_ERRORS, UPSTREAM_ERRORS, request_headers, response_headers
 from .usage import UsageStripper, inject_usage, stream_finished
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
-
-    from ..asgi import Receive, Responder, Scope, Send, Watch
+    from ..asgi import Connection, Receive, Responder, Scope, Watch
     from ..config.projects import Project, Provider
     from ..config.settings import ProxyConfig
-    from ..store.writer import TraceStore
-    from .disconnect import DisconnectWatches
+    from ..store import Store
     from .limits import Limits
     from .ratelog import RateLimitedLog
     from .upstream import Upstream, UpstreamResponse
@@ -60,64 +57,102 @@ JSON_ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "re
 USAGE_ENDPOINTS = frozenset({"chat/completions", "completions"})
 
 
-class Forwarding:
-    """The forwarding path of :class:`~.app.ProxyApp`, which sets these attributes."""
+class Call:
+    """One forwarded request: its ASGI scope, ``receive`` and ``send``, the trace it is captured
+    as, the ``X-Prysm-Trace-Id`` header it is answered with, and -- once routed -- where it goes."""
 
-    config: ProxyConfig
-    store: TraceStore
-    client: Upstream | None
-    demo_client: Upstream | None
-    limits: Limits
-    inflight: int
-    warnings: RateLimitedLog
-    _watches: DisconnectWatches
+    __slots__ = ("body", "ex", "headers", "inject", "receive", "scope", "send", "trace_header", "upstream", "url")
 
-    async def _proxy(
+    def __init__(self, scope: Scope, receive: Receive, send: Responder, ex: Exchange) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.ex = ex
+        self.trace_header = (_wire.TRACE_ID_HEADER.lower().encode(), ex.id.encode())
+        self.upstream: Upstream | None = None
+        self.url = ""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.inject = False
+
+
+class Forwarder:
+    """Forwards the requests of authenticated project keys; ``inflight`` counts them."""
+
+    def __init__(self, config: ProxyConfig, store: Store, limits: Limits, warnings: RateLimitedLog) -> None:
+        self.config = config
+        self.store = store
+        self.limits = limits
+        self.warnings = warnings  # floods (502s): first line, then summaries
+        self.client: Upstream | None = None
+        self.demo_client: Upstream | None = None
+        self.inflight = 0
+        self._watches = DisconnectWatches()  # notices clients that leave (without our server protocol)
+
+    async def start(self, providers: list[Provider]) -> None:
+        """Open the upstream client; set up the offline model now if a project uses it (not in
+        the first request's time)."""
+        from .upstream import AiohttpUpstream
+
+        self.client = AiohttpUpstream(self.config)
+        if any(p.kind == DEMO for p in providers):
+            self.upstream_for(next(p for p in providers if p.kind == DEMO))
+
+    async def aclose(self) -> None:
+        for client in (self.client, self.demo_client):
+            if client is not None:
+                await client.aclose()
+        self.client = self.demo_client = None
+
+    def upstream_for(self, provider: Provider) -> Upstream:
+        if provider.kind == DEMO:
+            if self.demo_client is None:
+                from .demo_model import DemoUpstream
+
+                self.demo_client = DemoUpstream()
+            return self.demo_client
+        assert self.client is not None, "Forwarder.start() was not run"
+        return self.client
+
+    # -- one request -------------------------------------------------------------------------------
+    async def __call__(
         self,
         scope: Scope,
         receive: Receive,
         send: Responder,
         t0: float,
-        method: str,
         endpoint: str,
         key_id: str,
         project: Project,
     ) -> None:
         await self.store.wait_for_room()  # --when-behind block: hold new requests while the writer catches up
-        ex = Exchange(_new_trace_id(), time.time(), t0, method, endpoint)
+        ex = Exchange(_new_trace_id(), time.time(), t0, scope["method"], endpoint)
         ex.key_id = key_id
         ex.project = project.name
-        trace_header = (_wire.TRACE_ID_HEADER.lower().encode(), ex.id.encode())
+        call = Call(scope, receive, send, ex)
         self.inflight += 1
         try:
-            forward = await self._prepare(scope, receive, send, ex, trace_header, project)
-            if forward is not None:  # (awaited here: one frame fewer on each resumption of a stream)
-                await forward
+            if await self._prepare(call, project):
+                await self._forward(call)
         except Exception as exc:  # a bug of ours: a JSON 500 (or a cut-off answer) and the trace says so
-            log.exception("internal error while proxying %s %s (trace %s)", method, endpoint, ex.id)
+            log.exception("internal error while proxying %s %s (trace %s)", ex.method, endpoint, ex.id)
             ex.status, ex.error = "error", f"internal error in the proxy ({type(exc).__name__})"
             ex.t_end = time.perf_counter()
             if not send.started:
-                ex.http_status = 500
-                ex.response_body = internal_error_body(exc)
+                error = internal_error(exc)
+                ex.http_status = error.status
+                ex.response_body = error.body()
                 ex.response_content_type = "application/json"
                 self._submit(ex)
-                await respond(send, 500, ex.response_body, [trace_header])
+                await respond(send, error.status, ex.response_body, [call.trace_header])
         finally:
             self._submit(ex)
             self.inflight -= 1
 
-    async def _prepare(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Responder,
-        ex: Exchange,
-        trace_header: tuple[bytes, bytes],
-        project: Project,
-    ) -> Awaitable[None] | None:
-        """Read, check and route the request: the forwarding coroutine to await, or ``None`` if
-        the request has been answered (an error of ours, recorded)."""
+    async def _prepare(self, call: Call, project: Project) -> bool:
+        """Read, check and route the request; ``False`` if it has been answered (an error of
+        ours, recorded)."""
+        ex, scope = call.ex, call.scope
         method, endpoint = ex.method, ex.endpoint
         upstream_key = None
         content_length = -1
@@ -127,7 +162,7 @@ class Forwarding:
                 if name == b"x-prysm-upstream-key":
                     upstream_key = value.strip() or None
                 else:
-                    self._prysm_header(ex, name, value)
+                    _prysm_header(ex, name, value)
             elif name == b"content-length":
                 content_length = int(value) if value.isdigit() else -1
             elif name == b"content-type":
@@ -137,42 +172,24 @@ class Forwarding:
         try:
             if content_length > limit:
                 raise TooLarge
-            body = await read_body(receive, limit)
+            body = await read_body(call.receive, limit)
         except TooLarge:
-            await self._fail(
-                send,
-                ex,
-                413,
-                f"Request body larger than {limit} bytes",
-                "invalid_request_error",
-                "request_too_large",
-                trace_header,
-            )
-            return None
+            message = f"Request body larger than {limit} bytes"
+            await self._fail(call, 413, message, "invalid_request_error", "request_too_large")
+            return False
         except Disconnected:
-            ex.status, ex.http_status, ex.error = (
-                "cancelled",
-                None,
-                "client disconnected before sending the whole request",
-            )
+            ex.status, ex.http_status = "cancelled", None
+            ex.error = "client disconnected before sending the whole request"
             ex.t_end = time.perf_counter()
             self._submit(ex)
-            return None
+            return False
         ex.request_body = body
-        inject = False
         parsed = None
         json_required = method == "POST" and endpoint in JSON_ENDPOINTS
         if not body and json_required:
-            await self._fail(
-                send,
-                ex,
-                400,
-                "The request body is empty. It must be a JSON object.",
-                "invalid_request_error",
-                "invalid_json",
-                trace_header,
-            )
-            return None
+            message = "The request body is empty. It must be a JSON object."
+            await self._fail(call, 400, message, "invalid_request_error", "invalid_json")
+            return False
         if body and (endpoint in JSON_ENDPOINTS or b"json" in content_type):
             try:
                 parsed = json.loads(body)
@@ -180,109 +197,72 @@ class Forwarding:
                 parsed = None
                 if json_required:
                     detail = "It is nested too deeply. " if isinstance(exc, RecursionError) else ""
-                    await self._fail(
-                        send,
-                        ex,
-                        400,
-                        f"We could not parse the JSON body of your request. {detail}The body must be a JSON object.",
-                        "invalid_request_error",
-                        "invalid_json",
-                        trace_header,
+                    message = (
+                        f"We could not parse the JSON body of your request. {detail}The body must be a JSON object."
                     )
-                    return None
+                    await self._fail(call, 400, message, "invalid_request_error", "invalid_json")
+                    return False
             if isinstance(parsed, dict):
                 model = parsed.get("model")
                 ex.model = model if isinstance(model, str) else None
                 ex.stream = parsed.get("stream") is True
             elif json_required:
-                await self._fail(
-                    send,
-                    ex,
-                    400,
-                    "The request body must be a JSON object.",
-                    "invalid_request_error",
-                    "invalid_json",
-                    trace_header,
-                )
-                return None
+                message = "The request body must be a JSON object."
+                await self._fail(call, 400, message, "invalid_request_error", "invalid_json")
+                return False
         routed = project.route(ex.model)
         if routed is None:
             what = f"the model {ex.model!r}" if ex.model else "a request without a model"
-            await self._fail(
-                send,
-                ex,
-                400,
+            message = (
                 f"Project {project.name!r} has no provider for {what}: no provider lists it in `models` or "
-                "matches it by `prefix`, and the project has no `default_provider` (see the proxy's config).",
-                "invalid_request_error",
-                "model_not_routed",
-                trace_header,
+                "matches it by `prefix`, and the project has no `default_provider` (see the proxy's config)."
             )
-            return None
+            await self._fail(call, 400, message, "invalid_request_error", "model_not_routed")
+            return False
         provider, upstream_model = routed
         ex.provider = provider.name
         ex.provider_prices = provider.prices or None
         ex.price_ref = provider.price_ref
         refusal = self.limits.check(project) if project.limited else None
         if refusal is not None:
-            await self._fail(
-                send, ex, 429, refusal.message, refusal.type, refusal.code, trace_header, list(refusal.headers)
-            )
-            return None
+            await self._fail(call, 429, refusal.message, refusal.type, refusal.code, list(refusal.headers))
+            return False
         if isinstance(parsed, dict):
             if upstream_model is not None:  # a prefix rule: the provider knows the model without it
                 ex.sent_model = upstream_model
                 parsed = {**parsed, "model": upstream_model}
                 body = json.dumps(parsed, ensure_ascii=False).encode("utf-8")
             if ex.stream and endpoint in USAGE_ENDPOINTS and self.config.inject_stream_usage:
-                body, inject = inject_usage(body, parsed)
+                body, call.inject = inject_usage(body, parsed)
         raw_path = scope.get("raw_path")
         if isinstance(raw_path, bytes) and raw_path.startswith(_PREFIX_BYTES):  # as the client encoded it
             tail = raw_path[len(_PREFIX_BYTES) :].decode("latin-1")
         else:
             tail = quote(endpoint)
         query = scope.get("query_string")
-        url = provider.url(tail, upstream_model or ex.model, query.decode("latin-1") if query else "")
+        call.url = provider.url(tail, upstream_model or ex.model, query.decode("latin-1") if query else "")
         headers = request_headers(scope["headers"])
         auth = provider.auth_header(upstream_key)
         if auth is not None:
             if auth[0] != b"authorization":  # Azure's api-key: never relay one the client sent
                 headers = [h for h in headers if h[0] != auth[0]]
             headers.append(auth)
-        upstream = self._upstream_for(provider)
-        return self._forward(upstream, method, url, headers, body, receive, send, ex, trace_header, inject)
-
-    @staticmethod
-    def _prysm_header(ex: Exchange, name: bytes, value: bytes) -> None:
-        label = name.decode("latin-1")
-        if len(value) > _wire.MAX_HEADER_VALUE_BYTES:
-            ex.notes.append(f"{label} ignored: longer than {_wire.MAX_HEADER_VALUE_BYTES} bytes")
-            return
-        try:
-            text = value.decode("ascii")
-            if name == b"x-prysm-metadata":
-                ex.metadata = _wire.decode_metadata(text)
-            elif name == b"x-prysm-user-id":
-                ex.user_id = _wire.decode_id(text)
-            elif name == b"x-prysm-session-id":
-                ex.session_id = _wire.decode_id(text)
-        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            ex.notes.append(f"{label} ignored: malformed ({type(exc).__name__}: {str(exc)[:200]})")
-        except RecursionError:
-            ex.notes.append(f"{label} ignored: nested too deeply to decode")
+        call.headers = headers
+        call.body = body
+        call.upstream = self.upstream_for(provider)
+        return True
 
     async def _fail(
         self,
-        send: Send,
-        ex: Exchange,
+        call: Call,
         status: int,
         message: str,
         type_: str,
         code: str,
-        trace_header: tuple[bytes, bytes],
         extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         """Answer with an error of our own and record it."""
+        ex = call.ex
         ex.status = "timeout" if status == 504 else "error"
         ex.http_status = status
         ex.error = message
@@ -290,64 +270,38 @@ class Forwarding:
         ex.response_body = error_body(message, type_, code)
         ex.response_content_type = "application/json"
         self._submit(ex)
-        await respond(send, status, ex.response_body, [trace_header, latency_header(ex), *(extra or ())])
+        await respond(call.send, status, ex.response_body, [call.trace_header, latency_header(ex), *(extra or ())])
 
-    async def _forward(
-        self,
-        upstream: Upstream,
-        method: str,
-        url: str,
-        request_headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        receive: Receive,
-        send: Send,
-        ex: Exchange,
-        trace_header: tuple[bytes, bytes],
-        inject: bool,
-    ) -> None:
+    async def _forward(self, call: Call) -> None:
         # A client that leaves cancels the upstream request at once.
-        connection = connection_of(send)
+        connection = connection_of(call.send)
         if connection is not None:  # the server tells us (uvicorn with the guard: the default)
             task = asyncio.current_task()
             assert task is not None
             watch: Watch = connection.watch(task)
         else:
-            watch = self._watches.start(receive)
+            watch = self._watches.start(call.receive)
         try:
-            await self._forward_watched(
-                upstream, method, url, request_headers, body, receive, send, ex, trace_header, inject, watch
-            )
+            await self._exchange(call, watch)
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
-            uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11+
-            if uncancel is not None:
-                uncancel()
-            if not ex.submitted:
-                ex.http_status = None
-            self._cancel(ex, "the client disconnected before the answer")
+            _uncancel()
+            if not call.ex.submitted:
+                call.ex.http_status = None
+            _cancel(call.ex, "the client disconnected before the answer")
         finally:
             watch.stop()
 
-    async def _forward_watched(
-        self,
-        upstream: Upstream,
-        method: str,
-        url: str,
-        request_headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        receive: Receive,
-        send: Send,
-        ex: Exchange,
-        trace_header: tuple[bytes, bytes],
-        inject: bool,
-        watch: Watch,
-    ) -> None:
+    async def _exchange(self, call: Call, watch: Watch) -> None:
+        """Send the request upstream and relay its answer (a stream chunk by chunk)."""
+        ex = call.ex
+        assert call.upstream is not None
         try:
-            response = await upstream.send(method, url, request_headers, body)
+            response = await call.upstream.send(ex.method, call.url, call.headers, call.body)
         except UPSTREAM_ERRORS as exc:
             watch.stop()
-            await self._upstream_failed(send, ex, exc, trace_header, url, answering=False)
+            await self._upstream_failed(call, exc, answering=False)
             return
         try:
             status = ex.http_status = response.status
@@ -355,20 +309,20 @@ class Forwarding:
             ex.response_content_type = ctype.decode("latin-1")
             if request_id is not None:
                 ex.provider_request_id = request_id.decode("latin-1")
-            headers.append(trace_header)
+            headers.append(call.trace_header)
             if status < 400 and ctype.startswith(b"text/event-stream"):
                 ex.stream = True
                 headers.append((b"x-accel-buffering", b"no"))
                 if isinstance(watch, DisconnectWatch):  # (its task starts late, for short answers)
                     watch.stop()
-                    watch = StreamWatch(receive)
-                await self._relay_stream(response, send, ex, headers, inject, watch)
+                    watch = StreamWatch(call.receive)
+                await self._relay_stream(call, response, headers, watch)
                 return
             try:
                 ex.response_body = await response.read()
             except UPSTREAM_ERRORS as exc:
                 watch.stop()
-                await self._upstream_failed(send, ex, exc, trace_header, url, answering=True)
+                await self._upstream_failed(call, exc, answering=True)
                 return
             watch.stop()
             ex.t_end = time.perf_counter()
@@ -377,21 +331,14 @@ class Forwarding:
             headers.append((b"content-length", str(len(ex.response_body)).encode()))
             headers.append(latency_header(ex))
             self._submit(ex)  # before answering: a client that has its answer finds its trace
-            await send_whole(send, status, headers, ex.response_body)
+            await send_whole(call.send, status, headers, ex.response_body)
         finally:
             await response.aclose()
 
-    async def _upstream_failed(
-        self,
-        send: Send,
-        ex: Exchange,
-        exc: BaseException,
-        trace_header: tuple[bytes, bytes],
-        url: str,
-        answering: bool,
-    ) -> None:
+    async def _upstream_failed(self, call: Call, exc: BaseException, answering: bool) -> None:
         """Answer 504 (the upstream too slow) or 502 (unreachable, or it broke off) and log it
         (rate-limited); ``answering``: the upstream had begun its answer."""
+        ex = call.ex
         if isinstance(exc, TIMEOUT_ERRORS):  # (first: asyncio's TimeoutError is an OSError too)
             status, code = 504, "upstream_timeout"
             message = "the upstream timed out while answering" if answering else "the upstream did not answer in time"
@@ -399,24 +346,19 @@ class Forwarding:
             status, code = 502, "upstream_unreachable"
             what = "the upstream broke off its answer" if answering else "upstream unreachable"
             message = f"{what} ({type(exc).__name__})"
-        where = f"{url.split('?', 1)[0]}: provider {ex.provider!r} of project {ex.project!r}"
+        where = f"{call.url.split('?', 1)[0]}: provider {ex.provider!r} of project {ex.project!r}"
         self.warnings.event("upstream", f"{status} to the client: {message} ({where})")
-        await self._fail(send, ex, status, message, "upstream_error", code, trace_header)
+        await self._fail(call, status, message, "upstream_error", code)
 
     async def _relay_stream(
-        self,
-        response: UpstreamResponse,
-        send: Send,
-        ex: Exchange,
-        headers: list[tuple[bytes, bytes]],
-        inject: bool,
-        watch: Watch,
+        self, call: Call, response: UpstreamResponse, headers: list[tuple[bytes, bytes]], watch: Watch
     ) -> None:
         """Relay the stream in this task; ``watch`` cancels it if the client goes away before the
         end (the caller then closes the upstream request)."""
-        stripper = UsageStripper() if inject else None
+        ex, send = call.ex, call.send
+        stripper = UsageStripper() if call.inject else None
         chunks = ex.chunks
-        connection = connection_of(send)
+        connection: Connection | None = connection_of(send)
         if connection is not None:
             connection.hold()  # the head waits for what the upstream sent with its own
         try:
@@ -461,13 +403,11 @@ class Forwarding:
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
             if not watch.gone:  # the server is going away
-                self._cancel(ex, "the proxy was shut down mid-stream")
+                _cancel(ex, "the proxy was shut down mid-stream")
                 raise
             # The client went away first (the watch cancelled us): stop reading; the caller's
             # response.aclose() closes the upstream request.
-            uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11+
-            if uncancel is not None:
-                uncancel()
+            _uncancel()
             if stream_finished(chunks):
                 # The client hung up after the end-of-stream marker (the openai SDK stops at
                 # [DONE]): it got everything, so this is a success that ended when the marker
@@ -475,35 +415,54 @@ class Forwarding:
                 if not ex.submitted:
                     ex.t_end = chunks[-1][0]
                 return
-            self._cancel(ex, "the client disconnected mid-stream")
+            _cancel(ex, "the client disconnected mid-stream")
         finally:
             if connection is not None:
                 connection.release()
             watch.stop()
 
-    def _upstream_for(self, provider: Provider) -> Upstream:
-        if provider.kind == DEMO:
-            if self.demo_client is None:
-                from .demo_model import DemoUpstream
-
-                self.demo_client = DemoUpstream()
-            return self.demo_client
-        assert self.client is not None, "ProxyApp.startup() was not run"
-        return self.client
-
     def _submit(self, ex: Exchange) -> None:
-        """Queue the trace once; after this the writer thread owns ``ex``."""
+        """Queue the trace once; after this the store's writer owns ``ex``."""
         if not ex.submitted:
             ex.submitted = True
             self.store.submit(ex)
 
-    @staticmethod
-    def _cancel(ex: Exchange, why: str) -> None:
-        if ex.submitted:  # the stream had already ended
-            return
-        ex.status = "cancelled"
-        ex.error = why
-        ex.t_end = time.perf_counter()
+
+def _prysm_header(ex: Exchange, name: bytes, value: bytes) -> None:
+    """Take the caller's user, session or metadata from an ``X-Prysm-*`` header (a malformed one
+    is noted on the trace, never refused)."""
+    label = name.decode("latin-1")
+    if len(value) > _wire.MAX_HEADER_VALUE_BYTES:
+        ex.notes.append(f"{label} ignored: longer than {_wire.MAX_HEADER_VALUE_BYTES} bytes")
+        return
+    try:
+        text = value.decode("ascii")
+        if name == b"x-prysm-metadata":
+            ex.metadata = _wire.decode_metadata(text)
+        elif name == b"x-prysm-user-id":
+            ex.user_id = _wire.decode_id(text)
+        elif name == b"x-prysm-session-id":
+            ex.session_id = _wire.decode_id(text)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        ex.notes.append(f"{label} ignored: malformed ({type(exc).__name__}: {str(exc)[:200]})")
+    except RecursionError:
+        ex.notes.append(f"{label} ignored: nested too deeply to decode")
+
+
+def _cancel(ex: Exchange, why: str) -> None:
+    if ex.submitted:  # the stream had already ended
+        return
+    ex.status = "cancelled"
+    ex.error = why
+    ex.t_end = time.perf_counter()
+
+
+def _uncancel() -> None:
+    """Take back the cancellation a client's leaving asked for (Python 3.11+): the task goes on
+    to record the trace."""
+    uncancel = getattr(asyncio.current_task(), "uncancel", None)
+    if uncancel is not None:
+        uncancel()
 
 
 def _new_trace_id() -> str:

@@ -25,14 +25,13 @@ segments) and to cancel a request's task the moment its client goes away.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ... import _wire
-from ..asgi import CONNECTION_KEY
+from ..asgi import CONNECTION_KEY, error_body
 
 _SWEEP_SECONDS = 1.0
 _REASONS = {
@@ -48,9 +47,7 @@ class _HeaderTooLarge(Exception):
 
 
 def _error_response(status: int, message: str, code: str) -> bytes:
-    body = json.dumps(
-        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-    ).encode()
+    body = error_body(message, "invalid_request_error", code)
     return b"".join(
         [
             b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
@@ -70,8 +67,8 @@ class ClientConnection:
 
     Writes: uvicorn writes a response's head as soon as the app sends ``http.response.start``,
     and the body (or a stream's first chunk) in a write of its own. On loopback or a LAN each
-    write is a segment that wakes the client for half an answer; on a busy machine that wakeup can
-    take the proxy's CPU for ~0.1 ms before the rest is written (bench/README.md, "Sixth pass").
+    write is a segment that wakes the client for half an answer, and on a busy machine that wakeup
+    can take the proxy's CPU before the rest is written; one write wakes it once, for all of it.
 
     Leaving: the protocol hears of it first (``connection_lost``); learning it through ASGI's
     ``receive`` takes a task per request that waits on it."""

@@ -4,10 +4,11 @@ Used by ``prysmai stats`` / ``traces``, the read API (``/api/v1/stats``, ``/api/
 the dashboard. Every function takes a DB-API connection and a :class:`TraceFilter`, and lets the
 database do the work: aggregates are ``GROUP BY`` queries, lists are keyset-paginated ``LIMIT``
 queries on an index; Python only merges a few hundred histogram rows. The SQL is standard except
-what :class:`_SQLite` holds (JSON access to metadata, case-insensitive ``LIKE``, the histogram
-bucket expression), so a PostgreSQL store can share this module by supplying its own dialect.
+what the engine's :class:`~.engine.Dialect` supplies (JSON access to metadata, case-insensitive
+``LIKE``, the histogram bucket expression, an index hint), looked up by the connection's type, so
+another engine shares this module by registering its own dialect.
 
-**Aggregates over time** read the rollups (see :mod:`.migrations`) for the whole periods of the
+**Aggregates over time** read the rollups (see :mod:`.rollups`) for the whole periods of the
 range -- totals from ``rollup_hour``; histograms from ``rollup_hist_day`` for whole days and
 ``rollup_hist_hour`` for the whole hours around them -- and the ``traces`` table for the partial
 periods at its edges, when the filter only names time, project, model, endpoint and status
@@ -33,31 +34,25 @@ values (no TTFT, unknown cost) come last in both directions.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import functools
 import json
 import math
-import os
 import re
-import sqlite3
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import quote
 
-from .migrations import BUCKETS_PER_E, HIST_LEVELS, METRICS, bucket_bounds, bucket_sql, ensure_functions
-from .rollups import HOUR_DIMS
+from .engine import dialect_of
+from .rollups import BUCKETS_PER_E, HIST_LEVELS, HOUR_DIMS, METRICS, bucket_bounds
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
-    from typing import Any, TypeVar
+    from typing import Any
 
-    T = TypeVar("T")
+    from .engine import Connection
 
 STATUSES = ("success", "error", "timeout", "cancelled")
 #: Sort names accepted by :func:`list_traces` (column names, and the dashboard's short names).
@@ -109,43 +104,11 @@ _ERR = "CASE WHEN status <> 'success' THEN 1 ELSE 0 END"
 _UNPRICED = "CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END"
 
 
-class _SQLite:
-    """What is not standard SQL (a PostgreSQL dialect would supply the same methods)."""
-
-    @staticmethod
-    def bucket(column: str) -> str:
-        return bucket_sql(column)
-
-    @staticmethod
-    def meta_equals(key: str, value: str) -> tuple[str, list[Any]]:
-        # A path of one quoted member, so keys with dots or brackets are taken literally.
-        path = '$."' + key + '"'
-        sql = "(CASE WHEN json_valid(metadata) THEN CAST(json_extract(metadata, ?) AS TEXT) END) = ?"
-        return sql, [path, value]
-
-    @staticmethod
-    def contains(columns: Iterable[str], text: str) -> tuple[str, list[Any]]:
-        # SQLite's LIKE is case-insensitive for ASCII (PostgreSQL: ILIKE).
-        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        parts = [f"{c} LIKE ? ESCAPE '\\'" for c in columns]
-        return "(" + " OR ".join(parts) + ")", [pattern] * len(parts)
-
-    @staticmethod
-    def time_first(table: str) -> str:
-        """Read ``table`` through the index that starts with ``created_at`` (traces_agg): for a
-        time range, grouping its entries beats walking a per-user or per-session index whole, but
-        SQLite's planner cannot know how narrow the range is."""
-        return f"{table} INDEXED BY traces_agg"
-
-
-_DIALECT = _SQLite()
-
-
-def _traces(f: TraceFilter, seek: bool = False) -> str:
+def _traces(conn: Connection, f: TraceFilter, seek: bool = False) -> str:
     """``traces``, read time-first when the filter has a start and no key-like column to seek (a
     small project's own index, with ``seek``, is one)."""
     if f.since is not None and f.user_id is None and f.session_id is None and f.key_id is None and not seek:
-        return _DIALECT.time_first("traces")
+        return dialect_of(conn).time_first("traces")
     return "traces"
 
 
@@ -155,7 +118,7 @@ def _traces(f: TraceFilter, seek: bool = False) -> str:
 SMALL_PROJECT = 5000
 
 
-def _small_project(conn: sqlite3.Connection, f: TraceFilter) -> bool:
+def _small_project(conn: Connection, f: TraceFilter) -> bool:
     """Whether ``f`` names a small project (at most :data:`SMALL_PROJECT` index entries read)."""
     if f.project is None:
         return False
@@ -267,7 +230,13 @@ class TraceFilter:
 
 
 def _conditions(
-    f: TraceFilter, since: float | None = None, until: float | None = None, *, times: bool = True, seek: bool = False
+    conn: Connection,
+    f: TraceFilter,
+    since: float | None = None,
+    until: float | None = None,
+    *,
+    times: bool = True,
+    seek: bool = False,
 ) -> tuple[list[str], list[Any]]:
     """WHERE clauses on ``traces`` for ``f``; ``since``/``until`` override the filter's range.
     The project is matched through ``traces_project`` only with ``seek``: otherwise SQLite would
@@ -293,11 +262,11 @@ def _conditions(
             clauses.append(f"{column} = ?")
             params.append(value)
     if f.meta_key is not None and f.meta_value is not None:
-        sql, more = _DIALECT.meta_equals(f.meta_key, f.meta_value)
+        sql, more = dialect_of(conn).meta_equals(f.meta_key, f.meta_value)
         clauses.append(sql)
         params += more
     if f.text is not None:
-        sql, more = _DIALECT.contains(("request_body", "response_body"), f.text)
+        sql, more = dialect_of(conn).contains(("request_body", "response_body"), f.text)
         clauses.append(sql)
         params += more
     return clauses, params
@@ -409,7 +378,7 @@ def _agg(aggs: dict[Any, _Agg], g: Any) -> _Agg:
 
 
 def _raw_totals(
-    conn: sqlite3.Connection,
+    conn: Connection,
     aggs: dict[Any, _Agg],
     f: TraceFilter,
     g: str,
@@ -417,7 +386,7 @@ def _raw_totals(
     hi: float | None,
     seek: bool = False,
 ) -> None:
-    clauses, params = _conditions(f, lo, hi, seek=seek)
+    clauses, params = _conditions(conn, f, lo, hi, seek=seek)
     sql = (
         f"SELECT {g} AS g, count(*), sum({_ERR}), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), "
         f"sum(cost_usd), sum({_UNPRICED}) FROM traces{_where(clauses)} GROUP BY g"
@@ -427,7 +396,7 @@ def _raw_totals(
 
 
 def _raw_hist(
-    conn: sqlite3.Connection,
+    conn: Connection,
     aggs: dict[Any, _Agg],
     f: TraceFilter,
     g: str,
@@ -435,9 +404,9 @@ def _raw_hist(
     hi: float | None,
     seek: bool = False,
 ) -> None:
-    clauses, params = _conditions(f, lo, hi, seek=seek)
+    clauses, params = _conditions(conn, f, lo, hi, seek=seek)
     for metric, column in METRICS:
-        b = _DIALECT.bucket(column)
+        b = dialect_of(conn).bucket(column)
         sql = (
             f"SELECT {g} AS g, {b} AS b, count(*), min({column}), max({column}) FROM traces"
             f"{_where([*clauses, f'{column} IS NOT NULL'])} GROUP BY g, b"
@@ -457,9 +426,7 @@ def _rollup_filters(f: TraceFilter, dims: Iterable[str]) -> tuple[list[str], lis
     return clauses, params
 
 
-def _rollup_totals(
-    conn: sqlite3.Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, lo: int | None, hi: int
-) -> None:
+def _rollup_totals(conn: Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, lo: int | None, hi: int) -> None:
     clauses, params = _rollup_filters(f, HOUR_DIMS)
     clauses.append("hour < ?")
     params.append(hi)
@@ -477,7 +444,7 @@ def _rollup_totals(
 
 
 def _rollup_hist(
-    conn: sqlite3.Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, table: str, lo: int | None, hi: int
+    conn: Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, table: str, lo: int | None, hi: int
 ) -> None:
     clauses, params = _rollup_filters(f, HIST_LEVELS[table][1])
     clauses.append("period < ?")
@@ -518,9 +485,7 @@ def _tiered(
     _tiered(float(end), hi, now, finer, raw)  # to ``hi``, or on past ``now`` when open
 
 
-def _collect(
-    conn: sqlite3.Connection, f: TraceFilter, grouping: _Grouping, now: float | None = None
-) -> dict[Any, _Agg]:
+def _collect(conn: Connection, f: TraceFilter, grouping: _Grouping, now: float | None = None) -> dict[Any, _Agg]:
     """Totals and histograms of ``f``'s traces by group: whole periods from the rollups that can
     answer the filter and the grouping, the partial periods at the edges from ``traces``."""
     now = time.time() if now is None else now
@@ -564,7 +529,7 @@ def _merge(aggs: Iterable[_Agg]) -> _Agg:
 
 
 # -- aggregates ---------------------------------------------------------------------------------
-def overview(conn: sqlite3.Connection, f: TraceFilter) -> dict[str, Any]:
+def overview(conn: Connection, f: TraceFilter) -> dict[str, Any]:
     """Totals over ``f``: requests, errors, tokens, cost (``None`` when no request was priced;
     ``unpriced`` counts the requests of unknown cost), latency and TTFT percentiles (ms)."""
     agg = _merge(_collect(conn, f, _CONSTANT).values())
@@ -619,7 +584,7 @@ def pick_bucket(since: float | None, until: float | None, now: float | None = No
     return math.ceil(span / 120 / 86400) * 86400
 
 
-def timeseries(conn: sqlite3.Connection, f: TraceFilter, bucket_seconds: int) -> list[dict[str, Any]]:
+def timeseries(conn: Connection, f: TraceFilter, bucket_seconds: int) -> list[dict[str, Any]]:
     """Per time bucket ``[t, t + bucket_seconds)`` (``t`` a multiple of the width): requests, errors,
     cost, unpriced, latency percentiles. Every bucket from ``since`` to ``until`` (or now) is
     present, empty ones with zero counts and ``None`` percentiles."""
@@ -689,7 +654,7 @@ def _breakdown_row(key: Any, agg: _Agg) -> dict[str, Any]:
     }
 
 
-def breakdown(conn: sqlite3.Connection, f: TraceFilter, by: str, limit: int = 20) -> list[dict[str, Any]]:
+def breakdown(conn: Connection, f: TraceFilter, by: str, limit: int = 20) -> list[dict[str, Any]]:
     """The ``limit`` most requested values of ``by`` (project, model, endpoint, user_id,
     session_id) with their totals and latency p50/p95; ``key`` is ``None`` for traces without one."""
     if by not in BREAKDOWNS:
@@ -708,10 +673,10 @@ def breakdown(conn: sqlite3.Connection, f: TraceFilter, by: str, limit: int = 20
     # Users and sessions are not in the rollups: pick the top keys by count through the covering
     # index, then read the latency histograms of those keys only.
     seek = _small_project(conn, f)
-    clauses, params = _conditions(f, seek=seek)
+    clauses, params = _conditions(conn, f, seek=seek)
     sql = (
         f"SELECT {by}, count(*) AS n, sum({_ERR}), sum(total_tokens), sum(cost_usd), sum({_UNPRICED}) "
-        f"FROM {_traces(f, seek)}{_where(clauses)} GROUP BY {by} ORDER BY n DESC, {by} LIMIT ?"
+        f"FROM {_traces(conn, f, seek)}{_where(clauses)} GROUP BY {by} ORDER BY n DESC, {by} LIMIT ?"
     )
     aggs = {}
     for key, n, errors, total, cost, unpriced in conn.execute(sql, [*params, limit]):
@@ -724,9 +689,9 @@ def breakdown(conn: sqlite3.Connection, f: TraceFilter, by: str, limit: int = 20
             member.append(f"{by} IN ({', '.join('?' * len(keys))})")
         if None in aggs:
             member.append(f"{by} IS NULL")
-        b = _DIALECT.bucket("latency_ms")
+        b = dialect_of(conn).bucket("latency_ms")
         sql = (
-            f"SELECT {by}, {b} AS b, count(*), min(latency_ms), max(latency_ms) FROM {_traces(f, seek)}"
+            f"SELECT {by}, {b} AS b, count(*), min(latency_ms), max(latency_ms) FROM {_traces(conn, f, seek)}"
             f"{_where([*clauses, '(' + ' OR '.join(member) + ')', 'latency_ms IS NOT NULL'])} GROUP BY {by}, b"
         )
         for key, bucket, n, lo, hi in conn.execute(sql, [*params, *keys]):
@@ -734,7 +699,21 @@ def breakdown(conn: sqlite3.Connection, f: TraceFilter, by: str, limit: int = 20
     return [_breakdown_row(k, a) for k, a in aggs.items()]
 
 
-def stats(conn: sqlite3.Connection, f: TraceFilter) -> dict[str, Any]:
+def overview_page(
+    conn: Connection, f: TraceFilter, bucket_seconds: int, breakdowns: Iterable[str], rows: int
+) -> dict[str, Any]:
+    """The dashboard's overview: :func:`overview`, :func:`timeseries` and a :func:`breakdown` by
+    each of ``breakdowns`` (``rows`` each), read on one connection -- in one read transaction,
+    one snapshot, so its numbers cannot disagree."""
+    return {
+        "overview": overview(conn, f),
+        "bucket_seconds": bucket_seconds,
+        "timeseries": timeseries(conn, f, bucket_seconds),
+        "breakdowns": {by: breakdown(conn, f, by, rows) for by in breakdowns},
+    }
+
+
+def stats(conn: Connection, f: TraceFilter) -> dict[str, Any]:
     """``prysmai stats --json`` and ``GET /api/v1/stats``: totals and ``by_model``, with the keys
     of prysmai 0.1.0 (``unpriced_requests``, ``latency_p50_ms``...) plus p99 and TTFT p95."""
     by_model = _collect(conn, f, _by_column("model"))
@@ -801,14 +780,14 @@ def row_dict(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _rows(conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+def _rows(conn: Connection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
     cur = conn.execute(sql, params)
     names = [d[0] for d in cur.description]
     return [row_dict(dict(zip(names, r))) for r in cur]
 
 
 def list_traces(
-    conn: sqlite3.Connection,
+    conn: Connection,
     f: TraceFilter,
     *,
     sort: str = "created_at",
@@ -830,7 +809,7 @@ def list_traces(
     # any other filter or order, a large project's are picked from the covering traces_agg.
     by_time_only = column == "created_at" and f == TraceFilter(since=f.since, until=f.until, project=f.project)
     seek = f.project is not None and (by_time_only or _small_project(conn, f))
-    clauses, params = _conditions(f, seek=seek)
+    clauses, params = _conditions(conn, f, seek=seek)
     # Pick the page's ids first (from the covering index traces_agg when the filter allows), then
     # read just those rows: sorting full rows would read every row of the range, bodies included.
     ids: list[Any] = []
@@ -872,7 +851,7 @@ def _in_project(project: str | None) -> tuple[str, list[Any]]:
     return ("", []) if project is None else (" AND +project = ?", [project])
 
 
-def get_trace(conn: sqlite3.Connection, trace_id: str, *, project: str | None = None) -> dict[str, Any] | None:
+def get_trace(conn: Connection, trace_id: str, *, project: str | None = None) -> dict[str, Any] | None:
     """One trace in full, by id or by a unique prefix of at least 8 hex characters; ``None`` if
     none matches (in ``project``, when given: a trace of another project is not found).
     ``ValueError`` for a prefix shorter than 8 or matching several traces."""
@@ -894,12 +873,12 @@ def get_trace(conn: sqlite3.Connection, trace_id: str, *, project: str | None = 
 
 
 def _groups(
-    conn: sqlite3.Connection, f: TraceFilter, column: str, cursor: str | None, limit: int
+    conn: Connection, f: TraceFilter, column: str, cursor: str | None, limit: int
 ) -> tuple[list[dict[str, Any]], str | None]:
     limit = _check_limit(limit)
     kind = f"{column}s"
     seek = _small_project(conn, f)
-    clauses, params = _conditions(f, seek=seek)
+    clauses, params = _conditions(conn, f, seek=seek)
     clauses.append(f"{column} IS NOT NULL")
     having = ""
     more: list[Any] = []
@@ -909,7 +888,7 @@ def _groups(
         more = [after[1], after[2]]
     sql = (
         f"SELECT {column}, count(*), sum({_ERR}), coalesce(sum(total_tokens), 0), sum(cost_usd), sum({_UNPRICED}), "
-        f"min(created_at), max(created_at) AS last_seen FROM {_traces(f, seek)}{_where(clauses)} "
+        f"min(created_at), max(created_at) AS last_seen FROM {_traces(conn, f, seek)}{_where(clauses)} "
         f"GROUP BY {column}{having} ORDER BY last_seen DESC, {column} DESC LIMIT ?"
     )
     rows = [
@@ -932,21 +911,21 @@ def _groups(
 
 
 def sessions(
-    conn: sqlite3.Connection, f: TraceFilter, *, cursor: str | None = None, limit: int = 50
+    conn: Connection, f: TraceFilter, *, cursor: str | None = None, limit: int = 50
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Sessions seen in ``f``'s traces, most recently active first, with their totals."""
     return _groups(conn, f, "session_id", cursor, limit)
 
 
 def users(
-    conn: sqlite3.Connection, f: TraceFilter, *, cursor: str | None = None, limit: int = 50
+    conn: Connection, f: TraceFilter, *, cursor: str | None = None, limit: int = 50
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Users seen in ``f``'s traces, most recently active first, with their totals."""
     return _groups(conn, f, "user_id", cursor, limit)
 
 
 def session_traces(
-    conn: sqlite3.Connection, session_id: str, limit: int = 500, *, project: str | None = None
+    conn: Connection, session_id: str, limit: int = 500, *, project: str | None = None
 ) -> list[dict[str, Any]]:
     """A session's traces in full, oldest first (its conversation timeline); only those of
     ``project`` when given."""
@@ -956,7 +935,7 @@ def session_traces(
     return _rows(conn, sql, [session_id, *scoped, limit])
 
 
-def month_spend(conn: sqlite3.Connection, since: float) -> dict[str, float]:
+def month_spend(conn: Connection, since: float) -> dict[str, float]:
     """USD spent per project from ``since`` (unix seconds on a whole hour, as the start of a UTC
     month is) to now, from the hourly rollups: what a monthly budget is checked against. Requests
     of unknown cost add nothing; a project without traces in the range is absent."""
@@ -966,93 +945,10 @@ def month_spend(conn: sqlite3.Connection, since: float) -> dict[str, float]:
     return {project: float(cost or 0.0) for project, cost in conn.execute(sql, [int(since)])}
 
 
-# -- running reads off the event loop -------------------------------------------------------------
-class QueryTimeout(TimeoutError):
-    """A read query ran past its time limit and was interrupted."""
-
-
-class ReadRunner:
-    """Runs query functions on read-only connections (``mode=ro``) in worker threads, each under
-    a time limit enforced by SQLite's progress handler, so a slow read can neither block the
-    proxy's event loop nor run on. ``await runner.run(overview, f)`` calls ``overview(conn, f)``;
-    ``run_sync`` does the same in the calling thread (the CLI)."""
-
-    def __init__(self, db_path: str, *, time_limit: float = 1.5, workers: int = 2, migrate: bool = True) -> None:
-        if time_limit <= 0:
-            raise ValueError("time_limit must be > 0 seconds")
-        self.db_path = db_path
-        self.time_limit = time_limit
-        if migrate:
-            from .writer import open_existing
-
-            conn = open_existing(db_path)  # upgrades an older schema in place
-            if conn is not None:
-                conn.close()
-        self._uri = "file:" + quote(os.path.abspath(db_path)) + "?mode=ro"
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="prysmai-read")
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._conns: list[sqlite3.Connection] = []
-
-    def __repr__(self) -> str:
-        return f"ReadRunner({self.db_path!r}, time_limit={self.time_limit})"
-
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self._uri, uri=True, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 2000")
-            ensure_functions(conn)
-            self._local.conn = conn
-            with self._lock:
-                self._conns.append(conn)
-        return conn
-
-    def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(conn, *args, **kwargs)`` in one read transaction (one consistent snapshot)."""
-        conn = self._connection()
-        limit = self.time_limit
-        deadline = time.monotonic() + limit
-        conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
-        try:
-            conn.execute("BEGIN")
-            return fn(conn, *args, **kwargs)
-        except sqlite3.OperationalError as exc:
-            if "interrupt" in str(exc) and time.monotonic() > deadline:
-                raise QueryTimeout(
-                    f"the query ran longer than its {limit:g} s limit and was stopped; narrow the time range or filters"
-                ) from None
-            raise
-        finally:
-            conn.set_progress_handler(None, 0)
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")  # a read: nothing to keep
-
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Like :meth:`run_sync`, in a worker thread; the event loop stays free meanwhile."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(self.run_sync, fn, *args, **kwargs))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        with self._lock:
-            for conn in self._conns:
-                conn.close()
-            self._conns.clear()
-
-    def __enter__(self) -> ReadRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 __all__ = [
     "BREAKDOWNS",
     "BUCKETS_PER_E",
     "SORTS",
-    "QueryTimeout",
-    "ReadRunner",
     "TraceFilter",
     "breakdown",
     "get_trace",
@@ -1060,6 +956,7 @@ __all__ = [
     "list_traces",
     "month_spend",
     "overview",
+    "overview_page",
     "pick_bucket",
     "session_traces",
     "sessions",

@@ -1,71 +1,35 @@
-"""The trace store: SQLite in WAL mode, written in batches off the request path.
+"""The trace writer: a bounded queue the request path appends to, and one supervised thread that
+writes it in batches.
 
-The request path only calls :meth:`TraceStore.submit`, which appends to a bounded in-memory queue
+The request path only calls :meth:`TraceWriter.submit`, which appends to an in-memory queue
 (never blocks, never touches the disk). The writer thread drains the queue; each batch's captured
 exchanges become rows (``finalize``, see :mod:`.capture`), inserted in one transaction, either by
 a child process the thread hands them to (:mod:`.writerproc`, what ``prysmai proxy`` does) or on
-the thread itself.
-A full queue drops the trace, counts it (``dropped``) and logs it at most every 10 seconds.
-:meth:`close` writes everything pending before returning.
+the thread itself through the store's engine. A full queue drops the trace, counts it
+(``dropped``) and logs it at most every 10 seconds. :meth:`close` writes everything pending
+before returning.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import logging
-import os
 import queue
-import sqlite3
 import threading
 import time
-from itertools import chain
 
-from ..config.projects import DEFAULT_PROJECT
-from . import private_files, rollups
-from .migrations import SCHEMA_VERSION, ensure_functions, migrate, version
+from .rows import build_rows
 from .writerproc import WriterProcess, WriterProcessError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
     from typing import Any
+
+    from .engine import Engine
 
 log = logging.getLogger("prysmai.proxy")
 
-COLUMNS = (
-    "id",  # ours: uuid4 hex, never the provider's id
-    "created_at",  # unix time (seconds, float) at which the proxy received the request
-    "method",
-    "endpoint",  # path below /api/v1, e.g. "chat/completions"
-    "model",  # the model the client asked for
-    "stream",  # 0/1
-    "status",  # success | error | timeout | cancelled
-    "http_status",  # status sent to the client
-    "latency_ms",
-    "ttft_ms",  # streams only; see docs/proxy.md
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cost_usd",  # NULL when unknown
-    "request_body",
-    "response_body",  # for streams: the reassembled content and tool calls
-    "error",
-    "user_id",
-    "session_id",
-    "metadata",  # JSON object text
-    "notes",  # JSON array of strings (e.g. malformed metadata)
-    "response_model",  # the model the provider says answered
-    "provider_request_id",  # the provider's x-request-id, for cross-reference only
-    "key_id",  # which accepted key sent it (an id derived from the key, never the key); schema 2
-    "project",  # the key's project (DEFAULT_PROJECT when none is given); schema 3
-    "provider",  # the name of the provider the request went to (None: not forwarded); schema 3
-)
-# A row without a project is in the default one: the column is NOT NULL, and NULL would make
-# SQLite refuse the trace.
-_ONE_ROW = "(" + ", ".join(f"coalesce(?, '{DEFAULT_PROJECT}')" if c == "project" else "?" for c in COLUMNS) + ")"
-_INSERT = f"INSERT INTO traces ({', '.join(COLUMNS)}) VALUES {_ONE_ROW}"
 _STOP = object()
 _BATCH = 512
 _LINGER = 0.025
@@ -78,134 +42,20 @@ _DROP_LOG_INTERVAL = 10.0
 GIL_SLICE = 0.0002
 
 
-class StoreError(RuntimeError):
-    """The store cannot be opened (bad path, newer schema, not a database)."""
-
-
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    ensure_functions(conn)  # folding the rollups calls ln()
-    return conn
-
-
-def _refuse_newer(conn: sqlite3.Connection, path: str) -> None:
-    found = version(conn)
-    if found > SCHEMA_VERSION:
-        conn.close()
-        raise StoreError(
-            f"{path} has trace schema version {found}, newer than this prysmai "
-            f"understands ({SCHEMA_VERSION}); upgrade prysmai or use another --db"
-        )
-
-
-def _migrate(conn: sqlite3.Connection, path: str) -> None:
-    before, after = migrate(conn)
-    if before not in (0, after):
-        log.info("trace store %s migrated in place from schema %d to %d", path, before, after)
-
-
-def open_db(path: str) -> sqlite3.Connection:
-    """Open (creating if needed) the database at ``path`` with the current schema."""
-    private_files.prepare(path)  # 0600 in a 0700 directory, before SQLite creates anything
-    try:
-        conn = _connect(path)
-        _refuse_newer(conn, path)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        _migrate(conn, path)  # a store of an earlier prysmai is upgraded in place, never refused
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"cannot open the trace store {path}: {exc}") from None
-    return conn
-
-
-def open_existing(path: str) -> sqlite3.Connection | None:
-    """Open an existing store for reading (migrating an older schema in place first); ``None``
-    if there is none at ``path``."""
-    if not os.path.exists(path):
-        return None
-    try:
-        conn = _connect(path)
-        has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'traces'").fetchone()
-        if has_table:
-            _refuse_newer(conn, path)
-            _migrate(conn, path)  # also folds rows inserted by other means into the rollups
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"cannot read the trace store {path}: {exc}") from None
-    if not has_table:
-        conn.close()
-        return None
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
 #: What the proxy does when the writer is behind (``--when-behind``): hold new requests until the
 #: queue has room again (``block``), or answer them and drop their traces, counted (``drop``).
 WHEN_BEHIND = ("block", "drop")
 #: How long ``/api/v1/health`` reports ``degraded`` after the last trace that was lost or could not
 #: be stored, in seconds (a state that lasts is reported as long as it lasts).
 DEGRADED_SECONDS = 300.0
-_INT64 = (-(2**63), 2**63 - 1)
 
 
-def _sqlite_max_variables() -> int:
-    # 32766 since SQLite 3.32 (2020); 999 before.
-    return 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
-
-
-#: Most rows per INSERT statement (a power of two). One multi-row statement is one
-#: ``sqlite3_step``: the writer thread releases and re-takes the GIL once per statement instead of
-#: once per row. Under load every re-take waits for the event loop to yield the GIL (up to the
-#: 5 ms switch interval), which is what made a per-row ``executemany`` fall behind the request
-#: path. Not more than 32 rows, though: binding a statement's parameters holds the GIL, and a
-#: long hold delays the requests the event loop is serving (measured: 512-row statements raised
-#: the proxy's p95 latency). A batch of n rows is written as statements of power-of-two sizes
-#: (n's binary digits), so at most six distinct statements exist, all in sqlite3's cache.
-_ROWS_PER_INSERT = 1 << (max(1, min(32, _sqlite_max_variables() // len(COLUMNS))).bit_length() - 1)
-
-
-@functools.cache
-def _insert_sql(rows: int) -> str:
-    return f"INSERT INTO traces ({', '.join(COLUMNS)}) VALUES " + ", ".join([_ONE_ROW] * rows)
-
-
-def repair_row(row: Sequence[Any]) -> tuple[tuple[Any, ...], list[str]]:
-    """A row SQLite refused, made storable: text holding unpaired surrogates (not valid Unicode,
-    so not UTF-8) gets them as ``\\uXXXX`` escapes -- in JSON columns that is the JSON escape, so
-    the value decodes back exactly -- and integers outside SQLite's range become NULL. Returns the
-    row and one note per repaired column (also added to its ``notes``)."""
-    values = list(row)
-    notes: list[str] = []
-    for i, (column, value) in enumerate(zip(COLUMNS, values)):
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                values[i] = value.encode("utf-8", "backslashreplace").decode("utf-8")
-                notes.append(f"{column}: unpaired surrogates stored as \\uXXXX escapes")
-        elif isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
-            values[i] = None
-            notes.append(f"{column}: integer outside SQLite's range, not stored")
-        elif value is not None and not isinstance(value, (str, int, float, bytes)):
-            values[i] = str(value)
-            notes.append(f"{column}: stored as text ({type(value).__name__})")
-    if notes:
-        at = COLUMNS.index("notes")
-        previous: list[Any] = []
-        if isinstance(values[at], str):
-            with contextlib.suppress(ValueError, RecursionError):
-                loaded = json.loads(values[at])
-                previous = loaded if isinstance(loaded, list) else [loaded]
-        values[at] = json.dumps(previous + notes)  # ASCII: cannot fail again
-    return tuple(values), notes
-
-
-class TraceStore:
+class TraceWriter:
     """A queue and one supervised writer thread (with, when given, the writer process it hands
     batches to). ``submit`` is called from the event loop thread.
 
     The writer never dies: a row that cannot be built is stored without parsing (``fallback``), a
-    row SQLite refuses is repaired (:func:`repair_row`), and anything else that stops the loop
+    row the database refuses is repaired by the engine, and anything else that stops the loop
     restarts it, counting the traces of the interrupted batch as ``lost``. Every such event is
     logged and makes :meth:`health` report ``degraded``.
 
@@ -217,7 +67,7 @@ class TraceStore:
 
     def __init__(
         self,
-        path: str,
+        engine: Engine,
         finalize: Callable[[Any], dict[str, Any]],
         queue_size: int = 10_000,
         when_behind: str = "block",
@@ -226,11 +76,11 @@ class TraceStore:
     ) -> None:
         if when_behind not in WHEN_BEHIND:
             raise ValueError(f"when_behind must be one of {', '.join(WHEN_BEHIND)}, not {when_behind!r}")
-        self.path = path
+        self.engine = engine
         self._finalize = finalize
         self._fallback = fallback
         #: Where rows are built and inserted: a child process (see :mod:`.writerproc`), or, when
-        #: ``None``, this store's writer thread (``finalize`` and ``fallback`` run there).
+        #: ``None``, this writer's thread (``finalize`` and ``fallback`` run there).
         self._process = process
         self.capacity = max(1, queue_size)
         self.when_behind = when_behind
@@ -239,7 +89,7 @@ class TraceStore:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Any = None
         self._batch: list[Any] = []
         self.enqueued = 0
         self.written = 0
@@ -253,18 +103,18 @@ class TraceStore:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self) -> None:
-        self._conn = open_db(self.path)  # created and migrated here: errors surface at start-up
+        self._conn = self.engine.open_for_writing()  # created and migrated here: errors surface at start-up
         self._closing = False
         if self._process is not None:
             try:
-                self._process.start(self.path)
+                self._process.start(self.engine.location)
             except WriterProcessError as exc:
                 log.warning("%s; building trace rows on a thread of the proxy instead", exc)
                 self._process = None
         self._start_thread()
 
     @property
-    def writer(self) -> str:
+    def kind(self) -> str:
         """Where rows are built: ``"process"`` or ``"thread"``."""
         return "thread" if self._process is None else "process"
 
@@ -388,7 +238,7 @@ class TraceStore:
         if self._process is not None:
             self._process.stop()
         if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
 
@@ -409,9 +259,9 @@ class TraceStore:
             if self._conn is not None:
                 self._conn.close()
         try:
-            self._conn = open_db(self.path)
+            self._conn = self.engine.open_for_writing()
         except Exception:  # the next batch fails too, and is counted
-            log.exception("could not reopen the trace store %s", self.path)
+            log.exception("could not reopen the trace store %s", self.engine.location)
 
     def _write_here(self, items: list[Any]) -> tuple[int, int, int]:
         """Build and insert on this thread; (written, repaired, failed)."""
@@ -420,8 +270,8 @@ class TraceStore:
             self._reconnect()
         conn = self._conn
         if conn is None:
-            raise sqlite3.OperationalError("the trace store is not open")
-        written, repaired, failed = insert_rows(conn, rows)
+            raise RuntimeError("the trace store is not open")
+        written, repaired, failed = self.engine.insert_rows(conn, rows)
         return written, repaired + built_repaired, failed + unbuildable
 
     def _write_in_process(self, process: WriterProcess, items: list[Any]) -> tuple[int, int, int]:
@@ -465,149 +315,3 @@ class TraceStore:
                 self._incident = (time.monotonic(), f"{self.failed} trace(s) could not be stored (see the log)")
             if stop:
                 return True
-
-
-def build_row(
-    item: Any,
-    finalize: Callable[[Any], dict[str, Any]],
-    fallback: Callable[[Any, BaseException], dict[str, Any]] | None,
-) -> tuple[tuple[Any, ...] | None, int]:
-    """The row of one captured item: (row, 1 if built by the fallback); (None, 0) if no row can
-    be built at all."""
-    try:
-        row = finalize(item)
-        return tuple(map(row.get, COLUMNS)), 0
-    except Exception as exc:
-        log.warning("trace %s: could not build its row (%s: %s); storing it unparsed", _id(item), _kind(exc), exc)
-        if fallback is not None:
-            try:
-                row = fallback(item, exc)
-                return tuple(row.get(c) for c in COLUMNS), 1
-            except Exception:
-                log.exception("trace %s: the fallback row failed too", _id(item))
-        return None, 0
-
-
-def build_rows(
-    items: Sequence[Any],
-    finalize: Callable[[Any], dict[str, Any]],
-    fallback: Callable[[Any, BaseException], dict[str, Any]] | None,
-    gil_slice: float | None = None,
-) -> tuple[list[tuple[Any, ...]], int, int]:
-    """The rows of ``items`` (:func:`build_row` each): (rows, how many the fallback built, how many
-    items no row could be built for). With ``gil_slice``, the GIL is yielded whenever that many
-    seconds of building have passed (the writer thread: see :data:`GIL_SLICE`)."""
-    rows: list[tuple[Any, ...]] = []
-    repaired = unbuildable = 0
-    since = time.perf_counter()
-    for item in items:
-        row, by_fallback = build_row(item, finalize, fallback)
-        if gil_slice is not None and time.perf_counter() - since > gil_slice:
-            time.sleep(0)  # let the event loop have the GIL
-            since = time.perf_counter()
-        if row is None:
-            unbuildable += 1
-        else:
-            rows.append(row)
-            repaired += by_fallback
-    return rows, repaired, unbuildable
-
-
-def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> tuple[int, int, int]:
-    """Insert rows in one transaction, the rollups folded in it; (written, repaired, failed).
-    A row SQLite refuses is repaired (:func:`repair_row`) or skipped; the others are written."""
-    if not rows:
-        return 0, 0, 0
-    try:
-        with conn:
-            conn.execute("BEGIN")
-            start, size = 0, _ROWS_PER_INSERT
-            before: int | None = None
-            while start < len(rows):
-                while size > len(rows) - start:
-                    size >>= 1
-                part = rows[start : start + size]
-                cursor = conn.execute(_insert_sql(size), list(chain.from_iterable(part)))
-                if before is None and cursor.lastrowid is not None:
-                    # One INSERT numbers its rows consecutively (max(rowid) + 1, ...): where
-                    # this batch began, without a statement of its own.
-                    before = cursor.lastrowid - size
-                start += size
-            rollups.fold(conn, before)
-        return len(rows), 0, 0
-    except (sqlite3.Error, ValueError, OverflowError, TypeError):
-        pass  # find the row(s) at fault below; the others are written
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")  # the write lock first: max(rowid) is where this starts
-        before = conn.execute("SELECT coalesce(max(rowid), 0) FROM traces").fetchone()[0]
-        written = _insert_one_by_one(conn, rows)
-        rollups.fold(conn, before)
-    return written
-
-
-def _insert_one_by_one(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> tuple[int, int, int]:
-    """Insert rows singly (in the caller's transaction), repairing or skipping the ones SQLite
-    refuses: a failed statement undoes only itself."""
-    ok = fixed = bad = 0
-    for row in rows:
-        try:
-            conn.execute(_INSERT, row)
-            ok += 1
-            continue
-        except sqlite3.Error as exc:
-            bad += 1
-            log.error("trace %s could not be written: %s", row[0], exc)
-            continue
-        except (ValueError, OverflowError, TypeError) as exc:  # a value SQLite cannot take
-            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-        repaired, notes = repair_row(row)
-        try:
-            conn.execute(_INSERT, repaired)
-            ok += 1
-            fixed += 1
-            log.warning("trace %s stored with repairs (%s): %s", row[0], reason, "; ".join(notes))
-        except Exception as exc:
-            bad += 1
-            log.error("trace %s could not be written even repaired: %s", row[0], exc)
-    return ok, fixed, bad
-
-
-def _id(item: Any) -> str:
-    return str(getattr(item, "id", None) or (item.get("id") if isinstance(item, dict) else "?"))
-
-
-def _kind(exc: BaseException) -> str:
-    return type(exc).__name__
-
-
-# -- reads: thin wrappers over the query layer (.queries), kept for the CLI's and demo's callers ----
-def list_traces(conn: sqlite3.Connection, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
-    """Newest first, without bodies; ``filters`` are :class:`~.queries.TraceFilter` fields."""
-    from . import queries
-
-    return queries.list_traces(conn, _filter(filters), limit=limit)[0]
-
-
-def get_trace(conn: sqlite3.Connection, trace_id: str, project: str | None = None) -> dict[str, Any] | None:
-    """One trace in full, by id or unique id prefix (``None`` if there is no such trace, or it is
-    not in ``project`` when one is given)."""
-    from . import queries
-
-    try:
-        return queries.get_trace(conn, trace_id, project=project)
-    except ValueError:
-        return None
-
-
-def compute_stats(conn: sqlite3.Connection, **filters: Any) -> dict[str, Any]:
-    """Totals and a per-model breakdown, as ``prysmai stats --json`` prints them."""
-    from . import queries
-
-    return queries.stats(conn, _filter(filters))
-
-
-def _filter(filters: dict[str, Any]) -> Any:
-    from .queries import TraceFilter
-
-    renamed = {"user": "user_id", "session": "session_id", "key": "key_id"}
-    return TraceFilter(**{renamed.get(k, k): v for k, v in filters.items()})

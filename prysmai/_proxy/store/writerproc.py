@@ -3,13 +3,14 @@
 Why a process: turning a captured exchange into a row is Python (JSON parsing, stream
 reassembly, costing, ~35 us a row and ~200 us a streamed answer), and Python in a thread of the
 proxy holds the one GIL the event loop needs. The loop lets go of it at every poll for I/O, and a
-thread that takes it then keeps it for up to CPython's 5 ms switch interval (bench/README.md,
-"Third pass": building rows in-process cost the proxy a quarter of its throughput at 64
-connections). Here the proxy's writer thread only copies each exchange's captured fields into a
-:mod:`marshal` frame (~2 us, C) and writes it to a pipe, GIL released; the child parses, costs and
-inserts with its own interpreter, and answers with what it wrote.
+thread that takes it then keeps it for up to CPython's 5 ms switch interval: built in-process,
+rows cost the proxy about a quarter of its throughput at 64 connections (``bench/writer.py``,
+``bench/proxy_overhead.py --trace-writer``). Here the proxy's writer thread only copies each
+exchange's captured fields into a :mod:`marshal` frame (~2 us, C) and writes it to a pipe, GIL
+released; the child parses, costs and inserts with its own interpreter, and answers with what it
+wrote.
 
-The proxy's :class:`~.store.TraceStore` keeps everything else: the queue, the block/drop policy,
+The proxy's :class:`~.writer.TraceWriter` keeps everything else: the queue, the block/drop policy,
 the counters, ``flush`` and ``health``. A child that dies is started again; the batch it was
 writing is counted as lost, like a batch of a writer thread that failed.
 
@@ -34,6 +35,8 @@ import time
 
 from ..config.pricing import Price, PriceTable
 from .capture import Exchange, fallback_row, finalize
+from .rows import build_row, build_rows
+from .sqlite import SQLiteEngine
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -262,7 +265,7 @@ class WriterProcess:
     def _pack(self, items: list[Any]) -> tuple[bytes, int, int]:
         """The batch's frame, and the counts of rows built here (by the fallback) and of items no
         row could be built for. Marshalled :data:`ITEMS_PER_SLICE` items at a time, yielding the
-        GIL in between (a whole batch would hold it for a millisecond: see ``store.GIL_SLICE``)."""
+        GIL in between (a whole batch would hold it for a millisecond: see :data:`.writer.GIL_SLICE`)."""
         defs: dict[int, Any] = {}
         parts: list[bytes] = []
         repaired = unbuildable = 0
@@ -292,8 +295,6 @@ class WriterProcess:
         return known[1]
 
     def _pack_each(self, items: list[Any], sent: list[Any]) -> tuple[list[Any], int, int]:
-        from .writer import build_row
-
         out: list[Any] = []
         repaired = unbuildable = 0
         for item, entry in zip(items, sent):
@@ -388,15 +389,14 @@ def main() -> None:
 
 
 def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
-    from . import writer as store
-
     init = _read_frame(fd_in)
     if init is None:
         return
     _, path, price_tuples, as_of, source = marshal.loads(init)
     prices = PriceTable(_prices_from(price_tuples), as_of, source)
+    engine = SQLiteEngine(path)
     try:
-        conn = store.open_db(path)
+        conn = engine.open_for_writing()
     except Exception as exc:
         _write_frame(fd_out, marshal.dumps(("failed", str(exc), collect.take())))
         return
@@ -411,24 +411,23 @@ def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
             provider_prices[ref] = _prices_from(table)
         try:
             items = [item for part in parts for item in marshal.loads(part)]
-            reply = _write_batch(conn, items, prices, provider_prices, collect)
+            reply = _write_batch(engine, conn, items, prices, provider_prices, collect)
         except Exception as exc:
             log.exception("the trace writer process failed a batch")
             reply = ("failed", f"{type(exc).__name__}: {str(exc)[:200]}", collect.take())
-            conn = _reopen(conn, path)
+            conn = _reopen(engine, conn)
         _write_frame(fd_out, marshal.dumps(reply))
     conn.close()
 
 
 def _write_batch(
+    engine: SQLiteEngine,
     conn: Any,
     items: list[Any],
     prices: PriceTable,
     provider_prices: Mapping[int, Mapping[str, Price]],
     collect: _Collect,
 ) -> tuple[Any, ...]:
-    from .writer import build_rows, insert_rows
-
     costs: list[tuple[str, float, float]] = []
 
     def counted(ex: Exchange) -> dict[str, Any]:
@@ -440,18 +439,16 @@ def _write_batch(
     rows = [values for kind, values, _ in items if kind == _BUILT]  # built in the proxy (rare)
     exchanges = [_exchange(values, provider_prices.get(ref)) for kind, values, ref in items if kind == _SENT]
     built, built_repaired, unbuildable = build_rows(exchanges, counted, fallback_row)
-    written, repaired, failed = insert_rows(conn, rows + built)
+    written, repaired, failed = engine.insert_rows(conn, rows + built)
     return ("ok", written, built_repaired + repaired, failed + unbuildable, costs, collect.take())
 
 
-def _reopen(conn: Any, path: str) -> Any:
+def _reopen(engine: SQLiteEngine, conn: Any) -> Any:
     """A fresh connection after a failed batch (as the writer thread reconnects); if the store
     cannot be opened now, the child exits and the proxy starts another for its next batch."""
-    from . import writer as store
-
     with contextlib.suppress(Exception):
         conn.close()
-    return store.open_db(path)
+    return engine.open_for_writing()
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ class Sessions:
         return hmac.new(self._secret, payload.encode("ascii"), hashlib.sha256).hexdigest()
 
     def issue(self, key_id: str, now: float | None = None) -> str:
-        """A cookie value for the key (by its public id, :func:`..keys.key_id`) that was just accepted."""
+        """A cookie value for the key (by its public id, :func:`..config.keys.key_id`) that was just accepted."""
         expiry = int((time.time() if now is None else now) + self.lifetime)
         payload = f"{expiry}.{key_id}"
         return f"{payload}.{self._sign(payload)}"

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
+from ..api.reads import Reads, pricing_note
+from ..asgi import HTTPError, respond_error
 from ..config.pricing import PriceTable
-from . import make_dashboard
+from .app import Dashboard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..asgi import Receive, Scope, Send
     from ..config.projects import Tenancy
+    from ..store import Store
 
 
 class ReadOnlyDashboard:
-    """An ASGI app: the :class:`~.app.Dashboard` on a read-only store; ``/api/v1`` answers 404.
-    ``tenancy``: who may log in and which project each key reads (see :mod:`..projects`)."""
+    """An ASGI app: the :class:`~.app.Dashboard` over ``store`` (opened for reading); ``/api/``
+    answers 404. ``tenancy``: who may log in and which project each key reads."""
 
-    def __init__(self, db_path: str, tenancy: Tenancy) -> None:
-        self.dashboard = make_dashboard(db_path, lambda: tenancy, PriceTable.load(None), read_only=True)
+    def __init__(self, store: Store, tenancy: Tenancy) -> None:
+        self.store = store
+        reads = Reads(store, lambda: tenancy, pricing=pricing_note(PriceTable.load(None)), read_only=True)
+        self.dashboard = Dashboard(reads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -27,36 +30,26 @@ class ReadOnlyDashboard:
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
                 else:
-                    self.dashboard.runner.close()
+                    self.store.close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":
             return
         if scope["path"].startswith("/api/"):
-            body = json.dumps(
-                {
-                    "error": {
-                        "message": "This is `prysmai ui`: a read-only dashboard; nothing is proxied here.",
-                        "type": "invalid_request_error",
-                        "code": "not_found",
-                    }
-                }
-            ).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 404, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            refusal = "This is `prysmai ui`: a read-only dashboard; nothing is proxied here."
+            await respond_error(send, HTTPError(404, refusal, "not_found"))
             return
         await self.dashboard(scope, receive, send)
 
 
-def serve_read_only(db_path: str, tenancy: Tenancy, host: str, port: int) -> None:
+def serve_read_only(store: Store, tenancy: Tenancy, host: str, port: int) -> None:
     """``prysmai ui`` in the foreground until SIGINT/SIGTERM."""
     import signal
 
     import uvicorn
 
     config = uvicorn.Config(
-        ReadOnlyDashboard(db_path, tenancy),
+        ReadOnlyDashboard(store, tenancy),
         host=host,
         port=port,
         lifespan="on",

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from prysmai._cli import main
-from prysmai._proxy.store.writer import open_db
+from prysmai._proxy.store.sqlite import SQLiteEngine
 
 from ..conftest import KEY, FakeUpstream, free_port, read_traces
 
@@ -48,7 +48,7 @@ def test_missing_and_empty_store(capsys: Any, tmp_path: Any) -> None:
     assert code == 1 and "No trace store" in out
     assert not os.path.exists(missing)  # reading never creates a store
     empty = str(tmp_path / "empty.db")
-    open_db(empty).close()
+    SQLiteEngine(empty).open_for_writing().close()
     assert run_cli(capsys, "traces", "--db", empty)[1].startswith("No traces yet")
     assert run_cli(capsys, "stats", "--db", empty)[1].startswith("No traces yet")
     assert run_cli(capsys, "traces", "--db", empty, "--user", "x")[1] == "No traces match these filters.\n"
@@ -108,9 +108,9 @@ def test_stats(capsys: Any, filled_db: str) -> None:
 
 
 def test_proxy_and_demo_need_the_extra(capsys: Any, monkeypatch: Any) -> None:
-    import prysmai._proxy.cli.commands as proxy_cli
+    import prysmai._proxy.cli.common as proxy_cli
 
-    monkeypatch.setattr(proxy_cli, "_has_extra", lambda: False)
+    monkeypatch.setattr(proxy_cli, "has_extra", lambda: False)
     for command in ("proxy", "demo"):
         code, _, err = run_cli(capsys, command)
         assert code == 2 and err.strip() == f"prysmai: {proxy_cli.EXTRA_MESSAGE}"

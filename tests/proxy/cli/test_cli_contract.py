@@ -17,7 +17,8 @@ import pytest
 
 import prysmai
 from prysmai._cli import main
-from prysmai._proxy.store.writer import COLUMNS, open_db
+from prysmai._proxy.store.rows import COLUMNS
+from prysmai._proxy.store.sqlite import SQLiteEngine
 
 from ..conftest import KEY, FakeUpstream
 
@@ -43,7 +44,7 @@ def big_db(tmp_path_factory: Any) -> tuple[str, str]:
     """3000 traces with 3000 models (so even `stats` outgrows a 64 KiB pipe) and one trace with a
     300 KB response body. Returns (path, id of the big trace)."""
     path = str(tmp_path_factory.mktemp("big") / "traces.db")
-    conn = open_db(path)
+    conn = SQLiteEngine(path).open_for_writing()
     rows = []
     for i in range(3000):
         row = dict.fromkeys(COLUMNS)
@@ -301,11 +302,10 @@ def test_the_documented_shape_is_the_printed_one(capsys: Any, served: Any) -> No
     assert names["error"] == {"error", "message", "type", "param", "code"}
 
 
-def test_shape_leaves_other_endpoints_alone() -> None:
+def test_one_list_envelope_for_traces_sessions_and_users() -> None:
     from prysmai._proxy.api import jsonshape
 
-    sessions = {"object": "list", "data": [{"session_id": "s-1", "requests": 2}]}
-    assert jsonshape.for_endpoint("sessions", sessions) == sessions
-    assert jsonshape.for_endpoint("traces", [{"id": "a", "stream": 1}])["data"] == [
-        {"object": "trace", "id": "a", "stream": True}
-    ]
+    sessions = [{"session_id": "s-1", "requests": 2}]
+    assert jsonshape.page(sessions, None) == {"object": "list", "data": sessions, "next_cursor": None}
+    traces = jsonshape.page([jsonshape.trace({"id": "a", "stream": 1})], "c2")
+    assert traces == {"object": "list", "data": [{"object": "trace", "id": "a", "stream": True}], "next_cursor": "c2"}

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from prysmai._proxy.server.ratelog import RateLimitedLog
-from prysmai._proxy.store.writer import open_db
+from prysmai._proxy.store.sqlite import SQLiteEngine
 
 from ..conftest import KEY, PRYSMAI, Proxy, cli_env
 from ..system_tools import require
@@ -108,7 +108,7 @@ def test_log_unreachable_upstream_and_rejected_keys(run_proxy: Any, tmp_path: An
 
 def test_json_log_format_and_wide_bind_warning(run_proxy: Any, tmp_path: Any) -> None:
     db = tmp_path / "loose.db"
-    open_db(str(db)).close()
+    SQLiteEngine(str(db)).open_for_writing().close()
     db.chmod(0o644)  # an existing store readable by others is reported
     proxy = run_proxy(
         "--key", KEY, "--db", str(db), "--upstream", "demo", "--host", "0.0.0.0", "--log-format", "json",
@@ -150,7 +150,7 @@ def test_store_and_its_wal_are_private(tmp_path: Any) -> None:
     old = os.umask(0o022)  # the usual umask, which would make files 0644
     try:
         path = tmp_path / "fresh" / "dir" / "traces.db"
-        conn = open_db(str(path))
+        conn = SQLiteEngine(str(path)).open_for_writing()
         conn.execute("INSERT INTO traces (id, created_at, method, endpoint, status) VALUES ('a', 0, 'GET', 'x', 's')")
         files = [path, path.with_name("traces.db-wal"), path.with_name("traces.db-shm")]
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}

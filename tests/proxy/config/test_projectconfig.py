@@ -1,4 +1,4 @@
-"""The config file (prysmai/_proxy/projectconfig.py) and `prysmai keys`: what a valid file becomes,
+"""The config file (prysmai/_proxy/config/file.py) and `prysmai keys`: what a valid file becomes,
 and that every mistake stops with the file's name, the line, what to do, and never a secret."""
 
 from __future__ import annotations

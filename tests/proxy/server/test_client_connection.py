@@ -255,7 +255,7 @@ def test_a_client_leaving_a_slow_call_cancels_it_at_once_with_either_protocol(
 
     proxy = start_proxy(fake.url)  # type: ignore[attr-defined]
     if server_protocol == "guarded":  # told by the protocol: a receive-based watch would never arm
-        proxy.app._watches = DisconnectWatches(delay=600.0)
+        proxy.app.forwarder._watches = DisconnectWatches(delay=600.0)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             f"{proxy.base_url}/chat/completions",

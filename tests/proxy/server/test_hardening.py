@@ -90,14 +90,15 @@ def test_writer_that_fails_is_restarted_loss_counted_health_degraded_and_logged(
     fake: FakeUpstream, start_proxy: Any, caplog: Any
 ) -> None:
     proxy = start_proxy(fake.url, trace_writer="thread")  # rows built here, where a test can break them
-    finalize = proxy.app.store._finalize
+    writer = proxy.app.store.writer
+    finalize = writer._finalize
 
     def once(item: Any) -> dict[str, Any]:
         if item.model == "kill-the-writer":
             raise _WriterKiller("boom")
         return finalize(item)
 
-    proxy.app.store._finalize = once
+    writer._finalize = once
     assert health(proxy, key=False) == {"status": "ok"}
     with caplog.at_level(logging.ERROR, logger="prysmai.proxy"):
         post(proxy, {**CHAT, "model": "kill-the-writer"}).raise_for_status()
@@ -113,7 +114,7 @@ def test_writer_that_fails_is_restarted_loss_counted_health_degraded_and_logged(
 
 
 def test_writer_loop_failure_outside_any_row_is_survived(proxy: ProxyHandle) -> None:
-    store = proxy.app.store
+    store = proxy.app.store.writer
     post(proxy, CHAT).raise_for_status()
     assert store.flush(10)
     store.submit(_Poison())  # an item on which the writer's loop itself fails, outside any row guard
@@ -167,11 +168,13 @@ def test_empty_body_on_json_endpoint_is_400_invalid_json(proxy: ProxyHandle, fak
     assert not fake.seen
 
 
-def test_a_bug_of_ours_is_a_json_500_with_one_trace(proxy: ProxyHandle, caplog: Any) -> None:
+def test_a_bug_of_ours_is_a_json_500_with_one_trace(proxy: ProxyHandle, caplog: Any, monkeypatch: Any) -> None:
+    from prysmai._proxy.server import forward
+
     def broken(*args: Any) -> None:
         raise RuntimeError("a bug")
 
-    proxy.app._prysm_header = broken  # type: ignore[method-assign]
+    monkeypatch.setattr(forward, "_prysm_header", broken)
     r = post(proxy, CHAT, {"X-Prysm-User-Id": "u"})
     assert r.status_code == 500 and r.headers["content-type"] == "application/json"
     assert r.headers["x-prysm-origin"] == "proxy"
@@ -371,7 +374,7 @@ async def test_a_request_the_upstream_read_is_never_sent_twice(start_proxy: Any)
 
 
 def test_a_writer_thread_that_is_gone_is_restarted_and_its_queue_written(proxy: ProxyHandle) -> None:
-    store = proxy.app.store
+    store = proxy.app.store.writer
     thread = store._thread
     assert thread is not None
     store._queue.put(store_module._STOP)  # the thread ends as if it had died

@@ -18,9 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prysmai._proxy.store import queries, rollups
+from prysmai._proxy.store import queries
 from prysmai._proxy.store.queries import TraceFilter
-from prysmai._proxy.store.writer import _INSERT, COLUMNS, TraceStore, open_db, open_existing
+from prysmai._proxy.store.rows import COLUMNS
+from prysmai._proxy.store.sqlite import SQLiteEngine, rollups
+from prysmai._proxy.store.sqlite.engine import _INSERT
+from prysmai._proxy.store.writer import TraceWriter
 
 HOUR = 3600.0
 BASE = 1_700_000_000.0 - 1_700_000_000.0 % 86400  # midnight UTC
@@ -62,7 +65,7 @@ def make_rows(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def write(path: str, rows: list[dict[str, Any]]) -> None:
-    store = TraceStore(path, lambda item: item, queue_size=len(rows) + 10)
+    store = TraceWriter(SQLiteEngine(path), lambda item: item, queue_size=len(rows) + 10)
     store.open()
     for r in rows:
         assert store.submit(r)
@@ -79,7 +82,7 @@ def stores(tmp_path_factory: Any) -> Iterator[dict[str | None, sqlite3.Connectio
     for name in (None, *PROJECTS):
         path = str(folder / f"{name or 'all'}.db")
         write(path, [r for r in rows if name is None or r["project"] == name])
-        conn = open_existing(path)
+        conn = SQLiteEngine(path).open_existing()
         assert conn is not None
         out[name] = conn
     yield out
@@ -220,7 +223,7 @@ def test_a_prefix_is_resolved_within_the_project(tmp_path: Path) -> None:
         path,
         [{"created_at": BASE, "method": "POST", "endpoint": "x", "stream": 0, "status": "success", **r} for r in rows],
     )
-    conn = open_existing(path)
+    conn = SQLiteEngine(path).open_existing()
     assert conn is not None
     found = queries.get_trace(conn, "abcdef01", project="web")  # unique within web, though not overall
     assert found is not None and found["id"] == rows[0]["id"]
@@ -307,7 +310,7 @@ def test_scoped_rollups_agree_with_raw_rows(
     threshold = queries.SMALL_PROJECT
     queries.SMALL_PROJECT = threshold if small else 1  # the raw path through either plan
     with tempfile.TemporaryDirectory() as folder:
-        conn = open_db(str(Path(folder) / "t.db"))
+        conn = SQLiteEngine(str(Path(folder) / "t.db")).open_for_writing()
         try:
             conn.execute("BEGIN")
             full = [

@@ -1,5 +1,5 @@
 """The query layer (prysmai._proxy.store.queries) and the schema migration, on real SQLite stores
-written through the real TraceStore writer, with expectations computed by hand or by brute force."""
+written through the real TraceWriter writer, with expectations computed by hand or by brute force."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from typing import Any
 
 import pytest
 
-from prysmai._proxy.store import queries, rollups
-from prysmai._proxy.store.migrations import SCHEMA_VERSION, bucket_bounds
-from prysmai._proxy.store.queries import QueryTimeout, ReadRunner, TraceFilter
-from prysmai._proxy.store.writer import COLUMNS, StoreError, TraceStore, open_db, open_existing
+from prysmai._proxy.store import QueryTimeout, Store, StoreError, queries
+from prysmai._proxy.store.queries import TraceFilter
+from prysmai._proxy.store.reader import ReadRunner
+from prysmai._proxy.store.rollups import bucket_bounds
+from prysmai._proxy.store.rows import COLUMNS
+from prysmai._proxy.store.sqlite import SCHEMA_VERSION, SQLiteEngine, rollups
+from prysmai._proxy.store.writer import TraceWriter
 
 HOUR = 3600.0
 BOUND = math.exp(1 / 32) - 1  # the documented percentile error bound (3.2 %)
@@ -80,7 +83,7 @@ def row(created_at: float, **kw: Any) -> dict[str, Any]:
 
 def write(path: str, rows: list[dict[str, Any]]) -> None:
     """Through the real writer thread, as the proxy writes."""
-    store = TraceStore(path, lambda item: item, queue_size=len(rows) + 10)
+    store = TraceWriter(SQLiteEngine(path), lambda item: item, queue_size=len(rows) + 10)
     store.open()
     for r in rows:
         assert store.submit(r)
@@ -91,7 +94,7 @@ def write(path: str, rows: list[dict[str, Any]]) -> None:
 def db(tmp_path: Any, rows: list[dict[str, Any]]) -> sqlite3.Connection:
     path = str(tmp_path / "t.db")
     write(path, rows)
-    conn = open_existing(path)
+    conn = SQLiteEngine(path).open_existing()
     assert conn is not None
     return conn
 
@@ -138,12 +141,12 @@ def test_a_v1_store_is_migrated_in_place_keeping_every_row(tmp_path: Any) -> Non
     conn.close()
 
     # The proxy's start-up path: open_db migrates, then the writer appends with the new column.
-    store = TraceStore(path, lambda item: item)
+    store = TraceWriter(SQLiteEngine(path), lambda item: item)
     store.open()
     store.submit(row(base + 99_999, id="f" * 32, key_id="key_0123456789ab", latency_ms=3.0))
     store.close()
 
-    conn = open_existing(path)
+    conn = SQLiteEngine(path).open_existing()
     assert conn is not None
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     after = conn.execute(f"SELECT {', '.join(V1_COLUMNS)} FROM traces WHERE key_id IS NULL ORDER BY id").fetchall()
@@ -173,8 +176,8 @@ def test_a_v1_store_is_migrated_in_place_keeping_every_row(tmp_path: Any) -> Non
 
 def test_migration_is_idempotent(tmp_path: Any) -> None:
     path = str(tmp_path / "t.db")
-    open_db(path).close()
-    open_db(path).close()
+    SQLiteEngine(path).open_for_writing().close()
+    SQLiteEngine(path).open_for_writing().close()
     conn = sqlite3.connect(path)
     triggers = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY 1")]
     assert triggers == ["rollup_fold", "traces_rollup_delete"]  # folding runs once per batch, not per row
@@ -195,7 +198,7 @@ def test_rows_inserted_by_other_means_are_folded_when_the_store_is_opened(tmp_pa
     )
     conn.commit()
     conn.close()
-    read = open_existing(path)  # as prysmai stats and the dashboard open it
+    read = SQLiteEngine(path).open_existing()  # as prysmai stats and the dashboard open it
     assert read is not None
     got = queries.overview(read, TraceFilter())
     assert (got["requests"], got["errors"], got["cost_usd"]) == (2, 1, 0.25)
@@ -204,7 +207,7 @@ def test_rows_inserted_by_other_means_are_folded_when_the_store_is_opened(tmp_pa
     assert (got["requests"], got["errors"], got["cost_usd"]) == (1, 0, None)  # none priced
     read.close()
     write(path, [row(base + 120, latency_ms=4.0)])  # the writer folds its own rows only once
-    read = open_existing(path)
+    read = SQLiteEngine(path).open_existing()
     assert read is not None
     assert queries.overview(read, TraceFilter())["requests"] == 2
     assert read.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0] == 2
@@ -295,12 +298,12 @@ def test_a_v2_store_is_migrated_in_place_keeping_every_row_in_the_default_projec
     assert v2_overview[0] == len(before) == 360
 
     # The proxy's start-up: open_db migrates; the writer then stores traces of a named project.
-    store = TraceStore(path, lambda item: item)
+    store = TraceWriter(SQLiteEngine(path), lambda item: item)
     store.open()
     store.submit(row(1_700_000_000.0 + 5, id="f" * 32, project="web", provider="ollama", cost_usd=0.0))
     store.close()
 
-    conn = open_existing(path)
+    conn = SQLiteEngine(path).open_existing()
     assert conn is not None
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -335,7 +338,7 @@ def test_a_schema_2_store_with_the_old_insert_trigger_is_migrated(tmp_path: Any)
     conn.execute(f"CREATE TRIGGER {rollups.OLD_INSERT_TRIGGER} AFTER INSERT ON traces BEGIN SELECT 1; END")
     conn.close()
     write(path, [row(base + 10, latency_ms=9.0)])
-    read = open_existing(path)
+    read = SQLiteEngine(path).open_existing()
     assert read is not None
     names = [r[0] for r in read.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
     assert sorted(names) == ["rollup_fold", "traces_rollup_delete"]
@@ -363,7 +366,7 @@ def test_a_failed_migration_leaves_the_store_as_it_was(tmp_path: Any, old: int) 
     content = conn.execute("SELECT * FROM traces ORDER BY id").fetchall()
     conn.close()
     with pytest.raises(StoreError, match="traces_project"):
-        open_db(path)
+        SQLiteEngine(path).open_for_writing()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == old
     assert conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall() == schema
@@ -371,7 +374,7 @@ def test_a_failed_migration_leaves_the_store_as_it_was(tmp_path: Any, old: int) 
     conn.execute("DROP TABLE traces_project")
     conn.commit()
     conn.close()
-    open_db(path).close()  # the next start-up migrates it
+    SQLiteEngine(path).open_for_writing().close()  # the next start-up migrates it
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("SELECT count(*), min(project) FROM traces").fetchone() == (len(content), "default")
@@ -591,7 +594,7 @@ def test_cursor_is_stable_while_newer_traces_arrive(tmp_path: Any) -> None:
     base = 1_700_000_000.0
     path = str(tmp_path / "t.db")
     write(path, [row(base + i) for i in range(30)])
-    conn = open_existing(path)
+    conn = SQLiteEngine(path).open_existing()
     assert conn is not None
     first, cursor = queries.list_traces(conn, TraceFilter(), limit=10)
     assert [r["created_at"] for r in first] == [base + i for i in range(29, 19, -1)]
@@ -699,7 +702,7 @@ def test_sessions_users_and_a_session_timeline(tmp_path: Any) -> None:
 def test_read_runner_reads_read_only_off_the_loop_and_stops_slow_queries(tmp_path: Any) -> None:
     path = str(tmp_path / "t.db")
     write(path, [row(1_700_000_000.0 + i) for i in range(20)])
-    runner = ReadRunner(path, time_limit=0.3)
+    runner = ReadRunner(SQLiteEngine(path), time_limit=0.3)
     try:
         assert runner.run_sync(queries.overview, TraceFilter())["requests"] == 20
 
@@ -729,7 +732,7 @@ def test_read_runner_reads_read_only_off_the_loop_and_stops_slow_queries(tmp_pat
         runner.close()
 
 
-def test_read_runner_migrates_a_v1_store(tmp_path: Any) -> None:
+def test_a_store_opened_for_reading_migrates_a_v1_store(tmp_path: Any) -> None:
     path = str(tmp_path / "v1.db")
     conn = sqlite3.connect(path)
     conn.executescript(V1_DDL)
@@ -739,8 +742,10 @@ def test_read_runner_migrates_a_v1_store(tmp_path: Any) -> None:
     )
     conn.commit()
     conn.close()
-    with ReadRunner(path) as runner:
-        assert runner.run_sync(queries.overview, TraceFilter())["latency_ms"]["p50"] == 3.0
+    store = Store.existing(path)
+    assert store is not None
+    with store:
+        assert store.read_sync(queries.overview, TraceFilter())["latency_ms"]["p50"] == 3.0
 
 
 def test_prysmai_stats_reads_a_v1_store_after_migrating_it(tmp_path: Any, capsys: Any) -> None:
@@ -772,7 +777,7 @@ def test_rows_of_another_project_inserted_between_batches_are_folded_under_their
     under their own project; so are batches of several projects and rows on overflow pages."""
     base = 1_700_000_000.0
     path = str(tmp_path / "t.db")
-    store = TraceStore(path, lambda item: item)
+    store = TraceWriter(SQLiteEngine(path), lambda item: item)
     store.open()  # (opening a store folds what is pending: the row below must come while it runs)
     for i in range(3):
         store.submit(row(base + i, project="web"))
@@ -792,7 +797,7 @@ def test_rows_of_another_project_inserted_between_batches_are_folded_under_their
     store.submit(row(base + 31))
     store.close()
     assert store.written == 9
-    read = open_existing(path)
+    read = SQLiteEngine(path).open_existing()
     assert read is not None
     by_project = {r["key"]: r["requests"] for r in queries.breakdown(read, TraceFilter(), "project")}
     assert by_project == {"web": 7, "batch": 1, "eval": 1, "default": 1}

@@ -10,15 +10,11 @@ from typing import Any
 import pytest
 
 from prysmai._proxy.config.pricing import PriceTable
-from prysmai._proxy.store.writer import (
-    COLUMNS,
-    SCHEMA_VERSION,
-    StoreError,
-    TraceStore,
-    compute_stats,
-    insert_rows,
-    open_existing,
-)
+from prysmai._proxy.store import StoreError, TraceFilter
+from prysmai._proxy.store.queries import stats
+from prysmai._proxy.store.rows import COLUMNS
+from prysmai._proxy.store.sqlite import SCHEMA_VERSION, SQLiteEngine, insert_rows
+from prysmai._proxy.store.writer import TraceWriter
 
 PRICES = PriceTable.load()
 
@@ -40,23 +36,23 @@ def _row(i: int, **kw: Any) -> dict[str, Any]:
 
 def test_store_writes_in_background_and_flushes_on_close(tmp_path: Any) -> None:
     path = str(tmp_path / "sub" / "t.db")
-    store = TraceStore(path, lambda item: item, queue_size=1000)
+    store = TraceWriter(SQLiteEngine(path), lambda item: item, queue_size=1000)
     store.open()
     for i in range(1, 101):
         assert store.submit(_row(i, model="a" if i % 2 else "b", status="error" if i % 10 == 0 else "success"))
     store.close()
     assert store.written == 100 and store.dropped == 0
-    conn = open_existing(path)
+    conn = SQLiteEngine(path).open_existing()
     assert conn is not None
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    stats = compute_stats(conn)
-    assert stats["requests"] == 100 and stats["errors"] == 10 and stats["error_rate"] == 0.1
+    totals = stats(conn, TraceFilter())
+    assert totals["requests"] == 100 and totals["errors"] == 10 and totals["error_rate"] == 0.1
     # Percentiles come from a histogram: within 3.2 % of the exact nearest-rank value (queries.py).
-    assert stats["latency_p50_ms"] == pytest.approx(50.0, rel=0.033)
-    assert stats["latency_p95_ms"] == pytest.approx(95.0, rel=0.033)
-    assert stats["by_model"]["a"]["requests"] == 50 and stats["unpriced_requests"] == 100
-    assert compute_stats(conn, since=1090.5)["requests"] == 10
+    assert totals["latency_p50_ms"] == pytest.approx(50.0, rel=0.033)
+    assert totals["latency_p95_ms"] == pytest.approx(95.0, rel=0.033)
+    assert totals["by_model"]["a"]["requests"] == 50 and totals["unpriced_requests"] == 100
+    assert stats(conn, TraceFilter(since=1090.5))["requests"] == 10
 
 
 def test_full_queue_drops_are_counted_and_logged(tmp_path: Any, caplog: Any) -> None:
@@ -66,7 +62,7 @@ def test_full_queue_drops_are_counted_and_logged(tmp_path: Any, caplog: Any) -> 
         gate.wait(10)
         return dict(item)
 
-    store = TraceStore(str(tmp_path / "t.db"), slow, queue_size=2, when_behind="drop")
+    store = TraceWriter(SQLiteEngine(str(tmp_path / "t.db")), slow, queue_size=2, when_behind="drop")
     store.open()
     results = [store.submit(_row(i)) for i in range(10)]
     assert results.count(False) >= 5 and store.dropped == results.count(False)
@@ -78,7 +74,7 @@ def test_full_queue_drops_are_counted_and_logged(tmp_path: Any, caplog: Any) -> 
 
 
 def test_bad_row_does_not_lose_the_batch(tmp_path: Any) -> None:
-    store = TraceStore(str(tmp_path / "t.db"), lambda item: item)
+    store = TraceWriter(SQLiteEngine(str(tmp_path / "t.db")), lambda item: item)
     store.open()
     store.submit(_row(1))
     store.submit({"id": "no-required-columns"})  # NOT NULL violations
@@ -94,22 +90,22 @@ def test_newer_schema_or_garbage_is_refused(tmp_path: Any) -> None:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
     with pytest.raises(StoreError, match="newer"):
-        TraceStore(str(path), dict).open()
+        TraceWriter(SQLiteEngine(str(path)), dict).open()
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError):
-        TraceStore(str(garbage), dict).open()
+        TraceWriter(SQLiteEngine(str(garbage)), dict).open()
 
 
 @pytest.mark.parametrize("n", [1, 3, 511, 513, 777])
 def test_batches_of_any_size_are_written_exactly(tmp_path: Any, n: int) -> None:
     path = str(tmp_path / "t.db")
-    store = TraceStore(path, lambda item: item)
+    store = TraceWriter(SQLiteEngine(path), lambda item: item)
     store.open()
     assert store._conn is not None
     assert insert_rows(store._conn, [tuple(_row(i).get(c) for c in COLUMNS) for i in range(n)]) == (n, 0, 0)
     store.close()
-    conn = open_existing(path)
+    conn = SQLiteEngine(path).open_existing()
     assert conn is not None
     assert [r[0] for r in conn.execute("SELECT id FROM traces ORDER BY latency_ms")] == [
         _row(i)["id"] for i in range(n)
@@ -130,7 +126,7 @@ def test_writer_yields_the_gil_between_rows_once_its_slice_is_used(monkeypatch: 
 
     monkeypatch.setattr(store_module.time, "sleep", sleep)
     monkeypatch.setattr(store_module, "GIL_SLICE", 0.0)  # every row is a whole slice
-    store = TraceStore(str(tmp_path / "t.db"), lambda item: item, queue_size=1000)
+    store = TraceWriter(SQLiteEngine(str(tmp_path / "t.db")), lambda item: item, queue_size=1000)
     store.open()
     for i in range(1, 41):
         store.submit(_row(i))

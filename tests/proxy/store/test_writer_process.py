@@ -18,7 +18,8 @@ import pytest
 
 from prysmai._proxy.config.pricing import Price, PriceTable
 from prysmai._proxy.store.capture import Exchange, fallback_row, finalize
-from prysmai._proxy.store.writer import TraceStore, open_existing
+from prysmai._proxy.store.sqlite import SQLiteEngine
+from prysmai._proxy.store.writer import TraceWriter
 from prysmai._proxy.store.writerproc import WriterProcess
 
 from ..conftest import KEY, FakeUpstream, Proxy, ProxyHandle, read_traces
@@ -39,17 +40,17 @@ def health(proxy: ProxyHandle) -> dict[str, Any]:
     return doc
 
 
-def process_store(path: str, on_cost: Any = None) -> TraceStore:
+def process_store(path: str, on_cost: Any = None) -> TraceWriter:
     """A store (not opened) whose rows a writer process builds with the shipped prices."""
-    return TraceStore(
-        path,
+    return TraceWriter(
+        SQLiteEngine(path),
         lambda ex: finalize(ex, PRICES),
         fallback=fallback_row,
         process=WriterProcess(PRICES, lambda ex: finalize(ex, PRICES), on_cost=on_cost),
     )
 
 
-def child_of(store: TraceStore) -> int:
+def child_of(store: TraceWriter) -> int:
     process = store._process
     assert process is not None and process.pid is not None
     return process.pid
@@ -73,8 +74,8 @@ def _state(pid: int) -> str:
 
 # -- in the proxy ----------------------------------------------------------------------------------
 def test_rows_are_built_and_written_by_a_child_process(proxy: ProxyHandle) -> None:
-    store = proxy.app.store
-    assert store.writer == "process"
+    store = proxy.app.store.writer
+    assert store.kind == "process"
     pid = child_of(store)
     assert pid != os.getpid() and _state(pid) in "RSD"
     r = post(proxy)
@@ -84,7 +85,7 @@ def test_rows_are_built_and_written_by_a_child_process(proxy: ProxyHandle) -> No
 
 
 def test_a_child_killed_between_batches_is_replaced_and_no_trace_is_lost(proxy: ProxyHandle) -> None:
-    store = proxy.app.store
+    store = proxy.app.store.writer
     post(proxy)
     assert store.flush(10)
     pid = child_of(store)
@@ -102,7 +103,7 @@ def test_a_child_killed_between_batches_is_replaced_and_no_trace_is_lost(proxy: 
 def test_a_child_killed_mid_batch_counts_that_batch_lost_and_the_next_is_written(
     proxy: ProxyHandle, caplog: Any
 ) -> None:
-    store = proxy.app.store
+    store = proxy.app.store.writer
     pid = child_of(store)
     os.kill(pid, signal.SIGSTOP)  # the batch goes into its pipe, and the writer waits for an answer
     try:
@@ -150,7 +151,7 @@ def test_without_a_usable_interpreter_rows_are_built_on_a_thread(
     monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
     with caplog.at_level(logging.WARNING, logger="prysmai.proxy"):
         proxy = start_proxy(fake.url)
-    assert proxy.app.store.writer == "thread"
+    assert proxy.app.store.writer.kind == "thread"
     assert "building trace rows on a thread of the proxy instead" in caplog.text
     post(proxy)
     assert len(proxy.traces()) == 1
@@ -165,7 +166,7 @@ def test_the_child_imports_prysmai_not_the_working_directorys_modules(tmp_path: 
     store.open()
     store.submit(Exchange("one", time.time(), 1.0, "POST", "chat/completions"))
     store.close()
-    assert store.writer == "process" and store.written == 1
+    assert store.kind == "process" and store.written == 1
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="reads a process's environment from /proc")
@@ -174,7 +175,7 @@ def test_the_child_holds_no_key(proxy: ProxyHandle, monkeypatch: Any) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     monkeypatch.setenv("PRYSM_PROXY_KEYS", KEY)
     monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
-    store = proxy.app.store
+    store = proxy.app.store.writer
     old = child_of(store)
     os.kill(old, signal.SIGKILL)  # its replacement starts with the environment set above
     wait_gone(old)
@@ -238,7 +239,7 @@ def _exchanges() -> list[Exchange]:
 
 
 def _stored(path: str) -> list[dict[str, Any]]:
-    conn = open_existing(path)
+    conn = SQLiteEngine(path).open_existing()
     assert conn is not None
     try:
         return [dict(r) for r in conn.execute("SELECT * FROM traces ORDER BY id")]
@@ -247,7 +248,9 @@ def _stored(path: str) -> list[dict[str, Any]]:
 
 
 def test_the_child_stores_exactly_the_rows_the_writer_thread_stores(tmp_path: Any) -> None:
-    here = TraceStore(str(tmp_path / "thread.db"), lambda ex: finalize(ex, PRICES), fallback=fallback_row)
+    here = TraceWriter(
+        SQLiteEngine(str(tmp_path / "thread.db")), lambda ex: finalize(ex, PRICES), fallback=fallback_row
+    )
     spent: list[tuple[str, float, float]] = []
     there = process_store(str(tmp_path / "process.db"), on_cost=lambda *c: spent.append(c))
     for store in (here, there):
@@ -255,9 +258,9 @@ def test_the_child_stores_exactly_the_rows_the_writer_thread_stores(tmp_path: An
         for ex in _exchanges():
             store.submit(ex)
         store.close()
-    assert there.writer == "process"
+    assert there.kind == "process"
     assert (here.written, here.repaired, here.failed) == (there.written, there.repaired, there.failed) == (40, 10, 0)
-    rows_here, rows_there = _stored(here.path), _stored(there.path)
+    rows_here, rows_there = _stored(here.engine.location), _stored(there.engine.location)
     assert len(rows_there) == 40 and rows_there == rows_here
     costed = {r["id"]: r for r in rows_there if r["cost_usd"]}
     assert {(p, c, t) for p, c, t in spent} == {(r["project"], r["cost_usd"], r["created_at"]) for r in costed.values()}
@@ -276,7 +279,7 @@ def test_an_exchange_the_pipe_cannot_carry_is_built_in_the_proxy(tmp_path: Any) 
     store.submit(ok)
     store.close()
     assert (store.written, store.repaired, store.failed, store.lost) == (2, 1, 0, 0)
-    rows = {t["id"]: t for t in read_traces(store.path)}
+    rows = {t["id"]: t for t in read_traces(store.engine.location)}
     assert rows["fine"]["notes"] is None
     assert "metadata could not be stored" in rows["deep"]["notes"]
 

@@ -12,6 +12,18 @@ export function parseJSON(text) {
   }
 }
 
+// A captured body as the read API gives it: the JSON document it held (already a value), or its
+// text (parsed here when it is JSON after all).
+export function bodyDoc(body) {
+  return body !== null && typeof body === "object" ? body : parseJSON(body);
+}
+
+// A captured body as text: its text, or its JSON document indented.
+export function bodyText(body) {
+  if (body === null || body === undefined) return null;
+  return typeof body === "string" ? body : JSON.stringify(body, null, 2);
+}
+
 function str(value) {
   return typeof value === "string" ? value : JSON.stringify(value, null, 2);
 }

@@ -1,6 +1,6 @@
 // Trace detail, and a session's traces as one conversation timeline.
 import { getJSON } from "./api.js";
-import { parameters, parseJSON, repeatedCount, requestMessages, responseMessages } from "./conversation.js";
+import { bodyDoc, bodyText, parameters, repeatedCount, requestMessages, responseMessages } from "./conversation.js";
 import { clear, el, facts, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, sessionLink, statusBadge, traceLink } from "./dom.js";
 
 function timingBar(t) {
@@ -20,10 +20,9 @@ function timingBar(t) {
   return el("section", null, el("h2", null, "Timing"), bar, legend);
 }
 
-function rawBlock(title, text, id) {
-  let shown = text ?? "";
-  const parsed = parseJSON(text);
-  if (parsed !== null) shown = JSON.stringify(parsed, null, 2);
+function rawBlock(title, body, id) {
+  const parsed = bodyDoc(body);
+  const shown = parsed !== null ? JSON.stringify(parsed, null, 2) : bodyText(body) ?? "";
   const pre = el("pre", { class: "raw", id }, shown);
   const copy = el("button", { type: "button", class: "secondary copy", "data-copy": id }, "Copy");
   copy.addEventListener("click", async () => {
@@ -61,8 +60,8 @@ export async function renderTrace(main, id, me) {
     clear(main).append(el("h1", null, "Trace"), el("p", { class: "error" }, String(err.message || err)));
     return;
   }
-  const req = parseJSON(t.request_body);
-  const resp = parseJSON(t.response_body);
+  const req = bodyDoc(t.request_body);
+  const resp = bodyDoc(t.response_body);
   const priceNote = t.cost_usd === null || t.cost_usd === undefined
     ? "unpriced: no price for this model in the price table (never counted as $0)"
     : fmtCost(t.cost_usd) + (me && me.pricing ? " · prices: " + me.pricing : "");
@@ -96,9 +95,9 @@ export async function renderTrace(main, id, me) {
     el("div", { class: "detail" },
       el("div", { class: "detail-main" },
         el("section", { class: "conversation", id: "request" }, el("h2", null, "Request"),
-          request.length ? request : el("pre", { class: "text" }, t.request_body ?? "(no body)")),
+          request.length ? request : el("pre", { class: "text" }, bodyText(t.request_body) ?? "(no body)")),
         el("section", { class: "conversation", id: "response" }, el("h2", null, t.stream ? "Response (reassembled stream)" : "Response"),
-          response.length ? response : el("pre", { class: "text" }, t.response_body ?? "(no body)")),
+          response.length ? response : el("pre", { class: "text" }, bodyText(t.response_body) ?? "(no body)")),
         params.length ? el("section", null, el("h2", null, "Parameters"), facts(params)) : null,
         rawBlock("Raw request JSON", t.request_body, "raw-request"),
         rawBlock("Raw response JSON", t.response_body, "raw-response")),
@@ -123,8 +122,8 @@ export async function renderSession(main, sessionId) {
     tokens += t.total_tokens || 0;
     if (t.cost_usd === null || t.cost_usd === undefined) unpriced += 1;
     else cost += t.cost_usd;
-    const reqDoc = parseJSON(t.request_body);
-    const respDoc = parseJSON(t.response_body);
+    const reqDoc = bodyDoc(t.request_body);
+    const respDoc = bodyDoc(t.response_body);
     // A chat request repeats the conversation so far: show what this turn added.
     const latest = requestMessages(reqDoc, repeatedCount(prev.req, prev.resp, reqDoc));
     prev = { req: reqDoc, resp: respDoc };

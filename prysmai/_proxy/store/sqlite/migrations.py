@@ -26,11 +26,11 @@
 All pending steps run in one ``BEGIN IMMEDIATE`` transaction that also sets the new version, so
 a store is never left half-migrated: an interrupted migration leaves the previous version intact
 and the next start-up runs it again. A store is migrated, never refused or rebuilt, unless it is
-newer than this prysmai (then :class:`~.store.StoreError` says so).
+newer than this prysmai (then :class:`~..engine.StoreError` says so).
 
 The histogram bucket of a latency ``x`` (milliseconds) is ``floor(16 * ln(max(x, 0.001) * 1000))``:
 bucket ``b`` holds ``[e^(b/16), e^((b+1)/16)) / 1000`` ms, so its bounds differ by a factor of
-``e^(1/16)`` = 1.0645 (see :mod:`.queries` for the percentile error this gives).
+``e^(1/16)`` = 1.0645 (see :mod:`..queries` for the percentile error this gives).
 """
 
 from __future__ import annotations
@@ -38,24 +38,12 @@ from __future__ import annotations
 import sqlite3
 
 from . import rollups
-from .rollups import BUCKETS_PER_E, HIST_LEVELS, METRICS, bucket_bounds, bucket_sql, ensure_functions
+from .rollups import ensure_functions
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-# What the query layer reads about the rollups, also importable from here.
-__all__ = [
-    "BUCKETS_PER_E",
-    "HIST_LEVELS",
-    "METRICS",
-    "SCHEMA_VERSION",
-    "bucket_bounds",
-    "bucket_sql",
-    "ensure_functions",
-    "migrate",
-    "version",
-]
 
 # -- version 1: exactly what prysmai 0.1.0 created ------------------------------------------------
 V1 = """

@@ -1,0 +1,119 @@
+"""What a database engine gives the trace store: the one small interface beneath the store
+facade (:class:`~.facade.Store`) and the query layer (:mod:`.queries`).
+
+An engine knows where its database is and how to open it (created and migrated for the writer,
+read-only for readers), how to insert a batch of rows, how to stop a read that runs past its
+time limit, and the few SQL expressions that are not standard (its :class:`Dialect`). Everything
+else -- filters, aggregates over the rollups, pagination -- is written once, in :mod:`.queries`,
+against a DB-API connection. SQLite is the engine today (:mod:`.sqlite`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened (bad path, newer schema, not a database)."""
+
+
+class QueryTimeout(TimeoutError):
+    """A read query ran past its time limit and was interrupted."""
+
+
+class Cursor(Protocol):
+    """What the query layer reads from a DB-API cursor."""
+
+    @property
+    def description(self) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """A DB-API connection as the query layer uses it: ``execute`` with a parameter list."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
+
+
+class Dialect(Protocol):
+    """The SQL that differs between engines, as the query layer needs it."""
+
+    def bucket(self, column: str) -> str:
+        """The histogram bucket of ``column`` (see :mod:`.rollups`); NULL stays NULL."""
+        ...
+
+    def meta_equals(self, key: str, value: str) -> tuple[str, list[Any]]:
+        """A condition: metadata member ``key`` (taken literally), as text, equals ``value``."""
+        ...
+
+    def contains(self, columns: Iterable[str], text: str) -> tuple[str, list[Any]]:
+        """A condition: one of ``columns`` contains ``text``, case-insensitively."""
+        ...
+
+    def time_first(self, table: str) -> str:
+        """``table`` as a FROM item read through its time-ordered index, where the engine's
+        planner needs telling."""
+        ...
+
+
+class Engine(Protocol):
+    """One database the store lives in."""
+
+    @property
+    def location(self) -> str:
+        """A name for messages: the path, or a URL without its password."""
+        ...
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    def open_for_writing(self) -> Any:
+        """A connection to write with: the database created if needed and migrated to the
+        current schema. Raises :class:`StoreError`."""
+        ...
+
+    def migrate_existing(self) -> bool:
+        """Bring an existing store to the current schema (and fold rows the writer did not);
+        ``False`` if there is no store there. Raises :class:`StoreError`."""
+        ...
+
+    def read_connection(self) -> Connection:
+        """A new read-only connection."""
+        ...
+
+    def time_limited(self, conn: Any, seconds: float | None) -> contextlib.AbstractContextManager[None]:
+        """Run the block in one read transaction on ``conn`` (one consistent snapshot), stopped
+        with :class:`QueryTimeout` once ``seconds`` have passed (``None``: no limit)."""
+        ...
+
+    def insert_rows(self, conn: Any, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int, int]:
+        """Insert trace rows (:data:`~.rows.COLUMNS` order) in one transaction, the rollups
+        folded in it: (written, repaired, failed). A row the database refuses is repaired or
+        skipped; the others are written."""
+        ...
+
+
+_DIALECTS: dict[type, Dialect] = {}
+
+
+def register_dialect(connection_type: type, dialect: Dialect) -> None:
+    """Make ``dialect`` the one the query layer uses on connections of ``connection_type``."""
+    _DIALECTS[connection_type] = dialect
+
+
+def dialect_of(conn: Any) -> Dialect:
+    """The dialect of ``conn``'s engine (registered by the engine's module)."""
+    try:
+        return _DIALECTS[type(conn)]
+    except KeyError:
+        raise TypeError(f"no store engine is registered for {type(conn).__name__} connections") from None

@@ -1,0 +1,207 @@
+"""Keeping the rollup tables in step with ``traces``: set-based folding, one statement per table.
+
+The writer inserts a batch of rows and, in the same transaction, calls :func:`fold`, which moves
+the watermark ``rollup_state.folded_rowid``; a trigger on that one-row table (it fires once per
+batch, not per row) runs one ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` per
+rollup table, aggregating the rows not yet folded (a rowid range) into the rollups. Rows that
+share an hour (and model, endpoint, status) become one upsert; the per-row triggers schema 2
+first had ran five upserts for every row. Every row at or below the watermark is counted in the
+rollups. Rows inserted by other means (a script, the ``sqlite3`` shell) are folded by the
+writer's next batch, or when ``prysmai stats``/``traces`` or the dashboard opens the store
+(``migrations.fold_pending``). Deletes are rare (a user's own cleanup): a trigger subtracts a
+deleted row, but only one already folded (``rowid <= folded_rowid``).
+
+Every rollup keeps the trace's ``project`` (schema 3), so a read scoped to one project is answered
+from the rollups as an unscoped one is.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+
+from ..rollups import BUCKET_FLOOR_MS, BUCKETS_PER_E, HIST_LEVELS, HOUR_DIMS, METRICS
+
+
+def bucket_sql(column: str) -> str:
+    """SQL for the histogram bucket of ``column`` (NULL stays NULL). ``ln`` is a SQLite math
+    function (3.35+); :func:`ensure_functions` supplies it where SQLite was built without them.
+    ``CAST`` truncates, which is ``floor`` here since the argument of ``ln`` is >= 1."""
+    return f"CAST(ln(max({column}, {BUCKET_FLOOR_MS}) * {1 / BUCKET_FLOOR_MS:g}) * {BUCKETS_PER_E} AS INTEGER)"
+
+
+def _ln(x: float | None) -> float | None:
+    if x is None or x <= 0:
+        return None  # as SQLite's own ln()
+    return math.log(x)
+
+
+def ensure_functions(conn: sqlite3.Connection) -> None:
+    """Register ``ln`` on ``conn`` when this SQLite lacks its math functions (built without
+    SQLITE_ENABLE_MATH_FUNCTIONS, or older than 3.35): folding and the delete trigger call it."""
+    try:
+        conn.execute("SELECT ln(1.0)").fetchone()
+    except sqlite3.OperationalError:
+        conn.create_function("ln", 1, _ln, deterministic=True)
+
+
+def _period(row: str, seconds: int) -> str:
+    return f"CAST({row}created_at / {seconds} AS INTEGER) * {seconds}"
+
+
+def _dim(row: str, dim: str) -> str:
+    # The rollups key NULL model as '' (a primary key column cannot usefully hold NULL for an upsert).
+    return f"coalesce({row}model, '')" if dim == "model" else f"{row}{dim}"
+
+
+# -- the tables ------------------------------------------------------------------------------------
+def _hist_table(table: str) -> str:
+    _, dims = HIST_LEVELS[table]
+    dim_columns = "".join(f"    {d} TEXT NOT NULL,\n" for d in dims)
+    key = ", ".join(["period", *dims, "metric", "bucket"])
+    return f"""CREATE TABLE IF NOT EXISTS {table} (
+    period INTEGER NOT NULL,
+{dim_columns}    metric TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    min_ms REAL NOT NULL,
+    max_ms REAL NOT NULL,
+    PRIMARY KEY ({key})
+) WITHOUT ROWID;
+"""
+
+
+# WITHOUT ROWID: an upsert then touches one B-tree (the key's) instead of the key's index and the
+# table; folding a batch upserts about one histogram row per trace (day x model x endpoint x
+# bucket has few repeats within a batch). The period leads every key: a time range is one range of
+# the key whether or not a project is named, and the rows a batch adds sit at the table's end.
+# min_ms/max_ms only narrow the percentile estimate; after a delete they may be wider than the
+# remaining rows, which keeps the estimate within the bucket (the documented bound) regardless.
+_HOUR_DIM_COLUMNS = "".join(f"    {d} TEXT NOT NULL,\n" for d in HOUR_DIMS)
+TABLES = f"""
+CREATE TABLE IF NOT EXISTS rollup_hour (
+    hour INTEGER NOT NULL,
+{_HOUR_DIM_COLUMNS}    requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    unpriced INTEGER NOT NULL,
+    PRIMARY KEY (hour, {", ".join(HOUR_DIMS)})
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_state (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    folded_rowid INTEGER NOT NULL,
+    fold_from INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO rollup_state (one, folded_rowid, fold_from) VALUES (1, 0, 0);
+""" + "".join(_hist_table(t) for t in HIST_LEVELS)
+#: Every rollup table (what a migration drops and rebuilds when their keys change).
+ROLLUP_TABLES = ("rollup_hour", *HIST_LEVELS)
+
+
+# -- folding: rows (fold_from, folded_rowid] of traces into every rollup, one statement per table ----
+def _fold_hour_sql(lo: str, hi: str) -> str:
+    names = ", ".join(["hour", *HOUR_DIMS])
+    keys = ", ".join(_dim("", d) for d in HOUR_DIMS)
+    group = ", ".join(str(i + 1) for i in range(len(HOUR_DIMS) + 1))
+    return f"""INSERT INTO rollup_hour ({names}, requests, prompt_tokens,
+        completion_tokens, total_tokens, cost_usd, unpriced)
+    SELECT {_period("", 3600)}, {keys}, count(*),
+        coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0),
+        coalesce(sum(cost_usd), 0), sum(cost_usd IS NULL)
+    FROM traces WHERE rowid > {lo} AND rowid <= {hi} GROUP BY {group}
+    ON CONFLICT ({names}) DO UPDATE SET
+        requests = requests + excluded.requests,
+        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = completion_tokens + excluded.completion_tokens,
+        total_tokens = total_tokens + excluded.total_tokens,
+        cost_usd = cost_usd + excluded.cost_usd,
+        unpriced = unpriced + excluded.unpriced;"""
+
+
+def _fold_hist_sql(table: str, lo: str, hi: str) -> str:
+    seconds, dims = HIST_LEVELS[table]
+    names = ", ".join(["period", *dims, "metric", "bucket"])
+    keys = ", ".join([_period("", seconds), *(_dim("", d) for d in dims)])
+    group = ", ".join(str(i + 1) for i in range(len(dims) + 3))
+    # Both metrics in one statement: a UNION ALL of one grouped SELECT per metric.
+    selects = " UNION ALL ".join(
+        f"""SELECT * FROM (SELECT {keys}, '{metric}', {bucket_sql(column)}, count(*), min({column}), max({column})
+        FROM traces WHERE rowid > {lo} AND rowid <= {hi} AND {column} IS NOT NULL GROUP BY {group})"""
+        for metric, column in METRICS
+    )
+    # "WHERE true" keeps SQLite's parser from reading ON CONFLICT as a join constraint.
+    return f"""INSERT INTO {table} ({names}, n, min_ms, max_ms) SELECT * FROM ({selects}) WHERE true
+    ON CONFLICT ({names}) DO UPDATE SET
+        n = n + excluded.n,
+        min_ms = min(min_ms, excluded.min_ms),
+        max_ms = max(max_ms, excluded.max_ms);"""
+
+
+# Run by SQLite when the watermark moves (once per batch, never per row): the writer's fold is
+# then a single statement. Each statement the writer executes hands the GIL back and forth
+# with the event loop, which under load waits up to the 5 ms switch interval each time; four
+# statements per batch instead of one measurably slowed the writer.
+FOLD_TRIGGER = f"""CREATE TRIGGER IF NOT EXISTS rollup_fold AFTER UPDATE OF folded_rowid ON rollup_state
+WHEN NEW.folded_rowid > NEW.fold_from BEGIN
+{_fold_hour_sql("NEW.fold_from", "NEW.folded_rowid")}
+{"".join(_fold_hist_sql(t, "NEW.fold_from", "NEW.folded_rowid") for t in HIST_LEVELS)}
+END;
+"""
+_NO_ROWID = 2**63 - 1
+_FOLD = """UPDATE rollup_state SET fold_from = min(folded_rowid, ?),
+    folded_rowid = (SELECT coalesce(max(rowid), 0) FROM traces)"""
+
+
+def fold(conn: sqlite3.Connection, before_rowid: int | None = None) -> None:
+    """Add the rows not yet in the rollups to them (one statement); the caller holds a write
+    transaction. ``before_rowid`` is where the caller's own inserts began (their first rowid - 1):
+    the range starts there even if the watermark says otherwise (rowids of a table without an
+    INTEGER PRIMARY KEY may be renumbered by VACUUM), and at the watermark when rows were
+    inserted after it by other means."""
+    conn.execute(_FOLD, (_NO_ROWID if before_rowid is None else before_rowid,))
+
+
+def pending(conn: sqlite3.Connection) -> bool:
+    """Whether rows were inserted past the watermark (by something other than the writer)."""
+    row = conn.execute(
+        "SELECT (SELECT folded_rowid FROM rollup_state), (SELECT coalesce(max(rowid), 0) FROM traces)"
+    ).fetchone()
+    return row[0] is not None and row[1] > row[0]
+
+
+# -- deletes: the only per-row trigger left, for rows already folded --------------------------------
+def _unfold_sql() -> str:
+    match = " AND ".join([f"hour = {_period('OLD.', 3600)}", *(f"{d} = {_dim('OLD.', d)}" for d in HOUR_DIMS)])
+    hour = f"""
+    UPDATE rollup_hour SET requests = requests - 1,
+        prompt_tokens = prompt_tokens - coalesce(OLD.prompt_tokens, 0),
+        completion_tokens = completion_tokens - coalesce(OLD.completion_tokens, 0),
+        total_tokens = total_tokens - coalesce(OLD.total_tokens, 0),
+        cost_usd = cost_usd - coalesce(OLD.cost_usd, 0),
+        unpriced = unpriced - (OLD.cost_usd IS NULL)
+    WHERE {match};"""
+    hists = ""
+    for table, (seconds, dims) in HIST_LEVELS.items():
+        for metric, column in METRICS:
+            match = " AND ".join(
+                [
+                    f"period = {_period('OLD.', seconds)}",
+                    *(f"{d} = {_dim('OLD.', d)}" for d in dims),
+                    f"metric = '{metric}'",
+                    f"bucket = {bucket_sql(f'OLD.{column}')}",
+                ]
+            )
+            hists += f"\n    UPDATE {table} SET n = n - 1 WHERE {match};"
+    return hour + hists
+
+
+DELETE_TRIGGER = f"""CREATE TRIGGER IF NOT EXISTS traces_rollup_delete AFTER DELETE ON traces
+WHEN OLD.rowid <= (SELECT folded_rowid FROM rollup_state) BEGIN{_unfold_sql()}
+END;
+"""
+#: Triggers that keep the rollups (a migration that changes the rollups drops and re-creates them).
+TRIGGERS = ("rollup_fold", "traces_rollup_delete")
+#: What schema 2 had before folding: a trigger per inserted row (dropped wherever found).
+OLD_INSERT_TRIGGER = "traces_rollup_insert"
