@@ -95,8 +95,9 @@ class Forwarder:
         from .upstream import AiohttpUpstream
 
         self.client = AiohttpUpstream(self.config)
-        if any(p.kind == DEMO for p in providers):
-            self.upstream_for(next(p for p in providers if p.kind == DEMO))
+        demo = next((p for p in providers if p.kind == DEMO), None)
+        if demo is not None:
+            self.upstream_for(demo)
 
     async def aclose(self) -> None:
         for client in (self.client, self.demo_client):
