@@ -11,7 +11,9 @@ responses, models) and is steered per request by ``x-fake-*`` headers, which the
   answer is completed, in ``abandoned`` if the proxy went away first);
 * ``x-fake-deep: 5000``         -- answer 200 with valid JSON nested that deep;
 * ``x-fake-break-after: 2``     -- streams: send that many content chunks, then cut the connection
-  (no terminating chunk).
+  (no terminating chunk);
+* ``x-fake-echo: 1``            -- chat completions: answer with the last message's content (streams:
+  cut into ``x-fake-chunks`` pieces).
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ class Seen:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+def _echo(headers: dict[str, str], doc: Any) -> str | None:
+    """``x-fake-echo``: the content of the request's last message."""
+    if not headers.get("x-fake-echo") or not doc.get("messages"):
+        return None
+    content = doc["messages"][-1].get("content")
+    return content if isinstance(content, str) else None
 
 
 def _chunk(obj: dict[str, Any], include_usage: bool) -> bytes:
@@ -130,7 +140,7 @@ class FakeUpstream:
         elif endpoint in ("chat/completions", "completions") and doc.get("stream"):
             await self._stream_chat(send, receive, headers, doc, endpoint == "completions")
         elif endpoint == "chat/completions":
-            message = {"role": "assistant", "content": "Hello there!", "refusal": None}
+            message = {"role": "assistant", "content": _echo(headers, doc) or "Hello there!", "refusal": None}
             await self._json(
                 send,
                 200,
@@ -196,6 +206,8 @@ class FakeUpstream:
             )
         await asyncio.sleep(first_delay)
         break_after = int(headers.get("x-fake-break-after", "-1"))
+        echo = _echo(headers, doc)
+        pieces = [echo[i * len(echo) // n : (i + 1) * len(echo) // n] for i in range(n)] if echo else None
         for i in range(n):
             if i == break_after:
                 raise ConnectionResetError("x-fake-break-after: cutting the stream")  # uvicorn drops the connection
@@ -204,7 +216,7 @@ class FakeUpstream:
             choice: dict[str, Any] = (
                 {"index": 0, "text": f"tok{i} ", "finish_reason": None}
                 if legacy
-                else {"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}
+                else {"index": 0, "delta": {"content": pieces[i] if pieces else f"tok{i} "}, "finish_reason": None}
             )
             await send(
                 {

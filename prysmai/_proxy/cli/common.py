@@ -84,9 +84,9 @@ def config_path(args: argparse.Namespace) -> str | None:
     return args.config or os.environ.get(CONFIG_ENV) or None
 
 
-def tenancy_of(args: argparse.Namespace, keys: list[str], upstream: str) -> tuple[Any, str | None]:
-    """The tenancy the command runs with (:func:`~..config.file.load_tenancy`), or an error line
-    instead (never containing a key)."""
+def tenancy_of(args: argparse.Namespace, keys: list[str], upstream: str, policy: Any = None) -> tuple[Any, str | None]:
+    """The tenancy the command runs with (:func:`~..config.file.load_tenancy`; ``policy``: the
+    storage policy of the proxy's flags), or an error line instead (never containing a key)."""
     from ..config.file import ConfigError, load_tenancy
     from ..config.settings import UPSTREAM_KEY_ENV
 
@@ -94,7 +94,7 @@ def tenancy_of(args: argparse.Namespace, keys: list[str], upstream: str) -> tupl
     if path is not None and (args.key or args.keys_file):
         return None, "--config names the keys: drop --key/--keys-file, or put those keys in the config's projects"
     try:
-        return load_tenancy(path, keys, upstream, os.environ.get(UPSTREAM_KEY_ENV) or None), None
+        return load_tenancy(path, keys, upstream, os.environ.get(UPSTREAM_KEY_ENV) or None, policy), None
     except ConfigError as exc:
         return None, str(exc)
     except OSError as exc:

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from ..config.policy import CAPTURE_MODES, DEFAULT_MAX_STORED_BODY_BYTES, DEFAULT_REDACT, REDACTION_SETS
 from ..config.settings import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HOST,
@@ -165,6 +166,62 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="log one line per request (client, method, path, status; never bodies or keys)",
     )
+    keeping = proxy.add_argument_group(
+        "what is stored (per project in a --config file; these flags are the default for projects that say nothing)"
+    )
+    keeping.add_argument(
+        "--capture",
+        choices=CAPTURE_MODES,
+        default="full",
+        help="full: store the bodies (redacted); metadata: only model, tokens, cost, timing, status, ids, "
+        "metadata and the request's parameters (default full)",
+    )
+    keeping.add_argument(
+        "--redact",
+        metavar="SETS",
+        default=",".join(DEFAULT_REDACT),
+        help=f"pattern sets replaced by [redacted:TYPE] before anything is stored or exported: "
+        f"{', '.join(REDACTION_SETS)}, comma-separated, or 'none' (default {','.join(DEFAULT_REDACT)})",
+    )
+    keeping.add_argument(
+        "--redact-pattern",
+        action="append",
+        default=[],
+        metavar="NAME=REGEX",
+        help="also redact this regular expression, as [redacted:NAME] (repeatable)",
+    )
+    keeping.add_argument(
+        "--max-stored-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_STORED_BODY_BYTES,
+        metavar="N",
+        help="store larger request/response bodies cut to N bytes, with a note (default %(default)s = 1 MiB; "
+        "0 = no limit); the client still gets everything",
+    )
+    keeping.add_argument(
+        "--retention",
+        metavar="DURATION",
+        help="delete traces older than this (30d, 12h, 2w...), in the background; default: keep everything",
+    )
+    export = proxy.add_argument_group("export (OpenTelemetry, OTLP/HTTP; needs prysmai[otel])")
+    export.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="send every stored trace as a span to this OTLP/HTTP endpoint (/v1/traces is added to a base "
+        "URL); also OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT",
+    )
+    export.add_argument(
+        "--otlp-content",
+        action="store_true",
+        help="add the (redacted) messages to the spans (also OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true)",
+    )
+    export.add_argument(
+        "--otlp-sample",
+        type=float,
+        default=1.0,
+        metavar="RATIO",
+        help="export this share of the stored traces, 0 to 1 (default 1: every one); never changes what is stored",
+    )
     proxy.add_argument("--ssl-certfile", metavar="PATH", help="serve https with this certificate (PEM)")
     proxy.add_argument("--ssl-keyfile", metavar="PATH", help="the certificate's private key (PEM)")
     proxy.set_defaults(handler=command)
@@ -246,11 +303,15 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
     elif args.upstream:
         log.error("--config names each project's providers: drop --upstream, or add it to the config as a provider")
         return 2
+    kept = _storage(args)
+    if isinstance(kept, str):
+        log.error("%s", kept)
+        return 2
     upstream = args.upstream or os.environ.get(UPSTREAM_ENV) or DEFAULT_UPSTREAM
     if upstream != DEMO_UPSTREAM and not upstream.startswith(("http://", "https://")):
         log.error("--upstream must be an http(s) URL or '%s', not %r", DEMO_UPSTREAM, upstream)
         return 2
-    tenancy, config_error = tenancy_of(args, keys, upstream)
+    tenancy, config_error = tenancy_of(args, keys, upstream, kept["policy"])
     if config_error is not None:
         log.error("%s", config_error)
         return 2
@@ -284,8 +345,69 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
         max_client_connections=args.max_connections,
         max_header_bytes=args.max_header_bytes,
         config_file=config_file,
+        capture=args.capture,
+        redact=kept["policy"].redact,
+        redact_patterns=kept["policy"].patterns,
+        max_stored_body_bytes=args.max_stored_body_bytes,
+        retention_seconds=kept["policy"].retention_seconds,
+        otlp_endpoint=kept["otlp_endpoint"],
+        otlp_content=kept["otlp_content"],
+        otlp_sample=args.otlp_sample,
     )
     return config, tenancy, generated
+
+
+def _storage(args: argparse.Namespace) -> dict[str, Any] | str:
+    """The storage policy and the export settings of the flags (and the standard OpenTelemetry
+    variables), or what is wrong with them."""
+    from ..config.policy import PolicyError, StoragePolicy, parse_duration, parse_pattern, parse_sets
+
+    try:
+        retention = None if args.retention is None else parse_duration(args.retention)
+        policy = StoragePolicy(
+            args.capture,
+            parse_sets(args.redact),
+            tuple(parse_pattern(p) for p in args.redact_pattern),
+            args.max_stored_body_bytes,
+            retention,
+        )
+    except PolicyError as exc:
+        flag = "--retention" if "duration" in str(exc) else "--redact / --redact-pattern / --max-stored-body-bytes"
+        return f"{flag}: {exc}"
+    if not 0.0 <= args.otlp_sample <= 1.0:
+        return f"--otlp-sample must be from 0 to 1 (a share of the traces), not {args.otlp_sample:g}"
+    from ..config.otlp import OtlpError, content_from_env, endpoint_from
+
+    try:
+        endpoint = endpoint_from(args.otlp_endpoint, os.environ)
+    except OtlpError as exc:
+        return str(exc)
+    if endpoint is not None:
+        missing = _otel_missing()
+        if missing is not None:
+            return missing
+    return {
+        "policy": policy,
+        "otlp_endpoint": endpoint,
+        "otlp_content": args.otlp_content or content_from_env(os.environ),
+    }
+
+
+def _otel_missing() -> str | None:
+    """Why OTLP export cannot run here (its packages are missing), or ``None``."""
+    import importlib.util
+
+    for module in ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            return (
+                "OTLP export (--otlp-endpoint or OTEL_EXPORTER_OTLP_*ENDPOINT) needs OpenTelemetry's SDK and "
+                "OTLP/HTTP exporter: pip install 'prysmai[proxy,otel]' (or unset the endpoint)"
+            )
+    return None
 
 
 def _create_store(db_path: str, log: logging.Logger) -> bool:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from . import projects
 from .keys import KeyConfigError, _validate, digest_key_id, key_digest
+from .policy import PolicyError, StoragePolicy, check_capture, check_pattern, check_sets, parse_duration
 from .pricing import Price
 from .projects import AZURE, DEMO, OPENAI, PROVIDER_KINDS, Limits, Project, Provider, Tenancy
 
@@ -50,7 +51,18 @@ _SYNTAX_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)
 
 _TOP_FIELDS = ("admin", "projects")
 _ADMIN_FIELDS = ("keys",)
-_PROJECT_FIELDS = ("name", "keys", "default_provider", "requests_per_minute", "monthly_budget_usd", "providers")
+_PROJECT_FIELDS = (
+    "name",
+    "keys",
+    "default_provider",
+    "requests_per_minute",
+    "monthly_budget_usd",
+    "providers",
+    "capture",
+    "redact",
+    "redact_patterns",
+    "retention",
+)
 _PROVIDER_FIELDS = (
     "name",
     "kind",
@@ -72,16 +84,30 @@ class ConfigError(ValueError):
     it never contains a key or a credential."""
 
 
-def load_tenancy(config_file: str | None, keys: Iterable[str], upstream: str, upstream_api_key: str | None) -> Tenancy:
+def load_tenancy(
+    config_file: str | None,
+    keys: Iterable[str],
+    upstream: str,
+    upstream_api_key: str | None,
+    policy: StoragePolicy | None = None,
+) -> Tenancy:
     """Who may do what: the config file's projects (``config_file``), else the command line's
-    keys and upstream as the one project ``default``. The one loader of the proxy, its reloads,
-    ``prysmai ui`` and the CLI. Raises :class:`ConfigError` (``OSError`` for a file it cannot read)."""
+    keys and upstream as the one project ``default``. ``policy``: the storage policy of the
+    proxy's flags (a project of the file that sets no policy field of its own has it). The one
+    loader of the proxy, its reloads, ``prysmai ui`` and the CLI. Raises :class:`ConfigError`
+    (``OSError`` for a file it cannot read)."""
     if config_file:
-        return load(config_file)
-    return projects.flat(keys, upstream, upstream_api_key)
+        return load(config_file, policy=policy)
+    return projects.flat(keys, upstream, upstream_api_key, policy)
 
 
-def load(path: str, environ: Mapping[str, str] | None = None, *, secrets: bool = True) -> Tenancy:
+def load(
+    path: str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    secrets: bool = True,
+    policy: StoragePolicy | None = None,
+) -> Tenancy:
     """Read and check the config file at ``path`` (see the module docstring).
 
     ``environ`` (default ``os.environ``) holds the variables that ``{ env = "NAME" }`` entries
@@ -90,7 +116,7 @@ def load(path: str, environ: Mapping[str, str] | None = None, *, secrets: bool =
     its project names, where the proxy's secrets are not set.
     """
     text, doc = read_document(path)
-    reader = _Reader(path, text, os.environ if environ is None else environ, secrets)
+    reader = _Reader(path, text, os.environ if environ is None else environ, secrets, policy or StoragePolicy())
     return reader.tenancy(doc)
 
 
@@ -150,11 +176,13 @@ class _Reader:
     """Turns the parsed document into a :class:`Tenancy`, raising :class:`ConfigError` at the first
     problem."""
 
-    def __init__(self, path: str, text: str, environ: Mapping[str, str], secrets: bool) -> None:
+    def __init__(self, path: str, text: str, environ: Mapping[str, str], secrets: bool, policy: StoragePolicy) -> None:
         self.path = path
         self.text = text
         self.environ = environ
         self.secrets = secrets
+        #: The proxy's flags: what a project that says nothing keeps.
+        self.default_policy = policy
         self._lines: dict[Path, int] | None = None
 
     # -- errors ----------------------------------------------------------------------------------
@@ -314,7 +342,53 @@ class _Reader:
                     f"{what}: no request can reach provider {provider.name!r}: give it models = [...] or "
                     'prefix = "...", or make it the default_provider',
                 )
-        return Project(name, tuple(providers), default, limits)
+        return Project(name, tuple(providers), default, limits, self.policy(entry, where, what))
+
+    def policy(self, entry: dict[str, Any], where: Path, what: str) -> StoragePolicy:
+        """The project's storage policy: its own fields over the proxy's flags."""
+        base = self.default_policy
+        capture = self.string(entry, "capture", where, what) or base.capture
+        try:
+            check_capture(capture)
+        except PolicyError as exc:
+            self.fail((*where, "capture"), f"{what}: {exc}")
+        redact = base.redact
+        if "redact" in entry:
+            redact = tuple(self.strings(entry, "redact", where, what))
+            try:
+                check_sets(redact)
+            except PolicyError as exc:
+                self.fail((*where, "redact"), f"{what}: redact: {exc}")
+        patterns = base.patterns
+        raw = entry.get("redact_patterns")
+        if raw is not None:
+            table = self.table(raw, (*where, "redact_patterns"), f"{what}: redact_patterns")
+            found: list[tuple[str, str]] = []
+            for name, pattern in table.items():
+                pwhere: Path = (*where, "redact_patterns", name)
+                if not isinstance(pattern, str):
+                    self.fail(
+                        pwhere,
+                        f"{what}: redact_patterns maps a name to a regular expression, "
+                        'like employee_id = "EMP-[0-9]{6}"',
+                    )
+                try:
+                    check_pattern(name, pattern)
+                except PolicyError as exc:
+                    self.fail(pwhere, f"{what}: {exc}")
+                found.append((name, pattern))
+            patterns = tuple(found)
+        retention = base.retention_seconds
+        text = self.string(entry, "retention", where, what)
+        if text is not None:
+            if text.strip().lower() == "forever":
+                retention = None
+            else:
+                try:
+                    retention = parse_duration(text)
+                except PolicyError as exc:
+                    self.fail((*where, "retention"), f'{what}: retention: {exc} (or "forever")')
+        return StoragePolicy(capture, redact, patterns, base.max_body_bytes, retention)
 
     def check_routes(self, providers: list[Provider], where: Path, what: str) -> None:
         """A model or a prefix in two providers would make the route depend on their order."""

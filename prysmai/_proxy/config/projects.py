@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from .keys import digest_key_id, key_digest, sha256
+from .policy import StoragePolicy
 from .pricing import Price
 
 TYPE_CHECKING = False
@@ -107,6 +108,8 @@ class Project:
     providers: tuple[Provider, ...]
     default_provider: Provider | None = None
     limits: Limits = field(default_factory=Limits)
+    #: What the store keeps of its traces (redaction, capture, body cap, retention).
+    policy: StoragePolicy = field(default_factory=StoragePolicy)
     # The routing table, built once: exact names, then prefixes longest first.
     _exact: dict[str, Provider] = field(init=False, repr=False, compare=False)
     _prefixes: tuple[tuple[str, Provider], ...] = field(init=False, repr=False, compare=False)
@@ -200,13 +203,16 @@ class Tenancy:
         return self._by_id.get(key_id)
 
 
-def flat(keys: Iterable[str], upstream: str, upstream_api_key: str | None) -> Tenancy:
+def flat(
+    keys: Iterable[str], upstream: str, upstream_api_key: str | None, policy: StoragePolicy | None = None
+) -> Tenancy:
     """The tenancy of a proxy without a config file: every key in the project ``default``, whose
-    one provider is ``upstream`` (``demo``: the offline model) with ``upstream_api_key``."""
+    one provider is ``upstream`` (``demo``: the offline model) with ``upstream_api_key``, and
+    whose storage policy is ``policy`` (the proxy's flags)."""
     if upstream == DEMO:
         provider = Provider("demo", DEMO, DEMO_BASE_URL)
     else:
         credential = upstream_api_key.encode("latin-1") if upstream_api_key else None
         provider = Provider("upstream", OPENAI, upstream.rstrip("/"), credential)
-    project = Project(DEFAULT_PROJECT, (provider,), provider)
+    project = Project(DEFAULT_PROJECT, (provider,), provider, policy=policy or StoragePolicy())
     return Tenancy([project], [(key_digest(k), project) for k in keys])

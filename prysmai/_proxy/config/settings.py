@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from .policy import DEFAULT_MAX_STORED_BODY_BYTES, DEFAULT_REDACT, StoragePolicy
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3000
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
@@ -74,7 +76,36 @@ class ProxyConfig:
     #: A projects config file (``--config``; see docs/projects.md). With it, ``keys``, ``upstream``
     #: and ``upstream_api_key`` are not used: the file says which keys, projects and providers.
     config_file: str | None = None
+    #: What the store keeps (``--capture``, ``--redact``, ``--redact-pattern``): the policy of the
+    #: project ``default`` without a config file, and of a config file's projects that set none.
+    capture: str = "full"
+    redact: tuple[str, ...] = DEFAULT_REDACT
+    redact_patterns: tuple[tuple[str, str], ...] = ()
+    #: Bytes of a stored request or response body at most (``--max-stored-body-bytes``; 0: no limit).
+    max_stored_body_bytes: int = DEFAULT_MAX_STORED_BODY_BYTES
+    #: Traces older than this many seconds are deleted (``--retention``; ``None``: kept for ever).
+    retention_seconds: float | None = None
+    #: OTLP/HTTP traces endpoint (``--otlp-endpoint`` or the ``OTEL_EXPORTER_OTLP_*`` variables);
+    #: ``None``: no export.
+    otlp_endpoint: str | None = None
+    #: Export message content (``--otlp-content``).
+    otlp_content: bool = False
+    #: Share of the stored traces exported (``--otlp-sample``).
+    otlp_sample: float = 1.0
 
     def __post_init__(self) -> None:
         if self.trace_writer not in TRACE_WRITERS:
             raise ValueError(f"trace_writer must be one of {', '.join(TRACE_WRITERS)}, not {self.trace_writer!r}")
+        if not 0.0 <= self.otlp_sample <= 1.0:
+            raise ValueError(f"otlp_sample must be from 0 to 1, not {self.otlp_sample!r}")
+        self.storage_policy()  # checked now: a bad setting is an error at start-up
+
+    def storage_policy(self) -> StoragePolicy:
+        """The policy of the flags (see ``capture`` and what follows it)."""
+        return StoragePolicy(
+            self.capture,
+            tuple(self.redact),
+            tuple(self.redact_patterns),
+            self.max_stored_body_bytes,
+            self.retention_seconds,
+        )

@@ -209,7 +209,9 @@ class ProxyApp:
 
 
 def _load(config: ProxyConfig) -> Tenancy:
-    return load_tenancy(config.config_file, config.keys, config.upstream, config.upstream_api_key)
+    return load_tenancy(
+        config.config_file, config.keys, config.upstream, config.upstream_api_key, config.storage_policy()
+    )
 
 
 def _trace_store(config: ProxyConfig, prices: PriceTable, limits: Limits) -> Store:

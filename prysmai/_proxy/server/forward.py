@@ -130,6 +130,7 @@ class Forwarder:
         ex = Exchange(_new_trace_id(), time.time(), t0, scope["method"], endpoint)
         ex.key_id = key_id
         ex.project = project.name
+        ex.policy = project.policy
         call = Call(scope, receive, send, ex)
         self.inflight += 1
         try:

@@ -19,8 +19,10 @@ import json
 import time
 
 from ..config import pricedb
+from ..config.policy import StoragePolicy
 from ..config.pricing import cost_of, first_price
 from ..config.projects import DEFAULT_PROJECT
+from . import keep
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,6 +45,10 @@ RESPONSES_CONTENT_EVENTS = frozenset(
 )
 
 
+#: The policy of an exchange whose project says nothing (secrets redacted, bodies up to 1 MiB).
+DEFAULT_POLICY = StoragePolicy()
+
+
 class Exchange:
     """One request as the proxy saw it. Filled on the request path, finalized off it."""
 
@@ -58,6 +64,7 @@ class Exchange:
         "method",
         "model",
         "notes",
+        "policy",
         "price_ref",
         "project",
         "provider",
@@ -112,6 +119,8 @@ class Exchange:
         self.sent_model: str | None = None
         #: How the price database knows the provider (see ``Provider.price_ref``).
         self.price_ref: tuple[str | None, str | None] | None = None
+        #: What of it is stored: the project's policy (redaction, capture, body cap).
+        self.policy: StoragePolicy = DEFAULT_POLICY
         self.submitted = False
 
     def __repr__(self) -> str:
@@ -365,6 +374,7 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
     response_text: str | None
     error = ex.error
     notes = list(ex.notes)
+    response_doc: Any = None
     if ex.stream and ex.chunks:
         state = _StreamState(ex.t0)
         events = list(iter_sse(ex.chunks))
@@ -386,6 +396,8 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
                 reassembled = None
         if reassembled is None:
             response_text = body_text(b"".join(c for _, c in ex.chunks), ex.response_content_type)
+        else:
+            response_doc = reassembled
         if state.error and not error:
             error = state.error
             if ex.status == "success":
@@ -401,6 +413,7 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
                 parsed = None
                 notes.append("response body nested too deeply to parse: stored as text (no usage, no cost)")
             if isinstance(parsed, dict):
+                response_doc = parsed
                 usage = parsed.get("usage")
                 model = parsed.get("model")
                 response_model = model if isinstance(model, str) else None
@@ -434,7 +447,7 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
         notes=json.dumps(notes, ensure_ascii=False) if notes else None,
         response_model=response_model,
     )
-    return row
+    return keep.apply(row, ex.policy, response_doc=response_doc)
 
 
 def _captured(ex: Exchange) -> dict[str, Any]:
@@ -478,4 +491,11 @@ def fallback_row(ex: Exchange, exc: BaseException) -> dict[str, Any]:
         metadata=metadata,
         notes=json.dumps(notes),
     )
-    return row
+    try:
+        return keep.apply(row, ex.policy)
+    except Exception as exc:  # never store what the policy could not be applied to
+        row.update(request_body=None, response_body=None, metadata=None, error=None)
+        row["notes"] = json.dumps(
+            [f"bodies, metadata and error not stored: applying the policy failed ({type(exc).__name__})"]
+        )
+        return row

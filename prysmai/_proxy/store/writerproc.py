@@ -18,6 +18,8 @@ Wire format, both ways: frames of a 4-byte big-endian length and a :mod:`marshal
 basic types: the child never runs code the proxy sent). To the child: ``("init", path, prices)``
 once, then ``("batch", price_defs, items)``; it answers each with ``("ok", written, repaired,
 failed, costs, logs)`` or ``("failed", reason, logs)``. The child exits when its input closes.
+Provider price tables and storage policies are sent once each (``price_defs``, ``policy_defs``) and
+referred to by number.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ import subprocess
 import sys
 import time
 
+from ..config.policy import StoragePolicy
 from ..config.pricing import Price, PriceTable
-from .capture import Exchange, fallback_row, finalize
+from .capture import DEFAULT_POLICY, Exchange, fallback_row, finalize
 from .rows import build_row, build_rows
 from .sqlite import SQLiteEngine
 
@@ -47,8 +50,9 @@ log = logging.getLogger("prysmai.proxy")
 
 #: The exchange's fields the child needs, in the order they are sent. Not sent: the parsed request
 #: (``request_json``: the row stores the body as received), the submission mark, and the
-#: provider's prices, which are sent once per table (``price_defs``) and referred to by number.
-FIELDS = tuple(f for f in Exchange.__slots__ if f not in ("provider_prices", "request_json", "submitted"))
+#: provider's prices and the project's storage policy, which are sent once each (``price_defs``,
+#: ``policy_defs``) and referred to by number.
+FIELDS = tuple(f for f in Exchange.__slots__ if f not in ("provider_prices", "request_json", "submitted", "policy"))
 _fields_of = operator.attrgetter(*FIELDS)
 _HEADER = struct.Struct(">I")
 #: The child's command (``python -c``): this very copy of prysmai (the proxy may run from a
@@ -150,6 +154,8 @@ class WriterProcess:
         self._path: str | None = None
         #: id(provider prices) -> (the mapping, kept alive so the id stays its own; its number).
         self._price_refs: dict[int, tuple[Mapping[str, Price], int]] = {}
+        #: Storage policy -> its number (policies are frozen and hashable).
+        self._policy_refs: dict[StoragePolicy, int] = {}
 
     def __repr__(self) -> str:
         return f"WriterProcess(pid={self.pid})"
@@ -167,6 +173,7 @@ class WriterProcess:
         """Start the child on the store at ``path`` and wait until it has opened it."""
         self._path = path
         self._price_refs = {}
+        self._policy_refs = {}
         env = _child_environment(os.environ)
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         try:
@@ -267,13 +274,22 @@ class WriterProcess:
         row could be built for. Marshalled :data:`ITEMS_PER_SLICE` items at a time, yielding the
         GIL in between (a whole batch would hold it for a millisecond: see :data:`.writer.GIL_SLICE`)."""
         defs: dict[int, Any] = {}
+        policy_defs: dict[int, Any] = {}
         parts: list[bytes] = []
         repaired = unbuildable = 0
         for start in range(0, len(items), ITEMS_PER_SLICE):
             if start:
                 time.sleep(0)
             some = items[start : start + ITEMS_PER_SLICE]
-            sent = [(_SENT, _fields_of(item), self._price_ref(item.provider_prices, defs)) for item in some]
+            sent = [
+                (
+                    _SENT,
+                    _fields_of(item),
+                    self._price_ref(item.provider_prices, defs),
+                    self._policy_ref(item.policy, policy_defs),
+                )
+                for item in some
+            ]
             try:
                 parts.append(marshal.dumps(sent))
             except ValueError:  # a value marshal refuses (nested too deeply): build those rows here
@@ -281,7 +297,7 @@ class WriterProcess:
                 parts.append(marshal.dumps(sent))
                 repaired += built
                 unbuildable += failed
-        return marshal.dumps(("batch", defs, parts)), repaired, unbuildable
+        return marshal.dumps(("batch", defs, policy_defs, parts)), repaired, unbuildable
 
     def _price_ref(self, prices: Mapping[str, Price] | None, defs: dict[int, Any]) -> int:
         """The number the child knows a provider's price table by (-1: none); a table it has not
@@ -293,6 +309,14 @@ class WriterProcess:
             known = self._price_refs[id(prices)] = (prices, len(self._price_refs))
             defs[known[1]] = _price_tuples(prices)
         return known[1]
+
+    def _policy_ref(self, policy: StoragePolicy, defs: dict[int, Any]) -> int:
+        """The number the child knows a storage policy by; a new one goes into ``defs``."""
+        known = self._policy_refs.get(policy)
+        if known is None:
+            known = self._policy_refs[policy] = len(self._policy_refs)
+            defs[known] = policy.as_tuple()
+        return known
 
     def _pack_each(self, items: list[Any], sent: list[Any]) -> tuple[list[Any], int, int]:
         out: list[Any] = []
@@ -314,7 +338,7 @@ class WriterProcess:
                 log.error("trace %s could not be written: a value cannot be sent to the writer process", row[0])
                 unbuildable += 1
                 continue
-            out.append((_BUILT, row, fallback))
+            out.append((_BUILT, row, fallback, -1))
             repaired += fallback
         return out, repaired, unbuildable
 
@@ -362,11 +386,12 @@ class _Collect(logging.Handler):
         return records
 
 
-def _exchange(values: tuple[Any, ...], prices: Mapping[str, Price] | None) -> Exchange:
+def _exchange(values: tuple[Any, ...], prices: Mapping[str, Price] | None, policy: StoragePolicy | None) -> Exchange:
     ex = Exchange.__new__(Exchange)
     for name, value in zip(FIELDS, values):
         setattr(ex, name, value)
     ex.provider_prices = prices
+    ex.policy = DEFAULT_POLICY if policy is None else policy
     ex.request_json = None
     ex.submitted = True
     return ex
@@ -402,16 +427,19 @@ def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
         return
     _write_frame(fd_out, marshal.dumps(("ready", None, collect.take())))
     provider_prices: dict[int, dict[str, Price]] = {}
+    policies: dict[int, StoragePolicy] = {}
     while True:
         frame = _read_frame(fd_in)
         if frame is None:
             break
-        _, defs, parts = marshal.loads(frame)
+        _, defs, policy_defs, parts = marshal.loads(frame)
         for ref, table in defs.items():
             provider_prices[ref] = _prices_from(table)
         try:
+            for ref, values in policy_defs.items():
+                policies[ref] = StoragePolicy.from_tuple(values)
             items = [item for part in parts for item in marshal.loads(part)]
-            reply = _write_batch(engine, conn, items, prices, provider_prices, collect)
+            reply = _write_batch(engine, conn, items, prices, provider_prices, policies, collect)
         except Exception as exc:
             log.exception("the trace writer process failed a batch")
             reply = ("failed", f"{type(exc).__name__}: {str(exc)[:200]}", collect.take())
@@ -426,6 +454,7 @@ def _write_batch(
     items: list[Any],
     prices: PriceTable,
     provider_prices: Mapping[int, Mapping[str, Price]],
+    policies: Mapping[int, StoragePolicy],
     collect: _Collect,
 ) -> tuple[Any, ...]:
     costs: list[tuple[str, float, float]] = []
@@ -436,8 +465,12 @@ def _write_batch(
             costs.append((ex.project, row["cost_usd"], ex.created_at))
         return row
 
-    rows = [values for kind, values, _ in items if kind == _BUILT]  # built in the proxy (rare)
-    exchanges = [_exchange(values, provider_prices.get(ref)) for kind, values, ref in items if kind == _SENT]
+    rows = [values for kind, values, _, _ in items if kind == _BUILT]  # built in the proxy (rare)
+    exchanges = [
+        _exchange(values, provider_prices.get(ref), policies.get(policy))
+        for kind, values, ref, policy in items
+        if kind == _SENT
+    ]
     built, built_repaired, unbuildable = build_rows(exchanges, counted, fallback_row)
     written, repaired, failed = engine.insert_rows(conn, rows + built)
     return ("ok", written, built_repaired + repaired, failed + unbuildable, costs, collect.take())
