@@ -109,6 +109,8 @@ class Reads:
             if self.inflight is not None:
                 body["inflight"] = self.inflight()
             body["store"] = self.store.counters()
+            if self.store.retention is not None:
+                body["retention"] = self.store.retention.counters()
         return body
 
     # -- the reads ---------------------------------------------------------------------------------

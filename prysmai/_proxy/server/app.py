@@ -38,6 +38,7 @@ from ..config.reload import ConfigWatch
 from ..store import Store, engine_for
 from ..store.capture import fallback_row, finalize
 from ..store.queries import month_spend
+from ..store.retention import Retention
 from ..store.writer import TraceWriter
 from ..store.writerproc import WriterProcess
 from ..web import Dashboard
@@ -47,7 +48,7 @@ from .ratelog import RateLimitedLog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable
     from typing import Any
 
     from ..asgi import Receive, Scope, Send
@@ -71,7 +72,7 @@ class ProxyApp:
         self.tenancy: Tenancy = tenancy if tenancy is not None else _load(config)
         self.prices = prices if prices is not None else PriceTable.load(config.pricing_file)
         self.limits = Limits()
-        self.store = _trace_store(config, self.prices, self.limits)
+        self.store = _trace_store(config, self.prices, self.limits, self._retention_plan)
         self.warnings = RateLimitedLog(log)  # floods (502s, rejected keys): first line, then summaries
         self.forwarder = Forwarder(config, self.store, self.limits, self.warnings)
         pricing = pricing_note(self.prices)
@@ -82,6 +83,12 @@ class ProxyApp:
 
     def __repr__(self) -> str:
         return f"ProxyApp({self.tenancy!r}, store={self.store!r})"
+
+    def _retention_plan(self) -> tuple[dict[str, float | None], float | None]:
+        """Each project's retention now (a reload may change them), and that of the traces of
+        projects no longer configured (``--retention``)."""
+        projects = {name: p.policy.retention_seconds for name, p in self.tenancy.projects.items()}
+        return projects, self.config.retention_seconds
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -214,9 +221,14 @@ def _load(config: ProxyConfig) -> Tenancy:
     )
 
 
-def _trace_store(config: ProxyConfig, prices: PriceTable, limits: Limits) -> Store:
+def _trace_store(
+    config: ProxyConfig,
+    prices: PriceTable,
+    limits: Limits,
+    plan: Callable[[], tuple[dict[str, float | None], float | None]],
+) -> Store:
     """The proxy's store: its writer builds each trace's row (in a child process by default) and
-    counts its cost towards the project's monthly budget."""
+    counts its cost towards the project's monthly budget; its retention follows ``plan``."""
     finalize_here = partial(_finalize_counting, prices=prices, limits=limits)
     process = None
     if config.trace_writer == "process":
@@ -230,7 +242,7 @@ def _trace_store(config: ProxyConfig, prices: PriceTable, limits: Limits) -> Sto
         fallback=fallback_row,
         process=process,
     )
-    return Store(engine, writer)
+    return Store(engine, writer, retention=Retention(engine, plan))
 
 
 def summary(tenancy: Tenancy) -> str:

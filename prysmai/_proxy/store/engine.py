@@ -102,6 +102,37 @@ class Engine(Protocol):
         skipped; the others are written."""
         ...
 
+    # -- retention (store/retention.py runs it) --------------------------------------------------
+    def delete_expired(self, conn: Any, project: str | None, before: float, exclude: Sequence[str], limit: int) -> int:
+        """Delete up to ``limit`` of the oldest traces created before ``before`` (unix seconds)
+        of ``project`` (``None``: of every project not in ``exclude``), in one short write
+        transaction that keeps the rollups equal to what is left; how many were deleted."""
+        ...
+
+    def reclaim(self, conn: Any) -> tuple[int, bool]:
+        """Give the space freed by deletes back to the disk where the engine can: (free pages
+        found, whether they were given back)."""
+        ...
+
+    # -- the export outbox (export/ reads it) ----------------------------------------------------
+    def set_export(self, conn: Any, enabled: bool) -> int:
+        """Fill the outbox with every trace written from now on, or stop (and empty it: how many
+        traces were waiting)."""
+        ...
+
+    def export_batch(self, conn: Any, after: int, limit: int) -> list[tuple[int, dict[str, Any] | None]]:
+        """Up to ``limit`` waiting traces after the position ``after``, in the order written:
+        (position, the row by column name, or ``None`` for a trace deleted meanwhile)."""
+        ...
+
+    def export_done(self, conn: Any, upto: int) -> None:
+        """Everything up to the position ``upto`` is sent."""
+        ...
+
+    def export_waiting(self, conn: Any) -> int:
+        """How many traces wait to be sent."""
+        ...
+
 
 _DIALECTS: dict[type, Dialect] = {}
 

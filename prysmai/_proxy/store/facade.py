@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar
 
     from .engine import Engine
+    from .retention import Retention
     from .writer import TraceWriter
 
     T = TypeVar("T")
@@ -44,10 +45,13 @@ class Store:
         *,
         read_time_limit: float | None = DEFAULT_TIME_LIMIT,
         read_workers: int = 2,
+        retention: Retention | None = None,
     ) -> None:
         self.engine = engine
         self.writer = writer
         self.reader = ReadRunner(engine, time_limit=read_time_limit, workers=read_workers)
+        #: Deletes expired traces in the background (``None``: a store only read).
+        self.retention = retention
 
     @classmethod
     def existing(cls, location: str, *, read_time_limit: float | None = DEFAULT_TIME_LIMIT) -> Store | None:
@@ -68,12 +72,17 @@ class Store:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self) -> None:
-        """Create or migrate the store and start its writer (errors surface here, at start-up)."""
+        """Create or migrate the store and start its writer and retention (errors surface here,
+        at start-up)."""
         if self.writer is not None:
             self.writer.open()
+        if self.retention is not None:
+            self.retention.start()
 
     def close(self) -> None:
-        """Write everything pending, stop the writer, close the read connections."""
+        """Stop retention, write everything pending, stop the writer, close the read connections."""
+        if self.retention is not None:
+            self.retention.stop()
         if self.writer is not None:
             self.writer.close()
         self.reader.close()

@@ -148,7 +148,7 @@ def test_a_v1_store_is_migrated_in_place_keeping_every_row(tmp_path: Any) -> Non
 
     conn = SQLiteEngine(path).open_existing()
     assert conn is not None
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     after = conn.execute(f"SELECT {', '.join(V1_COLUMNS)} FROM traces WHERE key_id IS NULL ORDER BY id").fetchall()
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
     # Every row of 0.1.0 is in the default project, sent to no named provider.
@@ -180,7 +180,8 @@ def test_migration_is_idempotent(tmp_path: Any) -> None:
     SQLiteEngine(path).open_for_writing().close()
     conn = sqlite3.connect(path)
     triggers = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY 1")]
-    assert triggers == ["rollup_fold", "traces_rollup_delete"]  # folding runs once per batch, not per row
+    # Folding (and the export outbox) run once per batch, not per row.
+    assert triggers == ["export_enqueue", "rollup_fold", "traces_rollup_delete"]
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
     assert indexes == INDEXES
     conn.close()
@@ -305,7 +306,7 @@ def test_a_v2_store_is_migrated_in_place_keeping_every_row_in_the_default_projec
 
     conn = SQLiteEngine(path).open_existing()
     assert conn is not None
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     after = conn.execute(f"SELECT {', '.join(V2_COLUMNS)} FROM traces WHERE id <> ? ORDER BY id", ("f" * 32,))
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
@@ -323,7 +324,7 @@ def test_a_v2_store_is_migrated_in_place_keeping_every_row_in_the_default_projec
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
     assert indexes == INDEXES
     triggers = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    assert triggers == {"rollup_fold", "traces_rollup_delete"}
+    assert triggers == {"export_enqueue", "rollup_fold", "traces_rollup_delete"}
     conn.close()
 
 
@@ -341,7 +342,7 @@ def test_a_schema_2_store_with_the_old_insert_trigger_is_migrated(tmp_path: Any)
     read = SQLiteEngine(path).open_existing()
     assert read is not None
     names = [r[0] for r in read.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
-    assert sorted(names) == ["rollup_fold", "traces_rollup_delete"]
+    assert sorted(names) == ["export_enqueue", "rollup_fold", "traces_rollup_delete"]
     assert queries.overview(read, TraceFilter())["requests"] == 6
     assert read.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0] == 6
     read.close()

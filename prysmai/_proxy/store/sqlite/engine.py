@@ -23,8 +23,8 @@ from ...config.projects import DEFAULT_PROJECT
 from .. import private_files
 from ..engine import QueryTimeout, StoreError, register_dialect
 from ..rows import COLUMNS
-from . import rollups
-from .migrations import SCHEMA_VERSION, migrate, version
+from . import outbox, retention, rollups
+from .migrations import SCHEMA_VERSION, migrate, prepare_new, version
 from .rollups import bucket_sql, ensure_functions
 
 TYPE_CHECKING = False
@@ -137,6 +137,7 @@ class SQLiteEngine:
         try:
             conn = connect(self.path)
             _refuse_newer(conn, self.path)
+            prepare_new(conn)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             _migrate(conn, self.path)
@@ -199,6 +200,28 @@ class SQLiteEngine:
 
     def insert_rows(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int, int]:
         return insert_rows(conn, rows)
+
+    # -- retention -------------------------------------------------------------------------------
+    def delete_expired(
+        self, conn: sqlite3.Connection, project: str | None, before: float, exclude: Sequence[str], limit: int
+    ) -> int:
+        return retention.delete_expired(conn, project, before, exclude, limit)
+
+    def reclaim(self, conn: sqlite3.Connection) -> tuple[int, bool]:
+        return retention.reclaim(conn), retention.incremental(conn)
+
+    # -- the export outbox -----------------------------------------------------------------------
+    def set_export(self, conn: sqlite3.Connection, enabled: bool) -> int:
+        return outbox.set_enabled(conn, enabled)
+
+    def export_batch(self, conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, dict[str, Any] | None]]:
+        return outbox.batch(conn, after, limit)
+
+    def export_done(self, conn: sqlite3.Connection, upto: int) -> None:
+        outbox.done(conn, upto)
+
+    def export_waiting(self, conn: sqlite3.Connection) -> int:
+        return outbox.size(conn)
 
 
 def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int, int]:

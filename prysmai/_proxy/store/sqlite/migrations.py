@@ -23,6 +23,17 @@
   ``traces_key``); the index ``traces_project`` (project, created_at, id) for a project's traces
   in time order. The rollups are rebuilt and every row folded again.
 
+4 (what is kept and where it goes) adds:
+
+* ``export_outbox`` -- the traces waiting to be exported (OTLP), in the order they were written:
+  the writer's fold trigger fills it in each batch's own transaction while ``export_state`` has
+  its row (export on), and the export process deletes what the collector accepted;
+* ``export_state`` -- one row while export is on.
+
+A store created by schema 4 or later also has ``auto_vacuum = INCREMENTAL`` (set before its first
+table), so the pages retention frees are returned to the disk; an older store reuses them for new
+traces instead (see docs/operations.md to convert one).
+
 All pending steps run in one ``BEGIN IMMEDIATE`` transaction that also sets the new version, so
 a store is never left half-migrated: an interrupted migration leaves the previous version intact
 and the next start-up runs it again. A store is migrated, never refused or rebuilt, unless it is
@@ -148,6 +159,29 @@ def _to_v3(conn: sqlite3.Connection) -> None:
     _script(conn, rollups.DELETE_TRIGGER)
 
 
+# -- version 4 ----------------------------------------------------------------------------------
+# The outbox is filled by a trigger on the fold (once per batch, as the rollups are), never per
+# row, and only while export_state has its row: with export off the writer pays one EXISTS.
+V4 = """
+CREATE TABLE IF NOT EXISTS export_outbox (
+    seq INTEGER PRIMARY KEY,
+    trace_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS export_state (
+    one INTEGER PRIMARY KEY CHECK (one = 1)
+);
+CREATE TRIGGER IF NOT EXISTS export_enqueue AFTER UPDATE OF folded_rowid ON rollup_state
+WHEN NEW.folded_rowid > NEW.fold_from AND EXISTS (SELECT 1 FROM export_state) BEGIN
+    INSERT INTO export_outbox (trace_id)
+        SELECT id FROM traces WHERE rowid > NEW.fold_from AND rowid <= NEW.folded_rowid ORDER BY rowid;
+END;
+"""
+
+
+def _to_v4(conn: sqlite3.Connection) -> None:
+    _script(conn, V4)
+
+
 def _columns(conn: sqlite3.Connection) -> set[str]:
     return {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
 
@@ -177,6 +211,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     0: lambda conn: _script(conn, V1),
     1: _to_v2,
     2: _to_v3,
+    3: _to_v4,
 }
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 
@@ -185,12 +220,20 @@ def version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
+def prepare_new(conn: sqlite3.Connection) -> None:
+    """A new, empty store gives the pages retention frees back to the disk (``auto_vacuum =
+    INCREMENTAL``): possible only before its first table is created or its journal mode set."""
+    if version(conn) == 0 and not conn.execute("SELECT 1 FROM sqlite_master").fetchone():
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+
+
 def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
     """Bring the store on ``conn`` (autocommit mode) to :data:`SCHEMA_VERSION`, every pending step
     in one transaction. Returns ``(version before, version after)``; a newer store is left
     untouched."""
     ensure_functions(conn)
     before = current = version(conn)
+    prepare_new(conn)
     if current < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         try:
