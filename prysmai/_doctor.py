@@ -194,6 +194,9 @@ def run_checks(base_url_argument: str | None = None, timeout: float = 5.0) -> li
         checks.append(Check("key accepted", ERROR, f"{url}/traces: {error}", "check the proxy's log"))
     elif status == 200:
         checks.append(Check("key accepted", OK, f"the proxy accepts {mask_key(key)} ({rtt * 1000:.1f} ms)"))
+        export = _export_check(url, key, timeout)
+        if export is not None:
+            checks.append(export)
     elif status == 401:
         checks.append(
             Check(
@@ -208,6 +211,37 @@ def run_checks(base_url_argument: str | None = None, timeout: float = 5.0) -> li
             Check("key accepted", WARNING, f"could not check the key (HTTP {status} from {url}/traces)", None)
         )
     return checks
+
+
+def _export_check(url: str, key: str, timeout: float) -> Check | None:
+    """The proxy's OTLP export, from its health answer (``None``: export is off, or the proxy
+    predates it)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url + "/health", headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            export = json.loads(response.read(65536)).get("export")
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(export, dict):
+        return None
+    counts = (
+        f"to {export.get('endpoint')}: {export.get('exported', 0)} exported, "
+        f"{export.get('failed', 0)} failed, {export.get('waiting', 0)} waiting"
+    )
+    if export.get("error"):
+        return Check("trace export", ERROR, f"OTLP export {counts}; {export['error']}", "see the proxy's log")
+    if export.get("failing_since") is not None:
+        return Check(
+            "trace export",
+            WARNING,
+            f"OTLP export {counts}; failing ({export.get('last_error')})",
+            "check that the collector is up and reachable from the proxy; spans wait in the store meanwhile",
+        )
+    return Check("trace export", OK, f"OTLP export {counts}")
 
 
 def _get(url: str, key: str | None, timeout: float) -> tuple[int, float, str | None]:

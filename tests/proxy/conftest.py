@@ -13,7 +13,8 @@ responses, models) and is steered per request by ``x-fake-*`` headers, which the
 * ``x-fake-break-after: 2``     -- streams: send that many content chunks, then cut the connection
   (no terminating chunk);
 * ``x-fake-echo: 1``            -- chat completions: answer with the last message's content (streams:
-  cut into ``x-fake-chunks`` pieces).
+  cut into ``x-fake-chunks`` pieces);
+* ``x-fake-tool-call: 1``       -- chat completions: answer with a call of the tool ``get_weather``.
 """
 
 from __future__ import annotations
@@ -140,7 +141,20 @@ class FakeUpstream:
         elif endpoint in ("chat/completions", "completions") and doc.get("stream"):
             await self._stream_chat(send, receive, headers, doc, endpoint == "completions")
         elif endpoint == "chat/completions":
-            message = {"role": "assistant", "content": _echo(headers, doc) or "Hello there!", "refusal": None}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": _echo(headers, doc) or "Hello there!",
+                "refusal": None,
+            }
+            finish = "stop"
+            if headers.get("x-fake-tool-call"):
+                function = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+                message = {
+                    **message,
+                    "content": None,
+                    "tool_calls": [{"id": "call_1", "type": "function", "function": function}],
+                }
+                finish = "tool_calls"
             await self._json(
                 send,
                 200,
@@ -149,7 +163,7 @@ class FakeUpstream:
                     "object": "chat.completion",
                     "created": CREATED,
                     "model": model,
-                    "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
                 },
             )

@@ -97,7 +97,7 @@ def test_the_cycle_check_finds_a_cycle() -> None:
 
 
 #: The rooms from the top down: a room imports only rooms below it.
-LAYERS = ("cli", "server", "web", "api", "store", "config", "asgi")
+LAYERS = ("cli", "server", "export", "web", "api", "store", "config", "asgi")
 
 
 def test_each_room_imports_only_the_rooms_below_it() -> None:

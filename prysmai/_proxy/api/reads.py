@@ -68,8 +68,11 @@ class Reads:
         inflight: Callable[[], int] | None = None,
         pricing: str | None = None,
         read_only: bool = False,
+        export: Any = None,
     ) -> None:
         self.store = store
+        #: The OTLP export (its ``status()`` and ``trouble()``), or ``None``.
+        self.export = export
         self.tenancy = tenancy
         self.inflight = inflight
         self.pricing = pricing
@@ -95,6 +98,9 @@ class Reads:
         """``ok`` / ``degraded`` for anyone; the details only for a key holder: for a project's
         key, its project and the hosts of its providers (never a credential)."""
         status, reason = self.store.health()
+        if status == "ok" and self.export is not None:
+            reason = self.export.trouble()
+            status = "ok" if reason is None else "degraded"
         body: dict[str, Any] = {"status": status}
         if who is not None:
             body["reason"] = reason
@@ -111,6 +117,8 @@ class Reads:
             body["store"] = self.store.counters()
             if self.store.retention is not None:
                 body["retention"] = self.store.retention.counters()
+            if self.export is not None:
+                body["export"] = self.export.status()
         return body
 
     # -- the reads ---------------------------------------------------------------------------------

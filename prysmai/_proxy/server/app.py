@@ -35,6 +35,7 @@ from ..asgi import CONNECTION_KEY, HTTPError, Responder, client_name, internal_e
 from ..config.file import load_tenancy
 from ..config.pricing import PriceTable
 from ..config.reload import ConfigWatch
+from ..export.process import ExportProcess, providers_of
 from ..store import Store, engine_for
 from ..store.capture import fallback_row, finalize
 from ..store.queries import month_spend
@@ -76,7 +77,15 @@ class ProxyApp:
         self.warnings = RateLimitedLog(log)  # floods (502s, rejected keys): first line, then summaries
         self.forwarder = Forwarder(config, self.store, self.limits, self.warnings)
         pricing = pricing_note(self.prices)
-        self.reads = Reads(self.store, lambda: self.tenancy, inflight=lambda: self.forwarder.inflight, pricing=pricing)
+        #: The OTLP export (``None``: off).
+        self.export = _export(config, self.tenancy, pricing)
+        self.reads = Reads(
+            self.store,
+            lambda: self.tenancy,
+            inflight=lambda: self.forwarder.inflight,
+            pricing=pricing,
+            export=self.export,
+        )
         #: Every path outside /api/v1.
         self.web = Dashboard(self.reads)
         self._watch: ConfigWatch | None = None
@@ -93,6 +102,9 @@ class ProxyApp:
     # -- lifecycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
         self.store.open()
+        await asyncio.to_thread(self._switch_export)
+        if self.export is not None:
+            self.export.start()
         await self.forwarder.start([p for project in self.tenancy.projects.values() for p in project.providers])
         since = month_start(time.time())
         self.limits.seed(await self.store.read(month_spend, since), since)
@@ -110,6 +122,8 @@ class ProxyApp:
             log.error("config reload refused, still using the previous config: %s", exc)
             return
         self.tenancy = tenancy
+        if self.export is not None:
+            self.export.update(tenancy)
         log.info("config reloaded from %s: %s", self.config.config_file, summary(tenancy))
 
     async def shutdown(self) -> None:
@@ -119,6 +133,22 @@ class ProxyApp:
         self.warnings.close()
         await self.forwarder.aclose()
         await asyncio.to_thread(self.store.close)
+        if self.export is not None:  # after the writer: what it wrote last goes out too
+            await asyncio.to_thread(self.export.stop)
+
+    def _switch_export(self) -> None:
+        """Have the store fill its export outbox, or not (then what waited in it is dropped)."""
+        conn = self.store.engine.open_for_writing()
+        try:
+            dropped = self.store.engine.set_export(conn, self.export is not None)
+        finally:
+            conn.close()
+        if dropped:
+            log.warning(
+                "OTLP export is off: %d trace(s) that waited to be exported from an earlier run were dropped "
+                "from the export outbox (they stay in the store)",
+                dropped,
+            )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -243,6 +273,24 @@ def _trace_store(
         process=process,
     )
     return Store(engine, writer, retention=Retention(engine, plan))
+
+
+def _export(config: ProxyConfig, tenancy: Tenancy, pricing: str) -> ExportProcess | None:
+    if config.otlp_endpoint is None:
+        return None
+    from ... import __version__
+
+    return ExportProcess(
+        {
+            "db": config.db_path,
+            "endpoint": config.otlp_endpoint,
+            "content": config.otlp_content,
+            "sample": config.otlp_sample,
+            "providers": providers_of(tenancy),
+            "price_source": pricing,
+            "version": __version__,
+        }
+    )
 
 
 def summary(tenancy: Tenancy) -> str:
