@@ -40,17 +40,28 @@ function append(node, children) {
 // a captured "\u202Egnp.exe" cannot pass for "exe.png" and nothing hides in plain sight.
 const HIDDEN = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F\u00AD\u061C\u180E\u200B-\u200F\u2028-\u202E\u2060-\u206F\uFEFF]/g;
 
-/** A captured string as text nodes, hidden characters made visible. */
+// A marker the store's writer put where it redacted something ("[redacted:email]"): shown as a
+// marker, not as the captured text it stands for.
+const REDACTED = /\[redacted:[a-z][a-z0-9_]{0,31}\]/;
+const MARKS = new RegExp(REDACTED.source + "|" + HIDDEN.source, "g");
+
+/** A captured string as text nodes, hidden characters made visible, redaction markers marked. */
 export function text(value) {
   const frag = document.createDocumentFragment();
   let last = 0;
-  for (const m of value.matchAll(HIDDEN)) {
+  for (const m of value.matchAll(MARKS)) {
     if (m.index > last) frag.appendChild(document.createTextNode(value.slice(last, m.index)));
-    const code = m[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
     const mark = document.createElement("span");
-    mark.className = "ctrl";
-    mark.title = "hidden character U+" + code;
-    mark.textContent = "⟨U+" + code + "⟩";
+    if (m[0].startsWith("[redacted:")) {
+      mark.className = "redacted";
+      mark.title = "redacted before it was stored";
+      mark.textContent = m[0];
+    } else {
+      const code = m[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
+      mark.className = "ctrl";
+      mark.title = "hidden character U+" + code;
+      mark.textContent = "⟨U+" + code + "⟩";
+    }
     frag.appendChild(mark);
     last = m.index + m[0].length;
   }
