@@ -15,6 +15,14 @@ Row kinds: ``plain`` (no user or session ids, one project: what the proxy benchm
 ``users`` (1 000 users, sessions of 6-hour windows), ``projects`` (``users``, spread over three
 projects). A checkout that predates projects ignores the project. ``--drop INDEX`` also runs this
 checkout with that index dropped before writing (what the index costs).
+
+``--redaction`` measures what redaction costs the writer instead: this checkout only, the rows
+built from captured exchanges (chat requests and answers of 0.2-2 KB of prose, a tenth of them
+holding an e-mail address, a key or a card number) by ``finalize`` on the writer thread, with
+redaction off, with ``secrets`` (the default) and with every set, rounds interleaved; the ratios
+are to redaction off in the same round.
+
+    python bench/writer.py --redaction --rounds 5
 """
 
 from __future__ import annotations
@@ -33,6 +41,13 @@ from typing import Any
 from _common import BENCH_DIR, REPO_DIR, emit, machine_info, median
 
 KINDS = ("plain", "users", "projects")
+#: ``--redaction``'s variants: name -> the redaction sets.
+REDACTION = {"off": "", "secrets": "secrets", "every set": "secrets,email,phone,card,iban,ip"}
+_SENSITIVE = (
+    "mail me at ada.lovelace@example.org",
+    "key sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z",
+    "card 4111 1111 1111 1111",
+)
 
 
 def child(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> None:
@@ -72,6 +87,90 @@ def child(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> None:
     print(json.dumps({"writer_cpu_s": writer_cpu, "wall_s": wall}))
 
 
+def child_redaction(code: str, n: int, sets: str) -> None:
+    """Build ``n`` rows from captured exchanges with these redaction sets, on the writer thread."""
+    sys.path.insert(0, code)
+    from functools import partial
+
+    from prysmai._proxy.config.policy import StoragePolicy
+    from prysmai._proxy.config.pricing import PriceTable
+    from prysmai._proxy.store.capture import Exchange, finalize
+    from prysmai._proxy.store.sqlite import SQLiteEngine
+    from prysmai._proxy.store.writer import TraceWriter
+
+    sys.path.insert(1, str(BENCH_DIR))
+    from dashboard_scale import make_rows
+
+    rng = random.Random(9)
+    policy = StoragePolicy(redact=tuple(s for s in sets.split(",") if s))
+    items = []
+    for row in make_rows(n, time.time()):
+        words = row["response_body"] or "hello"
+        if rng.random() < 0.1:
+            words += " " + rng.choice(_SENSITIVE)
+        ex = Exchange(row["id"], row["created_at"], 0.0, "POST", "chat/completions")
+        ex.model = row["model"]
+        ex.request_body = json.dumps(
+            {
+                "model": row["model"],
+                "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": words}],
+            }
+        ).encode()
+        ex.request_content_type = "application/json"
+        ex.response_body = json.dumps(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "model": row["model"],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": words[::-1]}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
+            }
+        ).encode()
+        ex.http_status = 200
+        ex.t_end = 0.5
+        ex.policy = policy
+        items.append(ex)
+    with tempfile.TemporaryDirectory() as folder:
+        store = TraceWriter(
+            SQLiteEngine(os.path.join(folder, "t.db")), partial(finalize, prices=PriceTable.load()), queue_size=n + 10
+        )
+        store.open()
+        cpu, main_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
+        for ex in items:
+            store.submit(ex)
+        store.close(timeout=600)
+        wall = time.perf_counter() - wall
+        writer_cpu = (time.process_time() - cpu) - (time.thread_time() - main_cpu)
+        if store.written != n:
+            raise RuntimeError(f"wrote {store.written} of {n}")
+    print(json.dumps({"writer_cpu_s": writer_cpu, "wall_s": wall}))
+
+
+def redaction(rounds: int, n: int) -> int:
+    """``--redaction``: rows/s of writer CPU with each variant of :data:`REDACTION`."""
+    emit({"bench": "writer-redaction", "kind": "machine", **machine_info()})
+    results: dict[str, list[float]] = {}
+    names = list(REDACTION)
+    for rnd in range(rounds):
+        for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
+            cmd = [sys.executable, __file__, "--child-redaction", REDACTION[name] or "-", "--rows", str(n)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1200).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            rate = n / r["writer_cpu_s"]
+            results.setdefault(name, []).append(rate)
+            emit({"bench": "writer-redaction", "round": rnd, "variant": name, "rows_per_cpu_s": round(rate)})
+    lines = ["| redaction | rows/s of writer CPU (per round) | x off |", "|---|---:|---:|"]
+    for name in names:
+        rates = results[name]
+        ratios = [a / b for a, b in zip(rates, results["off"])]
+        cell = " / ".join(f"{r / 1000:.2f}" for r in rates) + f" k (median {median(rates) / 1000:.2f} k)"
+        lines.append(f"| {name} | {cell} | **{median(ratios):.2f}x** [{min(ratios):.2f}-{max(ratios):.2f}] |")
+    print("\n".join(lines), file=sys.stderr)
+    return 0
+
+
 def _writer(path: str, n: int) -> Any:
     """The checkout's trace writer on a new store at ``path`` (rows given ready-made)."""
     try:
@@ -102,8 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default="plain,users,projects")
     parser.add_argument("--drop", metavar="INDEX", help="also run this checkout without INDEX")
     parser.add_argument("--body-kb", type=int, default=0, help="add this many KiB to every response body")
+    parser.add_argument("--redaction", action="store_true", help="what redaction costs the writer (see above)")
     parser.add_argument("--child", metavar="CODE", help=argparse.SUPPRESS)
+    parser.add_argument("--child-redaction", metavar="SETS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child_redaction:
+        child_redaction(str(REPO_DIR), args.rows, "" if args.child_redaction == "-" else args.child_redaction)
+        return 0
+    if args.redaction:
+        return redaction(args.rounds, args.rows)
     if args.child:
         child(args.child, args.kinds, args.rows, args.drop, args.body_kb)
         return 0

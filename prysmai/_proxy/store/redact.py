@@ -178,20 +178,25 @@ _SETS: dict[str, list[tuple[str, Any, str | None, Any]]] = {
             r"(?:-----END[ A-Z0-9]{0,40}PRIVATE KEY-----)?",
             None,
             None,
-            None,
+            ("PRIVATE KEY",),
         ),
         # OpenAI, Anthropic (sk-ant-), Prysm and most "sk-" keys: with at least one digit. A key
         # starts a word: the letters before "sk-" in "risk-..." are not a key's.
-        (rf"sk-(?<![A-Za-z0-9]sk-)(?=[A-Za-z_\-]*[0-9]){_KEY}{{20,}}", None, None, None),
+        (rf"sk-(?<![A-Za-z0-9]sk-)(?=[A-Za-z_\-]*[0-9]){_KEY}{{20,}}", None, None, ("sk-",)),
         (r"[sr]k_(?<![A-Za-z0-9][sr]k_)(?:live|test)_[A-Za-z0-9]{16,}", None, None, ("k_live_", "k_test_")),
-        (rf"AIza(?<![A-Za-z0-9]AIza){_KEY}{{35}}", None, None, None),  # Google
-        (r"gh[pousr]_(?<![A-Za-z0-9]gh[pousr]_)[A-Za-z0-9]{36,}", None, None, None),  # GitHub
-        (r"github_pat_(?<![A-Za-z0-9]github_pat_)[A-Za-z0-9_]{22,}", None, None, None),
-        (r"xox[abposr]-(?<![A-Za-z0-9]xox[abposr]-)[A-Za-z0-9-]{10,}", None, None, None),  # Slack
-        (r"hf_(?<![A-Za-z0-9]hf_)[A-Za-z0-9]{30,}", None, None, None),  # Hugging Face
-        (r"gsk_(?<![A-Za-z0-9]gsk_)[A-Za-z0-9]{20,}", None, None, None),  # Groq
-        (r"xai-(?<![A-Za-z0-9]xai-)[A-Za-z0-9]{20,}", None, None, None),  # xAI
-        (r"A[KSBC][IC]A(?<![A-Za-z0-9]A[KSBC][IC]A)[0-9A-Z]{16}(?![A-Za-z0-9])", None, None, None),  # AWS id
+        (rf"AIza(?<![A-Za-z0-9]AIza){_KEY}{{35}}", None, None, ("AIza",)),  # Google
+        (r"gh[pousr]_(?<![A-Za-z0-9]gh[pousr]_)[A-Za-z0-9]{36,}", None, None, ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")),
+        (r"github_pat_(?<![A-Za-z0-9]github_pat_)[A-Za-z0-9_]{22,}", None, None, ("github_pat_",)),
+        (r"xox[abposr]-(?<![A-Za-z0-9]xox[abposr]-)[A-Za-z0-9-]{10,}", None, None, ("xox",)),  # Slack
+        (r"hf_(?<![A-Za-z0-9]hf_)[A-Za-z0-9]{30,}", None, None, ("hf_",)),  # Hugging Face
+        (r"gsk_(?<![A-Za-z0-9]gsk_)[A-Za-z0-9]{20,}", None, None, ("gsk_",)),  # Groq
+        (r"xai-(?<![A-Za-z0-9]xai-)[A-Za-z0-9]{20,}", None, None, ("xai-",)),  # xAI
+        (
+            r"A[KSBC][IC]A(?<![A-Za-z0-9]A[KSBC][IC]A)[0-9A-Z]{16}(?![A-Za-z0-9])",
+            None,
+            None,
+            ("AKIA", "ASIA", "ABIA", "ACCA"),
+        ),  # AWS access key id
         (
             r"[Aa][Ww][Ss]_?(?i:secret_?(?:access_?)?key)[\"'\s:=]{1,5}(?P<value>[A-Za-z0-9/+=]{40})"
             r"(?![A-Za-z0-9/+=])",
@@ -206,7 +211,7 @@ _SETS: dict[str, list[tuple[str, Any, str | None, Any]]] = {
             "value",
             ("earer",),
         ),
-        (r"eyJ(?<![A-Za-z0-9]eyJ)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", None, None, None),  # JWT
+        (r"eyJ(?<![A-Za-z0-9]eyJ)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", None, None, ("eyJ",)),
     ],
     "email": [(r"(?<![\w.%+'-])[\w.%+'-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}(?![\w-])", None, None, ("@",))],
     "iban": [(r"[A-Z](?<![\w][A-Z])[A-Z][0-9]{2}(?: ?[A-Z0-9]){11,}(?![\w])", _iban, None, _NUMBERS)],
@@ -306,6 +311,19 @@ class Redactor:
         for name, regex in patterns:
             self.rules.append(_Rule(name, re.compile(regex)))
         self.counts: dict[str, int] = {}
+        # Every gate once: a text none of them opens has nothing to redact (most bodies).
+        self._ungated = any(rule.gate is None for rule in self.rules)
+        self._literals = tuple(sorted({g for r in self.rules if isinstance(r.gate, tuple) for g in r.gate}))
+        self._searches = tuple({id(r.gate): r.gate for r in self.rules if isinstance(r.gate, re.Pattern)}.values())
+
+    def may_match(self, text: str) -> bool:
+        """Whether some pattern's gate lets it try ``text`` (``False``: nothing can match)."""
+        if self._ungated:
+            return True
+        for literal in self._literals:
+            if literal in text:
+                return True
+        return any(search.search(text) is not None for search in self._searches)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -314,6 +332,8 @@ class Redactor:
         """``text`` with every match replaced by its marker. Until nothing more matches: a match
         that ran on into a neighbour ("a@b.uk-c+d@e.uk") leaves the neighbour's rest, which a
         marker before it makes a match of its own."""
+        if not self.may_match(text):
+            return text
         for _ in range(8):
             before = text
             gates: dict[int, bool] = {}
@@ -331,8 +351,12 @@ class Redactor:
         for rule in self.rules:
             if rule.shut(text, gates):
                 continue
+            if rule.validate is None:
+                if rule.regex.search(text) is not None:
+                    return True
+                continue
             for m in rule.regex.finditer(text):
-                if rule.group is not None or rule.validate is None or rule.validate(m.group(0)):
+                if rule.validate(m.group(0)):
                     return True
         return False
 
@@ -362,6 +386,11 @@ class Redactor:
         """A body's text redacted: a JSON document (``doc``, or parsed here) string by string,
         written back only if something changed; other text as text. Raises ``RecursionError``
         for a document nested too deeply to walk."""
+        if not self.may_match(text) and not _ASCII_ESCAPE.search(text):
+            # The gates look for ASCII text that JSON writes as is: a body none of them opens
+            # holds nothing to redact, escaped or not -- unless it spells ASCII characters as
+            # \u escapes, which no JSON writer does unasked.
+            return text
         if doc is None and text.lstrip()[:1] in ("{", "["):
             try:
                 doc = json.loads(text)
@@ -379,6 +408,10 @@ class Redactor:
         if redacted is doc:
             return text
         return json.dumps(redacted, ensure_ascii=False)
+
+
+#: A printable ASCII character written as a \u escape ("\u0040"): what could hide a gate's text.
+_ASCII_ESCAPE = re.compile(r"\\u00(?:[2-7][0-9A-Fa-f])")
 
 
 def _strings(value: Any, out: list[str]) -> None:
