@@ -47,8 +47,10 @@ essentials:
            python3 -c "import secrets; print('sk-prysm-' + secrets.token_urlsafe(24))"
   clients  base_url=http://HOST:PORT/api/v1 and the Prysm key as api_key (prysmai: prysm_key=...).
            The provider key is OPENAI_API_KEY in the proxy's environment, or X-Prysm-Upstream-Key per request.
-  store    SQLite (WAL) created 0600 in a 0700 directory; holds every prompt and answer (never keys).
-           Read it with `prysmai traces`, `prysmai stats`, or GET /api/v1/traces, /api/v1/stats (key needed).
+  store    SQLite (WAL) created 0600 in a 0700 directory; holds every prompt and answer (never keys),
+           API keys and tokens in them redacted (--redact), each body cut at 1 MiB; --retention 30d deletes
+           older traces. Read it with `prysmai traces`, `prysmai stats`, or GET /api/v1/traces (key needed).
+  export   --otlp-endpoint URL (or OTEL_EXPORTER_OTLP_ENDPOINT): every stored trace as an OpenTelemetry span.
   health   GET /api/v1/health (no key): status and the store's queued/written/dropped counters.
   network  Plain http on 127.0.0.1 by default. Beyond loopback, use --ssl-certfile/--ssl-keyfile or a
            TLS-terminating reverse proxy in front (keep --host 127.0.0.1 then).
