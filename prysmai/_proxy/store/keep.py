@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from .redact import of_policy
 
@@ -127,8 +128,12 @@ def apply(
     try:
         for column, doc in (("request_body", request_doc), ("response_body", response_doc)):
             text = row.get(column)
-            if text:
-                row[column] = _cap(redactor.json_text(text, doc) if redactor else text, policy, column, notes)
+            if not text:
+                continue
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if policy.max_body_bytes and size > policy.max_body_bytes + PRECUT_MARGIN:
+                text, doc = _precut(text, doc, policy.max_body_bytes)
+            row[column] = _cap(redactor.json_text(text, doc) if redactor else text, policy, column, notes, size)
         if row.get("metadata") and redactor:
             meta = json.loads(row["metadata"])
             kept = redactor.value(meta)
@@ -152,33 +157,76 @@ def apply(
 
 
 # -- the size cap -----------------------------------------------------------------------------------
-def _cap(text: str, policy: StoragePolicy, column: str, notes: list[str]) -> str:
+#: A body this much larger than the cap is first cut, without markers, to the cap and this much
+#: more, and only then redacted: redaction costs time in proportion to the text, and the writer
+#: must not spend seconds on a 30 MB body it stores 1 MiB of. The margin is longer than any
+#: secret a pattern finds, so one that straddles the first cut is wholly in what the final cut
+#: drops.
+PRECUT_MARGIN = 64 * 1024
+
+
+def _precut(text: str, doc: Any, limit: int) -> tuple[str, Any]:
+    """``text`` (and its document) cut to about ``limit + PRECUT_MARGIN``, marked as the final cut
+    marks (which adds what it cuts to what these markers say): a JSON document's longest strings,
+    else the text itself."""
+    doc = doc if doc is not None else _parse(text)
+    if doc is not None:
+        lengths: list[int] = []
+        try:
+            _string_lengths(doc, lengths)
+            # In characters: each is at least a byte, so strings of ``limit`` characters in all
+            # (and the margin) hold what the final cut keeps, however the body was escaped.
+            keep = _longest_kept(lengths, sum(lengths) - limit)
+            if keep is not None:
+                trimmed = _cut_strings(doc, keep + PRECUT_MARGIN)
+                return json.dumps(trimmed, ensure_ascii=False), trimmed
+        except RecursionError:
+            pass
+    head = text[: limit + PRECUT_MARGIN]
+    cut = len(text.encode("utf-8", "surrogatepass")) - len(head.encode("utf-8", "surrogatepass"))
+    return head + _TEXT_TAIL.format(cut), None
+
+
+def _cap(text: str, policy: StoragePolicy, column: str, notes: list[str], received: int) -> str:
+    """``text`` within the cap; ``received``: the body's size as it came (before any cut)."""
     limit = policy.max_body_bytes
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if not limit or size <= limit:
+    if not limit or received <= limit:
         return text
-    kept = _shrink_json(text, limit)
-    if kept is None:
-        kept = _cut_text(text, limit)
+    kept = text  # cut beforehand (and redacted since) to within the cap already
+    if len(text.encode("utf-8", "surrogatepass")) > limit:
+        kept = _shrink_json(text, limit) or _cut_text(text, limit)
     stored = len(kept.encode("utf-8", "surrogatepass"))
     what = column.replace("_", " ")
     notes.append(
-        f"{what}: {size} bytes, over the {limit}-byte limit on stored bodies (--max-stored-body-bytes): "
-        f"stored {stored} bytes, {size - stored} bytes cut"
+        f"{what}: {received} bytes, over the {limit}-byte limit on stored bodies (--max-stored-body-bytes): "
+        f"stored {stored} bytes, {received - stored} bytes cut"
     )
     return kept
 
 
+_TEXT_TAIL = "…[truncated: {} bytes not stored]"
+_STRING_TAIL = "…[truncated: {} characters not stored]"
+_TEXT_CUT = re.compile(r"…\[truncated: ([0-9]+) bytes not stored\]\Z")
+_STRING_CUT = re.compile(r"…\[truncated: ([0-9]+) characters not stored\]\Z")
+
+
+def _earlier_cut(value: str, pattern: re.Pattern[str]) -> tuple[str, int]:
+    """``value`` without the marker of an earlier cut at its end, and what that cut removed."""
+    found = pattern.search(value)
+    return (value[: found.start()], int(found.group(1))) if found else (value, 0)
+
+
 def _cut_text(text: str, limit: int) -> str:
-    tail = "…[truncated: {} bytes not stored]"
-    room = max(0, limit - len(tail.format(10**12).encode()))
+    text, before = _earlier_cut(text, _TEXT_CUT)
+    room = max(0, limit - len(_TEXT_TAIL.format(10**12).encode()))
     raw = text.encode("utf-8", "surrogatepass")[:room]
     head = raw.decode("utf-8", "ignore")  # a character cut in two is dropped whole
     # A marker cut in two would read as text the writer never wrote: drop its beginning.
     bracket = head.rfind("[redacted:")
     if bracket >= 0 and "]" not in head[bracket:]:
         head = head[:bracket]
-    return head + tail.format(len(text.encode("utf-8", "surrogatepass")) - len(head.encode("utf-8", "surrogatepass")))
+    size = len(text.encode("utf-8", "surrogatepass"))
+    return head + _TEXT_TAIL.format(before + size - len(head.encode("utf-8", "surrogatepass")))
 
 
 def _shrink_json(text: str, limit: int) -> str | None:
@@ -192,17 +240,25 @@ def _shrink_json(text: str, limit: int) -> str | None:
         _string_lengths(doc, strings)
     except RecursionError:
         return None
-    excess = len(text.encode("utf-8", "surrogatepass")) - limit
-    for slack in (64, 1024, 16384):
-        keep = _longest_kept(strings, excess + slack + 48 * len(strings))
+    # Lengths are in characters, the limit in bytes (a character is 1 to 4 of them, and JSON
+    # escapes some): cut, measure, and cut more by what is still over, a few times at most.
+    try:
+        written = json.dumps(doc, ensure_ascii=False)  # how it is written back (escapes undone)
+    except RecursionError:
+        return None
+    excess = len(written.encode("utf-8", "surrogatepass")) - limit + 48 * len(strings) + 64
+    for _ in range(8):
+        keep = _longest_kept(strings, excess)
         if keep is None:
             return None
         try:
             out = json.dumps(_cut_strings(doc, keep), ensure_ascii=False)
         except RecursionError:
             return None
-        if len(out.encode("utf-8", "surrogatepass")) <= limit:
+        over = len(out.encode("utf-8", "surrogatepass")) - limit
+        if over <= 0:
             return out
+        excess += over + 64
     return None
 
 
@@ -236,11 +292,12 @@ def _cut_strings(value: Any, keep: int) -> Any:
     if isinstance(value, str):
         if len(value) <= keep:
             return value
+        value, before = _earlier_cut(value, _STRING_CUT)
         head = value[:keep]
         bracket = head.rfind("[redacted:")
         if bracket >= 0 and "]" not in head[bracket:]:
             head = head[:bracket]
-        return f"{head}…[truncated: {len(value) - len(head)} characters not stored]"
+        return head + _STRING_TAIL.format(before + len(value) - len(head))
     if isinstance(value, dict):
         return {k: _cut_strings(v, keep) for k, v in value.items()}
     if isinstance(value, list):

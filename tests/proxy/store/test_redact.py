@@ -257,7 +257,7 @@ def test_a_large_json_body_is_cut_inside_its_strings_and_stays_a_document() -> N
     assert "…[truncated: " in doc["messages"][0]["content"]
     assert "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z" not in stored
     note = next(n for n in json.loads(row["notes"]) if n.startswith("request body:"))
-    original = len(ex.request_body.decode().replace("sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z", "[redacted:secret]"))
+    original = len(ex.request_body)  # the size received, before redaction and cuts
     assert f"request body: {original} bytes" in note
     assert f"stored {len(stored.encode())} bytes, {original - len(stored.encode())} bytes cut" in note
     assert row["response_body"] == ex.response_body.decode()  # under the limit: untouched
@@ -310,3 +310,47 @@ def test_policy_settings_are_checked() -> None:
     with pytest.raises(PolicyError, match="like 30d"):
         parse_duration("30")
     assert MARKER.fullmatch("[redacted:email]")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    st.sampled_from(SAMPLES),
+    st.one_of(  # anywhere, and around each cut: the cap's, and the rough cut's before redaction
+        st.integers(min_value=0, max_value=3_000_000),
+        st.integers(min_value=256 * 1024 - 3000, max_value=256 * 1024 + 200),
+        st.integers(min_value=320 * 1024 - 3000, max_value=320 * 1024 + 200),
+    ),
+    st.sampled_from(["json", "text"]),
+    st.integers(min_value=1, max_value=4),
+)
+def test_huge_bodies_are_cut_and_never_keep_a_value_wherever_it_stood(
+    sample: Any, at: int, shape: str, strings: int
+) -> None:
+    """Bodies of 3 MB, cut (first roughly, before redaction; then to the cap) with a value placed
+    anywhere, also right at either cut."""
+    limit = 256 * 1024
+    filler = "lorem ipsum é " * (3_000_000 // 14 // strings)
+    parts = [filler] * strings
+    which = at % strings
+    spot = at % len(filler)
+    parts[which] = filler[:spot] + " " + sample[1] + " " + filler[spot:]
+    ex = _exchange(policy=StoragePolicy(redact=REDACTION_SETS, max_body_bytes=limit))
+    if shape == "json":
+        ex.request_body = json.dumps(
+            {"model": "m", "messages": [{"role": "user", "content": p} for p in parts]}
+        ).encode()
+    else:
+        ex.endpoint = "audio/speech"
+        ex.request_content_type = "text/plain"
+        ex.request_body = "\n".join(parts).encode()
+    row = finalize(ex, PRICES)
+    stored = row["request_body"]
+    assert len(stored.encode()) <= limit
+    assert sample[2] not in stored and not EVERY.matches(stored)
+    if shape == "json":
+        doc = json.loads(stored)
+        assert len(doc["messages"]) == strings
+        text = "".join(m["content"] for m in doc["messages"])
+        assert sample[2] not in text
+    note = next(n for n in json.loads(row["notes"]) if n.startswith("request body:"))
+    assert note.startswith(f"request body: {len(ex.request_body)} bytes")
