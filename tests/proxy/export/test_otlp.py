@@ -271,8 +271,9 @@ def test_every_trace_becomes_a_span_on_the_genai_conventions(
 def test_content_is_opt_in_and_sampling_never_changes_what_is_stored(
     fake: FakeUpstream, receiver: Receiver, tmp_path: Any
 ) -> None:
+    # The endpoint from OpenTelemetry's own variable (a base URL: /v1/traces is added).
     proxy = _proxy(
-        fake, str(tmp_path / "t.db"), "--otlp-endpoint", receiver.url + "/v1/traces", "--otlp-sample", "0.5"
+        fake, str(tmp_path / "t.db"), "--otlp-sample", "0.5", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url
     ).start()
     try:
         ids = [
