@@ -47,7 +47,15 @@ from prysmai._proxy.store.sqlite.migrations import SCHEMA_VERSION, V1
 from prysmai._proxy.store.writer import TraceWriter
 
 DAY = 86400.0
-SPAN_DAYS = 30
+SPAN_DAYS = 23
+USERS = 2000
+#: Each user's traces fall into sessions of this many hours: 2 000 users over 23 days give about
+#: 50 000 sessions (the shape of the store the dashboard was tried on, issue 25).
+SESSION_HOURS = 22
+#: A word only a few bodies hold (one trace in RARE_EVERY): what a text search for something
+#: specific looks for.
+RARE_WORD = "quokka"
+RARE_EVERY = 50_000
 MODELS = [  # (model, share, $ per 1k tokens or None = unpriced)
     ("gpt-4o-mini", 0.45, 0.0006),
     ("gpt-4o", 0.2, 0.01),
@@ -89,10 +97,11 @@ WORDS = [
 
 # -- data -------------------------------------------------------------------------------------------
 def make_rows(n: int, now: float, seed: int = 1) -> Any:
-    """``n`` trace rows, oldest first, over the last 30 days: 6 models (one unpriced), 3 endpoints,
-    1000 users (Zipf-like; 10 % anonymous), sessions of 6-hour windows per user, 4 statuses,
-    40 % streamed (with TTFT), metadata with 3 keys, bodies of 0.2-2 KB, 4 projects (``PROJECTS``;
-    drawn from a random stream of their own, so the other values are those of earlier versions)."""
+    """``n`` trace rows, oldest first, over the last 23 days: 6 models (one unpriced), 3 endpoints,
+    2 000 users (Zipf-like; 10 % anonymous), sessions of 22-hour windows per user (about 50 000),
+    4 statuses, 40 % streamed (with TTFT), metadata with 3 keys, bodies of 0.2-2 KB (one in
+    ``RARE_EVERY`` holding ``RARE_WORD``), 4 projects (``PROJECTS``; drawn from a random stream of
+    their own)."""
     rng = random.Random(seed)
     project_rng = random.Random(seed + 1)
     projects = [p for p, _ in PROJECTS]
@@ -102,8 +111,8 @@ def make_rows(n: int, now: float, seed: int = 1) -> Any:
     models = [m for m, _, _ in MODELS]
     weights = [w for _, w, _ in MODELS]
     prices = {m: p for m, _, p in MODELS}
-    users = [f"user-{i:04d}" for i in range(1000)]
-    user_w = [1 / (i + 1) ** 0.8 for i in range(1000)]
+    users = [f"user-{i:04d}" for i in range(USERS)]
+    user_w = [1 / (i + 1) ** 0.8 for i in range(USERS)]
     keys = ["key_a1b2c3d4e5f6", "key_0f1e2d3c4b5a", "key_9a8b7c6d5e4f"]
     for i in range(n):
         t = start + i * step + rng.random() * step
@@ -119,6 +128,8 @@ def make_rows(n: int, now: float, seed: int = 1) -> Any:
         completion = 0 if endpoint == "embeddings" or status != "success" else rng.randint(5, 800)
         user = None if rng.random() < 0.1 else rng.choices(users, user_w)[0]
         words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 300)))
+        if i % RARE_EVERY == RARE_EVERY // 2:
+            words += " " + RARE_WORD
         price = prices[model]
         yield {
             "id": f"{rng.getrandbits(128):032x}",
@@ -147,7 +158,7 @@ def make_rows(n: int, now: float, seed: int = 1) -> Any:
             else None,
             "error": None if status == "success" else f"upstream said {status}",
             "user_id": user,
-            "session_id": None if user is None else f"sess-{user}-{int(t // (6 * 3600))}",
+            "session_id": None if user is None else f"sess-{user}-{int(t // (SESSION_HOURS * 3600))}",
             "metadata": json.dumps(
                 {
                     "env": rng.choice(["prod"] * 8 + ["staging", "dev"]),
@@ -350,6 +361,14 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
             (every,),
             {"sort": "cost_usd", "descending": False},
         ),
+        *(
+            ("list", f"list, all, sorted by {sort} {'descending' if desc else 'ascending'}", queries.list_traces,
+             (every,), {"sort": sort, "descending": desc})
+            for sort in ("latency_ms", "ttft_ms", "total_tokens", "cost_usd")
+            for desc in (True, False)
+        ),
+        ("list", f"list, all, text search for a rare word ({RARE_WORD})", queries.list_traces,
+         (TraceFilter(text=RARE_WORD),), {}),
         (
             "list",
             "list, 24 h, text search",
@@ -369,6 +388,8 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ("detail", "session page (its traces in full)", queries.session_traces, (session,), {}),
         ("list", "sessions, 24 h", queries.sessions, (last24,), {}),
         ("list", "users, all", queries.users, (every,), {}),
+        ("list", "sessions, all", queries.sessions, (every,), {}),
+        ("list", "users, 7 d", queries.users, (last7,), {}),
         # One project's traces (what a project's key reads): web holds 60 % of them, tiny 0.5 %.
         ("overview", "project web: overview 24 h", queries.overview, (web24,), {}),
         ("overview", "project web: overview all", queries.overview, (web,), {}),
