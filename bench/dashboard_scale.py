@@ -352,7 +352,7 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ("list", "list, model = local-llama", queries.list_traces, (TraceFilter(model="local-llama"),), {}),
         ("list", "list, user", queries.list_traces, (TraceFilter(user_id="user-0500"),), {}),
         ("list", "list, status = timeout", queries.list_traces, (TraceFilter(status="timeout"),), {}),
-        ("list", "list, metadata env = dev", queries.list_traces, (TraceFilter(meta_key="env", meta_value="dev"),), {}),
+        ("list", "list, metadata env = dev", queries.list_traces, (TraceFilter(meta=(("env", "dev"),)),), {}),
         ("list", "list, 24 h, sorted by latency", queries.list_traces, (last24,), {"sort": "latency_ms"}),
         (
             "list",
@@ -362,13 +362,23 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
             {"sort": "cost_usd", "descending": False},
         ),
         *(
-            ("list", f"list, all, sorted by {sort} {'descending' if desc else 'ascending'}", queries.list_traces,
-             (every,), {"sort": sort, "descending": desc})
+            (
+                "list",
+                f"list, all, sorted by {sort} {'descending' if desc else 'ascending'}",
+                queries.list_traces,
+                (every,),
+                {"sort": sort, "descending": desc},
+            )
             for sort in ("latency_ms", "ttft_ms", "total_tokens", "cost_usd")
             for desc in (True, False)
         ),
-        ("list", f"list, all, text search for a rare word ({RARE_WORD})", queries.list_traces,
-         (TraceFilter(text=RARE_WORD),), {}),
+        (
+            "list",
+            f"list, all, text search for a rare word ({RARE_WORD})",
+            queries.list_traces,
+            (TraceFilter(text=RARE_WORD),),
+            {},
+        ),
         (
             "list",
             "list, 24 h, text search",
@@ -385,7 +395,7 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ),
         ("detail", "detail by id", queries.get_trace, (trace_id,), {}),
         ("detail", "detail by 8-char prefix", queries.get_trace, (trace_id[:8],), {}),
-        ("detail", "session page (its traces in full)", queries.session_traces, (session,), {}),
+        ("detail", "session page (its totals, 100 traces in full)", queries.session_page, (session,), {}),
         ("list", "sessions, 24 h", queries.sessions, (last24,), {}),
         ("list", "users, all", queries.users, (every,), {}),
         ("list", "sessions, all", queries.sessions, (every,), {}),
@@ -437,7 +447,7 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ),
         ("detail", "project web: detail by id", queries.get_trace, (web_trace,), {"project": "web"}),
         ("detail", "project web: detail by 8-char prefix", queries.get_trace, (web_trace[:8],), {"project": "web"}),
-        ("detail", "project web: session page", queries.session_traces, (session,), {"project": "web"}),
+        ("detail", "project web: session page", queries.session_page, (session,), {"project": "web"}),
         ("list", "project web: sessions, 24 h", queries.sessions, (web24,), {}),
         ("list", "project web: users, all", queries.users, (web,), {}),
         ("list", "project tiny: users, all", queries.users, (tiny,), {}),

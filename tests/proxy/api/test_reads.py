@@ -129,15 +129,15 @@ def test_the_overview_is_read_in_one_snapshot(tmp_path: Any, monkeypatch: Any) -
         return [tuple(r.get(c) for c in COLUMNS) for r in made]
 
     insert_rows(conn, rows(0, 10))
-    timeseries = queries.timeseries
+    breakdowns = queries._rollup_breakdowns
     wrote = threading.Event()
 
-    def timeseries_after_a_write(*args: Any, **kwargs: Any) -> Any:
+    def breakdowns_after_a_write(*args: Any, **kwargs: Any) -> Any:
         insert_rows(conn, rows(10, 5))  # another writer commits between two of the page's queries
         wrote.set()
-        return timeseries(*args, **kwargs)
+        return breakdowns(*args, **kwargs)
 
-    monkeypatch.setattr(queries, "timeseries", timeseries_after_a_write)
+    monkeypatch.setattr(queries, "_rollup_breakdowns", breakdowns_after_a_write)
     store = Store.existing(path)
     assert store is not None
     with store:

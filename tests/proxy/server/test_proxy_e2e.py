@@ -295,9 +295,16 @@ def test_tags_from_clients_without_the_sdk(proxy: ProxyHandle, fake: FakeUpstrea
         # Node: one latin-1 byte per character
         [b'X-Prysm-Metadata: {"city":"Z\xfcrich"}', b"X-Prysm-User-Id: Jos\xe9", b"X-Prysm-Session-Id: s\xe9ance-1"],
         # the SDK: ASCII-escaped, as before
-        [b'X-Prysm-Metadata: {"city":"Z\\u00fcrich"}', b"X-Prysm-User-Id: Jos%C3%A9", b"X-Prysm-Session-Id: s%C3%A9ance-1"],
+        [
+            b'X-Prysm-Metadata: {"city":"Z\\u00fcrich"}',
+            b"X-Prysm-User-Id: Jos%C3%A9",
+            b"X-Prysm-Session-Id: s%C3%A9ance-1",
+        ],
         # over the size limit (raw UTF-8 bytes counted), and nested past what JSON decodes
-        [b"X-Prysm-User-Id: " + "é".encode() * 4097, b"X-Prysm-Metadata: " + b'{"a":' + b"[" * 3000 + b"]" * 3000 + b"}"],
+        [
+            b"X-Prysm-User-Id: " + "é".encode() * 4097,
+            b"X-Prysm-Metadata: " + b'{"a":' + b"[" * 3000 + b"]" * 3000 + b"}",
+        ],
     ]
     for headers in sent:
         answer = _raw_post(proxy, headers, body)

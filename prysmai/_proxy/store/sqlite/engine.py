@@ -23,13 +23,13 @@ from ...config.projects import DEFAULT_PROJECT
 from .. import private_files
 from ..engine import QueryTimeout, StoreError, register_dialect
 from ..rows import COLUMNS
-from . import rollups
+from . import rollups, search
 from .migrations import SCHEMA_VERSION, migrate, version
 from .rollups import bucket_sql, ensure_functions
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterator, Sequence
     from typing import Any
 
 log = logging.getLogger("prysmai.proxy")
@@ -76,11 +76,30 @@ class SQLiteDialect:
         return sql, [path, value]
 
     @staticmethod
-    def contains(columns: Iterable[str], text: str) -> tuple[str, list[Any]]:
+    def starts_with(column: str, prefix: str) -> tuple[str, list[Any]]:
         # SQLite's LIKE is case-insensitive for ASCII (PostgreSQL: ILIKE).
-        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        parts = [f"{c} LIKE ? ESCAPE '\\'" for c in columns]
-        return "(" + " OR ".join(parts) + ")", [pattern] * len(parts)
+        return f"{column} LIKE ? ESCAPE '\\'", [_like_literal(prefix) + "%"]
+
+    @staticmethod
+    def text_search(conn: sqlite3.Connection, text: str) -> tuple[str, list[Any]]:
+        match = search.match_expression(text) if search.exists(conn) else None
+        if match is None:  # no index (or no word to look for): read the bodies
+            pattern = "%" + _like_literal(text) + "%"
+            return "(request_body LIKE ? ESCAPE '\\' OR response_body LIKE ? ESCAPE '\\')", [pattern, pattern]
+        # Few matches: the query starts from them (the rowids the index gives). Many: the set of
+        # them is made once and the query reads the traces in its own order, checking each row
+        # against it (unary +: not a lookup), so a page of a common word stops at a page's worth.
+        few = search.fewer_matches_than(conn, match, _DRIVE_FROM_MATCHES)
+        rowid = "traces.rowid" if few else "+traces.rowid"
+        return f"{rowid} IN (SELECT rowid FROM {search.TABLE} WHERE {search.TABLE} MATCH ?)", [match]
+
+    @staticmethod
+    def row_order() -> str:
+        return "rowid"
+
+    @staticmethod
+    def sorted_by(table: str, column: str) -> str:
+        return f"{table} INDEXED BY {SORT_INDEXES[column]}"
 
     @staticmethod
     def time_first(table: str) -> str:
@@ -89,6 +108,21 @@ class SQLiteDialect:
         SQLite's planner cannot know how narrow the range is."""
         return f"{table} INDEXED BY traces_agg"
 
+
+def _like_literal(text: str) -> str:
+    """``text`` as a LIKE pattern that matches it literally (with ``ESCAPE '\\'``)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+#: A text search with fewer matches than this starts from them; with more, from the traces.
+_DRIVE_FROM_MATCHES = 5000
+#: The index of each sort column (schema 4, :mod:`.migrations`).
+SORT_INDEXES = {
+    "cost_usd": "traces_by_cost",
+    "latency_ms": "traces_by_latency",
+    "ttft_ms": "traces_by_ttft",
+    "total_tokens": "traces_by_tokens",
+}
 
 register_dialect(sqlite3.Connection, SQLiteDialect())
 

@@ -23,6 +23,18 @@
   ``traces_key``); the index ``traces_project`` (project, created_at, id) for a project's traces
   in time order. The rollups are rebuilt and every row folded again.
 
+4 (issue 25) adds:
+
+* ``rollup_hour.no_usage``: a trace without a cost is counted as ``unpriced`` only when usage was
+  reported (no price for its model), as ``no_usage`` when none was (a failure, a cancelled call);
+  schema 3 counted both as ``unpriced``. ``rollup_hour`` is rebuilt from the rows;
+* ``rollup_user_day`` and ``rollup_session_day``: totals by day, project and user or session,
+  folded with the others, for the user and session lists and breakdowns;
+* an index per sort column of the traces list (``traces_by_cost``, ``traces_by_latency``,
+  ``traces_by_ttft``, ``traces_by_tokens``, of the rows with a value), so that a list sorted by
+  any of them is one walk of an index however large the store;
+* ``traces_fts``, the search index of the bodies (:mod:`.search`), when SQLite has FTS5.
+
 All pending steps run in one ``BEGIN IMMEDIATE`` transaction that also sets the new version, so
 a store is never left half-migrated: an interrupted migration leaves the previous version intact
 and the next start-up runs it again. A store is migrated, never refused or rebuilt, unless it is
@@ -37,7 +49,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from . import rollups
+from ..rollups import KEY_ROLLUPS
+from . import rollups, search
 from .rollups import ensure_functions
 
 TYPE_CHECKING = False
@@ -148,6 +161,38 @@ def _to_v3(conn: sqlite3.Connection) -> None:
     _script(conn, rollups.DELETE_TRIGGER)
 
 
+# -- version 4 ----------------------------------------------------------------------------------
+# Each index of a sort column holds the column (and, as every SQLite index, the rowid: the
+# listing's tie-break), only for the rows that have a value, so that a page is the index's next
+# entries. Filters by time, project and the like are checked on the page's rows
+# (queries.list_traces walks an index only when the filter keeps most rows). Each is one more
+# B-tree insertion per trace for the writer (bench/README.md, "Schema 4"); the id is left out, as
+# the 32-character ids would make the entries three times as wide.
+V4_INDEXES = """
+CREATE INDEX IF NOT EXISTS traces_by_cost ON traces (cost_usd) WHERE cost_usd IS NOT NULL;
+CREATE INDEX IF NOT EXISTS traces_by_latency ON traces (latency_ms) WHERE latency_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS traces_by_ttft ON traces (ttft_ms) WHERE ttft_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS traces_by_tokens ON traces (total_tokens) WHERE total_tokens IS NOT NULL;
+"""
+
+
+def _to_v4(conn: sqlite3.Connection) -> None:
+    hour_columns = {r[1] for r in conn.execute("PRAGMA table_info(rollup_hour)")}
+    # A store created by this prysmai got today's rollups from schema 3's step; one of schema 3
+    # has rollup_hour without no_usage and no per-key rollups.
+    if "no_usage" not in hour_columns:
+        for trigger in rollups.TRIGGERS:
+            conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        conn.execute("DROP TABLE rollup_hour")
+        _script(conn, rollups.TABLES)
+        folded = int(conn.execute("SELECT folded_rowid FROM rollup_state").fetchone()[0])
+        for table in ("rollup_hour", *KEY_ROLLUPS.values()):
+            conn.execute(rollups.fold_once_sql(table, folded))
+        _script(conn, rollups.FOLD_TRIGGER + rollups.DELETE_TRIGGER)
+    _script(conn, V4_INDEXES)
+    search.install(conn)
+
+
 def _columns(conn: sqlite3.Connection) -> set[str]:
     return {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
 
@@ -177,6 +222,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     0: lambda conn: _script(conn, V1),
     1: _to_v2,
     2: _to_v3,
+    3: _to_v4,
 }
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 
