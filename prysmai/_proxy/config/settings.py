@@ -74,6 +74,9 @@ class ProxyConfig:
     #: A projects config file (``--config``; see docs/projects.md). With it, ``keys``, ``upstream``
     #: and ``upstream_api_key`` are not used: the file says which keys, projects and providers.
     config_file: str | None = None
+    #: Keep the search index of the bodies (``--search-index``): text searches read it instead of
+    #: every body, for some of the writer's time (bench/README.md, "Schema 4").
+    search_index: bool = True
 
     def __post_init__(self) -> None:
         if self.trace_writer not in TRACE_WRITERS:

@@ -220,7 +220,7 @@ def _trace_store(config: ProxyConfig, prices: PriceTable, limits: Limits) -> Sto
     process = None
     if config.trace_writer == "process":
         process = WriterProcess(prices, finalize_here, on_cost=limits.add_spend)
-    engine = engine_for(config.db_path)
+    engine = engine_for(config.db_path, search_index=config.search_index)
     writer = TraceWriter(
         engine,
         finalize_here,

@@ -423,3 +423,55 @@ def test_latency_header_is_numeric_and_below_wall_time(proxy: ProxyHandle) -> No
     r = post(proxy, "chat/completions", CHAT)
     wall = (time.perf_counter() - t0) * 1000
     assert 0 < float(r.headers["x-prysm-latency-ms"]) <= wall
+
+
+def test_the_search_index_can_be_turned_off_and_on(fake: FakeUpstream, start_proxy: Any, tmp_path: Any) -> None:
+    """--search-index off drops the words index (a text search then reads the bodies, as
+    substrings), and the writer process keeps it off; on builds it again over every trace."""
+    from prysmai._proxy.store import TraceFilter, queries
+    from prysmai._proxy.store.sqlite import SQLiteEngine, search
+
+    db = str(tmp_path / "search.db")
+
+    def send(proxy: ProxyHandle, text: str) -> None:
+        body = {**CHAT, "messages": [{"role": "user", "content": text}]}
+        assert post(proxy, "chat/completions", body).status_code == 200
+        proxy.traces()  # written
+
+    def found(text: str) -> list[str]:
+        conn = SQLiteEngine(db).open_existing()
+        assert conn is not None
+        try:
+            rows, _ = queries.list_traces(conn, TraceFilter(text=text))
+            return sorted(
+                json.loads(queries.get_trace(conn, r["id"])["request_body"])["messages"][0]["content"]  # type: ignore[index]
+                for r in rows
+            )
+        finally:
+            conn.close()
+
+    def indexed() -> bool:
+        conn = SQLiteEngine(db).open_existing()
+        assert conn is not None
+        try:
+            return search.exists(conn)
+        finally:
+            conn.close()
+
+    proxy = start_proxy(fake.url, db_path=db)
+    send(proxy, "the quokka of Zürich")
+    assert indexed() and found("zurich") == ["the quokka of Zürich"] and found("okka") == []  # words
+    proxy.stop()
+
+    proxy = start_proxy(fake.url, db_path=db, search_index=False)
+    send(proxy, "another quokka")
+    assert not indexed()  # the writer process did not build it again either
+    assert found("okka") == ["another quokka", "the quokka of Zürich"]  # substrings of the bodies
+    proxy.stop()
+
+    proxy = start_proxy(fake.url, db_path=db, search_index=True)
+    send(proxy, "a third one")
+    assert indexed()
+    assert found("quokka") == ["another quokka", "the quokka of Zürich"]  # rows written while off too
+    assert found("third") == ["a third one"]
+    proxy.stop()

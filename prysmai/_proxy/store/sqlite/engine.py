@@ -145,19 +145,33 @@ def _refuse_newer(conn: sqlite3.Connection, path: str) -> None:
         )
 
 
-def _migrate(conn: sqlite3.Connection, path: str) -> None:
-    before, after = migrate(conn)
+def _migrate(conn: sqlite3.Connection, path: str, search_index: bool | None = None) -> None:
+    before, after = migrate(conn, search_index=search_index)
     if before not in (0, after):
         log.info("trace store %s migrated in place from schema %d to %d", path, before, after)
+    if search_index is not None and (
+        search.wanted(conn) != search_index or search.exists(conn) != (search_index and search.available(conn))
+    ):
+        what = "building the search index of the bodies" if search_index else "dropping the search index"
+        log.info("trace store %s: %s (--search-index %s)", path, what, "on" if search_index else "off")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            search.choose(conn, search_index)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
 
 class SQLiteEngine:
-    """The store in the SQLite file at ``path``."""
+    """The store in the SQLite file at ``path``; ``search_index``: build the search index of the
+    bodies (``True``), drop it (``False``) or leave the store's choice (``None``)."""
 
     dialect = SQLiteDialect()
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, search_index: bool | None = None) -> None:
         self.path = path
+        self.search_index = search_index
         self.location = path
         self._read_uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
 
@@ -173,7 +187,7 @@ class SQLiteEngine:
             _refuse_newer(conn, self.path)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            _migrate(conn, self.path)
+            _migrate(conn, self.path, self.search_index)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the trace store {self.path}: {exc}") from None
         return conn

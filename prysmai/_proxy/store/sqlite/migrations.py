@@ -176,7 +176,7 @@ CREATE INDEX IF NOT EXISTS traces_by_tokens ON traces (total_tokens) WHERE total
 """
 
 
-def _to_v4(conn: sqlite3.Connection) -> None:
+def _to_v4(conn: sqlite3.Connection, search_index: bool = True) -> None:
     hour_columns = {r[1] for r in conn.execute("PRAGMA table_info(rollup_hour)")}
     # A store created by this prysmai got today's rollups from schema 3's step; one of schema 3
     # has rollup_hour without no_usage and no per-key rollups.
@@ -190,7 +190,7 @@ def _to_v4(conn: sqlite3.Connection) -> None:
             conn.execute(rollups.fold_once_sql(table, folded))
         _script(conn, rollups.FOLD_TRIGGER + rollups.DELETE_TRIGGER)
     _script(conn, V4_INDEXES)
-    search.install(conn)
+    search.choose(conn, search_index)
 
 
 def _columns(conn: sqlite3.Connection) -> set[str]:
@@ -231,10 +231,11 @@ def version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
+def migrate(conn: sqlite3.Connection, *, search_index: bool | None = None) -> tuple[int, int]:
     """Bring the store on ``conn`` (autocommit mode) to :data:`SCHEMA_VERSION`, every pending step
     in one transaction. Returns ``(version before, version after)``; a newer store is left
-    untouched."""
+    untouched. ``search_index``: build the search index or not (``None``: as the store says, on
+    for a store that never said; see :mod:`.search`)."""
     ensure_functions(conn)
     before = current = version(conn)
     if current < SCHEMA_VERSION:
@@ -243,7 +244,10 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
             # Re-read under the write lock: another process may have migrated meanwhile.
             current = version(conn)
             while current < SCHEMA_VERSION:
-                MIGRATIONS[current](conn)
+                if current == 3:  # the search index is a choice: not built only to be dropped
+                    _to_v4(conn, search_index is not False)
+                else:
+                    MIGRATIONS[current](conn)
                 current += 1
                 conn.execute(f"PRAGMA user_version = {current}")
             conn.execute("COMMIT")

@@ -10,7 +10,8 @@ transaction, and the delete trigger takes a deleted row out. Words are found by 
 
 Optional: SQLite built without FTS5 has no index, and ``q=`` reads the bodies (``LIKE``) as before;
 ``prysmai proxy --search-index off`` drops it (and ``on`` builds it again) for a writer that must
-not pay for it (bench/README.md has the cost).
+not pay for it (bench/README.md has the cost). The choice is kept in the store (``search_state``),
+so that whatever else opens it for writing (the writer process, a script) leaves it as chosen.
 
 The index refers to rows by ``rowid``. SQLite's ``VACUUM`` keeps the rowids of a table it copies
 whole, as it copies ``traces``; should they ever change, ``INSERT INTO traces_fts(traces_fts)
@@ -63,6 +64,36 @@ def exists(conn: sqlite3.Connection) -> bool:
     return conn.execute(sql, (TABLE,)).fetchone() is not None
 
 
+_STATE = """CREATE TABLE IF NOT EXISTS search_state (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    enabled INTEGER NOT NULL
+)"""
+
+
+def wanted(conn: sqlite3.Connection) -> bool:
+    """Whether the store's owner wants the index (on unless turned off)."""
+    row = conn.execute("SELECT enabled FROM search_state").fetchone() if _has_state(conn) else None
+    return row is None or bool(row[0])
+
+
+def _has_state(conn: sqlite3.Connection) -> bool:
+    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'search_state'"
+    return conn.execute(sql).fetchone() is not None
+
+
+def choose(conn: sqlite3.Connection, enabled: bool) -> bool:
+    """Keep the choice and make the store match it (in the caller's write transaction): build
+    the index over every folded row, or drop it. ``True`` if anything changed."""
+    conn.execute(_STATE)
+    conn.execute("INSERT OR REPLACE INTO search_state (one, enabled) VALUES (1, ?)", (int(enabled),))
+    if enabled and not exists(conn):
+        return install(conn)
+    if not enabled and exists(conn):
+        uninstall(conn)
+        return True
+    return False
+
+
 def install(conn: sqlite3.Connection) -> bool:
     """Create the index over the rows folded so far, and its triggers (in the caller's write
     transaction); ``False`` when this SQLite lacks FTS5."""
@@ -104,4 +135,14 @@ def match_expression(text: str) -> str | None:
     return '"' + " ".join(quoted) + '" *'
 
 
-__all__ = ["TABLE", "available", "exists", "fewer_matches_than", "install", "match_expression", "uninstall"]
+__all__ = [
+    "TABLE",
+    "available",
+    "choose",
+    "exists",
+    "fewer_matches_than",
+    "install",
+    "match_expression",
+    "uninstall",
+    "wanted",
+]
