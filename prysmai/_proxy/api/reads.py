@@ -27,7 +27,7 @@ import dataclasses
 import logging
 from urllib.parse import unquote, urlsplit
 
-from ..asgi import HTTPError, Routes
+from ..asgi import HTTPError, Query, Routes
 from ..config.projects import DEMO
 from ..store import QueryTimeout, TraceFilter, queries
 from . import jsonshape
@@ -196,7 +196,8 @@ class Reads:
     async def _filter(self, query: Mapping[str, str], who: KeyEntry) -> TraceFilter:
         """The query's filter, scoped to the key's project; after the store has caught up."""
         if query.get("since") == "all":  # the pages' name for an open range
-            query = {k: v for k, v in query.items() if k != "since"}
+            pairs = query.pairs if isinstance(query, Query) else list(query.items())
+            query = Query((k, v) for k, v in pairs if k != "since")
         f = TraceFilter.from_query(query)
         if who.project_name is not None:  # a project's key: its own project only
             if f.project not in (None, who.project_name):
