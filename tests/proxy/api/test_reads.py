@@ -166,7 +166,7 @@ def test_filters_say_what_they_do_and_a_session_pages_with_its_totals(proxy: Pro
         for user, meta, model in sent:
             headers = {"X-Prysm-User-Id": user, "X-Prysm-Metadata": meta}
             assert client.post("/chat/completions", json={**CHAT, "model": model}, headers=headers).status_code == 200
-        for i in range(130):
+        for _ in range(130):
             r = client.post("/chat/completions", json=CHAT, headers={"X-Prysm-Session-Id": "long%20one/%C3%A9"})
             assert r.status_code == 200
         r = client.post(

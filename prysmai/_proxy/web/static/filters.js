@@ -19,9 +19,9 @@ export function offerProjectFilter(on) {
 }
 const FIELDS = [
   ["project", "project"],
-  ["model", "model (gpt-4o* for a prefix)"],
+  ["model", "model, or prefix*"],
   ["endpoint", "endpoint"],
-  ["user", "user (ali* for a prefix)"],
+  ["user", "user, or prefix*"],
   ["session", "session"],
   ["meta", "metadata key=value (& key=value)"],
   ["q", "words in bodies"],
