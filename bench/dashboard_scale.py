@@ -1,16 +1,20 @@
 """The dashboard's queries at scale: stores of 10 k, 100 k and 1 M traces written by the real writer.
 
 For each size it fills a store through :class:`prysmai._proxy.store.writer.TraceWriter` (the proxy's writer
-thread, batches, schema-2 rollup folding and indexes) with varied traces spread over 30 days, then times
-the query layer (``prysmai._proxy.store.queries``) through a :class:`ReadRunner` as the dashboard and the
-read API call it -- overview (24 h, 7 d, all), the overview page's full set of queries, trace lists
-with and without filters, trace detail, the session page, session and user lists -- with the
-extra peak memory of each, and ``prysmai stats`` as a subprocess (wall time, peak RSS). It also times
-the in-place migration of a store that prysmai 0.1.0 wrote (schema 1) at the largest size, and the
-proxy's sequential added latency with and without a dashboard-like client calling the read API
-every 2 s against the largest store (rounds interleaved, added = proxy - direct within a round).
+thread, batches, the rollups, indexes and search index of the current schema) with varied traces spread
+over 23 days (2 000 users, about 50 000 sessions: the store issue 25 was tried on), then times the query
+layer (``prysmai._proxy.store.queries``) through a :class:`ReadRunner` as the dashboard and the read API
+call it -- overview (24 h, 7 d, all), the overview page as an admin reads it (totals, series and five
+breakdowns), trace lists with and without filters and by every sort, text searches, trace detail, the
+session page, session and user lists -- with the extra peak memory of each, then the views issue 25
+sets targets for with their verdicts, whether the rare-word search is answered under the read API's own
+time limit, and ``prysmai stats`` as a subprocess (wall time, peak RSS). It also times the in-place
+migration of a store that prysmai 0.1.0 wrote (schema 1) at the largest size, and the proxy's sequential
+added latency with and without a dashboard-like client calling the read API every 2 s against the
+largest store (rounds interleaved, added = proxy - direct within a round).
 
     python bench/dashboard_scale.py                      # 10k, 100k, 1M (~25 min; ~6 GB in --workdir)
+    python bench/dashboard_scale.py --sizes 1000000 --workdir DIR --reuse   # a 1M store kept in DIR
     python bench/dashboard_scale.py --quick              # 2k traces, no migration/proxy parts (~20 s)
 
 One JSON line per measurement on stdout; a Markdown table on stderr (and ``--table-out``).
@@ -39,7 +43,7 @@ from _common import BENCH_DIR, PRYSM_KEY, PRYSMAI_CLI, REPO_DIR, emit, machine_i
 
 sys.path.insert(0, str(REPO_DIR))
 
-from prysmai._proxy.store import TraceFilter, queries
+from prysmai._proxy.store import QueryTimeout, TraceFilter, queries
 from prysmai._proxy.store.reader import ReadRunner
 from prysmai._proxy.store.rows import COLUMNS
 from prysmai._proxy.store.sqlite import SQLiteEngine
@@ -292,13 +296,25 @@ def measure(runner: ReadRunner, fn: Any, *args: Any, repeat: int = 5, **kw: Any)
 
 
 def overview_page(conn: sqlite3.Connection, f: TraceFilter) -> Any:
-    """What the dashboard's overview page asks for: totals, a time series and four breakdowns."""
+    """What the dashboard's overview page asks for, as an admin key reads it: totals, a time series
+    and the breakdowns by project, model, endpoint, user and session (10 rows each)."""
     bucket = queries.pick_bucket(f.since, f.until)
-    return (
-        queries.overview(conn, f),
-        queries.timeseries(conn, f, bucket),
-        [queries.breakdown(conn, f, by, 10) for by in queries.BREAKDOWNS],
-    )
+    return queries.overview_page(conn, f, bucket, queries.BREAKDOWNS, 10)
+
+
+#: The views issue 25 sets targets for, at 1 M traces (server time, ms): (name in the suite, target).
+TARGETS = [
+    ("overview page all", 300.0),
+    ("overview page 7 d", 300.0),
+    *(
+        (f"list, all, sorted by {s} {o}", 100.0)
+        for s in ("latency_ms", "ttft_ms", "total_tokens", "cost_usd")
+        for o in ("descending", "ascending")
+    ),
+    ("list, all, text search for a rare word (quokka)", 500.0),
+    ("sessions, all", 300.0),
+    ("users, all", 300.0),
+]
 
 
 def list_pages(conn: sqlite3.Connection, f: TraceFilter, pages: int) -> Any:
@@ -330,7 +346,7 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ("overview", "overview 24 h", queries.overview, (last24,), {}),
         ("overview", "overview 7 d", queries.overview, (last7,), {}),
         ("overview", "overview all", queries.overview, (every,), {}),
-        ("page", "overview page 24 h (overview + series + 4 breakdowns)", overview_page, (last24,), {}),
+        ("page", "overview page 24 h (totals, series, 5 breakdowns)", overview_page, (last24,), {}),
         ("page", "overview page 7 d", overview_page, (last7,), {}),
         ("page", "overview page all", overview_page, (every,), {}),
         (
@@ -468,6 +484,18 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
             out.append(record)
     finally:
         runner.close()
+    # What the proxy would answer: the rare-word search under the read API's own time limit.
+    limited = ReadRunner(SQLiteEngine(str(path)))
+    try:
+        limited.run_sync(queries.list_traces, TraceFilter(text=RARE_WORD))
+        served = True
+    except QueryTimeout:
+        served = False
+    finally:
+        limited.close()
+    record = {"bench": "dashboard", "kind": "served", "size": size, "name": "rare-word search", "served": served}
+    emit(record)
+    out.append(record)
     return out
 
 
@@ -601,6 +629,18 @@ def table(records: list[dict[str, Any]], sizes: list[int]) -> str:
             else:
                 cells.append(f"{r['wall_s']:.2f} / {r['maxrss_mb']:.0f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "| issue 25's view | target ms | " + " | ".join(f"{s:,} traces" for s in sizes) + " |"]
+    lines.append("|---|---:|" + "---:|" * len(sizes))
+    for name, target in TARGETS:
+        cells = []
+        for s in sizes:
+            r = next((r for r in queries_ if r["name"] == name and r["size"] == s), None)
+            cells.append("" if r is None else f"{r['ms']:.1f} {'met' if r['ms'] <= target else '**missed**'}")
+        lines.append(f"| {name} | {target:.0f} | " + " | ".join(cells) + " |")
+    for r in records:
+        if r["kind"] == "served":
+            verdict = "answered" if r["served"] else "**stopped: 503**"
+            lines.append(f"\nThe rare-word search under the read API's 1.5 s limit, {r['size']:,} traces: {verdict}")
     for r in records:
         if r["kind"] == "migrate":
             lines.append(
