@@ -531,6 +531,82 @@ def cli_stats(path: Path, size: int) -> dict[str, Any]:
     return record
 
 
+# -- the pages in a browser -------------------------------------------------------------------------------
+#: The pages issue 25 times in a browser: (name, path, the element that shows the page's data).
+BROWSER_PAGES = [
+    ("overview, all time", "/?since=all", "[data-breakdown=session_id]"),
+    ("overview, 7 days", "/?since=7d", "[data-breakdown=session_id]"),
+    ("traces by cost, all time", "/traces?since=all&sort=cost", "#traces-table"),
+    ("traces by latency ascending, all time", "/traces?since=all&sort=latency&order=asc", "#traces-table"),
+    (f"traces, words '{RARE_WORD}', all time", f"/traces?since=all&q={RARE_WORD}", "#traces-table"),
+    ("sessions, all time", "/sessions?since=all", "#sessions-table"),
+    ("users, all time", "/users?since=all", "#users-table"),
+]
+
+
+def browser_times(path: Path, size: int, repeat: int = 3) -> list[dict[str, Any]]:
+    """Each page of :data:`BROWSER_PAGES` in Debian's chromium over ``prysmai ui`` on the store, as
+    an admin key sees it (every project): the time from navigation to the page's data drawn
+    (server, transfer and rendering), median of ``repeat`` loads after a first."""
+    from playwright.sync_api import sync_playwright
+
+    key = "sk-prysm-bench-admin-0123456789abcdef"
+    config = path.with_name(path.name + ".admin.toml")
+    config.write_text(
+        '[admin]\nkeys = [{ env = "PRYSM_BENCH_ADMIN_KEY" }]\n\n'
+        + "".join(
+            f'[[projects]]\nname = "{name}"\nkeys = []\ndefault_provider = "offline"\n'
+            '  [[projects.providers]]\n  name = "offline"\n  kind = "demo"\n\n'
+            for name, _ in PROJECTS
+        )
+    )
+    env = {
+        **os.environ,
+        "PRYSM_BENCH_ADMIN_KEY": key,
+        "PYTHONPATH": os.pathsep.join([str(REPO_DIR), os.environ.get("PYTHONPATH", "")]),
+    }
+    ui = subprocess.Popen(
+        [*PRYSMAI_CLI, "ui", "--db", str(path), "--config", str(config), "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    out: list[dict[str, Any]] = []
+    try:
+        assert ui.stderr is not None
+        line = ui.stderr.readline()
+        base = line.split("dashboard at ", 1)[1].split("/ ", 1)[0]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(base + "/login")
+            page.fill("#key", key)
+            page.click("form#login-form button[type=submit]")
+            page.wait_for_selector("body[data-ready='1']", state="attached", timeout=60000)
+            for name, url, ready in BROWSER_PAGES:
+                times = []
+                for _ in range(repeat + 1):
+                    t0 = time.perf_counter()
+                    page.goto(base + url)
+                    page.wait_for_selector(ready, timeout=60000)
+                    times.append((time.perf_counter() - t0) * 1000)
+                record = {
+                    "bench": "dashboard",
+                    "kind": "browser",
+                    "size": size,
+                    "name": name,
+                    "first_ms": round(times[0], 1),
+                    "ms": round(median(times[1:]), 1),
+                }
+                emit(record)
+                out.append(record)
+            browser.close()
+    finally:
+        ui.terminate()
+        ui.wait(30)
+    return out
+
+
 # -- the proxy while a dashboard refreshes ------------------------------------------------------------
 def proxy_under_dashboard(path: Path, workdir: Path, rounds: int, requests: int) -> list[dict[str, Any]]:
     from proxy_overhead import Target, run_client, start_prysm, start_upstream
@@ -629,6 +705,21 @@ def table(records: list[dict[str, Any]], sizes: list[int]) -> str:
             else:
                 cells.append(f"{r['wall_s']:.2f} / {r['maxrss_mb']:.0f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    shown = [r for r in records if r["kind"] == "browser"]
+    if shown:
+        lines += [
+            "",
+            "| page in chromium, until its data is drawn | "
+            + " | ".join(f"{s:,} traces: ms (first)" for s in sizes)
+            + " |",
+        ]
+        lines.append("|---|" + "---:|" * len(sizes))
+        for name in dict.fromkeys(r["name"] for r in shown):
+            cells = []
+            for s in sizes:
+                r = next((r for r in shown if r["name"] == name and r["size"] == s), None)
+                cells.append("" if r is None else f"{r['ms']:.0f} ({r['first_ms']:.0f})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "| issue 25's view | target ms | " + " | ".join(f"{s:,} traces" for s in sizes) + " |"]
     lines.append("|---|---:|" + "---:|" * len(sizes))
     for name, target in TARGETS:
@@ -666,6 +757,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--no-migration", action="store_true")
     parser.add_argument("--no-proxy", action="store_true")
+    parser.add_argument(
+        "--browser", action="store_true", help="also time the pages in Debian's chromium (Playwright) over prysmai ui"
+    )
     parser.add_argument("--proxy-rounds", type=int, default=4)
     parser.add_argument("--seq-requests", type=int, default=1000)
     parser.add_argument("--table-out", default=None)
@@ -691,6 +785,8 @@ def main(argv: list[str] | None = None) -> int:
                 records.append(record)
             records += query_suite(path, size, now)
             records.append(cli_stats(path, size))
+            if args.browser:
+                records += browser_times(path, size)
         if not args.quick and not args.no_migration:
             size = max(sizes)
             for schema, make in ((1, fill_v1), (2, fill_v2)):

@@ -1062,7 +1062,10 @@ def list_traces(
         if in_nulls and after is not None:
             where.append(f"{tie} {op} ?")
             more.append(after[2])
-        sql = f"SELECT {tie} FROM traces{_where(where)} ORDER BY {tie} {order} LIMIT ?"
+        # Not walking: the filter's rows, sorted (unary +), not every row in rowid order until enough
+        # match -- all of them, when none does.
+        order_by = tie if walk else f"+{tie}"
+        sql = f"SELECT {tie} FROM traces{_where(where)} ORDER BY {order_by} {order} LIMIT ?"
         keys += [r[0] for r in conn.execute(sql, [*more, limit + 1 - len(keys)])]
     page = keys[:limit]
     by_key: dict[Any, dict[str, Any]] = {}

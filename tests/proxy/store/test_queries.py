@@ -1065,3 +1065,36 @@ def test_the_overview_page_and_the_key_rollups_agree_with_the_rows(tmp_path: Any
                 for r in pages(listing, raw)
             }
             same(counts, want)
+
+
+def test_a_sorted_list_of_few_traces_never_walks_the_whole_table(tmp_path: Any) -> None:
+    """The query plans of sorted lists: a filter that keeps few traces reads them through its own
+    index (never every row in rowid order until enough match: all of them, when none does); no
+    filter walks the sort column's index."""
+    base = 1_700_000_000.0
+    rows = [
+        row(base + i, project="big", user_id=f"u{i % 50}", latency_ms=float(i % 97), ttft_ms=None, total_tokens=i)
+        for i in range(3000)
+    ]
+    rows += [row(base + 5000 + i, project="small", latency_ms=None) for i in range(3)]
+    conn = db(tmp_path, rows)  # no ANALYZE: the proxy's stores have no statistics
+    executed: list[str] = []
+    conn.set_trace_callback(executed.append)
+
+    def plans(f: TraceFilter, sort: str, descending: bool) -> list[str]:
+        executed.clear()
+        queries.list_traces(conn, f, sort=sort, descending=descending)
+        conn.set_trace_callback(None)
+        out = []
+        for sql in [q for q in executed if q.lstrip().startswith("SELECT") and "FROM traces" in q]:
+            out += [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+        conn.set_trace_callback(executed.append)
+        return out
+
+    for f in (TraceFilter(project="small"), TraceFilter(project="nobody"), TraceFilter(user_id="u7")):
+        for sort in ("latency_ms", "ttft_ms", "cost_usd", "total_tokens"):
+            for descending in (True, False):
+                found = plans(f, sort, descending)
+                assert found and not [p for p in found if p.startswith("SCAN traces")], (f, sort, found)
+    unfiltered = plans(TraceFilter(), "latency_ms", True)
+    assert any("traces_by_latency" in p for p in unfiltered), unfiltered
