@@ -179,3 +179,16 @@ def test_the_dashboards_banner_in_the_docs_is_what_the_programs_print(tmp_path: 
         ui.terminate()
         ui.wait(30)
     assert _normalised(line, db) == _normalised(shown[2], "traces.db")
+
+
+def test_the_limits_table_gives_the_limit_the_api_and_the_cli_take() -> None:
+    from prysmai._proxy.api.reads import MAX_LIMIT
+    from prysmai._proxy.store import queries
+
+    text = (ROOT / "docs" / "proxy.md").read_text()
+    (row,) = [line for line in text.splitlines() if line.startswith("| `limit` of every list")]
+    low, high = re.findall(r"\| (\d[\d,]*) … (\d[\d,]*) \|", row)[0]
+    assert (int(low), int(high.replace(",", ""))) == (1, MAX_LIMIT) == (1, queries.MAX_LIMIT)
+    parser = _build_parser()
+    args = parser.parse_args(["traces", "--limit", str(MAX_LIMIT)])
+    assert args.limit == MAX_LIMIT
