@@ -1,16 +1,20 @@
 """The dashboard's queries at scale: stores of 10 k, 100 k and 1 M traces written by the real writer.
 
 For each size it fills a store through :class:`prysmai._proxy.store.writer.TraceWriter` (the proxy's writer
-thread, batches, schema-2 rollup folding and indexes) with varied traces spread over 30 days, then times
-the query layer (``prysmai._proxy.store.queries``) through a :class:`ReadRunner` as the dashboard and the
-read API call it -- overview (24 h, 7 d, all), the overview page's full set of queries, trace lists
-with and without filters, trace detail, the session page, session and user lists -- with the
-extra peak memory of each, and ``prysmai stats`` as a subprocess (wall time, peak RSS). It also times
-the in-place migration of a store that prysmai 0.1.0 wrote (schema 1) at the largest size, and the
-proxy's sequential added latency with and without a dashboard-like client calling the read API
-every 2 s against the largest store (rounds interleaved, added = proxy - direct within a round).
+thread, batches, the rollups, indexes and search index of the current schema) with varied traces spread
+over 23 days (2 000 users, about 50 000 sessions: the store issue 25 was tried on), then times the query
+layer (``prysmai._proxy.store.queries``) through a :class:`ReadRunner` as the dashboard and the read API
+call it -- overview (24 h, 7 d, all), the overview page as an admin reads it (totals, series and five
+breakdowns), trace lists with and without filters and by every sort, text searches, trace detail, the
+session page, session and user lists -- with the extra peak memory of each, then the views issue 25
+sets targets for with their verdicts, whether the rare-word search is answered under the read API's own
+time limit, and ``prysmai stats`` as a subprocess (wall time, peak RSS). It also times the in-place
+migration of a store that prysmai 0.1.0 wrote (schema 1) at the largest size, and the proxy's sequential
+added latency with and without a dashboard-like client calling the read API every 2 s against the
+largest store (rounds interleaved, added = proxy - direct within a round).
 
     python bench/dashboard_scale.py                      # 10k, 100k, 1M (~25 min; ~6 GB in --workdir)
+    python bench/dashboard_scale.py --sizes 1000000 --workdir DIR --reuse   # a 1M store kept in DIR
     python bench/dashboard_scale.py --quick              # 2k traces, no migration/proxy parts (~20 s)
 
 One JSON line per measurement on stdout; a Markdown table on stderr (and ``--table-out``).
@@ -39,7 +43,7 @@ from _common import BENCH_DIR, PRYSM_KEY, PRYSMAI_CLI, REPO_DIR, emit, machine_i
 
 sys.path.insert(0, str(REPO_DIR))
 
-from prysmai._proxy.store import TraceFilter, queries
+from prysmai._proxy.store import QueryTimeout, TraceFilter, queries
 from prysmai._proxy.store.reader import ReadRunner
 from prysmai._proxy.store.rows import COLUMNS
 from prysmai._proxy.store.sqlite import SQLiteEngine
@@ -47,7 +51,15 @@ from prysmai._proxy.store.sqlite.migrations import SCHEMA_VERSION, V1
 from prysmai._proxy.store.writer import TraceWriter
 
 DAY = 86400.0
-SPAN_DAYS = 30
+SPAN_DAYS = 23
+USERS = 2000
+#: Each user's traces fall into sessions of this many hours: 2 000 users over 23 days give about
+#: 50 000 sessions (the shape of the store the dashboard was tried on, issue 25).
+SESSION_HOURS = 22
+#: A word only a few bodies hold (one trace in RARE_EVERY): what a text search for something
+#: specific looks for.
+RARE_WORD = "quokka"
+RARE_EVERY = 50_000
 MODELS = [  # (model, share, $ per 1k tokens or None = unpriced)
     ("gpt-4o-mini", 0.45, 0.0006),
     ("gpt-4o", 0.2, 0.01),
@@ -89,10 +101,11 @@ WORDS = [
 
 # -- data -------------------------------------------------------------------------------------------
 def make_rows(n: int, now: float, seed: int = 1) -> Any:
-    """``n`` trace rows, oldest first, over the last 30 days: 6 models (one unpriced), 3 endpoints,
-    1000 users (Zipf-like; 10 % anonymous), sessions of 6-hour windows per user, 4 statuses,
-    40 % streamed (with TTFT), metadata with 3 keys, bodies of 0.2-2 KB, 4 projects (``PROJECTS``;
-    drawn from a random stream of their own, so the other values are those of earlier versions)."""
+    """``n`` trace rows, oldest first, over the last 23 days: 6 models (one unpriced), 3 endpoints,
+    2 000 users (Zipf-like; 10 % anonymous), sessions of 22-hour windows per user (about 50 000),
+    4 statuses, 40 % streamed (with TTFT), metadata with 3 keys, bodies of 0.2-2 KB (one in
+    ``RARE_EVERY`` holding ``RARE_WORD``), 4 projects (``PROJECTS``; drawn from a random stream of
+    their own)."""
     rng = random.Random(seed)
     project_rng = random.Random(seed + 1)
     projects = [p for p, _ in PROJECTS]
@@ -102,8 +115,8 @@ def make_rows(n: int, now: float, seed: int = 1) -> Any:
     models = [m for m, _, _ in MODELS]
     weights = [w for _, w, _ in MODELS]
     prices = {m: p for m, _, p in MODELS}
-    users = [f"user-{i:04d}" for i in range(1000)]
-    user_w = [1 / (i + 1) ** 0.8 for i in range(1000)]
+    users = [f"user-{i:04d}" for i in range(USERS)]
+    user_w = [1 / (i + 1) ** 0.8 for i in range(USERS)]
     keys = ["key_a1b2c3d4e5f6", "key_0f1e2d3c4b5a", "key_9a8b7c6d5e4f"]
     for i in range(n):
         t = start + i * step + rng.random() * step
@@ -119,6 +132,8 @@ def make_rows(n: int, now: float, seed: int = 1) -> Any:
         completion = 0 if endpoint == "embeddings" or status != "success" else rng.randint(5, 800)
         user = None if rng.random() < 0.1 else rng.choices(users, user_w)[0]
         words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 300)))
+        if i % RARE_EVERY == RARE_EVERY // 2:
+            words += " " + RARE_WORD
         price = prices[model]
         yield {
             "id": f"{rng.getrandbits(128):032x}",
@@ -147,7 +162,7 @@ def make_rows(n: int, now: float, seed: int = 1) -> Any:
             else None,
             "error": None if status == "success" else f"upstream said {status}",
             "user_id": user,
-            "session_id": None if user is None else f"sess-{user}-{int(t // (6 * 3600))}",
+            "session_id": None if user is None else f"sess-{user}-{int(t // (SESSION_HOURS * 3600))}",
             "metadata": json.dumps(
                 {
                     "env": rng.choice(["prod"] * 8 + ["staging", "dev"]),
@@ -281,13 +296,25 @@ def measure(runner: ReadRunner, fn: Any, *args: Any, repeat: int = 5, **kw: Any)
 
 
 def overview_page(conn: sqlite3.Connection, f: TraceFilter) -> Any:
-    """What the dashboard's overview page asks for: totals, a time series and four breakdowns."""
+    """What the dashboard's overview page asks for, as an admin key reads it: totals, a time series
+    and the breakdowns by project, model, endpoint, user and session (10 rows each)."""
     bucket = queries.pick_bucket(f.since, f.until)
-    return (
-        queries.overview(conn, f),
-        queries.timeseries(conn, f, bucket),
-        [queries.breakdown(conn, f, by, 10) for by in queries.BREAKDOWNS],
-    )
+    return queries.overview_page(conn, f, bucket, queries.BREAKDOWNS, 10)
+
+
+#: The views issue 25 sets targets for, at 1 M traces (server time, ms): (name in the suite, target).
+TARGETS = [
+    ("overview page all", 300.0),
+    ("overview page 7 d", 300.0),
+    *(
+        (f"list, all, sorted by {s} {o}", 100.0)
+        for s in ("latency_ms", "ttft_ms", "total_tokens", "cost_usd")
+        for o in ("descending", "ascending")
+    ),
+    ("list, all, text search for a rare word (quokka)", 500.0),
+    ("sessions, all", 300.0),
+    ("users, all", 300.0),
+]
 
 
 def list_pages(conn: sqlite3.Connection, f: TraceFilter, pages: int) -> Any:
@@ -319,7 +346,7 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ("overview", "overview 24 h", queries.overview, (last24,), {}),
         ("overview", "overview 7 d", queries.overview, (last7,), {}),
         ("overview", "overview all", queries.overview, (every,), {}),
-        ("page", "overview page 24 h (overview + series + 4 breakdowns)", overview_page, (last24,), {}),
+        ("page", "overview page 24 h (totals, series, 5 breakdowns)", overview_page, (last24,), {}),
         ("page", "overview page 7 d", overview_page, (last7,), {}),
         ("page", "overview page all", overview_page, (every,), {}),
         (
@@ -341,7 +368,7 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ("list", "list, model = local-llama", queries.list_traces, (TraceFilter(model="local-llama"),), {}),
         ("list", "list, user", queries.list_traces, (TraceFilter(user_id="user-0500"),), {}),
         ("list", "list, status = timeout", queries.list_traces, (TraceFilter(status="timeout"),), {}),
-        ("list", "list, metadata env = dev", queries.list_traces, (TraceFilter(meta_key="env", meta_value="dev"),), {}),
+        ("list", "list, metadata env = dev", queries.list_traces, (TraceFilter(meta=(("env", "dev"),)),), {}),
         ("list", "list, 24 h, sorted by latency", queries.list_traces, (last24,), {"sort": "latency_ms"}),
         (
             "list",
@@ -349,6 +376,24 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
             queries.list_traces,
             (every,),
             {"sort": "cost_usd", "descending": False},
+        ),
+        *(
+            (
+                "list",
+                f"list, all, sorted by {sort} {'descending' if desc else 'ascending'}",
+                queries.list_traces,
+                (every,),
+                {"sort": sort, "descending": desc},
+            )
+            for sort in ("latency_ms", "ttft_ms", "total_tokens", "cost_usd")
+            for desc in (True, False)
+        ),
+        (
+            "list",
+            f"list, all, text search for a rare word ({RARE_WORD})",
+            queries.list_traces,
+            (TraceFilter(text=RARE_WORD),),
+            {},
         ),
         (
             "list",
@@ -366,9 +411,11 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ),
         ("detail", "detail by id", queries.get_trace, (trace_id,), {}),
         ("detail", "detail by 8-char prefix", queries.get_trace, (trace_id[:8],), {}),
-        ("detail", "session page (its traces in full)", queries.session_traces, (session,), {}),
+        ("detail", "session page (its totals, 100 traces in full)", queries.session_page, (session,), {}),
         ("list", "sessions, 24 h", queries.sessions, (last24,), {}),
         ("list", "users, all", queries.users, (every,), {}),
+        ("list", "sessions, all", queries.sessions, (every,), {}),
+        ("list", "users, 7 d", queries.users, (last7,), {}),
         # One project's traces (what a project's key reads): web holds 60 % of them, tiny 0.5 %.
         ("overview", "project web: overview 24 h", queries.overview, (web24,), {}),
         ("overview", "project web: overview all", queries.overview, (web,), {}),
@@ -416,7 +463,7 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ),
         ("detail", "project web: detail by id", queries.get_trace, (web_trace,), {"project": "web"}),
         ("detail", "project web: detail by 8-char prefix", queries.get_trace, (web_trace[:8],), {"project": "web"}),
-        ("detail", "project web: session page", queries.session_traces, (session,), {"project": "web"}),
+        ("detail", "project web: session page", queries.session_page, (session,), {"project": "web"}),
         ("list", "project web: sessions, 24 h", queries.sessions, (web24,), {}),
         ("list", "project web: users, all", queries.users, (web,), {}),
         ("list", "project tiny: users, all", queries.users, (tiny,), {}),
@@ -437,6 +484,18 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
             out.append(record)
     finally:
         runner.close()
+    # What the proxy would answer: the rare-word search under the read API's own time limit.
+    limited = ReadRunner(SQLiteEngine(str(path)))
+    try:
+        limited.run_sync(queries.list_traces, TraceFilter(text=RARE_WORD))
+        served = True
+    except QueryTimeout:
+        served = False
+    finally:
+        limited.close()
+    record = {"bench": "dashboard", "kind": "served", "size": size, "name": "rare-word search", "served": served}
+    emit(record)
+    out.append(record)
     return out
 
 
@@ -470,6 +529,82 @@ def cli_stats(path: Path, size: int) -> dict[str, Any]:
     }
     emit(record)
     return record
+
+
+# -- the pages in a browser -------------------------------------------------------------------------------
+#: The pages issue 25 times in a browser: (name, path, the element that shows the page's data).
+BROWSER_PAGES = [
+    ("overview, all time", "/?since=all", "[data-breakdown=session_id]"),
+    ("overview, 7 days", "/?since=7d", "[data-breakdown=session_id]"),
+    ("traces by cost, all time", "/traces?since=all&sort=cost", "#traces-table"),
+    ("traces by latency ascending, all time", "/traces?since=all&sort=latency&order=asc", "#traces-table"),
+    (f"traces, words '{RARE_WORD}', all time", f"/traces?since=all&q={RARE_WORD}", "#traces-table"),
+    ("sessions, all time", "/sessions?since=all", "#sessions-table"),
+    ("users, all time", "/users?since=all", "#users-table"),
+]
+
+
+def browser_times(path: Path, size: int, repeat: int = 3) -> list[dict[str, Any]]:
+    """Each page of :data:`BROWSER_PAGES` in Debian's chromium over ``prysmai ui`` on the store, as
+    an admin key sees it (every project): the time from navigation to the page's data drawn
+    (server, transfer and rendering), median of ``repeat`` loads after a first."""
+    from playwright.sync_api import sync_playwright
+
+    key = "sk-prysm-bench-admin-0123456789abcdef"
+    config = path.with_name(path.name + ".admin.toml")
+    config.write_text(
+        '[admin]\nkeys = [{ env = "PRYSM_BENCH_ADMIN_KEY" }]\n\n'
+        + "".join(
+            f'[[projects]]\nname = "{name}"\nkeys = []\ndefault_provider = "offline"\n'
+            '  [[projects.providers]]\n  name = "offline"\n  kind = "demo"\n\n'
+            for name, _ in PROJECTS
+        )
+    )
+    env = {
+        **os.environ,
+        "PRYSM_BENCH_ADMIN_KEY": key,
+        "PYTHONPATH": os.pathsep.join([str(REPO_DIR), os.environ.get("PYTHONPATH", "")]),
+    }
+    ui = subprocess.Popen(
+        [*PRYSMAI_CLI, "ui", "--db", str(path), "--config", str(config), "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    out: list[dict[str, Any]] = []
+    try:
+        assert ui.stderr is not None
+        line = ui.stderr.readline()
+        base = line.split("dashboard at ", 1)[1].split("/ ", 1)[0]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(base + "/login")
+            page.fill("#key", key)
+            page.click("form#login-form button[type=submit]")
+            page.wait_for_selector("body[data-ready='1']", state="attached", timeout=60000)
+            for name, url, ready in BROWSER_PAGES:
+                times = []
+                for _ in range(repeat + 1):
+                    t0 = time.perf_counter()
+                    page.goto(base + url)
+                    page.wait_for_selector(ready, timeout=60000)
+                    times.append((time.perf_counter() - t0) * 1000)
+                record = {
+                    "bench": "dashboard",
+                    "kind": "browser",
+                    "size": size,
+                    "name": name,
+                    "first_ms": round(times[0], 1),
+                    "ms": round(median(times[1:]), 1),
+                }
+                emit(record)
+                out.append(record)
+            browser.close()
+    finally:
+        ui.terminate()
+        ui.wait(30)
+    return out
 
 
 # -- the proxy while a dashboard refreshes ------------------------------------------------------------
@@ -570,6 +705,33 @@ def table(records: list[dict[str, Any]], sizes: list[int]) -> str:
             else:
                 cells.append(f"{r['wall_s']:.2f} / {r['maxrss_mb']:.0f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    shown = [r for r in records if r["kind"] == "browser"]
+    if shown:
+        lines += [
+            "",
+            "| page in chromium, until its data is drawn | "
+            + " | ".join(f"{s:,} traces: ms (first)" for s in sizes)
+            + " |",
+        ]
+        lines.append("|---|" + "---:|" * len(sizes))
+        for name in dict.fromkeys(r["name"] for r in shown):
+            cells = []
+            for s in sizes:
+                r = next((r for r in shown if r["name"] == name and r["size"] == s), None)
+                cells.append("" if r is None else f"{r['ms']:.0f} ({r['first_ms']:.0f})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| issue 25's view | target ms | " + " | ".join(f"{s:,} traces" for s in sizes) + " |"]
+    lines.append("|---|---:|" + "---:|" * len(sizes))
+    for name, target in TARGETS:
+        cells = []
+        for s in sizes:
+            r = next((r for r in queries_ if r["name"] == name and r["size"] == s), None)
+            cells.append("" if r is None else f"{r['ms']:.1f} {'met' if r['ms'] <= target else '**missed**'}")
+        lines.append(f"| {name} | {target:.0f} | " + " | ".join(cells) + " |")
+    for r in records:
+        if r["kind"] == "served":
+            verdict = "answered" if r["served"] else "**stopped: 503**"
+            lines.append(f"\nThe rare-word search under the read API's 1.5 s limit, {r['size']:,} traces: {verdict}")
     for r in records:
         if r["kind"] == "migrate":
             lines.append(
@@ -595,6 +757,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--no-migration", action="store_true")
     parser.add_argument("--no-proxy", action="store_true")
+    parser.add_argument(
+        "--browser", action="store_true", help="also time the pages in Debian's chromium (Playwright) over prysmai ui"
+    )
     parser.add_argument("--proxy-rounds", type=int, default=4)
     parser.add_argument("--seq-requests", type=int, default=1000)
     parser.add_argument("--table-out", default=None)
@@ -620,6 +785,8 @@ def main(argv: list[str] | None = None) -> int:
                 records.append(record)
             records += query_suite(path, size, now)
             records.append(cli_stats(path, size))
+            if args.browser:
+                records += browser_times(path, size)
         if not args.quick and not args.no_migration:
             size = max(sizes)
             for schema, make in ((1, fill_v1), (2, fill_v2)):

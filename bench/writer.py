@@ -14,7 +14,8 @@ wall time (also reported).
 Row kinds: ``plain`` (no user or session ids, one project: what the proxy benchmarks send),
 ``users`` (1 000 users, sessions of 6-hour windows), ``projects`` (``users``, spread over three
 projects). A checkout that predates projects ignores the project. ``--drop INDEX`` also runs this
-checkout with that index dropped before writing (what the index costs).
+checkout with that index dropped before writing (what the index costs); ``--no-search-index`` also
+runs it with ``--search-index off`` (what the search index of the bodies costs).
 
 ``--redaction`` measures what redaction costs the writer instead: this checkout only, the rows
 built from captured exchanges (chat requests and answers of 0.2-2 KB of prose, a tenth of them
@@ -71,9 +72,9 @@ def child(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> None:
         rows.append(row)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "t.db")
-        store = _writer(path, n)
+        store = _writer(path, n, search_index=drop != SEARCH)
         store.open()
-        if drop:
+        if drop and drop != SEARCH:
             assert store._conn is not None
             store._conn.execute(f"DROP INDEX {drop}")
         cpu, main_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
@@ -171,12 +172,18 @@ def redaction(rounds: int, n: int) -> int:
     return 0
 
 
-def _writer(path: str, n: int) -> Any:
+#: ``--drop`` value of the variant without the search index.
+SEARCH = "@search-index"
+
+
+def _writer(path: str, n: int, search_index: bool = True) -> Any:
     """The checkout's trace writer on a new store at ``path`` (rows given ready-made)."""
     try:
         from prysmai._proxy.store.sqlite import SQLiteEngine
         from prysmai._proxy.store.writer import TraceWriter
 
+        if not search_index:  # only checkouts with the search index (schema 4) are asked
+            return TraceWriter(SQLiteEngine(path, search_index=False), lambda item: item, queue_size=n + 10)
         return TraceWriter(SQLiteEngine(path), lambda item: item, queue_size=n + 10)
     except ImportError:  # a checkout from before the store's rooms (prysmai/_proxy/store.py)
         from prysmai._proxy import store as store_module  # type: ignore[attr-defined,unused-ignore]
@@ -200,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--kinds", default="plain,users,projects")
     parser.add_argument("--drop", metavar="INDEX", help="also run this checkout without INDEX")
+    parser.add_argument("--no-search-index", action="store_true", help="also run this checkout with --search-index off")
     parser.add_argument("--body-kb", type=int, default=0, help="add this many KiB to every response body")
     parser.add_argument("--redaction", action="store_true", help="what redaction costs the writer (see above)")
     parser.add_argument("--child", metavar="CODE", help=argparse.SUPPRESS)
@@ -220,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     variants: list[tuple[str, str, str | None]] = [("this", str(REPO_DIR), None)]
     if args.drop:
         variants.append((f"this without {args.drop}", str(REPO_DIR), args.drop))
+    if args.no_search_index:
+        variants.append(("this, --search-index off", str(REPO_DIR), SEARCH))
     if args.baseline:
         variants.append(("baseline", str(Path(args.baseline).resolve()), None))
     emit({"bench": "writer", "kind": "machine", **machine_info()})

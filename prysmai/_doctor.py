@@ -92,8 +92,11 @@ def run_checks(base_url_argument: str | None = None, timeout: float = 5.0) -> li
         from urllib.parse import urlsplit
 
         where = f"{url} (from the {url_source}{'' if url_source != 'environment' else ', ' + BASE_URL_ENV})"
-        if not urlsplit(url).path.strip("/"):
-            checks.append(Check("proxy url", WARNING, f"{where} has no path", f"the proxy's API is under {url}/api/v1"))
+        parts = urlsplit(url)
+        if not parts.path.rstrip("/").endswith(API_PATH):
+            suggested = f"{parts.scheme}://{parts.netloc}{API_PATH}"
+            fix = f"add {API_PATH}: set {BASE_URL_ENV} to {suggested} (the proxy serves under {API_PATH})"
+            checks.append(Check("proxy url", WARNING, f"{where} does not end in {API_PATH}", fix))
         else:
             checks.append(Check("proxy url", OK, where))
 
@@ -177,39 +180,77 @@ def run_checks(base_url_argument: str | None = None, timeout: float = 5.0) -> li
     # -- the proxy ------------------------------------------------------------------------------------
     if url is None:
         return checks
+    checks += _proxy_checks(url, key, timeout, mask_key, KEY_ENV, BASE_URL_ENV)
+    return checks
+
+
+#: Where the proxy serves its API (and the OpenAI-compatible paths).
+API_PATH = "/api/v1"
+
+
+def _proxy_checks(url: str, key: str | None, timeout: float, mask_key: Any, key_env: str, url_env: str) -> list[Check]:
+    """Whether the proxy at ``url`` is there, answers, and accepts ``key`` for sending requests."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    api_url = f"{parts.scheme}://{parts.netloc}{API_PATH}"
+    lacks_api = not parts.path.rstrip("/").endswith(API_PATH)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    # A connection first: "nothing listens there" is not "something listens but never answers".
+    reached = _connect(host, port, timeout)
+    if reached is not None:
+        fix = "start the proxy (`prysmai proxy`) or fix the URL's host and port"
+        return [Check("proxy health", ERROR, f"cannot connect to {host}:{port} ({reached})", fix)]
     status, rtt, error = _get(url + "/health", None, timeout)
-    if error is not None:
-        checks.append(
-            Check("proxy health", ERROR, f"{url}/health: {error}", "start the proxy (`prysmai proxy`) or fix the URL")
+    if error == TIMED_OUT:
+        detail = (
+            f"{host}:{port} accepts connections but did not answer {url}/health within {timeout:g} s: "
+            "the proxy is stuck or overloaded, or something else listens there"
         )
-        return checks
+        return [Check("proxy health", ERROR, detail, "check the proxy's log and that this port is the proxy's")]
+    if error is not None:
+        return [Check("proxy health", ERROR, f"{url}/health: {error}", "check the URL and the proxy's log")]
+    if status == 404 and lacks_api:
+        detail = f"{url}/health answered HTTP 404: the URL lacks {API_PATH}, under which the proxy serves"
+        return [Check("proxy health", ERROR, detail, f"add {API_PATH}: set {url_env} to {api_url}")]
     if status != 200:
-        checks.append(Check("proxy health", ERROR, f"{url}/health answered HTTP {status}", "is this a Prysm proxy?"))
-        return checks
-    checks.append(Check("proxy health", OK, f"{url}/health answered in {rtt * 1000:.1f} ms"))
+        return [Check("proxy health", ERROR, f"{url}/health answered HTTP {status}", "is this a Prysm proxy?")]
+    checks = [Check("proxy health", OK, f"{url}/health answered in {rtt * 1000:.1f} ms")]
     if key is None:
         return checks
-    status, rtt, error = _get(url + "/traces?limit=1", key, timeout)
+    masked = mask_key(key)
+    status, rtt, error, doc = _get_json(url + "/me", key, timeout)
     if error is not None:
-        checks.append(Check("key accepted", ERROR, f"{url}/traces: {error}", "check the proxy's log"))
-    elif status == 200:
-        checks.append(Check("key accepted", OK, f"the proxy accepts {mask_key(key)} ({rtt * 1000:.1f} ms)"))
+        checks.append(Check("key accepted", ERROR, f"{url}/me: {error}", "check the proxy's log"))
+    elif status == 401:
+        message = _error_message(doc)
+        from ._wire import KEYS_FROM_CONFIG, KEYS_FROM_FLAGS
+
+        if KEYS_FROM_CONFIG in message:  # the proxy runs from a config file
+            fix = (
+                f"set {key_env} to {KEYS_FROM_CONFIG} (`keys = [...]` under `[projects.NAME]`, docs/projects.md); "
+                "the proxy reloads the file on SIGHUP"
+            )
+        else:
+            fix = f"set {key_env} to {KEYS_FROM_FLAGS} (read at start-up: restart it after adding one)"
+        detail = f"the proxy rejects {masked} (HTTP 401): requests would fail with AuthenticationError"
+        checks.append(Check("key accepted", ERROR, detail, fix))
+    elif status == 200 and isinstance(doc, dict):
+        if doc.get("admin"):
+            detail = (
+                f"{masked} is an admin key: it reads every project's traces (the dashboard, the read API) but "
+                "cannot send requests; each would be refused with 403 admin_key_cannot_send"
+            )
+            checks.append(Check("key accepted", ERROR, detail, f"set {key_env} to a project's key"))
+        else:
+            project = doc.get("project")
+            detail = f"the proxy accepts {masked} for sending, in project {project!r} ({rtt * 1000:.1f} ms)"
+            checks.append(Check("key accepted", OK, detail))
         export = _export_check(url, key, timeout)
         if export is not None:
             checks.append(export)
-    elif status == 401:
-        checks.append(
-            Check(
-                "key accepted",
-                ERROR,
-                f"the proxy rejects {mask_key(key)} (HTTP 401): requests would fail with AuthenticationError",
-                f"use a key the proxy accepts (its --key / PRYSM_PROXY_KEYS) in {KEY_ENV}",
-            )
-        )
     else:
-        checks.append(
-            Check("key accepted", WARNING, f"could not check the key (HTTP {status} from {url}/traces)", None)
-        )
+        checks.append(Check("key accepted", WARNING, f"could not check the key (HTTP {status} from {url}/me)", None))
     return checks
 
 
@@ -244,8 +285,35 @@ def _export_check(url: str, key: str, timeout: float) -> Check | None:
     return Check("trace export", OK, f"OTLP export {counts}")
 
 
+#: What :func:`_get` says when the server took the request but did not answer in time.
+TIMED_OUT = "timed out"
+
+
+def _connect(host: str, port: int, timeout: float) -> str | None:
+    """``None`` if a TCP connection to ``host:port`` opens, else why not."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.gaierror as exc:
+        return f"unknown host: {exc.strerror or exc}"
+    except socket.timeout:  # TimeoutError from Python 3.10
+        return f"no answer to the connection within {timeout:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
 def _get(url: str, key: str | None, timeout: float) -> tuple[int, float, str | None]:
     """``(status, seconds, error)`` of one GET that costs nothing at the provider."""
+    status, seconds, error, _ = _get_json(url, key, timeout)
+    return status, seconds, error
+
+
+def _get_json(url: str, key: str | None, timeout: float) -> tuple[int, float, str | None, Any]:
+    """``(status, seconds, error, JSON document or None)`` of one GET."""
+    import json
+    import socket
     import urllib.error
     import urllib.request
 
@@ -253,13 +321,28 @@ def _get(url: str, key: str | None, timeout: float) -> tuple[int, float, str | N
     start = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read(65536)
-            return response.status, time.perf_counter() - start, None
+            body = response.read(65536)
+            status = response.status
     except urllib.error.HTTPError as exc:
-        return exc.code, time.perf_counter() - start, None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        body = exc.read(65536)
+        status = exc.code
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # socket.timeout is an OSError
         reason = getattr(exc, "reason", exc)
-        return 0, time.perf_counter() - start, f"cannot connect ({reason})"
+        if isinstance(reason, socket.timeout) or isinstance(exc, socket.timeout):
+            return 0, time.perf_counter() - start, TIMED_OUT, None
+        return 0, time.perf_counter() - start, f"cannot connect ({reason})", None
+    seconds = time.perf_counter() - start
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    return status, seconds, None, doc
+
+
+def _error_message(doc: Any) -> str:
+    error = doc.get("error") if isinstance(doc, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else ""
 
 
 def main(base_url: str | None, as_json: bool, timeout: float) -> int:

@@ -11,8 +11,16 @@ else), so every value the SDK sends is encoded as follows, and the proxy decodes
   (``\\uXXXX``), so the value is pure ASCII. Decode with :func:`decode_metadata` (``json.loads``).
 
 Each encoded value is at most :data:`MAX_HEADER_VALUE_BYTES` long (nginx's default limit for one
-header line is 8 KiB). This module is imported at interpreter start-up under ``PRYSM_AUTO``, so it
-imports nothing at module level.
+header line is 8 KiB).
+
+Clients without the SDK do not encode: curl and Go send a value's UTF-8 bytes as they are, Node's
+``http`` module (under the ``openai`` package) sends each character of a string as one latin-1
+byte. The proxy reads a value's bytes with :func:`header_text` -- as UTF-8 when they are valid
+UTF-8, else as latin-1 -- before decoding it as above, so ``{"city":"Zürich"}`` arrives as sent
+from all three.
+
+This module is imported at interpreter start-up under ``PRYSM_AUTO``, so it imports nothing at
+module level.
 """
 
 from __future__ import annotations
@@ -33,6 +41,12 @@ LATENCY_HEADER = "X-Prysm-Latency-Ms"
 #: Set (to ``proxy``) by the proxy on the responses it makes itself, never on a provider's answer it
 #: relays: the SDK falls back to the provider only on a 502/503/504 that carries it.
 ORIGIN_HEADER = "X-Prysm-Origin"
+
+#: Which keys the proxy's 401 answer says it accepts: a proxy run from a config file names the
+#: first, one run with keys on its command line the second (``prysmai doctor`` gives the matching
+#: advice).
+KEYS_FROM_CONFIG = "a key of one of the projects in the proxy's config file"
+KEYS_FROM_FLAGS = "a key given to the proxy (--key, --keys-file or PRYSM_PROXY_KEYS)"
 
 #: Every Prysm key starts with this prefix.
 KEY_PREFIX = "sk-prysm-"
@@ -60,6 +74,15 @@ def decode_id(value: str) -> str:
     from urllib.parse import unquote_to_bytes
 
     return unquote_to_bytes(value).decode("utf-8")
+
+
+def header_text(value: bytes) -> str:
+    """A header value's bytes as text: UTF-8 when they are valid UTF-8 (the SDK's ASCII, curl, Go),
+    else latin-1, one character per byte (what Node's ``http`` module sends for a string)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def encode_metadata(metadata: Mapping[str, Any]) -> str:

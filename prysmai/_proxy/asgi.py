@@ -3,10 +3,11 @@
 The ``Scope``/``Message``/``Receive``/``Send`` aliases (for annotations only); :class:`HTTPError`,
 the one error of the proxy's HTTP surface, answered with OpenAI's error document (the server, the
 connection guard, the read API and the dashboard all use it); :class:`Routes`, a declared route
-table; the JSON answers of our own (``respond``, with the ``X-Prysm-Origin`` marker the SDK's
-fail-open reads); the ``send`` wrapper that remembers whether a response has begun and can hold
-its writes (``send_whole``: head and body in one write); reading a request body under a size
-limit; and the latency header. Nothing here knows about traces.
+table; :class:`Query`, a query string's parameters; the JSON answers of our own (``respond``,
+with the ``X-Prysm-Origin`` marker the SDK's fail-open reads); the ``send`` wrapper that
+remembers whether a response has begun and can hold its writes (``send_whole``: head and body in
+one write); reading a request body under a size limit; and the latency header. Nothing here
+knows about traces.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import json
 import time
 from typing import Any, Generic, Protocol, TypeVar
+from urllib.parse import parse_qsl
 
 from .. import _wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Awaitable, Callable, MutableMapping
+    from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 
     from .store.capture import Exchange
 
@@ -67,6 +69,23 @@ class HTTPError(Exception):
 
     def body(self) -> bytes:
         return error_body(self.message, self.type, self.code, self.param)
+
+
+class Query(dict[str, str]):
+    """A query string's parameters: a dict of each name's last value, and :meth:`getall` for a
+    name given more than once (``meta=env=prod&meta=tier=2``). Empty values are left out."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        self.pairs = [(k, v) for k, v in pairs if v]
+        super().__init__(self.pairs)
+
+    @classmethod
+    def of(cls, scope: Scope) -> Query:
+        """The query string of ``scope``, percent-decoded as UTF-8."""
+        return cls(parse_qsl((scope.get("query_string") or b"").decode("latin-1")))
+
+    def getall(self, name: str) -> list[str]:
+        return [v for k, v in self.pairs if k == name]
 
 
 H = TypeVar("H")

@@ -8,7 +8,6 @@ Without chromium the tests are skipped on a developer machine, and FAIL in CI (`
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,8 @@ from typing import Any
 from .system_tools import require
 
 ROOT = Path(__file__).resolve().parents[2]
-#: Every run's screenshots (ignored by git).
+#: Every run's screenshots (ignored by git). The README's are made by docs/screenshots/make.py.
 OUTPUT = ROOT / "test-output" / "screenshots"
-#: The screenshots the README shows; refreshed with PRYSM_UPDATE_SCREENSHOTS=1.
-DOCS = ROOT / "docs" / "screenshots"
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -49,12 +46,9 @@ def launch() -> Iterator[Any]:
             browser.close()
 
 
-def screenshot(page: Any, name: str, docs: bool = False) -> None:
+def screenshot(page: Any, name: str) -> None:
     OUTPUT.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=False)
-    if docs and os.environ.get("PRYSM_UPDATE_SCREENSHOTS") == "1":
-        DOCS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(DOCS / f"{name}.png"), full_page=False)
 
 
 def login(page: Any, base: str, key: str, path: str = "/") -> None:

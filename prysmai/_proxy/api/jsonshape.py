@@ -2,11 +2,15 @@
 
 Both print exactly these documents (docs/proxy.md, "JSON output"):
 
-* a trace: ``{"object": "trace", "id": ..., ...}``; ``request_body`` / ``response_body`` are the
+* a trace: ``{"object": "trace", "id": ..., ...}``; ``cost_status`` says what ``cost_usd`` is
+  (``priced``; ``unpriced``: no price for the model; ``no_usage``: the provider reported no
+  usage, see :mod:`.costs`); ``request_body`` / ``response_body`` are the
   body as a JSON value when it is JSON (an object, not JSON text inside a string), else the text,
   else ``null``; ``metadata`` an object or ``null``; ``notes`` a list; ``stream`` a boolean;
 * a list: ``{"object": "list", "data": [...], "next_cursor": ...}`` (traces without bodies, or
   sessions or users); ``next_cursor`` is ``null`` on the last page;
+* a session: ``{"object": "session", "session_id", "totals": {...}, "traces": [...],
+  "next_cursor"}`` -- the totals of all its traces, one page of them in full;
 * stats: ``{"object": "stats", ...}``;
 * an error: ``{"error": {"message", "type", "param", "code"}}`` (OpenAI's error shape; the CLI
   writes it to stderr and exits non-zero).
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 
 from ..asgi import error_document
+from . import costs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,6 +61,8 @@ def trace(row: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"object": "trace"}
     out.update(row)
     out["object"] = "trace"
+    if "cost_usd" in out:
+        out["cost_status"] = costs.cost_status(out)
     if "stream" in out:
         out["stream"] = bool(out["stream"])
     if "metadata" in out:
@@ -68,6 +75,17 @@ def trace(row: Mapping[str, Any]) -> dict[str, Any]:
         if name in out:
             out[name] = _body(out[name])
     return out
+
+
+def session(session_id: str, page: Mapping[str, Any]) -> dict[str, Any]:
+    """A session: its totals, a page of its traces in full and the next page's cursor."""
+    return {
+        "object": "session",
+        "session_id": session_id,
+        "totals": page["totals"],
+        "traces": [trace(t) for t in page["traces"]],
+        "next_cursor": page["next_cursor"],
+    }
 
 
 def page(data: list[Any], next_cursor: str | None) -> dict[str, Any]:

@@ -8,11 +8,13 @@ handler, limits and documents -- every page's data is this API):
 * ``stats`` -- totals and a per-model breakdown, with the store's counters;
 * ``overview`` -- totals, percentiles, a time series and the breakdowns, read in one snapshot;
 * ``sessions``, ``users`` -- a page of sessions or users, most recently active first;
-* ``sessions/{id}`` -- a session's traces, oldest first;
+* ``sessions/{id}`` -- a session: its totals and a page of its traces, oldest first (``cursor``,
+  ``limit``);
 * ``me`` -- who the key or session is (its project, or every project for an admin key).
 
 ``/api/v1/health`` answers anyone (:meth:`Reads.health`). A project's key reads that project's
-traces whatever its query asks; an admin key reads every project's. Reads run on the store's read
+traces (a query naming another project is refused, 403); an admin key reads every project's, or
+the one its query names (400 if no such project is configured or stored). Reads run on the store's read
 runner (read-only connections in worker threads, time-limited), never on the event loop that
 forwards requests, after the store has written what was submitted before (read your own writes).
 Documents have the one JSON shape of :mod:`.jsonshape`; errors are :class:`~..asgi.HTTPError`.
@@ -25,7 +27,7 @@ import dataclasses
 import logging
 from urllib.parse import unquote, urlsplit
 
-from ..asgi import HTTPError, Routes
+from ..asgi import HTTPError, Query, Routes
 from ..config.projects import DEMO
 from ..store import QueryTimeout, TraceFilter, queries
 from . import jsonshape
@@ -46,8 +48,8 @@ log = logging.getLogger("prysmai.proxy")
 #: Rows a list answers at most, and by default.
 MAX_LIMIT = queries.MAX_LIMIT
 DEFAULT_LIMIT = 50
-#: A session's timeline: traces at most by default (``limit`` up to :data:`MAX_LIMIT`).
-SESSION_LIMIT = 500
+#: A session's timeline: traces per page by default (``limit`` up to :data:`MAX_LIMIT`).
+SESSION_LIMIT = 100
 #: Breakdowns on the overview, and rows in each.
 BREAKDOWNS = ("model", "endpoint", "user_id", "session_id")
 BREAKDOWN_ROWS = 10
@@ -180,10 +182,14 @@ class Reads:
         assert session_id is not None
         await self._flush()
         session_id = unquote(session_id)
-        traces = await self.store.read(
-            queries.session_traces, session_id, _limit(query, SESSION_LIMIT), project=who.project_name
+        page = await self.store.read(
+            queries.session_page,
+            session_id,
+            cursor=query.get("cursor") or None,
+            limit=_limit(query, SESSION_LIMIT),
+            project=who.project_name,
         )
-        return {"object": "session", "session_id": session_id, "traces": [jsonshape.trace(t) for t in traces]}
+        return jsonshape.session(session_id, page)
 
     async def _me(self, _: str | None, __: Mapping[str, str], who: KeyEntry) -> Any:
         return {
@@ -200,10 +206,24 @@ class Reads:
     async def _filter(self, query: Mapping[str, str], who: KeyEntry) -> TraceFilter:
         """The query's filter, scoped to the key's project; after the store has caught up."""
         if query.get("since") == "all":  # the pages' name for an open range
-            query = {k: v for k, v in query.items() if k != "since"}
+            pairs = query.pairs if isinstance(query, Query) else list(query.items())
+            query = Query((k, v) for k, v in pairs if k != "since")
         f = TraceFilter.from_query(query)
-        if who.project_name is not None:  # a project's key: its own project, whatever the query asks
+        if who.project_name is not None:  # a project's key: its own project only
+            if f.project not in (None, who.project_name):
+                message = f"this key reads project {who.project_name!r} only, not {f.project!r}"
+                raise HTTPError(403, message, "project_forbidden", param="project")
             f = dataclasses.replace(f, project=who.project_name)
+        elif (
+            f.project is not None
+            and f.project not in self.tenancy().projects
+            # An admin key naming a project: one of the config's, or one the store has traces of
+            # (a project since removed from the config).
+            and not await self.store.read(queries.project_exists, f.project)
+        ):
+            known = ", ".join(sorted(self.tenancy().projects))
+            message = f"unknown project {f.project!r} (projects: {known})"
+            raise HTTPError(400, message, "unknown_project", param="project")
         await self._flush()
         return f
 

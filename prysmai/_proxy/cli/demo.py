@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 from ..config.settings import DEFAULT_UPSTREAM, DEMO_UPSTREAM, UPSTREAM_KEY_ENV
-from .common import needs_extra
+from .common import LOOPBACK, needs_extra
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,7 +40,16 @@ def add_parser(subparsers: Any) -> None:
     demo.add_argument("--real", action="store_true", help=f"use the real provider ({UPSTREAM_KEY_ENV} required)")
     demo.add_argument("--model", default=None, help="model for the sample calls (default gpt-4o-mini)")
     demo.add_argument(
-        "--keep-db", metavar="PATH", help="write the traces to PATH and keep it (default: a temporary store)"
+        "--db",
+        "--keep-db",
+        dest="keep_db",
+        metavar="PATH",
+        help="write the traces to PATH and keep them (default: a temporary store); a store kept from an "
+        "earlier run is added to",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument(
+        "--port", type=int, default=0, help="port to listen on (default: a free one); the same port keeps the URL"
     )
     demo.add_argument(
         "--serve",
@@ -54,7 +63,12 @@ def command(args: argparse.Namespace) -> int:
     status = needs_extra()
     if status is not None:
         return status
-    return run_demo(real=args.real, keep_db=args.keep_db, model=args.model, serve=args.serve)
+    if not 0 <= args.port <= 65535:
+        print(f"prysmai demo: --port must be from 0 to 65535, not {args.port}", file=sys.stderr)
+        return 2
+    return run_demo(
+        real=args.real, keep_db=args.keep_db, model=args.model, serve=args.serve, host=args.host, port=args.port
+    )
 
 
 def sample_app(model: str, say: Any = print) -> None:
@@ -139,7 +153,18 @@ def _keep_serving(url: str, key: str) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_demo(real: bool = False, keep_db: str | None = None, model: str | None = None, serve: bool = False) -> int:
+#: Traces listed when the demo ends (the totals are of every trace).
+SHOWN = 100
+
+
+def run_demo(
+    real: bool = False,
+    keep_db: str | None = None,
+    model: str | None = None,
+    serve: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> int:
     import prysmai
 
     from ..config.keys import generate_key
@@ -161,7 +186,8 @@ def run_demo(real: bool = False, keep_db: str | None = None, model: str | None =
         db_path=db_path,
         upstream=DEFAULT_UPSTREAM if real else DEMO_UPSTREAM,
         upstream_api_key=upstream_key if real else None,
-        port=0,
+        host=host,
+        port=port,
     )
     model = model or DEFAULT_MODEL
     # The sample app's clients must target OpenAI's default URL (what instrument() redirects) and
@@ -170,9 +196,16 @@ def run_demo(real: bool = False, keep_db: str | None = None, model: str | None =
     os.environ.pop("OPENAI_BASE_URL", None)
     os.environ.setdefault("OPENAI_API_KEY", "sk-demo-unused")
     try:
-        with BackgroundServer(config) as server:
+        try:
+            server = BackgroundServer(config).start()
+        except (RuntimeError, OSError) as exc:
+            print(f"prysmai demo: cannot listen on {host}:{port} ({exc}); pick another --port", file=sys.stderr)
+            return 1
+        try:
             where = "the real provider" if real else "the built-in offline model (prysm-demo)"
             print(f"Prysm demo: a proxy on {server.base_url} in front of {where}.")
+            if host not in LOOPBACK:
+                print(f"(Listening on {host}: anyone who can reach it and has the key below can use it.)")
             print(f"Running a sample app under prysmai.instrument() with model {model}:\n")
             prysmai.instrument(prysm_key=key, base_url=server.base_url)
             try:
@@ -182,20 +215,27 @@ def run_demo(real: bool = False, keep_db: str | None = None, model: str | None =
             if serve:
                 server.app.store.flush(10.0)
                 _keep_serving(server.url, key)
+        finally:
+            server.stop()
         # Stopping the server wrote every pending trace.
         store = Store.existing(db_path, read_time_limit=None)
         if store is None:  # pragma: no cover
             print("No trace store was written.", file=sys.stderr)
             return 1
         with store:
-            traces, _ = store.read_sync(list_traces, TraceFilter(), limit=100)
+            traces, _ = store.read_sync(list_traces, TraceFilter(), limit=SHOWN)
             totals = store.read_sync(stats, TraceFilter())
-        print(f"\nCaptured {len(traces)} trace(s):\n")
+        count = totals["requests"]
+        shown = f" (the newest {len(traces)} below)" if count > len(traces) else ""
+        print(f"\nCaptured {count:,} trace(s){shown}:\n")
         print(traces_table(list(reversed(traces))))
         print("\nStats:\n")
         print(stats_text(totals))
         if not real:
-            print(f"\n(Offline model: costs are what {model} would have cost for these token counts.)")
+            models = sorted(m for m in totals["by_model"] if m != "(none)")
+            named = ", ".join(models) if models else model
+            what = "the model" if len(models) <= 1 else "each model"
+            print(f"\n(Offline model: costs are what {what} named in the requests ({named}) would have cost.)")
         if keep_db:
             print(f"\nTraces kept in {db_path}: try `prysmai traces --db {db_path}`.")
         if not serve:

@@ -119,6 +119,13 @@ def add_parser(subparsers: Any) -> None:
         f"(block) or answer them and drop their traces, counted (drop); default {DEFAULT_WHEN_BEHIND}",
     )
     proxy.add_argument(
+        "--search-index",
+        choices=("on", "off"),
+        default="on",
+        help="keep a words index of the bodies, so that a text search (q=) reads it instead of every body; "
+        "off saves the writer its upkeep (default on)",
+    )
+    proxy.add_argument(
         "--trace-writer",
         choices=TRACE_WRITERS,
         default=DEFAULT_TRACE_WRITER,
@@ -343,6 +350,7 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
         inject_stream_usage=not args.no_stream_usage,
         when_behind=args.when_behind,
         trace_writer=args.trace_writer,
+        search_index=args.search_index == "on",
         header_timeout=args.header_timeout,
         max_client_connections=args.max_connections,
         max_header_bytes=args.max_header_bytes,

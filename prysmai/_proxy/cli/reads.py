@@ -10,6 +10,9 @@ import argparse
 
 from .common import add_db, fail, open_store
 
+#: The statuses a trace has (``store.queries.STATUSES``, without importing the store here).
+STATUSES = ("success", "error", "timeout", "cancelled")
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -17,13 +20,44 @@ if TYPE_CHECKING:
     from ..store import TraceFilter
 
 
+#: The filter flags, as the read API's query names them (``--user-prefix`` is ``user~``).
+_FILTER_FLAGS = {
+    "project": "project",
+    "model": "model",
+    "model_prefix": "model~",
+    "endpoint": "endpoint",
+    "user": "user",
+    "user_prefix": "user~",
+    "session": "session",
+    "key": "key",
+    "status": "status",
+    "since": "since",
+    "until": "until",
+    "q": "q",
+}
+
+
 def _add_filters(p: argparse.ArgumentParser) -> None:
+    """The read API's filters, one flag each (docs/proxy.md, "HTTP read API")."""
     p.add_argument("--project", metavar="NAME", help="only this project's traces (without a config file: default)")
-    p.add_argument("--model", help="only this model (as requested by the client)")
-    p.add_argument("--user", help="only this user id")
+    p.add_argument("--model", help="only this model, exactly (as requested by the client)")
+    p.add_argument("--model-prefix", metavar="TEXT", help="only models starting with TEXT, any case")
+    p.add_argument("--endpoint", help="only this endpoint, e.g. chat/completions, embeddings, responses")
+    p.add_argument("--user", help="only this user id, exactly")
+    p.add_argument("--user-prefix", metavar="TEXT", help="only user ids starting with TEXT, any case")
     p.add_argument("--session", help="only this session id")
-    p.add_argument("--status", choices=("success", "error", "timeout", "cancelled"), help="only this status")
-    p.add_argument("--since", metavar="WHEN", help="only newer traces: 15m, 2h, 7d, or an ISO date/time")
+    p.add_argument("--key", metavar="KEY_ID", help="only traces sent with this key (its key_..., never the key)")
+    p.add_argument("--status", choices=STATUSES, help="only this status")
+    p.add_argument(
+        "--meta",
+        metavar="KEY=VALUE",
+        action="append",
+        default=None,
+        help="only traces whose metadata KEY is VALUE (repeatable: every one must hold)",
+    )
+    p.add_argument("--q", metavar="TEXT", help="only traces whose request or response body holds these words")
+    p.add_argument("--since", metavar="WHEN", help="only newer traces: 15m, 2h, 7d, unix seconds or an ISO date/time")
+    p.add_argument("--until", metavar="WHEN", help="only older traces (as --since)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -32,12 +66,23 @@ def add_parsers(subparsers: Any) -> None:
     traces = subparsers.add_parser(
         "traces",
         help="list captured traces (or `traces show ID` for one)",
-        description="List captured traces, newest first. `prysmai traces show TRACE_ID` prints one in full.",
-        usage="prysmai traces [options]\n       prysmai traces show TRACE_ID [--json] [--db PATH]",
+        description="List captured traces, newest first, a page at a time (or every one with --all). "
+        "`prysmai traces show TRACE_ID` prints one in full.",
+        usage="prysmai traces [options]\n       prysmai traces show TRACE_ID [--json] [--db PATH] [--project NAME]",
     )
     add_db(traces)
     _add_filters(traces)
-    traces.add_argument("--limit", type=int, default=50, help="at most this many rows, 1 to 1000 (default 50)")
+    traces.add_argument(
+        "--sort", choices=("time", "latency", "ttft", "tokens", "cost"), default="time", help="order (default time)"
+    )
+    traces.add_argument("--order", choices=("desc", "asc"), default="desc", help="descending (default) or ascending")
+    traces.add_argument("--limit", type=int, default=50, help="rows per page, 1 to 1000 (default 50)")
+    traces.add_argument("--cursor", help="the next page: the cursor the previous page printed")
+    traces.add_argument(
+        "--all",
+        action="store_true",
+        help="every matching trace, a page after another (with --json: one trace per line, JSON Lines)",
+    )
     traces.set_defaults(handler=traces_command)
     # The help is the group's, not the choice's: argparse would otherwise list `show` twice.
     traces_sub = traces.add_subparsers(
@@ -46,8 +91,12 @@ def add_parsers(subparsers: Any) -> None:
         metavar="show TRACE_ID",
         help="one trace in full (the id, or a unique prefix of 8+ characters)",
     )
-    show = traces_sub.add_parser("show", description="Print one trace in full.")
-    show.add_argument("trace_id", metavar="TRACE_ID")
+    show = traces_sub.add_parser(
+        "show",
+        description="Print one trace in full.",
+        usage="prysmai traces show TRACE_ID [--json] [--db PATH] [--project NAME]",
+    )
+    show.add_argument("trace_id", metavar="TRACE_ID", help="the id, or a unique prefix of 8+ hex characters")
     # SUPPRESS: a sub-parser's defaults would overwrite `traces --db X show ID`'s values.
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     show.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help="trace store (as for traces)")
@@ -64,18 +113,33 @@ def add_parsers(subparsers: Any) -> None:
 
 def _filters(args: argparse.Namespace) -> TraceFilter | None:
     """The command's filter flags as a :class:`~..store.TraceFilter` (``None`` after an error)."""
+    from ..asgi import Query
     from ..store import TraceFilter
 
     if getattr(args, "project", None) == "":
         fail(args, "--project: give a project's name (leave the flag out for every project)", "invalid_parameter", 2)
         return None
-    names = ("project", "model", "user", "session", "status", "since")
+    pairs = [(name, getattr(args, flag)) for flag, name in _FILTER_FLAGS.items() if getattr(args, flag, None)]
+    pairs += [("meta", m) for m in getattr(args, "meta", None) or []]
     try:
-        return TraceFilter.from_query({name: getattr(args, name) for name in names if getattr(args, name, None)})
+        return TraceFilter.from_query(Query(pairs))
     except ValueError as exc:
         message = str(exc)
-        fail(args, "--" + message if message.startswith("since:") else message, "invalid_parameter", 2)  # the flag
+        for name in ("since", "until", "meta"):  # the flag, as the user typed it
+            if message.startswith(name + ":"):
+                message = "--" + message
+        fail(args, message, "invalid_parameter", 2)
         return None
+
+
+def _unknown_project(args: argparse.Namespace, store: Any, f: TraceFilter) -> int | None:
+    """Exit status 2 after saying ``f``'s project has no trace in the store; ``None`` if it has."""
+    from ..store.queries import project_exists, projects
+
+    if f.project is None or store.read_sync(project_exists, f.project):
+        return None
+    known = ", ".join(store.read_sync(projects)) or "none yet"
+    return fail(args, f"unknown project {f.project!r}: this store has traces of {known}", "unknown_project", 2)
 
 
 def _nothing(f: TraceFilter) -> str:
@@ -88,7 +152,7 @@ def _nothing(f: TraceFilter) -> str:
 def traces_command(args: argparse.Namespace) -> int:
     from ..api import jsonshape
     from ..store.queries import MAX_LIMIT, list_traces
-    from .report import traces_table
+    from .report import safe, traces_table
 
     f = _filters(args)
     if f is None:
@@ -99,16 +163,38 @@ def traces_command(args: argparse.Namespace) -> int:
     if store is None:
         return status
     with store:
-        try:
-            rows, next_cursor = store.read_sync(list_traces, f, limit=args.limit)
-        except ValueError as exc:
-            return fail(args, str(exc), "invalid_parameter", 2)
-    if args.json:
-        print(jsonshape.dumps(jsonshape.page([jsonshape.trace(r) for r in rows], next_cursor)))
-    elif not rows:
-        print(_nothing(f))
-    else:
-        print(traces_table(rows))
+        unknown = _unknown_project(args, store, f)
+        if unknown is not None:
+            return unknown
+        cursor = args.cursor
+        shown = 0
+        while True:
+            try:
+                rows, cursor = store.read_sync(
+                    list_traces,
+                    f,
+                    sort=args.sort,
+                    descending=args.order == "desc",
+                    cursor=cursor,
+                    limit=MAX_LIMIT if args.all else args.limit,
+                )
+            except ValueError as exc:
+                return fail(args, ("--cursor: " if "cursor" in str(exc) else "") + str(exc), "invalid_parameter", 2)
+            if args.all and args.json:
+                for r in rows:
+                    print(jsonshape.dumps(jsonshape.trace(r), pretty=False), flush=True)
+            elif args.json:
+                print(jsonshape.dumps(jsonshape.page([jsonshape.trace(r) for r in rows], cursor)))
+            elif rows:
+                print(("\n" if shown else "") + traces_table(rows), flush=True)
+            shown += len(rows)
+            if not args.all or cursor is None:
+                break
+    if not args.json:
+        if not shown:
+            print(_nothing(f))
+        elif cursor is not None:
+            print(f"\n{shown} trace(s) shown; the next page: add --cursor {safe(cursor)}")
     return 0
 
 
@@ -124,6 +210,12 @@ def show_command(args: argparse.Namespace) -> int:
     if store is None:
         return status
     with store:
+        if project is not None:
+            from ..store import TraceFilter
+
+            unknown = _unknown_project(args, store, TraceFilter(project=project))
+            if unknown is not None:
+                return unknown
         try:
             trace = store.read_sync(get_trace, args.trace_id, project=project)
         except ValueError as exc:  # a prefix too short, or matching several traces
@@ -149,6 +241,9 @@ def stats_command(args: argparse.Namespace) -> int:
     if store is None:
         return status
     with store:
+        unknown = _unknown_project(args, store, f)
+        if unknown is not None:
+            return unknown
         # Aggregated by the database from the hourly rollups: constant memory, whatever the store's size.
         result = store.read_sync(stats, f)
     if args.json:

@@ -11,6 +11,8 @@ import json
 import re
 from datetime import datetime
 
+from ..api import costs
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -47,12 +49,6 @@ def fmt_ms(ms: float | None) -> str:
     if ms is None:
         return NONE
     return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}"
-
-
-def fmt_cost(cost: float | None) -> str:
-    if cost is None:
-        return NONE
-    return f"${cost:.6f}" if cost < 1 else f"${cost:,.2f}"
 
 
 def fmt_int(value: int | None) -> str:
@@ -107,7 +103,7 @@ def traces_table(traces: Sequence[dict[str, Any]]) -> str:
                 fmt_ms(t.get("latency_ms")),
                 fmt_ms(t.get("ttft_ms")),
                 fmt_int(t.get("total_tokens")),
-                fmt_cost(t.get("cost_usd")),
+                costs.trace_cost(t),
                 _clip(t.get("user_id"), 20),
                 _clip(t.get("session_id"), 20),
                 safe(t.get("key_id") or NONE),
@@ -125,6 +121,15 @@ def _pretty_body(text: str | None) -> str:
         return safe(json.dumps(json.loads(text), indent=2, ensure_ascii=False), lines=True)
     except (ValueError, RecursionError):
         return safe(text, lines=True)
+
+
+def _cost_detail(t: dict[str, Any]) -> str:
+    status = costs.cost_status(t)
+    if status == costs.PRICED:
+        return costs.usd(float(t["cost_usd"]))
+    if status == costs.UNPRICED:
+        return "unpriced: no price for this model in the price table (unknown, never counted as $0)"
+    return "no usage reported by the provider: nothing to price"
 
 
 def trace_detail(t: dict[str, Any]) -> str:
@@ -151,7 +156,7 @@ def trace_detail(t: dict[str, Any]) -> str:
             f"prompt {fmt_int(t.get('prompt_tokens'))}, completion {fmt_int(t.get('completion_tokens'))}, "
             f"total {fmt_int(t.get('total_tokens'))}",
         ),
-        ("Cost", fmt_cost(t.get("cost_usd")) + ("" if t.get("cost_usd") is not None else "  (unknown)")),
+        ("Cost", _cost_detail(t)),
         ("User", t.get("user_id") or NONE),
         ("Session", t.get("session_id") or NONE),
         ("Metadata", json.dumps(t["metadata"], ensure_ascii=False) if t.get("metadata") is not None else NONE),
@@ -179,30 +184,44 @@ def stats_text(stats: dict[str, Any]) -> str:
     def pct(x: float) -> str:
         return f"{x * 100:.1f}%"
 
-    cost = fmt_cost(stats["cost_usd"]) + (
-        f"  (+ {stats['unpriced_requests']} request(s) with unknown cost)" if stats["unpriced_requests"] else ""
-    )
+    # What the sum leaves out, each for what it is: requests of models without a price (their cost
+    # is unknown), and requests that reported no usage (failed or cancelled: nothing to price).
+    notes = []
+    if stats["unpriced_requests"]:
+        plus = "+ " if stats["cost_usd"] is not None else ""
+        notes.append(f"{plus}{stats['unpriced_requests']:,} request(s) of models without a price")
+    if stats.get("no_usage_requests"):
+        notes.append(f"{stats['no_usage_requests']:,} request(s) reported no usage")
+    if stats["cost_usd"] is not None:
+        cost = costs.usd(stats["cost_usd"])
+    else:
+        cost = "unknown" if stats["unpriced_requests"] else "none reported"
     lines = [
         f"Requests      {stats['requests']:,}",
-        f"Errors        {stats['errors']:,}  ({pct(stats['error_rate'])}, any status but success)",
+        f"Errors        {stats['errors']:,}  ({pct(stats['error_rate'])}: error or timeout)",
+        f"Cancelled     {stats.get('cancelled', 0):,}  (the client went away first)",
         f"Tokens        {stats['total_tokens']:,}  "
         f"(prompt {stats['prompt_tokens']:,}, completion {stats['completion_tokens']:,})",
-        f"Cost          {cost}",
+        f"Cost          {cost}" + (f"  ({'; '.join(notes)})" if notes else ""),
         f"Latency       p50 {fmt_ms(stats['latency_p50_ms'])} ms, p95 {fmt_ms(stats['latency_p95_ms'])} ms",
         f"TTFT          p50 {fmt_ms(stats['ttft_p50_ms'])} ms (streams)",
     ]
     store = stats.get("store")
     if store and store.get("dropped"):
         lines.append(f"Dropped       {store['dropped']:,} trace(s) lost to a full queue")
+
+    def model_cost(s: dict[str, Any]) -> str:
+        if s["cost_usd"] is None:
+            return "unpriced" if s["unpriced_requests"] else "no usage"
+        return costs.usd(s["cost_usd"]) + ("*" if s["unpriced_requests"] else "")
+
     rows = [
         [
             _clip(model, 32),
             fmt_int(s["requests"]),
             pct(s["error_rate"]),
             fmt_int(s["total_tokens"]),
-            fmt_cost(s["cost_usd"])
-            if not s["unpriced_requests"]
-            else (fmt_cost(s["cost_usd"]) + "*" if s["cost_usd"] else NONE),
+            model_cost(s),
             fmt_ms(s["latency_p50_ms"]),
             fmt_ms(s["latency_p95_ms"]),
         ]
@@ -215,6 +234,13 @@ def stats_text(stats: dict[str, Any]) -> str:
                 ["MODEL", "REQUESTS", "ERRORS", "TOKENS", "COST", "P50 ms", "P95 ms"], rows, right=(1, 2, 3, 4, 5, 6)
             ),
         ]
-        if any(s["unpriced_requests"] for s in stats["by_model"].values()):
-            lines.append("(- : no price known for the model; * : partly unknown)")
+        footnotes = []
+        if any(s["cost_usd"] is None and s["unpriced_requests"] for s in stats["by_model"].values()):
+            footnotes.append("unpriced: no price for the model")
+        if any(s["cost_usd"] is not None and s["unpriced_requests"] for s in stats["by_model"].values()):
+            footnotes.append("*: some of its requests unpriced")
+        if any(s["cost_usd"] is None and not s["unpriced_requests"] for s in stats["by_model"].values()):
+            footnotes.append("no usage: its requests reported none (failed or cancelled)")
+        if footnotes:
+            lines.append("(" + "; ".join(footnotes) + ")")
     return "\n".join(lines)

@@ -92,6 +92,9 @@ class ProxyConfig:
     otlp_content: bool = False
     #: Share of the stored traces exported (``--otlp-sample``).
     otlp_sample: float = 1.0
+    #: Keep the search index of the bodies (``--search-index``): text searches read it instead of
+    #: every body, for some of the writer's time (bench/README.md).
+    search_index: bool = True
 
     def __post_init__(self) -> None:
         if self.trace_writer not in TRACE_WRITERS:

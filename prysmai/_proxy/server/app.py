@@ -27,11 +27,12 @@ import asyncio
 import logging
 import time
 from functools import partial
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
+from ... import _wire
 from ..api import jsonshape
 from ..api.reads import Reads, pricing_note
-from ..asgi import CONNECTION_KEY, HTTPError, Responder, client_name, internal_error, respond, respond_error
+from ..asgi import CONNECTION_KEY, HTTPError, Query, Responder, client_name, internal_error, respond, respond_error
 from ..config.file import load_tenancy
 from ..config.pricing import PriceTable
 from ..config.reload import ConfigWatch
@@ -214,7 +215,8 @@ class ProxyApp:
                 send,
                 HTTPError(
                     401,
-                    f"{msg}. Send 'Authorization: Bearer sk-prysm-...' with a key this proxy accepts.",
+                    f"{msg}. Send 'Authorization: Bearer sk-prysm-...' with "
+                    f"{_wire.KEYS_FROM_CONFIG if self.config.config_file else _wire.KEYS_FROM_FLAGS}.",
                     "invalid_api_key",
                 ),
             )
@@ -240,8 +242,7 @@ class ProxyApp:
         found = self.reads.route(route)
         if found is None:
             raise HTTPError(404, f"Unknown read API route {route!r}", "not_found")
-        query = {k: v[-1] for k, v in parse_qs((scope.get("query_string") or b"").decode("latin-1")).items()}
-        document = await self.reads.answer(*found, query, entry)
+        document = await self.reads.answer(*found, Query.of(scope), entry)
         await respond(send, 200, jsonshape.encode(document))
 
 
@@ -263,7 +264,7 @@ def _trace_store(
     process = None
     if config.trace_writer == "process":
         process = WriterProcess(prices, finalize_here, on_cost=limits.add_spend)
-    engine = engine_for(config.db_path)
+    engine = engine_for(config.db_path, search_index=config.search_index)
     writer = TraceWriter(
         engine,
         finalize_here,

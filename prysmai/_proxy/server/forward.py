@@ -438,7 +438,7 @@ def _prysm_header(ex: Exchange, name: bytes, value: bytes) -> None:
         ex.notes.append(f"{label} ignored: longer than {_wire.MAX_HEADER_VALUE_BYTES} bytes")
         return
     try:
-        text = value.decode("ascii")
+        text = _wire.header_text(value)
         if name == b"x-prysm-metadata":
             ex.metadata = _wire.decode_metadata(text)
         elif name == b"x-prysm-user-id":

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterator, Sequence
 
 
 class StoreError(RuntimeError):
@@ -56,8 +56,23 @@ class Dialect(Protocol):
         """A condition: metadata member ``key`` (taken literally), as text, equals ``value``."""
         ...
 
-    def contains(self, columns: Iterable[str], text: str) -> tuple[str, list[Any]]:
-        """A condition: one of ``columns`` contains ``text``, case-insensitively."""
+    def starts_with(self, column: str, prefix: str) -> tuple[str, list[Any]]:
+        """A condition: ``column`` starts with ``prefix`` (taken literally), ignoring the case of
+        ASCII letters."""
+        ...
+
+    def text_search(self, conn: Any, text: str) -> tuple[str, list[Any]]:
+        """A condition on ``traces``: its request or response body holds ``text`` -- through the
+        engine's search index when the store has one (the words of ``text``, the last one as a
+        prefix), else as a substring, ignoring the case of ASCII letters."""
+        ...
+
+    def row_order(self) -> str:
+        """A column numbering the rows in the order they were written (SQLite's ``rowid``)."""
+        ...
+
+    def sorted_by(self, table: str, column: str) -> str:
+        """``table`` as a FROM item read through the index of the sort column ``column``."""
         ...
 
     def time_first(self, table: str) -> str:

@@ -25,12 +25,13 @@ if TYPE_CHECKING:
     T = TypeVar("T")
 
 
-def engine_for(location: str) -> Engine:
-    """The engine of a ``--db`` value: today a SQLite file's path."""
+def engine_for(location: str, *, search_index: bool | None = None) -> Engine:
+    """The engine of a ``--db`` value: today a SQLite file's path. ``search_index``: keep the search
+    index of the bodies (``--search-index``), or leave the store as it is (``None``)."""
     if "://" in location:
         scheme = location.split("://", 1)[0]
         raise StoreError(f"--db: {scheme}:// stores are not supported; give the path of a SQLite file")
-    return SQLiteEngine(location)
+    return SQLiteEngine(location, search_index=search_index)
 
 
 class Store:

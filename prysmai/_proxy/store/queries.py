@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -44,8 +45,18 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from ..asgi import Query
 from .engine import dialect_of
-from .rollups import BUCKETS_PER_E, HIST_LEVELS, HOUR_DIMS, METRICS, bucket_bounds
+from .rollups import (
+    BUCKETS_PER_E,
+    ERROR_STATUSES,
+    HIST_LEVELS,
+    HOUR_DIMS,
+    KEY_PERIOD,
+    KEY_ROLLUPS,
+    METRICS,
+    bucket_bounds,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -100,8 +111,24 @@ SUMMARY_COLUMNS = (
 )
 _SUMMARY = ", ".join(SUMMARY_COLUMNS)
 _HOUR = 3600
-_ERR = "CASE WHEN status <> 'success' THEN 1 ELSE 0 END"
-_UNPRICED = "CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END"
+_ERROR_IN = "status IN (" + ", ".join(f"'{s}'" for s in ERROR_STATUSES) + ")"
+#: Per-row counts: an error (error, timeout), a cancelled request, a cost unknown for want of a
+#: price (usage was reported), no usage reported (see :mod:`..api.costs`).
+_ERR = f"CASE WHEN {_ERROR_IN} THEN 1 ELSE 0 END"
+_CANCELLED = "CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END"
+_UNPRICED = "CASE WHEN cost_usd IS NULL AND total_tokens IS NOT NULL THEN 1 ELSE 0 END"
+_NO_USAGE = "CASE WHEN cost_usd IS NULL AND total_tokens IS NULL THEN 1 ELSE 0 END"
+#: A group's totals over ``traces`` rows, in :meth:`_Agg.add_totals`' order.
+_RAW_TOTALS = (
+    f"count(*), sum({_ERR}), sum({_CANCELLED}), sum(prompt_tokens), sum(completion_tokens), "
+    f"sum(total_tokens), sum(cost_usd), sum({_UNPRICED}), sum({_NO_USAGE})"
+)
+#: The same over ``rollup_hour`` rows.
+_HOUR_TOTALS = (
+    f"sum(requests), sum(CASE WHEN {_ERROR_IN} THEN requests ELSE 0 END), "
+    "sum(CASE WHEN status = 'cancelled' THEN requests ELSE 0 END), sum(prompt_tokens), sum(completion_tokens), "
+    "sum(total_tokens), sum(cost_usd), sum(unpriced), sum(no_usage)"
+)
 
 
 def _traces(conn: Connection, f: TraceFilter, seek: bool = False) -> str:
@@ -151,10 +178,12 @@ def parse_time(name: str, value: str, now: float | None = None) -> float:
 
 @dataclass(frozen=True)
 class TraceFilter:
-    """Which traces a query covers; every field ``None`` = all. ``since`` is inclusive, ``until``
-    exclusive (unix seconds); ``meta_key``/``meta_value`` match one metadata member (compared as
-    text); ``text`` is a case-insensitive (ASCII) substring of the request or response body;
-    ``project`` is one project's traces only."""
+    """Which traces a query covers; every field ``None`` (or empty) = all. ``since`` is inclusive,
+    ``until`` exclusive (unix seconds); ``model``, ``user_id``... are exact; ``model_prefix`` and
+    ``user_prefix`` match the start of the model or user id, ignoring the case of ASCII letters;
+    ``meta`` holds ``(key, value)`` pairs, each matching one metadata member (compared as text),
+    all of which must match; ``text`` is searched for in the request and response bodies (see
+    :meth:`~.engine.Dialect.text_search`); ``project`` is one project's traces only."""
 
     since: float | None = None
     until: float | None = None
@@ -164,18 +193,20 @@ class TraceFilter:
     user_id: str | None = None
     session_id: str | None = None
     key_id: str | None = None
-    meta_key: str | None = None
-    meta_value: str | None = None
+    meta: tuple[tuple[str, str], ...] = ()
     text: str | None = None
     project: str | None = None
+    model_prefix: str | None = None
+    user_prefix: str | None = None
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {self.status!r}")
-        if (self.meta_key is None) != (self.meta_value is None):
-            raise ValueError("a metadata filter needs both a key and a value (meta=key=value)")
-        if self.meta_key is not None and (not self.meta_key or '"' in self.meta_key or "\\" in self.meta_key):
-            raise ValueError('metadata key must be non-empty, without " or \\')
+        for key, value in self.meta:
+            if not key or '"' in key or "\\" in key:
+                raise ValueError('metadata key must be non-empty, without " or \\')
+            if not isinstance(value, str):
+                raise ValueError("a metadata filter needs both a key and a value (meta=key=value)")
         for name in ("since", "until"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
@@ -187,20 +218,24 @@ class TraceFilter:
     def from_query(cls, query: Mapping[str, str], now: float | None = None) -> TraceFilter:
         """From a query string: ``project``, ``since``, ``until`` (unix seconds, ``15m``/``1h``/``7d``
         ago, or ISO), ``model``, ``endpoint``, ``status``, ``user``, ``session``, ``key``,
-        ``meta=key=value``, ``q`` (text in bodies). Empty values and other names are ignored;
-        a bad value raises ``ValueError`` saying what is expected."""
+        ``meta=key=value`` (repeatable: every condition must hold), ``q`` (text in bodies),
+        ``model~`` and ``user~`` (a prefix, any case: ``user~=ali``). Empty values and other
+        names are ignored; a bad value raises ``ValueError`` saying what is expected. A
+        :class:`~..asgi.Query` gives every ``meta``; a plain mapping its one."""
 
         def get(name: str) -> str | None:
             value = query.get(name)
             return value if value else None
 
         now = time.time() if now is None else now
-        since, until, meta = get("since"), get("until"), get("meta")
-        meta_key = meta_value = None
-        if meta is not None:
-            meta_key, sep, meta_value = meta.partition("=")
-            if not sep or not meta_key:
-                raise ValueError(f"meta: expected key=value, not {meta!r}")
+        since, until = get("since"), get("until")
+        metas = query.getall("meta") if isinstance(query, Query) else [m for m in [get("meta")] if m]
+        meta = []
+        for m in metas:
+            key, sep, value = m.partition("=")
+            if not sep or not key:
+                raise ValueError(f"meta: expected key=value, not {m!r}")
+            meta.append((key, value))
         return cls(
             project=get("project"),
             since=parse_time("since", since, now) if since else None,
@@ -211,10 +246,17 @@ class TraceFilter:
             user_id=get("user"),
             session_id=get("session"),
             key_id=get("key"),
-            meta_key=meta_key,
-            meta_value=meta_value,
+            meta=tuple(meta),
             text=get("q"),
+            model_prefix=get("model~"),
+            user_prefix=get("user~"),
         )
+
+    @property
+    def keys_rollup_ok(self) -> bool:
+        """Whether the per-day user and session rollups can answer this filter (they keep the
+        project only)."""
+        return self.rollup_ok and self.model is None and self.endpoint is None and self.status is None
 
     @property
     def rollup_ok(self) -> bool:
@@ -224,8 +266,10 @@ class TraceFilter:
             self.user_id is None
             and self.session_id is None
             and self.key_id is None
-            and self.meta_key is None
+            and not self.meta
             and self.text is None
+            and self.model_prefix is None
+            and self.user_prefix is None
         )
 
 
@@ -261,12 +305,18 @@ def _conditions(
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
-    if f.meta_key is not None and f.meta_value is not None:
-        sql, more = dialect_of(conn).meta_equals(f.meta_key, f.meta_value)
+    dialect = dialect_of(conn)
+    for column, prefix in (("model", f.model_prefix), ("user_id", f.user_prefix)):
+        if prefix is not None:
+            sql, more = dialect.starts_with(column, prefix)
+            clauses.append(sql)
+            params += more
+    for key, value in f.meta:
+        sql, more = dialect.meta_equals(key, value)
         clauses.append(sql)
         params += more
     if f.text is not None:
-        sql, more = dialect_of(conn).contains(("request_body", "response_body"), f.text)
+        sql, more = dialect.text_search(conn, f.text)
         clauses.append(sql)
         params += more
     return clauses, params
@@ -280,26 +330,54 @@ def _where(clauses: list[str]) -> str:
 class _Agg:
     """Totals and latency/TTFT histograms of one group (a time bucket, a model, everything)."""
 
-    __slots__ = ("completion", "cost", "errors", "hist", "priced", "prompt", "requests", "total", "unpriced")
+    __slots__ = (
+        "cancelled",
+        "completion",
+        "cost",
+        "errors",
+        "hist",
+        "no_usage",
+        "prompt",
+        "requests",
+        "sample",
+        "total",
+        "unpriced",
+    )
 
     def __init__(self) -> None:
-        self.requests = self.errors = self.prompt = self.completion = self.total = 0
-        self.priced = self.unpriced = 0
+        self.requests = self.errors = self.cancelled = self.prompt = self.completion = self.total = 0
+        self.unpriced = self.no_usage = 0
         self.cost = 0.0
         # metric -> bucket -> [count, min, max]
         self.hist: dict[str, dict[int, list[float]]] = {"latency": {}, "ttft": {}}
+        # Latencies sorted, when percentiles come from a sample of the rows instead.
+        self.sample: list[float] | None = None
 
     def add_totals(
-        self, requests: int, errors: int, prompt: Any, completion: Any, total: Any, cost: Any, unpriced: int
+        self,
+        requests: int,
+        errors: Any,
+        cancelled: Any,
+        prompt: Any,
+        completion: Any,
+        total: Any,
+        cost: Any,
+        unpriced: Any,
+        no_usage: Any,
     ) -> None:
         self.requests += requests
         self.errors += errors or 0
+        self.cancelled += cancelled or 0
         self.prompt += prompt or 0
         self.completion += completion or 0
         self.total += total or 0
         self.cost += cost or 0.0
         self.unpriced += unpriced or 0
-        self.priced = self.requests - self.unpriced
+        self.no_usage += no_usage or 0
+
+    @property
+    def priced(self) -> int:
+        return self.requests - self.unpriced - self.no_usage
 
     def add_hist(self, metric: str, bucket: int, n: int, lo: float, hi: float) -> None:
         if not n:
@@ -319,6 +397,13 @@ class _Agg:
     def cost_usd(self) -> float | None:
         # Unknown is not zero: with no priced request there is no cost to report.
         return self.cost if self.priced else None
+
+
+def _nearest_rank(ordered: list[float], pct: float) -> float | None:
+    """The nearest-rank percentile of sorted values (``None`` for none)."""
+    if not ordered:
+        return None
+    return float(ordered[max(1, math.ceil(len(ordered) * pct / 100 - 1e-9)) - 1])
 
 
 def histogram_percentiles(hist: Mapping[int, list[float]], pcts: Iterable[float]) -> list[float | None]:
@@ -345,11 +430,13 @@ def histogram_percentiles(hist: Mapping[int, list[float]], pcts: Iterable[float]
 @dataclass(frozen=True)
 class _Grouping:
     """How one aggregate groups rows, in SQL over each source: ``raw`` over ``traces``, ``hour``
-    over ``rollup_hour``, ``hist`` over each histogram rollup (``None``: that source cannot)."""
+    over ``rollup_hour``, ``hist`` over each histogram rollup (``None``: that source cannot); each
+    is ``n`` comma-separated expressions (a key of ``n`` > 1 is a tuple)."""
 
     raw: str
     hour: str | None
     hist: dict[str, str | None]
+    n: int = 1
 
 
 _CONSTANT = _Grouping("0", "0", {t: "0" for t in HIST_LEVELS})
@@ -357,6 +444,20 @@ _CONSTANT = _Grouping("0", "0", {t: "0" for t in HIST_LEVELS})
 
 def _by_column(column: str) -> _Grouping:
     return _Grouping(column, column, {t: column if column in dims else None for t, (_, dims) in HIST_LEVELS.items()})
+
+
+def _by_columns(columns: tuple[str, ...]) -> _Grouping:
+    """Grouped by several of the rollups' dimensions at once (one read for several breakdowns)."""
+    hist = {t: ", ".join(columns) if set(columns) <= set(dims) else None for t, (_, dims) in HIST_LEVELS.items()}
+    return _Grouping(", ".join(columns), ", ".join(columns), hist, len(columns))
+
+
+def _key(row: Any, n: int) -> Any:
+    return row[0] if n == 1 else tuple(row[:n])
+
+
+def _positions(n: int) -> str:
+    return ", ".join(str(i + 1) for i in range(n))
 
 
 def _by_time(width: int) -> _Grouping:
@@ -385,14 +486,13 @@ def _raw_totals(
     lo: float | None,
     hi: float | None,
     seek: bool = False,
+    n: int = 1,
 ) -> None:
     clauses, params = _conditions(conn, f, lo, hi, seek=seek)
-    sql = (
-        f"SELECT {g} AS g, count(*), sum({_ERR}), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), "
-        f"sum(cost_usd), sum({_UNPRICED}) FROM traces{_where(clauses)} GROUP BY g"
-    )
-    for key, n, errors, prompt, completion, total, cost, unpriced in conn.execute(sql, params):
-        _agg(aggs, key).add_totals(n, errors, prompt, completion, total, cost, unpriced)
+    table = _traces(conn, dataclasses.replace(f, since=lo), seek)
+    sql = f"SELECT {g}, {_RAW_TOTALS} FROM {table}{_where(clauses)} GROUP BY {_positions(n)}"
+    for row in conn.execute(sql, params):
+        _agg(aggs, _key(row, n)).add_totals(*row[n:])
 
 
 def _raw_hist(
@@ -403,16 +503,21 @@ def _raw_hist(
     lo: float | None,
     hi: float | None,
     seek: bool = False,
+    n: int = 1,
 ) -> None:
     clauses, params = _conditions(conn, f, lo, hi, seek=seek)
+    # A range's rows through the index that starts with time: grouped by a column, SQLite would
+    # otherwise walk that column's index (the project's, say) whole to skip a sort.
+    table = _traces(conn, dataclasses.replace(f, since=lo), seek)
     for metric, column in METRICS:
         b = dialect_of(conn).bucket(column)
         sql = (
-            f"SELECT {g} AS g, {b} AS b, count(*), min({column}), max({column}) FROM traces"
-            f"{_where([*clauses, f'{column} IS NOT NULL'])} GROUP BY g, b"
+            f"SELECT {g}, {b} AS b, count(*), min({column}), max({column}) FROM {table}"
+            f"{_where([*clauses, f'+{column} IS NOT NULL'])} GROUP BY {_positions(n + 1)}"
         )
-        for key, bucket, n, lo_ms, hi_ms in conn.execute(sql, params):
-            _agg(aggs, key).add_hist(metric, bucket, n, lo_ms, hi_ms)
+        for row in conn.execute(sql, params):
+            bucket, count, lo_ms, hi_ms = row[n:]
+            _agg(aggs, _key(row, n)).add_hist(metric, bucket, count, lo_ms, hi_ms)
 
 
 def _rollup_filters(f: TraceFilter, dims: Iterable[str]) -> tuple[list[str], list[Any]]:
@@ -426,25 +531,23 @@ def _rollup_filters(f: TraceFilter, dims: Iterable[str]) -> tuple[list[str], lis
     return clauses, params
 
 
-def _rollup_totals(conn: Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, lo: int | None, hi: int) -> None:
+def _rollup_totals(
+    conn: Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, lo: int | None, hi: int, n: int = 1
+) -> None:
     clauses, params = _rollup_filters(f, HOUR_DIMS)
     clauses.append("hour < ?")
     params.append(hi)
     if lo is not None:
         clauses.append("hour >= ?")
         params.append(lo)
-    sql = (
-        f"SELECT {g} AS g, sum(requests), sum(CASE WHEN status <> 'success' THEN requests ELSE 0 END), "
-        f"sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), sum(cost_usd), sum(unpriced) "
-        f"FROM rollup_hour{_where(clauses)} GROUP BY g"
-    )
-    for key, n, errors, prompt, completion, total, cost, unpriced in conn.execute(sql, params):
-        if n:
-            _agg(aggs, key).add_totals(n, errors, prompt, completion, total, cost, unpriced)
+    sql = f"SELECT {g}, {_HOUR_TOTALS} FROM rollup_hour{_where(clauses)} GROUP BY {_positions(n)}"
+    for row in conn.execute(sql, params):
+        if row[n]:
+            _agg(aggs, _key(row, n)).add_totals(*row[n:])
 
 
 def _rollup_hist(
-    conn: Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, table: str, lo: int | None, hi: int
+    conn: Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, table: str, lo: int | None, hi: int, n: int = 1
 ) -> None:
     clauses, params = _rollup_filters(f, HIST_LEVELS[table][1])
     clauses.append("period < ?")
@@ -453,12 +556,13 @@ def _rollup_hist(
         clauses.append("period >= ?")
         params.append(lo)
     sql = (
-        f"SELECT {g} AS g, metric, bucket, sum(n), min(min_ms), max(max_ms) FROM {table}{_where(clauses)} "
-        "GROUP BY g, metric, bucket"
+        f"SELECT {g}, metric, bucket, sum(n), min(min_ms), max(max_ms) FROM {table}{_where(clauses)} "
+        f"GROUP BY {_positions(n + 2)}"
     )
-    for key, metric, bucket, n, lo_ms, hi_ms in conn.execute(sql, params):
-        if n:
-            _agg(aggs, key).add_hist(metric, bucket, n, lo_ms, hi_ms)
+    for row in conn.execute(sql, params):
+        metric, bucket, count, lo_ms, hi_ms = row[n:]
+        if count:
+            _agg(aggs, _key(row, n)).add_hist(metric, bucket, count, lo_ms, hi_ms)
 
 
 def _tiered(
@@ -496,15 +600,15 @@ def _collect(conn: Connection, f: TraceFilter, grouping: _Grouping, now: float |
     seek = not f.rollup_ok and _small_project(conn, f)
 
     def raw_totals(lo: float | None, hi: float | None) -> None:
-        _raw_totals(conn, aggs, f, g.raw, lo, hi, seek)
+        _raw_totals(conn, aggs, f, g.raw, lo, hi, seek, g.n)
 
     def raw_hist(lo: float | None, hi: float | None) -> None:
-        _raw_hist(conn, aggs, f, g.raw, lo, hi, seek)
+        _raw_hist(conn, aggs, f, g.raw, lo, hi, seek, g.n)
 
     totals: list[tuple[int, Callable[[int | None, int], None]]] = []
     hour_group = g.hour
     if f.rollup_ok and hour_group is not None:
-        totals.append((_HOUR, lambda lo, hi: _rollup_totals(conn, aggs, f, hour_group, lo, hi)))
+        totals.append((_HOUR, lambda lo, hi: _rollup_totals(conn, aggs, f, hour_group, lo, hi, g.n)))
     _tiered(f.since, f.until, now, totals, raw_totals)
 
     hists: list[tuple[int, Callable[[int | None, int], None]]] = []
@@ -513,7 +617,7 @@ def _collect(conn: Connection, f: TraceFilter, grouping: _Grouping, now: float |
         # A histogram rollup keeps no status, and only its own dimensions.
         unkept = [d for d in HOUR_DIMS if d != "status" and d not in dims]
         if group is not None and f.rollup_ok and f.status is None and all(getattr(f, d) is None for d in unkept):
-            hists.append((seconds, functools.partial(_rollup_hist, conn, aggs, f, group, table)))
+            hists.append((seconds, functools.partial(_rollup_hist, conn, aggs, f, group, table, n=g.n)))
     _tiered(f.since, f.until, now, hists, raw_hist)
     return aggs
 
@@ -521,7 +625,9 @@ def _collect(conn: Connection, f: TraceFilter, grouping: _Grouping, now: float |
 def _merge(aggs: Iterable[_Agg]) -> _Agg:
     out = _Agg()
     for a in aggs:
-        out.add_totals(a.requests, a.errors, a.prompt, a.completion, a.total, a.cost, a.unpriced)
+        out.add_totals(
+            a.requests, a.errors, a.cancelled, a.prompt, a.completion, a.total, a.cost, a.unpriced, a.no_usage
+        )
         for metric, hist in a.hist.items():
             for b, (n, lo, hi) in hist.items():
                 out.add_hist(metric, b, int(n), lo, hi)
@@ -530,20 +636,26 @@ def _merge(aggs: Iterable[_Agg]) -> _Agg:
 
 # -- aggregates ---------------------------------------------------------------------------------
 def overview(conn: Connection, f: TraceFilter) -> dict[str, Any]:
-    """Totals over ``f``: requests, errors, tokens, cost (``None`` when no request was priced;
-    ``unpriced`` counts the requests of unknown cost), latency and TTFT percentiles (ms)."""
-    agg = _merge(_collect(conn, f, _CONSTANT).values())
+    """Totals over ``f``: requests, errors (error and timeout), cancelled, tokens, cost (``None``
+    when no request was priced; ``unpriced`` counts the requests of unpriced models that are not in
+    it, ``no_usage`` those that reported no usage), latency and TTFT percentiles (ms)."""
+    return _overview_of(_merge(_collect(conn, f, _CONSTANT).values()))
+
+
+def _overview_of(agg: _Agg) -> dict[str, Any]:
     p50, p95, p99 = agg.percentiles("latency", (50, 95, 99))
     t50, t95 = agg.percentiles("ttft", (50, 95))
     return {
         "requests": agg.requests,
         "errors": agg.errors,
         "error_rate": agg.errors / agg.requests if agg.requests else None,
+        "cancelled": agg.cancelled,
         "prompt_tokens": agg.prompt,
         "completion_tokens": agg.completion,
         "total_tokens": agg.total,
         "cost_usd": agg.cost_usd,
         "unpriced": agg.unpriced,
+        "no_usage": agg.no_usage,
         "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
         "ttft_ms": {"p50": t50, "p95": t95},
     }
@@ -586,16 +698,26 @@ def pick_bucket(since: float | None, until: float | None, now: float | None = No
 
 def timeseries(conn: Connection, f: TraceFilter, bucket_seconds: int) -> list[dict[str, Any]]:
     """Per time bucket ``[t, t + bucket_seconds)`` (``t`` a multiple of the width): requests, errors,
-    cost, unpriced, latency percentiles. Every bucket from ``since`` to ``until`` (or now) is
+    cancelled, cost, unpriced, no_usage, latency percentiles. Every bucket from ``since`` to ``until`` (or now) is
     present, empty ones with zero counts and ``None`` percentiles."""
-    width = int(bucket_seconds)
-    if width != bucket_seconds or width < 1:
-        raise ValueError(f"bucket_seconds must be a whole number of seconds >= 1, not {bucket_seconds!r}")
+    width = _check_width(bucket_seconds)
     now = time.time()
     end = now if f.until is None else f.until
     if f.since is not None and (end - f.since) / width > MAX_BUCKETS:
         raise ValueError(f"a {width} s bucket gives more than {MAX_BUCKETS} buckets over this range; widen it")
-    aggs = _collect(conn, f, _by_time(width), now)
+    return _series(_collect(conn, f, _by_time(width), now), f, width, now)
+
+
+def _check_width(bucket_seconds: Any) -> int:
+    width = int(bucket_seconds)
+    if width != bucket_seconds or width < 1:
+        raise ValueError(f"bucket_seconds must be a whole number of seconds >= 1, not {bucket_seconds!r}")
+    return width
+
+
+def _series(aggs: dict[Any, _Agg], f: TraceFilter, width: int, now: float) -> list[dict[str, Any]]:
+    """The time series of :func:`timeseries` from ``aggs`` (keyed by bucket number)."""
+    end = now if f.until is None else f.until
     if f.since is not None:
         first = math.floor(f.since / width)
     elif aggs:
@@ -616,8 +738,10 @@ def timeseries(conn: Connection, f: TraceFilter, bucket_seconds: int) -> list[di
                     "t": k * width,
                     "requests": 0,
                     "errors": 0,
+                    "cancelled": 0,
                     "cost_usd": 0.0,
                     "unpriced": 0,
+                    "no_usage": 0,
                     "latency_p50": None,
                     "latency_p95": None,
                     "latency_p99": None,
@@ -630,8 +754,10 @@ def timeseries(conn: Connection, f: TraceFilter, bucket_seconds: int) -> list[di
                 "t": k * width,
                 "requests": agg.requests,
                 "errors": agg.errors,
+                "cancelled": agg.cancelled,
                 "cost_usd": agg.cost_usd,
                 "unpriced": agg.unpriced,
+                "no_usage": agg.no_usage,
                 "latency_p50": p50,
                 "latency_p95": p95,
                 "latency_p99": p99,
@@ -641,14 +767,19 @@ def timeseries(conn: Connection, f: TraceFilter, bucket_seconds: int) -> list[di
 
 
 def _breakdown_row(key: Any, agg: _Agg) -> dict[str, Any]:
-    p50, p95 = agg.percentiles("latency", (50, 95))
+    if agg.sample is not None:
+        p50, p95 = (_nearest_rank(agg.sample, p) for p in (50, 95))
+    else:
+        p50, p95 = agg.percentiles("latency", (50, 95))
     return {
         "key": key,
         "requests": agg.requests,
         "errors": agg.errors,
+        "cancelled": agg.cancelled,
         "total_tokens": agg.total,
         "cost_usd": agg.cost_usd,
         "unpriced": agg.unpriced,
+        "no_usage": agg.no_usage,
         "latency_p50": p50,
         "latency_p95": p95,
     }
@@ -660,43 +791,126 @@ def breakdown(conn: Connection, f: TraceFilter, by: str, limit: int = 20) -> lis
     if by not in BREAKDOWNS:
         raise ValueError(f"breakdown by must be one of {', '.join(BREAKDOWNS)}, not {by!r}")
     limit = _check_limit(limit)
-    if by in ("project", "model", "endpoint"):  # kept by the rollups
-        aggs = _collect(conn, f, _by_column(by))
-        if by == "model":  # the rollups keep a missing model as ''
-            merged: dict[Any, _Agg] = {}
-            for k, a in aggs.items():
-                key = k or None
-                merged[key] = _merge([merged[key], a]) if key in merged else a
-            aggs = merged
-        top = sorted(aggs.items(), key=lambda kv: (-kv[1].requests, "" if kv[0] is None else str(kv[0])))[:limit]
-        return [_breakdown_row(k, a) for k, a in top]
-    # Users and sessions are not in the rollups: pick the top keys by count through the covering
-    # index, then read the latency histograms of those keys only.
+    if by in ROLLUP_BREAKDOWNS:
+        return _rollup_breakdowns(conn, f, (by,), limit)[by]
+    # Users and sessions: the top keys by count from the per-day rollups (and the rows at the
+    # range's edges) when the filter allows, else through a covering index; then the latency
+    # histograms of those keys only, through the key's own index.
     seek = _small_project(conn, f)
     clauses, params = _conditions(conn, f, seek=seek)
-    sql = (
-        f"SELECT {by}, count(*) AS n, sum({_ERR}), sum(total_tokens), sum(cost_usd), sum({_UNPRICED}) "
-        f"FROM {_traces(conn, f, seek)}{_where(clauses)} GROUP BY {by} ORDER BY n DESC, {by} LIMIT ?"
-    )
+    source, source_params = _key_groups(conn, f, by, seek)
+    sql = f"{source} ORDER BY requests DESC, k LIMIT ?"
     aggs = {}
-    for key, n, errors, total, cost, unpriced in conn.execute(sql, [*params, limit]):
+    for key, *totals, _first, _last in conn.execute(sql, [*source_params, limit]):
         agg = aggs[key] = _Agg()
-        agg.add_totals(n, errors, 0, 0, total, cost, unpriced)
-    keys = [k for k in aggs if k is not None]
-    if aggs:
-        member = []
-        if keys:
-            member.append(f"{by} IN ({', '.join('?' * len(keys))})")
-        if None in aggs:
-            member.append(f"{by} IS NULL")
-        b = dialect_of(conn).bucket("latency_ms")
+        agg.add_totals(totals[0], totals[1], totals[2], 0, 0, *totals[3:])
+    # Each key's latest traces in the range, through the key's own index, newest first.
+    table = "traces" if not seek else _traces(conn, f, seek)
+    for key, agg in aggs.items():
+        member = f"{by} = ?" if key is not None else f"{by} IS NULL"
         sql = (
-            f"SELECT {by}, {b} AS b, count(*), min(latency_ms), max(latency_ms) FROM {_traces(conn, f, seek)}"
-            f"{_where([*clauses, '(' + ' OR '.join(member) + ')', 'latency_ms IS NOT NULL'])} GROUP BY {by}, b"
+            f"SELECT latency_ms FROM {table}{_where([*clauses, member, '+latency_ms IS NOT NULL'])} "
+            f"ORDER BY created_at DESC LIMIT {KEY_LATENCY_SAMPLE}"
         )
-        for key, bucket, n, lo, hi in conn.execute(sql, [*params, *keys]):
-            aggs[key].add_hist("latency", bucket, n, lo, hi)
+        latencies = sorted(r[0] for r in conn.execute(sql, [*params, *([key] if key is not None else [])]))
+        agg.sample = latencies
     return [_breakdown_row(k, a) for k, a in aggs.items()]
+
+
+#: Breakdowns the rollups keep (one read of them answers all three).
+ROLLUP_BREAKDOWNS = ("project", "model", "endpoint")
+
+
+def _rollup_breakdowns(
+    conn: Connection, f: TraceFilter, bys: tuple[str, ...], limit: int, now: float | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """A breakdown by each of ``bys`` (of :data:`ROLLUP_BREAKDOWNS`), from one read of the rollups
+    grouped by all of them: a histogram is a sum of counts, so each breakdown's percentiles are
+    what a read of its own would give."""
+    aggs = _collect(conn, f, _by_columns(bys), now)
+    out = {}
+    for i, by in enumerate(bys):
+        merged: dict[Any, _Agg] = {}
+        for k, a in aggs.items():
+            key = (k if len(bys) == 1 else k[i]) or None  # the rollups keep a missing model as ''
+            merged[key] = _merge([merged[key], a]) if key in merged else a
+        top = sorted(merged.items(), key=lambda kv: (-kv[1].requests, "" if kv[0] is None else str(kv[0])))[:limit]
+        out[by] = [_breakdown_row(k, a) for k, a in top]
+    return out
+
+
+#: A user's or a session's latency percentiles in a breakdown are those of its latest traces in
+#: the range, at most this many (exact over them): a few reads per key, however busy the key.
+KEY_LATENCY_SAMPLE = 1000
+
+
+#: One group's totals over ``traces`` rows (every column in the user and session indexes).
+_GROUP_SUMS = (
+    "count(*)",
+    f"sum({_ERR})",
+    f"sum({_CANCELLED})",
+    "sum(total_tokens)",
+    "sum(cost_usd)",
+    f"sum({_UNPRICED})",
+    f"sum({_NO_USAGE})",
+    "min(created_at)",
+    "max(created_at)",
+)
+#: The columns of :func:`_key_groups`' rows, after ``k``.
+_GROUP_COLUMNS = (
+    "requests",
+    "errors",
+    "cancelled",
+    "total_tokens",
+    "cost_usd",
+    "unpriced",
+    "no_usage",
+    "first_seen",
+    "last_seen",
+)
+
+
+def _key_groups(
+    conn: Connection, f: TraceFilter, column: str, seek: bool, now: float | None = None
+) -> tuple[str, list[Any]]:
+    """A query of ``f``'s traces grouped by ``column`` (user_id, session_id): one row per key
+    (``k``, ``None`` for traces without one) with :data:`_GROUP_COLUMNS`. Whole days come from the
+    key's per-day rollup when the filter names only time and project, the rest from ``traces``."""
+    parts: list[str] = []
+    params: list[Any] = []
+
+    def raw(lo: float | None, hi: float | None) -> None:
+        clauses, more = _conditions(conn, f, lo, hi, seek=seek)
+        table = _traces(conn, dataclasses.replace(f, since=lo), seek)
+        parts.append(
+            f"SELECT NULLIF({column}, '') AS k, count(*) AS requests, sum({_ERR}) AS errors, "
+            f"sum({_CANCELLED}) AS cancelled, sum(total_tokens) AS total_tokens, sum(cost_usd) AS cost_usd, "
+            f"sum({_UNPRICED}) AS unpriced, sum({_NO_USAGE}) AS no_usage, min(created_at) AS first_seen, "
+            f"max(created_at) AS last_seen FROM {table}{_where(clauses)} GROUP BY {column}"
+        )
+        params.extend(more)
+
+    def rollup(lo: int | None, hi: int) -> None:
+        clauses, more = _rollup_filters(f, ("project",))
+        clauses.append("period < ?")
+        more.append(hi)
+        if lo is not None:
+            clauses.append("period >= ?")
+            more.append(lo)
+        parts.append(
+            f"SELECT NULLIF({column}, '') AS k, {', '.join(_GROUP_COLUMNS)} FROM {KEY_ROLLUPS[column]}{_where(clauses)}"
+        )
+        params.extend(more)
+
+    tiers: list[tuple[int, Callable[[int | None, int], None]]] = []
+    if f.keys_rollup_ok:
+        tiers.append((KEY_PERIOD, rollup))
+    _tiered(f.since, f.until, time.time() if now is None else now, tiers, raw)
+    sums = ", ".join(
+        f"{'min' if c == 'first_seen' else 'max' if c == 'last_seen' else 'sum'}({c}) AS {c}" for c in _GROUP_COLUMNS
+    )
+    # A rollup row whose traces were all deleted stays, with no requests.
+    return f"SELECT k, {sums} FROM ({' UNION ALL '.join(parts)}) GROUP BY k HAVING sum(requests) > 0", params
 
 
 def overview_page(
@@ -704,12 +918,19 @@ def overview_page(
 ) -> dict[str, Any]:
     """The dashboard's overview: :func:`overview`, :func:`timeseries` and a :func:`breakdown` by
     each of ``breakdowns`` (``rows`` each), read on one connection -- in one read transaction,
-    one snapshot, so its numbers cannot disagree."""
+    one snapshot, so its numbers cannot disagree. The totals are the time series' buckets added up
+    (one read for both), and the project, model and endpoint breakdowns come from one read."""
+    now = time.time()
+    series = _collect(conn, f, _by_time(_check_width(bucket_seconds)), now)
+    bys = tuple(breakdowns)
+    kept = tuple(by for by in bys if by in ROLLUP_BREAKDOWNS)
+    found = _rollup_breakdowns(conn, f, kept, _check_limit(rows), now) if kept else {}
+    found.update({by: breakdown(conn, f, by, rows) for by in bys if by not in ROLLUP_BREAKDOWNS})
     return {
-        "overview": overview(conn, f),
+        "overview": _overview_of(_merge(series.values())),
         "bucket_seconds": bucket_seconds,
-        "timeseries": timeseries(conn, f, bucket_seconds),
-        "breakdowns": {by: breakdown(conn, f, by, rows) for by in breakdowns},
+        "timeseries": _series(series, f, bucket_seconds, now),
+        "breakdowns": {by: found[by] for by in bys},
     }
 
 
@@ -733,11 +954,13 @@ def _legacy(agg: _Agg) -> dict[str, Any]:
         "requests": agg.requests,
         "errors": agg.errors,
         "error_rate": agg.errors / agg.requests if agg.requests else 0.0,
+        "cancelled": agg.cancelled,
         "prompt_tokens": agg.prompt,
         "completion_tokens": agg.completion,
         "total_tokens": agg.total,
         "cost_usd": agg.cost_usd,
         "unpriced_requests": agg.unpriced,
+        "no_usage_requests": agg.no_usage,
         "latency_p50_ms": p50,
         "latency_p95_ms": p95,
         "latency_p99_ms": p99,
@@ -797,49 +1020,96 @@ def list_traces(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of traces (no bodies) and the cursor of the next page (``None`` at the end).
     ``sort``: created_at (time), latency_ms (latency), ttft_ms (ttft), total_tokens (tokens),
-    cost_usd (cost); ties broken by id; rows without a value come last."""
+    cost_usd (cost); ties broken by id in time order, by arrival (newest first when descending)
+    in the others; rows without a value come last."""
     column = SORTS.get(sort)
     if column is None:
         raise ValueError(f"sort must be one of {', '.join(sorted(set(SORTS.values())))}, not {sort!r}")
     limit = _check_limit(limit)
-    kind = f"traces:{column}:{'desc' if descending else 'asc'}"
+    # Ties: by id in time order (traces_agg ends with it); in a sort column's order, by arrival
+    # (the row's number, which each sort index holds without storing the 32-character id again).
+    tie = "id" if column == "created_at" else dialect_of(conn).row_order()
+    kind = f"traces:{column}:{'desc' if descending else 'asc'}" + ("" if tie == "id" else ":arrival")
     after = _decode_cursor(cursor, kind) if cursor else None
     op, order = ("<", "DESC") if descending else (">", "ASC")
     # A project's traces by time alone are one range of traces_project (which holds the ids); with
     # any other filter or order, a large project's are picked from the covering traces_agg.
     by_time_only = column == "created_at" and f == TraceFilter(since=f.since, until=f.until, project=f.project)
-    seek = f.project is not None and (by_time_only or _small_project(conn, f))
+    # Sorted by another column: the column's own index, walked in order with each row checked
+    # against the filter, when the filter keeps many traces; otherwise the filter's rows, sorted.
+    walk = column != "created_at" and _walk_sort_index(conn, f, limit)
+    seek = not walk and f.project is not None and (by_time_only or _small_project(conn, f))
     clauses, params = _conditions(conn, f, seek=seek)
-    # Pick the page's ids first (from the covering index traces_agg when the filter allows), then
-    # read just those rows: sorting full rows would read every row of the range, bodies included.
-    ids: list[Any] = []
+    # Not walking it, the sort column is an expression (unary +), so that SQLite does not.
+    value = column if walk or column == "created_at" else f"+{column}"
+    # Pick the page's rows first (from an index when the filter allows), then read just those
+    # rows: sorting full rows would read every row of the range, bodies included.
+    keys: list[Any] = []
     in_nulls = after is not None and after[1] is None
     if not in_nulls:
-        where = [*clauses, f"{column} IS NOT NULL"]
+        table = dialect_of(conn).sorted_by("traces", column) if walk else "traces"
+        where = [*clauses, f"{value} IS NOT NULL"]
         more = list(params)
         if after is not None:
-            where.append(f"({column}, id) {op} (?, ?)")
+            where.append(f"({value}, {tie}) {op} (?, ?)")
             more += [after[1], after[2]]
-        sql = f"SELECT id FROM traces{_where(where)} ORDER BY {column} {order}, id {order} LIMIT ?"
-        ids = [r[0] for r in conn.execute(sql, [*more, limit + 1])]
-    if len(ids) <= limit and column != "created_at":
-        where = [*clauses, f"{column} IS NULL"]
+        sql = f"SELECT {tie} FROM {table}{_where(where)} ORDER BY {value} {order}, {tie} {order} LIMIT ?"
+        keys = [r[0] for r in conn.execute(sql, [*more, limit + 1])]
+    if len(keys) <= limit and column != "created_at":
+        # Rows without a value come last, by arrival (the sort indexes hold only rows with one).
+        where = [*clauses, f"{value} IS NULL"]
         more = list(params)
         if in_nulls and after is not None:
-            where.append(f"id {op} ?")
+            where.append(f"{tie} {op} ?")
             more.append(after[2])
-        sql = f"SELECT id FROM traces{_where(where)} ORDER BY id {order} LIMIT ?"
-        ids += [r[0] for r in conn.execute(sql, [*more, limit + 1 - len(ids)])]
-    page = ids[:limit]
-    by_id = {}
+        # Not walking: the filter's rows, sorted (unary +), not every row in rowid order until enough
+        # match -- all of them, when none does.
+        order_by = tie if walk else f"+{tie}"
+        sql = f"SELECT {tie} FROM traces{_where(where)} ORDER BY {order_by} {order} LIMIT ?"
+        keys += [r[0] for r in conn.execute(sql, [*more, limit + 1 - len(keys)])]
+    page = keys[:limit]
+    by_key: dict[Any, dict[str, Any]] = {}
     if page:
-        sql = f"SELECT {_SUMMARY} FROM traces WHERE id IN ({', '.join('?' * len(page))})"
-        by_id = {r["id"]: r for r in _rows(conn, sql, page)}
-    rows = [by_id[i] for i in page if i in by_id]
-    if len(ids) <= limit or not rows:
+        sql = f"SELECT {tie} AS page_key, {_SUMMARY} FROM traces WHERE {tie} IN ({', '.join('?' * len(page))})"
+        by_key = {r.pop("page_key"): r for r in _rows(conn, sql, page)}
+    found = [(k, by_key[k]) for k in page if k in by_key]
+    rows = [r for _, r in found]
+    if len(keys) <= limit or not rows:
         return rows, None
-    last = rows[-1]
-    return rows, _encode_cursor([kind, last[column], last["id"], 0])
+    last_key, last = found[-1]
+    return rows, _encode_cursor([kind, last[column], last_key, 0])
+
+
+#: How many times a row read to check it against a filter costs an index entry read to sort it.
+_LOOKUP_COST = 16
+
+
+def _walk_sort_index(conn: Connection, f: TraceFilter, limit: int) -> bool:
+    """Whether a page sorted by a column is cheaper read by walking that column's index, checking
+    each row against ``f``: when ``f`` keeps ``m`` of ``n`` traces, the walk reads about
+    ``limit * n / m`` rows, the other way ``m`` index entries and a sort. So when
+    ``m * m >= _LOOKUP_COST * limit * n``; ``m`` is counted up to that bound (through the index
+    of the time range or the project, or from the hourly rollups)."""
+    if f == TraceFilter():
+        return True
+    if not f.rollup_ok:  # a user, session, key, text...: few rows, found through their own index
+        return False
+    row = conn.execute("SELECT max(rowid) FROM traces").fetchone()
+    total = int(row[0] or 0)
+    needed = math.ceil(math.sqrt(_LOOKUP_COST * (limit + 1) * total))
+    if f.model is None and f.endpoint is None and f.status is None:
+        clauses, params = _conditions(conn, f, seek=f.project is not None)
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM traces{_where(clauses)} LIMIT ?)"
+        return int(conn.execute(sql, [*params, needed]).fetchone()[0]) >= needed
+    clauses, params = _rollup_filters(f, HOUR_DIMS)
+    if f.since is not None:
+        clauses.append("hour >= ?")
+        params.append(math.floor(f.since / _HOUR) * _HOUR)
+    if f.until is not None:
+        clauses.append("hour < ?")
+        params.append(f.until)
+    sql = f"SELECT coalesce(sum(requests), 0) FROM rollup_hour{_where(clauses)}"
+    return int(conn.execute(sql, params).fetchone()[0]) >= needed
 
 
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -878,32 +1148,33 @@ def _groups(
     limit = _check_limit(limit)
     kind = f"{column}s"
     seek = _small_project(conn, f)
-    clauses, params = _conditions(conn, f, seek=seek)
-    clauses.append(f"{column} IS NOT NULL")
-    having = ""
-    more: list[Any] = []
+    source, params = _key_groups(conn, f, column, seek)
+    where = "k IS NOT NULL"
     if cursor:
         after = _decode_cursor(cursor, kind)
-        having = f" HAVING (max(created_at), {column}) < (?, ?)"
-        more = [after[1], after[2]]
-    sql = (
-        f"SELECT {column}, count(*), sum({_ERR}), coalesce(sum(total_tokens), 0), sum(cost_usd), sum({_UNPRICED}), "
-        f"min(created_at), max(created_at) AS last_seen FROM {_traces(conn, f, seek)}{_where(clauses)} "
-        f"GROUP BY {column}{having} ORDER BY last_seen DESC, {column} DESC LIMIT ?"
-    )
-    rows = [
-        {
-            column: key,
-            "requests": n,
-            "errors": errors,
-            "total_tokens": total,
-            "cost_usd": cost,
-            "unpriced": unpriced,
-            "first_seen": first,
-            "last_seen": last,
-        }
-        for key, n, errors, total, cost, unpriced, first, last in conn.execute(sql, [*params, *more, limit + 1])
-    ]
+        where += " AND (last_seen, k) < (?, ?)"
+        params = [*params, after[1], after[2]]
+    sql = f"SELECT * FROM ({source}) WHERE {where} ORDER BY last_seen DESC, k DESC LIMIT ?"
+    rows = []
+    for key, requests, errors, cancelled, total, cost, unpriced, no_usage, first, last in conn.execute(
+        sql, [*params, limit + 1]
+    ):
+        agg = _Agg()
+        agg.add_totals(requests, errors, cancelled, 0, 0, total, cost, unpriced, no_usage)
+        rows.append(
+            {
+                column: key,
+                "requests": requests,
+                "errors": errors,
+                "cancelled": cancelled,
+                "total_tokens": total or 0,
+                "cost_usd": agg.cost_usd,
+                "unpriced": unpriced,
+                "no_usage": no_usage,
+                "first_seen": first,
+                "last_seen": last,
+            }
+        )
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
@@ -924,15 +1195,64 @@ def users(
     return _groups(conn, f, "user_id", cursor, limit)
 
 
-def session_traces(
-    conn: Connection, session_id: str, limit: int = 500, *, project: str | None = None
-) -> list[dict[str, Any]]:
-    """A session's traces in full, oldest first (its conversation timeline); only those of
-    ``project`` when given."""
+def session_page(
+    conn: Connection,
+    session_id: str,
+    *,
+    cursor: str | None = None,
+    limit: int = 100,
+    project: str | None = None,
+) -> dict[str, Any]:
+    """A session (its conversation timeline): ``totals`` over all its traces (requests, errors,
+    cancelled, tokens, cost...), one page of its traces in full, oldest first, and the cursor of
+    the next page (``None`` at the end); only ``project``'s traces when given. Read in the
+    caller's one snapshot, so the totals and the pages agree."""
     limit = _check_limit(limit)
     scope, scoped = _in_project(project)
-    sql = f"SELECT * FROM traces WHERE session_id = ?{scope} ORDER BY created_at, id LIMIT ?"
-    return _rows(conn, sql, [session_id, *scoped, limit])
+    sql = f"SELECT {', '.join(_GROUP_SUMS)} FROM traces WHERE session_id = ?{scope}"
+    requests, errors, cancelled, total, cost, unpriced, no_usage, first, last = conn.execute(
+        sql, [session_id, *scoped]
+    ).fetchone()
+    agg = _Agg()
+    if requests:
+        agg.add_totals(requests, errors, cancelled, 0, 0, total, cost, unpriced, no_usage)
+    totals = {
+        "requests": agg.requests,
+        "errors": agg.errors,
+        "cancelled": agg.cancelled,
+        "total_tokens": agg.total,
+        "cost_usd": agg.cost_usd,
+        "unpriced": agg.unpriced,
+        "no_usage": agg.no_usage,
+        "first_seen": first,
+        "last_seen": last,
+    }
+    where, params = f"session_id = ?{scope}", [session_id, *scoped]
+    if cursor:
+        after = _decode_cursor(cursor, "session")
+        where += " AND (created_at, id) > (?, ?)"
+        params += [after[1], after[2]]
+    traces = _rows(conn, f"SELECT * FROM traces WHERE {where} ORDER BY created_at, id LIMIT ?", [*params, limit + 1])
+    next_cursor = None
+    if len(traces) > limit:
+        traces = traces[:limit]
+        next_cursor = _encode_cursor(["session", traces[-1]["created_at"], traces[-1]["id"], 0])
+    return {"totals": totals, "traces": traces, "next_cursor": next_cursor}
+
+
+def project_exists(conn: Connection, project: str) -> bool:
+    """Whether the store holds a trace of ``project``."""
+    return conn.execute("SELECT 1 FROM traces WHERE project = ? LIMIT 1", [project]).fetchone() is not None
+
+
+def projects(conn: Connection) -> list[str]:
+    """The projects the store holds traces of, in order (one index seek each)."""
+    out: list[str] = []
+    row = conn.execute("SELECT min(project) FROM traces").fetchone()
+    while row is not None and row[0] is not None:
+        out.append(row[0])
+        row = conn.execute("SELECT min(project) FROM traces WHERE project > ?", [row[0]]).fetchone()
+    return out
 
 
 def month_spend(conn: Connection, since: float) -> dict[str, float]:
@@ -958,7 +1278,9 @@ __all__ = [
     "overview",
     "overview_page",
     "pick_bucket",
-    "session_traces",
+    "project_exists",
+    "projects",
+    "session_page",
     "sessions",
     "stats",
     "timeseries",

@@ -27,6 +27,15 @@ HIST_LEVELS: dict[str, tuple[int, tuple[str, ...]]] = {
     "rollup_hist_day": (86400, ("project", "model", "endpoint")),
 }
 METRICS = (("latency", "latency_ms"), ("ttft", "ttft_ms"))
+#: Per-key rollups (schema 4): the traces' column -> its table, totals by day, project and that
+#: key (a trace without one under ``''``). Users and sessions are many, so these keep no
+#: histogram and no model or status: they answer the user and session lists and the overview's
+#: top users and sessions over whole days, for a filter that names only time and project.
+KEY_ROLLUPS = {"user_id": "rollup_user_day", "session_id": "rollup_session_day"}
+KEY_PERIOD = 86400
+#: Statuses counted as errors (``errors``, ``error_rate``): a request that failed. ``cancelled``
+#: (the client went away first) is counted on its own.
+ERROR_STATUSES = ("error", "timeout")
 
 
 def bucket_bounds(bucket: int) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from importlib import resources
 from urllib.parse import parse_qs, quote
 
 from ..api import jsonshape
-from ..asgi import HTTPError, Routes, internal_error, send_whole
+from ..asgi import HTTPError, Query, Routes, internal_error, send_whole
 from .auth import Sessions, cookie_name, read_cookie
 
 TYPE_CHECKING = False
@@ -173,8 +173,7 @@ class Dashboard:
         found = self.reads.route(path[len(_API_PREFIX) :])
         if found is None:
             raise HTTPError(404, f"Unknown read API route {path[len(_API_PREFIX) :]!r}", "not_found")
-        query = {k: v[-1] for k, v in parse_qs((scope.get("query_string") or b"").decode("latin-1")).items()}
-        document = await self.reads.answer(*found, query, who)
+        document = await self.reads.answer(*found, Query.of(scope), who)
         # Captured values may hold unpaired surrogates: the shared encoder escapes them.
         await _send(send, 200, jsonshape.encode(document, allow_nan=False), b"application/json")
 

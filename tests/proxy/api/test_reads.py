@@ -129,15 +129,15 @@ def test_the_overview_is_read_in_one_snapshot(tmp_path: Any, monkeypatch: Any) -
         return [tuple(r.get(c) for c in COLUMNS) for r in made]
 
     insert_rows(conn, rows(0, 10))
-    timeseries = queries.timeseries
+    breakdowns = queries._rollup_breakdowns
     wrote = threading.Event()
 
-    def timeseries_after_a_write(*args: Any, **kwargs: Any) -> Any:
+    def breakdowns_after_a_write(*args: Any, **kwargs: Any) -> Any:
         insert_rows(conn, rows(10, 5))  # another writer commits between two of the page's queries
         wrote.set()
-        return timeseries(*args, **kwargs)
+        return breakdowns(*args, **kwargs)
 
-    monkeypatch.setattr(queries, "timeseries", timeseries_after_a_write)
+    monkeypatch.setattr(queries, "_rollup_breakdowns", breakdowns_after_a_write)
     store = Store.existing(path)
     assert store is not None
     with store:
@@ -152,3 +152,58 @@ def test_the_overview_is_read_in_one_snapshot(tmp_path: Any, monkeypatch: Any) -
         assert counted == (10, 10, 10)
         assert store.read_sync(queries.overview, TraceFilter())["requests"] == 15  # the next read sees them
     conn.close()
+
+
+def test_filters_say_what_they_do_and_a_session_pages_with_its_totals(proxy: ProxyHandle) -> None:
+    """Several meta= conditions all hold; user/model are exact, user~=/model~= a prefix in any
+    case; a session of more traces than a page has its totals and pages (API and dashboard alike)."""
+    sent = [
+        ("Alice", '{"env": "prod", "tier": 1}', "gpt-4o-mini"),
+        ("alfred", '{"env": "prod", "tier": 2}', "gpt-4o"),
+        ("bob", '{"env": "dev", "tier": 2}', "gpt-4o-mini"),
+    ]
+    with httpx.Client(base_url=proxy.base_url, headers=AUTH, timeout=30) as client:
+        for user, meta, model in sent:
+            headers = {"X-Prysm-User-Id": user, "X-Prysm-Metadata": meta}
+            assert client.post("/chat/completions", json={**CHAT, "model": model}, headers=headers).status_code == 200
+        for _ in range(130):
+            r = client.post("/chat/completions", json=CHAT, headers={"X-Prysm-Session-Id": "long%20one/%C3%A9"})
+            assert r.status_code == 200
+        r = client.post(
+            "/chat/completions", json=CHAT, headers={"X-Prysm-Session-Id": "long%20one/%C3%A9", "x-fake-status": "500"}
+        )
+        assert r.status_code == 500
+        proxy.traces()
+
+        def users(query: str) -> list[str]:
+            r = client.get(f"/traces?since=all&{query}")
+            assert r.status_code == 200, r.text
+            return sorted(t["user_id"] for t in r.json()["data"])
+
+        assert users("meta=env=prod") == ["Alice", "alfred"]
+        assert users("meta=env=prod&meta=tier=2") == ["alfred"]  # both hold
+        assert users("meta=tier=2&meta=env=dev") == ["bob"]
+        assert users("user=alice") == [] and users("user=Alice") == ["Alice"]  # exact
+        assert users("user~=AL") == ["Alice", "alfred"]  # a prefix, any case
+        assert users("model~=GPT-4O&user~=al") == ["Alice", "alfred"]
+        assert users("model=gpt-4o") == ["alfred"]
+        r = client.get("/traces?meta=env")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_parameter"
+
+        session = "/sessions/" + "long one/é".replace("/", "%2F").replace(" ", "%20").replace("é", "%C3%A9")
+        first = client.get(session).json()
+        assert first["object"] == "session" and first["session_id"] == "long one/é"
+        totals = first["totals"]
+        assert (totals["requests"], totals["errors"], totals["no_usage"]) == (131, 1, 1)
+        assert totals["total_tokens"] == 130 * 13
+        assert len(first["traces"]) == 100 and first["next_cursor"]  # a page, and the way to the next
+        second = client.get(session, params={"cursor": first["next_cursor"]}).json()
+        assert len(second["traces"]) == 31 and second["next_cursor"] is None and second["totals"] == totals
+        ids = [t["id"] for t in first["traces"] + second["traces"]]
+        assert len(set(ids)) == 131
+        assert [t["created_at"] for t in first["traces"] + second["traces"]] == sorted(
+            t["created_at"] for t in first["traces"] + second["traces"]
+        )
+        assert client.get(session, params={"limit": "1001"}).status_code == 400
+        with _dashboard(proxy) as dashboard:
+            assert dashboard.get("/ui/api" + session).json() == first

@@ -128,3 +128,67 @@ def test_documented_commands_parse(doc: str, command: str, capsys: Any) -> None:
         pytest.fail(f"{doc}: `{command}` does not parse: {capsys.readouterr().err} ({exc})")
     if getattr(args, "key", None):
         collect_keys(args.key, None, {})  # raises on a key the proxy would refuse
+
+
+def _normalised(line: str, db: str) -> str:
+    """A banner line without what differs between runs: the time stamp, the port, the store's path."""
+    line = re.sub(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", "TIME ", line.strip())
+    line = re.sub(r"http://127\.0\.0\.1:\d+/", "http://127.0.0.1:PORT/", line)
+    return line.replace(db, "DB")
+
+
+def test_the_dashboards_banner_in_the_docs_is_what_the_programs_print(tmp_path: Path) -> None:
+    from ..conftest import Proxy
+
+    text = (ROOT / "docs" / "proxy.md").read_text()
+    section = text[text.index("## The dashboard") :]
+    block = section[
+        section.index("```console") + len("```console") : section.index("```\n", section.index("```console") + 10)
+    ]
+    shown = [line for line in block.strip().splitlines() if not line.startswith("$")]
+    assert len(shown) == 3, shown
+    key = generate_key()
+    db = str(tmp_path / "traces.db")
+    proxy = Proxy("--key", key, "--db", db, OPENAI_API_KEY="sk-upstream-unused").start()
+    try:
+        assert proxy.proc.stderr is not None
+        printed = [proxy.lines[-1], proxy.proc.stderr.readline()]
+    finally:
+        proxy.stop()
+    docs_db = "/home/me/.local/share/prysmai/traces.db"
+    assert [_normalised(line, db) for line in printed] == [_normalised(line, docs_db) for line in shown[:2]]
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "prysmai._cli", "ui", "--db", db, "--key", key, "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert ui.stderr is not None
+        line = ui.stderr.readline()
+        url = re.search(r"http://\S+/", line)
+        assert url, line
+        deadline = time.monotonic() + 30
+        while True:  # serving: it stops on SIGTERM from here on
+            try:
+                httpx.get(url.group(0) + "login", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "prysmai ui did not serve"
+                time.sleep(0.05)
+    finally:
+        ui.terminate()
+        ui.wait(30)
+    assert _normalised(line, db) == _normalised(shown[2], "traces.db")
+
+
+def test_the_limits_table_gives_the_limit_the_api_and_the_cli_take() -> None:
+    from prysmai._proxy.api.reads import MAX_LIMIT
+    from prysmai._proxy.store import queries
+
+    text = (ROOT / "docs" / "proxy.md").read_text()
+    (row,) = [line for line in text.splitlines() if line.startswith("| `limit` of every list")]
+    low, high = re.findall(r"\| (\d[\d,]*) … (\d[\d,]*) \|", row)[0]
+    assert (int(low), int(high.replace(",", ""))) == (1, MAX_LIMIT) == (1, queries.MAX_LIMIT)
+    parser = _build_parser()
+    args = parser.parse_args(["traces", "--limit", str(MAX_LIMIT)])
+    assert args.limit == MAX_LIMIT

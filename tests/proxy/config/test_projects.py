@@ -278,9 +278,20 @@ def test_read_api_shows_a_key_only_its_projects_traces(start: Any) -> None:
 
         assert listed(ALPHA_KEY) == {"alpha"}
         assert listed(BETA_KEY) == {"beta"}
-        assert listed(BETA_KEY, "?project=alpha") == {"beta"}  # a key cannot widen its scope
+        assert listed(BETA_KEY, "?project=beta") == {"beta"}
+        # A key cannot widen its scope, and asking for another project is said so, not answered
+        # with its own project's traces.
+        for route in ("/traces", "/stats", "/overview", "/sessions", "/users"):
+            r = client.get(f"{route}?project=alpha", headers=auth(BETA_KEY))
+            assert r.status_code == 403, (route, r.text)
+            assert r.json()["error"]["code"] == "project_forbidden" and r.json()["error"]["param"] == "project"
+            assert "reads project 'beta' only" in r.json()["error"]["message"]
         assert listed(ADMIN_KEY) == {"alpha", "beta"}
         assert listed(ADMIN_KEY, "?project=beta") == {"beta"}
+        assert listed(ADMIN_KEY, "?project=gamma") == set()  # configured, no trace yet: an empty list
+        r = client.get("/traces?project=nosuch", headers=auth(ADMIN_KEY))
+        assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_project"
+        assert "unknown project 'nosuch' (projects: alpha, beta, gamma)" in r.json()["error"]["message"]
         assert client.get(f"/traces/{ids['beta']}", headers=auth(ALPHA_KEY)).status_code == 404
         assert client.get(f"/traces/{ids['beta']}", headers=auth(BETA_KEY)).json()["project"] == "beta"
         assert client.get(f"/traces/{ids['beta']}", headers=auth(ADMIN_KEY)).status_code == 200
@@ -607,9 +618,13 @@ def test_dashboard_in_a_browser_shows_each_key_its_own_project(start: Any, chrom
         b.goto(page, f"{base}/?since=all")
         assert page.locator("section[data-breakdown='project']").count() == (1 if admin else 0)
         b.goto(page, f"{base}/traces?since=all&project=beta")  # a project's key cannot widen its view
-        assert page.locator("#traces-table tbody tr").count() == 1
-        link = page.locator("#traces-table tbody tr a").first.get_attribute("href") or ""
-        assert link.endswith(ids["beta"] if admin else ids["alpha"])
+        if admin:
+            assert page.locator("#traces-table tbody tr").count() == 1
+            link = page.locator("#traces-table tbody tr a").first.get_attribute("href") or ""
+            assert link.endswith(ids["beta"])
+        else:  # said so, instead of its own project's traces under another's name
+            assert page.locator("#traces-table").count() == 0
+            assert "this key reads project 'alpha' only, not 'beta'" in page.inner_text("#traces-body .error")
         page.context.close()
 
 

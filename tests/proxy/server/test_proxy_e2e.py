@@ -260,6 +260,67 @@ def test_malformed_metadata_still_proceeds_with_a_note(proxy: ProxyHandle, fake:
     assert r.status_code == 200 and "must be a JSON object" in " ".join(proxy.traces()[1]["notes"])
 
 
+def _raw_post(proxy: ProxyHandle, headers: list[bytes], body: bytes) -> bytes:
+    """One request written byte by byte on a socket: header values exactly as given, no client
+    library in between to encode or refuse them."""
+    host, port = proxy.base_url.split("//", 1)[1].split("/", 1)[0].split(":")
+    head = [
+        b"POST /api/v1/chat/completions HTTP/1.1",
+        b"Host: " + host.encode(),
+        b"Authorization: Bearer " + KEY.encode(),
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+        b"Connection: close",
+        *headers,
+    ]
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_tags_from_clients_without_the_sdk(proxy: ProxyHandle, fake: FakeUpstream) -> None:
+    """curl and Go send raw UTF-8, Node's http module latin-1 bytes: each tag arrives as sent; the
+    size limit and the nesting limit still hold."""
+    body = json.dumps(CHAT).encode()
+    sent = [
+        # curl / Go: UTF-8 bytes as typed
+        [
+            b'X-Prysm-Metadata: {"city":"Z\xc3\xbcrich","emoji":"\xf0\x9f\x9a\x80"}',
+            b"X-Prysm-User-Id: Jos\xc3\xa9",
+            b"X-Prysm-Session-Id: s\xc3\xa9ance-1",
+        ],
+        # Node: one latin-1 byte per character
+        [b'X-Prysm-Metadata: {"city":"Z\xfcrich"}', b"X-Prysm-User-Id: Jos\xe9", b"X-Prysm-Session-Id: s\xe9ance-1"],
+        # the SDK: ASCII-escaped, as before
+        [
+            b'X-Prysm-Metadata: {"city":"Z\\u00fcrich"}',
+            b"X-Prysm-User-Id: Jos%C3%A9",
+            b"X-Prysm-Session-Id: s%C3%A9ance-1",
+        ],
+        # over the size limit (raw UTF-8 bytes counted), and nested past what JSON decodes
+        [
+            b"X-Prysm-User-Id: " + "é".encode() * 4097,
+            b"X-Prysm-Metadata: " + b'{"a":' + b"[" * 3000 + b"]" * 3000 + b"}",
+        ],
+    ]
+    for headers in sent:
+        answer = _raw_post(proxy, headers, body)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    curl, node, sdk, limits = proxy.traces()
+    assert curl["metadata"] == {"city": "Zürich", "emoji": "🚀"}
+    assert (curl["user_id"], curl["session_id"], curl["notes"]) == ("José", "séance-1", None)
+    for trace in (node, sdk):
+        assert trace["metadata"] == {"city": "Zürich"}
+        assert (trace["user_id"], trace["session_id"], trace["notes"]) == ("José", "séance-1", None)
+    assert limits["user_id"] is None and limits["metadata"] is None
+    notes = " | ".join(limits["notes"])
+    assert "x-prysm-user-id ignored: longer than 8192 bytes" in notes
+    assert "x-prysm-metadata ignored: nested too deeply" in notes
+
+
 def test_other_endpoints(proxy: ProxyHandle, fake: FakeUpstream) -> None:
     c = client(proxy)
     assert c.embeddings.create(model="text-embedding-3-small", input="hi").data[0].embedding == [0.1, 0.2, 0.3]
@@ -362,3 +423,55 @@ def test_latency_header_is_numeric_and_below_wall_time(proxy: ProxyHandle) -> No
     r = post(proxy, "chat/completions", CHAT)
     wall = (time.perf_counter() - t0) * 1000
     assert 0 < float(r.headers["x-prysm-latency-ms"]) <= wall
+
+
+def test_the_search_index_can_be_turned_off_and_on(fake: FakeUpstream, start_proxy: Any, tmp_path: Any) -> None:
+    """--search-index off drops the words index (a text search then reads the bodies, as
+    substrings), and the writer process keeps it off; on builds it again over every trace."""
+    from prysmai._proxy.store import TraceFilter, queries
+    from prysmai._proxy.store.sqlite import SQLiteEngine, search
+
+    db = str(tmp_path / "search.db")
+
+    def send(proxy: ProxyHandle, text: str) -> None:
+        body = {**CHAT, "messages": [{"role": "user", "content": text}]}
+        assert post(proxy, "chat/completions", body).status_code == 200
+        proxy.traces()  # written
+
+    def found(text: str) -> list[str]:
+        conn = SQLiteEngine(db).open_existing()
+        assert conn is not None
+        try:
+            rows, _ = queries.list_traces(conn, TraceFilter(text=text))
+            return sorted(
+                json.loads(queries.get_trace(conn, r["id"])["request_body"])["messages"][0]["content"]  # type: ignore[index]
+                for r in rows
+            )
+        finally:
+            conn.close()
+
+    def indexed() -> bool:
+        conn = SQLiteEngine(db).open_existing()
+        assert conn is not None
+        try:
+            return search.exists(conn)
+        finally:
+            conn.close()
+
+    proxy = start_proxy(fake.url, db_path=db)
+    send(proxy, "the quokka of Zürich")
+    assert indexed() and found("zurich") == ["the quokka of Zürich"] and found("okka") == []  # words
+    proxy.stop()
+
+    proxy = start_proxy(fake.url, db_path=db, search_index=False)
+    send(proxy, "another quokka")
+    assert not indexed()  # the writer process did not build it again either
+    assert found("okka") == ["another quokka", "the quokka of Zürich"]  # substrings of the bodies
+    proxy.stop()
+
+    proxy = start_proxy(fake.url, db_path=db, search_index=True)
+    send(proxy, "a third one")
+    assert indexed()
+    assert found("quokka") == ["another quokka", "the quokka of Zürich"]  # rows written while off too
+    assert found("third") == ["a third one"]
+    proxy.stop()

@@ -128,7 +128,7 @@ FILTERS = [
     TraceFilter(user_id="u2"),
     TraceFilter(session_id="s3", since=BASE + 7 * HOUR),
     TraceFilter(key_id="key_web"),
-    TraceFilter(meta_key="env", meta_value="dev"),
+    TraceFilter(meta=(("env", "dev"),)),
     TraceFilter(text="hello", until=BASE + 40 * HOUR),
 ]
 
@@ -194,7 +194,7 @@ def test_lists_scoped_equal_the_projects_own_store(
     assert everything and {r["project"] for r in everything} == {project}
     assert {"project", "provider"} <= set(everything[0]) and "request_body" not in everything[0]
     for session in ("s0", "s5", "s11"):
-        assert queries.session_traces(mixed, session, project=project) == queries.session_traces(own, session)
+        assert queries.session_page(mixed, session, project=project) == queries.session_page(own, session)
 
 
 def test_a_trace_of_another_project_is_not_found(stores: dict[str | None, sqlite3.Connection], sizes: str) -> None:
@@ -209,7 +209,8 @@ def test_a_trace_of_another_project_is_not_found(stores: dict[str | None, sqlite
                 if other != project:
                     assert queries.get_trace(mixed, trace_id, project=other) is None
                     assert queries.get_trace(mixed, trace_id[:12], project=other) is None
-    assert queries.session_traces(mixed, "s1", project="nobody") == []
+    nobody = queries.session_page(mixed, "s1", project="nobody")
+    assert nobody["traces"] == [] and nobody["totals"]["requests"] == 0 and nobody["next_cursor"] is None
 
 
 def test_a_prefix_is_resolved_within_the_project(tmp_path: Path) -> None:
@@ -401,7 +402,8 @@ def test_cli_reads_one_project(tmp_path: Path, capsys: Any) -> None:
     assert (stats["requests"], stats["errors"], stats["cost_usd"], stats["unpriced_requests"]) == (2, 1, 0.0, 1)
     code, out, _ = run("stats", "--db", path, "--project", "default")
     assert code == 0 and re.search(r"Requests\s+1\b", out)
-    assert run("stats", "--db", path, "--project", "nobody")[1] == "No traces match these filters.\n"
+    code, out, err = run("stats", "--db", path, "--project", "nobody")
+    assert code == 2 and out == "" and "unknown project 'nobody': this store has traces of batch, default, web" in err
     code, _, err = run("traces", "show", "01" + "a" * 30, "--db", path, "--project", "batch")
     assert code == 1 and "no trace" in err and "in project 'batch'" in err
     code, out, _ = run("traces", "--db", path, "--project", "batch", "show", "03aaaaaa")

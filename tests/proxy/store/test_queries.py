@@ -4,6 +4,7 @@ written through the real TraceWriter writer, with expectations computed by hand 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import random
 import sqlite3
@@ -60,8 +61,21 @@ V1_COLUMNS = COLUMNS[: COLUMNS.index("provider_request_id") + 1]
 V2_COLUMNS = COLUMNS[: COLUMNS.index("key_id") + 1]
 # The schema prysmai wrote before projects (schema 2), dumped verbatim from a store it made.
 V2_DDL = (Path(__file__).parents[1] / "schema_v2.sql").read_text()
-#: Schema 3's indexes (a new store's, and a migrated one's).
-INDEXES = {"traces_agg", "traces_project", "traces_user3", "traces_session3", "traces_key3"}
+#: Schema 4's indexes (a new store's, and a migrated one's).
+INDEXES = {
+    "traces_agg",
+    "traces_project",
+    "traces_user3",
+    "traces_session3",
+    "traces_key3",
+    "traces_by_cost",
+    "traces_by_latency",
+    "traces_by_ttft",
+    "traces_by_tokens",
+}
+#: Its triggers: the rollups' fold (once per batch) and delete, the search index's.
+#: The triggers of a store: folding (rollups, the search index, the export outbox) once per batch.
+TRIGGERS = ["export_enqueue", "rollup_fold", "search_delete", "search_fold", "traces_rollup_delete"]
 
 _counter = iter(range(1, 10**9))
 
@@ -148,7 +162,7 @@ def test_a_v1_store_is_migrated_in_place_keeping_every_row(tmp_path: Any) -> Non
 
     conn = SQLiteEngine(path).open_existing()
     assert conn is not None
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     after = conn.execute(f"SELECT {', '.join(V1_COLUMNS)} FROM traces WHERE key_id IS NULL ORDER BY id").fetchall()
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
     # Every row of 0.1.0 is in the default project, sent to no named provider.
@@ -166,8 +180,12 @@ def test_a_v1_store_is_migrated_in_place_keeping_every_row(tmp_path: Any) -> Non
     raw = queries.overview(conn, TraceFilter(text='"messages"'))  # a text filter reads raw rows only
     assert conn.execute("SELECT count(*) FROM traces WHERE request_body IS NULL").fetchone()[0] == 1
     assert everything["requests"] == 501 and raw["requests"] == 500
-    assert raw["errors"] == everything["errors"] == sum(r["status"] != "success" for r in rows)
-    assert raw["unpriced"] == everything["unpriced"] - 1 == sum(r["cost_usd"] is None for r in rows)
+    assert raw["errors"] == everything["errors"] == sum(r["status"] in ("error", "timeout") for r in rows)
+    # A cost is unknown for want of a price (usage reported) or of usage; the writer's row has neither.
+    unpriced = sum(r["cost_usd"] is None and r["total_tokens"] is not None for r in rows)
+    no_usage = sum(r["cost_usd"] is None and r["total_tokens"] is None for r in rows)
+    assert raw["unpriced"] == everything["unpriced"] == unpriced
+    assert raw["no_usage"] == everything["no_usage"] - 1 == no_usage
     assert raw["total_tokens"] == everything["total_tokens"] == sum(r["total_tokens"] or 0 for r in rows)
     assert everything["cost_usd"] == pytest.approx(sum(r["cost_usd"] or 0 for r in rows))
     assert raw["latency_ms"] == queries.overview(conn, TraceFilter(until=base + 99_000))["latency_ms"]
@@ -180,8 +198,7 @@ def test_migration_is_idempotent(tmp_path: Any) -> None:
     SQLiteEngine(path).open_for_writing().close()
     conn = sqlite3.connect(path)
     triggers = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY 1")]
-    # Folding (and the export outbox) run once per batch, not per row.
-    assert triggers == ["export_enqueue", "rollup_fold", "traces_rollup_delete"]
+    assert triggers == TRIGGERS  # folding runs once per batch, not per row
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
     assert indexes == INDEXES
     conn.close()
@@ -260,15 +277,28 @@ def random_rows(n: int, seed: int, base: float = 1_700_000_000.0, **fixed: Any) 
 def assert_rollups_equal_rows(conn: sqlite3.Connection) -> None:
     """Every rollup holds exactly what its rows say (the rollups regrouped from scratch)."""
     hour = conn.execute(
-        "SELECT hour, project, model, endpoint, status, requests, total_tokens, unpriced FROM rollup_hour "
+        "SELECT hour, project, model, endpoint, status, requests, total_tokens, unpriced, no_usage FROM rollup_hour "
         "WHERE requests > 0 ORDER BY 1, 2, 3, 4, 5"
     ).fetchall()
     want = conn.execute(
         "SELECT CAST(created_at / 3600 AS INTEGER) * 3600, project, coalesce(model, ''), endpoint, status, "
-        "count(*), coalesce(sum(total_tokens), 0), sum(cost_usd IS NULL) FROM traces "
+        "count(*), coalesce(sum(total_tokens), 0), sum(cost_usd IS NULL AND total_tokens IS NOT NULL), "
+        "sum(cost_usd IS NULL AND total_tokens IS NULL) FROM traces "
         "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
     ).fetchall()
     assert [tuple(r) for r in hour] == [tuple(r) for r in want]
+    for column, table in (("user_id", "rollup_user_day"), ("session_id", "rollup_session_day")):
+        got = conn.execute(
+            f"SELECT period, project, {column}, requests, errors, cancelled, total_tokens, round(cost_usd, 9), "
+            f"unpriced, no_usage FROM {table} WHERE requests > 0 ORDER BY 1, 2, 3"
+        ).fetchall()
+        want = conn.execute(
+            f"SELECT CAST(created_at / 86400 AS INTEGER) * 86400, project, coalesce({column}, ''), count(*), "
+            "sum(status IN ('error', 'timeout')), sum(status = 'cancelled'), coalesce(sum(total_tokens), 0), "
+            "round(coalesce(sum(cost_usd), 0), 9), sum(cost_usd IS NULL AND total_tokens IS NOT NULL), "
+            f"sum(cost_usd IS NULL AND total_tokens IS NULL) FROM traces GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+        assert [tuple(r) for r in got] == [tuple(r) for r in want], table
     for table, seconds, dims in (
         ("rollup_hist_hour", 3600, "project"),
         ("rollup_hist_day", 86400, "project, model, endpoint"),
@@ -306,7 +336,7 @@ def test_a_v2_store_is_migrated_in_place_keeping_every_row_in_the_default_projec
 
     conn = SQLiteEngine(path).open_existing()
     assert conn is not None
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     after = conn.execute(f"SELECT {', '.join(V2_COLUMNS)} FROM traces WHERE id <> ? ORDER BY id", ("f" * 32,))
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
@@ -317,14 +347,17 @@ def test_a_v2_store_is_migrated_in_place_keeping_every_row_in_the_default_projec
     ]
     assert_rollups_equal_rows(conn)
     default = queries.overview(conn, TraceFilter(project="default"))
-    assert (default["requests"], default["unpriced"], default["total_tokens"]) == tuple(v2_overview)
+    # Schema 2 counted every unknown cost as unpriced; schema 4 tells a missing price from missing usage.
+    assert (default["requests"], default["unpriced"] + default["no_usage"], default["total_tokens"]) == tuple(
+        v2_overview
+    )
     web = queries.overview(conn, TraceFilter(project="web"))
     assert (web["requests"], web["cost_usd"], web["unpriced"]) == (1, 0.0, 0)  # priced at 0: known free
     assert queries.overview(conn, TraceFilter())["requests"] == 361
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
     assert indexes == INDEXES
     triggers = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    assert triggers == {"export_enqueue", "rollup_fold", "traces_rollup_delete"}
+    assert triggers == set(TRIGGERS)
     conn.close()
 
 
@@ -342,7 +375,7 @@ def test_a_schema_2_store_with_the_old_insert_trigger_is_migrated(tmp_path: Any)
     read = SQLiteEngine(path).open_existing()
     assert read is not None
     names = [r[0] for r in read.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
-    assert sorted(names) == ["export_enqueue", "rollup_fold", "traces_rollup_delete"]
+    assert sorted(names) == TRIGGERS
     assert queries.overview(read, TraceFilter())["requests"] == 6
     assert read.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0] == 6
     read.close()
@@ -388,7 +421,9 @@ def test_rollups_follow_inserts_and_deletes(tmp_path: Any) -> None:
     conn = db(tmp_path, rows)
     conn.execute("DELETE FROM traces WHERE created_at < ?", (base + 6 * 600,))
     got = queries.overview(conn, TraceFilter(until=base + 10 * HOUR))
-    assert got["requests"] == 18 and got["unpriced"] == 9 and got["cost_usd"] == pytest.approx(4.5)
+    # Half the rows have no cost and no usage: "no usage", not "unpriced".
+    assert got["requests"] == 18 and got["no_usage"] == 9 and got["unpriced"] == 0
+    assert got["cost_usd"] == pytest.approx(4.5)
     assert got["latency_ms"]["p50"] == pytest.approx(nearest_rank([float(i + 1) for i in range(6, 24)], 50), rel=BOUND)
 
 
@@ -416,11 +451,13 @@ def test_overview_by_hand(tmp_path: Any) -> None:
         "requests": 10,
         "errors": 2,
         "error_rate": 0.2,
+        "cancelled": 0,
         "prompt_tokens": 100,
         "completion_tokens": 45,
         "total_tokens": 145,
         "cost_usd": 1.5,
         "unpriced": 4,
+        "no_usage": 0,
         # nearest rank: p50 = 5th of 10, p95 = p99 = 10th
         "latency_ms": {"p50": 16.0, "p95": 512.0, "p99": 512.0},
         # TTFT 0.5, 1, 2, 4, 8: p50 = 3rd, p95 = 5th
@@ -462,7 +499,7 @@ def test_percentiles_within_the_stated_bound_and_rollup_equals_raw(tmp_path: Any
         assert hybrid["requests"] == len(chosen)
         assert hybrid["errors"] == sum(r["status"] == "error" for r in chosen)
         assert hybrid["total_tokens"] == sum(r["total_tokens"] for r in chosen)
-        assert raw["unpriced"] == sum(r["cost_usd"] is None for r in chosen)
+        assert raw["unpriced"] == sum(r["cost_usd"] is None for r in chosen) and raw["no_usage"] == 0
         for pct in (50, 95, 99):
             exact = nearest_rank([r["latency_ms"] for r in chosen], pct)
             assert abs(hybrid["latency_ms"][f"p{pct}"] / exact - 1) <= BOUND
@@ -501,9 +538,9 @@ def test_histogram_percentile_clamps_to_what_was_seen() -> None:
 def test_timeseries_buckets_include_empty_ones(tmp_path: Any) -> None:
     base = 1_700_000_000.0 - 1_700_000_000.0 % 3600  # an hour boundary
     rows = [
-        row(base + 10, latency_ms=5.0, cost_usd=0.1),
+        row(base + 10, latency_ms=5.0, cost_usd=0.1, total_tokens=10),
         row(base + 20, latency_ms=7.0, status="error", cost_usd=None),
-        row(base + 3 * HOUR + 5, latency_ms=100.0, cost_usd=None),
+        row(base + 3 * HOUR + 5, latency_ms=100.0, cost_usd=None, total_tokens=20),
     ]
     conn = db(tmp_path, rows)
     f = TraceFilter(since=base, until=base + 4 * HOUR)
@@ -511,7 +548,8 @@ def test_timeseries_buckets_include_empty_ones(tmp_path: Any) -> None:
         series = queries.timeseries(conn, f, width)
         assert [p["t"] for p in series] == [base + k * width for k in range(int(4 * HOUR / width))]
         first, last = series[0], series[int(3 * HOUR / width)]
-        assert (first["requests"], first["errors"], first["cost_usd"], first["unpriced"]) == (2, 1, 0.1, 1)
+        assert (first["requests"], first["errors"], first["cost_usd"], first["unpriced"]) == (2, 1, 0.1, 0)
+        assert first["no_usage"] == 1  # the error reported no usage: not an unpriced model
         assert (first["latency_p50"], first["latency_p99"]) == (5.0, 7.0)
         assert (last["requests"], last["cost_usd"], last["unpriced"], last["latency_p50"]) == (1, None, 1, 100.0)
         empty = series[1]
@@ -535,21 +573,29 @@ def test_breakdown(tmp_path: Any) -> None:
     base = 1_700_000_000.0
     rows = [row(base + i, model="a", user_id="u1", latency_ms=1.0, total_tokens=1, cost_usd=0.1) for i in range(5)]
     rows += [row(base + 10 + i, model="b", user_id=None, latency_ms=2.0, status="error") for i in range(3)]
-    rows += [row(base + 20, model=None, user_id="u2", latency_ms=4.0, endpoint="embeddings")]
+    rows += [row(base + 20, model=None, user_id="u2", latency_ms=4.0, endpoint="embeddings", total_tokens=3)]
+    rows += [row(base + 30, model="c", user_id=None, latency_ms=2.0, status="cancelled")]
     conn = db(tmp_path, rows)
     by_model = queries.breakdown(conn, TraceFilter(), "model")
-    assert [(r["key"], r["requests"], r["errors"], r["cost_usd"], r["unpriced"]) for r in by_model] == [
-        ("a", 5, 0, pytest.approx(0.5), 0),
-        ("b", 3, 3, None, 3),
-        (None, 1, 0, None, 1),
+    assert [
+        (r["key"], r["requests"], r["errors"], r["cancelled"], r["cost_usd"], r["unpriced"], r["no_usage"])
+        for r in by_model
+    ] == [
+        ("a", 5, 0, 0, pytest.approx(0.5), 0, 0),
+        ("b", 3, 3, 0, None, 0, 3),  # failures without usage: not unpriced
+        (None, 1, 0, 0, None, 1, 0),  # usage, but no price
+        ("c", 1, 0, 1, None, 0, 1),  # cancelled: not an error
     ]
+
     by_user = queries.breakdown(conn, TraceFilter(), "user_id", limit=2)
-    assert [(r["key"], r["requests"], r["latency_p50"], r["total_tokens"]) for r in by_user] == [
-        ("u1", 5, 1.0, 5),
-        (None, 3, 2.0, 0),
+    assert [
+        (r["key"], r["requests"], r["errors"], r["cancelled"], r["latency_p50"], r["total_tokens"]) for r in by_user
+    ] == [
+        ("u1", 5, 0, 0, 1.0, 5),
+        (None, 4, 3, 1, 2.0, 0),
     ]
     by_endpoint = queries.breakdown(conn, TraceFilter(), "endpoint")
-    assert [(r["key"], r["requests"]) for r in by_endpoint] == [("chat/completions", 8), ("embeddings", 1)]
+    assert [(r["key"], r["requests"]) for r in by_endpoint] == [("chat/completions", 9), ("embeddings", 1)]
     with pytest.raises(ValueError, match="breakdown"):
         queries.breakdown(conn, TraceFilter(), "metadata")
 
@@ -623,9 +669,12 @@ def test_filters_metadata_text_and_more(tmp_path: Any) -> None:
     def ids(**kw: Any) -> list[float]:
         return sorted(r["created_at"] - base for r in _all_pages(conn, TraceFilter(**kw)))
 
-    assert ids(meta_key="env", meta_value="prod") == [1]
-    assert ids(meta_key="tier", meta_value="2") == [1]
-    assert ids(meta_key="a.b", meta_value="x") == [1]
+    assert ids(meta=(("env", "prod"),)) == [1]
+    assert ids(meta=(("tier", "2"),)) == [1]
+    assert ids(meta=(("a.b", "x"),)) == [1]
+    # Several metadata conditions: every one must hold.
+    assert ids(meta=(("env", "prod"), ("tier", "2"))) == [1]
+    assert ids(meta=(("env", "dev"), ("tier", "2"))) == []
     assert ids(text="50% off") == [1]  # case-insensitive; % is literal
     assert ids(text="answer_is") == [2]
     assert ids(text="answerXis") == []  # _ is literal too
@@ -633,7 +682,87 @@ def test_filters_metadata_text_and_more(tmp_path: Any) -> None:
     assert ids(session_id="s1") == [3] and ids(key_id="key_1") == [3] and ids(status="timeout") == [3]
     assert ids(model="other") == [4] and ids(endpoint="embeddings") == [4]
     assert ids(since=base + 2, until=base + 4) == [2, 3]
-    assert queries.list_traces(conn, TraceFilter(meta_key="env", meta_value="prod"))[0][0]["metadata"]["tier"] == 2
+    assert queries.list_traces(conn, TraceFilter(meta=(("env", "prod"),)))[0][0]["metadata"]["tier"] == 2
+
+
+def test_user_and_model_filters_are_exact_and_their_prefix_forms_ignore_case(tmp_path: Any) -> None:
+    base = 1_700_000_000.0
+    rows = [
+        row(base + 1, user_id="alice", model="gpt-4o"),
+        row(base + 2, user_id="Alice@example.com", model="gpt-4o-mini"),
+        row(base + 3, user_id="malice", model="GPT-4o"),
+        row(base + 4, user_id="al_ce", model="o3-mini"),
+        row(base + 5, user_id="al%", model=None),
+    ]
+    conn = db(tmp_path, rows)
+
+    def ids(query: dict[str, str]) -> list[float]:
+        return sorted(r["created_at"] - base for r in _all_pages(conn, TraceFilter.from_query(query)))
+
+    assert ids({"user": "alice"}) == [1] and ids({"user": "ali"}) == []  # exact: no prefix, no case folding
+    assert ids({"model": "gpt-4o"}) == [1]
+    assert ids({"user~": "ali"}) == [1, 2]  # the start of the id, any case
+    assert ids({"user~": "ALICE@"}) == [2]
+    assert ids({"user~": "al_"}) == [4] and ids({"user~": "al%"}) == [5]  # _ and % are literal
+    assert ids({"model~": "gpt-4o"}) == [1, 2, 3]
+    assert ids({"model~": "gpt-4o", "user~": "m"}) == [3]
+    # The rollups cannot answer a prefix: aggregates read the rows.
+    assert queries.overview(conn, TraceFilter.from_query({"model~": "GPT"}))["requests"] == 3
+    assert queries.stats(conn, TraceFilter.from_query({"user~": "al"}))["requests"] == 4
+
+
+def test_text_search_uses_the_words_index_and_reads_bodies_without_it(tmp_path: Any, monkeypatch: Any) -> None:
+    from prysmai._proxy.store.sqlite import engine, search
+
+    base = 1_700_000_000.0
+    rows = [
+        row(base + 1, request_body='{"content": "Weather in Zürich tomorrow?"}', response_body="Sunny, 21°C"),
+        row(base + 2, request_body='{"tool": "search_docs", "query": "traces"}'),
+        row(base + 3, request_body="nothing here", response_body='{"content": "ZURICH is cloudy"}'),
+    ] + [row(base + 10 + i, request_body=f"filler {i}") for i in range(30)]
+    conn = db(tmp_path, rows)
+    assert search.exists(conn)
+
+    def ids(text: str) -> list[float]:
+        return sorted(
+            r["created_at"] - base for r in _all_pages(conn, TraceFilter(text=text)) if r["created_at"] < base + 10
+        )
+
+    assert ids("zurich") == [1, 3] and ids("Zürich") == [1, 3]  # accents and case folded
+    assert ids("search_docs") == [2] and ids("search docs") == [2]  # a phrase of words
+    assert ids("zur") == [1, 3]  # the last word is a prefix (typed so far)
+    assert ids("ich") == []  # words, not substrings
+    assert ids("sunny 21") == [1]
+    assert queries.overview(conn, TraceFilter(text="filler"))["requests"] == 30
+    # Many matches: read in the list's order, each row asked of the index.
+    few, _ = queries.list_traces(conn, TraceFilter(text="filler"), limit=5)
+    monkeypatch.setattr(engine, "_DRIVE_FROM_MATCHES", 10)
+    many, _ = queries.list_traces(conn, TraceFilter(text="filler"), limit=5)
+    assert [r["created_at"] - base for r in many] == [r["created_at"] - base for r in few] == [39, 38, 37, 36, 35]
+    assert queries.overview(conn, TraceFilter(text="filler"))["requests"] == 30
+    monkeypatch.undo()
+    # Rows deleted leave the index; rows inserted by other means are indexed when the store opens.
+    conn.execute("DELETE FROM traces WHERE created_at = ?", (base + 3,))
+    assert ids("zurich") == [1]
+    conn.execute(
+        "INSERT INTO traces (id, created_at, method, endpoint, status, request_body) "
+        "VALUES ('x', ?, 'POST', 'chat/completions', 'success', 'Zurich again')",
+        (base + 4,),
+    )
+    conn.close()
+    conn = SQLiteEngine(str(tmp_path / "t.db")).open_existing()
+    assert conn is not None
+    assert ids("zurich") == [1, 4]
+    conn.close()
+
+    # Without the index (--search-index off, or SQLite without FTS5): substrings of the bodies.
+    path = str(tmp_path / "t.db")
+    raw = sqlite3.connect(path, isolation_level=None)
+    search.uninstall(raw)
+    raw.close()
+    conn = SQLiteEngine(path).open_existing()
+    assert conn is not None and not search.exists(conn)
+    assert ids("search_docs") == [2] and ids("ich") == [1, 4] and ids("zurich") == [4]
 
 
 def test_from_query() -> None:
@@ -642,7 +771,13 @@ def test_from_query() -> None:
         now=1_700_003_600.0,
     )
     assert (f.since, f.until, f.user_id, f.session_id, f.key_id) == (1_700_000_000.0, 1_700_000_000.0, "u", "s", "k")
-    assert (f.meta_key, f.meta_value) == ("a", "b=c")
+    assert f.meta == (("a", "b=c"),)
+    # Several meta= in a query string: all of them (a plain mapping holds one).
+    from prysmai._proxy.asgi import Query
+
+    query = Query([("meta", "env=prod"), ("meta", "tier=2"), ("user~", "ali"), ("model~", "gpt")])
+    f = TraceFilter.from_query(query)
+    assert f.meta == (("env", "prod"), ("tier", "2")) and (f.user_prefix, f.model_prefix) == ("ali", "gpt")
     assert TraceFilter.from_query({"q": "", "limit": "5", "sort": "x"}) == TraceFilter()
     for query, message in (
         ({"since": "yesterday"}, "since: expected"),
@@ -684,9 +819,11 @@ def test_sessions_users_and_a_session_timeline(tmp_path: Any) -> None:
         "session_id": "s4",
         "requests": 3,
         "errors": 0,
+        "cancelled": 0,
         "total_tokens": 6,
         "cost_usd": None,
         "unpriced": 3,
+        "no_usage": 0,
         "first_seen": base + 400,
         "last_seen": base + 402,
     }
@@ -694,9 +831,38 @@ def test_sessions_users_and_a_session_timeline(tmp_path: Any) -> None:
     assert [r["session_id"] for r in rest] == ["s2", "s1", "s0"] and end is None
     us, _ = queries.users(conn, TraceFilter())
     assert [(u["user_id"], u["requests"]) for u in us] == [("u0", 9), ("u1", 6)]
-    timeline = queries.session_traces(conn, "s3")
-    assert [t["created_at"] for t in timeline] == [base + 300, base + 301, base + 302]
-    assert "request_body" in timeline[0]
+    timeline = queries.session_page(conn, "s3")
+    assert [t["created_at"] for t in timeline["traces"]] == [base + 300, base + 301, base + 302]
+    assert "request_body" in timeline["traces"][0] and timeline["next_cursor"] is None
+    assert timeline["totals"]["requests"] == 3 and timeline["totals"]["total_tokens"] == 6
+
+
+def test_a_long_session_pages_and_its_totals_are_all_of_its_traces(tmp_path: Any) -> None:
+    base = 1_700_000_000.0
+    rows = [
+        row(base + i, session_id="long", total_tokens=10, cost_usd=0.001, status="error" if i % 100 == 0 else "success")
+        for i in range(520)
+    ]
+    rows += [row(base + 600 + i, session_id="long", status="cancelled") for i in range(3)]  # no usage
+    rows += [row(base + 700, session_id="other", total_tokens=1, cost_usd=1.0)]
+    conn = db(tmp_path, rows)
+    first = queries.session_page(conn, "long", limit=500)
+    totals = first["totals"]
+    assert (totals["requests"], totals["errors"], totals["cancelled"]) == (523, 6, 3)
+    assert (totals["total_tokens"], totals["unpriced"], totals["no_usage"]) == (5200, 0, 3)
+    assert totals["cost_usd"] == pytest.approx(0.52)
+    assert (totals["first_seen"], totals["last_seen"]) == (base, base + 602)
+    assert len(first["traces"]) == 500 and first["next_cursor"] is not None
+    seen = [t["id"] for t in first["traces"]]
+    cursor = first["next_cursor"]
+    while cursor is not None:
+        page = queries.session_page(conn, "long", cursor=cursor, limit=7)
+        assert page["totals"] == totals  # every page carries the whole session's totals
+        seen += [t["id"] for t in page["traces"]]
+        cursor = page["next_cursor"]
+    assert seen == [r["id"] for r in rows[:523]]  # oldest first, each once
+    with pytest.raises(ValueError, match="another listing"):
+        queries.session_page(conn, "long", cursor=queries.list_traces(conn, TraceFilter(), limit=1)[1])
 
 
 # -- the read runner -----------------------------------------------------------------------------
@@ -766,7 +932,9 @@ def test_prysmai_stats_reads_a_v1_store_after_migrating_it(tmp_path: Any, capsys
     conn.close()
     assert main(["stats", "--db", path, "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
-    assert (stats["requests"], stats["errors"], stats["cost_usd"], stats["unpriced_requests"]) == (2, 1, 0.5, 1)
+    # The error reported no usage: its unknown cost is not an unpriced model's.
+    assert (stats["requests"], stats["errors"], stats["cost_usd"]) == (2, 1, 0.5)
+    assert (stats["unpriced_requests"], stats["no_usage_requests"]) == (0, 1)
     assert (stats["latency_p50_ms"], stats["latency_p99_ms"]) == (4.0, 8.0)
     assert main(["traces", "--db", path, "--json"]) == 0
     assert [t["id"][0] for t in json.loads(capsys.readouterr().out)["data"]] == ["b", "a"]
@@ -804,3 +972,130 @@ def test_rows_of_another_project_inserted_between_batches_are_folded_under_their
     assert by_project == {"web": 7, "batch": 1, "eval": 1, "default": 1}
     assert_rollups_equal_rows(read)
     read.close()
+
+
+def test_the_overview_page_and_the_key_rollups_agree_with_the_rows(tmp_path: Any) -> None:
+    """The overview page's one-read answers equal each read on its own; users and sessions from
+    their per-day rollups (with raw rows at a range's partial days) equal the rows grouped."""
+    rng = random.Random(25)
+    base = 1_700_000_000.0 - 1_700_000_000.0 % 86400  # a day boundary
+    rows = [
+        row(
+            base + rng.uniform(0, 5 * 86400),
+            model=rng.choice(["a", "b", None]),
+            endpoint=rng.choice(["chat/completions", "embeddings"]),
+            status=rng.choice(["success"] * 6 + ["error", "timeout", "cancelled"]),
+            latency_ms=rng.lognormvariate(5, 1),
+            total_tokens=rng.choice([None, rng.randint(1, 500)]),
+            cost_usd=rng.choice([None, rng.uniform(0, 0.01)]),
+            user_id=rng.choice([None] + [f"u{i}" for i in range(12)]),
+            session_id=rng.choice([None] + [f"s{i}" for i in range(40)]),
+            project=rng.choice(["web", "batch"]),
+            request_body="hello",
+        )
+        for _ in range(1500)
+    ]
+    conn = db(tmp_path, rows)
+
+    def same(got: Any, want: Any) -> None:
+        if isinstance(got, dict):
+            assert set(got) == set(want)
+            for k in got:
+                same(got[k], want[k])
+        elif isinstance(got, list):
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                same(g, w)
+        elif isinstance(got, float) and isinstance(want, float):
+            assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+        else:
+            assert got == want
+
+    def pages(listing: Any, filt: TraceFilter) -> list[dict[str, Any]]:
+        out, cursor = [], None
+        while True:
+            items, cursor = listing(conn, filt, cursor=cursor, limit=7)
+            out += items
+            if cursor is None:
+                return out
+
+    ranges = [
+        TraceFilter(),
+        TraceFilter(since=base + 0.4 * 86400, until=base + 3.7 * 86400),
+        TraceFilter(since=base + 1.2 * 86400, project="web"),
+    ]
+    for f in ranges:
+        width = queries.pick_bucket(f.since, f.until)
+        page = queries.overview_page(conn, f, width, ("project", "model", "endpoint", "user_id", "session_id"), 10)
+        same(page["overview"], queries.overview(conn, f))
+        same(page["timeseries"], queries.timeseries(conn, f, width))
+        for by in ("project", "model", "endpoint", "user_id", "session_id"):
+            same(page["breakdowns"][by], queries.breakdown(conn, f, by, 10))
+        # The text filter every row matches makes every read group the rows themselves.
+        raw = dataclasses.replace(f, text="hello")
+        for by in ("user_id", "session_id"):
+            same(queries.breakdown(conn, f, by, 10), queries.breakdown(conn, raw, by, 10))
+        for listing in (queries.users, queries.sessions):
+            got = pages(listing, f)
+            same(got, pages(listing, raw))
+            assert len(got) > 7  # several pages
+        # Errors are error and timeout; cancelled is counted on its own.
+        chosen = [
+            r
+            for r in conn.execute(
+                "SELECT status FROM traces WHERE created_at >= ? AND created_at < ?", (f.since or 0, f.until or 2e9)
+            )
+            if f.project is None
+        ]
+        if chosen:
+            assert page["overview"]["errors"] == sum(s in ("error", "timeout") for (s,) in chosen)
+            assert page["overview"]["cancelled"] == sum(s == "cancelled" for (s,) in chosen)
+
+    # Deleted rows leave the rollups' counts (first and last seen may stay wider: not narrowed).
+    conn.execute("DELETE FROM traces WHERE rowid % 17 = 0")
+    assert_rollups_equal_rows(conn)
+    for f in ranges:
+        raw = dataclasses.replace(f, text="hello")
+        for listing, column in ((queries.users, "user_id"), (queries.sessions, "session_id")):
+            counts = {
+                r[column]: {k: v for k, v in r.items() if k not in ("first_seen", "last_seen")}
+                for r in pages(listing, f)
+            }
+            want = {
+                r[column]: {k: v for k, v in r.items() if k not in ("first_seen", "last_seen")}
+                for r in pages(listing, raw)
+            }
+            same(counts, want)
+
+
+def test_a_sorted_list_of_few_traces_never_walks_the_whole_table(tmp_path: Any) -> None:
+    """The query plans of sorted lists: a filter that keeps few traces reads them through its own
+    index (never every row in rowid order until enough match: all of them, when none does); no
+    filter walks the sort column's index."""
+    base = 1_700_000_000.0
+    rows = [
+        row(base + i, project="big", user_id=f"u{i % 50}", latency_ms=float(i % 97), ttft_ms=None, total_tokens=i)
+        for i in range(3000)
+    ]
+    rows += [row(base + 5000 + i, project="small", latency_ms=None) for i in range(3)]
+    conn = db(tmp_path, rows)  # no ANALYZE: the proxy's stores have no statistics
+    executed: list[str] = []
+    conn.set_trace_callback(executed.append)
+
+    def plans(f: TraceFilter, sort: str, descending: bool) -> list[str]:
+        executed.clear()
+        queries.list_traces(conn, f, sort=sort, descending=descending)
+        conn.set_trace_callback(None)
+        out = []
+        for sql in [q for q in executed if q.lstrip().startswith("SELECT") and "FROM traces" in q]:
+            out += [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+        conn.set_trace_callback(executed.append)
+        return out
+
+    for f in (TraceFilter(project="small"), TraceFilter(project="nobody"), TraceFilter(user_id="u7")):
+        for sort in ("latency_ms", "ttft_ms", "cost_usd", "total_tokens"):
+            for descending in (True, False):
+                found = plans(f, sort, descending)
+                assert found and not [p for p in found if p.startswith("SCAN traces")], (f, sort, found)
+    unfiltered = plans(TraceFilter(), "latency_ms", True)
+    assert any("traces_by_latency" in p for p in unfiltered), unfiltered

@@ -51,7 +51,7 @@ def test_store_writes_in_background_and_flushes_on_close(tmp_path: Any) -> None:
     # Percentiles come from a histogram: within 3.2 % of the exact nearest-rank value (queries.py).
     assert totals["latency_p50_ms"] == pytest.approx(50.0, rel=0.033)
     assert totals["latency_p95_ms"] == pytest.approx(95.0, rel=0.033)
-    assert totals["by_model"]["a"]["requests"] == 50 and totals["unpriced_requests"] == 100
+    assert totals["by_model"]["a"]["requests"] == 50 and totals["no_usage_requests"] == 100
     assert stats(conn, TraceFilter(since=1090.5))["requests"] == 10
 
 

@@ -3,8 +3,8 @@
 ``prysmai demo --serve`` runs in a subprocess (plain, streamed, async, two users, a tool call and
 an error); the test logs in through the form, checks the overview's numbers and charts against the
 JSON API, filters and sorts the traces table, opens a trace, follows its session, visits every page
-at 1280x800 and on a phone-sized screen, and saves screenshots (test-output/screenshots/; with
-PRYSM_UPDATE_SCREENSHOTS=1 also docs/screenshots/, which the README shows).
+at 1280x800 and on a phone-sized screen, and saves screenshots (test-output/screenshots/; the
+README's, in docs/screenshots/, are made by docs/screenshots/make.py).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     page.on("request", lambda r: requests.append(r.url))
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(base + "/login")
-    b.screenshot(page, "login", docs=True)
+    b.screenshot(page, "login")
     b.login(page, base, key)
 
     # -- overview: the numbers and the charts are the API's ----------------------------------------
@@ -126,7 +126,7 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     assert models.count() == len(doc["breakdowns"]["model"]) >= 1
     users = [r["key"] for r in doc["breakdowns"]["user_id"]]
     assert {"alice", "bob"} <= set(users)
-    b.screenshot(page, "overview", docs=True)
+    b.screenshot(page, "overview")
 
     # -- auto-refresh picks up new traffic, and stops when paused ---------------------------------
     b.goto(page, base + "/?refresh=2")
@@ -164,7 +164,7 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     assert [r["latency_ms"] for r in by_latency] == sorted((r["latency_ms"] for r in by_latency), reverse=True)
     shown = [page.get_attribute(f"#traces-table tbody tr:nth-child({i + 1}) td a", "href") for i in range(3)]
     assert shown == [f"/traces/{r['id']}" for r in by_latency]
-    b.screenshot(page, "traces", docs=True)
+    b.screenshot(page, "traces")
     # A shared URL reproduces the view.
     shared = page.url
     other = context.new_page()
@@ -247,7 +247,7 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     assert json.loads(page.evaluate("navigator.clipboard.readText()")) == tool["response_body"]
     assert tool["provider_request_id"] is None or tool["provider_request_id"] in page.text_content(".detail-side")
     assert "feature" in page.text_content(".meta") and "search" in page.text_content(".meta")
-    b.screenshot(page, "trace", docs=True)
+    b.screenshot(page, "trace")
     page.click(".detail-side a[href^='/sessions/']")
     b.wait_ready(page)
     assert page.url == f"{base}/sessions/session-a1"
@@ -260,7 +260,7 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     roles = [turns.nth(i).locator(".msg").evaluate_all("ms => ms.map(m => m.dataset.role)") for i in range(3)]
     assert roles == [["user", "assistant"], ["system", "user", "assistant"], ["tool", "assistant"]]
     assert "3 earlier message(s)" in turns.nth(2).text_content()
-    b.screenshot(page, "session", docs=True)
+    b.screenshot(page, "session")
 
     # -- the streamed call's TTFT is drawn in its timing bar -------------------------------------
     streamed = next(t for t in api(page, base, "traces", since="24h")["data"] if t["stream"])
@@ -272,10 +272,10 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     b.goto(page, base + "/sessions")
     sessions = api(page, base, "sessions", since="24h")["data"]
     assert page.locator("#sessions-table tbody tr").count() == len(sessions) >= 2
-    b.screenshot(page, "sessions", docs=True)
+    b.screenshot(page, "sessions")
     b.goto(page, base + "/users")
     assert page.locator("#users-table tbody tr").count() == len(api(page, base, "users", since="24h")["data"]) >= 2
-    b.screenshot(page, "users", docs=True)
+    b.screenshot(page, "users")
 
     # -- a phone-sized screen: nothing wider than the screen ---------------------------------------
     phone = chromium.new_context(viewport=b.PHONE, storage_state=context.storage_state())
@@ -285,7 +285,7 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
         b.goto(small, base + path)
         width = small.evaluate("document.documentElement.scrollWidth")
         assert width <= b.PHONE["width"], (path, width)
-        b.screenshot(small, name, docs=name == "phone-overview")
+        b.screenshot(small, name)
     phone.close()
 
     # -- log out: the cookie is gone, the pages ask for a login again ------------------------------

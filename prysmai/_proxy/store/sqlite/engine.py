@@ -23,13 +23,13 @@ from ...config.projects import DEFAULT_PROJECT
 from .. import private_files
 from ..engine import QueryTimeout, StoreError, register_dialect
 from ..rows import COLUMNS
-from . import outbox, retention, rollups
+from . import outbox, retention, rollups, search
 from .migrations import SCHEMA_VERSION, migrate, prepare_new, version
 from .rollups import bucket_sql, ensure_functions
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterator, Sequence
     from typing import Any
 
 log = logging.getLogger("prysmai.proxy")
@@ -76,11 +76,30 @@ class SQLiteDialect:
         return sql, [path, value]
 
     @staticmethod
-    def contains(columns: Iterable[str], text: str) -> tuple[str, list[Any]]:
+    def starts_with(column: str, prefix: str) -> tuple[str, list[Any]]:
         # SQLite's LIKE is case-insensitive for ASCII (PostgreSQL: ILIKE).
-        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        parts = [f"{c} LIKE ? ESCAPE '\\'" for c in columns]
-        return "(" + " OR ".join(parts) + ")", [pattern] * len(parts)
+        return f"{column} LIKE ? ESCAPE '\\'", [_like_literal(prefix) + "%"]
+
+    @staticmethod
+    def text_search(conn: sqlite3.Connection, text: str) -> tuple[str, list[Any]]:
+        match = search.match_expression(text) if search.exists(conn) else None
+        if match is None:  # no index (or no word to look for): read the bodies
+            pattern = "%" + _like_literal(text) + "%"
+            return "(request_body LIKE ? ESCAPE '\\' OR response_body LIKE ? ESCAPE '\\')", [pattern, pattern]
+        # Few matches: the query starts from them (the rowids the index gives). Many: the set of
+        # them is made once and the query reads the traces in its own order, checking each row
+        # against it (unary +: not a lookup), so a page of a common word stops at a page's worth.
+        few = search.fewer_matches_than(conn, match, _DRIVE_FROM_MATCHES)
+        rowid = "traces.rowid" if few else "+traces.rowid"
+        return f"{rowid} IN (SELECT rowid FROM {search.TABLE} WHERE {search.TABLE} MATCH ?)", [match]
+
+    @staticmethod
+    def row_order() -> str:
+        return "rowid"
+
+    @staticmethod
+    def sorted_by(table: str, column: str) -> str:
+        return f"{table} INDEXED BY {SORT_INDEXES[column]}"
 
     @staticmethod
     def time_first(table: str) -> str:
@@ -89,6 +108,21 @@ class SQLiteDialect:
         SQLite's planner cannot know how narrow the range is."""
         return f"{table} INDEXED BY traces_agg"
 
+
+def _like_literal(text: str) -> str:
+    """``text`` as a LIKE pattern that matches it literally (with ``ESCAPE '\\'``)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+#: A text search with fewer matches than this starts from them; with more, from the traces.
+_DRIVE_FROM_MATCHES = 5000
+#: The index of each sort column (schema 4, :mod:`.migrations`).
+SORT_INDEXES = {
+    "cost_usd": "traces_by_cost",
+    "latency_ms": "traces_by_latency",
+    "ttft_ms": "traces_by_ttft",
+    "total_tokens": "traces_by_tokens",
+}
 
 register_dialect(sqlite3.Connection, SQLiteDialect())
 
@@ -111,19 +145,33 @@ def _refuse_newer(conn: sqlite3.Connection, path: str) -> None:
         )
 
 
-def _migrate(conn: sqlite3.Connection, path: str) -> None:
-    before, after = migrate(conn)
+def _migrate(conn: sqlite3.Connection, path: str, search_index: bool | None = None) -> None:
+    before, after = migrate(conn, search_index=search_index)
     if before not in (0, after):
         log.info("trace store %s migrated in place from schema %d to %d", path, before, after)
+    if search_index is not None and (
+        search.wanted(conn) != search_index or search.exists(conn) != (search_index and search.available(conn))
+    ):
+        what = "building the search index of the bodies" if search_index else "dropping the search index"
+        log.info("trace store %s: %s (--search-index %s)", path, what, "on" if search_index else "off")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            search.choose(conn, search_index)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
 
 class SQLiteEngine:
-    """The store in the SQLite file at ``path``."""
+    """The store in the SQLite file at ``path``; ``search_index``: build the search index of the
+    bodies (``True``), drop it (``False``) or leave the store's choice (``None``)."""
 
     dialect = SQLiteDialect()
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, search_index: bool | None = None) -> None:
         self.path = path
+        self.search_index = search_index
         self.location = path
         self._read_uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
 
@@ -140,7 +188,7 @@ class SQLiteEngine:
             prepare_new(conn)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            _migrate(conn, self.path)
+            _migrate(conn, self.path, self.search_index)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the trace store {self.path}: {exc}") from None
         return conn

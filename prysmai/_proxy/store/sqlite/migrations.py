@@ -34,6 +34,18 @@ A store created by schema 4 or later also has ``auto_vacuum = INCREMENTAL`` (set
 table), so the pages retention frees are returned to the disk; an older store reuses them for new
 traces instead (see docs/operations.md to convert one).
 
+5 (the dashboard at scale) adds:
+
+* ``rollup_hour.no_usage``: a trace without a cost is counted as ``unpriced`` only when usage was
+  reported (no price for its model), as ``no_usage`` when none was (a failure, a cancelled call);
+  schema 3 counted both as ``unpriced``. ``rollup_hour`` is rebuilt from the rows;
+* ``rollup_user_day`` and ``rollup_session_day``: totals by day, project and user or session,
+  folded with the others, for the user and session lists and breakdowns;
+* an index per sort column of the traces list (``traces_by_cost``, ``traces_by_latency``,
+  ``traces_by_ttft``, ``traces_by_tokens``, of the rows with a value), so that a list sorted by
+  any of them is one walk of an index however large the store;
+* ``traces_fts``, the search index of the bodies (:mod:`.search`), when SQLite has FTS5.
+
 All pending steps run in one ``BEGIN IMMEDIATE`` transaction that also sets the new version, so
 a store is never left half-migrated: an interrupted migration leaves the previous version intact
 and the next start-up runs it again. A store is migrated, never refused or rebuilt, unless it is
@@ -48,7 +60,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from . import rollups
+from ..rollups import KEY_ROLLUPS
+from . import rollups, search
 from .rollups import ensure_functions
 
 TYPE_CHECKING = False
@@ -182,6 +195,37 @@ def _to_v4(conn: sqlite3.Connection) -> None:
     _script(conn, V4)
 
 
+# Each index of a sort column holds the column (and, as every SQLite index, the rowid: the
+# listing's tie-break), only for the rows that have a value, so that a page is the index's next
+# entries. Filters by time, project and the like are checked on the page's rows
+# (queries.list_traces walks an index only when the filter keeps most rows). Each is one more
+# B-tree insertion per trace for the writer (bench/README.md); the id is left out, as
+# the 32-character ids would make the entries three times as wide.
+V5_INDEXES = """
+CREATE INDEX IF NOT EXISTS traces_by_cost ON traces (cost_usd) WHERE cost_usd IS NOT NULL;
+CREATE INDEX IF NOT EXISTS traces_by_latency ON traces (latency_ms) WHERE latency_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS traces_by_ttft ON traces (ttft_ms) WHERE ttft_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS traces_by_tokens ON traces (total_tokens) WHERE total_tokens IS NOT NULL;
+"""
+
+
+def _to_v5(conn: sqlite3.Connection, search_index: bool = True) -> None:
+    hour_columns = {r[1] for r in conn.execute("PRAGMA table_info(rollup_hour)")}
+    # A store created by this prysmai got today's rollups from schema 3's step; an older one has
+    # rollup_hour without no_usage and no per-key rollups.
+    if "no_usage" not in hour_columns:
+        for trigger in rollups.TRIGGERS:
+            conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        conn.execute("DROP TABLE rollup_hour")
+        _script(conn, rollups.TABLES)
+        folded = int(conn.execute("SELECT folded_rowid FROM rollup_state").fetchone()[0])
+        for table in ("rollup_hour", *KEY_ROLLUPS.values()):
+            conn.execute(rollups.fold_once_sql(table, folded))
+        _script(conn, rollups.FOLD_TRIGGER + rollups.DELETE_TRIGGER)
+    _script(conn, V5_INDEXES)
+    search.choose(conn, search_index)
+
+
 def _columns(conn: sqlite3.Connection) -> set[str]:
     return {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
 
@@ -212,6 +256,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _to_v2,
     2: _to_v3,
     3: _to_v4,
+    4: _to_v5,
 }
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 
@@ -227,10 +272,11 @@ def prepare_new(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
 
 
-def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
+def migrate(conn: sqlite3.Connection, *, search_index: bool | None = None) -> tuple[int, int]:
     """Bring the store on ``conn`` (autocommit mode) to :data:`SCHEMA_VERSION`, every pending step
     in one transaction. Returns ``(version before, version after)``; a newer store is left
-    untouched."""
+    untouched. ``search_index``: build the search index or not (``None``: as the store says, on
+    for a store that never said; see :mod:`.search`)."""
     ensure_functions(conn)
     before = current = version(conn)
     prepare_new(conn)
@@ -240,7 +286,10 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
             # Re-read under the write lock: another process may have migrated meanwhile.
             current = version(conn)
             while current < SCHEMA_VERSION:
-                MIGRATIONS[current](conn)
+                if current == 4:  # the search index is a choice: not built only to be dropped
+                    _to_v5(conn, search_index is not False)
+                else:
+                    MIGRATIONS[current](conn)
                 current += 1
                 conn.execute(f"PRAGMA user_version = {current}")
             conn.execute("COMMIT")

@@ -12,7 +12,9 @@ writer's next batch, or when ``prysmai stats``/``traces`` or the dashboard opens
 deleted row, but only one already folded (``rowid <= folded_rowid``).
 
 Every rollup keeps the trace's ``project`` (schema 3), so a read scoped to one project is answered
-from the rollups as an unscoped one is.
+from the rollups as an unscoped one is. Schema 4 splits a trace without a cost into ``unpriced``
+(usage reported, no price) and ``no_usage`` (no usage reported), and adds the per-day rollups of
+users and sessions (``KEY_ROLLUPS``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,16 @@ from __future__ import annotations
 import math
 import sqlite3
 
-from ..rollups import BUCKET_FLOOR_MS, BUCKETS_PER_E, HIST_LEVELS, HOUR_DIMS, METRICS
+from ..rollups import (
+    BUCKET_FLOOR_MS,
+    BUCKETS_PER_E,
+    ERROR_STATUSES,
+    HIST_LEVELS,
+    HOUR_DIMS,
+    KEY_PERIOD,
+    KEY_ROLLUPS,
+    METRICS,
+)
 
 
 def bucket_sql(column: str) -> str:
@@ -50,8 +61,16 @@ def _period(row: str, seconds: int) -> str:
 
 
 def _dim(row: str, dim: str) -> str:
-    # The rollups key NULL model as '' (a primary key column cannot usefully hold NULL for an upsert).
-    return f"coalesce({row}model, '')" if dim == "model" else f"{row}{dim}"
+    # The rollups key a NULL model, user or session as '' (a primary key column cannot usefully
+    # hold NULL for an upsert); the proxy stores no empty id, so '' is "none".
+    return f"coalesce({row}{dim}, '')" if dim in ("model", *KEY_ROLLUPS) else f"{row}{dim}"
+
+
+#: Per row: 1 if its cost is unknown although usage was reported (no price), and 1 if no usage
+#: was reported (nothing to price). ``api/costs.py`` classifies a single trace the same way.
+UNPRICED_SQL = "(cost_usd IS NULL AND total_tokens IS NOT NULL)"
+NO_USAGE_SQL = "(cost_usd IS NULL AND total_tokens IS NULL)"
+_ERRORS_SQL = "(status IN (" + ", ".join(f"'{s}'" for s in ERROR_STATUSES) + "))"
 
 
 # -- the tables ------------------------------------------------------------------------------------
@@ -71,6 +90,29 @@ def _hist_table(table: str) -> str:
 """
 
 
+def _key_table(column: str) -> str:
+    return f"""CREATE TABLE IF NOT EXISTS {KEY_ROLLUPS[column]} (
+    period INTEGER NOT NULL,
+    project TEXT NOT NULL,
+    {column} TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    cancelled INTEGER NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    unpriced INTEGER NOT NULL,
+    no_usage INTEGER NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    PRIMARY KEY (period, project, {column})
+) WITHOUT ROWID;
+"""
+
+
+#: The per-day user and session rollups (schema 4). A day's rows sit together at the key's end,
+#: where a batch's upserts land; a range of days is one range of the key.
+KEY_TABLES = "".join(_key_table(c) for c in KEY_ROLLUPS)
+
 # WITHOUT ROWID: an upsert then touches one B-tree (the key's) instead of the key's index and the
 # table; folding a batch upserts about one histogram row per trace (day x model x endpoint x
 # bucket has few repeats within a batch). The period leads every key: a time range is one range of
@@ -78,7 +120,8 @@ def _hist_table(table: str) -> str:
 # min_ms/max_ms only narrow the percentile estimate; after a delete they may be wider than the
 # remaining rows, which keeps the estimate within the bucket (the documented bound) regardless.
 _HOUR_DIM_COLUMNS = "".join(f"    {d} TEXT NOT NULL,\n" for d in HOUR_DIMS)
-TABLES = f"""
+TABLES = (
+    f"""
 CREATE TABLE IF NOT EXISTS rollup_hour (
     hour INTEGER NOT NULL,
 {_HOUR_DIM_COLUMNS}    requests INTEGER NOT NULL,
@@ -87,6 +130,7 @@ CREATE TABLE IF NOT EXISTS rollup_hour (
     total_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
     unpriced INTEGER NOT NULL,
+    no_usage INTEGER NOT NULL,
     PRIMARY KEY (hour, {", ".join(HOUR_DIMS)})
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rollup_state (
@@ -95,9 +139,14 @@ CREATE TABLE IF NOT EXISTS rollup_state (
     fold_from INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO rollup_state (one, folded_rowid, fold_from) VALUES (1, 0, 0);
-""" + "".join(_hist_table(t) for t in HIST_LEVELS)
+"""
+    + "".join(_hist_table(t) for t in HIST_LEVELS)
+    + KEY_TABLES
+)
+
+
 #: Every rollup table (what a migration drops and rebuilds when their keys change).
-ROLLUP_TABLES = ("rollup_hour", *HIST_LEVELS)
+ROLLUP_TABLES = ("rollup_hour", *HIST_LEVELS, *KEY_ROLLUPS.values())
 
 
 # -- folding: rows (fold_from, folded_rowid] of traces into every rollup, one statement per table ----
@@ -106,18 +155,43 @@ def _fold_hour_sql(lo: str, hi: str) -> str:
     keys = ", ".join(_dim("", d) for d in HOUR_DIMS)
     group = ", ".join(str(i + 1) for i in range(len(HOUR_DIMS) + 1))
     return f"""INSERT INTO rollup_hour ({names}, requests, prompt_tokens,
-        completion_tokens, total_tokens, cost_usd, unpriced)
+        completion_tokens, total_tokens, cost_usd, unpriced, no_usage)
     SELECT {_period("", 3600)}, {keys}, count(*),
         coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0),
-        coalesce(sum(cost_usd), 0), sum(cost_usd IS NULL)
-    FROM traces WHERE rowid > {lo} AND rowid <= {hi} GROUP BY {group}
+        coalesce(sum(cost_usd), 0), sum{UNPRICED_SQL}, sum{NO_USAGE_SQL}
+    FROM traces NOT INDEXED WHERE rowid > {lo} AND rowid <= {hi} GROUP BY {group}
     ON CONFLICT ({names}) DO UPDATE SET
         requests = requests + excluded.requests,
         prompt_tokens = prompt_tokens + excluded.prompt_tokens,
         completion_tokens = completion_tokens + excluded.completion_tokens,
         total_tokens = total_tokens + excluded.total_tokens,
         cost_usd = cost_usd + excluded.cost_usd,
-        unpriced = unpriced + excluded.unpriced;"""
+        unpriced = unpriced + excluded.unpriced,
+        no_usage = no_usage + excluded.no_usage;"""
+
+
+def _fold_key_sql(column: str, lo: str, hi: str) -> str:
+    names = f"period, project, {column}"
+    return f"""INSERT INTO {KEY_ROLLUPS[column]} ({names}, requests, errors, cancelled, total_tokens,
+        cost_usd, unpriced, no_usage, first_seen, last_seen)
+    SELECT {_period("", KEY_PERIOD)}, project, {_dim("", column)}, count(*), sum{_ERRORS_SQL},
+        sum(status = 'cancelled'), coalesce(sum(total_tokens), 0), coalesce(sum(cost_usd), 0), sum{UNPRICED_SQL},
+        sum{NO_USAGE_SQL}, min(created_at), max(created_at)
+    FROM traces NOT INDEXED WHERE rowid > {lo} AND rowid <= {hi} GROUP BY 1, 2, 3
+    ON CONFLICT ({names}) DO UPDATE SET
+        requests = requests + excluded.requests,
+        errors = errors + excluded.errors,
+        cancelled = cancelled + excluded.cancelled,
+        total_tokens = total_tokens + excluded.total_tokens,
+        cost_usd = cost_usd + excluded.cost_usd,
+        unpriced = unpriced + excluded.unpriced,
+        no_usage = no_usage + excluded.no_usage,
+        first_seen = min(first_seen, excluded.first_seen),
+        last_seen = max(last_seen, excluded.last_seen);"""
+
+
+# Every fold reads its rows by rowid range, ``NOT INDEXED``: left to choose, SQLite could walk a
+# sort column's index (schema 4) for "latency_ms IS NOT NULL", every row of the store per batch.
 
 
 def _fold_hist_sql(table: str, lo: str, hi: str) -> str:
@@ -128,7 +202,7 @@ def _fold_hist_sql(table: str, lo: str, hi: str) -> str:
     # Both metrics in one statement: a UNION ALL of one grouped SELECT per metric.
     selects = " UNION ALL ".join(
         f"""SELECT * FROM (SELECT {keys}, '{metric}', {bucket_sql(column)}, count(*), min({column}), max({column})
-        FROM traces WHERE rowid > {lo} AND rowid <= {hi} AND {column} IS NOT NULL GROUP BY {group})"""
+        FROM traces NOT INDEXED WHERE rowid > {lo} AND rowid <= {hi} AND {column} IS NOT NULL GROUP BY {group})"""
         for metric, column in METRICS
     )
     # "WHERE true" keeps SQLite's parser from reading ON CONFLICT as a join constraint.
@@ -147,8 +221,22 @@ FOLD_TRIGGER = f"""CREATE TRIGGER IF NOT EXISTS rollup_fold AFTER UPDATE OF fold
 WHEN NEW.folded_rowid > NEW.fold_from BEGIN
 {_fold_hour_sql("NEW.fold_from", "NEW.folded_rowid")}
 {"".join(_fold_hist_sql(t, "NEW.fold_from", "NEW.folded_rowid") for t in HIST_LEVELS)}
+{"".join(_fold_key_sql(c, "NEW.fold_from", "NEW.folded_rowid") for c in KEY_ROLLUPS)}
 END;
 """
+
+
+def fold_once_sql(table: str, hi: int) -> str:
+    """The one statement that folds rows ``(0, hi]`` into ``table`` alone: for a migration that
+    (re)builds one rollup over the rows already in the others."""
+    if table == "rollup_hour":
+        return _fold_hour_sql("0", str(hi))
+    if table in HIST_LEVELS:
+        return _fold_hist_sql(table, "0", str(hi))
+    column = next(c for c, t in KEY_ROLLUPS.items() if t == table)
+    return _fold_key_sql(column, "0", str(hi))
+
+
 _NO_ROWID = 2**63 - 1
 _FOLD = """UPDATE rollup_state SET fold_from = min(folded_rowid, ?),
     folded_rowid = (SELECT coalesce(max(rowid), 0) FROM traces)"""
@@ -172,6 +260,13 @@ def pending(conn: sqlite3.Connection) -> bool:
 
 
 # -- deletes: the only per-row trigger left, for rows already folded --------------------------------
+def _old(condition: str) -> str:
+    """``condition`` (on a row's columns) on the deleted row."""
+    for column in ("cost_usd", "total_tokens", "status"):
+        condition = condition.replace(column, "OLD." + column)
+    return condition
+
+
 def _unfold_sql() -> str:
     match = " AND ".join([f"hour = {_period('OLD.', 3600)}", *(f"{d} = {_dim('OLD.', d)}" for d in HOUR_DIMS)])
     hour = f"""
@@ -180,7 +275,21 @@ def _unfold_sql() -> str:
         completion_tokens = completion_tokens - coalesce(OLD.completion_tokens, 0),
         total_tokens = total_tokens - coalesce(OLD.total_tokens, 0),
         cost_usd = cost_usd - coalesce(OLD.cost_usd, 0),
-        unpriced = unpriced - (OLD.cost_usd IS NULL)
+        unpriced = unpriced - {_old(UNPRICED_SQL)},
+        no_usage = no_usage - {_old(NO_USAGE_SQL)}
+    WHERE {match};"""
+    for column, table in KEY_ROLLUPS.items():
+        match = (
+            f"period = {_period('OLD.', KEY_PERIOD)} AND project = OLD.project AND {column} = {_dim('OLD.', column)}"
+        )
+        hour += f"""
+    UPDATE {table} SET requests = requests - 1,
+        errors = errors - {_old(_ERRORS_SQL)},
+        cancelled = cancelled - (OLD.status = 'cancelled'),
+        total_tokens = total_tokens - coalesce(OLD.total_tokens, 0),
+        cost_usd = cost_usd - coalesce(OLD.cost_usd, 0),
+        unpriced = unpriced - {_old(UNPRICED_SQL)},
+        no_usage = no_usage - {_old(NO_USAGE_SQL)}
     WHERE {match};"""
     hists = ""
     for table, (seconds, dims) in HIST_LEVELS.items():

@@ -102,18 +102,47 @@ export function fmtMs(ms) {
   return ms.toFixed(ms < 10 ? 2 : 0) + " ms";
 }
 
+// Costs are said as prysmai/_proxy/api/costs.py says them (tests/proxy/web/test_costs_contract.py
+// runs both on the same values): fixed notation, three significant digits below a dollar, cents
+// from a dollar up, never "$0" for a cost that is not zero.
+const SMALLEST_COST = 1e-10;
+
+/** Dollars: $0.00000008, $0.0123, $0.50, $1,234.50. */
 export function fmtCost(usd) {
-  if (usd === null || usd === undefined) return "unpriced";
-  if (usd === 0) return "$0";
-  if (usd < 0.01) return "$" + usd.toPrecision(3);
-  return "$" + usd.toFixed(4);
+  if (usd === null || usd === undefined) return "–";
+  if (!Number.isFinite(usd)) return "unknown";
+  if (usd < 0) return "-" + fmtCost(-usd);
+  if (usd === 0) return "$0.00";
+  if (usd < SMALLEST_COST) return "<$0.0000000001";
+  if (usd >= 1) {
+    const [whole, cents] = usd.toFixed(2).split(".");
+    return "$" + whole.replace(/\B(?=(\d{3})+(?!\d))/g, ",") + "." + cents;
+  }
+  // The exponent of the shortest form that reads back as this number; toFixed rounds the
+  // number's exact value, half up.
+  const exponent = Number(usd.toExponential().split("e")[1]);
+  let text = usd.toFixed(2 - exponent);
+  while (text.endsWith("0") && text.split(".")[1].length > 2) text = text.slice(0, -1);
+  return "$" + text;
 }
 
-/** Cost with the unpriced count: a sum over priced requests is never presented as the total. */
-export function costText(usd, unpriced, requests) {
-  if (requests && unpriced >= requests) return "unknown (" + fmtNum(unpriced) + " unpriced)";
-  const base = fmtCost(usd || 0);
-  return unpriced ? base + " + " + fmtNum(unpriced) + " unpriced" : base;
+/** A trace's cost status: "priced", "unpriced" (no price for its model) or "no_usage". */
+export function costStatus(t) {
+  if (t.cost_usd !== null && t.cost_usd !== undefined) return "priced";
+  return t.total_tokens !== null && t.total_tokens !== undefined ? "unpriced" : "no_usage";
+}
+
+/** One trace's cost: dollars, "unpriced" or "no usage". */
+export function traceCost(t) {
+  const status = costStatus(t);
+  if (status === "priced") return fmtCost(t.cost_usd);
+  return status === "unpriced" ? "unpriced" : "no usage";
+}
+
+/** A sum of costs: a sum over priced requests is never presented as the total. */
+export function costText(usd, unpriced) {
+  if (usd === null || usd === undefined) return unpriced ? "unknown (" + fmtNum(unpriced) + " unpriced)" : "no usage";
+  return fmtCost(usd) + (unpriced ? " + " + fmtNum(unpriced) + " unpriced" : "");
 }
 
 export function fmtPct(x) {
@@ -127,9 +156,12 @@ export function fmtTime(unix) {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
+// Cancelled (the client went away first) is not an error: a colour of its own.
+const BADGES = { success: "ok", cancelled: "cancelled" };
+
 export function statusBadge(status, httpStatus) {
   const label = httpStatus ? `${status} ${httpStatus}` : String(status);
-  return el("span", { class: "badge badge-" + (status === "success" ? "ok" : "bad") }, label);
+  return el("span", { class: "badge badge-" + (BADGES[status] || "bad"), "data-status": status }, label);
 }
 
 /** A definition list from [label, value-node-or-text] pairs (null values skipped). */

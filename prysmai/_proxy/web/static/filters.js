@@ -19,25 +19,47 @@ export function offerProjectFilter(on) {
 }
 const FIELDS = [
   ["project", "project"],
-  ["model", "model"],
+  ["model", "model, or prefix*"],
   ["endpoint", "endpoint"],
-  ["user", "user"],
+  ["user", "user, or prefix*"],
   ["session", "session"],
-  ["meta", "metadata key=value"],
-  ["q", "text in bodies"],
+  ["meta", "metadata key=value (& key=value)"],
+  ["q", "words in bodies"],
 ];
+// The fields whose value may end in "*": a prefix, any case (the API's user~= and model~=).
+const PREFIXED = new Set(["model", "user"]);
+// Several metadata conditions in the one field, all of which must hold.
+const META_JOIN = " & ";
+const NAMES = ["until", "project", "model", "model~", "endpoint", "status", "user", "user~", "session", "key", "meta", "q"];
 
-/** The URL's parameters as the API's query (range -> since; "all" -> no since). */
+/** The URL's parameters as the API's query (range -> since; "all" -> no since), as
+ * URLSearchParams: a name may repeat (meta). */
 export function apiParams(search, extra) {
   const url = new URLSearchParams(search);
-  const out = {};
+  const out = new URLSearchParams();
   const since = url.get("since") || DEFAULT_RANGE;
-  if (since !== "all") out.since = since;
-  for (const name of ["until", "project", "model", "endpoint", "status", "user", "session", "key", "meta", "q"]) {
-    const value = url.get(name);
-    if (value) out[name] = value;
+  if (since !== "all") out.set("since", since);
+  for (const name of NAMES) {
+    for (const value of url.getAll(name)) if (value) out.append(name, value);
   }
-  return Object.assign(out, extra || {});
+  for (const [name, value] of Object.entries(extra || {})) out.set(name, value);
+  return out;
+}
+
+/** The field's text for a filter of the URL: "ali*" for user~=ali, conditions joined by " & ". */
+function fieldValue(url, name) {
+  if (PREFIXED.has(name) && url.get(name + "~")) return url.get(name + "~") + "*";
+  if (name === "meta") return url.getAll("meta").join(META_JOIN);
+  return url.get(name) || "";
+}
+
+/** A field's text back into the URL's parameters. */
+function setField(next, name, text) {
+  const value = text.trim();
+  if (!value) return;
+  if (PREFIXED.has(name) && value.endsWith("*") && value.length > 1) next.set(name + "~", value.slice(0, -1));
+  else if (name === "meta") for (const m of value.split(META_JOIN)) { if (m.trim()) next.append("meta", m.trim()); }
+  else next.set(name, value);
 }
 
 function toLocalInput(value) {
@@ -77,7 +99,7 @@ export function filterBar(full) {
     controls.push(status);
     for (const [name, label] of FIELDS.filter(([n]) => withProject || n !== "project")) {
       const input = el("input", { type: "search", id: "f-" + name, placeholder: label, "aria-label": label });
-      input.value = url.get(name) || "";
+      input.value = fieldValue(url, name);
       inputs[name] = input;
       controls.push(input);
     }
@@ -93,7 +115,7 @@ export function filterBar(full) {
     } else if (range.value !== DEFAULT_RANGE) {
       next.set("since", range.value);
     }
-    for (const [name, input] of Object.entries(inputs)) if (input.value) next.set(name, input.value.trim());
+    for (const [name, input] of Object.entries(inputs)) setField(next, name, input.value);
     // Keep the sort of the traces table; a new filter starts from the first page.
     for (const keep of ["sort", "order", "limit", "refresh", "key"]) if (url.get(keep)) next.set(keep, url.get(keep));
     const query = next.toString();

@@ -4,6 +4,15 @@ import { chart } from "./charts.js";
 import { apiParams, filterBar } from "./filters.js";
 import { clear, costText, el, fmtCost, fmtMs, fmtNum, fmtPct, pageLink, sessionLink, table } from "./dom.js";
 
+// What a cost total leaves out, each for what it is: requests of models without a price, and
+// requests that reported no usage (failed or cancelled: nothing to price).
+function costNotes(o) {
+  const notes = [];
+  if (o.unpriced) notes.push(fmtNum(o.unpriced) + " request(s) of models without a price");
+  if (o.no_usage) notes.push(fmtNum(o.no_usage) + " reported no usage");
+  return notes.length ? notes.join(" · ") : "every request priced";
+}
+
 // Every 10 s by default; ?refresh=N (seconds, at least 2) in the URL changes it.
 const REFRESH_MS = Math.max(2, Number(new URLSearchParams(location.search).get("refresh")) || 10) * 1000;
 
@@ -15,11 +24,11 @@ function card(id, label, value, sub) {
 function cards(o) {
   return el("section", { class: "cards", id: "cards" },
     card("requests", "Requests", fmtNum(o.requests)),
-    card("error_rate", "Error rate", fmtPct(o.error_rate), fmtNum(o.errors) + " errors"),
+    card("error_rate", "Error rate", fmtPct(o.error_rate),
+      `${fmtNum(o.errors)} errors · ${fmtNum(o.cancelled)} cancelled`),
     card("total_tokens", "Tokens", fmtNum(o.total_tokens),
       `${fmtNum(o.prompt_tokens)} in · ${fmtNum(o.completion_tokens)} out`),
-    card("cost_usd", "Cost", costText(o.cost_usd, o.unpriced, o.requests),
-      o.unpriced ? fmtNum(o.unpriced) + " request(s) without a price" : "every request priced"),
+    card("cost_usd", "Cost", costText(o.cost_usd, o.unpriced), costNotes(o)),
     card("latency", "Latency p50 / p95 / p99",
       `${fmtMs(o.latency_ms.p50)} / ${fmtMs(o.latency_ms.p95)} / ${fmtMs(o.latency_ms.p99)}`),
     card("ttft", "TTFT p50 / p95", `${fmtMs(o.ttft_ms.p50)} / ${fmtMs(o.ttft_ms.p95)}`, "streamed requests"));
@@ -32,14 +41,15 @@ function breakdown(by, rows) {
   const keyCell = (r) => {
     if (r.key === null || r.key === undefined) return el("span", { class: "muted" }, "(none)");
     if (by === "session_id") return sessionLink(r.key);
-    return pageLink("/traces", Object.assign(apiParams(location.search), { [FILTER_OF[by]]: r.key }), r.key);
+    return pageLink("/traces", apiParams(location.search, { [FILTER_OF[by]]: r.key }), r.key);
   };
   const columns = [
     { head: by.replace("_id", ""), cell: keyCell, cls: "clip" },
     { head: "requests", cell: (r) => fmtNum(r.requests), cls: "num" },
     { head: "errors", cell: (r) => fmtNum(r.errors), cls: "num" },
+    { head: "cancelled", cell: (r) => fmtNum(r.cancelled), cls: "num" },
     { head: "tokens", cell: (r) => fmtNum(r.total_tokens), cls: "num" },
-    { head: "cost", cell: (r) => costText(r.cost_usd, r.unpriced, r.requests), cls: "num" },
+    { head: "cost", cell: (r) => costText(r.cost_usd, r.unpriced), cls: "num" },
     { head: "p50", cell: (r) => fmtMs(r.latency_p50), cls: "num" },
     { head: "p95", cell: (r) => fmtMs(r.latency_p95), cls: "num" },
   ];
@@ -88,8 +98,9 @@ export async function render(main) {
     const pts = doc.timeseries;
     const b = doc.bucket_seconds;
     const charts = el("section", { class: "charts" },
-      chart({ id: "requests", title: "Requests and errors per " + bucketName(b), points: pts, bucket: b, format: fmtNum,
-        series: [{ key: "requests", label: "requests", kind: "bar" }, { key: "errors", label: "errors", kind: "bar" }] }),
+      chart({ id: "requests", title: "Requests, errors and cancellations per " + bucketName(b), points: pts, bucket: b, format: fmtNum,
+        series: [{ key: "requests", label: "requests", kind: "bar" }, { key: "errors", label: "errors", kind: "bar" },
+          { key: "cancelled", label: "cancelled", kind: "bar" }] }),
       chart({ id: "latency", title: "Latency percentiles", points: pts, bucket: b, format: fmtMs,
         series: [{ key: "latency_p50", label: "p50", kind: "line" }, { key: "latency_p95", label: "p95", kind: "line" },
           { key: "latency_p99", label: "p99", kind: "line" }] }),

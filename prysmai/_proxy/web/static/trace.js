@@ -1,7 +1,7 @@
 // Trace detail, and a session's traces as one conversation timeline.
 import { getJSON } from "./api.js";
 import { bodyDoc, bodyText, parameters, repeatedCount, requestMessages, responseMessages } from "./conversation.js";
-import { clear, el, facts, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, sessionLink, statusBadge, traceLink } from "./dom.js";
+import { clear, costStatus, costText, el, facts, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, sessionLink, statusBadge, traceCost, traceLink } from "./dom.js";
 
 function timingBar(t) {
   const total = t.latency_ms;
@@ -62,9 +62,12 @@ export async function renderTrace(main, id, me) {
   }
   const req = bodyDoc(t.request_body);
   const resp = bodyDoc(t.response_body);
-  const priceNote = t.cost_usd === null || t.cost_usd === undefined
-    ? "unpriced: no price for this model in the price table (never counted as $0)"
-    : fmtCost(t.cost_usd) + (me && me.pricing ? " · prices: " + me.pricing : "");
+  const status = costStatus(t);
+  const priceNote = status === "priced"
+    ? fmtCost(t.cost_usd) + (me && me.pricing ? " · prices: " + me.pricing : "")
+    : status === "unpriced"
+      ? "unpriced: no price for this model in the price table (never counted as $0)"
+      : "no usage reported by the provider: nothing to price";
   const summary = facts([
     ["status", statusBadge(t.status, t.http_status)],
     ["error", t.error ? el("span", { class: "error-text" }, t.error) : null],
@@ -104,42 +107,71 @@ export async function renderTrace(main, id, me) {
       el("aside", { class: "detail-side" }, summary, timingBar(t), meta)));
 }
 
+// A session's timeline, a page at a time: its totals are all of its traces'; "Load more" appends
+// the next page (each turn shows what it added to the conversation, across pages too).
+const SESSION_PAGE = 100;
+
 export async function renderSession(main, sessionId) {
   clear(main).append(el("p", { class: "muted" }, "Loading…"));
+  const path = "sessions/" + encodeURIComponent(sessionId);
   let doc;
   try {
-    doc = await getJSON("sessions/" + encodeURIComponent(sessionId));
+    doc = await getJSON(path, { limit: String(SESSION_PAGE) });
   } catch (err) {
     clear(main).append(el("h1", null, "Session"), el("p", { class: "error" }, String(err.message || err)));
     return;
   }
+  const totals = doc.totals;
   const timeline = el("ol", { class: "timeline", id: "timeline" });
-  let tokens = 0;
-  let cost = 0;
-  let unpriced = 0;
+  const shown = el("span", { id: "shown" });
+  const more = el("button", { type: "button", class: "secondary", id: "load-more" }, "Load more");
+  const status = el("p", { class: "muted", id: "timeline-status" }, shown, " ", more);
+  let count = 0;
   let prev = { req: null, resp: null };
-  for (const t of doc.traces) {
-    tokens += t.total_tokens || 0;
-    if (t.cost_usd === null || t.cost_usd === undefined) unpriced += 1;
-    else cost += t.cost_usd;
-    const reqDoc = bodyDoc(t.request_body);
-    const respDoc = bodyDoc(t.response_body);
-    // A chat request repeats the conversation so far: show what this turn added.
-    const latest = requestMessages(reqDoc, repeatedCount(prev.req, prev.resp, reqDoc));
-    prev = { req: reqDoc, resp: respDoc };
-    timeline.append(el("li", { class: "turn", "data-trace": t.id },
-      el("div", { class: "turn-head" }, traceLink(t.id, fmtTime(t.created_at)), " ", statusBadge(t.status, t.http_status),
-        el("span", { class: "muted" }, ` ${t.model ?? ""} · ${fmtMs(t.latency_ms)} · ${fmtNum(t.total_tokens)} tokens · ${fmtCost(t.cost_usd)}`)),
-      latest, responseMessages(respDoc),
-      t.error ? el("div", { class: "error-text" }, t.error) : null));
+
+  function append(traces) {
+    for (const t of traces) {
+      const reqDoc = bodyDoc(t.request_body);
+      const respDoc = bodyDoc(t.response_body);
+      // A chat request repeats the conversation so far: show what this turn added.
+      const latest = requestMessages(reqDoc, repeatedCount(prev.req, prev.resp, reqDoc));
+      prev = { req: reqDoc, resp: respDoc };
+      timeline.append(el("li", { class: "turn", "data-trace": t.id },
+        el("div", { class: "turn-head" }, traceLink(t.id, fmtTime(t.created_at)), " ", statusBadge(t.status, t.http_status),
+          el("span", { class: "muted" }, ` ${t.model ?? ""} · ${fmtMs(t.latency_ms)} · ${fmtNum(t.total_tokens)} tokens · ${traceCost(t)}`)),
+        latest, responseMessages(respDoc),
+        t.error ? el("div", { class: "error-text" }, t.error) : null));
+    }
+    count += traces.length;
+    shown.textContent = `showing ${fmtNum(count)} of ${fmtNum(totals.requests)} traces`;
   }
+
+  let cursor = doc.next_cursor;
+  more.hidden = !cursor;
+  more.addEventListener("click", async () => {
+    more.disabled = true;
+    try {
+      const next = await getJSON(path, { limit: String(SESSION_PAGE), cursor });
+      append(next.traces);
+      cursor = next.next_cursor;
+      more.hidden = !cursor;
+    } catch (err) {
+      status.append(el("span", { class: "error" }, " " + String(err.message || err)));
+    }
+    more.disabled = false;
+  });
+  append(doc.traces);
   clear(main).append(
     el("h1", null, "Session ", el("code", null, sessionId)),
     facts([
-      ["traces", fmtNum(doc.traces.length)],
-      ["tokens", fmtNum(tokens)],
-      ["cost", fmtCost(cost) + (unpriced ? ` + ${unpriced} unpriced` : "")],
+      ["traces", el("span", { id: "session-requests" }, fmtNum(totals.requests))],
+      ["errors", `${fmtNum(totals.errors)} errors · ${fmtNum(totals.cancelled)} cancelled`],
+      ["tokens", fmtNum(totals.total_tokens)],
+      ["cost", el("span", { id: "session-cost" }, costText(totals.cost_usd, totals.unpriced) +
+        (totals.no_usage ? ` · ${fmtNum(totals.no_usage)} reported no usage` : ""))],
+      ["first / last", `${fmtTime(totals.first_seen)} – ${fmtTime(totals.last_seen)}`],
       ["all its traces", pageLink("/traces", { session: sessionId, since: "all" }, "in the traces table")],
     ]),
-    doc.traces.length ? timeline : el("p", { class: "muted" }, "No traces in this session."));
+    count ? timeline : el("p", { class: "muted" }, "No traces in this session."),
+    count ? status : null);
 }

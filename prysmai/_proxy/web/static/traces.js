@@ -1,7 +1,7 @@
 // Traces: newest first, filtered and sorted through the URL, paginated by cursor.
 import { getJSON } from "./api.js";
 import { apiParams, filterBar } from "./filters.js";
-import { clear, el, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, sessionLink, statusBadge, table, traceLink } from "./dom.js";
+import { clear, el, fmtMs, fmtNum, fmtTime, pageLink, sessionLink, statusBadge, table, traceCost, traceLink } from "./dom.js";
 
 function sortHead(key, label) {
   const url = new URLSearchParams(location.search);
@@ -29,7 +29,7 @@ export function traceColumns(withSort, withProject) {
     { head: head("latency", "latency"), cell: (r) => fmtMs(r.latency_ms), cls: "num" },
     { head: head("ttft", "TTFT"), cell: (r) => fmtMs(r.ttft_ms), cls: "num" },
     { head: head("tokens", "tokens"), cell: (r) => fmtNum(r.total_tokens), cls: "num" },
-    { head: head("cost", "cost"), cell: (r) => fmtCost(r.cost_usd), cls: "num" },
+    { head: head("cost", "cost"), cell: (r) => traceCost(r), cls: "num" },
     { head: "user", cell: (r) => (r.user_id ? pageLink("/traces", { user: r.user_id, since: "all" }, r.user_id) : "–"), cls: "clip" },
     { head: "session", cell: (r) => (r.session_id ? sessionLink(r.session_id) : "–"), cls: "clip" },
   ];
@@ -40,7 +40,7 @@ export async function render(main, me) {
   const params = apiParams(location.search, {
     sort: url.get("sort") || "time", order: url.get("order") || "desc", limit: url.get("limit") || "50",
   });
-  if (url.get("cursor")) params.cursor = url.get("cursor");
+  if (url.get("cursor")) params.set("cursor", url.get("cursor"));
   const body = el("div", { id: "traces-body" }, el("p", { class: "muted" }, "Loading…"));
   clear(main).append(el("h1", null, "Traces"), filterBar(true), body);
   let doc;
@@ -55,12 +55,12 @@ export async function render(main, me) {
   if (url.get("cursor")) {
     const first = new URLSearchParams(url);
     first.delete("cursor");
-    pager.append(pageLink("/traces", Object.fromEntries(first), "« first page"));
+    pager.append(pageLink("/traces", first, "« first page"));
   }
   if (doc.next_cursor) {
     const next = new URLSearchParams(url);
     next.set("cursor", doc.next_cursor);
-    const a = pageLink("/traces", Object.fromEntries(next), "next page »");
+    const a = pageLink("/traces", next, "next page »");
     a.id = "next-page";
     pager.append(a);
   }

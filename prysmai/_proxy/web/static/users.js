@@ -7,7 +7,7 @@ async function list(main, kind) {
   const title = kind === "sessions" ? "Sessions" : "Users";
   const url = new URLSearchParams(location.search);
   const params = apiParams(location.search, { limit: "50" });
-  if (url.get("cursor")) params.cursor = url.get("cursor");
+  if (url.get("cursor")) params.set("cursor", url.get("cursor"));
   const body = el("div", null, el("p", { class: "muted" }, "Loading…"));
   clear(main).append(el("h1", null, title), filterBar(false), body);
   let doc;
@@ -23,8 +23,9 @@ async function list(main, kind) {
       cell: (r) => (kind === "sessions" ? sessionLink(idOf(r)) : pageLink("/traces", { user: idOf(r), since: "all" }, idOf(r))) },
     { head: "requests", cls: "num", cell: (r) => fmtNum(r.requests) },
     { head: "errors", cls: "num", cell: (r) => fmtNum(r.errors) },
+    { head: "cancelled", cls: "num", cell: (r) => fmtNum(r.cancelled) },
     { head: "tokens", cls: "num", cell: (r) => fmtNum(r.total_tokens) },
-    { head: "cost", cls: "num", cell: (r) => costText(r.cost_usd, r.unpriced, r.requests) },
+    { head: "cost", cls: "num", cell: (r) => costText(r.cost_usd, r.unpriced) },
     { head: "first seen", cls: "nowrap", cell: (r) => fmtTime(r.first_seen) },
     { head: "last seen", cls: "nowrap", cell: (r) => fmtTime(r.last_seen) },
   ];
@@ -32,7 +33,7 @@ async function list(main, kind) {
   if (doc.next_cursor) {
     const next = new URLSearchParams(url);
     next.set("cursor", doc.next_cursor);
-    pager.append(pageLink(location.pathname, Object.fromEntries(next), "next page »"));
+    pager.append(pageLink(location.pathname, next, "next page »"));
   }
   clear(body).append(
     doc.data.length ? table(columns, doc.data, { id: kind + "-table" }) : el("p", { class: "muted" }, `No ${kind} in this range.`),
