@@ -102,8 +102,7 @@ class Dashboard:
     def _who(self, scope: Scope) -> KeyEntry | None:
         """The key of a valid session cookie, if that key is still accepted (a reload may have
         removed it: its sessions end with it)."""
-        cookie = next((v for k, v in scope["headers"] if k == b"cookie"), None)
-        key_id = self.sessions.check(read_cookie(cookie, _cookie(scope)))
+        key_id = self.sessions.check(read_cookie(_cookie_header(scope), _cookie(scope)))
         return None if key_id is None else self.reads.tenancy().by_key_id(key_id)
 
     # -- pages and files ----------------------------------------------------------------------------
@@ -160,6 +159,7 @@ class Dashboard:
 
     async def _logout(self, scope: Scope, receive: Receive, send: Send, _: str | None) -> None:
         _check_origin(scope)
+        self.sessions.end(read_cookie(_cookie_header(scope), _cookie(scope)))  # ended here, not only in the browser
         await _redirect(send, "/login?out=1", self.sessions.clear_cookie(_cookie(scope), _secure(scope)))
 
     # -- the read API, by session ------------------------------------------------------------------
@@ -203,6 +203,10 @@ ROUTES: Routes[tuple[frozenset[str], Page]] = Routes(
 def _cookie(scope: Scope) -> str:
     server = scope.get("server")
     return cookie_name(server[1] if server and len(server) > 1 else None)
+
+
+def _cookie_header(scope: Scope) -> bytes | None:
+    return next((v for k, v in scope["headers"] if k == b"cookie"), None)
 
 
 def _secure(scope: Scope) -> bool:

@@ -49,10 +49,10 @@ def test_session_cookie_is_signed_expires_and_never_holds_the_key() -> None:
     assert KEY not in value and KEY.split("-")[-1] not in value
     assert sessions.check(value, now=1001.0) == key_id(KEY)
     assert sessions.check(value, now=1060.0) is None  # expired
-    expiry, kid, sig = value.split(".")
-    assert sessions.check(f"{int(expiry) + 3600}.{kid}.{sig}", now=1001.0) is None  # extended: bad signature
-    assert sessions.check(f"{expiry}.key_000000000000.{sig}", now=1001.0) is None
-    assert sessions.check(f"{expiry}.{kid}.{'0' * len(sig)}", now=1001.0) is None
+    expiry, kid, sid, sig = value.split(".")
+    assert sessions.check(f"{int(expiry) + 3600}.{kid}.{sid}.{sig}", now=1001.0) is None  # extended: bad signature
+    assert sessions.check(f"{expiry}.key_000000000000.{sid}.{sig}", now=1001.0) is None
+    assert sessions.check(f"{expiry}.{kid}.{sid}.{'0' * len(sig)}", now=1001.0) is None
     assert Sessions(lifetime=60).check(value, now=1001.0) is None  # another process's secret
     for junk in ("", "x", "a.b", "1.2.3.4", "ab.cd.ef", "9" * 300):
         assert sessions.check(junk, now=1001.0) is None
@@ -114,6 +114,43 @@ def test_login_sets_an_httponly_strict_cookie_and_logout_clears_it(proxy: ProxyH
         assert other.status_code == 303 and COOKIE_NAME in other.headers["set-cookie"]
         r = client.post(f"{base}/ui/logout", headers={"Origin": base}, follow_redirects=False)
         assert r.status_code == 303 and "Max-Age=0" in r.headers["set-cookie"]
+
+
+def test_logout_ends_the_session_on_the_server(proxy: ProxyHandle) -> None:
+    base = origin(proxy)
+    name = cookie_name(proxy.server.port)
+    with httpx.Client() as client:
+        value = login(client, base).cookies[name]
+        other = login(httpx.Client(), base).cookies[name]  # the same key, another browser
+    with httpx.Client(cookies={name: value}) as client:
+        assert client.get(f"{base}/ui/api/me").status_code == 200
+        r = client.post(f"{base}/ui/logout", headers={"Origin": base}, follow_redirects=False)
+        assert r.status_code == 303
+    # The old cookie, replayed (a copy taken before logging out), is refused: the session ended.
+    with httpx.Client(cookies={name: value}) as replay:
+        assert replay.get(f"{base}/ui/api/me").status_code == 401
+        assert replay.get(f"{base}/traces").status_code == 303
+    with httpx.Client(cookies={name: other}) as client:  # other sessions go on
+        assert client.get(f"{base}/ui/api/me").status_code == 200
+
+
+def test_sessions_kept_are_bounded_oldest_ending_first() -> None:
+    sessions = Sessions(lifetime=60, max_live=3)
+    values = [sessions.issue(key_id(KEY), now=1000.0 + i) for i in range(5)]
+    assert [sessions.check(v, now=1010.0) for v in values] == [None, None, *[key_id(KEY)] * 3]
+
+
+# Raw cookie bytes as a browser or an attacker sends them (the server reads headers as latin-1).
+@pytest.mark.parametrize("value", [b"\xc3\xa9t\xc3\xa9", b"1.key_\xc3\xa9.x", b"1.key_0.\xff.x", b"\xb2\xb3.a.b"])
+def test_a_non_ascii_session_cookie_is_401_not_500(proxy: ProxyHandle, value: bytes) -> None:
+    base = origin(proxy)
+    raw = cookie_name(proxy.server.port).encode() + b"=" + value
+    for path, status in (("/ui/api/me", 401), ("/traces", 303)):
+        with httpx.Client() as client:
+            r = client.get(f"{base}{path}", headers={b"Cookie": raw})
+        assert r.status_code == status, r.text
+        if status == 401:
+            assert r.json()["error"]["code"] == "login_required"
 
 
 def test_login_refuses_wrong_keys_foreign_origins_and_open_redirects(proxy: ProxyHandle) -> None:
