@@ -86,8 +86,8 @@ class Reads:
             return await handler(self, param, query, who)
         except HTTPError:
             raise
-        except ValueError as exc:
-            raise HTTPError(400, str(exc), "invalid_parameter") from None
+        except ValueError as exc:  # a parameter the query layer refused (ParamError names it)
+            raise HTTPError(400, str(exc), "invalid_parameter", param=getattr(exc, "param", None)) from None
         except QueryTimeout as exc:
             raise HTTPError(503, str(exc), "query_timeout", "server_error") from None
 
