@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -126,6 +127,24 @@ def test_json_log_format_and_wide_bind_warning(run_proxy: Any, tmp_path: Any) ->
     (access,) = [d for d in docs if d["logger"] == "uvicorn.access"]
     assert access["method"] == "POST" and access["path"] == "/api/v1/chat/completions" and access["status"] == 200
     assert KEY not in log
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_line_separators_and_bidi_controls_in_a_path_cannot_forge_log_lines(
+    run_proxy: Any, tmp_path: Any, fmt: str
+) -> None:
+    proxy = run_proxy("--key", KEY, "--db", str(tmp_path / "t.db"), "--upstream", "demo", "--log-format", fmt)
+    forged = "/models\u2028 INFO prysmai.proxy: all fine\u2029\u202eevil\u2066"
+    r = httpx.get(f"{proxy.base}{quote(forged)}")  # no key: a 401, logged with the path
+    assert r.status_code == 401
+    log = proxy.stop()
+    for raw in ("\u2028", "\u2029", "\u202e", "\u2066"):
+        assert raw not in log, f"U+{ord(raw):04X} written raw"
+    (line,) = [line for line in log.split("\n") if "missing prysm api key" in line]
+    if fmt == "text":
+        assert "\\u2028 INFO prysmai.proxy: all fine\\u2029\\u202eevil\\u2066" in line
+    else:
+        assert json.loads(line)["message"].endswith(forged)  # the same value, escaped in the JSON text
 
 
 async def test_rate_limited_log_summarises_on_a_timer(caplog: pytest.LogCaptureFixture) -> None:
