@@ -181,6 +181,28 @@ def test_store_and_its_wal_are_private(tmp_path: Any) -> None:
     assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o755  # parents: the usual mode
 
 
+@pytest.mark.parametrize("directory_exists", [True, False])
+def test_a_store_created_through_a_dangling_symlink_is_private(tmp_path: Any, directory_exists: bool) -> None:
+    real = tmp_path / "elsewhere" / "traces.db"
+    if directory_exists:
+        real.parent.mkdir()
+    link = tmp_path / "traces.db"
+    link.symlink_to(real)
+    old = os.umask(0o022)
+    try:
+        proxy = Proxy("--key", KEY, "--db", str(link), "--upstream", "demo").start()
+        r = httpx.post(f"{proxy.base}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 200
+        files = [real, real.with_name("traces.db-wal"), real.with_name("traces.db-shm")]
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}  # while it runs: WAL and SHM exist
+        log = proxy.stop()
+    finally:
+        os.umask(old)
+    assert modes == {"traces.db": 0o600, "traces.db-wal": 0o600, "traces.db-shm": 0o600}, log
+    assert stat.S_IMODE(real.parent.stat().st_mode) == (0o755 if directory_exists else 0o700)
+    assert link.is_symlink() and "readable by other users" not in log
+
+
 @pytest.mark.parametrize(
     ("key", "why"),
     [
