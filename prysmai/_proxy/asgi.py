@@ -12,8 +12,10 @@ limit; and the latency header. Nothing here knows about traces.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Generic, Protocol, TypeVar
+from urllib.parse import unquote
 
 from .. import _wire
 
@@ -203,6 +205,27 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         parts.append(part)
         if not message.get("more_body", False):
             return b"".join(parts)
+
+
+_DOT_SEGMENT = re.compile(r"(?:^|[/\\])\.\.?(?:;[^/\\]*)?(?=$|[/\\])")
+_DECODINGS = 4
+
+
+def dot_segment(path: str) -> bool:
+    """Whether ``path`` (ASGI's ``path``: percent-decoded once) has a ``.`` or ``..`` segment, as
+    sent or once percent-decoded again (``%2e%2e``, ``%252e%252e``, mixed), with ``/`` or ``\\`` as
+    the separator and ``;params`` after the dots (what upstream servers and frameworks normalise:
+    such a path would reach another deployment, or leave the provider's base URL, there)."""
+    if "." not in path and "%" not in path:  # every ordinary API path: two scans
+        return False
+    for _ in range(_DECODINGS):
+        if _DOT_SEGMENT.search(path):
+            return True
+        decoded = unquote(path)
+        if decoded == path:
+            return False
+        path = decoded
+    return True  # still percent-encoded after that many rounds: nothing a client needs to send
 
 
 def client_name(scope: Scope) -> str:

@@ -31,7 +31,16 @@ from urllib.parse import parse_qs, quote
 
 from ..api import jsonshape
 from ..api.reads import Reads, pricing_note
-from ..asgi import CONNECTION_KEY, HTTPError, Responder, client_name, internal_error, respond, respond_error
+from ..asgi import (
+    CONNECTION_KEY,
+    HTTPError,
+    Responder,
+    client_name,
+    dot_segment,
+    internal_error,
+    respond,
+    respond_error,
+)
 from ..config.file import load_tenancy
 from ..config.pricing import PriceTable
 from ..config.reload import ConfigWatch
@@ -58,6 +67,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("prysmai.proxy")
 _PREFIX_BYTES = PREFIX.encode()
 _HEALTH = "health"
+_DOT_SEGMENT_ERROR = HTTPError(
+    400,
+    "The request path has a '.' or '..' segment (as sent or percent-encoded); the proxy does not forward "
+    "such a path, which an upstream would resolve to another one. Send the path without it.",
+    "invalid_path",
+)
 
 
 class ProxyApp:
@@ -159,6 +174,8 @@ class ProxyApp:
         """The handler of this request, as the coroutine to await: routing needs no awaiting, and
         a coroutine of its own would sit under every resumption of a relayed stream."""
         path: str = scope["path"]
+        if dot_segment(path):  # before routing and authentication: no trace, as the guard's refusals
+            return respond_error(send, _DOT_SEGMENT_ERROR)
         if not path.startswith(PREFIX):
             return self.web(scope, receive, send)
         endpoint = path[len(PREFIX) :]

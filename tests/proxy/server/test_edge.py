@@ -7,13 +7,12 @@ Real proxies on loopback (``start_proxy``: uvicorn with the guard on a free port
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
 import pytest
 
-from ..conftest import KEY, UPSTREAM_KEY, FakeUpstream, ProxyHandle
+from ..conftest import KEY, FakeUpstream, ProxyHandle
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -47,3 +46,53 @@ def test_upstream_prysm_headers_and_cookies_are_never_relayed(proxy: ProxyHandle
     assert r.headers["x-prysm-trace-id"] == trace["id"]  # the proxy's own, once
     assert r.headers.get_list("x-prysm-trace-id") == [trace["id"]]
     assert float(r.headers["x-prysm-latency-ms"]) != 0.01
+
+
+# -- dot segments -----------------------------------------------------------------------------------
+def _raw_request(proxy: ProxyHandle, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> Any:
+    """``path`` sent exactly as given (httpx and browsers would resolve its dot segments first)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.server.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/../other-deployment/chat/completions",
+        "/api/v1/%2e%2e/other-deployment/chat/completions",
+        "/api/v1/%2E./x/chat/completions",
+        "/api/v1/.%2e/x/chat/completions",
+        "/api/v1/chat/%2e%2e%2f%2e%2e/x",
+        "/api/v1/chat/%252e%252e/x",
+        "/api/v1/./chat/completions",
+        "/api/v1/chat/%2e/completions",
+        "/api/v1/chat\\..\\x",
+        "/api/v1/..;x/chat/completions",
+        "/api/v1/chat/completions/..",
+        "/api/v1/health/../traces",
+        "/api/../api/v1/chat/completions",
+    ],
+)
+def test_a_path_with_dot_segments_is_refused_before_routing(proxy: ProxyHandle, fake: FakeUpstream, path: str) -> None:
+    body = json.dumps(CHAT).encode()
+    status, headers, answer = _raw_request(proxy, "POST", path, {**AUTH, "Content-Type": "application/json"}, body)
+    assert status == 400, answer
+    error = json.loads(answer)["error"]
+    assert error["code"] == "invalid_path" and "'..'" in error["message"]
+    assert headers["x-prysm-origin"] == "proxy"
+    assert not fake.seen  # never forwarded, with the project's credential or otherwise
+    assert proxy.traces() == []  # refused before authentication, as the guard's refusals: no trace
+
+
+def test_dots_inside_a_segment_are_forwarded(proxy: ProxyHandle, fake: FakeUpstream) -> None:
+    for path in ("/api/v1/files/file-a.b.jsonl/content", "/api/v1/x/.../y", "/api/v1/x/.hidden"):
+        status, _, _ = _raw_request(proxy, "GET", path, AUTH)
+        assert status == 404  # the fake upstream's answer: it was forwarded
+    assert [s.path for s in fake.seen] == ["/v1/files/file-a.b.jsonl/content", "/v1/x/.../y", "/v1/x/.hidden"]
