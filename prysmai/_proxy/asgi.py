@@ -122,6 +122,11 @@ class Watch(Protocol):
 class Connection(Protocol):
     """What the server lets the app do with the client's connection (:class:`~.server.guard.ClientConnection`)."""
 
+    #: (status, message) of the server's answer when it refused a request the app had begun.
+    refusal: tuple[int, str] | None
+
+    def trust(self) -> None: ...
+
     def hold(self) -> None: ...
 
     def release(self) -> None: ...
@@ -149,6 +154,15 @@ class Responder:
 
 def connection_of(send: Send) -> Connection | None:
     return send.connection if isinstance(send, Responder) else None
+
+
+def trust(scope: Scope) -> None:
+    """Tell the server that this request is authenticated (a valid key or session): it then
+    gives the request's body and its connection the time an authenticated client gets
+    (:mod:`.server.guard`)."""
+    connection = scope.get(CONNECTION_KEY)
+    if connection is not None:
+        connection.trust()
 
 
 async def send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

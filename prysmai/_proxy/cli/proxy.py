@@ -11,6 +11,7 @@ import os
 import sys
 
 from ..config.settings import (
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_BYTES,
@@ -128,6 +129,14 @@ def add_parser(subparsers: Any) -> None:
         default=DEFAULT_HEADER_TIMEOUT,
         metavar="SECONDS",
         help=f"time a client has to send a request's headers (default {DEFAULT_HEADER_TIMEOUT:g}); then 408",
+    )
+    proxy.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"longest pause in a request's body, and the time a request without a valid key has for its "
+        f"whole body (default {DEFAULT_BODY_TIMEOUT:g}); then 408",
     )
     proxy.add_argument(
         "--max-connections",
@@ -260,6 +269,7 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
         return 2
     for name, value in (
         ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
         ("--max-connections", args.max_connections),
         ("--max-header-bytes", args.max_header_bytes),
         ("--queue-size", args.queue_size),
@@ -281,6 +291,7 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
         when_behind=args.when_behind,
         trace_writer=args.trace_writer,
         header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
         max_client_connections=args.max_connections,
         max_header_bytes=args.max_header_bytes,
         config_file=config_file,

@@ -185,6 +185,8 @@ class ProxyApp:
                 auth = value
                 break
         entry = self.tenancy.identify(auth)
+        if entry is not None and send.connection is not None:
+            send.connection.trust()
         if endpoint == _HEALTH:
             return self._health(send, entry)
         if entry is None:

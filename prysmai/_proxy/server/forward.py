@@ -179,8 +179,12 @@ class Forwarder:
             await self._fail(call, 413, message, "invalid_request_error", "request_too_large")
             return False
         except Disconnected:
-            ex.status, ex.http_status = "cancelled", None
-            ex.error = "client disconnected before sending the whole request"
+            refused = None if call.send.connection is None else call.send.connection.refusal
+            if refused is not None:  # the server answered it (a stalled or malformed body) and closed
+                ex.status, (ex.http_status, ex.error) = "error", refused
+            else:
+                ex.status, ex.http_status = "cancelled", None
+                ex.error = "client disconnected before sending the whole request"
             ex.t_end = time.perf_counter()
             self._submit(ex)
             return False

@@ -11,7 +11,13 @@ from typing import Any
 
 import uvicorn
 
-from ..config.settings import ProxyConfig
+from ..config.settings import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES,
+    ProxyConfig,
+)
 from .app import ProxyApp
 
 TYPE_CHECKING = False
@@ -33,15 +39,20 @@ def _quiet_cut_offs() -> None:
         logger.addFilter(_CutOffFilter())
 
 
-def _limits(app: ProxyApp) -> dict[str, Any]:
-    """The connection guard's settings: header timeout, header size, connection cap."""
-    c = app.config
+def guard_options(
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> dict[str, Any]:
+    """uvicorn's settings for the connection guard (:mod:`.guard`): header and body timeouts,
+    header size, connection cap (the proxy's, and ``prysmai ui``'s with the defaults)."""
     try:
         from .guard import guarded_protocol
 
-        return {"http": guarded_protocol(c.header_timeout, c.max_header_bytes, c.max_client_connections)}
+        return {"http": guarded_protocol(header_timeout, max_header_bytes, max_connections, body_timeout)}
     except ImportError:  # no httptools: h11's own size limit and uvicorn's (plain-text) cap
-        return {"h11_max_incomplete_event_size": c.max_header_bytes, "limit_concurrency": c.max_client_connections}
+        return {"h11_max_incomplete_event_size": max_header_bytes, "limit_concurrency": max_connections}
 
 
 def raise_open_files_limit(config: ProxyConfig) -> None:
@@ -89,6 +100,7 @@ def uvicorn_config(
     uvicorn's own logging configuration (coloured, untimed) is never installed: its records go to
     whatever handlers the ``uvicorn`` logger has (``prysmai proxy``: :mod:`.logs`)."""
     _quiet_cut_offs()
+    c = app.config
     settings: dict[str, Any] = {
         "lifespan": "on",
         "access_log": False,
@@ -98,7 +110,7 @@ def uvicorn_config(
         "backlog": 2048,
         "timeout_keep_alive": 75,
         "timeout_graceful_shutdown": 10,
-        **_limits(app),
+        **guard_options(c.header_timeout, c.body_timeout, c.max_header_bytes, c.max_client_connections),
     }
     settings.update(options)
     return uvicorn.Config(app, host=host, port=port, **settings)

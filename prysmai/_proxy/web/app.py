@@ -24,7 +24,7 @@ from importlib import resources
 from urllib.parse import parse_qs, quote
 
 from ..api import jsonshape
-from ..asgi import HTTPError, Routes, internal_error, send_whole
+from ..asgi import HTTPError, Routes, internal_error, send_whole, trust
 from .auth import Sessions, cookie_name, read_cookie
 
 TYPE_CHECKING = False
@@ -103,7 +103,10 @@ class Dashboard:
         """The key of a valid session cookie, if that key is still accepted (a reload may have
         removed it: its sessions end with it)."""
         key_id = self.sessions.check(read_cookie(_cookie_header(scope), _cookie(scope)))
-        return None if key_id is None else self.reads.tenancy().by_key_id(key_id)
+        entry = None if key_id is None else self.reads.tenancy().by_key_id(key_id)
+        if entry is not None:
+            trust(scope)
+        return entry
 
     # -- pages and files ----------------------------------------------------------------------------
     async def _page(self, scope: Scope, receive: Receive, send: Send, param: str | None) -> None:

@@ -6,7 +6,10 @@ Real proxies on loopback (``start_proxy``: uvicorn with the guard on a free port
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import time
 from typing import Any
 
 import httpx
@@ -96,3 +99,145 @@ def test_dots_inside_a_segment_are_forwarded(proxy: ProxyHandle, fake: FakeUpstr
         status, _, _ = _raw_request(proxy, "GET", path, AUTH)
         assert status == 404  # the fake upstream's answer: it was forwarded
     assert [s.path for s in fake.seen] == ["/v1/files/file-a.b.jsonl/content", "/v1/x/.../y", "/v1/x/.hidden"]
+
+
+# -- no connection held without a key ---------------------------------------------------------------
+def _connect(proxy: ProxyHandle) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", proxy.server.port), timeout=15)
+
+
+def _until_closed(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything the proxy sends until it closes the connection, and how long that took."""
+    start = time.monotonic()
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data, time.monotonic() - start
+
+
+LOGIN_HEAD = b"POST /ui/login HTTP/1.1\r\nHost: x\r\nSec-Fetch-Site: same-origin\r\nContent-Length: 1000\r\n\r\n"
+
+
+def test_a_login_whose_body_never_comes_is_408_within_the_body_timeout(fake: FakeUpstream, start_proxy: Any) -> None:
+    proxy = start_proxy(fake.url, body_timeout=1.0, header_timeout=30.0)
+    silent, trickler = _connect(proxy), _connect(proxy)
+    silent.sendall(LOGIN_HEAD)
+    trickler.sendall(LOGIN_HEAD)
+    start = time.monotonic()
+    for _ in range(5):  # a byte every 0.4 s: never a pause of 1 s, but never the whole body either
+        time.sleep(0.4)
+        with contextlib.suppress(OSError):
+            trickler.sendall(b"k")
+    for sock in (silent, trickler):
+        answer, _ = _until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+        assert b'"code": "request_timeout"' in answer and b"x-prysm-origin: proxy" in answer
+    assert time.monotonic() - start < 5  # the body timeout and a sweep, not the header timeout
+    assert b"whole body" in answer  # the trickler: the total an unauthenticated body has
+
+
+def test_an_answer_without_a_key_closes_a_connection_whose_body_is_unsent(proxy: ProxyHandle) -> None:
+    sock = _connect(proxy)
+    sock.sendall(b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+    answer, took = _until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 401 ") and took < 2  # answered and closed, not held for the body
+
+
+def test_without_a_key_a_connection_stays_idle_for_the_header_timeout_not_the_keep_alive(
+    fake: FakeUpstream, start_proxy: Any
+) -> None:
+    proxy = start_proxy(fake.url, header_timeout=1.0)
+    unknown, known = _connect(proxy), _connect(proxy)
+    unknown.sendall(b"GET /api/v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    known.sendall(b"GET /api/v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n")
+    answer, took = _until_closed(unknown)
+    assert answer.startswith(b"HTTP/1.1 401 ") and b"408" not in answer and took < 4
+    known.settimeout(3)
+    assert known.recv(65536).startswith(b"HTTP/1.1 200 ")
+    with pytest.raises(socket.timeout):  # a key holder keeps its connection (75 s keep-alive)
+        known.recv(1)
+
+
+def test_connections_held_without_a_key_cannot_lock_clients_out(fake: FakeUpstream, start_proxy: Any) -> None:
+    proxy = start_proxy(fake.url, max_client_connections=20, body_timeout=1.0, header_timeout=30.0)
+    held = [_connect(proxy) for _ in range(20)]
+    for i, sock in enumerate(held):
+        sock.sendall(LOGIN_HEAD if i % 2 else b"POST /api/v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 99\r\n\r\n")
+    time.sleep(3)  # the body timeout and a sweep or two
+    assert post(proxy).status_code == 200  # a slot is free again: not 503 overloaded
+    for sock in held:
+        sock.close()
+
+
+def test_an_authenticated_body_may_be_slow_but_not_stall(fake: FakeUpstream, start_proxy: Any) -> None:
+    proxy = start_proxy(fake.url, body_timeout=1.0)
+    body = json.dumps(CHAT).encode()
+    head = (
+        b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (KEY.encode(), len(body))
+    )
+    slow = _connect(proxy)
+    slow.sendall(head)
+    for i in range(0, len(body), len(body) // 6):  # 3 s in all, never a pause of 1 s: served
+        time.sleep(0.5)
+        slow.sendall(body[i : i + len(body) // 6])
+    slow.settimeout(10)
+    assert slow.recv(65536).startswith(b"HTTP/1.1 200 ")
+    stalled = _connect(proxy)
+    stalled.sendall(head + body[:10])
+    answer, _ = _until_closed(stalled)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"stalled" in answer
+    ok, refused = proxy.traces()
+    assert ok["status"] == "success"
+    # The stalled request's trace says what happened: the proxy answered 408, not "client disconnected".
+    assert (refused["status"], refused["http_status"]) == ("error", 408) and "stalled" in refused["error"]
+    assert len(fake.seen) == 1
+
+
+# -- framing ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Transfer-Encoding: identity\r\n",
+        b"Transfer-Encoding: xchunked\r\n",
+        b"Transfer-Encoding: gzip, chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n",
+    ],
+)
+def test_refused_framing_is_a_400_before_authentication_with_no_trace(
+    proxy: ProxyHandle, fake: FakeUpstream, framing: bytes
+) -> None:
+    sock = _connect(proxy)
+    sock.sendall(
+        b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + KEY.encode()
+        + b"\r\n"
+        + framing
+        + b"\r\n2\r\n{}\r\n0\r\n\r\n"
+    )
+    answer, _ = _until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b'"code": "invalid_http_request"' in answer
+    assert not fake.seen
+    assert proxy.traces() == []  # as every refusal before authentication: no trace, not a false one
+
+
+def test_a_body_that_breaks_chunked_framing_after_authentication_has_a_truthful_trace(
+    proxy: ProxyHandle, fake: FakeUpstream
+) -> None:
+    sock = _connect(proxy)
+    head = b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n" % KEY.encode()
+    sock.sendall(head + b"Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n")
+    time.sleep(0.3)  # the app has begun the request: authenticated, reading its body
+    sock.sendall(b"2\r\n{}\r\nzz\r\n")  # not a chunk size
+    answer, _ = _until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    (trace,) = proxy.traces()
+    assert (trace["status"], trace["http_status"]) == ("error", 400) and "Invalid HTTP request" in trace["error"]
+    assert not fake.seen
