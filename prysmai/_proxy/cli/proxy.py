@@ -193,6 +193,18 @@ def command(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, log: logging.Logger) -> int:
     """Check everything, bind, create the store, announce, serve: the first failure is one line
     and an exit status, with nothing left behind."""
+    from ..config.reload import catch_sighup
+
+    # Before anything is announced: from the banner on, a service manager may send SIGHUP
+    # (`systemctl reload` right after `start`), and its default action would stop the proxy.
+    restore_hup = catch_sighup()
+    try:
+        return _checked_run(args, log)
+    finally:
+        restore_hup()
+
+
+def _checked_run(args: argparse.Namespace, log: logging.Logger) -> int:
     from ..config.pricing import PriceTable, PricingError
     from ..server import listen
     from ..server.app import ProxyApp

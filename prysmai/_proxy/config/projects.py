@@ -160,7 +160,7 @@ class KeyEntry:
 class Tenancy:
     """Projects and the keys that belong to them (see the module docstring)."""
 
-    __slots__ = ("_by_digest", "_by_id", "projects", "source")
+    __slots__ = ("_by_digest", "_by_id", "projects", "source", "stamp")
 
     def __init__(
         self,
@@ -176,6 +176,8 @@ class Tenancy:
         self._by_id = {e.key_id: e for e in self._by_digest.values()}
         #: The config file this came from (``None``: the command line).
         self.source = source
+        #: The identity of that file as it was read (:func:`.reload.identity`): the reload's baseline.
+        self.stamp: tuple[int, int, int] | None = None
 
     def __len__(self) -> int:
         return len(self._by_digest)

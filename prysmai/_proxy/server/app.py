@@ -105,18 +105,13 @@ class ProxyApp:
         since = month_start(time.time())
         self.limits.seed(await self.store.read(month_spend, since), since)
         path = self.config.config_file
-        self._watch = ConfigWatch(path, self._reload if path else None)
+        load = partial(_load, self.config) if path else None
+        self._watch = ConfigWatch(path, load, self._use, baseline=self.tenancy.stamp)
         self._watch.start()
 
-    def _reload(self) -> None:
-        """Read the config file again and use it for every request from now on; a file that does
-        not load is refused (the error is logged) and the current tenancy stays."""
-        assert self.config.config_file is not None
-        try:
-            tenancy = _load(self.config)
-        except (ValueError, OSError) as exc:  # ConfigError (file:line, never a key), unreadable file
-            log.error("config reload refused, still using the previous config: %s", exc)
-            return
+    def _use(self, tenancy: Tenancy) -> None:
+        """Use a reloaded config for every request from now on (a file that did not load was
+        refused by the watch, and the current tenancy stays)."""
         self.tenancy = tenancy
         log.info("config reloaded from %s: %s", self.config.config_file, summary(tenancy))
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import uvicorn
 
+from ..config.reload import catch_sighup
 from ..config.settings import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -139,13 +140,13 @@ def serve(app: ProxyApp, sock: socket.socket | None = None, **options: Any) -> N
     stops = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, stop_when_started) for sig in stops}
     # SIGHUP reloads the config once the app has started (reload.ConfigWatch); until then it is
-    # ignored rather than left to its default action, which would stop the proxy.
-    hup = getattr(signal, "SIGHUP", None)
-    if hup is not None:
-        previous[hup] = signal.signal(hup, signal.SIG_IGN)
+    # remembered, never left to its default action, which would stop the proxy. (`prysmai proxy`
+    # has done this before its banner; this is for other callers.)
+    restore_hup = catch_sighup()
     try:
         server.run(sockets=[sock] if sock is not None else None)
     finally:
+        restore_hup()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
