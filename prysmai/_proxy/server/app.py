@@ -88,7 +88,7 @@ class ProxyApp:
         self.limits = Limits()
         self.store = _trace_store(config, self.prices, self.limits)
         self.warnings = RateLimitedLog(log)  # floods (502s, rejected keys): first line, then summaries
-        self.forwarder = Forwarder(config, self.store, self.limits, self.warnings)
+        self.forwarder = Forwarder(config, self.store, self.limits, self.warnings, self.prices)
         pricing = pricing_note(self.prices)
         self.reads = Reads(self.store, lambda: self.tenancy, inflight=lambda: self.forwarder.inflight, pricing=pricing)
         #: Every path outside /api/v1.
@@ -253,7 +253,8 @@ def summary(tenancy: Tenancy) -> str:
 
 def _finalize_counting(ex: Exchange, prices: PriceTable, limits: Limits) -> dict[str, Any]:
     """The trace row (:func:`~..store.capture.finalize`, on the writer thread), its cost counted
-    towards the project's monthly budget."""
+    towards the project's monthly budget (unless the proxy counted it as it answered)."""
     row = finalize(ex, prices)
-    limits.add_spend(ex.project, row.get("cost_usd"), ex.created_at)
+    if not ex.spend_counted:
+        limits.add_spend(ex.project, row.get("cost_usd"), ex.created_at)
     return row

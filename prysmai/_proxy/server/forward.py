@@ -31,7 +31,7 @@ from ..asgi import (
     send_whole,
 )
 from ..config.projects import DEMO
-from ..store.capture import Exchange
+from ..store.capture import Exchange, answer_cost
 from .disconnect import DisconnectWatch, DisconnectWatches, StreamWatch
 from .upstream import TIMEOUT_ERRORS, TRANSPORT_ERRORS, UPSTREAM_ERRORS, request_headers, response_headers
 from .usage import UsageStripper, inject_usage, stream_finished
@@ -39,6 +39,7 @@ from .usage import UsageStripper, inject_usage, stream_finished
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..asgi import Connection, Receive, Responder, Scope, Watch
+    from ..config.pricing import PriceTable
     from ..config.projects import Project, Provider
     from ..config.settings import ProxyConfig
     from ..store import Store
@@ -61,7 +62,19 @@ class Call:
     """One forwarded request: its ASGI scope, ``receive`` and ``send``, the trace it is captured
     as, the ``X-Prysm-Trace-Id`` header it is answered with, and -- once routed -- where it goes."""
 
-    __slots__ = ("body", "ex", "headers", "inject", "receive", "scope", "send", "trace_header", "upstream", "url")
+    __slots__ = (
+        "body",
+        "counts_spend",
+        "ex",
+        "headers",
+        "inject",
+        "receive",
+        "scope",
+        "send",
+        "trace_header",
+        "upstream",
+        "url",
+    )
 
     def __init__(self, scope: Scope, receive: Receive, send: Responder, ex: Exchange) -> None:
         self.scope = scope
@@ -74,15 +87,20 @@ class Call:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = b""
         self.inject = False
+        #: The project has a budget: the answer's cost is counted as it completes.
+        self.counts_spend = False
 
 
 class Forwarder:
     """Forwards the requests of authenticated project keys; ``inflight`` counts them."""
 
-    def __init__(self, config: ProxyConfig, store: Store, limits: Limits, warnings: RateLimitedLog) -> None:
+    def __init__(
+        self, config: ProxyConfig, store: Store, limits: Limits, warnings: RateLimitedLog, prices: PriceTable
+    ) -> None:
         self.config = config
         self.store = store
         self.limits = limits
+        self.prices = prices  # a budget's spend is priced here as each answer completes
         self.warnings = warnings  # floods (502s): first line, then summaries
         self.client: Upstream | None = None
         self.demo_client: Upstream | None = None
@@ -228,10 +246,12 @@ class Forwarder:
         ex.provider = provider.name
         ex.provider_prices = provider.prices or None
         ex.price_ref = provider.price_ref
-        refusal = self.limits.check(project) if project.limited else None
-        if refusal is not None:
-            await self._fail(call, 429, refusal.message, refusal.type, refusal.code, list(refusal.headers))
-            return False
+        if project.limited:
+            refusal = self.limits.check(project)
+            if refusal is not None:
+                await self._fail(call, 429, refusal.message, refusal.type, refusal.code, list(refusal.headers))
+                return False
+            call.counts_spend = project.limits.monthly_budget_usd is not None
         if isinstance(parsed, dict):
             if upstream_model is not None:  # a prefix rule: the provider knows the model without it
                 ex.sent_model = upstream_model
@@ -335,6 +355,8 @@ class Forwarder:
                 ex.status = "error"
             headers.append((b"content-length", str(len(ex.response_body)).encode()))
             headers.append(latency_header(ex))
+            if call.counts_spend:
+                self._count_spend(ex)  # before answering: the client's next request meets it
             self._submit(ex)  # before answering: a client that has its answer finds its trace
             await send_whole(call.send, status, headers, ex.response_body)
         finally:
@@ -404,6 +426,8 @@ class Forwarder:
             tail = stripper.flush() if stripper is not None else b""
             watch.stop()  # from here on a client that leaves has had everything
             ex.t_end = time.perf_counter()
+            if call.counts_spend:
+                self._count_spend(ex)  # before the last frame: the client's next request meets it
             self._submit(ex)  # before the last frame: a client that has its answer finds its trace
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
@@ -425,6 +449,18 @@ class Forwarder:
             if connection is not None:
                 connection.release()
             watch.stop()
+
+    def _count_spend(self, ex: Exchange) -> None:
+        """Count the answer's cost towards its project's monthly budget now, as it completes (the
+        writer would count it a batch later: a client sending one request after another passed the
+        budget by a dozen requests). Only for a project with a budget: it parses the answer's usage."""
+        try:
+            cost = answer_cost(ex, self.prices)
+        except Exception:  # observability never fails the request: the writer counts it instead
+            log.exception("trace %s: could not price the answer for the budget", ex.id)
+            return
+        ex.spend_counted = True
+        self.limits.add_spend(ex.project, cost, ex.created_at)
 
     def _submit(self, ex: Exchange) -> None:
         """Queue the trace once; after this the store's writer owns ``ex``."""

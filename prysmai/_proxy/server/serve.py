@@ -132,7 +132,10 @@ def serve(app: ProxyApp, sock: socket.socket | None = None, **options: Any) -> N
     # than losing the signal.
     raise_open_files_limit(app.config)  # the process is ours here (not when embedded)
     server = uvicorn.Server(uvicorn_config(app, app.config.host, app.config.port, **options))
-    freeze_startup_objects(import_prices=app.config.trace_writer == "thread")
+    # The proxy prices answers itself where the writer thread builds rows, and for projects with a
+    # budget (their spend is counted as each answer completes).
+    budgets = any(p.limits.monthly_budget_usd is not None for p in app.tenancy.projects.values())
+    freeze_startup_objects(import_prices=app.config.trace_writer == "thread" or budgets)
 
     def stop_when_started(signum: int, frame: object) -> None:
         server.should_exit = True

@@ -16,6 +16,7 @@ A role-only first frame, an empty delta or a usage chunk does not stop the clock
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from ..config import pricedb
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 #: Stream events parsed (about 6 us each) between two yields of the GIL while a long streamed
 #: answer is reassembled on the writer thread.
 EVENTS_PER_SLICE = 32
+#: A ``usage`` member with an object value: the mark of the event that carries a stream's usage
+#: (other chunks carry ``"usage":null`` when usage was asked for).
+USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 #: Responses-API stream events that carry generated content (they stop the TTFT clock).
 RESPONSES_CONTENT_EVENTS = frozenset(
     {
@@ -70,6 +74,7 @@ class Exchange:
         "response_content_type",
         "sent_model",
         "session_id",
+        "spend_counted",
         "status",
         "stream",
         "submitted",
@@ -113,6 +118,9 @@ class Exchange:
         #: How the price database knows the provider (see ``Provider.price_ref``).
         self.price_ref: tuple[str | None, str | None] | None = None
         self.submitted = False
+        #: The proxy counted this answer's cost towards the project's budget as it completed
+        #: (the writer then does not count it again).
+        self.spend_counted = False
 
     def __repr__(self) -> str:
         return f"Exchange(id={self.id!r}, {self.method} {self.endpoint}, status={self.status!r})"
@@ -408,18 +416,7 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
                 if not error and isinstance(err, dict) and (ex.http_status or 200) >= 400:
                     error = str(err.get("message") or err.get("code") or err)
     prompt, completion, total, cached = _usage_numbers(usage)
-    # The provider's own prices first (a local model priced 0 is known free), then the table;
-    # in each, the model as the provider reported it, as it was sent to the provider, then as the
-    # client sent it.
-    names = (response_model, ex.sent_model, ex.model)
-    price = first_price((ex.provider_prices, prices.prices), names)
-    cost = cost_of(price, prompt, completion, cached)
-    if price is None and ex.price_ref is not None:  # then genai-prices, for this provider
-        for i, name in enumerate(names):
-            if name and name not in names[:i]:
-                cost = pricedb.cost(*ex.price_ref, name, prompt, completion, cached)
-                if cost is not None:
-                    break
+    cost = _cost(ex, prices, response_model, prompt, completion, cached)
     row = _captured(ex)
     row.update(
         latency_ms=latency,
@@ -435,6 +432,61 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
         response_model=response_model,
     )
     return row
+
+
+def _cost(
+    ex: Exchange,
+    prices: PriceTable,
+    response_model: str | None,
+    prompt: int | None,
+    completion: int | None,
+    cached: int | None,
+) -> float | None:
+    """The cost of these token counts for ``ex`` (``None``: unknown). The provider's own prices
+    first (a local model priced 0 is known free), then the table; in each, the model as the
+    provider reported it, as it was sent to the provider, then as the client sent it; then
+    genai-prices, for this provider."""
+    names = (response_model, ex.sent_model, ex.model)
+    price = first_price((ex.provider_prices, prices.prices), names)
+    cost = cost_of(price, prompt, completion, cached)
+    if price is None and ex.price_ref is not None:
+        for i, name in enumerate(names):
+            if name and name not in names[:i]:
+                cost = pricedb.cost(*ex.price_ref, name, prompt, completion, cached)
+                if cost is not None:
+                    break
+    return cost
+
+
+def answer_cost(ex: Exchange, prices: PriceTable) -> float | None:
+    """The cost of ``ex``'s answer, priced as :func:`finalize` prices it but read from the usage
+    alone (no reassembly): what the proxy counts towards a project's budget as the answer
+    completes, before its end reaches the client."""
+    usage: Any = None
+    model: Any = None
+    if ex.stream and ex.chunks:
+        for _, _, data in iter_sse(ex.chunks):
+            if USAGE_OBJECT.search(data) is None:  # most events: no usage, not parsed
+                continue
+            try:
+                obj = json.loads(data)
+            except (ValueError, RecursionError):
+                continue
+            if not isinstance(obj, dict):
+                continue
+            response = obj.get("response")  # Responses API: the final response carries it
+            found = response if isinstance(response, dict) and response.get("usage") else obj
+            if found.get("usage"):
+                usage, model = found["usage"], found.get("model") or model
+    elif ex.response_body[:1] == b"{" and b'"usage"' in ex.response_body:
+        try:
+            parsed = json.loads(ex.response_body)
+        except (ValueError, RecursionError):
+            parsed = None
+        if isinstance(parsed, dict):
+            usage, model = parsed.get("usage"), parsed.get("model")
+    prompt, completion, _, cached = _usage_numbers(usage)
+    return _cost(ex, prices, model if isinstance(model, str) else None, prompt, completion, cached)
 
 
 def _captured(ex: Exchange) -> dict[str, Any]:

@@ -432,7 +432,7 @@ def _write_batch(
 
     def counted(ex: Exchange) -> dict[str, Any]:
         row = finalize(ex, prices)
-        if row.get("cost_usd"):
+        if row.get("cost_usd") and not ex.spend_counted:  # (the proxy counted it as it answered)
             costs.append((ex.project, row["cost_usd"], ex.created_at))
         return row
 
