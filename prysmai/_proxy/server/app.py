@@ -50,6 +50,7 @@ from ..store.queries import month_spend
 from ..store.writer import TraceWriter
 from ..store.writerproc import WriterProcess
 from ..web import Dashboard
+from ..web.auth import AuthThrottle
 from .forward import PREFIX, Forwarder
 from .limits import Limits, month_start
 from .ratelog import RateLimitedLog
@@ -91,8 +92,10 @@ class ProxyApp:
         self.forwarder = Forwarder(config, self.store, self.limits, self.warnings, self.prices)
         pricing = pricing_note(self.prices)
         self.reads = Reads(self.store, lambda: self.tenancy, inflight=lambda: self.forwarder.inflight, pricing=pricing)
+        #: Failed authentications per client address, on the API and at the dashboard's log-in.
+        self.throttle = AuthThrottle(note=lambda message: self.warnings.event("auth-throttle", message))
         #: Every path outside /api/v1.
-        self.web = Dashboard(self.reads)
+        self.web = Dashboard(self.reads, throttle=self.throttle)
         self._watch: ConfigWatch | None = None
 
     def __repr__(self) -> str:
@@ -179,9 +182,16 @@ class ProxyApp:
             if name == b"authorization":
                 auth = value
                 break
+        if auth is not None and self.throttle.failures:  # (someone failed lately: is it this address?)
+            wait = self.throttle.retry_after(client_name(scope))
+            if wait is not None:
+                return respond_error(send, self.throttle.refusal(wait))
         entry = self.tenancy.identify(auth)
-        if entry is not None and send.connection is not None:
-            send.connection.trust()
+        if entry is not None:
+            if send.connection is not None:
+                send.connection.trust()
+        elif auth is not None:
+            self.throttle.failed(client_name(scope))
         if endpoint == _HEALTH:
             return self._health(send, entry)
         if entry is None:

@@ -13,12 +13,27 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
 import secrets
 import time
+from collections import deque
+
+from ..asgi import HTTPError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+log = logging.getLogger("prysmai.proxy")
 
 COOKIE_NAME = "prysm_session"
 #: How long a log-in lasts.
 SESSION_SECONDS = 12 * 3600
+#: Failed authentications from one client address within :data:`AUTH_WINDOW` seconds after which
+#: its attempts are refused (:class:`AuthThrottle`).
+MAX_AUTH_FAILURES = 20
+AUTH_WINDOW = 60.0
 
 
 class Sessions:
@@ -111,3 +126,71 @@ def read_cookie(header: bytes | None, name: str) -> str | None:
         if key == name:
             return value
     return None
+
+
+class AuthThrottle:
+    """Failed authentications per client address -- a wrong key on the API, a wrong key at the
+    dashboard's log-in -- shared by both. After ``max_failures`` within ``window`` seconds, every
+    attempt from that address that presents a key is refused with ``429`` and ``Retry-After``
+    (the right key too: an answer that differed would let the guessing go on) until the oldest of
+    those failures leaves the window. ``note(message)`` is told once when an address is blocked
+    (the proxy's rate-limited log).
+
+    Cheap where nobody fails: one check of an empty dict. Bounded: at most ``max_addresses``
+    addresses are followed, the oldest forgotten first."""
+
+    __slots__ = ("_note", "failures", "max_addresses", "max_failures", "window")
+
+    def __init__(
+        self,
+        max_failures: int = MAX_AUTH_FAILURES,
+        window: float = AUTH_WINDOW,
+        *,
+        max_addresses: int = 10_000,
+        note: Callable[[str], None] | None = None,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.max_addresses = max_addresses
+        #: address -> times (monotonic) of its recent failures, oldest first; empty when nobody failed.
+        self.failures: dict[str, deque[float]] = {}
+        self._note = note if note is not None else log.warning
+
+    def retry_after(self, address: str, now: float | None = None) -> int | None:
+        """Seconds until ``address`` may try again, or ``None`` if it may now."""
+        times = self.failures.get(address)
+        if times is None:
+            return None
+        horizon = (time.monotonic() if now is None else now) - self.window
+        while times and times[0] <= horizon:
+            times.popleft()
+        if not times:
+            del self.failures[address]
+            return None
+        if len(times) < self.max_failures:
+            return None
+        return max(1, math.ceil(times[0] - horizon))
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        """Count a failed authentication from ``address``."""
+        now = time.monotonic() if now is None else now
+        times = self.failures.get(address)
+        if times is None:
+            if len(self.failures) >= self.max_addresses:
+                del self.failures[next(iter(self.failures))]
+            times = self.failures[address] = deque(maxlen=self.max_failures)
+        times.append(now)
+        if len(times) == self.max_failures and self.retry_after(address, now) is not None:
+            self._note(
+                f"{self.max_failures} failed authentications from {address} within {self.window:g} s: "
+                f"its attempts get 429 until they are older than that"
+            )
+
+    def refusal(self, wait: int) -> HTTPError:
+        return HTTPError(
+            429,
+            f"Too many failed authentications from this address; retry in {wait} s with a valid key.",
+            "too_many_failed_authentications",
+            "rate_limit_error",
+            headers=[(b"retry-after", str(wait).encode())],
+        )

@@ -83,10 +83,10 @@ def test_log_unreachable_upstream_and_rejected_keys(run_proxy: Any, tmp_path: An
         for _ in range(20):
             r = client.post(f"{proxy.base}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {KEY}"})
             assert r.status_code == 502
-        for i in range(20):
+        client.get(f"{proxy.base}/models%1b[31m", headers={"Authorization": f"Bearer {KEY}"})
+        for i in range(20):  # (20 from one address within a minute: the 21st would be throttled)
             r = client.get(f"{proxy.base}/models", headers={"Authorization": f"Bearer sk-prysm-wrong-{i:020d}"})
             assert r.status_code == 401
-        client.get(f"{proxy.base}/models%1b[31m", headers={"Authorization": f"Bearer {KEY}"})
     log = proxy.stop()
     assert proxy.proc.returncode == 0
     lines = [line for line in log.splitlines() if line.strip()]

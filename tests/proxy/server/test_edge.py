@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import time
 from typing import Any
@@ -241,3 +242,45 @@ def test_a_body_that_breaks_chunked_framing_after_authentication_has_a_truthful_
     (trace,) = proxy.traces()
     assert (trace["status"], trace["http_status"]) == ("error", 400) and "Invalid HTTP request" in trace["error"]
     assert not fake.seen
+
+
+# -- failed authentication ---------------------------------------------------------------------------
+def test_failed_authentication_is_throttled_per_address_on_the_api_and_the_login(
+    proxy: ProxyHandle, fake: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = proxy.server.url
+    login = {"Origin": base}
+    with caplog.at_level(logging.WARNING, logger="prysmai.proxy"), httpx.Client(timeout=10) as client:
+        codes = []
+        for i in range(10):  # wrong keys on the API and wrong log-ins count together
+            bad = {"Authorization": f"Bearer sk-prysm-guess-{i:024d}"}
+            codes.append(client.get(f"{proxy.base_url}/models", headers=bad).status_code)
+            r = client.post(f"{base}/ui/login", data={"key": f"sk-prysm-guess-{i:024d}"}, headers=login)
+            codes.append(r.status_code)
+        assert codes == [401, 303] * 10
+        # The 21st attempt, and any after it -- even with the right key, on the API or at the log-in.
+        for r in (
+            client.get(f"{proxy.base_url}/models", headers={"Authorization": "Bearer sk-prysm-x"}),
+            client.get(f"{proxy.base_url}/models", headers=AUTH),
+            client.get(f"{proxy.base_url}/health", headers=AUTH),
+            client.post(f"{base}/ui/login", data={"key": KEY}, headers=login),
+        ):
+            assert r.status_code == 429, r.text
+            assert 1 <= int(r.headers["retry-after"]) <= 60
+            assert r.json()["error"]["code"] == "too_many_failed_authentications"
+            assert "set-cookie" not in r.headers
+        assert client.get(f"{proxy.base_url}/health").json() == {"status": "ok"}  # no key: not an attempt
+    assert [s.path for s in fake.seen] == []  # nothing forwarded on a refused attempt
+    blocked = [r for r in caplog.records if "failed authentications from 127.0.0.1" in r.getMessage()]
+    assert len(blocked) == 1  # one line, not one per refused attempt
+
+
+def test_a_throttled_address_may_try_again_once_its_failures_age(proxy: ProxyHandle) -> None:
+    proxy.app.throttle.window = 3.0  # (a minute by default)
+    bad = {"Authorization": "Bearer sk-prysm-guess-0000000000000000"}
+    with httpx.Client(timeout=10) as client:
+        codes = [client.get(f"{proxy.base_url}/models", headers=bad).status_code for _ in range(20)]
+        refused = client.get(f"{proxy.base_url}/models", headers=AUTH)
+        assert codes == [401] * 20 and refused.status_code == 429
+        time.sleep(int(refused.headers["retry-after"]) + 0.2)
+        assert client.get(f"{proxy.base_url}/models", headers=AUTH).status_code == 200
