@@ -57,7 +57,7 @@ from .ratelog import RateLimitedLog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable, Iterable
     from typing import Any
 
     from ..asgi import Receive, Scope, Send
@@ -87,7 +87,7 @@ class ProxyApp:
         self.tenancy: Tenancy = tenancy if tenancy is not None else _load(config)
         self.prices = prices if prices is not None else PriceTable.load(config.pricing_file)
         self.limits = Limits()
-        self.store = _trace_store(config, self.prices, self.limits)
+        self.store = _trace_store(config, self.prices, self.limits, lambda: self.tenancy.credentials)
         self.warnings = RateLimitedLog(log)  # floods (502s, rejected keys): first line, then summaries
         self.forwarder = Forwarder(config, self.store, self.limits, self.warnings, self.prices)
         pricing = pricing_note(self.prices)
@@ -236,9 +236,12 @@ def _load(config: ProxyConfig) -> Tenancy:
     return load_tenancy(config.config_file, config.keys, config.upstream, config.upstream_api_key)
 
 
-def _trace_store(config: ProxyConfig, prices: PriceTable, limits: Limits) -> Store:
-    """The proxy's store: its writer builds each trace's row (in a child process by default) and
-    counts its cost towards the project's monthly budget."""
+def _trace_store(
+    config: ProxyConfig, prices: PriceTable, limits: Limits, credentials: Callable[[], Iterable[bytes]]
+) -> Store:
+    """The proxy's store: its writer masks the ``credentials`` the proxy holds in each trace,
+    builds its row (in a child process by default) and counts its cost towards the project's
+    monthly budget."""
     finalize_here = partial(_finalize_counting, prices=prices, limits=limits)
     process = None
     if config.trace_writer == "process":
@@ -251,6 +254,7 @@ def _trace_store(config: ProxyConfig, prices: PriceTable, limits: Limits) -> Sto
         when_behind=config.when_behind,
         fallback=fallback_row,
         process=process,
+        secrets=credentials,
     )
     return Store(engine, writer)
 

@@ -65,6 +65,7 @@ class Call:
     __slots__ = (
         "body",
         "counts_spend",
+        "credential",
         "ex",
         "headers",
         "inject",
@@ -89,6 +90,8 @@ class Call:
         self.inject = False
         #: The project has a budget: the answer's cost is counted as it completes.
         self.counts_spend = False
+        #: The provider's stored credential, when it was sent: masked in an error answer that echoes it.
+        self.credential: bytes | None = None
 
 
 class Forwarder:
@@ -268,6 +271,10 @@ class Forwarder:
         call.url = provider.url(tail, upstream_model or ex.model, query.decode("latin-1") if query else "")
         headers = request_headers(scope["headers"])
         auth = provider.auth_header(upstream_key)
+        if upstream_key is not None or provider.credential is not None:  # masked in the stored trace
+            ex.sent_secrets = (upstream_key or b"", provider.credential or b"")
+            if upstream_key is None:
+                call.credential = provider.credential
         if auth is not None:
             if auth[0] != b"authorization":  # Azure's api-key: never relay one the client sent
                 headers = [h for h in headers if h[0] != auth[0]]
@@ -353,6 +360,11 @@ class Forwarder:
             ex.t_end = time.perf_counter()
             if status >= 400:
                 ex.status = "error"
+                credential = call.credential
+                if credential is not None and credential in ex.response_body:
+                    # A provider's error that echoes the proxy's stored credential: never shown
+                    # to the client (a project's key holder), masked byte for byte.
+                    ex.response_body = ex.response_body.replace(credential, b"*" * len(credential))
             headers.append((b"content-length", str(len(ex.response_body)).encode()))
             headers.append(latency_header(ex))
             if call.counts_spend:

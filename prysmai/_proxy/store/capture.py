@@ -25,7 +25,7 @@ from ..config.projects import DEFAULT_PROJECT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
     from typing import Any
 
     from ..config.pricing import Price, PriceTable
@@ -73,6 +73,7 @@ class Exchange:
         "response_body",
         "response_content_type",
         "sent_model",
+        "sent_secrets",
         "session_id",
         "spend_counted",
         "status",
@@ -121,9 +122,58 @@ class Exchange:
         #: The proxy counted this answer's cost towards the project's budget as it completed
         #: (the writer then does not count it again).
         self.spend_counted = False
+        #: The credentials sent upstream with this request (the provider's, the client's
+        #: ``X-Prysm-Upstream-Key``): masked in what is stored (:func:`scrub`), never sent to the
+        #: writer process.
+        self.sent_secrets: tuple[bytes, ...] = ()
 
     def __repr__(self) -> str:
         return f"Exchange(id={self.id!r}, {self.method} {self.endpoint}, status={self.status!r})"
+
+
+#: Shorter values are not masked: they could not be told from ordinary text (credentials are longer).
+MIN_SECRET_BYTES = 8
+
+
+def scrub(ex: Exchange, secrets: Iterable[bytes]) -> None:
+    """Mask every occurrence of a known credential in what ``ex`` captured -- a provider's error
+    that echoes the key it was sent, a client that pasted one into a prompt -- before the trace is
+    stored: each byte of it becomes ``*``, so the lengths and the stream's chunk boundaries (with
+    their timestamps) stay as they were. Runs on the writer thread, in the proxy's process: the
+    credentials never reach the writer process."""
+    found = [s for s in dict.fromkeys((*secrets, *ex.sent_secrets)) if len(s) >= MIN_SECRET_BYTES]
+    ex.sent_secrets = ()
+    if not found:
+        return
+    ex.request_body = _mask(ex.request_body, found)
+    ex.response_body = _mask(ex.response_body, found)
+    if ex.chunks:
+        joined = b"".join(chunk for _, chunk in ex.chunks)
+        masked = _mask(joined, found)  # across chunk boundaries too
+        if masked is not joined:
+            chunks, pos = [], 0
+            for t, chunk in ex.chunks:
+                chunks.append((t, masked[pos : pos + len(chunk)]))
+                pos += len(chunk)
+            ex.chunks = chunks
+    texts = [s.decode("latin-1") for s in found]
+    if ex.error:
+        ex.error = _mask_text(ex.error, texts)
+    ex.notes = [_mask_text(note, texts) for note in ex.notes]
+
+
+def _mask(data: bytes, secrets: list[bytes]) -> bytes:
+    for secret in secrets:
+        if secret in data:
+            data = data.replace(secret, b"*" * len(secret))
+    return data
+
+
+def _mask_text(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "*" * len(secret))
+    return text
 
 
 def body_text(body: bytes, content_type: str) -> str | None:

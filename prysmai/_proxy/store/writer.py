@@ -18,12 +18,13 @@ import queue
 import threading
 import time
 
+from .capture import scrub
 from .rows import build_rows
 from .writerproc import WriterProcess, WriterProcessError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import Any
 
     from .engine import Engine
@@ -73,6 +74,7 @@ class TraceWriter:
         when_behind: str = "block",
         fallback: Callable[[Any, BaseException], dict[str, Any]] | None = None,
         process: WriterProcess | None = None,
+        secrets: Callable[[], Iterable[bytes]] | None = None,
     ) -> None:
         if when_behind not in WHEN_BEHIND:
             raise ValueError(f"when_behind must be one of {', '.join(WHEN_BEHIND)}, not {when_behind!r}")
@@ -82,6 +84,9 @@ class TraceWriter:
         #: Where rows are built and inserted: a child process (see :mod:`.writerproc`), or, when
         #: ``None``, this writer's thread (``finalize`` and ``fallback`` run there).
         self._process = process
+        #: The credentials the proxy holds now, masked in every trace (:func:`.capture.scrub`)
+        #: here, before a row is built or an exchange is handed to the process.
+        self._secrets = secrets
         self.capacity = max(1, queue_size)
         self.when_behind = when_behind
         # Unbounded on purpose: the capacity is a policy (above), not a hard limit of the queue.
@@ -301,6 +306,10 @@ class TraceWriter:
                     break
             items = [item for item in batch if item is not _STOP]
             stop = len(items) < len(batch)
+            if self._secrets is not None and items:
+                known = tuple(self._secrets())
+                for item in items:
+                    scrub(item, known)
             if self._process is not None:
                 written, repaired, failed = self._write_in_process(self._process, items)
             else:

@@ -46,9 +46,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("prysmai.proxy")
 
 #: The exchange's fields the child needs, in the order they are sent. Not sent: the parsed request
-#: (``request_json``: the row stores the body as received), the submission mark, and the
-#: provider's prices, which are sent once per table (``price_defs``) and referred to by number.
-FIELDS = tuple(f for f in Exchange.__slots__ if f not in ("provider_prices", "request_json", "submitted"))
+#: (``request_json``: the row stores the body as received), the submission mark, the provider's
+#: prices, which are sent once per table (``price_defs``) and referred to by number, and the
+#: credentials sent upstream (masked in the proxy before: the child holds no secret).
+FIELDS = tuple(
+    f for f in Exchange.__slots__ if f not in ("provider_prices", "request_json", "submitted", "sent_secrets")
+)
 _fields_of = operator.attrgetter(*FIELDS)
 _HEADER = struct.Struct(">I")
 #: The child's command (``python -c``): this very copy of prysmai (the proxy may run from a
@@ -369,6 +372,7 @@ def _exchange(values: tuple[Any, ...], prices: Mapping[str, Price] | None) -> Ex
     ex.provider_prices = prices
     ex.request_json = None
     ex.submitted = True
+    ex.sent_secrets = ()
     return ex
 
 

@@ -10,13 +10,14 @@ import contextlib
 import json
 import logging
 import socket
+import sqlite3
 import time
 from typing import Any
 
 import httpx
 import pytest
 
-from ..conftest import KEY, FakeUpstream, ProxyHandle
+from ..conftest import KEY, UPSTREAM_KEY, FakeUpstream, ProxyHandle
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -284,3 +285,26 @@ def test_a_throttled_address_may_try_again_once_its_failures_age(proxy: ProxyHan
         assert codes == [401] * 20 and refused.status_code == 429
         time.sleep(int(refused.headers["retry-after"]) + 0.2)
         assert client.get(f"{proxy.base_url}/models", headers=AUTH).status_code == 200
+
+
+# -- credentials echoed by a provider -----------------------------------------------------------------
+OWN_KEY = "sk-client-own-upstream-key-0123456789"
+
+
+def test_credentials_a_provider_echoes_are_masked_in_the_stored_trace(proxy: ProxyHandle, fake: FakeUpstream) -> None:
+    echo = {"x-fake-status": "401", "x-fake-echo-key": "1"}
+    stored = post(proxy, headers=echo)  # the proxy's stored credential went upstream, and came back
+    assert fake.last().headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    # The client (a project's key holder) never sees the proxy's stored credential either.
+    assert stored.status_code == 401 and UPSTREAM_KEY not in stored.text and "*" * len(UPSTREAM_KEY) in stored.text
+    own = post(proxy, headers={**echo, "X-Prysm-Upstream-Key": OWN_KEY})
+    assert own.status_code == 401 and OWN_KEY in own.text  # the client's own key: its answer as sent
+    assert "*" * len(UPSTREAM_KEY) in post(proxy, headers={**echo, "x-fake-status": "500"}).text
+    traces = proxy.traces()
+    assert len(traces) == 3
+    for trace in traces:
+        text = httpx.get(f"{proxy.base_url}/traces/{trace['id']}", headers=AUTH).text
+        assert UPSTREAM_KEY not in text and OWN_KEY not in text, text
+        assert "Incorrect API key provided: ****" in text  # masked byte for byte, the rest kept
+    dump = "\n".join(sqlite3.connect(proxy.db_path).iterdump())
+    assert UPSTREAM_KEY not in dump and OWN_KEY not in dump and "Incorrect API key" in dump
