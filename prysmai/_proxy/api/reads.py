@@ -58,7 +58,9 @@ FLUSH_SECONDS = 2.0
 class Reads:
     """The read API over ``store`` for the keys of ``tenancy()`` (a callable: the proxy's current
     tenancy, which a reload replaces). ``inflight``: forwarded requests now (``None``: not a
-    proxy); ``pricing``: where costs come from, for the trace page."""
+    proxy); ``project_counters(name)``: one project's share of the proxy's counters (its requests
+    in flight, traces submitted and dropped), what a project's key is shown instead of the whole
+    proxy's; ``pricing``: where costs come from, for the trace page."""
 
     def __init__(
         self,
@@ -66,12 +68,14 @@ class Reads:
         tenancy: Callable[[], Tenancy],
         *,
         inflight: Callable[[], int] | None = None,
+        project_counters: Callable[[str], dict[str, int]] | None = None,
         pricing: str | None = None,
         read_only: bool = False,
     ) -> None:
         self.store = store
         self.tenancy = tenancy
         self.inflight = inflight
+        self.project_counters = project_counters
         self.pricing = pricing
         self.read_only = read_only
 
@@ -92,24 +96,49 @@ class Reads:
             raise HTTPError(503, str(exc), "query_timeout", "server_error") from None
 
     async def health(self, who: KeyEntry | None) -> dict[str, Any]:
-        """``ok`` / ``degraded`` for anyone; the details only for a key holder: for a project's
-        key, its project and the hosts of its providers (never a credential)."""
-        status, reason = self.store.health()
-        body: dict[str, Any] = {"status": status}
-        if who is not None:
-            body["reason"] = reason
-            if who.project is not None:
-                providers = who.project.providers
-                body["project"] = who.project.name
-                default = who.project.default_provider or providers[0]
-                body["upstream"] = _host(default)
-                body["providers"] = {p.name: _host(p) for p in providers}
-            else:
-                body["projects"] = sorted(self.tenancy().projects)
+        """``ok`` / ``degraded`` for anyone; the details only for a key holder. A project's key:
+        its project, the hosts of its providers (never a credential) and -- where the proxy serves
+        other projects too, whose volume is not its business -- its own counters only; an admin
+        key (or the key of the one project there is): the whole proxy's counters."""
+        body: dict[str, Any] = {"status": self.store.health()[0]}
+        if who is None:
+            return body
+        whole = self._sees_whole_proxy(who)
+        body["reason"] = self.store.health(detail=whole)[1]
+        if who.project is not None:
+            providers = who.project.providers
+            body["project"] = who.project.name
+            default = who.project.default_provider or providers[0]
+            body["upstream"] = _host(default)
+            body["providers"] = {p.name: _host(p) for p in providers}
+        else:
+            body["projects"] = sorted(self.tenancy().projects)
+        if whole:
             if self.inflight is not None:
                 body["inflight"] = self.inflight()
             body["store"] = self.store.counters()
+        else:
+            counters = self._project_counters(who)
+            if "inflight" in counters:
+                body["inflight"] = counters.pop("inflight")
+            body["store"] = counters
         return body
+
+    def _sees_whole_proxy(self, who: KeyEntry) -> bool:
+        return who.project is None or len(self.tenancy().projects) == 1
+
+    def _project_counters(self, who: KeyEntry) -> dict[str, int]:
+        if self.project_counters is None or who.project is None:
+            return {}
+        return self.project_counters(who.project.name)
+
+    def _counters(self, who: KeyEntry) -> dict[str, int]:
+        """The store's counters as ``who`` may see them (see :meth:`health`)."""
+        if self._sees_whole_proxy(who):
+            return self.store.counters()
+        counters = self._project_counters(who)
+        counters.pop("inflight", None)
+        return counters
 
     # -- the reads ---------------------------------------------------------------------------------
     async def _traces(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
@@ -135,7 +164,7 @@ class Reads:
     async def _stats(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
         f = await self._filter(query, who)
         result = await self.store.read(queries.stats, f)
-        result["store"] = self.store.counters()
+        result["store"] = self._counters(who)
         return jsonshape.stats(result)
 
     async def _overview(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:

@@ -91,7 +91,13 @@ class ProxyApp:
         self.warnings = RateLimitedLog(log)  # floods (502s, rejected keys): first line, then summaries
         self.forwarder = Forwarder(config, self.store, self.limits, self.warnings, self.prices)
         pricing = pricing_note(self.prices)
-        self.reads = Reads(self.store, lambda: self.tenancy, inflight=lambda: self.forwarder.inflight, pricing=pricing)
+        self.reads = Reads(
+            self.store,
+            lambda: self.tenancy,
+            inflight=lambda: self.forwarder.inflight,
+            project_counters=self.forwarder.project_counters,
+            pricing=pricing,
+        )
         #: Failed authentications per client address, on the API and at the dashboard's log-in.
         self.throttle = AuthThrottle(note=lambda message: self.warnings.event("auth-throttle", message))
         #: Every path outside /api/v1.

@@ -108,6 +108,8 @@ class Forwarder:
         self.client: Upstream | None = None
         self.demo_client: Upstream | None = None
         self.inflight = 0
+        #: By project: [requests in flight, traces handed to the store, traces it dropped].
+        self._by_project: dict[str, list[int]] = {}
         self._watches = DisconnectWatches()  # notices clients that leave (without our server protocol)
 
     async def start(self, providers: list[Provider]) -> None:
@@ -153,6 +155,10 @@ class Forwarder:
         ex.project = project.name
         call = Call(scope, receive, send, ex)
         self.inflight += 1
+        counts = self._by_project.get(project.name)
+        if counts is None:
+            counts = self._by_project[project.name] = [0, 0, 0]
+        counts[0] += 1
         try:
             if await self._prepare(call, project):
                 await self._forward(call)
@@ -170,6 +176,7 @@ class Forwarder:
         finally:
             self._submit(ex)
             self.inflight -= 1
+            counts[0] -= 1
 
     async def _prepare(self, call: Call, project: Project) -> bool:
         """Read, check and route the request; ``False`` if it has been answered (an error of
@@ -478,7 +485,16 @@ class Forwarder:
         """Queue the trace once; after this the store's writer owns ``ex``."""
         if not ex.submitted:
             ex.submitted = True
-            self.store.submit(ex)
+            counts = self._by_project[ex.project]
+            counts[1] += 1
+            if not self.store.submit(ex):
+                counts[2] += 1
+
+    def project_counters(self, project: str) -> dict[str, int]:
+        """One project's share of the proxy's counters (since start-up): what its keys may see of
+        a proxy that serves other projects too."""
+        inflight, submitted, dropped = self._by_project.get(project, (0, 0, 0))
+        return {"inflight": inflight, "submitted": submitted, "dropped": dropped}
 
 
 def _prysm_header(ex: Exchange, name: bytes, value: bytes) -> None:

@@ -206,14 +206,19 @@ class TraceWriter:
             "queue_capacity": self.capacity,
         }
 
-    def health(self) -> tuple[str, str | None]:
+    def health(self, detail: bool = True) -> tuple[str, str | None]:
         """``("ok", None)`` or ``("degraded", reason)``: the writer is behind now, or a trace was
-        lost or could not be stored in the last :data:`DEGRADED_SECONDS`."""
+        lost or could not be stored in the last :data:`DEGRADED_SECONDS`. Without ``detail`` the
+        reason holds no count."""
         self.ensure_writer()
         if self.behind:
+            if not detail:
+                return "degraded", "trace writer behind"
             return "degraded", f"trace writer behind: {self.pending} trace(s) queued (queue size {self.capacity})"
         incident = self._incident
         if incident is not None and time.monotonic() - incident[0] < DEGRADED_SECONDS:
+            if not detail:
+                return "degraded", f"a trace was dropped, lost or not stored in the last {DEGRADED_SECONDS:.0f} s"
             return "degraded", incident[1]
         return "ok", None
 
