@@ -174,6 +174,13 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="log one line per request (client, method, path, status; never bodies or keys)",
     )
+    proxy.add_argument(
+        "--forwarded-allow-ips",
+        metavar="ADDRESSES",
+        default=None,
+        help="believe X-Forwarded-For/-Proto from these reverse proxies only (comma-separated addresses, "
+        "or '*'); default: from none, the client is the connection's peer",
+    )
     proxy.add_argument("--ssl-certfile", metavar="PATH", help="serve https with this certificate (PEM)")
     proxy.add_argument("--ssl-keyfile", metavar="PATH", help="the certificate's private key (PEM)")
     proxy.set_defaults(handler=command)
@@ -307,6 +314,7 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
         max_client_connections=args.max_connections,
         max_header_bytes=args.max_header_bytes,
         config_file=config_file,
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
     return config, tenancy, generated
 

@@ -73,6 +73,9 @@ class ProxyConfig:
     trace_writer: str = DEFAULT_TRACE_WRITER
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    #: Addresses of the reverse proxies whose ``X-Forwarded-For`` / ``-Proto`` are believed
+    #: (comma-separated, or ``*``); ``None``: nobody's (the client is the connection's peer).
+    forwarded_allow_ips: str | None = None
     max_client_connections: int = DEFAULT_MAX_CONNECTIONS
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     #: A projects config file (``--config``; see docs/projects.md). With it, ``keys``, ``upstream``

@@ -111,6 +111,10 @@ def uvicorn_config(
         "backlog": 2048,
         "timeout_keep_alive": 75,
         "timeout_graceful_shutdown": 10,
+        # X-Forwarded-For/-Proto only from the reverse proxies named (uvicorn believes loopback's
+        # by default: any local process could claim any address, and the https scheme).
+        "proxy_headers": c.forwarded_allow_ips is not None,
+        **({"forwarded_allow_ips": c.forwarded_allow_ips} if c.forwarded_allow_ips is not None else {}),
         **guard_options(c.header_timeout, c.body_timeout, c.max_header_bytes, c.max_client_connections),
     }
     settings.update(options)

@@ -308,3 +308,28 @@ def test_credentials_a_provider_echoes_are_masked_in_the_stored_trace(proxy: Pro
         assert "Incorrect API key provided: ****" in text  # masked byte for byte, the rest kept
     dump = "\n".join(sqlite3.connect(proxy.db_path).iterdump())
     assert UPSTREAM_KEY not in dump and OWN_KEY not in dump and "Incorrect API key" in dump
+
+
+# -- forwarded headers --------------------------------------------------------------------------------
+@pytest.mark.parametrize("allowed", [None, "127.0.0.1"])
+def test_forwarded_headers_are_believed_only_from_the_proxies_named(
+    fake: FakeUpstream, start_proxy: Any, caplog: pytest.LogCaptureFixture, allowed: str | None
+) -> None:
+    proxy = start_proxy(fake.url, **({"forwarded_allow_ips": allowed} if allowed else {}))
+    forwarded = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    with caplog.at_level(logging.WARNING, logger="prysmai.proxy"):
+        r = httpx.get(f"{proxy.base_url}/models", headers={**forwarded, "Authorization": "Bearer sk-prysm-nope"})
+        assert r.status_code == 401
+    (line,) = [r.getMessage() for r in caplog.records if "invalid prysm api key" in r.getMessage()]
+    base = proxy.server.url
+    login = httpx.post(f"{base}/ui/login", data={"key": KEY}, headers={**forwarded, "Origin": "https://x"})
+    if allowed is None:  # the default: the client is the connection's peer, the scheme what it used
+        assert "from 127.0.0.1 " in line and "203.0.113.9" not in line
+        assert login.status_code == 403  # an https Origin does not match a plain-http request
+        plain = httpx.post(f"{base}/ui/login", data={"key": KEY}, headers={**forwarded, "Origin": base})
+        assert plain.status_code == 303 and "Secure" not in plain.headers["set-cookie"]
+    else:  # behind a load balancer that is named: its word is taken
+        assert "from 203.0.113.9 " in line
+        host = base.split("//", 1)[1]
+        login = httpx.post(f"{base}/ui/login", data={"key": KEY}, headers={**forwarded, "Origin": f"https://{host}"})
+        assert login.status_code == 303 and "Secure" in login.headers["set-cookie"]
