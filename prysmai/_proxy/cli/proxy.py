@@ -361,6 +361,11 @@ def _announce(
             UPSTREAM_KEY_ENV,
         )
     tls = bool(args.ssl_certfile)
+    if args.key and args.host not in LOOPBACK:
+        log.warning(
+            "--key puts Prysm keys on the command line, where every local user can read them "
+            "(ps, /proc/PID/cmdline); give them in PRYSM_PROXY_KEYS or a --keys-file instead"
+        )
     if args.host not in LOOPBACK:
         if tls:
             log.info("listening on %s: reachable from other machines (https)", args.host)

@@ -147,6 +147,27 @@ def test_line_separators_and_bidi_controls_in_a_path_cannot_forge_log_lines(
         assert json.loads(line)["message"].endswith(forged)  # the same value, escaped in the JSON text
 
 
+@pytest.mark.parametrize(
+    ("args", "environ", "warned"),
+    [
+        (("--host", "0.0.0.0", "--key", KEY), {}, True),
+        (("--host", "0.0.0.0"), {"PRYSM_PROXY_KEYS": KEY}, False),
+        (("--key", KEY), {}, False),  # loopback: the machine's users are the ones who could reach it anyway
+    ],
+)
+def test_keys_on_the_command_line_of_a_proxy_beyond_loopback_are_warned_about(
+    run_proxy: Any, tmp_path: Any, args: tuple[str, ...], environ: dict[str, str], warned: bool
+) -> None:
+    proxy = run_proxy(*args, "--db", str(tmp_path / "t.db"), "--upstream", "demo", **environ)
+    r = httpx.post(f"{proxy.base}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200
+    log = proxy.stop()
+    lines = [line for line in log.splitlines() if "/proc/PID/cmdline" in line]
+    assert len(lines) == (1 if warned else 0), log
+    if warned:
+        assert " WARNING " in lines[0] and "PRYSM_PROXY_KEYS" in lines[0] and KEY not in log
+
+
 async def test_rate_limited_log_summarises_on_a_timer(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("prysmai.test.ratelog")
     rl = RateLimitedLog(logger, interval=1.0)
