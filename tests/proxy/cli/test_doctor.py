@@ -65,3 +65,25 @@ def test_a_dead_proxy_and_bad_settings(tmp_path: Any) -> None:
     assert checks["fallback"]["status"] == "error"
     assert checks["proxy health"]["status"] == "error" and "prysmai proxy" in checks["proxy health"]["fix"]
     assert "key accepted" not in checks
+
+
+def test_urls_are_shown_without_their_user_and_password(proxy: ProxyHandle) -> None:
+    port = proxy.base_url.split(":")[2].split("/")[0]
+    for base in (
+        f"http://alice:s3cretpw@127.0.0.1:{port}/api/v1",
+        f"http://alice:s3cretpw@127.0.0.1:{free_port()}/api/v1",
+    ):
+        _, out, err = doctor(
+            "--json",
+            PRYSM_API_KEY=KEY,
+            PRYSM_BASE_URL=base,
+            OPENAI_BASE_URL="https://bob:pw2-secret-x@example.invalid/v1",
+            OPENAI_API_KEY="sk-app",
+        )
+        checks = by_name(out)
+        assert "127.0.0.1" in checks["proxy url"]["detail"] and "***@" in checks["proxy url"]["detail"]
+        assert "***@example.invalid" in checks["OPENAI_BASE_URL"]["detail"]
+        for secret in ("s3cretpw", "pw2-secret-x", "alice", "bob:"):
+            assert secret not in out + err, (secret, out)
+        _, text, err = doctor(PRYSM_API_KEY=KEY, PRYSM_BASE_URL=base)  # the plain-text report too
+        assert "s3cretpw" not in text + err and "alice" not in text + err
