@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 #: Printed under ``prysmai proxy --help``: what an installed package cannot otherwise show.
 PROXY_ESSENTIALS = """\
 essentials:
-  keys     --key / PRYSM_PROXY_KEYS / --keys-file: 'sk-prysm-' then 16+ characters. With none, a key is
-           generated and printed for this run only. Make one:
+  keys     PRYSM_PROXY_KEYS / --keys-file (--key shows in ps): 'sk-prysm-' then 16+ characters. With none, a key
+           is generated and printed for this run only. Make one:
            python3 -c "import secrets; print('sk-prysm-' + secrets.token_urlsafe(24))"
   clients  base_url=http://HOST:PORT/api/v1 and the Prysm key as api_key (prysmai: prysm_key=...).
            The provider key is OPENAI_API_KEY in the proxy's environment, or X-Prysm-Upstream-Key per request.
