@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -273,6 +274,48 @@ def test_prysmai_ui_serves_an_existing_store_read_only(proxy: ProxyHandle, tmp_p
         if proc.stderr:
             proc.stderr.close()
     assert sqlite3.connect(db).execute("SELECT count(*) FROM traces").fetchone()[0] == before[1]
+
+
+def test_prysmai_ui_has_the_proxy_s_edge(proxy: ProxyHandle) -> None:
+    """``prysmai ui`` behind the proxy's connection guard (a log-in whose body never comes: 408
+    within the body timeout, not held for ever) and its session checks (a non-ASCII cookie: 401)."""
+    httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {KEY}"})
+    proxy.stop()
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prysmai._cli", "ui", "--db", str(proxy.db_path), "--port", str(port), "--key", KEY],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None and "read-only" in proc.stderr.readline()
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/login")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "prysmai ui did not start"
+                time.sleep(0.05)
+        cookie = cookie_name(port).encode() + b"=1.key_\xc3\xa9.x"
+        r = httpx.get(f"http://127.0.0.1:{port}/ui/api/me", headers={b"Cookie": cookie})
+        assert r.status_code == 401
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /ui/login HTTP/1.1\r\nHost: x\r\nSec-Fetch-Site: same-origin\r\nContent-Length: 1000\r\n\r\n"
+            )
+            start = time.monotonic()
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408 ") and time.monotonic() - start < 15  # 10 s and a sweep
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
 
 
 def test_prysmai_ui_needs_an_existing_store(tmp_path: Any) -> None:
