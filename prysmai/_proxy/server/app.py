@@ -10,10 +10,13 @@ Routes below ``/api/v1/`` (a declared table, :data:`~..api.reads.ROUTES` plus ``
 * anything else -- authenticated by a project's key, checked against the project's limits,
   routed to one of its providers and captured as one trace by the :class:`~.forward.Forwarder`.
 
-Every path outside ``/api/v1`` goes to the dashboard (:mod:`..web`), whose pages read the same
-read API. Who may do what comes from a :class:`~..config.projects.Tenancy`; with a config file,
-SIGHUP or a change of the file reloads it (:mod:`..config.reload`), and a request in flight
-finishes under the tenancy it started with.
+Before any of them, a path with a ``.`` or ``..`` segment (in any encoding) is refused (``400``),
+and an address that failed to authenticate too often meets the failed-auth throttle
+(:class:`~..web.auth.AuthThrottle`, ``429``); neither is a trace. Every path outside ``/api/v1``
+goes to the dashboard (:mod:`..web`), whose pages read the same read API. Who may do what comes
+from a :class:`~..config.projects.Tenancy`; with a config file, SIGHUP or a change of the file
+reloads it (:mod:`..config.reload`), and a request in flight finishes under the tenancy it started
+with.
 
 One error path: an :class:`~..asgi.HTTPError` is answered as such; anything else raised while
 handling a request becomes ``500 internal_error`` (a bug) and, for a forwarded request, its one
