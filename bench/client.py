@@ -334,6 +334,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             p50_ms=_ms(lat, 50),
             p95_ms=_ms(lat, 95),
             p99_ms=_ms(lat, 99),
+            p999_ms=_ms(lat, 99.9),
+            max_ms=_ms(lat, 100),
             mean_ms=round(sum(lat) / len(lat) * 1000.0, 4) if lat else None,
         )
     elif args.mode == "stream":
@@ -356,8 +358,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             n=len(ttft),
             ttft_p50_ms=_ms(ttft, 50),
             ttft_p95_ms=_ms(ttft, 95),
+            ttft_p99_ms=_ms(ttft, 99),
+            ttft_p999_ms=_ms(ttft, 99.9),
             gap_p50_ms=_ms(gaps, 50),
             total_p50_ms=_ms(totals, 50),
+            total_p99_ms=_ms(totals, 99),
+            total_p999_ms=_ms(totals, 99.9),
             content_chunks=min(content_counts) if content_counts else 0,
         )
     else:

@@ -11,8 +11,9 @@ must hold exactly one trace per request sent to it.
 as a target, so the table separates what capture costs from what the HTTP stack costs.
 
 Measurements:
-* ``seq``     sequential, not streamed: latency p50/p95/p99 (added = target - direct, same round)
-* ``stream``  sequential, streamed (20 content chunks 1 ms apart): TTFT and the gap per chunk
+* ``seq``     sequential, not streamed: latency p50/p95/p99/p99.9 (added = target - direct, same round)
+* ``stream``  sequential, streamed (20 content chunks 1 ms apart): TTFT (p50/p95/p99/p99.9), the gap
+  per chunk, and the whole stream's time (p50/p99/p99.9)
 * ``c16`` / ``c64``  that many connections, back to back: requests per second and p99
 
 Everything runs on this machine's cores, client included (see README.md).
@@ -329,7 +330,14 @@ def print_paired_summary(records: list[dict[str, Any]], names: list[str]) -> Non
     for name in names:
         cells = [
             f"seq added p50 ms {fmt(series('seq', 'p50_ms', name, 'direct', False), 3)}",
+            # The tail, paired as the median is: an occasional slow path shows here, not there.
+            f"p99 {fmt(series('seq', 'p99_ms', name, 'direct', False), 3)}",
+            f"p99.9 {fmt(series('seq', 'p999_ms', name, 'direct', False), 3)}",
             f"TTFT added ms {fmt(series('stream', 'ttft_p50_ms', name, 'direct', False), 3)}",
+            f"p99 {fmt(series('stream', 'ttft_p99_ms', name, 'direct', False), 3)}",
+            f"p99.9 {fmt(series('stream', 'ttft_p999_ms', name, 'direct', False), 3)}",
+            f"stream total added p99 {fmt(series('stream', 'total_p99_ms', name, 'direct', False), 3)}",
+            f"p99.9 {fmt(series('stream', 'total_p999_ms', name, 'direct', False), 3)}",
             f"c64 req/s {fmt(series('c64', 'rps', name, None, False), 0)}",
             f"CPU us/req seq {fmt(series('seq', 'cpu_us_per_req', name, None, False), 0)}",
             f"c64 {fmt(series('c64', 'cpu_us_per_req', name, None, False), 0)} "
@@ -338,7 +346,11 @@ def print_paired_summary(records: list[dict[str, Any]], names: list[str]) -> Non
         if name != ref:
             cells += [
                 f"vs {ref}: seq added diff {fmt(_diff_added(by, rounds, 'seq', 'p50_ms', name, ref), 3)}",
+                f"p99 diff {fmt(_diff_added(by, rounds, 'seq', 'p99_ms', name, ref), 3)}",
+                f"p99.9 diff {fmt(_diff_added(by, rounds, 'seq', 'p999_ms', name, ref), 3)}",
                 f"TTFT added diff {fmt(_diff_added(by, rounds, 'stream', 'ttft_p50_ms', name, ref), 3)}",
+                f"p99 diff {fmt(_diff_added(by, rounds, 'stream', 'ttft_p99_ms', name, ref), 3)}",
+                f"p99.9 diff {fmt(_diff_added(by, rounds, 'stream', 'ttft_p999_ms', name, ref), 3)}",
                 f"c64 ratio {fmt(series('c64', 'rps', name, ref, True), 2)}",
                 f"c64 CPU us/req diff {fmt(_diff_added(by, rounds, 'c64', 'cpu_us_per_req', name, ref), 0)}",
                 f"main thread {fmt(_diff_added(by, rounds, 'c64', 'main_thread_cpu_us_per_req', name, ref), 0)}",

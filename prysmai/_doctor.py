@@ -6,6 +6,7 @@ with what to do. Keys are shown masked, never in full.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
@@ -51,7 +52,41 @@ def _source(argument: str | None, env: str) -> tuple[str | None, str]:
 
 
 def run_checks(base_url_argument: str | None = None, timeout: float = 5.0) -> list[Check]:
-    """Every check, in order; the network ones only when the settings allow them."""
+    """Every check, in order; the network ones only when the settings allow them. A URL's
+    ``user:password`` is never shown: masked in every line, wherever it appears (an error text
+    may quote it without its URL)."""
+    checks = _run_checks(base_url_argument, timeout)
+    userinfo = {_userinfo(u) for u in (base_url_argument, *(os.environ.get(n) for n in _URL_VARIABLES))} - {""}
+    for check in checks:
+        check.detail = _mask_userinfo(check.detail, userinfo)
+        if check.fix:
+            check.fix = _mask_userinfo(check.fix, userinfo)
+    return checks
+
+
+#: The settings doctor shows that hold URLs.
+_URL_VARIABLES = ("PRYSM_BASE_URL", "OPENAI_BASE_URL")
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]*@")
+
+
+def _userinfo(url: str | None) -> str:
+    """The ``user:password`` of ``url`` (``""``: none)."""
+    if not url or "@" not in url:
+        return ""
+    found = _URL_USERINFO.search(url)
+    return "" if found is None else found.group()[len(found.group(1)) : -1]
+
+
+def _mask_userinfo(text: str, userinfo: set[str]) -> str:
+    text = _URL_USERINFO.sub(lambda m: m.group(1) + "***@", text)
+    for secret in userinfo:
+        for part in (secret, *secret.split(":", 1)):
+            if len(part) >= 3 and part in text:  # the password, or the user alone, quoted without its URL
+                text = text.replace(part, "***")
+    return text
+
+
+def _run_checks(base_url_argument: str | None, timeout: float) -> list[Check]:
     from . import __version__, _auto
     from ._config import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV, mask_key, resolve_key, validate_url
     from ._fallback import COOLDOWN_ENV, FALLBACK_ENV, resolve_cooldown, resolve_fallback

@@ -13,9 +13,10 @@ knows about traces.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Generic, Protocol, TypeVar
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from .. import _wire
 
@@ -139,6 +140,11 @@ class Watch(Protocol):
 class Connection(Protocol):
     """What the server lets the app do with the client's connection (:class:`~.server.guard.ClientConnection`)."""
 
+    #: (status, message) of the server's answer when it refused a request the app had begun.
+    refusal: tuple[int, str] | None
+
+    def trust(self) -> None: ...
+
     def hold(self) -> None: ...
 
     def release(self) -> None: ...
@@ -166,6 +172,15 @@ class Responder:
 
 def connection_of(send: Send) -> Connection | None:
     return send.connection if isinstance(send, Responder) else None
+
+
+def trust(scope: Scope) -> None:
+    """Tell the server that this request is authenticated (a valid key or session): it then
+    gives the request's body and its connection the time an authenticated client gets
+    (:mod:`.server.guard`)."""
+    connection = scope.get(CONNECTION_KEY)
+    if connection is not None:
+        connection.trust()
 
 
 async def send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -222,6 +237,27 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         parts.append(part)
         if not message.get("more_body", False):
             return b"".join(parts)
+
+
+_DOT_SEGMENT = re.compile(r"(?:^|[/\\])\.\.?(?:;[^/\\]*)?(?=$|[/\\])")
+_DECODINGS = 4
+
+
+def dot_segment(path: str) -> bool:
+    """Whether ``path`` (ASGI's ``path``: percent-decoded once) has a ``.`` or ``..`` segment, as
+    sent or once percent-decoded again (``%2e%2e``, ``%252e%252e``, mixed), with ``/`` or ``\\`` as
+    the separator and ``;params`` after the dots (what upstream servers and frameworks normalise:
+    such a path would reach another deployment, or leave the provider's base URL, there)."""
+    if "." not in path and "%" not in path:  # every ordinary API path: two scans
+        return False
+    for _ in range(_DECODINGS):
+        if _DOT_SEGMENT.search(path):
+            return True
+        decoded = unquote(path)
+        if decoded == path:
+            return False
+        path = decoded
+    return True  # still percent-encoded after that many rounds: nothing a client needs to send
 
 
 def client_name(scope: Scope) -> str:

@@ -15,6 +15,9 @@ responses, models) and is steered per request by ``x-fake-*`` headers, which the
 * ``x-fake-echo: 1``            -- chat completions: answer with the last message's content (streams:
   cut into ``x-fake-chunks`` pieces);
 * ``x-fake-tool-call: 1``       -- chat completions: answer with a call of the tool ``get_weather``.
+* ``x-fake-answer-headers: [["name", "value"], ...]`` -- JSON answers: add these headers;
+* ``x-fake-echo-key: 1``        -- with ``x-fake-status``: the error message echoes the credential
+  the proxy sent (``Authorization`` or Azure's ``api-key``), as some providers' 401s do.
 """
 
 from __future__ import annotations
@@ -124,8 +127,13 @@ class FakeUpstream:
             await send({"type": "http.response.body", "body": deep})
             return
         status = int(headers.get("x-fake-status", "200"))
+        extra = [(k.encode(), v.encode()) for k, v in json.loads(headers.get("x-fake-answer-headers", "[]"))]
         if status >= 400:
-            await self._json(send, status, {"error": {"message": f"planned {status}", "type": "fake", "code": None}})
+            message = f"planned {status}"
+            if headers.get("x-fake-echo-key"):
+                sent = headers.get("authorization", "").removeprefix("Bearer ") or headers.get("api-key", "")
+                message = f"Incorrect API key provided: {sent}. You can find your API key at https://example."
+            await self._json(send, status, {"error": {"message": message, "type": "fake", "code": None}}, extra)
             return
         endpoint = path.split("/v1/", 1)[-1]
         if path.startswith("/openai/deployments/"):  # Azure OpenAI: /openai/deployments/{name}/{endpoint}
@@ -166,6 +174,7 @@ class FakeUpstream:
                     "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
                 },
+                extra,
             )
         elif endpoint == "completions":
             await self._json(
@@ -186,9 +195,9 @@ class FakeUpstream:
             await self._json(send, 404, {"error": {"message": f"no route {path}", "type": "fake", "code": None}})
 
     @staticmethod
-    async def _json(send: Any, status: int, obj: Any) -> None:
+    async def _json(send: Any, status: int, obj: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         body = json.dumps(obj).encode()
-        headers = [(b"content-type", b"application/json"), (b"x-request-id", b"req_fake123")]
+        headers = [(b"content-type", b"application/json"), (b"x-request-id", b"req_fake123"), *(extra or ())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -60,7 +60,9 @@ FLUSH_SECONDS = 2.0
 class Reads:
     """The read API over ``store`` for the keys of ``tenancy()`` (a callable: the proxy's current
     tenancy, which a reload replaces). ``inflight``: forwarded requests now (``None``: not a
-    proxy); ``pricing``: where costs come from, for the trace page."""
+    proxy); ``project_counters(name)``: one project's share of the proxy's counters (its requests
+    in flight, traces submitted and dropped), what a project's key is shown instead of the whole
+    proxy's; ``pricing``: where costs come from, for the trace page."""
 
     def __init__(
         self,
@@ -68,6 +70,7 @@ class Reads:
         tenancy: Callable[[], Tenancy],
         *,
         inflight: Callable[[], int] | None = None,
+        project_counters: Callable[[str], dict[str, int]] | None = None,
         pricing: str | None = None,
         read_only: bool = False,
         export: Any = None,
@@ -77,6 +80,7 @@ class Reads:
         self.export = export
         self.tenancy = tenancy
         self.inflight = inflight
+        self.project_counters = project_counters
         self.pricing = pricing
         self.read_only = read_only
 
@@ -91,29 +95,36 @@ class Reads:
             return await handler(self, param, query, who)
         except HTTPError:
             raise
-        except ValueError as exc:
-            raise HTTPError(400, str(exc), "invalid_parameter") from None
+        except ValueError as exc:  # a parameter the query layer refused (ParamError names it)
+            raise HTTPError(400, str(exc), "invalid_parameter", param=getattr(exc, "param", None)) from None
         except QueryTimeout as exc:
             raise HTTPError(503, str(exc), "query_timeout", "server_error") from None
 
     async def health(self, who: KeyEntry | None) -> dict[str, Any]:
-        """``ok`` / ``degraded`` for anyone; the details only for a key holder: for a project's
-        key, its project and the hosts of its providers (never a credential)."""
-        status, reason = self.store.health()
-        if status == "ok" and self.export is not None:
-            reason = self.export.trouble()
-            status = "ok" if reason is None else "degraded"
+        """``ok`` / ``degraded`` for anyone; the details only for a key holder. A project's key:
+        its project, the hosts of its providers (never a credential) and -- where the proxy serves
+        other projects too, whose volume is not its business -- its own counters only; an admin
+        key (or the key of the one project there is): the whole proxy's counters, retention and
+        export."""
+        status = self.store.health()[0]
+        export_trouble = self.export.trouble() if self.export is not None else None
+        if status == "ok" and export_trouble is not None:
+            status = "degraded"
         body: dict[str, Any] = {"status": status}
-        if who is not None:
-            body["reason"] = reason
-            if who.project is not None:
-                providers = who.project.providers
-                body["project"] = who.project.name
-                default = who.project.default_provider or providers[0]
-                body["upstream"] = _host(default)
-                body["providers"] = {p.name: _host(p) for p in providers}
-            else:
-                body["projects"] = sorted(self.tenancy().projects)
+        if who is None:
+            return body
+        whole = self._sees_whole_proxy(who)
+        reason = self.store.health(detail=whole)[1]
+        body["reason"] = reason if reason is not None else export_trouble
+        if who.project is not None:
+            providers = who.project.providers
+            body["project"] = who.project.name
+            default = who.project.default_provider or providers[0]
+            body["upstream"] = _host(default)
+            body["providers"] = {p.name: _host(p) for p in providers}
+        else:
+            body["projects"] = sorted(self.tenancy().projects)
+        if whole:
             if self.inflight is not None:
                 body["inflight"] = self.inflight()
             body["store"] = self.store.counters()
@@ -121,7 +132,28 @@ class Reads:
                 body["retention"] = self.store.retention.counters()
             if self.export is not None:
                 body["export"] = self.export.status()
+        else:
+            counters = self._project_counters(who)
+            if "inflight" in counters:
+                body["inflight"] = counters.pop("inflight")
+            body["store"] = counters
         return body
+
+    def _sees_whole_proxy(self, who: KeyEntry) -> bool:
+        return who.project is None or len(self.tenancy().projects) == 1
+
+    def _project_counters(self, who: KeyEntry) -> dict[str, int]:
+        if self.project_counters is None or who.project is None:
+            return {}
+        return self.project_counters(who.project.name)
+
+    def _counters(self, who: KeyEntry) -> dict[str, int]:
+        """The store's counters as ``who`` may see them (see :meth:`health`)."""
+        if self._sees_whole_proxy(who):
+            return self.store.counters()
+        counters = self._project_counters(who)
+        counters.pop("inflight", None)
+        return counters
 
     # -- the reads ---------------------------------------------------------------------------------
     async def _traces(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
@@ -147,7 +179,7 @@ class Reads:
     async def _stats(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
         f = await self._filter(query, who)
         result = await self.store.read(queries.stats, f)
-        result["store"] = self.store.counters()
+        result["store"] = self._counters(who)
         return jsonshape.stats(result)
 
     async def _overview(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:

@@ -12,6 +12,7 @@ import sys
 
 from ..config.policy import CAPTURE_MODES, DEFAULT_MAX_STORED_BODY_BYTES, DEFAULT_REDACT, REDACTION_SETS
 from ..config.settings import (
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_BYTES,
@@ -42,8 +43,8 @@ if TYPE_CHECKING:
 #: Printed under ``prysmai proxy --help``: what an installed package cannot otherwise show.
 PROXY_ESSENTIALS = """\
 essentials:
-  keys     --key / PRYSM_PROXY_KEYS / --keys-file: 'sk-prysm-' then 16+ characters. With none, a key is
-           generated and printed for this run only. Make one:
+  keys     PRYSM_PROXY_KEYS / --keys-file (--key shows in ps): 'sk-prysm-' then 16+ characters. With none, a key
+           is generated and printed for this run only. Make one:
            python3 -c "import secrets; print('sk-prysm-' + secrets.token_urlsafe(24))"
   clients  base_url=http://HOST:PORT/api/v1 and the Prysm key as api_key (prysmai: prysm_key=...).
            The provider key is OPENAI_API_KEY in the proxy's environment, or X-Prysm-Upstream-Key per request.
@@ -140,6 +141,14 @@ def add_parser(subparsers: Any) -> None:
         help=f"time a client has to send a request's headers (default {DEFAULT_HEADER_TIMEOUT:g}); then 408",
     )
     proxy.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"longest pause in a request's body, and the time a request without a valid key has for its "
+        f"whole body (default {DEFAULT_BODY_TIMEOUT:g}); then 408",
+    )
+    proxy.add_argument(
         "--max-connections",
         type=int,
         default=DEFAULT_MAX_CONNECTIONS,
@@ -231,6 +240,13 @@ def add_parser(subparsers: Any) -> None:
         metavar="RATIO",
         help="export this share of the stored traces, 0 to 1 (default 1: every one); never changes what is stored",
     )
+    proxy.add_argument(
+        "--forwarded-allow-ips",
+        metavar="ADDRESSES",
+        default=None,
+        help="believe X-Forwarded-For/-Proto from these reverse proxies only (comma-separated addresses, "
+        "or '*'); default: from none, the client is the connection's peer",
+    )
     proxy.add_argument("--ssl-certfile", metavar="PATH", help="serve https with this certificate (PEM)")
     proxy.add_argument("--ssl-keyfile", metavar="PATH", help="the certificate's private key (PEM)")
     proxy.set_defaults(handler=command)
@@ -250,6 +266,18 @@ def command(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, log: logging.Logger) -> int:
     """Check everything, bind, create the store, announce, serve: the first failure is one line
     and an exit status, with nothing left behind."""
+    from ..config.reload import catch_sighup
+
+    # Before anything is announced: from the banner on, a service manager may send SIGHUP
+    # (`systemctl reload` right after `start`), and its default action would stop the proxy.
+    restore_hup = catch_sighup()
+    try:
+        return _checked_run(args, log)
+    finally:
+        restore_hup()
+
+
+def _checked_run(args: argparse.Namespace, log: logging.Logger) -> int:
     from ..config.pricing import PriceTable, PricingError
     from ..server import listen
     from ..server.app import ProxyApp
@@ -330,6 +358,7 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
         return 2
     for name, value in (
         ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
         ("--max-connections", args.max_connections),
         ("--max-header-bytes", args.max_header_bytes),
         ("--queue-size", args.queue_size),
@@ -352,6 +381,7 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
         trace_writer=args.trace_writer,
         search_index=args.search_index == "on",
         header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
         max_client_connections=args.max_connections,
         max_header_bytes=args.max_header_bytes,
         config_file=config_file,
@@ -363,6 +393,7 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
         otlp_endpoint=kept["otlp_endpoint"],
         otlp_content=kept["otlp_content"],
         otlp_sample=args.otlp_sample,
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
     return config, tenancy, generated
 
@@ -462,6 +493,11 @@ def _announce(
             UPSTREAM_KEY_ENV,
         )
     tls = bool(args.ssl_certfile)
+    if args.key and args.host not in LOOPBACK:
+        log.warning(
+            "--key puts Prysm keys on the command line, where every local user can read them "
+            "(ps, /proc/PID/cmdline); give them in PRYSM_PROXY_KEYS or a --keys-file instead"
+        )
     if args.host not in LOOPBACK:
         if tls:
             log.info("listening on %s: reachable from other machines (https)", args.host)

@@ -1,39 +1,30 @@
 """Terminal output for ``prysmai traces`` / ``traces show`` / ``stats``: aligned plain text.
 
-Captured values come from any key holder: every control character in them (C0, DEL, C1, bidi
-overrides, unpaired surrogates) is shown as an escape (``\\x1b``, ``\\u202e``), so a trace can never
-retitle, clear or recolour the operator's terminal. ``--json`` output is exact JSON, not this.
+Captured values come from any key holder: every control character in them (C0, DEL, C1, line
+separators, bidi overrides, unpaired surrogates) is shown as an escape (``\\x1b``, ``\\u202e``), as
+in the proxy's log (one rule: :func:`..server.logs.escape`), so a trace can never retitle, clear or
+recolour the operator's terminal. ``--json`` output is exact JSON, not this.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 
 from ..api import costs
+from ..server.logs import escape
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-_CONTROL_BUT_LINES = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
 NONE = "-"
-
-
-def _escape_char(m: re.Match[str]) -> str:
-    code = ord(m.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def safe(text: object, lines: bool = False) -> str:
     """``text`` with control characters escaped; ``lines=True`` keeps newlines and tabs."""
-    value = str(text)
-    return (_CONTROL_BUT_LINES if lines else _CONTROL).sub(_escape_char, value)
+    return escape(str(text), lines)
 
 
 def fmt_time(ts: float | None) -> str:

@@ -94,5 +94,8 @@ def command(args: argparse.Namespace) -> int:
         print(f"prysmai ui: listening on {args.host}, reachable from other machines.", file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"prysmai ui: dashboard at http://{host}:{port}/ (read-only) over {db_path}", file=sys.stderr)
-    serve_read_only(store, tenancy, args.host, port)
+    from ..server.serve import guard_options
+
+    # The proxy's connection guard, with its defaults: header and body timeouts, connection cap.
+    serve_read_only(store, tenancy, args.host, port, **guard_options())
     return 0

@@ -15,6 +15,7 @@ import difflib
 import math
 import os
 import re
+import stat
 import sys
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ from .keys import KeyConfigError, _validate, digest_key_id, key_digest
 from .policy import PolicyError, StoragePolicy, check_capture, check_pattern, check_sets, parse_duration
 from .pricing import Price
 from .projects import AZURE, DEMO, OPENAI, PROVIDER_KINDS, Limits, Project, Provider, Tenancy
+from .reload import identity
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -115,18 +117,31 @@ def load(
     credential, no key from the environment): for tools that need the file's structure, such as
     its project names, where the proxy's secrets are not set.
     """
-    text, doc = read_document(path)
+    raw, stamp = _read(path)
+    text, doc = _parse(path, raw)
     reader = _Reader(path, text, os.environ if environ is None else environ, secrets, policy or StoragePolicy())
-    return reader.tenancy(doc)
+    tenancy = reader.tenancy(doc)
+    tenancy.stamp = stamp
+    return tenancy
 
 
 def read_document(path: str) -> tuple[str, dict[str, Any]]:
     """The file's text and its parsed TOML, unchecked (:class:`ConfigError` if either fails)."""
+    return _parse(path, _read(path)[0])
+
+
+def _read(path: str) -> tuple[bytes, tuple[int, int, int]]:
+    """The file's bytes and the identity of the file they were read from (for the reload's watch)."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
+            stamp = identity(os.fstat(fh.fileno()))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc}); check the path") from None
+    return raw, stamp
+
+
+def _parse(path: str, raw: bytes) -> tuple[str, dict[str, Any]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -577,8 +592,13 @@ class _Reader:
             # A relative path is taken from the config file's folder, wherever the proxy was started.
             full = os.path.join(os.path.dirname(os.path.abspath(self.path)), os.path.expanduser(name))
             try:
-                with open(full, encoding="utf-8") as fh:
-                    secret = fh.read().strip()
+                secret = _read_secret(full).decode("utf-8").strip()
+            except _NotAFile as exc:
+                self.fail(
+                    where,
+                    f"{what}: its api_key file {name} is not a regular file ({exc}); give the path of a file "
+                    "holding the credential",
+                )
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
                 self.fail(where, f"{what}: cannot read its api_key file {name} ({reason})")
@@ -614,6 +634,29 @@ class _Reader:
                 numbers[field] = None if number is None else float(number)
             prices[model] = Price(float(entry["input"]), numbers["output"], numbers["cached_input"])
         return prices
+
+
+#: Most bytes read from a credential file (a key is a line; a larger file is not one).
+_MAX_SECRET_BYTES = 64 * 1024
+
+
+class _NotAFile(OSError):
+    pass
+
+
+def _read_secret(path: str) -> bytes:
+    """A credential file's bytes. Anything but a regular file is refused before a byte is read:
+    a FIFO or a device would block the read until someone writes to it (or forever). Opened
+    without blocking, so that a FIFO is seen for what it is rather than waited on."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise _NotAFile(f"it is {kind}")
+        return os.read(fd, _MAX_SECRET_BYTES)
+    finally:
+        os.close(fd)
 
 
 # -- where things are in the text ------------------------------------------------------------------

@@ -163,7 +163,7 @@ class KeyEntry:
 class Tenancy:
     """Projects and the keys that belong to them (see the module docstring)."""
 
-    __slots__ = ("_by_digest", "_by_id", "projects", "source")
+    __slots__ = ("_by_digest", "_by_id", "credentials", "projects", "source", "stamp")
 
     def __init__(
         self,
@@ -177,8 +177,12 @@ class Tenancy:
         for digest, project in keys:
             self._by_digest[digest] = KeyEntry(digest_key_id(digest), project)
         self._by_id = {e.key_id: e for e in self._by_digest.values()}
+        #: Every provider credential held: masked wherever a trace would store one.
+        self.credentials = frozenset(p.credential for q in self.projects.values() for p in q.providers if p.credential)
         #: The config file this came from (``None``: the command line).
         self.source = source
+        #: The identity of that file as it was read (:func:`.reload.identity`): the reload's baseline.
+        self.stamp: tuple[int, int, int] | None = None
 
     def __len__(self) -> int:
         return len(self._by_digest)

@@ -26,6 +26,9 @@ TRACE_WRITERS = ("process", "thread")
 DEFAULT_TRACE_WRITER = "process"
 #: Seconds a client has to send a request's headers, from connection or the previous request.
 DEFAULT_HEADER_TIMEOUT = 10.0
+#: Seconds between two reads of a request's body; a request without a valid key or session has
+#: this long for its whole body.
+DEFAULT_BODY_TIMEOUT = 10.0
 #: Concurrent client connections; beyond it new connections get ``503``.
 DEFAULT_MAX_CONNECTIONS = 1000
 #: Bytes of request line plus headers; beyond it ``431``.
@@ -71,6 +74,10 @@ class ProxyConfig:
     #: Build and insert trace rows in a child process ("process") or on a thread of the proxy.
     trace_writer: str = DEFAULT_TRACE_WRITER
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    #: Addresses of the reverse proxies whose ``X-Forwarded-For`` / ``-Proto`` are believed
+    #: (comma-separated, or ``*``); ``None``: nobody's (the client is the connection's peer).
+    forwarded_allow_ips: str | None = None
     max_client_connections: int = DEFAULT_MAX_CONNECTIONS
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     #: A projects config file (``--config``; see docs/projects.md). With it, ``keys``, ``upstream``

@@ -10,10 +10,13 @@ Routes below ``/api/v1/`` (a declared table, :data:`~..api.reads.ROUTES` plus ``
 * anything else -- authenticated by a project's key, checked against the project's limits,
   routed to one of its providers and captured as one trace by the :class:`~.forward.Forwarder`.
 
-Every path outside ``/api/v1`` goes to the dashboard (:mod:`..web`), whose pages read the same
-read API. Who may do what comes from a :class:`~..config.projects.Tenancy`; with a config file,
-SIGHUP or a change of the file reloads it (:mod:`..config.reload`), and a request in flight
-finishes under the tenancy it started with.
+Before any of them, a path with a ``.`` or ``..`` segment (in any encoding) is refused (``400``),
+and an address that failed to authenticate too often meets the failed-auth throttle
+(:class:`~..web.auth.AuthThrottle`, ``429``); neither is a trace. Every path outside ``/api/v1``
+goes to the dashboard (:mod:`..web`), whose pages read the same read API. Who may do what comes
+from a :class:`~..config.projects.Tenancy`; with a config file, SIGHUP or a change of the file
+reloads it (:mod:`..config.reload`), and a request in flight finishes under the tenancy it started
+with.
 
 One error path: an :class:`~..asgi.HTTPError` is answered as such; anything else raised while
 handling a request becomes ``500 internal_error`` (a bug) and, for a forwarded request, its one
@@ -32,7 +35,17 @@ from urllib.parse import quote
 from ... import _wire
 from ..api import jsonshape
 from ..api.reads import Reads, pricing_note
-from ..asgi import CONNECTION_KEY, HTTPError, Query, Responder, client_name, internal_error, respond, respond_error
+from ..asgi import (
+    CONNECTION_KEY,
+    HTTPError,
+    Query,
+    Responder,
+    client_name,
+    dot_segment,
+    internal_error,
+    respond,
+    respond_error,
+)
 from ..config.file import load_tenancy
 from ..config.pricing import PriceTable
 from ..config.reload import ConfigWatch
@@ -44,13 +57,14 @@ from ..store.retention import Retention
 from ..store.writer import TraceWriter
 from ..store.writerproc import WriterProcess
 from ..web import Dashboard
+from ..web.auth import AuthThrottle
 from .forward import PREFIX, Forwarder
 from .limits import Limits, month_start
 from .ratelog import RateLimitedLog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
     from typing import Any
 
     from ..asgi import Receive, Scope, Send
@@ -61,6 +75,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("prysmai.proxy")
 _PREFIX_BYTES = PREFIX.encode()
 _HEALTH = "health"
+_DOT_SEGMENT_ERROR = HTTPError(
+    400,
+    "The request path has a '.' or '..' segment (as sent or percent-encoded); the proxy does not forward "
+    "such a path, which an upstream would resolve to another one. Send the path without it.",
+    "invalid_path",
+)
 
 
 class ProxyApp:
@@ -74,9 +94,11 @@ class ProxyApp:
         self.tenancy: Tenancy = tenancy if tenancy is not None else _load(config)
         self.prices = prices if prices is not None else PriceTable.load(config.pricing_file)
         self.limits = Limits()
-        self.store = _trace_store(config, self.prices, self.limits, self._retention_plan)
+        self.store = _trace_store(
+            config, self.prices, self.limits, self._retention_plan, lambda: self.tenancy.credentials
+        )
         self.warnings = RateLimitedLog(log)  # floods (502s, rejected keys): first line, then summaries
-        self.forwarder = Forwarder(config, self.store, self.limits, self.warnings)
+        self.forwarder = Forwarder(config, self.store, self.limits, self.warnings, self.prices)
         pricing = pricing_note(self.prices)
         #: The OTLP export (``None``: off).
         self.export = _export(config, self.tenancy, pricing)
@@ -84,11 +106,14 @@ class ProxyApp:
             self.store,
             lambda: self.tenancy,
             inflight=lambda: self.forwarder.inflight,
+            project_counters=self.forwarder.project_counters,
             pricing=pricing,
             export=self.export,
         )
+        #: Failed authentications per client address, on the API and at the dashboard's log-in.
+        self.throttle = AuthThrottle(note=lambda message: self.warnings.event("auth-throttle", message))
         #: Every path outside /api/v1.
-        self.web = Dashboard(self.reads)
+        self.web = Dashboard(self.reads, throttle=self.throttle)
         self._watch: ConfigWatch | None = None
 
     def __repr__(self) -> str:
@@ -110,18 +135,13 @@ class ProxyApp:
         since = month_start(time.time())
         self.limits.seed(await self.store.read(month_spend, since), since)
         path = self.config.config_file
-        self._watch = ConfigWatch(path, self._reload if path else None)
+        load = partial(_load, self.config) if path else None
+        self._watch = ConfigWatch(path, load, self._use, baseline=self.tenancy.stamp)
         self._watch.start()
 
-    def _reload(self) -> None:
-        """Read the config file again and use it for every request from now on; a file that does
-        not load is refused (the error is logged) and the current tenancy stays."""
-        assert self.config.config_file is not None
-        try:
-            tenancy = _load(self.config)
-        except (ValueError, OSError) as exc:  # ConfigError (file:line, never a key), unreadable file
-            log.error("config reload refused, still using the previous config: %s", exc)
-            return
+    def _use(self, tenancy: Tenancy) -> None:
+        """Use a reloaded config for every request from now on (a file that did not load was
+        refused by the watch, and the current tenancy stays)."""
         self.tenancy = tenancy
         if self.export is not None:
             self.export.update(tenancy)
@@ -197,6 +217,8 @@ class ProxyApp:
         """The handler of this request, as the coroutine to await: routing needs no awaiting, and
         a coroutine of its own would sit under every resumption of a relayed stream."""
         path: str = scope["path"]
+        if dot_segment(path):  # before routing and authentication: no trace, as the guard's refusals
+            return respond_error(send, _DOT_SEGMENT_ERROR)
         if not path.startswith(PREFIX):
             return self.web(scope, receive, send)
         endpoint = path[len(PREFIX) :]
@@ -205,7 +227,16 @@ class ProxyApp:
             if name == b"authorization":
                 auth = value
                 break
+        if auth is not None and self.throttle.failures:  # (someone failed lately: is it this address?)
+            wait = self.throttle.retry_after(client_name(scope))
+            if wait is not None:
+                return respond_error(send, self.throttle.refusal(wait))
         entry = self.tenancy.identify(auth)
+        if entry is not None:
+            if send.connection is not None:
+                send.connection.trust()
+        elif auth is not None:
+            self.throttle.failed(client_name(scope))
         if endpoint == _HEALTH:
             return self._health(send, entry)
         if entry is None:
@@ -257,9 +288,11 @@ def _trace_store(
     prices: PriceTable,
     limits: Limits,
     plan: Callable[[], tuple[dict[str, float | None], float | None]],
+    credentials: Callable[[], Iterable[bytes]],
 ) -> Store:
-    """The proxy's store: its writer builds each trace's row (in a child process by default) and
-    counts its cost towards the project's monthly budget; its retention follows ``plan``."""
+    """The proxy's store: its writer masks the ``credentials`` the proxy holds in each trace,
+    builds its row (in a child process by default) and counts its cost towards the project's
+    monthly budget; its retention follows ``plan``."""
     finalize_here = partial(_finalize_counting, prices=prices, limits=limits)
     process = None
     if config.trace_writer == "process":
@@ -272,6 +305,7 @@ def _trace_store(
         when_behind=config.when_behind,
         fallback=fallback_row,
         process=process,
+        secrets=credentials,
     )
     return Store(engine, writer, retention=Retention(engine, plan))
 
@@ -302,7 +336,8 @@ def summary(tenancy: Tenancy) -> str:
 
 def _finalize_counting(ex: Exchange, prices: PriceTable, limits: Limits) -> dict[str, Any]:
     """The trace row (:func:`~..store.capture.finalize`, on the writer thread), its cost counted
-    towards the project's monthly budget."""
+    towards the project's monthly budget (unless the proxy counted it as it answered)."""
     row = finalize(ex, prices)
-    limits.add_spend(ex.project, row.get("cost_usd"), ex.created_at)
+    if not ex.spend_counted:
+        limits.add_spend(ex.project, row.get("cost_usd"), ex.created_at)
     return row

@@ -31,7 +31,7 @@ from ..asgi import (
     send_whole,
 )
 from ..config.projects import DEMO
-from ..store.capture import Exchange
+from ..store.capture import Exchange, answer_cost
 from .disconnect import DisconnectWatch, DisconnectWatches, StreamWatch
 from .upstream import TIMEOUT_ERRORS, TRANSPORT_ERRORS, UPSTREAM_ERRORS, request_headers, response_headers
 from .usage import UsageStripper, inject_usage, stream_finished
@@ -39,6 +39,7 @@ from .usage import UsageStripper, inject_usage, stream_finished
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..asgi import Connection, Receive, Responder, Scope, Watch
+    from ..config.pricing import PriceTable
     from ..config.projects import Project, Provider
     from ..config.settings import ProxyConfig
     from ..store import Store
@@ -61,7 +62,20 @@ class Call:
     """One forwarded request: its ASGI scope, ``receive`` and ``send``, the trace it is captured
     as, the ``X-Prysm-Trace-Id`` header it is answered with, and -- once routed -- where it goes."""
 
-    __slots__ = ("body", "ex", "headers", "inject", "receive", "scope", "send", "trace_header", "upstream", "url")
+    __slots__ = (
+        "body",
+        "counts_spend",
+        "credential",
+        "ex",
+        "headers",
+        "inject",
+        "receive",
+        "scope",
+        "send",
+        "trace_header",
+        "upstream",
+        "url",
+    )
 
     def __init__(self, scope: Scope, receive: Receive, send: Responder, ex: Exchange) -> None:
         self.scope = scope
@@ -74,19 +88,28 @@ class Call:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = b""
         self.inject = False
+        #: The project has a budget: the answer's cost is counted as it completes.
+        self.counts_spend = False
+        #: The provider's stored credential, when it was sent: masked in an error answer that echoes it.
+        self.credential: bytes | None = None
 
 
 class Forwarder:
     """Forwards the requests of authenticated project keys; ``inflight`` counts them."""
 
-    def __init__(self, config: ProxyConfig, store: Store, limits: Limits, warnings: RateLimitedLog) -> None:
+    def __init__(
+        self, config: ProxyConfig, store: Store, limits: Limits, warnings: RateLimitedLog, prices: PriceTable
+    ) -> None:
         self.config = config
         self.store = store
         self.limits = limits
+        self.prices = prices  # a budget's spend is priced here as each answer completes
         self.warnings = warnings  # floods (502s): first line, then summaries
         self.client: Upstream | None = None
         self.demo_client: Upstream | None = None
         self.inflight = 0
+        #: By project: [requests in flight, traces handed to the store, traces it dropped].
+        self._by_project: dict[str, list[int]] = {}
         self._watches = DisconnectWatches()  # notices clients that leave (without our server protocol)
 
     async def start(self, providers: list[Provider]) -> None:
@@ -133,6 +156,10 @@ class Forwarder:
         ex.policy = project.policy
         call = Call(scope, receive, send, ex)
         self.inflight += 1
+        counts = self._by_project.get(project.name)
+        if counts is None:
+            counts = self._by_project[project.name] = [0, 0, 0]
+        counts[0] += 1
         try:
             if await self._prepare(call, project):
                 await self._forward(call)
@@ -150,6 +177,7 @@ class Forwarder:
         finally:
             self._submit(ex)
             self.inflight -= 1
+            counts[0] -= 1
 
     async def _prepare(self, call: Call, project: Project) -> bool:
         """Read, check and route the request; ``False`` if it has been answered (an error of
@@ -180,8 +208,12 @@ class Forwarder:
             await self._fail(call, 413, message, "invalid_request_error", "request_too_large")
             return False
         except Disconnected:
-            ex.status, ex.http_status = "cancelled", None
-            ex.error = "client disconnected before sending the whole request"
+            refused = None if call.send.connection is None else call.send.connection.refusal
+            if refused is not None:  # the server answered it (a stalled or malformed body) and closed
+                ex.status, (ex.http_status, ex.error) = "error", refused
+            else:
+                ex.status, ex.http_status = "cancelled", None
+                ex.error = "client disconnected before sending the whole request"
             ex.t_end = time.perf_counter()
             self._submit(ex)
             return False
@@ -225,10 +257,12 @@ class Forwarder:
         ex.provider = provider.name
         ex.provider_prices = provider.prices or None
         ex.price_ref = provider.price_ref
-        refusal = self.limits.check(project) if project.limited else None
-        if refusal is not None:
-            await self._fail(call, 429, refusal.message, refusal.type, refusal.code, list(refusal.headers))
-            return False
+        if project.limited:
+            refusal = self.limits.check(project)
+            if refusal is not None:
+                await self._fail(call, 429, refusal.message, refusal.type, refusal.code, list(refusal.headers))
+                return False
+            call.counts_spend = project.limits.monthly_budget_usd is not None
         if isinstance(parsed, dict):
             if upstream_model is not None:  # a prefix rule: the provider knows the model without it
                 ex.sent_model = upstream_model
@@ -245,6 +279,10 @@ class Forwarder:
         call.url = provider.url(tail, upstream_model or ex.model, query.decode("latin-1") if query else "")
         headers = request_headers(scope["headers"])
         auth = provider.auth_header(upstream_key)
+        if upstream_key is not None or provider.credential is not None:  # masked in the stored trace
+            ex.sent_secrets = (upstream_key or b"", provider.credential or b"")
+            if upstream_key is None:
+                call.credential = provider.credential
         if auth is not None:
             if auth[0] != b"authorization":  # Azure's api-key: never relay one the client sent
                 headers = [h for h in headers if h[0] != auth[0]]
@@ -330,8 +368,15 @@ class Forwarder:
             ex.t_end = time.perf_counter()
             if status >= 400:
                 ex.status = "error"
+                credential = call.credential
+                if credential is not None and credential in ex.response_body:
+                    # A provider's error that echoes the proxy's stored credential: never shown
+                    # to the client (a project's key holder), masked byte for byte.
+                    ex.response_body = ex.response_body.replace(credential, b"*" * len(credential))
             headers.append((b"content-length", str(len(ex.response_body)).encode()))
             headers.append(latency_header(ex))
+            if call.counts_spend:
+                self._count_spend(ex)  # before answering: the client's next request meets it
             self._submit(ex)  # before answering: a client that has its answer finds its trace
             await send_whole(call.send, status, headers, ex.response_body)
         finally:
@@ -401,6 +446,8 @@ class Forwarder:
             tail = stripper.flush() if stripper is not None else b""
             watch.stop()  # from here on a client that leaves has had everything
             ex.t_end = time.perf_counter()
+            if call.counts_spend:
+                self._count_spend(ex)  # before the last frame: the client's next request meets it
             self._submit(ex)  # before the last frame: a client that has its answer finds its trace
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
@@ -423,11 +470,32 @@ class Forwarder:
                 connection.release()
             watch.stop()
 
+    def _count_spend(self, ex: Exchange) -> None:
+        """Count the answer's cost towards its project's monthly budget now, as it completes (the
+        writer would count it a batch later: a client sending one request after another passed the
+        budget by a dozen requests). Only for a project with a budget: it parses the answer's usage."""
+        try:
+            cost = answer_cost(ex, self.prices)
+        except Exception:  # observability never fails the request: the writer counts it instead
+            log.exception("trace %s: could not price the answer for the budget", ex.id)
+            return
+        ex.spend_counted = True
+        self.limits.add_spend(ex.project, cost, ex.created_at)
+
     def _submit(self, ex: Exchange) -> None:
         """Queue the trace once; after this the store's writer owns ``ex``."""
         if not ex.submitted:
             ex.submitted = True
-            self.store.submit(ex)
+            counts = self._by_project[ex.project]
+            counts[1] += 1
+            if not self.store.submit(ex):
+                counts[2] += 1
+
+    def project_counters(self, project: str) -> dict[str, int]:
+        """One project's share of the proxy's counters (since start-up): what its keys may see of
+        a proxy that serves other projects too."""
+        inflight, submitted, dropped = self._by_project.get(project, (0, 0, 0))
+        return {"inflight": inflight, "submitted": submitted, "dropped": dropped}
 
 
 def _prysm_header(ex: Exchange, name: bytes, value: bytes) -> None:

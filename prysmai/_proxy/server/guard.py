@@ -1,21 +1,34 @@
 """Limits on client connections that uvicorn's httptools protocol does not have.
 
-uvicorn holds a connection that never finishes its request headers for as long as the client
-likes (its keep-alive timeout only runs between requests), accepts headers of any size, and its
-``limit_concurrency`` answers with a plain-text 503. :func:`guarded_protocol` returns its
-httptools protocol with three guards, each answered with an OpenAI-style JSON error and
+uvicorn holds a connection that never finishes its request headers or its body for as long as
+the client likes (its keep-alive timeout only runs between requests), accepts headers of any size,
+and its ``limit_concurrency`` answers with a plain-text 503. :func:`guarded_protocol` returns its
+httptools protocol with these guards, each answered with an OpenAI-style JSON error and
 ``Connection: close``:
 
 * a header-read timeout (``408``): from a connection's start, or a request's first byte, to the
-  end of its headers -- checked by one sweep per second over the open connections, so a request
-  pays for two attribute writes, not a timer;
+  end of its headers;
+* a body-read timeout (``408``): no more than ``body_timeout`` between two reads of a request's
+  body, and -- for a request the app has not authenticated (:meth:`ClientConnection.trust`: a
+  valid key or session) -- its whole body within ``body_timeout`` of its headers;
 * a header size limit (``431``) on the request line plus headers;
-* a cap on concurrent connections (``503``) -- a connection over it is answered and closed at once.
+* a cap on concurrent connections (``503``) -- a connection over it is answered and closed at once;
+* request framing (``400``): a ``Transfer-Encoding`` other than exactly ``chunked``, or one beside a
+  ``Content-Length`` (the ambiguity request smuggling lives on), refused before the app sees the
+  request.
 
-It also answers a request that is not valid HTTP (``400``) in JSON rather than uvicorn's plain text,
-and closes a keep-alive connection left idle for ``timeout_keep_alive`` seconds in the same sweep
-(to within its period) rather than by uvicorn's libuv timer, which is created after every response
-and cancelled by the next request's first bytes.
+So a request without a valid key or session holds a connection for the header timeout, then the
+body timeout, at most; after answering it, the proxy keeps the connection idle for the header
+timeout (not the keep-alive timeout), and not at all if its body was left unsent.
+
+The timeouts are checked by one sweep per second over the open connections, so a request pays for
+a few attribute writes, not a timer. The sweep also closes a keep-alive connection left idle for
+``timeout_keep_alive`` seconds (to within its period) rather than uvicorn's libuv timer, which is
+created after every response and cancelled by the next request's first bytes. A request that is
+not valid HTTP gets a ``400`` in JSON rather than uvicorn's plain text. When the app had already
+begun a request that a guard then refuses (a body that stalls, or breaks the HTTP syntax), the
+connection says so (:attr:`ClientConnection.refusal`): its trace records the refusal, not a
+client that went away.
 
 And it passes the app a :class:`ClientConnection` in the scope: to hold a response's writes
 (uvicorn writes a response's head the moment the app sends it, so head and body left as two
@@ -42,8 +55,8 @@ _REASONS = {
 }
 
 
-class _HeaderTooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request the guard has already answered."""
 
 
 def _error_response(status: int, message: str, code: str) -> bytes:
@@ -73,7 +86,7 @@ class ClientConnection:
     Leaving: the protocol hears of it first (``connection_lost``); learning it through ASGI's
     ``receive`` takes a task per request that waits on it."""
 
-    __slots__ = ("_held", "_task", "_transport", "gone", "lost")
+    __slots__ = ("_held", "_task", "_transport", "gone", "lost", "refusal", "trusted")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
@@ -81,6 +94,15 @@ class ClientConnection:
         self._task: asyncio.Task[Any] | None = None
         self.lost = False  # the connection is gone
         self.gone = False  # ... and that cancelled the watched task
+        #: The current request was authenticated (a valid key or dashboard session): see trust().
+        self.trusted = False
+        #: (status, message) of the guard's answer when it refused a request the app had begun.
+        self.refusal: tuple[int, str] | None = None
+
+    def trust(self) -> None:
+        """The app authenticated the current request: its body then gets the time between reads
+        (the body timeout) but no total, and its connection the keep-alive timeout afterwards."""
+        self.trusted = True
 
     # -- writes ------------------------------------------------------------------------------------
     def hold(self) -> None:
@@ -139,14 +161,19 @@ class ClientConnection:
             task.cancel()
 
 
-def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connections: int) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol with the three guards above (a fresh class per server)."""
+def guarded_protocol(
+    header_timeout: float, max_header_bytes: int, max_connections: int, body_timeout: float
+) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with the guards above (a fresh class per server)."""
     sweeper: list[asyncio.TimerHandle | None] = [None]
 
     class GuardedProtocol(HttpToolsProtocol):
         _head_since: float | None = None  # loop time when the current request's head began
         _head_bytes = 0
         _idle_since: float | None = None  # loop time when the last response ended (keep-alive)
+        _body_since: float | None = None  # loop time when the current request's head ended, its body due
+        _body_last = 0.0  # loop time of the last bytes received while its body was due
+        _idle_for = 0.0  # how long the connection may stay idle after the last response
         _client: ClientConnection
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -170,12 +197,14 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
             self._idle_since = None  # (uvicorn's own cancels its keep-alive timer here)
             if self._head_since is not None:
                 self._head_bytes += len(data)
+            elif self._body_since is not None:
+                self._body_last = self.loop.time()
             try:
                 self.parser.feed_data(data)
-            except _HeaderTooLarge:
+            except _Refused:
                 return
             except httptools.HttpParserCallbackError as exc:
-                if isinstance(exc.__context__, _HeaderTooLarge):
+                if isinstance(exc.__context__, _Refused):
                     return
                 self._bad_request()
                 return
@@ -192,17 +221,21 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
                 self._too_large()
 
         def _bad_request(self) -> None:
-            # As uvicorn's own answer (not an application request: no trace), but in JSON.
+            # As uvicorn's own answer, but in JSON. Not an application request, no trace -- unless
+            # the app had begun it (its body broke the syntax): then the connection says so.
             self.logger.debug("invalid HTTP request received")
-            self._reject(
-                400,
-                "Invalid HTTP request (malformed request line or headers, e.g. a control character in a header value)",
-                "invalid_http_request",
+            message = (
+                "Invalid HTTP request (malformed request line, headers or body framing, e.g. a control "
+                "character in a header value)"
             )
+            if self._body_since is not None:
+                self._client.refusal = (400, message)
+            self._reject(400, message, "invalid_http_request")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self.scope[CONNECTION_KEY] = self._client  # type: ignore[literal-required]
+            self._client.trusted = False  # every request earns it
             if self._head_since is None:
                 self._head_since = self.loop.time()
                 self._head_bytes = 0
@@ -212,7 +245,15 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
                 size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
                 if size > max_header_bytes:
                     self._too_large()
-                    raise _HeaderTooLarge
+                    raise _Refused
+            if _ambiguous_framing(self.headers):
+                self._reject(
+                    400,
+                    "Unsupported request framing: Transfer-Encoding must be exactly 'chunked', and not sent "
+                    "together with Content-Length",
+                    "invalid_http_request",
+                )
+                raise _Refused
             self._head_since = None
             self._head_bytes = 0
             super().on_headers_complete()
@@ -220,6 +261,11 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
             if cycle is not None and cycle.scope is self.scope:  # (this request's: not an upgrade)
                 # Its writes go through ours (the app's task has not run yet).
                 cycle.transport = self._client  # type: ignore[assignment]
+            self._body_since = self._body_last = self.loop.time()
+
+        def on_message_complete(self) -> None:
+            self._body_since = None
+            super().on_message_complete()
 
         def on_response_complete(self) -> None:
             if self.pipeline or self.transport.is_closing():
@@ -228,8 +274,15 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
                 return
             # As uvicorn's, but the keep-alive timeout is the sweep's: no timer per response.
             self.server_state.total_requests += 1
+            client = self._client
+            if not client.trusted and self._body_since is not None:
+                client.close()  # answered (a 401) without reading its body: not worth waiting for
+                return
             self.flow.resume_reading()
             self._idle_since = self.loop.time()
+            # A client that has not shown a key keeps its connection idle for the header timeout,
+            # not the keep-alive timeout.
+            self._idle_for = self.timeout_keep_alive if client.trusted else header_timeout
 
         def _too_large(self) -> None:
             self._reject(
@@ -246,7 +299,7 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
 
         def idle_timed_out(self, now: float) -> bool:
             idle = self._idle_since
-            if idle is None or now - idle < self.timeout_keep_alive or self.transport.is_closing():
+            if idle is None or now - idle < self._idle_for or self.transport.is_closing():
                 return False
             self._idle_since = None
             self.timeout_keep_alive_handler()  # uvicorn's: closes the connection
@@ -261,12 +314,52 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, max_connectio
             self._reject(408, f"Request headers not received within {header_timeout:g} s", "request_timeout")
             return True
 
+        def body_timed_out(self, now: float) -> bool:
+            since = self._body_since
+            if since is None or self.transport.is_closing():
+                return False
+            if self.flow.read_paused:  # we stopped reading (the app is behind): not the client's delay
+                self._body_last = now
+            stalled = now - self._body_last >= body_timeout
+            if not stalled and (self._client.trusted or now - since < body_timeout):
+                return False
+            self._body_since = None
+            if self._client.trusted or now - since < body_timeout:
+                message = f"Request body stalled: nothing received for {body_timeout:g} s"
+            else:
+                message = (
+                    f"Request body not received within {body_timeout:g} s of its headers (a request without "
+                    "a valid key or session must send its whole body in that time)"
+                )
+            cycle = self.cycle
+            if cycle is not None and cycle.response_started:  # answered already: only the connection is left
+                self._client.close()
+                return True
+            self._client.refusal = (408, message)
+            self._reject(408, message, "request_timeout")
+            return True
+
     def _sweep(connections: set[Any], loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         for conn in list(connections):
             check = getattr(conn, "header_timed_out", None)
-            if check is not None and not check(now):
+            if check is not None and not check(now) and not conn.body_timed_out(now):
                 conn.idle_timed_out(now)
         sweeper[0] = loop.call_later(_SWEEP_SECONDS, _sweep, connections, loop) if connections else None
 
     return GuardedProtocol
+
+
+def _ambiguous_framing(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A ``Transfer-Encoding`` other than exactly one ``chunked``, or one beside a ``Content-Length``
+    (names are lower-case here: uvicorn's parser callbacks make them so)."""
+    coding = None
+    length = False
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            if coding is not None:
+                return True
+            coding = value
+        elif name == b"content-length":
+            length = True
+    return coding is not None and (length or coding.strip().lower() != b"chunked")

@@ -3,10 +3,20 @@
 Both are checked on the request path before a request is forwarded, in memory and without
 waiting on anything. The rate limit is a sliding window: a project with ``requests_per_minute = N``
 gets its N+1th request within any 60 seconds refused, and ``retry-after`` says when the oldest of
-the N leaves the window. The budget compares what the project spent this UTC calendar month with
-``monthly_budget_usd``: the spend is read from the store at start-up (its rollups) and then grows
-as the writer thread prices each trace, so requests already in flight when the budget is reached
-may take the spend a little over it (they are not cut off).
+the N leaves the window.
+
+The budget compares what the project spent this UTC calendar month with ``monthly_budget_usd``:
+the spend is read from the store at start-up (its rollups), then each answer's cost is counted by
+the proxy as the answer completes, before its last bytes reach the client (the forwarder prices its
+usage: :func:`~..store.capture.answer_cost`); what the proxy could not count then (an answer cut
+off, a failure) the writer counts when it prices the trace. A request is admitted while the spend
+is below the budget, so:
+
+* a client that waits for each answer before sending the next stops exactly at the budget: the
+  request whose cost reaches it is the last one admitted;
+* with concurrent requests, the overshoot is at most the requests already in flight when the
+  budget is reached (each is answered, and counted): with C requests at a time, at most C - 1
+  requests beyond the one that reached it. They are never cut off.
 
 Counters are kept by project name, so a reload that changes a limit keeps what was counted.
 """

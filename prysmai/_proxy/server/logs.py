@@ -2,9 +2,12 @@
 
 ``text``: ``2025-01-31T12:00:05.123Z WARNING prysmai.proxy: message`` (UTC). ``json``: one object
 per line, ``{"time", "level", "logger", "message"}`` (plus ``client``, ``method``, ``path``,
-``status`` for access-log lines and ``exception`` when there is one). Control characters in a
-message (a request path can hold them) are escaped in text lines, so a log line is one line and
-cannot drive a terminal. Colour is never used, so ``NO_COLOR`` and non-tty outputs are honoured.
+``status`` for access-log lines and ``exception`` when there is one). What a message may carry
+from a client (a request path, a header) is escaped (:func:`escape`): control characters, the
+Unicode line and paragraph separators and the bidirectional controls, so a log line is one line
+for every reader, reads in its own order and cannot drive a terminal; in JSON lines they are
+``\\uXXXX`` escapes of the same value. Colour is never used, so ``NO_COLOR`` and non-tty outputs
+are honoured.
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ if TYPE_CHECKING:
     from typing import Any, TextIO
 
 LOGGERS = ("prysmai", "uvicorn")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Never written raw where a person or a log reader sees text (the log, the CLI's tables): C0 and C1
+#: controls and DEL; U+2028 and U+2029, at which readers split lines; the bidirectional controls
+#: (U+202E turns what follows around); unpaired surrogates (not text at all).
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNSAFE_BUT_LINES = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+#: In a JSON line: what JSON leaves raw (it escapes the C0 controls itself).
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 #: uvicorn's server messages come from "uvicorn.error", which is not about errors.
 _NAMES = {"uvicorn.error": "uvicorn"}
 
@@ -33,14 +44,26 @@ def _timestamp(record: logging.LogRecord) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
-def _escape(text: str) -> str:
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+def _escape_char(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str, lines: bool = False) -> str:
+    """``text`` with every :data:`UNSAFE` character as an escape (``\\x1b``, ``\\u202e``);
+    ``lines=True`` keeps newlines and tabs (a body shown as text)."""
+    return (_UNSAFE_BUT_LINES if lines else UNSAFE).sub(_escape_char, text)
+
+
+def _json_line(doc: dict[str, Any]) -> str:
+    # Valid JSON either way: the escapes decode to the same characters.
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(doc, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         name = _NAMES.get(record.name, record.name)
-        line = f"{_timestamp(record)} {record.levelname} {name}: {_escape(record.getMessage())}"
+        line = f"{_timestamp(record)} {record.levelname} {name}: {escape(record.getMessage())}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -59,7 +82,7 @@ class JsonFormatter(logging.Formatter):
             doc.update(client=args[0], method=args[1], path=args[2], status=args[4])
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
+        return _json_line(doc)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,14 @@ from typing import Any
 
 import uvicorn
 
-from ..config.settings import ProxyConfig
+from ..config.reload import catch_sighup
+from ..config.settings import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES,
+    ProxyConfig,
+)
 from .app import ProxyApp
 
 TYPE_CHECKING = False
@@ -33,15 +40,20 @@ def _quiet_cut_offs() -> None:
         logger.addFilter(_CutOffFilter())
 
 
-def _limits(app: ProxyApp) -> dict[str, Any]:
-    """The connection guard's settings: header timeout, header size, connection cap."""
-    c = app.config
+def guard_options(
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> dict[str, Any]:
+    """uvicorn's settings for the connection guard (:mod:`.guard`): header and body timeouts,
+    header size, connection cap (the proxy's, and ``prysmai ui``'s with the defaults)."""
     try:
         from .guard import guarded_protocol
 
-        return {"http": guarded_protocol(c.header_timeout, c.max_header_bytes, c.max_client_connections)}
+        return {"http": guarded_protocol(header_timeout, max_header_bytes, max_connections, body_timeout)}
     except ImportError:  # no httptools: h11's own size limit and uvicorn's (plain-text) cap
-        return {"h11_max_incomplete_event_size": c.max_header_bytes, "limit_concurrency": c.max_client_connections}
+        return {"h11_max_incomplete_event_size": max_header_bytes, "limit_concurrency": max_connections}
 
 
 def raise_open_files_limit(config: ProxyConfig) -> None:
@@ -89,6 +101,7 @@ def uvicorn_config(
     uvicorn's own logging configuration (coloured, untimed) is never installed: its records go to
     whatever handlers the ``uvicorn`` logger has (``prysmai proxy``: :mod:`.logs`)."""
     _quiet_cut_offs()
+    c = app.config
     settings: dict[str, Any] = {
         "lifespan": "on",
         "access_log": False,
@@ -98,7 +111,11 @@ def uvicorn_config(
         "backlog": 2048,
         "timeout_keep_alive": 75,
         "timeout_graceful_shutdown": 10,
-        **_limits(app),
+        # X-Forwarded-For/-Proto only from the reverse proxies named (uvicorn believes loopback's
+        # by default: any local process could claim any address, and the https scheme).
+        "proxy_headers": c.forwarded_allow_ips is not None,
+        **({"forwarded_allow_ips": c.forwarded_allow_ips} if c.forwarded_allow_ips is not None else {}),
+        **guard_options(c.header_timeout, c.body_timeout, c.max_header_bytes, c.max_client_connections),
     }
     settings.update(options)
     return uvicorn.Config(app, host=host, port=port, **settings)
@@ -119,7 +136,10 @@ def serve(app: ProxyApp, sock: socket.socket | None = None, **options: Any) -> N
     # than losing the signal.
     raise_open_files_limit(app.config)  # the process is ours here (not when embedded)
     server = uvicorn.Server(uvicorn_config(app, app.config.host, app.config.port, **options))
-    freeze_startup_objects(import_prices=app.config.trace_writer == "thread")
+    # The proxy prices answers itself where the writer thread builds rows, and for projects with a
+    # budget (their spend is counted as each answer completes).
+    budgets = any(p.limits.monthly_budget_usd is not None for p in app.tenancy.projects.values())
+    freeze_startup_objects(import_prices=app.config.trace_writer == "thread" or budgets)
 
     def stop_when_started(signum: int, frame: object) -> None:
         server.should_exit = True
@@ -127,13 +147,13 @@ def serve(app: ProxyApp, sock: socket.socket | None = None, **options: Any) -> N
     stops = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, stop_when_started) for sig in stops}
     # SIGHUP reloads the config once the app has started (reload.ConfigWatch); until then it is
-    # ignored rather than left to its default action, which would stop the proxy.
-    hup = getattr(signal, "SIGHUP", None)
-    if hup is not None:
-        previous[hup] = signal.signal(hup, signal.SIG_IGN)
+    # remembered, never left to its default action, which would stop the proxy. (`prysmai proxy`
+    # has done this before its banner; this is for other callers.)
+    restore_hup = catch_sighup()
     try:
         server.run(sockets=[sock] if sock is not None else None)
     finally:
+        restore_hup()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -61,6 +61,7 @@ _DROP_RESPONSE = frozenset(
         b"upgrade",
         b"date",
         b"server",
+        b"set-cookie",
     }
 )
 
@@ -331,13 +332,18 @@ def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
 
 def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bytes, bytes | None]:
     """The upstream's response headers as the client should see them (lower-cased names), with
-    the content type and ``x-request-id`` picked out on the way."""
+    the content type and ``x-request-id`` picked out on the way.
+
+    Never relayed: hop-by-hop headers, ``Set-Cookie`` (the upstream's cookie would be set for the
+    proxy's origin, the dashboard's) and every ``X-Prysm-*`` header -- those are the proxy's own
+    word: an upstream's ``X-Prysm-Origin: proxy`` on a 503 would make the SDK's fail-open send the
+    request again, direct and uncaptured."""
     out = []
     ctype = b""
     request_id = None
     for k, v in raw:
         name = k.lower()
-        if name in _DROP_RESPONSE:
+        if name in _DROP_RESPONSE or name.startswith(b"x-prysm-"):
             continue
         out.append((name, v))
         if name == b"content-type":

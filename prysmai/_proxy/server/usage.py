@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 
+from ..store.capture import USAGE_OBJECT
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -19,9 +21,6 @@ _USAGE_NULL = (
     re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])'),
     re.compile(rb'"usage"\s*:\s*null\s*,\s*'),
 )
-#: A ``usage`` member with an object value: the mark of the usage-only chunk (other chunks carry
-#: ``"usage":null`` when usage was asked for).
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
@@ -69,7 +68,7 @@ class UsageStripper:
         stripped, n = _USAGE_NULL[1].subn(b"", event, count=1)
         if n:
             return stripped
-        if _USAGE_OBJECT.search(event) is None:
+        if USAGE_OBJECT.search(event) is None:  # (the mark of the usage-only chunk)
             return event
         for line in event.splitlines():  # maybe the usage-only chunk: parse this one event
             if line.startswith(b"data:"):

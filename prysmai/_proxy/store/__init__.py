@@ -10,6 +10,6 @@ from __future__ import annotations
 
 from .engine import QueryTimeout, StoreError
 from .facade import Store, engine_for
-from .queries import TraceFilter
+from .queries import ParamError, TraceFilter
 
-__all__ = ["QueryTimeout", "Store", "StoreError", "TraceFilter", "engine_for"]
+__all__ = ["ParamError", "QueryTimeout", "Store", "StoreError", "TraceFilter", "engine_for"]

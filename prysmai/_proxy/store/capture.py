@@ -16,6 +16,7 @@ A role-only first frame, an empty delta or a usage chunk does not stop the clock
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from ..config import pricedb
@@ -26,7 +27,7 @@ from . import keep
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
     from typing import Any
 
     from ..config.pricing import Price, PriceTable
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 #: Stream events parsed (about 6 us each) between two yields of the GIL while a long streamed
 #: answer is reassembled on the writer thread.
 EVENTS_PER_SLICE = 32
+#: A ``usage`` member with an object value: the mark of the event that carries a stream's usage
+#: (other chunks carry ``"usage":null`` when usage was asked for).
+USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 #: Responses-API stream events that carry generated content (they stop the TTFT clock).
 RESPONSES_CONTENT_EVENTS = frozenset(
     {
@@ -76,7 +80,9 @@ class Exchange:
         "response_body",
         "response_content_type",
         "sent_model",
+        "sent_secrets",
         "session_id",
+        "spend_counted",
         "status",
         "stream",
         "submitted",
@@ -122,9 +128,61 @@ class Exchange:
         #: What of it is stored: the project's policy (redaction, capture, body cap).
         self.policy: StoragePolicy = DEFAULT_POLICY
         self.submitted = False
+        #: The proxy counted this answer's cost towards the project's budget as it completed
+        #: (the writer then does not count it again).
+        self.spend_counted = False
+        #: The credentials sent upstream with this request (the provider's, the client's
+        #: ``X-Prysm-Upstream-Key``): masked in what is stored (:func:`scrub`), never sent to the
+        #: writer process.
+        self.sent_secrets: tuple[bytes, ...] = ()
 
     def __repr__(self) -> str:
         return f"Exchange(id={self.id!r}, {self.method} {self.endpoint}, status={self.status!r})"
+
+
+#: Shorter values are not masked: they could not be told from ordinary text (credentials are longer).
+MIN_SECRET_BYTES = 8
+
+
+def scrub(ex: Exchange, secrets: Iterable[bytes]) -> None:
+    """Mask every occurrence of a known credential in what ``ex`` captured -- a provider's error
+    that echoes the key it was sent, a client that pasted one into a prompt -- before the trace is
+    stored: each byte of it becomes ``*``, so the lengths and the stream's chunk boundaries (with
+    their timestamps) stay as they were. Runs on the writer thread, in the proxy's process: the
+    credentials never reach the writer process."""
+    found = [s for s in dict.fromkeys((*secrets, *ex.sent_secrets)) if len(s) >= MIN_SECRET_BYTES]
+    ex.sent_secrets = ()
+    if not found:
+        return
+    ex.request_body = _mask(ex.request_body, found)
+    ex.response_body = _mask(ex.response_body, found)
+    if ex.chunks:
+        joined = b"".join(chunk for _, chunk in ex.chunks)
+        masked = _mask(joined, found)  # across chunk boundaries too
+        if masked is not joined:
+            chunks, pos = [], 0
+            for t, chunk in ex.chunks:
+                chunks.append((t, masked[pos : pos + len(chunk)]))
+                pos += len(chunk)
+            ex.chunks = chunks
+    texts = [s.decode("latin-1") for s in found]
+    if ex.error:
+        ex.error = _mask_text(ex.error, texts)
+    ex.notes = [_mask_text(note, texts) for note in ex.notes]
+
+
+def _mask(data: bytes, secrets: list[bytes]) -> bytes:
+    for secret in secrets:
+        if secret in data:
+            data = data.replace(secret, b"*" * len(secret))
+    return data
+
+
+def _mask_text(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "*" * len(secret))
+    return text
 
 
 def body_text(body: bytes, content_type: str) -> str | None:
@@ -421,18 +479,7 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
                 if not error and isinstance(err, dict) and (ex.http_status or 200) >= 400:
                     error = str(err.get("message") or err.get("code") or err)
     prompt, completion, total, cached = _usage_numbers(usage)
-    # The provider's own prices first (a local model priced 0 is known free), then the table;
-    # in each, the model as the provider reported it, as it was sent to the provider, then as the
-    # client sent it.
-    names = (response_model, ex.sent_model, ex.model)
-    price = first_price((ex.provider_prices, prices.prices), names)
-    cost = cost_of(price, prompt, completion, cached)
-    if price is None and ex.price_ref is not None:  # then genai-prices, for this provider
-        for i, name in enumerate(names):
-            if name and name not in names[:i]:
-                cost = pricedb.cost(*ex.price_ref, name, prompt, completion, cached)
-                if cost is not None:
-                    break
+    cost = _cost(ex, prices, response_model, prompt, completion, cached)
     row = _captured(ex)
     row.update(
         latency_ms=latency,
@@ -448,6 +495,61 @@ def finalize(ex: Exchange, prices: PriceTable) -> dict[str, Any]:
         response_model=response_model,
     )
     return keep.apply(row, ex.policy, response_doc=response_doc)
+
+
+def _cost(
+    ex: Exchange,
+    prices: PriceTable,
+    response_model: str | None,
+    prompt: int | None,
+    completion: int | None,
+    cached: int | None,
+) -> float | None:
+    """The cost of these token counts for ``ex`` (``None``: unknown). The provider's own prices
+    first (a local model priced 0 is known free), then the table; in each, the model as the
+    provider reported it, as it was sent to the provider, then as the client sent it; then
+    genai-prices, for this provider."""
+    names = (response_model, ex.sent_model, ex.model)
+    price = first_price((ex.provider_prices, prices.prices), names)
+    cost = cost_of(price, prompt, completion, cached)
+    if price is None and ex.price_ref is not None:
+        for i, name in enumerate(names):
+            if name and name not in names[:i]:
+                cost = pricedb.cost(*ex.price_ref, name, prompt, completion, cached)
+                if cost is not None:
+                    break
+    return cost
+
+
+def answer_cost(ex: Exchange, prices: PriceTable) -> float | None:
+    """The cost of ``ex``'s answer, priced as :func:`finalize` prices it but read from the usage
+    alone (no reassembly): what the proxy counts towards a project's budget as the answer
+    completes, before its end reaches the client."""
+    usage: Any = None
+    model: Any = None
+    if ex.stream and ex.chunks:
+        for _, _, data in iter_sse(ex.chunks):
+            if USAGE_OBJECT.search(data) is None:  # most events: no usage, not parsed
+                continue
+            try:
+                obj = json.loads(data)
+            except (ValueError, RecursionError):
+                continue
+            if not isinstance(obj, dict):
+                continue
+            response = obj.get("response")  # Responses API: the final response carries it
+            found = response if isinstance(response, dict) and response.get("usage") else obj
+            if found.get("usage"):
+                usage, model = found["usage"], found.get("model") or model
+    elif ex.response_body[:1] == b"{" and b'"usage"' in ex.response_body:
+        try:
+            parsed = json.loads(ex.response_body)
+        except (ValueError, RecursionError):
+            parsed = None
+        if isinstance(parsed, dict):
+            usage, model = parsed.get("usage"), parsed.get("model")
+    prompt, completion, _, cached = _usage_numbers(usage)
+    return _cost(ex, prices, model if isinstance(model, str) else None, prompt, completion, cached)
 
 
 def _captured(ex: Exchange) -> dict[str, Any]:

@@ -107,8 +107,10 @@ class Store:
         """Block until everything submitted so far is written (read your own writes)."""
         return True if self.writer is None else self.writer.flush(timeout)
 
-    def health(self) -> tuple[str, str | None]:
-        return ("ok", None) if self.writer is None else self.writer.health()
+    def health(self, detail: bool = True) -> tuple[str, str | None]:
+        """``("ok", None)`` or ``("degraded", reason)``; without ``detail`` the reason names what
+        happened but no count (for a key that should not learn the proxy's volume)."""
+        return ("ok", None) if self.writer is None else self.writer.health(detail)
 
     def counters(self) -> dict[str, int]:
         return {} if self.writer is None else self.writer.counters()

@@ -2,7 +2,10 @@
 
 SQLite gives the ``-wal`` and ``-shm`` files it creates the mode of the database file, so creating
 the database file as 0600 (in a directory created as 0700) before SQLite opens it covers all three.
-Existing files and directories are left as they are; :func:`loose_mode` lets the proxy warn.
+A path that is a symbolic link is followed first, as SQLite follows it: the file it names is the
+one created 0600, with its ``-wal`` and ``-shm`` beside it (a dangling link would otherwise be
+created by SQLite itself, with its default 0644). Existing files and directories are left as they
+are; :func:`loose_mode` lets the proxy warn.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ def prepare(path: str) -> None:
     """Create ``path``'s directory (0700) and an empty ``path`` (0600) if they do not exist."""
     if path == ":memory:" or path.startswith("file:"):
         return
-    directory = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)  # the file a link names (O_EXCL below would refuse the link itself)
+    directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         # Only the last directory gets 0700 (os.makedirs' mode applies to the leaf); parents such
         # as ~/.local/share get the usual umask.

@@ -66,6 +66,17 @@ if TYPE_CHECKING:
     from .engine import Connection
 
 STATUSES = ("success", "error", "timeout", "cancelled")
+
+
+class ParamError(ValueError):
+    """A query parameter that cannot be used; ``param`` names it (as the read API and the CLI
+    call it), the message says what is expected."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 #: Sort names accepted by :func:`list_traces` (column names, and the dashboard's short names).
 SORTS = {
     "created_at": "created_at",
@@ -157,6 +168,7 @@ def _small_project(conn: Connection, f: TraceFilter) -> bool:
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _NUMBER = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
+_BAD_META_KEY = re.compile('["\\\\\x00-\x1f\x7f-\x9f]')
 
 
 def parse_time(name: str, value: str, now: float | None = None) -> float:
@@ -169,10 +181,11 @@ def parse_time(name: str, value: str, now: float | None = None) -> float:
         return (time.time() if now is None else now) - float(m.group(1)) * _UNITS[m.group(2)]
     try:
         return datetime.fromisoformat(value.strip()).timestamp()
-    except ValueError:
-        raise ValueError(
+    except (ValueError, OverflowError, OSError):  # not a date, or one the platform cannot place in time
+        raise ParamError(
+            name,
             f"{name}: expected unix seconds, a time ago like 15m, 1h, 7d, or an ISO date/time "
-            f"like 2025-01-31T12:00, not {value!r}"
+            f"like 2025-01-31T12:00, not {value!r}",
         ) from None
 
 
@@ -201,18 +214,20 @@ class TraceFilter:
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
-            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {self.status!r}")
+            raise ParamError("status", f"status must be one of {', '.join(STATUSES)}, not {self.status!r}")
         for key, value in self.meta:
-            if not key or '"' in key or "\\" in key:
-                raise ValueError('metadata key must be non-empty, without " or \\')
+            # Each key becomes a JSON path: a quote, a backslash or a control character (NUL above
+            # all) would end or break it.
+            if not key or _BAD_META_KEY.search(key):
+                raise ParamError("meta", 'metadata key must be non-empty, without ", \\ or control characters')
             if not isinstance(value, str):
-                raise ValueError("a metadata filter needs both a key and a value (meta=key=value)")
+                raise ParamError("meta", "a metadata filter needs both a key and a value (meta=key=value)")
         for name in ("since", "until"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite time")
+                raise ParamError(name, f"{name} must be a finite time")
         if self.since is not None and self.until is not None and self.since > self.until:
-            raise ValueError("since must not be later than until")
+            raise ParamError("since", "since must not be later than until")
 
     @classmethod
     def from_query(cls, query: Mapping[str, str], now: float | None = None) -> TraceFilter:
@@ -234,7 +249,7 @@ class TraceFilter:
         for m in metas:
             key, sep, value = m.partition("=")
             if not sep or not key:
-                raise ValueError(f"meta: expected key=value, not {m!r}")
+                raise ParamError("meta", f"meta: expected key=value, not {m!r}")
             meta.append((key, value))
         return cls(
             project=get("project"),
@@ -972,7 +987,7 @@ def _legacy(agg: _Agg) -> dict[str, Any]:
 # -- lists ----------------------------------------------------------------------------------------
 def _check_limit(limit: int) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
-        raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {limit!r}")
+        raise ParamError("limit", f"limit must be a whole number from 1 to {MAX_LIMIT}, not {limit!r}")
     return limit
 
 
@@ -982,13 +997,32 @@ def _encode_cursor(payload: list[Any]) -> str:
 
 
 def _decode_cursor(cursor: str, kind: str) -> list[Any]:
+    """The payload of a cursor of ``kind``: ``[kind, sort value, id, 0]``. Anything a client may
+    have put there instead is refused here, before it reaches the database as a parameter."""
+    invalid = "invalid cursor (pass back next_cursor as it was given)"
     try:
         payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except ValueError:
-        raise ValueError("invalid cursor (pass back next_cursor as it was given)") from None
+    except (ValueError, RecursionError):
+        raise ParamError("cursor", invalid) from None
     if not isinstance(payload, list) or len(payload) != 4 or payload[0] != kind:
-        raise ValueError("this cursor belongs to another listing or sort order; start again without it")
+        raise ParamError("cursor", "this cursor belongs to another listing or sort order; start again without it")
+    if not _sql_value(payload[1]) or not isinstance(payload[2], str):
+        raise ParamError("cursor", invalid)
     return payload
+
+
+def _sql_value(value: Any) -> bool:
+    """Whether ``value`` can be a sort value of ours: NULL, text, a finite real or a 64-bit integer."""
+    if value is None or isinstance(value, str):
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return _INT64[0] <= value <= _INT64[1]
+    return isinstance(value, float) and math.isfinite(value)
+
+
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def row_dict(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -1024,7 +1058,7 @@ def list_traces(
     in the others; rows without a value come last."""
     column = SORTS.get(sort)
     if column is None:
-        raise ValueError(f"sort must be one of {', '.join(sorted(set(SORTS.values())))}, not {sort!r}")
+        raise ParamError("sort", f"sort must be one of {', '.join(sorted(set(SORTS.values())))}, not {sort!r}")
     limit = _check_limit(limit)
     # Ties: by id in time order (traces_agg ends with it); in a sort column's order, by arrival
     # (the row's number, which each sort index holds without storing the 32-character id again).

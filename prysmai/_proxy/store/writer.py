@@ -18,12 +18,13 @@ import queue
 import threading
 import time
 
+from .capture import scrub
 from .rows import build_rows
 from .writerproc import WriterProcess, WriterProcessError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import Any
 
     from .engine import Engine
@@ -73,6 +74,7 @@ class TraceWriter:
         when_behind: str = "block",
         fallback: Callable[[Any, BaseException], dict[str, Any]] | None = None,
         process: WriterProcess | None = None,
+        secrets: Callable[[], Iterable[bytes]] | None = None,
     ) -> None:
         if when_behind not in WHEN_BEHIND:
             raise ValueError(f"when_behind must be one of {', '.join(WHEN_BEHIND)}, not {when_behind!r}")
@@ -82,6 +84,9 @@ class TraceWriter:
         #: Where rows are built and inserted: a child process (see :mod:`.writerproc`), or, when
         #: ``None``, this writer's thread (``finalize`` and ``fallback`` run there).
         self._process = process
+        #: The credentials the proxy holds now, masked in every trace (:func:`.capture.scrub`)
+        #: here, before a row is built or an exchange is handed to the process.
+        self._secrets = secrets
         self.capacity = max(1, queue_size)
         self.when_behind = when_behind
         # Unbounded on purpose: the capacity is a policy (above), not a hard limit of the queue.
@@ -201,14 +206,19 @@ class TraceWriter:
             "queue_capacity": self.capacity,
         }
 
-    def health(self) -> tuple[str, str | None]:
+    def health(self, detail: bool = True) -> tuple[str, str | None]:
         """``("ok", None)`` or ``("degraded", reason)``: the writer is behind now, or a trace was
-        lost or could not be stored in the last :data:`DEGRADED_SECONDS`."""
+        lost or could not be stored in the last :data:`DEGRADED_SECONDS`. Without ``detail`` the
+        reason holds no count."""
         self.ensure_writer()
         if self.behind:
+            if not detail:
+                return "degraded", "trace writer behind"
             return "degraded", f"trace writer behind: {self.pending} trace(s) queued (queue size {self.capacity})"
         incident = self._incident
         if incident is not None and time.monotonic() - incident[0] < DEGRADED_SECONDS:
+            if not detail:
+                return "degraded", f"a trace was dropped, lost or not stored in the last {DEGRADED_SECONDS:.0f} s"
             return "degraded", incident[1]
         return "ok", None
 
@@ -301,6 +311,10 @@ class TraceWriter:
                     break
             items = [item for item in batch if item is not _STOP]
             stop = len(items) < len(batch)
+            if self._secrets is not None and items:
+                known = tuple(self._secrets())
+                for item in items:
+                    scrub(item, known)
             if self._process is not None:
                 written, repaired, failed = self._write_in_process(self._process, items)
             else:

@@ -49,10 +49,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("prysmai.proxy")
 
 #: The exchange's fields the child needs, in the order they are sent. Not sent: the parsed request
-#: (``request_json``: the row stores the body as received), the submission mark, and the
-#: provider's prices and the project's storage policy, which are sent once each (``price_defs``,
-#: ``policy_defs``) and referred to by number.
-FIELDS = tuple(f for f in Exchange.__slots__ if f not in ("provider_prices", "request_json", "submitted", "policy"))
+#: (``request_json``: the row stores the body as received), the submission mark, the provider's
+#: prices and the project's storage policy, which are sent once each (``price_defs``,
+#: ``policy_defs``) and referred to by number, and the credentials sent upstream (masked in the
+#: proxy before: the child holds no secret).
+FIELDS = tuple(
+    f for f in Exchange.__slots__ if f not in ("provider_prices", "request_json", "submitted", "policy", "sent_secrets")
+)
 _fields_of = operator.attrgetter(*FIELDS)
 _HEADER = struct.Struct(">I")
 #: The child's command (``python -c``): this very copy of prysmai (the proxy may run from a
@@ -394,6 +397,7 @@ def _exchange(values: tuple[Any, ...], prices: Mapping[str, Price] | None, polic
     ex.policy = DEFAULT_POLICY if policy is None else policy
     ex.request_json = None
     ex.submitted = True
+    ex.sent_secrets = ()
     return ex
 
 
@@ -461,7 +465,7 @@ def _write_batch(
 
     def counted(ex: Exchange) -> dict[str, Any]:
         row = finalize(ex, prices)
-        if row.get("cost_usd"):
+        if row.get("cost_usd") and not ex.spend_counted:  # (the proxy counted it as it answered)
             costs.append((ex.project, row["cost_usd"], ex.created_at))
         return row
 

@@ -24,8 +24,8 @@ from importlib import resources
 from urllib.parse import parse_qs, quote
 
 from ..api import jsonshape
-from ..asgi import HTTPError, Query, Routes, internal_error, send_whole
-from .auth import Sessions, cookie_name, read_cookie
+from ..asgi import HTTPError, Query, Routes, client_name, internal_error, send_whole, trust
+from .auth import AuthThrottle, Sessions, cookie_name, read_cookie
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -74,9 +74,11 @@ class Dashboard:
     """The dashboard over the read API ``reads`` (and its store), for whoever holds a key of
     ``reads.tenancy()``. A project's key sees that project's traces; an admin key every project's."""
 
-    def __init__(self, reads: Reads, *, sessions: Sessions | None = None) -> None:
+    def __init__(self, reads: Reads, *, sessions: Sessions | None = None, throttle: AuthThrottle | None = None) -> None:
         self.reads = reads
         self.sessions = sessions if sessions is not None else Sessions()
+        #: Failed log-ins per client address (the proxy shares its own, which counts wrong API keys too).
+        self.throttle = throttle if throttle is not None else AuthThrottle()
         self.assets = _load_assets()
 
     def __repr__(self) -> str:
@@ -93,7 +95,7 @@ class Dashboard:
                 raise HTTPError(405, f"{scope['method']} is not supported on {path}", "method_not_allowed")
             await page(self, scope, receive, send, param)
         except HTTPError as exc:
-            await _send(send, exc.status, exc.body(), b"application/json")
+            await _send(send, exc.status, exc.body(), b"application/json", extra=exc.headers)
         except Exception as exc:  # a bug of ours: a JSON 500, never the server's plain text
             log.exception("internal error in the dashboard on %s %s", scope.get("method"), path)
             error = internal_error(exc)
@@ -102,9 +104,11 @@ class Dashboard:
     def _who(self, scope: Scope) -> KeyEntry | None:
         """The key of a valid session cookie, if that key is still accepted (a reload may have
         removed it: its sessions end with it)."""
-        cookie = next((v for k, v in scope["headers"] if k == b"cookie"), None)
-        key_id = self.sessions.check(read_cookie(cookie, _cookie(scope)))
-        return None if key_id is None else self.reads.tenancy().by_key_id(key_id)
+        key_id = self.sessions.check(read_cookie(_cookie_header(scope), _cookie(scope)))
+        entry = None if key_id is None else self.reads.tenancy().by_key_id(key_id)
+        if entry is not None:
+            trust(scope)
+        return entry
 
     # -- pages and files ----------------------------------------------------------------------------
     async def _page(self, scope: Scope, receive: Receive, send: Send, param: str | None) -> None:
@@ -151,8 +155,13 @@ class Dashboard:
         if not target.startswith("/") or target.startswith(("//", "/\\")) or not target.isprintable():
             target = "/"
         target = quote(target, safe="/?&=%:@+,;~-._!$'()*")  # no raw CR/LF or non-ASCII in Location
+        address = client_name(scope)
+        wait = self.throttle.retry_after(address) if self.throttle.failures else None
+        if wait is not None:
+            raise self.throttle.refusal(wait)
         entry = self.reads.tenancy().check(key) if key else None
         if entry is None:
+            self.throttle.failed(address)
             await _redirect(send, "/login?error=1&next=" + quote(target, safe=""))
             return
         cookie = self.sessions.set_cookie(_cookie(scope), self.sessions.issue(entry.key_id), _secure(scope))
@@ -160,6 +169,7 @@ class Dashboard:
 
     async def _logout(self, scope: Scope, receive: Receive, send: Send, _: str | None) -> None:
         _check_origin(scope)
+        self.sessions.end(read_cookie(_cookie_header(scope), _cookie(scope)))  # ended here, not only in the browser
         await _redirect(send, "/login?out=1", self.sessions.clear_cookie(_cookie(scope), _secure(scope)))
 
     # -- the read API, by session ------------------------------------------------------------------
@@ -204,6 +214,10 @@ def _cookie(scope: Scope) -> str:
     return cookie_name(server[1] if server and len(server) > 1 else None)
 
 
+def _cookie_header(scope: Scope) -> bytes | None:
+    return next((v for k, v in scope["headers"] if k == b"cookie"), None)
+
+
 def _secure(scope: Scope) -> bool:
     return scope.get("scheme") == "https"
 
@@ -225,12 +239,20 @@ def _check_origin(scope: Scope) -> None:
     raise HTTPError(403, "Cross-origin request refused (it must come from this dashboard's own pages).", "cross_origin")
 
 
-async def _send(send: Send, status: int, body: bytes, content_type: bytes, cache: bytes = b"no-store") -> None:
+async def _send(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    cache: bytes = b"no-store",
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     headers = [
         (b"content-type", content_type),
         (b"content-length", str(len(body)).encode()),
         *SECURITY_HEADERS[:-1],
         (b"cache-control", cache),
+        *(extra or ()),
     ]
     await send_whole(send, status, headers, body)
 

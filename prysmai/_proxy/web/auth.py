@@ -1,57 +1,104 @@
 """Dashboard log-in: a proxy key is exchanged for a signed, expiring session cookie.
 
-The browser never holds the key. The cookie carries ``<expiry>.<key id>.<signature>``: the expiry
-(unix seconds), the id of the key that logged in (``key_`` + 12 hex of its SHA-256, never the key)
-and an HMAC-SHA256 of both under a secret that lives only in this process, so a restart logs
-everyone out and a cookie cannot be forged or extended without the secret.
+The browser never holds the key. The cookie carries ``<expiry>.<key id>.<session id>.<signature>``:
+the expiry (unix seconds), the id of the key that logged in (``key_`` + 12 hex of its SHA-256,
+never the key), a random session id and an HMAC-SHA256 of the three under a secret that lives only
+in this process, so a restart logs everyone out and a cookie cannot be forged or extended without
+the secret. The process also keeps the ids of the sessions it issued and that have not ended:
+logging out ends one on the server (its cookie, replayed, is refused), checked on each request
+by one dict lookup.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
 import secrets
 import time
+from collections import deque
+
+from ..asgi import HTTPError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+log = logging.getLogger("prysmai.proxy")
 
 COOKIE_NAME = "prysm_session"
 #: How long a log-in lasts.
 SESSION_SECONDS = 12 * 3600
+#: Failed authentications from one client address within :data:`AUTH_WINDOW` seconds after which
+#: its attempts are refused (:class:`AuthThrottle`).
+MAX_AUTH_FAILURES = 20
+AUTH_WINDOW = 60.0
 
 
 class Sessions:
-    """Issues and checks session cookies."""
+    """Issues, checks and ends session cookies."""
 
-    __slots__ = ("_secret", "lifetime")
+    __slots__ = ("_live", "_secret", "lifetime", "max_live")
 
-    def __init__(self, secret: bytes | None = None, lifetime: float = SESSION_SECONDS) -> None:
+    def __init__(self, secret: bytes | None = None, lifetime: float = SESSION_SECONDS, max_live: int = 10_000) -> None:
         self._secret = secret if secret is not None else secrets.token_bytes(32)
         self.lifetime = lifetime
+        #: Live sessions: id -> expiry (unix seconds), oldest first.
+        self._live: dict[str, int] = {}
+        #: Sessions kept at most; beyond it the oldest ends (each took a valid key to open).
+        self.max_live = max_live
 
     def __repr__(self) -> str:
-        return f"Sessions(lifetime={self.lifetime:.0f}s)"
+        return f"Sessions(lifetime={self.lifetime:.0f}s, live={len(self._live)})"
 
     def _sign(self, payload: str) -> str:
         return hmac.new(self._secret, payload.encode("ascii"), hashlib.sha256).hexdigest()
 
     def issue(self, key_id: str, now: float | None = None) -> str:
         """A cookie value for the key (by its public id, :func:`..config.keys.key_id`) that was just accepted."""
-        expiry = int((time.time() if now is None else now) + self.lifetime)
-        payload = f"{expiry}.{key_id}"
+        now = time.time() if now is None else now
+        expiry = int(now + self.lifetime)
+        session = secrets.token_urlsafe(12)
+        if len(self._live) >= self.max_live:
+            self._prune(now)
+        self._live[session] = expiry
+        payload = f"{expiry}.{key_id}.{session}"
         return f"{payload}.{self._sign(payload)}"
 
-    def check(self, value: str | None, now: float | None = None) -> str | None:
-        """The key id of a valid, unexpired cookie; ``None`` otherwise."""
-        if not value or len(value) > 200:
+    def _prune(self, now: float) -> None:
+        for session, expiry in list(self._live.items()):
+            if expiry <= now:
+                del self._live[session]
+        while len(self._live) >= self.max_live:
+            del self._live[next(iter(self._live))]
+
+    def _verified(self, value: str | None, now: float | None) -> tuple[str, str] | None:
+        """(key id, session id) of a cookie with a valid signature that has not expired."""
+        # A cookie is ASCII when we issued it; anything else is someone else's (and cannot be signed).
+        if not value or len(value) > 200 or not value.isascii():
             return None
         parts = value.split(".")
-        if len(parts) != 3 or not parts[0].isdigit():
+        if len(parts) != 4 or not parts[0].isdigit():
             return None
-        payload = f"{parts[0]}.{parts[1]}"
-        if not hmac.compare_digest(self._sign(payload), parts[2]):
+        if not hmac.compare_digest(self._sign(".".join(parts[:3])), parts[3]):
             return None
         if int(parts[0]) <= (time.time() if now is None else now):
             return None
-        return parts[1]
+        return parts[1], parts[2]
+
+    def check(self, value: str | None, now: float | None = None) -> str | None:
+        """The key id of a valid, unexpired cookie of a session that has not ended; ``None`` otherwise."""
+        found = self._verified(value, now)
+        if found is None or found[1] not in self._live:
+            return None
+        return found[0]
+
+    def end(self, value: str | None) -> None:
+        """End the session of this cookie (logging out): the cookie is refused from now on."""
+        found = self._verified(value, None)
+        if found is not None:
+            self._live.pop(found[1], None)
 
     def set_cookie(self, name: str, value: str, secure: bool) -> bytes:
         """The ``Set-Cookie`` header value: HttpOnly, SameSite=Strict, scoped to the whole site."""
@@ -79,3 +126,71 @@ def read_cookie(header: bytes | None, name: str) -> str | None:
         if key == name:
             return value
     return None
+
+
+class AuthThrottle:
+    """Failed authentications per client address -- a wrong key on the API, a wrong key at the
+    dashboard's log-in -- shared by both. After ``max_failures`` within ``window`` seconds, every
+    attempt from that address that presents a key is refused with ``429`` and ``Retry-After``
+    (the right key too: an answer that differed would let the guessing go on) until the oldest of
+    those failures leaves the window. ``note(message)`` is told once when an address is blocked
+    (the proxy's rate-limited log).
+
+    Cheap where nobody fails: one check of an empty dict. Bounded: at most ``max_addresses``
+    addresses are followed, the oldest forgotten first."""
+
+    __slots__ = ("_note", "failures", "max_addresses", "max_failures", "window")
+
+    def __init__(
+        self,
+        max_failures: int = MAX_AUTH_FAILURES,
+        window: float = AUTH_WINDOW,
+        *,
+        max_addresses: int = 10_000,
+        note: Callable[[str], None] | None = None,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.max_addresses = max_addresses
+        #: address -> times (monotonic) of its recent failures, oldest first; empty when nobody failed.
+        self.failures: dict[str, deque[float]] = {}
+        self._note = note if note is not None else log.warning
+
+    def retry_after(self, address: str, now: float | None = None) -> int | None:
+        """Seconds until ``address`` may try again, or ``None`` if it may now."""
+        times = self.failures.get(address)
+        if times is None:
+            return None
+        horizon = (time.monotonic() if now is None else now) - self.window
+        while times and times[0] <= horizon:
+            times.popleft()
+        if not times:
+            del self.failures[address]
+            return None
+        if len(times) < self.max_failures:
+            return None
+        return max(1, math.ceil(times[0] - horizon))
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        """Count a failed authentication from ``address``."""
+        now = time.monotonic() if now is None else now
+        times = self.failures.get(address)
+        if times is None:
+            if len(self.failures) >= self.max_addresses:
+                del self.failures[next(iter(self.failures))]
+            times = self.failures[address] = deque(maxlen=self.max_failures)
+        times.append(now)
+        if len(times) == self.max_failures and self.retry_after(address, now) is not None:
+            self._note(
+                f"{self.max_failures} failed authentications from {address} within {self.window:g} s: "
+                f"its attempts get 429 until they are older than that"
+            )
+
+    def refusal(self, wait: int) -> HTTPError:
+        return HTTPError(
+            429,
+            f"Too many failed authentications from this address; retry in {wait} s with a valid key.",
+            "too_many_failed_authentications",
+            "rate_limit_error",
+            headers=[(b"retry-after", str(wait).encode())],
+        )

@@ -9,6 +9,8 @@ from .app import Dashboard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..asgi import Receive, Scope, Send
     from ..config.projects import Tenancy
     from ..store import Store
@@ -42,8 +44,9 @@ class ReadOnlyDashboard:
         await self.dashboard(scope, receive, send)
 
 
-def serve_read_only(store: Store, tenancy: Tenancy, host: str, port: int) -> None:
-    """``prysmai ui`` in the foreground until SIGINT/SIGTERM."""
+def serve_read_only(store: Store, tenancy: Tenancy, host: str, port: int, **options: Any) -> None:
+    """``prysmai ui`` in the foreground until SIGINT/SIGTERM; ``options`` go to uvicorn (the
+    connection guard's protocol, from the CLI)."""
     import signal
 
     import uvicorn
@@ -56,6 +59,8 @@ def serve_read_only(store: Store, tenancy: Tenancy, host: str, port: int) -> Non
         access_log=False,
         log_level="warning",
         server_header=False,
+        proxy_headers=False,  # X-Forwarded-* from loopback: not trusted (uvicorn's default would)
+        **options,
     )
     # As for the proxy (server.serve): uvicorn re-raises the stopping signal after its shutdown;
     # no-op handlers make that a normal return.

@@ -207,3 +207,124 @@ def test_filters_say_what_they_do_and_a_session_pages_with_its_totals(proxy: Pro
         assert client.get(session, params={"limit": "1001"}).status_code == 400
         with _dashboard(proxy) as dashboard:
             assert dashboard.get("/ui/api" + session).json() == first
+
+
+# -- hostile parameters: a 400 naming the parameter, never a 500 -----------------------------------
+def _cursor(payload: Any) -> str:
+    import base64
+    import json
+
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def _fill_with_metadata(proxy: ProxyHandle) -> None:
+    _fill(proxy)
+    headers = {**AUTH, "X-Prysm-Metadata": '{"k": "v", "n": 1}'}
+    assert httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT, headers=headers).status_code == 200
+    proxy.traces()
+
+
+KINDS = [f"traces:{c}:{o}" for c in ("created_at", "latency_ms", "total_tokens") for o in ("asc", "desc")]
+KINDS += ["session_ids", "user_ids"]
+
+
+@pytest.mark.parametrize(
+    ("route", "params", "param"),
+    [
+        ("traces", {"meta": "\x00=\x00"}, "meta"),
+        ("stats", {"meta": "k\x00=v"}, "meta"),
+        ("traces", {"cursor": _cursor(["traces:created_at:desc", [1], "a", 0])}, "cursor"),
+        ("traces", {"cursor": _cursor(["traces:created_at:desc", {"a": 1}, "a", 0])}, "cursor"),
+        ("traces", {"cursor": _cursor(["traces:created_at:desc", 2**70, "a", 0])}, "cursor"),
+        ("traces", {"cursor": _cursor(["traces:created_at:desc", 1.5, ["a"], 0])}, "cursor"),
+        ("sessions", {"cursor": _cursor(["session_ids", {"x": []}, "a", 0])}, "cursor"),
+        ("users", {"cursor": _cursor(["user_ids", 1, 2**64, 0])}, "cursor"),
+        ("traces", {"cursor": _cursor(["traces:created_at:desc", "[" * 5000, "a", 0])[:2] + "W" * 9000}, "cursor"),
+        ("traces", {"cursor": "W1" * 3000 + "XV0"}, "cursor"),  # "[[[...]": nested too deeply to decode
+        ("overview", {"since": "0001-01-01"}, "since"),
+        ("traces", {"until": "9999-12-31T23:59:59+14:00"}, None),
+    ],
+)
+def test_bad_read_parameters_are_a_400_naming_the_parameter(
+    proxy: ProxyHandle, route: str, params: dict[str, str], param: str | None
+) -> None:
+    _fill_with_metadata(proxy)
+    r = httpx.get(f"{proxy.base_url}/{route}", params=params, headers=AUTH, timeout=30)
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        error = r.json()["error"]
+        assert error["code"] == "invalid_parameter" and error["param"] == param, error
+
+
+def test_no_read_parameter_makes_a_500(proxy: ProxyHandle) -> None:
+    """Hypothesis against every read of a real proxy: any query string, any cursor shape."""
+    import base64
+    from urllib.parse import quote
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    _fill_with_metadata(proxy)
+    # What breaks naive code: NUL and other controls, quotes, backslashes, separators, non-BMP.
+    tricky = st.sampled_from(["\x00", '"', "\\", "=", "&", "%", ".", "$", "[", "\u2028", "\U0001f600", "k", "n"])
+    text = st.text(tricky | st.characters(exclude_categories=("Cs",)), max_size=20)
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.integers(2**62, 2**80) | st.floats() | text,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=2),
+        max_leaves=6,
+    )
+    lists = {"traces": "traces:created_at:desc", "sessions": "session_ids", "users": "user_ids"}
+
+    def cursors(kind: str) -> st.SearchStrategy[str]:
+        return st.one_of(
+            text,
+            st.binary(max_size=40).map(lambda b: base64.urlsafe_b64encode(b).decode()),
+            st.lists(json_values, max_size=5).map(_cursor),
+            st.tuples(st.just(kind), json_values, json_values, json_values).map(lambda t: _cursor(list(t))),
+            st.integers(1, 5000).map(lambda n: base64.urlsafe_b64encode(b"[" * n).decode()),
+        )
+
+    times = st.one_of(text, st.sampled_from(["all", "1h", "0", "9" * 400, "0001-01-01", "9999-12-31T23:59+14:00"]))
+    common = {
+        "since": times,
+        "until": times,
+        "meta": st.tuples(text, text).map("=".join),
+        "limit": st.one_of(text, st.integers().map(str)),
+        "sort": st.one_of(text, st.sampled_from(["time", "latency", "ttft", "tokens", "cost"])),
+        **{name: text for name in ("model", "endpoint", "status", "user", "session", "key", "q", "project", "order")},
+    }
+
+    @st.composite
+    def requests(draw: Any) -> tuple[str, dict[str, str]]:
+        route = draw(st.sampled_from([*lists, "stats", "overview", "me", "traces/", "sessions/"]))
+        if route.endswith("/"):
+            return route + draw(text), {}
+        names = draw(st.lists(st.sampled_from(sorted(common)), max_size=4, unique=True))
+        params = {name: draw(common[name]) for name in names}
+        if route in lists and draw(st.booleans()):
+            params.pop("sort", None)
+            params["cursor"] = draw(cursors(lists[route]))
+        return route, params
+
+    raw_queries = st.binary(max_size=60).map(lambda b: "".join(f"%{c:02X}" if c % 3 else chr(c % 26 + 97) for c in b))
+    client = httpx.Client(base_url=proxy.base_url, headers=AUTH, timeout=30)
+
+    @settings(
+        max_examples=400,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        derandomize=True,
+    )
+    @given(request=requests(), raw=raw_queries)
+    def check(request: tuple[str, dict[str, str]], raw: str) -> None:
+        route, params = request
+        url = "/" + quote(route, safe="/")
+        for r in (client.get(url, params=params), client.get(url + "?" + raw)):
+            assert r.status_code < 500, (route, params, raw, r.text)
+            assert r.headers["content-type"] == "application/json"
+            r.json()
+
+    try:
+        check()
+    finally:
+        client.close()

@@ -171,3 +171,25 @@ def test_a_server_that_accepts_but_never_answers_is_told_from_nothing_listening(
     health = by_name(out)["proxy health"]
     assert code == 1 and health["detail"].startswith("cannot connect to 127.0.0.1:")
     assert "did not answer" not in health["detail"]
+
+
+def test_urls_are_shown_without_their_user_and_password(proxy: ProxyHandle) -> None:
+    port = proxy.base_url.split(":")[2].split("/")[0]
+    for base in (
+        f"http://alice:s3cretpw@127.0.0.1:{port}/api/v1",
+        f"http://alice:s3cretpw@127.0.0.1:{free_port()}/api/v1",
+    ):
+        _, out, err = doctor(
+            "--json",
+            PRYSM_API_KEY=KEY,
+            PRYSM_BASE_URL=base,
+            OPENAI_BASE_URL="https://bob:pw2-secret-x@example.invalid/v1",
+            OPENAI_API_KEY="sk-app",
+        )
+        checks = by_name(out)
+        assert "127.0.0.1" in checks["proxy url"]["detail"] and "***@" in checks["proxy url"]["detail"]
+        assert "***@example.invalid" in checks["OPENAI_BASE_URL"]["detail"]
+        for secret in ("s3cretpw", "pw2-secret-x", "alice", "bob:"):
+            assert secret not in out + err, (secret, out)
+        _, text, err = doctor(PRYSM_API_KEY=KEY, PRYSM_BASE_URL=base)  # the plain-text report too
+        assert "s3cretpw" not in text + err and "alice" not in text + err

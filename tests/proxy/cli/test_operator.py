@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -82,10 +83,10 @@ def test_log_unreachable_upstream_and_rejected_keys(run_proxy: Any, tmp_path: An
         for _ in range(20):
             r = client.post(f"{proxy.base}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {KEY}"})
             assert r.status_code == 502
-        for i in range(20):
+        client.get(f"{proxy.base}/models%1b[31m", headers={"Authorization": f"Bearer {KEY}"})
+        for i in range(20):  # (20 from one address within a minute: the 21st would be throttled)
             r = client.get(f"{proxy.base}/models", headers={"Authorization": f"Bearer sk-prysm-wrong-{i:020d}"})
             assert r.status_code == 401
-        client.get(f"{proxy.base}/models%1b[31m", headers={"Authorization": f"Bearer {KEY}"})
     log = proxy.stop()
     assert proxy.proc.returncode == 0
     lines = [line for line in log.splitlines() if line.strip()]
@@ -128,6 +129,45 @@ def test_json_log_format_and_wide_bind_warning(run_proxy: Any, tmp_path: Any) ->
     assert KEY not in log
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_line_separators_and_bidi_controls_in_a_path_cannot_forge_log_lines(
+    run_proxy: Any, tmp_path: Any, fmt: str
+) -> None:
+    proxy = run_proxy("--key", KEY, "--db", str(tmp_path / "t.db"), "--upstream", "demo", "--log-format", fmt)
+    forged = "/models\u2028 INFO prysmai.proxy: all fine\u2029\u202eevil\u2066"
+    r = httpx.get(f"{proxy.base}{quote(forged)}")  # no key: a 401, logged with the path
+    assert r.status_code == 401
+    log = proxy.stop()
+    for raw in ("\u2028", "\u2029", "\u202e", "\u2066"):
+        assert raw not in log, f"U+{ord(raw):04X} written raw"
+    (line,) = [line for line in log.split("\n") if "missing prysm api key" in line]
+    if fmt == "text":
+        assert "\\u2028 INFO prysmai.proxy: all fine\\u2029\\u202eevil\\u2066" in line
+    else:
+        assert json.loads(line)["message"].endswith(forged)  # the same value, escaped in the JSON text
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "warned"),
+    [
+        (("--host", "0.0.0.0", "--key", KEY), {}, True),
+        (("--host", "0.0.0.0"), {"PRYSM_PROXY_KEYS": KEY}, False),
+        (("--key", KEY), {}, False),  # loopback: the machine's users are the ones who could reach it anyway
+    ],
+)
+def test_keys_on_the_command_line_of_a_proxy_beyond_loopback_are_warned_about(
+    run_proxy: Any, tmp_path: Any, args: tuple[str, ...], environ: dict[str, str], warned: bool
+) -> None:
+    proxy = run_proxy(*args, "--db", str(tmp_path / "t.db"), "--upstream", "demo", **environ)
+    r = httpx.post(f"{proxy.base}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200
+    log = proxy.stop()
+    lines = [line for line in log.splitlines() if "/proc/PID/cmdline" in line]
+    assert len(lines) == (1 if warned else 0), log
+    if warned:
+        assert " WARNING " in lines[0] and "PRYSM_PROXY_KEYS" in lines[0] and KEY not in log
+
+
 async def test_rate_limited_log_summarises_on_a_timer(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("prysmai.test.ratelog")
     rl = RateLimitedLog(logger, interval=1.0)
@@ -160,6 +200,28 @@ def test_store_and_its_wal_are_private(tmp_path: Any) -> None:
     assert modes == {"traces.db": 0o600, "traces.db-wal": 0o600, "traces.db-shm": 0o600}
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o755  # parents: the usual mode
+
+
+@pytest.mark.parametrize("directory_exists", [True, False])
+def test_a_store_created_through_a_dangling_symlink_is_private(tmp_path: Any, directory_exists: bool) -> None:
+    real = tmp_path / "elsewhere" / "traces.db"
+    if directory_exists:
+        real.parent.mkdir()
+    link = tmp_path / "traces.db"
+    link.symlink_to(real)
+    old = os.umask(0o022)
+    try:
+        proxy = Proxy("--key", KEY, "--db", str(link), "--upstream", "demo").start()
+        r = httpx.post(f"{proxy.base}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 200
+        files = [real, real.with_name("traces.db-wal"), real.with_name("traces.db-shm")]
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}  # while it runs: WAL and SHM exist
+        log = proxy.stop()
+    finally:
+        os.umask(old)
+    assert modes == {"traces.db": 0o600, "traces.db-wal": 0o600, "traces.db-shm": 0o600}, log
+    assert stat.S_IMODE(real.parent.stat().st_mode) == (0o755 if directory_exists else 0o700)
+    assert link.is_symlink() and "readable by other users" not in log
 
 
 @pytest.mark.parametrize(

@@ -266,6 +266,27 @@ def _send_both(proxy: ProxyHandle) -> dict[str, str]:
     return ids
 
 
+def test_a_project_key_sees_its_own_counters_an_admin_key_the_whole_proxy(start: Any) -> None:
+    proxy = start()
+    with httpx.Client(base_url=proxy.base_url, timeout=10) as client:
+        for _ in range(3):
+            assert (
+                client.post("/chat/completions", json=chat("gpt-4o-mini"), headers=auth(ALPHA_KEY)).status_code == 200
+            )
+        assert client.post("/chat/completions", json=chat("x"), headers=auth(BETA_KEY)).status_code == 200
+        proxy.traces()
+        beta = client.get("/health", headers=auth(BETA_KEY)).json()
+        # Only beta's own: nothing that tells alpha's volume (no queue, no written count, no total in flight).
+        assert beta["store"] == {"submitted": 1, "dropped": 0} and beta["inflight"] == 0, beta
+        stats = client.get("/stats", headers=auth(BETA_KEY)).json()
+        assert stats["store"] == {"submitted": 1, "dropped": 0} and stats["requests"] == 1
+        alpha = client.get("/health", headers=auth(ALPHA_KEY)).json()
+        assert alpha["store"] == {"submitted": 3, "dropped": 0}
+        admin = client.get("/health", headers=auth(ADMIN_KEY)).json()
+        assert admin["store"]["written"] == 4 and admin["store"]["queued"] == 0 and admin["inflight"] == 0
+        assert client.get("/stats", headers=auth(ADMIN_KEY)).json()["store"]["written"] == 4
+
+
 def test_read_api_shows_a_key_only_its_projects_traces(start: Any) -> None:
     proxy = start()
     ids = _send_both(proxy)

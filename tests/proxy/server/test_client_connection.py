@@ -237,7 +237,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def server_protocol(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     """The proxy's own protocol (the default), or uvicorn's h11 as where httptools is missing."""
     if request.param == "h11":
-        monkeypatch.setattr(server, "_limits", lambda app: {"http": "h11"})
+        monkeypatch.setattr(server, "guard_options", lambda *args: {"http": "h11"})
     return str(request.param)
 
 

@@ -194,3 +194,39 @@ def test_sse_events_are_the_same_however_the_bytes_are_chunked(payloads: list[by
     whole = [(e[1], e[2]) for e in iter_sse([(0.0, stream)])]
     chunked = [(e[1], e[2]) for e in iter_sse([(float(i), p) for i, p in enumerate(pieces)])]
     assert chunked == whole == [(None, p) for p in payloads]
+
+
+# -- known credentials masked before storage -----------------------------------------------------------
+SECRET = b"sk-provider-credential-0123456789"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    before=st.binary(max_size=60),
+    after=st.binary(max_size=60),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6),
+)
+def test_a_credential_is_masked_wherever_the_stream_cut_it(before: bytes, after: bytes, cuts: list[int]) -> None:
+    from prysmai._proxy.store.capture import scrub
+
+    data = before + SECRET + after + SECRET
+    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    chunks = [(float(i), data[a:b]) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    ex = _stream_exchange(chunks)
+    ex.response_body = b"echo: " + SECRET
+    ex.error = f"upstream said {SECRET.decode()}"
+    ex.notes = [SECRET.decode()]
+    ex.sent_secrets = (SECRET,)
+    scrub(ex, [])
+    joined = b"".join(c for _, c in ex.chunks)
+    assert SECRET not in joined and joined == before + b"*" * len(SECRET) + after + b"*" * len(SECRET)
+    assert [(t, len(c)) for t, c in ex.chunks] == [(t, len(c)) for t, c in chunks]  # timing kept
+    assert ex.response_body == b"echo: " + b"*" * len(SECRET)
+    assert SECRET.decode() not in ex.error and SECRET.decode() not in ex.notes[0]
+    assert ex.sent_secrets == ()  # dropped once used: nothing holds it on the way to the store
+
+
+def test_the_writer_process_is_never_sent_a_credential() -> None:
+    from prysmai._proxy.store import writerproc
+
+    assert "sent_secrets" in Exchange.__slots__ and "sent_secrets" not in writerproc.FIELDS

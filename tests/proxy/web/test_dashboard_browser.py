@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from .. import browser as b
+from ..conftest import KEY, ProxyHandle
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -342,3 +343,15 @@ def test_other_request_shapes_render_as_conversations(chromium: Any, fake: Any, 
         assert "A" * 100 not in text  # the image and audio data are not dumped into the conversation
     assert page.evaluate("document.querySelectorAll('img, audio, video').length") == 0
     page.context.close()
+
+
+def test_a_malformed_session_address_shows_an_error_not_loading_for_ever(chromium: Any, proxy: ProxyHandle) -> None:
+    page = chromium.new_page()
+    b.login(page, proxy.server.url, KEY, "/sessions")
+    for path in ("/sessions/%E0%A4%A", "/sessions/a%ZZ"):
+        response = page.goto(proxy.server.url + path)
+        assert response is not None and response.status == 200
+        b.wait_ready(page)
+        text = page.inner_text("#main")
+        assert "Loading" not in text and "not valid" in text, text
+    page.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -49,10 +50,10 @@ def test_session_cookie_is_signed_expires_and_never_holds_the_key() -> None:
     assert KEY not in value and KEY.split("-")[-1] not in value
     assert sessions.check(value, now=1001.0) == key_id(KEY)
     assert sessions.check(value, now=1060.0) is None  # expired
-    expiry, kid, sig = value.split(".")
-    assert sessions.check(f"{int(expiry) + 3600}.{kid}.{sig}", now=1001.0) is None  # extended: bad signature
-    assert sessions.check(f"{expiry}.key_000000000000.{sig}", now=1001.0) is None
-    assert sessions.check(f"{expiry}.{kid}.{'0' * len(sig)}", now=1001.0) is None
+    expiry, kid, sid, sig = value.split(".")
+    assert sessions.check(f"{int(expiry) + 3600}.{kid}.{sid}.{sig}", now=1001.0) is None  # extended: bad signature
+    assert sessions.check(f"{expiry}.key_000000000000.{sid}.{sig}", now=1001.0) is None
+    assert sessions.check(f"{expiry}.{kid}.{sid}.{'0' * len(sig)}", now=1001.0) is None
     assert Sessions(lifetime=60).check(value, now=1001.0) is None  # another process's secret
     for junk in ("", "x", "a.b", "1.2.3.4", "ab.cd.ef", "9" * 300):
         assert sessions.check(junk, now=1001.0) is None
@@ -114,6 +115,43 @@ def test_login_sets_an_httponly_strict_cookie_and_logout_clears_it(proxy: ProxyH
         assert other.status_code == 303 and COOKIE_NAME in other.headers["set-cookie"]
         r = client.post(f"{base}/ui/logout", headers={"Origin": base}, follow_redirects=False)
         assert r.status_code == 303 and "Max-Age=0" in r.headers["set-cookie"]
+
+
+def test_logout_ends_the_session_on_the_server(proxy: ProxyHandle) -> None:
+    base = origin(proxy)
+    name = cookie_name(proxy.server.port)
+    with httpx.Client() as client:
+        value = login(client, base).cookies[name]
+        other = login(httpx.Client(), base).cookies[name]  # the same key, another browser
+    with httpx.Client(cookies={name: value}) as client:
+        assert client.get(f"{base}/ui/api/me").status_code == 200
+        r = client.post(f"{base}/ui/logout", headers={"Origin": base}, follow_redirects=False)
+        assert r.status_code == 303
+    # The old cookie, replayed (a copy taken before logging out), is refused: the session ended.
+    with httpx.Client(cookies={name: value}) as replay:
+        assert replay.get(f"{base}/ui/api/me").status_code == 401
+        assert replay.get(f"{base}/traces").status_code == 303
+    with httpx.Client(cookies={name: other}) as client:  # other sessions go on
+        assert client.get(f"{base}/ui/api/me").status_code == 200
+
+
+def test_sessions_kept_are_bounded_oldest_ending_first() -> None:
+    sessions = Sessions(lifetime=60, max_live=3)
+    values = [sessions.issue(key_id(KEY), now=1000.0 + i) for i in range(5)]
+    assert [sessions.check(v, now=1010.0) for v in values] == [None, None, *[key_id(KEY)] * 3]
+
+
+# Raw cookie bytes as a browser or an attacker sends them (the server reads headers as latin-1).
+@pytest.mark.parametrize("value", [b"\xc3\xa9t\xc3\xa9", b"1.key_\xc3\xa9.x", b"1.key_0.\xff.x", b"\xb2\xb3.a.b"])
+def test_a_non_ascii_session_cookie_is_401_not_500(proxy: ProxyHandle, value: bytes) -> None:
+    base = origin(proxy)
+    raw = cookie_name(proxy.server.port).encode() + b"=" + value
+    for path, status in (("/ui/api/me", 401), ("/traces", 303)):
+        with httpx.Client() as client:
+            r = client.get(f"{base}{path}", headers={b"Cookie": raw})
+        assert r.status_code == status, r.text
+        if status == 401:
+            assert r.json()["error"]["code"] == "login_required"
 
 
 def test_login_refuses_wrong_keys_foreign_origins_and_open_redirects(proxy: ProxyHandle) -> None:
@@ -236,6 +274,48 @@ def test_prysmai_ui_serves_an_existing_store_read_only(proxy: ProxyHandle, tmp_p
         if proc.stderr:
             proc.stderr.close()
     assert sqlite3.connect(db).execute("SELECT count(*) FROM traces").fetchone()[0] == before[1]
+
+
+def test_prysmai_ui_has_the_proxy_s_edge(proxy: ProxyHandle) -> None:
+    """``prysmai ui`` behind the proxy's connection guard (a log-in whose body never comes: 408
+    within the body timeout, not held for ever) and its session checks (a non-ASCII cookie: 401)."""
+    httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {KEY}"})
+    proxy.stop()
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prysmai._cli", "ui", "--db", str(proxy.db_path), "--port", str(port), "--key", KEY],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None and "read-only" in proc.stderr.readline()
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/login")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "prysmai ui did not start"
+                time.sleep(0.05)
+        cookie = cookie_name(port).encode() + b"=1.key_\xc3\xa9.x"
+        r = httpx.get(f"http://127.0.0.1:{port}/ui/api/me", headers={b"Cookie": cookie})
+        assert r.status_code == 401
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /ui/login HTTP/1.1\r\nHost: x\r\nSec-Fetch-Site: same-origin\r\nContent-Length: 1000\r\n\r\n"
+            )
+            start = time.monotonic()
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408 ") and time.monotonic() - start < 15  # 10 s and a sweep
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
 
 
 def test_prysmai_ui_needs_an_existing_store(tmp_path: Any) -> None:

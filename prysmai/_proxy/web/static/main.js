@@ -1,6 +1,6 @@
 // The router: one page shell, a module per page, chosen by the path.
 import { getJSON } from "./api.js";
-import { el } from "./dom.js";
+import { clear, el } from "./dom.js";
 import { offerProjectFilter } from "./filters.js";
 import { render as overview } from "./overview.js";
 import { render as traces } from "./traces.js";
@@ -10,7 +10,17 @@ import { renderSessions, renderUsers } from "./users.js";
 async function route() {
   const main = document.getElementById("main");
   const path = location.pathname;
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  let parts;
+  try {
+    parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  } catch {
+    // A malformed %-escape (a link cut short): say so, rather than "Loading…" for ever.
+    clear(main).append(
+      el("h1", null, "Not found"),
+      el("p", { class: "error" }, "This address is not valid (a malformed %-escape); open the page again from its list."));
+    document.body.dataset.ready = "1";
+    return;
+  }
   const section = parts[0] || "overview";
   for (const a of document.querySelectorAll("nav a")) {
     if (a.dataset.nav === section) a.setAttribute("aria-current", "page");
