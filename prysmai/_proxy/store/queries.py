@@ -997,8 +997,9 @@ def _encode_cursor(payload: list[Any]) -> str:
 
 
 def _decode_cursor(cursor: str, kind: str) -> list[Any]:
-    """The payload of a cursor of ``kind``: ``[kind, sort value, id, 0]``. Anything a client may
-    have put there instead is refused here, before it reaches the database as a parameter."""
+    """The payload of a cursor of ``kind``: ``[kind, sort value, tie-break, 0]`` (the tie-break is
+    an id, or a row's number in the store). Anything a client may have put there instead is
+    refused here, before it reaches the database as a parameter."""
     invalid = "invalid cursor (pass back next_cursor as it was given)"
     try:
         payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
@@ -1006,7 +1007,7 @@ def _decode_cursor(cursor: str, kind: str) -> list[Any]:
         raise ParamError("cursor", invalid) from None
     if not isinstance(payload, list) or len(payload) != 4 or payload[0] != kind:
         raise ParamError("cursor", "this cursor belongs to another listing or sort order; start again without it")
-    if not _sql_value(payload[1]) or not isinstance(payload[2], str):
+    if not _sql_value(payload[1]) or payload[2] is None or isinstance(payload[2], float) or not _sql_value(payload[2]):
         raise ParamError("cursor", invalid)
     return payload
 
