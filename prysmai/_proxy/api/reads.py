@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..asgi import HTTPError, Routes
 from ..config.projects import DEMO
-from ..store import QueryTimeout, TraceFilter, queries
+from ..store import QueryTimeout, StoreError, TraceFilter, queries
 from . import jsonshape
 
 TYPE_CHECKING = False
@@ -90,6 +90,8 @@ class Reads:
             raise HTTPError(400, str(exc), "invalid_parameter") from None
         except QueryTimeout as exc:
             raise HTTPError(503, str(exc), "query_timeout", "server_error") from None
+        except StoreError as exc:  # a shared store that is down
+            raise HTTPError(503, str(exc), "store_unavailable", "server_error") from None
 
     async def health(self, who: KeyEntry | None) -> dict[str, Any]:
         """``ok`` / ``degraded`` for anyone; the details only for a key holder: for a project's

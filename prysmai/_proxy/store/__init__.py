@@ -8,8 +8,8 @@ exchange and its row (:mod:`.capture`, :mod:`.rows`), the writer thread and proc
 
 from __future__ import annotations
 
-from .engine import QueryTimeout, StoreError
+from .engine import QueryTimeout, StoreError, StoreUnavailable
 from .facade import Store, engine_for
 from .queries import TraceFilter
 
-__all__ = ["QueryTimeout", "Store", "StoreError", "TraceFilter", "engine_for"]
+__all__ = ["QueryTimeout", "Store", "StoreError", "StoreUnavailable", "TraceFilter", "engine_for"]

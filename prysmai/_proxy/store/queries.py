@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
     from typing import Any
 
-    from .engine import Connection
+    from .engine import Connection, Dialect
 
 STATUSES = ("success", "error", "timeout", "cancelled")
 #: Sort names accepted by :func:`list_traces` (column names, and the dashboard's short names).
@@ -122,7 +122,7 @@ def _small_project(conn: Connection, f: TraceFilter) -> bool:
     """Whether ``f`` names a small project (at most :data:`SMALL_PROJECT` index entries read)."""
     if f.project is None:
         return False
-    sql = "SELECT count(*) FROM (SELECT 1 FROM traces WHERE project = ? LIMIT ?)"
+    sql = "SELECT count(*) FROM (SELECT 1 FROM traces WHERE project = ? LIMIT ?) AS firsts"
     return int(conn.execute(sql, [f.project, SMALL_PROJECT]).fetchone()[0]) < SMALL_PROJECT
 
 
@@ -245,7 +245,8 @@ def _conditions(
     clauses: list[str] = []
     params: list[Any] = []
     if f.project is not None:
-        clauses.append("project = ?" if seek else "+project = ?")  # unary +: not through an index
+        # Through traces_project only with seek (see above).
+        clauses.append("project = ?" if seek else f"{dialect_of(conn).unindexed('project')} = ?")
         params.append(f.project)
     if times:
         since = f.since if since is None else since
@@ -359,12 +360,12 @@ def _by_column(column: str) -> _Grouping:
     return _Grouping(column, column, {t: column if column in dims else None for t, (_, dims) in HIST_LEVELS.items()})
 
 
-def _by_time(width: int) -> _Grouping:
+def _by_time(dialect: Dialect, width: int) -> _Grouping:
     def per(seconds: int, column: str) -> str | None:
-        return f"CAST({column} / {width} AS INTEGER)" if width % seconds == 0 else None
+        return dialect.period(column, width) if width % seconds == 0 else None
 
     return _Grouping(
-        f"CAST(created_at / {width} AS INTEGER)",
+        dialect.period("created_at", width),
         per(_HOUR, "hour"),
         {t: per(seconds, "period") for t, (seconds, _) in HIST_LEVELS.items()},
     )
@@ -595,7 +596,7 @@ def timeseries(conn: Connection, f: TraceFilter, bucket_seconds: int) -> list[di
     end = now if f.until is None else f.until
     if f.since is not None and (end - f.since) / width > MAX_BUCKETS:
         raise ValueError(f"a {width} s bucket gives more than {MAX_BUCKETS} buckets over this range; widen it")
-    aggs = _collect(conn, f, _by_time(width), now)
+    aggs = _collect(conn, f, _by_time(dialect_of(conn), width), now)
     if f.since is not None:
         first = math.floor(f.since / width)
     elif aggs:
@@ -676,7 +677,7 @@ def breakdown(conn: Connection, f: TraceFilter, by: str, limit: int = 20) -> lis
     clauses, params = _conditions(conn, f, seek=seek)
     sql = (
         f"SELECT {by}, count(*) AS n, sum({_ERR}), sum(total_tokens), sum(cost_usd), sum({_UNPRICED}) "
-        f"FROM {_traces(conn, f, seek)}{_where(clauses)} GROUP BY {by} ORDER BY n DESC, {by} LIMIT ?"
+        f"FROM {_traces(conn, f, seek)}{_where(clauses)} GROUP BY {by} ORDER BY n DESC, {by} IS NOT NULL, {by} LIMIT ?"
     )
     aggs = {}
     for key, n, errors, total, cost, unpriced in conn.execute(sql, [*params, limit]):
@@ -845,17 +846,17 @@ def list_traces(
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
-def _in_project(project: str | None) -> tuple[str, list[Any]]:
+def _in_project(conn: Connection, project: str | None) -> tuple[str, list[Any]]:
     """`` AND`` the row is in ``project`` (nothing when ``None``), for a query that finds its rows
     by another index: the unary ``+`` keeps SQLite from walking the project's index instead."""
-    return ("", []) if project is None else (" AND +project = ?", [project])
+    return ("", []) if project is None else (f" AND {dialect_of(conn).unindexed('project')} = ?", [project])
 
 
 def get_trace(conn: Connection, trace_id: str, *, project: str | None = None) -> dict[str, Any] | None:
     """One trace in full, by id or by a unique prefix of at least 8 hex characters; ``None`` if
     none matches (in ``project``, when given: a trace of another project is not found).
     ``ValueError`` for a prefix shorter than 8 or matching several traces."""
-    scope, scoped = _in_project(project)
+    scope, scoped = _in_project(conn, project)
     found = _rows(conn, f"SELECT * FROM traces WHERE id = ?{scope}", [trace_id, *scoped])
     if found:
         return found[0]
@@ -930,7 +931,7 @@ def session_traces(
     """A session's traces in full, oldest first (its conversation timeline); only those of
     ``project`` when given."""
     limit = _check_limit(limit)
-    scope, scoped = _in_project(project)
+    scope, scoped = _in_project(conn, project)
     sql = f"SELECT * FROM traces WHERE session_id = ?{scope} ORDER BY created_at, id LIMIT ?"
     return _rows(conn, sql, [session_id, *scoped, limit])
 

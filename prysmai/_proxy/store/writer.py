@@ -19,6 +19,7 @@ import threading
 import time
 
 from .rows import build_rows
+from .sqlite import SQLiteEngine
 from .writerproc import WriterProcess, WriterProcessError
 
 TYPE_CHECKING = False
@@ -73,6 +74,7 @@ class TraceWriter:
         when_behind: str = "block",
         fallback: Callable[[Any, BaseException], dict[str, Any]] | None = None,
         process: WriterProcess | None = None,
+        on_written: Callable[[int], None] | None = None,
     ) -> None:
         if when_behind not in WHEN_BEHIND:
             raise ValueError(f"when_behind must be one of {', '.join(WHEN_BEHIND)}, not {when_behind!r}")
@@ -82,6 +84,8 @@ class TraceWriter:
         #: Where rows are built and inserted: a child process (see :mod:`.writerproc`), or, when
         #: ``None``, this writer's thread (``finalize`` and ``fallback`` run there).
         self._process = process
+        #: Called with the number of rows after each batch is written (a shipper that sends them on).
+        self._on_written = on_written
         self.capacity = max(1, queue_size)
         self.when_behind = when_behind
         # Unbounded on purpose: the capacity is a policy (above), not a hard limit of the queue.
@@ -107,7 +111,8 @@ class TraceWriter:
         self._closing = False
         if self._process is not None:
             try:
-                self._process.start(self.engine.location)
+                assert isinstance(self.engine, SQLiteEngine), "the writer process writes SQLite files"
+                self._process.start(self.engine)
             except WriterProcessError as exc:
                 log.warning("%s; building trace rows on a thread of the proxy instead", exc)
                 self._process = None
@@ -311,6 +316,8 @@ class TraceWriter:
                 self.failed += failed
                 self._batch = []
                 self._cond.notify_all()
+            if written and self._on_written is not None:
+                self._on_written(written)
             if failed:
                 self._incident = (time.monotonic(), f"{self.failed} trace(s) could not be stored (see the log)")
             if stop:

@@ -89,6 +89,16 @@ class SQLiteDialect:
         SQLite's planner cannot know how narrow the range is."""
         return f"{table} INDEXED BY traces_agg"
 
+    @staticmethod
+    def period(expression: str, width: int) -> str:
+        # CAST truncates: the floor, for the positive times stored.
+        return f"CAST({expression} / {width} AS INTEGER)"
+
+    @staticmethod
+    def unindexed(column: str) -> str:
+        # Unary +: SQLite then does not use an index on the column for the condition.
+        return f"+{column}"
+
 
 register_dialect(sqlite3.Connection, SQLiteDialect())
 
@@ -120,6 +130,8 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
 class SQLiteEngine:
     """The store in the SQLite file at ``path``."""
 
+    #: What the writer process is told to open (see :class:`~..outbox.OutboxEngine`).
+    kind = "sqlite"
     dialect = SQLiteDialect()
 
     def __init__(self, path: str) -> None:
