@@ -300,3 +300,68 @@ def test_day_partitions_hold_the_rows(pg_url: str) -> None:
         conn.close()
     days = {math.floor(r[COLUMNS.index("created_at")] / 86400) for r in rows}
     assert parts == {f"trace_rows_d{day}" for day in days} and len(days) >= 9
+
+
+# -- prysmai store copy ----------------------------------------------------------------------------
+def _sqlite_store(tmp_path: Any, rows: list[tuple[Any, ...]]) -> str:
+    path = str(tmp_path / "traces.db")
+    with SQLiteEngine(path).open_for_writing() as conn:
+        insert_rows(conn, rows)
+    return path
+
+
+def test_store_copy_moves_every_trace_and_checks_the_count(pg_url: str, tmp_path: Any, capsys: Any) -> None:
+    from prysmai._cli import main
+
+    rows = make_rows(5000, seed=11)
+    path = _sqlite_store(tmp_path, rows)
+    assert main(["store", "copy", "--from", path, "--to", pg_url]) == 0
+    out, err = capsys.readouterr()
+    assert "count check: all 5,000 trace(s)" in out and PASSWORD not in out + err
+    sqlite_store, pg_store = Store.existing(path), Store.existing(pg_url)
+    assert sqlite_store is not None and pg_store is not None
+    with sqlite_store, pg_store:
+        assert close_enough(
+            sqlite_store.read_sync(queries.stats, TraceFilter()), pg_store.read_sync(queries.stats, TraceFilter())
+        )
+    assert main(["store", "copy", "--from", path, "--to", pg_url, "--restart"]) == 0  # again: nothing twice
+    conn = PostgresEngine(pg_url).connect()
+    try:
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM trace_rows").fetchone() == (5000, 5000)
+        assert conn.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0] == 5000
+    finally:
+        conn.close()
+
+
+def test_a_stopped_copy_goes_on_where_it_stopped(pg_url: str, tmp_path: Any, monkeypatch: Any) -> None:
+    from prysmai._proxy.store import copy as copy_module
+
+    rows = make_rows(4500, seed=12)
+    path = _sqlite_store(tmp_path, rows)
+    engine = PostgresEngine(pg_url)
+    real = engine.insert_rows
+    sent: list[int] = []
+
+    def flaky(conn: Any, batch: Any) -> Any:
+        if len(sent) == 2:
+            raise StoreError("the connection broke")
+        sent.append(len(batch))
+        return real(conn, batch)
+
+    monkeypatch.setattr(engine, "insert_rows", flaky)
+    with pytest.raises(StoreError):
+        copy_module.copy_store(path, engine, chunk=1000)
+    assert sent == [1000, 1000]
+    monkeypatch.setattr(engine, "insert_rows", real)
+    seen: list[tuple[int, int]] = []
+    total, present = copy_module.copy_store(path, engine, chunk=1000, progress=lambda d, t: seen.append((d, t)))
+    assert (total, present) == (4500, 4500)
+    assert seen == [(3000, 4500), (4000, 4500), (4500, 4500)]  # from where it stopped, not from the start
+
+
+def test_store_copy_refuses_what_is_not_a_store(pg_url: str, tmp_path: Any, capsys: Any) -> None:
+    from prysmai._cli import main
+
+    assert main(["store", "copy", "--from", str(tmp_path / "none.db"), "--to", pg_url]) == 1
+    assert "no trace store" in capsys.readouterr().err
+    assert main(["store", "copy", "--from", str(tmp_path / "none.db"), "--to", str(tmp_path / "x.db")]) == 2
