@@ -567,3 +567,21 @@ class Proxy:
             self.proc.kill()
             _, rest = self.proc.communicate()
         return "".join(self.lines) + (rest or "")
+
+
+# -- PostgreSQL (a real server, one per test worker; a fresh database per test) ---------------------
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    from .postgres import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(postgres_server: Any) -> str:
+    """The URL (with its password) of a new, empty database on the worker's server."""
+    return str(postgres_server.database())

@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..asgi import HTTPError, Query, Routes
 from ..config.projects import DEMO
-from ..store import QueryTimeout, TraceFilter, queries
+from ..store import QueryTimeout, StoreError, TraceFilter, queries
 from . import jsonshape
 
 TYPE_CHECKING = False
@@ -99,6 +99,8 @@ class Reads:
             raise HTTPError(400, str(exc), "invalid_parameter", param=getattr(exc, "param", None)) from None
         except QueryTimeout as exc:
             raise HTTPError(503, str(exc), "query_timeout", "server_error") from None
+        except StoreError as exc:  # a shared store that is down
+            raise HTTPError(503, str(exc), "store_unavailable", "server_error") from None
 
     async def health(self, who: KeyEntry | None) -> dict[str, Any]:
         """``ok`` / ``degraded`` for anyone; the details only for a key holder. A project's key:

@@ -1,5 +1,5 @@
 """The proxy's commands of ``prysmai``: ``proxy``, ``traces`` (and ``traces show``), ``stats``,
-``demo``, ``ui`` and ``keys``, one module each, with their shared helpers (:mod:`.common`) and the
+``demo``, ``ui``, ``keys`` and ``store``, one module each, with their shared helpers (:mod:`.common`) and the
 terminal's tables (:mod:`.report`).
 
 ``prysmai._cli`` calls :func:`register` on every invocation, including ``prysmai run`` where the
@@ -9,7 +9,7 @@ library; each command imports what it needs when it runs.
 
 from __future__ import annotations
 
-from . import demo, keys, proxy, reads, ui
+from . import demo, keys, proxy, reads, store, ui
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ def register(subparsers: Any) -> None:
     demo.add_parser(subparsers)
     ui.add_parser(subparsers)
     keys.add_parser(subparsers)
+    store.add_parser(subparsers)
 
 
 __all__ = ["register"]

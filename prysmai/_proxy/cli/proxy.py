@@ -78,6 +78,13 @@ def add_parser(subparsers: Any) -> None:
     )
     add_db(proxy)
     proxy.add_argument(
+        "--outbox",
+        metavar="PATH",
+        default=None,
+        help="with --db postgresql://...: the local file traces are written to first, then shipped "
+        "(default: outbox.db beside the default store)",
+    )
+    proxy.add_argument(
         "--upstream",
         metavar="URL",
         default=None,
@@ -302,7 +309,7 @@ def _checked_run(args: argparse.Namespace, log: logging.Logger) -> int:
         log.error("cannot listen on %s port %d: %s", args.host, args.port, exc.strerror or exc)
         return 1
     try:
-        if not _create_store(config.db_path, log):
+        if not _create_store(config, log):
             return 1
         config.port = sock.getsockname()[1]
         _announce(args, log, config, tenancy, generated)
@@ -394,6 +401,7 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
         otlp_content=kept["otlp_content"],
         otlp_sample=args.otlp_sample,
         forwarded_allow_ips=args.forwarded_allow_ips,
+        outbox_path=args.outbox,
     )
     return config, tenancy, generated
 
@@ -451,24 +459,41 @@ def _otel_missing() -> str | None:
     return None
 
 
-def _create_store(db_path: str, log: logging.Logger) -> bool:
+def _create_store(config: ProxyConfig, log: logging.Logger) -> bool:
     """Create (or migrate) the store now, so that a bad ``--db`` is one line at start-up; warn
-    when other users can read it."""
-    from ..store import StoreError, engine_for, private_files
+    when other users can read it. A PostgreSQL store that does not answer is no reason not to
+    start: traces wait in the outbox until it does (a refusal -- a wrong password, no such
+    database -- is)."""
+    from ..config.settings import default_outbox_path
+    from ..store import StoreError, StoreUnavailable, engine_for, private_files
+    from ..store.outbox import OutboxEngine
+    from ..store.postgres.engine import is_postgres
 
+    files = [config.db_path]
     try:
-        engine_for(db_path).open_for_writing().close()
+        if is_postgres(config.db_path):
+            outbox = config.outbox_path or default_outbox_path()
+            files = [outbox]
+            OutboxEngine(outbox).open_for_writing().close()
+            try:
+                engine_for(config.db_path).open_for_writing().close()
+            except StoreUnavailable as exc:
+                log.warning("%s; starting anyway: traces wait in the outbox %s until it answers", exc, outbox)
+        else:
+            engine_for(config.db_path).open_for_writing().close()
     except (StoreError, OSError) as exc:
         log.error("%s", exc)
         return False
-    mode = private_files.loose_mode(db_path)
-    if mode is not None:
-        log.warning(
-            "the trace store %s is readable by other users (mode %o): it holds every prompt and answer; `chmod 600 %s`",
-            db_path,
-            mode,
-            db_path,
-        )
+    for path in files:
+        mode = private_files.loose_mode(path)
+        if mode is not None:
+            log.warning(
+                "%s %s is readable by other users (mode %o): it holds every prompt and answer; `chmod 600 %s`",
+                "the trace store" if path == config.db_path else "the outbox",
+                path,
+                mode,
+                path,
+            )
     return True
 
 
@@ -514,7 +539,7 @@ def _announce(
     else:
         where = f"with {config.config_file}: {summary(tenancy)}"
     host, port = listen.url_host(args.host), config.port
-    log.info("serving %s://%s:%d/api/v1 %s; traces in %s", scheme, host, port, where, config.db_path)
+    log.info("serving %s://%s:%d/api/v1 %s; traces in %s", scheme, host, port, where, _where_traces(config))
     log.info("dashboard at %s://%s:%d/ (log in with a proxy key)", scheme, host, port)
 
 
@@ -531,3 +556,13 @@ def _check_tls(certfile: str | None, keyfile: str | None) -> str | None:
     except (OSError, ssl.SSLError) as exc:
         return f"cannot use the TLS certificate {certfile}: {exc}"
     return None
+
+
+def _where_traces(config: ProxyConfig) -> str:
+    """The store as the banner names it: a path, or a URL without its password and the outbox."""
+    from ..config.settings import default_outbox_path
+    from ..store.postgres.engine import is_postgres, masked
+
+    if not is_postgres(config.db_path):
+        return config.db_path
+    return f"{masked(config.db_path)} (outbox {config.outbox_path or default_outbox_path()})"

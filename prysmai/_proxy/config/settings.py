@@ -49,6 +49,14 @@ def default_db_path(environ: dict[str, str] | None = None) -> str:
     return os.path.join(base, "prysmai", "traces.db")
 
 
+def default_outbox_path(environ: dict[str, str] | None = None) -> str:
+    """Where a proxy whose store is PostgreSQL keeps its outbox by default: ``outbox.db`` in the
+    folder of :func:`default_db_path` (``$XDG_DATA_HOME/prysmai/``)."""
+    env = dict(os.environ if environ is None else environ)
+    env.pop(DB_ENV, None)  # (PRYSM_DB names the shared store then, not a file)
+    return os.path.join(os.path.dirname(default_db_path(env)), "outbox.db")
+
+
 @dataclass
 class ProxyConfig:
     """Everything the proxy needs to run. Keys and the upstream key are never shown in its repr."""
@@ -102,6 +110,9 @@ class ProxyConfig:
     #: Keep the search index of the bodies (``--search-index``): text searches read it instead of
     #: every body, for some of the writer's time (bench/README.md).
     search_index: bool = True
+    #: With a PostgreSQL store (``db_path`` a ``postgresql://`` URL): the local SQLite outbox its
+    #: traces are written to first (``--outbox``; default :func:`default_outbox_path`).
+    outbox_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.trace_writer not in TRACE_WRITERS:

@@ -49,9 +49,12 @@ from ..asgi import (
 from ..config.file import load_tenancy
 from ..config.pricing import PriceTable
 from ..config.reload import ConfigWatch
+from ..config.settings import default_outbox_path
 from ..export.process import ExportProcess, providers_of
-from ..store import Store, engine_for
+from ..store import Store, StoreUnavailable, engine_for
 from ..store.capture import fallback_row, finalize
+from ..store.outbox import OutboxEngine, Shipper
+from ..store.postgres.engine import PostgresEngine, is_postgres
 from ..store.queries import month_spend
 from ..store.retention import Retention
 from ..store.writer import TraceWriter
@@ -71,6 +74,7 @@ if TYPE_CHECKING:
     from ..config.projects import KeyEntry, Tenancy
     from ..config.settings import ProxyConfig
     from ..store.capture import Exchange
+    from ..store.engine import Engine
 
 log = logging.getLogger("prysmai.proxy")
 _PREFIX_BYTES = PREFIX.encode()
@@ -133,7 +137,12 @@ class ProxyApp:
             self.export.start()
         await self.forwarder.start([p for project in self.tenancy.projects.values() for p in project.providers])
         since = month_start(time.time())
-        self.limits.seed(await self.store.read(month_spend, since), since)
+        try:
+            spent = await self.store.read(month_spend, since)
+        except StoreUnavailable as exc:  # a shared store that is down now: serve, and say so
+            log.warning("%s: this month's spend is counted from now on for the monthly budgets", exc)
+            spent = {}
+        self.limits.seed(spent, since)
         path = self.config.config_file
         load = partial(_load, self.config) if path else None
         self._watch = ConfigWatch(path, load, self._use, baseline=self.tenancy.stamp)
@@ -292,22 +301,35 @@ def _trace_store(
 ) -> Store:
     """The proxy's store: its writer masks the ``credentials`` the proxy holds in each trace,
     builds its row (in a child process by default) and counts its cost towards the project's
-    monthly budget; its retention follows ``plan``."""
+    monthly budget; its retention follows ``plan``. A PostgreSQL store is written through a local
+    outbox, which a shipper sends on (:mod:`..store.outbox`)."""
     finalize_here = partial(_finalize_counting, prices=prices, limits=limits)
     process = None
     if config.trace_writer == "process":
         process = WriterProcess(prices, finalize_here, on_cost=limits.add_spend)
-    engine = engine_for(config.db_path, search_index=config.search_index)
+    engine: Engine
+    written_to: Engine
+    shipper = None
+    if is_postgres(config.db_path):  # shared: traces go to a local outbox first, then are shipped
+        shared = PostgresEngine(config.db_path)
+        outbox = OutboxEngine(config.outbox_path or default_outbox_path())
+        shipper = Shipper(outbox, shared)
+        engine, written_to = shared, outbox
+    else:
+        engine = written_to = engine_for(config.db_path, search_index=config.search_index)
     writer = TraceWriter(
-        engine,
+        written_to,
         finalize_here,
         config.queue_size,
         when_behind=config.when_behind,
         fallback=fallback_row,
         process=process,
         secrets=credentials,
+        on_written=shipper.notify if shipper is not None else None,
     )
-    return Store(engine, writer, retention=Retention(engine, plan))
+    # Retention of a PostgreSQL store (dropping day partitions) is not built yet: SQLite only.
+    retention = Retention(engine, plan) if shipper is None else None
+    return Store(engine, writer, shipper=shipper, retention=retention)
 
 
 def _export(config: ProxyConfig, tenancy: Tenancy, pricing: str) -> ExportProcess | None:

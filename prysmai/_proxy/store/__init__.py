@@ -8,8 +8,8 @@ exchange and its row (:mod:`.capture`, :mod:`.rows`), the writer thread and proc
 
 from __future__ import annotations
 
-from .engine import QueryTimeout, StoreError
+from .engine import QueryTimeout, StoreError, StoreUnavailable
 from .facade import Store, engine_for
 from .queries import ParamError, TraceFilter
 
-__all__ = ["ParamError", "QueryTimeout", "Store", "StoreError", "TraceFilter", "engine_for"]
+__all__ = ["ParamError", "QueryTimeout", "Store", "StoreError", "StoreUnavailable", "TraceFilter", "engine_for"]

@@ -22,6 +22,10 @@ class StoreError(RuntimeError):
     """The store cannot be opened (bad path, newer schema, not a database)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now (a shared database that is down or restarting)."""
+
+
 class QueryTimeout(TimeoutError):
     """A read query ran past its time limit and was interrupted."""
 
@@ -78,6 +82,16 @@ class Dialect(Protocol):
     def time_first(self, table: str) -> str:
         """``table`` as a FROM item read through its time-ordered index, where the engine's
         planner needs telling."""
+        ...
+
+    def period(self, expression: str, width: int) -> str:
+        """The whole number of ``width``-second periods in ``expression`` (a unix time), rounded
+        down."""
+        ...
+
+    def unindexed(self, column: str) -> str:
+        """``column`` in a condition the planner must not answer through the column's own index,
+        where the engine's planner needs telling."""
         ...
 
 

@@ -9,6 +9,8 @@ loop). The proxy's server, the read API, the dashboard, the limits and the CLI a
 
 from __future__ import annotations
 
+import time
+
 from .engine import StoreError
 from .reader import DEFAULT_TIME_LIMIT, ReadRunner
 from .sqlite import SQLiteEngine
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar
 
     from .engine import Engine
+    from .outbox import Shipper
     from .retention import Retention
     from .writer import TraceWriter
 
@@ -26,30 +29,38 @@ if TYPE_CHECKING:
 
 
 def engine_for(location: str, *, search_index: bool | None = None) -> Engine:
-    """The engine of a ``--db`` value: today a SQLite file's path. ``search_index``: keep the search
-    index of the bodies (``--search-index``), or leave the store as it is (``None``)."""
+    """The engine of a ``--db`` value: a PostgreSQL URL (``postgresql://…``), else a SQLite file's
+    path. ``search_index`` (SQLite): keep the search index of the bodies (``--search-index``), or
+    leave the store as it is (``None``)."""
+    if location.startswith(("postgresql://", "postgres://")):
+        from .postgres.engine import PostgresEngine
+
+        return PostgresEngine(location)
     if "://" in location:
         scheme = location.split("://", 1)[0]
-        raise StoreError(f"--db: {scheme}:// stores are not supported; give the path of a SQLite file")
+        raise StoreError(f"--db: {scheme}:// is not a store; give a SQLite file's path or a postgresql:// URL")
     return SQLiteEngine(location, search_index=search_index)
 
 
 class Store:
     """A trace store: ``engine`` (where), ``writer`` (``None``: a store only read, as by
-    ``prysmai traces`` or ``prysmai ui``) and a read runner with ``read_time_limit`` seconds per
-    read (``None``: no limit)."""
+    ``prysmai traces`` or ``prysmai ui``), ``shipper`` (when the writer writes a local outbox that
+    is shipped to a shared ``engine``) and a read runner with ``read_time_limit`` seconds per read
+    (``None``: no limit)."""
 
     def __init__(
         self,
         engine: Engine,
         writer: TraceWriter | None = None,
         *,
+        shipper: Shipper | None = None,
         read_time_limit: float | None = DEFAULT_TIME_LIMIT,
         read_workers: int = 2,
         retention: Retention | None = None,
     ) -> None:
         self.engine = engine
         self.writer = writer
+        self.shipper = shipper
         self.reader = ReadRunner(engine, time_limit=read_time_limit, workers=read_workers)
         #: Deletes expired traces in the background (``None``: a store only read).
         self.retention = retention
@@ -79,13 +90,20 @@ class Store:
             self.writer.open()
         if self.retention is not None:
             self.retention.start()
+        if self.shipper is not None:
+            self.shipper.start()
 
-    def close(self) -> None:
-        """Stop retention, write everything pending, stop the writer, close the read connections."""
+    def close(self, ship_seconds: float = 5.0) -> None:
+        """Stop retention, write everything pending, give the shipper ``ship_seconds`` to send it
+        on (what it has not sent waits in the outbox for the next start), stop, close the read
+        connections."""
         if self.retention is not None:
             self.retention.stop()
         if self.writer is not None:
             self.writer.close()
+        if self.shipper is not None:
+            self.shipper.flush(ship_seconds)
+            self.shipper.stop()
         self.reader.close()
 
     def __enter__(self) -> Store:
@@ -104,16 +122,28 @@ class Store:
             await self.writer.wait_for_room()
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Block until everything submitted so far is written (read your own writes)."""
-        return True if self.writer is None else self.writer.flush(timeout)
+        """Block until everything submitted so far is written, and shipped when the store is
+        shared (read your own writes); ``False`` if that took longer than ``timeout``."""
+        deadline = time.monotonic() + timeout
+        if self.writer is not None and not self.writer.flush(timeout):
+            return False
+        return self.shipper is None or self.shipper.flush(max(0.0, deadline - time.monotonic()))
 
     def health(self, detail: bool = True) -> tuple[str, str | None]:
-        """``("ok", None)`` or ``("degraded", reason)``; without ``detail`` the reason names what
-        happened but no count (for a key that should not learn the proxy's volume)."""
-        return ("ok", None) if self.writer is None else self.writer.health(detail)
+        """``("ok", None)`` or ``("degraded", reason)``: the writer's, then the shipper's; without
+        ``detail`` the writer's reason names what happened but no count (for a key that should not
+        learn the proxy's volume)."""
+        if self.writer is not None:
+            status, reason = self.writer.health(detail)
+            if status != "ok":
+                return status, reason
+        return ("ok", None) if self.shipper is None else self.shipper.health()
 
     def counters(self) -> dict[str, int]:
-        return {} if self.writer is None else self.writer.counters()
+        counters = {} if self.writer is None else self.writer.counters()
+        if self.shipper is not None:
+            counters.update(self.shipper.counters())
+        return counters
 
     # -- reads -----------------------------------------------------------------------------------
     async def read(self, fn: Callable[..., T], *args: Any, time_limit: float | None = None, **kwargs: Any) -> T:

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
     from typing import Any
 
-    from .engine import Connection
+    from .engine import Connection, Dialect
 
 STATUSES = ("success", "error", "timeout", "cancelled")
 
@@ -160,7 +160,7 @@ def _small_project(conn: Connection, f: TraceFilter) -> bool:
     """Whether ``f`` names a small project (at most :data:`SMALL_PROJECT` index entries read)."""
     if f.project is None:
         return False
-    sql = "SELECT count(*) FROM (SELECT 1 FROM traces WHERE project = ? LIMIT ?)"
+    sql = "SELECT count(*) FROM (SELECT 1 FROM traces WHERE project = ? LIMIT ?) AS firsts"
     return int(conn.execute(sql, [f.project, SMALL_PROJECT]).fetchone()[0]) < SMALL_PROJECT
 
 
@@ -304,7 +304,8 @@ def _conditions(
     clauses: list[str] = []
     params: list[Any] = []
     if f.project is not None:
-        clauses.append("project = ?" if seek else "+project = ?")  # unary +: not through an index
+        # Through traces_project only with seek (see above).
+        clauses.append("project = ?" if seek else f"{dialect_of(conn).unindexed('project')} = ?")
         params.append(f.project)
     if times:
         since = f.since if since is None else since
@@ -475,12 +476,12 @@ def _positions(n: int) -> str:
     return ", ".join(str(i + 1) for i in range(n))
 
 
-def _by_time(width: int) -> _Grouping:
+def _by_time(dialect: Dialect, width: int) -> _Grouping:
     def per(seconds: int, column: str) -> str | None:
-        return f"CAST({column} / {width} AS INTEGER)" if width % seconds == 0 else None
+        return dialect.period(column, width) if width % seconds == 0 else None
 
     return _Grouping(
-        f"CAST(created_at / {width} AS INTEGER)",
+        dialect.period("created_at", width),
         per(_HOUR, "hour"),
         {t: per(seconds, "period") for t, (seconds, _) in HIST_LEVELS.items()},
     )
@@ -528,7 +529,7 @@ def _raw_hist(
         b = dialect_of(conn).bucket(column)
         sql = (
             f"SELECT {g}, {b} AS b, count(*), min({column}), max({column}) FROM {table}"
-            f"{_where([*clauses, f'+{column} IS NOT NULL'])} GROUP BY {_positions(n + 1)}"
+            f"{_where([*clauses, f'{dialect_of(conn).unindexed(column)} IS NOT NULL'])} GROUP BY {_positions(n + 1)}"
         )
         for row in conn.execute(sql, params):
             bucket, count, lo_ms, hi_ms = row[n:]
@@ -720,7 +721,7 @@ def timeseries(conn: Connection, f: TraceFilter, bucket_seconds: int) -> list[di
     end = now if f.until is None else f.until
     if f.since is not None and (end - f.since) / width > MAX_BUCKETS:
         raise ValueError(f"a {width} s bucket gives more than {MAX_BUCKETS} buckets over this range; widen it")
-    return _series(_collect(conn, f, _by_time(width), now), f, width, now)
+    return _series(_collect(conn, f, _by_time(dialect_of(conn), width), now), f, width, now)
 
 
 def _check_width(bucket_seconds: Any) -> int:
@@ -824,7 +825,8 @@ def breakdown(conn: Connection, f: TraceFilter, by: str, limit: int = 20) -> lis
     for key, agg in aggs.items():
         member = f"{by} = ?" if key is not None else f"{by} IS NULL"
         sql = (
-            f"SELECT latency_ms FROM {table}{_where([*clauses, member, '+latency_ms IS NOT NULL'])} "
+            f"SELECT latency_ms FROM {table}"
+            f"{_where([*clauses, member, dialect_of(conn).unindexed('latency_ms') + ' IS NOT NULL'])} "
             f"ORDER BY created_at DESC LIMIT {KEY_LATENCY_SAMPLE}"
         )
         latencies = sorted(r[0] for r in conn.execute(sql, [*params, *([key] if key is not None else [])]))
@@ -936,7 +938,7 @@ def overview_page(
     one snapshot, so its numbers cannot disagree. The totals are the time series' buckets added up
     (one read for both), and the project, model and endpoint breakdowns come from one read."""
     now = time.time()
-    series = _collect(conn, f, _by_time(_check_width(bucket_seconds)), now)
+    series = _collect(conn, f, _by_time(dialect_of(conn), _check_width(bucket_seconds)), now)
     bys = tuple(breakdowns)
     kept = tuple(by for by in bys if by in ROLLUP_BREAKDOWNS)
     found = _rollup_breakdowns(conn, f, kept, _check_limit(rows), now) if kept else {}
@@ -1076,7 +1078,7 @@ def list_traces(
     seek = not walk and f.project is not None and (by_time_only or _small_project(conn, f))
     clauses, params = _conditions(conn, f, seek=seek)
     # Not walking it, the sort column is an expression (unary +), so that SQLite does not.
-    value = column if walk or column == "created_at" else f"+{column}"
+    value = column if walk or column == "created_at" else dialect_of(conn).unindexed(column)
     # Pick the page's rows first (from an index when the filter allows), then read just those
     # rows: sorting full rows would read every row of the range, bodies included.
     keys: list[Any] = []
@@ -1099,7 +1101,7 @@ def list_traces(
             more.append(after[2])
         # Not walking: the filter's rows, sorted (unary +), not every row in rowid order until enough
         # match -- all of them, when none does.
-        order_by = tie if walk else f"+{tie}"
+        order_by = tie if walk else dialect_of(conn).unindexed(tie)
         sql = f"SELECT {tie} FROM traces{_where(where)} ORDER BY {order_by} {order} LIMIT ?"
         keys += [r[0] for r in conn.execute(sql, [*more, limit + 1 - len(keys)])]
     page = keys[:limit]
@@ -1150,17 +1152,17 @@ def _walk_sort_index(conn: Connection, f: TraceFilter, limit: int) -> bool:
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
-def _in_project(project: str | None) -> tuple[str, list[Any]]:
+def _in_project(conn: Connection, project: str | None) -> tuple[str, list[Any]]:
     """`` AND`` the row is in ``project`` (nothing when ``None``), for a query that finds its rows
     by another index: the unary ``+`` keeps SQLite from walking the project's index instead."""
-    return ("", []) if project is None else (" AND +project = ?", [project])
+    return ("", []) if project is None else (f" AND {dialect_of(conn).unindexed('project')} = ?", [project])
 
 
 def get_trace(conn: Connection, trace_id: str, *, project: str | None = None) -> dict[str, Any] | None:
     """One trace in full, by id or by a unique prefix of at least 8 hex characters; ``None`` if
     none matches (in ``project``, when given: a trace of another project is not found).
     ``ValueError`` for a prefix shorter than 8 or matching several traces."""
-    scope, scoped = _in_project(project)
+    scope, scoped = _in_project(conn, project)
     found = _rows(conn, f"SELECT * FROM traces WHERE id = ?{scope}", [trace_id, *scoped])
     if found:
         return found[0]
@@ -1243,7 +1245,7 @@ def session_page(
     the next page (``None`` at the end); only ``project``'s traces when given. Read in the
     caller's one snapshot, so the totals and the pages agree."""
     limit = _check_limit(limit)
-    scope, scoped = _in_project(project)
+    scope, scoped = _in_project(conn, project)
     sql = f"SELECT {', '.join(_GROUP_SUMS)} FROM traces WHERE session_id = ?{scope}"
     requests, errors, cancelled, total, cost, unpriced, no_usage, first, last = conn.execute(
         sql, [session_id, *scoped]

@@ -46,7 +46,7 @@ class ReadRunner:
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or getattr(conn, "closed", False):  # (a shared store's, after an outage)
             conn = self._local.conn = self.engine.read_connection()
             with self._lock:
                 self._conns.append(conn)

@@ -20,6 +20,7 @@ import time
 
 from .capture import scrub
 from .rows import build_rows
+from .sqlite import SQLiteEngine
 from .writerproc import WriterProcess, WriterProcessError
 
 TYPE_CHECKING = False
@@ -75,6 +76,7 @@ class TraceWriter:
         fallback: Callable[[Any, BaseException], dict[str, Any]] | None = None,
         process: WriterProcess | None = None,
         secrets: Callable[[], Iterable[bytes]] | None = None,
+        on_written: Callable[[int], None] | None = None,
     ) -> None:
         if when_behind not in WHEN_BEHIND:
             raise ValueError(f"when_behind must be one of {', '.join(WHEN_BEHIND)}, not {when_behind!r}")
@@ -87,6 +89,8 @@ class TraceWriter:
         #: The credentials the proxy holds now, masked in every trace (:func:`.capture.scrub`)
         #: here, before a row is built or an exchange is handed to the process.
         self._secrets = secrets
+        #: Called with the number of rows after each batch is written (a shipper that sends them on).
+        self._on_written = on_written
         self.capacity = max(1, queue_size)
         self.when_behind = when_behind
         # Unbounded on purpose: the capacity is a policy (above), not a hard limit of the queue.
@@ -112,7 +116,8 @@ class TraceWriter:
         self._closing = False
         if self._process is not None:
             try:
-                self._process.start(self.engine.location)
+                assert isinstance(self.engine, SQLiteEngine), "the writer process writes SQLite files"
+                self._process.start(self.engine)
             except WriterProcessError as exc:
                 log.warning("%s; building trace rows on a thread of the proxy instead", exc)
                 self._process = None
@@ -325,6 +330,8 @@ class TraceWriter:
                 self.failed += failed
                 self._batch = []
                 self._cond.notify_all()
+            if written and self._on_written is not None:
+                self._on_written(written)
             if failed:
                 self._incident = (time.monotonic(), f"{self.failed} trace(s) could not be stored (see the log)")
             if stop:

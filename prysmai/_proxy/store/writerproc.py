@@ -38,6 +38,7 @@ import time
 from ..config.policy import StoragePolicy
 from ..config.pricing import Price, PriceTable
 from .capture import DEFAULT_POLICY, Exchange, fallback_row, finalize
+from .outbox import OutboxEngine
 from .rows import build_row, build_rows
 from .sqlite import SQLiteEngine
 
@@ -154,7 +155,7 @@ class WriterProcess:
         self._finalize = finalize
         self._on_cost = on_cost
         self._proc: subprocess.Popen[bytes] | None = None
-        self._path: str | None = None
+        self._engine: SQLiteEngine | None = None
         #: id(provider prices) -> (the mapping, kept alive so the id stays its own; its number).
         self._price_refs: dict[int, tuple[Mapping[str, Price], int]] = {}
         #: Storage policy -> its number (policies are frozen and hashable).
@@ -172,9 +173,11 @@ class WriterProcess:
         return self._proc is not None and self._proc.poll() is None
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self, path: str) -> None:
-        """Start the child on the store at ``path`` and wait until it has opened it."""
-        self._path = path
+    def start(self, engine: SQLiteEngine) -> None:
+        """Start the child on ``engine``'s file (a SQLite store or an outbox) and wait until it
+        has opened it."""
+        self._engine = engine
+        path = engine.path
         self._price_refs = {}
         self._policy_refs = {}
         env = _child_environment(os.environ)
@@ -192,7 +195,7 @@ class WriterProcess:
             raise WriterProcessError(f"the trace writer process did not start: {exc}") from None
         self._proc = proc
         table = self.prices
-        init = ("init", path, _price_tuples(table.prices), table.as_of, table.source)
+        init = ("init", engine.kind, path, _price_tuples(table.prices), table.as_of, table.source)
         try:
             _write_frame(self._fd_in, marshal.dumps(init))
             reply = self._reply(START_TIMEOUT)
@@ -206,13 +209,13 @@ class WriterProcess:
     def ensure_running(self) -> str | None:
         """Start the child again if it is gone: why it had to be, or ``None`` (also when its end
         was already reported, by the :class:`WriterProcessError` of the batch it was writing)."""
-        if self._path is None or self.alive:
+        if self._engine is None or self.alive:
             return None
         why = None
         if self._proc is not None:
             why = f"the trace writer process had exited (code {self._proc.poll()})"
             self._discard()
-        self.start(self._path)
+        self.start(self._engine)
         return why
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -421,9 +424,9 @@ def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
     init = _read_frame(fd_in)
     if init is None:
         return
-    _, path, price_tuples, as_of, source = marshal.loads(init)
+    _, kind, path, price_tuples, as_of, source = marshal.loads(init)
     prices = PriceTable(_prices_from(price_tuples), as_of, source)
-    engine = SQLiteEngine(path)
+    engine = OutboxEngine(path) if kind == OutboxEngine.kind else SQLiteEngine(path)
     try:
         conn = engine.open_for_writing()
     except Exception as exc:

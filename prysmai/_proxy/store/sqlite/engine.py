@@ -108,6 +108,16 @@ class SQLiteDialect:
         SQLite's planner cannot know how narrow the range is."""
         return f"{table} INDEXED BY traces_agg"
 
+    @staticmethod
+    def period(expression: str, width: int) -> str:
+        # CAST truncates: the floor, for the positive times stored.
+        return f"CAST({expression} / {width} AS INTEGER)"
+
+    @staticmethod
+    def unindexed(column: str) -> str:
+        # Unary +: SQLite then does not use an index on the column for the condition.
+        return f"+{column}"
+
 
 def _like_literal(text: str) -> str:
     """``text`` as a LIKE pattern that matches it literally (with ``ESCAPE '\\'``)."""
@@ -167,6 +177,8 @@ class SQLiteEngine:
     """The store in the SQLite file at ``path``; ``search_index``: build the search index of the
     bodies (``True``), drop it (``False``) or leave the store's choice (``None``)."""
 
+    #: What the writer process is told to open (see :class:`~..outbox.OutboxEngine`).
+    kind = "sqlite"
     dialect = SQLiteDialect()
 
     def __init__(self, path: str, search_index: bool | None = None) -> None:

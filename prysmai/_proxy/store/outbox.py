@@ -1,0 +1,241 @@
+"""The outbox of a proxy whose store is shared (PostgreSQL): a local SQLite file its writer writes
+first, and the shipper that sends what waits there to the shared store.
+
+Why a local file first: the request path never waits on the shared database, and nothing is lost
+while it is down, slow or restarting. Every in-memory or networked buffer between a proxy and its
+database has lost data somewhere; a durable local file, shipped idempotently by trace id, is the
+pattern that holds. The writer (thread or process) inserts each batch into the ``outbox`` table in
+one transaction, as it would into a SQLite store; the :class:`Shipper` sends the oldest rows to the
+shared store in batches, in order, and deletes them from the outbox only once the shared store has
+committed them. A batch sent twice (the proxy stopped between the two) is recognised there by trace
+id, so nothing is stored twice. The outbox holds only what waits: its size is the backlog, bounded
+by the disk, counted in ``/api/v1/health`` and ``prysmai doctor``. A shutdown leaves the backlog in
+the file, and the next start ships it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+
+from .engine import StoreError
+from .rows import COLUMNS
+from .sqlite.engine import SQLiteEngine, repair_row
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from .postgres.engine import PostgresEngine
+
+log = logging.getLogger("prysmai.proxy")
+
+_TABLE = "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, " + ", ".join(COLUMNS) + ")"
+_INSERT = f"INSERT INTO outbox ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+#: Rows a shipment takes at most.
+SHIP_BATCH = 1000
+
+
+class OutboxEngine(SQLiteEngine):
+    """The outbox file at ``path``: created 0600 in a 0700 directory, WAL, one table whose
+    sequence numbers are never reused (AUTOINCREMENT), so the oldest row is always shipped first."""
+
+    kind = "outbox"
+
+    def open_for_writing(self) -> sqlite3.Connection:
+        from . import private_files
+        from .sqlite.engine import connect
+
+        private_files.prepare(self.path)
+        try:
+            conn = connect(self.path)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(_TABLE)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the outbox {self.path}: {exc}") from None
+        return conn
+
+    def insert_rows(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int, int]:
+        if not rows:
+            return 0, 0, 0
+        try:
+            with conn:
+                conn.execute("BEGIN")
+                conn.executemany(_INSERT, rows)
+            return len(rows), 0, 0
+        except (sqlite3.Error, ValueError, OverflowError, TypeError):
+            pass  # find the rows at fault: repaired, or skipped and counted
+        ok = fixed = bad = 0
+        with conn:
+            conn.execute("BEGIN")
+            for row in rows:
+                try:
+                    conn.execute(_INSERT, row)
+                    ok += 1
+                    continue
+                except (ValueError, OverflowError, TypeError, sqlite3.Error):
+                    repaired, notes = repair_row(row)
+                try:
+                    conn.execute(_INSERT, repaired)
+                    ok += 1
+                    fixed += 1
+                    log.warning("trace %s stored with repairs: %s", row[0], "; ".join(notes))
+                except Exception as exc:
+                    bad += 1
+                    log.error("trace %s could not be written to the outbox: %s", row[0], exc)
+        return ok, fixed, bad
+
+    @staticmethod
+    def oldest(conn: sqlite3.Connection, n: int) -> list[tuple[Any, ...]]:
+        """Up to ``n`` waiting rows, oldest first, each ``(seq, *row)``."""
+        return list(conn.execute(f"SELECT seq, {', '.join(COLUMNS)} FROM outbox ORDER BY seq LIMIT ?", [n]))
+
+    @staticmethod
+    def remove(conn: sqlite3.Connection, last_seq: int) -> None:
+        """Forget every row up to ``last_seq`` (shipped)."""
+        with conn:
+            conn.execute("DELETE FROM outbox WHERE seq <= ?", [last_seq])
+
+    @staticmethod
+    def backlog(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+
+class Shipper:
+    """Sends the outbox to the shared store on a thread of its own, off the request path: the
+    oldest rows first, in batches of :data:`SHIP_BATCH`, each committed there before it is removed
+    here. While the shared store cannot be reached it retries with backoff (0.5 s doubling to 10 s),
+    logs the outage once and its end once, and :meth:`health` says ``degraded`` with the backlog."""
+
+    def __init__(self, outbox: OutboxEngine, target: PostgresEngine) -> None:
+        self.outbox = outbox
+        self.target = target
+        self.shipped = 0
+        self.backlog = 0
+        self.failures = 0
+        self._outage: str | None = None
+        #: Flush requests, and the last one the thread answered with an empty outbox.
+        self._asked = 0
+        self._drained = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"Shipper({self.outbox.path!r} -> {self.target.location!r})"
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="prysmai-shipper", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the shipment in progress; what waits stays in the outbox for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def notify(self, rows: int) -> None:
+        """``rows`` were added to the outbox (the writer, after each batch): ship them now."""
+        self._wake.set()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (``False`` after ``timeout``, or while the shared store is
+        unreachable)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            self._asked += 1
+            asked = self._asked
+            self._wake.set()
+            while self._drained < asked:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._outage is not None or self._thread is None:
+                    return False
+                self._idle.wait(min(remaining, 0.1))
+        return True
+
+    def health(self) -> tuple[str, str | None]:
+        if self._outage is not None:
+            return "degraded", f"{self._outage}; {self.backlog} trace(s) waiting in the outbox {self.outbox.path}"
+        return "ok", None
+
+    def counters(self) -> dict[str, int]:
+        return {"outbox_backlog": self.backlog, "shipped": self.shipped, "ship_failures": self.failures}
+
+    # -- the thread --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        local = self.outbox.open_for_writing()
+        remote: Any = None
+        delay = 0.5
+        try:
+            while True:
+                self._wake.clear()
+                with self._idle:
+                    asked = self._asked
+                rows = self.outbox.oldest(local, SHIP_BATCH)
+                self.backlog = len(rows) if len(rows) < SHIP_BATCH else self.outbox.backlog(local)
+                if not rows:
+                    with self._idle:
+                        self._drained = asked  # empty after every flush asked before this look
+                        self._idle.notify_all()
+                    if self._stop.is_set():
+                        return
+                    self._wake.wait(0.5)
+                    continue
+                try:
+                    if remote is None:
+                        remote = self.target.open_for_writing()  # migrates, under its lock
+                    self.target.insert_rows(remote, [row[1:] for row in rows])
+                except Exception as exc:
+                    _discard(remote)
+                    remote = None
+                    self.failures += 1
+                    self._fail(exc)
+                    retry_at = time.monotonic() + delay
+                    while not self._stop.is_set() and time.monotonic() < retry_at:
+                        self.backlog = self.outbox.backlog(local)  # what health reports meanwhile
+                        self._stop.wait(min(0.5, retry_at - time.monotonic()))
+                    if self._stop.is_set():
+                        return
+                    delay = min(delay * 2, 10.0)
+                    continue
+                self.outbox.remove(local, rows[-1][0])
+                self.shipped += len(rows)
+                self.backlog = self.outbox.backlog(local)
+                delay = 0.5
+                if self._outage is not None:
+                    log.warning("the trace store %s is reachable again; shipping the outbox", self.target.location)
+                    self._outage = None
+                if self._stop.is_set() and not self.backlog:
+                    return
+        finally:
+            _discard(remote)
+            with contextlib.suppress(sqlite3.Error):
+                local.close()
+            with self._idle:
+                self._idle.notify_all()
+
+    def _fail(self, exc: BaseException) -> None:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self._outage is None:
+            log.error(
+                "cannot ship traces to %s (%s): they wait in the outbox %s and go when it is back",
+                self.target.location,
+                reason,
+                self.outbox.path,
+            )
+        self._outage = f"the trace store {self.target.location} is unreachable ({reason})"
+
+
+def _discard(conn: Any) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.close()

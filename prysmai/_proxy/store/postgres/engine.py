@@ -1,0 +1,408 @@
+"""The PostgreSQL engine: the shared store of several proxies (``--db postgresql://…``).
+
+What is PostgreSQL's own lives here: connecting with psycopg 3 (the password from the URL,
+``PGPASSWORD`` or ``~/.pgpass``, TLS parameters passed through, as libpq does), the schema and its
+migrations under an advisory lock (:mod:`.schema`), the day partitions a batch needs, the
+idempotent batch insert (``COPY`` into a staging table, then ``INSERT … ON CONFLICT DO NOTHING``)
+with the rollups folded from the rows it really added (:mod:`.rollups`), read-only snapshots with a
+statement timeout, and the dialect the query layer asks for.
+
+The query layer writes ``?`` placeholders (DB-API's qmark, as sqlite3 takes them); the connection
+this engine hands it turns them into psycopg's ``%s`` once per distinct statement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+from ..engine import QueryTimeout, StoreError, StoreUnavailable, register_dialect
+from ..rows import COLUMNS
+from . import rollups
+from .schema import LOCK, MIGRATIONS, ROW_COLUMNS, SCHEMA_VERSION, TYPES
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+    from typing import Any
+
+    import psycopg
+
+log = logging.getLogger("prysmai.proxy")
+
+DAY = 86400
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(location: str) -> bool:
+    return location.startswith(URL_SCHEMES)
+
+
+def masked(url: str) -> str:
+    """``url`` without its password (shown wherever a store is named)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc[1]}"))
+
+
+@functools.lru_cache(maxsize=512)
+def _qmark(sql: str) -> str:
+    """A statement of the query layer (qmark placeholders) as psycopg takes it (``%s``)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _Cursor:
+    """A psycopg cursor as the query layer reads it (sqlite3's shape)."""
+
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self._cursor.fetchall())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._cursor)
+
+
+class PostgresConnection:
+    """A read connection for the query layer: qmark statements, numbers as ``int``/``float``."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
+        return _Cursor(self.raw.execute(_qmark(sql), list(parameters)))
+
+    def close(self) -> None:
+        self.raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.raw.closed)
+
+
+class PostgresDialect:
+    """What is not standard SQL, as PostgreSQL says it."""
+
+    @staticmethod
+    def bucket(column: str) -> str:
+        return rollups.bucket_sql(column)
+
+    @staticmethod
+    def meta_equals(key: str, value: str) -> tuple[str, list[Any]]:
+        # As SQLite's json_extract compared as text: booleans read 1 and 0.
+        sql = (
+            "(CASE jsonb_typeof(metadata -> ?) WHEN 'boolean' THEN "
+            "(CASE WHEN (metadata ->> ?)::boolean THEN '1' ELSE '0' END) ELSE metadata ->> ? END) = ?"
+        )
+        return sql, [key, key, key, value]
+
+    @staticmethod
+    def starts_with(column: str, prefix: str) -> tuple[str, list[Any]]:
+        return f"{column} ILIKE ? ESCAPE '\\'", [_like_literal(prefix) + "%"]
+
+    @staticmethod
+    def text_search(conn: Any, text: str) -> tuple[str, list[Any]]:
+        # No search index on PostgreSQL yet (pg_trgm or tsvector are the plan): a substring.
+        pattern = "%" + _like_literal(text) + "%"
+        return "(request_body ILIKE ? ESCAPE '\\' OR response_body ILIKE ? ESCAPE '\\')", [pattern, pattern]
+
+    @staticmethod
+    def row_order() -> str:
+        # No row numbers in PostgreSQL: the id breaks ties (SQLite's lists break them by rowid,
+        # so tied rows may come in another order there).
+        return "id"
+
+    @staticmethod
+    def sorted_by(table: str, column: str) -> str:
+        return table
+
+    @staticmethod
+    def contains(columns: Iterable[str], text: str) -> tuple[str, list[Any]]:
+        # ILIKE: case-insensitive, for ASCII as SQLite's LIKE (and beyond it).
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        parts = [f"{c} ILIKE ? ESCAPE '\\'" for c in columns]
+        return "(" + " OR ".join(parts) + ")", [pattern] * len(parts)
+
+    @staticmethod
+    def time_first(table: str) -> str:
+        return table  # PostgreSQL's planner weighs a time range itself
+
+    @staticmethod
+    def period(expression: str, width: int) -> str:
+        return rollups.period_sql(expression, width)
+
+    @staticmethod
+    def unindexed(column: str) -> str:
+        return column
+
+
+register_dialect(PostgresConnection, PostgresDialect())
+
+
+def _like_literal(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _number(text: str) -> int | float:
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+class PostgresEngine:
+    """The store in the PostgreSQL database at ``url``."""
+
+    dialect = PostgresDialect()
+
+    def __init__(self, url: str) -> None:
+        if not is_postgres(url):
+            raise StoreError(f"not a PostgreSQL URL: {masked(url)}")
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise StoreError(
+                "a postgresql:// store needs the postgres extra (psycopg 3): "
+                "pip install '.[proxy,postgres]' in a clone of prysmai"
+            ) from None
+        self.url = url
+        self.location = masked(url)
+        self._days: set[int] = set()  # day partitions known to exist
+
+    def __repr__(self) -> str:
+        return f"PostgresEngine({self.location!r})"
+
+    # -- connections -------------------------------------------------------------------------------
+    def connect(self, *, read_only: bool = False) -> psycopg.Connection[Any]:
+        """A connection in autocommit mode (transactions are explicit). Raises
+        :class:`StoreError` (the URL shown without its password)."""
+        import psycopg
+
+        options = "-c default_transaction_read_only=on" if read_only else None
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10, options=options)
+        except psycopg.Error as exc:
+            # The server answered and refused (no such database, a wrong password): a mistake to
+            # fix. No answer at all: an outage, which the outbox rides out.
+            refused = getattr(exc, "sqlstate", None) is not None or "password" in str(exc)
+            kind = StoreError if refused else StoreUnavailable
+            raise kind(f"cannot connect to the trace store {self.location}: {_reason(exc)}") from None
+        _numbers_as_python(conn)
+        return conn
+
+    def open_for_writing(self) -> psycopg.Connection[Any]:
+        conn = self.connect()
+        try:
+            self.migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def migrate_existing(self) -> bool:
+        with contextlib.closing(self.connect()) as conn:
+            if _version(conn) == 0 and not _has_schema(conn):
+                return False
+            self.migrate(conn)
+        return True
+
+    def migrate(self, conn: psycopg.Connection[Any]) -> None:
+        """Bring the database to :data:`SCHEMA_VERSION` under the advisory lock; refuse one that is
+        newer than this prysmai."""
+        import psycopg
+
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK])
+                conn.execute("CREATE TABLE IF NOT EXISTS prysmai_schema (version integer NOT NULL)")
+                found = _version(conn)
+                if found > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.location} has trace schema version {found}, newer than this prysmai "
+                        f"understands ({SCHEMA_VERSION}); upgrade prysmai or use another --db"
+                    )
+                for step in range(found, SCHEMA_VERSION):
+                    conn.execute(MIGRATIONS[step])
+                if found < SCHEMA_VERSION:
+                    conn.execute("DELETE FROM prysmai_schema")
+                    conn.execute("INSERT INTO prysmai_schema (version) VALUES (%s)", [SCHEMA_VERSION])
+                    log.info("trace store %s migrated from schema %d to %d", self.location, found, SCHEMA_VERSION)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot prepare the trace store {self.location}: {_reason(exc)}") from None
+
+    def read_connection(self) -> PostgresConnection:
+        return PostgresConnection(self.connect(read_only=True))
+
+    @contextlib.contextmanager
+    def time_limited(self, conn: PostgresConnection, seconds: float | None) -> Iterator[None]:
+        import psycopg
+
+        raw = conn.raw
+        try:
+            raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # Per statement: a read of several statements is bounded by their number times this.
+            raw.execute(f"SET LOCAL statement_timeout = {0 if seconds is None else max(1, math.ceil(seconds * 1000))}")
+            yield
+        except psycopg.errors.QueryCanceled:
+            raise QueryTimeout(
+                f"the query ran longer than its {seconds:g} s limit and was stopped; narrow the time range or filters"
+            ) from None
+        except psycopg.OperationalError as exc:  # the server went away: the next read reconnects
+            raw.close()
+            raise StoreUnavailable(f"the trace store {self.location} is unreachable: {_reason(exc)}") from None
+        finally:
+            if not raw.closed:
+                with contextlib.suppress(psycopg.Error):
+                    raw.execute("ROLLBACK")
+
+    # -- writes ------------------------------------------------------------------------------------
+    def insert_rows(self, conn: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]]) -> tuple[int, int, int]:
+        """Insert a batch in one transaction: rows already there (a batch sent again) are skipped,
+        and only the rows added are folded into the rollups. Returns (rows taken, repaired, 0);
+        raises ``psycopg.Error`` when the database cannot take the batch (the caller keeps it)."""
+        if not rows:
+            return 0, 0, 0
+        prepared = [_prepare(row) for row in rows]
+        repaired = sum(1 for _, fixed in prepared if fixed)
+        values = [row for row, _ in prepared]
+        with conn.transaction():
+            self._ensure_days(conn, {math.floor(row[_CREATED] / DAY) for row in values})
+            conn.execute(_STAGING)
+            with conn.cursor().copy(_COPY) as copy:
+                for row in values:
+                    copy.write_row(row)
+            conn.execute(_INSERT_NEW)
+            conn.execute(_INSERT_BODIES)
+            for statement in rollups.FOLD:
+                conn.execute(statement)
+        return len(rows), repaired, 0
+
+    # -- retention and export: not built for PostgreSQL yet ------------------------------------------
+    def delete_expired(self, conn: Any, project: str | None, before: float, exclude: Sequence[str], limit: int) -> int:
+        raise StoreError("retention is not available on a PostgreSQL store yet")
+
+    def reclaim(self, conn: Any) -> tuple[int, bool]:
+        return 0, False
+
+    def set_export(self, conn: Any, enabled: bool) -> int:
+        raise StoreError("OTLP export is not available on a PostgreSQL store yet")
+
+    def export_batch(self, conn: Any, after: int, limit: int) -> list[tuple[int, dict[str, Any] | None]]:
+        raise StoreError("OTLP export is not available on a PostgreSQL store yet")
+
+    def export_done(self, conn: Any, upto: int) -> None:
+        raise StoreError("OTLP export is not available on a PostgreSQL store yet")
+
+    def export_waiting(self, conn: Any) -> int:
+        return 0
+
+    def _ensure_days(self, conn: psycopg.Connection[Any], days: set[int]) -> None:
+        missing = days - self._days
+        if not missing:
+            return
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK])
+        for day in sorted(missing):
+            lo, hi = day * DAY, (day + 1) * DAY
+            for table in ("trace_rows", "trace_bodies"):
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {table}_d{day} PARTITION OF {table} FOR VALUES FROM ({lo}) TO ({hi})"
+                )
+        self._days |= missing
+
+
+_CREATED = COLUMNS.index("created_at")
+_ALL = ", ".join(COLUMNS)
+#: Staging tables, per connection: the batch as sent (no constraint), and the rows it added.
+_STAGING = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS staging ("
+    + ", ".join(f"{c} {TYPES[c].split(' NOT NULL')[0]}" for c in COLUMNS)
+    + ") ON COMMIT DELETE ROWS;\n"
+    "CREATE TEMPORARY TABLE IF NOT EXISTS new_rows (LIKE staging) ON COMMIT DELETE ROWS"
+)
+_COPY = f"COPY staging ({_ALL}) FROM STDIN"
+_ROW_LIST = ", ".join(ROW_COLUMNS)
+_INSERT_NEW = f"""WITH added AS (
+    INSERT INTO trace_rows ({_ROW_LIST})
+    SELECT {", ".join("coalesce(project, 'default')" if c == "project" else c for c in ROW_COLUMNS)} FROM staging
+    ON CONFLICT DO NOTHING RETURNING id, created_at)
+INSERT INTO new_rows SELECT DISTINCT ON (s.id, s.created_at) s.*
+    FROM staging s JOIN added a ON a.id = s.id AND a.created_at = s.created_at"""
+_INSERT_BODIES = """INSERT INTO trace_bodies (id, created_at, request_body, response_body)
+    SELECT id, created_at, request_body, response_body FROM new_rows
+    ON CONFLICT DO NOTHING"""
+
+_METADATA = COLUMNS.index("metadata")
+_NUL = re.compile("\x00")
+
+
+def _prepare(row: tuple[Any, ...]) -> tuple[tuple[Any, ...], bool]:
+    """A row as PostgreSQL takes it: text holds no NUL (PostgreSQL's text cannot; it becomes
+    U+FFFD, noted), metadata is JSON that JSONB accepts (``\\u0000`` escapes cannot be; a member
+    holding one is stored with U+FFFD instead). Returns the row and whether it was changed."""
+    values = list(row)
+    fixed = False
+    for i, value in enumerate(values):
+        if isinstance(value, str) and "\x00" in value:
+            values[i] = _NUL.sub("\ufffd", value)
+            fixed = True
+    meta = values[_METADATA]
+    if isinstance(meta, str):
+        try:
+            parsed = json.loads(meta)
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            values[_METADATA] = None if meta.strip() in ("", "null") else json.dumps({"_unparsed": meta})
+            fixed = fixed or values[_METADATA] is not None
+        elif "\\u0000" in meta:
+            values[_METADATA] = meta.replace("\\u0000", "\\ufffd")
+            fixed = True
+    return tuple(values), fixed
+
+
+def _version(conn: psycopg.Connection[Any]) -> int:
+    exists = conn.execute("SELECT to_regclass('prysmai_schema') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return 0
+    row = conn.execute("SELECT max(version) FROM prysmai_schema").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _has_schema(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regclass('trace_rows') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def _reason(exc: BaseException) -> str:
+    """An error's first line, never the URL's password (libpq does not echo it; the check is a
+    belt to its braces)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text
+
+
+def _numbers_as_python(conn: psycopg.Connection[Any]) -> None:
+    """``numeric`` (what ``sum`` of integers gives) as ``int`` or ``float``, as SQLite returns them."""
+    from psycopg.adapt import Loader
+
+    class _NumericLoader(Loader):
+        def load(self, data: Any) -> int | float:
+            text = bytes(data).decode()
+            return _number(text) if text != "NaN" else float("nan")
+
+    conn.adapters.register_loader("numeric", _NumericLoader)

@@ -1,0 +1,120 @@
+"""The PostgreSQL schema of the trace store, and its versioned migrations.
+
+The same logical schema as SQLite's, laid out for a database that holds weeks of traces:
+
+* ``trace_rows`` holds every column but the bodies: the rows that lists and aggregates read stay
+  narrow. ``trace_bodies`` holds ``request_body`` and ``response_body``. Both are partitioned by
+  day on ``created_at`` (native range partitions, unix seconds): retention drops whole days, and a
+  time range reads only its days. Their key is ``(id, created_at)`` (a partitioned table's key
+  must hold the partition key); a trace's ``created_at`` never changes, so a batch sent twice is
+  recognised row by row (``ON CONFLICT DO NOTHING``).
+* ``traces`` is a view joining them, so the one query layer reads ``traces`` on either engine;
+  PostgreSQL removes the join from a query that reads no body column (the bodies' key is unique).
+* ``metadata`` is JSONB. Text columns compare by code point (``COLLATE "C"``), as SQLite's do:
+  lists, cursors and ties sort alike on both engines, whatever the database's locale.
+* The rollups (``rollup_hour``, ``rollup_hist_hour``, ``rollup_hist_day``) are those of SQLite,
+  folded from each batch's new rows in the batch's transaction (:mod:`.rollups`).
+
+Migrations run at start-up inside a transaction holding an advisory lock, so replicas starting
+together cannot race; ``prysmai_schema.version`` holds the version, and a database written by a
+newer prysmai is refused.
+"""
+
+from __future__ import annotations
+
+from ..rollups import HIST_LEVELS, HOUR_DIMS
+
+#: Column types, in :data:`~..rows.COLUMNS` order. Bodies are not in ``trace_rows``.
+TYPES = {
+    "id": "text NOT NULL",
+    "created_at": "double precision NOT NULL",
+    "method": "text NOT NULL",
+    "endpoint": "text NOT NULL",
+    "model": "text",
+    "stream": "smallint NOT NULL DEFAULT 0",
+    "status": "text NOT NULL",
+    "http_status": "integer",
+    "latency_ms": "double precision",
+    "ttft_ms": "double precision",
+    "prompt_tokens": "bigint",
+    "completion_tokens": "bigint",
+    "total_tokens": "bigint",
+    "cost_usd": "double precision",
+    "request_body": "text",
+    "response_body": "text",
+    "error": "text",
+    "user_id": "text",
+    "session_id": "text",
+    "metadata": "jsonb",
+    "notes": "text",
+    "response_model": "text",
+    "provider_request_id": "text",
+    "key_id": "text",
+    "project": "text NOT NULL DEFAULT 'default'",
+    "provider": "text",
+}
+BODIES = ("request_body", "response_body")
+ROW_COLUMNS = tuple(c for c in TYPES if c not in BODIES)
+
+_TEXT = 'text COLLATE "C"'
+_ROW_DDL = ",\n    ".join(f"{c} {TYPES[c].replace('text', _TEXT, 1)}" for c in ROW_COLUMNS)
+_HOUR_DIMS = "".join(f"    {d} {_TEXT} NOT NULL,\n" for d in HOUR_DIMS)
+
+
+def _hist_table(table: str) -> str:
+    _, dims = HIST_LEVELS[table]
+    dim_columns = "".join(f"    {d} {_TEXT} NOT NULL,\n" for d in dims)
+    key = ", ".join(["period", *dims, "metric", "bucket"])
+    return f"""CREATE TABLE {table} (
+    period bigint NOT NULL,
+{dim_columns}    metric text NOT NULL,
+    bucket integer NOT NULL,
+    n bigint NOT NULL,
+    min_ms double precision NOT NULL,
+    max_ms double precision NOT NULL,
+    PRIMARY KEY ({key})
+);
+"""
+
+
+V1 = f"""
+CREATE TABLE trace_rows (
+    {_ROW_DDL},
+    PRIMARY KEY (id, created_at)
+) PARTITION BY RANGE (created_at);
+CREATE TABLE trace_bodies (
+    id text COLLATE "C" NOT NULL,
+    created_at double precision NOT NULL,
+    request_body text,
+    response_body text,
+    PRIMARY KEY (id, created_at)
+) PARTITION BY RANGE (created_at);
+CREATE INDEX trace_rows_time ON trace_rows (created_at, id);
+CREATE INDEX trace_rows_project ON trace_rows (project, created_at, id);
+CREATE INDEX trace_rows_user ON trace_rows (user_id, created_at) WHERE user_id IS NOT NULL;
+CREATE INDEX trace_rows_session ON trace_rows (session_id, created_at) WHERE session_id IS NOT NULL;
+CREATE INDEX trace_rows_key ON trace_rows (key_id, created_at);
+CREATE INDEX trace_rows_id ON trace_rows (id);
+CREATE VIEW traces AS
+    SELECT r.id, r.created_at, r.method, r.endpoint, r.model, r.stream, r.status, r.http_status,
+        r.latency_ms, r.ttft_ms, r.prompt_tokens, r.completion_tokens, r.total_tokens, r.cost_usd,
+        b.request_body, b.response_body, r.error, r.user_id, r.session_id, r.metadata,
+        r.notes, r.response_model, r.provider_request_id, r.key_id, r.project, r.provider
+    FROM trace_rows r LEFT JOIN trace_bodies b ON b.id = r.id AND b.created_at = r.created_at;
+CREATE TABLE rollup_hour (
+    hour bigint NOT NULL,
+{_HOUR_DIMS}    requests bigint NOT NULL,
+    prompt_tokens bigint NOT NULL,
+    completion_tokens bigint NOT NULL,
+    total_tokens bigint NOT NULL,
+    cost_usd double precision NOT NULL,
+    unpriced bigint NOT NULL,
+    PRIMARY KEY (hour, {", ".join(HOUR_DIMS)})
+);
+""" + "".join(_hist_table(t) for t in HIST_LEVELS)
+
+#: ``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``.
+MIGRATIONS: dict[int, str] = {0: V1}
+SCHEMA_VERSION = max(MIGRATIONS) + 1
+#: The advisory lock migrations and partition creation take (any constant of our own).
+LOCK = 0x70727973  # "prys"

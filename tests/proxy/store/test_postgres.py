@@ -1,0 +1,367 @@
+"""The PostgreSQL store against a real PostgreSQL server (tests/proxy/postgres.py): the one query
+layer answers the same on SQLite and PostgreSQL, batches are idempotent, migrations are locked and
+versioned, and a URL's password is never shown."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prysmai._proxy.store import Store, StoreError, TraceFilter, queries
+from prysmai._proxy.store.postgres.engine import PostgresEngine, masked
+from prysmai._proxy.store.postgres.schema import SCHEMA_VERSION
+from prysmai._proxy.store.rows import COLUMNS
+from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
+
+from ..postgres import PASSWORD
+
+NOW = float(int(time.time()) - 3600)  # the newest trace is an hour old: both stores see the same ranges
+MODELS = ["gpt-4o-mini", "gpt-4.1", None, "o3"]
+USERS = ["ann", "bob", "cy", None]
+SESSIONS = ["s-1", "s/2%", None]
+PROJECTS = ["default", "web", "batch"]
+STATUSES = ["success", "success", "success", "error", "timeout", "cancelled"]
+
+
+def make_rows(n: int, seed: int = 7) -> list[tuple[Any, ...]]:
+    """Traces over the last 9 days, of several models, users, sessions, projects and statuses,
+    with and without cost and TTFT, metadata of strings, numbers and booleans."""
+    rng = random.Random(seed)
+    rows = []
+    for _i in range(n):
+        stream = rng.random() < 0.4
+        meta = rng.choice(['{"env": "prod", "tier": 2}', '{"env": "dev", "beta": true}', '{"beta": false}', None])
+        row = {
+            "id": f"{rng.getrandbits(128):032x}",
+            "created_at": NOW - rng.random() * 9 * 86400,
+            "method": "POST",
+            "endpoint": rng.choice(["chat/completions", "embeddings", "responses"]),
+            "model": rng.choice(MODELS),
+            "stream": int(stream),
+            "status": rng.choice(STATUSES),
+            "http_status": rng.choice([200, 400, 500, None]),
+            "latency_ms": rng.choice([None, round(rng.lognormvariate(3, 1), 3)]),
+            "ttft_ms": round(rng.lognormvariate(2, 1), 3) if stream else None,
+            "prompt_tokens": rng.choice([None, rng.randint(1, 500)]),
+            "completion_tokens": rng.choice([None, rng.randint(1, 500)]),
+            "total_tokens": rng.choice([None, rng.randint(2, 1000)]),
+            "cost_usd": rng.choice([None, 0.0, round(rng.random() / 100, 8)]),
+            "request_body": '{"messages": [{"role": "user", "content": "Find the Needle please"}]}'
+            if rng.random() < 0.1
+            else '{"messages": []}',
+            "response_body": "plain text answer" if rng.random() < 0.5 else None,
+            "error": None,
+            "user_id": rng.choice(USERS),
+            "session_id": rng.choice(SESSIONS),
+            "metadata": meta,
+            "notes": "[]",
+            "key_id": rng.choice(["key_aaaaaaaaaaaa", "key_bbbbbbbbbbbb"]),
+            "project": rng.choice(PROJECTS),
+            "provider": "openai",
+        }
+        rows.append(tuple(row.get(c) for c in COLUMNS))
+    return rows
+
+
+def close_enough(a: Any, b: Any) -> bool:
+    """Equal, floats within 1e-9 relative (sums add in another order on each engine)."""
+    if (isinstance(a, float) and isinstance(b, (int, float))) or (isinstance(b, float) and isinstance(a, (int, float))):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close_enough(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(close_enough(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+@pytest.fixture(scope="module")
+def both(postgres_server: Any, tmp_path_factory: Any) -> Any:
+    """The same 1 500 traces in a SQLite store and a PostgreSQL store."""
+    rows = make_rows(1500)
+    path = str(tmp_path_factory.mktemp("sqlite") / "t.db")
+    with SQLiteEngine(path).open_for_writing() as conn:
+        insert_rows(conn, rows)
+    engine = PostgresEngine(postgres_server.database())
+    conn = engine.open_for_writing()
+    engine.insert_rows(conn, rows[:700])
+    engine.insert_rows(conn, rows[500:])  # overlapping batches: the overlap is taken once
+    conn.close()
+    sqlite_store, pg_store = (
+        Store.existing(path, read_time_limit=None),
+        Store.existing(engine.url, read_time_limit=None),
+    )
+    assert sqlite_store is not None and pg_store is not None
+    yield sqlite_store, pg_store
+    sqlite_store.close()
+    pg_store.close()
+
+
+ranges = st.tuples(
+    st.sampled_from([None, NOW - 86400, NOW - 3 * 86400 + 1234.5]), st.sampled_from([None, NOW - 3600, NOW - 86400 * 2])
+).filter(lambda r: r[0] is None or r[1] is None or r[0] <= r[1])
+filters = st.builds(
+    lambda r, **kw: TraceFilter(since=r[0], until=r[1], **kw),
+    ranges,
+    model=st.sampled_from([None, "gpt-4o-mini", "o3"]),
+    endpoint=st.sampled_from([None, "chat/completions"]),
+    status=st.sampled_from([None, "success", "error", "cancelled"]),
+    user_id=st.sampled_from([None, "ann"]),
+    session_id=st.sampled_from([None, "s/2%"]),
+    key_id=st.sampled_from([None, "key_bbbbbbbbbbbb"]),
+    project=st.sampled_from([None, "web", "batch", "nosuch"]),
+)
+
+
+@given(f=filters, sort=st.sampled_from(sorted(queries.SORTS)), order=st.booleans(), limit=st.sampled_from([1, 7, 50]))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_lists_and_every_page_answer_the_same(both: Any, f: TraceFilter, sort: str, order: bool, limit: int) -> None:
+    sqlite_store, pg_store = both
+    cursors: tuple[str | None, str | None] = (None, None)
+    for _ in range(3):  # the first three pages, each from its own cursor
+        a, next_a = sqlite_store.read_sync(
+            queries.list_traces, f, sort=sort, descending=order, cursor=cursors[0], limit=limit
+        )
+        b, next_b = pg_store.read_sync(
+            queries.list_traces, f, sort=sort, descending=order, cursor=cursors[1], limit=limit
+        )
+        assert close_enough(a, b), (f, sort, order)
+        assert (next_a is None) == (next_b is None)
+        if next_a is None:
+            break
+        cursors = (next_a, next_b)
+
+
+@given(f=filters)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_aggregates_answer_the_same(both: Any, f: TraceFilter) -> None:
+    sqlite_store, pg_store = both
+    for fn, args in (
+        (queries.stats, (f,)),
+        (queries.overview, (f,)),
+        (queries.breakdown, (f, "model", 10)),
+        (queries.breakdown, (f, "user_id", 10)),
+        (queries.timeseries, (f, queries.pick_bucket(f.since, f.until, NOW))),
+        (queries.sessions, (f,)),
+        (queries.users, (f,)),
+    ):
+        if fn is queries.timeseries and f.since is None:
+            continue  # an open range ends at the wall clock's now, which moves between the two reads
+        a, b = sqlite_store.read_sync(fn, *args), pg_store.read_sync(fn, *args)
+        assert close_enough(a, b), (fn.__name__, f)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected_nonzero"),
+    [("env", "prod", True), ("tier", "2", True), ("beta", "1", True), ("beta", "0", True), ("env", "nope", False)],
+)
+def test_metadata_and_text_filters_answer_the_same(both: Any, key: str, value: str, expected_nonzero: bool) -> None:
+    sqlite_store, pg_store = both
+    f = TraceFilter(meta_key=key, meta_value=value)
+    a, b = sqlite_store.read_sync(queries.stats, f), pg_store.read_sync(queries.stats, f)
+    assert close_enough(a, b) and (a["requests"] > 0) == expected_nonzero
+    text = TraceFilter(text="needle")
+    a, b = (
+        sqlite_store.read_sync(queries.list_traces, text, limit=1000),
+        pg_store.read_sync(queries.list_traces, text, limit=1000),
+    )
+    assert close_enough(a, b) and a[0]
+
+
+def test_one_trace_and_a_session_answer_the_same(both: Any) -> None:
+    sqlite_store, pg_store = both
+    some = sqlite_store.read_sync(queries.list_traces, TraceFilter(), limit=20)[0]
+    for row in some:
+        for project in (None, row["project"], "other"):
+            a = sqlite_store.read_sync(queries.get_trace, row["id"], project=project)
+            b = pg_store.read_sync(queries.get_trace, row["id"], project=project)
+            assert close_enough(a, b)
+        assert close_enough(
+            sqlite_store.read_sync(queries.get_trace, row["id"][:10]),
+            pg_store.read_sync(queries.get_trace, row["id"][:10]),
+        )
+    for session in ("s-1", "s/2%"):
+        a = sqlite_store.read_sync(queries.session_traces, session, 1000)
+        assert a and close_enough(a, pg_store.read_sync(queries.session_traces, session, 1000))
+    since = math.floor((NOW - 30 * 86400) / 3600) * 3600
+    assert close_enough(
+        sqlite_store.read_sync(queries.month_spend, since), pg_store.read_sync(queries.month_spend, since)
+    )
+
+
+def test_a_batch_sent_again_stores_nothing_twice(pg_url: str) -> None:
+    engine = PostgresEngine(pg_url)
+    rows = make_rows(300, seed=3)
+    conn = engine.open_for_writing()
+    try:
+        for _ in range(3):
+            engine.insert_rows(conn, rows)
+        engine.insert_rows(conn, rows[100:150])
+        count = conn.execute("SELECT count(*) FROM trace_rows").fetchone()[0]
+        bodies = conn.execute("SELECT count(*) FROM trace_bodies").fetchone()[0]
+        folded = conn.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0]
+        hist = conn.execute("SELECT sum(n) FROM rollup_hist_day WHERE metric = 'latency'").fetchone()[0]
+    finally:
+        conn.close()
+    with_latency = sum(1 for r in rows if r[COLUMNS.index("latency_ms")] is not None)
+    assert (count, bodies, folded, hist) == (300, 300, 300, with_latency)
+
+
+def test_text_postgres_cannot_hold_is_repaired_not_lost(pg_url: str) -> None:
+    engine = PostgresEngine(pg_url)
+    (row,) = make_rows(1, seed=9)
+    values = dict(zip(COLUMNS, row))
+    values.update(response_body="a\x00b", metadata='{"k": "x\\u0000y"}', error="e\x00")
+    conn = engine.open_for_writing()
+    try:
+        assert engine.insert_rows(conn, [tuple(values[c] for c in COLUMNS)]) == (1, 1, 0)
+    finally:
+        conn.close()
+    store = Store.existing(pg_url)
+    assert store is not None
+    with store:
+        trace = store.read_sync(queries.get_trace, values["id"])
+    assert trace is not None and trace["response_body"] == "a\ufffdb" and trace["metadata"] == {"k": "x\ufffdy"}
+
+
+def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            PostgresEngine(pg_url).open_for_writing().close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    conn = PostgresEngine(pg_url).connect()
+    try:
+        assert conn.execute("SELECT count(*), max(version) FROM prysmai_schema").fetchone() == (1, SCHEMA_VERSION)
+    finally:
+        conn.close()
+
+
+def test_a_database_of_a_newer_prysmai_is_refused(pg_url: str) -> None:
+    engine = PostgresEngine(pg_url)
+    engine.open_for_writing().close()
+    conn = engine.connect()
+    conn.execute("UPDATE prysmai_schema SET version = %s", [SCHEMA_VERSION + 1])
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this prysmai understands"):
+        PostgresEngine(pg_url).open_for_writing()
+
+
+def test_the_password_is_never_shown(postgres_server: Any, pg_url: str, capsys: Any) -> None:
+    from prysmai._cli import main
+
+    assert PASSWORD in pg_url
+    assert PASSWORD not in masked(pg_url) and "***" in masked(pg_url)
+    wrong = pg_url.replace(PASSWORD, "not-the-" + PASSWORD)
+    with pytest.raises(StoreError) as refused:
+        PostgresEngine(wrong).open_for_writing()
+    assert PASSWORD not in str(refused.value) and "password" in str(refused.value)
+    for url in (wrong, pg_url.rsplit("/", 1)[0] + "/no_such_db"):
+        assert main(["traces", "--db", url]) == 1
+        out, err = capsys.readouterr()
+        assert PASSWORD not in out + err and "***" in out + err
+    PostgresEngine(pg_url).open_for_writing().close()
+    assert main(["stats", "--db", pg_url, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert PASSWORD not in out + err
+
+
+def test_an_empty_database_is_no_store_yet(pg_url: str, capsys: Any) -> None:
+    from prysmai._cli import main
+
+    assert Store.existing(pg_url) is None
+    assert main(["traces", "--db", pg_url]) == 1
+    assert "No trace store" in capsys.readouterr().out
+
+
+def test_day_partitions_hold_the_rows(pg_url: str) -> None:
+    engine = PostgresEngine(pg_url)
+    rows = make_rows(200, seed=4)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, rows)
+        parts = {r[0] for r in conn.execute("SELECT tableoid::regclass::text FROM trace_rows")}
+    finally:
+        conn.close()
+    days = {math.floor(r[COLUMNS.index("created_at")] / 86400) for r in rows}
+    assert parts == {f"trace_rows_d{day}" for day in days} and len(days) >= 9
+
+
+# -- prysmai store copy ----------------------------------------------------------------------------
+def _sqlite_store(tmp_path: Any, rows: list[tuple[Any, ...]]) -> str:
+    path = str(tmp_path / "traces.db")
+    with SQLiteEngine(path).open_for_writing() as conn:
+        insert_rows(conn, rows)
+    return path
+
+
+def test_store_copy_moves_every_trace_and_checks_the_count(pg_url: str, tmp_path: Any, capsys: Any) -> None:
+    from prysmai._cli import main
+
+    rows = make_rows(5000, seed=11)
+    path = _sqlite_store(tmp_path, rows)
+    assert main(["store", "copy", "--from", path, "--to", pg_url]) == 0
+    out, err = capsys.readouterr()
+    assert "count check: all 5,000 trace(s)" in out and PASSWORD not in out + err
+    sqlite_store, pg_store = Store.existing(path), Store.existing(pg_url)
+    assert sqlite_store is not None and pg_store is not None
+    with sqlite_store, pg_store:
+        assert close_enough(
+            sqlite_store.read_sync(queries.stats, TraceFilter()), pg_store.read_sync(queries.stats, TraceFilter())
+        )
+    assert main(["store", "copy", "--from", path, "--to", pg_url, "--restart"]) == 0  # again: nothing twice
+    conn = PostgresEngine(pg_url).connect()
+    try:
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM trace_rows").fetchone() == (5000, 5000)
+        assert conn.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0] == 5000
+    finally:
+        conn.close()
+
+
+def test_a_stopped_copy_goes_on_where_it_stopped(pg_url: str, tmp_path: Any, monkeypatch: Any) -> None:
+    from prysmai._proxy.store import copy as copy_module
+
+    rows = make_rows(4500, seed=12)
+    path = _sqlite_store(tmp_path, rows)
+    engine = PostgresEngine(pg_url)
+    real = engine.insert_rows
+    sent: list[int] = []
+
+    def flaky(conn: Any, batch: Any) -> Any:
+        if len(sent) == 2:
+            raise StoreError("the connection broke")
+        sent.append(len(batch))
+        return real(conn, batch)
+
+    monkeypatch.setattr(engine, "insert_rows", flaky)
+    with pytest.raises(StoreError):
+        copy_module.copy_store(path, engine, chunk=1000)
+    assert sent == [1000, 1000]
+    monkeypatch.setattr(engine, "insert_rows", real)
+    seen: list[tuple[int, int]] = []
+    total, present = copy_module.copy_store(path, engine, chunk=1000, progress=lambda d, t: seen.append((d, t)))
+    assert (total, present) == (4500, 4500)
+    assert seen == [(3000, 4500), (4000, 4500), (4500, 4500)]  # from where it stopped, not from the start
+
+
+def test_store_copy_refuses_what_is_not_a_store(pg_url: str, tmp_path: Any, capsys: Any) -> None:
+    from prysmai._cli import main
+
+    assert main(["store", "copy", "--from", str(tmp_path / "none.db"), "--to", pg_url]) == 1
+    assert "no trace store" in capsys.readouterr().err
+    assert main(["store", "copy", "--from", str(tmp_path / "none.db"), "--to", str(tmp_path / "x.db")]) == 2
