@@ -163,7 +163,7 @@ def test_aggregates_answer_the_same(both: Any, f: TraceFilter) -> None:
 )
 def test_metadata_and_text_filters_answer_the_same(both: Any, key: str, value: str, expected_nonzero: bool) -> None:
     sqlite_store, pg_store = both
-    f = TraceFilter(meta_key=key, meta_value=value)
+    f = TraceFilter(meta=((key, value),))
     a, b = sqlite_store.read_sync(queries.stats, f), pg_store.read_sync(queries.stats, f)
     assert close_enough(a, b) and (a["requests"] > 0) == expected_nonzero
     text = TraceFilter(text="needle")

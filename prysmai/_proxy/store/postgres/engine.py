@@ -301,7 +301,9 @@ class PostgresEngine:
         return 0, False
 
     def set_export(self, conn: Any, enabled: bool) -> int:
-        raise StoreError("OTLP export is not available on a PostgreSQL store yet")
+        if enabled:
+            raise StoreError("OTLP export is not available on a PostgreSQL store yet")
+        return 0
 
     def export_batch(self, conn: Any, after: int, limit: int) -> list[tuple[int, dict[str, Any] | None]]:
         raise StoreError("OTLP export is not available on a PostgreSQL store yet")
