@@ -142,9 +142,9 @@ def _keep_serving(url: str, key: str) -> None:
 
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    print(f"\nDashboard: {url}/  (log in with the demo's key: {key})", flush=True)
-    print(f"The proxy stays up at {url}/api/v1; Ctrl+C stops it and prints the captured traces.", flush=True)
-    try:
+    try:  # Ctrl+C may come while the lines below are printed, too
+        print(f"\nDashboard: {url}/  (log in with the demo's key: {key})", flush=True)
+        print(f"The proxy stays up at {url}/api/v1; Ctrl+C stops it and prints the captured traces.", flush=True)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:

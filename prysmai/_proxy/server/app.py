@@ -168,6 +168,8 @@ class ProxyApp:
 
     def _switch_export(self) -> None:
         """Have the store fill its export outbox, or not (then what waited in it is dropped)."""
+        if self.export is None and self.store.shipper is not None:
+            return  # a shared store keeps no export outbox (and may be down now: the outbox rides that out)
         conn = self.store.engine.open_for_writing()
         try:
             dropped = self.store.engine.set_export(conn, self.export is not None)
@@ -327,8 +329,9 @@ def _trace_store(
         secrets=credentials,
         on_written=shipper.notify if shipper is not None else None,
     )
-    # Retention of a PostgreSQL store (dropping day partitions) is not built yet: SQLite only.
-    retention = Retention(engine, plan) if shipper is None else None
+    # On a shared store every replica runs it: deletes of the same rows and drops of the same day
+    # are each done once (the database's row and table locks), whichever replica comes first.
+    retention = Retention(engine, plan)
     return Store(engine, writer, shipper=shipper, retention=retention)
 
 

@@ -75,6 +75,11 @@ class Dialect(Protocol):
         """A column numbering the rows in the order they were written (SQLite's ``rowid``)."""
         ...
 
+    def traces_bound(self, conn: Any) -> int:
+        """About how many traces the store holds, cheaply (not a count): what the query layer
+        weighs one plan against another with."""
+        ...
+
     def sorted_by(self, table: str, column: str) -> str:
         """``table`` as a FROM item read through the index of the sort column ``column``."""
         ...

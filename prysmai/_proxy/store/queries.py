@@ -815,7 +815,7 @@ def breakdown(conn: Connection, f: TraceFilter, by: str, limit: int = 20) -> lis
     seek = _small_project(conn, f)
     clauses, params = _conditions(conn, f, seek=seek)
     source, source_params = _key_groups(conn, f, by, seek)
-    sql = f"{source} ORDER BY requests DESC, k LIMIT ?"
+    sql = f"{source} ORDER BY requests DESC, k IS NULL, k LIMIT ?"
     aggs = {}
     for key, *totals, _first, _last in conn.execute(sql, [*source_params, limit]):
         agg = aggs[key] = _Agg()
@@ -927,7 +927,7 @@ def _key_groups(
         f"{'min' if c == 'first_seen' else 'max' if c == 'last_seen' else 'sum'}({c}) AS {c}" for c in _GROUP_COLUMNS
     )
     # A rollup row whose traces were all deleted stays, with no requests.
-    return f"SELECT k, {sums} FROM ({' UNION ALL '.join(parts)}) GROUP BY k HAVING sum(requests) > 0", params
+    return f"SELECT k, {sums} FROM ({' UNION ALL '.join(parts)}) AS parts GROUP BY k HAVING sum(requests) > 0", params
 
 
 def overview_page(
@@ -1131,12 +1131,11 @@ def _walk_sort_index(conn: Connection, f: TraceFilter, limit: int) -> bool:
         return True
     if not f.rollup_ok:  # a user, session, key, text...: few rows, found through their own index
         return False
-    row = conn.execute("SELECT max(rowid) FROM traces").fetchone()
-    total = int(row[0] or 0)
+    total = dialect_of(conn).traces_bound(conn)
     needed = math.ceil(math.sqrt(_LOOKUP_COST * (limit + 1) * total))
     if f.model is None and f.endpoint is None and f.status is None:
         clauses, params = _conditions(conn, f, seek=f.project is not None)
-        sql = f"SELECT count(*) FROM (SELECT 1 FROM traces{_where(clauses)} LIMIT ?)"
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM traces{_where(clauses)} LIMIT ?) AS firsts"
         return int(conn.execute(sql, [*params, needed]).fetchone()[0]) >= needed
     clauses, params = _rollup_filters(f, HOUR_DIMS)
     if f.since is not None:
@@ -1191,7 +1190,7 @@ def _groups(
         after = _decode_cursor(cursor, kind)
         where += " AND (last_seen, k) < (?, ?)"
         params = [*params, after[1], after[2]]
-    sql = f"SELECT * FROM ({source}) WHERE {where} ORDER BY last_seen DESC, k DESC LIMIT ?"
+    sql = f"SELECT * FROM ({source}) AS listed WHERE {where} ORDER BY last_seen DESC, k DESC LIMIT ?"
     rows = []
     for key, requests, errors, cancelled, total, cost, unpriced, no_usage, first, last in conn.execute(
         sql, [*params, limit + 1]

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import re
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 from ..engine import QueryTimeout, StoreError, StoreUnavailable, register_dialect
@@ -130,6 +131,12 @@ class PostgresDialect:
         # No row numbers in PostgreSQL: the id breaks ties (SQLite's lists break them by rowid,
         # so tied rows may come in another order there).
         return "id"
+
+    @staticmethod
+    def traces_bound(conn: Any) -> int:
+        # The hourly rollup's requests: every folded trace, read from a table of a few rows an
+        # hour (count(*) would read every partition).
+        return int(conn.execute("SELECT coalesce(sum(requests), 0) FROM rollup_hour").fetchone()[0] or 0)
 
     @staticmethod
     def sorted_by(table: str, column: str) -> str:
@@ -281,6 +288,18 @@ class PostgresEngine:
         prepared = [_prepare(row) for row in rows]
         repaired = sum(1 for _, fixed in prepared if fixed)
         values = [row for row, _ in prepared]
+        import psycopg
+
+        try:
+            self._insert(conn, values)
+        except psycopg.errors.CheckViolation:
+            # A day partition this engine knew of was dropped since (retention, maybe on another
+            # replica, of a day a late trace belongs to): learn the days again and retry once.
+            self._days.clear()
+            self._insert(conn, values)
+        return len(rows), repaired, 0
+
+    def _insert(self, conn: psycopg.Connection[Any], values: list[tuple[Any, ...]]) -> None:
         with conn.transaction():
             self._ensure_days(conn, {math.floor(row[_CREATED] / DAY) for row in values})
             conn.execute(_STAGING)
@@ -291,15 +310,124 @@ class PostgresEngine:
             conn.execute(_INSERT_BODIES)
             for statement in rollups.FOLD:
                 conn.execute(statement)
-        return len(rows), repaired, 0
 
-    # -- retention and export: not built for PostgreSQL yet ------------------------------------------
-    def delete_expired(self, conn: Any, project: str | None, before: float, exclude: Sequence[str], limit: int) -> int:
-        raise StoreError("retention is not available on a PostgreSQL store yet")
+    # -- retention ---------------------------------------------------------------------------------
+    def delete_expired(
+        self, conn: psycopg.Connection[Any], project: str | None, before: float, exclude: Sequence[str], limit: int
+    ) -> int:
+        """Delete traces created before ``before`` (unix seconds): of ``project``, or with
+        ``project=None`` of every project not in ``exclude``; how many.
 
-    def reclaim(self, conn: Any) -> tuple[int, bool]:
-        return 0, False
+        Whole days first: a day partition that ended before ``before`` and holds only such traces
+        is dropped (disk freed at once, nothing rewritten), with its days' rollup rows. Then up to
+        ``limit`` of the oldest such traces left (in days shared with traces kept longer) are
+        deleted row by row and taken out of the rollups, in one transaction."""
+        dropped = 0
+        for day in self._days_before(conn, before):
+            n = self._drop_day(conn, day, project, exclude)
+            if n is None:
+                break  # the oldest days are dropped in order: a day still in use stops the walk
+            dropped += n
+        return dropped + self._delete_rows(conn, project, before, exclude, limit)
 
+    def _days_before(self, conn: psycopg.Connection[Any], before: float) -> list[int]:
+        """The days whose partitions exist and ended at or before ``before``, oldest first."""
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'trace_rows'::regclass"
+        ).fetchall()
+        days = sorted(int(name[len("trace_rows_d") :]) for (name,) in rows if name.startswith("trace_rows_d"))
+        return [day for day in days if (day + 1) * DAY <= before]
+
+    def _drop_day(
+        self, conn: psycopg.Connection[Any], day: int, project: str | None, exclude: Sequence[str]
+    ) -> int | None:
+        """Drop ``day``'s partitions if every trace in them is to be deleted; how many traces they
+        held, or ``None`` (kept: traces of other projects are in it)."""
+        import psycopg
+
+        lo, hi = day * DAY, (day + 1) * DAY
+        others, params = _kept_projects(project, exclude)
+        try:
+            with conn.transaction():
+                # A short wait for the lock (readers of the table finish first): a busy day is
+                # dropped at the next pass rather than queueing writers behind the drop.
+                conn.execute("SET LOCAL lock_timeout = '5s'")
+                conn.execute(f"LOCK TABLE trace_rows_d{day}, trace_bodies_d{day} IN ACCESS EXCLUSIVE MODE")
+                # Under the lock, the rollups count every committed row of the day (an insert
+                # folds them in its own transaction).
+                kept = conn.execute(
+                    f"SELECT 1 FROM rollup_hour WHERE hour >= %s AND hour < %s AND requests > 0 AND {others} LIMIT 1",
+                    [lo, hi, *params],
+                ).fetchone()
+                if kept is not None:
+                    return None
+                held = conn.execute(
+                    "SELECT coalesce(sum(requests), 0) FROM rollup_hour WHERE hour >= %s AND hour < %s", [lo, hi]
+                ).fetchone()
+                conn.execute(f"DROP TABLE trace_rows_d{day}, trace_bodies_d{day}")
+                for table, (column, _seconds) in rollups.PERIODS.items():
+                    conn.execute(f"DELETE FROM {table} WHERE {column} >= %s AND {column} < %s", [lo, hi])
+        except psycopg.errors.LockNotAvailable:
+            return None
+        except psycopg.errors.UndefinedTable:  # another replica dropped it first
+            self._days.discard(day)
+            return 0
+        self._days.discard(day)
+        return int(held[0]) if held else 0
+
+    def _delete_rows(
+        self, conn: psycopg.Connection[Any], project: str | None, before: float, exclude: Sequence[str], limit: int
+    ) -> int:
+        mine, params = _deleted_projects(project, exclude)
+        with conn.transaction():
+            conn.execute(_STAGING)
+            deleted = conn.execute(
+                f"""WITH gone AS (
+                    DELETE FROM trace_rows WHERE (id, created_at) IN (
+                        SELECT id, created_at FROM trace_rows WHERE {mine} AND created_at < %s
+                        ORDER BY created_at LIMIT %s)
+                    RETURNING {_ROW_LIST})
+                INSERT INTO new_rows ({_ROW_LIST}) SELECT {_ROW_LIST} FROM gone""",
+                [*params, before, limit],
+            ).rowcount
+            if deleted > 0:
+                conn.execute(
+                    "DELETE FROM trace_bodies b USING new_rows n WHERE b.id = n.id AND b.created_at = n.created_at"
+                )
+                for statement in rollups.UNFOLD:
+                    conn.execute(statement)
+                for table, (column, seconds) in rollups.PERIODS.items():
+                    # Rows brought to zero in periods over before the cut (one still partly kept
+                    # may gain traces again).
+                    conn.execute(
+                        f"DELETE FROM {table} WHERE {column} < %s AND {rollups.COUNTS[table]} <= 0",
+                        [math.floor(before / seconds) * seconds],
+                    )
+        return max(deleted, 0)
+
+    def reclaim(self, conn: psycopg.Connection[Any]) -> tuple[int, bool]:
+        """Drop the day partitions (before today) that row deletes left empty: their disk goes
+        back at once. How many were dropped, and that disk was given back."""
+        import psycopg
+
+        today = math.floor(time.time() / DAY)
+        dropped = 0
+        for day in self._days_before(conn, today * DAY):
+            try:
+                with conn.transaction():
+                    conn.execute("SET LOCAL lock_timeout = '5s'")
+                    conn.execute(f"LOCK TABLE trace_rows_d{day}, trace_bodies_d{day} IN ACCESS EXCLUSIVE MODE")
+                    if conn.execute(f"SELECT 1 FROM trace_rows_d{day} LIMIT 1").fetchone() is not None:
+                        continue
+                    conn.execute(f"DROP TABLE trace_rows_d{day}, trace_bodies_d{day}")
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.UndefinedTable):
+                continue
+            self._days.discard(day)
+            dropped += 1
+        return dropped, True
+
+    # -- export: not built for PostgreSQL yet --------------------------------------------------------
     def set_export(self, conn: Any, enabled: bool) -> int:
         if enabled:
             raise StoreError("OTLP export is not available on a PostgreSQL store yet")
@@ -326,6 +454,24 @@ class PostgresEngine:
                     f"CREATE TABLE IF NOT EXISTS {table}_d{day} PARTITION OF {table} FOR VALUES FROM ({lo}) TO ({hi})"
                 )
         self._days |= missing
+
+
+def _deleted_projects(project: str | None, exclude: Sequence[str]) -> tuple[str, list[Any]]:
+    """The condition on ``project`` of the traces a retention pass deletes."""
+    if project is not None:
+        return "project = %s", [project]
+    if not exclude:
+        return "true", []
+    return f"project NOT IN ({', '.join(['%s'] * len(exclude))})", list(exclude)
+
+
+def _kept_projects(project: str | None, exclude: Sequence[str]) -> tuple[str, list[Any]]:
+    """The condition on ``project`` of the traces a retention pass keeps."""
+    if project is not None:
+        return "project <> %s", [project]
+    if not exclude:
+        return "false", []
+    return f"project IN ({', '.join(['%s'] * len(exclude))})", list(exclude)
 
 
 _CREATED = COLUMNS.index("created_at")

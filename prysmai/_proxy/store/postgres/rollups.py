@@ -1,13 +1,26 @@
-"""Folding a batch's new rows into PostgreSQL's rollups, in the batch's transaction.
+"""Folding a batch's new rows into PostgreSQL's rollups, in the batch's transaction, and taking
+deleted rows back out of them.
 
 The rollups are SQLite's (:mod:`..rollups`): the same tables, keys and buckets, so the one query
 layer reads them alike. Only rows the batch really added are folded (the ``new_rows`` temporary
-table the insert fills from its ``RETURNING``): a batch sent again adds nothing twice.
+table the insert fills from its ``RETURNING``): a batch sent again adds nothing twice. Retention's
+row deletes put the rows they removed in the same table and run :data:`UNFOLD`, the same
+statements with every count negated (as SQLite's delete trigger, they leave a histogram's min and
+max as they were: a bound, not an exact value, after a delete).
 """
 
 from __future__ import annotations
 
-from ..rollups import BUCKET_FLOOR_MS, BUCKETS_PER_E, HIST_LEVELS, HOUR_DIMS, METRICS
+from ..rollups import (
+    BUCKET_FLOOR_MS,
+    BUCKETS_PER_E,
+    ERROR_STATUSES,
+    HIST_LEVELS,
+    HOUR_DIMS,
+    KEY_PERIOD,
+    KEY_ROLLUPS,
+    METRICS,
+)
 
 
 def bucket_sql(column: str) -> str:
@@ -21,19 +34,26 @@ def period_sql(expression: str, seconds: int) -> str:
 
 
 def _dim(dim: str) -> str:
-    # As SQLite's rollups: a NULL model is keyed ''.
-    return "coalesce(model, '')" if dim == "model" else dim
+    # As SQLite's rollups: a NULL model, user or session is keyed ''.
+    return f"coalesce({dim}, '')" if dim in ("model", *KEY_ROLLUPS) else dim
 
 
-def _fold_hour() -> str:
+# As SQLite's rollups (and api/costs.py for one trace): no cost with usage reported is
+# "unpriced" (no price for the model), no cost and no usage is "no_usage" (a failure, a cancel).
+_UNPRICED = "count(*) FILTER (WHERE cost_usd IS NULL AND total_tokens IS NOT NULL)"
+_NO_USAGE = "count(*) FILTER (WHERE cost_usd IS NULL AND total_tokens IS NULL)"
+_ERRORS = "count(*) FILTER (WHERE status IN (" + ", ".join(f"'{s}'" for s in ERROR_STATUSES) + "))"
+
+
+def _fold_hour(sign: str = "") -> str:
     names = ", ".join(["hour", *HOUR_DIMS])
     keys = ", ".join(_dim(d) for d in HOUR_DIMS)
     group = ", ".join(str(i + 1) for i in range(len(HOUR_DIMS) + 1))
     return f"""INSERT INTO rollup_hour ({names}, requests, prompt_tokens, completion_tokens, total_tokens,
-        cost_usd, unpriced)
-    SELECT {period_sql("created_at", 3600)} * 3600, {keys}, count(*),
-        coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0),
-        coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL)
+        cost_usd, unpriced, no_usage)
+    SELECT {period_sql("created_at", 3600)} * 3600, {keys}, {sign}count(*),
+        {sign}coalesce(sum(prompt_tokens), 0), {sign}coalesce(sum(completion_tokens), 0),
+        {sign}coalesce(sum(total_tokens), 0), {sign}coalesce(sum(cost_usd), 0), {sign}{_UNPRICED}, {sign}{_NO_USAGE}
     FROM new_rows GROUP BY {group}
     ON CONFLICT ({names}) DO UPDATE SET
         requests = rollup_hour.requests + excluded.requests,
@@ -41,16 +61,38 @@ def _fold_hour() -> str:
         completion_tokens = rollup_hour.completion_tokens + excluded.completion_tokens,
         total_tokens = rollup_hour.total_tokens + excluded.total_tokens,
         cost_usd = rollup_hour.cost_usd + excluded.cost_usd,
-        unpriced = rollup_hour.unpriced + excluded.unpriced"""
+        unpriced = rollup_hour.unpriced + excluded.unpriced,
+        no_usage = rollup_hour.no_usage + excluded.no_usage"""
 
 
-def _fold_hist(table: str) -> str:
+def _fold_key(column: str, sign: str = "") -> str:
+    table = KEY_ROLLUPS[column]
+    names = f"period, project, {column}"
+    return f"""INSERT INTO {table} ({names}, requests, errors, cancelled, total_tokens, cost_usd,
+        unpriced, no_usage, first_seen, last_seen)
+    SELECT {period_sql("created_at", KEY_PERIOD)} * {KEY_PERIOD}, project, {_dim(column)}, {sign}count(*),
+        {sign}{_ERRORS}, {sign}count(*) FILTER (WHERE status = 'cancelled'), {sign}coalesce(sum(total_tokens), 0),
+        {sign}coalesce(sum(cost_usd), 0), {sign}{_UNPRICED}, {sign}{_NO_USAGE}, min(created_at), max(created_at)
+    FROM new_rows GROUP BY 1, 2, 3
+    ON CONFLICT ({names}) DO UPDATE SET
+        requests = {table}.requests + excluded.requests,
+        errors = {table}.errors + excluded.errors,
+        cancelled = {table}.cancelled + excluded.cancelled,
+        total_tokens = {table}.total_tokens + excluded.total_tokens,
+        cost_usd = {table}.cost_usd + excluded.cost_usd,
+        unpriced = {table}.unpriced + excluded.unpriced,
+        no_usage = {table}.no_usage + excluded.no_usage,
+        first_seen = least({table}.first_seen, excluded.first_seen),
+        last_seen = greatest({table}.last_seen, excluded.last_seen)"""
+
+
+def _fold_hist(table: str, sign: str = "") -> str:
     seconds, dims = HIST_LEVELS[table]
     names = ", ".join(["period", *dims, "metric", "bucket"])
     keys = ", ".join([f"{period_sql('created_at', seconds)} * {seconds}", *(_dim(d) for d in dims)])
     group = ", ".join(str(i + 1) for i in range(len(dims) + 3))
     selects = " UNION ALL ".join(
-        f"""SELECT {keys}, '{metric}', {bucket_sql(column)}, count(*), min({column}), max({column})
+        f"""SELECT {keys}, '{metric}', {bucket_sql(column)}, {sign}count(*), min({column}), max({column})
         FROM new_rows WHERE {column} IS NOT NULL GROUP BY {group}"""
         for metric, column in METRICS
     )
@@ -61,5 +103,19 @@ def _fold_hist(table: str) -> str:
         max_ms = greatest({table}.max_ms, excluded.max_ms)"""
 
 
+def _statements(sign: str) -> tuple[str, ...]:
+    return (_fold_hour(sign), *(_fold_hist(t, sign) for t in HIST_LEVELS), *(_fold_key(c, sign) for c in KEY_ROLLUPS))
+
+
 #: The statements that fold ``new_rows`` into every rollup.
-FOLD = (_fold_hour(), *(_fold_hist(t) for t in HIST_LEVELS))
+FOLD = _statements("")
+#: The statements that take the rows in ``new_rows`` (deleted) back out of every rollup.
+UNFOLD = _statements("-")
+#: Every rollup table, with the column holding its period's start and the period's length.
+PERIODS = {
+    "rollup_hour": ("hour", 3600),
+    **{t: ("period", seconds) for t, (seconds, _) in HIST_LEVELS.items()},
+    **{t: ("period", KEY_PERIOD) for t in KEY_ROLLUPS.values()},
+}
+#: Each rollup table's count: a row whose count is 0 holds nothing.
+COUNTS = {t: "n" if t in HIST_LEVELS else "requests" for t in PERIODS}

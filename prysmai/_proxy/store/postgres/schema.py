@@ -12,8 +12,9 @@ The same logical schema as SQLite's, laid out for a database that holds weeks of
   PostgreSQL removes the join from a query that reads no body column (the bodies' key is unique).
 * ``metadata`` is JSONB. Text columns compare by code point (``COLLATE "C"``), as SQLite's do:
   lists, cursors and ties sort alike on both engines, whatever the database's locale.
-* The rollups (``rollup_hour``, ``rollup_hist_hour``, ``rollup_hist_day``) are those of SQLite,
-  folded from each batch's new rows in the batch's transaction (:mod:`.rollups`).
+* The rollups (``rollup_hour``, ``rollup_hist_hour``, ``rollup_hist_day``, ``rollup_user_day``,
+  ``rollup_session_day``) are those of SQLite, folded from each batch's new rows in the batch's
+  transaction (:mod:`.rollups`).
 
 Migrations run at start-up inside a transaction holding an advisory lock, so replicas starting
 together cannot race; ``prysmai_schema.version`` holds the version, and a database written by a
@@ -22,7 +23,7 @@ newer prysmai is refused.
 
 from __future__ import annotations
 
-from ..rollups import HIST_LEVELS, HOUR_DIMS
+from ..rollups import HIST_LEVELS, HOUR_DIMS, KEY_ROLLUPS
 
 #: Column types, in :data:`~..rows.COLUMNS` order. Bodies are not in ``trace_rows``.
 TYPES = {
@@ -77,7 +78,27 @@ def _hist_table(table: str) -> str:
 """
 
 
-V1 = f"""
+def _key_table(column: str) -> str:
+    return f"""CREATE TABLE {KEY_ROLLUPS[column]} (
+    period bigint NOT NULL,
+    project {_TEXT} NOT NULL,
+    {column} {_TEXT} NOT NULL,
+    requests bigint NOT NULL,
+    errors bigint NOT NULL,
+    cancelled bigint NOT NULL,
+    total_tokens bigint NOT NULL,
+    cost_usd double precision NOT NULL,
+    unpriced bigint NOT NULL,
+    no_usage bigint NOT NULL,
+    first_seen double precision NOT NULL,
+    last_seen double precision NOT NULL,
+    PRIMARY KEY (period, project, {column})
+);
+"""
+
+
+V1 = (
+    f"""
 CREATE TABLE trace_rows (
     {_ROW_DDL},
     PRIMARY KEY (id, created_at)
@@ -109,9 +130,13 @@ CREATE TABLE rollup_hour (
     total_tokens bigint NOT NULL,
     cost_usd double precision NOT NULL,
     unpriced bigint NOT NULL,
+    no_usage bigint NOT NULL,
     PRIMARY KEY (hour, {", ".join(HOUR_DIMS)})
 );
-""" + "".join(_hist_table(t) for t in HIST_LEVELS)
+"""
+    + "".join(_hist_table(t) for t in HIST_LEVELS)
+    + "".join(_key_table(c) for c in KEY_ROLLUPS)
+)
 
 #: ``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``.
 MIGRATIONS: dict[int, str] = {0: V1}

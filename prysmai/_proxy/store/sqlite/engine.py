@@ -98,6 +98,11 @@ class SQLiteDialect:
         return "rowid"
 
     @staticmethod
+    def traces_bound(conn: Any) -> int:
+        # The last row number: one step down the table's B-tree.
+        return int(conn.execute("SELECT max(rowid) FROM traces").fetchone()[0] or 0)
+
+    @staticmethod
     def sorted_by(table: str, column: str) -> str:
         return f"{table} INDEXED BY {SORT_INDEXES[column]}"
 

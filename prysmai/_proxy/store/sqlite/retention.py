@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from ..rollups import HIST_LEVELS
+from ..rollups import HIST_LEVELS, KEY_PERIOD, KEY_ROLLUPS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,6 +57,10 @@ def _drop_empty_rollups(conn: sqlite3.Connection, before: float) -> None:
     conn.execute("DELETE FROM rollup_hour WHERE hour < ? AND requests <= 0", (int(before // 3600) * 3600,))
     for table, (seconds, _) in HIST_LEVELS.items():
         conn.execute(f"DELETE FROM {table} WHERE period < ? AND n <= 0", (int(before // seconds) * seconds,))
+    for table in KEY_ROLLUPS.values():
+        conn.execute(
+            f"DELETE FROM {table} WHERE period < ? AND requests <= 0", (int(before // KEY_PERIOD) * KEY_PERIOD,)
+        )
 
 
 def incremental(conn: sqlite3.Connection) -> bool:

@@ -1,0 +1,162 @@
+"""Retention on the PostgreSQL store (store/postgres/engine.py): whole day partitions dropped when
+nothing in them is kept, row deletes (taken out of the rollups) where projects of longer retention
+share a day, and the rollups then equal to what is left -- checked against a SQLite store folded
+from scratch from the rows PostgreSQL kept."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prysmai._proxy.store import Store, TraceFilter, queries
+from prysmai._proxy.store.postgres.engine import PostgresEngine
+from prysmai._proxy.store.retention import Retention
+from prysmai._proxy.store.rows import COLUMNS
+from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
+
+from .test_postgres import close_enough
+from .test_queries import random_rows, row
+
+DAY = 86400.0
+BASE = 1_700_006_400.0  # a UTC midnight
+
+
+def _as_tuples(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [tuple(r.get(c) for c in COLUMNS) for r in rows]
+
+
+def _day(day: int, n: int, project: str = "default") -> list[tuple[Any, ...]]:
+    rows = random_rows(n, seed=day, base=BASE + day * DAY, project=project)
+    for r in rows:
+        r["created_at"] = BASE + day * DAY + (r["created_at"] - BASE - day * DAY) % DAY
+    return _as_tuples(rows)
+
+
+def _partitions(conn: Any) -> list[str]:
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'trace_rows'::regclass ORDER BY 1"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _assert_rollups_match_rows(pg_url: str, tmp_path: Any, now: float) -> None:
+    """Every aggregate the dashboard reads answers on PostgreSQL as on a SQLite store holding the
+    same rows (whose rollups are folded from scratch)."""
+    conn = PostgresEngine(pg_url).connect()
+    try:
+        cur = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM traces")
+        kept = [tuple(r) for r in cur.fetchall()]
+    finally:
+        conn.close()
+    path = str(tmp_path / f"kept-{len(kept)}.db")
+    with SQLiteEngine(path).open_for_writing() as sconn:
+        rows = [list(r) for r in kept]
+        meta = COLUMNS.index("metadata")
+        for r in rows:  # JSONB comes back parsed
+            if r[meta] is not None and not isinstance(r[meta], str):
+                r[meta] = json.dumps(r[meta])
+        insert_rows(sconn, [tuple(r) for r in rows])
+    sqlite_store, pg_store = Store.existing(path, read_time_limit=None), Store.existing(pg_url, read_time_limit=None)
+    assert sqlite_store is not None and pg_store is not None
+    try:
+        for f in (TraceFilter(), TraceFilter(project="web"), TraceFilter(since=now - 5 * DAY, until=now)):
+            for fn, args in (
+                (queries.stats, (f,)),
+                (queries.overview, (f,)),
+                (queries.breakdown, (f, "model", 10)),
+                (queries.breakdown, (f, "user_id", 10)),
+                (queries.users, (f,)),
+                (queries.sessions, (f,)),
+            ):
+                a, b = sqlite_store.read_sync(fn, *args), pg_store.read_sync(fn, *args)
+                assert close_enough(a, b), (fn.__name__, f)
+    finally:
+        sqlite_store.close()
+        pg_store.close()
+
+
+def test_a_month_at_ten_days_retention_drops_whole_days_and_frees_their_disk(pg_url: str, tmp_path: Any) -> None:
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    clock = [BASE]
+    # As the proxy plans it with --retention 10d and one project.
+    retention = Retention(engine, lambda: ({"default": 10 * DAY}, 10 * DAY), batch=100, pause=0, clock=lambda: clock[0])
+    sizes = []
+    try:
+        for day in range(30):
+            engine.insert_rows(conn, _day(day, 60))
+            clock[0] = BASE + (day + 1) * DAY + 60
+            retention.run_once()
+            sizes.append(
+                conn.execute(
+                    "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits "
+                    "WHERE inhparent IN ('trace_rows'::regclass, 'trace_bodies'::regclass)"
+                ).fetchone()[0]
+            )
+        # Ten whole days kept (the days that ended before the cut are gone, whole).
+        assert _partitions(conn) == [f"trace_rows_d{int(BASE / DAY) + d}" for d in range(20, 30)]
+        oldest = conn.execute("SELECT min(created_at) FROM traces").fetchone()[0]
+        assert oldest >= clock[0] - 10 * DAY - DAY
+        assert conn.execute("SELECT count(*) FROM traces").fetchone()[0] == 10 * 60
+        # No rollup row left for a day that is gone.
+        cut = BASE + 20 * DAY
+        assert not conn.execute("SELECT 1 FROM rollup_hour WHERE hour < %s", [cut]).fetchone()
+        assert not conn.execute("SELECT 1 FROM rollup_user_day WHERE period < %s", [cut]).fetchone()
+    finally:
+        retention.stop()
+        conn.close()
+    assert sizes[-1] <= sizes[12] * 1.1, sizes  # level once deletions began: the disk is given back
+    assert retention.counters()["deleted"] == 20 * 60
+    _assert_rollups_match_rows(pg_url, tmp_path, clock[0])
+
+
+def test_projects_sharing_days_keep_their_own_retention(pg_url: str, tmp_path: Any) -> None:
+    """The SQLite test's plan (test_retention.py) on PostgreSQL: the same traces are left, row
+    deletes where projects share a day, and the rollups follow."""
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    now = BASE + 100 * DAY
+    rows = [
+        row(now - age * DAY, project=project, latency_ms=5.0, total_tokens=3)
+        for project in ("short", "forever", "gone", "default", "web")
+        for age in (0.5, 3, 20, 60)
+    ]
+    engine.insert_rows(conn, _as_tuples(rows))
+    plan = ({"short": 1 * DAY, "forever": None, "default": 30 * DAY, "web": 2 * DAY}, 10 * DAY)
+    retention = Retention(engine, lambda: plan, batch=1, pause=0, clock=lambda: now)
+    try:
+        assert retention.run_once() == 3 + 2 + 1 + 3  # short: 3, gone: 2, default: 1, web: 3
+        left = sorted(
+            (p, round((now - c) / DAY, 1)) for p, c in conn.execute("SELECT project, created_at FROM traces").fetchall()
+        )
+        # The 60-day-old day still holds a trace of "forever": kept, its other traces deleted row by row.
+        assert ("forever", 60.0) in left and len(left) == 20 - 9
+        assert sorted(p for p, age in left if age > 10) == ["default", "forever", "forever"]
+        # A second pass finds nothing more; the days emptied by row deletes are dropped.
+        assert retention.run_once() == 0
+        days = _partitions(conn)
+        assert len(days) == len({int((now - age * DAY) // DAY) for age in (0.5, 3, 20, 60)})
+    finally:
+        retention.stop()
+        conn.close()
+    _assert_rollups_match_rows(pg_url, tmp_path, now)
+
+
+def test_a_late_trace_of_a_day_another_replica_dropped_is_still_stored(pg_url: str) -> None:
+    """A replica's writer knows which day partitions exist; another replica's retention drops
+    one; a late trace for that day (shipped from an outbox after an outage) is stored all the same."""
+    writer, other = PostgresEngine(pg_url), PostgresEngine(pg_url)
+    wconn, oconn = writer.open_for_writing(), other.open_for_writing()
+    try:
+        writer.insert_rows(wconn, _day(0, 5))
+        assert other.delete_expired(oconn, None, BASE + 2 * DAY, (), 100) == 5
+        assert _partitions(oconn) == []
+        late = _day(0, 3)
+        late = [tuple(f"{i:032x}" if c == "id" else v for c, v in zip(COLUMNS, r)) for i, r in enumerate(late)]
+        assert writer.insert_rows(wconn, late) == (3, 0, 0)
+        assert wconn.execute("SELECT count(*) FROM traces").fetchone()[0] == 3
+        assert wconn.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0] == 3
+    finally:
+        wconn.close()
+        oconn.close()
