@@ -62,10 +62,6 @@ class Store:
         kind = None if self.writer is None else self.writer.kind
         return f"Store({self.engine.location!r}, writer={kind})"
 
-    @property
-    def location(self) -> str:
-        return self.engine.location
-
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self) -> None:
         """Create or migrate the store and start its writer (errors surface here, at start-up)."""
