@@ -27,7 +27,6 @@ import asyncio
 import logging
 import time
 from functools import partial
-from urllib.parse import parse_qs, quote
 
 from ..api import jsonshape
 from ..api.reads import Reads, pricing_note
@@ -56,7 +55,6 @@ if TYPE_CHECKING:
     from ..store.capture import Exchange
 
 log = logging.getLogger("prysmai.proxy")
-_PREFIX_BYTES = PREFIX.encode()
 _HEALTH = "health"
 
 
@@ -194,18 +192,7 @@ class ProxyApp:
     async def _read(self, scope: Scope, send: Send, entry: KeyEntry) -> None:
         if scope["method"] != "GET":
             raise HTTPError(405, "Only GET is supported here", "method_not_allowed")
-        # The raw path: a session id may itself contain "/" or "%" (sent percent-encoded).
-        raw = scope.get("raw_path")
-        if isinstance(raw, bytes) and raw.startswith(_PREFIX_BYTES):
-            route = raw[len(_PREFIX_BYTES) :].decode("latin-1")
-        else:
-            route = quote(scope["path"][len(PREFIX) :])
-        found = self.reads.route(route)
-        if found is None:
-            raise HTTPError(404, f"Unknown read API route {route!r}", "not_found")
-        query = {k: v[-1] for k, v in parse_qs((scope.get("query_string") or b"").decode("latin-1")).items()}
-        document = await self.reads.answer(*found, query, entry)
-        await respond(send, 200, jsonshape.encode(document))
+        await respond(send, 200, jsonshape.encode(await self.reads.serve(scope, PREFIX, entry)))
 
 
 def _load(config: ProxyConfig) -> Tenancy:
