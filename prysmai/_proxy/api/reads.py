@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ..asgi import HTTPError, Query, Routes
 from ..config.projects import DEMO
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
     from typing import Any
 
+    from ..asgi import Scope
     from ..config.pricing import PriceTable
     from ..config.projects import KeyEntry, Provider, Tenancy
     from ..store import Store
@@ -87,6 +88,21 @@ class Reads:
     def route(self, path: str) -> tuple[Handler, str | None] | None:
         """The handler of ``path`` (below the API's prefix) and its parameter, if it is a read."""
         return ROUTES.match(path)
+
+    async def serve(self, scope: Scope, prefix: str, who: KeyEntry) -> Any:
+        """The document of the read a request asks for: its path below ``prefix`` and its query
+        string. The path is taken raw: a session id may itself hold "/" or "%" (sent
+        percent-encoded)."""
+        raw = scope.get("raw_path")
+        if isinstance(raw, bytes) and raw.startswith(prefix.encode()):
+            path = raw.decode("latin-1")
+        else:
+            path = quote(scope["path"])
+        route = path[len(prefix) :]
+        found = self.route(route)
+        if found is None:
+            raise HTTPError(404, f"Unknown read API route {route!r}", "not_found")
+        return await self.answer(*found, Query.of(scope), who)
 
     async def answer(self, handler: Handler, param: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
         """The document of one read; :class:`~..asgi.HTTPError` for a bad parameter (400), a

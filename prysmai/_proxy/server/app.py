@@ -30,7 +30,6 @@ import asyncio
 import logging
 import time
 from functools import partial
-from urllib.parse import quote
 
 from ... import _wire
 from ..api import jsonshape
@@ -38,7 +37,6 @@ from ..api.reads import Reads, pricing_note
 from ..asgi import (
     CONNECTION_KEY,
     HTTPError,
-    Query,
     Responder,
     client_name,
     dot_segment,
@@ -77,7 +75,6 @@ if TYPE_CHECKING:
     from ..store.engine import Engine
 
 log = logging.getLogger("prysmai.proxy")
-_PREFIX_BYTES = PREFIX.encode()
 _HEALTH = "health"
 _DOT_SEGMENT_ERROR = HTTPError(
     400,
@@ -275,17 +272,7 @@ class ProxyApp:
     async def _read(self, scope: Scope, send: Send, entry: KeyEntry) -> None:
         if scope["method"] != "GET":
             raise HTTPError(405, "Only GET is supported here", "method_not_allowed")
-        # The raw path: a session id may itself contain "/" or "%" (sent percent-encoded).
-        raw = scope.get("raw_path")
-        if isinstance(raw, bytes) and raw.startswith(_PREFIX_BYTES):
-            route = raw[len(_PREFIX_BYTES) :].decode("latin-1")
-        else:
-            route = quote(scope["path"][len(PREFIX) :])
-        found = self.reads.route(route)
-        if found is None:
-            raise HTTPError(404, f"Unknown read API route {route!r}", "not_found")
-        document = await self.reads.answer(*found, Query.of(scope), entry)
-        await respond(send, 200, jsonshape.encode(document))
+        await respond(send, 200, jsonshape.encode(await self.reads.serve(scope, PREFIX, entry)))
 
 
 def _load(config: ProxyConfig) -> Tenancy:

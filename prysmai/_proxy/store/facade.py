@@ -78,10 +78,6 @@ class Store:
         kind = None if self.writer is None else self.writer.kind
         return f"Store({self.engine.location!r}, writer={kind})"
 
-    @property
-    def location(self) -> str:
-        return self.engine.location
-
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self) -> None:
         """Create or migrate the store and start its writer and retention (errors surface here,

@@ -24,7 +24,7 @@ from importlib import resources
 from urllib.parse import parse_qs, quote
 
 from ..api import jsonshape
-from ..asgi import HTTPError, Query, Routes, client_name, internal_error, send_whole, trust
+from ..asgi import HTTPError, Routes, client_name, internal_error, send_whole, trust
 from .auth import AuthThrottle, Sessions, cookie_name, read_cookie
 
 TYPE_CHECKING = False
@@ -177,13 +177,7 @@ class Dashboard:
         who = self._who(scope)
         if who is None:
             raise HTTPError(401, "Log in first (POST /ui/login with a proxy key).", "login_required")
-        # The raw path: a session id may itself contain "/" or "%" (sent percent-encoded).
-        raw = scope.get("raw_path")
-        path = raw.decode("latin-1") if isinstance(raw, bytes) else quote(scope["path"])
-        found = self.reads.route(path[len(_API_PREFIX) :])
-        if found is None:
-            raise HTTPError(404, f"Unknown read API route {path[len(_API_PREFIX) :]!r}", "not_found")
-        document = await self.reads.answer(*found, Query.of(scope), who)
+        document = await self.reads.serve(scope, _API_PREFIX, who)
         # Captured values may hold unpaired surrogates: the shared encoder escapes them.
         await _send(send, 200, jsonshape.encode(document, allow_nan=False), b"application/json")
 
