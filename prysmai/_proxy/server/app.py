@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from functools import partial
 
@@ -51,6 +52,7 @@ from ..config.settings import default_outbox_path
 from ..export.process import ExportProcess, providers_of
 from ..store import Store, StoreUnavailable, engine_for
 from ..store.capture import fallback_row, finalize
+from ..store.journal import Journal
 from ..store.outbox import OutboxEngine, Shipper
 from ..store.postgres.engine import PostgresEngine, is_postgres
 from ..store.queries import month_spend
@@ -315,11 +317,20 @@ def _trace_store(
         process=process,
         secrets=credentials,
         on_written=shipper.notify if shipper is not None else None,
+        journal=_journal_of(written_to),
     )
     # On a shared store every replica runs it: deletes of the same rows and drops of the same day
     # are each done once (the database's row and table locks), whichever replica comes first.
     retention = Retention(engine, plan)
     return Store(engine, writer, shipper=shipper, retention=retention)
+
+
+def _journal_of(engine: Engine) -> Journal | None:
+    """The writer's journal, in a directory beside the file it writes (``traces.db.journal``)."""
+    path = getattr(engine, "path", None)
+    if not isinstance(path, str) or path == ":memory:" or path.startswith("file:"):
+        return None
+    return Journal(os.path.realpath(path) + ".journal")
 
 
 def _export(config: ProxyConfig, tenancy: Tenancy, pricing: str) -> ExportProcess | None:

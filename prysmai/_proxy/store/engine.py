@@ -137,6 +137,11 @@ class Engine(Protocol):
         ...
 
     # -- retention (store/retention.py runs it) --------------------------------------------------
+    def stored_ids(self, conn: Any, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are in the store already (the writer's journal, recovered at start-up,
+        stores only the others)."""
+        ...
+
     def delete_expired(self, conn: Any, project: str | None, before: float, exclude: Sequence[str], limit: int) -> int:
         """Delete up to ``limit`` of the oldest traces created before ``before`` (unix seconds)
         of ``project`` (``None``: of every project not in ``exclude``), in one short write

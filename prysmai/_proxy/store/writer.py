@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .engine import Engine
+    from .journal import Journal
 
 log = logging.getLogger("prysmai.proxy")
 
@@ -77,6 +78,7 @@ class TraceWriter:
         process: WriterProcess | None = None,
         secrets: Callable[[], Iterable[bytes]] | None = None,
         on_written: Callable[[int], None] | None = None,
+        journal: Journal | None = None,
     ) -> None:
         if when_behind not in WHEN_BEHIND:
             raise ValueError(f"when_behind must be one of {', '.join(WHEN_BEHIND)}, not {when_behind!r}")
@@ -91,6 +93,9 @@ class TraceWriter:
         self._secrets = secrets
         #: Called with the number of rows after each batch is written (a shipper that sends them on).
         self._on_written = on_written
+        #: Each exchange is appended here as it is submitted, and kept until it is stored: a
+        #: process killed without warning loses none (:mod:`.journal`).
+        self._journal = journal
         self.capacity = max(1, queue_size)
         self.when_behind = when_behind
         # Unbounded on purpose: the capacity is a policy (above), not a hard limit of the queue.
@@ -114,6 +119,7 @@ class TraceWriter:
     def open(self) -> None:
         self._conn = self.engine.open_for_writing()  # created and migrated here: errors surface at start-up
         self._closing = False
+        recovered = self._recover() if self._journal is not None else []
         if self._process is not None:
             try:
                 assert isinstance(self.engine, SQLiteEngine), "the writer process writes SQLite files"
@@ -122,6 +128,25 @@ class TraceWriter:
                 log.warning("%s; building trace rows on a thread of the proxy instead", exc)
                 self._process = None
         self._start_thread()
+        for item in recovered:
+            self.submit(item)
+        if self._journal is not None:
+            self._journal.forget_recovered()  # journaled again by submit(), or stored already
+
+    def _recover(self) -> list[Any]:
+        """The exchanges an earlier run journaled but did not store."""
+        assert self._journal is not None
+        found = self._journal.recover()
+        if not found:
+            return []
+        stored = self.engine.stored_ids(self._conn, [ex.id for ex in found])
+        missing = [ex for ex in found if ex.id not in stored]
+        if missing:
+            log.warning(
+                "trace journal: %d trace(s) of an earlier run that stopped before storing them are stored now",
+                len(missing),
+            )
+        return missing
 
     @property
     def kind(self) -> str:
@@ -140,9 +165,12 @@ class TraceWriter:
         self.ensure_writer()
         self._queue.put(_STOP)
         self._thread.join(timeout)
-        if self._thread.is_alive():
+        finished = not self._thread.is_alive()
+        if not finished:
             log.error("trace writer did not finish in %.0fs: %d trace(s) not written", timeout, self.pending)
         self._thread = None
+        if self._journal is not None:  # kept when traces are still waiting: the next start stores them
+            self._journal.close(everything_stored=finished and self._queue.empty())
         losses = {"dropped (queue full)": self.dropped, "lost (writer restarted)": self.lost}
         losses["not storable"] = self.failed
         for what, n in losses.items():
@@ -160,6 +188,10 @@ class TraceWriter:
                 self._last_drop_log = now
                 log.warning("trace queue full: %d trace(s) dropped so far", self.dropped)
             return False
+        if self._journal is not None:
+            if self._secrets is not None:  # masked before the exchange touches the disk
+                scrub(item, tuple(self._secrets()))
+            self._journal.append(item)
         self._queue.put(item)
         self.enqueued += 1
         if not self.enqueued & 255:  # now and then: cheap enough for the request path
@@ -261,6 +293,8 @@ class TraceWriter:
         """Count the traces of the interrupted batch as lost (called with ``_cond`` held)."""
         lost = sum(1 for item in self._batch if item is not _STOP)
         self._batch = []
+        if self._journal is not None:
+            self._journal.done(lost)  # given up on: a batch that broke the writer is not replayed
         self.lost += lost
         self.restarts += 1
         self._incident = (time.monotonic(), f"{why}; restarted, {lost} trace(s) lost")
@@ -316,7 +350,7 @@ class TraceWriter:
                     break
             items = [item for item in batch if item is not _STOP]
             stop = len(items) < len(batch)
-            if self._secrets is not None and items:
+            if self._secrets is not None and items and self._journal is None:  # (else masked at submit)
                 known = tuple(self._secrets())
                 for item in items:
                     scrub(item, known)
@@ -330,6 +364,8 @@ class TraceWriter:
                 self.failed += failed
                 self._batch = []
                 self._cond.notify_all()
+            if self._journal is not None:
+                self._journal.done(len(items))
             if written and self._on_written is not None:
                 self._on_written(written)
             if failed:

@@ -57,7 +57,7 @@ log = logging.getLogger("prysmai.proxy")
 FIELDS = tuple(
     f for f in Exchange.__slots__ if f not in ("provider_prices", "request_json", "submitted", "policy", "sent_secrets")
 )
-_fields_of = operator.attrgetter(*FIELDS)
+fields_of = operator.attrgetter(*FIELDS)
 _HEADER = struct.Struct(">I")
 #: The child's command (``python -c``): this very copy of prysmai (the proxy may run from a
 #: checkout, not the installed one), and not the working directory's modules, which ``-c`` and
@@ -84,11 +84,11 @@ class WriterProcessError(RuntimeError):
     """The child failed a batch or is gone; the batch's traces count as lost."""
 
 
-def _price_tuples(prices: Mapping[str, Price]) -> dict[str, tuple[float, float | None, float | None]]:
+def price_tuples(prices: Mapping[str, Price]) -> dict[str, tuple[float, float | None, float | None]]:
     return {model: (p.input, p.output, p.cached_input) for model, p in prices.items()}
 
 
-def _prices_from(tuples: Mapping[str, Any]) -> dict[str, Price]:
+def price_table(tuples: Mapping[str, Any]) -> dict[str, Price]:
     return {model: Price(*values) for model, values in tuples.items()}
 
 
@@ -195,7 +195,7 @@ class WriterProcess:
             raise WriterProcessError(f"the trace writer process did not start: {exc}") from None
         self._proc = proc
         table = self.prices
-        init = ("init", engine.kind, path, _price_tuples(table.prices), table.as_of, table.source)
+        init = ("init", engine.kind, path, price_tuples(table.prices), table.as_of, table.source)
         try:
             _write_frame(self._fd_in, marshal.dumps(init))
             reply = self._reply(START_TIMEOUT)
@@ -290,7 +290,7 @@ class WriterProcess:
             sent = [
                 (
                     _SENT,
-                    _fields_of(item),
+                    fields_of(item),
                     self._price_ref(item.provider_prices, defs),
                     self._policy_ref(item.policy, policy_defs),
                 )
@@ -313,7 +313,7 @@ class WriterProcess:
         known = self._price_refs.get(id(prices))
         if known is None:
             known = self._price_refs[id(prices)] = (prices, len(self._price_refs))
-            defs[known[1]] = _price_tuples(prices)
+            defs[known[1]] = price_tuples(prices)
         return known[1]
 
     def _policy_ref(self, policy: StoragePolicy, defs: dict[int, Any]) -> int:
@@ -392,7 +392,7 @@ class _Collect(logging.Handler):
         return records
 
 
-def _exchange(values: tuple[Any, ...], prices: Mapping[str, Price] | None, policy: StoragePolicy | None) -> Exchange:
+def exchange_of(values: tuple[Any, ...], prices: Mapping[str, Price] | None, policy: StoragePolicy | None) -> Exchange:
     ex = Exchange.__new__(Exchange)
     for name, value in zip(FIELDS, values):
         setattr(ex, name, value)
@@ -424,8 +424,8 @@ def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
     init = _read_frame(fd_in)
     if init is None:
         return
-    _, kind, path, price_tuples, as_of, source = marshal.loads(init)
-    prices = PriceTable(_prices_from(price_tuples), as_of, source)
+    _, kind, path, tuples, as_of, source = marshal.loads(init)
+    prices = PriceTable(price_table(tuples), as_of, source)
     engine = OutboxEngine(path) if kind == OutboxEngine.kind else SQLiteEngine(path)
     try:
         conn = engine.open_for_writing()
@@ -441,7 +441,7 @@ def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
             break
         _, defs, policy_defs, parts = marshal.loads(frame)
         for ref, table in defs.items():
-            provider_prices[ref] = _prices_from(table)
+            provider_prices[ref] = price_table(table)
         try:
             for ref, values in policy_defs.items():
                 policies[ref] = StoragePolicy.from_tuple(values)
@@ -474,7 +474,7 @@ def _write_batch(
 
     rows = [values for kind, values, _, _ in items if kind == _BUILT]  # built in the proxy (rare)
     exchanges = [
-        _exchange(values, provider_prices.get(ref), policies.get(policy))
+        exchange_of(values, provider_prices.get(ref), policies.get(policy))
         for kind, values, ref, policy in items
         if kind == _SENT
     ]

@@ -311,6 +311,10 @@ class PostgresEngine:
             for statement in rollups.FOLD:
                 conn.execute(statement)
 
+    def stored_ids(self, conn: psycopg.Connection[Any], ids: Sequence[str]) -> set[str]:
+        rows = conn.execute("SELECT id FROM trace_rows WHERE id = ANY(%s)", [list(ids)]).fetchall()
+        return {r[0] for r in rows}
+
     # -- retention ---------------------------------------------------------------------------------
     def delete_expired(
         self, conn: psycopg.Connection[Any], project: str | None, before: float, exclude: Sequence[str], limit: int

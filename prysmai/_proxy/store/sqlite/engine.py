@@ -267,6 +267,16 @@ class SQLiteEngine:
         return insert_rows(conn, rows)
 
     # -- retention -------------------------------------------------------------------------------
+    table = "traces"
+
+    def stored_ids(self, conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            some = list(ids[start : start + 500])
+            sql = f"SELECT id FROM {self.table} WHERE id IN ({', '.join('?' * len(some))})"
+            found.update(r[0] for r in conn.execute(sql, some))
+        return found
+
     def delete_expired(
         self, conn: sqlite3.Connection, project: str | None, before: float, exclude: Sequence[str], limit: int
     ) -> int:
