@@ -171,6 +171,30 @@ def scrub(ex: Exchange, secrets: Iterable[bytes]) -> None:
     ex.notes = [_mask_text(note, texts) for note in ex.notes]
 
 
+def scrubbed(ex: Exchange, secrets: Iterable[bytes]) -> Exchange:
+    """``ex`` as :func:`scrub` leaves it, without changing ``ex`` (whose answer may still be on its
+    way to the client): ``ex`` itself when it holds no known credential, else a masked copy."""
+    found = [s for s in dict.fromkeys((*secrets, *ex.sent_secrets)) if len(s) >= MIN_SECRET_BYTES]
+    if not found or not _holds_any(ex, found):
+        return ex
+    copy = Exchange.__new__(Exchange)
+    for name in Exchange.__slots__:
+        setattr(copy, name, getattr(ex, name))
+    copy.notes = list(ex.notes)
+    scrub(copy, found)
+    return copy
+
+
+def _holds_any(ex: Exchange, secrets: list[bytes]) -> bool:
+    texts = [s.decode("latin-1") for s in secrets]
+    streamed = b"".join(chunk for _, chunk in ex.chunks) if ex.chunks else b""  # across chunk boundaries
+    return (
+        any(s in (ex.request_body or b"") or s in (ex.response_body or b"") or s in streamed for s in secrets)
+        or bool(ex.error and any(t in ex.error for t in texts))
+        or any(t in note for note in ex.notes for t in texts)
+    )
+
+
 def _mask(data: bytes, secrets: list[bytes]) -> bytes:
     for secret in secrets:
         if secret in data:

@@ -9,7 +9,7 @@ so it survives the process (not a power cut: nothing is synced, which would cost
 a disk flush).
 
 What is written is what the writer process is sent (:data:`.writerproc.FIELDS`, a :mod:`marshal`
-frame, credentials already masked: :func:`.capture.scrub` runs before the append), never the
+frame, credentials masked as :func:`.capture.scrub` masks them), never the
 parsed request or the credentials sent upstream. Redaction and the body cap apply when the row is
 built, as without a journal; the journal is private (0600 in a 0700 directory) and short-lived.
 
@@ -32,6 +32,7 @@ import threading
 import time
 
 from ..config.policy import StoragePolicy
+from .capture import scrubbed
 from .writerproc import exchange_of, fields_of, price_table, price_tuples
 
 TYPE_CHECKING = False
@@ -114,12 +115,14 @@ class Journal:
         self._leftovers = []
 
     # -- the request path --------------------------------------------------------------------------
-    def append(self, ex: Exchange) -> None:
-        """Journal ``ex`` (already scrubbed of credentials). Never raises: an exchange that cannot
-        be journaled is counted and logged, and still stored from memory."""
+    def append(self, ex: Exchange, secrets: tuple[bytes, ...] = ()) -> None:
+        """Journal ``ex`` with the known credentials ``secrets`` masked (in a copy: ``ex`` may still
+        be on its way to the client). Never raises: an exchange that cannot be journaled is
+        counted and logged, and still stored from memory."""
         with self._lock:
             self._appended += 1
             try:
+                ex = scrubbed(ex, secrets)
                 segment = self._current()
                 records = []
                 prices = ex.provider_prices
@@ -139,7 +142,9 @@ class Journal:
                 os.write(segment.fd, frame)
                 segment.size += len(frame)
                 segment.last = self._appended
-            except (OSError, ValueError) as exc:
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # (OSError, marshal's ValueError, anything else): never the caller's
                 self.failed += 1
                 if self.failed == 1 or not self.failed % 1000:
                     log.error(

@@ -189,9 +189,7 @@ class TraceWriter:
                 log.warning("trace queue full: %d trace(s) dropped so far", self.dropped)
             return False
         if self._journal is not None:
-            if self._secrets is not None:  # masked before the exchange touches the disk
-                scrub(item, tuple(self._secrets()))
-            self._journal.append(item)
+            self._journal.append(item, () if self._secrets is None else tuple(self._secrets()))
         self._queue.put(item)
         self.enqueued += 1
         if not self.enqueued & 255:  # now and then: cheap enough for the request path
@@ -350,7 +348,7 @@ class TraceWriter:
                     break
             items = [item for item in batch if item is not _STOP]
             stop = len(items) < len(batch)
-            if self._secrets is not None and items and self._journal is None:  # (else masked at submit)
+            if self._secrets is not None and items:
                 known = tuple(self._secrets())
                 for item in items:
                     scrub(item, known)

@@ -332,10 +332,11 @@ def test_a_collector_down_for_ten_seconds_mid_load_loses_nothing(
         assert len(ids) > down_at + 50  # the load went on, unhindered, while the collector was down
         got = receiver.wait_for(set(ids), timeout=60)
         deadline = time.monotonic() + 10
-        while _health(proxy.base)["export"]["waiting"]:
-            assert time.monotonic() < deadline
+        # The export process reports its counters now and then: wait for the report that counts
+        # the last span (the outbox may be empty a moment before).
+        while (health := _health(proxy.base))["export"]["waiting"] or health["export"]["exported"] < len(ids):
+            assert time.monotonic() < deadline, health["export"]
             time.sleep(0.1)
-        health = _health(proxy.base)
     finally:
         stop.set()
         thread.join(30)
