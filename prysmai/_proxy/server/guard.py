@@ -47,6 +47,8 @@ from ... import _wire
 from ..asgi import CONNECTION_KEY, error_body
 
 _SWEEP_SECONDS = 1.0
+#: How long a connection answered before its body was read may go on sending it (discarded).
+_LINGER_SECONDS = 1.0
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
@@ -174,6 +176,7 @@ def guarded_protocol(
         _body_since: float | None = None  # loop time when the current request's head ended, its body due
         _body_last = 0.0  # loop time of the last bytes received while its body was due
         _idle_for = 0.0  # how long the connection may stay idle after the last response
+        _draining = False  # answered without its body: what still comes is discarded (see _linger)
         _client: ClientConnection
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -194,6 +197,8 @@ def guarded_protocol(
                 sweeper[0] = None
 
         def data_received(self, data: bytes) -> None:
+            if self._draining:
+                return
             self._idle_since = None  # (uvicorn's own cancels its keep-alive timer here)
             if self._head_since is not None:
                 self._head_bytes += len(data)
@@ -276,13 +281,28 @@ def guarded_protocol(
             self.server_state.total_requests += 1
             client = self._client
             if not client.trusted and self._body_since is not None:
-                client.close()  # answered (a 401) without reading its body: not worth waiting for
+                self._linger()  # answered (a 401) without reading its body: not worth waiting for
                 return
             self.flow.resume_reading()
             self._idle_since = self.loop.time()
             # A client that has not shown a key keeps its connection idle for the header timeout,
             # not the keep-alive timeout.
             self._idle_for = self.timeout_keep_alive if client.trusted else header_timeout
+
+        def _linger(self) -> None:
+            """End a connection whose request was answered before its body was read. Closing at
+            once, with body bytes unread, makes the kernel send a reset, which can destroy the
+            answer before the client has read it; so the proxy ends its side (FIN after the
+            answer), discards what still comes, and closes when the client does or after
+            :data:`_LINGER_SECONDS` (the sweep): no longer than an idle unauthenticated client."""
+            self._body_since = None
+            self._draining = True
+            self._client.release()  # the answer first
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.flow.resume_reading()
+            self._idle_since = self.loop.time()
+            self._idle_for = _LINGER_SECONDS
 
         def _too_large(self) -> None:
             self._reject(

@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -149,6 +150,38 @@ def test_an_answer_without_a_key_closes_a_connection_whose_body_is_unsent(proxy:
     sock.sendall(b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
     answer, took = _until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 401 ") and took < 2  # answered and closed, not held for the body
+
+
+def test_a_body_still_coming_after_an_early_401_does_not_reset_the_answer_away(proxy: ProxyHandle) -> None:
+    """A client still sending its body when the proxy answers 401 (the answer needs only the
+    head) reads the whole answer: the proxy discards the rest of the body for a moment instead of
+    closing with it unread, which makes the kernel send a reset that destroys the 401 before the
+    client reads it."""
+    head = (
+        b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-prysm-wrong\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 8000000\r\n\r\n"
+    )
+    for _ in range(5):
+        sock = _connect(proxy)
+
+        def send_all(sock: socket.socket = sock) -> None:
+            with contextlib.suppress(OSError):  # the proxy may stop reading: what is left is not sent
+                sock.sendall(head)
+                for _ in range(100):
+                    sock.sendall(b"x" * 80_000)
+
+        sender = threading.Thread(target=send_all)
+        sender.start()
+        data = b""
+        while True:
+            chunk = sock.recv(65536)  # a reset here (ConnectionResetError) fails the test
+            if not chunk:
+                break
+            data += chunk
+        sock.close()
+        sender.join(10)
+        answer, _, body = data.partition(b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 401 ") and json.loads(body)["error"]["code"] == "invalid_api_key"
 
 
 def test_without_a_key_a_connection_stays_idle_for_the_header_timeout_not_the_keep_alive(
