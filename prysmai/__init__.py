@@ -62,13 +62,14 @@ _SUBMODULES = ("client", "context")
 
 
 def __getattr__(name: str) -> object:
+    module_name = _WHERE.get(name)
+    if module_name is None and name not in _SUBMODULES:
+        # Before any import: "from . import _import_hook" (PRYSM_AUTO's start-up) asks here first.
+        raise AttributeError(f"module 'prysmai' has no attribute {name!r}")
     from importlib import import_module
 
-    if name in _SUBMODULES:
-        return import_module(f".{name}", __name__)  # importing a submodule sets it on the package
-    module_name = _WHERE.get(name)
     if module_name is None:
-        raise AttributeError(f"module 'prysmai' has no attribute {name!r}")
+        return import_module(f".{name}", __name__)  # importing a submodule sets it on the package
     value = getattr(import_module(module_name, __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value

@@ -227,6 +227,29 @@ def test_start_up_does_not_import_openai_and_patches_it_on_import(
     assert report["pythonpath"] == BOOTSTRAP
 
 
+def test_start_up_loads_only_prysmais_own_small_modules(
+    tmp_path: Path, proxy_server: RecordingServer, openai_server: RecordingServer
+) -> None:
+    """``PRYSM_AUTO=1`` costs a process that may never use openai as little as it can: beyond what
+    a bare interpreter loads, only prysmai's package, its activation and its import hook (not, say,
+    ``importlib`` and ``warnings``, which a package ``__getattr__`` once pulled in). Run without
+    ``site`` (``-S``), so that what an installation's ``.pth`` files load (an editable install's
+    finder imports both) does not hide what the activation loads."""
+    show = "import sys\nprint('MODULES ' + ' '.join(sorted(sys.modules)))\n"
+    bare, auto = tmp_path / "bare.py", tmp_path / "auto.py"
+    bare.write_text("import os\n" + show)  # (site imports os in every normal start)
+    auto.write_text(f"import sys\nsys.path[:0] = [{BOOTSTRAP!r}, {str(REPO)!r}]\nimport sitecustomize\n" + show)
+
+    def modules(script: Path) -> set[str]:
+        done = run([sys.executable, "-S", str(script)], auto_env(openai_server, proxy_server), tmp_path)
+        (line,) = [x for x in done.stdout.splitlines() if x.startswith("MODULES ")]
+        return set(line.split()[1:])
+
+    added = modules(auto) - modules(bare)
+    assert "prysmai._import_hook" in added  # (activated: the comparison means something)
+    assert added <= {"prysmai", "prysmai._auto", "prysmai._import_hook", "sitecustomize", "__future__"}, added
+
+
 @pytest.mark.parametrize("value", ["2", "on", "ture"])
 def test_auto_unrecognised_value_says_so_and_leaves_openai_alone(
     value: str, app: Path, tmp_path: Path, proxy_server: RecordingServer, openai_server: RecordingServer
