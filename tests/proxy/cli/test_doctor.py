@@ -39,6 +39,12 @@ def test_all_ok_against_a_running_proxy(proxy: ProxyHandle) -> None:
         assert checks[name]["status"] == "ok", checks[name]
     assert checks["proxy health"]["status"] == "ok" and " ms" in checks["proxy health"]["detail"]
     assert checks["key accepted"]["status"] == "ok"
+    assert checks["trace store"] == {  # a SQLite store: its file, no outbox
+        "check": "trace store",
+        "status": "ok",
+        "detail": proxy.db_path,
+        "fix": None,
+    }
     assert "from the environment" in checks["proxy url"]["detail"]
     assert SECRET_TAIL not in out + err and "sk-app" not in out + err
     assert proxy.traces() == []  # the key check costs nothing: no request reached the provider

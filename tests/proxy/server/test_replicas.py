@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from ..cli.test_doctor import by_name, doctor
 from ..config.test_projects import auth, sha
 from ..conftest import FakeUpstream, Proxy
 from ..postgres import PASSWORD, PostgresServer
@@ -95,6 +96,11 @@ def test_requests_per_minute_hold_across_two_replicas(pg_url: str, fake: FakeUps
         r = httpx.post(f"{a.base}/chat/completions", json=CHAT, headers=auth(KEY))
         assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
         assert health(a.base)["replicas"]["exchanges"] > 0
+        code, out, err = doctor("--json", PRYSM_API_KEY=KEY, PRYSM_BASE_URL=a.base, OPENAI_API_KEY="sk-app")
+        store = by_name(out)["trace store"]
+        assert code == 0 and store["status"] == "ok", out + err
+        assert "limits and log-ins shared with the other replicas" in store["detail"]
+        assert store["detail"].startswith("postgresql://***@127.0.0.1:") and PASSWORD not in out + err
     finally:
         logs = a.stop() + b.stop()
     assert PASSWORD not in logs
@@ -177,6 +183,13 @@ def test_postgres_down_each_replica_counts_its_own_and_catches_up(fake: FakeUpst
             # Alone, each replica enforces the limit on its own counts.
             assert paced([a.base], 15, per_second=50) == [200] * 15
             assert paced([b.base], 25, per_second=50) == [200] * 20 + [429] * 5
+            # prysmai doctor names the store (masked) and how far behind its outbox is.
+            code, out, err = doctor("--json", PRYSM_API_KEY=KEY, PRYSM_BASE_URL=b.base, OPENAI_API_KEY="sk-app")
+            store = by_name(out)["trace store"]
+            assert store["status"] == "warning" and code == 0, out + err
+            assert store["detail"].startswith("postgresql://***@127.0.0.1:")
+            assert "outbox: 25 trace(s) waiting, the oldest " in store["detail"]  # 429s are traces too
+            assert PASSWORD not in out + err
             server.start()
             for base in (a.base, b.base):
                 wait_for(lambda base=base: health(base)["status"] == "ok", 30, "not shared again")
