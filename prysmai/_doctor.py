@@ -306,15 +306,17 @@ def _health_doc(url: str, key: str, timeout: float) -> dict[str, Any]:
 
 
 def _store_check(doc: dict[str, Any]) -> Check | None:
-    """Which store the proxy writes (a URL's password masked by the proxy) and, for a shared one,
-    how far behind its outbox is and whether limits and log-ins are shared (``None``: the key
-    may not see it, or the proxy predates it)."""
-    location = doc.get("store_location")
+    """Which store the proxy writes -- where, to an admin key (a URL's password masked by the
+    proxy, its user too here) -- and, for a shared one, how far behind its outbox is and whether
+    limits and log-ins are shared (``None``: the key may not see it, or the proxy predates it)."""
+    kind = doc.get("store_kind")
     store = doc.get("store")
-    if not isinstance(location, str) or not isinstance(store, dict):
+    if kind not in ("sqlite", "postgresql") or not isinstance(store, dict):
         return None
-    where = _printable(location)
-    if "outbox_backlog" not in store:
+    location = doc.get("store_location")
+    named = "SQLite" if kind == "sqlite" else "PostgreSQL"
+    where = f"{named} {_printable(location)}" if isinstance(location, str) else f"{named} (an admin key sees where)"
+    if kind == "sqlite":
         return Check("trace store", OK, where)
     backlog, behind = store.get("outbox_backlog", 0), store.get("outbox_behind_s", 0)
     detail = f"{where}; outbox: {backlog} trace(s) waiting"

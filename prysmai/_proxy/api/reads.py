@@ -150,7 +150,9 @@ class Reads:
             if self.inflight is not None:
                 body["inflight"] = self.inflight()
             body["store"] = self.store.counters()
-            body["store_location"] = self.store.engine.location  # a URL's password masked
+            body["store_kind"] = "postgresql" if self.store.shipper is not None else "sqlite"
+            if who.project is None:  # where it is (a URL's password masked): the operator's business
+                body["store_location"] = self.store.engine.location
             if self.sharing is not None:
                 body["replicas"] = self.sharing.status()
             if self.store.retention is not None:

@@ -22,6 +22,7 @@ from ..postgres import PASSWORD, PostgresServer
 
 KEY = "sk-prysm-replicas-test-key-0123456789ab"
 OTHER = "sk-prysm-replicas-other-key-0123456789"
+ADMIN = "sk-prysm-replicas-admin-key-0123456789"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -30,6 +31,9 @@ def config(
 ) -> str:
     limits = (f"requests_per_minute = {rpm}\n" if rpm else "") + (f"monthly_budget_usd = {budget}\n" if budget else "")
     return f"""
+[admin]
+keys = ["{sha(ADMIN)}"]
+
 [[projects]]
 name = "p"
 keys = [{", ".join(json.dumps(sha(k)) for k in keys)}]
@@ -99,8 +103,10 @@ def test_requests_per_minute_hold_across_two_replicas(pg_url: str, fake: FakeUps
         code, out, err = doctor("--json", PRYSM_API_KEY=KEY, PRYSM_BASE_URL=a.base, OPENAI_API_KEY="sk-app")
         store = by_name(out)["trace store"]
         assert code == 0 and store["status"] == "ok", out + err
-        assert "limits and log-ins shared with the other replicas" in store["detail"]
-        assert store["detail"].startswith("postgresql://***@127.0.0.1:") and PASSWORD not in out + err
+        assert store["detail"] == (
+            "PostgreSQL (an admin key sees where); outbox: 0 trace(s) waiting; "
+            "limits and log-ins shared with the other replicas"
+        )
     finally:
         logs = a.stop() + b.stop()
     assert PASSWORD not in logs
@@ -184,10 +190,10 @@ def test_postgres_down_each_replica_counts_its_own_and_catches_up(fake: FakeUpst
             assert paced([a.base], 15, per_second=50) == [200] * 15
             assert paced([b.base], 25, per_second=50) == [200] * 20 + [429] * 5
             # prysmai doctor names the store (masked) and how far behind its outbox is.
-            code, out, err = doctor("--json", PRYSM_API_KEY=KEY, PRYSM_BASE_URL=b.base, OPENAI_API_KEY="sk-app")
+            _, out, err = doctor("--json", PRYSM_API_KEY=ADMIN, PRYSM_BASE_URL=b.base, OPENAI_API_KEY="sk-app")
             store = by_name(out)["trace store"]
-            assert store["status"] == "warning" and code == 0, out + err
-            assert store["detail"].startswith("postgresql://***@127.0.0.1:")
+            assert store["status"] == "warning", out + err
+            assert store["detail"].startswith("PostgreSQL postgresql://***@127.0.0.1:")
             assert "outbox: 25 trace(s) waiting, the oldest " in store["detail"]  # 429s are traces too
             assert PASSWORD not in out + err
             server.start()

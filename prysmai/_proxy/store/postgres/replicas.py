@@ -169,9 +169,11 @@ class ReplicaBoard:
                 self._seen = max(self._seen, float(changed))
             if read_stored:
                 shared.stored = month_spend(PostgresConnection(conn), month)
-                # Housekeeping, now and then: sessions long expired, spend of months gone.
+                # Housekeeping, now and then: sessions long expired, spend of months gone, the
+                # minutes of replicas gone for an hour.
                 conn.execute("DELETE FROM prysmai_sessions WHERE expires < extract(epoch FROM now()) - 60")
                 conn.execute("DELETE FROM prysmai_spend WHERE month < %s", [month])
+                conn.execute("DELETE FROM prysmai_rates WHERE updated_at < now() - interval '1 hour'")
         return shared
 
 
