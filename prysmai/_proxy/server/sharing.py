@@ -36,6 +36,9 @@ log = logging.getLogger("prysmai.proxy")
 INTERVAL = 0.5
 #: Exchanges between two reads of the month's spend from the store's rollups.
 STORED_EVERY = 10
+#: Seconds without an exchange after which the sharing is reported stale (a database that accepts
+#: but does not answer raises nothing for a long while).
+STALE = 5.0
 
 
 def replica_name(outbox: str) -> str:
@@ -51,12 +54,20 @@ class Sharing:
     was read is handed over (the request path's objects are changed on the loop only)."""
 
     def __init__(
-        self, engine: PostgresEngine, replica: str, limits: Limits, sessions: Sessions, interval: float = INTERVAL
+        self,
+        engine: PostgresEngine,
+        replica: str,
+        limits: Limits,
+        sessions: Sessions,
+        interval: float = INTERVAL,
+        stale: float = STALE,
     ) -> None:
         self.board = ReplicaBoard(engine, replica)
         self.limits = limits
         self.sessions = sessions
         self.interval = interval
+        self.stale = stale
+        self._started = time.monotonic()
         self.exchanges = 0
         self.failures = 0
         self.last_exchange: float | None = None
@@ -70,9 +81,10 @@ class Sharing:
     def __repr__(self) -> str:
         return f"Sharing({self.board!r}, every {self.interval:g} s)"
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Start the thread (its first exchange adopts the database's signing secret)."""
         self._loop = loop
+        self._started = time.monotonic()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="prysmai-sharing", daemon=True)
         self._thread.start()
@@ -94,7 +106,15 @@ class Sharing:
 
     def trouble(self) -> str | None:
         """Why the limits and log-ins are not shared now, or ``None``."""
-        return self._outage
+        if self._outage is not None:
+            return self._outage
+        since = time.monotonic() - (self._started if self.last_exchange is None else self.last_exchange)
+        if since > self.stale:
+            return (
+                f"limits and log-ins were last shared with the other replicas {since:.0f} s ago "
+                f"({self.board.engine.location} does not answer)"
+            )
+        return None
 
     def status(self) -> dict[str, Any]:
         """For ``/api/v1/health``: the exchanges done and failed, and the age of the last one."""
@@ -104,7 +124,7 @@ class Sharing:
             "exchanges": self.exchanges,
             "failures": self.failures,
             "last_exchange_s": last,
-            "error": self._outage,
+            "error": self.trouble(),
         }
 
     # -- the thread --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ mode (web/auth.py) and the board they are exchanged on, against a real PostgreSQ
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from prysmai._proxy.config.projects import Limits as ProjectLimits
 from prysmai._proxy.config.projects import Project
 from prysmai._proxy.server.limits import Limits, month_start
+from prysmai._proxy.server.sharing import Sharing
 from prysmai._proxy.store.postgres.engine import PostgresEngine
 from prysmai._proxy.store.postgres.replicas import ReplicaBoard, Session
 from prysmai._proxy.web.auth import SHARING_GRACE, Sessions
@@ -174,3 +176,26 @@ def test_replicas_exchange_counts_spend_sessions_and_one_secret(pg_url: str) -> 
     with psycopg.connect(pg_url) as conn:  # what was shared holds no key, only its id
         rows: list[Any] = conn.execute("SELECT id, key_id FROM prysmai_sessions").fetchall()
     assert rows == [("s1", "key_x")]
+
+
+def test_a_database_that_accepts_but_never_answers_is_reported_and_the_limits_go_on(tmp_path: Any) -> None:
+    """A listening socket that never answers (the kernel completes the handshake): no exchange
+    fails for a while, yet health must say the sharing is stale; the limits keep answering."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    limits, sessions = Limits(), Sessions()
+    sharing = Sharing(PostgresEngine(f"postgresql://u:pw@127.0.0.1:{port}/db"), "r", limits, sessions, stale=0.5)
+    try:
+        sharing.start(None)
+        assert sharing.trouble() is None
+        deadline = time.monotonic() + 5  # sooner than the connection's own timeout (10 s)
+        while sharing.trouble() is None:
+            assert time.monotonic() < deadline, "a silent database is never reported"
+            time.sleep(0.05)
+        trouble = sharing.trouble()
+        assert trouble is not None and "does not answer" in trouble and "pw" not in trouble
+        assert sharing.status()["error"] == trouble and sharing.exchanges == 0
+        assert [limits.check(project(rpm=2)) is None for _ in range(3)] == [True, True, False]
+    finally:
+        silent.close()  # the stuck connection is reset: the thread fails and stops
+        sharing.stop()
