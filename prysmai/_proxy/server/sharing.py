@@ -36,6 +36,8 @@ log = logging.getLogger("prysmai.proxy")
 INTERVAL = 0.5
 #: Exchanges between two reads of the month's spend from the store's rollups.
 STORED_EVERY = 10
+#: Session events kept for the database while it cannot be reached.
+MAX_UNSENT = 10_000
 #: Seconds without an exchange after which the sharing is reported stale (a database that accepts
 #: but does not answer raises nothing for a long while).
 STALE = 5.0
@@ -151,7 +153,9 @@ class Sharing:
             for project, usd in base.items():
                 self.limits.add_spend(project, usd, float(month))
             self._own_base_read = True
-        self._unsent += self.sessions.take_events()
+        # What waits while the database is down is bounded: the newest sessions' news are kept
+        # (an issue not shared is still accepted elsewhere within its grace; an end must get out).
+        self._unsent = (self._unsent + self.sessions.take_events())[-MAX_UNSENT:]
         rates = self.limits.own_rates()
         own = self.limits.own_spend()
         at = time.monotonic()
