@@ -281,17 +281,17 @@ def _proxy_checks(url: str, key: str | None, timeout: float, mask_key: Any, key_
             project = doc.get("project")
             detail = f"the proxy accepts {masked} for sending, in project {project!r} ({rtt * 1000:.1f} ms)"
             checks.append(Check("key accepted", OK, detail))
-        export = _export_check(url, key, timeout)
-        if export is not None:
-            checks.append(export)
+        doc = _health_doc(url, key, timeout)
+        for check in (_store_check(doc), _export_check(doc)):
+            if check is not None:
+                checks.append(check)
     else:
         checks.append(Check("key accepted", WARNING, f"could not check the key (HTTP {status} from {url}/me)", None))
     return checks
 
 
-def _export_check(url: str, key: str, timeout: float) -> Check | None:
-    """The proxy's OTLP export, from its health answer (``None``: export is off, or the proxy
-    predates it)."""
+def _health_doc(url: str, key: str, timeout: float) -> dict[str, Any]:
+    """The proxy's health answer to ``key`` (empty if it could not be read)."""
     import json
     import urllib.error
     import urllib.request
@@ -299,9 +299,43 @@ def _export_check(url: str, key: str, timeout: float) -> Check | None:
     request = urllib.request.Request(url + "/health", headers={"Authorization": f"Bearer {key}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            export = json.loads(response.read(65536)).get("export")
-    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            doc = json.loads(response.read(65536))
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _store_check(doc: dict[str, Any]) -> Check | None:
+    """Which store the proxy writes -- where, to an admin key (a URL's password masked by the
+    proxy, its user too here) -- and, for a shared one, how far behind its outbox is and whether
+    limits and log-ins are shared (``None``: the key may not see it, or the proxy predates it)."""
+    kind = doc.get("store_kind")
+    store = doc.get("store")
+    if kind not in ("sqlite", "postgresql") or not isinstance(store, dict):
         return None
+    location = doc.get("store_location")
+    named = "SQLite" if kind == "sqlite" else "PostgreSQL"
+    where = f"{named} {_printable(location)}" if isinstance(location, str) else f"{named} (an admin key sees where)"
+    if kind == "sqlite":
+        return Check("trace store", OK, where)
+    backlog, behind = store.get("outbox_backlog", 0), store.get("outbox_behind_s", 0)
+    detail = f"{where}; outbox: {backlog} trace(s) waiting"
+    if backlog:
+        detail += f", the oldest {behind} s old"
+    replicas = doc.get("replicas")
+    shared = isinstance(replicas, dict) and not replicas.get("error")
+    detail += "; limits and log-ins shared with the other replicas" if shared else ""
+    reason = doc.get("reason")
+    if doc.get("status") != "ok" and isinstance(reason, str):
+        fix = "check that PostgreSQL is up and reachable from the proxy; traces wait in the outbox meanwhile"
+        return Check("trace store", WARNING, f"{detail}; {_printable(reason)}", fix)
+    return Check("trace store", OK, detail)
+
+
+def _export_check(doc: dict[str, Any]) -> Check | None:
+    """The proxy's OTLP export, from its health answer (``None``: export is off, or the proxy
+    predates it)."""
+    export = doc.get("export")
     if not isinstance(export, dict):
         return None
     counts = (

@@ -79,6 +79,9 @@ class Reads:
         self.store = store
         #: The OTLP export (its ``status()`` and ``trouble()``), or ``None``.
         self.export = export
+        #: Limits and log-ins shared with other replicas (its ``status()`` and ``trouble()``), or
+        #: ``None`` (a proxy alone).
+        self.sharing: Any = None
         self.tenancy = tenancy
         self.inflight = inflight
         self.project_counters = project_counters
@@ -126,14 +129,15 @@ class Reads:
         export."""
         status = self.store.health()[0]
         export_trouble = self.export.trouble() if self.export is not None else None
-        if status == "ok" and export_trouble is not None:
+        sharing_trouble = self.sharing.trouble() if self.sharing is not None else None
+        if status == "ok" and (export_trouble is not None or sharing_trouble is not None):
             status = "degraded"
         body: dict[str, Any] = {"status": status}
         if who is None:
             return body
         whole = self._sees_whole_proxy(who)
         reason = self.store.health(detail=whole)[1]
-        body["reason"] = reason if reason is not None else export_trouble
+        body["reason"] = next((r for r in (reason, export_trouble, sharing_trouble) if r is not None), None)
         if who.project is not None:
             providers = who.project.providers
             body["project"] = who.project.name
@@ -146,6 +150,11 @@ class Reads:
             if self.inflight is not None:
                 body["inflight"] = self.inflight()
             body["store"] = self.store.counters()
+            body["store_kind"] = "postgresql" if self.store.shipper is not None else "sqlite"
+            if who.project is None:  # where it is (a URL's password masked): the operator's business
+                body["store_location"] = self.store.engine.location
+            if self.sharing is not None:
+                body["replicas"] = self.sharing.status()
             if self.store.retention is not None:
                 body["retention"] = self.store.retention.counters()
             if self.export is not None:

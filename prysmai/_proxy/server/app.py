@@ -27,10 +27,12 @@ complete one).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
 from functools import partial
+from urllib.parse import urlsplit
 
 from ... import _wire
 from ..api import jsonshape
@@ -60,10 +62,11 @@ from ..store.retention import Retention
 from ..store.writer import TraceWriter
 from ..store.writerproc import WriterProcess
 from ..web import Dashboard
-from ..web.auth import AuthThrottle
+from ..web.auth import COOKIE_NAME, AuthThrottle
 from .forward import PREFIX, Forwarder
 from .limits import Limits, month_start
 from .ratelog import RateLimitedLog
+from .sharing import Sharing, replica_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -75,6 +78,7 @@ if TYPE_CHECKING:
     from ..config.settings import ProxyConfig
     from ..store.capture import Exchange
     from ..store.engine import Engine
+    from ..web.auth import Sessions
 
 log = logging.getLogger("prysmai.proxy")
 _HEALTH = "health"
@@ -116,7 +120,10 @@ class ProxyApp:
         #: Failed authentications per client address, on the API and at the dashboard's log-in.
         self.throttle = AuthThrottle(note=lambda message: self.warnings.event("auth-throttle", message))
         #: Every path outside /api/v1.
-        self.web = Dashboard(self.reads, throttle=self.throttle)
+        self.web = Dashboard(self.reads, throttle=self.throttle, cookie=_shared_cookie(config))
+        #: Limits and log-ins shared with the other replicas of a PostgreSQL store (``None``: alone).
+        self.sharing = _sharing(config, self.store, self.limits, self.web.sessions)
+        self.reads.sharing = self.sharing
         self._watch: ConfigWatch | None = None
 
     def __repr__(self) -> str:
@@ -135,13 +142,19 @@ class ProxyApp:
         if self.export is not None:
             self.export.start()
         await self.forwarder.start([p for project in self.tenancy.projects.values() for p in project.providers])
-        since = month_start(time.time())
-        try:
-            spent = await self.store.read(month_spend, since)
-        except StoreUnavailable as exc:  # a shared store that is down now: serve, and say so
-            log.warning("%s: this month's spend is counted from now on for the monthly budgets", exc)
-            spent = {}
-        self.limits.seed(spent, since)
+        if self.sharing is not None:
+            # The replicas' counts and signing secret, before the first request if the database
+            # answers now (the month's spend in the store comes with them).
+            self.sharing.start(asyncio.get_running_loop())
+            await asyncio.to_thread(self.sharing.first_exchange, 5.0)
+        else:
+            since = month_start(time.time())
+            try:
+                spent = await self.store.read(month_spend, since)
+            except StoreUnavailable as exc:  # pragma: no cover - a store of one proxy is local
+                log.warning("%s: this month's spend is counted from now on for the monthly budgets", exc)
+                spent = {}
+            self.limits.seed(spent, since)
         path = self.config.config_file
         load = partial(_load, self.config) if path else None
         self._watch = ConfigWatch(path, load, self._use, baseline=self.tenancy.stamp)
@@ -161,6 +174,8 @@ class ProxyApp:
             self._watch = None
         self.warnings.close()
         await self.forwarder.aclose()
+        if self.sharing is not None:
+            await asyncio.to_thread(self.sharing.stop)
         await asyncio.to_thread(self.store.close)
         if self.export is not None:  # after the writer: what it wrote last goes out too
             await asyncio.to_thread(self.export.stop)
@@ -323,6 +338,24 @@ def _trace_store(
     # are each done once (the database's row and table locks), whichever replica comes first.
     retention = Retention(engine, plan)
     return Store(engine, writer, shipper=shipper, retention=retention)
+
+
+def _sharing(config: ProxyConfig, store: Store, limits: Limits, sessions: Sessions) -> Sharing | None:
+    """The sharing thread of a replica on a PostgreSQL store (``None``: a store of its own)."""
+    if store.shipper is None or not isinstance(store.engine, PostgresEngine):
+        return None
+    name = replica_name(config.outbox_path or default_outbox_path())
+    return Sharing(store.engine, name, limits, sessions)
+
+
+def _shared_cookie(config: ProxyConfig) -> str | None:
+    """The session cookie's name on replicas of one PostgreSQL database: the same on each (their
+    ports may differ behind a load balancer), named after the database (never its password)."""
+    if not is_postgres(config.db_path):
+        return None
+    parts = urlsplit(config.db_path)
+    where = f"{parts.hostname}:{parts.port}{parts.path}"
+    return f"{COOKIE_NAME}_{hashlib.sha256(where.encode()).hexdigest()[:10]}"
 
 
 def _journal_of(engine: Engine) -> Journal | None:

@@ -38,6 +38,7 @@ _TABLE = "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREME
 _INSERT = f"INSERT INTO outbox ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 #: Rows a shipment takes at most.
 SHIP_BATCH = 1000
+_CREATED = COLUMNS.index("created_at")
 
 
 class OutboxEngine(SQLiteEngine):
@@ -123,6 +124,8 @@ class Shipper:
         self.shipped = 0
         self.backlog = 0
         self.failures = 0
+        #: ``created_at`` of the oldest trace waiting (``None``: none waits): how far behind it is.
+        self.oldest: float | None = None
         self._outage: str | None = None
         #: Flush requests, and the last one the thread answered with an empty outbox.
         self._asked = 0
@@ -173,7 +176,14 @@ class Shipper:
         return "ok", None
 
     def counters(self) -> dict[str, int]:
-        return {"outbox_backlog": self.backlog, "shipped": self.shipped, "ship_failures": self.failures}
+        oldest = self.oldest
+        behind = 0 if oldest is None or not self.backlog else max(0, int(time.time() - oldest))
+        return {
+            "outbox_backlog": self.backlog,
+            "outbox_behind_s": behind,
+            "shipped": self.shipped,
+            "ship_failures": self.failures,
+        }
 
     # -- the thread --------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -187,6 +197,7 @@ class Shipper:
                     asked = self._asked
                 rows = self.outbox.oldest(local, SHIP_BATCH)
                 self.backlog = len(rows) if len(rows) < SHIP_BATCH else self.outbox.backlog(local)
+                self.oldest = rows[0][1 + _CREATED] if rows else None
                 if not rows:
                     with self._idle:
                         self._drained = asked  # empty after every flush asked before this look

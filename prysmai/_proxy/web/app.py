@@ -74,9 +74,19 @@ class Dashboard:
     """The dashboard over the read API ``reads`` (and its store), for whoever holds a key of
     ``reads.tenancy()``. A project's key sees that project's traces; an admin key every project's."""
 
-    def __init__(self, reads: Reads, *, sessions: Sessions | None = None, throttle: AuthThrottle | None = None) -> None:
+    def __init__(
+        self,
+        reads: Reads,
+        *,
+        sessions: Sessions | None = None,
+        throttle: AuthThrottle | None = None,
+        cookie: str | None = None,
+    ) -> None:
         self.reads = reads
         self.sessions = sessions if sessions is not None else Sessions()
+        #: The session cookie's name, when fixed (replicas of one database share it); else it
+        #: names the port the request came to (:func:`.auth.cookie_name`).
+        self.cookie = cookie
         #: Failed log-ins per client address (the proxy shares its own, which counts wrong API keys too).
         self.throttle = throttle if throttle is not None else AuthThrottle()
         self.assets = _load_assets()
@@ -104,11 +114,17 @@ class Dashboard:
     def _who(self, scope: Scope) -> KeyEntry | None:
         """The key of a valid session cookie, if that key is still accepted (a reload may have
         removed it: its sessions end with it)."""
-        key_id = self.sessions.check(read_cookie(_cookie_header(scope), _cookie(scope)))
+        key_id = self.sessions.check(read_cookie(_cookie_header(scope), self._cookie(scope)))
         entry = None if key_id is None else self.reads.tenancy().by_key_id(key_id)
         if entry is not None:
             trust(scope)
         return entry
+
+    def _cookie(self, scope: Scope) -> str:
+        if self.cookie is not None:
+            return self.cookie
+        server = scope.get("server")
+        return cookie_name(server[1] if server and len(server) > 1 else None)
 
     # -- pages and files ----------------------------------------------------------------------------
     async def _page(self, scope: Scope, receive: Receive, send: Send, param: str | None) -> None:
@@ -164,13 +180,14 @@ class Dashboard:
             self.throttle.failed(address)
             await _redirect(send, "/login?error=1&next=" + quote(target, safe=""))
             return
-        cookie = self.sessions.set_cookie(_cookie(scope), self.sessions.issue(entry.key_id), _secure(scope))
+        cookie = self.sessions.set_cookie(self._cookie(scope), self.sessions.issue(entry.key_id), _secure(scope))
         await _redirect(send, target, cookie)
 
     async def _logout(self, scope: Scope, receive: Receive, send: Send, _: str | None) -> None:
         _check_origin(scope)
-        self.sessions.end(read_cookie(_cookie_header(scope), _cookie(scope)))  # ended here, not only in the browser
-        await _redirect(send, "/login?out=1", self.sessions.clear_cookie(_cookie(scope), _secure(scope)))
+        # Ended here (and on every replica, once shared), not only in the browser.
+        self.sessions.end(read_cookie(_cookie_header(scope), self._cookie(scope)))
+        await _redirect(send, "/login?out=1", self.sessions.clear_cookie(self._cookie(scope), _secure(scope)))
 
     # -- the read API, by session ------------------------------------------------------------------
     async def _api(self, scope: Scope, receive: Receive, send: Send, _: str | None) -> None:
@@ -201,11 +218,6 @@ ROUTES: Routes[tuple[frozenset[str], Page]] = Routes(
         "/favicon.ico": (_GET, Dashboard._favicon),
     }
 )
-
-
-def _cookie(scope: Scope) -> str:
-    server = scope.get("server")
-    return cookie_name(server[1] if server and len(server) > 1 else None)
 
 
 def _cookie_header(scope: Scope) -> bytes | None:

@@ -2,11 +2,17 @@
 
 The browser never holds the key. The cookie carries ``<expiry>.<key id>.<session id>.<signature>``:
 the expiry (unix seconds), the id of the key that logged in (``key_`` + 12 hex of its SHA-256,
-never the key), a random session id and an HMAC-SHA256 of the three under a secret that lives only
-in this process, so a restart logs everyone out and a cookie cannot be forged or extended without
-the secret. The process also keeps the ids of the sessions it issued and that have not ended:
-logging out ends one on the server (its cookie, replayed, is refused), checked on each request
-by one dict lookup.
+never the key), a random session id and an HMAC-SHA256 of the three under a secret, so a cookie
+cannot be forged or extended without the secret. The process also keeps the ids of the sessions
+that have not ended: logging out ends one on the server (its cookie, replayed, is refused),
+checked on each request by one dict lookup.
+
+A proxy alone signs with a secret that lives only in its process, so a restart logs everyone out.
+Replicas on one PostgreSQL database share theirs (:class:`Sessions` in shared mode, fed by the
+proxy's sharing thread): the secret is the database's, and the sessions issued and ended on each
+replica reach the others within a sharing interval. A cookie issued on another replica moments
+ago, which this one has not heard of yet, is accepted for :data:`SHARING_GRACE` seconds after its
+issue on its signature alone (a session ended within that time is remembered as ended).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import hmac
 import logging
 import math
 import secrets
+import threading
 import time
 from collections import deque
 
@@ -34,20 +41,33 @@ SESSION_SECONDS = 12 * 3600
 #: its attempts are refused (:class:`AuthThrottle`).
 MAX_AUTH_FAILURES = 20
 AUTH_WINDOW = 60.0
+#: Seconds after its issue that a validly signed session another replica issued is accepted before
+#: this replica has heard of it (a few sharing intervals).
+SHARING_GRACE = 5.0
+
+#: A session as it is shared: (session id, key id, expiry, ended).
+SessionEvent = tuple[str, str, float, bool]
 
 
 class Sessions:
     """Issues, checks and ends session cookies."""
 
-    __slots__ = ("_live", "_secret", "lifetime", "max_live")
+    __slots__ = ("_ended", "_events", "_live", "_lock", "_secret", "lifetime", "max_live", "shared")
 
     def __init__(self, secret: bytes | None = None, lifetime: float = SESSION_SECONDS, max_live: int = 10_000) -> None:
         self._secret = secret if secret is not None else secrets.token_bytes(32)
         self.lifetime = lifetime
         #: Live sessions: id -> expiry (unix seconds), oldest first.
-        self._live: dict[str, int] = {}
+        self._live: dict[str, float] = {}
         #: Sessions kept at most; beyond it the oldest ends (each took a valid key to open).
         self.max_live = max_live
+        #: Shared with other replicas (:meth:`share`): sessions issued and ended here wait in
+        #: ``_events`` for the sharing thread; ``_ended`` holds sessions ended lately (id ->
+        #: expiry), so a cookie within its grace is not taken for one not heard of yet.
+        self.shared = False
+        self._events: list[SessionEvent] = []
+        self._ended: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Sessions(lifetime={self.lifetime:.0f}s, live={len(self._live)})"
@@ -63,8 +83,41 @@ class Sessions:
         if len(self._live) >= self.max_live:
             self._prune(now)
         self._live[session] = expiry
+        if self.shared:
+            with self._lock:
+                self._events.append((session, key_id, float(expiry), False))
         payload = f"{expiry}.{key_id}.{session}"
         return f"{payload}.{self._sign(payload)}"
+
+    # -- sharing with other replicas (the sharing thread) ---------------------------------------------
+    def share(self, secret: bytes) -> None:
+        """From now on, sign with the replicas' shared ``secret`` and share sessions. Sessions
+        issued under another secret (before the database could be reached) end."""
+        if secret != self._secret:
+            self._secret = secret
+            self._live.clear()
+        self.shared = True
+
+    def take_events(self) -> list[SessionEvent]:
+        """The sessions issued and ended here since the last call, to publish."""
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    def learn(self, events: list[SessionEvent], now: float | None = None) -> None:
+        """Apply what the replicas shared: a session issued (live here too, unless ended) or ended."""
+        now = time.time() if now is None else now
+        for session, _key_id, expiry, ended in events:
+            if ended:
+                self._live.pop(session, None)
+                self._ended[session] = expiry
+            elif session not in self._ended and expiry > now:
+                if session not in self._live and len(self._live) >= self.max_live:
+                    self._prune(now)
+                self._live[session] = expiry
+        for session, expiry in list(self._ended.items()):
+            if expiry <= now:
+                del self._ended[session]
 
     def _prune(self, now: float) -> None:
         for session, expiry in list(self._live.items()):
@@ -90,15 +143,31 @@ class Sessions:
     def check(self, value: str | None, now: float | None = None) -> str | None:
         """The key id of a valid, unexpired cookie of a session that has not ended; ``None`` otherwise."""
         found = self._verified(value, now)
-        if found is None or found[1] not in self._live:
+        if found is None:
+            return None
+        if found[1] not in self._live and not self._just_issued_elsewhere(value, found[1], now):
             return None
         return found[0]
 
+    def _just_issued_elsewhere(self, value: str | None, session: str, now: float | None) -> bool:
+        """Shared: a validly signed session issued within :data:`SHARING_GRACE` seconds that has not
+        ended (another replica issued it, and has not shared it yet)."""
+        if not self.shared or value is None or session in self._ended:
+            return False
+        issued = int(value.split(".", 1)[0]) - self.lifetime
+        return issued >= (time.time() if now is None else now) - SHARING_GRACE
+
     def end(self, value: str | None) -> None:
-        """End the session of this cookie (logging out): the cookie is refused from now on."""
+        """End the session of this cookie (logging out): the cookie is refused from now on (on
+        every replica, once shared)."""
         found = self._verified(value, None)
         if found is not None:
             self._live.pop(found[1], None)
+            if self.shared:
+                expiry = float(value.split(".", 1)[0]) if value else 0.0
+                self._ended[found[1]] = expiry
+                with self._lock:
+                    self._events.append((found[1], found[0], expiry, True))
 
     def set_cookie(self, name: str, value: str, secure: bool) -> bytes:
         """The ``Set-Cookie`` header value: HttpOnly, SameSite=Strict, scoped to the whole site."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -39,6 +40,14 @@ def test_all_ok_against_a_running_proxy(proxy: ProxyHandle) -> None:
         assert checks[name]["status"] == "ok", checks[name]
     assert checks["proxy health"]["status"] == "ok" and " ms" in checks["proxy health"]["detail"]
     assert checks["key accepted"]["status"] == "ok"
+    # A SQLite store; where it is, only an admin key is told (there is none here).
+    assert checks["trace store"] == {
+        "check": "trace store",
+        "status": "ok",
+        "detail": "SQLite (an admin key sees where)",
+        "fix": None,
+    }
+    assert proxy.db_path not in out
     assert "from the environment" in checks["proxy url"]["detail"]
     assert SECRET_TAIL not in out + err and "sk-app" not in out + err
     assert proxy.traces() == []  # the key check costs nothing: no request reached the provider
@@ -100,6 +109,8 @@ def test_against_a_proxy_run_from_a_config_file(tmp_path: Any) -> None:
         assert "error    key accepted" in out and "is an admin key" in out and "cannot send requests" in out
         assert "403 admin_key_cannot_send" in out and "-> set PRYSM_API_KEY to a project's key" in out
         assert "no problems found" not in out and "problems found" in out
+        # The operator's key is told where the store is.
+        assert re.search(rf"^ok +trace store +SQLite {re.escape(str(tmp_path / 't.db'))}$", out, re.M), out
         code, out, err = doctor("--json", PRYSM_API_KEY=SHOP, PRYSM_BASE_URL=proxy.base, OPENAI_API_KEY="sk-app")
         checks = by_name(out)
         assert code == 0 and checks["key accepted"]["status"] == "ok", out

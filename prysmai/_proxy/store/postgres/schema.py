@@ -138,8 +138,40 @@ CREATE TABLE rollup_hour (
     + "".join(_key_table(c) for c in KEY_ROLLUPS)
 )
 
+#: What the replicas of one database share (:mod:`.replicas`): the dashboard's signing secret, its
+#: sessions (issued and ended), each replica's requests of the last minute and spend of the month
+#: per project. Small tables, rewritten in place; nothing of a trace.
+V2 = """
+CREATE TABLE prysmai_settings (
+    name text PRIMARY KEY,
+    value bytea NOT NULL
+);
+CREATE TABLE prysmai_sessions (
+    id text COLLATE "C" PRIMARY KEY,
+    key_id text NOT NULL,
+    expires double precision NOT NULL,
+    ended boolean NOT NULL DEFAULT false,
+    changed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX prysmai_sessions_changed ON prysmai_sessions (changed_at);
+CREATE TABLE prysmai_rates (
+    replica text NOT NULL,
+    project text COLLATE "C" NOT NULL,
+    counts integer[] NOT NULL,
+    updated_at timestamptz NOT NULL,
+    PRIMARY KEY (replica, project)
+);
+CREATE TABLE prysmai_spend (
+    replica text NOT NULL,
+    project text COLLATE "C" NOT NULL,
+    month bigint NOT NULL,
+    usd double precision NOT NULL,
+    PRIMARY KEY (replica, project, month)
+);
+"""
+
 #: ``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, str] = {0: V1}
+MIGRATIONS: dict[int, str] = {0: V1, 1: V2}
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 #: The advisory lock migrations and partition creation take (any constant of our own).
 LOCK = 0x70727973  # "prys"
