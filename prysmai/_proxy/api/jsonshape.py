@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 BODY_FIELDS = ("request_body", "response_body")
 
 
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON: a body holding them stays its text (else no answer could carry it).
+    raise ValueError(name)
+
+
 def _body(text: Any) -> Any:
     if not isinstance(text, str):
         return text
@@ -41,8 +46,8 @@ def _body(text: Any) -> Any:
     # scalar ("42", "true") stays the text it was.
     if stripped[:1] in ("{", "["):
         try:
-            return json.loads(text)
-        except ValueError:
+            return json.loads(text, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
             pass
     return text
 
@@ -50,8 +55,8 @@ def _body(text: Any) -> Any:
 def _json_field(value: Any) -> Any:
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except ValueError:
+            return json.loads(value, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
             return value
     return value
 

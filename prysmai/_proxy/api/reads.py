@@ -4,6 +4,8 @@ Routes (below ``/api/v1/`` with a key; below ``/ui/api/`` with a dashboard sessi
 handler, limits and documents -- every page's data is this API):
 
 * ``traces`` -- a page of traces, newest first (filters, ``sort``, ``order``, ``cursor``, ``limit``);
+  with ``format=csv`` or ``format=jsonl``, every trace the filters match, as a streamed download
+  (:mod:`.download`: a :class:`~.download.Download` instead of a document);
 * ``traces/{id}`` -- one trace in full (the id, or a unique prefix of 8+ hex characters);
 * ``stats`` -- totals and a per-model breakdown, with the store's counters;
 * ``overview`` -- totals, percentiles, a time series and the breakdowns, read in one snapshot;
@@ -30,7 +32,7 @@ from urllib.parse import quote, unquote, urlsplit
 from ..asgi import HTTPError, Query, Routes
 from ..config.projects import DEMO
 from ..store import QueryTimeout, StoreError, TraceFilter, queries
-from . import jsonshape
+from . import download, jsonshape
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -175,7 +177,10 @@ class Reads:
 
     # -- the reads ---------------------------------------------------------------------------------
     async def _traces(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
+        plan = download.Plan.of(query)  # (its parameters checked before the filter waits for the store)
         f = await self._filter(query, who)
+        if plan is not None:
+            return await download.Download.start(self.store, f, plan)
         rows, cursor = await self.store.read(
             queries.list_traces,
             f,

@@ -1054,8 +1054,10 @@ def list_traces(
     descending: bool = True,
     cursor: str | None = None,
     limit: int = 50,
+    bodies: bool = False,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of traces (no bodies) and the cursor of the next page (``None`` at the end).
+    """One page of traces (no bodies; with ``bodies``, their request and response bodies too:
+    an export's) and the cursor of the next page (``None`` at the end).
     ``sort``: created_at (time), latency_ms (latency), ttft_ms (ttft), total_tokens (tokens),
     cost_usd (cost); ties broken by id in time order, by arrival (newest first when descending)
     in the others; rows without a value come last."""
@@ -1107,7 +1109,8 @@ def list_traces(
     page = keys[:limit]
     by_key: dict[Any, dict[str, Any]] = {}
     if page:
-        sql = f"SELECT {tie} AS page_key, {_SUMMARY} FROM traces WHERE {tie} IN ({', '.join('?' * len(page))})"
+        columns = _SUMMARY + (", request_body, response_body" if bodies else "")
+        sql = f"SELECT {tie} AS page_key, {columns} FROM traces WHERE {tie} IN ({', '.join('?' * len(page))})"
         by_key = {r.pop("page_key"): r for r in _rows(conn, sql, page)}
     found = [(k, by_key[k]) for k in page if k in by_key]
     rows = [r for _, r in found]
