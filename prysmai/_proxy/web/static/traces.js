@@ -35,6 +35,27 @@ export function traceColumns(withSort, withProject) {
   ];
 }
 
+/** Links that download every trace of these filters, in this order (not one page): the read
+ * API's format=csv|jsonl, with the bodies when asked. A plain link: the browser downloads it. */
+function exportBar(url) {
+  const bodies = el("input", { type: "checkbox", id: "export-bodies" });
+  const links = [["csv", "CSV"], ["jsonl", "JSON Lines"]].map(([format, label]) =>
+    el("a", { class: "button", id: "export-" + format, download: true }, label));
+  const update = () => {
+    for (const a of links) {
+      const params = apiParams(location.search, {
+        sort: url.get("sort") || "time", order: url.get("order") || "desc", format: a.id.slice("export-".length),
+      });
+      if (bodies.checked) params.set("fields", "all");
+      a.href = "/ui/api/traces?" + params.toString();
+    }
+  };
+  bodies.addEventListener("change", update);
+  update();
+  return el("p", { class: "export-bar", id: "export-bar" },
+    "Export every match: ", links[0], " ", links[1], " ", el("label", null, bodies, " with bodies"));
+}
+
 export async function render(main, me) {
   const url = new URLSearchParams(location.search);
   const params = apiParams(location.search, {
@@ -42,7 +63,7 @@ export async function render(main, me) {
   });
   if (url.get("cursor")) params.set("cursor", url.get("cursor"));
   const body = el("div", { id: "traces-body" }, el("p", { class: "muted" }, "Loading…"));
-  clear(main).append(el("h1", null, "Traces"), filterBar(true), body);
+  clear(main).append(el("h1", null, "Traces"), filterBar(true), exportBar(url), body);
   let doc;
   try {
     doc = await getJSON("traces", params);
