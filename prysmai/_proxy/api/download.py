@@ -7,9 +7,10 @@ columns (:data:`DEFAULT_FIELDS` without it; ``all`` adds the bodies); ``limit`` 
 (none by default); ``cursor`` starts after a list page's last row.
 
 The traces are read in chunks of :data:`CHUNK` rows, each one keyset page of
-:func:`~..store.queries.list_traces` on the store's read runner, under its time limit, and each
-chunk is written to the client before the next is read: memory holds one chunk, whatever the
-number of rows, and the event loop that forwards requests only ever waits for a chunk's encoding.
+:func:`~..store.queries.list_traces` read and encoded on the store's read runner (a worker
+thread), under its time limit, and each chunk is written to the client before the next is read:
+memory holds one chunk, whatever the number of rows, and the event loop that forwards requests
+only hands bytes on.
 The first chunk is read before the answer begins, so a bad parameter is still a JSON error; a read
 that fails later cuts the answer off (the client sees an incomplete body, never a short file that
 looks whole). A client that leaves stops the reading at the chunk in progress.
@@ -215,6 +216,16 @@ class Encoder:
 
 
 # -- the download, read chunk by chunk --------------------------------------------------------------
+def read_chunk(
+    conn: Any, f: TraceFilter, plan: Plan, encoder: Encoder, cursor: str | None, shown: int
+) -> tuple[bytes, str | None, int]:
+    """A query function (for the read runner): the chunk after ``cursor`` as the download's bytes,
+    the next chunk's cursor and the rows it held -- encoded in the worker thread, not on the
+    event loop."""
+    rows, cursor = queries.list_traces(conn, f, **plan.chunk(cursor, shown))
+    return encoder.encode(rows), cursor, len(rows)
+
+
 def chunks_sync(store: Store, f: TraceFilter, plan: Plan) -> Iterator[bytes]:
     """The download's bytes, chunk by chunk, read in the calling thread (the CLI). Nothing is
     yielded before the first chunk is read: a bad cursor fails before any output."""
@@ -222,9 +233,9 @@ def chunks_sync(store: Store, f: TraceFilter, plan: Plan) -> Iterator[bytes]:
     cursor, shown = plan.cursor, 0
     head = encoder.head()
     while True:
-        rows, cursor = store.read_sync(queries.list_traces, f, **plan.chunk(cursor, shown))
-        shown += len(rows)
-        yield head + encoder.encode(rows)
+        data, cursor, n = store.read_sync(read_chunk, f, plan, encoder, cursor, shown)
+        shown += n
+        yield head + data
         head = b""
         if not plan.more(cursor, shown):
             return
@@ -234,19 +245,19 @@ class Download:
     """A download the read API answers instead of a document: its first chunk already read.
     :meth:`start` reads it; :meth:`send` streams it all to the client."""
 
-    def __init__(self, store: Store, f: TraceFilter, plan: Plan, rows: list[dict[str, Any]], cursor: str | None):
+    def __init__(self, store: Store, f: TraceFilter, plan: Plan, first: tuple[bytes, str | None, int]) -> None:
         self.store = store
         self.filter = f
         self.plan = plan
-        self._first = rows
-        self._cursor = cursor
+        self.encoder = Encoder(plan)
+        self._first = first
 
     @classmethod
     async def start(cls, store: Store, f: TraceFilter, plan: Plan) -> Download:
         """Read the first chunk: a bad cursor or sort, or a store that is down, fails here, while
         the answer can still be a JSON error."""
-        rows, cursor = await store.read(queries.list_traces, f, **plan.chunk(plan.cursor, 0))
-        return cls(store, f, plan, rows, cursor)
+        first = await store.read(read_chunk, f, plan, Encoder(plan), plan.cursor, 0)
+        return cls(store, f, plan, first)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [
@@ -259,17 +270,16 @@ class Download:
     async def send(self, send: Send, receive: Receive, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         """Stream the download (``extra``: more response headers); returns early when the client
         leaves, or when a later chunk's read fails (the answer is then left incomplete)."""
-        encoder = Encoder(self.plan)
         watch = watch_client(send, receive)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": [*self.headers(), *(extra or ())]})
-            rows, cursor, shown = self._first, self._cursor, len(self._first)
-            self._first = []
-            await send({"type": "http.response.body", "body": encoder.head() + encoder.encode(rows), "more_body": True})
+            data, cursor, shown = self._first
+            self._first = (b"", None, 0)
+            await send({"type": "http.response.body", "body": self.encoder.head() + data, "more_body": True})
             while self.plan.more(cursor, shown):
-                rows, cursor = await self.store.read(queries.list_traces, self.filter, **self.plan.chunk(cursor, shown))
-                shown += len(rows)
-                await send({"type": "http.response.body", "body": encoder.encode(rows), "more_body": True})
+                data, cursor, n = await self.store.read(read_chunk, self.filter, self.plan, self.encoder, cursor, shown)
+                shown += n
+                await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (QueryTimeout, StoreError) as exc:
             # The head is out: no error document can follow. Ending without the last chunk tells
