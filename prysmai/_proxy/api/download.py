@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from ..asgi import uncancel, watch_client
 from ..store import QueryTimeout, StoreError, queries
 from ..store.queries import ParamError
+from ..store.writer import GIL_SLICE
 from . import jsonshape
 
 TYPE_CHECKING = False
@@ -196,9 +197,21 @@ class Encoder:
         return self._csv([list(self.fields)])
 
     def encode(self, rows: list[dict[str, Any]]) -> bytes:
-        if self.format == "csv":
-            return self._csv([[csv_cell(value) for value in self._values(row, raw_bodies=True)] for row in rows])
-        return _utf8("".join(jsonl_line(dict(zip(self.fields, self._values(row)))) for row in rows))
+        """The rows' bytes. Run in a worker thread of the proxy: it lets go of the GIL every
+        :data:`~..store.writer.GIL_SLICE` seconds, as the writer does, so that the event loop
+        forwarding requests never waits out CPython's switch interval behind an export."""
+        csv_rows: list[list[Any]] = []
+        lines: list[str] = []
+        since = time.perf_counter()
+        for row in rows:
+            if self.format == "csv":
+                csv_rows.append([csv_cell(value) for value in self._values(row, raw_bodies=True)])
+            else:
+                lines.append(jsonl_line(dict(zip(self.fields, self._values(row)))))
+            if time.perf_counter() - since > GIL_SLICE:
+                time.sleep(0)  # let the event loop have the GIL
+                since = time.perf_counter()
+        return self._csv(csv_rows) if self.format == "csv" else _utf8("".join(lines))
 
     def _values(self, row: dict[str, Any], raw_bodies: bool = False) -> list[Any]:
         shaped = jsonshape.trace(row)

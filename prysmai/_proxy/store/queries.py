@@ -119,6 +119,8 @@ SUMMARY_COLUMNS = (
     "notes",
     "error",
     "provider_request_id",
+    "prompt_preview",
+    "answer_preview",
 )
 _SUMMARY = ", ".join(SUMMARY_COLUMNS)
 _HOUR = 3600
