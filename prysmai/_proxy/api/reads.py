@@ -3,7 +3,8 @@
 Routes (below ``/api/v1/`` with a key; below ``/ui/api/`` with a dashboard session, the same
 handler, limits and documents -- every page's data is this API):
 
-* ``traces`` -- a page of traces, newest first (filters, ``sort``, ``order``, ``cursor``, ``limit``);
+* ``traces`` -- a page of traces, newest first (filters, ``sort``, ``order``, ``cursor``, ``limit``),
+  with the number of matches (``total``; ``total_exact`` false: more than that);
   with ``format=csv`` or ``format=jsonl``, every trace the filters match, as a streamed download
   (:mod:`.download`: a :class:`~.download.Download` instead of a document);
 * ``traces/{id}`` -- one trace in full (the id, or a unique prefix of 8+ hex characters);
@@ -181,15 +182,17 @@ class Reads:
         f = await self._filter(query, who)
         if plan is not None:
             return await download.Download.start(self.store, f, plan)
-        rows, cursor = await self.store.read(
-            queries.list_traces,
+        rows, cursor, (total, exact) = await self.store.read(
+            queries.list_page,
             f,
             sort=query.get("sort") or "created_at",
             descending=query.get("order", "desc") != "asc",
             cursor=query.get("cursor") or None,
             limit=_limit(query, DEFAULT_LIMIT),
         )
-        return jsonshape.page([jsonshape.trace(r) for r in rows], cursor)
+        document = jsonshape.page([jsonshape.trace(r) for r in rows], cursor)
+        document.update(total=total, total_exact=exact)
+        return document
 
     async def _trace(self, trace_id: str | None, _: Mapping[str, str], who: KeyEntry) -> Any:
         assert trace_id is not None

@@ -1122,6 +1122,29 @@ def list_traces(
     return rows, _encode_cursor([kind, last[column], last_key, 0])
 
 
+#: Traces a list counts at most: past this, the total is "more than" (counting every match of a
+#: large store would take longer than the page itself).
+COUNT_BOUND = 10_000
+
+
+def count_traces(conn: Connection, f: TraceFilter, bound: int = COUNT_BOUND) -> tuple[int, bool]:
+    """How many traces ``f`` matches, counted up to ``bound``: ``(n, True)`` exactly, or
+    ``(bound, False)`` when there are more."""
+    seek = f.project is not None and _small_project(conn, f)
+    clauses, params = _conditions(conn, f, seek=seek)
+    sql = f"SELECT count(*) FROM (SELECT 1 FROM {_traces(conn, f, seek)}{_where(clauses)} LIMIT ?) AS matched"
+    n = int(conn.execute(sql, [*params, bound + 1]).fetchone()[0])
+    return (n, True) if n <= bound else (bound, False)
+
+
+def list_page(
+    conn: Connection, f: TraceFilter, **kwargs: Any
+) -> tuple[list[dict[str, Any]], str | None, tuple[int, bool]]:
+    """:func:`list_traces`' page and :func:`count_traces`' total, in one snapshot."""
+    rows, cursor = list_traces(conn, f, **kwargs)
+    return rows, cursor, count_traces(conn, f)
+
+
 #: How many times a row read to check it against a filter costs an index entry read to sort it.
 _LOOKUP_COST = 16
 

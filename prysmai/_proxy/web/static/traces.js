@@ -17,6 +17,27 @@ function sortHead(key, label) {
   return a;
 }
 
+function preview(text, kind) {
+  if (text === null || text === undefined || text === "") return el("span", { class: "muted", "data-preview": kind }, "–");
+  return el("span", { class: kind === "error" ? "preview error-text" : "preview", "data-preview": kind, title: text }, text);
+}
+
+/** The page-size choice: a new size starts from the first page. */
+function pageSize(url) {
+  const current = url.get("limit") || "50";
+  const sizes = ["25", "50", "100", "200", "500"];
+  if (!sizes.includes(current)) sizes.push(current);
+  const select = el("select", { id: "page-size", "aria-label": "traces per page" },
+    sizes.map((n) => el("option", { value: n, selected: n === current }, n + " per page")));
+  select.addEventListener("change", () => {
+    const next = new URLSearchParams(url);
+    next.delete("cursor");
+    next.set("limit", select.value);
+    location.assign("/traces?" + next.toString());
+  });
+  return select;
+}
+
 export function traceColumns(withSort, withProject) {
   const head = (key, label) => (withSort ? sortHead(key, label) : label);
   return [
@@ -24,8 +45,12 @@ export function traceColumns(withSort, withProject) {
     // Only an admin key reads several projects; a project's key sees its own only.
     ...(withProject ? [{ head: "project", cell: (r) => r.project ?? "–", cls: "clip" }] : []),
     { head: "model", cell: (r) => r.model ?? "–", cls: "clip" },
-    { head: "endpoint", cell: (r) => r.endpoint, cls: "clip" },
+    { head: "endpoint", cell: (r) => [r.endpoint, r.stream ? el("span", { class: "badge badge-stream", "data-stream": "1", title: "streamed" }, "stream") : null], cls: "clip" },
     { head: "status", cell: (r) => statusBadge(r.status, r.http_status) },
+    // One line each, as text: the start of the last user message, and of the answer -- or, for a
+    // failure, its error message.
+    { head: "asked", cell: (r) => preview(r.prompt_preview, "prompt"), cls: "clip preview" },
+    { head: "answer", cell: (r) => (r.error && r.status !== "success" ? preview(r.error, "error") : preview(r.answer_preview, "answer")), cls: "clip preview" },
     { head: head("latency", "latency"), cell: (r) => fmtMs(r.latency_ms), cls: "num" },
     { head: head("ttft", "TTFT"), cell: (r) => fmtMs(r.ttft_ms), cls: "num" },
     { head: head("tokens", "tokens"), cell: (r) => fmtNum(r.total_tokens), cls: "num" },
@@ -85,7 +110,9 @@ export async function render(main, me) {
     a.id = "next-page";
     pager.append(a);
   }
+  const total = doc.total_exact ? `${doc.total.toLocaleString("en-US")} trace(s) match` : `more than ${doc.total.toLocaleString("en-US")} traces match`;
   clear(body).append(
+    el("p", { class: "list-head" }, el("span", { id: "traces-total", "data-total": doc.total, "data-exact": String(doc.total_exact) }, total), " ", pageSize(url)),
     rows.length ? table(traceColumns(true, Boolean(me && me.admin)), rows, { id: "traces-table" }) : el("p", { class: "muted" }, "No traces match these filters."),
     el("p", { class: "muted" }, `${rows.length} trace(s) on this page`),
     pager);
