@@ -8,6 +8,8 @@ handler, limits and documents -- every page's data is this API):
   with ``format=csv`` or ``format=jsonl``, every trace the filters match, as a streamed download
   (:mod:`.download`: a :class:`~.download.Download` instead of a document);
 * ``traces/{id}`` -- one trace in full (the id, or a unique prefix of 8+ hex characters);
+* ``neighbours`` -- the traces just before and after ``trace`` in a list (its filters, ``sort``,
+  ``order``): the trace page's previous / next;
 * ``stats`` -- totals and a per-model breakdown, with the store's counters;
 * ``overview`` -- totals, percentiles, a time series and the breakdowns, read in one snapshot;
 * ``sessions``, ``users`` -- a page of sessions or users, most recently active first;
@@ -202,6 +204,22 @@ class Reads:
             raise HTTPError(404, "No such trace", "not_found")
         return jsonshape.trace(trace)
 
+    async def _neighbours(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
+        trace_id = query.get("trace")
+        if not trace_id:
+            raise HTTPError(400, "trace: give the id of a trace of this list", "invalid_parameter", param="trace")
+        f = await self._filter(query, who)
+        found = await self.store.read(
+            queries.neighbours,
+            f,
+            trace_id,
+            sort=query.get("sort") or "created_at",
+            descending=query.get("order", "desc") != "asc",
+        )
+        if found is None:
+            raise HTTPError(404, "No such trace", "not_found")
+        return {"object": "neighbours", "trace": trace_id, "previous": found[0], "next": found[1]}
+
     async def _stats(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
         f = await self._filter(query, who)
         result = await self.store.read(queries.stats, f)
@@ -295,6 +313,7 @@ ROUTES: Routes[Handler] = Routes(
     {
         "traces": Reads._traces,
         "traces/{id}": Reads._trace,
+        "neighbours": Reads._neighbours,
         "stats": Reads._stats,
         "overview": Reads._overview,
         "sessions": Reads._sessions,

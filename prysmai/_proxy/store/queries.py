@@ -1145,6 +1145,40 @@ def list_page(
     return rows, cursor, count_traces(conn, f)
 
 
+def neighbours(
+    conn: Connection, f: TraceFilter, trace_id: str, *, sort: str = "created_at", descending: bool = True
+) -> tuple[str | None, str | None] | None:
+    """The ids of the traces just before and just after ``trace_id`` in the list of ``f`` in this
+    order (``None`` at either end); ``None`` when there is no such trace (in ``f``'s project)."""
+    column = SORTS.get(sort)
+    if column is None:
+        raise ParamError("sort", f"sort must be one of {', '.join(sorted(set(SORTS.values())))}, not {sort!r}")
+    tie = "id" if column == "created_at" else dialect_of(conn).row_order()
+    scope, scoped = _in_project(conn, f.project)
+    found = conn.execute(f"SELECT {column}, {tie} FROM traces WHERE id = ?{scope}", [trace_id, *scoped]).fetchone()
+    if found is None:
+        return None
+    value, key = found
+
+    def after(desc: bool) -> dict[str, Any] | None:
+        kind = f"traces:{column}:{'desc' if desc else 'asc'}" + ("" if tie == "id" else ":arrival")
+        cursor = _encode_cursor([kind, value, key, 0])
+        rows, _ = list_traces(conn, f, sort=sort, descending=desc, cursor=cursor, limit=1)
+        return rows[0] if rows else None
+
+    following = after(descending)
+    # Backwards: the list in the other order, after this trace. Traces without a value come last
+    # in both orders, so that list goes on into them where this one would have come from the last
+    # trace with a value (and the reverse).
+    preceding = after(not descending)
+    if value is not None and preceding is not None and preceding[column] is None:
+        preceding = None
+    elif value is None and preceding is None:
+        firsts, _ = list_traces(conn, f, sort=sort, descending=not descending, limit=1)
+        preceding = firsts[0] if firsts and firsts[0][column] is not None else None
+    return (None if preceding is None else preceding["id"]), (None if following is None else following["id"])
+
+
 #: How many times a row read to check it against a filter costs an index entry read to sort it.
 _LOOKUP_COST = 16
 

@@ -4,6 +4,7 @@ total count and the page-size choice."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,3 +92,56 @@ def test_a_total_past_the_bound_is_more_than(tmp_path: Any) -> None:
             sum(r["model"] == "o3" for r in make_rows(30)),
             True,
         )
+
+
+def test_the_trace_page_walks_its_list_and_folds_a_long_conversation(
+    chromium: Any, tmp_path: Any, fake: FakeUpstream, start_proxy: Any
+) -> None:
+    rows = make_rows(12)
+    long_chat = [{"role": "system", "content": "be brief"}]
+    for turn in range(10):
+        long_chat += [
+            {"role": "user", "content": f"question {turn}"},
+            {"role": "assistant", "content": f"reply {turn}"},
+        ]
+    long_chat.append({"role": "user", "content": "<b>last</b> question"})
+    rows[4]["request_body"] = json.dumps({"model": "o3", "messages": long_chat})
+    path = str(tmp_path / "traces.db")
+    fill(path, rows)
+    proxy = start_proxy(fake.url, db_path=path)
+    base = proxy.server.url
+    listed = httpx.get(
+        f"{proxy.base_url}/traces", params={"since": "all", "sort": "latency", "order": "asc"}, headers=AUTH
+    ).json()["data"]
+    ids = [t["id"] for t in listed]
+    page = chromium.new_context(viewport=b.DESKTOP).new_page()
+    b.login(page, base, KEY, "/traces?since=all&sort=latency&order=asc")
+    page.locator("#traces-table tbody tr").nth(1).locator("a").first.click()
+    b.wait_ready(page)
+    assert page.url.startswith(f"{base}/traces/{ids[1]}?") and "list=1" in page.url
+    page.wait_for_selector("#trace-next")
+    assert page.get_attribute("#trace-previous", "href").startswith(f"/traces/{ids[0]}?")  # type: ignore[union-attr]
+    for i in range(2, 6):  # along the list, in its order
+        page.click("#trace-next")
+        b.wait_ready(page)
+        page.wait_for_selector("#trace-next")
+        assert page.url.startswith(f"{base}/traces/{ids[i]}?"), (i, page.url)
+    page.click("#trace-nav a")  # back to the list, its filters and order kept
+    b.wait_ready(page)
+    assert page.url == f"{base}/traces?since=all&sort=latency&order=asc"
+
+    # The long conversation: the answer first, the middle folded with its count, open on a click.
+    b.goto(page, f"{base}/traces/{rows[4]['id']}")
+    assert page.locator("#trace-nav").count() == 0  # not opened from a list
+    order = page.evaluate("[...document.querySelectorAll('.detail-main > section')].map(s => s.id)")
+    assert order[:2] == ["response", "request"]
+    fold = page.locator("#folded")
+    assert fold.get_attribute("data-count") == str(len(long_chat) - 4)
+    assert "earlier messages" in fold.locator("summary").text_content()  # type: ignore[operator]
+    assert not page.locator("#folded .msg").first.is_visible()
+    shown = page.locator("#request > .msg").evaluate_all("ms => ms.map(m => m.innerText)")
+    assert "be brief" in shown[0] and "<b>last</b> question" in shown[-1]
+    page.click("#folded summary")
+    assert page.locator("#folded .msg").first.is_visible()
+    assert page.locator("#request .msg").count() == len(long_chat)
+    page.context.close()

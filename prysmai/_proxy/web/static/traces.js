@@ -1,6 +1,6 @@
 // Traces: newest first, filtered and sorted through the URL, paginated by cursor.
 import { getJSON } from "./api.js";
-import { apiParams, filterBar } from "./filters.js";
+import { apiParams, DEFAULT_RANGE, filterBar } from "./filters.js";
 import { clear, el, fmtMs, fmtNum, fmtTime, pageLink, sessionLink, statusBadge, table, traceCost, traceLink } from "./dom.js";
 
 function sortHead(key, label) {
@@ -38,10 +38,12 @@ function pageSize(url) {
   return select;
 }
 
-export function traceColumns(withSort, withProject) {
+/** `listQuery`: the list's filters and order, carried to the trace page (its previous / next). */
+export function traceColumns(withSort, withProject, listQuery) {
   const head = (key, label) => (withSort ? sortHead(key, label) : label);
+  const open = (r) => (listQuery ? pageLink("/traces/" + encodeURIComponent(r.id), listQuery, fmtTime(r.created_at)) : traceLink(r.id, fmtTime(r.created_at)));
   return [
-    { head: head("time", "time"), cell: (r) => traceLink(r.id, fmtTime(r.created_at)), cls: "nowrap" },
+    { head: head("time", "time"), cell: open, cls: "nowrap" },
     // Only an admin key reads several projects; a project's key sees its own only.
     ...(withProject ? [{ head: "project", cell: (r) => r.project ?? "–", cls: "clip" }] : []),
     { head: "model", cell: (r) => r.model ?? "–", cls: "clip" },
@@ -81,6 +83,16 @@ function exportBar(url) {
     "Export every match: ", links[0], " ", links[1], " ", el("label", null, bodies, " with bodies"));
 }
 
+/** The list's filters and order (not its page), as the trace page takes them. */
+function listQuery(url) {
+  const out = new URLSearchParams(url);
+  out.delete("cursor");
+  out.delete("limit");
+  if (!out.get("since")) out.set("since", DEFAULT_RANGE);
+  out.set("list", "1");
+  return out;
+}
+
 export async function render(main, me) {
   const url = new URLSearchParams(location.search);
   const params = apiParams(location.search, {
@@ -113,7 +125,7 @@ export async function render(main, me) {
   const total = doc.total_exact ? `${doc.total.toLocaleString("en-US")} trace(s) match` : `more than ${doc.total.toLocaleString("en-US")} traces match`;
   clear(body).append(
     el("p", { class: "list-head" }, el("span", { id: "traces-total", "data-total": doc.total, "data-exact": String(doc.total_exact) }, total), " ", pageSize(url)),
-    rows.length ? table(traceColumns(true, Boolean(me && me.admin)), rows, { id: "traces-table" }) : el("p", { class: "muted" }, "No traces match these filters."),
+    rows.length ? table(traceColumns(true, Boolean(me && me.admin), listQuery(url)), rows, { id: "traces-table" }) : el("p", { class: "muted" }, "No traces match these filters."),
     el("p", { class: "muted" }, `${rows.length} trace(s) on this page`),
     pager);
 }
