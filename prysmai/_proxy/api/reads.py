@@ -12,7 +12,8 @@ handler, limits and documents -- every page's data is this API):
   ``order``): the trace page's previous / next;
 * ``stats`` -- totals and a per-model breakdown, with the store's counters;
 * ``overview`` -- totals, percentiles, a time series and the breakdowns, read in one snapshot;
-* ``sessions``, ``users`` -- a page of sessions or users, most recently active first;
+* ``sessions``, ``users`` -- a page of sessions or users, most recently active first (or by
+  ``sort``: ``requests``, ``errors``, ``cost``, ``tokens``; ``order``), ``search``: ids holding a text;
 * ``sessions/{id}`` -- a session: its totals and a page of its traces, oldest first (``cursor``,
   ``limit``);
 * ``me`` -- who the key or session is (its project, or every project for an admin key).
@@ -251,7 +252,15 @@ class Reads:
 
     async def _groups(self, fn: Callable[..., Any], query: Mapping[str, str], who: KeyEntry) -> Any:
         f = await self._filter(query, who)
-        rows, cursor = await self.store.read(fn, f, cursor=query.get("cursor") or None, limit=_limit(query))
+        rows, cursor = await self.store.read(
+            fn,
+            f,
+            cursor=query.get("cursor") or None,
+            limit=_limit(query),
+            sort=query.get("sort") or "last_seen",
+            descending=query.get("order", "desc") != "asc",
+            search=query.get("search") or None,
+        )
         return jsonshape.page(rows, cursor)
 
     async def _session(self, session_id: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:

@@ -1240,25 +1240,58 @@ def get_trace(conn: Connection, trace_id: str, *, project: str | None = None) ->
     return found[0] if found else None
 
 
+#: Orders of the sessions and users lists: name -> the expression sorted on (no NULL: a cursor
+#: holds the value).
+GROUP_SORTS = {
+    "last_seen": "last_seen",
+    "requests": "requests",
+    "errors": "errors",
+    "cost": "coalesce(cost_usd, 0)",
+    "tokens": "coalesce(total_tokens, 0)",
+}
+
+
 def _groups(
-    conn: Connection, f: TraceFilter, column: str, cursor: str | None, limit: int
+    conn: Connection,
+    f: TraceFilter,
+    column: str,
+    cursor: str | None,
+    limit: int,
+    sort: str = "last_seen",
+    descending: bool = True,
+    search: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     limit = _check_limit(limit)
-    kind = f"{column}s"
+    value = GROUP_SORTS.get(sort)
+    if value is None:
+        raise ParamError("sort", f"sort must be one of {', '.join(GROUP_SORTS)}, not {sort!r}")
+    # (The default order keeps the cursors it has always given.)
+    kind = f"{column}s" + ("" if (sort, descending) == ("last_seen", True) else f":{sort}:{descending}")
     seek = _small_project(conn, f)
     source, params = _key_groups(conn, f, column, seek)
     where = "k IS NOT NULL"
+    op, order = ("<", "DESC") if descending else (">", "ASC")
+    if search:
+        # Any part of the id, any case (ASCII), as text: % and _ are not wildcards here.
+        escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where += " AND lower(k) LIKE ? ESCAPE '\\'"
+        params = [*params, f"%{escaped}%"]
     if cursor:
         after = _decode_cursor(cursor, kind)
-        where += " AND (last_seen, k) < (?, ?)"
+        where += f" AND ({value}, k) {op} (?, ?)"
         params = [*params, after[1], after[2]]
-    sql = f"SELECT * FROM ({source}) AS listed WHERE {where} ORDER BY last_seen DESC, k DESC LIMIT ?"
+    sql = (
+        f"SELECT *, {value} AS sort_value FROM ({source}) AS listed WHERE {where} "
+        f"ORDER BY {value} {order}, k {order} LIMIT ?"
+    )
     rows = []
-    for key, requests, errors, cancelled, total, cost, unpriced, no_usage, first, last in conn.execute(
+    values = []
+    for key, requests, errors, cancelled, total, cost, unpriced, no_usage, first, last, sort_value in conn.execute(
         sql, [*params, limit + 1]
     ):
         agg = _Agg()
         agg.add_totals(requests, errors, cancelled, 0, 0, total, cost, unpriced, no_usage)
+        values.append(sort_value)
         rows.append(
             {
                 column: key,
@@ -1276,21 +1309,36 @@ def _groups(
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
-    return rows, _encode_cursor([kind, rows[-1]["last_seen"], rows[-1][column], 0])
+    return rows, _encode_cursor([kind, values[limit - 1], rows[-1][column], 0])
 
 
 def sessions(
-    conn: Connection, f: TraceFilter, *, cursor: str | None = None, limit: int = 50
+    conn: Connection,
+    f: TraceFilter,
+    *,
+    cursor: str | None = None,
+    limit: int = 50,
+    sort: str = "last_seen",
+    descending: bool = True,
+    search: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Sessions seen in ``f``'s traces, most recently active first, with their totals."""
-    return _groups(conn, f, "session_id", cursor, limit)
+    """Sessions seen in ``f``'s traces, most recently active first (or by ``sort``: requests,
+    errors, cost, tokens), with their totals; ``search``: only ids holding this text, any case."""
+    return _groups(conn, f, "session_id", cursor, limit, sort, descending, search)
 
 
 def users(
-    conn: Connection, f: TraceFilter, *, cursor: str | None = None, limit: int = 50
+    conn: Connection,
+    f: TraceFilter,
+    *,
+    cursor: str | None = None,
+    limit: int = 50,
+    sort: str = "last_seen",
+    descending: bool = True,
+    search: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Users seen in ``f``'s traces, most recently active first, with their totals."""
-    return _groups(conn, f, "user_id", cursor, limit)
+    """Users seen in ``f``'s traces, as :func:`sessions`."""
+    return _groups(conn, f, "user_id", cursor, limit, sort, descending, search)
 
 
 def session_page(

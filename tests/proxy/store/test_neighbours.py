@@ -89,3 +89,30 @@ def test_the_read_api_answers_neighbours_of_a_projects_traces_only(fake: FakeUps
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "trace"
     unknown = httpx.get(f"{proxy.base_url}/neighbours", params={"trace": "0" * 32}, headers=auth)
     assert unknown.status_code == 404
+
+
+@pytest.mark.parametrize("sort", sorted(queries.GROUP_SORTS))
+@pytest.mark.parametrize("descending", [True, False])
+def test_sessions_and_users_sort_search_and_page_alike_on_both_engines(
+    stores: Any, sort: str, descending: bool
+) -> None:
+    from .test_postgres import close_enough
+
+    for fn in (queries.sessions, queries.users):
+        for search in (None, "a", "S/2", "%"):
+            pages = []
+            for store in stores:
+                rows: list[dict[str, Any]] = []
+                cursor = None
+                while True:
+                    page, cursor = store.read_sync(
+                        fn, TraceFilter(), sort=sort, descending=descending, search=search, cursor=cursor, limit=2
+                    )
+                    rows += page
+                    if cursor is None:
+                        break
+                pages.append(rows)
+            assert close_enough(pages[0], pages[1]), (fn.__name__, sort, descending, search)
+            key = "session_id" if fn is queries.sessions else "user_id"
+            assert all(search is None or search.lower() in r[key].lower() for r in pages[0])
+            assert len({r[key] for r in pages[0]}) == len(pages[0])

@@ -145,3 +145,78 @@ def test_the_trace_page_walks_its_list_and_folds_a_long_conversation(
     assert page.locator("#folded .msg").first.is_visible()
     assert page.locator("#request .msg").count() == len(long_chat)
     page.context.close()
+
+
+def test_sessions_and_users_sort_and_search_and_a_user_has_a_page(
+    chromium: Any, tmp_path: Any, fake: FakeUpstream, start_proxy: Any
+) -> None:
+    rows = make_rows(90)
+    for i, row in enumerate(rows):
+        row["user_id"] = ["ann", "bob", "<img src=x onerror=alert(1)>cy"][i % 3] if i % 10 else "ann"
+        row["session_id"] = f"s-{i % 7}"
+        row["cost_usd"] = 0.001 * (i % 5)
+    path = str(tmp_path / "traces.db")
+    fill(path, rows)
+    proxy = start_proxy(fake.url, db_path=path)
+    base = proxy.server.url
+
+    def listed(route: str, **params: str) -> list[Any]:
+        doc = httpx.get(f"{proxy.base_url}/{route}", params={"since": "all", **params}, headers=AUTH).json()
+        return list(doc["data"])
+
+    by_requests = listed("users", sort="requests")
+    assert [u["requests"] for u in by_requests] == sorted((u["requests"] for u in by_requests), reverse=True)
+    assert by_requests[0]["user_id"] == "ann"
+    # Paging a sorted list: every user once, in order.
+    first = httpx.get(
+        f"{proxy.base_url}/sessions",
+        params={"since": "all", "sort": "cost", "order": "asc", "limit": "3"},
+        headers=AUTH,
+    ).json()
+    rest = httpx.get(
+        f"{proxy.base_url}/sessions",
+        params={"since": "all", "sort": "cost", "order": "asc", "cursor": first["next_cursor"]},
+        headers=AUTH,
+    ).json()
+    paged = first["data"] + rest["data"]
+    assert sorted(s["session_id"] for s in paged) == [f"s-{i}" for i in range(7)]
+    assert [s["cost_usd"] for s in paged] == sorted(s["cost_usd"] for s in paged)
+    assert [u["user_id"] for u in listed("users", search="IMG")] == ["<img src=x onerror=alert(1)>cy"]
+    assert listed("users", search="%") == [] and listed("sessions", search="s_1") == []
+    bad = httpx.get(f"{proxy.base_url}/users", params={"sort": "mood"}, headers=AUTH)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "sort"
+
+    page = chromium.new_context(viewport=b.DESKTOP).new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    b.login(page, base, KEY, "/users?since=all")
+    page.click("a[data-sort=requests]")
+    b.wait_ready(page)
+    assert "sort=requests" in page.url
+    names = page.locator("#users-table tbody tr td:first-child").all_text_contents()
+    assert names == [u["user_id"] for u in by_requests]
+    page.fill("#search", "img")
+    page.click("#search-form button")
+    b.wait_ready(page)
+    assert page.locator("#users-table tbody tr td:first-child").all_text_contents() == [
+        "<img src=x onerror=alert(1)>cy"
+    ]
+    # The user's page: totals, spend and errors over time, their sessions.
+    page.click("#users-table tbody tr td:first-child a")
+    b.wait_ready(page)
+    page.wait_for_selector("#user-cards")
+    user = "<img src=x onerror=alert(1)>cy"
+    assert page.url.split("?")[0] == f"{base}/users/%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3Ecy"
+    assert page.text_content("h1") == "User " + user
+    overview = httpx.get(f"{proxy.base_url}/overview", params={"since": "all", "user": user}, headers=AUTH).json()
+    assert page.text_content("[data-metric=requests] .card-value") == str(overview["overview"]["requests"])
+    assert page.text_content("[data-metric=errors] .card-value") == str(overview["overview"]["errors"])
+    assert (
+        page.locator("[data-chart=user-spend]").count() == 1 and page.locator("[data-chart=user-requests]").count() == 1
+    )
+    sessions = listed("sessions", user=user)
+    assert page.locator("#user-sessions tbody tr td:first-child").all_text_contents() == [
+        s["session_id"] for s in sessions
+    ]
+    assert not dialogs and page.evaluate("document.querySelectorAll('main img').length") == 0
+    page.context.close()
