@@ -1137,14 +1137,6 @@ def count_traces(conn: Connection, f: TraceFilter, bound: int = COUNT_BOUND) -> 
     return (n, True) if n <= bound else (bound, False)
 
 
-def list_page(
-    conn: Connection, f: TraceFilter, **kwargs: Any
-) -> tuple[list[dict[str, Any]], str | None, tuple[int, bool]]:
-    """:func:`list_traces`' page and :func:`count_traces`' total, in one snapshot."""
-    rows, cursor = list_traces(conn, f, **kwargs)
-    return rows, cursor, count_traces(conn, f)
-
-
 def neighbours(
     conn: Connection, f: TraceFilter, trace_id: str, *, sort: str = "created_at", descending: bool = True
 ) -> tuple[str | None, str | None] | None:

@@ -122,7 +122,8 @@ export async function render(main, me) {
     a.id = "next-page";
     pager.append(a);
   }
-  const total = doc.total_exact ? `${doc.total.toLocaleString("en-US")} trace(s) match` : `more than ${doc.total.toLocaleString("en-US")} traces match`;
+  const total = doc.total === null ? "many traces match (counting them took too long)"
+    : doc.total_exact ? `${doc.total.toLocaleString("en-US")} trace(s) match` : `more than ${doc.total.toLocaleString("en-US")} traces match`;
   clear(body).append(
     el("p", { class: "list-head" }, el("span", { id: "traces-total", "data-total": doc.total, "data-exact": String(doc.total_exact) }, total), " ", pageSize(url)),
     rows.length ? table(traceColumns(true, Boolean(me && me.admin), listQuery(url)), rows, { id: "traces-table" }) : el("p", { class: "muted" }, "No traces match these filters."),
