@@ -195,14 +195,11 @@ class Reads:
             cursor=query.get("cursor") or None,
             limit=_limit(query, DEFAULT_LIMIT),
         )
-        document = jsonshape.page([jsonshape.trace(r) for r in rows], cursor)
         # A read of its own: a count past the time limit leaves the page as it is, without a total.
-        total: int | None = None
-        exact = False
+        total: tuple[int, bool] | None = None
         with contextlib.suppress(QueryTimeout):
-            total, exact = await self.store.read(queries.count_traces, f)
-        document.update(total=total, total_exact=exact)
-        return document
+            total = await self.store.read(queries.count_traces, f)
+        return jsonshape.trace_list(rows, cursor, total)
 
     async def _trace(self, trace_id: str | None, _: Mapping[str, str], who: KeyEntry) -> Any:
         assert trace_id is not None

@@ -163,8 +163,11 @@ def _nothing(f: TraceFilter) -> str:
 
 
 def traces_command(args: argparse.Namespace) -> int:
+    import contextlib
+
     from ..api import jsonshape
-    from ..store.queries import MAX_LIMIT, list_traces
+    from ..store import QueryTimeout
+    from ..store.queries import MAX_LIMIT, count_traces, list_traces
     from .report import safe, traces_table
 
     f = _filters(args)
@@ -202,7 +205,10 @@ def traces_command(args: argparse.Namespace) -> int:
                 for r in rows:
                     print(jsonshape.dumps(jsonshape.trace(r), pretty=False), flush=True)
             elif args.json:
-                print(jsonshape.dumps(jsonshape.page([jsonshape.trace(r) for r in rows], cursor)))
+                total = None
+                with contextlib.suppress(QueryTimeout):  # (as the read API: no total, rather than no page)
+                    total = store.read_sync(count_traces, f)
+                print(jsonshape.dumps(jsonshape.trace_list(rows, cursor, total)))
             elif rows:
                 print(("\n" if shown else "") + traces_table(rows), flush=True)
             shown += len(rows)

@@ -47,7 +47,7 @@ export function traceColumns(withSort, withProject, listQuery) {
     // Only an admin key reads several projects; a project's key sees its own only.
     ...(withProject ? [{ head: "project", cell: (r) => r.project ?? "–", cls: "clip" }] : []),
     { head: "model", cell: (r) => r.model ?? "–", cls: "clip" },
-    { head: "endpoint", cell: (r) => [r.endpoint, r.stream ? el("span", { class: "badge badge-stream", "data-stream": "1", title: "streamed" }, "stream") : null], cls: "clip" },
+    { head: "endpoint", cell: (r) => [r.endpoint, r.stream ? el("span", { class: "stream-mark", "data-stream": "1", title: "streamed" }, "stream") : null], cls: "clip" },
     { head: "status", cell: (r) => statusBadge(r.status, r.http_status) },
     // One line each, as text: the start of the last user message, and of the answer -- or, for a
     // failure, its error message.
