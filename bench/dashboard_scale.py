@@ -416,6 +416,28 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ("list", "users, all", queries.users, (every,), {}),
         ("list", "sessions, all", queries.sessions, (every,), {}),
         ("list", "users, 7 d", queries.users, (last7,), {}),
+        # Issue 26: the list's page with its total, previous / next, sessions and users sorted and searched.
+        ("list", "the list's total (counted to 10 000), all", queries.count_traces, (every,), {}),
+        ("list", "the list's total, 24 h", queries.count_traces, (last24,), {}),
+        ("list", "the list's total, user", queries.count_traces, (TraceFilter(user_id="user-0500"),), {}),
+        (
+            "list",
+            "the list's total, text search (no match)",
+            queries.count_traces,
+            (TraceFilter(text="zzz-absent"),),
+            {},
+        ),
+        ("detail", "neighbours, newest first", queries.neighbours, (every, trace_id), {}),
+        (
+            "detail",
+            "neighbours, by cost ascending",
+            queries.neighbours,
+            (every, trace_id),
+            {"sort": "cost", "descending": False},
+        ),
+        ("list", "users, all, by requests", queries.users, (every,), {"sort": "requests"}),
+        ("list", "sessions, all, by cost", queries.sessions, (every,), {"sort": "cost"}),
+        ("list", "sessions, 7 d, search", queries.sessions, (last7,), {"search": "user-00"}),
         # One project's traces (what a project's key reads): web holds 60 % of them, tiny 0.5 %.
         ("overview", "project web: overview 24 h", queries.overview, (web24,), {}),
         ("overview", "project web: overview all", queries.overview, (web,), {}),

@@ -29,6 +29,7 @@ QUICK = {
     "activation": ["--runs", "8", "--warmup", "1", "--instrument-runs", "3"],
     "proxy": ["--rounds", "2", "--seq-requests", "200", "--stream-requests", "20", "--load-requests", "400"],
     "dashboard": ["--quick"],
+    "export": ["--quick"],
     "sustained": ["--seconds", "5"],
 }
 FULL = {
@@ -36,6 +37,7 @@ FULL = {
     "activation": ["--runs", "60"],
     "proxy": ["--rounds", "5"],
     "dashboard": [],
+    "export": ["--rows", "1000000", "--rounds", "4"],
     "sustained": ["--seconds", "60"],
 }
 
@@ -424,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["sdk", "activation", "proxy", "sustained", "dashboard"],
-        help="default: all (dashboard, at 10k/100k/1M traces, only with --only; --quick runs its 2k-trace check)",
+        choices=["sdk", "activation", "proxy", "sustained", "dashboard", "export"],
+        help="default: all (dashboard and export, at 1M traces, only with --only; --quick runs their small checks)",
     )
     parser.add_argument("--peer", action="append", choices=["litellm"], default=[])
     parser.add_argument("--openai", action="append", default=[], metavar="VERSION", help="also this openai")
@@ -441,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render([r for r in lines if "header" not in r], lines[0]["header"]))
         return 0
     sizes = QUICK if args.quick else FULL
-    only = args.only or ["sdk", "activation", "proxy", "sustained", *(["dashboard"] if args.quick else [])]
+    only = args.only or ["sdk", "activation", "proxy", "sustained", *(["dashboard", "export"] if args.quick else [])]
     py = sys.executable
     records: list[dict[str, Any]] = []
     ok = True
@@ -464,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         ok &= run_bench("proxy", [py, "proxy_overhead.py", *sizes["proxy"], *extra], None, records)
     if "dashboard" in only:  # its own table (bench/README.md, "Dashboard at scale"), on stderr
         ok &= run_bench("dashboard", [py, "dashboard_scale.py", *sizes["dashboard"]], None, records)
+    if "export" in only:  # an export of every trace: the proxy's RSS and its request path meanwhile
+        ok &= run_bench("export", [py, "export_scale.py", *sizes["export"]], None, records)
     if "sustained" in only:
         ok &= run_bench("sustained", [py, "sustained_load.py", *sizes["sustained"]], None, records)
 

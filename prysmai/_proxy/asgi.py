@@ -12,6 +12,7 @@ knows about traces.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -22,7 +23,6 @@ from .. import _wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 
     from .store.capture import Exchange
@@ -150,6 +150,50 @@ class Connection(Protocol):
     def release(self) -> None: ...
 
     def watch(self, task: asyncio.Task[Any]) -> Watch: ...
+
+
+class StreamWatch:
+    """Cancels the current task when the client disconnects during a long answer (a relayed stream, an export) (``gone``
+    then True): one small task waiting on ``receive`` for the answer's length. :meth:`stop` before
+    the answer's last part: a client that leaves after it got everything."""
+
+    __slots__ = ("_watcher", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self._watcher: asyncio.Future[None] | None = asyncio.ensure_future(self._watch(receive, asyncio.current_task()))
+
+    async def _watch(self, receive: Receive, task: asyncio.Task[Any] | None) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if self._watcher is not None:  # (not stopped)
+            self.gone = True
+            if task is not None:
+                task.cancel()
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+
+def uncancel() -> None:
+    """Take back the cancellation a client's leaving asked for (Python 3.11+): the task goes on
+    (to record the trace, to end an export's reading)."""
+    undo = getattr(asyncio.current_task(), "uncancel", None)
+    if undo is not None:
+        undo()
+
+
+def watch_client(send: Send, receive: Receive) -> Watch:
+    """A watch that cancels the current task if the client goes away: the connection's own, where
+    the server passes it (it hears of it first), else a :class:`StreamWatch` on ``receive``."""
+    connection = connection_of(send)
+    if connection is not None:
+        task = asyncio.current_task()
+        assert task is not None
+        return connection.watch(task)
+    return StreamWatch(receive)
 
 
 class Responder:

@@ -8,7 +8,8 @@ Both print exactly these documents (docs/proxy.md, "JSON output"):
   body as a JSON value when it is JSON (an object, not JSON text inside a string), else the text,
   else ``null``; ``metadata`` an object or ``null``; ``notes`` a list; ``stream`` a boolean;
 * a list: ``{"object": "list", "data": [...], "next_cursor": ...}`` (traces without bodies, or
-  sessions or users); ``next_cursor`` is ``null`` on the last page;
+  sessions or users); ``next_cursor`` is ``null`` on the last page; a list of traces also has
+  ``total`` and ``total_exact`` (see :func:`trace_list`);
 * a session: ``{"object": "session", "session_id", "totals": {...}, "traces": [...],
   "next_cursor"}`` -- the totals of all its traces, one page of them in full;
 * stats: ``{"object": "stats", ...}``;
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
 BODY_FIELDS = ("request_body", "response_body")
 
 
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON: a body holding them stays its text (else no answer could carry it).
+    raise ValueError(name)
+
+
 def _body(text: Any) -> Any:
     if not isinstance(text, str):
         return text
@@ -41,8 +47,8 @@ def _body(text: Any) -> Any:
     # scalar ("42", "true") stays the text it was.
     if stripped[:1] in ("{", "["):
         try:
-            return json.loads(text)
-        except ValueError:
+            return json.loads(text, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
             pass
     return text
 
@@ -50,8 +56,8 @@ def _body(text: Any) -> Any:
 def _json_field(value: Any) -> Any:
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except ValueError:
+            return json.loads(value, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
             return value
     return value
 
@@ -91,6 +97,15 @@ def session(session_id: str, page: Mapping[str, Any]) -> dict[str, Any]:
 def page(data: list[Any], next_cursor: str | None) -> dict[str, Any]:
     """The list envelope: one page of ``data`` and the cursor of the next (``None``: the last)."""
     return {"object": "list", "data": data, "next_cursor": next_cursor}
+
+
+def trace_list(rows: list[Any], next_cursor: str | None, total: tuple[int, bool] | None) -> dict[str, Any]:
+    """A page of traces (list rows) with the number of matches: ``total`` is
+    :func:`~..store.queries.count_traces`' ``(n, exact)``, or ``None`` when it could not be
+    counted in time (``"total": null``)."""
+    document = page([trace(r) for r in rows], next_cursor)
+    document["total"], document["total_exact"] = total if total is not None else (None, False)
+    return document
 
 
 def stats(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,11 +3,18 @@
 Routes (below ``/api/v1/`` with a key; below ``/ui/api/`` with a dashboard session, the same
 handler, limits and documents -- every page's data is this API):
 
-* ``traces`` -- a page of traces, newest first (filters, ``sort``, ``order``, ``cursor``, ``limit``);
+* ``traces`` -- a page of traces, newest first (filters, ``sort``, ``order``, ``cursor``, ``limit``),
+  with the number of matches (``total``; ``total_exact`` false: more than that; ``null``: counting
+  took longer than the time limit);
+  with ``format=csv`` or ``format=jsonl``, every trace the filters match, as a streamed download
+  (:mod:`.download`: a :class:`~.download.Download` instead of a document);
 * ``traces/{id}`` -- one trace in full (the id, or a unique prefix of 8+ hex characters);
+* ``neighbours`` -- the traces just before and after ``trace`` in a list (its filters, ``sort``,
+  ``order``): the trace page's previous / next;
 * ``stats`` -- totals and a per-model breakdown, with the store's counters;
 * ``overview`` -- totals, percentiles, a time series and the breakdowns, read in one snapshot;
-* ``sessions``, ``users`` -- a page of sessions or users, most recently active first;
+* ``sessions``, ``users`` -- a page of sessions or users, most recently active first (or by
+  ``sort``: ``requests``, ``errors``, ``cost``, ``tokens``; ``order``), ``search``: ids holding a text;
 * ``sessions/{id}`` -- a session: its totals and a page of its traces, oldest first (``cursor``,
   ``limit``);
 * ``me`` -- who the key or session is (its project, or every project for an admin key).
@@ -23,6 +30,7 @@ Documents have the one JSON shape of :mod:`.jsonshape`; errors are :class:`~..as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from urllib.parse import quote, unquote, urlsplit
@@ -30,7 +38,7 @@ from urllib.parse import quote, unquote, urlsplit
 from ..asgi import HTTPError, Query, Routes
 from ..config.projects import DEMO
 from ..store import QueryTimeout, StoreError, TraceFilter, queries
-from . import jsonshape
+from . import download, jsonshape
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -184,7 +192,10 @@ class Reads:
 
     # -- the reads ---------------------------------------------------------------------------------
     async def _traces(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
+        plan = download.Plan.of(query)  # (its parameters checked before the filter waits for the store)
         f = await self._filter(query, who)
+        if plan is not None:
+            return await download.Download.start(self.store, f, plan)
         rows, cursor = await self.store.read(
             queries.list_traces,
             f,
@@ -193,7 +204,11 @@ class Reads:
             cursor=query.get("cursor") or None,
             limit=_limit(query, DEFAULT_LIMIT),
         )
-        return jsonshape.page([jsonshape.trace(r) for r in rows], cursor)
+        # A read of its own: a count past the time limit leaves the page as it is, without a total.
+        total: tuple[int, bool] | None = None
+        with contextlib.suppress(QueryTimeout):
+            total = await self.store.read(queries.count_traces, f)
+        return jsonshape.trace_list(rows, cursor, total)
 
     async def _trace(self, trace_id: str | None, _: Mapping[str, str], who: KeyEntry) -> Any:
         assert trace_id is not None
@@ -202,6 +217,22 @@ class Reads:
         if trace is None:
             raise HTTPError(404, "No such trace", "not_found")
         return jsonshape.trace(trace)
+
+    async def _neighbours(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
+        trace_id = query.get("trace")
+        if not trace_id:
+            raise HTTPError(400, "trace: give the id of a trace of this list", "invalid_parameter", param="trace")
+        f = await self._filter(query, who)
+        found = await self.store.read(
+            queries.neighbours,
+            f,
+            trace_id,
+            sort=query.get("sort") or "created_at",
+            descending=query.get("order", "desc") != "asc",
+        )
+        if found is None:
+            raise HTTPError(404, "No such trace", "not_found")
+        return {"object": "neighbours", "trace": trace_id, "previous": found[0], "next": found[1]}
 
     async def _stats(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
         f = await self._filter(query, who)
@@ -234,7 +265,15 @@ class Reads:
 
     async def _groups(self, fn: Callable[..., Any], query: Mapping[str, str], who: KeyEntry) -> Any:
         f = await self._filter(query, who)
-        rows, cursor = await self.store.read(fn, f, cursor=query.get("cursor") or None, limit=_limit(query))
+        rows, cursor = await self.store.read(
+            fn,
+            f,
+            cursor=query.get("cursor") or None,
+            limit=_limit(query),
+            sort=query.get("sort") or "last_seen",
+            descending=query.get("order", "desc") != "asc",
+            search=query.get("search") or None,
+        )
         return jsonshape.page(rows, cursor)
 
     async def _session(self, session_id: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
@@ -296,6 +335,7 @@ ROUTES: Routes[Handler] = Routes(
     {
         "traces": Reads._traces,
         "traces/{id}": Reads._trace,
+        "neighbours": Reads._neighbours,
         "stats": Reads._stats,
         "overview": Reads._overview,
         "sessions": Reads._sessions,

@@ -83,6 +83,19 @@ def add_parsers(subparsers: Any) -> None:
         action="store_true",
         help="every matching trace, a page after another (with --json: one trace per line, JSON Lines)",
     )
+    traces.add_argument(
+        "--format",
+        choices=("table", "csv", "jsonl"),
+        default="table",
+        help="csv or jsonl: an export to stdout, streamed (every match with --all, else --limit rows); "
+        'CSV is neutralised for spreadsheets, JSON Lines is exact (docs/proxy.md, "Export")',
+    )
+    traces.add_argument(
+        "--fields",
+        metavar="NAMES",
+        help="with --format: comma-separated fields of the export, or 'all' (bodies included); "
+        "default: every field but the bodies",
+    )
     traces.set_defaults(handler=traces_command)
     # The help is the group's, not the choice's: argparse would otherwise list `show` twice.
     traces_sub = traces.add_subparsers(
@@ -150,8 +163,11 @@ def _nothing(f: TraceFilter) -> str:
 
 
 def traces_command(args: argparse.Namespace) -> int:
+    import contextlib
+
     from ..api import jsonshape
-    from ..store.queries import MAX_LIMIT, list_traces
+    from ..store import QueryTimeout
+    from ..store.queries import MAX_LIMIT, count_traces, list_traces
     from .report import safe, traces_table
 
     f = _filters(args)
@@ -159,6 +175,9 @@ def traces_command(args: argparse.Namespace) -> int:
         return 2
     if not 1 <= args.limit <= MAX_LIMIT:
         return fail(args, f"--limit must be a whole number from 1 to {MAX_LIMIT}", "invalid_parameter", 2)
+    plan = _export_plan(args)
+    if plan is False:
+        return 2
     store, status = open_store(args)
     if store is None:
         return status
@@ -166,6 +185,8 @@ def traces_command(args: argparse.Namespace) -> int:
         unknown = _unknown_project(args, store, f)
         if unknown is not None:
             return unknown
+        if plan is not None:
+            return _export(args, store, f, plan)
         cursor = args.cursor
         shown = 0
         while True:
@@ -184,7 +205,10 @@ def traces_command(args: argparse.Namespace) -> int:
                 for r in rows:
                     print(jsonshape.dumps(jsonshape.trace(r), pretty=False), flush=True)
             elif args.json:
-                print(jsonshape.dumps(jsonshape.page([jsonshape.trace(r) for r in rows], cursor)))
+                total = None
+                with contextlib.suppress(QueryTimeout):  # (as the read API: no total, rather than no page)
+                    total = store.read_sync(count_traces, f)
+                print(jsonshape.dumps(jsonshape.trace_list(rows, cursor, total)))
             elif rows:
                 print(("\n" if shown else "") + traces_table(rows), flush=True)
             shown += len(rows)
@@ -195,6 +219,48 @@ def traces_command(args: argparse.Namespace) -> int:
             print(_nothing(f))
         elif cursor is not None:
             print(f"\n{shown} trace(s) shown; the next page: add --cursor {safe(cursor)}")
+    return 0
+
+
+def _export_plan(args: argparse.Namespace) -> Any:
+    """The export ``--format`` asks for: a :class:`~..api.download.Plan`, ``None`` for a table or
+    ``--json``, ``False`` after an error."""
+    from ..api.download import Plan, parse_fields
+
+    if args.format == "table":
+        if args.fields is not None:
+            fail(args, "--fields applies to an export: add --format csv or --format jsonl", "invalid_parameter", 2)
+            return False
+        return None
+    if args.json:
+        fail(args, "--json and --format: choose one (--all --json is JSON Lines too)", "invalid_parameter", 2)
+        return False
+    try:
+        fields = parse_fields(args.fields)
+    except ValueError as exc:
+        fail(args, "--" + str(exc), "invalid_parameter", 2)
+        return False
+    sort = {"time": "created_at"}.get(args.sort, args.sort)
+    return Plan(args.format, fields, sort, args.order == "desc", args.cursor, None if args.all else args.limit)
+
+
+def _export(args: argparse.Namespace, store: Any, f: TraceFilter, plan: Any) -> int:
+    """Write the export to stdout chunk by chunk (memory holds one chunk)."""
+    import sys
+
+    from ..api.download import chunks_sync
+
+    out = sys.stdout.buffer
+    try:
+        for chunk in chunks_sync(store, f, plan):
+            out.write(chunk)
+            out.flush()
+    except ValueError as exc:  # a cursor of another listing, before anything was written
+        return fail(args, ("--cursor: " if "cursor" in str(exc) else "") + str(exc), "invalid_parameter", 2)
+    except BrokenPipeError:  # (| head): the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

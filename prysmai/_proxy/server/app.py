@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from ... import _wire
 from ..api import jsonshape
+from ..api.download import Download
 from ..api.reads import Reads, pricing_note
 from ..asgi import (
     CONNECTION_KEY,
@@ -277,7 +278,7 @@ class ProxyApp:
                 ),
             )
         if self.reads.route(endpoint) is not None:
-            return self._read(scope, send, entry)
+            return self._read(scope, receive, send, entry)
         if entry.project is None:
             message = "Admin keys read every project's traces but cannot send requests; use a project's key."
             return respond_error(send, HTTPError(403, message, "admin_key_cannot_send"))
@@ -286,10 +287,14 @@ class ProxyApp:
     async def _health(self, send: Send, entry: KeyEntry | None) -> None:
         await respond(send, 200, jsonshape.encode(await self.reads.health(entry)))
 
-    async def _read(self, scope: Scope, send: Send, entry: KeyEntry) -> None:
+    async def _read(self, scope: Scope, receive: Receive, send: Send, entry: KeyEntry) -> None:
         if scope["method"] != "GET":
             raise HTTPError(405, "Only GET is supported here", "method_not_allowed")
-        await respond(send, 200, jsonshape.encode(await self.reads.serve(scope, PREFIX, entry)))
+        document = await self.reads.serve(scope, PREFIX, entry)
+        if isinstance(document, Download):
+            await document.send(send, receive)
+        else:
+            await respond(send, 200, jsonshape.encode(document))
 
 
 def _load(config: ProxyConfig) -> Tenancy:

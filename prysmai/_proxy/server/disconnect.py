@@ -93,28 +93,3 @@ class DisconnectWatches:
         if self.pending or self._started:
             self._started = False
             self._timer = loop.call_later(self._delay / 2, self._sweep, loop)
-
-
-class StreamWatch:
-    """Cancels the current task when the client disconnects during a relayed stream (``gone``
-    then True): one small task waiting on ``receive`` for the stream's length. :meth:`stop` before
-    the stream's last frame: a client that leaves after it got everything."""
-
-    __slots__ = ("_watcher", "gone")
-
-    def __init__(self, receive: Receive) -> None:
-        self.gone = False
-        self._watcher: asyncio.Future[None] | None = asyncio.ensure_future(self._watch(receive, asyncio.current_task()))
-
-    async def _watch(self, receive: Receive, task: asyncio.Task[Any] | None) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if self._watcher is not None:  # (not stopped)
-            self.gone = True
-            if task is not None:
-                task.cancel()
-
-    def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None

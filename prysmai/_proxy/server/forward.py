@@ -21,6 +21,7 @@ from urllib.parse import quote
 from ... import _wire
 from ..asgi import (
     Disconnected,
+    StreamWatch,
     TooLarge,
     connection_of,
     error_body,
@@ -29,10 +30,11 @@ from ..asgi import (
     read_body,
     respond,
     send_whole,
+    uncancel,
 )
 from ..config.projects import DEMO
 from ..store.capture import Exchange, answer_cost
-from .disconnect import DisconnectWatch, DisconnectWatches, StreamWatch
+from .disconnect import DisconnectWatch, DisconnectWatches
 from .upstream import TIMEOUT_ERRORS, TRANSPORT_ERRORS, UPSTREAM_ERRORS, request_headers, response_headers
 from .usage import UsageStripper, inject_usage, stream_finished
 
@@ -326,7 +328,7 @@ class Forwarder:
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
-            _uncancel()
+            uncancel()
             if not call.ex.submitted:
                 call.ex.http_status = None
             _cancel(call.ex, "the client disconnected before the answer")
@@ -456,7 +458,7 @@ class Forwarder:
                 raise
             # The client went away first (the watch cancelled us): stop reading; the caller's
             # response.aclose() closes the upstream request.
-            _uncancel()
+            uncancel()
             if stream_finished(chunks):
                 # The client hung up after the end-of-stream marker (the openai SDK stops at
                 # [DONE]): it got everything, so this is a success that ended when the marker
@@ -525,14 +527,6 @@ def _cancel(ex: Exchange, why: str) -> None:
     ex.status = "cancelled"
     ex.error = why
     ex.t_end = time.perf_counter()
-
-
-def _uncancel() -> None:
-    """Take back the cancellation a client's leaving asked for (Python 3.11+): the task goes on
-    to record the trace."""
-    uncancel = getattr(asyncio.current_task(), "uncancel", None)
-    if uncancel is not None:
-        uncancel()
 
 
 def _new_trace_id() -> str:

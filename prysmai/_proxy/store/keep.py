@@ -13,7 +13,8 @@ after usage and cost were read from the full bodies:
 * the size cap: a body larger than ``max_body_bytes`` is stored cut, with a note saying how much
   was cut. A JSON body is cut inside its longest strings, so it stays a JSON document the
   dashboard shows as a conversation; one that cannot be (a huge array of numbers) is cut as text,
-  on a character boundary, with a marker at the end.
+  on a character boundary, with a marker at the end;
+* the previews of the traces list (:mod:`.previews`), from the bodies as they are then kept.
 
 Fail closed: if redaction itself fails, the bodies are not stored (a note says so).
 """
@@ -24,6 +25,7 @@ import json
 import logging
 import re
 
+from . import previews
 from .redact import of_policy
 
 TYPE_CHECKING = False
@@ -153,7 +155,8 @@ def apply(
         found = ", ".join(f"{n} {kind}" for kind, n in sorted(redactor.counts.items()))
         notes.append(f"redacted before storage: {found}")
     row["notes"] = json.dumps(notes, ensure_ascii=False) if notes else None
-    return row
+    # From the bodies as stored: a preview holds nothing that redaction or the cap took out.
+    return previews.fill(row)
 
 
 # -- the size cap -----------------------------------------------------------------------------------

@@ -119,6 +119,8 @@ SUMMARY_COLUMNS = (
     "notes",
     "error",
     "provider_request_id",
+    "prompt_preview",
+    "answer_preview",
 )
 _SUMMARY = ", ".join(SUMMARY_COLUMNS)
 _HOUR = 3600
@@ -1054,8 +1056,10 @@ def list_traces(
     descending: bool = True,
     cursor: str | None = None,
     limit: int = 50,
+    bodies: bool = False,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of traces (no bodies) and the cursor of the next page (``None`` at the end).
+    """One page of traces (no bodies; with ``bodies``, their request and response bodies too:
+    an export's) and the cursor of the next page (``None`` at the end).
     ``sort``: created_at (time), latency_ms (latency), ttft_ms (ttft), total_tokens (tokens),
     cost_usd (cost); ties broken by id in time order, by arrival (newest first when descending)
     in the others; rows without a value come last."""
@@ -1107,7 +1111,8 @@ def list_traces(
     page = keys[:limit]
     by_key: dict[Any, dict[str, Any]] = {}
     if page:
-        sql = f"SELECT {tie} AS page_key, {_SUMMARY} FROM traces WHERE {tie} IN ({', '.join('?' * len(page))})"
+        columns = _SUMMARY + (", request_body, response_body" if bodies else "")
+        sql = f"SELECT {tie} AS page_key, {columns} FROM traces WHERE {tie} IN ({', '.join('?' * len(page))})"
         by_key = {r.pop("page_key"): r for r in _rows(conn, sql, page)}
     found = [(k, by_key[k]) for k in page if k in by_key]
     rows = [r for _, r in found]
@@ -1115,6 +1120,55 @@ def list_traces(
         return rows, None
     last_key, last = found[-1]
     return rows, _encode_cursor([kind, last[column], last_key, 0])
+
+
+#: Traces a list counts at most: past this, the total is "more than" (counting every match of a
+#: large store would take longer than the page itself).
+COUNT_BOUND = 10_000
+
+
+def count_traces(conn: Connection, f: TraceFilter, bound: int = COUNT_BOUND) -> tuple[int, bool]:
+    """How many traces ``f`` matches, counted up to ``bound``: ``(n, True)`` exactly, or
+    ``(bound, False)`` when there are more."""
+    seek = f.project is not None and _small_project(conn, f)
+    clauses, params = _conditions(conn, f, seek=seek)
+    sql = f"SELECT count(*) FROM (SELECT 1 FROM {_traces(conn, f, seek)}{_where(clauses)} LIMIT ?) AS matched"
+    n = int(conn.execute(sql, [*params, bound + 1]).fetchone()[0])
+    return (n, True) if n <= bound else (bound, False)
+
+
+def neighbours(
+    conn: Connection, f: TraceFilter, trace_id: str, *, sort: str = "created_at", descending: bool = True
+) -> tuple[str | None, str | None] | None:
+    """The ids of the traces just before and just after ``trace_id`` in the list of ``f`` in this
+    order (``None`` at either end); ``None`` when there is no such trace (in ``f``'s project)."""
+    column = SORTS.get(sort)
+    if column is None:
+        raise ParamError("sort", f"sort must be one of {', '.join(sorted(set(SORTS.values())))}, not {sort!r}")
+    tie = "id" if column == "created_at" else dialect_of(conn).row_order()
+    scope, scoped = _in_project(conn, f.project)
+    found = conn.execute(f"SELECT {column}, {tie} FROM traces WHERE id = ?{scope}", [trace_id, *scoped]).fetchone()
+    if found is None:
+        return None
+    value, key = found
+
+    def after(desc: bool) -> dict[str, Any] | None:
+        kind = f"traces:{column}:{'desc' if desc else 'asc'}" + ("" if tie == "id" else ":arrival")
+        cursor = _encode_cursor([kind, value, key, 0])
+        rows, _ = list_traces(conn, f, sort=sort, descending=desc, cursor=cursor, limit=1)
+        return rows[0] if rows else None
+
+    following = after(descending)
+    # Backwards: the list in the other order, after this trace. Traces without a value come last
+    # in both orders, so that list goes on into them where this one would have come from the last
+    # trace with a value (and the reverse).
+    preceding = after(not descending)
+    if value is not None and preceding is not None and preceding[column] is None:
+        preceding = None
+    elif value is None and preceding is None:
+        firsts, _ = list_traces(conn, f, sort=sort, descending=not descending, limit=1)
+        preceding = firsts[0] if firsts and firsts[0][column] is not None else None
+    return (None if preceding is None else preceding["id"]), (None if following is None else following["id"])
 
 
 #: How many times a row read to check it against a filter costs an index entry read to sort it.
@@ -1178,25 +1232,58 @@ def get_trace(conn: Connection, trace_id: str, *, project: str | None = None) ->
     return found[0] if found else None
 
 
+#: Orders of the sessions and users lists: name -> the expression sorted on (no NULL: a cursor
+#: holds the value).
+GROUP_SORTS = {
+    "last_seen": "last_seen",
+    "requests": "requests",
+    "errors": "errors",
+    "cost": "coalesce(cost_usd, 0)",
+    "tokens": "coalesce(total_tokens, 0)",
+}
+
+
 def _groups(
-    conn: Connection, f: TraceFilter, column: str, cursor: str | None, limit: int
+    conn: Connection,
+    f: TraceFilter,
+    column: str,
+    cursor: str | None,
+    limit: int,
+    sort: str = "last_seen",
+    descending: bool = True,
+    search: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     limit = _check_limit(limit)
-    kind = f"{column}s"
+    value = GROUP_SORTS.get(sort)
+    if value is None:
+        raise ParamError("sort", f"sort must be one of {', '.join(GROUP_SORTS)}, not {sort!r}")
+    # (The default order keeps the cursors it has always given.)
+    kind = f"{column}s" + ("" if (sort, descending) == ("last_seen", True) else f":{sort}:{descending}")
     seek = _small_project(conn, f)
     source, params = _key_groups(conn, f, column, seek)
     where = "k IS NOT NULL"
+    op, order = ("<", "DESC") if descending else (">", "ASC")
+    if search:
+        # Any part of the id, any case (ASCII), as text: % and _ are not wildcards here.
+        escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where += " AND lower(k) LIKE ? ESCAPE '\\'"
+        params = [*params, f"%{escaped}%"]
     if cursor:
         after = _decode_cursor(cursor, kind)
-        where += " AND (last_seen, k) < (?, ?)"
+        where += f" AND ({value}, k) {op} (?, ?)"
         params = [*params, after[1], after[2]]
-    sql = f"SELECT * FROM ({source}) AS listed WHERE {where} ORDER BY last_seen DESC, k DESC LIMIT ?"
+    sql = (
+        f"SELECT *, {value} AS sort_value FROM ({source}) AS listed WHERE {where} "
+        f"ORDER BY {value} {order}, k {order} LIMIT ?"
+    )
     rows = []
-    for key, requests, errors, cancelled, total, cost, unpriced, no_usage, first, last in conn.execute(
+    values = []
+    for key, requests, errors, cancelled, total, cost, unpriced, no_usage, first, last, sort_value in conn.execute(
         sql, [*params, limit + 1]
     ):
         agg = _Agg()
         agg.add_totals(requests, errors, cancelled, 0, 0, total, cost, unpriced, no_usage)
+        values.append(sort_value)
         rows.append(
             {
                 column: key,
@@ -1214,21 +1301,36 @@ def _groups(
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
-    return rows, _encode_cursor([kind, rows[-1]["last_seen"], rows[-1][column], 0])
+    return rows, _encode_cursor([kind, values[limit - 1], rows[-1][column], 0])
 
 
 def sessions(
-    conn: Connection, f: TraceFilter, *, cursor: str | None = None, limit: int = 50
+    conn: Connection,
+    f: TraceFilter,
+    *,
+    cursor: str | None = None,
+    limit: int = 50,
+    sort: str = "last_seen",
+    descending: bool = True,
+    search: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Sessions seen in ``f``'s traces, most recently active first, with their totals."""
-    return _groups(conn, f, "session_id", cursor, limit)
+    """Sessions seen in ``f``'s traces, most recently active first (or by ``sort``: requests,
+    errors, cost, tokens), with their totals; ``search``: only ids holding this text, any case."""
+    return _groups(conn, f, "session_id", cursor, limit, sort, descending, search)
 
 
 def users(
-    conn: Connection, f: TraceFilter, *, cursor: str | None = None, limit: int = 50
+    conn: Connection,
+    f: TraceFilter,
+    *,
+    cursor: str | None = None,
+    limit: int = 50,
+    sort: str = "last_seen",
+    descending: bool = True,
+    search: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Users seen in ``f``'s traces, most recently active first, with their totals."""
-    return _groups(conn, f, "user_id", cursor, limit)
+    """Users seen in ``f``'s traces, as :func:`sessions`."""
+    return _groups(conn, f, "user_id", cursor, limit, sort, descending, search)
 
 
 def session_page(

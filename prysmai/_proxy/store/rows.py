@@ -43,6 +43,8 @@ COLUMNS = (
     "key_id",  # which accepted key sent it (an id derived from the key, never the key); schema 2
     "project",  # the key's project (DEFAULT_PROJECT when none is given); schema 3
     "provider",  # the name of the provider the request went to (None: not forwarded); schema 3
+    "prompt_preview",  # the start of the last user message, one line (see previews.py); schema 6
+    "answer_preview",  # the start of the answer, one line; schema 6
 )
 
 

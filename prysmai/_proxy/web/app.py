@@ -3,7 +3,7 @@
 Served by the proxy for every path outside ``/api/v1`` (and alone by ``prysmai ui``). Routes
 (:data:`ROUTES`, a declared table):
 
-* ``GET /``, ``/traces``, ``/traces/{id}``, ``/sessions``, ``/sessions/{id}``, ``/users`` -- the
+* ``GET /``, ``/traces``, ``/traces/{id}``, ``/sessions``, ``/sessions/{id}``, ``/users``, ``/users/{id}`` -- the
   page shell (one HTML file; the JavaScript modules draw the page from the JSON below);
 * ``GET /login``, ``POST /ui/login``, ``POST /ui/logout`` -- see :mod:`.auth`;
 * ``GET /ui/api/{read}`` -- the read API (:mod:`..api.reads`: the same handlers, limits and
@@ -24,6 +24,7 @@ from importlib import resources
 from urllib.parse import parse_qs, quote
 
 from ..api import jsonshape
+from ..api.download import Download
 from ..asgi import HTTPError, Routes, client_name, internal_error, send_whole, trust
 from .auth import AuthThrottle, Sessions, cookie_name, read_cookie
 
@@ -55,7 +56,11 @@ SECURITY_HEADERS = [
 _TYPES = {".html": b"text/html; charset=utf-8", ".js": b"text/javascript; charset=utf-8", ".css": b"text/css"}
 _MAX_FORM_BYTES = 4096
 #: What a page's path may carry: a trace's id, a session's id (any text, percent-encoded).
-_PAGE_PARAMS = {"/traces/": re.compile(r"[0-9A-Za-z_-]{1,64}"), "/sessions/": re.compile(r".{1,2048}", re.S)}
+_PAGE_PARAMS = {
+    "/traces/": re.compile(r"[0-9A-Za-z_-]{1,64}"),
+    "/sessions/": re.compile(r".{1,2048}", re.S),
+    "/users/": re.compile(r".{1,2048}", re.S),
+}
 _API_PREFIX = "/ui/api/"
 
 
@@ -195,6 +200,9 @@ class Dashboard:
         if who is None:
             raise HTTPError(401, "Log in first (POST /ui/login with a proxy key).", "login_required")
         document = await self.reads.serve(scope, _API_PREFIX, who)
+        if isinstance(document, Download):  # the export button's download
+            await document.send(send, receive, SECURITY_HEADERS[:1] + SECURITY_HEADERS[2:-1])
+            return
         # Captured values may hold unpaired surrogates: the shared encoder escapes them.
         await _send(send, 200, jsonshape.encode(document, allow_nan=False), b"application/json")
 
@@ -210,6 +218,7 @@ ROUTES: Routes[tuple[frozenset[str], Page]] = Routes(
         "/sessions": (_GET, Dashboard._page),
         "/sessions/{id}": (_GET, Dashboard._page),
         "/users": (_GET, Dashboard._page),
+        "/users/{id}": (_GET, Dashboard._page),
         "/login": (_GET, Dashboard._login_page),
         "/ui/login": (_POST, Dashboard._login),
         "/ui/logout": (_POST, Dashboard._logout),

@@ -295,7 +295,8 @@ def test_the_documented_shape_is_the_printed_one(capsys: Any, served: Any) -> No
     listing = json.loads(run_cli(capsys, "traces", "--db", served.db_path, "--json")[1])
     stats = json.loads(run_cli(capsys, "stats", "--db", served.db_path, "--json")[1])
     assert names["trace"] - {"object"} <= set(one) and one["object"] == "trace"
-    assert names["list"] == {"object", "data", "next_cursor"} and set(listing) == {"object", "data", "next_cursor"}
+    envelope = {"object", "data", "next_cursor", "total", "total_exact"}
+    assert names["list"] == envelope and set(listing) == envelope
     list_fields = names["trace"] - {"request_body", "response_body", "response_model", "provider_request_id"}
     assert list_fields <= set(listing["data"][0])
     assert names["stats"] <= set(stats) | {"store"}

@@ -110,8 +110,10 @@ def _command_lines() -> list[tuple[str, str]]:
             command = line.strip().removeprefix("$ ")
             synopsis = "[--" in command  # a usage line, not a command
             if in_block and not synopsis and re.match(r"(\S+=\S+ )*prysmai (proxy|traces|stats|demo|keys)\b", command):
-                # Without a comment or a redirection of standard input (`prysmai keys hash < keys.txt`).
-                found.append((doc.name, command.split("#", 1)[0].split(" < ", 1)[0].strip()))
+                # Without a comment or a redirection of standard input (`prysmai keys hash < keys.txt`)
+                # or output (`prysmai traces --format csv > week.csv`).
+                command = command.split("#", 1)[0].split(" < ", 1)[0].split(" > ", 1)[0]
+                found.append((doc.name, command.strip()))
     return found
 
 

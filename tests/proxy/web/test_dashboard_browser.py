@@ -164,7 +164,9 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     by_latency = api(page, base, "traces", user="alice", since="24h", sort="latency", order="desc")["data"]
     assert [r["latency_ms"] for r in by_latency] == sorted((r["latency_ms"] for r in by_latency), reverse=True)
     shown = [page.get_attribute(f"#traces-table tbody tr:nth-child({i + 1}) td a", "href") for i in range(3)]
-    assert shown == [f"/traces/{r['id']}" for r in by_latency]
+    # Each link carries the list's filters and order (the trace page's previous / next).
+    assert [h.split("?")[0] for h in shown] == [f"/traces/{r['id']}" for r in by_latency]  # type: ignore[union-attr]
+    assert all("list=1" in h and "sort=latency" in h for h in shown)  # type: ignore[operator]
     b.screenshot(page, "traces")
     # A shared URL reproduces the view.
     shared = page.url
@@ -229,9 +231,9 @@ def test_demo_through_the_dashboard(chromium: Any, demo: tuple[str, str]) -> Non
     full = [api(page, base, f"traces/{t['id']}") for t in alice]
     tool = next(t for t in full if t["response_body"] and "tool_calls" in json.dumps(t["response_body"]))
     b.goto(page, base + "/traces?user=alice")
-    page.click(f"a[href='/traces/{tool['id']}']")
+    page.click(f"a[href^='/traces/{tool['id']}?']")  # (the link carries the list's query)
     b.wait_ready(page)
-    assert page.url == f"{base}/traces/{tool['id']}"
+    assert page.url.split("?")[0] == f"{base}/traces/{tool['id']}"
     roles = page.locator("#request .msg").evaluate_all("ms => ms.map(m => m.dataset.role)")
     assert roles == ["system", "user"]
     call = page.locator("#response .tool-call")

@@ -76,8 +76,8 @@ def test_the_dashboard_says_what_happened(chromium: Any, fake: FakeUpstream, sta
     b.goto(page, f"{base}/traces?since=all&user~=al")  # the URL's prefix form
     assert page.input_value("#f-user") == "al*"
     assert page.locator("#traces-table tbody tr").count() == 2  # alice and alfred, not bob
-    # the cost column (time, model, endpoint, status, latency, TTFT, tokens, cost)
-    costs = page.locator("#traces-table tbody tr td:nth-child(8)").all_inner_texts()
+    # the cost column (time, model, endpoint, status, asked, answer, latency, TTFT, tokens, cost)
+    costs = page.locator("#traces-table tbody tr td:nth-child(10)").all_inner_texts()
     assert sorted(costs) == ["$0.0000033", "no usage"], costs
     # Typing a prefix with a star.
     b.goto(page, f"{base}/traces?since=all")
@@ -86,7 +86,7 @@ def test_the_dashboard_says_what_happened(chromium: Any, fake: FakeUpstream, sta
     page.wait_for_url(re.compile(r".*user(~|%7E)=BO.*"))  # the form encodes the ~
     b.wait_ready(page)
     assert page.locator("#traces-table tbody tr").count() == 1
-    assert page.locator("#traces-table tbody tr td:nth-child(8)").inner_text() == "unpriced"
+    assert page.locator("#traces-table tbody tr td:nth-child(10)").inner_text() == "unpriced"
 
     # -- cancelled: its own status, colour and count ---------------------------------------------------
     b.goto(page, f"{base}/traces?since=all&status=cancelled")

@@ -53,12 +53,16 @@ TYPES = {
     "key_id": "text",
     "project": "text NOT NULL DEFAULT 'default'",
     "provider": "text",
+    "prompt_preview": "text",
+    "answer_preview": "text",
 }
 BODIES = ("request_body", "response_body")
 ROW_COLUMNS = tuple(c for c in TYPES if c not in BODIES)
+#: Columns added by a later version than 1 (version 1's table is created without them).
+PREVIEWS = ("prompt_preview", "answer_preview")
 
 _TEXT = 'text COLLATE "C"'
-_ROW_DDL = ",\n    ".join(f"{c} {TYPES[c].replace('text', _TEXT, 1)}" for c in ROW_COLUMNS)
+_ROW_DDL = ",\n    ".join(f"{c} {TYPES[c].replace('text', _TEXT, 1)}" for c in ROW_COLUMNS if c not in PREVIEWS)
 _HOUR_DIMS = "".join(f"    {d} {_TEXT} NOT NULL,\n" for d in HOUR_DIMS)
 
 
@@ -170,8 +174,22 @@ CREATE TABLE prysmai_spend (
 );
 """
 
+#: Version 3 (a list you can scan): the previews of the traces list (see ..previews), computed
+#: when a row is built; the traces of an earlier database have none. A new column of a
+#: partitioned table is added to its partitions; the view gets them at its end.
+V3 = f"""
+ALTER TABLE trace_rows ADD COLUMN prompt_preview {_TEXT}, ADD COLUMN answer_preview {_TEXT};
+CREATE OR REPLACE VIEW traces AS
+    SELECT r.id, r.created_at, r.method, r.endpoint, r.model, r.stream, r.status, r.http_status,
+        r.latency_ms, r.ttft_ms, r.prompt_tokens, r.completion_tokens, r.total_tokens, r.cost_usd,
+        b.request_body, b.response_body, r.error, r.user_id, r.session_id, r.metadata,
+        r.notes, r.response_model, r.provider_request_id, r.key_id, r.project, r.provider,
+        r.prompt_preview, r.answer_preview
+    FROM trace_rows r LEFT JOIN trace_bodies b ON b.id = r.id AND b.created_at = r.created_at;
+"""
+
 #: ``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, str] = {0: V1, 1: V2}
+MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3}
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 #: The advisory lock migrations and partition creation take (any constant of our own).
 LOCK = 0x70727973  # "prys"

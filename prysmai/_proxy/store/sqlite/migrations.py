@@ -46,6 +46,11 @@ traces instead (see docs/operations.md to convert one).
   any of them is one walk of an index however large the store;
 * ``traces_fts``, the search index of the bodies (:mod:`.search`), when SQLite has FTS5.
 
+6 (a list you can scan) adds ``traces.prompt_preview`` and ``traces.answer_preview``: the start of
+the last user message and of the answer, one line each, computed when a row is built
+(:mod:`..previews`), so a list page reads them instead of its bodies. Adding them rewrites no
+row; the traces of an earlier store have none.
+
 All pending steps run in one ``BEGIN IMMEDIATE`` transaction that also sets the new version, so
 a store is never left half-migrated: an interrupted migration leaves the previous version intact
 and the next start-up runs it again. A store is migrated, never refused or rebuilt, unless it is
@@ -226,6 +231,13 @@ def _to_v5(conn: sqlite3.Connection, search_index: bool = True) -> None:
     search.choose(conn, search_index)
 
 
+def _to_v6(conn: sqlite3.Connection) -> None:
+    have = _columns(conn)
+    for column in ("prompt_preview", "answer_preview"):
+        if column not in have:
+            conn.execute(f"ALTER TABLE traces ADD COLUMN {column} TEXT")
+
+
 def _columns(conn: sqlite3.Connection) -> set[str]:
     return {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
 
@@ -257,6 +269,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _to_v3,
     3: _to_v4,
     4: _to_v5,
+    5: _to_v6,
 }
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 

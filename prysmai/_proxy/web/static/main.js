@@ -5,7 +5,7 @@ import { offerProjectFilter } from "./filters.js";
 import { render as overview } from "./overview.js";
 import { render as traces } from "./traces.js";
 import { renderSession, renderTrace } from "./trace.js";
-import { renderSessions, renderUsers } from "./users.js";
+import { renderSessions, renderUser, renderUsers } from "./users.js";
 
 async function route() {
   const main = document.getElementById("main");
@@ -40,7 +40,8 @@ async function route() {
   else if (section === "traces") await renderTrace(main, parts[1], me);
   else if (section === "sessions" && parts.length === 1) await renderSessions(main);
   else if (section === "sessions") await renderSession(main, parts.slice(1).join("/"));
-  else if (section === "users") await renderUsers(main);
+  else if (section === "users" && parts.length === 1) await renderUsers(main);
+  else if (section === "users") await renderUser(main, parts.slice(1).join("/"));
   document.body.dataset.ready = "1";  // tests wait for this
 }
 

@@ -1,5 +1,6 @@
 // Trace detail, and a session's traces as one conversation timeline.
 import { getJSON } from "./api.js";
+import { apiParams } from "./filters.js";
 import { bodyDoc, bodyText, parameters, repeatedCount, requestMessages, responseMessages } from "./conversation.js";
 import { clear, costStatus, costText, el, facts, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, sessionLink, statusBadge, traceCost, traceLink } from "./dom.js";
 
@@ -51,6 +52,40 @@ function metadataList(meta) {
   return dl;
 }
 
+// A long conversation shows its first message (the system prompt, usually) and its last few; the
+// ones between fold into one line with their count, opened by a click.
+const FOLD_KEEP_START = 1;
+const FOLD_KEEP_END = 3;
+
+function folded(messages) {
+  if (messages.length <= FOLD_KEEP_START + FOLD_KEEP_END + 1) return messages;
+  const middle = messages.slice(FOLD_KEEP_START, messages.length - FOLD_KEEP_END);
+  const fold = el("details", { class: "fold", id: "folded", "data-count": middle.length },
+    el("summary", null, `${middle.length} earlier messages (show)`), middle);
+  return [...messages.slice(0, FOLD_KEEP_START), fold, ...messages.slice(messages.length - FOLD_KEEP_END)];
+}
+
+/** Previous / next along the list this trace was opened from (its filters and order are in this
+ * page's URL), and the way back to it; nothing when opened from elsewhere. */
+function listNav(id) {
+  const url = new URLSearchParams(location.search);
+  if (url.get("list") !== "1") return null;
+  const nav = el("nav", { class: "pager trace-nav", id: "trace-nav" });
+  const back = new URLSearchParams(url);
+  back.delete("list");
+  nav.append(pageLink("/traces", back, "« back to the list"));
+  const link = (target, label, navId) => {
+    if (!target) return el("span", { class: "muted", id: navId }, label);
+    const a = pageLink("/traces/" + encodeURIComponent(target), url, label);
+    a.id = navId;
+    return a;
+  };
+  getJSON("neighbours", apiParams(location.search, { trace: id, sort: url.get("sort") || "time", order: url.get("order") || "desc" }))
+    .then((doc) => nav.append(link(doc.previous, "‹ previous", "trace-previous"), link(doc.next, "next ›", "trace-next")))
+    .catch((err) => nav.append(el("span", { class: "error" }, String(err.message || err))));
+  return nav;
+}
+
 export async function renderTrace(main, id, me) {
   clear(main).append(el("p", { class: "muted" }, "Loading…"));
   let t;
@@ -94,13 +129,15 @@ export async function renderTrace(main, id, me) {
   const response = responseMessages(resp);
   const params = parameters(req);
   clear(main).append(
+    listNav(t.id),
     el("h1", null, "Trace ", el("code", null, t.id.slice(0, 12))),
     el("div", { class: "detail" },
       el("div", { class: "detail-main" },
-        el("section", { class: "conversation", id: "request" }, el("h2", null, "Request"),
-          request.length ? request : el("pre", { class: "text" }, bodyText(t.request_body) ?? "(no body)")),
+        // The answer first, then what was asked (its middle folded when long).
         el("section", { class: "conversation", id: "response" }, el("h2", null, t.stream ? "Response (reassembled stream)" : "Response"),
           response.length ? response : el("pre", { class: "text" }, bodyText(t.response_body) ?? "(no body)")),
+        el("section", { class: "conversation", id: "request" }, el("h2", null, "Request"),
+          request.length ? folded(request) : el("pre", { class: "text" }, bodyText(t.request_body) ?? "(no body)")),
         params.length ? el("section", null, el("h2", null, "Parameters"), facts(params)) : null,
         rawBlock("Raw request JSON", t.request_body, "raw-request"),
         rawBlock("Raw response JSON", t.response_body, "raw-response")),

@@ -1,6 +1,6 @@
 // Traces: newest first, filtered and sorted through the URL, paginated by cursor.
 import { getJSON } from "./api.js";
-import { apiParams, filterBar } from "./filters.js";
+import { apiParams, DEFAULT_RANGE, filterBar } from "./filters.js";
 import { clear, el, fmtMs, fmtNum, fmtTime, pageLink, sessionLink, statusBadge, table, traceCost, traceLink } from "./dom.js";
 
 function sortHead(key, label) {
@@ -17,15 +17,42 @@ function sortHead(key, label) {
   return a;
 }
 
-export function traceColumns(withSort, withProject) {
+function preview(text, kind) {
+  if (text === null || text === undefined || text === "") return el("span", { class: "muted", "data-preview": kind }, "–");
+  return el("span", { class: kind === "error" ? "preview error-text" : "preview", "data-preview": kind, title: text }, text);
+}
+
+/** The page-size choice: a new size starts from the first page. */
+function pageSize(url) {
+  const current = url.get("limit") || "50";
+  const sizes = ["25", "50", "100", "200", "500"];
+  if (!sizes.includes(current)) sizes.push(current);
+  const select = el("select", { id: "page-size", "aria-label": "traces per page" },
+    sizes.map((n) => el("option", { value: n, selected: n === current }, n + " per page")));
+  select.addEventListener("change", () => {
+    const next = new URLSearchParams(url);
+    next.delete("cursor");
+    next.set("limit", select.value);
+    location.assign("/traces?" + next.toString());
+  });
+  return select;
+}
+
+/** `listQuery`: the list's filters and order, carried to the trace page (its previous / next). */
+export function traceColumns(withSort, withProject, listQuery) {
   const head = (key, label) => (withSort ? sortHead(key, label) : label);
+  const open = (r) => (listQuery ? pageLink("/traces/" + encodeURIComponent(r.id), listQuery, fmtTime(r.created_at)) : traceLink(r.id, fmtTime(r.created_at)));
   return [
-    { head: head("time", "time"), cell: (r) => traceLink(r.id, fmtTime(r.created_at)), cls: "nowrap" },
+    { head: head("time", "time"), cell: open, cls: "nowrap" },
     // Only an admin key reads several projects; a project's key sees its own only.
     ...(withProject ? [{ head: "project", cell: (r) => r.project ?? "–", cls: "clip" }] : []),
     { head: "model", cell: (r) => r.model ?? "–", cls: "clip" },
-    { head: "endpoint", cell: (r) => r.endpoint, cls: "clip" },
+    { head: "endpoint", cell: (r) => [r.endpoint, r.stream ? el("span", { class: "stream-mark", "data-stream": "1", title: "streamed" }, "stream") : null], cls: "clip" },
     { head: "status", cell: (r) => statusBadge(r.status, r.http_status) },
+    // One line each, as text: the start of the last user message, and of the answer -- or, for a
+    // failure, its error message.
+    { head: "asked", cell: (r) => preview(r.prompt_preview, "prompt"), cls: "clip preview" },
+    { head: "answer", cell: (r) => (r.error && r.status !== "success" ? preview(r.error, "error") : preview(r.answer_preview, "answer")), cls: "clip preview" },
     { head: head("latency", "latency"), cell: (r) => fmtMs(r.latency_ms), cls: "num" },
     { head: head("ttft", "TTFT"), cell: (r) => fmtMs(r.ttft_ms), cls: "num" },
     { head: head("tokens", "tokens"), cell: (r) => fmtNum(r.total_tokens), cls: "num" },
@@ -35,6 +62,37 @@ export function traceColumns(withSort, withProject) {
   ];
 }
 
+/** Links that download every trace of these filters, in this order (not one page): the read
+ * API's format=csv|jsonl, with the bodies when asked. A plain link: the browser downloads it. */
+function exportBar(url) {
+  const bodies = el("input", { type: "checkbox", id: "export-bodies" });
+  const links = [["csv", "CSV"], ["jsonl", "JSON Lines"]].map(([format, label]) =>
+    el("a", { class: "button", id: "export-" + format, download: true }, label));
+  const update = () => {
+    for (const a of links) {
+      const params = apiParams(location.search, {
+        sort: url.get("sort") || "time", order: url.get("order") || "desc", format: a.id.slice("export-".length),
+      });
+      if (bodies.checked) params.set("fields", "all");
+      a.href = "/ui/api/traces?" + params.toString();
+    }
+  };
+  bodies.addEventListener("change", update);
+  update();
+  return el("p", { class: "export-bar", id: "export-bar" },
+    "Export every match: ", links[0], " ", links[1], " ", el("label", null, bodies, " with bodies"));
+}
+
+/** The list's filters and order (not its page), as the trace page takes them. */
+function listQuery(url) {
+  const out = new URLSearchParams(url);
+  out.delete("cursor");
+  out.delete("limit");
+  if (!out.get("since")) out.set("since", DEFAULT_RANGE);
+  out.set("list", "1");
+  return out;
+}
+
 export async function render(main, me) {
   const url = new URLSearchParams(location.search);
   const params = apiParams(location.search, {
@@ -42,7 +100,7 @@ export async function render(main, me) {
   });
   if (url.get("cursor")) params.set("cursor", url.get("cursor"));
   const body = el("div", { id: "traces-body" }, el("p", { class: "muted" }, "Loading…"));
-  clear(main).append(el("h1", null, "Traces"), filterBar(true), body);
+  clear(main).append(el("h1", null, "Traces"), filterBar(true), exportBar(url), body);
   let doc;
   try {
     doc = await getJSON("traces", params);
@@ -64,8 +122,11 @@ export async function render(main, me) {
     a.id = "next-page";
     pager.append(a);
   }
+  const total = doc.total === null ? "many traces match (counting them took too long)"
+    : doc.total_exact ? `${doc.total.toLocaleString("en-US")} trace(s) match` : `more than ${doc.total.toLocaleString("en-US")} traces match`;
   clear(body).append(
-    rows.length ? table(traceColumns(true, Boolean(me && me.admin)), rows, { id: "traces-table" }) : el("p", { class: "muted" }, "No traces match these filters."),
+    el("p", { class: "list-head" }, el("span", { id: "traces-total", "data-total": doc.total, "data-exact": String(doc.total_exact) }, total), " ", pageSize(url)),
+    rows.length ? table(traceColumns(true, Boolean(me && me.admin), listQuery(url)), rows, { id: "traces-table" }) : el("p", { class: "muted" }, "No traces match these filters."),
     el("p", { class: "muted" }, `${rows.length} trace(s) on this page`),
     pager);
 }
