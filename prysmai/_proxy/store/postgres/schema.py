@@ -138,8 +138,36 @@ CREATE TABLE rollup_hour (
     + "".join(_key_table(c) for c in KEY_ROLLUPS)
 )
 
+#: Scores (see :mod:`..scores`): not partitioned -- a score is small and rare beside its trace;
+#: retention deletes the scores of the traces it deletes.
+V2 = """
+CREATE TABLE scores (
+    score_id text COLLATE "C" PRIMARY KEY,
+    trace_id text COLLATE "C" NOT NULL,
+    trace_time double precision NOT NULL,
+    score_project text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    kind text NOT NULL,
+    num double precision,
+    label text COLLATE "C",
+    comment text,
+    scored_at double precision NOT NULL,
+    author_key text NOT NULL,
+    source text NOT NULL
+);
+CREATE INDEX scores_by_trace ON scores (trace_id);
+CREATE INDEX scores_by_name ON scores (score_project, name, num, trace_id);
+CREATE INDEX scores_by_time ON scores (trace_time, score_project, kind);
+CREATE TABLE score_names (
+    project text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    kind text NOT NULL,
+    PRIMARY KEY (project, name)
+);
+"""
+
 #: ``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, str] = {0: V1}
+MIGRATIONS: dict[int, str] = {0: V1, 1: V2}
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 #: The advisory lock migrations and partition creation take (any constant of our own).
 LOCK = 0x70727973  # "prys"

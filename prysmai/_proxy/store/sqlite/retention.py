@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from ..scores import ORPHAN_SCORES
 from ..rollups import HIST_LEVELS, KEY_PERIOD, KEY_ROLLUPS
 
 TYPE_CHECKING = False
@@ -44,6 +45,7 @@ def delete_expired(
         ).rowcount
         if deleted:
             _drop_empty_rollups(conn, before)
+            conn.execute(ORPHAN_SCORES, (before,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
