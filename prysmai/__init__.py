@@ -8,8 +8,9 @@ Three ways in, all routing through the same request hooks:
 
 ``prysm_context`` tags requests with user, session and metadata; ``PrysmContext`` is the value it
 holds. ``score()`` (and ``ascore()``) attaches a score -- user feedback, a reviewer's or an
-evaluation's -- to a trace; ``last_trace_id()`` is the trace of this thread's or task's last call. ``status()`` tells where requests go (the proxy, or straight to the provider while the proxy
-is down) and how many went each way. ``prysmai.client`` and ``prysmai.context`` re-export the same
+evaluation's -- to a trace; ``last_trace_id()`` is the trace of this thread's or task's last call.
+``status()`` tells where requests go (the proxy, or straight to the provider while the proxy is
+down) and how many went each way. ``prysmai.client`` and ``prysmai.context`` re-export the same
 objects under prysmai 0.1's import paths.
 
 Names are loaded on first use, so ``import prysmai`` (done at every interpreter start under

@@ -197,7 +197,9 @@ def response_wrapper(patch: Patch) -> WrapperFunction:
     return wrapper
 
 
-def _remember_response(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _remember_response(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     _scores.remember(kwargs.get("response"))
     return wrapped(*args, **kwargs)
 
@@ -274,9 +276,7 @@ def attach(client: Any, route: Route, is_async: bool, policy: _fallback.Policy |
 
         state["_prepare_options"] = wrapt.FunctionWrapper(prepare, sync_prepare)
     # The trace id of each answer (prysmai.last_trace_id()).
-    state["_process_response"] = wrapt.FunctionWrapper(
-        cls._process_response.__get__(client, cls), _remember_response
-    )
+    state["_process_response"] = wrapt.FunctionWrapper(cls._process_response.__get__(client, cls), _remember_response)
 
     def copy_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         new = wrapped(*args, **kwargs)

@@ -121,7 +121,7 @@ def score(
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     try:
-        with urlopen(request, timeout=timeout) as answer:  # noqa: S310 (the URL was validated: http/https)
+        with urlopen(request, timeout=timeout) as answer:
             document: dict[str, Any] = json.loads(answer.read())
             return document
     except HTTPError as exc:

@@ -66,7 +66,9 @@ def test_each_thread_and_task_sees_its_own_last_call(proxy_server: RecordingServ
     assert prysmai.last_trace_id() == mine  # the other threads' calls did not change this one's
 
     async def tasks() -> list[tuple[str, str | None]]:
-        aclient = prysmai.monitor(openai.AsyncOpenAI(api_key="sk-user", max_retries=0), prysm_key=PRYSM_KEY, base_url=proxy_server.url)
+        aclient = prysmai.monitor(
+            openai.AsyncOpenAI(api_key="sk-user", max_retries=0), prysm_key=PRYSM_KEY, base_url=proxy_server.url
+        )
 
         async def one(n: int) -> tuple[str, str | None]:
             await aclient.chat.completions.create(model="m", messages=MESSAGES, user=f"task{n}")  # type: ignore[arg-type]

@@ -46,10 +46,8 @@ from . import jsonshape
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Iterator, Mapping
     from typing import Any
-
-    from collections.abc import Iterator
 
     from ..asgi import Receive, Scope
     from ..config.pricing import PriceTable
@@ -142,11 +140,13 @@ class Reads:
         route = path[len(prefix) :].split("?", 1)[0]
         method = scope["method"]
         trace_id = _score_target(route)
-        if trace_id is not None and method != "POST" or route.startswith("scores/") and method != "DELETE":
+        if (trace_id is not None and method != "POST") or (route.startswith("scores/") and method != "DELETE"):
             allowed = "POST" if trace_id is not None else "DELETE"
             raise HTTPError(405, f"{method} is not supported on {route}; use {allowed}", "method_not_allowed")
         if self.read_only:
-            message = "This dashboard only reads the store (prysmai ui); score traces through the proxy's dashboard or API."
+            message = (
+                "This dashboard only reads the store (prysmai ui); score traces through the proxy's dashboard or API."
+            )
             raise HTTPError(403, message, "read_only")
         with _http_errors():
             if trace_id is not None:

@@ -278,7 +278,6 @@ class ProxyApp:
             raise HTTPError(405, "Only GET is supported here", "method_not_allowed")
         await respond(send, 200, jsonshape.encode(await self.reads.serve(scope, PREFIX, entry)))
 
-
     async def _write(self, scope: Scope, receive: Receive, send: Send, entry: KeyEntry) -> None:
         status, document = await self.reads.write(scope, receive, PREFIX, entry, "api")
         await respond(send, status, jsonshape.encode(document))

@@ -86,7 +86,7 @@ def test_a_score_is_attached_read_back_with_its_trace_and_deleted(proc: Any) -> 
     trace = httpx.get(f"{proc.base}/traces/{trace_id}", headers=auth(WEB)).json()
     got = {s["name"]: (s["value"], s["type"]) for s in trace["scores"]}
     assert got == {"helpful": (1, "number"), "correct": (True, "boolean"), "tone": ("friendly", "category")}
-    assert [s["id"] for s in trace["scores"]][0] == made["id"]  # oldest first
+    assert trace["scores"][0]["id"] == made["id"]  # oldest first
     # Deleted by id: gone from the trace, and a second delete is a 404.
     gone = httpx.delete(f"{proc.base}/scores/{made['id']}", headers=auth(WEB))
     assert gone.status_code == 200 and gone.json() == {"object": "score.deleted", "id": made["id"], "deleted": True}

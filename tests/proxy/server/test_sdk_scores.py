@@ -68,7 +68,7 @@ def test_async_tasks_and_streams_score_their_own_trace(proxy: ProxyHandle) -> No
     got = asyncio.run(main())
     stored = {t["user_id"]: t for t in proxy.traces()}
     assert got == {name: t["id"] for name, t in stored.items()}
-    for name, trace in stored.items():
+    for trace in stored.values():
         assert [s["value"] for s in _scores(proxy, trace["id"])] == [0.5 if trace["stream"] else 1]
 
 

@@ -109,7 +109,11 @@ def test_averages_are_the_mean_of_the_values(both: Any) -> None:
         ).fetchall()
     )
     raw.close()
-    got = {f"{r['model']}|{r['name']}": r["average"] for r in both[0].read_sync(scores.averages, TraceFilter(), ["model"], 50)["model"] if r["model"]}
+    got = {
+        f"{r['model']}|{r['name']}": r["average"]
+        for r in both[0].read_sync(scores.averages, TraceFilter(), ["model"], 50)["model"]
+        if r["model"]
+    }
     assert expected and close_enough(got, expected)
 
 

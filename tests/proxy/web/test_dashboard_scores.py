@@ -51,7 +51,9 @@ def test_a_reviewer_scores_filters_averages_and_deletes(chromium: Any, proxy: Pr
     page.click("#thumbs-up")
     page.wait_for_selector("#score-list li[data-score='thumbs']")
     stored = _scores(proxy, ids[0])
-    assert [(s["name"], s["value"], s["comment"], s["source"]) for s in stored] == [("thumbs", True, HOSTILE, "dashboard")]
+    assert [(s["name"], s["value"], s["comment"], s["source"]) for s in stored] == [
+        ("thumbs", True, HOSTILE, "dashboard")
+    ]
     assert stored[0]["key_id"].startswith("key_")
     item = page.inner_text("#score-list li[data-score='thumbs']")
     assert "reviewer " + stored[0]["key_id"] in item and "true" in item

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from ..scores import ORPHAN_SCORES
 from ..rollups import HIST_LEVELS, KEY_PERIOD, KEY_ROLLUPS
+from ..scores import ORPHAN_SCORES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
