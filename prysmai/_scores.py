@@ -48,8 +48,9 @@ class ScoreError(Exception):
 
 def last_trace_id() -> str | None:
     """The Prysm trace id of the last OpenAI call made in this thread or asyncio task through a
-    monitored or instrumented client; ``None`` if there was none, if it failed before the proxy
-    answered, or if fail-open sent it straight to the provider (then nothing was traced)."""
+    monitored or instrumented client; ``None`` if there was none, if the call raised (an error
+    answer, a connection failure: never the id of an earlier call), or if fail-open sent it
+    straight to the provider (then nothing was traced)."""
     return _last.get()
 
 
@@ -105,9 +106,8 @@ def score(
 
     if trace_id is None:
         raise ValueError(
-            "prysmai.score(): trace_id is None -- the last call was not traced (no call yet in this thread or "
-            "task, it failed before the proxy answered, or fail-open sent it straight to the provider), so "
-            "there is nothing to score."
+            "prysmai.score(): trace_id is None -- the last call has no trace to score (no call yet in this "
+            "thread or task, the call raised, or fail-open sent it straight to the provider)."
         )
     if not isinstance(trace_id, str) or not trace_id:
         raise TypeError(f"prysmai.score(): trace_id must be a trace id string, not {type(trace_id).__name__}")

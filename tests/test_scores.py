@@ -116,6 +116,16 @@ def test_fail_open_leaves_none_and_score_of_none_is_a_clear_error(
         asyncio.run(prysmai.ascore(None, "thumbs", True, base_url=proxy_server.url))
 
 
+def test_a_call_that_raised_leaves_none_not_the_previous_calls_id(proxy_server: RecordingServer) -> None:
+    client = _monitored(proxy_server)
+    client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+    assert prysmai.last_trace_id() is not None
+    proxy_server.fail_next(400)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+    assert prysmai.last_trace_id() is None  # scoring would otherwise judge the wrong answer
+
+
 def test_a_refused_score_raises_score_error_with_the_proxys_reason(proxy_server: RecordingServer) -> None:
     proxy_server.fail_next(400, message="name must be 1 to 64 characters")
     with pytest.raises(prysmai.ScoreError, match="name must be 1 to 64") as info:
