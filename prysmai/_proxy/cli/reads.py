@@ -59,7 +59,9 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
         help="only traces whose metadata KEY is VALUE (repeatable: every one must hold)",
     )
     p.add_argument("--q", metavar="TEXT", help="only traces whose request or response body holds these words")
-    p.add_argument("--score", metavar="NAME", help="only traces with a score of this name (see --score-min/--score-max)")
+    p.add_argument(
+        "--score", metavar="NAME", help="only traces with a score of this name (see --score-min/--score-max)"
+    )
     p.add_argument("--score-min", metavar="X", help="with --score: only scores of at least X (true is 1, false 0)")
     p.add_argument("--score-max", metavar="Y", help="with --score: only scores of at most Y")
     p.add_argument("--since", metavar="WHEN", help="only newer traces: 15m, 2h, 7d, unix seconds or an ISO date/time")
