@@ -252,17 +252,18 @@ class Reads:
         limit = self.store.reader.time_limit
         # One read: every number on the page comes from one snapshot of the store. Its time
         # limit is that of the queries it makes, together.
+        groups = ("model", "user", "project") if who.admin else ("model", "user")
         page = await self.store.read(
-            queries.overview_page,
+            scores.overview_page,
             f,
             bucket,
             by,
             BREAKDOWN_ROWS,
-            time_limit=None if limit is None else limit * (2 + len(by)),
+            groups,
+            SCORE_AVERAGE_ROWS,
+            time_limit=None if limit is None else limit * (2 + len(by) + len(groups)),
         )
-        groups = ("model", "user", "project") if who.admin else ("model", "user")
-        averages = await self.store.read(scores.averages, f, groups, SCORE_AVERAGE_ROWS)
-        return {"object": "overview", **page, "score_averages": averages}
+        return {"object": "overview", **page}
 
     async def _sessions(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
         return await self._groups(queries.sessions, query, who)

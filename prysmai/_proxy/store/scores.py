@@ -274,3 +274,19 @@ def list_traces(conn: Connection, f: TraceFilter, **options: Any) -> tuple[list[
     """:func:`~.queries.list_traces` with each row's ``scores``, in one snapshot."""
     rows, cursor = queries.list_traces(conn, f, **options)
     return with_scores(conn, rows), cursor
+
+
+def overview_page(
+    conn: Connection,
+    f: TraceFilter,
+    bucket_seconds: int,
+    breakdowns: Iterable[str],
+    rows: int,
+    groups: Iterable[str],
+    average_rows: int,
+) -> dict[str, Any]:
+    """:func:`~.queries.overview_page` with ``score_averages`` (:func:`averages` by ``groups``), in
+    the one snapshot: the scores' averages cannot disagree with the page's totals."""
+    page = queries.overview_page(conn, f, bucket_seconds, breakdowns, rows)
+    page["score_averages"] = averages(conn, f, groups, average_rows)
+    return page
