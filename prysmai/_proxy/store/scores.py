@@ -92,7 +92,7 @@ class NewScore:
                 raise ParamError("value", "value must be a finite number of at most 1e15 in size")
             kind, num = "number", float(value)
         elif isinstance(value, str):
-            if not _CATEGORY.fullmatch(value) or value.strip() != value:
+            if not _CATEGORY.fullmatch(value) or value.strip() != value or not _unicode(value):
                 raise ParamError(
                     "value",
                     f"a category value must be 1 to {MAX_CATEGORY} printable characters, without leading or "
@@ -105,12 +105,23 @@ class NewScore:
         if comment is not None:
             if not isinstance(comment, str):
                 raise ParamError("comment", "comment must be text (or null)")
-            if len(comment) > MAX_COMMENT or _BAD_COMMENT.search(comment):
+            if len(comment) > MAX_COMMENT or _BAD_COMMENT.search(comment) or not _unicode(comment):
                 raise ParamError(
-                    "comment", f"comment must be at most {MAX_COMMENT} characters, without control characters"
+                    "comment",
+                    f"comment must be at most {MAX_COMMENT} characters of valid Unicode, without control characters",
                 )
             comment = comment or None
         return cls(name, kind, num, label, comment)
+
+
+def _unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (JSON's ``"\\ud800"`` decodes to a lone surrogate, which
+    no database can store as text)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class KindConflict(ParamError):

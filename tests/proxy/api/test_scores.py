@@ -134,6 +134,8 @@ def test_one_type_per_name_in_a_project(proc: Any) -> None:
         ({"name": "ok", "value": 1, "comment": "x" * 2001}, "comment"),
         ({"name": "ok", "value": 1, "comment": "bell\x07"}, "comment"),
         ({"name": "ok", "value": 1, "extra": 1}, "extra"),
+        ({"name": "ok", "value": "\ud800"}, "value"),
+        ({"name": "ok", "value": 1, "comment": "half a pair \udc00"}, "comment"),
         ([1, 2], "body"),
     ],
 )
@@ -209,7 +211,15 @@ def test_the_overview_averages_scores_by_model_user_and_project(proc: Any) -> No
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.text(max_size=80), value=st.one_of(st.text(max_size=80), st.floats(), st.booleans(), st.integers()))
+@given(
+    name=st.text(max_size=80),
+    value=st.one_of(
+        st.text(st.characters(blacklist_categories=()), max_size=80),  # lone surrogates too
+        st.floats(),
+        st.booleans(),
+        st.integers(),
+    ),
+)
 def test_hostile_scores_are_stored_exactly_or_refused_cleanly(proc: Any, name: str, value: Any) -> None:
     trace_id = send(proc, WEB)
     r = score(proc, WEB, trace_id, {"name": name, "value": value, "comment": name})
