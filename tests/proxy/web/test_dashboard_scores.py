@@ -169,3 +169,49 @@ def test_the_dashboards_writes_check_the_origin(proxy: ProxyHandle) -> None:
         assert client.post("/ui/api/overview", json=body, headers={"Origin": base}).status_code == 405
     query = urlencode({"since": "all", "score": "thumbs"})
     assert httpx.get(f"{proxy.base_url}/traces?{query}", headers=AUTH).json()["data"] == []
+
+
+def test_prysmai_ui_shows_scores_but_refuses_to_write_them(proxy: ProxyHandle) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ..conftest import free_port
+
+    (trace_id,) = _traces(proxy, 1)
+    r = httpx.post(f"{proxy.base_url}/traces/{trace_id}/scores", json={"name": "thumbs", "value": True}, headers=AUTH)
+    assert r.status_code == 201
+    proxy.stop()
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prysmai._cli", "ui", "--db", str(proxy.db_path), "--port", str(port), "--key", KEY],
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(f"{base}/login")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "prysmai ui did not start"
+                time.sleep(0.05)
+        with httpx.Client(base_url=base) as client:
+            login = client.post("/ui/login", data={"key": KEY}, headers={"Origin": base}, follow_redirects=False)
+            client.cookies.update(login.cookies)
+            shown = client.get(f"/ui/api/traces/{trace_id}").json()["scores"]
+            assert [(s["name"], s["value"]) for s in shown] == [("thumbs", True)]
+            refused = client.post(
+                f"/ui/api/traces/{trace_id}/scores", json={"name": "x", "value": 1}, headers={"Origin": base}
+            )
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "read_only"
+            assert client.delete(f"/ui/api/scores/{shown[0]['id']}", headers={"Origin": base}).status_code == 403
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
