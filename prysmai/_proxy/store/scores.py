@@ -5,8 +5,9 @@ A score is a name (``helpful``), a value -- a number, a boolean or a short categ
 comment, when it was given and by whom (the id of the key that sent it, and whether it came
 through the API or the dashboard). One name has one type per project: the first score of a name
 fixes it (``score_names``), so averages and ranges mean one thing. The ``scores`` table keeps
-the trace's time and project beside its id, so the reads that filter by time or project start
-from the scores, not from the traces.
+the trace's time, project, model and user beside its id (a trace's never change), so the
+averages by model, user or project over a time range read one index of the scores, and join the
+traces only for a filter on another of their columns.
 
 Every function takes a DB-API connection (:class:`~.engine.Connection`): the reads run on the
 store's read runner; :func:`add` and :func:`delete` in one short write transaction of the
@@ -25,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 from . import queries
+from .engine import dialect_of
 from .queries import ParamError, TraceFilter, _conditions, _where, get_trace
 
 TYPE_CHECKING = False
@@ -159,13 +161,15 @@ def add(
         "source": source,
     }
     conn.execute(
-        "INSERT INTO scores (score_id, trace_id, trace_time, score_project, name, kind, num, label, comment, "
-        "scored_at, author_key, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO scores (score_id, trace_id, trace_time, score_project, trace_model, trace_user, name, kind, "
+        "num, label, comment, scored_at, author_key, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             row["score_id"],
             row["trace_id"],
             trace["created_at"],
             trace["project"],
+            trace["model"],
+            trace["user_id"],
             *[row[c] for c in ("name", "kind", "num", "label", "comment", "scored_at", "author_key", "source")],
         ],
     )
@@ -234,38 +238,52 @@ def trace_with_scores(conn: Connection, trace_id: str, *, project: str | None = 
     return None if trace is None else with_scores(conn, [trace])[0]
 
 
-#: What :func:`averages` groups by: the traces' column of each.
-AVERAGE_GROUPS = {"model": "model", "user": "user_id", "project": "project"}
+#: What :func:`averages` groups by: the scores' copy of the trace's column, and the column.
+AVERAGE_GROUPS = {
+    "model": ("trace_model", "model"),
+    "user": ("trace_user", "user_id"),
+    "project": ("score_project", "project"),
+}
 
 
 def averages(conn: Connection, f: TraceFilter, groups: Iterable[str], rows: int) -> dict[str, list[dict[str, Any]]]:
     """The average of each score name (numbers and booleans; a boolean's average is its share of
     ``true``) over the traces of ``f``, by each of ``groups`` (:data:`AVERAGE_GROUPS`): the
-    ``rows`` groups and names with the most scores, each ``{group, name, average, scores}``. Read
-    from the scores of the range (by the trace's time), each joined to its trace by id."""
-    # Time and project are matched on the scores' own copies (their index), the rest on the traces.
-    rest = dataclasses.replace(f, project=None, since=None, until=None)
-    clauses, params = _conditions(conn, rest, times=False)
+    ``rows`` groups and names with the most scores, each ``{group, name, average, scores}``.
+
+    Time, project, model and user are matched on the scores' own copies (one index of the scores
+    answers the usual overview); any other filter joins each score to its trace, read through the
+    traces' time-first index (the score has the trace's time)."""
     own: list[str] = ["scores.kind <> 'category'"]
     own_params: list[Any] = []
-    if f.project is not None:
-        own.append("scores.score_project = ?")
-        own_params.append(f.project)
+    for column, value in (
+        ("score_project", f.project),
+        ("trace_model", f.model),
+        ("trace_user", f.user_id),
+    ):
+        if value is not None:
+            own.append(f"scores.{column} = ?")
+            own_params.append(value)
     if f.since is not None:
         own.append("scores.trace_time >= ?")
         own_params.append(f.since)
     if f.until is not None:
         own.append("scores.trace_time < ?")
         own_params.append(f.until)
+    rest = dataclasses.replace(f, project=None, since=None, until=None, model=None, user_id=None)
+    clauses, params = _conditions(conn, rest, times=False) if rest != TraceFilter() else ([], [])
+    join = ""
+    if clauses:
+        traces = dialect_of(conn).time_first("traces")
+        join = f" JOIN {traces} ON traces.created_at = scores.trace_time AND traces.id = scores.trace_id"
     out: dict[str, list[dict[str, Any]]] = {}
     for group in groups:
-        column = AVERAGE_GROUPS[group]
+        column = AVERAGE_GROUPS[group][0]
         sql = (
-            f"SELECT traces.{column}, scores.name, avg(scores.num), count(*) FROM scores "
-            "JOIN traces ON traces.id = scores.trace_id AND traces.created_at = scores.trace_time"
-            f"{_where([*own, *clauses])} GROUP BY traces.{column}, scores.name "
+            f"SELECT scores.{column}, scores.name, avg(scores.num), count(*) FROM scores{join}"
+            f"{_where([*own, *clauses])} GROUP BY scores.{column}, scores.name "
             # NULL last on both engines (SQLite sorts it first, PostgreSQL last).
-            f"ORDER BY count(*) DESC, scores.name, traces.{column} IS NULL, traces.{column} LIMIT ?"
+            f"ORDER BY count(*) DESC, scores.name, scores.{column} IS NULL, scores.{column} LIMIT ?"
         )
         out[group] = [
             {group: key, "name": name, "average": float(avg), "scores": int(n)}

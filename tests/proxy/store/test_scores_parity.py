@@ -72,6 +72,7 @@ score_filters = st.builds(
     project=st.sampled_from([None, "web", "batch"]),
     model=st.sampled_from([None, "o3"]),
     user_id=st.sampled_from([None, "ann"]),
+    status=st.sampled_from([None, "success"]),  # (the averages then join each score to its trace)
     score=st.sampled_from(["helpful", "correct", "tone"]),
     score_min=st.sampled_from([None, 0.0, 0.5]),
     score_max=st.sampled_from([None, 1.0, 3.5]),
@@ -115,6 +116,16 @@ def test_averages_are_the_mean_of_the_values(both: Any) -> None:
         if r["model"]
     }
     assert expected and close_enough(got, expected)
+    raw = sqlite3.connect(sqlite_store.engine.location)
+    by_user = dict(
+        raw.execute(
+            "SELECT t.user_id || '|' || s.name, avg(s.num) FROM scores s JOIN traces t ON t.id = s.trace_id "
+            "WHERE s.kind <> 'category' AND t.status = 'success' AND t.user_id IS NOT NULL GROUP BY t.user_id, s.name"
+        ).fetchall()
+    )
+    raw.close()
+    rows = both[0].read_sync(scores.averages, TraceFilter(status="success"), ["user"], 50)["user"]
+    assert by_user and close_enough({f"{r['user']}|{r['name']}": r["average"] for r in rows if r["user"]}, by_user)
 
 
 def test_one_type_per_name_project_scope_and_delete_hold_on_both(both: Any) -> None:

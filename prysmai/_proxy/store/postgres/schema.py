@@ -146,6 +146,8 @@ CREATE TABLE scores (
     trace_id text COLLATE "C" NOT NULL,
     trace_time double precision NOT NULL,
     score_project text COLLATE "C" NOT NULL,
+    trace_model text COLLATE "C",
+    trace_user text COLLATE "C",
     name text COLLATE "C" NOT NULL,
     kind text NOT NULL,
     num double precision,
@@ -156,8 +158,8 @@ CREATE TABLE scores (
     source text NOT NULL
 );
 CREATE INDEX scores_by_trace ON scores (trace_id);
-CREATE INDEX scores_by_name ON scores (score_project, name, num, trace_id);
-CREATE INDEX scores_by_time ON scores (trace_time, score_project, kind);
+CREATE INDEX scores_by_name ON scores (name, score_project, num, trace_id);
+CREATE INDEX scores_by_time ON scores (trace_time, score_project, kind, name, num, trace_model, trace_user);
 CREATE TABLE score_names (
     project text COLLATE "C" NOT NULL,
     name text COLLATE "C" NOT NULL,

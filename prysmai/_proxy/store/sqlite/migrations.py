@@ -49,7 +49,8 @@ traces instead (see docs/operations.md to convert one).
 6 (scores) adds:
 
 * ``scores`` -- judgements attached to traces (:mod:`..scores`): the score's id, the trace's id,
-  time and project (copied, so reads by time or project start from the scores), its name, type,
+  time, project, model and user (copied: a trace's never change, and the reads by time, project,
+  model or user start from the scores, never reading the traces' rows), its name, type,
   value (``num`` for numbers and booleans, ``label`` for categories), comment, time and author;
   indexed by trace, by project and name and value, and by the trace's time;
 * ``score_names`` -- the type each score name has in each project (one type per name).
@@ -243,6 +244,8 @@ CREATE TABLE IF NOT EXISTS scores (
     trace_id TEXT NOT NULL,
     trace_time REAL NOT NULL,
     score_project TEXT NOT NULL,
+    trace_model TEXT,
+    trace_user TEXT,
     name TEXT NOT NULL,
     kind TEXT NOT NULL,
     num REAL,
@@ -253,8 +256,9 @@ CREATE TABLE IF NOT EXISTS scores (
     source TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS scores_by_trace ON scores (trace_id);
-CREATE INDEX IF NOT EXISTS scores_by_name ON scores (score_project, name, num, trace_id);
-CREATE INDEX IF NOT EXISTS scores_by_time ON scores (trace_time, score_project, kind);
+CREATE INDEX IF NOT EXISTS scores_by_name ON scores (name, score_project, num, trace_id);
+CREATE INDEX IF NOT EXISTS scores_by_time
+    ON scores (trace_time, score_project, kind, name, num, trace_model, trace_user);
 CREATE TABLE IF NOT EXISTS score_names (
     project TEXT NOT NULL,
     name TEXT NOT NULL,
