@@ -244,6 +244,12 @@ def fill_scores(path: Path, now: float) -> dict[str, Any]:
     return {"scored_traces": len(ids), "seconds": round(seconds, 2), "db_mb": round(_size_mb(path), 1)}
 
 
+def _has_scores(path: Path) -> bool:
+    SQLiteEngine(str(path)).migrate_existing()  # a store of schema 5 gets the scores' tables first
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT 1 FROM scores LIMIT 1").fetchone() is not None
+
+
 def fill_v1(path: Path, n: int, now: float, source: Path | None = None) -> None:
     """A store exactly as prysmai 0.1.0 wrote it (its DDL, schema 1, no key_id): the rows of
     ``source`` copied by SQLite when it holds ``n`` traces (fast), else generated."""
@@ -876,6 +882,10 @@ def main(argv: list[str] | None = None) -> int:
             marker = workdir / f"store-{size}.done"
             if args.reuse and marker.exists():
                 now = float(marker.read_text())
+                if not _has_scores(path):  # a store filled before scores existed (schema 5): score it now
+                    record = {"bench": "dashboard", "kind": "fill-scores", "size": size, **fill_scores(path, now)}
+                    emit(record)
+                    records.append(record)
             else:
                 for old in workdir.glob(path.name + "*"):
                     old.unlink()
