@@ -43,7 +43,8 @@ from _common import BENCH_DIR, PRYSM_KEY, PRYSMAI_CLI, REPO_DIR, emit, machine_i
 
 sys.path.insert(0, str(REPO_DIR))
 
-from prysmai._proxy.store import QueryTimeout, TraceFilter, queries
+from prysmai._proxy.store import QueryTimeout, TraceFilter, queries, scores
+from prysmai._proxy.store.edits import EditRunner
 from prysmai._proxy.store.reader import ReadRunner
 from prysmai._proxy.store.rows import COLUMNS
 from prysmai._proxy.store.sqlite import SQLiteEngine
@@ -196,6 +197,59 @@ def fill(path: Path, n: int, now: float) -> dict[str, Any]:
     return {"seconds": round(seconds, 2), "rows_per_s": round(n / seconds), "db_mb": round(_size_mb(path), 1)}
 
 
+#: Scores on one trace in SCORED_EVERY (10 %, as issue 26 asks): a thumbs up/down on each, a
+#: quality number on most, a tone category on some.
+SCORED_EVERY = 10
+
+
+def fill_scores(path: Path, now: float) -> dict[str, Any]:
+    """Scores on every SCORED_EVERY-th trace, written through the store's edit runner
+    (:func:`scores.add`, as the API writes each one), a thousand per transaction."""
+    editor = EditRunner(SQLiteEngine(str(path)))
+    reader = ReadRunner(SQLiteEngine(str(path)), time_limit=None)
+    ids = reader.run_sync(
+        lambda c: [r[0] for r in c.execute(f"SELECT id FROM traces WHERE rowid % {SCORED_EVERY} = 0 ORDER BY rowid")]
+    )
+    reader.close()
+    rng = random.Random(26)
+    thumbs_up = scores.NewScore.parse({"name": "thumbs", "value": True})
+    thumbs_down = scores.NewScore.parse({"name": "thumbs", "value": False, "comment": "wrong answer"})
+    tones = [scores.NewScore.parse({"name": "tone", "value": t}) for t in ("friendly", "curt", "verbose")]
+
+    def some(conn: Any, batch: list[str]) -> int:
+        for trace_id in batch:
+            owner = "key_bench0000001"
+            scores.add(
+                conn,
+                trace_id,
+                thumbs_up if rng.random() < 0.7 else thumbs_down,
+                project=None,
+                author_key=owner,
+                source="api",
+            )
+            if rng.random() < 0.6:
+                quality = scores.NewScore.parse({"name": "quality", "value": round(rng.random(), 3)})
+                scores.add(conn, trace_id, quality, project=None, author_key=owner, source="api")
+            if rng.random() < 0.2:
+                scores.add(conn, trace_id, rng.choice(tones), project=None, author_key=owner, source="dashboard")
+        return len(batch)
+
+    start = time.perf_counter()
+    try:
+        for at in range(0, len(ids), 1000):
+            editor.run_sync(some, ids[at : at + 1000])
+    finally:
+        editor.close()
+    seconds = time.perf_counter() - start
+    return {"scored_traces": len(ids), "seconds": round(seconds, 2), "db_mb": round(_size_mb(path), 1)}
+
+
+def _has_scores(path: Path) -> bool:
+    SQLiteEngine(str(path)).migrate_existing()  # a store of schema 5 gets the scores' tables first
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT 1 FROM scores LIMIT 1").fetchone() is not None
+
+
 def fill_v1(path: Path, n: int, now: float, source: Path | None = None) -> None:
     """A store exactly as prysmai 0.1.0 wrote it (its DDL, schema 1, no key_id): the rows of
     ``source`` copied by SQLite when it holds ``n`` traces (fast), else generated."""
@@ -302,7 +356,7 @@ def overview_page(conn: sqlite3.Connection, f: TraceFilter) -> Any:
     return queries.overview_page(conn, f, bucket, queries.BREAKDOWNS, 10)
 
 
-#: The views issue 25 sets targets for, at 1 M traces (server time, ms): (name in the suite, target).
+#: The views issues 25 and 26 set targets for, at 1 M traces (server time, ms): (name in the suite, target).
 TARGETS = [
     ("overview page all", 300.0),
     ("overview page 7 d", 300.0),
@@ -314,6 +368,15 @@ TARGETS = [
     ("list, all, text search for a rare word (quokka)", 500.0),
     ("sessions, all", 300.0),
     ("users, all", 300.0),
+    # Issue 26: the reads of scores (10 % of the traces scored).
+    ("scores: list with scores, newest 50", 300.0),
+    ("scores: list, score = thumbs", 300.0),
+    ("scores: list, quality >= 0.9", 300.0),
+    ("scores: list, 7 d, thumbs <= 0 (thumbs down)", 300.0),
+    ("scores: detail with scores", 300.0),
+    ("scores: averages by model, user, project, all", 300.0),
+    ("scores: averages by model, user, project, 7 d", 300.0),
+    ("scores: project web: averages by model and user, 24 h", 300.0),
 ]
 
 
@@ -490,6 +553,46 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
         ("list", "project web: users, all", queries.users, (web,), {}),
         ("list", "project tiny: users, all", queries.users, (tiny,), {}),
         ("overview", "month_spend (30 days, every project)", queries.month_spend, (month,), {}),
+        # Issue 26: scores (on 10 % of the traces).
+        ("list", "scores: list with scores, newest 50", scores.list_traces, (every,), {}),
+        ("list", "scores: list, score = thumbs", scores.list_traces, (TraceFilter(score="thumbs"),), {}),
+        (
+            "list",
+            "scores: list, quality >= 0.9",
+            scores.list_traces,
+            (TraceFilter(score="quality", score_min=0.9),),
+            {},
+        ),
+        (
+            "list",
+            "scores: list, 7 d, thumbs <= 0 (thumbs down)",
+            scores.list_traces,
+            (TraceFilter(since=now - 7 * DAY, score="thumbs", score_max=0.0),),
+            {},
+        ),
+        ("detail", "scores: detail with scores", scores.trace_with_scores, (trace_id,), {}),
+        (
+            "overview",
+            "scores: averages by model, user, project, all",
+            scores.averages,
+            (every, ("model", "user", "project"), 20),
+            {},
+        ),
+        (
+            "overview",
+            "scores: averages by model, user, project, 7 d",
+            scores.averages,
+            (last7, ("model", "user", "project"), 20),
+            {},
+        ),
+        (
+            "overview",
+            "scores: project web: averages by model and user, 24 h",
+            scores.averages,
+            (web24, ("model", "user"), 20),
+            {},
+        ),
+        ("overview", "scores: stats, score = thumbs (raw rows)", queries.stats, (TraceFilter(score="thumbs"),), {}),
     ]
     out = []
     try:
@@ -715,6 +818,7 @@ def table(records: list[dict[str, Any]], sizes: list[int]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for kind, label in (
         ("fill", "fill through the writer: s (traces/s), store MB"),
+        ("fill-scores", "scores on 10 % of the traces, through the edit runner: s, store MB"),
         ("cli_stats", "`prysmai stats`: wall s / peak RSS MB"),
     ):
         cells = []
@@ -724,6 +828,8 @@ def table(records: list[dict[str, Any]], sizes: list[int]) -> str:
                 cells.append("")
             elif kind == "fill":
                 cells.append(f"{r['seconds']:.0f} ({r['rows_per_s']:,}), {r['db_mb']:,.0f}")
+            elif kind == "fill-scores":
+                cells.append(f"{r['seconds']:.0f} ({r['scored_traces']:,} traces), {r['db_mb']:,.0f}")
             else:
                 cells.append(f"{r['wall_s']:.2f} / {r['maxrss_mb']:.0f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -742,7 +848,7 @@ def table(records: list[dict[str, Any]], sizes: list[int]) -> str:
                 r = next((r for r in shown if r["name"] == name and r["size"] == s), None)
                 cells.append("" if r is None else f"{r['ms']:.0f} ({r['first_ms']:.0f})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "| issue 25's view | target ms | " + " | ".join(f"{s:,} traces" for s in sizes) + " |"]
+    lines += ["", "| issue 25's and 26's views | target ms | " + " | ".join(f"{s:,} traces" for s in sizes) + " |"]
     lines.append("|---|---:|" + "---:|" * len(sizes))
     for name, target in TARGETS:
         cells = []
@@ -798,10 +904,17 @@ def main(argv: list[str] | None = None) -> int:
             marker = workdir / f"store-{size}.done"
             if args.reuse and marker.exists():
                 now = float(marker.read_text())
+                if not _has_scores(path):  # a store filled before scores existed (schema 5): score it now
+                    record = {"bench": "dashboard", "kind": "fill-scores", "size": size, **fill_scores(path, now)}
+                    emit(record)
+                    records.append(record)
             else:
                 for old in workdir.glob(path.name + "*"):
                     old.unlink()
                 record = {"bench": "dashboard", "kind": "fill", "size": size, **fill(path, size, now)}
+                emit(record)
+                records.append(record)
+                record = {"bench": "dashboard", "kind": "fill-scores", "size": size, **fill_scores(path, now)}
                 marker.write_text(repr(now))
                 emit(record)
                 records.append(record)

@@ -7,8 +7,10 @@ Three ways in, all routing through the same request hooks:
 * ``PRYSM_AUTO=1`` (or ``prysmai run -- python app.py``) — no code change at all.
 
 ``prysm_context`` tags requests with user, session and metadata; ``PrysmContext`` is the value it
-holds. ``status()`` tells where requests go (the proxy, or straight to the provider while the proxy
-is down) and how many went each way. ``prysmai.client`` and ``prysmai.context`` re-export the same
+holds. ``score()`` (and ``ascore()``) attaches a score -- user feedback, a reviewer's or an
+evaluation's -- to a trace; ``last_trace_id()`` is the trace of this thread's or task's last call.
+``status()`` tells where requests go (the proxy, or straight to the provider while the proxy is
+down) and how many went each way. ``prysmai.client`` and ``prysmai.context`` re-export the same
 objects under prysmai 0.1's import paths.
 
 Names are loaded on first use, so ``import prysmai`` (done at every interpreter start under
@@ -24,12 +26,16 @@ __all__ = [
     "InsecureBaseURLWarning",
     "PrysmClient",
     "PrysmContext",
+    "ScoreError",
     "Status",
     "__version__",
+    "ascore",
     "instrument",
     "is_instrumented",
+    "last_trace_id",
     "monitor",
     "prysm_context",
+    "score",
     "status",
     "uninstrument",
 ]
@@ -40,6 +46,7 @@ if TYPE_CHECKING:
     from ._context import ContextSnapshot, PrysmContext, prysm_context
     from ._instrument import instrument, is_instrumented, uninstrument
     from ._monitor import PrysmClient, monitor
+    from ._scores import ScoreError, ascore, last_trace_id, score
     from ._status import Status, status
 
 _WHERE = {
@@ -52,6 +59,10 @@ _WHERE = {
     "uninstrument": "._instrument",
     "PrysmClient": "._monitor",
     "monitor": "._monitor",
+    "ScoreError": "._scores",
+    "ascore": "._scores",
+    "last_trace_id": "._scores",
+    "score": "._scores",
     "Status": "._status",
     "status": "._status",
 }

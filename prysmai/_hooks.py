@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 
-from . import _fallback, _instrument
+from . import _fallback, _instrument, _scores
 from ._context import current_headers
 from ._openai_compat import custom_default_headers, is_given, omit_shadowed_defaults, redirectable
 from ._wire import UPSTREAM_KEY_HEADER
@@ -166,6 +166,7 @@ def class_wrapper(is_async: bool) -> Callable[[Patch], WrapperFunction]:
             ) -> Any:
                 result = await wrapped(*args, **kwargs)
                 if patch.active:
+                    _scores.forget()
                     _redirect(instance, _options_of(result, args, kwargs))
                 return result
 
@@ -174,12 +175,33 @@ def class_wrapper(is_async: bool) -> Callable[[Patch], WrapperFunction]:
         def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             result = wrapped(*args, **kwargs)
             if patch.active:
+                _scores.forget()
                 _redirect(instance, _options_of(result, args, kwargs))
             return result
 
         return wrapper
 
     return make
+
+
+def response_wrapper(patch: Patch) -> WrapperFunction:
+    """The wrapper ``instrument()`` gives the patch registry for ``_process_response`` (sync on
+    sync clients, a coroutine function on async ones: the wrapper only looks at the response and
+    returns what the original returns)."""
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if patch.active and MONITOR_ATTR not in instance.__dict__:
+            _scores.remember(kwargs.get("response"))
+        return wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+def _remember_response(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    _scores.remember(kwargs.get("response"))
+    return wrapped(*args, **kwargs)
 
 
 def _tag_monitored(
@@ -237,6 +259,7 @@ def attach(client: Any, route: Route, is_async: bool, policy: _fallback.Policy |
             wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             result = await wrapped(*args, **kwargs)
+            _scores.forget()
             _tag_monitored(client, route, authorization, expected_base, proxy_base, _options_of(result, args, kwargs))
             return result
 
@@ -247,10 +270,13 @@ def attach(client: Any, route: Route, is_async: bool, policy: _fallback.Policy |
             wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             result = wrapped(*args, **kwargs)
+            _scores.forget()
             _tag_monitored(client, route, authorization, expected_base, proxy_base, _options_of(result, args, kwargs))
             return result
 
         state["_prepare_options"] = wrapt.FunctionWrapper(prepare, sync_prepare)
+    # The trace id of each answer (prysmai.last_trace_id()).
+    state["_process_response"] = wrapt.FunctionWrapper(cls._process_response.__get__(client, cls), _remember_response)
 
     def copy_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         new = wrapped(*args, **kwargs)

@@ -159,13 +159,15 @@ def _on_openai_imported(module: ModuleType) -> None:
 
 def _patch(module: ModuleType) -> None:
     global _registry
-    from ._hooks import class_wrapper
+    from ._hooks import class_wrapper, response_wrapper
     from ._patches import PatchRegistry
 
     if _registry is None:
         _registry = PatchRegistry()
     _registry.wrap(module.OpenAI, "_prepare_options", class_wrapper(is_async=False))
     _registry.wrap(module.AsyncOpenAI, "_prepare_options", class_wrapper(is_async=True))
+    _registry.wrap(module.OpenAI, "_process_response", response_wrapper)
+    _registry.wrap(module.AsyncOpenAI, "_process_response", response_wrapper)
     from ._fallback import request_method, retry_delay_wrapper
     from ._hooks import instrumented_policy
 

@@ -37,6 +37,8 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: bytes
+    #: The X-Prysm-Trace-Id the "proxy" server answered this request with.
+    trace_id: str = ""
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -151,6 +153,8 @@ class RecordingServer(ThreadingHTTPServer):
     def record(self, request: Recorded) -> _Plan | None:
         with self._lock:
             self.requests.append(request)
+            if self.name == "proxy":  # as the Prysm proxy, which answers every request with its trace id
+                request.trace_id = f"{len(self.requests):032x}"
             return self._plans.pop(0) if self._plans else None
 
     @property
@@ -171,6 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         recorded = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
         plan = self.server.record(recorded)
+        self._trace_id = recorded.trace_id
         if self.server.delay:
             time.sleep(self.server.delay)
         if plan is not None:
@@ -206,6 +211,9 @@ class _Handler(BaseHTTPRequestHandler):
             )
         elif path.endswith("/files"):
             self._send_json(200, {"object": "list", "data": [], "has_more": False})
+        elif path.endswith("/scores") and self.command == "POST":  # the proxy's score API
+            trace_id = path.split("/")[-2]
+            self._send_json(201, {"object": "score", "id": "score_1", "trace_id": trace_id, **(payload or {})})
         else:
             self._send_json(404, {"error": {"message": f"no route {path}", "type": "not_found", "code": "404"}})
 
@@ -231,6 +239,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
+        if getattr(self, "_trace_id", ""):
+            self.send_header("x-prysm-trace-id", self._trace_id)
         for name, value in (headers or {}).items():
             self.send_header(name.replace("_", "-"), value)
         self.end_headers()
@@ -238,6 +248,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_sse(self, events: Iterator[dict[str, Any]]) -> None:
         self.send_response(200)
+        if getattr(self, "_trace_id", ""):
+            self.send_header("x-prysm-trace-id", self._trace_id)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()

@@ -19,6 +19,16 @@ handler, limits and documents -- every page's data is this API):
   ``limit``);
 * ``me`` -- who the key or session is (its project, or every project for an admin key).
 
+Writes (:meth:`Reads.write`; the one kind there is, scores, see :mod:`..store.scores`):
+
+* ``POST traces/{id}/scores`` -- attach a score ``{"name", "value", "comment"}`` to a trace
+  (``201`` and the score); any key that can read the trace may score it;
+* ``DELETE scores/{id}`` -- delete a score by its id (``200``).
+
+A trace's document (``traces/{id}``) and every row of ``traces`` carry their ``scores``;
+``traces`` (and every filtered read) takes ``score=NAME`` with ``score_min``/``score_max``;
+``overview`` has ``score_averages`` by model, user (and project for an admin key).
+
 ``/api/v1/health`` answers anyone (:meth:`Reads.health`). A project's key reads that project's
 traces (a query naming another project is refused, 403); an admin key reads every project's, or
 the one its query names (400 if no such project is configured or stored). Reads run on the store's read
@@ -32,20 +42,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 from urllib.parse import quote, unquote, urlsplit
 
-from ..asgi import HTTPError, Query, Routes
+from ..asgi import Disconnected, HTTPError, Query, Routes, TooLarge, read_body
 from ..config.projects import DEMO
-from ..store import QueryTimeout, StoreError, TraceFilter, queries
+from ..store import QueryTimeout, StoreError, TraceFilter, queries, scores
 from . import download, jsonshape
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Iterator, Mapping
     from typing import Any
 
-    from ..asgi import Scope
+    from ..asgi import Receive, Scope
     from ..config.pricing import PriceTable
     from ..config.projects import KeyEntry, Provider, Tenancy
     from ..store import Store
@@ -64,6 +75,10 @@ BREAKDOWNS = ("model", "endpoint", "user_id", "session_id")
 BREAKDOWN_ROWS = 10
 #: Seconds the store has to write what was submitted before a read (read your own writes).
 FLUSH_SECONDS = 2.0
+#: Bytes a score's JSON body may have (a comment of 2 000 characters, escaped, fits).
+MAX_SCORE_BODY = 16 * 1024
+#: Groups and names in each of the overview's score averages.
+SCORE_AVERAGE_ROWS = 20
 
 
 class Reads:
@@ -118,16 +133,45 @@ class Reads:
     async def answer(self, handler: Handler, param: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
         """The document of one read; :class:`~..asgi.HTTPError` for a bad parameter (400), a
         trace that is not there (404) or a read past its time limit (503)."""
-        try:
+        with _http_errors():
             return await handler(self, param, query, who)
-        except HTTPError:
-            raise
-        except ValueError as exc:  # a parameter the query layer refused (ParamError names it)
-            raise HTTPError(400, str(exc), "invalid_parameter", param=getattr(exc, "param", None)) from None
-        except QueryTimeout as exc:
-            raise HTTPError(503, str(exc), "query_timeout", "server_error") from None
-        except StoreError as exc:  # a shared store that is down
-            raise HTTPError(503, str(exc), "store_unavailable", "server_error") from None
+
+    def writes(self, path: str) -> bool:
+        """Whether ``path`` (below the API's prefix) is a write's (:meth:`write`)."""
+        return _score_target(path) is not None or path.startswith("scores/")
+
+    async def write(self, scope: Scope, receive: Receive, prefix: str, who: KeyEntry, source: str) -> tuple[int, Any]:
+        """A write (``POST traces/{id}/scores``, ``DELETE scores/{id}``) by ``who`` through
+        ``source`` (``"api"`` or ``"dashboard"``): (status, document). Off the event loop, in one
+        short write transaction of the store's edit runner; a trace of another project is not
+        found (404)."""
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1") if isinstance(raw, bytes) and raw.startswith(prefix.encode()) else scope["path"]
+        route = path[len(prefix) :].split("?", 1)[0]
+        method = scope["method"]
+        trace_id = _score_target(route)
+        if (trace_id is not None and method != "POST") or (route.startswith("scores/") and method != "DELETE"):
+            allowed = "POST" if trace_id is not None else "DELETE"
+            raise HTTPError(405, f"{method} is not supported on {route}; use {allowed}", "method_not_allowed")
+        if self.read_only:
+            message = (
+                "This dashboard only reads the store (prysmai ui); score traces through the proxy's dashboard or API."
+            )
+            raise HTTPError(403, message, "read_only")
+        with _http_errors():
+            if trace_id is not None:
+                score = scores.NewScore.parse(await _json_body(receive))
+                await self._flush()  # a trace answered a moment ago can be scored at once
+                added = await self.store.edit(
+                    scores.add, unquote(trace_id), score, project=who.project_name, author_key=who.key_id, source=source
+                )
+                if added is None:
+                    raise HTTPError(404, "No such trace", "not_found")
+                return 201, added
+            score_id = unquote(route[len("scores/") :])
+            if not await self.store.edit(scores.delete, score_id, project=who.project_name):
+                raise HTTPError(404, "No such score", "not_found")
+            return 200, {"object": "score.deleted", "id": score_id, "deleted": True}
 
     async def health(self, who: KeyEntry | None) -> dict[str, Any]:
         """``ok`` / ``degraded`` for anyone; the details only for a key holder. A project's key:
@@ -197,7 +241,7 @@ class Reads:
         if plan is not None:
             return await download.Download.start(self.store, f, plan)
         rows, cursor = await self.store.read(
-            queries.list_traces,
+            scores.list_traces,
             f,
             sort=query.get("sort") or "created_at",
             descending=query.get("order", "desc") != "asc",
@@ -213,7 +257,7 @@ class Reads:
     async def _trace(self, trace_id: str | None, _: Mapping[str, str], who: KeyEntry) -> Any:
         assert trace_id is not None
         await self._flush()
-        trace = await self.store.read(queries.get_trace, unquote(trace_id), project=who.project_name)
+        trace = await self.store.read(scores.trace_with_scores, unquote(trace_id), project=who.project_name)
         if trace is None:
             raise HTTPError(404, "No such trace", "not_found")
         return jsonshape.trace(trace)
@@ -247,13 +291,16 @@ class Reads:
         limit = self.store.reader.time_limit
         # One read: every number on the page comes from one snapshot of the store. Its time
         # limit is that of the queries it makes, together.
+        groups = ("model", "user", "project") if who.admin else ("model", "user")
         page = await self.store.read(
-            queries.overview_page,
+            scores.overview_page,
             f,
             bucket,
             by,
             BREAKDOWN_ROWS,
-            time_limit=None if limit is None else limit * (2 + len(by)),
+            groups,
+            SCORE_AVERAGE_ROWS,
+            time_limit=None if limit is None else limit * (2 + len(by) + len(groups)),
         )
         return {"object": "overview", **page}
 
@@ -344,6 +391,42 @@ ROUTES: Routes[Handler] = Routes(
         "me": Reads._me,
     }
 )
+
+
+@contextlib.contextmanager
+def _http_errors() -> Iterator[None]:
+    """The store's and the query layer's errors as the API answers them."""
+    try:
+        yield
+    except HTTPError:
+        raise
+    except ValueError as exc:  # a parameter the query layer refused (ParamError names it)
+        raise HTTPError(400, str(exc), "invalid_parameter", param=getattr(exc, "param", None)) from None
+    except QueryTimeout as exc:
+        raise HTTPError(503, str(exc), "query_timeout", "server_error") from None
+    except StoreError as exc:  # a shared store that is down, a busy file
+        raise HTTPError(503, str(exc), "store_unavailable", "server_error") from None
+
+
+def _score_target(route: str) -> str | None:
+    """The trace id of ``traces/{id}/scores``, else ``None``."""
+    if route.startswith("traces/") and route.endswith("/scores") and len(route) > len("traces//scores"):
+        return route[len("traces/") : -len("/scores")]
+    return None
+
+
+async def _json_body(receive: Receive) -> Any:
+    try:
+        body = await read_body(receive, MAX_SCORE_BODY)
+    except TooLarge:
+        raise HTTPError(413, f"A score's body may have at most {MAX_SCORE_BODY} bytes", "request_too_large") from None
+    except Disconnected:
+        raise HTTPError(400, "The client went away before sending the body", "incomplete_body") from None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        message = 'The body must be JSON like {"name": "helpful", "value": 1, "comment": "..."}'
+        raise HTTPError(400, message, "invalid_json") from None
 
 
 def _limit(query: Mapping[str, str], default: int = DEFAULT_LIMIT) -> int:

@@ -34,6 +34,9 @@ _FILTER_FLAGS = {
     "since": "since",
     "until": "until",
     "q": "q",
+    "score": "score",
+    "score_min": "score_min",
+    "score_max": "score_max",
 }
 
 
@@ -56,6 +59,11 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
         help="only traces whose metadata KEY is VALUE (repeatable: every one must hold)",
     )
     p.add_argument("--q", metavar="TEXT", help="only traces whose request or response body holds these words")
+    p.add_argument(
+        "--score", metavar="NAME", help="only traces with a score of this name (see --score-min/--score-max)"
+    )
+    p.add_argument("--score-min", metavar="X", help="with --score: only scores of at least X (true is 1, false 0)")
+    p.add_argument("--score-max", metavar="Y", help="with --score: only scores of at most Y")
     p.add_argument("--since", metavar="WHEN", help="only newer traces: 15m, 2h, 7d, unix seconds or an ISO date/time")
     p.add_argument("--until", metavar="WHEN", help="only older traces (as --since)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -141,6 +149,8 @@ def _filters(args: argparse.Namespace) -> TraceFilter | None:
         for name in ("since", "until", "meta"):  # the flag, as the user typed it
             if message.startswith(name + ":"):
                 message = "--" + message
+        for name in ("score_min", "score_max"):
+            message = message.replace(name, "--" + name.replace("_", "-"))
         fail(args, message, "invalid_parameter", 2)
         return None
 
@@ -167,7 +177,8 @@ def traces_command(args: argparse.Namespace) -> int:
 
     from ..api import jsonshape
     from ..store import QueryTimeout
-    from ..store.queries import MAX_LIMIT, count_traces, list_traces
+    from ..store.queries import MAX_LIMIT, count_traces
+    from ..store.scores import list_traces
     from .report import safe, traces_table
 
     f = _filters(args)
@@ -266,7 +277,7 @@ def _export(args: argparse.Namespace, store: Any, f: TraceFilter, plan: Any) -> 
 
 def show_command(args: argparse.Namespace) -> int:
     from ..api import jsonshape
-    from ..store.queries import get_trace
+    from ..store.scores import trace_with_scores as get_trace
     from .report import trace_detail
 
     project = getattr(args, "project", None)

@@ -158,6 +158,9 @@ def trace_detail(t: dict[str, Any]) -> str:
         fields.append(("Error", t["error"]))
     if t.get("notes"):
         fields.append(("Notes", "; ".join(t["notes"]) if isinstance(t["notes"], list) else str(t["notes"])))
+    for score in t.get("scores") or ():
+        comment = f'  "{score["comment"]}"' if score.get("comment") else ""
+        fields.append(("Score", f"{score['name']} = {json.dumps(score['value'])}  by {score['key_id']}{comment}"))
     width = max(len(k) for k, _ in fields)
     lines = [f"{k.ljust(width)}  {safe(v)}" for k, v in fields]
     lines += [

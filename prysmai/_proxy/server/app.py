@@ -6,7 +6,7 @@ Routes below ``/api/v1/`` (a declared table, :data:`~..api.reads.ROUTES` plus ``
   counters and why it is degraded;
 * the read API (``traces``, ``traces/{id}``, ``stats``, ``overview``, ``sessions``, ``users``,
   ``me``: :mod:`..api.reads`) -- a project's key reads that project's traces, an admin key every
-  project's;
+  project's; and its writes, scores (``POST traces/{id}/scores``, ``DELETE scores/{id}``);
 * anything else -- authenticated by a project's key, checked against the project's limits,
   routed to one of its providers and captured as one trace by the :class:`~.forward.Forwarder`.
 
@@ -277,6 +277,8 @@ class ProxyApp:
                     "invalid_api_key",
                 ),
             )
+        if self.reads.writes(endpoint):
+            return self._write(scope, receive, send, entry)
         if self.reads.route(endpoint) is not None:
             return self._read(scope, receive, send, entry)
         if entry.project is None:
@@ -295,6 +297,10 @@ class ProxyApp:
             await document.send(send, receive)
         else:
             await respond(send, 200, jsonshape.encode(document))
+
+    async def _write(self, scope: Scope, receive: Receive, send: Send, entry: KeyEntry) -> None:
+        status, document = await self.reads.write(scope, receive, PREFIX, entry, "api")
+        await respond(send, status, jsonshape.encode(document))
 
 
 def _load(config: ProxyConfig) -> Tenancy:

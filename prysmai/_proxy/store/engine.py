@@ -130,6 +130,16 @@ class Engine(Protocol):
         with :class:`QueryTimeout` once ``seconds`` have passed (``None``: no limit)."""
         ...
 
+    def edit_connection(self) -> Connection:
+        """A new connection for the store's edits (scores; :mod:`.edits`), which are written
+        beside the trace writer, not through it."""
+        ...
+
+    def editing(self, conn: Any) -> contextlib.AbstractContextManager[None]:
+        """Run the block in one short write transaction on ``conn`` (an edit connection),
+        committed at its end, rolled back if it raises."""
+        ...
+
     def insert_rows(self, conn: Any, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int, int]:
         """Insert trace rows (:data:`~.rows.COLUMNS` order) in one transaction, the rollups
         folded in it: (written, repaired, failed). A row the database refuses is repaired or

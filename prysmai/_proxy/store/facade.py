@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from .edits import EditRunner
 from .engine import StoreError
 from .reader import DEFAULT_TIME_LIMIT, ReadRunner
 from .sqlite import SQLiteEngine
@@ -62,6 +63,8 @@ class Store:
         self.writer = writer
         self.shipper = shipper
         self.reader = ReadRunner(engine, time_limit=read_time_limit, workers=read_workers)
+        #: The store's edits (scores), beside the trace writer.
+        self.editor = EditRunner(engine)
         #: Deletes expired traces in the background (``None``: a store only read).
         self.retention = retention
 
@@ -101,6 +104,7 @@ class Store:
             self.shipper.flush(ship_seconds)
             self.shipper.stop()
         self.reader.close()
+        self.editor.close()
 
     def __enter__(self) -> Store:
         return self
@@ -146,6 +150,16 @@ class Store:
         """``fn(conn, *args, **kwargs)`` (a function of :mod:`.queries`) in a worker thread, on a
         read-only connection, in one snapshot, under the time limit."""
         return await self.reader.run(fn, *args, time_limit=time_limit, **kwargs)
+
+    async def edit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(conn, *args, **kwargs)`` (a write of :mod:`.scores`) in one short write
+        transaction, in the edit runner's thread: never on the event loop, never on the trace
+        writer's connection."""
+        return await self.editor.run(fn, *args, **kwargs)
+
+    def edit_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like :meth:`edit`, in the calling thread (the CLI, tests)."""
+        return self.editor.run_sync(fn, *args, **kwargs)
 
     def read_sync(self, fn: Callable[..., T], *args: Any, time_limit: float | None = None, **kwargs: Any) -> T:
         """Like :meth:`read`, in the calling thread (the CLI)."""

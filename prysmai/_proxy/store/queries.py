@@ -213,6 +213,9 @@ class TraceFilter:
     project: str | None = None
     model_prefix: str | None = None
     user_prefix: str | None = None
+    score: str | None = None
+    score_min: float | None = None
+    score_max: float | None = None
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
@@ -230,6 +233,14 @@ class TraceFilter:
                 raise ParamError(name, f"{name} must be a finite time")
         if self.since is not None and self.until is not None and self.since > self.until:
             raise ParamError("since", "since must not be later than until")
+        for name in ("score_min", "score_max"):
+            value = getattr(self, name)
+            if value is not None and self.score is None:
+                raise ParamError(name, f"{name} needs a score name to apply to (score=helpful&{name}=...)")
+            if value is not None and not math.isfinite(value):
+                raise ParamError(name, f"{name} must be a finite number")
+        if self.score_min is not None and self.score_max is not None and self.score_min > self.score_max:
+            raise ParamError("score_min", "score_min must not be larger than score_max")
 
     @classmethod
     def from_query(cls, query: Mapping[str, str], now: float | None = None) -> TraceFilter:
@@ -267,6 +278,9 @@ class TraceFilter:
             text=get("q"),
             model_prefix=get("model~"),
             user_prefix=get("user~"),
+            score=get("score"),
+            score_min=_score_bound("score_min", get("score_min")),
+            score_max=_score_bound("score_max", get("score_max")),
         )
 
     @property
@@ -287,7 +301,17 @@ class TraceFilter:
             and self.text is None
             and self.model_prefix is None
             and self.user_prefix is None
+            and self.score is None
         )
+
+
+def _score_bound(name: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ParamError(name, f"{name} must be a number (a boolean score is 1 or 0), not {value!r}") from None
 
 
 def _conditions(
@@ -337,6 +361,17 @@ def _conditions(
         sql, more = dialect.text_search(conn, f.text)
         clauses.append(sql)
         params += more
+    if f.score is not None:  # traces with a score of that name (in that range): see .scores
+        sql = "SELECT trace_id FROM scores WHERE name = ?"
+        params.append(f.score)
+        if f.project is not None:
+            sql += " AND score_project = ?"
+            params.append(f.project)
+        for bound, op in ((f.score_min, ">="), (f.score_max, "<=")):
+            if bound is not None:
+                sql += f" AND num {op} ?"
+                params.append(bound)
+        clauses.append(f"id IN ({sql})")
     return clauses, params
 
 

@@ -8,6 +8,9 @@ Served by the proxy for every path outside ``/api/v1`` (and alone by ``prysmai u
 * ``GET /login``, ``POST /ui/login``, ``POST /ui/logout`` -- see :mod:`.auth`;
 * ``GET /ui/api/{read}`` -- the read API (:mod:`..api.reads`: the same handlers, limits and
   documents as ``/api/v1/{read}``), authenticated by the session cookie instead of a key;
+  ``POST /ui/api/traces/{id}/scores`` and ``DELETE /ui/api/scores/{id}``, its writes (a
+  reviewer's scores, recorded with the key id of the session), from this dashboard's own pages
+  only (``_check_origin``);
 * ``GET /static/{file}`` -- the CSS and JavaScript shipped in the package.
 
 Captured content is untrusted: it only ever leaves here as JSON (``application/json``, nosniff) and
@@ -199,12 +202,22 @@ class Dashboard:
         who = self._who(scope)
         if who is None:
             raise HTTPError(401, "Log in first (POST /ui/login with a proxy key).", "login_required")
-        document = await self.reads.serve(scope, _API_PREFIX, who)
-        if isinstance(document, Download):  # the export button's download
-            await document.send(send, receive, SECURITY_HEADERS[:1] + SECURITY_HEADERS[2:-1])
-            return
+        if scope["method"] == "GET":
+            document = await self.reads.serve(scope, _API_PREFIX, who)
+            if isinstance(document, Download):  # the export button's download
+                await document.send(send, receive, SECURITY_HEADERS[:1] + SECURITY_HEADERS[2:-1])
+                return
+            status = 200
+        else:
+            # A state-changing request (a score): from this dashboard's own pages only. The
+            # SameSite=Strict cookie keeps other sites' requests from carrying the session; the
+            # Origin (or Sec-Fetch-Site) check refuses what still gets here.
+            _check_origin(scope)
+            if not self.reads.writes(scope["path"][len(_API_PREFIX) :]):
+                raise HTTPError(405, f"{scope['method']} is not supported on {scope['path']}", "method_not_allowed")
+            status, document = await self.reads.write(scope, receive, _API_PREFIX, who, "dashboard")
         # Captured values may hold unpaired surrogates: the shared encoder escapes them.
-        await _send(send, 200, jsonshape.encode(document, allow_nan=False), b"application/json")
+        await _send(send, status, jsonshape.encode(document, allow_nan=False), b"application/json")
 
 
 _GET = frozenset({"GET", "HEAD"})
@@ -222,7 +235,7 @@ ROUTES: Routes[tuple[frozenset[str], Page]] = Routes(
         "/login": (_GET, Dashboard._login_page),
         "/ui/login": (_POST, Dashboard._login),
         "/ui/logout": (_POST, Dashboard._logout),
-        "/ui/api/{read}": (frozenset({"GET"}), Dashboard._api),
+        "/ui/api/{read}": (frozenset({"GET", "POST", "DELETE"}), Dashboard._api),
         "/static/{file}": (_GET, Dashboard._static),
         "/favicon.ico": (_GET, Dashboard._favicon),
     }

@@ -296,6 +296,11 @@ def test_no_read_parameter_makes_a_500(proxy: ProxyHandle) -> None:
         "limit": st.one_of(text, st.integers().map(str)),
         "sort": st.one_of(text, st.sampled_from(["time", "latency", "ttft", "tokens", "cost"])),
         **{name: text for name in ("model", "endpoint", "status", "user", "session", "key", "q", "project", "order")},
+        "score": st.one_of(text, st.just("thumbs")),
+        **{
+            name: st.one_of(text, st.floats().map(str), st.sampled_from(["1e309", "-0", "nan", "inf"]))
+            for name in ("score_min", "score_max")
+        },
     }
 
     @st.composite

@@ -380,3 +380,23 @@ def test_demo_serve_keeps_its_url_and_store_and_prints_the_true_totals(tmp_path:
     assert again == url
     assert "Captured 136 trace(s) (the newest 100 below):" in rest
     assert len(read_traces(db)) == 136
+
+
+def test_traces_filter_by_score_and_show_their_scores(capsys: Any, filled_db: str) -> None:
+    from prysmai._proxy.store import Store, scores
+
+    alice, bob = (next(t for t in read_traces(filled_db) if t["user_id"] == u) for u in ("alice", "bob"))
+    store = Store.existing(filled_db)
+    assert store is not None
+    with store:
+        for trace, value in ((alice, 0.9), (bob, 0.2)):
+            new = scores.NewScore.parse({"name": "quality", "value": value, "comment": "bell\tand <b>"})
+            store.edit_sync(scores.add, trace["id"], new, project=None, author_key="key_cli", source="api")
+    code, out, _ = run_cli(capsys, "traces", "--db", filled_db, "--score", "quality", "--score-min", "0.5", "--json")
+    rows = json.loads(out)["data"]
+    assert code == 0 and [r["id"] for r in rows] == [alice["id"]]
+    assert [(s["name"], s["value"]) for s in rows[0]["scores"]] == [("quality", 0.9)]
+    code, out, _ = run_cli(capsys, "traces", "show", bob["id"], "--db", filled_db)
+    assert code == 0 and 'Score                quality = 0.2  by key_cli  "bell\\x09and <b>"' in out  # the tab escaped
+    code, _, err = run_cli(capsys, "stats", "--db", filled_db, "--score-min", "1")
+    assert code == 2 and "--score-min needs a score name" in err

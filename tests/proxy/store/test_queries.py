@@ -72,6 +72,10 @@ INDEXES = {
     "traces_by_latency",
     "traces_by_ttft",
     "traces_by_tokens",
+    # Schema 6: the scores' (the table is there, empty, in a migrated store too).
+    "scores_by_trace",
+    "scores_by_name",
+    "scores_by_time",
 }
 #: Its triggers: the rollups' fold (once per batch) and delete, the search index's.
 #: The triggers of a store: folding (rollups, the search index, the export outbox) once per batch.

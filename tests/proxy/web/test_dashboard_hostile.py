@@ -50,6 +50,8 @@ def unshown(text: str) -> str:
     return _MARK.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 
+#: A score category may hold neither markup characters nor controls, but braces, bidi overrides...
+SCORE_CATEGORY = "{{7*7}} ${7*7} \u202egnp.exe"
 FAIL_MODEL = "<img src=x onerror=\"window.__pwned='model'\">fail"
 
 
@@ -136,6 +138,11 @@ def hostile_store(start_proxy: Any) -> Any:
         traces = proxy.traces()
         assert len(traces) == 3 and {t["status"] for t in traces} == {"success", "error"}
         assert traces[-1]["endpoint"] == PAYLOADS[1]
+        # Scores are captured content too: a hostile comment and category on every trace.
+        for t in traces:
+            for score in ({"name": "review", "value": SCORE_CATEGORY, "comment": ALL}, {"name": "n", "value": 1}):
+                r = httpx.post(f"{proxy.base_url}/traces/{t['id']}/scores", json=score, headers=headers)
+                assert r.status_code == 201, r.text
         yield proxy, traces
     finally:
         upstream.stop()
@@ -180,11 +187,15 @@ def test_hostile_content_is_shown_as_text(chromium: Any, hostile_store: Any, byp
         elif path.startswith("/traces/"):
             for expected in (*PAYLOADS[:7], shown(PAYLOADS[7])):
                 assert expected in text, (path, expected)
+            scores = page.inner_text("#score-list")
+            assert shown(ALL) in scores and shown(SCORE_CATEGORY) in scores, path
             # The raw JSON block shows the body as it was captured (hidden characters marked).
             raw = json.loads(unshown(page.text_content("#raw-request")))
             assert raw["messages"][1]["content"][0]["text"] == ALL
         # No invisible or direction-changing character reaches the screen unmarked.
         assert not _HIDDEN.search(text), (path, _HIDDEN.findall(text))
+        if path.startswith("/traces?"):
+            assert shown(SCORE_CATEGORY) in text, path  # the list's score column
         if path.startswith("/sessions/"):
             assert PAYLOADS[3] in text and shown(PAYLOADS[7]) in text
         b.screenshot(page, "hostile-" + ("csp" if not bypass_csp else "nocsp") + "-" + str(pages.index(path)))

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..engine import QueryTimeout, StoreError, StoreUnavailable, register_dialect
 from ..rows import COLUMNS
+from ..scores import ORPHAN_SCORES
 from . import rollups
 from .schema import LOCK, MIGRATIONS, ROW_COLUMNS, SCHEMA_VERSION, TYPES
 
@@ -278,6 +279,21 @@ class PostgresEngine:
                 with contextlib.suppress(psycopg.Error):
                     raw.execute("ROLLBACK")
 
+    # -- edits (scores) ----------------------------------------------------------------------------
+    def edit_connection(self) -> PostgresConnection:
+        return PostgresConnection(self.connect())
+
+    @contextlib.contextmanager
+    def editing(self, conn: PostgresConnection) -> Iterator[None]:
+        import psycopg
+
+        try:
+            with conn.raw.transaction():
+                yield
+        except psycopg.OperationalError as exc:  # the server went away: the next edit reconnects
+            conn.raw.close()
+            raise StoreUnavailable(f"the trace store {self.location} is unreachable: {_reason(exc)}") from None
+
     # -- writes ------------------------------------------------------------------------------------
     def insert_rows(self, conn: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]]) -> tuple[int, int, int]:
         """Insert a batch in one transaction: rows already there (a batch sent again) are skipped,
@@ -332,7 +348,10 @@ class PostgresEngine:
             if n is None:
                 break  # the oldest days are dropped in order: a day still in use stops the walk
             dropped += n
-        return dropped + self._delete_rows(conn, project, before, exclude, limit)
+        deleted = dropped + self._delete_rows(conn, project, before, exclude, limit)
+        if deleted:
+            conn.execute(_qmark(ORPHAN_SCORES), [before])
+        return deleted
 
     def _days_before(self, conn: psycopg.Connection[Any], before: float) -> list[int]:
         """The days whose partitions exist and ended at or before ``before``, oldest first."""

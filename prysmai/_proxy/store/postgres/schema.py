@@ -188,8 +188,38 @@ CREATE OR REPLACE VIEW traces AS
     FROM trace_rows r LEFT JOIN trace_bodies b ON b.id = r.id AND b.created_at = r.created_at;
 """
 
+#: Scores (see :mod:`..scores`): not partitioned -- a score is small and rare beside its trace;
+#: retention deletes the scores of the traces it deletes.
+V4 = """
+CREATE TABLE scores (
+    score_id text COLLATE "C" PRIMARY KEY,
+    trace_id text COLLATE "C" NOT NULL,
+    trace_time double precision NOT NULL,
+    score_project text COLLATE "C" NOT NULL,
+    trace_model text COLLATE "C",
+    trace_user text COLLATE "C",
+    name text COLLATE "C" NOT NULL,
+    kind text NOT NULL,
+    num double precision,
+    label text COLLATE "C",
+    comment text,
+    scored_at double precision NOT NULL,
+    author_key text NOT NULL,
+    source text NOT NULL
+);
+CREATE INDEX scores_by_trace ON scores (trace_id);
+CREATE INDEX scores_by_name ON scores (name, score_project, num, trace_id);
+CREATE INDEX scores_by_time ON scores (trace_time, score_project, kind, name, num, trace_model, trace_user);
+CREATE TABLE score_names (
+    project text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    kind text NOT NULL,
+    PRIMARY KEY (project, name)
+);
+"""
+
 #: ``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3}
+MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3, 3: V4}
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 #: The advisory lock migrations and partition creation take (any constant of our own).
 LOCK = 0x70727973  # "prys"

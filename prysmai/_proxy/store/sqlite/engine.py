@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from ...config.projects import DEFAULT_PROJECT
 from .. import private_files
-from ..engine import QueryTimeout, StoreError, register_dialect
+from ..engine import QueryTimeout, StoreError, StoreUnavailable, register_dialect
 from ..rows import COLUMNS
 from . import outbox, retention, rollups, search
 from .migrations import SCHEMA_VERSION, migrate, prepare_new, version
@@ -265,6 +265,29 @@ class SQLiteEngine:
 
     def insert_rows(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int, int]:
         return insert_rows(conn, rows)
+
+    # -- edits (scores) --------------------------------------------------------------------------
+    def edit_connection(self) -> sqlite3.Connection:
+        # The busy timeout of connect(): an edit waits for the writer's batch (a few ms) to commit.
+        try:
+            return connect(self.path)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the trace store {self.path}: {exc}") from None
+
+    @contextlib.contextmanager
+    def editing(self, conn: sqlite3.Connection) -> Iterator[None]:
+        # The write lock first (IMMEDIATE): a read-then-write transaction cannot then fail half-way
+        # because the writer committed in between.
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the trace store {self.path} is busy ({exc}); try again") from None
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     # -- retention -------------------------------------------------------------------------------
     table = "traces"

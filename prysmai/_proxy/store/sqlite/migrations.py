@@ -51,6 +51,18 @@ the last user message and of the answer, one line each, computed when a row is b
 (:mod:`..previews`), so a list page reads them instead of its bodies. Adding them rewrites no
 row; the traces of an earlier store have none.
 
+7 (scores) adds:
+
+* ``scores`` -- judgements attached to traces (:mod:`..scores`): the score's id, the trace's id,
+  time, project, model and user (copied: a trace's never change, and the reads by time, project,
+  model or user start from the scores, never reading the traces' rows), its name, type,
+  value (``num`` for numbers and booleans, ``label`` for categories), comment, time and author;
+  indexed by trace, by project and name and value, and by the trace's time;
+* ``score_names`` -- the type each score name has in each project (one type per name).
+
+Scores are written outside the trace writer, by the proxy's edit runner (:mod:`..edits`), in short
+``BEGIN IMMEDIATE`` transactions that wait for the writer's lock up to the busy timeout.
+
 All pending steps run in one ``BEGIN IMMEDIATE`` transaction that also sets the new version, so
 a store is never left half-migrated: an interrupted migration leaves the previous version intact
 and the next start-up runs it again. A store is migrated, never refused or rebuilt, unless it is
@@ -238,6 +250,40 @@ def _to_v6(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE traces ADD COLUMN {column} TEXT")
 
 
+V7 = """
+CREATE TABLE IF NOT EXISTS scores (
+    score_id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    trace_time REAL NOT NULL,
+    score_project TEXT NOT NULL,
+    trace_model TEXT,
+    trace_user TEXT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    num REAL,
+    label TEXT,
+    comment TEXT,
+    scored_at REAL NOT NULL,
+    author_key TEXT NOT NULL,
+    source TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scores_by_trace ON scores (trace_id);
+CREATE INDEX IF NOT EXISTS scores_by_name ON scores (name, score_project, num, trace_id);
+CREATE INDEX IF NOT EXISTS scores_by_time
+    ON scores (trace_time, score_project, kind, name, num, trace_model, trace_user);
+CREATE TABLE IF NOT EXISTS score_names (
+    project TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    PRIMARY KEY (project, name)
+);
+"""
+
+
+def _to_v7(conn: sqlite3.Connection) -> None:
+    _script(conn, V7)
+
+
 def _columns(conn: sqlite3.Connection) -> set[str]:
     return {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
 
@@ -270,6 +316,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     3: _to_v4,
     4: _to_v5,
     5: _to_v6,
+    6: _to_v7,
 }
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 
 from ..rollups import HIST_LEVELS, KEY_PERIOD, KEY_ROLLUPS
+from ..scores import ORPHAN_SCORES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def delete_expired(
         ).rowcount
         if deleted:
             _drop_empty_rollups(conn, before)
+            conn.execute(ORPHAN_SCORES, (before,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -182,3 +182,17 @@ export function table(columns, rows, attrs) {
   }
   return el("div", { class: "table-wrap" }, el("table", attrs, el("thead", null, head), body));
 }
+
+/** A score's value as text: "true"/"false", a number as given, a category as its text. */
+export function scoreValue(s) {
+  if (s.type === "boolean") return s.value ? "👍 true" : "👎 false";
+  if (s.type === "number") return String(Number(s.value));
+  return String(s.value);
+}
+
+/** A trace's scores in one cell: "name: value" chips (text only; a title holds the comment). */
+export function scoreChips(scores) {
+  if (!scores || !scores.length) return "–";
+  return el("span", { class: "scores" }, scores.map((s) =>
+    el("span", { class: "chip", "data-score": s.name, title: s.comment || null }, s.name + ": ", scoreValue(s))));
+}

@@ -25,12 +25,16 @@ const FIELDS = [
   ["session", "session"],
   ["meta", "metadata key=value (& key=value)"],
   ["q", "words in bodies"],
+  ["score", "score name"],
+  ["score_min", "score ≥"],
+  ["score_max", "score ≤"],
 ];
 // The fields whose value may end in "*": a prefix, any case (the API's user~= and model~=).
 const PREFIXED = new Set(["model", "user"]);
 // Several metadata conditions in the one field, all of which must hold.
 const META_JOIN = " & ";
-const NAMES = ["until", "project", "model", "model~", "endpoint", "status", "user", "user~", "session", "key", "meta", "q"];
+const NAMES = ["until", "project", "model", "model~", "endpoint", "status", "user", "user~", "session", "key", "meta", "q",
+  "score", "score_min", "score_max"];
 
 /** The URL's parameters as the API's query (range -> since; "all" -> no since), as
  * URLSearchParams: a name may repeat (meta). */
@@ -98,7 +102,10 @@ export function filterBar(full) {
     inputs.status = status;
     controls.push(status);
     for (const [name, label] of FIELDS.filter(([n]) => withProject || n !== "project")) {
-      const input = el("input", { type: "search", id: "f-" + name, placeholder: label, "aria-label": label });
+      const numeric = name === "score_min" || name === "score_max";
+      const input = el("input", numeric
+        ? { type: "number", step: "any", id: "f-" + name, placeholder: label, "aria-label": label, class: "narrow" }
+        : { type: "search", id: "f-" + name, placeholder: label, "aria-label": label });
       input.value = fieldValue(url, name);
       inputs[name] = input;
       controls.push(input);

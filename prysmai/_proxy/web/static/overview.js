@@ -4,6 +4,26 @@ import { chart } from "./charts.js";
 import { apiParams, filterBar } from "./filters.js";
 import { clear, costText, el, fmtCost, fmtMs, fmtNum, fmtPct, pageLink, sessionLink, table } from "./dom.js";
 
+const AVERAGE_TITLES = { model: "Average score by model", user: "Average score by user", project: "Average score by project" };
+// The traces filter each group's link adds.
+const AVERAGE_FILTER = { model: "model", user: "user", project: "project" };
+
+/** The average of each score name (a boolean's: its share of true) by model, user or project. */
+function averages(by, rows) {
+  const keyCell = (r) => (r[by] === null || r[by] === undefined
+    ? el("span", { class: "muted" }, "(none)")
+    : pageLink("/traces", apiParams(location.search, { [AVERAGE_FILTER[by]]: r[by], score: r.name }), r[by]));
+  const columns = [
+    { head: by, cell: keyCell, cls: "clip" },
+    { head: "score", cell: (r) => r.name, cls: "clip" },
+    { head: "average", cell: (r) => (Math.round(r.average * 1000) / 1000).toString(), cls: "num" },
+    { head: "scores", cell: (r) => fmtNum(r.scores), cls: "num" },
+  ];
+  return el("section", { class: "breakdown", "data-averages": by },
+    el("h2", null, AVERAGE_TITLES[by]),
+    rows.length ? table(columns, rows) : el("p", { class: "muted" }, "no scores in this range"));
+}
+
 // What a cost total leaves out, each for what it is: requests of models without a price, and
 // requests that reported no usage (failed or cancelled: nothing to price).
 function costNotes(o) {
@@ -108,7 +128,10 @@ export async function render(main) {
         series: [{ key: "cost_usd", label: "cost (USD)", kind: "bar" }] }));
     const breakdowns = el("div", { class: "breakdowns" },
       Object.keys(BREAKDOWN_TITLES).filter((by) => by in doc.breakdowns).map((by) => breakdown(by, doc.breakdowns[by])));
-    clear(body).append(cards(doc.overview), charts, breakdowns);
+    const scored = doc.score_averages || {};
+    const scores = el("div", { class: "breakdowns", id: "score-averages" },
+      Object.keys(AVERAGE_TITLES).filter((by) => by in scored).map((by) => averages(by, scored[by])));
+    clear(body).append(cards(doc.overview), charts, breakdowns, scores);
   }
 
   await load();

@@ -1,8 +1,72 @@
 // Trace detail, and a session's traces as one conversation timeline.
-import { getJSON } from "./api.js";
+import { getJSON, sendJSON } from "./api.js";
 import { apiParams } from "./filters.js";
 import { bodyDoc, bodyText, parameters, repeatedCount, requestMessages, responseMessages } from "./conversation.js";
-import { clear, costStatus, costText, el, facts, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, sessionLink, statusBadge, traceCost, traceLink } from "./dom.js";
+import { clear, costStatus, costText, el, facts, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, scoreValue, sessionLink, statusBadge, traceCost, traceLink } from "./dom.js";
+
+// The name the reviewer's thumbs are stored under (a boolean score).
+const THUMBS = "thumbs";
+
+/** The trace's scores, and (unless the dashboard only reads) a reviewer's thumbs up/down with a
+ * comment. Every score name, value and comment is put in as text. */
+function scoresSection(t, me) {
+  const section = el("section", { id: "scores" }, el("h2", null, "Scores"));
+  const list = el("ul", { class: "score-list", id: "score-list" });
+  const message = el("p", { class: "muted", id: "score-message", role: "status" });
+
+  function draw(scores) {
+    clear(list);
+    for (const s of scores) {
+      const by = s.source === "dashboard" ? "reviewer " + s.key_id : s.key_id;
+      const remove = me && me.read_only ? null : el("button", { type: "button", class: "secondary small", "data-delete": s.id }, "Delete");
+      if (remove) remove.addEventListener("click", async () => {
+        remove.disabled = true;
+        try {
+          await sendJSON("DELETE", "scores/" + encodeURIComponent(s.id));
+          await refresh();
+        } catch (err) {
+          message.textContent = String(err.message || err);
+          remove.disabled = false;
+        }
+      });
+      list.append(el("li", { class: "score", "data-score": s.name, "data-score-id": s.id },
+        el("span", { class: "score-name" }, s.name), " ", el("strong", { class: "score-value" }, scoreValue(s)),
+        el("span", { class: "muted" }, ` · ${fmtTime(s.created_at)} · by ${by}`), " ", remove,
+        s.comment ? el("div", { class: "score-comment" }, s.comment) : null));
+    }
+    if (!scores.length) list.append(el("li", { class: "muted" }, "No scores yet."));
+  }
+
+  async function refresh() {
+    const fresh = await getJSON("traces/" + encodeURIComponent(t.id));
+    draw(fresh.scores || []);
+  }
+
+  draw(t.scores || []);
+  section.append(list);
+  if (!(me && me.read_only)) {
+    const comment = el("textarea", { id: "score-comment", rows: "2", maxlength: "2000", placeholder: "comment (optional)", "aria-label": "comment" });
+    const send = async (value) => {
+      message.textContent = "";
+      try {
+        await sendJSON("POST", "traces/" + encodeURIComponent(t.id) + "/scores",
+          { name: THUMBS, value, comment: comment.value.trim() ? comment.value : null });
+        comment.value = "";
+        message.textContent = "Saved.";
+        await refresh();
+      } catch (err) {
+        message.textContent = String(err.message || err);
+      }
+    };
+    const up = el("button", { type: "button", id: "thumbs-up", title: "good answer", "aria-label": "thumbs up" }, "👍");
+    const down = el("button", { type: "button", id: "thumbs-down", class: "secondary", title: "bad answer", "aria-label": "thumbs down" }, "👎");
+    up.addEventListener("click", () => send(true));
+    down.addEventListener("click", () => send(false));
+    section.append(el("div", { class: "review" }, comment, el("div", { class: "review-buttons" }, up, " ", down)));
+  }
+  section.append(message);
+  return section;
+}
 
 function timingBar(t) {
   const total = t.latency_ms;
@@ -138,6 +202,7 @@ export async function renderTrace(main, id, me) {
           response.length ? response : el("pre", { class: "text" }, bodyText(t.response_body) ?? "(no body)")),
         el("section", { class: "conversation", id: "request" }, el("h2", null, "Request"),
           request.length ? folded(request) : el("pre", { class: "text" }, bodyText(t.request_body) ?? "(no body)")),
+        scoresSection(t, me),
         params.length ? el("section", null, el("h2", null, "Parameters"), facts(params)) : null,
         rawBlock("Raw request JSON", t.request_body, "raw-request"),
         rawBlock("Raw response JSON", t.response_body, "raw-response")),

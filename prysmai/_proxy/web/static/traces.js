@@ -1,7 +1,7 @@
 // Traces: newest first, filtered and sorted through the URL, paginated by cursor.
 import { getJSON } from "./api.js";
 import { apiParams, DEFAULT_RANGE, filterBar } from "./filters.js";
-import { clear, el, fmtMs, fmtNum, fmtTime, pageLink, sessionLink, statusBadge, table, traceCost, traceLink } from "./dom.js";
+import { clear, el, fmtMs, fmtNum, fmtTime, pageLink, scoreChips, sessionLink, statusBadge, table, traceCost, traceLink } from "./dom.js";
 
 function sortHead(key, label) {
   const url = new URLSearchParams(location.search);
@@ -59,6 +59,7 @@ export function traceColumns(withSort, withProject, listQuery) {
     { head: head("cost", "cost"), cell: (r) => traceCost(r), cls: "num" },
     { head: "user", cell: (r) => (r.user_id ? pageLink("/traces", { user: r.user_id, since: "all" }, r.user_id) : "–"), cls: "clip" },
     { head: "session", cell: (r) => (r.session_id ? sessionLink(r.session_id) : "–"), cls: "clip" },
+    { head: "scores", cell: (r) => scoreChips(r.scores), cls: "clip scores-cell" },
   ];
 }
 
