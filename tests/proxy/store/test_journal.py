@@ -143,10 +143,12 @@ def test_a_proxy_killed_with_sigkill_loses_no_trace(tmp_path: Any, fake: FakeUps
             with open(os.path.join(db + ".journal", name), "rb") as f:
                 assert secret.encode() not in f.read()
     time.sleep(0.5)  # a writer process the killed proxy left may still be finishing
+    before = {r["id"] for r in _stored(db)}
     proxy = Proxy("--db", db, "--upstream", fake.url, "--key", KEY).start()
     assert httpx.get(f"{proxy.base}/health", headers=AUTH, timeout=30).status_code == 200  # started: journal read
     log = proxy.stop()
-    assert "trace journal: " in log and "stored now" in log
+    if set(answered) - before:  # (a killed proxy's writer process may have stored them all itself)
+        assert "trace journal: " in log and "stored now" in log
     rows = _stored(db)
     ids = [r["id"] for r in rows]
     assert sorted(ids) == sorted(answered) and len(set(ids)) == len(ids)
