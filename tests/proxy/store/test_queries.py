@@ -166,7 +166,7 @@ def test_a_v1_store_is_migrated_in_place_keeping_every_row(tmp_path: Any) -> Non
 
     conn = SQLiteEngine(path).open_existing()
     assert conn is not None
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     after = conn.execute(f"SELECT {', '.join(V1_COLUMNS)} FROM traces WHERE key_id IS NULL ORDER BY id").fetchall()
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
     # Every row of 0.1.0 is in the default project, sent to no named provider.
@@ -340,7 +340,7 @@ def test_a_v2_store_is_migrated_in_place_keeping_every_row_in_the_default_projec
 
     conn = SQLiteEngine(path).open_existing()
     assert conn is not None
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     after = conn.execute(f"SELECT {', '.join(V2_COLUMNS)} FROM traces WHERE id <> ? ORDER BY id", ("f" * 32,))
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
