@@ -88,7 +88,7 @@ class ClientConnection:
     Leaving: the protocol hears of it first (``connection_lost``); learning it through ASGI's
     ``receive`` takes a task per request that waits on it."""
 
-    __slots__ = ("_held", "_task", "_transport", "gone", "lost", "refusal", "trusted")
+    __slots__ = ("_held", "_task", "_transport", "body_pending", "gone", "lost", "refusal", "trusted")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
@@ -100,6 +100,8 @@ class ClientConnection:
         self.trusted = False
         #: (status, message) of the guard's answer when it refused a request the app had begun.
         self.refusal: tuple[int, str] | None = None
+        #: The current request's body has not all arrived (set by the protocol).
+        self.body_pending = False
 
     def trust(self) -> None:
         """The app authenticated the current request: its body then gets the time between reads
@@ -121,6 +123,11 @@ class ClientConnection:
                 self._transport.writelines(held)
 
     def write(self, data: bytes) -> None:
+        if self.body_pending and not self.trusted and data.startswith(b"HTTP/1.1 "):
+            # Answered before its body came and without a key (a 401, a cross-site 403): the
+            # connection ends after this answer (see the protocol's _linger); saying so keeps a
+            # keep-alive client from sending its next request on it.
+            data = _closing(data)
         held = self._held
         if held is None:
             self._transport.write(data)
@@ -161,6 +168,14 @@ class ClientConnection:
         if task is not None:
             self.gone = True
             task.cancel()
+
+
+def _closing(head: bytes) -> bytes:
+    """A response's head with ``connection: close`` (unless it has a ``connection`` header)."""
+    end = head.find(b"\r\n\r\n")
+    if end < 0 or b"\r\nconnection:" in head[:end].lower():
+        return head
+    return head[: end + 2] + b"connection: close\r\n" + head[end + 2 :]
 
 
 def guarded_protocol(
@@ -241,6 +256,7 @@ def guarded_protocol(
             super().on_message_begin()
             self.scope[CONNECTION_KEY] = self._client  # type: ignore[literal-required]
             self._client.trusted = False  # every request earns it
+            self._client.body_pending = False
             if self._head_since is None:
                 self._head_since = self.loop.time()
                 self._head_bytes = 0
@@ -267,9 +283,11 @@ def guarded_protocol(
                 # Its writes go through ours (the app's task has not run yet).
                 cycle.transport = self._client  # type: ignore[assignment]
             self._body_since = self._body_last = self.loop.time()
+            self._client.body_pending = True
 
         def on_message_complete(self) -> None:
             self._body_since = None
+            self._client.body_pending = False
             super().on_message_complete()
 
         def on_response_complete(self) -> None:

@@ -184,6 +184,31 @@ def test_a_body_still_coming_after_an_early_401_does_not_reset_the_answer_away(p
         assert answer.startswith(b"HTTP/1.1 401 ") and json.loads(body)["error"]["code"] == "invalid_api_key"
 
 
+def test_an_answer_before_the_body_without_a_key_says_the_connection_closes(proxy: ProxyHandle) -> None:
+    """A 401 (no key) or a dashboard's cross-site 403 sent before the request's body came says
+    ``connection: close``: the proxy ends that connection, and a keep-alive client that did not
+    know would send its next request on it and get no answer."""
+    for head in (
+        b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+        b"POST /ui/login HTTP/1.1\r\nHost: x\r\nOrigin: http://evil.example\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n",
+    ):
+        sock = _connect(proxy)
+        sock.sendall(head)
+        answer, _ = _until_closed(sock)
+        sock.close()
+        status, _, rest = answer.partition(b"\r\n")
+        headers = rest.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
+        assert status.split()[1] in (b"401", b"403") and b"connection: close" in headers, answer[:300]
+    # A request whose body came whole keeps its keep-alive connection, key or not.
+    sock = _connect(proxy)
+    sock.sendall(b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    sock.settimeout(5)
+    first = sock.recv(65536)
+    sock.close()
+    assert first.startswith(b"HTTP/1.1 401 ") and b"connection: close" not in first.lower()
+
+
 def test_without_a_key_a_connection_stays_idle_for_the_header_timeout_not_the_keep_alive(
     fake: FakeUpstream, start_proxy: Any
 ) -> None:
