@@ -49,12 +49,14 @@ from ..asgi import Query
 from .engine import dialect_of
 from .rollups import (
     BUCKETS_PER_E,
-    ERROR_STATUSES,
+    ERRORS_SQL,
     HIST_LEVELS,
     HOUR_DIMS,
     KEY_PERIOD,
     KEY_ROLLUPS,
     METRICS,
+    NO_USAGE_SQL,
+    UNPRICED_SQL,
     bucket_bounds,
 )
 
@@ -124,13 +126,12 @@ SUMMARY_COLUMNS = (
 )
 _SUMMARY = ", ".join(SUMMARY_COLUMNS)
 _HOUR = 3600
-_ERROR_IN = "status IN (" + ", ".join(f"'{s}'" for s in ERROR_STATUSES) + ")"
 #: Per-row counts: an error (error, timeout), a cancelled request, a cost unknown for want of a
-#: price (usage was reported), no usage reported (see :mod:`..api.costs`).
-_ERR = f"CASE WHEN {_ERROR_IN} THEN 1 ELSE 0 END"
+#: price (usage was reported), no usage reported (the conditions of :mod:`.rollups`).
+_ERR = f"CASE WHEN {ERRORS_SQL} THEN 1 ELSE 0 END"
 _CANCELLED = "CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END"
-_UNPRICED = "CASE WHEN cost_usd IS NULL AND total_tokens IS NOT NULL THEN 1 ELSE 0 END"
-_NO_USAGE = "CASE WHEN cost_usd IS NULL AND total_tokens IS NULL THEN 1 ELSE 0 END"
+_UNPRICED = f"CASE WHEN {UNPRICED_SQL} THEN 1 ELSE 0 END"
+_NO_USAGE = f"CASE WHEN {NO_USAGE_SQL} THEN 1 ELSE 0 END"
 #: A group's totals over ``traces`` rows, in :meth:`_Agg.add_totals`' order.
 _RAW_TOTALS = (
     f"count(*), sum({_ERR}), sum({_CANCELLED}), sum(prompt_tokens), sum(completion_tokens), "
@@ -138,7 +139,7 @@ _RAW_TOTALS = (
 )
 #: The same over ``rollup_hour`` rows.
 _HOUR_TOTALS = (
-    f"sum(requests), sum(CASE WHEN {_ERROR_IN} THEN requests ELSE 0 END), "
+    f"sum(requests), sum(CASE WHEN {ERRORS_SQL} THEN requests ELSE 0 END), "
     "sum(CASE WHEN status = 'cancelled' THEN requests ELSE 0 END), sum(prompt_tokens), sum(completion_tokens), "
     "sum(total_tokens), sum(cost_usd), sum(unpriced), sum(no_usage)"
 )

@@ -37,6 +37,21 @@ KEY_PERIOD = 86400
 #: (the client went away first) is counted on its own.
 ERROR_STATUSES = ("error", "timeout")
 
+#: Row conditions, in SQL both engines read, for what the rollups and the query layer count: a
+#: request that failed; a cost unknown although usage was reported (no price for the model); no
+#: usage reported (nothing to price: a failure, a cancel). ``api/costs.py`` classifies a single
+#: trace the same way.
+ERRORS_SQL = "(status IN (" + ", ".join(f"'{s}'" for s in ERROR_STATUSES) + "))"
+UNPRICED_SQL = "(cost_usd IS NULL AND total_tokens IS NOT NULL)"
+NO_USAGE_SQL = "(cost_usd IS NULL AND total_tokens IS NULL)"
+
+
+def key_sql(dim: str, row: str = "") -> str:
+    """A rollup's key column ``dim`` of a row (``row``: a prefix such as ``"OLD."``): a NULL model,
+    user or session is keyed ``''`` (a primary key column cannot usefully hold NULL for an upsert;
+    the proxy stores no empty id, so ``''`` is "none")."""
+    return f"coalesce({row}{dim}, '')" if dim in ("model", *KEY_ROLLUPS) else f"{row}{dim}"
+
 
 def bucket_bounds(bucket: int) -> tuple[float, float]:
     """The latency range ``[low, high)`` in ms that ``bucket`` covers."""

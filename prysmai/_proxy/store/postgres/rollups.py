@@ -14,12 +14,15 @@ from __future__ import annotations
 from ..rollups import (
     BUCKET_FLOOR_MS,
     BUCKETS_PER_E,
-    ERROR_STATUSES,
+    ERRORS_SQL,
     HIST_LEVELS,
     HOUR_DIMS,
     KEY_PERIOD,
     KEY_ROLLUPS,
     METRICS,
+    NO_USAGE_SQL,
+    UNPRICED_SQL,
+    key_sql,
 )
 
 
@@ -33,21 +36,15 @@ def period_sql(expression: str, seconds: int) -> str:
     return f"floor({expression} / {seconds})::bigint"
 
 
-def _dim(dim: str) -> str:
-    # As SQLite's rollups: a NULL model, user or session is keyed ''.
-    return f"coalesce({dim}, '')" if dim in ("model", *KEY_ROLLUPS) else dim
-
-
-# As SQLite's rollups (and api/costs.py for one trace): no cost with usage reported is
-# "unpriced" (no price for the model), no cost and no usage is "no_usage" (a failure, a cancel).
-_UNPRICED = "count(*) FILTER (WHERE cost_usd IS NULL AND total_tokens IS NOT NULL)"
-_NO_USAGE = "count(*) FILTER (WHERE cost_usd IS NULL AND total_tokens IS NULL)"
-_ERRORS = "count(*) FILTER (WHERE status IN (" + ", ".join(f"'{s}'" for s in ERROR_STATUSES) + "))"
+# As SQLite's rollups: the same conditions, counted with FILTER.
+_UNPRICED = f"count(*) FILTER (WHERE {UNPRICED_SQL})"
+_NO_USAGE = f"count(*) FILTER (WHERE {NO_USAGE_SQL})"
+_ERRORS = f"count(*) FILTER (WHERE {ERRORS_SQL})"
 
 
 def _fold_hour(sign: str = "") -> str:
     names = ", ".join(["hour", *HOUR_DIMS])
-    keys = ", ".join(_dim(d) for d in HOUR_DIMS)
+    keys = ", ".join(key_sql(d) for d in HOUR_DIMS)
     group = ", ".join(str(i + 1) for i in range(len(HOUR_DIMS) + 1))
     return f"""INSERT INTO rollup_hour ({names}, requests, prompt_tokens, completion_tokens, total_tokens,
         cost_usd, unpriced, no_usage)
@@ -70,7 +67,7 @@ def _fold_key(column: str, sign: str = "") -> str:
     names = f"period, project, {column}"
     return f"""INSERT INTO {table} ({names}, requests, errors, cancelled, total_tokens, cost_usd,
         unpriced, no_usage, first_seen, last_seen)
-    SELECT {period_sql("created_at", KEY_PERIOD)} * {KEY_PERIOD}, project, {_dim(column)}, {sign}count(*),
+    SELECT {period_sql("created_at", KEY_PERIOD)} * {KEY_PERIOD}, project, {key_sql(column)}, {sign}count(*),
         {sign}{_ERRORS}, {sign}count(*) FILTER (WHERE status = 'cancelled'), {sign}coalesce(sum(total_tokens), 0),
         {sign}coalesce(sum(cost_usd), 0), {sign}{_UNPRICED}, {sign}{_NO_USAGE}, min(created_at), max(created_at)
     FROM new_rows GROUP BY 1, 2, 3
@@ -89,7 +86,7 @@ def _fold_key(column: str, sign: str = "") -> str:
 def _fold_hist(table: str, sign: str = "") -> str:
     seconds, dims = HIST_LEVELS[table]
     names = ", ".join(["period", *dims, "metric", "bucket"])
-    keys = ", ".join([f"{period_sql('created_at', seconds)} * {seconds}", *(_dim(d) for d in dims)])
+    keys = ", ".join([f"{period_sql('created_at', seconds)} * {seconds}", *(key_sql(d) for d in dims)])
     group = ", ".join(str(i + 1) for i in range(len(dims) + 3))
     selects = " UNION ALL ".join(
         f"""SELECT {keys}, '{metric}', {bucket_sql(column)}, {sign}count(*), min({column}), max({column})

@@ -25,12 +25,15 @@ import sqlite3
 from ..rollups import (
     BUCKET_FLOOR_MS,
     BUCKETS_PER_E,
-    ERROR_STATUSES,
+    ERRORS_SQL,
     HIST_LEVELS,
     HOUR_DIMS,
     KEY_PERIOD,
     KEY_ROLLUPS,
     METRICS,
+    NO_USAGE_SQL,
+    UNPRICED_SQL,
+    key_sql,
 )
 
 
@@ -58,19 +61,6 @@ def ensure_functions(conn: sqlite3.Connection) -> None:
 
 def _period(row: str, seconds: int) -> str:
     return f"CAST({row}created_at / {seconds} AS INTEGER) * {seconds}"
-
-
-def _dim(row: str, dim: str) -> str:
-    # The rollups key a NULL model, user or session as '' (a primary key column cannot usefully
-    # hold NULL for an upsert); the proxy stores no empty id, so '' is "none".
-    return f"coalesce({row}{dim}, '')" if dim in ("model", *KEY_ROLLUPS) else f"{row}{dim}"
-
-
-#: Per row: 1 if its cost is unknown although usage was reported (no price), and 1 if no usage
-#: was reported (nothing to price). ``api/costs.py`` classifies a single trace the same way.
-UNPRICED_SQL = "(cost_usd IS NULL AND total_tokens IS NOT NULL)"
-NO_USAGE_SQL = "(cost_usd IS NULL AND total_tokens IS NULL)"
-_ERRORS_SQL = "(status IN (" + ", ".join(f"'{s}'" for s in ERROR_STATUSES) + "))"
 
 
 # -- the tables ------------------------------------------------------------------------------------
@@ -152,7 +142,7 @@ ROLLUP_TABLES = ("rollup_hour", *HIST_LEVELS, *KEY_ROLLUPS.values())
 # -- folding: rows (fold_from, folded_rowid] of traces into every rollup, one statement per table ----
 def _fold_hour_sql(lo: str, hi: str) -> str:
     names = ", ".join(["hour", *HOUR_DIMS])
-    keys = ", ".join(_dim("", d) for d in HOUR_DIMS)
+    keys = ", ".join(key_sql(d) for d in HOUR_DIMS)
     group = ", ".join(str(i + 1) for i in range(len(HOUR_DIMS) + 1))
     return f"""INSERT INTO rollup_hour ({names}, requests, prompt_tokens,
         completion_tokens, total_tokens, cost_usd, unpriced, no_usage)
@@ -174,7 +164,7 @@ def _fold_key_sql(column: str, lo: str, hi: str) -> str:
     names = f"period, project, {column}"
     return f"""INSERT INTO {KEY_ROLLUPS[column]} ({names}, requests, errors, cancelled, total_tokens,
         cost_usd, unpriced, no_usage, first_seen, last_seen)
-    SELECT {_period("", KEY_PERIOD)}, project, {_dim("", column)}, count(*), sum{_ERRORS_SQL},
+    SELECT {_period("", KEY_PERIOD)}, project, {key_sql(column)}, count(*), sum{ERRORS_SQL},
         sum(status = 'cancelled'), coalesce(sum(total_tokens), 0), coalesce(sum(cost_usd), 0), sum{UNPRICED_SQL},
         sum{NO_USAGE_SQL}, min(created_at), max(created_at)
     FROM traces NOT INDEXED WHERE rowid > {lo} AND rowid <= {hi} GROUP BY 1, 2, 3
@@ -197,7 +187,7 @@ def _fold_key_sql(column: str, lo: str, hi: str) -> str:
 def _fold_hist_sql(table: str, lo: str, hi: str) -> str:
     seconds, dims = HIST_LEVELS[table]
     names = ", ".join(["period", *dims, "metric", "bucket"])
-    keys = ", ".join([_period("", seconds), *(_dim("", d) for d in dims)])
+    keys = ", ".join([_period("", seconds), *(key_sql(d) for d in dims)])
     group = ", ".join(str(i + 1) for i in range(len(dims) + 3))
     # Both metrics in one statement: a UNION ALL of one grouped SELECT per metric.
     selects = " UNION ALL ".join(
@@ -268,7 +258,7 @@ def _old(condition: str) -> str:
 
 
 def _unfold_sql() -> str:
-    match = " AND ".join([f"hour = {_period('OLD.', 3600)}", *(f"{d} = {_dim('OLD.', d)}" for d in HOUR_DIMS)])
+    match = " AND ".join([f"hour = {_period('OLD.', 3600)}", *(f"{d} = {key_sql(d, 'OLD.')}" for d in HOUR_DIMS)])
     hour = f"""
     UPDATE rollup_hour SET requests = requests - 1,
         prompt_tokens = prompt_tokens - coalesce(OLD.prompt_tokens, 0),
@@ -280,11 +270,11 @@ def _unfold_sql() -> str:
     WHERE {match};"""
     for column, table in KEY_ROLLUPS.items():
         match = (
-            f"period = {_period('OLD.', KEY_PERIOD)} AND project = OLD.project AND {column} = {_dim('OLD.', column)}"
+            f"period = {_period('OLD.', KEY_PERIOD)} AND project = OLD.project AND {column} = {key_sql(column, 'OLD.')}"
         )
         hour += f"""
     UPDATE {table} SET requests = requests - 1,
-        errors = errors - {_old(_ERRORS_SQL)},
+        errors = errors - {_old(ERRORS_SQL)},
         cancelled = cancelled - (OLD.status = 'cancelled'),
         total_tokens = total_tokens - coalesce(OLD.total_tokens, 0),
         cost_usd = cost_usd - coalesce(OLD.cost_usd, 0),
@@ -297,7 +287,7 @@ def _unfold_sql() -> str:
             match = " AND ".join(
                 [
                     f"period = {_period('OLD.', seconds)}",
-                    *(f"{d} = {_dim('OLD.', d)}" for d in dims),
+                    *(f"{d} = {key_sql(d, 'OLD.')}" for d in dims),
                     f"metric = '{metric}'",
                     f"bucket = {bucket_sql(f'OLD.{column}')}",
                 ]
