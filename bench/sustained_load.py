@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--queue-size", type=int, default=10_000)
     parser.add_argument(
+        "--hogs",
+        type=int,
+        default=0,
+        help="busy-loop processes at normal priority for the run: a host with no spare CPU (the writer "
+        "child works on a SCHED_IDLE thread; this shows it still keeps up)",
+    )
+    parser.add_argument(
         "--trace-writer",
         choices=("process", "thread", "unset"),
         default="unset",
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 samples.append(health(base))
 
     sampler = threading.Thread(target=sample, daemon=True)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
     try:
         cpu0 = cpu_seconds(target.proc.pid) if target.proc is not None else 0.0
         sampler.start()
@@ -134,11 +143,20 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"client failed: {client.stderr[-2000:]}")
         result: dict[str, Any] = json.loads(client.stdout.strip().splitlines()[-1])
         last = health(base)
-        cpu = (cpu_seconds(target.proc.pid) - cpu0) if target.proc is not None else 0.0
         queued_at_end = last["store"]["queued"]
+        # How long the writer takes to store what was still queued when the clients stopped.
+        ended = time.monotonic()
+        while last["store"]["queued"] and time.monotonic() - ended < 300:
+            time.sleep(0.05)
+            last = health(base)
+        drained_after = time.monotonic() - ended
+        cpu = (cpu_seconds(target.proc.pid) - cpu0) if target.proc is not None else 0.0
         code = target.stop()
         stored = stored_traces(db)
     finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
         stop.set()
         target.stop()
         upstream_proc.terminate()
@@ -161,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         "write_errors": last["store"]["write_errors"],
         "max_queued": max([s["store"]["queued"] for s in samples] + [queued_at_end]),
         "queued_at_end": queued_at_end,
+        "drained_after_s": round(drained_after, 2),
+        "hogs": args.hogs,
         # Whether the writer keeps up or slowly falls behind: the queue every 10 s.
         "queued_every_10s": [s["store"]["queued"] for s in samples[19::20]],
         "health_degraded_samples": sum(1 for s in samples if s["status"] != "ok"),
