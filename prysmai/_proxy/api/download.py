@@ -4,7 +4,8 @@
 below ``/ui/api``) and ``prysmai traces --all --format csv|jsonl`` write every trace the list's
 filters match, in the list's order (``sort``, ``order``), not one page of it. ``fields`` picks the
 columns (:data:`DEFAULT_FIELDS` without it; ``all`` adds the bodies); ``limit`` caps the rows
-(none by default); ``cursor`` starts after a list page's last row.
+(none by default); ``cursor`` starts after a list page's last row. A trace's ``scores`` (a
+list of the read API's score documents; in CSV as JSON text) are a default field.
 
 The traces are read in chunks of :data:`CHUNK` rows, each one keyset page of
 :func:`~..store.queries.list_traces` read and encoded on the store's read runner (a worker
@@ -35,7 +36,7 @@ import time
 from dataclasses import dataclass
 
 from ..asgi import uncancel, watch_client
-from ..store import QueryTimeout, StoreError, queries
+from ..store import QueryTimeout, StoreError, queries, scores
 from ..store.queries import ParamError
 from ..store.writer import GIL_SLICE
 from . import jsonshape
@@ -57,7 +58,7 @@ DOWNLOADS = ("csv", "jsonl")
 CHUNK = 500
 BODY_FIELDS = jsonshape.BODY_FIELDS
 #: Every field a download may hold, in this order by default.
-FIELDS = (*queries.SUMMARY_COLUMNS, "cost_status", *BODY_FIELDS)
+FIELDS = (*queries.SUMMARY_COLUMNS, "cost_status", "scores", *BODY_FIELDS)
 #: The fields without ``fields=``: everything but the bodies.
 DEFAULT_FIELDS = tuple(name for name in FIELDS if name not in BODY_FIELDS)
 MEDIA_TYPES = {"csv": b"text/csv; charset=utf-8", "jsonl": b"application/x-ndjson; charset=utf-8"}
@@ -235,7 +236,8 @@ def read_chunk(
     """A query function (for the read runner): the chunk after ``cursor`` as the download's bytes,
     the next chunk's cursor and the rows it held -- encoded in the worker thread, not on the
     event loop."""
-    rows, cursor = queries.list_traces(conn, f, **plan.chunk(cursor, shown))
+    listing = scores.list_traces if "scores" in plan.fields else queries.list_traces
+    rows, cursor = listing(conn, f, **plan.chunk(cursor, shown))
     return encoder.encode(rows), cursor, len(rows)
 
 

@@ -415,3 +415,30 @@ def test_the_cli_exports_what_the_api_exports(filled: tuple[ProxyHandle, list[di
     ):
         bad = subprocess.run([*PRYSMAI, "traces", "--db", path, *argv], capture_output=True, env=cli_env(), text=True)
         assert bad.returncode == 2 and message in bad.stderr and not bad.stdout, (argv, bad.stderr)
+
+
+def test_an_export_carries_each_traces_scores(tmp_path: Any, fake: FakeUpstream, start_proxy: Any) -> None:
+    """Scores (the read API's documents) are a default field of both formats; a hostile comment
+    stays text in a spreadsheet."""
+    rows = make_rows(3)
+    path = str(tmp_path / "traces.db")
+    fill(path, rows)
+    proxy = start_proxy(fake.url, db_path=path)
+    scored = rows[1]["id"]
+    for body in ({"name": "helpful", "value": 1}, {"name": "tone", "value": "curt", "comment": '=HYPERLINK("x")'}):
+        r = httpx.post(f"{proxy.base_url}/traces/{scored}/scores", json=body, headers=AUTH)
+        assert r.status_code == 201, r.text
+    lines = httpx.get(f"{proxy.base_url}/traces", params={"format": "jsonl", "since": "all"}, headers=AUTH).text
+    exported = {d["id"]: d["scores"] for d in map(json.loads, lines.splitlines())}
+    assert {i: [(s["name"], s["value"]) for s in v] for i, v in exported.items()} == {
+        rows[0]["id"]: [],
+        scored: [("helpful", 1), ("tone", "curt")],
+        rows[2]["id"]: [],
+    }
+    assert exported[scored][1]["comment"] == '=HYPERLINK("x")'
+    text = httpx.get(f"{proxy.base_url}/traces", params={"format": "csv", "since": "all"}, headers=AUTH).text
+    records = list(csv.reader(io.StringIO(text, newline="")))
+    column = records[0].index("scores")
+    cells = {rec[0]: rec[column] for rec in records[1:]}
+    assert cells[rows[0]["id"]] == "[]" and cells[scored].startswith("[")  # never a formula
+    assert [s["comment"] for s in json.loads(cells[scored])] == [None, '=HYPERLINK("x")']
