@@ -46,11 +46,17 @@ default_provider = "up"
     )
 
 
-@pytest.fixture
-def proc(fake: FakeUpstream, tmp_path: Any) -> Any:
+@pytest.fixture(params=["sqlite", "postgres"])
+def proc(fake: FakeUpstream, tmp_path: Any, request: Any) -> Any:
+    """The proxy on each store: a SQLite file, or PostgreSQL (through its outbox)."""
     path = tmp_path / "prysm.toml"
     path.write_text(config(fake))
-    started = Proc(str(path), str(tmp_path / "traces.db"), cli_env())
+    if request.param == "sqlite":
+        started = Proc(str(path), str(tmp_path / "traces.db"), cli_env())
+    else:
+        url = request.getfixturevalue("pg_url")
+        started = Proc(str(path), url, cli_env(), "--outbox", str(tmp_path / "outbox.db"))
+    started.db = started.proc.args[started.proc.args.index("--db") + 1]
     yield started
     started.stop()
 
@@ -164,7 +170,7 @@ def test_refusals_over_time_follow_the_range(proc: Any) -> None:
 def test_stats_budgets_prints_the_same_figures(proc: Any, tmp_path: Any) -> None:
     traffic(proc.base)
     proc.stop()
-    db, conf = str(tmp_path / "traces.db"), str(tmp_path / "prysm.toml")
+    db, conf = proc.db, str(tmp_path / "prysm.toml")
     env = cli_env()
     out = subprocess.run(
         [*PRYSMAI, "stats", "--budgets", "--db", db, "--config", conf, "--json"],
