@@ -264,6 +264,8 @@ def budgets_text(doc: dict[str, Any], limits_known: bool) -> str:
                 left = "no spend yet"
             else:
                 left = f"{spend['days_left']:.1f}"
+                if spend["runs_out_at"] is not None and spend["runs_out_at"] >= doc["month_end"]:
+                    left += " (lasts the month)"
         per_minute = rate["requests_per_minute"]
         minute = fmt_int(rate["last_minute"]) + ("" if per_minute is None else f" of {per_minute:,}/min")
         if limits_known and not p["limited"]:

@@ -7,7 +7,8 @@ The month is the one the proxy enforces the budget over (:func:`month_start`, wh
 sum of the traces' ``cost_usd`` in it, read from the hourly rollups (:func:`.queries.month_spend`,
 what the proxy seeds its budget counters from at start-up); a month starts on a whole hour, so the
 rollups' hours cover it exactly. The pace is the month's average so far: spend / days elapsed
-since the month began; at that pace the rest of the budget lasts ``days_left`` days.
+since the month began; at that pace the rest of the budget lasts ``days_left`` days, until
+``runs_out_at`` (which may be after the month's end: the budget then lasts the month).
 
 The request rate is what the project sent in the last :data:`WINDOW_SECONDS` (the limit's sliding
 window) less what the limits refused: the requests the limit counts. The limits' refusals are the
@@ -135,6 +136,7 @@ def _spend(spent: float, budget: float | None, now: float, start: float) -> dict
         "exhausted": False,
         "pace_usd_per_day": pace,
         "days_left": None,
+        "runs_out_at": None,
     }
     if budget is not None:
         remaining = max(0.0, budget - spent)
@@ -143,6 +145,7 @@ def _spend(spent: float, budget: float | None, now: float, start: float) -> dict
             doc["days_left"] = 0.0
         elif pace > 0:
             doc["days_left"] = remaining / pace
+            doc["runs_out_at"] = now + remaining / pace * _DAY
     return doc
 
 

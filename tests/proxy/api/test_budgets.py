@@ -98,6 +98,7 @@ def check_figures(doc: dict[str, Any], rate: bool = True) -> None:
         "exhausted": True,
         "pace_usd_per_day": pytest.approx(3.0 / days),
         "days_left": 0.0,
+        "runs_out_at": None,
     }
     assert shop["rate"]["requests_per_minute"] == 100
     assert not rate or shop["rate"] == {"last_minute": 3, "requests_per_minute": 100, "used": 0.03}
@@ -106,6 +107,7 @@ def check_figures(doc: dict[str, Any], rate: bool = True) -> None:
     assert lab["spend"]["month_usd"] == 2.0 and lab["spend"]["remaining_usd"] == 98.0
     assert lab["spend"]["used"] == pytest.approx(0.02) and not lab["spend"]["exhausted"]
     assert lab["spend"]["days_left"] == pytest.approx(98.0 / (2.0 / days))
+    assert lab["spend"]["runs_out_at"] == pytest.approx(doc["as_of"] + lab["spend"]["days_left"] * 86400)
     # The limit counts what it admitted: the two refused requests are not in the window.
     assert not rate or lab["rate"] == {"last_minute": 2, "requests_per_minute": 2, "used": 1.0}
     assert (lab["refusals"]["rate"], lab["refusals"]["budget"]) == (2, 0)

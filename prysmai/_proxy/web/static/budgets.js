@@ -14,14 +14,17 @@ function spendCell(p) {
     " " + fmtCost(s.month_usd) + " of " + fmtCost(s.budget_usd));
 }
 
-function daysLeftCell(p) {
+function daysLeftCell(p, month_end) {
   const s = p.spend;
   let text;
   if (s.budget_usd === null) text = "–";
   else if (s.exhausted) text = "exhausted";
   else if (s.days_left === null) text = "no spend yet";
   else text = s.days_left.toFixed(1) + " days";
-  return el("span", { "data-field": "days_left", class: s.exhausted ? "error-text" : null }, text);
+  // Whether it lasts the month at this pace, or the day it runs out.
+  let title = null;
+  if (s.runs_out_at !== null) title = s.runs_out_at >= month_end ? "lasts the month at this pace" : "runs out about " + fmtTime(s.runs_out_at);
+  return el("span", { "data-field": "days_left", class: s.exhausted ? "error-text" : null, title }, text);
 }
 
 function rateCell(p) {
@@ -59,7 +62,7 @@ function draw(body, doc) {
     { head: "limits", cell: limitsCell },
     { head: "spend this month", cell: spendCell },
     { head: "pace / day", cell: (p) => el("span", { "data-field": "pace" }, fmtCost(p.spend.pace_usd_per_day)), cls: "num" },
-    { head: "days left", cell: daysLeftCell, cls: "num" },
+    { head: "days left", cell: (p) => daysLeftCell(p, doc.month_end), cls: "num" },
     { head: "last minute", cell: rateCell, cls: "num" },
     { head: "429s (limits)", cell: refusedCell, cls: "num" },
   ];
