@@ -158,12 +158,21 @@ def _rate(requests: int, rpm: int | None) -> dict[str, Any]:
 
 
 def _last_minute(conn: Connection, now: float, scope: str, scoped: list[Any]) -> dict[str, int]:
-    """Requests per project in the window ending at ``now``, the limits' refusals left out."""
-    sql = (
-        "SELECT project, count(*) FROM traces WHERE created_at > ? AND created_at <= ?"
-        f" AND NOT coalesce({_REFUSED}, false){scope} GROUP BY project"
-    )
-    return {p: int(n) for p, n in conn.execute(sql, [now - WINDOW_SECONDS, now, *scoped])}
+    """Requests per project in the window ending at ``now``, the limits' refusals left out: every
+    trace less the refusals, two counts each answered from an index alone (a busy minute holds
+    many rows; neither count reads them)."""
+    window = "created_at > ? AND created_at <= ?" + scope
+    params = [now - WINDOW_SECONDS, now, *scoped]
+    found = {
+        p: int(n)
+        for p, n in conn.execute(f"SELECT project, count(*) FROM traces WHERE {window} GROUP BY project", params)
+    }
+    # The refusals through their own index, not the time index (whose rows would all be read).
+    at = dialect_of(conn).unindexed("created_at")
+    sql = f"SELECT project, count(*) FROM traces WHERE {_REFUSED} AND {at} > ? AND {at} <= ?{scope} GROUP BY project"
+    for p, n in conn.execute(sql, params):
+        found[p] -= int(n)
+    return {p: n for p, n in found.items() if n}
 
 
 def _refusals(
