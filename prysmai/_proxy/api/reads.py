@@ -85,6 +85,22 @@ FLUSH_SECONDS = 2.0
 MAX_SCORE_BODY = 16 * 1024
 #: Groups and names in each of the overview's score averages.
 SCORE_AVERAGE_ROWS = 20
+#: The traces' filters (``TraceFilter.from_query``) the budgets read does not take.
+_TRACE_ONLY = (
+    "model",
+    "endpoint",
+    "status",
+    "user",
+    "session",
+    "key",
+    "meta",
+    "q",
+    "model~",
+    "user~",
+    "score",
+    "score_min",
+    "score_max",
+)
 
 
 class Reads:
@@ -343,6 +359,11 @@ class Reads:
         return jsonshape.session(session_id, page)
 
     async def _budgets(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
+        # A filter of the traces would change nothing here: said, rather than silently ignored.
+        for name in _TRACE_ONLY:
+            if query.get(name):
+                message = f"{name} does not apply to budgets, which take project, since and until"
+                raise HTTPError(400, message, "invalid_parameter", param=name)
         f = await self._filter(query, who)
         now = time.time()
         since = f.since

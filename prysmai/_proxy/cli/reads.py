@@ -323,6 +323,12 @@ def stats_command(args: argparse.Namespace) -> int:
     if f is None:
         return 2
     if args.budgets:
+        taken = ("project", "since", "until")
+        for flag in [*_FILTER_FLAGS, "meta"]:
+            if flag not in taken and getattr(args, flag, None):
+                name = "--" + flag.replace("_", "-")
+                message = f"{name} does not apply to --budgets, which takes --project, --since and --until"
+                return fail(args, message, "invalid_parameter", 2)
         return _budgets(args, f)
     store, status = open_store(args)
     if store is None:

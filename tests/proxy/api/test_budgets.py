@@ -155,6 +155,9 @@ def test_a_project_key_sees_its_own_budget_only(proc: Any) -> None:
         assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "unknown_project"
         bad = client.get("/budgets", params={"since": "yesterday-ish"}, headers=auth(ADMIN))
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+        # A filter of the traces would change nothing: refused, not ignored.
+        other = client.get("/budgets", params={"model": "m"}, headers=auth(LAB))
+        assert other.status_code == 400 and other.json()["error"]["param"] == "model"
 
 
 def test_refusals_over_time_follow_the_range(proc: Any) -> None:
@@ -203,3 +206,7 @@ def test_stats_budgets_prints_the_same_figures(proc: Any, tmp_path: Any) -> None
     )
     assert bare.returncode == 0, bare.stderr
     assert "--config" in bare.stdout and "$3.00" in bare.stdout
+    wrong = subprocess.run(
+        [*PRYSMAI, "stats", "--budgets", "--db", db, "--user", "u"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert wrong.returncode == 2 and "--user does not apply to --budgets" in wrong.stderr
