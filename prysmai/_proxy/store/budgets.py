@@ -71,7 +71,7 @@ def budgets(
     """Each project's spend and rate against its limits at ``now``, and its limits' refusals in
     ``[since, until)`` (``since`` ``None``: from the first one stored; ``until`` ``None``: to
     ``now``) per ``bucket`` seconds. ``limits``: the configured projects' limits; the projects
-    shown are those, and any other with spend this month or refusals in the range; only
+    shown are those, and any other with traces this month or refusals in the range; only
     ``project`` when given."""
     width = int(bucket)
     if width != bucket or width < 1:
