@@ -252,3 +252,19 @@ def test_a_version_4_postgres_database_gains_the_refusals(pg_url: str) -> None:
         doc = store.read_sync(budgets, {"shop": LIMITS["shop"]}, now=NOW, since=START)
     (shop,) = doc["projects"]
     assert (shop["refusals"]["rate"], shop["refusals"]["budget"], shop["rate"]["last_minute"]) == (1, 0, 1)
+
+
+def test_an_exchange_journaled_before_error_code_existed_is_stored_without_one() -> None:
+    """A journal left by an earlier prysmai holds each exchange's fields without the last one:
+    the next start rebuilds and stores them all the same."""
+    from prysmai._proxy.config.pricing import PriceTable
+    from prysmai._proxy.store.capture import Exchange, finalize
+    from prysmai._proxy.store.writerproc import FIELDS, exchange_of, fields_of
+
+    assert FIELDS[-1] == "error_code"  # appended: the older fields keep their places
+    ex = Exchange("a" * 32, NOW, 0.0, "POST", "chat/completions")
+    ex.t_end, ex.http_status, ex.error_code = 0.001, 429, "project_rate_limit_exceeded"
+    values = fields_of(ex)
+    assert finalize(exchange_of(values, None, None), PriceTable.load(None))["error_code"] == ex.error_code
+    old = exchange_of(values[:-1], None, None)
+    assert finalize(old, PriceTable.load(None))["error_code"] is None
