@@ -43,11 +43,12 @@ from _common import BENCH_DIR, PRYSM_KEY, PRYSMAI_CLI, REPO_DIR, emit, machine_i
 
 sys.path.insert(0, str(REPO_DIR))
 
-from prysmai._proxy.store import QueryTimeout, TraceFilter, queries, scores
+from prysmai._proxy.config.projects import Limits
+from prysmai._proxy.store import QueryTimeout, TraceFilter, budgets, queries, scores
 from prysmai._proxy.store.edits import EditRunner
 from prysmai._proxy.store.reader import ReadRunner
 from prysmai._proxy.store.rows import COLUMNS
-from prysmai._proxy.store.sqlite import SQLiteEngine
+from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
 from prysmai._proxy.store.sqlite.migrations import SCHEMA_VERSION, V1
 from prysmai._proxy.store.writer import TraceWriter
 
@@ -244,6 +245,65 @@ def fill_scores(path: Path, now: float) -> dict[str, Any]:
     return {"scored_traces": len(ids), "seconds": round(seconds, 2), "db_mb": round(_size_mb(path), 1)}
 
 
+#: The limits' 429s (issue 26, spend against budget): one trace in REFUSED_EVERY is added as a
+#: refusal of a project's limits (a 429 the proxy answered itself), over the store's last 23 days.
+REFUSED_EVERY = 50
+#: The limits the budgets read is timed with, per project of PROJECTS.
+BENCH_LIMITS = {
+    "web": Limits(requests_per_minute=600, monthly_budget_usd=5000.0),
+    "batch": Limits(requests_per_minute=120),
+    "eval": Limits(monthly_budget_usd=50.0),
+    "tiny": Limits(),
+}
+
+
+def fill_refusals(path: Path, size: int, now: float) -> dict[str, Any]:
+    """``size / REFUSED_EVERY`` refusals of the limits (rate or budget, 429, ``error_code``), as
+    the proxy stores them, inserted with the rollups folded (the writer's insert); none if the store
+    has some already."""
+    engine = SQLiteEngine(str(path))
+    conn = engine.open_for_writing()  # (migrates a store of schema 7: the refusals' column and index)
+    try:
+        codes = ", ".join(f"'{c}'" for c in budgets.REFUSAL_CODES)
+        if conn.execute(f"SELECT 1 FROM traces WHERE error_code IN ({codes}) LIMIT 1").fetchone():
+            return {"refusals": 0, "seconds": 0.0, "db_mb": round(_size_mb(path), 1)}
+        rng = random.Random(429)
+        rows = []
+        for _ in range(size // REFUSED_EVERY):
+            project = rng.choices([p for p, _ in PROJECTS], [w for _, w in PROJECTS])[0]
+            code = rng.choice(budgets.REFUSAL_CODES)
+            row = {
+                "id": f"{rng.getrandbits(128):032x}",
+                "created_at": now - rng.random() * SPAN_DAYS * DAY,
+                "method": "POST",
+                "endpoint": "chat/completions",
+                "model": "gpt-4o-mini",
+                "stream": 0,
+                "status": "error",
+                "http_status": 429,
+                "latency_ms": 0.2,
+                "error": "refused by the project's limit",
+                "error_code": code,
+                "project": project,
+                "provider": "openai",
+            }
+            rows.append(tuple(row.get(c) for c in COLUMNS))
+        start = time.perf_counter()
+        for at in range(0, len(rows), 1000):
+            insert_rows(conn, rows[at : at + 1000])
+        seconds = time.perf_counter() - start
+    finally:
+        conn.close()
+    return {"refusals": len(rows), "seconds": round(seconds, 2), "db_mb": round(_size_mb(path), 1)}
+
+
+def budget_page(conn: sqlite3.Connection, now: float, since: float | None, project: str | None = None) -> Any:
+    """The budgets read as the API makes it (``GET /api/v1/budgets``), at ``now``."""
+    limits = {k: v for k, v in BENCH_LIMITS.items() if project in (None, k)}
+    bucket = queries.pick_bucket(since, None, now)
+    return budgets.budgets(conn, limits, now=now, project=project, since=since, bucket=bucket)
+
+
 def _has_scores(path: Path) -> bool:
     SQLiteEngine(str(path)).migrate_existing()  # a store of schema 5 gets the scores' tables first
     with sqlite3.connect(path) as conn:
@@ -377,6 +437,10 @@ TARGETS = [
     ("scores: averages by model, user, project, all", 300.0),
     ("scores: averages by model, user, project, 7 d", 300.0),
     ("scores: project web: averages by model and user, 24 h", 300.0),
+    # Issue 26: spend against budget.
+    ("budgets: every project, this month", 300.0),
+    ("budgets: project web, this month", 300.0),
+    ("budgets: project tiny, last 24 h", 300.0),
 ]
 
 
@@ -387,7 +451,7 @@ def list_pages(conn: sqlite3.Connection, f: TraceFilter, pages: int) -> Any:
     return cursor
 
 
-def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
+def query_suite(path: Path, size: int, now: float, only: str | None = None) -> list[dict[str, Any]]:
     runner = ReadRunner(SQLiteEngine(str(path)), time_limit=120.0)  # measure, don't cut (the default is 1.5 s)
     last24, last7 = TraceFilter(since=now - DAY), TraceFilter(since=now - 7 * DAY)
     every = TraceFilter()
@@ -593,7 +657,14 @@ def query_suite(path: Path, size: int, now: float) -> list[dict[str, Any]]:
             {},
         ),
         ("overview", "scores: stats, score = thumbs (raw rows)", queries.stats, (TraceFilter(score="thumbs"),), {}),
+        # Issue 26: spend against budget (the limits' 429s: one trace in REFUSED_EVERY).
+        ("overview", "budgets: every project, this month", budget_page, (now, budgets.month_start(now)), {}),
+        ("overview", "budgets: project web, this month", budget_page, (now, budgets.month_start(now), "web"), {}),
+        ("overview", "budgets: project tiny, last 24 h", budget_page, (now, now - DAY, "tiny"), {}),
+        ("overview", "budgets: every project, every refusal (since all)", budget_page, (now, None), {}),
     ]
+    if only is not None:
+        cases = [c for c in cases if only in c[1]]
     out = []
     try:
         for kind, name, fn, args, kw in cases:
@@ -819,6 +890,7 @@ def table(records: list[dict[str, Any]], sizes: list[int]) -> str:
     for kind, label in (
         ("fill", "fill through the writer: s (traces/s), store MB"),
         ("fill-scores", "scores on 10 % of the traces, through the edit runner: s, store MB"),
+        ("fill-refusals", "the limits' 429s, one trace in 50 (schema 8): s, store MB"),
         ("cli_stats", "`prysmai stats`: wall s / peak RSS MB"),
     ):
         cells = []
@@ -830,6 +902,8 @@ def table(records: list[dict[str, Any]], sizes: list[int]) -> str:
                 cells.append(f"{r['seconds']:.0f} ({r['rows_per_s']:,}), {r['db_mb']:,.0f}")
             elif kind == "fill-scores":
                 cells.append(f"{r['seconds']:.0f} ({r['scored_traces']:,} traces), {r['db_mb']:,.0f}")
+            elif kind == "fill-refusals":
+                cells.append(f"{r['seconds']:.0f} ({r['refusals']:,} traces), {r['db_mb']:,.0f}")
             else:
                 cells.append(f"{r['wall_s']:.2f} / {r['maxrss_mb']:.0f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -891,6 +965,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxy-rounds", type=int, default=4)
     parser.add_argument("--seq-requests", type=int, default=1000)
     parser.add_argument("--table-out", default=None)
+    parser.add_argument("--only", metavar="TEXT", default=None, help="only the queries whose name holds TEXT")
     args = parser.parse_args(argv)
     sizes = [2000] if args.quick else [int(s) for s in args.sizes.split(",")]
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="prysmai-dash-"))
@@ -908,6 +983,10 @@ def main(argv: list[str] | None = None) -> int:
                     record = {"bench": "dashboard", "kind": "fill-scores", "size": size, **fill_scores(path, now)}
                     emit(record)
                     records.append(record)
+                # A store filled before the limits' refusals were told apart (schema 7): add them.
+                record = {"bench": "dashboard", "kind": "fill-refusals", "size": size, **fill_refusals(path, size, now)}
+                emit(record)
+                records.append(record)
             else:
                 for old in workdir.glob(path.name + "*"):
                     old.unlink()
@@ -915,10 +994,13 @@ def main(argv: list[str] | None = None) -> int:
                 emit(record)
                 records.append(record)
                 record = {"bench": "dashboard", "kind": "fill-scores", "size": size, **fill_scores(path, now)}
+                emit(record)
+                records.append(record)
+                record = {"bench": "dashboard", "kind": "fill-refusals", "size": size, **fill_refusals(path, size, now)}
                 marker.write_text(repr(now))
                 emit(record)
                 records.append(record)
-            records += query_suite(path, size, now)
+            records += query_suite(path, size, now, args.only)
             records.append(cli_stats(path, size))
             if args.browser:
                 records += browser_times(path, size)

@@ -17,6 +17,11 @@ handler, limits and documents -- every page's data is this API):
   ``sort``: ``requests``, ``errors``, ``cost``, ``tokens``; ``order``), ``search``: ids holding a text;
 * ``sessions/{id}`` -- a session: its totals and a page of its traces, oldest first (``cursor``,
   ``limit``);
+* ``budgets`` -- each project's spend this month against ``monthly_budget_usd`` (with the pace and
+  the days left at it), its last minute of requests against ``requests_per_minute``, and the
+  ``429`` answers its limits gave per time bucket in ``since``/``until`` (default: this month;
+  ``since=all``: from the first stored), by limit (:mod:`..store.budgets`); a project's key sees
+  its own project, an admin key every project (or ``project=NAME``);
 * ``me`` -- who the key or session is (its project, or every project for an admin key).
 
 Writes (:meth:`Reads.write`; the one kind there is, scores, see :mod:`..store.scores`):
@@ -44,11 +49,12 @@ import contextlib
 import dataclasses
 import json
 import logging
+import time
 from urllib.parse import quote, unquote, urlsplit
 
 from ..asgi import Disconnected, HTTPError, Query, Routes, TooLarge, read_body
 from ..config.projects import DEMO
-from ..store import QueryTimeout, StoreError, TraceFilter, queries, scores
+from ..store import QueryTimeout, StoreError, TraceFilter, budgets, queries, scores
 from . import download, jsonshape
 
 TYPE_CHECKING = False
@@ -79,6 +85,22 @@ FLUSH_SECONDS = 2.0
 MAX_SCORE_BODY = 16 * 1024
 #: Groups and names in each of the overview's score averages.
 SCORE_AVERAGE_ROWS = 20
+#: The traces' filters (``TraceFilter.from_query``) the budgets read does not take.
+_TRACE_ONLY = (
+    "model",
+    "endpoint",
+    "status",
+    "user",
+    "session",
+    "key",
+    "meta",
+    "q",
+    "model~",
+    "user~",
+    "score",
+    "score_min",
+    "score_max",
+)
 
 
 class Reads:
@@ -336,6 +358,29 @@ class Reads:
         )
         return jsonshape.session(session_id, page)
 
+    async def _budgets(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
+        # A filter of the traces would change nothing here: said, rather than silently ignored.
+        for name in _TRACE_ONLY:
+            if query.get(name):
+                message = f"{name} does not apply to budgets, which take project, since and until"
+                raise HTTPError(400, message, "invalid_parameter", param=name)
+        f = await self._filter(query, who)
+        now = time.time()
+        since = f.since
+        if since is None and query.get("since") != "all":
+            since = budgets.month_start(now)
+        configured = self.tenancy().projects
+        limits = {name: p.limits for name, p in configured.items() if f.project in (None, name)}
+        return await self.store.read(
+            budgets.budgets,
+            limits,
+            now=now,
+            project=f.project,
+            since=since,
+            until=f.until,
+            bucket=queries.pick_bucket(since, f.until, now),
+        )
+
     async def _me(self, _: str | None, __: Mapping[str, str], who: KeyEntry) -> Any:
         return {
             "object": "key",
@@ -388,6 +433,7 @@ ROUTES: Routes[Handler] = Routes(
         "sessions": Reads._sessions,
         "sessions/{id}": Reads._session,
         "users": Reads._users,
+        "budgets": Reads._budgets,
         "me": Reads._me,
     }
 )

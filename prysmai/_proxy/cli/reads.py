@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_db, fail, open_store
+from .common import add_config, add_db, config_path, fail, open_store
 
 #: The statuses a trace has (``store.queries.STATUSES``, without importing the store here).
 STATUSES = ("success", "error", "timeout", "cancelled")
@@ -129,6 +129,14 @@ def add_parsers(subparsers: Any) -> None:
     stats = subparsers.add_parser("stats", help="requests, error rate, tokens, cost and latency, by model")
     add_db(stats)
     _add_filters(stats)
+    stats.add_argument(
+        "--budgets",
+        action="store_true",
+        help="each project's spend this month against its monthly_budget_usd, its last minute against "
+        "requests_per_minute, and the 429s its limits gave (since --since, default this month); "
+        "the limits come from --config",
+    )
+    add_config(stats)
     stats.set_defaults(handler=stats_command)
 
 
@@ -314,6 +322,14 @@ def stats_command(args: argparse.Namespace) -> int:
     f = _filters(args)
     if f is None:
         return 2
+    if args.budgets:
+        taken = ("project", "since", "until")
+        for flag in [*_FILTER_FLAGS, "meta"]:
+            if flag not in taken and getattr(args, flag, None):
+                name = "--" + flag.replace("_", "-")
+                message = f"{name} does not apply to --budgets, which takes --project, --since and --until"
+                return fail(args, message, "invalid_parameter", 2)
+        return _budgets(args, f)
     store, status = open_store(args)
     if store is None:
         return status
@@ -329,4 +345,54 @@ def stats_command(args: argparse.Namespace) -> int:
         print(_nothing(f))
     else:
         print(stats_text(result))
+    return 0
+
+
+def _budgets(args: argparse.Namespace, f: TraceFilter) -> int:
+    """``prysmai stats --budgets``: the budgets read of the API (:mod:`..store.budgets`), from the
+    store, with the limits of the config file (none without one: the spend is still shown)."""
+    import time
+
+    from ..api import jsonshape
+    from ..store import budgets
+    from ..store.queries import pick_bucket
+    from .report import budgets_text
+
+    path = config_path(args)
+    limits: dict[str, Any] = {}
+    if path is not None:
+        try:
+            from ..config import file as projectconfig
+        except ImportError:  # Python < 3.11 without the proxy extra, which brings tomli
+            message = "reading a config file needs the proxy's extra: pip install 'prysmai[proxy]'"
+            return fail(args, message, "invalid_config", 2)
+        try:
+            # Only the limits are read: the proxy's secrets need not be set where this runs.
+            tenancy = projectconfig.load(path, secrets=False)
+        except (projectconfig.ConfigError, OSError) as exc:
+            return fail(args, str(exc), "invalid_config", 2)
+        limits = {name: p.limits for name, p in tenancy.projects.items()}
+        if f.project is not None and f.project not in limits:
+            names = ", ".join(sorted(limits))
+            return fail(args, f"{path} has no project {f.project!r} (its projects: {names})", "unknown_project", 2)
+    store, status = open_store(args)
+    if store is None:
+        return status
+    now = time.time()
+    since = budgets.month_start(now) if f.since is None else f.since
+    with store:
+        if path is None:
+            unknown = _unknown_project(args, store, f)
+            if unknown is not None:
+                return unknown
+        doc = store.read_sync(
+            budgets.budgets,
+            {k: v for k, v in limits.items() if f.project in (None, k)},
+            now=now,
+            project=f.project,
+            since=since,
+            until=f.until,
+            bucket=pick_bucket(since, f.until, now),
+        )
+    print(jsonshape.dumps(doc) if args.json else budgets_text(doc, limits_known=path is not None))
     return 0

@@ -9,7 +9,7 @@ recolour the operator's terminal. ``--json`` output is exact JSON, not this.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 
 from ..api import costs
 from ..server.logs import escape
@@ -238,3 +238,48 @@ def stats_text(stats: dict[str, Any]) -> str:
         if footnotes:
             lines.append("(" + "; ".join(footnotes) + ")")
     return "\n".join(lines)
+
+
+def budgets_text(doc: dict[str, Any], limits_known: bool) -> str:
+    """``prysmai stats --budgets``: one line per project (see :mod:`..store.budgets`)."""
+    start = datetime.fromtimestamp(doc["month_start"], timezone.utc)
+    days_in = (doc["as_of"] - doc["month_start"]) / 86400
+    lines = [f"Month {start:%Y-%m} (UTC), {days_in:.1f} days in; the pace is the month's average per day so far."]
+    if not limits_known:
+        lines.append("Limits unknown: give the proxy's config file (--config or $PRYSM_CONFIG) to see them.")
+    if not doc["projects"]:
+        return "\n".join([*lines, "No spend and no limits' refusals this month."])
+    rows = []
+    for p in doc["projects"]:
+        spend, rate, refused = p["spend"], p["rate"], p["refusals"]
+        if spend["budget_usd"] is None:
+            spent = costs.usd(spend["month_usd"])
+            used = left = NONE
+        else:
+            spent = f"{costs.usd(spend['month_usd'])} of {costs.usd(spend['budget_usd'])}"
+            used = f"{spend['used'] * 100:.1f}%"
+            if spend["exhausted"]:
+                left = "exhausted"
+            elif spend["days_left"] is None:
+                left = "no spend yet"
+            else:
+                left = f"{spend['days_left']:.1f}"
+                if spend["runs_out_at"] is not None and spend["runs_out_at"] >= doc["month_end"]:
+                    left += " (lasts the month)"
+        per_minute = rate["requests_per_minute"]
+        minute = fmt_int(rate["last_minute"]) + ("" if per_minute is None else f" of {per_minute:,}/min")
+        if limits_known and not p["limited"]:
+            spent += " (no limits)"
+        rows.append(
+            [
+                _clip(p["project"], 32),
+                spent,
+                used,
+                costs.usd(spend["pace_usd_per_day"]),
+                left,
+                minute,
+                f"{refused['rate']:,} rate, {refused['budget']:,} budget",
+            ]
+        )
+    headers = ["Project", "Spend this month", "Used", "Pace/day", "Days left", "Last minute", "429s (limits)"]
+    return "\n".join(lines) + "\n\n" + render_table(headers, rows)

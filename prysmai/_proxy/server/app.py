@@ -54,6 +54,7 @@ from ..config.reload import ConfigWatch
 from ..config.settings import default_outbox_path
 from ..export.process import ExportProcess, providers_of
 from ..store import Store, StoreUnavailable, engine_for
+from ..store.budgets import month_start
 from ..store.capture import fallback_row, finalize
 from ..store.journal import Journal
 from ..store.outbox import OutboxEngine, Shipper
@@ -65,7 +66,7 @@ from ..store.writerproc import WriterProcess
 from ..web import Dashboard
 from ..web.auth import COOKIE_NAME, AuthThrottle
 from .forward import PREFIX, Forwarder
-from .limits import Limits, month_start
+from .limits import Limits
 from .ratelog import RateLimitedLog
 from .sharing import Sharing, replica_name
 

@@ -308,6 +308,7 @@ class Forwarder:
         ex.status = "timeout" if status == 504 else "error"
         ex.http_status = status
         ex.error = message
+        ex.error_code = code
         ex.t_end = time.perf_counter()
         ex.response_body = error_body(message, type_, code)
         ex.response_content_type = "application/json"

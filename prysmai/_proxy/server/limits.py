@@ -5,7 +5,8 @@ waiting on anything. The rate limit is a sliding window: a project with ``reques
 gets its N+1th request within any 60 seconds refused, and ``retry-after`` says when the oldest of
 the N leaves the window.
 
-The budget compares what the project spent this UTC calendar month with ``monthly_budget_usd``:
+The budget compares what the project spent this UTC calendar month (:func:`~..store.budgets.month_start`,
+the month the budgets read shows too) with ``monthly_budget_usd``:
 the spend is read from the store at start-up (its rollups), then each answer's cost is counted by
 the proxy as the answer completes, before its last bytes reach the client (the forwarder prices its
 usage: :func:`~..store.capture.answer_cost`); what the proxy could not count then (an answer cut
@@ -33,20 +34,19 @@ requests still leave the window as they age).
 
 from __future__ import annotations
 
-import calendar
 import math
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 
+from ..store.budgets import WINDOW_SECONDS, month_start
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ..config.projects import Project
-
-WINDOW_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,6 @@ class Refusal:
     type: str
     code: str
     headers: tuple[tuple[bytes, bytes], ...]
-
-
-def month_start(now: float) -> float:
-    """The first second of ``now``'s UTC calendar month (unix time)."""
-    t = time.gmtime(now)
-    return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
 
 
 class Limits:

@@ -56,7 +56,7 @@ DEFAULT_POLICY = StoragePolicy()
 class Exchange:
     """One request as the proxy saw it. Filled on the request path, finalized off it."""
 
-    __slots__ = (
+    __slots__ = (  # noqa: RUF023
         "chunks",
         "created_at",
         "endpoint",
@@ -89,6 +89,8 @@ class Exchange:
         "t0",
         "t_end",
         "user_id",
+        # Appended, not sorted in: a journal written before it holds the fields in this order.
+        "error_code",
     )
 
     def __init__(self, trace_id: str, created_at: float, t0: float, method: str, endpoint: str) -> None:
@@ -110,6 +112,9 @@ class Exchange:
         self.status = "success"
         self.http_status: int | None = None
         self.error: str | None = None
+        #: The ``code`` of the error the proxy answered itself (``project_rate_limit_exceeded``,
+        #: ``project_budget_exceeded``, ``model_not_routed``...); ``None`` for a provider's answer.
+        self.error_code: str | None = None
         self.response_body: bytes = b""
         self.response_content_type = ""
         #: For streams: (perf_counter when forwarded, raw upstream bytes), in order.
@@ -595,6 +600,7 @@ def _captured(ex: Exchange) -> dict[str, Any]:
         "key_id": ex.key_id,
         "project": ex.project,
         "provider": ex.provider,
+        "error_code": ex.error_code,
     }
 
 

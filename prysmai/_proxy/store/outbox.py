@@ -62,6 +62,11 @@ class OutboxEngine(SQLiteEngine):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(_TABLE)
+            # An outbox left by an earlier prysmai lacks the columns added since: add them, empty.
+            have = {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}
+            for column in COLUMNS:
+                if column not in have:
+                    conn.execute(f"ALTER TABLE outbox ADD COLUMN {column}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the outbox {self.path}: {exc}") from None
         return conn

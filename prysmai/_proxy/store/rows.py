@@ -45,6 +45,7 @@ COLUMNS = (
     "provider",  # the name of the provider the request went to (None: not forwarded); schema 3
     "prompt_preview",  # the start of the last user message, one line (see previews.py); schema 6
     "answer_preview",  # the start of the answer, one line; schema 6
+    "error_code",  # the code of the error the proxy answered itself (a limit's 429...); schema 8
 )
 
 

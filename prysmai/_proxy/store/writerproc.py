@@ -410,6 +410,7 @@ class _Collect(logging.Handler):
 
 def exchange_of(values: tuple[Any, ...], prices: Mapping[str, Price] | None, policy: StoragePolicy | None) -> Exchange:
     ex = Exchange.__new__(Exchange)
+    ex.error_code = None  # a journal written before the field was added does not hold it
     for name, value in zip(FIELDS, values):
         setattr(ex, name, value)
     ex.provider_prices = prices

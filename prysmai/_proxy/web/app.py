@@ -3,7 +3,8 @@
 Served by the proxy for every path outside ``/api/v1`` (and alone by ``prysmai ui``). Routes
 (:data:`ROUTES`, a declared table):
 
-* ``GET /``, ``/traces``, ``/traces/{id}``, ``/sessions``, ``/sessions/{id}``, ``/users``, ``/users/{id}`` -- the
+* ``GET /``, ``/traces``, ``/traces/{id}``, ``/sessions``, ``/sessions/{id}``, ``/users``, ``/users/{id}``,
+  ``/budgets`` -- the
   page shell (one HTML file; the JavaScript modules draw the page from the JSON below);
 * ``GET /login``, ``POST /ui/login``, ``POST /ui/logout`` -- see :mod:`.auth`;
 * ``GET /ui/api/{read}`` -- the read API (:mod:`..api.reads`: the same handlers, limits and
@@ -232,6 +233,7 @@ ROUTES: Routes[tuple[frozenset[str], Page]] = Routes(
         "/sessions/{id}": (_GET, Dashboard._page),
         "/users": (_GET, Dashboard._page),
         "/users/{id}": (_GET, Dashboard._page),
+        "/budgets": (_GET, Dashboard._page),
         "/login": (_GET, Dashboard._login_page),
         "/ui/login": (_POST, Dashboard._login),
         "/ui/logout": (_POST, Dashboard._logout),

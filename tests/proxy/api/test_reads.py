@@ -305,7 +305,7 @@ def test_no_read_parameter_makes_a_500(proxy: ProxyHandle) -> None:
 
     @st.composite
     def requests(draw: Any) -> tuple[str, dict[str, str]]:
-        route = draw(st.sampled_from([*lists, "stats", "overview", "me", "traces/", "sessions/"]))
+        route = draw(st.sampled_from([*lists, "stats", "overview", "budgets", "me", "traces/", "sessions/"]))
         if route.endswith("/"):
             return route + draw(text), {}
         names = draw(st.lists(st.sampled_from(sorted(common)), max_size=4, unique=True))

@@ -149,7 +149,7 @@ def test_a_schema_5_sqlite_store_gains_the_columns_and_keeps_its_rows(tmp_path: 
         SQLITE_MIGRATIONS[step](conn)
         conn.execute(f"PRAGMA user_version = {step + 1}")
         conn.execute("COMMIT")
-    old = [c for c in COLUMNS if c not in ("prompt_preview", "answer_preview")]
+    old = [c for c in COLUMNS if c not in ("prompt_preview", "answer_preview", "error_code")]  # later columns
     conn.execute(
         f"INSERT INTO traces ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})",
         [dict(zip(COLUMNS, _row(1))).get(c) for c in old],

@@ -76,6 +76,8 @@ INDEXES = {
     "scores_by_trace",
     "scores_by_name",
     "scores_by_time",
+    # Schema 8: the limits' refusals (a partial index of those rows only).
+    "traces_limited",
 }
 #: Its triggers: the rollups' fold (once per batch) and delete, the search index's.
 #: The triggers of a store: folding (rollups, the search index, the export outbox) once per batch.
@@ -166,7 +168,7 @@ def test_a_v1_store_is_migrated_in_place_keeping_every_row(tmp_path: Any) -> Non
 
     conn = SQLiteEngine(path).open_existing()
     assert conn is not None
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
     after = conn.execute(f"SELECT {', '.join(V1_COLUMNS)} FROM traces WHERE key_id IS NULL ORDER BY id").fetchall()
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
     # Every row of 0.1.0 is in the default project, sent to no named provider.
@@ -340,7 +342,7 @@ def test_a_v2_store_is_migrated_in_place_keeping_every_row_in_the_default_projec
 
     conn = SQLiteEngine(path).open_existing()
     assert conn is not None
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     after = conn.execute(f"SELECT {', '.join(V2_COLUMNS)} FROM traces WHERE id <> ? ORDER BY id", ("f" * 32,))
     assert [tuple(r) for r in after] == [tuple(r) for r in before]

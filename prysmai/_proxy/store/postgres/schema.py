@@ -23,6 +23,7 @@ newer prysmai is refused.
 
 from __future__ import annotations
 
+from ..budgets import REFUSAL_CODES
 from ..rollups import HIST_LEVELS, HOUR_DIMS, KEY_ROLLUPS
 
 #: Column types, in :data:`~..rows.COLUMNS` order. Bodies are not in ``trace_rows``.
@@ -55,14 +56,16 @@ TYPES = {
     "provider": "text",
     "prompt_preview": "text",
     "answer_preview": "text",
+    "error_code": "text",
 }
 BODIES = ("request_body", "response_body")
 ROW_COLUMNS = tuple(c for c in TYPES if c not in BODIES)
 #: Columns added by a later version than 1 (version 1's table is created without them).
 PREVIEWS = ("prompt_preview", "answer_preview")
+LATER = (*PREVIEWS, "error_code")
 
 _TEXT = 'text COLLATE "C"'
-_ROW_DDL = ",\n    ".join(f"{c} {TYPES[c].replace('text', _TEXT, 1)}" for c in ROW_COLUMNS if c not in PREVIEWS)
+_ROW_DDL = ",\n    ".join(f"{c} {TYPES[c].replace('text', _TEXT, 1)}" for c in ROW_COLUMNS if c not in LATER)
 _HOUR_DIMS = "".join(f"    {d} {_TEXT} NOT NULL,\n" for d in HOUR_DIMS)
 
 
@@ -218,8 +221,23 @@ CREATE TABLE score_names (
 );
 """
 
+#: Version 5 (spend against budget): the code of the error the proxy answered itself (a limit's
+#: 429...; see ``rows.COLUMNS``), and an index of the limits' refusals only, by project and time.
+V5 = f"""
+ALTER TABLE trace_rows ADD COLUMN error_code {_TEXT};
+CREATE OR REPLACE VIEW traces AS
+    SELECT r.id, r.created_at, r.method, r.endpoint, r.model, r.stream, r.status, r.http_status,
+        r.latency_ms, r.ttft_ms, r.prompt_tokens, r.completion_tokens, r.total_tokens, r.cost_usd,
+        b.request_body, b.response_body, r.error, r.user_id, r.session_id, r.metadata,
+        r.notes, r.response_model, r.provider_request_id, r.key_id, r.project, r.provider,
+        r.prompt_preview, r.answer_preview, r.error_code
+    FROM trace_rows r LEFT JOIN trace_bodies b ON b.id = r.id AND b.created_at = r.created_at;
+CREATE INDEX trace_rows_limited ON trace_rows (project, created_at, error_code)
+    WHERE error_code IN ({", ".join(f"'{c}'" for c in REFUSAL_CODES)});
+"""
+
 #: ``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3, 3: V4}
+MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3, 3: V4, 4: V5}
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 #: The advisory lock migrations and partition creation take (any constant of our own).
 LOCK = 0x70727973  # "prys"

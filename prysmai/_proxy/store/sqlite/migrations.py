@@ -60,6 +60,12 @@ row; the traces of an earlier store have none.
   indexed by trace, by project and name and value, and by the trace's time;
 * ``score_names`` -- the type each score name has in each project (one type per name).
 
+8 (spend against budget) adds ``traces.error_code``: the ``code`` of the error the proxy answered
+itself (``project_rate_limit_exceeded`` and ``project_budget_exceeded`` for the limits' ``429``,
+``model_not_routed``...; none for a provider's answer), and the index ``traces_limited`` of the
+limits' refusals only, by project and time (:mod:`..budgets` charts them). Adding the column
+rewrites no row: the traces of an earlier store have none.
+
 Scores are written outside the trace writer, by the proxy's edit runner (:mod:`..edits`), in short
 ``BEGIN IMMEDIATE`` transactions that wait for the writer's lock up to the busy timeout.
 
@@ -77,6 +83,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from ..budgets import REFUSAL_CODES
 from ..rollups import KEY_ROLLUPS
 from . import rollups, search
 from .rollups import ensure_functions
@@ -284,6 +291,16 @@ def _to_v7(conn: sqlite3.Connection) -> None:
     _script(conn, V7)
 
 
+def _to_v8(conn: sqlite3.Connection) -> None:
+    if "error_code" not in _columns(conn):
+        conn.execute("ALTER TABLE traces ADD COLUMN error_code TEXT")
+    codes = ", ".join(f"'{c}'" for c in REFUSAL_CODES)
+    conn.execute(
+        f"CREATE INDEX IF NOT EXISTS traces_limited ON traces (project, created_at, error_code) "
+        f"WHERE error_code IN ({codes})"
+    )
+
+
 def _columns(conn: sqlite3.Connection) -> set[str]:
     return {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
 
@@ -317,6 +334,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     4: _to_v5,
     5: _to_v6,
     6: _to_v7,
+    7: _to_v8,
 }
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 

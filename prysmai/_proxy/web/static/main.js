@@ -2,6 +2,7 @@
 import { getJSON } from "./api.js";
 import { clear, el } from "./dom.js";
 import { offerProjectFilter } from "./filters.js";
+import { render as budgets } from "./budgets.js";
 import { render as overview } from "./overview.js";
 import { render as traces } from "./traces.js";
 import { renderSession, renderTrace } from "./trace.js";
@@ -42,6 +43,7 @@ async function route() {
   else if (section === "sessions") await renderSession(main, parts.slice(1).join("/"));
   else if (section === "users" && parts.length === 1) await renderUsers(main);
   else if (section === "users") await renderUser(main, parts.slice(1).join("/"));
+  else if (section === "budgets") await budgets(main);
   document.body.dataset.ready = "1";  // tests wait for this
 }
 
