@@ -182,12 +182,12 @@ class ProxyApp:
             await asyncio.to_thread(self.export.stop)
 
     def _switch_export(self) -> None:
-        """Have the store fill its export outbox, or not (then what waited in it is dropped)."""
-        if self.export is None and self.store.shipper is not None:
-            return  # a shared store keeps no export outbox (and may be down now: the outbox rides that out)
-        conn = self.store.engine.open_for_writing()
+        """Have the store fill its export outbox, or not (then what waited in it is dropped). On
+        a shared store, the export reads this replica's outbox (local: never waits on the database)."""
+        engine = self.store.engine if self.store.shipper is None else self.store.shipper.outbox
+        conn = engine.open_for_writing()
         try:
-            dropped = self.store.engine.set_export(conn, self.export is not None)
+            dropped = engine.set_export(conn, self.export is not None)
         finally:
             conn.close()
         if dropped:
@@ -382,9 +382,12 @@ def _export(config: ProxyConfig, tenancy: Tenancy, pricing: str) -> ExportProces
         return None
     from ... import __version__
 
+    # On a PostgreSQL store each replica exports the traces it answered, from its own outbox.
+    outbox = (config.outbox_path or default_outbox_path()) if is_postgres(config.db_path) else None
     return ExportProcess(
         {
             "db": config.db_path,
+            "outbox": outbox,
             "endpoint": config.otlp_endpoint,
             "content": config.otlp_content,
             "sample": config.otlp_sample,

@@ -11,6 +11,13 @@ committed them. A batch sent twice (the proxy stopped between the two) is recogn
 id, so nothing is stored twice. The outbox holds only what waits: its size is the backlog, bounded
 by the disk, counted in ``/api/v1/health`` and ``prysmai doctor``. A shutdown leaves the backlog in
 the file, and the next start ships it.
+
+The OTLP export of a replica on a shared store reads this file too (:mod:`..export`): each trace
+is in the outbox of the one replica that answered it, so each replica exports its own and no
+trace is exported by two. The shipper and the export each keep their position in the file
+(``outbox_position``); a row goes once every reader is past it, so the export keeps sending while
+the shared store is down, and the shipper keeps shipping while the collector is down (the rows
+then wait here for the export, bounded by the disk like the backlog).
 """
 
 from __future__ import annotations
@@ -34,7 +41,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prysmai.proxy")
 
-_TABLE = "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, " + ", ".join(COLUMNS) + ")"
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, " + ", ".join(COLUMNS) + ")",
+    # How far each reader of the outbox has got: 'shipped' (always there), 'exported' (while the
+    # OTLP export is on). Rows up to the smallest position are gone.
+    "CREATE TABLE IF NOT EXISTS outbox_position (reader TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO outbox_position (reader, seq) VALUES ('shipped', 0)",
+)
+_SHIPPED = "(SELECT seq FROM outbox_position WHERE reader = 'shipped')"
+_EXPORTED = "(SELECT seq FROM outbox_position WHERE reader = 'exported')"
 _INSERT = f"INSERT INTO outbox ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 #: Rows a shipment takes at most.
 SHIP_BATCH = 1000
@@ -61,7 +76,8 @@ class OutboxEngine(SQLiteEngine):
             conn = connect(self.path)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(_TABLE)
+            for statement in _TABLES:
+                conn.execute(statement)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the outbox {self.path}: {exc}") from None
         return conn
@@ -98,18 +114,71 @@ class OutboxEngine(SQLiteEngine):
 
     @staticmethod
     def oldest(conn: sqlite3.Connection, n: int) -> list[tuple[Any, ...]]:
-        """Up to ``n`` waiting rows, oldest first, each ``(seq, *row)``."""
-        return list(conn.execute(f"SELECT seq, {', '.join(COLUMNS)} FROM outbox ORDER BY seq LIMIT ?", [n]))
+        """Up to ``n`` rows waiting to be shipped, oldest first, each ``(seq, *row)``."""
+        sql = f"SELECT seq, {', '.join(COLUMNS)} FROM outbox WHERE seq > {_SHIPPED} ORDER BY seq LIMIT ?"
+        return list(conn.execute(sql, [n]))
 
     @staticmethod
-    def remove(conn: sqlite3.Connection, last_seq: int) -> None:
-        """Forget every row up to ``last_seq`` (shipped)."""
-        with conn:
-            conn.execute("DELETE FROM outbox WHERE seq <= ?", [last_seq])
+    def shipped(conn: sqlite3.Connection, last_seq: int) -> None:
+        """Every row up to ``last_seq`` is in the shared store."""
+        _advance(conn, "shipped", last_seq)
 
     @staticmethod
     def backlog(conn: sqlite3.Connection) -> int:
-        return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        """How many rows wait to be shipped."""
+        return int(conn.execute(f"SELECT count(*) FROM outbox WHERE seq > {_SHIPPED}").fetchone()[0])
+
+    # -- the OTLP export of this replica's traces (export/ reads it) ---------------------------------
+    def set_export(self, conn: sqlite3.Connection, enabled: bool) -> int:
+        """On: export every trace written from now on (a position kept from an earlier run stays,
+        with what waited behind it). Off: forget the position; how many traces were waiting."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if enabled:
+                conn.execute(
+                    "INSERT OR IGNORE INTO outbox_position (reader, seq) "
+                    "SELECT 'exported', coalesce(max(seq), 0) FROM outbox"
+                )
+                waiting = 0
+            else:
+                waiting = int(conn.execute(f"SELECT count(*) FROM outbox WHERE seq > {_EXPORTED}").fetchone()[0])
+                conn.execute("DELETE FROM outbox_position WHERE reader = 'exported'")
+                conn.execute(_FORGET)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return waiting
+
+    def export_batch(self, conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, dict[str, Any] | None]]:
+        sql = (
+            f"SELECT seq, {', '.join(COLUMNS)} FROM outbox WHERE seq > max(?, coalesce({_EXPORTED}, 0)) "
+            "ORDER BY seq LIMIT ?"
+        )
+        return [(seq, dict(zip(COLUMNS, values))) for seq, *values in conn.execute(sql, [after, limit])]
+
+    def export_done(self, conn: sqlite3.Connection, upto: int) -> None:
+        _advance(conn, "exported", upto)
+
+    def export_waiting(self, conn: sqlite3.Connection) -> int:
+        return int(conn.execute(f"SELECT count(*) FROM outbox WHERE seq > {_EXPORTED}").fetchone()[0])
+
+
+#: Rows every reader is past.
+_FORGET = "DELETE FROM outbox WHERE seq <= (SELECT min(seq) FROM outbox_position)"
+
+
+def _advance(conn: sqlite3.Connection, reader: str, seq: int) -> None:
+    """Move ``reader``'s position to ``seq`` and let go of the rows every reader is past, in one
+    transaction (the shipper thread and the export process share the file)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("UPDATE outbox_position SET seq = ? WHERE reader = ? AND seq < ?", [seq, reader, seq])
+        conn.execute(_FORGET)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class Shipper:
@@ -223,7 +292,7 @@ class Shipper:
                         return
                     delay = min(delay * 2, 10.0)
                     continue
-                self.outbox.remove(local, rows[-1][0])
+                self.outbox.shipped(local, rows[-1][0])
                 self.shipped += len(rows)
                 self.backlog = self.outbox.backlog(local)
                 delay = 0.5
