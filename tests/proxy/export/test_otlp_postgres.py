@@ -83,8 +83,9 @@ def test_two_proxies_on_one_database_export_each_trace_once_through_a_collector_
             # (a failing export call retries inside OpenTelemetry's exporter for up to its timeout
             # before the export process reports the failure: on a loaded machine, after the 10 s)
             _wait(
-                lambda p=proxy: (h := _health(p.base))["export"]["failing_since"] is not None
-                and h["export"]["waiting"] > 0,
+                lambda p=proxy: (
+                    (h := _health(p.base))["export"]["failing_since"] is not None and h["export"]["waiting"] > 0
+                ),
                 30,
                 "the collector's outage was not reported",
             )
