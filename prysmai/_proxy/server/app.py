@@ -27,12 +27,10 @@ complete one).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
 from functools import partial
-from urllib.parse import urlsplit
 
 from ... import _wire
 from ..api import jsonshape
@@ -63,7 +61,7 @@ from ..store.retention import Retention
 from ..store.writer import TraceWriter
 from ..store.writerproc import WriterProcess
 from ..web import Dashboard
-from ..web.auth import COOKIE_NAME, AuthThrottle
+from ..web.auth import AuthThrottle, Sessions, shared_cookie_name
 from .forward import PREFIX, Forwarder
 from .limits import Limits, month_start
 from .ratelog import RateLimitedLog
@@ -79,7 +77,6 @@ if TYPE_CHECKING:
     from ..config.settings import ProxyConfig
     from ..store.capture import Exchange
     from ..store.engine import Engine
-    from ..web.auth import Sessions
 
 log = logging.getLogger("prysmai.proxy")
 _HEALTH = "health"
@@ -121,7 +118,9 @@ class ProxyApp:
         #: Failed authentications per client address, on the API and at the dashboard's log-in.
         self.throttle = AuthThrottle(note=lambda message: self.warnings.event("auth-throttle", message))
         #: Every path outside /api/v1.
-        self.web = Dashboard(self.reads, throttle=self.throttle, cookie=_shared_cookie(config))
+        secret = self.tenancy.session_secret  # the config file's, or a random one of this process
+        sessions = Sessions(secret, configured=secret is not None)
+        self.web = Dashboard(self.reads, sessions=sessions, throttle=self.throttle, cookie=_shared_cookie(config))
         #: Limits and log-ins shared with the other replicas of a PostgreSQL store (``None``: alone).
         self.sharing = _sharing(config, self.store, self.limits, self.web.sessions)
         self.reads.sharing = self.sharing
@@ -164,6 +163,11 @@ class ProxyApp:
     def _use(self, tenancy: Tenancy) -> None:
         """Use a reloaded config for every request from now on (a file that did not load was
         refused by the watch, and the current tenancy stays)."""
+        if tenancy.session_secret != self.tenancy.session_secret:
+            log.warning(
+                "the config's [dashboard] session_secret changed: it takes effect when the proxy restarts "
+                "(log-ins stay signed with the one it started with)"
+            )
         self.tenancy = tenancy
         if self.export is not None:
             self.export.update(tenancy)
@@ -360,13 +364,9 @@ def _sharing(config: ProxyConfig, store: Store, limits: Limits, sessions: Sessio
 
 
 def _shared_cookie(config: ProxyConfig) -> str | None:
-    """The session cookie's name on replicas of one PostgreSQL database: the same on each (their
-    ports may differ behind a load balancer), named after the database (never its password)."""
-    if not is_postgres(config.db_path):
-        return None
-    parts = urlsplit(config.db_path)
-    where = f"{parts.hostname}:{parts.port}{parts.path}"
-    return f"{COOKIE_NAME}_{hashlib.sha256(where.encode()).hexdigest()[:10]}"
+    """The session cookie's name on replicas of one PostgreSQL database (and ``prysmai ui`` on it):
+    the same on each, their ports may differ behind a load balancer."""
+    return shared_cookie_name(config.db_path) if is_postgres(config.db_path) else None
 
 
 def _journal_of(engine: Engine) -> Journal | None:
