@@ -172,3 +172,16 @@ def loop_name() -> str:
     except ImportError:
         return "asyncio"
     return "uvloop"
+
+
+def postgres_database(url: str) -> tuple[str, Any]:
+    """The PostgreSQL database a run stores its traces in: ``url`` itself, or, for ``throwaway``,
+    a new database on a throwaway server (tests/proxy/postgres.py: Debian's PostgreSQL on a
+    loopback port, fsync off). Returns (URL, the server to ``close()`` or ``None``)."""
+    if url != "throwaway":
+        return url, None
+    sys.path.insert(0, str(REPO_DIR / "tests" / "proxy"))
+    from postgres import PostgresServer
+
+    server = PostgresServer().start()
+    return str(server.database()), server

@@ -28,6 +28,12 @@ comparison of one process each is partly a comparison of two draws.
     python bench/proxy_overhead.py --rounds 5            # direct vs prysmai proxy
     python bench/proxy_overhead.py --rounds 5 --peer litellm
     python bench/proxy_overhead.py --rounds 8 --copies 2 --baseline /tmp/base --metrics seq,stream,c64
+    python bench/proxy_overhead.py --rounds 8 --postgres --metrics seq,stream,c64   # PostgreSQL vs SQLite
+
+``--postgres [URL]`` adds ``prysm-pg``: the same proxy storing in PostgreSQL (through its outbox; a
+throwaway server when no URL is given), measured in the same rounds as ``prysm`` on SQLite, so
+the summary pairs the request path's added latency on the two stores. Its traces are counted in
+PostgreSQL once its outbox is shipped.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from _common import (
     emit,
     free_port,
     median,
+    postgres_database,
     rss_kib,
     wait_for_port,
 )
@@ -126,8 +133,16 @@ def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
-def start_prysm(workdir: Path, upstream: str, db: Path, name: str = "prysm", source: str | None = None) -> Target:
-    """``prysmai proxy``; ``source``: a checkout's directory to run instead of the installed one."""
+def start_prysm(
+    workdir: Path,
+    upstream: str,
+    db: Path | str,
+    name: str = "prysm",
+    source: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> Target:
+    """``prysmai proxy``; ``source``: a checkout's directory to run instead of the installed one;
+    ``extra``: more flags (a PostgreSQL store's ``--outbox``)."""
     port = free_port()
     env = dict(os.environ, OPENAI_API_KEY=UPSTREAM_KEY)
     if source is not None:
@@ -148,6 +163,7 @@ def start_prysm(workdir: Path, upstream: str, db: Path, name: str = "prysm", sou
         upstream,
         "--key",
         PRYSM_KEY,
+        *extra,
     ]
     # cwd: `python -c` puts the working directory first on sys.path; a checkout's root there would
     # shadow ``source``.
@@ -269,7 +285,7 @@ def run_client(target: Target, args: list[str], timeout: float) -> dict[str, Any
     return record
 
 
-def count_traces(db: Path) -> int:
+def count_traces(db: Path | str) -> int:
     """Traces in the store, through ``prysmai stats --json`` (the public way), else SQLite directly."""
     cmd = [
         *PRYSMAI_CLI,
@@ -282,9 +298,28 @@ def count_traces(db: Path) -> int:
     if out.returncode == 0:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             return int(json.loads(out.stdout)["requests"])
+    if isinstance(db, str):
+        raise RuntimeError(f"prysmai stats failed: {out.stderr[-1000:]}")
     with contextlib.closing(sqlite3.connect(str(db))) as conn:
         row = conn.execute("SELECT count(*) FROM traces").fetchone()
         return int(row[0])
+
+
+def wait_shipped(target: Target, timeout: float = 300.0) -> None:
+    """Until the proxy's outbox is empty (``/api/v1/health``'s ``store.outbox_backlog``)."""
+    import urllib.request
+
+    base = target.url.rsplit("/chat/completions", 1)[0]
+    request = urllib.request.Request(f"{base}/health", headers={"Authorization": f"Bearer {target.api_key}"})
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            store = json.load(answer)["store"]
+        if not store.get("queued") and not store.get("outbox_backlog"):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{target.name}: the outbox was not shipped in {timeout:.0f} s: {store}")
+        time.sleep(0.2)
 
 
 MEASUREMENTS: dict[str, list[str]] = {
@@ -429,6 +464,13 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="processes of the prysmai proxy and of each baseline, pooled in the summary (see above)",
     )
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const="throwaway",
+        metavar="URL",
+        help="also measure prysm-pg, the proxy storing in PostgreSQL (no URL: a throwaway server)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, store)")
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -443,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     targets: list[Target] = [Target("direct", upstream + "/chat/completions", UPSTREAM_KEY, None)]
     db = workdir / "traces.db"
     failed = False
+    pg_url, pg_server = postgres_database(args.postgres) if args.postgres is not None else (None, None)
     try:
         for copy in range(1, args.copies + 1):
             suffix = "" if copy == 1 else f"@{copy}"
@@ -452,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
             for i, source in enumerate(args.baseline):
                 name = ("prysm-baseline" if i == 0 else f"prysm-baseline{i + 1}") + suffix
                 targets.append(start_prysm(workdir, upstream, workdir / f"{name}.db", name, source))
+            if pg_url is not None:  # copies share the database, each with its own outbox
+                outbox = ("--outbox", str(workdir / f"outbox{suffix}.db"))
+                targets.append(start_prysm(workdir, upstream, pg_url, "prysm-pg" + suffix, extra=outbox))
         for client in args.floor:
             targets.append(start_floor(workdir, upstream, client))
         if "litellm" in args.peer:
@@ -518,6 +564,15 @@ def main(argv: list[str] | None = None) -> int:
                     "peak_rss_mib": round(peak / 1024, 1),
                 }
             )
+        pg_targets = [t for t in targets if _stem(t.name) == "prysm-pg"]
+        if pg_targets and pg_url is not None:
+            for target in pg_targets:  # shipped before it is stopped: a stop ships for 5 s at most
+                wait_shipped(target)
+                target.stop()
+            traces = count_traces(pg_url)
+            sent = sum(t.sent for t in pg_targets)
+            emit({"bench": "proxy", "event": "traces", "target": "prysm-pg", "sent": sent, "traces": traces})
+            failed = failed or traces != sent
         for target in targets:
             if _stem(target.name) == "prysm":
                 code = target.stop()
@@ -541,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
             target.stop()
             if target.log is not None:
                 target.log.close()
+        if pg_server is not None:
+            pg_server.close()
         upstream_proc.send_signal(signal.SIGINT)
         try:
             upstream_proc.wait(10)

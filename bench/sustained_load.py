@@ -3,6 +3,14 @@ answered against traces stored.
 
     python bench/sustained_load.py                       # 64 connections, 60 s, --when-behind drop
     python bench/sustained_load.py --seconds 5           # the quick version bench/run.py --quick runs
+    python bench/sustained_load.py --postgres --proxies 2   # two proxies on one (throwaway) PostgreSQL
+
+With ``--postgres [URL]`` the proxies store in PostgreSQL (a throwaway server when no URL is
+given), each through its own outbox file, and ``--proxies N`` of them share the load (the
+connections split evenly). After the load the run waits until every outbox is shipped, then
+counts the traces in PostgreSQL: ``stored_per_s`` is the traces stored over the load and that
+drain (sustained traces/s into PostgreSQL), ``drain_s`` how long the outboxes took to empty after
+the load, ``max_outbox_backlog`` the largest backlog sampled.
 
 The proxy runs with ``--when-behind drop`` by default here: under ``block`` (the proxy's default)
 a writer that falls behind slows the clients down instead of losing traces, which would hide it;
@@ -36,17 +44,18 @@ from _common import (
     emit,
     free_port,
     machine_info,
+    postgres_database,
     wait_for_port,
 )
 from proxy_overhead import Target, start_upstream
 
 
-def start_proxy(workdir: Path, upstream: str, db: Path, extra: list[str]) -> Target:
+def start_proxy(workdir: Path, upstream: str, db: Path | str, extra: list[str]) -> Target:
     port = free_port()
     env = dict(os.environ, OPENAI_API_KEY=UPSTREAM_KEY)
     for name in ("PRYSM_AUTO", "PRYSM_PROXY_KEYS", "PRYSM_PROXY_KEYS_FILE", "PRYSM_UPSTREAM_URL", "PRYSM_DB"):
         env.pop(name, None)
-    log = open(workdir / "prysm.log", "wb")  # noqa: SIM115 - kept open for the process's life
+    log = open(workdir / f"prysm-{port}.log", "wb")  # noqa: SIM115 - kept open for the process's life
     cmd = [*PRYSMAI_CLI, "proxy", "--port", str(port), "--db", str(db), "--upstream", upstream]
     cmd += ["--key", PRYSM_KEY, *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -63,7 +72,7 @@ def health(base: str) -> dict[str, Any]:
     return doc
 
 
-def stored_traces(db: Path) -> int:
+def stored_traces(db: Path | str) -> int:
     out = subprocess.run(
         [*PRYSMAI_CLI, "stats", "--db", str(db), "--json"], capture_output=True, text=True, timeout=300
     )
@@ -93,100 +102,141 @@ def main(argv: list[str] | None = None) -> int:
         default="unset",
         help="the proxy's --trace-writer (unset: its default, and older proxies without it)",
     )
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const="throwaway",
+        metavar="URL",
+        help="store in PostgreSQL through each proxy's outbox (no URL: a throwaway server)",
+    )
+    parser.add_argument("--proxies", type=int, default=1, help="proxies sharing the load (more than 1: --postgres)")
     args = parser.parse_args(argv)
+    if args.proxies < 1 or (args.proxies > 1 and args.postgres is None):
+        parser.error("--proxies: 1, or more with --postgres (proxies on one SQLite file would not share a store)")
 
     workdir = Path(tempfile.mkdtemp(prefix="prysmai-sustained-"))
     upstream_proc, upstream = start_upstream(workdir)
-    db = workdir / "traces.db"
+    server = None
+    db: Path | str = workdir / "traces.db"
+    if args.postgres is not None:
+        db, server = postgres_database(args.postgres)
     policy = [] if args.when_behind == "unset" else ["--when-behind", args.when_behind]
     if args.trace_writer != "unset":
         policy += ["--trace-writer", args.trace_writer]
-    target = start_proxy(workdir, upstream, db, [*policy, "--queue-size", str(args.queue_size)])
-    base = target.url.rsplit("/chat/completions", 1)[0]
-    samples: list[dict[str, Any]] = []
+    targets: list[Target] = []
+    samples: list[list[dict[str, Any]]] = []
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(0.5):
             with contextlib.suppress(OSError):
-                samples.append(health(base))
+                samples.append([health(base) for base in bases])
 
     sampler = threading.Thread(target=sample, daemon=True)
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
     try:
-        cpu0 = cpu_seconds(target.proc.pid) if target.proc is not None else 0.0
+        for n in range(args.proxies):
+            extra = [*policy, "--queue-size", str(args.queue_size)]
+            if args.postgres is not None:
+                extra += ["--outbox", str(workdir / f"outbox{n}.db")]
+            targets.append(start_proxy(workdir, upstream, db, extra))
+        bases = [t.url.rsplit("/chat/completions", 1)[0] for t in targets]
+        cpu0 = [cpu_seconds(t.proc.pid) if t.proc is not None else 0.0 for t in targets]
         sampler.start()
-        client = subprocess.run(
-            [
-                sys.executable,
-                str(BENCH_DIR / "client.py"),
-                "--url",
-                target.url,
-                "--api-key",
-                PRYSM_KEY,
-                "--mode",
-                "load",
-                "--concurrency",
-                str(args.concurrency),
-                "--requests",
-                str(10**9),
-                "--max-seconds",
-                str(args.seconds),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=args.seconds + 120,
-        )
+        started = time.monotonic()
+        clients = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(BENCH_DIR / "client.py"),
+                    "--url",
+                    target.url,
+                    "--api-key",
+                    PRYSM_KEY,
+                    "--mode",
+                    "load",
+                    "--concurrency",
+                    str(max(1, args.concurrency // args.proxies)),
+                    "--requests",
+                    str(10**9),
+                    "--max-seconds",
+                    str(args.seconds),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for target in targets
+        ]
+        results: list[dict[str, Any]] = []
+        for client in clients:
+            out, err = client.communicate(timeout=args.seconds + 120)
+            if client.returncode != 0:
+                raise RuntimeError(f"client failed: {err[-2000:]}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        loaded = time.monotonic() - started
+        # Until every trace is written (and, on PostgreSQL, shipped): the drain after the load.
+        deadline = time.monotonic() + 300
+        while True:
+            last = [health(base) for base in bases]
+            if all(h["store"]["queued"] == 0 and not h["store"].get("outbox_backlog") for h in last):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the stores did not catch up in 300 s: {[h['store'] for h in last]}")
+            time.sleep(0.2)
+        drained = time.monotonic() - started - loaded
         stop.set()
         sampler.join(10)
-        if client.returncode != 0:
-            raise RuntimeError(f"client failed: {client.stderr[-2000:]}")
-        result: dict[str, Any] = json.loads(client.stdout.strip().splitlines()[-1])
-        last = health(base)
-        queued_at_end = last["store"]["queued"]
-        # How long the writer takes to store what was still queued when the clients stopped.
-        ended = time.monotonic()
-        while last["store"]["queued"] and time.monotonic() - ended < 300:
-            time.sleep(0.05)
-            last = health(base)
-        drained_after = time.monotonic() - ended
-        cpu = (cpu_seconds(target.proc.pid) - cpu0) if target.proc is not None else 0.0
-        code = target.stop()
+        cpu = [(cpu_seconds(t.proc.pid) - c) if t.proc is not None else 0.0 for t, c in zip(targets, cpu0)]
+        codes = [t.stop() for t in targets]
         stored = stored_traces(db)
     finally:
         for hog in hogs:
             hog.kill()
             hog.wait()
         stop.set()
-        target.stop()
+        for target in targets:
+            target.stop()
         upstream_proc.terminate()
         upstream_proc.wait(10)
-    answered = int(result["sent"]) - int(result["errors"])
+        if server is not None:
+            server.close()
+    sent = sum(int(r["sent"]) for r in results)
+    errors = sum(int(r["errors"]) for r in results)
+    answered = sent - errors
+    seconds = max(float(r["seconds"]) for r in results)
+
+    def total(doc: list[dict[str, Any]], field: str) -> int:
+        return sum(int(h["store"].get(field) or 0) for h in doc)
+
     record = {
         "bench": "sustained",
+        "store": "postgresql" if args.postgres is not None else "sqlite",
+        "proxies": args.proxies,
         "when_behind": args.when_behind,
         "trace_writer": args.trace_writer,
         "concurrency": args.concurrency,
-        "seconds": result["seconds"],
-        "rps": result["rps"],
-        "p99_ms": result["p99_ms"],
-        "sent": result["sent"],
-        "errors": result["errors"],
+        "seconds": seconds,
+        "rps": round(sum(float(r["rps"]) for r in results), 1),
+        "p99_ms": max(float(r["p99_ms"]) for r in results),
+        "sent": sent,
+        "errors": errors,
         "answered": answered,
         "stored": stored,
-        "dropped": last["store"]["dropped"],
-        "lost": last["store"].get("lost"),
-        "write_errors": last["store"]["write_errors"],
-        "max_queued": max([s["store"]["queued"] for s in samples] + [queued_at_end]),
-        "queued_at_end": queued_at_end,
-        "drained_after_s": round(drained_after, 2),
+        "stored_per_s": round(stored / max(seconds + drained, 1e-9), 1),
+        "drain_s": round(drained, 2),
+        "dropped": total(last, "dropped"),
+        "lost": total(last, "lost"),
+        "write_errors": total(last, "write_errors"),
+        "max_queued": max([total(s, "queued") for s in samples] + [0]),
+        "max_outbox_backlog": max([total(s, "outbox_backlog") for s in samples] + [0]),
         "hogs": args.hogs,
         # Whether the writer keeps up or slowly falls behind: the queue every 10 s.
-        "queued_every_10s": [s["store"]["queued"] for s in samples[19::20]],
-        "health_degraded_samples": sum(1 for s in samples if s["status"] != "ok"),
-        "proxy_cpu_s_per_s": round(cpu / max(result["seconds"], 1e-9), 3),
-        "proxy_exit": code,
-        "ok": stored == answered and result["errors"] == 0 and code == 0,
+        "queued_every_10s": [total(s, "queued") for s in samples[19::20]],
+        "health_degraded_samples": sum(1 for s in samples if any(h["status"] != "ok" for h in s)),
+        "proxy_cpu_s_per_s": round(sum(cpu) / max(seconds, 1e-9), 3),
+        "proxy_exit": codes,
+        "ok": stored == answered and errors == 0 and all(code == 0 for code in codes),
         "machine": machine_info(),
     }
     emit(record)

@@ -349,7 +349,7 @@ def _export_check(doc: dict[str, Any]) -> Check | None:
             "trace export",
             WARNING,
             f"OTLP export {counts}; failing ({export.get('last_error')})",
-            "check that the collector is up and reachable from the proxy; spans wait in the store meanwhile",
+            "check that the collector is up and reachable from the proxy; spans wait in its outbox meanwhile",
         )
     return Check("trace export", OK, f"OTLP export {counts}")
 

@@ -79,7 +79,9 @@ def score(
     base_url: str | None = None,
     timeout: float = 10.0,
 ) -> dict[str, Any]:
-    """Attach a score to a trace; returns the score the proxy stored (its ``id`` deletes it).
+    """Attach a score to a trace; returns the score the proxy stored (its ``id`` deletes it). A
+    proxy on a PostgreSQL store that cannot reach its database keeps the score and stores it when
+    the database is back: the score then has ``"status": "queued"`` (HTTP 202).
 
     Example (a thumbs-up button)::
 

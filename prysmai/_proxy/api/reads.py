@@ -81,6 +81,9 @@ BREAKDOWNS = ("model", "endpoint", "user_id", "session_id")
 BREAKDOWN_ROWS = 10
 #: Seconds the store has to write what was submitted before a read (read your own writes).
 FLUSH_SECONDS = 2.0
+#: How long a score on a shared store waits for the database before it is answered ``202``
+#: (queued in the replica's outbox, applied when the database answers).
+EDIT_WAIT_SECONDS = 5.0
 #: Bytes a score's JSON body may have (a comment of 2 000 characters, escaped, fits).
 MAX_SCORE_BODY = 16 * 1024
 #: Groups and names in each of the overview's score averages.
@@ -184,14 +187,21 @@ class Reads:
             if trace_id is not None:
                 score = scores.NewScore.parse(await _json_body(receive))
                 await self._flush()  # a trace answered a moment ago can be scored at once
-                added = await self.store.edit(
-                    scores.add, unquote(trace_id), score, project=who.project_name, author_key=who.key_id, source=source
+                edit = scores.Edit.adding(
+                    unquote(trace_id), score, project=who.project_name, author_key=who.key_id, source=source
                 )
+                applied, added = await self.store.score(edit, EDIT_WAIT_SECONDS)
+                if not applied:  # a shared store that is down: kept in the outbox, applied when it is back
+                    return 202, edit.queued()
                 if added is None:
                     raise HTTPError(404, "No such trace", "not_found")
                 return 201, added
             score_id = unquote(route[len("scores/") :])
-            if not await self.store.edit(scores.delete, score_id, project=who.project_name):
+            edit = scores.Edit.deleting(score_id, project=who.project_name)
+            applied, deleted = await self.store.score(edit, EDIT_WAIT_SECONDS)
+            if not applied:
+                return 202, edit.queued()
+            if not deleted:
                 raise HTTPError(404, "No such score", "not_found")
             return 200, {"object": "score.deleted", "id": score_id, "deleted": True}
 

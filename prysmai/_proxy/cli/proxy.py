@@ -331,7 +331,6 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
     run (when none was configured); or the exit status after logging what is wrong."""
     from ..config.keys import KeyConfigError, collect_keys, generate_key
     from ..config.settings import ProxyConfig
-    from ..store.postgres.engine import is_postgres
 
     config_file = config_path(args)
     keys: list[str] = []
@@ -351,12 +350,6 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
     kept = _storage(args)
     if isinstance(kept, str):
         log.error("%s", kept)
-        return 2
-    if kept["otlp_endpoint"] is not None and is_postgres(args.db or default_db_path()):
-        log.error(
-            "OTLP export is not available with a PostgreSQL store yet: export from a SQLite store, "
-            "or unset --otlp-endpoint / OTEL_EXPORTER_OTLP_*ENDPOINT"
-        )
         return 2
     upstream = args.upstream or os.environ.get(UPSTREAM_ENV) or DEFAULT_UPSTREAM
     if upstream != DEMO_UPSTREAM and not upstream.startswith(("http://", "https://")):

@@ -50,10 +50,13 @@ def command(args: argparse.Namespace) -> int:
         return status
     from ..config.keys import KeyConfigError, collect_keys, generate_key
     from ..store import Store, StoreError
+    from ..store.postgres.engine import is_postgres, masked
+    from ..web.auth import shared_cookie_name
     from ..web.standalone import serve_read_only
 
     db_path = args.db or default_db_path()
-    if not os.path.exists(db_path):
+    shared = is_postgres(db_path)
+    if not shared and not os.path.exists(db_path):
         err(f"no trace store at {db_path} (give --db PATH; `prysmai proxy` creates one)")
         return 1
     try:
@@ -69,7 +72,7 @@ def command(args: argparse.Namespace) -> int:
         err(str(exc))
         return 1
     if store is None:
-        err(f"{db_path} holds no traces table (is it a prysmai trace store?)")
+        err(f"{masked(db_path)} holds no traces table (is it a prysmai trace store?)")
         return 1
     if not keys and config_path(args) is None:
         keys = [generate_key()]
@@ -93,9 +96,24 @@ def command(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK:
         print(f"prysmai ui: listening on {args.host}, reachable from other machines.", file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"prysmai ui: dashboard at http://{host}:{port}/ (read-only) over {db_path}", file=sys.stderr)
+    print(f"prysmai ui: dashboard at http://{host}:{port}/ (read-only) over {masked(db_path)}", file=sys.stderr)
     from ..server.serve import guard_options
 
+    shares: dict[str, Any] = {}
+    if shared:  # log-ins shared with the proxies of the database, as they share them between them
+        shares = {"cookie": shared_cookie_name(db_path), "sharing": _sharing(store, port)}
     # The proxy's connection guard, with its defaults: header and body timeouts, connection cap.
-    serve_read_only(store, tenancy, args.host, port, **guard_options())
+    serve_read_only(store, tenancy, args.host, port, **shares, **guard_options())
     return 0
+
+
+def _sharing(store: Any, port: int) -> Any:
+    """What shares the dashboard's log-ins with the proxies on the PostgreSQL store of ``store``:
+    the proxies' sharing thread, with limits of its own that stay empty (nothing is proxied here)."""
+    import socket
+
+    from ..server.limits import Limits
+    from ..server.sharing import Sharing
+
+    name = f"{socket.gethostname()[:40]}-ui-{port}"
+    return lambda sessions: Sharing(store.engine, name, Limits(), sessions)

@@ -51,8 +51,11 @@ _HASH = re.compile(r"sha256:([0-9a-fA-F]{64})\Z")
 _SECRETISH = re.compile(r"sk-[A-Za-z0-9_\-]{12,}")
 _SYNTAX_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 
-_TOP_FIELDS = ("admin", "projects")
+_TOP_FIELDS = ("admin", "dashboard", "projects")
 _ADMIN_FIELDS = ("keys",)
+_DASHBOARD_FIELDS = ("session_secret",)
+#: The fewest characters a configured session secret may have (it signs every log-in's cookie).
+MIN_SESSION_SECRET = 32
 _PROJECT_FIELDS = (
     "name",
     "keys",
@@ -311,7 +314,24 @@ class _Reader:
                 ("projects", 0),
                 "no keys: give a project (or [admin]) keys = [...]; make one with `prysmai keys new --project NAME`",
             )
-        return Tenancy(built, keys, source=self.path)
+        return Tenancy(built, keys, source=self.path, session_secret=self.session_secret(doc.get("dashboard")))
+
+    def session_secret(self, value: Any) -> bytes | None:
+        """``[dashboard] session_secret``: the secret that signs the dashboard's log-ins, the same
+        on every replica given this file (``None``: not configured)."""
+        if value is None:
+            return None
+        table = self.table(value, ("dashboard",), "[dashboard]")
+        self.fields(table, _DASHBOARD_FIELDS, ("dashboard",), "[dashboard]")
+        where: Path = ("dashboard", "session_secret")
+        secret = self.credential(table.get("session_secret"), where, "[dashboard]", "session_secret")
+        if secret is not None and len(secret) < MIN_SESSION_SECRET:
+            self.fail(
+                where,
+                f"[dashboard]: session_secret must have at least {MIN_SESSION_SECRET} characters (it signs the "
+                "log-ins' cookies); make one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
+            )
+        return secret
 
     def project(self, entry: dict[str, Any], where: Path, index: int) -> Project:
         what = _label(entry, "project", index)
@@ -564,27 +584,29 @@ class _Reader:
                 self.fail((*dwhere, model), f"{what}: deployments maps a model to a deployment name (a string)")
         return dict(table)
 
-    def credential(self, value: Any, where: Path, what: str) -> bytes | None:
+    def credential(self, value: Any, where: Path, what: str, field: str = "api_key") -> bytes | None:
+        """A secret given as ``{ env = "NAME" }`` or ``{ file = "PATH" }`` (never written in the
+        file itself): its ASCII bytes, or ``None`` when absent or not read (``secrets=False``)."""
         if value is None:
             return None
         if isinstance(value, str):
             self.fail(
                 where,
-                f'{what}: api_key must not be written in the file; use api_key = {{ env = "NAME" }} '
-                '(an environment variable) or api_key = { file = "/run/secrets/NAME" }',
+                f'{what}: {field} must not be written in the file; use {field} = {{ env = "NAME" }} '
+                f'(an environment variable) or {field} = {{ file = "/run/secrets/NAME" }}',
             )
         if not isinstance(value, dict) or len(value) != 1 or not set(value) <= {"env", "file"}:
-            self.fail(where, f'{what}: api_key must be {{ env = "NAME" }} or {{ file = "PATH" }}')
+            self.fail(where, f'{what}: {field} must be {{ env = "NAME" }} or {{ file = "PATH" }}')
         ((source, name),) = value.items()
         if not isinstance(name, str) or not name:
-            self.fail(where, f"{what}: api_key's {source} must be a non-empty string")
+            self.fail(where, f"{what}: {field}'s {source} must be a non-empty string")
         if source == "env":
             variable = self.variable(name, where, what)
             if not self.secrets:
                 return None
             secret = self.environ.get(variable, "").strip()
             if not secret:
-                self.fail(where, f"{what}: the environment variable {variable} (its api_key) is not set or empty")
+                self.fail(where, f"{what}: the environment variable {variable} (its {field}) is not set or empty")
             origin = f"the environment variable {variable}"
         else:
             if not self.secrets:
@@ -596,18 +618,18 @@ class _Reader:
             except _NotAFile as exc:
                 self.fail(
                     where,
-                    f"{what}: its api_key file {name} is not a regular file ({exc}); give the path of a file "
+                    f"{what}: its {field} file {name} is not a regular file ({exc}); give the path of a file "
                     "holding the credential",
                 )
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-                self.fail(where, f"{what}: cannot read its api_key file {name} ({reason})")
+                self.fail(where, f"{what}: cannot read its {field} file {name} ({reason})")
             if not secret:
-                self.fail(where, f"{what}: its api_key file {name} is empty")
+                self.fail(where, f"{what}: its {field} file {name} is empty")
             origin = f"the file {name}"
         if not secret.isascii() or not secret.isprintable() or any(c.isspace() for c in secret):
             # It goes into an HTTP header, where a line break or a non-ASCII byte cannot be sent.
-            self.fail(where, f"{what}: the api_key in {origin} has spaces, line breaks or non-ASCII characters")
+            self.fail(where, f"{what}: the {field} in {origin} has spaces, line breaks or non-ASCII characters")
         return secret.encode("ascii")
 
     def prices(self, value: Any, where: Path, what: str) -> dict[str, Price]:

@@ -163,13 +163,14 @@ class KeyEntry:
 class Tenancy:
     """Projects and the keys that belong to them (see the module docstring)."""
 
-    __slots__ = ("_by_digest", "_by_id", "credentials", "projects", "source", "stamp")
+    __slots__ = ("_by_digest", "_by_id", "credentials", "projects", "session_secret", "source", "stamp")
 
     def __init__(
         self,
         projects: Iterable[Project],
         keys: Iterable[tuple[bytes, Project | None]],
         source: str | None = None,
+        session_secret: bytes | None = None,
     ) -> None:
         """``keys``: (SHA-256 digest of the key, its project or ``None`` for admin)."""
         self.projects: dict[str, Project] = {p.name: p for p in projects}
@@ -181,6 +182,9 @@ class Tenancy:
         self.credentials = frozenset(p.credential for q in self.projects.values() for p in q.providers if p.credential)
         #: The config file this came from (``None``: the command line).
         self.source = source
+        #: The dashboard's signing secret from the config file (``[dashboard] session_secret``;
+        #: ``None``: not configured). Never printed: not in ``repr``.
+        self.session_secret = session_secret
         #: The identity of that file as it was read (:func:`.reload.identity`): the reload's baseline.
         self.stamp: tuple[int, int, int] | None = None
 

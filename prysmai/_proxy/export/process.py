@@ -119,7 +119,7 @@ class ExportProcess:
                 self._status = message
             if before is None and message.get("failing_since") is not None:
                 log.warning(
-                    "OTLP export to %s failing (%s): spans wait in the store and are retried",
+                    "OTLP export to %s failing (%s): spans wait in the export outbox and are retried",
                     self.endpoint,
                     message.get("last_error"),
                 )

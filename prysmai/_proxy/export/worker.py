@@ -8,6 +8,11 @@ hold the GIL its event loop needs (as the writer process explains). It uses Open
 is decided per trace by :func:`.spans.sampled`) and its OTLP/HTTP (protobuf) span exporter, which
 reads ``OTEL_EXPORTER_OTLP_*HEADERS``, ``*TIMEOUT``, ``*COMPRESSION`` and the TLS settings itself.
 
+The store's outbox: a SQLite store's ``export_outbox`` table, or, for a proxy on a PostgreSQL
+store, the replica's own outbox file (settings ``outbox``), where each trace it answered waits
+until it is both shipped and exported; each replica exports its own traces, so none is exported
+by two.
+
 Delivery: a batch is read, exported, and only then deleted from the outbox; a failed export is
 retried with backoff (up to :data:`MAX_BACKOFF` seconds apart) until the collector takes it, so a
 collector that is down loses nothing -- the spans wait in the store. A crash between the
@@ -29,6 +34,7 @@ import sys
 import threading
 import time
 
+from ..store.outbox import OutboxEngine
 from ..store.sqlite import SQLiteEngine
 from .spans import Span, build, sampled
 
@@ -124,7 +130,9 @@ class Worker:
         otel_log = logging.getLogger("opentelemetry")
         otel_log.addHandler(self.last_error)
         otel_log.propagate = False  # its lines are summarised in the counters, not printed
-        self.engine = SQLiteEngine(str(settings["db"]))
+        # A replica of a shared (PostgreSQL) store exports from its outbox (see ..store.outbox).
+        outbox = settings.get("outbox")
+        self.engine = OutboxEngine(str(outbox)) if outbox else SQLiteEngine(str(settings["db"]))
         self.read = self.engine.read_connection()
         self.write = self.engine.open_for_writing()
         self.counters: dict[str, Any] = {

@@ -27,12 +27,10 @@ complete one).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
 from functools import partial
-from urllib.parse import urlsplit
 
 from ... import _wire
 from ..api import jsonshape
@@ -64,7 +62,7 @@ from ..store.retention import Retention
 from ..store.writer import TraceWriter
 from ..store.writerproc import WriterProcess
 from ..web import Dashboard
-from ..web.auth import COOKIE_NAME, AuthThrottle
+from ..web.auth import AuthThrottle, Sessions, shared_cookie_name
 from .forward import PREFIX, Forwarder
 from .limits import Limits
 from .ratelog import RateLimitedLog
@@ -80,7 +78,6 @@ if TYPE_CHECKING:
     from ..config.settings import ProxyConfig
     from ..store.capture import Exchange
     from ..store.engine import Engine
-    from ..web.auth import Sessions
 
 log = logging.getLogger("prysmai.proxy")
 _HEALTH = "health"
@@ -122,7 +119,9 @@ class ProxyApp:
         #: Failed authentications per client address, on the API and at the dashboard's log-in.
         self.throttle = AuthThrottle(note=lambda message: self.warnings.event("auth-throttle", message))
         #: Every path outside /api/v1.
-        self.web = Dashboard(self.reads, throttle=self.throttle, cookie=_shared_cookie(config))
+        secret = self.tenancy.session_secret  # the config file's, or a random one of this process
+        sessions = Sessions(secret, configured=secret is not None)
+        self.web = Dashboard(self.reads, sessions=sessions, throttle=self.throttle, cookie=_shared_cookie(config))
         #: Limits and log-ins shared with the other replicas of a PostgreSQL store (``None``: alone).
         self.sharing = _sharing(config, self.store, self.limits, self.web.sessions)
         self.reads.sharing = self.sharing
@@ -165,6 +164,11 @@ class ProxyApp:
     def _use(self, tenancy: Tenancy) -> None:
         """Use a reloaded config for every request from now on (a file that did not load was
         refused by the watch, and the current tenancy stays)."""
+        if tenancy.session_secret != self.tenancy.session_secret:
+            log.warning(
+                "the config's [dashboard] session_secret changed: it takes effect when the proxy restarts "
+                "(log-ins stay signed with the one it started with)"
+            )
         self.tenancy = tenancy
         if self.export is not None:
             self.export.update(tenancy)
@@ -183,12 +187,12 @@ class ProxyApp:
             await asyncio.to_thread(self.export.stop)
 
     def _switch_export(self) -> None:
-        """Have the store fill its export outbox, or not (then what waited in it is dropped)."""
-        if self.export is None and self.store.shipper is not None:
-            return  # a shared store keeps no export outbox (and may be down now: the outbox rides that out)
-        conn = self.store.engine.open_for_writing()
+        """Have the store fill its export outbox, or not (then what waited in it is dropped). On
+        a shared store, the export reads this replica's outbox (local: never waits on the database)."""
+        engine = self.store.engine if self.store.shipper is None else self.store.shipper.outbox
+        conn = engine.open_for_writing()
         try:
-            dropped = self.store.engine.set_export(conn, self.export is not None)
+            dropped = engine.set_export(conn, self.export is not None)
         finally:
             conn.close()
         if dropped:
@@ -361,13 +365,9 @@ def _sharing(config: ProxyConfig, store: Store, limits: Limits, sessions: Sessio
 
 
 def _shared_cookie(config: ProxyConfig) -> str | None:
-    """The session cookie's name on replicas of one PostgreSQL database: the same on each (their
-    ports may differ behind a load balancer), named after the database (never its password)."""
-    if not is_postgres(config.db_path):
-        return None
-    parts = urlsplit(config.db_path)
-    where = f"{parts.hostname}:{parts.port}{parts.path}"
-    return f"{COOKIE_NAME}_{hashlib.sha256(where.encode()).hexdigest()[:10]}"
+    """The session cookie's name on replicas of one PostgreSQL database (and ``prysmai ui`` on it):
+    the same on each, their ports may differ behind a load balancer."""
+    return shared_cookie_name(config.db_path) if is_postgres(config.db_path) else None
 
 
 def _journal_of(engine: Engine) -> Journal | None:
@@ -383,9 +383,12 @@ def _export(config: ProxyConfig, tenancy: Tenancy, pricing: str) -> ExportProces
         return None
     from ... import __version__
 
+    # On a PostgreSQL store each replica exports the traces it answered, from its own outbox.
+    outbox = (config.outbox_path or default_outbox_path()) if is_postgres(config.db_path) else None
     return ExportProcess(
         {
             "db": config.db_path,
+            "outbox": outbox,
             "endpoint": config.otlp_endpoint,
             "content": config.otlp_content,
             "sample": config.otlp_sample,

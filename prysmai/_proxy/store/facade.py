@@ -9,6 +9,7 @@ loop). The proxy's server, the read API, the dashboard, the limits and the CLI a
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from .edits import EditRunner
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .outbox import Shipper
     from .retention import Retention
+    from .scores import Edit
     from .writer import TraceWriter
 
     T = TypeVar("T")
@@ -156,6 +158,17 @@ class Store:
         transaction, in the edit runner's thread: never on the event loop, never on the trace
         writer's connection."""
         return await self.editor.run(fn, *args, **kwargs)
+
+    async def score(self, edit: Edit, wait: float) -> tuple[bool, Any]:
+        """Apply a score edit (:class:`~.scores.Edit`): ``(True, its answer)``. On a store of this
+        proxy's own, in one short write transaction of the edit runner. On a shared store, through
+        this replica's outbox, in order with the traces it wrote before, durable from the moment
+        it is queued: the answer once the shared store has it (up to ``wait`` seconds), or
+        ``(False, None)`` while it waits there (the shared store unreachable: it is applied when
+        it is back, never answered ``503``)."""
+        if self.shipper is None:
+            return True, await self.edit(edit.apply)
+        return await asyncio.to_thread(self.shipper.edit, edit, wait)
 
     def edit_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Like :meth:`edit`, in the calling thread (the CLI, tests)."""

@@ -11,6 +11,13 @@ committed them. A batch sent twice (the proxy stopped between the two) is recogn
 id, so nothing is stored twice. The outbox holds only what waits: its size is the backlog, bounded
 by the disk, counted in ``/api/v1/health`` and ``prysmai doctor``. A shutdown leaves the backlog in
 the file, and the next start ships it.
+
+The OTLP export of a replica on a shared store reads this file too (:mod:`..export`): each trace
+is in the outbox of the one replica that answered it, so each replica exports its own and no
+trace is exported by two. The shipper and the export each keep their position in the file
+(``outbox_position``); a row goes once every reader is past it, so the export keeps sending while
+the shared store is down, and the shipper keeps shipping while the collector is down (the rows
+then wait here for the export, bounded by the disk like the backlog).
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ import sqlite3
 import threading
 import time
 
-from .engine import StoreError
+from .engine import StoreError, StoreUnavailable
 from .rows import COLUMNS
+from .scores import Edit
 from .sqlite.engine import SQLiteEngine, repair_row
 
 TYPE_CHECKING = False
@@ -34,10 +42,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prysmai.proxy")
 
-_TABLE = "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, " + ", ".join(COLUMNS) + ")"
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, " + ", ".join(COLUMNS) + ")",
+    # How far each reader of the outbox has got: 'shipped' (always there), 'exported' (while the
+    # OTLP export is on). Rows up to the smallest position are gone.
+    "CREATE TABLE IF NOT EXISTS outbox_position (reader TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO outbox_position (reader, seq) VALUES ('shipped', 0)",
+    # Score edits (..scores.Edit) waiting to be applied to the shared store, each once the traces
+    # written before it (up to the outbox's seq ``after``) are shipped.
+    "CREATE TABLE IF NOT EXISTS outbox_edits (seq INTEGER PRIMARY KEY AUTOINCREMENT, after INTEGER NOT NULL, "
+    "edit TEXT NOT NULL)",
+)
+_SHIPPED = "(SELECT seq FROM outbox_position WHERE reader = 'shipped')"
+_EXPORTED = "(SELECT seq FROM outbox_position WHERE reader = 'exported')"
 _INSERT = f"INSERT INTO outbox ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 #: Rows a shipment takes at most.
 SHIP_BATCH = 1000
+#: Score edits applied between two looks at the traces.
+EDIT_BATCH = 100
 _CREATED = COLUMNS.index("created_at")
 
 
@@ -61,7 +83,8 @@ class OutboxEngine(SQLiteEngine):
             conn = connect(self.path)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(_TABLE)
+            for statement in _TABLES:
+                conn.execute(statement)
             # An outbox left by an earlier prysmai lacks the columns added since: add them, empty.
             have = {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}
             for column in COLUMNS:
@@ -103,18 +126,103 @@ class OutboxEngine(SQLiteEngine):
 
     @staticmethod
     def oldest(conn: sqlite3.Connection, n: int) -> list[tuple[Any, ...]]:
-        """Up to ``n`` waiting rows, oldest first, each ``(seq, *row)``."""
-        return list(conn.execute(f"SELECT seq, {', '.join(COLUMNS)} FROM outbox ORDER BY seq LIMIT ?", [n]))
+        """Up to ``n`` rows waiting to be shipped, oldest first, each ``(seq, *row)``."""
+        sql = f"SELECT seq, {', '.join(COLUMNS)} FROM outbox WHERE seq > {_SHIPPED} ORDER BY seq LIMIT ?"
+        return list(conn.execute(sql, [n]))
 
     @staticmethod
-    def remove(conn: sqlite3.Connection, last_seq: int) -> None:
-        """Forget every row up to ``last_seq`` (shipped)."""
-        with conn:
-            conn.execute("DELETE FROM outbox WHERE seq <= ?", [last_seq])
+    def shipped(conn: sqlite3.Connection, last_seq: int) -> None:
+        """Every row up to ``last_seq`` is in the shared store."""
+        _advance(conn, "shipped", last_seq)
 
     @staticmethod
     def backlog(conn: sqlite3.Connection) -> int:
-        return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        """How many rows wait to be shipped."""
+        return int(conn.execute(f"SELECT count(*) FROM outbox WHERE seq > {_SHIPPED}").fetchone()[0])
+
+    # -- score edits ---------------------------------------------------------------------------------
+    @staticmethod
+    def queue_edit(conn: sqlite3.Connection, edit: Edit) -> int:
+        """Keep ``edit`` until it is applied, after every trace written so far; its seq."""
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            cur = conn.execute(
+                "INSERT INTO outbox_edits (after, edit) SELECT coalesce(max(seq), 0), ? FROM outbox", [edit.dumps()]
+            )
+        return int(cur.lastrowid or 0)
+
+    @staticmethod
+    def ready_edits(conn: sqlite3.Connection, n: int) -> list[tuple[int, Edit]]:
+        """Up to ``n`` of the oldest edits whose traces are shipped, in order (stopping at the first
+        that must wait)."""
+        ready = []
+        rows = conn.execute(f"SELECT seq, after <= {_SHIPPED}, edit FROM outbox_edits ORDER BY seq LIMIT ?", [n])
+        for seq, shipped, text in rows:
+            if not shipped:
+                break
+            ready.append((int(seq), Edit.loads(text)))
+        return ready
+
+    @staticmethod
+    def edited(conn: sqlite3.Connection, seq: int) -> None:
+        """The edit ``seq`` is applied (or will never be)."""
+        conn.execute("DELETE FROM outbox_edits WHERE seq = ?", [seq])
+
+    @staticmethod
+    def edits_waiting(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT count(*) FROM outbox_edits").fetchone()[0])
+
+    # -- the OTLP export of this replica's traces (export/ reads it) ---------------------------------
+    def set_export(self, conn: sqlite3.Connection, enabled: bool) -> int:
+        """On: export every trace written from now on (a position kept from an earlier run stays,
+        with what waited behind it). Off: forget the position; how many traces were waiting."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if enabled:
+                conn.execute(
+                    "INSERT OR IGNORE INTO outbox_position (reader, seq) "
+                    "SELECT 'exported', coalesce(max(seq), 0) FROM outbox"
+                )
+                waiting = 0
+            else:
+                waiting = int(conn.execute(f"SELECT count(*) FROM outbox WHERE seq > {_EXPORTED}").fetchone()[0])
+                conn.execute("DELETE FROM outbox_position WHERE reader = 'exported'")
+                conn.execute(_FORGET)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return waiting
+
+    def export_batch(self, conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, dict[str, Any] | None]]:
+        sql = (
+            f"SELECT seq, {', '.join(COLUMNS)} FROM outbox WHERE seq > max(?, coalesce({_EXPORTED}, 0)) "
+            "ORDER BY seq LIMIT ?"
+        )
+        return [(seq, dict(zip(COLUMNS, values))) for seq, *values in conn.execute(sql, [after, limit])]
+
+    def export_done(self, conn: sqlite3.Connection, upto: int) -> None:
+        _advance(conn, "exported", upto)
+
+    def export_waiting(self, conn: sqlite3.Connection) -> int:
+        return int(conn.execute(f"SELECT count(*) FROM outbox WHERE seq > {_EXPORTED}").fetchone()[0])
+
+
+#: Rows every reader is past.
+_FORGET = "DELETE FROM outbox WHERE seq <= (SELECT min(seq) FROM outbox_position)"
+
+
+def _advance(conn: sqlite3.Connection, reader: str, seq: int) -> None:
+    """Move ``reader``'s position to ``seq`` and let go of the rows every reader is past, in one
+    transaction (the shipper thread and the export process share the file)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("UPDATE outbox_position SET seq = ? WHERE reader = ? AND seq < ?", [seq, reader, seq])
+        conn.execute(_FORGET)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class Shipper:
@@ -139,6 +247,13 @@ class Shipper:
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
+        #: Score edits a caller waits for (their seqs), and their outcomes: (applied, the answer
+        #: or the exception it raised).
+        self._waiters: set[int] = set()
+        self._outcomes: dict[int, tuple[bool, Any]] = {}
+        self._edit_conn: sqlite3.Connection | None = None
+        self._edit_lock = threading.Lock()
+        self.edits_waiting = 0
 
     def __repr__(self) -> str:
         return f"Shipper({self.outbox.path!r} -> {self.target.location!r})"
@@ -155,6 +270,38 @@ class Shipper:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        with self._edit_lock:
+            if self._edit_conn is not None:
+                self._edit_conn.close()
+                self._edit_conn = None
+
+    def edit(self, edit: Edit, wait: float) -> tuple[bool, Any]:
+        """Queue a score edit in the outbox (durable from here on), to be applied to the shared
+        store in order, after the traces written before it; wait up to ``wait`` seconds for it:
+        ``(True, its answer)`` once applied (the exception it raised, such as
+        :class:`~.scores.KindConflict`, is raised here), ``(False, None)`` while it waits (the
+        shared store is unreachable or slow: it is applied when it answers)."""
+        with self._edit_lock:
+            if self._edit_conn is None:
+                self._edit_conn = self.outbox.open_for_writing()
+            seq = self.outbox.queue_edit(self._edit_conn, edit)
+        deadline = time.monotonic() + wait
+        with self._idle:
+            self._waiters.add(seq)
+            self._wake.set()
+            try:
+                while seq not in self._outcomes:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._outage is not None or self._thread is None:
+                        return False, None
+                    self._idle.wait(min(remaining, 0.1))
+                applied, answer = self._outcomes.pop(seq)
+            finally:
+                self._waiters.discard(seq)
+                self._outcomes.pop(seq, None)
+        if not applied:
+            raise answer
+        return True, answer
 
     def notify(self, rows: int) -> None:
         """``rows`` were added to the outbox (the writer, after each batch): ship them now."""
@@ -188,10 +335,13 @@ class Shipper:
             "outbox_behind_s": behind,
             "shipped": self.shipped,
             "ship_failures": self.failures,
+            "score_edits_waiting": self.edits_waiting,
         }
 
     # -- the thread --------------------------------------------------------------------------------
     def _run(self) -> None:
+        from .postgres.engine import PostgresConnection
+
         local = self.outbox.open_for_writing()
         remote: Any = None
         delay = 0.5
@@ -203,7 +353,9 @@ class Shipper:
                 rows = self.outbox.oldest(local, SHIP_BATCH)
                 self.backlog = len(rows) if len(rows) < SHIP_BATCH else self.outbox.backlog(local)
                 self.oldest = rows[0][1 + _CREATED] if rows else None
-                if not rows:
+                edits = self.outbox.ready_edits(local, EDIT_BATCH)
+                self.edits_waiting = self.outbox.edits_waiting(local)
+                if not rows and not edits:
                     with self._idle:
                         self._drained = asked  # empty after every flush asked before this look
                         self._idle.notify_all()
@@ -214,7 +366,25 @@ class Shipper:
                 try:
                     if remote is None:
                         remote = self.target.open_for_writing()  # migrates, under its lock
-                    self.target.insert_rows(remote, [row[1:] for row in rows])
+                    if rows:
+                        self.target.insert_rows(remote, [row[1:] for row in rows])
+                        self.outbox.shipped(local, rows[-1][0])
+                        self.shipped += len(rows)
+                        self.backlog = self.outbox.backlog(local)
+                        edits = self.outbox.ready_edits(local, EDIT_BATCH)  # those of the traces just shipped
+                    for seq, edit in edits:
+                        outcome = self._apply(PostgresConnection(remote), edit)
+                        self.outbox.edited(local, seq)
+                        with self._idle:
+                            if seq in self._waiters:
+                                self._outcomes[seq] = outcome
+                            elif not outcome[0] or (edit.op == "add" and outcome[1] is None):
+                                # Queued while the store was down, nobody waits for the answer now.
+                                why = outcome[1] if not outcome[0] else "no such trace"
+                                log.warning(
+                                    "a queued score edit (%s %s) was not applied: %s", edit.op, edit.target, why
+                                )
+                            self._idle.notify_all()
                 except Exception as exc:
                     _discard(remote)
                     remote = None
@@ -228,9 +398,6 @@ class Shipper:
                         return
                     delay = min(delay * 2, 10.0)
                     continue
-                self.outbox.remove(local, rows[-1][0])
-                self.shipped += len(rows)
-                self.backlog = self.outbox.backlog(local)
                 delay = 0.5
                 if self._outage is not None:
                     log.warning("the trace store %s is reachable again; shipping the outbox", self.target.location)
@@ -243,6 +410,20 @@ class Shipper:
                 local.close()
             with self._idle:
                 self._idle.notify_all()
+
+    def _apply(self, conn: Any, edit: Edit) -> tuple[bool, Any]:
+        """Apply one score edit in a write transaction of its own: (True, its answer), or (False,
+        the exception) for an edit the shared store refuses -- dropped, logged, never retried. An
+        unreachable store raises (the edit stays queued)."""
+        try:
+            with self.target.editing(conn):
+                return True, edit.apply(conn)
+        except (StoreUnavailable, StoreError):
+            raise
+        except Exception as exc:  # a refused edit (a type conflict, a bad value) must not block the queue
+            if conn.closed:
+                raise  # the connection broke under it: an outage, retried
+            return False, exc
 
     def _fail(self, exc: BaseException) -> None:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

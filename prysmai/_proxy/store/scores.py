@@ -19,6 +19,7 @@ takes the query layer's trace conditions unqualified.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import secrets
@@ -131,11 +132,21 @@ class KindConflict(ParamError):
 
 
 def add(
-    conn: Connection, trace_id: str, score: NewScore, *, project: str | None, author_key: str, source: str
+    conn: Connection,
+    trace_id: str,
+    score: NewScore,
+    *,
+    project: str | None,
+    author_key: str,
+    source: str,
+    score_id: str | None = None,
+    scored_at: float | None = None,
 ) -> dict[str, Any] | None:
     """Attach ``score`` to the trace ``trace_id`` (an id or a unique prefix, in ``project`` when
     given), in the caller's write transaction; the score as :func:`of_traces` reads it, or
-    ``None`` if there is no such trace. :class:`KindConflict` if the name has another type."""
+    ``None`` if there is no such trace. :class:`KindConflict` if the name has another type.
+    ``score_id`` and ``scored_at`` are given by a score queued before (:class:`Edit`): added
+    again, a score of that id is stored once."""
     trace = get_trace(conn, trace_id, project=project)
     if trace is None:
         return None
@@ -149,20 +160,21 @@ def add(
     if kind != score.kind:
         raise KindConflict("value", f"score {score.name!r} holds {kind} values in this project, not {score.kind}")
     row = {
-        "score_id": "score_" + secrets.token_hex(12),
+        "score_id": score_id or new_score_id(),
         "trace_id": trace["id"],
         "name": score.name,
         "kind": score.kind,
         "num": score.num,
         "label": score.label,
         "comment": score.comment,
-        "scored_at": time.time(),
+        "scored_at": time.time() if scored_at is None else scored_at,
         "author_key": author_key,
         "source": source,
     }
     conn.execute(
         "INSERT INTO scores (score_id, trace_id, trace_time, score_project, trace_model, trace_user, name, kind, "
-        "num, label, comment, scored_at, author_key, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "num, label, comment, scored_at, author_key, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (score_id) DO NOTHING",
         [
             row["score_id"],
             row["trace_id"],
@@ -176,6 +188,10 @@ def add(
     return _document(row)
 
 
+def new_score_id() -> str:
+    return "score_" + secrets.token_hex(12)
+
+
 def delete(conn: Connection, score_id: str, *, project: str | None) -> bool:
     """Delete a score by id (in ``project`` when given); whether there was one."""
     scope, params = ("", []) if project is None else (" AND score_project = ?", [project])
@@ -184,6 +200,65 @@ def delete(conn: Connection, score_id: str, *, project: str | None) -> bool:
         return False
     conn.execute(f"DELETE FROM scores WHERE score_id = ?{scope}", [score_id, *params])
     return True
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One write of a score -- an ``add`` (``score`` to the trace ``target``) or a ``delete`` (of
+    the score ``target``) -- as a value that can wait in a replica's outbox (:meth:`dumps`) and be
+    applied later, in order, once (:meth:`apply`: an add carries its score's id and time, so
+    applying it again stores nothing twice, and a delete applied again finds nothing)."""
+
+    op: str
+    target: str
+    project: str | None
+    author_key: str = ""
+    source: str = "api"
+    score: NewScore | None = None
+    score_id: str = ""
+    scored_at: float = 0.0
+
+    @classmethod
+    def adding(cls, trace_id: str, score: NewScore, *, project: str | None, author_key: str, source: str) -> Edit:
+        return cls("add", trace_id, project, author_key, source, score, new_score_id(), time.time())
+
+    @classmethod
+    def deleting(cls, score_id: str, *, project: str | None) -> Edit:
+        return cls("delete", score_id, project)
+
+    def apply(self, conn: Connection) -> Any:
+        """In the caller's write transaction: :func:`add`'s or :func:`delete`'s answer."""
+        if self.op == "delete":
+            return delete(conn, self.target, project=self.project)
+        assert self.score is not None
+        return add(
+            conn,
+            self.target,
+            self.score,
+            project=self.project,
+            author_key=self.author_key,
+            source=self.source,
+            score_id=self.score_id,
+            scored_at=self.scored_at,
+        )
+
+    def queued(self) -> dict[str, Any]:
+        """The answer to a client while the edit waits to be applied (``status: queued``)."""
+        if self.op == "delete":
+            return {"object": "score.deleted", "id": self.target, "deleted": True, "status": "queued"}
+        assert self.score is not None
+        row = {"score_id": self.score_id, "trace_id": self.target, "scored_at": self.scored_at}
+        row.update(author_key=self.author_key, source=self.source, **dataclasses.asdict(self.score))
+        return {**_document(row), "status": "queued"}
+
+    def dumps(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def loads(cls, text: str) -> Edit:
+        values = json.loads(text)
+        score = values.pop("score")
+        return cls(**values, score=None if score is None else NewScore(**score))
 
 
 def of_traces(conn: Connection, trace_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:

@@ -7,7 +7,11 @@ cannot be forged or extended without the secret. The process also keeps the ids 
 that have not ended: logging out ends one on the server (its cookie, replayed, is refused),
 checked on each request by one dict lookup.
 
-A proxy alone signs with a secret that lives only in its process, so a restart logs everyone out.
+A proxy alone signs with a secret that lives only in its process, so a restart logs everyone out,
+unless the config file gives one (``[dashboard] session_secret``): then a cookie signed with it is
+valid on every process given that file, across restarts and without a database, on its signature
+(until it expires or is known to have ended: a log-out ends it here at once, and elsewhere once
+shared through the database).
 Replicas on one PostgreSQL database share theirs (:class:`Sessions` in shared mode, fed by the
 proxy's sharing thread): the secret is the database's, and the sessions issued and ended on each
 replica reach the others within a sharing interval. A cookie issued on another replica moments
@@ -25,6 +29,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from urllib.parse import urlsplit
 
 from ..asgi import HTTPError
 
@@ -52,10 +57,19 @@ SessionEvent = tuple[str, str, float, bool]
 class Sessions:
     """Issues, checks and ends session cookies."""
 
-    __slots__ = ("_ended", "_events", "_live", "_lock", "_secret", "lifetime", "max_live", "shared")
+    __slots__ = ("_ended", "_events", "_live", "_lock", "_secret", "configured", "lifetime", "max_live", "shared")
 
-    def __init__(self, secret: bytes | None = None, lifetime: float = SESSION_SECONDS, max_live: int = 10_000) -> None:
+    def __init__(
+        self,
+        secret: bytes | None = None,
+        lifetime: float = SESSION_SECONDS,
+        max_live: int = 10_000,
+        *,
+        configured: bool = False,
+    ) -> None:
         self._secret = secret if secret is not None else secrets.token_bytes(32)
+        #: ``secret`` is the config file's (``[dashboard] session_secret``): kept when sharing.
+        self.configured = configured and secret is not None
         self.lifetime = lifetime
         #: Live sessions: id -> expiry (unix seconds), oldest first.
         self._live: dict[str, float] = {}
@@ -92,8 +106,9 @@ class Sessions:
     # -- sharing with other replicas (the sharing thread) ---------------------------------------------
     def share(self, secret: bytes) -> None:
         """From now on, sign with the replicas' shared ``secret`` and share sessions. Sessions
-        issued under another secret (before the database could be reached) end."""
-        if secret != self._secret:
+        issued under another secret (before the database could be reached) end. A secret from the
+        config file stays: the replicas given that file agree on it, database or not."""
+        if secret != self._secret and not self.configured:
             self._secret = secret
             self._live.clear()
         self.shared = True
@@ -145,7 +160,13 @@ class Sessions:
         found = self._verified(value, now)
         if found is None:
             return None
-        if found[1] not in self._live and not self._just_issued_elsewhere(value, found[1], now):
+        if (
+            found[1] not in self._live
+            and not self._just_issued_elsewhere(value, found[1], now)
+            # The config file's secret: signed by a replica given the same file (database or not,
+            # before or after a restart), unless known to have ended.
+            and not (self.configured and found[1] not in self._ended)
+        ):
             return None
         return found[0]
 
@@ -163,11 +184,17 @@ class Sessions:
         found = self._verified(value, None)
         if found is not None:
             self._live.pop(found[1], None)
-            if self.shared:
+            if self.shared or self.configured:
+                # A configured secret: published when the database can be reached (before the
+                # first exchange too), kept here meanwhile -- the newest news, bounded.
                 expiry = float(value.split(".", 1)[0]) if value else 0.0
                 self._ended[found[1]] = expiry
+                if len(self._ended) > self.max_live:
+                    now = time.time()
+                    self._ended = {s: e for s, e in self._ended.items() if e > now}
                 with self._lock:
                     self._events.append((found[1], found[0], expiry, True))
+                    del self._events[: -self.max_live]
 
     def set_cookie(self, name: str, value: str, secure: bool) -> bytes:
         """The ``Set-Cookie`` header value: HttpOnly, SameSite=Strict, scoped to the whole site."""
@@ -184,6 +211,15 @@ def cookie_name(port: int | None) -> str:
     """Cookies are shared by every port of a host: a proxy and a ``prysmai ui`` side by side (each
     with its own secret) would log each other out under one name, so the port is part of it."""
     return f"{COOKIE_NAME}_{port}" if port else COOKIE_NAME
+
+
+def shared_cookie_name(db_url: str) -> str:
+    """The session cookie's name on the proxies and ``prysmai ui`` of one PostgreSQL database: the
+    same on each (their ports differ), named after the database's host, port and name (never its
+    user or password)."""
+    parts = urlsplit(db_url)
+    where = f"{parts.hostname}:{parts.port}{parts.path}"
+    return f"{COOKIE_NAME}_{hashlib.sha256(where.encode()).hexdigest()[:10]}"
 
 
 def read_cookie(header: bytes | None, name: str) -> str | None:

@@ -49,8 +49,19 @@ ENVIRON = {
     "WEAK_KEY": WEAK_ENV_KEY,
     "BROKEN_SECRET": OPENAI_SECRET + "\nX-Injected: 1",
     "EMPTY": "",
+    "SHORT_SESSION_SECRET": "short-session-secret",
 }
-SECRETS = [WEB_KEY, ENV_KEY, HASHED_KEY, ADMIN_KEY, OPENAI_SECRET, AZURE_SECRET, FILE_SECRET, WEAK_ENV_KEY]
+SECRETS = [
+    WEB_KEY,
+    ENV_KEY,
+    HASHED_KEY,
+    ADMIN_KEY,
+    OPENAI_SECRET,
+    AZURE_SECRET,
+    FILE_SECRET,
+    WEAK_ENV_KEY,
+    "short-session-secret",
+]
 
 
 def write(tmp_path: Path, text: str, name: str = "prysm.toml") -> str:
@@ -486,6 +497,26 @@ ERRORS: list[tuple[str, str, str]] = [
         "must be a number",
     ),
     ("price-bool", case(provider='prices = { "gpt-4o" = { input = true } }  #!\n'), "must be a number"),
+    (
+        "session-secret-literal",
+        case(more='[dashboard]\nsession_secret = "written-in-the-file-0123456789abcdef"  #!\n'),
+        "session_secret must not be written in the file",
+    ),
+    (
+        "session-secret-short",
+        case(more='[dashboard]\nsession_secret = { env = "SHORT_SESSION_SECRET" }  #!\n'),
+        "session_secret must have at least 32 characters",
+    ),
+    (
+        "session-secret-unset",
+        case(more='[dashboard]\nsession_secret = { env = "NOT_SET_ANYWHERE" }  #!\n'),
+        "NOT_SET_ANYWHERE (its session_secret) is not set",
+    ),
+    (
+        "dashboard-typo",
+        case(more='[dashboard]\nsession_secrets = { env = "X" }  #!\n'),
+        "unknown field 'session_secrets'",
+    ),
 ]
 
 
@@ -504,6 +535,17 @@ def test_each_mistake_names_file_and_line_and_no_secret(
         assert secret not in message
     assert not re.search(r"sk-[A-Za-z0-9_-]{12,}", message), message
     assert "\n" not in message
+
+
+def test_a_session_secret_comes_from_the_environment_or_a_file_and_is_never_shown(tmp_path: Path) -> None:
+    secret = secrets.token_urlsafe(32)
+    text = case(more='[dashboard]\nsession_secret = { env = "SESSION_SECRET" }\n')
+    tenancy = load(write(tmp_path, text), {**ENVIRON, "SESSION_SECRET": secret})
+    assert tenancy.session_secret == secret.encode() and secret not in repr(tenancy)
+    (tmp_path / "session.key").write_text(secret + "\n")
+    text = case(more='[dashboard]\nsession_secret = { file = "session.key" }\n')
+    assert load(write(tmp_path, text), ENVIRON).session_secret == secret.encode()
+    assert load(write(tmp_path, case()), ENVIRON).session_secret is None
 
 
 def test_the_mistakes_are_distinct() -> None:

@@ -377,12 +377,3 @@ def test_store_copy_refuses_what_is_not_a_store(pg_url: str, tmp_path: Any, caps
     assert main(["store", "copy", "--from", str(tmp_path / "none.db"), "--to", pg_url]) == 1
     assert "no trace store" in capsys.readouterr().err
     assert main(["store", "copy", "--from", str(tmp_path / "none.db"), "--to", str(tmp_path / "x.db")]) == 2
-
-
-def test_otlp_export_from_a_postgresql_store_is_refused_at_start_up(pg_url: str, capsys: Any) -> None:
-    """Not built yet for PostgreSQL: said at once, not a proxy that starts and never exports."""
-    from prysmai._cli import main
-
-    assert main(["proxy", "--db", pg_url, "--otlp-endpoint", "http://127.0.0.1:4318", "--port", "0"]) == 2
-    err = capsys.readouterr().err
-    assert "OTLP export is not available with a PostgreSQL store yet" in err and PASSWORD not in err

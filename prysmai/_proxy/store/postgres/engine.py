@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import psycopg
 
 log = logging.getLogger("prysmai.proxy")
+_EXPORT_FROM_OUTBOX = "the OTLP export of a PostgreSQL store reads each replica's outbox, not the database"
 
 DAY = 86400
 URL_SCHEMES = ("postgresql://", "postgres://")
@@ -450,20 +451,18 @@ class PostgresEngine:
             dropped += 1
         return dropped, True
 
-    # -- export: not built for PostgreSQL yet --------------------------------------------------------
+    # -- export: each replica exports from its own outbox (..outbox), never from here ---------------
     def set_export(self, conn: Any, enabled: bool) -> int:
-        if enabled:
-            raise StoreError("OTLP export is not available on a PostgreSQL store yet")
-        return 0
+        raise StoreError(_EXPORT_FROM_OUTBOX)
 
     def export_batch(self, conn: Any, after: int, limit: int) -> list[tuple[int, dict[str, Any] | None]]:
-        raise StoreError("OTLP export is not available on a PostgreSQL store yet")
+        raise StoreError(_EXPORT_FROM_OUTBOX)
 
     def export_done(self, conn: Any, upto: int) -> None:
-        raise StoreError("OTLP export is not available on a PostgreSQL store yet")
+        raise StoreError(_EXPORT_FROM_OUTBOX)
 
     def export_waiting(self, conn: Any) -> int:
-        return 0
+        raise StoreError(_EXPORT_FROM_OUTBOX)
 
     def _ensure_days(self, conn: psycopg.Connection[Any], days: set[int]) -> None:
         missing = days - self._days
