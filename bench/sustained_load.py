@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="busy-loop processes at normal priority for the run: a host with no spare CPU (the writer "
-        "child works on a SCHED_IDLE thread; this shows it still keeps up)",
+        "child runs under SCHED_IDLE; this shows it still keeps up)",
     )
     parser.add_argument(
         "--trace-writer",
