@@ -405,23 +405,27 @@ def test_the_configured_public_url_goes_into_the_snippets(chromium: Any, tmp_pat
 
 
 @pytest.mark.parametrize(
-    "value",
+    ("value", "says"),
     [
-        "ftp://llm.example.com",
-        "llm.example.com",
-        "https://user:secret@llm.example.com",
-        "https://llm.example.com/?a=1",
-        'https://llm.example.com/"><script>',
-        "https://llm.example.com/api/v1",
-        "https://llm.example.com:99999",
+        ("ftp://llm.example.com", "must be an http:// or https:// URL with a host"),
+        ("llm.example.com", "must be an http:// or https:// URL with a host"),
+        ("https://llm.example.com:99999", "must be an http:// or https:// URL with a host"),
+        ("https://user:secret@llm.example.com", "must not hold a user or password"),
+        ("https://llm.example.com/?a=1", "must have no query or fragment"),
+        ('https://llm.example.com/"><script>', "must not contain spaces, quotes, angle brackets"),
+        ("https://llm.example.com/api/v1", "is the proxy's address without /api/v1"),
     ],
 )
-def test_a_bad_public_url_is_refused_at_start_up(tmp_path: Any, value: str) -> None:
+def test_a_bad_public_url_is_refused_at_start_up(tmp_path: Any, value: str, says: str) -> None:
     proxy = Proxy("--db", str(tmp_path / "e.db"), "--upstream", "demo", "--key", KEY, "--public-url", value)
     _, err = proxy.proc.communicate(timeout=60)
     assert proxy.proc.returncode == 2, err
-    assert "--public-url" in err and "secret" not in err
+    assert f"--public-url {says}" in err and "secret" not in err, err
     assert not (tmp_path / "e.db").exists()
+    # The variable is checked the same way.
+    proxy = Proxy("--db", str(tmp_path / "e.db"), "--upstream", "demo", "--key", KEY, PRYSM_PUBLIC_URL=value)
+    _, err = proxy.proc.communicate(timeout=60)
+    assert proxy.proc.returncode == 2 and f"--public-url {says}" in err, err
 
 
 def point_of(page: Any, selector: str) -> dict[str, float]:
