@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone, tzinfo
 from typing import Any
@@ -21,7 +25,7 @@ import pytest
 
 from .. import browser as b
 from ..api.test_download import AUTH, NOW, fill, make_rows
-from ..conftest import KEY, FakeUpstream, Proxy
+from ..conftest import KEY, FakeUpstream, Proxy, free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -402,6 +406,42 @@ def test_the_configured_public_url_goes_into_the_snippets(chromium: Any, tmp_pat
         context.close()
     finally:
         proxy.stop()
+
+
+def test_prysmai_ui_over_an_empty_store_says_where_traces_come_from(chromium: Any, tmp_path: Any) -> None:
+    """``prysmai ui`` only reads a store: its address is no proxy's, so it offers no snippet."""
+    db = str(tmp_path / "empty.db")
+    fill(db, [])
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prysmai._cli", "ui", "--db", db, "--port", str(port), "--key", KEY],
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/login")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "prysmai ui did not start"
+                time.sleep(0.05)
+        context = chromium.new_context(viewport=b.DESKTOP)
+        page = new_page(context)
+        b.login(page, base, KEY, "/")
+        assert "only reads its store" in (page.text_content("#welcome") or "")
+        assert "prysmai proxy" in (page.text_content("#welcome") or "")
+        assert page.locator("#snippet-python, #snippet-curl").count() == 0
+        assert not errors_of(page), errors_of(page)
+        context.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.parametrize(

@@ -27,15 +27,21 @@ function store(key, value) {
   }
 }
 
+// The zone of this page view: a new one reloads the page (the switch), so it is read once.
+let pageZone = null;
+
 /** "utc" or "local" (the default): the URL's ?tz= first, else this browser's choice. */
 export function zone() {
+  if (pageZone !== null) return pageZone;
   const asked = new URLSearchParams(location.search).get("tz");
   if (ZONES.includes(asked)) {
     if (load(ZONE_KEY) !== asked) store(ZONE_KEY, asked);
-    return asked;
+    pageZone = asked;
+  } else {
+    const saved = load(ZONE_KEY);
+    pageZone = ZONES.includes(saved) ? saved : "local";
   }
-  const saved = load(ZONE_KEY);
-  return ZONES.includes(saved) ? saved : "local";
+  return pageZone;
 }
 
 /** "system" (follow prefers-color-scheme), "light" or "dark". */
