@@ -293,10 +293,15 @@ def test_the_keyboard_moves_opens_and_goes_back_but_never_while_typing(chromium:
 
 class Relay:
     """A TCP relay on its own loopback port to ``port``: the address a browser reaches the proxy
-    at is then not the proxy's own (as behind a port forward or a reverse proxy)."""
+    at is then not the proxy's own (as behind a port forward or a reverse proxy). With ``host``,
+    it replaces the ``Host`` header of every request with it (a request's head arrives in one
+    piece from a browser on loopback)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: bytes | None = None) -> None:
         self.port = port
+        self.host = host
+        #: Host headers replaced so far.
+        self.replaced = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -308,13 +313,15 @@ class Relay:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.port))
-            for a, b_ in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b_), daemon=True).start()
+            for a, b_, host in ((client, upstream, self.host), (upstream, client, None)):
+                threading.Thread(target=self._pipe, args=(a, b_, host), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, host: bytes | None) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                if host is not None:
+                    data, n = re.subn(rb"(?im)^host:[^\r\n]*\r\n", b"Host: " + host + b"\r\n", data)
+                    self.replaced += n
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
@@ -362,6 +369,22 @@ def test_an_empty_store_shows_how_to_send_the_first_trace_with_this_proxys_addre
             forwarded.close()
         finally:
             relay.close()
+        # A hostile Host header cannot put anything into the page: the address is not taken from it.
+        hostile = 'x.test"><img src=y onerror="window.__pwned=1">'
+        relay = Relay(int(base.rsplit(":", 1)[1]), hostile.encode())
+        try:
+            forwarded = chromium.new_context(viewport=b.DESKTOP)
+            other = new_page(forwarded)
+            b.login(other, relay.url, KEY, "/")
+            assert welcome_of(other)["base"] == relay.url + "/api/v1"
+            assert "x.test" not in other.content()
+            assert other.evaluate("window.__pwned") is None
+            assert other.evaluate("document.querySelectorAll('main img, main script').length") == 0
+            assert relay.replaced >= 4  # (the page, its files, /me: every request came with it)
+            assert not errors_of(other), errors_of(other)
+            forwarded.close()
+        finally:
+            relay.close()
         # The snippet is usable: the same request, sent, makes the first trace (and the help goes).
         r = httpx.post(
             f"{proxy.base}/chat/completions",
@@ -373,7 +396,7 @@ def test_an_empty_store_shows_how_to_send_the_first_trace_with_this_proxys_addre
         page.wait_for_function("document.querySelectorAll('#traces-table tbody tr').length === 1", timeout=10000)
         assert page.locator("#welcome").count() == 0
 
-        # A hostile Host header cannot put anything into the page: the address is not taken from it.
+        # Nor does a Host header sent to the proxy directly come back.
         hostile = 'x.test"><img src=y onerror="window.__pwned=1">'
         cookies = {c["name"]: c["value"] for c in context.cookies()}
         me = httpx.get(f"{base}/ui/api/me", cookies=cookies, headers={"Host": hostile})
