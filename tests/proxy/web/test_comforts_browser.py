@@ -210,6 +210,8 @@ def test_dark_mode_follows_the_system_with_a_remembered_switch_and_stays_readabl
         other = "dark" if scheme == "light" else "light"
         page.select_option("#theme-switch", other)
         assert (page_background(page) > 0.8) == (other == "light")
+        page.keyboard.press("/")  # the switch let go of the keyboard
+        assert page.evaluate("document.activeElement.id") == "f-q"
         b.goto(page, f"{base}/")
         assert page.locator("#theme-switch").input_value() == other
         assert (page_background(page) > 0.8) == (other == "light")

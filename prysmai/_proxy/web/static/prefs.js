@@ -85,6 +85,7 @@ export function switches() {
   look.addEventListener("change", () => {
     store(THEME_KEY, look.value);
     applyTheme(look.value);
+    look.blur();  // the keyboard's shortcuts (keys.js) are the page's again
   });
   return el("div", { class: "switches" }, tz, look);
 }
