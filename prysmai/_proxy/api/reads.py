@@ -123,6 +123,7 @@ class Reads:
         pricing: str | None = None,
         read_only: bool = False,
         export: Any = None,
+        public_url: str | None = None,
     ) -> None:
         self.store = store
         #: The OTLP export (its ``status()`` and ``trouble()``), or ``None``.
@@ -135,6 +136,8 @@ class Reads:
         self.project_counters = project_counters
         self.pricing = pricing
         self.read_only = read_only
+        #: The proxy's configured public address (``--public-url``), or ``None``.
+        self.public_url = public_url
 
     def route(self, path: str) -> tuple[Handler, str | None] | None:
         """The handler of ``path`` (below the API's prefix) and its parameter, if it is a read."""
@@ -400,6 +403,9 @@ class Reads:
             "admin": who.admin,
             "projects": sorted(self.tenancy().projects) if who.admin else [who.project_name],
             "pricing": self.pricing,
+            # Where clients send requests, when configured (the dashboard otherwise shows the
+            # address the browser used): never taken from a request's Host header.
+            "public_url": self.public_url,
         }
 
     # -- shared ------------------------------------------------------------------------------------

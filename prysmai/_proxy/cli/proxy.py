@@ -25,6 +25,7 @@ from ..config.settings import (
     DEFAULT_WHEN_BEHIND,
     DEMO_UPSTREAM,
     PRICING_ENV,
+    PUBLIC_URL_ENV,
     TRACE_WRITERS,
     UPSTREAM_ENV,
     UPSTREAM_KEY_ENV,
@@ -254,6 +255,13 @@ def add_parser(subparsers: Any) -> None:
         help="believe X-Forwarded-For/-Proto from these reverse proxies only (comma-separated addresses, "
         "or '*'); default: from none, the client is the connection's peer",
     )
+    proxy.add_argument(
+        "--public-url",
+        metavar="URL",
+        default=None,
+        help=f"the proxy's address as clients reach it, behind a reverse proxy (also ${PUBLIC_URL_ENV}); the "
+        "dashboard's first-trace snippets show it (default: the address the browser used)",
+    )
     proxy.add_argument("--ssl-certfile", metavar="PATH", help="serve https with this certificate (PEM)")
     proxy.add_argument("--ssl-keyfile", metavar="PATH", help="the certificate's private key (PEM)")
     proxy.set_defaults(handler=command)
@@ -359,6 +367,14 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
     if config_error is not None:
         log.error("%s", config_error)
         return 2
+    from ..config.settings import PublicURLError, check_public_url
+
+    public_url = args.public_url or os.environ.get(PUBLIC_URL_ENV) or None
+    try:
+        public_url = None if public_url is None else check_public_url(public_url)
+    except PublicURLError as exc:
+        log.error("%s", exc)
+        return 2
     tls_error = _check_tls(args.ssl_certfile, args.ssl_keyfile)
     if tls_error:
         log.error("%s", tls_error)
@@ -402,6 +418,7 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
         otlp_sample=args.otlp_sample,
         forwarded_allow_ips=args.forwarded_allow_ips,
         outbox_path=args.outbox,
+        public_url=public_url,
     )
     return config, tenancy, generated
 

@@ -17,6 +17,8 @@ UPSTREAM_ENV = "PRYSM_UPSTREAM_URL"
 PRICING_ENV = "PRYSM_PRICING"
 #: The proxy's stored upstream credentials.
 UPSTREAM_KEY_ENV = "OPENAI_API_KEY"
+#: The address clients reach the proxy at, when it is not the one the browser used (a reverse proxy).
+PUBLIC_URL_ENV = "PRYSM_PUBLIC_URL"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_QUEUE_SIZE = 10_000
 #: ``--when-behind``: what to do when the trace queue is full (see docs/proxy.md).
@@ -113,6 +115,9 @@ class ProxyConfig:
     #: With a PostgreSQL store (``db_path`` a ``postgresql://`` URL): the local SQLite outbox its
     #: traces are written to first (``--outbox``; default :func:`default_outbox_path`).
     outbox_path: str | None = None
+    #: ``--public-url``: the proxy's address as its clients reach it (behind a reverse proxy); the
+    #: dashboard's first-trace snippets show it. ``None``: the address the browser used.
+    public_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.trace_writer not in TRACE_WRITERS:
@@ -130,3 +135,36 @@ class ProxyConfig:
             self.max_stored_body_bytes,
             self.retention_seconds,
         )
+
+
+class PublicURLError(ValueError):
+    """``--public-url`` / ``$PRYSM_PUBLIC_URL`` is not a usable address; the message says why."""
+
+
+def check_public_url(value: str) -> str:
+    """``value`` as the proxy's public address (``https://llm.example.com`` or with a path prefix,
+    ``https://example.com/prysm``), without a trailing slash; :class:`PublicURLError` if it is not
+    an http(s) URL with a host, or holds a user, password, query or fragment (it is shown to every
+    dashboard user, and put into copy-paste snippets)."""
+    from urllib.parse import urlsplit
+
+    text = value.strip().rstrip("/")
+    if not text.isprintable() or any(c.isspace() or c in "<>\"'`\\" for c in text):
+        raise PublicURLError("--public-url must not contain spaces, quotes, angle brackets or control characters")
+    parts = urlsplit(text)
+    try:
+        port_ok = parts.port != 0
+    except ValueError:  # a port out of range or not a number
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        # (The value is not echoed: it may hold a credential.)
+        raise PublicURLError(
+            "--public-url must be an http:// or https:// URL with a host, like https://llm.example.com"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise PublicURLError("--public-url must not hold a user or password")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise PublicURLError("--public-url must have no query or fragment (?... or #...)")
+    if parts.path.endswith("/api/v1"):
+        raise PublicURLError("--public-url is the proxy's address without /api/v1 (the snippets add it)")
+    return text

@@ -115,6 +115,7 @@ class ProxyApp:
             project_counters=self.forwarder.project_counters,
             pricing=pricing,
             export=self.export,
+            public_url=config.public_url,
         )
         #: Failed authentications per client address, on the API and at the dashboard's log-in.
         self.throttle = AuthThrottle(note=lambda message: self.warnings.event("auth-throttle", message))

@@ -1,8 +1,13 @@
 // Small SVG charts drawn with DOM APIs. Each chart keeps the numbers it drew in data attributes
 // (data-series / data-values / data-t) so tests can compare them with the API's numbers.
 import { svg, el } from "./dom.js";
+import { attachTips } from "./tips.js";
+import { fmtAxis } from "./time.js";
 
-const W = 600;
+// A phone's chart is drawn narrower, so that its labels keep a readable size when it is scaled
+// to the screen.
+const WIDE = 600;
+const NARROW = 360;
 const H = 180;
 const PAD = { left: 62, right: 8, top: 10, bottom: 22 };
 
@@ -13,19 +18,12 @@ function niceMax(v) {
   return 10 * p;
 }
 
-function hhmm(unix, span) {
-  const d = new Date(unix * 1000);
-  const pad = (n) => String(n).padStart(2, "0");
-  const day = `${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
-  const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
-  return span > 2 * 86400 ? day : span >= 43200 ? `${day} ${hm}` : hm;
-}
-
 /**
  * chart({id, title, points: [{t, ...}], bucket, series: [{key, label, kind: "bar"|"line"}], format})
  * Bars of several series are drawn side by side, lines on top.
  */
 export function chart({ id, title, points, bucket, series, format }) {
+  const W = matchMedia("(max-width: 760px)").matches ? NARROW : WIDE;
   const root = svg("svg", {
     viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": title, "data-chart": id,
     "data-t": points.map((p) => p.t).join(","), "data-bucket": bucket,
@@ -46,8 +44,8 @@ export function chart({ id, title, points, bucket, series, format }) {
     root.append(svg("text", { x: PAD.left - 4, y: y(v) + 4, class: "axis", "text-anchor": "end" }, format(v)));
   }
   if (points.length) {
-    root.append(svg("text", { x: PAD.left, y: H - 6, class: "axis" }, hhmm(t0, span)));
-    root.append(svg("text", { x: W - PAD.right, y: H - 6, class: "axis", "text-anchor": "end" }, hhmm(t1, span)));
+    root.append(svg("text", { x: PAD.left, y: H - 6, class: "axis" }, fmtAxis(t0, span)));
+    root.append(svg("text", { x: W - PAD.right, y: H - 6, class: "axis", "text-anchor": "end" }, fmtAxis(t1, span, true)));
   } else {
     root.append(svg("text", { x: W / 2, y: H / 2, class: "axis", "text-anchor": "middle" }, "no traces in this range"));
   }
@@ -88,5 +86,7 @@ export function chart({ id, title, points, bucket, series, format }) {
   });
   const legend = el("div", { class: "legend" },
     series.map((s, si) => el("span", { class: `key key-${si}` }, s.label)));
-  return el("figure", { class: "chart-box" }, el("figcaption", null, title), root, legend);
+  const figure = el("figure", { class: "chart-box" }, el("figcaption", null, title), root, legend);
+  attachTips(figure, root, { points, series, format, center: (p) => x(p.t) + slot / 2, width: W, top: PAD.top, bottom: PAD.top + plotH });
+  return figure;
 }

@@ -149,12 +149,8 @@ export function fmtPct(x) {
   return x === null || x === undefined ? "–" : (x * 100).toFixed(x && x < 0.01 ? 2 : 1) + " %";
 }
 
-export function fmtTime(unix) {
-  if (unix === null || unix === undefined) return "–";
-  const d = new Date(unix * 1000);
-  const pad = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-}
+// Times (zoned, 24-hour) are time.js's; re-exported for the pages that format everything from here.
+export { fmtTime } from "./time.js";
 
 // Cancelled (the client went away first) is not an error: a colour of its own.
 const BADGES = { success: "ok", cancelled: "cancelled" };

@@ -1,6 +1,7 @@
 // The filter bar. Every filter lives in the page's URL (so a view can be shared or bookmarked);
 // applying filters navigates to the same page with the new query string.
 import { el } from "./dom.js";
+import { fromInput, toInput, zoneName } from "./time.js";
 
 export const RANGES = [
   ["15m", "15 min"],
@@ -68,10 +69,9 @@ function setField(next, name, text) {
 
 function toLocalInput(value) {
   // An ISO date/time from the URL as the value of a datetime-local input.
-  const d = /^\d+(\.\d+)?$/.test(value) ? new Date(Number(value) * 1000) : new Date(value);
-  if (Number.isNaN(d.getTime())) return "";
-  const pad = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  // (In the zone the times are shown in: time.js.)
+  const unix = /^\d+(\.\d+)?$/.test(value) ? Number(value) : new Date(value).getTime() / 1000;
+  return Number.isNaN(unix) ? "" : toInput(unix);
 }
 
 /** The filter form; `full` adds the per-trace filters (the overview takes them too). */
@@ -87,7 +87,7 @@ export function filterBar(full) {
     from.value = toLocalInput(since);
     to.value = url.get("until") ? toLocalInput(url.get("until")) : "";
   }
-  const custom = el("span", { class: "custom-range" }, from, " – ", to);
+  const custom = el("span", { class: "custom-range" }, from, " – ", to, " ", el("span", { class: "muted", id: "range-zone" }, zoneName()));
   custom.hidden = !isCustom;
   range.addEventListener("change", () => {
     custom.hidden = range.value !== "custom";
@@ -117,14 +117,14 @@ export function filterBar(full) {
     const next = new URLSearchParams();
     if (range.value === "custom") {
       // Unix seconds: unambiguous whatever the browser's or the server's time zone.
-      if (from.value) next.set("since", String(Math.floor(new Date(from.value).getTime() / 1000)));
-      if (to.value) next.set("until", String(Math.floor(new Date(to.value).getTime() / 1000)));
+      if (fromInput(from.value) !== null) next.set("since", String(fromInput(from.value)));
+      if (fromInput(to.value) !== null) next.set("until", String(fromInput(to.value)));
     } else if (range.value !== DEFAULT_RANGE) {
       next.set("since", range.value);
     }
     for (const [name, input] of Object.entries(inputs)) setField(next, name, input.value);
     // Keep the sort of the traces table; a new filter starts from the first page.
-    for (const keep of ["sort", "order", "limit", "refresh", "key"]) if (url.get(keep)) next.set(keep, url.get(keep));
+    for (const keep of ["sort", "order", "limit", "refresh", "key", "tz"]) if (url.get(keep)) next.set(keep, url.get(keep));
     const query = next.toString();
     location.assign(location.pathname + (query ? "?" + query : ""));
   });

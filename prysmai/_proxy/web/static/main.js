@@ -3,6 +3,8 @@ import { getJSON } from "./api.js";
 import { clear, el } from "./dom.js";
 import { offerProjectFilter } from "./filters.js";
 import { render as budgets } from "./budgets.js";
+import "./keys.js";
+import { switches } from "./prefs.js";
 import { render as overview } from "./overview.js";
 import { render as traces } from "./traces.js";
 import { renderSession, renderTrace } from "./trace.js";
@@ -22,6 +24,7 @@ async function route() {
     document.body.dataset.ready = "1";
     return;
   }
+  document.querySelector(".top .logout").before(switches());
   const section = parts[0] || "overview";
   for (const a of document.querySelectorAll("nav a")) {
     if (a.dataset.nav === section) a.setAttribute("aria-current", "page");
@@ -36,7 +39,7 @@ async function route() {
   if (me.read_only) document.querySelector(".brand").append(el("span", { class: "ro" }, " read-only"));
   // Which traces this key reads: its project's, or (an admin key) every project's.
   document.querySelector(".brand").append(el("span", { class: "ro" }, me.admin ? " all projects" : " project " + me.project));
-  if (section === "overview") await overview(main);
+  if (section === "overview") await overview(main, me);
   else if (section === "traces" && parts.length === 1) await traces(main, me);
   else if (section === "traces") await renderTrace(main, parts[1], me);
   else if (section === "sessions" && parts.length === 1) await renderSessions(main);

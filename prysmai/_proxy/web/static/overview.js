@@ -2,6 +2,8 @@
 import { getJSON } from "./api.js";
 import { chart } from "./charts.js";
 import { apiParams, filterBar } from "./filters.js";
+import { fmtClock } from "./time.js";
+import { welcomeIfEmpty } from "./welcome.js";
 import { clear, costText, el, fmtCost, fmtMs, fmtNum, fmtPct, pageLink, sessionLink, table } from "./dom.js";
 
 const AVERAGE_TITLES = { model: "Average score by model", user: "Average score by user", project: "Average score by project" };
@@ -78,7 +80,7 @@ function breakdown(by, rows) {
     rows.length ? table(columns, rows) : el("p", { class: "muted" }, "nothing in this range"));
 }
 
-export async function render(main) {
+export async function render(main, me) {
   let timer = null;
   let paused = false;
   const body = el("div", { id: "overview-body" });
@@ -97,8 +99,8 @@ export async function render(main) {
     clearTimeout(timer);
     try {
       const doc = await getJSON("overview", apiParams(location.search));
-      draw(doc);
-      stamp.textContent = "updated " + new Date().toLocaleTimeString();
+      await draw(doc);
+      stamp.textContent = "updated " + fmtClock(Date.now() / 1000);
     } catch (err) {
       clear(body).append(el("p", { class: "error" }, String(err.message || err)));
     }
@@ -114,7 +116,7 @@ export async function render(main) {
     }
   }
 
-  function draw(doc) {
+  async function draw(doc) {
     const pts = doc.timeseries;
     const b = doc.bucket_seconds;
     const charts = el("section", { class: "charts" },
@@ -131,7 +133,9 @@ export async function render(main) {
     const scored = doc.score_averages || {};
     const scores = el("div", { class: "breakdowns", id: "score-averages" },
       Object.keys(AVERAGE_TITLES).filter((by) => by in scored).map((by) => averages(by, scored[by])));
-    clear(body).append(cards(doc.overview), charts, breakdowns, scores);
+    // Nothing in the range: if nothing at all was ever stored, how to send the first trace.
+    const welcome = doc.overview.requests ? null : await welcomeIfEmpty(me);
+    clear(body).append(welcome || "", cards(doc.overview), charts, breakdowns, scores);
   }
 
   await load();

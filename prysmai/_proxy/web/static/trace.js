@@ -31,7 +31,7 @@ function scoresSection(t, me) {
       });
       list.append(el("li", { class: "score", "data-score": s.name, "data-score-id": s.id },
         el("span", { class: "score-name" }, s.name), " ", el("strong", { class: "score-value" }, scoreValue(s)),
-        el("span", { class: "muted" }, ` · ${fmtTime(s.created_at)} · by ${by}`), " ", remove,
+        el("span", { class: "muted" }, ` · ${fmtTime(s.created_at, true)} · by ${by}`), " ", remove,
         s.comment ? el("div", { class: "score-comment" }, s.comment) : null));
     }
     if (!scores.length) list.append(el("li", { class: "muted" }, "No scores yet."));
@@ -170,7 +170,7 @@ export async function renderTrace(main, id, me) {
   const summary = facts([
     ["status", statusBadge(t.status, t.http_status)],
     ["error", t.error ? el("span", { class: "error-text" }, t.error) : null],
-    ["time", fmtTime(t.created_at)],
+    ["time", el("span", { id: "trace-time", "data-unix": t.created_at }, fmtTime(t.created_at, true))],
     ["project", t.project],
     ["provider", t.provider],
     ["model", t.model],

@@ -1,6 +1,7 @@
 // Traces: newest first, filtered and sorted through the URL, paginated by cursor.
 import { getJSON } from "./api.js";
 import { apiParams, DEFAULT_RANGE, filterBar } from "./filters.js";
+import { welcomeIfEmpty } from "./welcome.js";
 import { clear, el, fmtMs, fmtNum, fmtTime, pageLink, scoreChips, sessionLink, statusBadge, table, traceCost, traceLink } from "./dom.js";
 
 function sortHead(key, label) {
@@ -127,7 +128,8 @@ export async function render(main, me) {
     : doc.total_exact ? `${doc.total.toLocaleString("en-US")} trace(s) match` : `more than ${doc.total.toLocaleString("en-US")} traces match`;
   clear(body).append(
     el("p", { class: "list-head" }, el("span", { id: "traces-total", "data-total": doc.total, "data-exact": String(doc.total_exact) }, total), " ", pageSize(url)),
-    rows.length ? table(traceColumns(true, Boolean(me && me.admin), listQuery(url)), rows, { id: "traces-table" }) : el("p", { class: "muted" }, "No traces match these filters."),
+    rows.length ? table(traceColumns(true, Boolean(me && me.admin), listQuery(url)), rows, { id: "traces-table" })
+      : (await welcomeIfEmpty(me)) || el("p", { class: "muted" }, "No traces match these filters."),
     el("p", { class: "muted" }, `${rows.length} trace(s) on this page`),
     pager);
 }
