@@ -17,6 +17,11 @@ handler, limits and documents -- every page's data is this API):
   ``sort``: ``requests``, ``errors``, ``cost``, ``tokens``; ``order``), ``search``: ids holding a text;
 * ``sessions/{id}`` -- a session: its totals and a page of its traces, oldest first (``cursor``,
   ``limit``);
+* ``suggest`` -- the values a filter can take, seen in the range and the key's project: ``field``
+  (model, provider, user, endpoint, project, meta_key, meta_value with ``meta_key``), ``prefix``,
+  ``limit`` (see :mod:`..store.slices`);
+* ``series`` -- the overview's time series split by ``by`` (model, project, user, ``meta:KEY``):
+  the ``top`` groups and "other";
 * ``me`` -- who the key or session is (its project, or every project for an admin key).
 
 Writes (:meth:`Reads.write`; the one kind there is, scores, see :mod:`..store.scores`):
@@ -48,7 +53,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from ..asgi import Disconnected, HTTPError, Query, Routes, TooLarge, read_body
 from ..config.projects import DEMO
-from ..store import QueryTimeout, StoreError, TraceFilter, queries, scores
+from ..store import QueryTimeout, StoreError, TraceFilter, queries, scores, slices
 from . import download, jsonshape
 
 TYPE_CHECKING = False
@@ -336,6 +341,36 @@ class Reads:
         )
         return jsonshape.session(session_id, page)
 
+    async def _suggest(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
+        field = query.get("field") or ""
+        limit = _limit(query, 20)
+        f = await self._filter(query, who)
+        return await self.store.read(
+            slices.suggestions,
+            f,
+            field,
+            meta_key=query.get("meta_key") or None,
+            prefix=query.get("prefix") or None,
+            limit=limit,
+        )
+
+    async def _series(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
+        by = query.get("by") or ""
+        top = query.get("top") or "5"
+        if not top.isdigit():
+            raise HTTPError(400, f"top must be a whole number, not {top!r}", "invalid_parameter", param="top")
+        f = await self._filter(query, who)
+        limit = self.store.reader.time_limit
+        return await self.store.read(
+            slices.group_series,
+            f,
+            by,
+            queries.pick_bucket(f.since, f.until),
+            int(top),
+            # A query per group at most (users), each under the time limit.
+            time_limit=None if limit is None else limit * (2 + min(int(top), slices.MAX_GROUPS)),
+        )
+
     async def _me(self, _: str | None, __: Mapping[str, str], who: KeyEntry) -> Any:
         return {
             "object": "key",
@@ -388,6 +423,8 @@ ROUTES: Routes[Handler] = Routes(
         "sessions": Reads._sessions,
         "sessions/{id}": Reads._session,
         "users": Reads._users,
+        "suggest": Reads._suggest,
+        "series": Reads._series,
         "me": Reads._me,
     }
 )
