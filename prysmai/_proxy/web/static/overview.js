@@ -2,6 +2,7 @@
 import { getJSON } from "./api.js";
 import { chart } from "./charts.js";
 import { apiParams, filterBar } from "./filters.js";
+import { drawSplit, splitSection } from "./groups.js";
 import { clear, costText, el, fmtCost, fmtMs, fmtNum, fmtPct, pageLink, sessionLink, table } from "./dom.js";
 
 const AVERAGE_TITLES = { model: "Average score by model", user: "Average score by user", project: "Average score by project" };
@@ -91,6 +92,7 @@ export async function render(main) {
     if (paused) clearTimeout(timer);
     else load();
   });
+  const split = splitSection();
   clear(main).append(el("h1", null, "Overview"), filterBar(true), el("div", { class: "toolbar" }, pause, stamp), body);
 
   async function load() {
@@ -98,6 +100,7 @@ export async function render(main) {
     try {
       const doc = await getJSON("overview", apiParams(location.search));
       draw(doc);
+      await drawSplit(split.split, split.body).catch((err) => clear(split.body).append(el("p", { class: "error" }, String(err.message || err))));
       stamp.textContent = "updated " + new Date().toLocaleTimeString();
     } catch (err) {
       clear(body).append(el("p", { class: "error" }, String(err.message || err)));
@@ -131,7 +134,7 @@ export async function render(main) {
     const scored = doc.score_averages || {};
     const scores = el("div", { class: "breakdowns", id: "score-averages" },
       Object.keys(AVERAGE_TITLES).filter((by) => by in scored).map((by) => averages(by, scored[by])));
-    clear(body).append(cards(doc.overview), charts, breakdowns, scores);
+    clear(body).append(cards(doc.overview), charts, split.section, breakdowns, scores);
   }
 
   await load();
