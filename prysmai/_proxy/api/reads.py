@@ -21,7 +21,7 @@ handler, limits and documents -- every page's data is this API):
   (model, provider, user, endpoint, project, meta_key, meta_value with ``meta_key``), ``prefix``,
   ``limit`` (see :mod:`..store.slices`);
 * ``series`` -- the overview's time series split by ``by`` (model, project, user, ``meta:KEY``):
-  the ``top`` groups and "other";
+  the ``top`` groups and "other" (``latency=false``: without the percentiles, a faster read);
 * ``me`` -- who the key or session is (its project, or every project for an admin key).
 
 Writes (:meth:`Reads.write`; the one kind there is, scores, see :mod:`..store.scores`):
@@ -359,6 +359,10 @@ class Reads:
         top = query.get("top") or "5"
         if not top.isdigit():
             raise HTTPError(400, f"top must be a whole number, not {top!r}", "invalid_parameter", param="top")
+        latency = query.get("latency") or "true"
+        if latency not in ("true", "false"):
+            message = f"latency must be true or false (false: no percentiles, a faster read), not {latency!r}"
+            raise HTTPError(400, message, "invalid_parameter", param="latency")
         f = await self._filter(query, who)
         limit = self.store.reader.time_limit
         return await self.store.read(
@@ -367,6 +371,7 @@ class Reads:
             by,
             queries.pick_bucket(f.since, f.until),
             int(top),
+            latency=latency == "true",
             # A query per group at most (users), each under the time limit.
             time_limit=None if limit is None else limit * (2 + min(int(top), slices.MAX_GROUPS)),
         )

@@ -388,6 +388,7 @@ def _conditions(
     *,
     times: bool = True,
     seek: bool = False,
+    unindexed: frozenset[str] = frozenset(),
 ) -> tuple[list[str], list[Any]]:
     """WHERE clauses on ``traces`` for ``f``; ``since``/``until`` override the filter's range.
     The project is matched through ``traces_project`` only with ``seek``: otherwise SQLite would
@@ -417,9 +418,11 @@ def _conditions(
         clauses.append("stream = ?")
         params.append(1 if f.stream else 0)
     for name, column in RANGES.items():
+        # (``unindexed``: range columns the planner must not read through their index.)
+        ranged = dialect_of(conn).unindexed(column) if column in unindexed else column
         for bound, op in ((getattr(f, name + "_min"), ">="), (getattr(f, name + "_max"), "<=")):
             if bound is not None:
-                clauses.append(f"{column} {op} ?")
+                clauses.append(f"{ranged} {op} ?")
                 params.append(bound)
     dialect = dialect_of(conn)
     for column, prefix in (("model", f.model_prefix), ("user_id", f.user_prefix)):
@@ -1189,9 +1192,13 @@ def list_traces(
     # against the filter, when the filter keeps many traces; otherwise the filter's rows, sorted.
     walk = column != "created_at" and _walk_sort_index(conn, f, limit)
     seek = not walk and f.project is not None and (by_time_only or _small_project(conn, f))
-    clauses, params = _conditions(conn, f, seek=seek)
+    # In time order, a range filter keeping few traces is read through its column's index (its
+    # matches sorted by time), else the time index is walked with each range checked on the row.
+    through = _range_seek(conn, f) if column == "created_at" else None
+    unindexed = frozenset(c for c in RANGES.values() if c != through) if column == "created_at" else frozenset()
+    clauses, params = _conditions(conn, f, seek=seek, unindexed=unindexed)
     # Not walking it, the sort column is an expression (unary +), so that SQLite does not.
-    value = column if walk or column == "created_at" else dialect_of(conn).unindexed(column)
+    value = column if walk or (column == "created_at" and through is None) else dialect_of(conn).unindexed(column)
     # Pick the page's rows first (from an index when the filter allows), then read just those
     # rows: sorting full rows would read every row of the range, bodies included.
     keys: list[Any] = []
@@ -1278,6 +1285,32 @@ def neighbours(
         firsts, _ = list_traces(conn, f, sort=sort, descending=not descending, limit=1)
         preceding = firsts[0] if firsts and firsts[0][column] is not None else None
     return (None if preceding is None else preceding["id"]), (None if following is None else following["id"])
+
+
+#: A range filter keeping fewer traces than this is listed in time order through its column's
+#: index (those traces sorted by time); one keeping more, by walking the time index.
+RANGE_SEEK = 20_000
+
+
+def _range_seek(conn: Connection, f: TraceFilter) -> str | None:
+    """The column of ``f``'s range filter (:data:`RANGES`) keeping the fewest traces, when it keeps
+    fewer than :data:`RANGE_SEEK` (counted through its index, up to that); ``None`` without one,
+    or when a user, session, key or text filter has an index of its own to read."""
+    if f.user_id is not None or f.session_id is not None or f.key_id is not None or f.text is not None:
+        return None
+    best: tuple[int, str] | None = None
+    for name, column in RANGES.items():
+        bounds = [
+            (b, op) for b, op in ((getattr(f, name + "_min"), ">="), (getattr(f, name + "_max"), "<=")) if b is not None
+        ]
+        if not bounds:
+            continue
+        where = " AND ".join(f"{column} {op} ?" for _, op in bounds)
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM traces WHERE {where} LIMIT ?) AS matched"
+        n = int(conn.execute(sql, [*(b for b, _ in bounds), RANGE_SEEK]).fetchone()[0])
+        if n < RANGE_SEEK and (best is None or n < best[0]):
+            best = (n, column)
+    return None if best is None else best[1]
 
 
 #: How many times a row read to check it against a filter costs an index entry read to sort it.

@@ -17,7 +17,6 @@ they do not:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -25,6 +24,10 @@ import time
 from .engine import dialect_of
 from .queries import (
     _BAD_META_KEY,
+    _CANCELLED,
+    _ERR,
+    _NO_USAGE,
+    _UNPRICED,
     ParamError,
     TraceFilter,
     _Agg,
@@ -35,8 +38,11 @@ from .queries import (
     _Grouping,
     _key_groups,
     _merge,
+    _raw_totals,
+    _rollup_totals,
     _series,
     _small_project,
+    _tiered,
     _traces,
     _where,
 )
@@ -44,6 +50,7 @@ from .rollups import BUCKET_FLOOR_MS, BUCKETS_PER_E, ERROR_STATUSES, HIST_LEVELS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from .engine import Connection
@@ -56,7 +63,7 @@ SUGGEST_FIELDS = ("model", "provider", "user", "endpoint", "project", "meta_key"
 #: Fields kept by ``rollup_hour`` -> their column.
 _HOUR_FIELDS = {"model": "model", "endpoint": "endpoint", "project": "project"}
 #: Latest traces of the range a suggestion of a field no rollup keeps (provider, metadata) reads.
-SCAN_BOUND = 10_000
+SCAN_BOUND = 5_000
 #: Values a suggestion gives at most.
 MAX_SUGGESTIONS = 100
 #: What :func:`group_series` splits by (and ``meta:KEY``).
@@ -64,7 +71,7 @@ GROUP_BYS = ("model", "project", "user")
 #: Groups a split shows at most, besides "other".
 MAX_GROUPS = 10
 #: Latest traces of the filter a split by a metadata key reads.
-META_SCAN = 20_000
+META_SCAN = 10_000
 _HOUR = 3600
 
 
@@ -181,12 +188,15 @@ def meta_text(value: Any) -> str | None:
 
 
 # -- group series -----------------------------------------------------------------------------------
-def group_series(conn: Connection, f: TraceFilter, by: str, bucket_seconds: int, top: int = 5) -> dict[str, Any]:
+def group_series(
+    conn: Connection, f: TraceFilter, by: str, bucket_seconds: int, top: int = 5, *, latency: bool = True
+) -> dict[str, Any]:
     """``f``'s time series (requests, errors, cost, latency percentiles per bucket, as
     :func:`~.queries.timeseries`) split by ``by``: ``model``, ``project``, ``user`` or ``meta:KEY``.
     The ``top`` groups with the most requests, each ``{"key", "requests", "timeseries"}`` (``key``
     ``None``: traces without one), then ``{"other": true, ...}`` for the rest (for users: traces
-    without a user too), when there is a rest."""
+    without a user too), when there is a rest. Without ``latency`` the percentiles are ``None``
+    and no histogram is read: the counts come from the hourly rollup alone (by model, project)."""
     width = _check_width(bucket_seconds)
     if isinstance(top, bool) or not 1 <= top <= MAX_GROUPS:
         raise ParamError("top", f"top must be a whole number from 1 to {MAX_GROUPS}, not {top!r}")
@@ -197,11 +207,11 @@ def group_series(conn: Connection, f: TraceFilter, by: str, bucket_seconds: int,
     if meta_key is not None:
         if not meta_key or _BAD_META_KEY.search(meta_key):
             raise ParamError("by", 'by=meta:KEY needs a metadata key, without ", \\ or control characters')
-        groups, other, complete, scanned_since = _by_meta(conn, f, meta_key, width, top)
+        groups, other, complete, scanned_since = _by_meta(conn, f, meta_key, width, top, latency)
     elif by == "user":
-        groups, other = _by_user(conn, f, width, top, now)
+        groups, other = _by_user(conn, f, width, top, now, latency)
     elif by in ("model", "project"):
-        groups, other = _by_rollup_column(conn, f, by, width, top, now)
+        groups, other = _by_rollup_column(conn, f, by, width, top, now, latency)
     else:
         raise ParamError("by", f"by must be one of {', '.join(GROUP_BYS)} or meta:KEY, not {by!r}")
     rows = [_group(key, series, f, width, now) for key, series in groups]
@@ -240,8 +250,25 @@ def _add(per_key: dict[Any, dict[int, _Agg]], key: Any, t: int, agg: _Agg) -> No
     series[t] = _merge([series[t], agg]) if t in series else agg
 
 
+def _totals(conn: Connection, f: TraceFilter, g: _Grouping, now: float) -> dict[Any, _Agg]:
+    """:func:`~.queries._collect` without the histograms: the totals of ``f``'s traces by ``g``,
+    whole hours from ``rollup_hour`` when the filter allows, the rest from ``traces``."""
+    aggs: dict[Any, _Agg] = {}
+    seek = not f.rollup_ok and _small_project(conn, f)
+    tiers: list[tuple[int, Callable[[int | None, int], None]]] = []
+    hour = g.hour
+    if f.rollup_ok and hour is not None:
+        tiers.append((_HOUR, lambda lo, hi: _rollup_totals(conn, aggs, f, hour, lo, hi, g.n)))
+    _tiered(f.since, f.until, now, tiers, lambda lo, hi: _raw_totals(conn, aggs, f, g.raw, lo, hi, seek, g.n))
+    return aggs
+
+
+def _collected(conn: Connection, f: TraceFilter, g: _Grouping, now: float, latency: bool) -> dict[Any, _Agg]:
+    return _collect(conn, f, g, now) if latency else _totals(conn, f, g, now)
+
+
 def _by_rollup_column(
-    conn: Connection, f: TraceFilter, column: str, width: int, top: int, now: float
+    conn: Connection, f: TraceFilter, column: str, width: int, top: int, now: float, latency: bool
 ) -> tuple[Groups, dict[int, _Agg]]:
     dialect = dialect_of(conn)
 
@@ -255,25 +282,45 @@ def _by_rollup_column(
         2,
     )
     per_key: dict[Any, dict[int, _Agg]] = {}
-    for (t, key), agg in _collect(conn, f, grouping, now).items():
+    for (t, key), agg in _collected(conn, f, grouping, now, latency).items():
         _add(per_key, key or None, int(t), agg)  # the rollups keep a missing model as ''
     return _split(per_key, top)
 
 
-def _by_user(conn: Connection, f: TraceFilter, width: int, top: int, now: float) -> tuple[Groups, dict[int, _Agg]]:
+def _by_user(
+    conn: Connection, f: TraceFilter, width: int, top: int, now: float, latency: bool
+) -> tuple[Groups, dict[int, _Agg]]:
     source, params = _key_groups(conn, f, "user_id", _small_project(conn, f), now)
     sql = f"SELECT k FROM ({source}) AS keys WHERE k IS NOT NULL ORDER BY requests DESC, k LIMIT ?"
     users = [k for (k,) in conn.execute(sql, [*params, top])]
-    by_time = _by_time(dialect_of(conn), width)
-    total = {int(t): a for t, a in _collect(conn, f, by_time, now).items()}
-    groups: Groups = []
-    for user in users:
-        # One user's rows, through the user index.
-        series = {int(t): a for t, a in _collect(conn, dataclasses.replace(f, user_id=user), by_time, now).items()}
-        groups.append((user, series))
+    dialect = dialect_of(conn)
+    total = {int(t): a for t, a in _collected(conn, f, _by_time(dialect, width), now, latency).items()}
+    per_key: dict[Any, dict[int, _Agg]] = {}
+    if users:
+        # The top users' rows, through the user index, which holds every column read here
+        # (the charts need no prompt/completion split and no TTFT).
+        clauses, params = _conditions(conn, f)
+        clauses.append(f"user_id IN ({', '.join('?' * len(users))})")
+        period = dialect.period("created_at", width)
+        sql = (
+            f"SELECT {period}, user_id, count(*), sum({_ERR}), sum({_CANCELLED}), sum(total_tokens), "
+            f"sum(cost_usd), sum({_UNPRICED}), sum({_NO_USAGE}) FROM traces{_where(clauses)} GROUP BY 1, 2"
+        )
+        for t, user, n, errors, cancelled, tokens, cost, unpriced, no_usage in conn.execute(sql, [*params, *users]):
+            agg = _Agg()
+            agg.add_totals(n, errors, cancelled, 0, 0, tokens, cost, unpriced, no_usage)
+            per_key.setdefault(user, {})[int(t)] = agg
+        if latency:
+            sql = (
+                f"SELECT {period}, user_id, {dialect.bucket('latency_ms')}, count(*), min(latency_ms), max(latency_ms) "
+                f"FROM traces{_where([*clauses, dialect.unindexed('latency_ms') + ' IS NOT NULL'])} GROUP BY 1, 2, 3"
+            )
+            for t, user, bucket, n, lo, hi in conn.execute(sql, [*params, *users]):
+                per_key[user][int(t)].add_hist("latency", bucket, n, lo, hi)
+    groups: Groups = [(user, per_key.get(user, {})) for user in users]
     other = {}
     for t, agg in total.items():
-        rest = _minus(agg, [s[t] for _, s in groups if t in s])
+        rest = _minus(agg, [series[t] for _, series in groups if t in series])
         if rest.requests > 0:
             other[t] = rest
     return groups, other
@@ -282,7 +329,8 @@ def _by_user(conn: Connection, f: TraceFilter, width: int, top: int, now: float)
 def _minus(total: _Agg, parts: list[_Agg]) -> _Agg:
     """``total`` less ``parts`` (a subset of its traces): counts and histogram counts subtract
     exactly; a remaining bucket keeps the total's bounds, so a percentile read from it stays
-    within its bucket."""
+    within its bucket. (The parts' prompt and completion tokens and TTFT, not read, are not
+    subtracted: no series shows them.)"""
     out = _Agg()
     out.add_totals(
         total.requests - sum(p.requests for p in parts),
@@ -309,7 +357,7 @@ def _bucket(ms: float) -> int:
 
 
 def _by_meta(
-    conn: Connection, f: TraceFilter, key: str, width: int, top: int
+    conn: Connection, f: TraceFilter, key: str, width: int, top: int, latency: bool
 ) -> tuple[Groups, dict[int, _Agg], bool, float | None]:
     seek = f.project is not None and _small_project(conn, f)
     clauses, params = _conditions(conn, f, seek=seek)
@@ -319,7 +367,7 @@ def _by_meta(
     )
     per_key: dict[Any, dict[int, _Agg]] = {}
     read, oldest = 0, None
-    for created, meta, status, prompt, completion, total, cost, latency, ttft in conn.execute(
+    for created, meta, status, prompt, completion, total, cost, latency_ms, ttft in conn.execute(
         sql, [*params, META_SCAN]
     ):
         read += 1
@@ -339,8 +387,8 @@ def _by_meta(
             1 if cost is None and total is not None else 0,
             1 if cost is None and total is None else 0,
         )
-        for metric, value in (("latency", latency), ("ttft", ttft)):
-            if value is not None:
+        for metric, value in (("latency", latency_ms), ("ttft", ttft)):
+            if value is not None and latency:
                 agg.add_hist(metric, _bucket(value), 1, value, value)
     complete = read < META_SCAN
     groups, other = _split(per_key, top)

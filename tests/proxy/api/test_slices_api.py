@@ -110,6 +110,7 @@ def test_the_new_filters_through_the_api(proc: Any) -> None:
         ("series", {"by": "colour"}, "by"),
         ("series", {"by": "model", "top": "11"}, "top"),
         ("series", {"by": "model", "top": "x"}, "top"),
+        ("series", {"by": "model", "latency": "maybe"}, "latency"),
     ],
 )
 def test_a_bad_value_is_a_400_naming_its_parameter(proc: Any, route: str, params: dict[str, str], param: str) -> None:

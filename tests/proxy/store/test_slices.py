@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from unittest import mock
 from collections import Counter
 from typing import Any
 
@@ -111,9 +112,17 @@ new_filters = st.builds(
 @given(f=new_filters)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_every_new_filter_keeps_exactly_the_matching_traces(sqlite_store: Any, f: TraceFilter) -> None:
-    rows, _ = sqlite_store.read_sync(queries.list_traces, f, limit=1000)
     expected = sorted((r["created_at"], r["id"]) for r in DICTS if matches(r, f))
-    assert sorted((r["created_at"], r["id"]) for r in rows) == expected
+    # Both plans of a range in time order: through the range's index, and walking the time index.
+    for seek in (queries.RANGE_SEEK, 0):
+        with mock.patch.object(queries, "RANGE_SEEK", seek):
+            rows, _ = sqlite_store.read_sync(queries.list_traces, f, limit=1000)
+            page, cursor = sqlite_store.read_sync(queries.list_traces, f, limit=7)
+            while cursor is not None:
+                more, cursor = sqlite_store.read_sync(queries.list_traces, f, limit=7, cursor=cursor)
+                page += more
+        assert sorted((r["created_at"], r["id"]) for r in rows) == expected
+        assert [(r["created_at"], r["id"]) for r in page] == expected[::-1]  # newest first, by pages
     stats = sqlite_store.read_sync(queries.stats, f)
     assert stats["requests"] == len(expected)
     assert sqlite_store.read_sync(queries.count_traces, f) == (len(expected), True)
@@ -157,7 +166,7 @@ def _hour_floor(t: float | None) -> float | None:
     return None if t is None else math.floor(t / HOUR) * HOUR
 
 
-@pytest.mark.parametrize("since", [None, NOW - 2 * 86400])
+@pytest.mark.parametrize("since", [None, NOW - 2 * 86400], ids=["all", "2d"])
 @pytest.mark.parametrize("project", [None, "web"])
 def test_suggestions_are_the_values_seen_in_the_range(sqlite_store: Any, since: float | None, project: Any) -> None:
     f = TraceFilter(since=since, project=project)
@@ -218,11 +227,12 @@ def _key_of(r: dict[str, Any], by: str) -> Any:
 
 @pytest.mark.parametrize("by", ["model", "project", "user", "meta:team", "meta:beta"])
 @pytest.mark.parametrize("project", [None, "batch"])
-def test_a_split_series_is_its_groups_counted_by_hand(sqlite_store: Any, by: str, project: Any) -> None:
+@pytest.mark.parametrize("latency", [True, False])
+def test_a_split_series_is_its_groups_counted_by_hand(sqlite_store: Any, by: str, project: Any, latency: bool) -> None:
     since = NOW - 3 * 86400 + 1234.5
     f = TraceFilter(since=since, until=NOW, project=project)
     width = queries.pick_bucket(since, NOW)
-    doc = sqlite_store.read_sync(slices.group_series, f, by, width, 3)
+    doc = sqlite_store.read_sync(slices.group_series, f, by, width, 3, latency=latency)
     kept = [r for r in DICTS if matches(r, f)]
     per_key = Counter(_key_of(r, by) for r in kept)
     groups = [g for g in doc["groups"] if not g["other"]]
@@ -241,6 +251,20 @@ def test_a_split_series_is_its_groups_counted_by_hand(sqlite_store: Any, by: str
             if _key_of(r, by) == g["key"] and r["status"] in ("error", "timeout")
         )
         assert {p["t"]: p["errors"] for p in g["timeseries"] if p["errors"]} == dict(errors)
+        # Latency p50 per bucket: the nearest-rank value within the histogram's 3.2 %.
+        for p in g["timeseries"]:
+            values = sorted(
+                r["latency_ms"]
+                for r in kept
+                if _key_of(r, by) == g["key"]
+                and math.floor(r["created_at"] / width) * width == p["t"]
+                and r["latency_ms"] is not None
+            )
+            if not latency or not values:
+                assert p["latency_p50"] is None
+            else:
+                exact = values[max(1, math.ceil(len(values) * 0.5 - 1e-9)) - 1]
+                assert abs(p["latency_p50"] / exact - 1) <= math.exp(1 / 32) - 1 + 1e-9, (p, exact)
     # "other" is everything else, bucket by bucket.
     total = Counter(math.floor(r["created_at"] / width) * width for r in kept)
     others = [g for g in doc["groups"] if g["other"]]
@@ -297,6 +321,7 @@ def test_split_series_answer_the_same_on_both_engines(both: Any, by: str) -> Non
     sqlite_store, pg_store = both
     f = TraceFilter(since=NOW - 5 * 86400 + 99.5, until=NOW)
     width = queries.pick_bucket(f.since, f.until)
-    a = sqlite_store.read_sync(slices.group_series, f, by, width, 4)
-    b = pg_store.read_sync(slices.group_series, f, by, width, 4)
-    assert close_enough(a, b) and len(a["groups"]) >= 2
+    for latency in (True, False):
+        a = sqlite_store.read_sync(slices.group_series, f, by, width, 4, latency=latency)
+        b = pg_store.read_sync(slices.group_series, f, by, width, 4, latency=latency)
+        assert close_enough(a, b) and len(a["groups"]) >= 2

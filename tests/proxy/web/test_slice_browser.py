@@ -153,7 +153,7 @@ def test_suggestions_click_to_filter_and_split_charts(chromium: Any, sliced: Pro
     assert page.locator("#traces-table tbody tr").count() == 1
 
     # -- the overview split by model: the API's groups and numbers; a legend entry filters --------
-    b.goto(page, base + "/?since=1h&split=model")
+    b.goto(page, base + "/?since=1h&split=model&refresh=600")  # (no refresh mid-test)
     page.wait_for_selector("[data-chart=split-requests]")
     doc = api(page, base, "series", since="1h", by="model", top="5")
     legend = page.locator("[data-chart=split-requests] + .legend .key")
@@ -162,8 +162,12 @@ def test_suggestions_click_to_filter_and_split_charts(chromium: Any, sliced: Pro
     texts = legend.evaluate_all("ks => ks.map(k => k.textContent)")
     assert texts == [g["key"].replace("\x07", "\u27e8U+0007\u27e9") for g in doc["groups"]]
     for i, g in enumerate(doc["groups"]):
-        values = page.get_attribute(f"[data-chart=split-requests] [data-series=g{i}_requests]", "data-values")
+        values = page.get_attribute(f"[data-chart=split-requests] [data-series=g{i}]", "data-values")
         assert values == ",".join(str(p["requests"]) for p in g["timeseries"])
+    page.wait_for_selector("[data-chart=split-latency]")  # read second: the histograms
+    for i, g in enumerate(doc["groups"]):
+        values = page.get_attribute(f"[data-chart=split-latency] [data-series=g{i}]", "data-values")
+        assert values == ",".join("" if p["latency_p50"] is None else str(p["latency_p50"]) for p in g["timeseries"])
     untouched(page)
     page.locator("[data-chart=split-requests] + .legend a.key").filter(has_text="gpt-4o-mini").click()
     page.wait_for_url(re.compile(r".*model=gpt-4o-mini.*"))
@@ -173,7 +177,7 @@ def test_suggestions_click_to_filter_and_split_charts(chromium: Any, sliced: Pro
     assert page.text_content("[data-metric=requests] .card-value") == "3"
 
     # -- by a metadata key (and by user): hostile legends are text, "other" is not a link ----------
-    b.goto(page, base + "/?since=1h&split=meta%3Ateam")
+    b.goto(page, base + "/?since=1h&split=meta%3Ateam&refresh=600")
     page.wait_for_selector("[data-chart=split-cost]")
     assert page.input_value("#split-key") == "team"
     legend = page.locator("[data-chart=split-cost] + .legend .key")
@@ -188,12 +192,12 @@ def test_suggestions_click_to_filter_and_split_charts(chromium: Any, sliced: Pro
     b.wait_ready(page)
     assert query_of(page.url)["meta"] == ["team=" + HOSTILE_TEAM]
     assert page.text_content("[data-metric=requests] .card-value") == "2"
-    b.goto(page, base + "/?since=1h")
+    b.goto(page, base + "/?since=1h&refresh=600")
     page.select_option("#split-by", "user")
     page.wait_for_url(re.compile(r".*split=user.*"))
     b.wait_ready(page)
     page.wait_for_selector("[data-chart=split-latency]")
-    b.goto(page, base + "/?since=1h&split=user")
+    b.goto(page, base + "/?since=1h&split=user&refresh=600")
     page.wait_for_selector("[data-chart=split-latency]")
     keys = page.locator("[data-chart=split-latency] + .legend .key").evaluate_all("ks => ks.map(k => k.textContent)")
     assert sorted(keys) == sorted(["ann", "bob", HOSTILE_USER])

@@ -1,7 +1,7 @@
 // The filter bar. Every filter lives in the page's URL (so a view can be shared or bookmarked);
 // applying filters navigates to the same page with the new query string.
 import { el } from "./dom.js";
-import { withSuggestions } from "./slice.js";
+import { suggestionPanel, withSuggestions } from "./slice.js";
 
 export const RANGES = [
   ["15m", "15 min"],
@@ -110,6 +110,7 @@ export function filterBar(full) {
   });
   const inputs = {};
   const controls = [el("label", { class: "field" }, "Range ", range), custom];
+  const panel = suggestionPanel();
   if (full) {
     const status = el("select", { id: "f-status", name: "status", "aria-label": "status" },
       ["", "success", "error", "timeout", "cancelled"].map((s) =>
@@ -123,7 +124,7 @@ export function filterBar(full) {
         : { type: "search", id: "f-" + name, placeholder: label, "aria-label": label });
       input.value = fieldValue(url, name);
       inputs[name] = input;
-      return withSuggestions(name, input, scope);
+      return withSuggestions(name, input, scope, panel);
     };
     for (const [name, label] of FIELDS.filter(([n]) => withProject || n !== "project")) controls.push(field(name, label));
     const stream = el("select", { id: "f-stream", name: "stream", "aria-label": "streamed" },
@@ -134,7 +135,7 @@ export function filterBar(full) {
       el("summary", null, "more filters"), stream, MORE.map(([name, label]) => field(name, label)));
     controls.push(more);
   }
-  const form = el("form", { class: "filters", id: "filters" }, controls, el("button", { type: "submit" }, "Apply"));
+  const form = el("form", { class: "filters", id: "filters" }, controls, el("button", { type: "submit" }, "Apply"), panel);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const next = new URLSearchParams();

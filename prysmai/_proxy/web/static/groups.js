@@ -51,18 +51,37 @@ export function splitSection() {
   return { section, split, body };
 }
 
-/** Draw `split`'s charts into `body` (a fresh read each time the overview refreshes). */
+/** Draw `split`'s charts into `body` (a fresh read each time the overview refreshes): the counts
+ * first (a read of the hourly rollup), then latency (its histograms: a slower read). */
 export async function drawSplit(split, body) {
   if (!split) return;
-  const doc = await getJSON("series", apiParams(location.search, { by: split, top: TOP }));
+  const params = (latency) => apiParams(location.search, { by: split, top: TOP, latency });
+  const counts = await getJSON("series", params("false"));
+  // A refresh keeps the latency chart drawn until its new one comes.
+  const previous = body.querySelector("[data-chart=split-latency]");
+  const latencyBox = previous ? previous.closest(".chart-box")
+    : el("div", { class: "chart-box", id: "split-latency-box" }, el("p", { class: "muted" }, "latency…"));
+  const charts = counts.groups.length ? METRICS.filter(([id]) => id !== "latency").map((m) => splitChart(split, counts, m)) : [];
+  const note = counts.complete ? null : el("p", { class: "muted", id: "split-note" },
+    `Split over the latest traces of the range only: those since ${fmtTime(counts.scanned_since)}.`);
+  const shown = counts.groups.length ? el("section", { class: "charts" }, charts, latencyBox) : el("p", { class: "muted" }, "nothing in this range");
+  clear(body).append(...(note ? [note, shown] : [shown]));
+  if (!counts.groups.length) return;
+  try {
+    const full = await getJSON("series", params("true"));
+    latencyBox.replaceWith(splitChart(split, full, METRICS.find(([id]) => id === "latency")));
+  } catch (err) {
+    clear(latencyBox).append(el("p", { class: "error" }, "latency: " + String(err.message || err)));
+  }
+}
+
+/** One chart of the split: `metric` ([id, title, field, format]) of each group of `doc`. */
+function splitChart(split, doc, [id, title, field, format]) {
   const metaKey = split.startsWith("meta:") ? split.slice(5) : null;
   const groups = doc.groups;
-  const ts = groups.length ? groups[0].timeseries.map((p) => p.t) : [];
-  const points = ts.map((t, i) => {
-    const point = { t };
-    groups.forEach((g, gi) => {
-      for (const [, , field] of METRICS) point[`g${gi}_${field}`] = g.timeseries[i][field];
-    });
+  const points = groups[0].timeseries.map((p, i) => {
+    const point = { t: p.t };
+    groups.forEach((g, gi) => { point["g" + gi] = g.timeseries[i][field]; });
     return point;
   });
   const label = (g) => (g.other ? "other" : g.key === null ? "(none)" : g.key);
@@ -72,13 +91,9 @@ export async function drawSplit(split, body) {
     const value = metaKey === null ? g.key : metaKey + "=" + g.key;
     return filterLink(name, value, g.key, location.pathname);
   };
-  const charts = METRICS.map(([id, title, field, format]) => chart({
+  return chart({
     id: "split-" + id, title: `${title} by ${metaKey === null ? split : "metadata " + metaKey}`, points,
     bucket: doc.bucket_seconds, format,
-    series: groups.map((g, gi) => ({ key: `g${gi}_${field}`, label: label(g), kind: "line", legend: legend(g) })),
-  }));
-  const note = doc.complete ? null : el("p", { class: "muted", id: "split-note" },
-    `Split over the latest traces of the range only: those since ${fmtTime(doc.scanned_since)}.`);
-  const shown = groups.length ? el("section", { class: "charts" }, charts) : el("p", { class: "muted" }, "nothing in this range");
-  clear(body).append(...(note ? [note, shown] : [shown]));
+    series: groups.map((g, gi) => ({ key: "g" + gi, label: label(g), kind: "line", legend: legend(g) })),
+  });
 }

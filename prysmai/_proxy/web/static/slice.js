@@ -3,7 +3,7 @@
 // Click to filter: a model, user, session, project, provider or metadata member shown on a page is
 // a link that adds it to the filters of the view it is on (they live in the URL, so the new view
 // can be shared too). Suggestions: the values the store has seen in the page's range (and the
-// key's project), read from GET suggest; shown as a list of buttons under the input, as text.
+// key's project), read from GET suggest; shown as buttons below the filters, as text.
 import { getJSON } from "./api.js";
 import { clear, el, fmtNum, pageLink } from "./dom.js";
 
@@ -50,12 +50,19 @@ const SUGGESTED = { model: "model", provider: "provider", user: "user", endpoint
 const SHOWN = 12;
 const META_JOIN = " & ";
 
-/** `input` (the filter field `name`) wrapped with its suggestion list; `scope()`: the page's range
- * and project as API parameters. Other inputs are returned as they are. */
-export function withSuggestions(name, input, scope) {
+/** Where the filter inputs' suggestions show: a row of its own below the filters (in the flow,
+ * so it never covers a control, and hiding it moves nothing above it). */
+export function suggestionPanel() {
+  return el("div", { class: "suggest-panel", id: "suggestions" });
+}
+
+/** `input` (the filter field `name`), its suggestions shown in `panel` while it has the focus;
+ * `scope()`: the page's range and project as API parameters. Returns the input. */
+export function withSuggestions(name, input, scope, panel) {
   if (!(name in SUGGESTED)) return input;
   const list = el("ul", { class: "suggest", role: "listbox", id: "suggest-" + name, "aria-label": name + " suggestions" });
   list.hidden = true;
+  panel.append(list);
   input.setAttribute("autocomplete", "off");
   input.setAttribute("aria-controls", list.id);
   const cache = new Map();
@@ -119,5 +126,5 @@ export function withSuggestions(name, input, scope) {
   input.addEventListener("input", draw);
   input.addEventListener("blur", () => { shown++; list.hidden = true; });
   input.addEventListener("keydown", (event) => { if (event.key === "Escape") list.hidden = true; });
-  return el("span", { class: "suggest-wrap" }, input, list);
+  return input;
 }
