@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import math
 import random
-from unittest import mock
 from collections import Counter
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
