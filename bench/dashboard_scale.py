@@ -367,16 +367,20 @@ SLICE_VIEWS = (
     "slice: suggest models, 7 d",
     "slice: suggest users, 7 d",
     "slice: suggest users, all",
-    "slice: suggest providers, 7 d (latest 10 000)",
-    "slice: suggest metadata keys, 7 d (latest 10 000)",
-    "slice: suggest metadata values of feature, 7 d (latest 10 000)",
+    "slice: suggest providers, 7 d (latest 5 000)",
+    "slice: suggest metadata keys, 7 d (latest 5 000)",
+    "slice: suggest metadata values of feature, 7 d (latest 5 000)",
     "slice: project web: suggest models, 24 h",
+    "slice: series by model, 7 d, counts (latency=false)",
+    "slice: series by project, 7 d, counts (latency=false)",
+    "slice: series by user, 7 d, counts (latency=false)",
+    "slice: series by user, all, counts (latency=false)",
     "slice: series by model, 7 d",
     "slice: series by model, all",
     "slice: series by project, 7 d",
     "slice: series by user, 7 d",
     "slice: series by user, all",
-    "slice: series by metadata feature, 7 d (latest 20 000)",
+    "slice: series by metadata feature, 7 d (latest 10 000)",
     "slice: project web: series by model, 24 h",
 )
 
@@ -388,6 +392,8 @@ def slice_cases(now: float) -> list[tuple[str, str, Any, tuple[Any, ...], dict[s
 
     def series(f: TraceFilter, by: str) -> tuple[Any, ...]:
         return (f, by, queries.pick_bucket(f.since, f.until, now), 5)
+
+    counts = {"latency": False}
 
     cases = [
         ("list", queries.list_traces, (TraceFilter(provider="local"),), {}),
@@ -403,6 +409,10 @@ def slice_cases(now: float) -> list[tuple[str, str, Any, tuple[Any, ...], dict[s
         ("list", slices.suggestions, (d7, "meta_key"), {}),
         ("list", slices.suggestions, (d7, "meta_value"), {"meta_key": "feature"}),
         ("list", slices.suggestions, (web24, "model"), {}),
+        ("overview", slices.group_series, series(d7, "model"), counts),
+        ("overview", slices.group_series, series(d7, "project"), counts),
+        ("overview", slices.group_series, series(d7, "user"), counts),
+        ("overview", slices.group_series, series(every, "user"), counts),
         ("overview", slices.group_series, series(d7, "model"), {}),
         ("overview", slices.group_series, series(every, "model"), {}),
         ("overview", slices.group_series, series(d7, "project"), {}),
