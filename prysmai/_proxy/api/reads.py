@@ -357,7 +357,7 @@ class Reads:
     async def _series(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
         by = query.get("by") or ""
         top = query.get("top") or "5"
-        if not top.isdigit():
+        if not (top.isascii() and top.isdigit()):
             raise HTTPError(400, f"top must be a whole number, not {top!r}", "invalid_parameter", param="top")
         latency = query.get("latency") or "true"
         if latency not in ("true", "false"):

@@ -366,7 +366,7 @@ def _flag(name: str, value: str | None) -> bool | None:
 def _whole(name: str, value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.strip().isdigit():
+    if not (value.strip().isascii() and value.strip().isdigit()):  # ("²" is a digit to isdigit)
         raise ParamError(name, f"{name} must be a whole number, not {value!r}")
     return int(value)
 

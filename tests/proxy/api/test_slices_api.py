@@ -110,6 +110,8 @@ def test_the_new_filters_through_the_api(proc: Any) -> None:
         ("series", {"by": "colour"}, "by"),
         ("series", {"by": "model", "top": "11"}, "top"),
         ("series", {"by": "model", "top": "x"}, "top"),
+        ("series", {"by": "model", "top": "\u00b2"}, "top"),
+        ("traces", {"http_status": "\u00b2\u00b2\u00b2"}, "http_status"),
         ("series", {"by": "model", "latency": "maybe"}, "latency"),
     ],
 )
