@@ -44,7 +44,7 @@ from _common import BENCH_DIR, PRYSM_KEY, PRYSMAI_CLI, REPO_DIR, emit, machine_i
 sys.path.insert(0, str(REPO_DIR))
 
 from prysmai._proxy.config.projects import Limits
-from prysmai._proxy.store import QueryTimeout, TraceFilter, budgets, queries, scores
+from prysmai._proxy.store import QueryTimeout, TraceFilter, budgets, queries, scores, slices
 from prysmai._proxy.store.edits import EditRunner
 from prysmai._proxy.store.reader import ReadRunner
 from prysmai._proxy.store.rows import COLUMNS
@@ -416,6 +416,74 @@ def overview_page(conn: sqlite3.Connection, f: TraceFilter) -> Any:
     return queries.overview_page(conn, f, bucket, queries.BREAKDOWNS, 10)
 
 
+#: Issue 26's slicing views in the suite (see ``slice_cases``).
+SLICE_VIEWS = (
+    "slice: list, provider = local",
+    "slice: list, cost >= $0.05",
+    "slice: list, 7 d, latency >= 2 s",
+    "slice: list, streamed, 100 to 200 tokens",
+    "slice: the list's total, cost >= $0.05",
+    "slice: stats, 24 h, latency >= 2 s",
+    "slice: suggest models, 7 d",
+    "slice: suggest users, 7 d",
+    "slice: suggest users, all",
+    "slice: suggest providers, 7 d (latest 5 000)",
+    "slice: suggest metadata keys, 7 d (latest 5 000)",
+    "slice: suggest metadata values of feature, 7 d (latest 5 000)",
+    "slice: project web: suggest models, 24 h",
+    "slice: series by model, 7 d, counts (latency=false)",
+    "slice: series by project, 7 d, counts (latency=false)",
+    "slice: series by user, 7 d, counts (latency=false)",
+    "slice: series by user, all, counts (latency=false)",
+    "slice: series by model, 7 d",
+    "slice: series by model, all",
+    "slice: series by project, 7 d",
+    "slice: series by user, 7 d",
+    "slice: series by user, all",
+    "slice: series by metadata feature, 7 d (latest 10 000)",
+    "slice: project web: series by model, 24 h",
+)
+
+
+def slice_cases(now: float) -> list[tuple[str, str, Any, tuple[Any, ...], dict[str, Any]]]:
+    """Issue 26's slicing reads, named as in :data:`SLICE_VIEWS`."""
+    d7, every = TraceFilter(since=now - 7 * DAY), TraceFilter()
+    web24 = TraceFilter(since=now - DAY, project="web")
+
+    def series(f: TraceFilter, by: str) -> tuple[Any, ...]:
+        return (f, by, queries.pick_bucket(f.since, f.until, now), 5)
+
+    counts = {"latency": False}
+
+    cases = [
+        ("list", queries.list_traces, (TraceFilter(provider="local"),), {}),
+        ("list", queries.list_traces, (TraceFilter(cost_min=0.05),), {}),
+        ("list", queries.list_traces, (TraceFilter(since=now - 7 * DAY, latency_min=2000.0),), {}),
+        ("list", queries.list_traces, (TraceFilter(stream=True, tokens_min=100, tokens_max=200),), {}),
+        ("list", queries.count_traces, (TraceFilter(cost_min=0.05),), {}),
+        ("overview", queries.stats, (TraceFilter(since=now - DAY, latency_min=2000.0),), {}),
+        ("list", slices.suggestions, (d7, "model"), {}),
+        ("list", slices.suggestions, (d7, "user"), {}),
+        ("list", slices.suggestions, (every, "user"), {}),
+        ("list", slices.suggestions, (d7, "provider"), {}),
+        ("list", slices.suggestions, (d7, "meta_key"), {}),
+        ("list", slices.suggestions, (d7, "meta_value"), {"meta_key": "feature"}),
+        ("list", slices.suggestions, (web24, "model"), {}),
+        ("overview", slices.group_series, series(d7, "model"), counts),
+        ("overview", slices.group_series, series(d7, "project"), counts),
+        ("overview", slices.group_series, series(d7, "user"), counts),
+        ("overview", slices.group_series, series(every, "user"), counts),
+        ("overview", slices.group_series, series(d7, "model"), {}),
+        ("overview", slices.group_series, series(every, "model"), {}),
+        ("overview", slices.group_series, series(d7, "project"), {}),
+        ("overview", slices.group_series, series(d7, "user"), {}),
+        ("overview", slices.group_series, series(every, "user"), {}),
+        ("overview", slices.group_series, series(d7, "meta:feature"), {}),
+        ("overview", slices.group_series, series(web24, "model"), {}),
+    ]
+    return [(kind, name, fn, args, kw) for name, (kind, fn, args, kw) in zip(SLICE_VIEWS, cases)]
+
+
 #: The views issues 25 and 26 set targets for, at 1 M traces (server time, ms): (name in the suite, target).
 TARGETS = [
     ("overview page all", 300.0),
@@ -441,6 +509,8 @@ TARGETS = [
     ("budgets: every project, this month", 300.0),
     ("budgets: project web, this month", 300.0),
     ("budgets: project tiny, last 24 h", 300.0),
+    # Issue 26, slicing: the new filters, suggestions and split series.
+    *((name, 300.0) for name in SLICE_VIEWS),
 ]
 
 
@@ -451,7 +521,9 @@ def list_pages(conn: sqlite3.Connection, f: TraceFilter, pages: int) -> Any:
     return cursor
 
 
-def query_suite(path: Path, size: int, now: float, only: str | None = None) -> list[dict[str, Any]]:
+def query_suite(path: Path, size: int, now: float, match: str | None = None) -> list[dict[str, Any]]:
+    """Time every read of the suite on the store at ``path`` (read-only); ``match``: only the
+    reads whose name holds this text."""
     runner = ReadRunner(SQLiteEngine(str(path)), time_limit=120.0)  # measure, don't cut (the default is 1.5 s)
     last24, last7 = TraceFilter(since=now - DAY), TraceFilter(since=now - 7 * DAY)
     every = TraceFilter()
@@ -662,9 +734,10 @@ def query_suite(path: Path, size: int, now: float, only: str | None = None) -> l
         ("overview", "budgets: project web, this month", budget_page, (now, budgets.month_start(now), "web"), {}),
         ("overview", "budgets: project tiny, last 24 h", budget_page, (now, now - DAY, "tiny"), {}),
         ("overview", "budgets: every project, every refusal (since all)", budget_page, (now, None), {}),
+        *slice_cases(now),
     ]
-    if only is not None:
-        cases = [c for c in cases if only in c[1]]
+    if match:
+        cases = [c for c in cases if match in c[1]]
     out = []
     try:
         for kind, name, fn, args, kw in cases:
@@ -680,6 +753,8 @@ def query_suite(path: Path, size: int, now: float, only: str | None = None) -> l
             out.append(record)
     finally:
         runner.close()
+    if match:
+        return out
     # What the proxy would answer: the rare-word search under the read API's own time limit.
     limited = ReadRunner(SQLiteEngine(str(path)))
     try:
@@ -962,11 +1037,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--browser", action="store_true", help="also time the pages in Debian's chromium (Playwright) over prysmai ui"
     )
+    parser.add_argument(
+        "--store",
+        default=None,
+        help="only time the query suite on this existing store (read-only; its .done file, if any, gives the "
+        "time it was filled at), e.g. --store /work/bench1m/store-1000000.db --match slice:",
+    )
+    parser.add_argument("--match", default=None, help="only the reads whose name holds this text")
     parser.add_argument("--proxy-rounds", type=int, default=4)
     parser.add_argument("--seq-requests", type=int, default=1000)
     parser.add_argument("--table-out", default=None)
-    parser.add_argument("--only", metavar="TEXT", default=None, help="only the queries whose name holds TEXT")
     args = parser.parse_args(argv)
+    if args.store:
+        store = Path(args.store)
+        marker = store.with_suffix(".done")
+        filled = float(marker.read_text()) if marker.exists() else time.time()
+        size = queries.count_traces(sqlite3.connect(f"file:{store}?mode=ro", uri=True), TraceFilter(), 10**9)[0]
+        records = query_suite(store, size, filled, args.match)
+        text = table(records, [size])
+        print(text, file=sys.stderr)
+        if args.table_out:
+            Path(args.table_out).write_text(text + "\n")
+        return 0
     sizes = [2000] if args.quick else [int(s) for s in args.sizes.split(",")]
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="prysmai-dash-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -1000,7 +1092,7 @@ def main(argv: list[str] | None = None) -> int:
                 marker.write_text(repr(now))
                 emit(record)
                 records.append(record)
-            records += query_suite(path, size, now, args.only)
+            records += query_suite(path, size, now, args.match)
             records.append(cli_stats(path, size))
             if args.browser:
                 records += browser_times(path, size)

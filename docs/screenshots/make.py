@@ -145,6 +145,11 @@ def shoot(url: str, key: str, out: Path) -> list[Path]:
                 page.wait_for_selector("body[data-ready='1']", state="attached")
                 page.wait_for_selector(ready)
                 save(name)
+            # The overview's charts split by model (the counts first, latency second).
+            page.goto(url + "/?since=24h&split=model&refresh=600")
+            page.wait_for_selector("[data-chart=split-latency]")
+            page.locator("#split").scroll_into_view_if_needed()
+            save("overview-split")
             # A trace: the demo's tool call, as a conversation; then its session's timeline.
             traces = page.request.get(url + "/ui/api/traces", params={"since": "24h", "user": "alice", "limit": "100"})
             tool = next(

@@ -22,6 +22,11 @@ handler, limits and documents -- every page's data is this API):
   ``429`` answers its limits gave per time bucket in ``since``/``until`` (default: this month;
   ``since=all``: from the first stored), by limit (:mod:`..store.budgets`); a project's key sees
   its own project, an admin key every project (or ``project=NAME``);
+* ``suggest`` -- the values a filter can take, seen in the range and the key's project: ``field``
+  (model, provider, user, endpoint, project, meta_key, meta_value with ``meta_key``), ``prefix``,
+  ``limit`` (see :mod:`..store.slices`);
+* ``series`` -- the overview's time series split by ``by`` (model, project, user, ``meta:KEY``):
+  the ``top`` groups and "other" (``latency=false``: without the percentiles, a faster read);
 * ``me`` -- who the key or session is (its project, or every project for an admin key).
 
 Writes (:meth:`Reads.write`; the one kind there is, scores, see :mod:`..store.scores`):
@@ -54,7 +59,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from ..asgi import Disconnected, HTTPError, Query, Routes, TooLarge, read_body
 from ..config.projects import DEMO
-from ..store import QueryTimeout, StoreError, TraceFilter, budgets, queries, scores
+from ..store import QueryTimeout, StoreError, TraceFilter, budgets, queries, scores, slices
 from . import download, jsonshape
 
 TYPE_CHECKING = False
@@ -394,6 +399,41 @@ class Reads:
             bucket=queries.pick_bucket(since, f.until, now),
         )
 
+    async def _suggest(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
+        field = query.get("field") or ""
+        limit = _limit(query, 20)
+        f = await self._filter(query, who)
+        return await self.store.read(
+            slices.suggestions,
+            f,
+            field,
+            meta_key=query.get("meta_key") or None,
+            prefix=query.get("prefix") or None,
+            limit=limit,
+        )
+
+    async def _series(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
+        by = query.get("by") or ""
+        top = query.get("top") or "5"
+        if not (top.isascii() and top.isdigit()):
+            raise HTTPError(400, f"top must be a whole number, not {top!r}", "invalid_parameter", param="top")
+        latency = query.get("latency") or "true"
+        if latency not in ("true", "false"):
+            message = f"latency must be true or false (false: no percentiles, a faster read), not {latency!r}"
+            raise HTTPError(400, message, "invalid_parameter", param="latency")
+        f = await self._filter(query, who)
+        limit = self.store.reader.time_limit
+        return await self.store.read(
+            slices.group_series,
+            f,
+            by,
+            queries.pick_bucket(f.since, f.until),
+            int(top),
+            latency=latency == "true",
+            # A query per group at most (users), each under the time limit.
+            time_limit=None if limit is None else limit * (2 + min(int(top), slices.MAX_GROUPS)),
+        )
+
     async def _me(self, _: str | None, __: Mapping[str, str], who: KeyEntry) -> Any:
         return {
             "object": "key",
@@ -450,6 +490,8 @@ ROUTES: Routes[Handler] = Routes(
         "sessions/{id}": Reads._session,
         "users": Reads._users,
         "budgets": Reads._budgets,
+        "suggest": Reads._suggest,
+        "series": Reads._series,
         "me": Reads._me,
     }
 )

@@ -37,6 +37,10 @@ _FILTER_FLAGS = {
     "score": "score",
     "score_min": "score_min",
     "score_max": "score_max",
+    "provider": "provider",
+    "stream": "stream",
+    "http_status": "http_status",
+    **{f"{name}_{end}": f"{name}_{end}" for name in ("cost", "latency", "ttft", "tokens") for end in ("min", "max")},
 }
 
 
@@ -64,6 +68,14 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--score-min", metavar="X", help="with --score: only scores of at least X (true is 1, false 0)")
     p.add_argument("--score-max", metavar="Y", help="with --score: only scores of at most Y")
+    p.add_argument("--provider", metavar="NAME", help="only traces sent to this provider (as the config names it)")
+    p.add_argument("--stream", choices=("true", "false"), help="only streamed (true) or unstreamed (false) requests")
+    p.add_argument("--http-status", metavar="CODE", help="only answers with this HTTP status, e.g. 429")
+    for name, unit in (("cost", "USD"), ("latency", "ms"), ("ttft", "ms"), ("tokens", "total tokens")):
+        for end, word in (("min", "at least"), ("max", "at most")):
+            p.add_argument(
+                f"--{name}-{end}", metavar="X", help=f"only traces whose {name} is {word} X ({unit}; unknown: none)"
+            )
     p.add_argument("--since", metavar="WHEN", help="only newer traces: 15m, 2h, 7d, unix seconds or an ISO date/time")
     p.add_argument("--until", metavar="WHEN", help="only older traces (as --since)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -157,8 +169,9 @@ def _filters(args: argparse.Namespace) -> TraceFilter | None:
         for name in ("since", "until", "meta"):  # the flag, as the user typed it
             if message.startswith(name + ":"):
                 message = "--" + message
-        for name in ("score_min", "score_max"):
-            message = message.replace(name, "--" + name.replace("_", "-"))
+        for name in _FILTER_FLAGS:
+            if "_" in name:  # the flag, as the user typed it: --score-min, --http-status...
+                message = message.replace(name, "--" + name.replace("_", "-"))
         fail(args, message, "invalid_parameter", 2)
         return None
 

@@ -217,6 +217,17 @@ class TraceFilter:
     score: str | None = None
     score_min: float | None = None
     score_max: float | None = None
+    provider: str | None = None
+    stream: bool | None = None
+    http_status: int | None = None
+    cost_min: float | None = None
+    cost_max: float | None = None
+    latency_min: float | None = None
+    latency_max: float | None = None
+    ttft_min: float | None = None
+    ttft_max: float | None = None
+    tokens_min: float | None = None
+    tokens_max: float | None = None
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
@@ -242,13 +253,26 @@ class TraceFilter:
                 raise ParamError(name, f"{name} must be a finite number")
         if self.score_min is not None and self.score_max is not None and self.score_min > self.score_max:
             raise ParamError("score_min", "score_min must not be larger than score_max")
+        for name in RANGES:
+            low, high = getattr(self, name + "_min"), getattr(self, name + "_max")
+            for bound, value in ((name + "_min", low), (name + "_max", high)):
+                if value is not None and (not math.isfinite(value) or value < 0):
+                    raise ParamError(bound, f"{bound} must be a number of at least 0, not {value!r}")
+            if low is not None and high is not None and low > high:
+                raise ParamError(name + "_min", f"{name}_min must not be larger than {name}_max")
+        if self.http_status is not None and not 100 <= self.http_status <= 599:
+            raise ParamError(
+                "http_status", f"http_status must be an HTTP status from 100 to 599, not {self.http_status!r}"
+            )
 
     @classmethod
     def from_query(cls, query: Mapping[str, str], now: float | None = None) -> TraceFilter:
         """From a query string: ``project``, ``since``, ``until`` (unix seconds, ``15m``/``1h``/``7d``
         ago, or ISO), ``model``, ``endpoint``, ``status``, ``user``, ``session``, ``key``,
         ``meta=key=value`` (repeatable: every condition must hold), ``q`` (text in bodies),
-        ``model~`` and ``user~`` (a prefix, any case: ``user~=ali``). Empty values and other
+        ``model~`` and ``user~`` (a prefix, any case: ``user~=ali``), ``provider``, ``stream``
+        (true/false), ``http_status``, and the ranges of :data:`RANGES` (``cost_min``,
+        ``latency_max``...). Empty values and other
         names are ignored; a bad value raises ``ValueError`` saying what is expected. A
         :class:`~..asgi.Query` gives every ``meta``; a plain mapping its one."""
 
@@ -282,6 +306,10 @@ class TraceFilter:
             score=get("score"),
             score_min=_score_bound("score_min", get("score_min")),
             score_max=_score_bound("score_max", get("score_max")),
+            provider=get("provider"),
+            stream=_flag("stream", get("stream")),
+            http_status=_whole("http_status", get("http_status")),
+            **{bound: _range_bound(bound, get(bound)) for name in RANGES for bound in (name + "_min", name + "_max")},
         )
 
     @property
@@ -303,7 +331,44 @@ class TraceFilter:
             and self.model_prefix is None
             and self.user_prefix is None
             and self.score is None
+            and self.provider is None
+            and self.stream is None
+            and self.http_status is None
+            and all(getattr(self, n + "_min") is None and getattr(self, n + "_max") is None for n in RANGES)
         )
+
+
+#: The range filters (``NAME_min``/``NAME_max``, inclusive) -> the column they bound: cost in USD,
+#: latency and TTFT in ms, total tokens. A trace without a value (unknown cost, no TTFT) is not in
+#: any range.
+RANGES = {"cost": "cost_usd", "latency": "latency_ms", "ttft": "ttft_ms", "tokens": "total_tokens"}
+
+
+def _range_bound(name: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ParamError(name, f"{name} must be a number of at least 0, not {value!r}") from None
+
+
+def _flag(name: str, value: str | None) -> bool | None:
+    if value is None:
+        return None
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise ParamError(name, f"{name} must be true or false, not {value!r}")
+
+
+def _whole(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not (value.strip().isascii() and value.strip().isdigit()):  # ("²" is a digit to isdigit)
+        raise ParamError(name, f"{name} must be a whole number, not {value!r}")
+    return int(value)
 
 
 def _score_bound(name: str, value: str | None) -> float | None:
@@ -323,6 +388,7 @@ def _conditions(
     *,
     times: bool = True,
     seek: bool = False,
+    unindexed: frozenset[str] = frozenset(),
 ) -> tuple[list[str], list[Any]]:
     """WHERE clauses on ``traces`` for ``f``; ``since``/``until`` override the filter's range.
     The project is matched through ``traces_project`` only with ``seek``: otherwise SQLite would
@@ -343,11 +409,21 @@ def _conditions(
         if until is not None:
             clauses.append("created_at < ?")
             params.append(until)
-    for column in ("model", "endpoint", "status", "user_id", "session_id", "key_id"):
+    for column in ("model", "endpoint", "status", "user_id", "session_id", "key_id", "provider", "http_status"):
         value = getattr(f, column)
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
+    if f.stream is not None:
+        clauses.append("stream = ?")
+        params.append(1 if f.stream else 0)
+    for name, column in RANGES.items():
+        # (``unindexed``: range columns the planner must not read through their index.)
+        ranged = dialect_of(conn).unindexed(column) if column in unindexed else column
+        for bound, op in ((getattr(f, name + "_min"), ">="), (getattr(f, name + "_max"), "<=")):
+            if bound is not None:
+                clauses.append(f"{ranged} {op} ?")
+                params.append(bound)
     dialect = dialect_of(conn)
     for column, prefix in (("model", f.model_prefix), ("user_id", f.user_prefix)):
         if prefix is not None:
@@ -1116,9 +1192,13 @@ def list_traces(
     # against the filter, when the filter keeps many traces; otherwise the filter's rows, sorted.
     walk = column != "created_at" and _walk_sort_index(conn, f, limit)
     seek = not walk and f.project is not None and (by_time_only or _small_project(conn, f))
-    clauses, params = _conditions(conn, f, seek=seek)
+    # In time order, a range filter keeping few traces is read through its column's index (its
+    # matches sorted by time), else the time index is walked with each range checked on the row.
+    through = _range_seek(conn, f) if column == "created_at" else None
+    unindexed = frozenset(c for c in RANGES.values() if c != through) if column == "created_at" else frozenset()
+    clauses, params = _conditions(conn, f, seek=seek, unindexed=unindexed)
     # Not walking it, the sort column is an expression (unary +), so that SQLite does not.
-    value = column if walk or column == "created_at" else dialect_of(conn).unindexed(column)
+    value = column if walk or (column == "created_at" and through is None) else dialect_of(conn).unindexed(column)
     # Pick the page's rows first (from an index when the filter allows), then read just those
     # rows: sorting full rows would read every row of the range, bodies included.
     keys: list[Any] = []
@@ -1205,6 +1285,32 @@ def neighbours(
         firsts, _ = list_traces(conn, f, sort=sort, descending=not descending, limit=1)
         preceding = firsts[0] if firsts and firsts[0][column] is not None else None
     return (None if preceding is None else preceding["id"]), (None if following is None else following["id"])
+
+
+#: A range filter keeping fewer traces than this is listed in time order through its column's
+#: index (those traces sorted by time); one keeping more, by walking the time index.
+RANGE_SEEK = 20_000
+
+
+def _range_seek(conn: Connection, f: TraceFilter) -> str | None:
+    """The column of ``f``'s range filter (:data:`RANGES`) keeping the fewest traces, when it keeps
+    fewer than :data:`RANGE_SEEK` (counted through its index, up to that); ``None`` without one,
+    or when a user, session, key or text filter has an index of its own to read."""
+    if f.user_id is not None or f.session_id is not None or f.key_id is not None or f.text is not None:
+        return None
+    best: tuple[int, str] | None = None
+    for name, column in RANGES.items():
+        bounds = [
+            (b, op) for b, op in ((getattr(f, name + "_min"), ">="), (getattr(f, name + "_max"), "<=")) if b is not None
+        ]
+        if not bounds:
+            continue
+        where = " AND ".join(f"{column} {op} ?" for _, op in bounds)
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM traces WHERE {where} LIMIT ?) AS matched"
+        n = int(conn.execute(sql, [*(b for b, _ in bounds), RANGE_SEEK]).fetchone()[0])
+        if n < RANGE_SEEK and (best is None or n < best[0]):
+            best = (n, column)
+    return None if best is None else best[1]
 
 
 #: How many times a row read to check it against a filter costs an index entry read to sort it.

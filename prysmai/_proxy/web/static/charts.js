@@ -84,8 +84,12 @@ export function chart({ id, title, points, bucket, series, format }) {
     }
     root.append(group);
   });
-  const legend = el("div", { class: "legend" },
-    series.map((s, si) => el("span", { class: `key key-${si}` }, s.label)));
+  // A series may bring its own legend item (a link: click to filter).
+  const legend = el("div", { class: "legend" }, series.map((s, si) => {
+    const item = s.legend || el("span", null, s.label);
+    item.classList.add("key", `key-${si}`);
+    return item;
+  }));
   const figure = el("figure", { class: "chart-box" }, el("figcaption", null, title), root, legend);
   attachTips(figure, root, { points, series, format, center: (p) => x(p.t) + slot / 2, width: W, top: PAD.top, bottom: PAD.top + plotH });
   return figure;

@@ -2,6 +2,7 @@
 // applying filters navigates to the same page with the new query string.
 import { el } from "./dom.js";
 import { fromInput, toInput, zoneName } from "./time.js";
+import { suggestionPanel, withSuggestions } from "./slice.js";
 
 export const RANGES = [
   ["15m", "15 min"],
@@ -29,13 +30,27 @@ const FIELDS = [
   ["score", "score name"],
   ["score_min", "score ≥"],
   ["score_max", "score ≤"],
+  ["provider", "provider"],
 ];
+// The range filters and the rarer ones, under "more filters": [name, label].
+const MORE = [
+  ["cost_min", "cost ≥ (USD)"],
+  ["cost_max", "cost ≤ (USD)"],
+  ["latency_min", "latency ≥ (ms)"],
+  ["latency_max", "latency ≤ (ms)"],
+  ["ttft_min", "TTFT ≥ (ms)"],
+  ["ttft_max", "TTFT ≤ (ms)"],
+  ["tokens_min", "tokens ≥"],
+  ["tokens_max", "tokens ≤"],
+  ["http_status", "HTTP status"],
+];
+const NUMERIC = new Set(["score_min", "score_max", ...MORE.map(([n]) => n)]);
 // The fields whose value may end in "*": a prefix, any case (the API's user~= and model~=).
 const PREFIXED = new Set(["model", "user"]);
 // Several metadata conditions in the one field, all of which must hold.
 const META_JOIN = " & ";
 const NAMES = ["until", "project", "model", "model~", "endpoint", "status", "user", "user~", "session", "key", "meta", "q",
-  "score", "score_min", "score_max"];
+  "score", "score_min", "score_max", "provider", "stream", ...MORE.map(([n]) => n)];
 
 /** The URL's parameters as the API's query (range -> since; "all" -> no since), as
  * URLSearchParams: a name may repeat (meta). */
@@ -95,23 +110,32 @@ export function filterBar(full) {
   });
   const inputs = {};
   const controls = [el("label", { class: "field" }, "Range ", range), custom];
+  const panel = suggestionPanel();
   if (full) {
     const status = el("select", { id: "f-status", name: "status", "aria-label": "status" },
       ["", "success", "error", "timeout", "cancelled"].map((s) =>
         el("option", { value: s, selected: (url.get("status") || "") === s }, s || "any status")));
     inputs.status = status;
     controls.push(status);
-    for (const [name, label] of FIELDS.filter(([n]) => withProject || n !== "project")) {
-      const numeric = name === "score_min" || name === "score_max";
-      const input = el("input", numeric
-        ? { type: "number", step: "any", id: "f-" + name, placeholder: label, "aria-label": label, class: "narrow" }
+    const scope = () => apiParams(location.search);
+    const field = (name, label) => {
+      const input = el("input", NUMERIC.has(name)
+        ? { type: "number", step: "any", min: name.startsWith("score") ? null : "0", id: "f-" + name, placeholder: label, "aria-label": label, class: "narrow" }
         : { type: "search", id: "f-" + name, placeholder: label, "aria-label": label });
       input.value = fieldValue(url, name);
       inputs[name] = input;
-      controls.push(input);
-    }
+      return withSuggestions(name, input, scope, panel);
+    };
+    for (const [name, label] of FIELDS.filter(([n]) => withProject || n !== "project")) controls.push(field(name, label));
+    const stream = el("select", { id: "f-stream", name: "stream", "aria-label": "streamed" },
+      [["", "streamed or not"], ["true", "streamed"], ["false", "not streamed"]].map(([v, label]) =>
+        el("option", { value: v, selected: (url.get("stream") || "") === v }, label)));
+    inputs.stream = stream;
+    const more = el("details", { class: "more-filters", id: "more-filters", open: ["stream", ...MORE.map(([n]) => n)].some((n) => url.get(n)) },
+      el("summary", null, "more filters"), stream, MORE.map(([name, label]) => field(name, label)));
+    controls.push(more);
   }
-  const form = el("form", { class: "filters", id: "filters" }, controls, el("button", { type: "submit" }, "Apply"));
+  const form = el("form", { class: "filters", id: "filters" }, controls, el("button", { type: "submit" }, "Apply"), panel);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const next = new URLSearchParams();

@@ -4,6 +4,7 @@ import { chart } from "./charts.js";
 import { apiParams, filterBar } from "./filters.js";
 import { fmtClock } from "./time.js";
 import { welcomeIfEmpty } from "./welcome.js";
+import { drawSplit, splitSection } from "./groups.js";
 import { clear, costText, el, fmtCost, fmtMs, fmtNum, fmtPct, pageLink, sessionLink, table } from "./dom.js";
 
 const AVERAGE_TITLES = { model: "Average score by model", user: "Average score by user", project: "Average score by project" };
@@ -93,6 +94,7 @@ export async function render(main, me) {
     if (paused) clearTimeout(timer);
     else load();
   });
+  const split = splitSection();
   clear(main).append(el("h1", null, "Overview"), filterBar(true), el("div", { class: "toolbar" }, pause, stamp), body);
 
   async function load() {
@@ -100,6 +102,7 @@ export async function render(main, me) {
     try {
       const doc = await getJSON("overview", apiParams(location.search));
       await draw(doc);
+      await drawSplit(split.split, split.body).catch((err) => clear(split.body).append(el("p", { class: "error" }, String(err.message || err))));
       stamp.textContent = "updated " + fmtClock(Date.now() / 1000);
     } catch (err) {
       clear(body).append(el("p", { class: "error" }, String(err.message || err)));
@@ -135,7 +138,7 @@ export async function render(main, me) {
       Object.keys(AVERAGE_TITLES).filter((by) => by in scored).map((by) => averages(by, scored[by])));
     // Nothing in the range: if nothing at all was ever stored, how to send the first trace.
     const welcome = doc.overview.requests ? null : await welcomeIfEmpty(me);
-    clear(body).append(welcome || "", cards(doc.overview), charts, breakdowns, scores);
+    clear(body).append(welcome || "", cards(doc.overview), charts, split.section, breakdowns, scores);
   }
 
   await load();

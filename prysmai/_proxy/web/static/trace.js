@@ -2,6 +2,7 @@
 import { getJSON, sendJSON } from "./api.js";
 import { apiParams } from "./filters.js";
 import { bodyDoc, bodyText, parameters, repeatedCount, requestMessages, responseMessages } from "./conversation.js";
+import { filterLink, metaText } from "./slice.js";
 import { clear, costStatus, costText, el, facts, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, scoreValue, sessionLink, statusBadge, traceCost, traceLink } from "./dom.js";
 
 // The name the reviewer's thumbs are stored under (a boolean score).
@@ -107,11 +108,26 @@ function rawBlock(title, body, id) {
   return el("details", { class: "raw-box" }, el("summary", null, title, " "), copy, pre);
 }
 
+/** A link to the traces list with the list this trace came from (or every trace, opened on its
+ * own), filtered by `name` = `value` too. */
+function facet(name, value, label) {
+  const here = new URLSearchParams(location.search);
+  if (!here.get("since")) here.set("since", "all");
+  return filterLink(name, value, label, "/traces", here);
+}
+
+// Keys a metadata filter can name (no quote, backslash or control character).
+const FILTERABLE_KEY = /^[^"\\\u0000-\u001f\u007f-\u009f]+$/;
+
 function metadataList(meta) {
   if (!meta || typeof meta !== "object") return meta ? String(meta) : null;
   const dl = el("dl", { class: "meta" });
   for (const [k, v] of Object.entries(meta)) {
-    dl.append(el("dt", null, k), el("dd", null, typeof v === "string" ? v : JSON.stringify(v)));
+    const shown = typeof v === "string" ? v : JSON.stringify(v);
+    const asText = metaText(v);
+    // A member a filter can match is a link adding "key=value" to the list's filters.
+    const value = asText !== null && FILTERABLE_KEY.test(k) ? facet("meta", k + "=" + asText, shown) : shown;
+    dl.append(el("dt", null, k), el("dd", null, value));
   }
   return dl;
 }
@@ -171,9 +187,9 @@ export async function renderTrace(main, id, me) {
     ["status", statusBadge(t.status, t.http_status)],
     ["error", t.error ? el("span", { class: "error-text" }, t.error) : null],
     ["time", el("span", { id: "trace-time", "data-unix": t.created_at }, fmtTime(t.created_at, true))],
-    ["project", t.project],
-    ["provider", t.provider],
-    ["model", t.model],
+    ["project", t.project ? facet("project", t.project) : null],
+    ["provider", t.provider ? facet("provider", t.provider) : null],
+    ["model", t.model ? facet("model", t.model) : null],
     ["answered by", t.response_model && t.response_model !== t.model ? t.response_model : null],
     ["endpoint", `${t.method} /api/v1/${t.endpoint}`],
     ["streamed", t.stream ? "yes" : "no"],
@@ -181,8 +197,8 @@ export async function renderTrace(main, id, me) {
     ["TTFT", t.ttft_ms !== null && t.ttft_ms !== undefined ? fmtMs(t.ttft_ms) : null],
     ["tokens", `${fmtNum(t.total_tokens)} (${fmtNum(t.prompt_tokens)} in, ${fmtNum(t.completion_tokens)} out)`],
     ["cost", priceNote],
-    ["user", t.user_id ? pageLink("/traces", { user: t.user_id, since: "all" }, t.user_id) : null],
-    ["session", t.session_id ? sessionLink(t.session_id) : null],
+    ["user", t.user_id ? facet("user", t.user_id) : null],
+    ["session", t.session_id ? [sessionLink(t.session_id), " ", facet("session", t.session_id, "(filter the list)")] : null],
     ["key", t.key_id ? pageLink("/traces", { key: t.key_id, since: "all" }, t.key_id) : null],
     ["provider request id", t.provider_request_id],
     ["trace id", t.id],

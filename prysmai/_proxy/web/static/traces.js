@@ -2,7 +2,8 @@
 import { getJSON } from "./api.js";
 import { apiParams, DEFAULT_RANGE, filterBar } from "./filters.js";
 import { welcomeIfEmpty } from "./welcome.js";
-import { clear, el, fmtMs, fmtNum, fmtTime, pageLink, scoreChips, sessionLink, statusBadge, table, traceCost, traceLink } from "./dom.js";
+import { clear, el, fmtMs, fmtNum, fmtTime, pageLink, scoreChips, statusBadge, table, traceCost, traceLink } from "./dom.js";
+import { filterLink } from "./slice.js";
 
 function sortHead(key, label) {
   const url = new URLSearchParams(location.search);
@@ -46,8 +47,9 @@ export function traceColumns(withSort, withProject, listQuery) {
   return [
     { head: head("time", "time"), cell: open, cls: "nowrap" },
     // Only an admin key reads several projects; a project's key sees its own only.
-    ...(withProject ? [{ head: "project", cell: (r) => r.project ?? "–", cls: "clip" }] : []),
-    { head: "model", cell: (r) => r.model ?? "–", cls: "clip" },
+    ...(withProject ? [{ head: "project", cell: (r) => (r.project ? filterLink("project", r.project) : "–"), cls: "clip" }] : []),
+    // A click on a value adds it to the list's filters (the session's timeline is one more link).
+    { head: "model", cell: (r) => (r.model ? filterLink("model", r.model) : "–"), cls: "clip" },
     { head: "endpoint", cell: (r) => [r.endpoint, r.stream ? el("span", { class: "stream-mark", "data-stream": "1", title: "streamed" }, "stream") : null], cls: "clip" },
     { head: "status", cell: (r) => statusBadge(r.status, r.http_status) },
     // One line each, as text: the start of the last user message, and of the answer -- or, for a
@@ -58,8 +60,10 @@ export function traceColumns(withSort, withProject, listQuery) {
     { head: head("ttft", "TTFT"), cell: (r) => fmtMs(r.ttft_ms), cls: "num" },
     { head: head("tokens", "tokens"), cell: (r) => fmtNum(r.total_tokens), cls: "num" },
     { head: head("cost", "cost"), cell: (r) => traceCost(r), cls: "num" },
-    { head: "user", cell: (r) => (r.user_id ? pageLink("/traces", { user: r.user_id, since: "all" }, r.user_id) : "–"), cls: "clip" },
-    { head: "session", cell: (r) => (r.session_id ? sessionLink(r.session_id) : "–"), cls: "clip" },
+    { head: "user", cell: (r) => (r.user_id ? filterLink("user", r.user_id) : "–"), cls: "clip" },
+    { head: "session", cell: (r) => (r.session_id
+      ? [filterLink("session", r.session_id), " ", pageLink("/sessions/" + encodeURIComponent(r.session_id), null, "↗")]
+      : "–"), cls: "clip" },
     { head: "scores", cell: (r) => scoreChips(r.scores), cls: "clip scores-cell" },
   ];
 }
