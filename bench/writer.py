@@ -44,11 +44,6 @@ from _common import BENCH_DIR, REPO_DIR, emit, machine_info, median
 KINDS = ("plain", "users", "projects")
 #: ``--redaction``'s variants: name -> the redaction sets.
 REDACTION = {"off": "", "secrets": "secrets", "every set": "secrets,email,phone,card,iban,ip"}
-_SENSITIVE = (
-    "mail me at ada.lovelace@example.org",
-    "key sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z",
-    "card 4111 1111 1111 1111",
-)
 
 
 def child(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> None:
@@ -100,35 +95,23 @@ def child_redaction(code: str, n: int, sets: str) -> None:
     from prysmai._proxy.store.writer import TraceWriter
 
     sys.path.insert(1, str(BENCH_DIR))
-    from dashboard_scale import make_rows
+    from openai_shapes import exchanges
 
-    rng = random.Random(9)
     policy = StoragePolicy(redact=tuple(s for s in sets.split(",") if s))
     items = []
-    for row in make_rows(n, time.time()):
-        words = row["response_body"] or "hello"
-        if rng.random() < 0.1:
-            words += " " + rng.choice(_SENSITIVE)
-        ex = Exchange(row["id"], row["created_at"], 0.0, "POST", "chat/completions")
-        ex.model = row["model"]
-        ex.request_body = json.dumps(
-            {
-                "model": row["model"],
-                "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": words}],
-            }
-        ).encode()
+    now = time.time()
+    for i, shape in enumerate(exchanges(n, seed=9, now=now)):
+        ex = Exchange(f"{i:032x}", now, 0.0, "POST", shape["endpoint"])
+        ex.model = shape["model"]
+        ex.stream = shape["stream"]
+        ex.request_body = shape["request"]
         ex.request_content_type = "application/json"
-        ex.response_body = json.dumps(
-            {
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "model": row["model"],
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": words[::-1]}, "finish_reason": "stop"}
-                ],
-                "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
-            }
-        ).encode()
+        if ex.stream:
+            ex.chunks = [(0.01 * k, frame) for k, frame in enumerate(shape["chunks"])]
+            ex.response_content_type = "text/event-stream"
+        else:
+            ex.response_body = shape["response"]
+            ex.response_content_type = "application/json"
         ex.http_status = 200
         ex.t_end = 0.5
         ex.policy = policy
