@@ -17,13 +17,14 @@ projects). A checkout that predates projects ignores the project. ``--drop INDEX
 checkout with that index dropped before writing (what the index costs); ``--no-search-index`` also
 runs it with ``--search-index off`` (what the search index of the bodies costs).
 
-``--redaction`` measures what redaction costs the writer instead: this checkout only, the rows
-built from captured exchanges (chat requests and answers of 0.2-2 KB of prose, a tenth of them
-holding an e-mail address, a key or a card number) by ``finalize`` on the writer thread, with
-redaction off, with ``secrets`` (the default) and with every set, rounds interleaved; the ratios
-are to redaction off in the same round.
+``--redaction`` measures what redaction costs the writer instead: the rows built by ``finalize``
+on the writer thread from captured exchanges shaped as OpenAI writes them (``openai_shapes.py``:
+chat completions, streamed ones, embeddings; a tenth holding an e-mail address, a key, a card
+number, a phone number or an IP address), with redaction off, with ``secrets`` (the default) and
+with every set, rounds interleaved; the ratios are to redaction off of the same checkout in the
+same round. ``--baseline DIR`` runs another checkout's writer on the same exchanges too.
 
-    python bench/writer.py --redaction --rounds 5
+    python bench/writer.py --redaction --rounds 5 [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def child(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> None:
 def child_redaction(code: str, n: int, sets: str) -> None:
     """Build ``n`` rows from captured exchanges with these redaction sets, on the writer thread."""
     sys.path.insert(0, code)
+    import prysmai
+
+    if not prysmai.__file__ or not prysmai.__file__.startswith(code):
+        raise RuntimeError(f"imported {prysmai.__file__}, not the checkout in {code}")
     from functools import partial
 
     from prysmai._proxy.config.policy import StoragePolicy
@@ -132,23 +137,27 @@ def child_redaction(code: str, n: int, sets: str) -> None:
     print(json.dumps({"writer_cpu_s": writer_cpu, "wall_s": wall}))
 
 
-def redaction(rounds: int, n: int) -> int:
-    """``--redaction``: rows/s of writer CPU with each variant of :data:`REDACTION`."""
+def redaction(rounds: int, n: int, baseline: str | None) -> int:
+    """``--redaction``: rows/s of writer CPU with each variant of :data:`REDACTION` (and with
+    ``baseline``'s checkout too, when given), rounds interleaved; ratios to "off" of the same
+    checkout in the same round."""
     emit({"bench": "writer-redaction", "kind": "machine", **machine_info()})
     results: dict[str, list[float]] = {}
-    names = list(REDACTION)
+    checkouts = [("", str(REPO_DIR))] + ([("baseline ", str(Path(baseline).resolve()))] if baseline else [])
+    runs = [(prefix + name, code, sets) for prefix, code in checkouts for name, sets in REDACTION.items()]
     for rnd in range(rounds):
-        for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
-            cmd = [sys.executable, __file__, "--child-redaction", REDACTION[name] or "-", "--rows", str(n)]
+        for name, code, sets in runs[rnd % len(runs) :] + runs[: rnd % len(runs)]:
+            cmd = [sys.executable, __file__, "--child-redaction", sets or "-", "--rows", str(n), "--code", code]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1200).stdout
             r = json.loads(out.strip().splitlines()[-1])
             rate = n / r["writer_cpu_s"]
             results.setdefault(name, []).append(rate)
             emit({"bench": "writer-redaction", "round": rnd, "variant": name, "rows_per_cpu_s": round(rate)})
     lines = ["| redaction | rows/s of writer CPU (per round) | x off |", "|---|---:|---:|"]
-    for name in names:
+    for name, _, _ in runs:
         rates = results[name]
-        ratios = [a / b for a, b in zip(rates, results["off"])]
+        off = results["baseline off" if name.startswith("baseline ") else "off"]
+        ratios = [a / b for a, b in zip(rates, off)]
         cell = " / ".join(f"{r / 1000:.2f}" for r in rates) + f" k (median {median(rates) / 1000:.2f} k)"
         lines.append(f"| {name} | {cell} | **{median(ratios):.2f}x** [{min(ratios):.2f}-{max(ratios):.2f}] |")
     print("\n".join(lines), file=sys.stderr)
@@ -195,12 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redaction", action="store_true", help="what redaction costs the writer (see above)")
     parser.add_argument("--child", metavar="CODE", help=argparse.SUPPRESS)
     parser.add_argument("--child-redaction", metavar="SETS", help=argparse.SUPPRESS)
+    parser.add_argument("--code", default=str(REPO_DIR), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_redaction:
-        child_redaction(str(REPO_DIR), args.rows, "" if args.child_redaction == "-" else args.child_redaction)
+        child_redaction(args.code, args.rows, "" if args.child_redaction == "-" else args.child_redaction)
         return 0
     if args.redaction:
-        return redaction(args.rounds, args.rows)
+        return redaction(args.rounds, args.rows, args.baseline)
     if args.child:
         child(args.child, args.kinds, args.rows, args.drop, args.body_kb)
         return 0

@@ -308,6 +308,29 @@ class _Bytes:
         return found
 
 
+class _GateSet:
+    """Which of some gates are found in a text, in one search (google-re2's ``RE2::Set``)."""
+
+    __slots__ = ("set",)
+
+    def __init__(self, patterns: list[str]) -> None:
+        assert _re2 is not None
+        options = _re2.Options()
+        options.encoding = _re2.Options.Encoding.LATIN1
+        options.log_errors = False
+        self.set = _re2.Set.SearchSet(options)
+        for pattern in patterns:
+            self.set.Add(pattern.encode())
+        self.set.Compile()
+
+    def found(self, text: str) -> list[int] | None:
+        """The indexes of the gates found in ``text``; ``None`` for none -- or for a search
+        that gave up (out of memory), which a caller that knows some gate is there reads as
+        "any of them"."""
+        hits: list[int] | None = self.set.Match(text.encode("utf-8", "surrogatepass"))
+        return hits
+
+
 def _found(gate: Searcher, text: str) -> bool:
     """Whether ``gate`` is found in ``text``."""
     return gate.search(text) is not None
@@ -324,26 +347,14 @@ class _Rule:
         group: str | None = None,
         gate: Searcher | None = None,
     ) -> None:
+        #: ``gate``: found in every text ``regex`` matches (None: no such search).
         self.kind = kind
         self.regex = regex
         self.validate = validate
         self.group = group
         self.gate = gate
 
-    def shut(self, text: str, gates: dict[int, bool]) -> bool:
-        """Whether this pattern cannot match ``text`` (its gate is shut); ``gates`` keeps the
-        answers of this text's gates."""
-        gate = self.gate
-        if gate is None:
-            return False
-        known = gates.get(id(gate))
-        if known is None:
-            known = gates[id(gate)] = not _found(gate, text)
-        return known
-
-    def apply(self, text: str, counts: dict[str, int], gates: dict[int, bool]) -> str:
-        if self.shut(text, gates):
-            return text
+    def apply(self, text: str, counts: dict[str, int]) -> str:
         replacement = marker(self.kind)
         validate, group = self.validate, self.group
 
@@ -393,6 +404,10 @@ class Redactor:
         ungated = any(rule.gate is None for rule in self.rules)
         self._gate = None if ungated else _compile_gate("|".join(gates))
         self._raw_gate = None if ungated else _compile_gate("|".join([*gates, _ASCII_ESCAPE]))
+        # Which gates a text opens, in one search too: the gated rules' indexes in ``rules``.
+        self._gated = [i for i, rule in enumerate(self.rules) if rule.gate is not None]
+        self._ungated = [i for i, rule in enumerate(self.rules) if rule.gate is None]
+        self._gate_set = _GateSet(gates) if _re2 is not None and gates else None
 
     def may_match(self, text: str) -> bool:
         """Whether some pattern's gate lets it try ``text`` (``False``: nothing can match)."""
@@ -406,28 +421,45 @@ class Redactor:
     def __bool__(self) -> bool:
         return bool(self.rules)
 
+    def _open(self, text: str) -> frozenset[int]:
+        """The indexes (in ``rules``) of the rules that may match ``text``, some gate of which
+        is known to be found in it."""
+        if self._gate_set is not None:
+            hits = self._gate_set.found(text)
+            if hits is not None:
+                return frozenset([*(self._gated[h] for h in hits), *self._ungated])
+            return frozenset(range(len(self.rules)))  # a search that gave up: every rule
+        return frozenset(i for i, rule in enumerate(self.rules) if rule.gate is None or _found(rule.gate, text))
+
     def text(self, text: str) -> str:
         """``text`` with every match replaced by its marker. Until nothing more matches: a match
         that ran on into a neighbour ("a@b.uk-c+d@e.uk") leaves the neighbour's rest, which a
         marker before it makes a match of its own."""
         if not self.may_match(text):
             return text
+        open_rules = self._open(text)
         for _ in range(8):
             before = text
-            gates: dict[int, bool] = {}
-            for rule in self.rules:
-                redacted = rule.apply(text, self.counts, gates)
+            for i, rule in enumerate(self.rules):
+                if i not in open_rules:
+                    continue
+                redacted = rule.apply(text, self.counts)
                 if redacted is not text:
-                    text, gates = redacted, {}
+                    text = redacted
+                    if not self.may_match(text):
+                        return text
+                    open_rules = self._open(text)
             if text == before:
                 break
         return text
 
     def matches(self, text: str) -> bool:
         """Whether any pattern matches somewhere in ``text`` (validated)."""
-        gates: dict[int, bool] = {}
-        for rule in self.rules:
-            if rule.shut(text, gates):
+        if not self.may_match(text):
+            return False
+        open_rules = self._open(text)
+        for i, rule in enumerate(self.rules):
+            if i not in open_rules:
                 continue
             if rule.validate is None:
                 if rule.regex.search(text) is not None:
@@ -473,12 +505,6 @@ class Redactor:
                 doc = None
         if doc is None:
             return self.text(text)
-        # Most bodies hold nothing to redact: look for a match in all their strings at once (a
-        # NUL between two strings: no pattern matches across it), and walk only if one is there.
-        strings: list[str] = []
-        _strings(doc, strings)
-        if not self.matches("\x00".join(strings)):
-            return text
         redacted = self.value(doc)
         if redacted is doc:
             return text
@@ -488,21 +514,6 @@ class Redactor:
 #: A printable ASCII character written as a \u escape ("\u0040"): what could hide a gate's text
 #: in a JSON document (no JSON writer does so unasked).
 _ASCII_ESCAPE = r"\\u00[2-7][0-9A-Fa-f]"
-
-
-def _strings(value: Any, out: list[str]) -> None:
-    """The strings of a decoded JSON value (keys too) and its integers, as text."""
-    if isinstance(value, str):
-        out.append(value)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            out.append(k)
-            _strings(v, out)
-    elif isinstance(value, list):
-        for v in value:
-            _strings(v, out)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        out.append(str(value))
 
 
 @functools.lru_cache(maxsize=64)
