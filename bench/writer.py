@@ -22,9 +22,11 @@ on the writer thread from captured exchanges shaped as OpenAI writes them (``ope
 chat completions, streamed ones, embeddings; a tenth holding an e-mail address, a key, a card
 number, a phone number or an IP address), with redaction off, with ``secrets`` (the default) and
 with every set, rounds interleaved; the ratios are to redaction off of the same checkout in the
-same round. ``--baseline DIR`` runs another checkout's writer on the same exchanges too.
+same round. ``--baseline DIR`` runs another checkout's writer on the same exchanges too;
+``--mix chat`` keeps only the non-streamed chat completions (the lightest rows: redaction's
+largest share).
 
-    python bench/writer.py --redaction --rounds 5 [--baseline DIR]
+    python bench/writer.py --redaction --rounds 5 [--baseline DIR] [--mix chat]
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def child(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> None:
     print(json.dumps({"writer_cpu_s": writer_cpu, "wall_s": wall}))
 
 
-def child_redaction(code: str, n: int, sets: str) -> None:
+def child_redaction(code: str, n: int, sets: str, mix: str) -> None:
     """Build ``n`` rows from captured exchanges with these redaction sets, on the writer thread."""
     sys.path.insert(0, code)
     import prysmai
@@ -105,7 +107,10 @@ def child_redaction(code: str, n: int, sets: str) -> None:
     policy = StoragePolicy(redact=tuple(s for s in sets.split(",") if s))
     items = []
     now = time.time()
-    for i, shape in enumerate(exchanges(n, seed=9, now=now)):
+    shapes = exchanges(n if mix == "all" else 3 * n, seed=9, now=now)
+    if mix == "chat":  # non-streamed chat completions only: the lightest rows, redaction's worst case
+        shapes = (s for s in shapes if s["endpoint"] == "chat/completions" and not s["stream"])
+    for i, shape in enumerate(list(shapes)[:n]):
         ex = Exchange(f"{i:032x}", now, 0.0, "POST", shape["endpoint"])
         ex.model = shape["model"]
         ex.stream = shape["stream"]
@@ -137,17 +142,18 @@ def child_redaction(code: str, n: int, sets: str) -> None:
     print(json.dumps({"writer_cpu_s": writer_cpu, "wall_s": wall}))
 
 
-def redaction(rounds: int, n: int, baseline: str | None) -> int:
+def redaction(rounds: int, n: int, baseline: str | None, mix: str) -> int:
     """``--redaction``: rows/s of writer CPU with each variant of :data:`REDACTION` (and with
     ``baseline``'s checkout too, when given), rounds interleaved; ratios to "off" of the same
     checkout in the same round."""
-    emit({"bench": "writer-redaction", "kind": "machine", **machine_info()})
+    emit({"bench": "writer-redaction", "kind": "machine", "mix": mix, **machine_info()})
     results: dict[str, list[float]] = {}
     checkouts = [("", str(REPO_DIR))] + ([("baseline ", str(Path(baseline).resolve()))] if baseline else [])
     runs = [(prefix + name, code, sets) for prefix, code in checkouts for name, sets in REDACTION.items()]
     for rnd in range(rounds):
         for name, code, sets in runs[rnd % len(runs) :] + runs[: rnd % len(runs)]:
             cmd = [sys.executable, __file__, "--child-redaction", sets or "-", "--rows", str(n), "--code", code]
+            cmd += ["--mix", mix]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1200).stdout
             r = json.loads(out.strip().splitlines()[-1])
             rate = n / r["writer_cpu_s"]
@@ -205,12 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", metavar="CODE", help=argparse.SUPPRESS)
     parser.add_argument("--child-redaction", metavar="SETS", help=argparse.SUPPRESS)
     parser.add_argument("--code", default=str(REPO_DIR), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--mix",
+        choices=("all", "chat"),
+        default="all",
+        help="--redaction's exchanges: OpenAI's mix (chat, streams, embeddings) or chat completions only",
+    )
     args = parser.parse_args(argv)
     if args.child_redaction:
-        child_redaction(args.code, args.rows, "" if args.child_redaction == "-" else args.child_redaction)
+        child_redaction(args.code, args.rows, "" if args.child_redaction == "-" else args.child_redaction, args.mix)
         return 0
     if args.redaction:
-        return redaction(args.rounds, args.rows, args.baseline)
+        return redaction(args.rounds, args.rows, args.baseline, args.mix)
     if args.child:
         child(args.child, args.kinds, args.rows, args.drop, args.body_kb)
         return 0
