@@ -226,13 +226,14 @@ def embeddings_answer(rng: random.Random, model: str, inputs: int, dims: int = 1
     }
 
 
-def exchanges(n: int, seed: int, now: float) -> Iterator[dict[str, Any]]:
+def exchanges(n: int, seed: int, now: float, chat_only: bool = False) -> Iterator[dict[str, Any]]:
     """``n`` exchanges: dicts with ``endpoint``, ``model``, ``stream``, ``request`` (bytes) and
-    ``response`` (bytes) or ``chunks`` (list of SSE frames)."""
+    ``response`` (bytes) or ``chunks`` (list of SSE frames). ``chat_only``: non-streamed chat
+    completions only."""
     rng = random.Random(seed)
     for i in range(n):
         created = int(now) - n + i
-        kind = rng.random()
+        kind = rng.uniform(0.4, 1.0) if chat_only else rng.random()
         if kind < 0.1:
             model = "text-embedding-3-small"
             inputs = [prose(rng, rng.randint(5, 40)) for _ in range(rng.choice((1, 1, 1, 4)))]

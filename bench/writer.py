@@ -107,10 +107,8 @@ def child_redaction(code: str, n: int, sets: str, mix: str) -> None:
     policy = StoragePolicy(redact=tuple(s for s in sets.split(",") if s))
     items = []
     now = time.time()
-    shapes = exchanges(n if mix == "all" else 3 * n, seed=9, now=now)
-    if mix == "chat":  # non-streamed chat completions only: the lightest rows, redaction's worst case
-        shapes = (s for s in shapes if s["endpoint"] == "chat/completions" and not s["stream"])
-    for i, shape in enumerate(list(shapes)[:n]):
+    # --mix chat: non-streamed chat completions only, the lightest rows (redaction's worst case)
+    for i, shape in enumerate(exchanges(n, seed=9, now=now, chat_only=mix == "chat")):
         ex = Exchange(f"{i:032x}", now, 0.0, "POST", shape["endpoint"])
         ex.model = shape["model"]
         ex.stream = shape["stream"]
