@@ -46,7 +46,7 @@ from ..config.policy import REDACTION_SETS
 try:
     # google-re2 (the proxy extra): every gate in one pass of a DFA over a body, in time linear
     # in its length whatever the number of gates; the standard library's engine tries each
-    # alternative at each place (about 30 times slower on a chat answer).
+    # alternative at each place (60 to 100 times slower on a chat request or answer).
     import re2 as _re2  # type: ignore[import-untyped,unused-ignore]
 except ImportError:  # without the proxy extra: the same gates, slower
     _re2 = None
@@ -359,7 +359,7 @@ class _Rule:
         group: str | None = None,
         gate: Searcher | None = None,
     ) -> None:
-        #: ``gate``: found in every text ``regex`` matches (None: no such search).
+        # gate: found in every text regex matches (None: no such search)
         self.kind = kind
         self.regex = regex
         self.validate = validate
@@ -393,7 +393,7 @@ class _Rule:
         return self.regex.sub(sub, text)
 
 
-#: How long a string :attr:`Redactor._clean` may hold is, and how many it holds at most.
+#: The longest string :attr:`Redactor._clean` keeps, and how many strings it keeps at most.
 _SHORT = 64
 _CLEAN_MAX = 4096
 
