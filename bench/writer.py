@@ -17,13 +17,16 @@ projects). A checkout that predates projects ignores the project. ``--drop INDEX
 checkout with that index dropped before writing (what the index costs); ``--no-search-index`` also
 runs it with ``--search-index off`` (what the search index of the bodies costs).
 
-``--redaction`` measures what redaction costs the writer instead: this checkout only, the rows
-built from captured exchanges (chat requests and answers of 0.2-2 KB of prose, a tenth of them
-holding an e-mail address, a key or a card number) by ``finalize`` on the writer thread, with
-redaction off, with ``secrets`` (the default) and with every set, rounds interleaved; the ratios
-are to redaction off in the same round.
+``--redaction`` measures what redaction costs the writer instead: the rows built by ``finalize``
+on the writer thread from captured exchanges shaped as OpenAI writes them (``openai_shapes.py``:
+chat completions, streamed ones, embeddings; a tenth holding an e-mail address, a key, a card
+number, a phone number or an IP address), with redaction off, with ``secrets`` (the default) and
+with every set, rounds interleaved; the ratios are to redaction off of the same checkout in the
+same round. ``--baseline DIR`` runs another checkout's writer on the same exchanges too;
+``--mix chat`` keeps only the non-streamed chat completions (the lightest rows: redaction's
+largest share).
 
-    python bench/writer.py --redaction --rounds 5
+    python bench/writer.py --redaction --rounds 5 [--baseline DIR] [--mix chat]
 """
 
 from __future__ import annotations
@@ -44,11 +47,6 @@ from _common import BENCH_DIR, REPO_DIR, emit, machine_info, median
 KINDS = ("plain", "users", "projects")
 #: ``--redaction``'s variants: name -> the redaction sets.
 REDACTION = {"off": "", "secrets": "secrets", "every set": "secrets,email,phone,card,iban,ip"}
-_SENSITIVE = (
-    "mail me at ada.lovelace@example.org",
-    "key sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z",
-    "card 4111 1111 1111 1111",
-)
 
 
 def child(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> None:
@@ -88,9 +86,13 @@ def child(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> None:
     print(json.dumps({"writer_cpu_s": writer_cpu, "wall_s": wall}))
 
 
-def child_redaction(code: str, n: int, sets: str) -> None:
+def child_redaction(code: str, n: int, sets: str, mix: str) -> None:
     """Build ``n`` rows from captured exchanges with these redaction sets, on the writer thread."""
     sys.path.insert(0, code)
+    import prysmai
+
+    if not prysmai.__file__ or not prysmai.__file__.startswith(code):
+        raise RuntimeError(f"imported {prysmai.__file__}, not the checkout in {code}")
     from functools import partial
 
     from prysmai._proxy.config.policy import StoragePolicy
@@ -100,35 +102,24 @@ def child_redaction(code: str, n: int, sets: str) -> None:
     from prysmai._proxy.store.writer import TraceWriter
 
     sys.path.insert(1, str(BENCH_DIR))
-    from dashboard_scale import make_rows
+    from openai_shapes import exchanges
 
-    rng = random.Random(9)
     policy = StoragePolicy(redact=tuple(s for s in sets.split(",") if s))
     items = []
-    for row in make_rows(n, time.time()):
-        words = row["response_body"] or "hello"
-        if rng.random() < 0.1:
-            words += " " + rng.choice(_SENSITIVE)
-        ex = Exchange(row["id"], row["created_at"], 0.0, "POST", "chat/completions")
-        ex.model = row["model"]
-        ex.request_body = json.dumps(
-            {
-                "model": row["model"],
-                "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": words}],
-            }
-        ).encode()
+    now = time.time()
+    # --mix chat: non-streamed chat completions only, the lightest rows (redaction's worst case)
+    for i, shape in enumerate(exchanges(n, seed=9, now=now, chat_only=mix == "chat")):
+        ex = Exchange(f"{i:032x}", now, 0.0, "POST", shape["endpoint"])
+        ex.model = shape["model"]
+        ex.stream = shape["stream"]
+        ex.request_body = shape["request"]
         ex.request_content_type = "application/json"
-        ex.response_body = json.dumps(
-            {
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "model": row["model"],
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": words[::-1]}, "finish_reason": "stop"}
-                ],
-                "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
-            }
-        ).encode()
+        if ex.stream:
+            ex.chunks = [(0.01 * k, frame) for k, frame in enumerate(shape["chunks"])]
+            ex.response_content_type = "text/event-stream"
+        else:
+            ex.response_body = shape["response"]
+            ex.response_content_type = "application/json"
         ex.http_status = 200
         ex.t_end = 0.5
         ex.policy = policy
@@ -149,23 +140,28 @@ def child_redaction(code: str, n: int, sets: str) -> None:
     print(json.dumps({"writer_cpu_s": writer_cpu, "wall_s": wall}))
 
 
-def redaction(rounds: int, n: int) -> int:
-    """``--redaction``: rows/s of writer CPU with each variant of :data:`REDACTION`."""
-    emit({"bench": "writer-redaction", "kind": "machine", **machine_info()})
+def redaction(rounds: int, n: int, baseline: str | None, mix: str) -> int:
+    """``--redaction``: rows/s of writer CPU with each variant of :data:`REDACTION` (and with
+    ``baseline``'s checkout too, when given), rounds interleaved; ratios to "off" of the same
+    checkout in the same round."""
+    emit({"bench": "writer-redaction", "kind": "machine", "mix": mix, **machine_info()})
     results: dict[str, list[float]] = {}
-    names = list(REDACTION)
+    checkouts = [("", str(REPO_DIR))] + ([("baseline ", str(Path(baseline).resolve()))] if baseline else [])
+    runs = [(prefix + name, code, sets) for prefix, code in checkouts for name, sets in REDACTION.items()]
     for rnd in range(rounds):
-        for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
-            cmd = [sys.executable, __file__, "--child-redaction", REDACTION[name] or "-", "--rows", str(n)]
+        for name, code, sets in runs[rnd % len(runs) :] + runs[: rnd % len(runs)]:
+            cmd = [sys.executable, __file__, "--child-redaction", sets or "-", "--rows", str(n), "--code", code]
+            cmd += ["--mix", mix]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1200).stdout
             r = json.loads(out.strip().splitlines()[-1])
             rate = n / r["writer_cpu_s"]
             results.setdefault(name, []).append(rate)
             emit({"bench": "writer-redaction", "round": rnd, "variant": name, "rows_per_cpu_s": round(rate)})
     lines = ["| redaction | rows/s of writer CPU (per round) | x off |", "|---|---:|---:|"]
-    for name in names:
+    for name, _, _ in runs:
         rates = results[name]
-        ratios = [a / b for a, b in zip(rates, results["off"])]
+        off = results["baseline off" if name.startswith("baseline ") else "off"]
+        ratios = [a / b for a, b in zip(rates, off)]
         cell = " / ".join(f"{r / 1000:.2f}" for r in rates) + f" k (median {median(rates) / 1000:.2f} k)"
         lines.append(f"| {name} | {cell} | **{median(ratios):.2f}x** [{min(ratios):.2f}-{max(ratios):.2f}] |")
     print("\n".join(lines), file=sys.stderr)
@@ -212,12 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redaction", action="store_true", help="what redaction costs the writer (see above)")
     parser.add_argument("--child", metavar="CODE", help=argparse.SUPPRESS)
     parser.add_argument("--child-redaction", metavar="SETS", help=argparse.SUPPRESS)
+    parser.add_argument("--code", default=str(REPO_DIR), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--mix",
+        choices=("all", "chat"),
+        default="all",
+        help="--redaction's exchanges: OpenAI's mix (chat, streams, embeddings) or chat completions only",
+    )
     args = parser.parse_args(argv)
     if args.child_redaction:
-        child_redaction(str(REPO_DIR), args.rows, "" if args.child_redaction == "-" else args.child_redaction)
+        child_redaction(args.code, args.rows, "" if args.child_redaction == "-" else args.child_redaction, args.mix)
         return 0
     if args.redaction:
-        return redaction(args.rounds, args.rows)
+        return redaction(args.rounds, args.rows, args.baseline, args.mix)
     if args.child:
         child(args.child, args.kinds, args.rows, args.drop, args.body_kb)
         return 0

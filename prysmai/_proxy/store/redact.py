@@ -11,6 +11,18 @@ A JSON body is redacted string by string, after decoding (so a match hidden by a
 changed. Patterns are built to run in linear time on hostile text: every one that starts with a
 repeated class starts only where the class's run starts.
 
+Most bodies hold nothing to redact, and are stored as received without being decoded: each
+pattern has a *gate*, a search found in whatever the pattern matches, and a body in whose raw
+text no gate is found (one google-re2 search for all of them, a DFA: linear in the body's length
+whatever the number of sets) holds no match in its decoded strings either. A gate is sound in raw
+JSON because it holds only ASCII characters that JSON writers do not escape and no lookaround;
+a ``\\u00XX`` escape of an ASCII character, which could hide one, opens the raw gate by itself.
+A body the gate opens is decoded and walked; each string runs only the patterns whose gates it
+opens (one ``RE2::Set`` search says which).
+
+What the sets look at: strings (keys and values) and integers, whose digits may be a card
+number a client sent as a number; never floats, ``true``/``false`` or ``null``.
+
 The sets:
 
 * ``secrets`` -- provider API keys (``sk-...``, Anthropic, Google ``AIza...``, Stripe, GitHub,
@@ -31,14 +43,28 @@ import re
 
 from ..config.policy import REDACTION_SETS
 
+try:
+    # google-re2 (the proxy extra): every gate in one pass of a DFA over a body, in time linear
+    # in its length whatever the number of gates; the standard library's engine tries each
+    # alternative at each place (60 to 100 times slower on a chat request or answer).
+    import re2 as _re2  # type: ignore[import-untyped,unused-ignore]
+except ImportError:  # without the proxy extra: the same gates, slower
+    _re2 = None
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-    from typing import Any
+    from typing import Any, Protocol
 
     from ..config.policy import StoragePolicy
 
     Validator = Callable[[str], "list[tuple[int, int]]"]
+
+    class Searcher(Protocol):
+        """A compiled gate: a standard library pattern, or google-re2's."""
+
+        def search(self, text: str) -> object | None: ...
+
 
 #: Set name -> the type its markers carry.
 MARKERS = {"secrets": "secret", "email": "email", "phone": "phone", "card": "card", "iban": "iban", "ip": "ip"}
@@ -160,16 +186,19 @@ def _ipv6(text: str) -> list[tuple[int, int]]:
 
 # -- the patterns ------------------------------------------------------------------------------------
 #: Set -> its patterns: (regular expression, validator or None, group to replace or None for the
-#: whole match, texts one of which must be present for it to match, or None). Each expression starts with
-#: what it matches first and checks what stands before that afterwards, in a lookbehind: an
-#: expression that starts with a literal or a character class is searched for at C speed.
+#: whole match, gate). Each expression starts with what it matches first and checks what stands
+#: before that afterwards, in a lookbehind: an expression that starts with a literal or a character
+#: class is searched for at C speed.
+#:
+#: A gate is an expression found in every text the pattern matches (``None``: none, the pattern
+#: always runs), with no lookaround and only ASCII characters that a JSON writer never escapes
+#: unasked (no quote, backslash, slash or control character). So it is found in the raw JSON of a
+#: body whose decoded strings hold a match too -- unless the body spells an ASCII character as a
+#: ``\u00XX`` escape, which the raw gate treats as "maybe" (see :meth:`Redactor.json_text`).
+#: Where a pattern refuses a start after certain characters, its gate keeps only the part of that
+#: refusal that holds in raw JSON too (the card's: not after a digit or a dot).
 _KEY = r"[A-Za-z0-9_\-]"  # what a key is made of
-#: Gates shared by several patterns: a card, a phone number, an IBAN and an IPv4 address all hold
-#: a run of seven or more digits and separators (an IBAN's account number; "1.2.3.4"); an IPv6
-#: address has two colons a group apart. One search each, instead of one per pattern.
-_NUMBERS = re.compile(r"[0-9][0-9 ().+-]{5,}[0-9]")
-_COLONS = re.compile(r":[0-9A-Fa-f]{0,4}:")
-_SETS: dict[str, list[tuple[str, Any, str | None, Any]]] = {
+_SETS: dict[str, list[tuple[str, Any, str | None, str | None]]] = {
     "secrets": [
         # A private key block (its headers too); without its END line (a cut body), to the end of
         # what a block may hold.
@@ -178,63 +207,145 @@ _SETS: dict[str, list[tuple[str, Any, str | None, Any]]] = {
             r"(?:-----END[ A-Z0-9]{0,40}PRIVATE KEY-----)?",
             None,
             None,
-            ("PRIVATE KEY",),
+            r"PRIVATE KEY-----",
         ),
         # OpenAI, Anthropic (sk-ant-), Prysm and most "sk-" keys: with at least one digit. A key
         # starts a word: the letters before "sk-" in "risk-..." are not a key's.
-        (rf"sk-(?<![A-Za-z0-9]sk-)(?=[A-Za-z_\-]*[0-9]){_KEY}{{20,}}", None, None, ("sk-",)),
-        (r"[sr]k_(?<![A-Za-z0-9][sr]k_)(?:live|test)_[A-Za-z0-9]{16,}", None, None, ("k_live_", "k_test_")),
-        (rf"AIza(?<![A-Za-z0-9]AIza){_KEY}{{35}}", None, None, ("AIza",)),  # Google
-        (r"gh[pousr]_(?<![A-Za-z0-9]gh[pousr]_)[A-Za-z0-9]{36,}", None, None, ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")),
-        (r"github_pat_(?<![A-Za-z0-9]github_pat_)[A-Za-z0-9_]{22,}", None, None, ("github_pat_",)),
-        (r"xox[abposr]-(?<![A-Za-z0-9]xox[abposr]-)[A-Za-z0-9-]{10,}", None, None, ("xox",)),  # Slack
-        (r"hf_(?<![A-Za-z0-9]hf_)[A-Za-z0-9]{30,}", None, None, ("hf_",)),  # Hugging Face
-        (r"gsk_(?<![A-Za-z0-9]gsk_)[A-Za-z0-9]{20,}", None, None, ("gsk_",)),  # Groq
-        (r"xai-(?<![A-Za-z0-9]xai-)[A-Za-z0-9]{20,}", None, None, ("xai-",)),  # xAI
+        (rf"sk-(?<![A-Za-z0-9]sk-)(?=[A-Za-z_\-]*[0-9]){_KEY}{{20,}}", None, None, r"sk-"),
+        (r"[sr]k_(?<![A-Za-z0-9][sr]k_)(?:live|test)_[A-Za-z0-9]{16,}", None, None, r"k_(?:live|test)_"),
+        (rf"AIza(?<![A-Za-z0-9]AIza){_KEY}{{35}}", None, None, r"AIza"),  # Google
+        (r"gh[pousr]_(?<![A-Za-z0-9]gh[pousr]_)[A-Za-z0-9]{36,}", None, None, r"gh[pousr]_"),
+        (r"github_pat_(?<![A-Za-z0-9]github_pat_)[A-Za-z0-9_]{22,}", None, None, r"github_pat_"),
+        (r"xox[abposr]-(?<![A-Za-z0-9]xox[abposr]-)[A-Za-z0-9-]{10,}", None, None, r"xox[abposr]-"),  # Slack
+        (r"hf_(?<![A-Za-z0-9]hf_)[A-Za-z0-9]{30,}", None, None, r"hf_"),  # Hugging Face
+        (r"gsk_(?<![A-Za-z0-9]gsk_)[A-Za-z0-9]{20,}", None, None, r"gsk_"),  # Groq
+        (r"xai-(?<![A-Za-z0-9]xai-)[A-Za-z0-9]{20,}", None, None, r"xai-"),  # xAI
         (
             r"A[KSBC][IC]A(?<![A-Za-z0-9]A[KSBC][IC]A)[0-9A-Z]{16}(?![A-Za-z0-9])",
             None,
             None,
-            ("AKIA", "ASIA", "ABIA", "ACCA"),
+            r"A[KSBC][IC]A[0-9A-Z]{16}",
         ),  # AWS access key id
         (
-            r"[Aa][Ww][Ss]_?(?i:secret_?(?:access_?)?key)[\"'\s:=]{1,5}(?P<value>[A-Za-z0-9/+=]{40})"
+            r"[Aa][Ww][Ss]_?(?ai:secret_?(?:access_?)?key)[\"'\s:=]{1,5}(?P<value>[A-Za-z0-9/+=]{40})"
             r"(?![A-Za-z0-9/+=])",
             None,
             "value",
-            ("secret", "Secret", "SECRET"),
+            r"[Aa][Ww][Ss]_?(?i:secret)",
         ),
         # A bearer token (at least one character that is not a letter: "Bearer instruments" is prose).
         (
             r"[Bb]earer(?<![A-Za-z0-9_][Bb]earer)\s+(?P<value>(?=[A-Za-z]*[0-9._~+/\-])[A-Za-z0-9._~+/\-]{16,}=*)",
             None,
             "value",
-            ("earer",),
+            r"[Bb]earer",
         ),
-        (r"eyJ(?<![A-Za-z0-9]eyJ)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", None, None, ("eyJ",)),
+        (r"eyJ(?<![A-Za-z0-9]eyJ)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", None, None, r"eyJ"),
     ],
-    "email": [(r"(?<![\w.%+'-])[\w.%+'-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}(?![\w-])", None, None, ("@",))],
-    "iban": [(r"[A-Z](?<![\w][A-Z])[A-Z][0-9]{2}(?: ?[A-Z0-9]){11,}(?![\w])", _iban, None, _NUMBERS)],
-    "card": [(r"[0-9](?<![\w.][0-9])(?:[ -]?[0-9]){12,}(?![\w]|[.,][0-9])", _card, None, _NUMBERS)],
+    "email": [(r"(?<![\w.%+'-])[\w.%+'-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}(?![\w-])", None, None, r"@")],
+    "iban": [
+        (
+            r"[A-Z](?<![\w][A-Z])[A-Z][0-9]{2}(?: ?[A-Z0-9]){11,}(?![\w])",
+            _iban,
+            None,
+            r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11}",
+        )
+    ],
+    "card": [
+        (
+            r"[0-9](?<![\w.][0-9])(?:[ -]?[0-9]){12,}(?![\w]|[.,][0-9])",
+            _card,
+            None,
+            # Not after a digit or a dot: the fractional digits of a float (an embedding's
+            # "-0.0069292834959924") do not open it. In raw JSON the character before a card's
+            # first digit is never a dot, and a digit there is a \u escape's last one, whose own
+            # run of digits then starts the gate's match.
+            r"(?:^|[^0-9.])[0-9](?:[ -]?[0-9]){12}",
+        )
+    ],
     "phone": [
-        (r"\+(?<![\w+]\+)[0-9]{1,3}(?:[ .-]?\(?[0-9]{1,5}\)?){1,8}(?![\w])", _phone, None, _NUMBERS),
+        (r"\+(?<![\w+]\+)[0-9]{1,3}(?:[ .-]?\(?[0-9]{1,5}\)?){1,8}(?![\w])", _phone, None, r"\+[0-9]"),
         (
             r"[(0-9](?<![\w.-][(0-9])(?:(?<=\()[0-9]{3}\)|(?<=[0-9])[0-9]{2})[ .-][0-9]{3}[ .-][0-9]{4}"
             r"(?![\w]|[.-][0-9])",
             None,
             None,
-            _NUMBERS,
+            r"[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4}",
         ),
     ],
     "ip": [
-        (r"[0-9](?<![\w.][0-9])[0-9]{0,2}(?:\.[0-9]{1,3}){3}(?![\w]|\.[0-9])", _ipv4, None, _NUMBERS),
-        (r"[0-9A-Fa-f](?<![\w:][0-9A-Fa-f])[0-9A-Fa-f]{0,3}:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:]*", _ipv6, None, _COLONS),
+        (
+            r"[0-9](?<![\w.][0-9])[0-9]{0,2}(?:\.[0-9]{1,3}){3}(?![\w]|\.[0-9])",
+            _ipv4,
+            None,
+            r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]",
+        ),
+        (
+            r"[0-9A-Fa-f](?<![\w:][0-9A-Fa-f])[0-9A-Fa-f]{0,3}:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:]*",
+            _ipv6,
+            None,
+            r":[0-9A-Fa-f]{0,4}:",
+        ),
     ],
 }
 assert set(_SETS) == set(MARKERS) == set(REDACTION_SETS)
 #: The order sets run in: secrets first, so a key is one marker, not a key cut by a card or a phone;
 #: the checked numbers (IBAN, card) before the e-mail addresses their digits may touch.
 _ORDER = ("secrets", "iban", "card", "email", "phone", "ip")
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_gate(pattern: str) -> Searcher:
+    if _re2 is None:
+        return re.compile(pattern)
+    # Over the text's UTF-8 bytes, one character a byte: a gate is ASCII, and a byte of a
+    # character beyond ASCII is none of its characters, as the character is not.
+    options = _re2.Options()
+    options.encoding = _re2.Options.Encoding.LATIN1
+    options.log_errors = False
+    searcher: Searcher = _Bytes(_re2.compile(pattern.encode(), options))
+    return searcher
+
+
+class _Bytes:
+    """A google-re2 gate searched in a text's UTF-8 bytes (a lone surrogate included)."""
+
+    __slots__ = ("regex",)
+
+    def __init__(self, regex: Any) -> None:
+        self.regex = regex
+
+    def search(self, text: str) -> object | None:
+        found: object | None = self.regex.search(text.encode("utf-8", "surrogatepass"))
+        return found
+
+
+class _GateSet:
+    """Which of some gates are found in a text, in one search (google-re2's ``RE2::Set``)."""
+
+    __slots__ = ("set",)
+
+    def __init__(self, patterns: list[str]) -> None:
+        assert _re2 is not None
+        options = _re2.Options()
+        options.encoding = _re2.Options.Encoding.LATIN1
+        options.log_errors = False
+        self.set = _re2.Set.SearchSet(options)
+        for pattern in patterns:
+            self.set.Add(pattern.encode())
+        self.set.Compile()
+
+    def found(self, text: str) -> list[int] | None:
+        """The indexes of the gates found in ``text``; ``None`` for none -- or for a search
+        that gave up (out of memory), which a caller that knows some gate is there reads as
+        "any of them"."""
+        hits: list[int] | None = self.set.Match(text.encode("utf-8", "surrogatepass"))
+        return hits
+
+
+def _found(gate: Searcher, text: str) -> bool:
+    """Whether ``gate`` is found in ``text``."""
+    return gate.search(text) is not None
 
 
 class _Rule:
@@ -246,30 +357,16 @@ class _Rule:
         regex: re.Pattern[str],
         validate: Validator | None = None,
         group: str | None = None,
-        gate: tuple[str, ...] | re.Pattern[str] | None = None,
+        gate: Searcher | None = None,
     ) -> None:
+        # gate: found in every text regex matches (None: no such search)
         self.kind = kind
         self.regex = regex
         self.validate = validate
         self.group = group
         self.gate = gate
 
-    def shut(self, text: str, gates: dict[int, bool]) -> bool:
-        """Whether this pattern cannot match ``text`` (its gate is shut); ``gates`` keeps the
-        answers of the shared gates for this text."""
-        gate = self.gate
-        if gate is None:
-            return False
-        if isinstance(gate, tuple):
-            return not any(g in text for g in gate)
-        known = gates.get(id(gate))
-        if known is None:
-            known = gates[id(gate)] = gate.search(text) is None
-        return known
-
-    def apply(self, text: str, counts: dict[str, int], gates: dict[int, bool]) -> str:
-        if self.shut(text, gates):
-            return text
+    def apply(self, text: str, counts: dict[str, int]) -> str:
         replacement = marker(self.kind)
         validate, group = self.validate, self.group
 
@@ -296,6 +393,11 @@ class _Rule:
         return self.regex.sub(sub, text)
 
 
+#: The longest string :attr:`Redactor._clean` keeps, and how many strings it keeps at most.
+_SHORT = 64
+_CLEAN_MAX = 4096
+
+
 class Redactor:
     """The compiled patterns of some sets and custom patterns; :meth:`text` and :meth:`value`
     redact. ``counts`` says how many markers of each type it has put in so far."""
@@ -303,53 +405,86 @@ class Redactor:
     def __init__(self, sets: Iterable[str], patterns: Iterable[tuple[str, str]] = ()) -> None:
         chosen = set(sets)
         self.rules: list[_Rule] = []
+        gates: list[str] = []
         for name in _ORDER:
             if name in chosen:
                 flags = re.DOTALL if name == "secrets" else 0
                 for regex, validate, group, gate in _SETS[name]:
-                    self.rules.append(_Rule(MARKERS[name], re.compile(regex, flags), validate, group, gate))
+                    compiled = None if gate is None else _compile_gate(gate)
+                    self.rules.append(_Rule(MARKERS[name], re.compile(regex, flags), validate, group, compiled))
+                    gates += [] if gate is None else [gate]
         for name, regex in patterns:
             self.rules.append(_Rule(name, re.compile(regex)))
         self.counts: dict[str, int] = {}
-        # Every gate once: a text none of them opens has nothing to redact (most bodies).
-        self._ungated = any(rule.gate is None for rule in self.rules)
-        self._literals = tuple(sorted({g for r in self.rules if isinstance(r.gate, tuple) for g in r.gate}))
-        self._searches = tuple({id(r.gate): r.gate for r in self.rules if isinstance(r.gate, re.Pattern)}.values())
+        # Every gate at once, in one search: a text none of them opens has nothing to redact
+        # (most bodies). None: a pattern without a gate (a custom one) must always run.
+        ungated = any(rule.gate is None for rule in self.rules)
+        self._gate = None if ungated else _compile_gate("|".join(gates))
+        self._raw_gate = None if ungated else _compile_gate("|".join([*gates, _ASCII_ESCAPE]))
+        # Which gates a text opens, in one search too: the gated rules' indexes in ``rules``.
+        self._gated = [i for i, rule in enumerate(self.rules) if rule.gate is not None]
+        self._ungated = [i for i, rule in enumerate(self.rules) if rule.gate is None]
+        #: Short strings no gate opens, as met: the keys and roles, models and ids every body of
+        #: a walk repeats ("role", "content", "assistant") then cost a set lookup, not a search.
+        self._clean: set[str] = set()
+        self._gate_set = _GateSet(gates) if _re2 is not None and gates else None
 
     def may_match(self, text: str) -> bool:
         """Whether some pattern's gate lets it try ``text`` (``False``: nothing can match)."""
-        if self._ungated:
-            return True
-        for literal in self._literals:
-            if literal in text:
-                return True
-        return any(search.search(text) is not None for search in self._searches)
+        return self._gate is None or _found(self._gate, text)
+
+    def may_match_json(self, text: str) -> bool:
+        """Whether the decoded strings of the JSON document ``text`` may hold a match
+        (``False``: none can, however the document escaped them)."""
+        return self._raw_gate is None or _found(self._raw_gate, text)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
+
+    def _open(self, text: str) -> frozenset[int]:
+        """The indexes (in ``rules``) of the rules that may match ``text``, some gate of which
+        is known to be found in it."""
+        if self._gate_set is not None:
+            hits = self._gate_set.found(text)
+            if hits is not None:
+                return frozenset([*(self._gated[h] for h in hits), *self._ungated])
+            return frozenset(range(len(self.rules)))  # a search that gave up: every rule
+        return frozenset(i for i, rule in enumerate(self.rules) if rule.gate is None or _found(rule.gate, text))
 
     def text(self, text: str) -> str:
         """``text`` with every match replaced by its marker. Until nothing more matches: a match
         that ran on into a neighbour ("a@b.uk-c+d@e.uk") leaves the neighbour's rest, which a
         marker before it makes a match of its own."""
-        if not self.may_match(text):
+        short = len(text) <= _SHORT
+        if short and text in self._clean:
             return text
+        if not self.may_match(text):
+            if short and len(self._clean) < _CLEAN_MAX:
+                self._clean.add(text)
+            return text
+        open_rules = self._open(text)
         for _ in range(8):
             before = text
-            gates: dict[int, bool] = {}
-            for rule in self.rules:
-                redacted = rule.apply(text, self.counts, gates)
+            for i, rule in enumerate(self.rules):
+                if i not in open_rules:
+                    continue
+                redacted = rule.apply(text, self.counts)
                 if redacted is not text:
-                    text, gates = redacted, {}
+                    text = redacted
+                    if not self.may_match(text):
+                        return text
+                    open_rules = self._open(text)
             if text == before:
                 break
         return text
 
     def matches(self, text: str) -> bool:
         """Whether any pattern matches somewhere in ``text`` (validated)."""
-        gates: dict[int, bool] = {}
-        for rule in self.rules:
-            if rule.shut(text, gates):
+        if not self.may_match(text):
+            return False
+        open_rules = self._open(text)
+        for i, rule in enumerate(self.rules):
+            if i not in open_rules:
                 continue
             if rule.validate is None:
                 if rule.regex.search(text) is not None:
@@ -386,10 +521,7 @@ class Redactor:
         """A body's text redacted: a JSON document (``doc``, or parsed here) string by string,
         written back only if something changed; other text as text. Raises ``RecursionError``
         for a document nested too deeply to walk."""
-        if not self.may_match(text) and not _ASCII_ESCAPE.search(text):
-            # The gates look for ASCII text that JSON writes as is: a body none of them opens
-            # holds nothing to redact, escaped or not -- unless it spells ASCII characters as
-            # \u escapes, which no JSON writer does unasked.
+        if not self.may_match_json(text):
             return text
         if doc is None and text.lstrip()[:1] in ("{", "["):
             try:
@@ -398,35 +530,15 @@ class Redactor:
                 doc = None
         if doc is None:
             return self.text(text)
-        # Most bodies hold nothing to redact: look for a match in all their strings at once (a
-        # NUL between two strings: no pattern matches across it), and walk only if one is there.
-        strings: list[str] = []
-        _strings(doc, strings)
-        if not self.matches("\x00".join(strings)):
-            return text
         redacted = self.value(doc)
         if redacted is doc:
             return text
         return json.dumps(redacted, ensure_ascii=False)
 
 
-#: A printable ASCII character written as a \u escape ("\u0040"): what could hide a gate's text.
-_ASCII_ESCAPE = re.compile(r"\\u00(?:[2-7][0-9A-Fa-f])")
-
-
-def _strings(value: Any, out: list[str]) -> None:
-    """The strings of a decoded JSON value (keys too) and its integers, as text."""
-    if isinstance(value, str):
-        out.append(value)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            out.append(k)
-            _strings(v, out)
-    elif isinstance(value, list):
-        for v in value:
-            _strings(v, out)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        out.append(str(value))
+#: A printable ASCII character written as a \u escape ("\u0040"): what could hide a gate's text
+#: in a JSON document (no JSON writer does so unasked).
+_ASCII_ESCAPE = r"\\u00[2-7][0-9A-Fa-f]"
 
 
 @functools.lru_cache(maxsize=64)
