@@ -76,6 +76,9 @@ INDEXES = {
     "scores_by_trace",
     "scores_by_name",
     "scores_by_time",
+    # Schema 8: the all-time per-key rollups' top entries.
+    "rollup_user_all_top",
+    "rollup_session_all_top",
 }
 #: Its triggers: the rollups' fold (once per batch) and delete, the search index's.
 #: The triggers of a store: folding (rollups, the search index, the export outbox) once per batch.
@@ -166,7 +169,7 @@ def test_a_v1_store_is_migrated_in_place_keeping_every_row(tmp_path: Any) -> Non
 
     conn = SQLiteEngine(path).open_existing()
     assert conn is not None
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
     after = conn.execute(f"SELECT {', '.join(V1_COLUMNS)} FROM traces WHERE key_id IS NULL ORDER BY id").fetchall()
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
     # Every row of 0.1.0 is in the default project, sent to no named provider.
@@ -318,6 +321,60 @@ def assert_rollups_equal_rows(conn: sqlite3.Connection) -> None:
             "WHERE latency_ms IS NOT NULL OR ttft_ms IS NOT NULL ORDER BY 1, 2"
         ).fetchall()
         assert sorted(tuple(k) for k in keys) == sorted(tuple(k) for k in want_keys), table
+    assert_all_time_rollups_equal_rows(conn)
+
+
+_BUCKET = "CAST(ln(max({0}, 0.001) * 1000) * 16 AS INTEGER)"
+
+
+def assert_all_time_rollups_equal_rows(conn: sqlite3.Connection) -> None:
+    """Schema 8's rollups -- all time, and the daily histograms by project -- hold exactly what the
+    rows say, with no row below zero."""
+    totals = (
+        "count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), "
+        "coalesce(sum(total_tokens), 0), round(coalesce(sum(cost_usd), 0), 9), "
+        "sum(cost_usd IS NULL AND total_tokens IS NOT NULL), sum(cost_usd IS NULL AND total_tokens IS NULL)"
+    )
+    got = conn.execute(
+        "SELECT project, model, endpoint, status, requests, prompt_tokens, completion_tokens, total_tokens, "
+        "round(cost_usd, 9), unpriced, no_usage FROM rollup_all WHERE requests <> 0 ORDER BY 1, 2, 3, 4"
+    ).fetchall()
+    want = conn.execute(
+        f"SELECT project, coalesce(model, ''), endpoint, status, {totals} FROM traces GROUP BY 1, 2, 3, 4 "
+        "ORDER BY 1, 2, 3, 4"
+    ).fetchall()
+    assert [tuple(r) for r in got] == [tuple(r) for r in want], "rollup_all"
+    key_totals = (
+        "count(*), sum(status IN ('error', 'timeout')), sum(status = 'cancelled'), coalesce(sum(total_tokens), 0), "
+        "round(coalesce(sum(cost_usd), 0), 9), sum(cost_usd IS NULL AND total_tokens IS NOT NULL), "
+        "sum(cost_usd IS NULL AND total_tokens IS NULL)"
+    )
+    for column, table in (("user_id", "rollup_user_all"), ("session_id", "rollup_session_all")):
+        got = conn.execute(
+            f"SELECT project, {column}, requests, errors, cancelled, total_tokens, round(cost_usd, 9), unpriced, "
+            f"no_usage FROM {table} WHERE requests <> 0 ORDER BY 1, 2"
+        ).fetchall()
+        want = conn.execute(
+            f"SELECT * FROM (SELECT project, coalesce({column}, ''), {key_totals} FROM traces GROUP BY 1, 2 "
+            f"UNION ALL SELECT '', coalesce({column}, ''), {key_totals} FROM traces GROUP BY 2) ORDER BY 1, 2"
+        ).fetchall()
+        assert [tuple(r) for r in got] == [tuple(r) for r in want], table
+    for table, keys, rows_keys in (
+        ("rollup_hist_all", "project, model, endpoint", "project, coalesce(model, ''), endpoint"),
+        ("rollup_hist_project_day", "period, project", "CAST(created_at / 86400 AS INTEGER) * 86400, project"),
+    ):
+        got = conn.execute(
+            f"SELECT {keys}, metric, bucket, n FROM {table} WHERE n <> 0 ORDER BY {keys}, metric, bucket"
+        ).fetchall()
+        want = conn.execute(
+            " UNION ALL ".join(
+                f"SELECT * FROM (SELECT {rows_keys}, '{metric}' AS metric, {_BUCKET.format(column)} AS bucket, "
+                f"count(*) FROM traces WHERE {column} IS NOT NULL GROUP BY {rows_keys}, bucket)"
+                for metric, column in (("latency", "latency_ms"), ("ttft", "ttft_ms"))
+            )
+            + f" ORDER BY {', '.join(str(i + 1) for i in range(len(keys.split(', ')) + 2))}"
+        ).fetchall()
+        assert [tuple(r) for r in got] == [tuple(r) for r in want], table
 
 
 def test_a_v2_store_is_migrated_in_place_keeping_every_row_in_the_default_project(tmp_path: Any) -> None:
@@ -340,7 +397,7 @@ def test_a_v2_store_is_migrated_in_place_keeping_every_row_in_the_default_projec
 
     conn = SQLiteEngine(path).open_existing()
     assert conn is not None
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     after = conn.execute(f"SELECT {', '.join(V2_COLUMNS)} FROM traces WHERE id <> ? ORDER BY id", ("f" * 32,))
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
