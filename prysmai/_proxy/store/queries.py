@@ -328,11 +328,14 @@ def _conditions(
     *,
     times: bool = True,
     seek: bool = False,
+    score_probe: bool = False,
 ) -> tuple[list[str], list[Any]]:
     """WHERE clauses on ``traces`` for ``f``; ``since``/``until`` override the filter's range.
     The project is matched through ``traces_project`` only with ``seek``: otherwise SQLite would
     take that index for any query naming a project (an equality on its first column), and read
-    every row of a large project for what a covering index answers."""
+    every row of a large project for what a covering index answers. A score filter is the set of
+    the scored traces' ids, or with ``score_probe`` a look-up of each row's scores (for a walk
+    through traces in time order that meets a scored trace every few rows)."""
     clauses: list[str] = []
     params: list[Any] = []
     if f.project is not None:
@@ -369,6 +372,8 @@ def _conditions(
         params += more
     if f.score is not None:  # traces with a score of that name (in that range): see .scores
         sql = "SELECT trace_id FROM scores WHERE name = ?"
+        if score_probe:
+            sql = "SELECT 1 FROM scores WHERE scores.trace_id = traces.id AND name = ?"
         params.append(f.score)
         if f.project is not None:
             sql += " AND score_project = ?"
@@ -377,7 +382,7 @@ def _conditions(
             if bound is not None:
                 sql += f" AND num {op} ?"
                 params.append(bound)
-        clauses.append(f"id IN ({sql})")
+        clauses.append(f"EXISTS ({sql})" if score_probe else f"id IN ({sql})")
     return clauses, params
 
 
@@ -1002,12 +1007,15 @@ def _key_groups(
         project = EVERY_PROJECT if f.project is None else f.project
         sql = (
             f"SELECT NULLIF({column}, '') AS k, {', '.join(_GROUP_COLUMNS[:-2])}, NULL AS first_seen, "
-            f"NULL AS last_seen FROM {table} WHERE project = ? AND requests > 0"
+            f"NULL AS last_seen FROM {table} WHERE project = ? AND requests "
         )
         params = [project]
-        if top is not None:
+        if top is None:
+            sql += "> 0"
+        else:
+            # One condition on requests (with two, SQLite may seek by the weaker one).
             sql += (
-                f" AND requests >= coalesce((SELECT requests FROM {table} WHERE project = ? "
+                f">= coalesce((SELECT requests FROM {table} WHERE project = ? "
                 "ORDER BY requests DESC LIMIT 1 OFFSET ?), 1)"
             )
             params += [project, top - 1]
@@ -1195,7 +1203,8 @@ def list_traces(
     # against the filter, when the filter keeps many traces; otherwise the filter's rows, sorted.
     walk = column != "created_at" and _walk_sort_index(conn, f, limit)
     seek = not walk and f.project is not None and (by_time_only or _small_project(conn, f))
-    clauses, params = _conditions(conn, f, seek=seek)
+    probe = column == "created_at" and _common_score(conn, f, limit)
+    clauses, params = _conditions(conn, f, seek=seek, score_probe=probe)
     # Not walking it, the sort column is an expression (unary +), so that SQLite does not.
     value = column if walk or column == "created_at" else dialect_of(conn).unindexed(column)
     # Pick the page's rows first (from an index when the filter allows), then read just those
@@ -1315,6 +1324,30 @@ def _walk_sort_index(conn: Connection, f: TraceFilter, limit: int) -> bool:
         params.append(f.until)
     sql = f"SELECT coalesce(sum(requests), 0) FROM rollup_hour{_where(clauses)}"
     return int(conn.execute(sql, params).fetchone()[0]) >= needed
+
+
+def _common_score(conn: Connection, f: TraceFilter, limit: int) -> bool:
+    """Whether a page in time order of the traces with ``f``'s score is cheaper found by walking
+    the traces newest first and looking up each one's scores (``scores_by_trace_name``) than by
+    reading every scored trace and sorting them: when the score is on ``m`` of ``n`` traces, the
+    walk looks up about ``limit * n / m`` of them, the other way reads ``m`` rows (each about the
+    cost of a look-up: two index seeks): so when ``m * m >= limit * n``, the scores counted (up to
+    that bound) through ``scores_by_name``."""
+    if f.score is None:
+        return False
+    total = dialect_of(conn).traces_bound(conn)
+    needed = math.ceil(math.sqrt((limit + 1) * total))
+    sql = "SELECT 1 FROM scores WHERE name = ?"
+    params: list[Any] = [f.score]
+    if f.project is not None:
+        sql += " AND score_project = ?"
+        params.append(f.project)
+    for bound, op in ((f.score_min, ">="), (f.score_max, "<=")):
+        if bound is not None:
+            sql += f" AND num {op} ?"
+            params.append(bound)
+    found = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT ?) AS firsts", [*params, needed]).fetchone()[0]
+    return int(found) >= needed
 
 
 _HEX = re.compile(r"^[0-9a-f]+$")

@@ -73,7 +73,7 @@ INDEXES = {
     "traces_by_ttft",
     "traces_by_tokens",
     # Schema 6: the scores' (the table is there, empty, in a migrated store too).
-    "scores_by_trace",
+    "scores_by_trace_name",  # (schema 8; scores_by_trace before)
     "scores_by_name",
     "scores_by_time",
     # Schema 8: the all-time per-key rollups' top entries.

@@ -305,6 +305,8 @@ CREATE INDEX {table}_top ON {table} (project, requests);
         ),
         *rollup_fill_sql(period_sql("trace_time", KEY_PERIOD)),
     ]
+    # As SQLite's schema 8: the scores by trace and name (a common score's list probes it).
+    ddl += "DROP INDEX scores_by_trace;\nCREATE INDEX scores_by_trace_name ON scores (trace_id, name, num);\n"
     return ddl + "".join(f"{statement};\n" for statement in fills)
 
 

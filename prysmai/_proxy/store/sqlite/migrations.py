@@ -69,6 +69,8 @@ row; the traces of an earlier store have none.
   and key (and over every project, under the project ``''``), with an index on the requests;
   folded by the fold trigger and taken back by the delete trigger as the per-day ones are (built
   from the per-day ones);
+* ``scores_by_trace_name`` (trace, name, value) in place of ``scores_by_trace``, for a list of
+  the traces with a common score, walked in time order;
 * ``rollup_score_day`` and ``rollup_score_all``: the count and sum of the number and boolean
   scores by project, name and the trace's model or user, per day and over all time, kept by each
   score's own write (:mod:`..scores`; built from the scores).
@@ -336,6 +338,15 @@ CREATE TABLE {SCORE_ROLLUP_ALL} (
 """
 
 
+# A list of the traces with a common score walks the traces newest first and looks up each one's
+# scores: by trace and name, without reading the score's row. The trace's scores are read through
+# it as well (its first column), so it replaces the index by trace alone.
+V8_SCORES_BY_TRACE = """
+DROP INDEX IF EXISTS scores_by_trace;
+CREATE INDEX IF NOT EXISTS scores_by_trace_name ON scores (trace_id, name, num);
+"""
+
+
 def _to_v8(conn: sqlite3.Connection) -> None:
     # The fold and delete triggers gain the all-time rollups. A store created by this prysmai got
     # their tables from schema 3's step (empty, or already folded): built again here either way.
@@ -344,7 +355,7 @@ def _to_v8(conn: sqlite3.Connection) -> None:
     new_hist = "rollup_hist_project_day"
     for table in (*KEY_ALL_ROLLUPS.values(), ALL_TOTALS, ALL_HIST, new_hist, SCORE_ROLLUP_DAY, SCORE_ROLLUP_ALL):
         conn.execute(f"DROP TABLE IF EXISTS {table}")
-    _script(conn, rollups.TABLES + V8_SCORE_ROLLUPS)
+    _script(conn, rollups.TABLES + V8_SCORE_ROLLUPS + V8_SCORES_BY_TRACE)
     # Each new rollup is a coarser grouping of one the store has: every folded row is in it.
     hour_totals = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced", "no_usage")
     dims = ", ".join(HOUR_DIMS)
