@@ -48,10 +48,15 @@ from datetime import datetime
 from ..asgi import Query
 from .engine import dialect_of
 from .rollups import (
+    ALL_HIST,
+    ALL_HIST_DIMS,
+    ALL_TOTALS,
     BUCKETS_PER_E,
     ERRORS_SQL,
+    EVERY_PROJECT,
     HIST_LEVELS,
     HOUR_DIMS,
+    KEY_ALL_ROLLUPS,
     KEY_PERIOD,
     KEY_ROLLUPS,
     METRICS,
@@ -389,11 +394,14 @@ def _conditions(
     times: bool = True,
     seek: bool = False,
     unindexed: frozenset[str] = frozenset(),
+    score_probe: bool = False,
 ) -> tuple[list[str], list[Any]]:
     """WHERE clauses on ``traces`` for ``f``; ``since``/``until`` override the filter's range.
     The project is matched through ``traces_project`` only with ``seek``: otherwise SQLite would
     take that index for any query naming a project (an equality on its first column), and read
-    every row of a large project for what a covering index answers."""
+    every row of a large project for what a covering index answers. A score filter is the set of
+    the scored traces' ids, or with ``score_probe`` a look-up of each row's scores (for a walk
+    through traces in time order that meets a scored trace every few rows)."""
     clauses: list[str] = []
     params: list[Any] = []
     if f.project is not None:
@@ -440,6 +448,8 @@ def _conditions(
         params += more
     if f.score is not None:  # traces with a score of that name (in that range): see .scores
         sql = "SELECT trace_id FROM scores WHERE name = ?"
+        if score_probe:
+            sql = "SELECT 1 FROM scores WHERE scores.trace_id = traces.id AND name = ?"
         params.append(f.score)
         if f.project is not None:
             sql += " AND score_project = ?"
@@ -448,7 +458,7 @@ def _conditions(
             if bound is not None:
                 sql += f" AND num {op} ?"
                 params.append(bound)
-        clauses.append(f"id IN ({sql})")
+        clauses.append(f"EXISTS ({sql})" if score_probe else f"id IN ({sql})")
     return clauses, params
 
 
@@ -561,25 +571,28 @@ def histogram_percentiles(hist: Mapping[int, list[float]], pcts: Iterable[float]
 class _Grouping:
     """How one aggregate groups rows, in SQL over each source: ``raw`` over ``traces``, ``hour``
     over ``rollup_hour``, ``hist`` over each histogram rollup (``None``: that source cannot); each
-    is ``n`` comma-separated expressions (a key of ``n`` > 1 is a tuple)."""
+    is ``n`` comma-separated expressions (a key of ``n`` > 1 is a tuple). ``columns``: the
+    columns grouped by, when the grouping is by columns alone (the all-time rollups can answer it
+    then), ``None`` when it is by time."""
 
     raw: str
     hour: str | None
     hist: dict[str, str | None]
     n: int = 1
+    columns: tuple[str, ...] | None = None
 
 
-_CONSTANT = _Grouping("0", "0", {t: "0" for t in HIST_LEVELS})
+_CONSTANT = _Grouping("0", "0", {t: "0" for t in HIST_LEVELS}, columns=())
 
 
 def _by_column(column: str) -> _Grouping:
-    return _Grouping(column, column, {t: column if column in dims else None for t, (_, dims) in HIST_LEVELS.items()})
+    return _by_columns((column,))
 
 
 def _by_columns(columns: tuple[str, ...]) -> _Grouping:
     """Grouped by several of the rollups' dimensions at once (one read for several breakdowns)."""
     hist = {t: ", ".join(columns) if set(columns) <= set(dims) else None for t, (_, dims) in HIST_LEVELS.items()}
-    return _Grouping(", ".join(columns), ", ".join(columns), hist, len(columns))
+    return _Grouping(", ".join(columns), ", ".join(columns), hist, len(columns), columns)
 
 
 def _key(row: Any, n: int) -> Any:
@@ -735,21 +748,66 @@ def _collect(conn: Connection, f: TraceFilter, grouping: _Grouping, now: float |
     def raw_hist(lo: float | None, hi: float | None) -> None:
         _raw_hist(conn, aggs, f, g.raw, lo, hi, seek, g.n)
 
+    # All time, grouped by columns the all-time rollups keep: they alone answer it.
+    every = f.rollup_ok and f.since is None and f.until is None and g.columns is not None
     totals: list[tuple[int, Callable[[int | None, int], None]]] = []
     hour_group = g.hour
-    if f.rollup_ok and hour_group is not None:
-        totals.append((_HOUR, lambda lo, hi: _rollup_totals(conn, aggs, f, hour_group, lo, hi, g.n)))
-    _tiered(f.since, f.until, now, totals, raw_totals)
+    if every and g.columns is not None and set(g.columns) <= set(HOUR_DIMS):
+        _all_time(conn, aggs, f, g.columns, ALL_TOTALS, HOUR_DIMS)
+    else:
+        if f.rollup_ok and hour_group is not None:
+            totals.append((_HOUR, lambda lo, hi: _rollup_totals(conn, aggs, f, hour_group, lo, hi, g.n)))
+        _tiered(f.since, f.until, now, totals, raw_totals)
 
+    if every and g.columns is not None and f.status is None and set(g.columns) <= set(ALL_HIST_DIMS):
+        _all_time(conn, aggs, f, g.columns, ALL_HIST, ALL_HIST_DIMS)
+        return aggs
     hists: list[tuple[int, Callable[[int | None, int], None]]] = []
-    for table, (seconds, dims) in sorted(HIST_LEVELS.items(), key=lambda kv: -kv[1][0]):
+    # The coarsest period first and, of two with the same period, the one with fewer rows (fewer
+    # dimensions) that can answer.
+    for table, (seconds, dims) in sorted(HIST_LEVELS.items(), key=lambda kv: (-kv[1][0], len(kv[1][1]))):
         group = g.hist.get(table)
         # A histogram rollup keeps no status, and only its own dimensions.
         unkept = [d for d in HOUR_DIMS if d != "status" and d not in dims]
-        if group is not None and f.rollup_ok and f.status is None and all(getattr(f, d) is None for d in unkept):
+        if (
+            group is not None
+            and f.rollup_ok
+            and f.status is None
+            and all(getattr(f, d) is None for d in unkept)
+            and all(seconds != s for s, _ in hists)
+        ):
             hists.append((seconds, functools.partial(_rollup_hist, conn, aggs, f, group, table, n=g.n)))
     _tiered(f.since, f.until, now, hists, raw_hist)
     return aggs
+
+
+def _all_time(
+    conn: Connection,
+    aggs: dict[Any, _Agg],
+    f: TraceFilter,
+    columns: tuple[str, ...],
+    table: str,
+    dims: tuple[str, ...],
+) -> None:
+    """Totals (``rollup_all``) or histograms (``rollup_hist_all``) of every trace of ``f``, grouped
+    by ``columns``: the all-time rollups, with no edges to read."""
+    clauses, params = _rollup_filters(f, dims)
+    n = max(1, len(columns))
+    g = ", ".join(columns) or "0"
+    if table == ALL_TOTALS:
+        sql = f"SELECT {g}, {_HOUR_TOTALS} FROM {table}{_where(clauses)} GROUP BY {_positions(n)}"
+        for row in conn.execute(sql, params):
+            if row[n]:
+                _agg(aggs, _key(row, n)).add_totals(*row[n:])
+        return
+    sql = (
+        f"SELECT {g}, metric, bucket, sum(n), min(min_ms), max(max_ms) FROM {table}{_where(clauses)} "
+        f"GROUP BY {_positions(n + 2)}"
+    )
+    for row in conn.execute(sql, params):
+        metric, bucket, count, lo_ms, hi_ms = row[n:]
+        if count:
+            _agg(aggs, _key(row, n)).add_hist(metric, bucket, count, lo_ms, hi_ms)
 
 
 def _merge(aggs: Iterable[_Agg]) -> _Agg:
@@ -928,7 +986,7 @@ def breakdown(conn: Connection, f: TraceFilter, by: str, limit: int = 20) -> lis
     # histograms of those keys only, through the key's own index.
     seek = _small_project(conn, f)
     clauses, params = _conditions(conn, f, seek=seek)
-    source, source_params = _key_groups(conn, f, by, seek)
+    source, source_params = _key_groups(conn, f, by, seek, times=False, top=limit)
     sql = f"{source} ORDER BY requests DESC, k IS NULL, k LIMIT ?"
     aggs = {}
     for key, *totals, _first, _last in conn.execute(sql, [*source_params, limit]):
@@ -1002,13 +1060,42 @@ _GROUP_COLUMNS = (
 
 
 def _key_groups(
-    conn: Connection, f: TraceFilter, column: str, seek: bool, now: float | None = None
+    conn: Connection,
+    f: TraceFilter,
+    column: str,
+    seek: bool,
+    now: float | None = None,
+    *,
+    times: bool = True,
+    top: int | None = None,
 ) -> tuple[str, list[Any]]:
     """A query of ``f``'s traces grouped by ``column`` (user_id, session_id): one row per key
     (``k``, ``None`` for traces without one) with :data:`_GROUP_COLUMNS`. Whole days come from the
-    key's per-day rollup when the filter names only time and project, the rest from ``traces``."""
+    key's per-day rollup when the filter names only time and project, the rest from ``traces``.
+    Without ``times`` (``first_seen`` and ``last_seen`` then ``NULL``), all time comes from the
+    key's all-time rollup: one row per key in the project (or over every project), and with
+    ``top`` only the rows that may be among the ``top`` most requested -- those with at least the
+    requests of the ``top``-th largest row, ties included, found through the rollup's index."""
     parts: list[str] = []
     params: list[Any] = []
+    if not times and f.keys_rollup_ok and f.since is None and f.until is None:
+        table = KEY_ALL_ROLLUPS[column]
+        project = EVERY_PROJECT if f.project is None else f.project
+        sql = (
+            f"SELECT NULLIF({column}, '') AS k, {', '.join(_GROUP_COLUMNS[:-2])}, NULL AS first_seen, "
+            f"NULL AS last_seen FROM {table} WHERE project = ? AND requests "
+        )
+        params = [project]
+        if top is None:
+            sql += "> 0"
+        else:
+            # One condition on requests (with two, SQLite may seek by the weaker one).
+            sql += (
+                f">= coalesce((SELECT requests FROM {table} WHERE project = ? "
+                "ORDER BY requests DESC LIMIT 1 OFFSET ?), 1)"
+            )
+            params += [project, top - 1]
+        return f"SELECT * FROM ({sql}) AS top_keys", params
 
     def raw(lo: float | None, hi: float | None) -> None:
         clauses, more = _conditions(conn, f, lo, hi, seek=seek)
@@ -1196,7 +1283,8 @@ def list_traces(
     # matches sorted by time), else the time index is walked with each range checked on the row.
     through = _range_seek(conn, f) if column == "created_at" else None
     unindexed = frozenset(c for c in RANGES.values() if c != through) if column == "created_at" else frozenset()
-    clauses, params = _conditions(conn, f, seek=seek, unindexed=unindexed)
+    probe = column == "created_at" and _common_score(conn, f, limit)
+    clauses, params = _conditions(conn, f, seek=seek, unindexed=unindexed, score_probe=probe)
     # Not walking it, the sort column is an expression (unary +), so that SQLite does not.
     value = column if walk or (column == "created_at" and through is None) else dialect_of(conn).unindexed(column)
     # Pick the page's rows first (from an index when the filter allows), then read just those
@@ -1342,6 +1430,30 @@ def _walk_sort_index(conn: Connection, f: TraceFilter, limit: int) -> bool:
         params.append(f.until)
     sql = f"SELECT coalesce(sum(requests), 0) FROM rollup_hour{_where(clauses)}"
     return int(conn.execute(sql, params).fetchone()[0]) >= needed
+
+
+def _common_score(conn: Connection, f: TraceFilter, limit: int) -> bool:
+    """Whether a page in time order of the traces with ``f``'s score is cheaper found by walking
+    the traces newest first and looking up each one's scores (``scores_by_trace_name``) than by
+    reading every scored trace and sorting them: when the score is on ``m`` of ``n`` traces, the
+    walk looks up about ``limit * n / m`` of them, the other way reads ``m`` rows (each about the
+    cost of a look-up: two index seeks): so when ``m * m >= limit * n``, the scores counted (up to
+    that bound) through ``scores_by_name``."""
+    if f.score is None:
+        return False
+    total = dialect_of(conn).traces_bound(conn)
+    needed = math.ceil(math.sqrt((limit + 1) * total))
+    sql = "SELECT 1 FROM scores WHERE name = ?"
+    params: list[Any] = [f.score]
+    if f.project is not None:
+        sql += " AND score_project = ?"
+        params.append(f.project)
+    for bound, op in ((f.score_min, ">="), (f.score_max, "<=")):
+        if bound is not None:
+            sql += f" AND num {op} ?"
+            params.append(bound)
+    found = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT ?) AS firsts", [*params, needed]).fetchone()[0]
+    return int(found) >= needed
 
 
 _HEX = re.compile(r"^[0-9a-f]+$")

@@ -22,9 +22,12 @@ HOUR_DIMS = ("project", "model", "endpoint", "status")
 #: Histogram rollups: table -> (period in seconds, dimensions kept). A table's size is bounded by
 #: periods x dimension values x buckets, whatever the traffic: hourly by project (time series,
 #: overviews), daily by project, model and endpoint (breakdowns, filtered overviews).
+#: Schema 9 adds the daily one by project alone: a time series of days reads a row per day, project
+#: and bucket instead of one per day, project, model, endpoint and bucket (a tenth of them here).
 HIST_LEVELS: dict[str, tuple[int, tuple[str, ...]]] = {
     "rollup_hist_hour": (3600, ("project",)),
     "rollup_hist_day": (86400, ("project", "model", "endpoint")),
+    "rollup_hist_project_day": (86400, ("project",)),
 }
 METRICS = (("latency", "latency_ms"), ("ttft", "ttft_ms"))
 #: Per-key rollups (schema 4): the traces' column -> its table, totals by day, project and that
@@ -33,6 +36,42 @@ METRICS = (("latency", "latency_ms"), ("ttft", "ttft_ms"))
 #: top users and sessions over whole days, for a filter that names only time and project.
 KEY_ROLLUPS = {"user_id": "rollup_user_day", "session_id": "rollup_session_day"}
 KEY_PERIOD = 86400
+#: All-time rollups (schema 9): what ``rollup_hour`` and ``rollup_hist_day`` hold, without the
+#: period -- the totals by project, model, endpoint and status, the histograms by project, model
+#: and endpoint, over every trace kept. An overview of all time (its totals, its project, model and
+#: endpoint breakdowns) reads them alone: a few hundred rows however long the store's history.
+ALL_TOTALS = "rollup_all"
+ALL_HIST = "rollup_hist_all"
+ALL_HIST_DIMS = ("project", "model", "endpoint")
+#: ``rollup_hist_all`` built again from ``rollup_hist_day`` (both engines), when retention has
+#: removed whole days of it: a bucket's smallest and largest value are then those of the days kept,
+#: as a read of the daily rollup would give (a delete subtracts counts, it cannot narrow them).
+REBUILD_ALL_HIST = (
+    f"DELETE FROM {ALL_HIST}",
+    f"INSERT INTO {ALL_HIST} ({', '.join(ALL_HIST_DIMS)}, metric, bucket, n, min_ms, max_ms) "
+    f"SELECT {', '.join(ALL_HIST_DIMS)}, metric, bucket, sum(n), min(min_ms), max(max_ms) FROM rollup_hist_day "
+    f"GROUP BY {', '.join(ALL_HIST_DIMS)}, metric, bucket HAVING sum(n) > 0",
+)
+#: All-time per-key rollups (schema 9): the per-key totals over every trace kept, by key and
+#: project, folded and un-folded with the per-day ones. The overview's top users and sessions over
+#: all time read them (one row per key) instead of regrouping every day of the per-day rollups.
+#: They keep no first or last time: a delete could not take those back. Each key has a row per
+#: project and one more, under the project :data:`EVERY_PROJECT`, for its totals over every
+#: project: an admin's top keys are then the table's largest rows, found through an index on
+#: ``(project, requests)`` without adding up any row.
+KEY_ALL_ROLLUPS = {"user_id": "rollup_user_all", "session_id": "rollup_session_all"}
+#: The project of the all-time per-key rows that count every project (no project is named ``''``).
+EVERY_PROJECT = ""
+#: What the per-key rollups total, in this order.
+KEY_TOTALS = ("requests", "errors", "cancelled", "total_tokens", "cost_usd", "unpriced", "no_usage")
+#: The score rollups (schema 9): the count and the sum of the number and boolean scores (a
+#: category has no average) by project, score name and one of the trace's columns (``dim``:
+#: ``model`` or ``user``, its value in ``key``, ``''`` for none), per day and over all time. The
+#: score averages read them for whole days and for all time; a project's averages are its
+#: ``model`` rows added up. Kept by the scores' own writes (:mod:`.scores`) in their transaction.
+SCORE_ROLLUP_DAY = "rollup_score_day"
+SCORE_ROLLUP_ALL = "rollup_score_all"
+SCORE_DIMS = {"model": "trace_model", "user": "trace_user"}
 #: Statuses counted as errors (``errors``, ``error_rate``): a request that failed. ``cancelled``
 #: (the client went away first) is counted on its own.
 ERROR_STATUSES = ("error", "timeout")

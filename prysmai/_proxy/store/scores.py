@@ -19,6 +19,7 @@ takes the query layer's trace conditions unqualified.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 
 from . import queries
 from .engine import dialect_of
-from .queries import ParamError, TraceFilter, _conditions, _where, get_trace
+from .queries import ParamError, TraceFilter, _conditions, _tiered, _where, get_trace
+from .rollups import KEY_PERIOD, SCORE_DIMS, SCORE_ROLLUP_ALL, SCORE_ROLLUP_DAY
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,9 +53,7 @@ _BAD_COMMENT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 SOURCES = ("api", "dashboard")
 
 #: Retention: the scores of traces that are gone (a trace's scores go with it; they are few beside it).
-ORPHAN_SCORES = (
-    "DELETE FROM scores WHERE trace_time < ? AND NOT EXISTS (SELECT 1 FROM traces WHERE traces.id = scores.trace_id)"
-)
+_ORPHANS = "trace_time < ? AND NOT EXISTS (SELECT 1 FROM traces WHERE traces.id = scores.trace_id)"
 
 _COLUMNS = "score_id, trace_id, name, kind, num, label, comment, scored_at, author_key, source"
 
@@ -171,7 +171,7 @@ def add(
         "author_key": author_key,
         "source": source,
     }
-    conn.execute(
+    inserted: Any = conn.execute(  # (a DB-API cursor: its rowcount)
         "INSERT INTO scores (score_id, trace_id, trace_time, score_project, trace_model, trace_user, name, kind, "
         "num, label, comment, scored_at, author_key, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (score_id) DO NOTHING",
@@ -185,6 +185,9 @@ def add(
             *[row[c] for c in ("name", "kind", "num", "label", "comment", "scored_at", "author_key", "source")],
         ],
     )
+    # A queued score applied again stores nothing, and is not folded into the rollups again.
+    if score.num is not None and inserted.rowcount == 1:
+        _fold(conn, trace["created_at"], trace["project"], score.name, trace["model"], trace["user_id"], 1, score.num)
     return _document(row)
 
 
@@ -195,10 +198,16 @@ def new_score_id() -> str:
 def delete(conn: Connection, score_id: str, *, project: str | None) -> bool:
     """Delete a score by id (in ``project`` when given); whether there was one."""
     scope, params = ("", []) if project is None else (" AND score_project = ?", [project])
-    found = conn.execute(f"SELECT 1 FROM scores WHERE score_id = ?{scope}", [score_id, *params]).fetchone()
+    found = conn.execute(
+        f"SELECT trace_time, score_project, name, trace_model, trace_user, num FROM scores WHERE score_id = ?{scope}",
+        [score_id, *params],
+    ).fetchone()
     if found is None:
         return False
     conn.execute(f"DELETE FROM scores WHERE score_id = ?{scope}", [score_id, *params])
+    trace_time, score_project, name, model, user, num = found
+    if num is not None:
+        _fold(conn, trace_time, score_project, name, model, user, -1, -num)
     return True
 
 
@@ -259,6 +268,81 @@ class Edit:
         values = json.loads(text)
         score = values.pop("score")
         return cls(**values, score=None if score is None else NewScore(**score))
+
+
+# -- the score rollups (see ..rollups): kept in the transaction of each score's write -------------
+def _upsert(table: str, period: bool) -> str:
+    names = ", ".join(["dim", *(["period"] if period else []), "project", "name", "dim_value"])
+    marks = ", ".join("?" * (len(names.split(", ")) + 2))
+    return (
+        f"INSERT INTO {table} ({names}, scores, total) VALUES ({marks}) ON CONFLICT ({names}) DO UPDATE SET "
+        f"scores = {table}.scores + excluded.scores, total = {table}.total + excluded.total"
+    )
+
+
+_UPSERT_DAY = _upsert(SCORE_ROLLUP_DAY, True)
+_UPSERT_ALL = _upsert(SCORE_ROLLUP_ALL, False)
+
+
+def _fold(
+    conn: Connection,
+    trace_time: float,
+    project: str,
+    name: str,
+    model: str | None,
+    user: str | None,
+    count: int,
+    total: float,
+) -> None:
+    """Add ``count`` scores adding up to ``total`` (negative: taken out) to the score rollups."""
+    day = math.floor(trace_time / KEY_PERIOD) * KEY_PERIOD
+    for dim, value in (("model", model), ("user", user)):
+        key = [project, name, value or ""]
+        conn.execute(_UPSERT_DAY, [dim, day, *key, count, total])
+        conn.execute(_UPSERT_ALL, [dim, *key, count, total])
+
+
+def rollup_fill_sql(period: str) -> tuple[str, ...]:
+    """The statements that fold every number and boolean score of the ``scores`` table into
+    rollups just created empty (a migration's; ``period`` is the engine's SQL for a score's day
+    number)."""
+    out = []
+    for dim, column in SCORE_DIMS.items():
+        value = f"coalesce({column}, '')"
+        out.append(
+            f"INSERT INTO {SCORE_ROLLUP_DAY} (dim, period, project, name, dim_value, scores, total) "
+            f"SELECT '{dim}', {period} * {KEY_PERIOD}, score_project, name, {value}, count(*), sum(num) "
+            f"FROM scores WHERE num IS NOT NULL GROUP BY 2, 3, 4, 5"
+        )
+        out.append(
+            f"INSERT INTO {SCORE_ROLLUP_ALL} (dim, project, name, dim_value, scores, total) "
+            f"SELECT '{dim}', score_project, name, {value}, count(*), sum(num) "
+            f"FROM scores WHERE num IS NOT NULL GROUP BY 2, 3, 4"
+        )
+    return tuple(out)
+
+
+def forget_orphans(conn: Connection, before: float) -> None:
+    """Retention's last step: delete the scores of the traces that are gone (trace time before
+    ``before``), and take them out of the score rollups, in the caller's transaction."""
+    period = dialect_of(conn).period("trace_time", KEY_PERIOD)
+    for dim, column in SCORE_DIMS.items():
+        value = f"coalesce({column}, '')"
+        for table, key in ((SCORE_ROLLUP_DAY, f"{period} * {KEY_PERIOD}, "), (SCORE_ROLLUP_ALL, "")):
+            names = "dim, " + ("period, " if key else "") + "project, name, dim_value"
+            groups = ", ".join(str(i + 1) for i in range(1, len(names.split(", "))))  # not the constant
+            # "WHERE true" keeps SQLite's parser from reading ON CONFLICT as a join constraint.
+            conn.execute(
+                f"INSERT INTO {table} ({names}, scores, total) SELECT * FROM ("
+                f"SELECT '{dim}', {key}score_project, name, {value}, -count(*), -sum(num) FROM scores "
+                f"WHERE num IS NOT NULL AND {_ORPHANS} GROUP BY {groups}) AS gone WHERE true "
+                f"ON CONFLICT ({names}) DO UPDATE SET "
+                f"scores = {table}.scores + excluded.scores, total = {table}.total + excluded.total",
+                [before],
+            )
+    conn.execute(f"DELETE FROM scores WHERE {_ORPHANS}", [before])
+    for table in (SCORE_ROLLUP_DAY, SCORE_ROLLUP_ALL):
+        conn.execute(f"DELETE FROM {table} WHERE scores <= 0")
 
 
 def of_traces(conn: Connection, trace_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
@@ -324,47 +408,139 @@ AVERAGE_GROUPS = {
 def averages(conn: Connection, f: TraceFilter, groups: Iterable[str], rows: int) -> dict[str, list[dict[str, Any]]]:
     """The average of each score name (numbers and booleans; a boolean's average is its share of
     ``true``) over the traces of ``f``, by each of ``groups`` (:data:`AVERAGE_GROUPS`): the
-    ``rows`` groups and names with the most scores, each ``{group, name, average, scores}``.
+    ``rows`` groups and names with the most scores, each ``{group, name, average, scores}``. An
+    average is the scores' sum over their count, given to :data:`AVERAGE_DIGITS` significant digits
+    (however it was read, rollups or rows, it is then the same number).
 
-    Time, project, model and user are matched on the scores' own copies (one index of the scores
-    answers the usual overview); any other filter joins each score to its trace, read through the
+    A filter on time, project and at most one of model and user (the one grouped by, if any) is
+    answered from the score rollups (:data:`~.rollups.SCORE_ROLLUP_DAY` for the whole days of the
+    range, :data:`~.rollups.SCORE_ROLLUP_ALL` for all time) and the scores of the partial days at
+    its edges. Otherwise time, project, model and user are matched on the scores' own copies (one
+    index of the scores), and any other filter joins each score to its trace, read through the
     traces' time-first index (the score has the trace's time)."""
-    own: list[str] = ["scores.kind <> 'category'"]
+    rest = dataclasses.replace(f, project=None, since=None, until=None, model=None, user_id=None)
+    clauses, params = _conditions(conn, rest, times=False) if rest != TraceFilter() else ([], [])
+    out: dict[str, list[dict[str, Any]]] = {}
+    for group in groups:
+        found: dict[tuple[Any, str], list[float]] = {}
+        dim = None if clauses else _rollup_dim(f, group)
+        if dim is None:
+            _average_rows(conn, f, group, clauses, params, f.since, f.until, found)
+        elif f.since is None and f.until is None:
+            _average_rollup(conn, f, group, dim, SCORE_ROLLUP_ALL, None, None, found)
+        else:
+            _tiered(
+                f.since,
+                f.until,
+                time.time(),
+                [(KEY_PERIOD, functools.partial(_average_rollup, conn, f, group, dim, SCORE_ROLLUP_DAY, found=found))],
+                functools.partial(_average_rows, conn, f, group, [], [], found=found),
+            )
+        # Most scores first; then by name, and by group with none last (as both engines' SQL did).
+        ranked = sorted(
+            ((key, name, n, total) for (key, name), (n, total) in found.items() if n > 0),
+            key=lambda r: (-r[2], r[1], r[0] is None, "" if r[0] is None else str(r[0])),
+        )[:rows]
+        out[group] = [
+            {group: key, "name": name, "average": _digits(total / n), "scores": int(n)}
+            for key, name, n, total in ranked
+        ]
+    return out
+
+
+#: Significant digits of an average (a sum kept in a rollup through adds and deletes differs from
+#: a fresh sum of the same scores by a few units in the last of float's 17).
+AVERAGE_DIGITS = 12
+
+
+def _digits(x: float) -> float:
+    return float(f"{x:.{AVERAGE_DIGITS}g}")
+
+
+def _rollup_dim(f: TraceFilter, group: str) -> str | None:
+    """The score rollup's dimension that answers ``group`` under ``f`` (``None``: none does)."""
+    if group not in AVERAGE_GROUPS:
+        raise ValueError(f"averages by must be one of {', '.join(AVERAGE_GROUPS)}, not {group!r}")
+    wanted = {group} - {"project"}
+    wanted |= {dim for dim, value in (("model", f.model), ("user", f.user_id)) if value is not None}
+    if len(wanted) > 1:
+        return None
+    return wanted.pop() if wanted else "model"
+
+
+def _average_rollup(
+    conn: Connection,
+    f: TraceFilter,
+    group: str,
+    dim: str,
+    table: str,
+    lo: int | None,
+    hi: int | None,
+    found: dict[tuple[Any, str], list[float]],
+) -> None:
+    clauses = ["dim = ?"]
+    params: list[Any] = [dim]
+    if f.project is not None:
+        clauses.append("project = ?")
+        params.append(f.project)
+    value = f.model if dim == "model" else f.user_id
+    if value is not None:
+        clauses.append("dim_value = ?")
+        params.append(value)
+    if hi is not None:
+        clauses.append("period < ?")
+        params.append(hi)
+    if lo is not None:
+        clauses.append("period >= ?")
+        params.append(lo)
+    column = "project" if group == "project" else "dim_value"
+    sql = f"SELECT {column}, name, sum(scores), sum(total) FROM {table}{_where(clauses)} GROUP BY {column}, name"
+    for key, name, n, total in conn.execute(sql, params):
+        _add(found, None if key == "" else key, name, n, total)
+
+
+def _average_rows(
+    conn: Connection,
+    f: TraceFilter,
+    group: str,
+    clauses: list[str],
+    params: list[Any],
+    lo: float | None,
+    hi: float | None,
+    found: dict[tuple[Any, str], list[float]],
+) -> None:
+    own: list[str] = ["scores.num IS NOT NULL"]
     own_params: list[Any] = []
-    for column, value in (
-        ("score_project", f.project),
-        ("trace_model", f.model),
-        ("trace_user", f.user_id),
-    ):
+    for column, value in (("score_project", f.project), ("trace_model", f.model), ("trace_user", f.user_id)):
         if value is not None:
             own.append(f"scores.{column} = ?")
             own_params.append(value)
-    if f.since is not None:
+    if lo is not None:
         own.append("scores.trace_time >= ?")
-        own_params.append(f.since)
-    if f.until is not None:
+        own_params.append(lo)
+    if hi is not None:
         own.append("scores.trace_time < ?")
-        own_params.append(f.until)
-    rest = dataclasses.replace(f, project=None, since=None, until=None, model=None, user_id=None)
-    clauses, params = _conditions(conn, rest, times=False) if rest != TraceFilter() else ([], [])
+        own_params.append(hi)
     join = ""
     if clauses:
         traces = dialect_of(conn).time_first("traces")
         join = f" JOIN {traces} ON traces.created_at = scores.trace_time AND traces.id = scores.trace_id"
-    out: dict[str, list[dict[str, Any]]] = {}
-    for group in groups:
-        column = AVERAGE_GROUPS[group][0]
-        sql = (
-            f"SELECT scores.{column}, scores.name, avg(scores.num), count(*) FROM scores{join}"
-            f"{_where([*own, *clauses])} GROUP BY scores.{column}, scores.name "
-            # NULL last on both engines (SQLite sorts it first, PostgreSQL last).
-            f"ORDER BY count(*) DESC, scores.name, scores.{column} IS NULL, scores.{column} LIMIT ?"
-        )
-        out[group] = [
-            {group: key, "name": name, "average": float(avg), "scores": int(n)}
-            for key, name, avg, n in conn.execute(sql, [*own_params, *params, rows])
-        ]
-    return out
+    # Grouped by expressions (SQLite: unary +): left to choose, SQLite may walk scores_by_name, in
+    # the group's order, through every score of every time to skip a sort.
+    unindexed = dialect_of(conn).unindexed
+    keys = f"{unindexed('scores.' + AVERAGE_GROUPS[group][0])}, {unindexed('scores.name')}"
+    sql = f"SELECT {keys}, count(*), sum(scores.num) FROM scores{join}{_where([*own, *clauses])} GROUP BY {keys}"
+    for key, name, n, total in conn.execute(sql, [*own_params, *params]):
+        _add(found, key, name, n, total)
+
+
+def _add(found: dict[tuple[Any, str], list[float]], key: Any, name: str, n: Any, total: Any) -> None:
+    cell = found.get((key, name))
+    if cell is None:
+        found[(key, name)] = [int(n), float(total or 0)]
+    else:
+        cell[0] += int(n)
+        cell[1] += float(total or 0)
 
 
 def names(conn: Connection, project: str | None) -> list[dict[str, str]]:

@@ -264,6 +264,49 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
         conn.close()
 
 
+def test_a_version_5_database_with_traces_and_scores_is_migrated_to_the_same_answers(pg_url: str) -> None:
+    """Version 6 builds the all-time and score rollups from the rollups and scores already there:
+    the overview and the averages answer after the migration what a database folded from the start
+    answers (the one written at version 6, taken back to version 5 to be migrated again)."""
+    from prysmai._proxy.store import scores
+
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    rows = make_rows(300, seed=5)
+    engine.insert_rows(conn, rows)
+    conn.close()
+    store = Store.existing(pg_url, read_time_limit=None)
+    assert store is not None
+    new = scores.NewScore.parse({"name": "helpful", "value": 0.75})
+    for row in rows[::4]:
+        assert store.edit_sync(scores.add, row[0], new, project=None, author_key="key_x", source="api") is not None
+    reads = [
+        (queries.overview_page, (TraceFilter(), 86400, queries.BREAKDOWNS, 5)),
+        (queries.overview_page, (TraceFilter(project="web"), 86400, queries.BREAKDOWNS, 5)),
+        (scores.averages, (TraceFilter(), ("model", "user", "project"), 50)),
+        (scores.averages, (TraceFilter(since=NOW - 4 * 86400), ("model", "user", "project"), 50)),
+    ]
+    before = [store.read_sync(fn, *args) for fn, args in reads]
+    store.close()
+    conn = engine.connect()
+    with conn.transaction():  # back to version 5: without what version 6 added
+        conn.execute(
+            "DROP TABLE rollup_hist_project_day, rollup_all, rollup_hist_all, rollup_user_all, rollup_session_all, "
+            "rollup_score_day, rollup_score_all"
+        )
+        conn.execute("DROP INDEX scores_by_trace_name")
+        conn.execute("CREATE INDEX scores_by_trace ON scores (trace_id)")
+        conn.execute("UPDATE prysmai_schema SET version = 5")
+    conn.close()
+    store = Store.existing(pg_url, read_time_limit=None)  # migrates
+    assert store is not None
+    try:
+        after = [store.read_sync(fn, *args) for fn, args in reads]
+    finally:
+        store.close()
+    assert close_enough(after, before) and before[2]["model"]
+
+
 def test_a_database_of_a_newer_prysmai_is_refused(pg_url: str) -> None:
     engine = PostgresEngine(pg_url)
     engine.open_for_writing().close()

@@ -66,6 +66,9 @@ def _assert_rollups_match_rows(pg_url: str, tmp_path: Any, now: float) -> None:
                 (queries.overview, (f,)),
                 (queries.breakdown, (f, "model", 10)),
                 (queries.breakdown, (f, "user_id", 10)),
+                # The all-time rollups (version 6) after whole days dropped and rows deleted.
+                (queries.breakdown, (f, "session_id", 3)),
+                (queries.overview_page, (f, 86400, queries.BREAKDOWNS, 5)),
                 (queries.users, (f,)),
                 (queries.sessions, (f,)),
             ):

@@ -18,7 +18,7 @@ from prysmai._proxy.store.queries import TraceFilter
 from prysmai._proxy.store.reader import ReadRunner
 from prysmai._proxy.store.rollups import bucket_bounds
 from prysmai._proxy.store.rows import COLUMNS
-from prysmai._proxy.store.sqlite import SCHEMA_VERSION, SQLiteEngine, rollups
+from prysmai._proxy.store.sqlite import SCHEMA_VERSION, SQLiteEngine, insert_rows, rollups
 from prysmai._proxy.store.writer import TraceWriter
 
 HOUR = 3600.0
@@ -73,11 +73,14 @@ INDEXES = {
     "traces_by_ttft",
     "traces_by_tokens",
     # Schema 6: the scores' (the table is there, empty, in a migrated store too).
-    "scores_by_trace",
+    "scores_by_trace_name",  # (schema 9; scores_by_trace before)
     "scores_by_name",
     "scores_by_time",
     # Schema 8: the limits' refusals (a partial index of those rows only).
     "traces_limited",
+    # Schema 9: the all-time per-key rollups' top entries.
+    "rollup_user_all_top",
+    "rollup_session_all_top",
 }
 #: Its triggers: the rollups' fold (once per batch) and delete, the search index's.
 #: The triggers of a store: folding (rollups, the search index, the export outbox) once per batch.
@@ -168,7 +171,7 @@ def test_a_v1_store_is_migrated_in_place_keeping_every_row(tmp_path: Any) -> Non
 
     conn = SQLiteEngine(path).open_existing()
     assert conn is not None
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
     after = conn.execute(f"SELECT {', '.join(V1_COLUMNS)} FROM traces WHERE key_id IS NULL ORDER BY id").fetchall()
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
     # Every row of 0.1.0 is in the default project, sent to no named provider.
@@ -320,6 +323,60 @@ def assert_rollups_equal_rows(conn: sqlite3.Connection) -> None:
             "WHERE latency_ms IS NOT NULL OR ttft_ms IS NOT NULL ORDER BY 1, 2"
         ).fetchall()
         assert sorted(tuple(k) for k in keys) == sorted(tuple(k) for k in want_keys), table
+    assert_all_time_rollups_equal_rows(conn)
+
+
+_BUCKET = "CAST(ln(max({0}, 0.001) * 1000) * 16 AS INTEGER)"
+
+
+def assert_all_time_rollups_equal_rows(conn: sqlite3.Connection) -> None:
+    """Schema 9's rollups -- all time, and the daily histograms by project -- hold exactly what the
+    rows say, with no row below zero."""
+    totals = (
+        "count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), "
+        "coalesce(sum(total_tokens), 0), round(coalesce(sum(cost_usd), 0), 9), "
+        "sum(cost_usd IS NULL AND total_tokens IS NOT NULL), sum(cost_usd IS NULL AND total_tokens IS NULL)"
+    )
+    got = conn.execute(
+        "SELECT project, model, endpoint, status, requests, prompt_tokens, completion_tokens, total_tokens, "
+        "round(cost_usd, 9), unpriced, no_usage FROM rollup_all WHERE requests <> 0 ORDER BY 1, 2, 3, 4"
+    ).fetchall()
+    want = conn.execute(
+        f"SELECT project, coalesce(model, ''), endpoint, status, {totals} FROM traces GROUP BY 1, 2, 3, 4 "
+        "ORDER BY 1, 2, 3, 4"
+    ).fetchall()
+    assert [tuple(r) for r in got] == [tuple(r) for r in want], "rollup_all"
+    key_totals = (
+        "count(*), sum(status IN ('error', 'timeout')), sum(status = 'cancelled'), coalesce(sum(total_tokens), 0), "
+        "round(coalesce(sum(cost_usd), 0), 9), sum(cost_usd IS NULL AND total_tokens IS NOT NULL), "
+        "sum(cost_usd IS NULL AND total_tokens IS NULL)"
+    )
+    for column, table in (("user_id", "rollup_user_all"), ("session_id", "rollup_session_all")):
+        got = conn.execute(
+            f"SELECT project, {column}, requests, errors, cancelled, total_tokens, round(cost_usd, 9), unpriced, "
+            f"no_usage FROM {table} WHERE requests <> 0 ORDER BY 1, 2"
+        ).fetchall()
+        want = conn.execute(
+            f"SELECT * FROM (SELECT project, coalesce({column}, ''), {key_totals} FROM traces GROUP BY 1, 2 "
+            f"UNION ALL SELECT '', coalesce({column}, ''), {key_totals} FROM traces GROUP BY 2) ORDER BY 1, 2"
+        ).fetchall()
+        assert [tuple(r) for r in got] == [tuple(r) for r in want], table
+    for table, keys, rows_keys in (
+        ("rollup_hist_all", "project, model, endpoint", "project, coalesce(model, ''), endpoint"),
+        ("rollup_hist_project_day", "period, project", "CAST(created_at / 86400 AS INTEGER) * 86400, project"),
+    ):
+        got = conn.execute(
+            f"SELECT {keys}, metric, bucket, n FROM {table} WHERE n <> 0 ORDER BY {keys}, metric, bucket"
+        ).fetchall()
+        want = conn.execute(
+            " UNION ALL ".join(
+                f"SELECT * FROM (SELECT {rows_keys}, '{metric}' AS metric, {_BUCKET.format(column)} AS bucket, "
+                f"count(*) FROM traces WHERE {column} IS NOT NULL GROUP BY {rows_keys}, bucket)"
+                for metric, column in (("latency", "latency_ms"), ("ttft", "ttft_ms"))
+            )
+            + f" ORDER BY {', '.join(str(i + 1) for i in range(len(keys.split(', ')) + 2))}"
+        ).fetchall()
+        assert [tuple(r) for r in got] == [tuple(r) for r in want], table
 
 
 def test_a_v2_store_is_migrated_in_place_keeping_every_row_in_the_default_project(tmp_path: Any) -> None:
@@ -342,7 +399,7 @@ def test_a_v2_store_is_migrated_in_place_keeping_every_row_in_the_default_projec
 
     conn = SQLiteEngine(path).open_existing()
     assert conn is not None
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     after = conn.execute(f"SELECT {', '.join(V2_COLUMNS)} FROM traces WHERE id <> ? ORDER BY id", ("f" * 32,))
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
@@ -1105,3 +1162,55 @@ def test_a_sorted_list_of_few_traces_never_walks_the_whole_table(tmp_path: Any) 
                 assert found and not [p for p in found if p.startswith("SCAN traces")], (f, sort, found)
     unfiltered = plans(TraceFilter(), "latency_ms", True)
     assert any("traces_by_latency" in p for p in unfiltered), unfiltered
+
+
+def test_a_schema_8_store_with_scores_is_migrated_to_the_same_answers(tmp_path: Any) -> None:
+    """Schema 9 builds the all-time and score rollups from the rollups and scores already there:
+    the overview and the averages answer after the migration what a store folded from the start
+    answers (the one written at schema 9, taken back to schema 8 to be migrated again)."""
+    from prysmai._proxy.store import scores
+
+    from .test_postgres import close_enough
+
+    path = str(tmp_path / "s8.db")
+    rows = random_rows(400, seed=17)
+    with SQLiteEngine(path).open_for_writing() as conn:
+        insert_rows(conn, [tuple(r.get(c) for c in COLUMNS) for r in rows])
+    store = Store.existing(path, read_time_limit=None)
+    assert store is not None
+    new = scores.NewScore.parse({"name": "helpful", "value": 0.5})
+    for r in rows[::3]:
+        assert store.edit_sync(scores.add, r["id"], new, project=None, author_key="key_x", source="api") is not None
+    now = max(r["created_at"] for r in rows)
+    reads = [
+        (queries.overview_page, (TraceFilter(), 86400, queries.BREAKDOWNS, 5)),
+        (scores.averages, (TraceFilter(), ("model", "user", "project"), 50)),
+        (scores.averages, (TraceFilter(since=now - 3 * 86400), ("model", "user", "project"), 50)),
+    ]
+    before = [store.read_sync(fn, *args) for fn, args in reads]
+    store.close()
+    conn = sqlite3.connect(path)
+    for table in (
+        "rollup_hist_project_day",
+        "rollup_all",
+        "rollup_hist_all",
+        "rollup_user_all",
+        "rollup_session_all",
+        "rollup_score_day",
+        "rollup_score_all",
+    ):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("DROP INDEX scores_by_trace_name")
+    conn.execute("CREATE INDEX scores_by_trace ON scores (trace_id)")
+    conn.execute("PRAGMA user_version = 8")
+    conn.commit()
+    conn.close()
+    store = Store.existing(path, read_time_limit=None)  # migrates
+    assert store is not None
+    try:
+        after = [store.read_sync(fn, *args) for fn, args in reads]
+    finally:
+        store.close()
+    # (Equal but for the last bits of a sum of costs: its terms are added in another order.)
+    assert close_enough(after, before) and before[1]["model"]
+    assert_rollups_equal_rows(sqlite3.connect(path))

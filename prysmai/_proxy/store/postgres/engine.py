@@ -23,8 +23,9 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 from ..engine import QueryTimeout, StoreError, StoreUnavailable, register_dialect
+from ..rollups import REBUILD_ALL_HIST
 from ..rows import COLUMNS
-from ..scores import ORPHAN_SCORES
+from ..scores import forget_orphans
 from . import rollups
 from .schema import LOCK, MIGRATIONS, ROW_COLUMNS, SCHEMA_VERSION, TYPES
 
@@ -351,7 +352,7 @@ class PostgresEngine:
             dropped += n
         deleted = dropped + self._delete_rows(conn, project, before, exclude, limit)
         if deleted:
-            conn.execute(_qmark(ORPHAN_SCORES), [before])
+            forget_orphans(PostgresConnection(conn), before)
         return deleted
 
     def _days_before(self, conn: psycopg.Connection[Any], before: float) -> list[int]:
@@ -390,8 +391,12 @@ class PostgresEngine:
                     "SELECT coalesce(sum(requests), 0) FROM rollup_hour WHERE hour >= %s AND hour < %s", [lo, hi]
                 ).fetchone()
                 conn.execute(f"DROP TABLE trace_rows_d{day}, trace_bodies_d{day}")
+                for statement in rollups.FORGET_DAY:
+                    conn.execute(statement, {"lo": lo, "hi": hi})
                 for table, (column, _seconds) in rollups.PERIODS.items():
                     conn.execute(f"DELETE FROM {table} WHERE {column} >= %s AND {column} < %s", [lo, hi])
+                for statement in (*rollups.EMPTY_ALL, *REBUILD_ALL_HIST):
+                    conn.execute(statement)
         except psycopg.errors.LockNotAvailable:
             return None
         except psycopg.errors.UndefinedTable:  # another replica dropped it first
@@ -421,13 +426,18 @@ class PostgresEngine:
                 )
                 for statement in rollups.UNFOLD:
                     conn.execute(statement)
+                emptied = 0
                 for table, (column, seconds) in rollups.PERIODS.items():
                     # Rows brought to zero in periods over before the cut (one still partly kept
                     # may gain traces again).
-                    conn.execute(
+                    gone = conn.execute(
                         f"DELETE FROM {table} WHERE {column} < %s AND {rollups.COUNTS[table]} <= 0",
                         [math.floor(before / seconds) * seconds],
                     )
+                    emptied += gone.rowcount if table == "rollup_hist_day" else 0
+                # Whole days of a daily histogram gone: their bounds go from the all-time one too.
+                for statement in (*rollups.EMPTY_ALL, *(REBUILD_ALL_HIST if emptied > 0 else ())):
+                    conn.execute(statement)
         return max(deleted, 0)
 
     def reclaim(self, conn: psycopg.Connection[Any]) -> tuple[int, bool]:

@@ -7,18 +7,29 @@ table the insert fills from its ``RETURNING``): a batch sent again adds nothing 
 row deletes put the rows they removed in the same table and run :data:`UNFOLD`, the same
 statements with every count negated (as SQLite's delete trigger, they leave a histogram's min and
 max as they were: a bound, not an exact value, after a delete).
+
+The all-time rollups (version 6) are folded and un-folded with the others; a day partition's drop
+takes its day out of the all-time totals by subtracting that day's rows of the per-day rollups,
+which hold it exactly (:data:`FORGET_DAY`), and builds the all-time histograms again from the
+daily ones left.
 """
 
 from __future__ import annotations
 
 from ..rollups import (
+    ALL_HIST,
+    ALL_HIST_DIMS,
+    ALL_TOTALS,
     BUCKET_FLOOR_MS,
     BUCKETS_PER_E,
     ERRORS_SQL,
+    EVERY_PROJECT,
     HIST_LEVELS,
     HOUR_DIMS,
+    KEY_ALL_ROLLUPS,
     KEY_PERIOD,
     KEY_ROLLUPS,
+    KEY_TOTALS,
     METRICS,
     NO_USAGE_SQL,
     UNPRICED_SQL,
@@ -100,8 +111,74 @@ def _fold_hist(table: str, sign: str = "") -> str:
         max_ms = greatest({table}.max_ms, excluded.max_ms)"""
 
 
+_HOUR_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced", "no_usage")
+
+
+def _adding(table: str, columns: tuple[str, ...]) -> str:
+    return ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in columns)
+
+
+def _fold_all(sign: str = "") -> tuple[str, str]:
+    names = ", ".join(HOUR_DIMS)
+    totals = f"""INSERT INTO {ALL_TOTALS} ({names}, {", ".join(_HOUR_TOTALS)})
+    SELECT {", ".join(key_sql(d) for d in HOUR_DIMS)}, {sign}count(*), {sign}coalesce(sum(prompt_tokens), 0),
+        {sign}coalesce(sum(completion_tokens), 0), {sign}coalesce(sum(total_tokens), 0),
+        {sign}coalesce(sum(cost_usd), 0), {sign}{_UNPRICED}, {sign}{_NO_USAGE}
+    FROM new_rows GROUP BY {", ".join(str(i + 1) for i in range(len(HOUR_DIMS)))}
+    ON CONFLICT ({names}) DO UPDATE SET {_adding(ALL_TOTALS, _HOUR_TOTALS)}"""
+    hist_names = ", ".join([*ALL_HIST_DIMS, "metric", "bucket"])
+    keys = ", ".join(key_sql(d) for d in ALL_HIST_DIMS)
+    group = ", ".join(str(i + 1) for i in range(len(ALL_HIST_DIMS) + 2))
+    selects = " UNION ALL ".join(
+        f"""SELECT {keys}, '{metric}', {bucket_sql(column)}, {sign}count(*), min({column}), max({column})
+        FROM new_rows WHERE {column} IS NOT NULL GROUP BY {group}"""
+        for metric, column in METRICS
+    )
+    hist = f"""INSERT INTO {ALL_HIST} ({hist_names}, n, min_ms, max_ms) {selects}
+    ON CONFLICT ({hist_names}) DO UPDATE SET
+        n = {ALL_HIST}.n + excluded.n,
+        min_ms = least({ALL_HIST}.min_ms, excluded.min_ms),
+        max_ms = greatest({ALL_HIST}.max_ms, excluded.max_ms)"""
+    return totals, hist
+
+
+def _fold_key_all(column: str, sign: str = "") -> str:
+    table = KEY_ALL_ROLLUPS[column]
+    totals = f"""{sign}count(*), {sign}{_ERRORS}, {sign}count(*) FILTER (WHERE status = 'cancelled'),
+        {sign}coalesce(sum(total_tokens), 0), {sign}coalesce(sum(cost_usd), 0), {sign}{_UNPRICED}, {sign}{_NO_USAGE}"""
+    # Each key's row in its project, and its row of every project.
+    return f"""INSERT INTO {table} (project, {column}, {", ".join(KEY_TOTALS)})
+    SELECT project, {key_sql(column)}, {totals} FROM new_rows GROUP BY 1, 2
+    UNION ALL SELECT '{EVERY_PROJECT}', {key_sql(column)}, {totals} FROM new_rows GROUP BY 2
+    ON CONFLICT (project, {column}) DO UPDATE SET {_adding(table, KEY_TOTALS)}"""
+
+
 def _statements(sign: str) -> tuple[str, ...]:
-    return (_fold_hour(sign), *(_fold_hist(t, sign) for t in HIST_LEVELS), *(_fold_key(c, sign) for c in KEY_ROLLUPS))
+    return (
+        _fold_hour(sign),
+        *(_fold_hist(t, sign) for t in HIST_LEVELS),
+        *(_fold_key(c, sign) for c in KEY_ROLLUPS),
+        *_fold_all(sign),
+        *(_fold_key_all(c, sign) for c in KEY_ALL_ROLLUPS),
+    )
+
+
+def _forget_day() -> tuple[str, ...]:
+    hour_dims = ", ".join(HOUR_DIMS)
+    return (
+        f"""INSERT INTO {ALL_TOTALS} ({hour_dims}, {", ".join(_HOUR_TOTALS)})
+    SELECT {hour_dims}, {", ".join(f"-sum({c})" for c in _HOUR_TOTALS)} FROM rollup_hour
+    WHERE hour >= %(lo)s AND hour < %(hi)s GROUP BY {hour_dims}
+    ON CONFLICT ({hour_dims}) DO UPDATE SET {_adding(ALL_TOTALS, _HOUR_TOTALS)}""",
+        *(
+            f"""INSERT INTO {table} (project, {column}, {", ".join(KEY_TOTALS)})
+    SELECT {project}, {column}, {", ".join(f"-sum({c})" for c in KEY_TOTALS)} FROM {KEY_ROLLUPS[column]}
+    WHERE period >= %(lo)s AND period < %(hi)s GROUP BY {group}
+    ON CONFLICT (project, {column}) DO UPDATE SET {_adding(table, KEY_TOTALS)}"""
+            for column, table in KEY_ALL_ROLLUPS.items()
+            for project, group in (("project", "1, 2"), (f"'{EVERY_PROJECT}'", "2"))
+        ),
+    )
 
 
 #: The statements that fold ``new_rows`` into every rollup.
@@ -116,3 +193,13 @@ PERIODS = {
 }
 #: Each rollup table's count: a row whose count is 0 holds nothing.
 COUNTS = {t: "n" if t in HIST_LEVELS else "requests" for t in PERIODS}
+#: The all-time rollups' rows brought to zero (a key seen again gets its row back).
+EMPTY_ALL = (
+    *(f"DELETE FROM {t} WHERE requests <= 0" for t in (ALL_TOTALS, *KEY_ALL_ROLLUPS.values())),
+    f"DELETE FROM {ALL_HIST} WHERE n <= 0",
+)
+#: The statements that take one day (``%(lo)s`` to ``%(hi)s``, its start and end) out of the
+#: all-time totals, from the per-day rollups' rows of that day, before those are deleted: a day
+#: partition dropped whole (then :data:`EMPTY_ALL`, and ``rollup_hist_all`` is built again from
+#: the daily histograms left: :data:`~..rollups.REBUILD_ALL_HIST`).
+FORGET_DAY = _forget_day()

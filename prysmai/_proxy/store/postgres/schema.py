@@ -13,8 +13,9 @@ The same logical schema as SQLite's, laid out for a database that holds weeks of
 * ``metadata`` is JSONB. Text columns compare by code point (``COLLATE "C"``), as SQLite's do:
   lists, cursors and ties sort alike on both engines, whatever the database's locale.
 * The rollups (``rollup_hour``, ``rollup_hist_hour``, ``rollup_hist_day``, ``rollup_user_day``,
-  ``rollup_session_day``) are those of SQLite, folded from each batch's new rows in the batch's
-  transaction (:mod:`.rollups`).
+  ``rollup_session_day``; version 6: ``rollup_hist_project_day``, the all-time ``rollup_all``,
+  ``rollup_hist_all``, ``rollup_user_all``, ``rollup_session_all``, and the score rollups) are
+  those of SQLite, folded from each batch's new rows in the batch's transaction (:mod:`.rollups`).
 
 Migrations run at start-up inside a transaction holding an advisory lock, so replicas starting
 together cannot race; ``prysmai_schema.version`` holds the version, and a database written by a
@@ -24,7 +25,22 @@ newer prysmai is refused.
 from __future__ import annotations
 
 from ..budgets import REFUSAL_CODES
-from ..rollups import HIST_LEVELS, HOUR_DIMS, KEY_ROLLUPS
+from ..rollups import (
+    ALL_HIST,
+    ALL_HIST_DIMS,
+    ALL_TOTALS,
+    EVERY_PROJECT,
+    HIST_LEVELS,
+    HOUR_DIMS,
+    KEY_ALL_ROLLUPS,
+    KEY_PERIOD,
+    KEY_ROLLUPS,
+    KEY_TOTALS,
+    SCORE_ROLLUP_ALL,
+    SCORE_ROLLUP_DAY,
+)
+from ..scores import rollup_fill_sql
+from .rollups import period_sql
 
 #: Column types, in :data:`~..rows.COLUMNS` order. Bodies are not in ``trace_rows``.
 TYPES = {
@@ -141,7 +157,8 @@ CREATE TABLE rollup_hour (
     PRIMARY KEY (hour, {", ".join(HOUR_DIMS)})
 );
 """
-    + "".join(_hist_table(t) for t in HIST_LEVELS)
+    # Version 1's histogram levels (version 6 adds rollup_hist_project_day).
+    + "".join(_hist_table(t) for t in ("rollup_hist_hour", "rollup_hist_day"))
     + "".join(_key_table(c) for c in KEY_ROLLUPS)
 )
 
@@ -236,8 +253,85 @@ CREATE INDEX trace_rows_limited ON trace_rows (project, created_at, error_code)
     WHERE error_code IN ({", ".join(f"'{c}'" for c in REFUSAL_CODES)});
 """
 
+_HOUR_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced", "no_usage")
+
+
+def _numbers(columns: tuple[str, ...]) -> str:
+    return "".join(f"    {c} {'double precision' if c == 'cost_usd' else 'bigint'} NOT NULL,\n" for c in columns)
+
+
+def _dims(dims: tuple[str, ...]) -> str:
+    return "".join(f"    {d} {_TEXT} NOT NULL,\n" for d in dims)
+
+
+def _score_table(table: str, period: bool) -> str:
+    key = ", ".join(["dim", *(["period"] if period else []), "project", "name", "dim_value"])
+    periods = "    period bigint NOT NULL,\n" if period else ""
+    return f"""CREATE TABLE {table} (
+{periods}{_dims(("project", "name", "dim", "dim_value"))}    scores bigint NOT NULL,
+    total double precision NOT NULL,
+    PRIMARY KEY ({key})
+);
+"""
+
+
+def _v6() -> str:
+    """Version 6 (the overview at 1 M traces): the daily histograms by project, the all-time
+    rollups and the score rollups, each built from a finer rollup the database has (or the scores)."""
+    hist_keys = ", ".join(ALL_HIST_DIMS)
+    hour_dims = ", ".join(HOUR_DIMS)
+    ddl = (
+        _hist_table("rollup_hist_project_day")
+        + f"""CREATE TABLE {ALL_TOTALS} (
+{_dims(HOUR_DIMS)}{_numbers(_HOUR_TOTALS)}    PRIMARY KEY ({hour_dims})
+);
+CREATE TABLE {ALL_HIST} (
+{_dims(ALL_HIST_DIMS)}    metric text NOT NULL,
+    bucket integer NOT NULL,
+    n bigint NOT NULL,
+    min_ms double precision NOT NULL,
+    max_ms double precision NOT NULL,
+    PRIMARY KEY ({hist_keys}, metric, bucket)
+);
+"""
+        + "".join(
+            f"""CREATE TABLE {table} (
+{_dims(("project", column))}{_numbers(KEY_TOTALS)}    PRIMARY KEY (project, {column})
+);
+CREATE INDEX {table}_top ON {table} (project, requests);
+"""
+            for column, table in KEY_ALL_ROLLUPS.items()
+        )
+        + _score_table(SCORE_ROLLUP_DAY, True)
+        + _score_table(SCORE_ROLLUP_ALL, False)
+    )
+    fills = [
+        f"INSERT INTO {ALL_TOTALS} ({hour_dims}, {', '.join(_HOUR_TOTALS)}) SELECT {hour_dims}, "
+        f"{', '.join(f'sum({c})' for c in _HOUR_TOTALS)} FROM rollup_hour GROUP BY {hour_dims} "
+        "HAVING sum(requests) > 0",
+        *(
+            f"INSERT INTO {table} ({keys}, metric, bucket, n, min_ms, max_ms) SELECT {keys}, metric, bucket, "
+            f"sum(n), min(min_ms), max(max_ms) FROM rollup_hist_day GROUP BY {keys}, metric, bucket HAVING sum(n) > 0"
+            for table, keys in ((ALL_HIST, hist_keys), ("rollup_hist_project_day", "period, project"))
+        ),
+        *(
+            f"INSERT INTO {table} (project, {column}, {', '.join(KEY_TOTALS)}) SELECT {project}, {column}, "
+            f"{', '.join(f'sum({c})' for c in KEY_TOTALS)} FROM {KEY_ROLLUPS[column]} GROUP BY {group} "
+            "HAVING sum(requests) > 0"
+            for column, table in KEY_ALL_ROLLUPS.items()
+            for project, group in (("project", "1, 2"), (f"'{EVERY_PROJECT}'", "2"))
+        ),
+        *rollup_fill_sql(period_sql("trace_time", KEY_PERIOD)),
+    ]
+    # As SQLite's schema 9: the scores by trace and name (a common score's list probes it).
+    ddl += "DROP INDEX scores_by_trace;\nCREATE INDEX scores_by_trace_name ON scores (trace_id, name, num);\n"
+    return ddl + "".join(f"{statement};\n" for statement in fills)
+
+
+V6 = _v6()
+
 #: ``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3, 3: V4, 4: V5}
+MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3, 3: V4, 4: V5, 5: V6}
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 #: The advisory lock migrations and partition creation take (any constant of our own).
 LOCK = 0x70727973  # "prys"

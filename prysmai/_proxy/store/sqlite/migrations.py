@@ -66,6 +66,21 @@ itself (``project_rate_limit_exceeded`` and ``project_budget_exceeded`` for the 
 limits' refusals only, by project and time (:mod:`..budgets` charts them). Adding the column
 rewrites no row: the traces of an earlier store have none.
 
+9 (the overview at 1 M traces) adds:
+
+* ``rollup_all`` and ``rollup_hist_all``: ``rollup_hour``'s totals and ``rollup_hist_day``'s
+  histograms over all time (no period), for an overview of all time;
+* ``rollup_hist_project_day``: the daily histograms by project alone, for a time series of days;
+* ``rollup_user_all`` and ``rollup_session_all``: the per-key totals over all time, by project
+  and key (and over every project, under the project ``''``), with an index on the requests;
+  folded by the fold trigger and taken back by the delete trigger as the per-day ones are (built
+  from the per-day ones);
+* ``scores_by_trace_name`` (trace, name, value) in place of ``scores_by_trace``, for a list of
+  the traces with a common score, walked in time order;
+* ``rollup_score_day`` and ``rollup_score_all``: the count and sum of the number and boolean
+  scores by project, name and the trace's model or user, per day and over all time, kept by each
+  score's own write (:mod:`..scores`; built from the scores).
+
 Scores are written outside the trace writer, by the proxy's edit runner (:mod:`..edits`), in short
 ``BEGIN IMMEDIATE`` transactions that wait for the writer's lock up to the busy timeout.
 
@@ -84,7 +99,20 @@ from __future__ import annotations
 import sqlite3
 
 from ..budgets import REFUSAL_CODES
-from ..rollups import KEY_ROLLUPS
+from ..rollups import (
+    ALL_HIST,
+    ALL_HIST_DIMS,
+    ALL_TOTALS,
+    EVERY_PROJECT,
+    HOUR_DIMS,
+    KEY_ALL_ROLLUPS,
+    KEY_PERIOD,
+    KEY_ROLLUPS,
+    KEY_TOTALS,
+    SCORE_ROLLUP_ALL,
+    SCORE_ROLLUP_DAY,
+)
+from ..scores import rollup_fill_sql
 from . import rollups, search
 from .rollups import ensure_functions
 
@@ -301,6 +329,77 @@ def _to_v8(conn: sqlite3.Connection) -> None:
     )
 
 
+# The score rollups are small (days x projects x names x models or users) and each score's write
+# upserts four rows: keyed by what every read of the averages names first (the dimension), then the
+# day, no other index.
+V9_SCORE_ROLLUPS = f"""
+CREATE TABLE {SCORE_ROLLUP_DAY} (
+    period INTEGER NOT NULL,
+    project TEXT NOT NULL,
+    name TEXT NOT NULL,
+    dim TEXT NOT NULL,
+    dim_value TEXT NOT NULL,
+    scores INTEGER NOT NULL,
+    total REAL NOT NULL,
+    PRIMARY KEY (dim, period, project, name, dim_value)
+) WITHOUT ROWID;
+CREATE TABLE {SCORE_ROLLUP_ALL} (
+    project TEXT NOT NULL,
+    name TEXT NOT NULL,
+    dim TEXT NOT NULL,
+    dim_value TEXT NOT NULL,
+    scores INTEGER NOT NULL,
+    total REAL NOT NULL,
+    PRIMARY KEY (dim, project, name, dim_value)
+) WITHOUT ROWID;
+"""
+
+
+# A list of the traces with a common score walks the traces newest first and looks up each one's
+# scores: by trace and name, without reading the score's row. The trace's scores are read through
+# it as well (its first column), so it replaces the index by trace alone.
+V9_SCORES_BY_TRACE = """
+DROP INDEX IF EXISTS scores_by_trace;
+CREATE INDEX IF NOT EXISTS scores_by_trace_name ON scores (trace_id, name, num);
+"""
+
+
+def _to_v9(conn: sqlite3.Connection) -> None:
+    # The fold and delete triggers gain the all-time rollups. A store created by this prysmai got
+    # their tables from schema 3's step (empty, or already folded): built again here either way.
+    for trigger in rollups.TRIGGERS:
+        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    new_hist = "rollup_hist_project_day"
+    for table in (*KEY_ALL_ROLLUPS.values(), ALL_TOTALS, ALL_HIST, new_hist, SCORE_ROLLUP_DAY, SCORE_ROLLUP_ALL):
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+    _script(conn, rollups.TABLES + V9_SCORE_ROLLUPS + V9_SCORES_BY_TRACE)
+    # Each new rollup is a coarser grouping of one the store has: every folded row is in it.
+    hour_totals = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced", "no_usage")
+    dims = ", ".join(HOUR_DIMS)
+    conn.execute(
+        f"INSERT INTO {ALL_TOTALS} ({dims}, {', '.join(hour_totals)}) SELECT {dims}, "
+        f"{', '.join(f'sum({c})' for c in hour_totals)} FROM rollup_hour GROUP BY {dims} HAVING sum(requests) > 0"
+    )
+    for table, keys in ((ALL_HIST, ", ".join(ALL_HIST_DIMS)), (new_hist, "period, project")):
+        conn.execute(
+            f"INSERT INTO {table} ({keys}, metric, bucket, n, min_ms, max_ms) SELECT {keys}, metric, bucket, "
+            f"sum(n), min(min_ms), max(max_ms) FROM rollup_hist_day GROUP BY {keys}, metric, bucket HAVING sum(n) > 0"
+        )
+    totals = ", ".join(KEY_TOTALS)
+    sums = ", ".join(f"sum({c})" for c in KEY_TOTALS)
+    for column, table in KEY_ALL_ROLLUPS.items():
+        # Every folded row is in the per-day rollup of its key: added up, they are the all-time one
+        # (by project, and over every project).
+        for project, group in (("project", "1, 2"), (f"'{EVERY_PROJECT}'", "2")):
+            conn.execute(
+                f"INSERT INTO {table} (project, {column}, {totals}) SELECT {project}, {column}, {sums} "
+                f"FROM {KEY_ROLLUPS[column]} GROUP BY {group} HAVING sum(requests) > 0"
+            )
+    for statement in rollup_fill_sql(f"CAST(trace_time / {KEY_PERIOD} AS INTEGER)"):
+        conn.execute(statement)
+    _script(conn, rollups.FOLD_TRIGGER + rollups.DELETE_TRIGGER)
+
+
 def _columns(conn: sqlite3.Connection) -> set[str]:
     return {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
 
@@ -335,6 +434,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     5: _to_v6,
     6: _to_v7,
     7: _to_v8,
+    8: _to_v9,
 }
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 

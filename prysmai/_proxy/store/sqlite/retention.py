@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from ..rollups import HIST_LEVELS, KEY_PERIOD, KEY_ROLLUPS
-from ..scores import ORPHAN_SCORES
+from ..rollups import ALL_HIST, ALL_TOTALS, HIST_LEVELS, KEY_ALL_ROLLUPS, KEY_PERIOD, KEY_ROLLUPS, REBUILD_ALL_HIST
+from ..scores import forget_orphans
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def delete_expired(
         ).rowcount
         if deleted:
             _drop_empty_rollups(conn, before)
-            conn.execute(ORPHAN_SCORES, (before,))
+            forget_orphans(conn, before)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -57,12 +57,21 @@ def _drop_empty_rollups(conn: sqlite3.Connection, before: float) -> None:
     """Rollup rows that the delete trigger brought to zero, in periods that ended before
     ``before`` (a period still partly kept may hold rows again)."""
     conn.execute("DELETE FROM rollup_hour WHERE hour < ? AND requests <= 0", (int(before // 3600) * 3600,))
+    emptied = 0
     for table, (seconds, _) in HIST_LEVELS.items():
-        conn.execute(f"DELETE FROM {table} WHERE period < ? AND n <= 0", (int(before // seconds) * seconds,))
+        gone = conn.execute(f"DELETE FROM {table} WHERE period < ? AND n <= 0", (int(before // seconds) * seconds,))
+        emptied += gone.rowcount if table == "rollup_hist_day" else 0
     for table in KEY_ROLLUPS.values():
         conn.execute(
             f"DELETE FROM {table} WHERE period < ? AND requests <= 0", (int(before // KEY_PERIOD) * KEY_PERIOD,)
         )
+    # The all-time rollups' rows brought to zero (a key seen again gets its row back).
+    for table in (*KEY_ALL_ROLLUPS.values(), ALL_TOTALS):
+        conn.execute(f"DELETE FROM {table} WHERE requests <= 0")
+    conn.execute(f"DELETE FROM {ALL_HIST} WHERE n <= 0")
+    if emptied > 0:  # whole days of a daily histogram gone: their bounds go from the all-time one too
+        for statement in REBUILD_ALL_HIST:
+            conn.execute(statement)
 
 
 def incremental(conn: sqlite3.Connection) -> bool:

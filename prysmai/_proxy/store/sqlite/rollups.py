@@ -14,7 +14,8 @@ deleted row, but only one already folded (``rowid <= folded_rowid``).
 Every rollup keeps the trace's ``project`` (schema 3), so a read scoped to one project is answered
 from the rollups as an unscoped one is. Schema 4 splits a trace without a cost into ``unpriced``
 (usage reported, no price) and ``no_usage`` (no usage reported), and adds the per-day rollups of
-users and sessions (``KEY_ROLLUPS``).
+users and sessions (``KEY_ROLLUPS``). Schema 9 adds their all-time twins (``KEY_ALL_ROLLUPS``),
+folded by the same trigger and taken back by the same delete trigger.
 """
 
 from __future__ import annotations
@@ -23,13 +24,19 @@ import math
 import sqlite3
 
 from ..rollups import (
+    ALL_HIST,
+    ALL_HIST_DIMS,
+    ALL_TOTALS,
     BUCKET_FLOOR_MS,
     BUCKETS_PER_E,
     ERRORS_SQL,
+    EVERY_PROJECT,
     HIST_LEVELS,
     HOUR_DIMS,
+    KEY_ALL_ROLLUPS,
     KEY_PERIOD,
     KEY_ROLLUPS,
+    KEY_TOTALS,
     METRICS,
     NO_USAGE_SQL,
     UNPRICED_SQL,
@@ -99,9 +106,41 @@ def _key_table(column: str) -> str:
 """
 
 
+def _key_all_table(column: str) -> str:
+    totals = "".join(f"    {c} {'REAL' if c == 'cost_usd' else 'INTEGER'} NOT NULL,\n" for c in KEY_TOTALS)
+    table = KEY_ALL_ROLLUPS[column]
+    return f"""CREATE TABLE IF NOT EXISTS {table} (
+    project TEXT NOT NULL,
+    {column} TEXT NOT NULL,
+{totals}    PRIMARY KEY (project, {column})
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {table}_top ON {table} (project, requests);
+"""
+
+
 #: The per-day user and session rollups (schema 4). A day's rows sit together at the key's end,
 #: where a batch's upserts land; a range of days is one range of the key.
 KEY_TABLES = "".join(_key_table(c) for c in KEY_ROLLUPS)
+#: Their all-time twins (schema 9): a project's (or every project's) top keys are the last entries of
+#: its range of the ``_top`` index.
+KEY_ALL_TABLES = "".join(_key_all_table(c) for c in KEY_ALL_ROLLUPS)
+_HOUR_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced", "no_usage")
+#: The all-time totals and histograms (schema 9): ``rollup_hour`` and ``rollup_hist_day`` without
+#: their period.
+ALL_TABLES = f"""CREATE TABLE IF NOT EXISTS {ALL_TOTALS} (
+{"".join(f"    {d} TEXT NOT NULL,{chr(10)}" for d in HOUR_DIMS)}{
+    "".join(f"    {c} {'REAL' if c == 'cost_usd' else 'INTEGER'} NOT NULL,{chr(10)}" for c in _HOUR_TOTALS)
+}    PRIMARY KEY ({", ".join(HOUR_DIMS)})
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {ALL_HIST} (
+{"".join(f"    {d} TEXT NOT NULL,{chr(10)}" for d in ALL_HIST_DIMS)}    metric TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    min_ms REAL NOT NULL,
+    max_ms REAL NOT NULL,
+    PRIMARY KEY ({", ".join(ALL_HIST_DIMS)}, metric, bucket)
+) WITHOUT ROWID;
+"""
 
 # WITHOUT ROWID: an upsert then touches one B-tree (the key's) instead of the key's index and the
 # table; folding a batch upserts about one histogram row per trace (day x model x endpoint x
@@ -132,11 +171,13 @@ INSERT OR IGNORE INTO rollup_state (one, folded_rowid, fold_from) VALUES (1, 0, 
 """
     + "".join(_hist_table(t) for t in HIST_LEVELS)
     + KEY_TABLES
+    + KEY_ALL_TABLES
+    + ALL_TABLES
 )
 
 
 #: Every rollup table (what a migration drops and rebuilds when their keys change).
-ROLLUP_TABLES = ("rollup_hour", *HIST_LEVELS, *KEY_ROLLUPS.values())
+ROLLUP_TABLES = ("rollup_hour", *HIST_LEVELS, *KEY_ROLLUPS.values(), *KEY_ALL_ROLLUPS.values(), ALL_TOTALS, ALL_HIST)
 
 
 # -- folding: rows (fold_from, folded_rowid] of traces into every rollup, one statement per table ----
@@ -180,6 +221,47 @@ def _fold_key_sql(column: str, lo: str, hi: str) -> str:
         last_seen = max(last_seen, excluded.last_seen);"""
 
 
+def _fold_key_all_sql(column: str, lo: str, hi: str) -> str:
+    names = f"project, {column}"
+    totals = f"""count(*), sum{ERRORS_SQL}, sum(status = 'cancelled'), coalesce(sum(total_tokens), 0),
+        coalesce(sum(cost_usd), 0), sum{UNPRICED_SQL}, sum{NO_USAGE_SQL}"""
+    rows = f"FROM traces NOT INDEXED WHERE rowid > {lo} AND rowid <= {hi}"
+    # Each key's row in its project, and its row of every project.
+    return f"""INSERT INTO {KEY_ALL_ROLLUPS[column]} ({names}, {", ".join(KEY_TOTALS)}) SELECT * FROM (
+        SELECT * FROM (SELECT project, {key_sql(column)}, {totals} {rows} GROUP BY 1, 2)
+        UNION ALL SELECT * FROM (SELECT '{EVERY_PROJECT}', {key_sql(column)}, {totals} {rows} GROUP BY 2)) WHERE true
+    ON CONFLICT ({names}) DO UPDATE SET
+        {", ".join(f"{c} = {c} + excluded.{c}" for c in KEY_TOTALS)};"""
+
+
+def _positions(n: int) -> str:
+    return ", ".join(str(i + 1) for i in range(n))
+
+
+def _fold_all_sql(lo: str, hi: str) -> str:
+    names = ", ".join(HOUR_DIMS)
+    keys = ", ".join(key_sql(d) for d in HOUR_DIMS)
+    hist_names = ", ".join([*ALL_HIST_DIMS, "metric", "bucket"])
+    hist_keys = ", ".join(key_sql(d) for d in ALL_HIST_DIMS)
+    group = ", ".join(str(i + 1) for i in range(len(ALL_HIST_DIMS) + 2))
+    selects = " UNION ALL ".join(
+        f"""SELECT * FROM (SELECT {hist_keys}, '{metric}', {bucket_sql(column)}, count(*), min({column}), max({column})
+        FROM traces NOT INDEXED WHERE rowid > {lo} AND rowid <= {hi} AND {column} IS NOT NULL GROUP BY {group})"""
+        for metric, column in METRICS
+    )
+    return f"""INSERT INTO {ALL_TOTALS} ({names}, {", ".join(_HOUR_TOTALS)})
+    SELECT {keys}, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+        coalesce(sum(total_tokens), 0), coalesce(sum(cost_usd), 0), sum{UNPRICED_SQL}, sum{NO_USAGE_SQL}
+    FROM traces NOT INDEXED WHERE rowid > {lo} AND rowid <= {hi} GROUP BY {_positions(len(HOUR_DIMS))}
+    ON CONFLICT ({names}) DO UPDATE SET
+        {", ".join(f"{c} = {c} + excluded.{c}" for c in _HOUR_TOTALS)};
+INSERT INTO {ALL_HIST} ({hist_names}, n, min_ms, max_ms) SELECT * FROM ({selects}) WHERE true
+    ON CONFLICT ({hist_names}) DO UPDATE SET
+        n = n + excluded.n,
+        min_ms = min(min_ms, excluded.min_ms),
+        max_ms = max(max_ms, excluded.max_ms);"""
+
+
 # Every fold reads its rows by rowid range, ``NOT INDEXED``: left to choose, SQLite could walk a
 # sort column's index (schema 4) for "latency_ms IS NOT NULL", every row of the store per batch.
 
@@ -212,6 +294,8 @@ WHEN NEW.folded_rowid > NEW.fold_from BEGIN
 {_fold_hour_sql("NEW.fold_from", "NEW.folded_rowid")}
 {"".join(_fold_hist_sql(t, "NEW.fold_from", "NEW.folded_rowid") for t in HIST_LEVELS)}
 {"".join(_fold_key_sql(c, "NEW.fold_from", "NEW.folded_rowid") for c in KEY_ROLLUPS)}
+{"".join(_fold_key_all_sql(c, "NEW.fold_from", "NEW.folded_rowid") for c in KEY_ALL_ROLLUPS)}
+{_fold_all_sql("NEW.fold_from", "NEW.folded_rowid")}
 END;
 """
 
@@ -223,6 +307,9 @@ def fold_once_sql(table: str, hi: int) -> str:
         return _fold_hour_sql("0", str(hi))
     if table in HIST_LEVELS:
         return _fold_hist_sql(table, "0", str(hi))
+    column = next((c for c, t in KEY_ALL_ROLLUPS.items() if t == table), None)
+    if column is not None:
+        return _fold_key_all_sql(column, "0", str(hi))
     column = next(c for c, t in KEY_ROLLUPS.items() if t == table)
     return _fold_key_sql(column, "0", str(hi))
 
@@ -281,7 +368,35 @@ def _unfold_sql() -> str:
         unpriced = unpriced - {_old(UNPRICED_SQL)},
         no_usage = no_usage - {_old(NO_USAGE_SQL)}
     WHERE {match};"""
+    for column, table in KEY_ALL_ROLLUPS.items():
+        hour += f"""
+    UPDATE {table} SET requests = requests - 1,
+        errors = errors - {_old(ERRORS_SQL)},
+        cancelled = cancelled - (OLD.status = 'cancelled'),
+        total_tokens = total_tokens - coalesce(OLD.total_tokens, 0),
+        cost_usd = cost_usd - coalesce(OLD.cost_usd, 0),
+        unpriced = unpriced - {_old(UNPRICED_SQL)},
+        no_usage = no_usage - {_old(NO_USAGE_SQL)}
+    WHERE project IN (OLD.project, '{EVERY_PROJECT}') AND {column} = {key_sql(column, "OLD.")};"""
+    hour += f"""
+    UPDATE {ALL_TOTALS} SET requests = requests - 1,
+        prompt_tokens = prompt_tokens - coalesce(OLD.prompt_tokens, 0),
+        completion_tokens = completion_tokens - coalesce(OLD.completion_tokens, 0),
+        total_tokens = total_tokens - coalesce(OLD.total_tokens, 0),
+        cost_usd = cost_usd - coalesce(OLD.cost_usd, 0),
+        unpriced = unpriced - {_old(UNPRICED_SQL)},
+        no_usage = no_usage - {_old(NO_USAGE_SQL)}
+    WHERE {" AND ".join(f"{d} = {key_sql(d, 'OLD.')}" for d in HOUR_DIMS)};"""
     hists = ""
+    for metric, column in METRICS:
+        match = " AND ".join(
+            [
+                *(f"{d} = {key_sql(d, 'OLD.')}" for d in ALL_HIST_DIMS),
+                f"metric = '{metric}'",
+                f"bucket = {bucket_sql(f'OLD.{column}')}",
+            ]
+        )
+        hists += f"\n    UPDATE {ALL_HIST} SET n = n - 1 WHERE {match};"
     for table, (seconds, dims) in HIST_LEVELS.items():
         for metric, column in METRICS:
             match = " AND ".join(
