@@ -218,8 +218,23 @@ CREATE TABLE score_names (
 );
 """
 
+#: Version 5 (lists at a million traces): one index per sort column of the traces list, as
+#: SQLite's schema 5 has, ending with the id that breaks ties on PostgreSQL, partial (the rows
+#: without a value are listed apart). An index of the partitioned table is one per day
+#: partition, made for each new day with its partition: a sorted page is a Merge Append of the
+#: days' index scans, and a cursor page starts each scan at the cursor.
+V5 = "".join(
+    f"CREATE INDEX trace_rows_by_{name} ON trace_rows ({column}, id) WHERE {column} IS NOT NULL;\n"
+    for name, column in (
+        ("cost", "cost_usd"),
+        ("latency", "latency_ms"),
+        ("ttft", "ttft_ms"),
+        ("tokens", "total_tokens"),
+    )
+)
+
 #: ``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3, 3: V4}
+MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3, 3: V4, 4: V5}
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 #: The advisory lock migrations and partition creation take (any constant of our own).
 LOCK = 0x70727973  # "prys"
