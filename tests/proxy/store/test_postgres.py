@@ -314,6 +314,33 @@ def test_day_partitions_hold_the_rows(pg_url: str) -> None:
     assert parts == {f"trace_rows_d{day}" for day in days} and len(days) >= 9
 
 
+@pytest.mark.parametrize("sort", ["cost_usd", "latency_ms", "ttft_ms", "total_tokens"])
+def test_a_sorted_page_and_its_cursor_pages_read_each_days_sort_index(pg_url: str, sort: str) -> None:
+    """The query a sorted list page runs (and its cursor pages) can be answered in order from each
+    day partition's sort index, merged, without sorting: told not to sort, the planner reads them
+    (the store here is too small for it to choose them on its own)."""
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, make_rows(300, seed=5))
+    finally:
+        conn.close()
+    store = Store.existing(pg_url, read_time_limit=None)
+    assert store is not None
+
+    def plans(conn: Any) -> list[str]:
+        conn.execute("SET LOCAL enable_sort = off")
+        conn.execute("SET LOCAL enable_seqscan = off")
+        sql = f"SELECT id FROM traces WHERE {sort} IS NOT NULL{{}} ORDER BY {sort} DESC, id DESC LIMIT 51"
+        first = conn.execute("EXPLAIN " + sql.format(""))
+        cursor = conn.execute("EXPLAIN " + sql.format(f" AND ({sort}, id) < (?, ?)"), [1e9, "f" * 32])
+        return ["\n".join(r[0] for r in plan.fetchall()) for plan in (first, cursor)]
+
+    with store:
+        for plan in store.read_sync(plans):
+            assert "Merge Append" in plan and f"{sort}_id_idx" in plan and "Sort  " not in plan, plan
+
+
 # -- prysmai store copy ----------------------------------------------------------------------------
 def _sqlite_store(tmp_path: Any, rows: list[tuple[Any, ...]]) -> str:
     path = str(tmp_path / "traces.db")
