@@ -82,8 +82,15 @@ def condition(text: str) -> tuple[str, list[Any]] | None:
     ``text`` has no word to look for (SQLite's FTS5 then reads the bodies too)."""
     if not _WORD.search(text):
         return None
-    parts = [f"prysmai_words({body}) @@ prysmai_phrase(?)" for body in INDEXES]
-    return "(" + " OR ".join(parts) + ")", [text] * len(parts)
+    # The bodies' own table, not the view's bodies (subqueries of each row, which no index can
+    # answer): a semi-join the planner starts from the indexes (few matches) or from the rows, in
+    # the list's order, checking each (many).
+    parts = " OR ".join(f"prysmai_words(b.{body}) @@ prysmai_phrase(?)" for body in INDEXES)
+    sql = (
+        "EXISTS (SELECT 1 FROM trace_bodies b WHERE b.id = traces.id AND b.created_at = traces.created_at"
+        f" AND ({parts}))"
+    )
+    return sql, [text] * len(INDEXES)
 
 
 def missing(conn: psycopg.Connection[Any]) -> str | None:
