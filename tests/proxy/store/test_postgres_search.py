@@ -244,6 +244,10 @@ def test_search_index_off_drops_it_and_on_builds_it_over_the_stored_bodies(pg_ur
             conn = PostgresEngine(pg_url, search_index=wanted).open_for_writing()
             try:
                 assert search.exists(conn) == wanted
+                # Built over stored bodies, with their words' frequencies, which the planner
+                # needs to start a rare word's search from the index.
+                sql = "SELECT count(*) FROM pg_stats WHERE tablename LIKE 'trace_bodies_d%prysmai_words_idx%'"
+                assert (conn.execute(sql).fetchone()[0] > 0) == wanted
             finally:
                 conn.close()
         assert _found(store, "needle") == indexed
