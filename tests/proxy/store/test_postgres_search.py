@@ -136,8 +136,14 @@ def _query(words: list[str], seps: list[str], cut: int, rng: random.Random) -> s
 @given(text=queries_typed)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_a_text_search_finds_the_same_traces_on_both_engines(both: Any, text: str) -> None:
+    """Both ways PostgreSQL answers: from the matches' ids (few), and checking the list's rows
+    (many: here, more than 2)."""
     sqlite_store, pg_store = both
-    assert _found(sqlite_store, text) == _found(pg_store, text), text
+    expected = _found(sqlite_store, text)
+    assert expected == _found(pg_store, text), text
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(search, "FEW_MATCHES", 2)
+        assert expected == _found(pg_store, text), text
 
 
 @pytest.mark.parametrize(
@@ -160,20 +166,31 @@ def test_what_a_search_finds(both: Any, text: str, expected: bool) -> None:
     assert found == _found(sqlite_store, text)
 
 
-def test_a_search_can_read_the_index(both: Any) -> None:
-    """The condition a search puts on the ``traces`` view (bodies joined to the rows) can be
-    answered from both bodies' words indexes: told not to read whole tables, the planner reads
-    them (the store here is too small for it to choose them on its own)."""
+def test_a_search_reads_the_index(both: Any, monkeypatch: Any) -> None:
+    """A rare word's traces are found from both bodies' words indexes (their ids); a common
+    word's condition checks each row of the list with the same indexes' expressions (told not to
+    read whole tables, the planner answers it from them)."""
     _, pg_store = both
 
-    def plan(conn: Any) -> str:
-        sql, params = dialect_of(conn).text_search(conn, "quokka")
+    def plans(conn: Any) -> tuple[tuple[str, list[Any]], str]:
+        rare = dialect_of(conn).text_search(conn, "quokka")
+        conn.execute("SET LOCAL enable_seqscan = off")
+        plan = conn.execute("EXPLAIN " + search.MATCHES, ["quokka", "quokka", 10]).fetchall()
+        return rare, "\n".join(r[0] for r in plan)
+
+    (sql, params), plan = pg_store.read_sync(plans)
+    assert sql == "traces.id = ANY(?)" and params[0], (sql, params)
+    assert "prysmai_words_idx " in plan and "prysmai_words_idx1" in plan, plan
+    monkeypatch.setattr(search, "FEW_MATCHES", 1)
+
+    def many(conn: Any) -> tuple[str, str]:
+        sql, params = dialect_of(conn).text_search(conn, "zurich")
         conn.execute("SET LOCAL enable_seqscan = off")
         rows = conn.execute(f"EXPLAIN SELECT id FROM traces WHERE {sql}", params).fetchall()
-        return "\n".join(r[0] for r in rows)
+        return sql, "\n".join(r[0] for r in rows)
 
-    text = pg_store.read_sync(plan)
-    assert "prysmai_words_idx " in text and "prysmai_words_idx1" in text, text
+    sql, plan = pg_store.read_sync(many)
+    assert sql.startswith("EXISTS") and "prysmai_words_idx" in plan, plan
 
 
 def test_a_body_too_large_for_a_tsvector_is_stored_and_found(pg_url: str) -> None:

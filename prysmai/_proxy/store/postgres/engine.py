@@ -123,7 +123,7 @@ class PostgresDialect:
 
     @staticmethod
     def text_search(conn: Any, text: str) -> tuple[str, list[Any]]:
-        found = search.condition(text) if search.exists(conn) else None
+        found = search.condition(conn, text) if search.exists(conn) else None
         if found is not None:
             return found
         # No index (or no word to look for): a substring of a body, as SQLite without FTS5.

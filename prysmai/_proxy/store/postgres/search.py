@@ -77,20 +77,39 @@ def exists(conn: Any) -> bool:
     return bool(conn.execute(f"SELECT {found}").fetchone()[0])
 
 
-def condition(text: str) -> tuple[str, list[Any]] | None:
+#: A search matching fewer traces than this starts from them (their ids, read from the index);
+#: one matching more reads the list in its order and checks each row, so that a page of a common
+#: word stops at a page's worth (as SQLite's, :mod:`..sqlite.engine`).
+FEW_MATCHES = 5000
+_MATCH = " OR ".join(f"prysmai_words(b.{body}) @@ prysmai_phrase(?)" for body in INDEXES)
+#: The ids of a search's first matches (the text once per body, then how many).
+MATCHES = f"SELECT b.id FROM trace_bodies b WHERE {_MATCH} LIMIT ?"
+
+
+def condition(conn: Any, text: str) -> tuple[str, list[Any]] | None:
     """The condition on ``traces`` for a search of ``text`` through the index; ``None`` when
     ``text`` has no word to look for (SQLite's FTS5 then reads the bodies too)."""
     if not _WORD.search(text):
         return None
+    words = [text] * len(INDEXES)
+    # The matches from the indexes, up to FEW_MATCHES. The planner is told not to read whole
+    # tables for it: it cannot know how rare a prefix or a phrase is, and reading every body's
+    # words to find a rare one takes minutes at a million traces. In the caller's read
+    # transaction; the setting is put back at once.
+    conn.execute("SET LOCAL enable_seqscan = off")
+    try:
+        ids = [r[0] for r in conn.execute(MATCHES, [*words, FEW_MATCHES]).fetchall()]
+    finally:
+        conn.execute("RESET enable_seqscan")
+    if len(ids) < FEW_MATCHES:
+        return "traces.id = ANY(?)", [ids]
     # The bodies' own table, not the view's bodies (subqueries of each row, which no index can
-    # answer): a semi-join the planner starts from the indexes (few matches) or from the rows, in
-    # the list's order, checking each (many).
-    parts = " OR ".join(f"prysmai_words(b.{body}) @@ prysmai_phrase(?)" for body in INDEXES)
+    # answer): each row of the list, in its order, checked until the page is full.
     sql = (
         "EXISTS (SELECT 1 FROM trace_bodies b WHERE b.id = traces.id AND b.created_at = traces.created_at"
-        f" AND ({parts}))"
+        f" AND ({_MATCH}))"
     )
-    return sql, [text] * len(INDEXES)
+    return sql, words
 
 
 def missing(conn: psycopg.Connection[Any]) -> str | None:
@@ -142,4 +161,14 @@ def uninstall(conn: psycopg.Connection[Any]) -> None:
         conn.execute(f"DROP INDEX IF EXISTS {index}")
 
 
-__all__ = ["INDEXED_CHARACTERS", "INDEXES", "condition", "exists", "install", "missing", "uninstall"]
+__all__ = [
+    "FEW_MATCHES",
+    "INDEXED_CHARACTERS",
+    "INDEXES",
+    "MATCHES",
+    "condition",
+    "exists",
+    "install",
+    "missing",
+    "uninstall",
+]
