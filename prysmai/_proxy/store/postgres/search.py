@@ -10,7 +10,9 @@ words become a phrase, the last one a prefix (``'search' <-> 'doc':*``), matched
 body on its own, as FTS5 matches a phrase within one column.
 
 Two GIN indexes of the partitioned ``trace_bodies`` hold them (one per body, an index per day
-partition, made with the partition), kept by the batch insert itself: nothing else to run.
+partition, made with the partition), kept by the batch insert itself: nothing else to run. A
+search reads its first matches' ids from them; fewer than :data:`FEW_MATCHES`, the list starts
+from those; more, the list is read in its order, each row checked, until a page is full.
 
 Where it differs from SQLite's, documented in docs/proxy.md:
 
