@@ -4,7 +4,10 @@ own code, then the views issue 23 sets targets for, timed through the store faca
 and the dashboard call them (``Store.read_sync``: a read-only connection, one snapshot):
 
 * the overview page as an admin reads it (totals, series, five breakdowns): all time and 7 days;
-* a trace list page: newest, filtered by model, sorted by cost, and the third page by cursor;
+* a trace list page: newest, filtered by model, sorted by cost, and the third page from its
+  cursor (newest first, and by cost; the cursor is read before the timing);
+* a text search (``q=``) for a rare word (``quokka``, in one body in 50 000), a common one (in
+  every answer) and a word in no body;
 * one trace by id;
 * ``prysmai stats --db URL`` as a subprocess (wall time).
 
@@ -12,6 +15,10 @@ Median of ``--runs`` after a first run; one JSON line each, and a Markdown table
 
     python bench/dashboard_scale.py --sizes 1000000 --workdir DIR --keep --no-migration --no-proxy
     python bench/pg_dashboard.py --store DIR/store-1000000.db
+    python bench/pg_dashboard.py --url postgresql://... --runs 3   # a database filled before
+
+``--url`` times a database already filled (by an earlier ``--store`` run with ``--keep``, or
+``prysmai store copy``): it is migrated first (the time is printed), then timed; nothing is copied.
 """
 
 from __future__ import annotations
@@ -35,17 +42,20 @@ from prysmai._proxy.store.postgres.engine import PostgresEngine
 
 DAY = 86400.0
 #: Issue 23's targets, ms.
-TARGETS = {"overview": 300.0, "list": 100.0, "trace": 50.0, "stats": 500.0}
+TARGETS = {"overview": 300.0, "list": 100.0, "trace": 50.0, "stats": 500.0, "search": 500.0}
+RARE_WORD = "quokka"
+COMMON_WORD = "assistant"
 
 
 def overview(conn: Any, f: TraceFilter) -> Any:
     return queries.overview_page(conn, f, queries.pick_bucket(f.since, f.until), queries.BREAKDOWNS, 10)
 
 
-def third_page(conn: Any, f: TraceFilter) -> Any:
+def cursor_of_page(conn: Any, f: TraceFilter, pages: int, sort: str = "created_at") -> Any:
+    """The cursor that gives page ``pages + 1`` (read before the timing: a cursor page alone is timed)."""
     cursor = None
-    for _ in range(3):
-        _, cursor = queries.list_traces(conn, f, cursor=cursor, limit=50)
+    for _ in range(pages):
+        _, cursor = queries.list_traces(conn, f, sort=sort, cursor=cursor, limit=50)
     return cursor
 
 
@@ -61,19 +71,31 @@ def timed(store: Store, runs: int, fn: Any, *args: Any, **kwargs: Any) -> list[f
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", required=True, help="a SQLite store filled by dashboard_scale.py")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", help="a SQLite store filled by dashboard_scale.py, copied into a new server")
+    source.add_argument("--url", help="a PostgreSQL store filled before: migrated, then timed")
+    parser.add_argument("--keep", action="store_true", help="leave the server of --store running (prints its URL)")
+    parser.add_argument("--search-index", choices=("on", "off"), default="on")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
     emit({"bench": "pg_dashboard", "kind": "machine", **machine_info()})
-    server = PostgresServer().start()
+    server = None if args.url else PostgresServer().start()
     try:
-        url = server.database()
+        url = args.url or server.database()  # type: ignore[union-attr]
+        engine = PostgresEngine(url, search_index=args.search_index == "on")
         t = time.perf_counter()
-        total, found = copy_store(args.store, PostgresEngine(url))
-        emit({"bench": "pg_dashboard", "copy": total, "found": found, "s": round(time.perf_counter() - t, 1)})
+        if args.store:
+            total, found = copy_store(args.store, engine)
+            emit({"bench": "pg_dashboard", "copy": total, "found": found, "s": round(time.perf_counter() - t, 1)})
+        else:
+            engine.open_for_writing().close()  # migrations, and the search index as asked
+            emit({"bench": "pg_dashboard", "migrated_s": round(time.perf_counter() - t, 1)})
+        if args.keep and server is not None:
+            emit({"bench": "pg_dashboard", "kept": server.url(url.rsplit("/", 1)[1], password=False)})
         store = Store.existing(url, read_time_limit=None)
         assert store is not None
         with store:
+            total = store.read_sync(lambda conn: conn.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0])
             newest = store.read_sync(queries.list_traces, TraceFilter(), limit=1)[0][0]
             now = float(newest["created_at"])
             model = newest["model"]
@@ -83,12 +105,23 @@ def main(argv: list[str] | None = None) -> int:
                 "list, newest": ("list", queries.list_traces, (TraceFilter(),)),
                 "list, one model": ("list", queries.list_traces, (TraceFilter(model=model),)),
                 "list, by cost": ("list", queries.list_traces, (TraceFilter(),)),
-                "list, third page": ("list", third_page, (TraceFilter(),)),
+                "list, third page (by cursor)": ("list", queries.list_traces, (TraceFilter(),)),
+                "list, by cost, third page (by cursor)": ("list", queries.list_traces, (TraceFilter(),)),
+                f"search, a rare word ({RARE_WORD})": ("search", queries.list_traces, (TraceFilter(text=RARE_WORD),)),
+                f"search, a common word ({COMMON_WORD})": (
+                    "search",
+                    queries.list_traces,
+                    (TraceFilter(text=COMMON_WORD),),
+                ),
+                "search, a word in no body": ("search", queries.list_traces, (TraceFilter(text="zyzzyva"),)),
                 "trace by id": ("trace", queries.get_trace, (newest["id"],)),
             }
             rows = []
             for name, (kind, fn, fargs) in views.items():
-                kwargs = {"sort": "cost"} if name == "list, by cost" else {}
+                kwargs: dict[str, Any] = {"sort": "cost"} if "by cost" in name else {}
+                if "third page" in name:
+                    sort = kwargs.get("sort", "created_at")
+                    kwargs["cursor"] = store.read_sync(cursor_of_page, TraceFilter(), 2, sort)
                 times = timed(store, args.runs, fn, *fargs, **kwargs)
                 rows.append((name, kind, median(times)))
                 emit(
@@ -107,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("prysmai stats (wall)", "stats", median(times[1:])))
         emit({"bench": "pg_dashboard", "view": "prysmai stats", "ms": round(median(times[1:]), 1)})
     finally:
-        server.close()
+        if server is not None and not args.keep:
+            server.close()
     print(f"\n| {total:,} traces in PostgreSQL | ms | target |\n|---|---:|---:|", file=sys.stderr)
     for name, kind, ms in rows:
         verdict = "met" if ms <= TARGETS[kind] else "**missed**"

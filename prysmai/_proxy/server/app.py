@@ -334,7 +334,7 @@ def _trace_store(
     written_to: Engine
     shipper = None
     if is_postgres(config.db_path):  # shared: traces go to a local outbox first, then are shipped
-        shared = PostgresEngine(config.db_path)
+        shared = PostgresEngine(config.db_path, search_index=config.search_index)
         outbox = OutboxEngine(config.outbox_path or default_outbox_path())
         shipper = Shipper(outbox, shared)
         engine, written_to = shared, outbox

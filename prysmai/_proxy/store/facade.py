@@ -33,12 +33,12 @@ if TYPE_CHECKING:
 
 def engine_for(location: str, *, search_index: bool | None = None) -> Engine:
     """The engine of a ``--db`` value: a PostgreSQL URL (``postgresql://…``), else a SQLite file's
-    path. ``search_index`` (SQLite): keep the search index of the bodies (``--search-index``), or
+    path. ``search_index``: keep the search index of the bodies (``--search-index``), or
     leave the store as it is (``None``)."""
     if location.startswith(("postgresql://", "postgres://")):
         from .postgres.engine import PostgresEngine
 
-        return PostgresEngine(location)
+        return PostgresEngine(location, search_index=search_index)
     if "://" in location:
         scheme = location.split("://", 1)[0]
         raise StoreError(f"--db: {scheme}:// is not a store; give a SQLite file's path or a postgresql:// URL")

@@ -357,6 +357,92 @@ def test_day_partitions_hold_the_rows(pg_url: str) -> None:
     assert parts == {f"trace_rows_d{day}" for day in days} and len(days) >= 9
 
 
+@pytest.mark.parametrize("sort", ["cost_usd", "latency_ms", "ttft_ms", "total_tokens"])
+def test_a_sorted_page_and_its_cursor_pages_read_each_days_sort_index(pg_url: str, sort: str) -> None:
+    """The query a sorted list page runs (and its cursor pages) can be answered in order from each
+    day partition's sort index, merged, without sorting: told not to sort, the planner reads them
+    (the store here is too small for it to choose them on its own)."""
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, make_rows(300, seed=5))
+    finally:
+        conn.close()
+    store = Store.existing(pg_url, read_time_limit=None)
+    assert store is not None
+
+    def plans(conn: Any) -> list[str]:
+        conn.execute("SET LOCAL enable_sort = off")
+        conn.execute("SET LOCAL enable_seqscan = off")
+        sql = f"SELECT id FROM traces WHERE {sort} IS NOT NULL{{}} ORDER BY {sort} DESC, id DESC LIMIT 51"
+        first = conn.execute("EXPLAIN " + sql.format(""))
+        cursor = conn.execute("EXPLAIN " + sql.format(f" AND ({sort}, id) < (?, ?)"), [1e9, "f" * 32])
+        return ["\n".join(r[0] for r in plan.fetchall()) for plan in (first, cursor)]
+
+    with store:
+        for plan in store.read_sync(plans):
+            assert "Merge Append" in plan and f"{sort}_id_idx" in plan and "Sort  " not in plan, plan
+
+
+def test_lists_and_aggregates_read_no_body(pg_url: str) -> None:
+    """A query of ``traces`` that names no body column reads ``trace_rows`` alone: PostgreSQL 15
+    cannot drop a left join to a partitioned table, so the view must not join the bodies."""
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, make_rows(100, seed=3))
+        for sql in (
+            "SELECT id FROM traces WHERE created_at >= 0 ORDER BY created_at DESC, id DESC LIMIT 51",
+            "SELECT model, count(*), sum(cost_usd) FROM traces WHERE created_at >= 0 GROUP BY model",
+            f"SELECT {', '.join(queries.SUMMARY_COLUMNS)} FROM traces WHERE id IN ('a', 'b')",
+        ):
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql).fetchall())
+            assert "trace_rows" in plan and "trace_bodies" not in plan, plan
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN SELECT request_body FROM traces WHERE id = 'a'"))
+        assert "trace_bodies" in plan
+    finally:
+        conn.close()
+
+
+def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_path: Any) -> None:
+    """Version 7 replaces the view's join to the bodies and indexes every day partition: a
+    database of version 6 with traces reads, after it, the same rows and bodies as before and
+    as SQLite."""
+    import psycopg
+
+    from prysmai._proxy.store.postgres.schema import MIGRATIONS
+
+    rows = make_rows(400, seed=8)
+    engine = PostgresEngine(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # a database as version 6 left it
+        for step in range(6):
+            conn.execute(MIGRATIONS[step])
+        conn.execute("CREATE TABLE prysmai_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO prysmai_schema (version) VALUES (6)")
+        engine.insert_rows(conn, rows)
+        every = "SELECT * FROM traces ORDER BY id"
+        before = conn.execute(every).fetchall()
+        engine.open_for_writing().close()  # migrates
+        assert conn.execute("SELECT version FROM prysmai_schema").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute(every).fetchall() == before
+    path = _sqlite_store(tmp_path, rows)
+    stores = [Store.existing(path, read_time_limit=None), Store.existing(pg_url, read_time_limit=None)]
+    try:
+        lite, pg = stores
+        assert lite is not None and pg is not None
+        for sort in ("created_at", "cost_usd"):
+            a, b = (s.read_sync(queries.list_traces, TraceFilter(), sort=sort, limit=1000) for s in (lite, pg))
+            assert close_enough([r[sort] for r in a[0]], [r[sort] for r in b[0]])
+        for row in a[0][:40]:
+            assert close_enough(
+                lite.read_sync(queries.get_trace, row["id"]), pg.read_sync(queries.get_trace, row["id"])
+            )
+    finally:
+        for store in stores:
+            if store is not None:
+                store.close()
+
+
 # -- prysmai store copy ----------------------------------------------------------------------------
 def _sqlite_store(tmp_path: Any, rows: list[tuple[Any, ...]]) -> str:
     path = str(tmp_path / "traces.db")

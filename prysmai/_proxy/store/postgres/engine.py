@@ -26,7 +26,7 @@ from ..engine import QueryTimeout, StoreError, StoreUnavailable, register_dialec
 from ..rollups import REBUILD_ALL_HIST
 from ..rows import COLUMNS
 from ..scores import forget_orphans
-from . import rollups
+from . import rollups, search
 from .schema import LOCK, MIGRATIONS, ROW_COLUMNS, SCHEMA_VERSION, TYPES
 
 TYPE_CHECKING = False
@@ -125,7 +125,10 @@ class PostgresDialect:
 
     @staticmethod
     def text_search(conn: Any, text: str) -> tuple[str, list[Any]]:
-        # No search index on PostgreSQL yet (pg_trgm or tsvector are the plan): a substring.
+        found = search.condition(conn, text) if search.exists(conn) else None
+        if found is not None:
+            return found
+        # No index (or no word to look for): a substring of a body, as SQLite without FTS5.
         pattern = "%" + _like_literal(text) + "%"
         return "(request_body ILIKE ? ESCAPE '\\' OR response_body ILIKE ? ESCAPE '\\')", [pattern, pattern]
 
@@ -177,11 +180,13 @@ def _number(text: str) -> int | float:
 
 
 class PostgresEngine:
-    """The store in the PostgreSQL database at ``url``."""
+    """The store in the PostgreSQL database at ``url``; ``search_index``: build the search index
+    of the bodies (``True``), drop it (``False``) or leave the database as it is (``None``; a new
+    database gets it)."""
 
     dialect = PostgresDialect()
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, search_index: bool | None = None) -> None:
         if not is_postgres(url):
             raise StoreError(f"not a PostgreSQL URL: {masked(url)}")
         try:
@@ -192,6 +197,7 @@ class PostgresEngine:
                 "pip install '.[proxy,postgres]' in a clone of prysmai"
             ) from None
         self.url = url
+        self.search_index = search_index
         self.location = masked(url)
         self._days: set[int] = set()  # day partitions known to exist
 
@@ -253,8 +259,24 @@ class PostgresEngine:
                     conn.execute("DELETE FROM prysmai_schema")
                     conn.execute("INSERT INTO prysmai_schema (version) VALUES (%s)", [SCHEMA_VERSION])
                     log.info("trace store %s migrated from schema %d to %d", self.location, found, SCHEMA_VERSION)
+                self._settle_search(conn, new=found == 0)
         except psycopg.Error as exc:
             raise StoreError(f"cannot prepare the trace store {self.location}: {_reason(exc)}") from None
+
+    def _settle_search(self, conn: psycopg.Connection[Any], *, new: bool) -> None:
+        """Build or drop the search index of the bodies (:mod:`.search`) as told; a new database
+        gets it unless told not to. Building it over a large database reads every body once
+        (bench/README.md has the time), under the migrations' lock."""
+        wanted = self.search_index if self.search_index is not None else (True if new else None)
+        if wanted is None or wanted == search.exists(conn):
+            return
+        if wanted:
+            if not new:
+                log.info("trace store %s: building the search index of the bodies (--search-index on)", self.location)
+            search.install(conn, self.location)
+        else:
+            log.info("trace store %s: dropping the search index (--search-index off)", self.location)
+            search.uninstall(conn)
 
     def read_connection(self) -> PostgresConnection:
         return PostgresConnection(self.connect(read_only=True))

@@ -8,8 +8,11 @@ The same logical schema as SQLite's, laid out for a database that holds weeks of
   time range reads only its days. Their key is ``(id, created_at)`` (a partitioned table's key
   must hold the partition key); a trace's ``created_at`` never changes, so a batch sent twice is
   recognised row by row (``ON CONFLICT DO NOTHING``).
-* ``traces`` is a view joining them, so the one query layer reads ``traces`` on either engine;
-  PostgreSQL removes the join from a query that reads no body column (the bodies' key is unique).
+* ``traces`` is a view of them, so the one query layer reads ``traces`` on either engine. Since
+  version 7 each body is a scalar subquery of the view's row (its day's partition, by key), which
+  a query that reads no body never runs: PostgreSQL 15 cannot remove a left join to a partitioned
+  table (16 can), so the join of versions 1 to 4 merged every body's key into every list and
+  aggregate.
 * ``metadata`` is JSONB. Text columns compare by code point (``COLLATE "C"``), as SQLite's do:
   lists, cursors and ties sort alike on both engines, whatever the database's locale.
 * The rollups (``rollup_hour``, ``rollup_hist_hour``, ``rollup_hist_day``, ``rollup_user_day``,
@@ -330,8 +333,39 @@ CREATE INDEX {table}_top ON {table} (project, requests);
 
 V6 = _v6()
 
+#: Version 7 (lists at a million traces): one index per sort column of the traces list, as
+#: SQLite's schema 5 has, ending with the id that breaks ties on PostgreSQL, partial (the rows
+#: without a value are listed apart). An index of the partitioned table is one per day
+#: partition, made for each new day with its partition: a sorted page is a Merge Append of the
+#: days' index scans, and a cursor page starts each scan at the cursor.
+V7 = "".join(
+    f"CREATE INDEX trace_rows_by_{name} ON trace_rows ({column}, id) WHERE {column} IS NOT NULL;\n"
+    for name, column in (
+        ("cost", "cost_usd"),
+        ("latency", "latency_ms"),
+        ("ttft", "ttft_ms"),
+        ("tokens", "total_tokens"),
+    )
+)
+
+#: Version 7, too: the bodies of the ``traces`` view as scalar subqueries (see the module's
+#: docstring), so that lists and aggregates read ``trace_rows`` alone.
+V7 += """
+CREATE OR REPLACE VIEW traces AS
+    SELECT r.id, r.created_at, r.method, r.endpoint, r.model, r.stream, r.status, r.http_status,
+        r.latency_ms, r.ttft_ms, r.prompt_tokens, r.completion_tokens, r.total_tokens, r.cost_usd,
+        (SELECT b.request_body FROM trace_bodies b WHERE b.id = r.id AND b.created_at = r.created_at)
+            AS request_body,
+        (SELECT b.response_body FROM trace_bodies b WHERE b.id = r.id AND b.created_at = r.created_at)
+            AS response_body,
+        r.error, r.user_id, r.session_id, r.metadata,
+        r.notes, r.response_model, r.provider_request_id, r.key_id, r.project, r.provider,
+        r.prompt_preview, r.answer_preview, r.error_code
+    FROM trace_rows r;
+"""
+
 #: ``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3, 3: V4, 4: V5, 5: V6}
+MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3, 3: V4, 4: V5, 5: V6, 6: V7}
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 #: The advisory lock migrations and partition creation take (any constant of our own).
 LOCK = 0x70727973  # "prys"
