@@ -171,7 +171,7 @@ def add(
         "author_key": author_key,
         "source": source,
     }
-    inserted: Any = conn.execute(  # (a DB-API cursor: its rowcount)
+    inserted = conn.execute(
         "INSERT INTO scores (score_id, trace_id, trace_time, score_project, trace_model, trace_user, name, kind, "
         "num, label, comment, scored_at, author_key, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (score_id) DO NOTHING",

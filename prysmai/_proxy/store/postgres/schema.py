@@ -339,7 +339,7 @@ V6 = _v6()
 #: partition, made for each new day with its partition: a sorted page is a Merge Append of the
 #: days' index scans, and a cursor page starts each scan at the cursor.
 V7 = "".join(
-    f"CREATE INDEX trace_rows_by_{name} ON trace_rows ({column}, id) WHERE {column} IS NOT NULL;\n"
+    f"CREATE INDEX IF NOT EXISTS trace_rows_by_{name} ON trace_rows ({column}, id) WHERE {column} IS NOT NULL;\n"
     for name, column in (
         ("cost", "cost_usd"),
         ("latency", "latency_ms"),
