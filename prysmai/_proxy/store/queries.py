@@ -683,7 +683,14 @@ def _rollup_totals(
     if lo is not None:
         clauses.append("hour >= ?")
         params.append(lo)
-    sql = f"SELECT {g}, {_HOUR_TOTALS} FROM rollup_hour{_where(clauses)} GROUP BY {_positions(n)}"
+    _read_totals(conn, aggs, g, "rollup_hour", clauses, params, n)
+
+
+def _read_totals(
+    conn: Connection, aggs: dict[Any, _Agg], g: str, table: str, clauses: list[str], params: list[Any], n: int
+) -> None:
+    """Add the totals of the rollup ``table``'s rows matching ``clauses``, grouped by ``g``."""
+    sql = f"SELECT {g}, {_HOUR_TOTALS} FROM {table}{_where(clauses)} GROUP BY {_positions(n)}"
     for row in conn.execute(sql, params):
         if row[n]:
             _agg(aggs, _key(row, n)).add_totals(*row[n:])
@@ -698,6 +705,13 @@ def _rollup_hist(
     if lo is not None:
         clauses.append("period >= ?")
         params.append(lo)
+    _read_hists(conn, aggs, g, table, clauses, params, n)
+
+
+def _read_hists(
+    conn: Connection, aggs: dict[Any, _Agg], g: str, table: str, clauses: list[str], params: list[Any], n: int
+) -> None:
+    """Add the histograms of the rollup ``table``'s rows matching ``clauses``, grouped by ``g``."""
     sql = (
         f"SELECT {g}, metric, bucket, sum(n), min(min_ms), max(max_ms) FROM {table}{_where(clauses)} "
         f"GROUP BY {_positions(n + 2)}"
@@ -795,19 +809,9 @@ def _all_time(
     n = max(1, len(columns))
     g = ", ".join(columns) or "0"
     if table == ALL_TOTALS:
-        sql = f"SELECT {g}, {_HOUR_TOTALS} FROM {table}{_where(clauses)} GROUP BY {_positions(n)}"
-        for row in conn.execute(sql, params):
-            if row[n]:
-                _agg(aggs, _key(row, n)).add_totals(*row[n:])
-        return
-    sql = (
-        f"SELECT {g}, metric, bucket, sum(n), min(min_ms), max(max_ms) FROM {table}{_where(clauses)} "
-        f"GROUP BY {_positions(n + 2)}"
-    )
-    for row in conn.execute(sql, params):
-        metric, bucket, count, lo_ms, hi_ms = row[n:]
-        if count:
-            _agg(aggs, _key(row, n)).add_hist(metric, bucket, count, lo_ms, hi_ms)
+        _read_totals(conn, aggs, g, table, clauses, params, n)
+    else:
+        _read_hists(conn, aggs, g, table, clauses, params, n)
 
 
 def _merge(aggs: Iterable[_Agg]) -> _Agg:

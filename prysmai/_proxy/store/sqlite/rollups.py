@@ -344,49 +344,41 @@ def _old(condition: str) -> str:
     return condition
 
 
-def _unfold_sql() -> str:
-    match = " AND ".join([f"hour = {_period('OLD.', 3600)}", *(f"{d} = {key_sql(d, 'OLD.')}" for d in HOUR_DIMS)])
-    hour = f"""
-    UPDATE rollup_hour SET requests = requests - 1,
-        prompt_tokens = prompt_tokens - coalesce(OLD.prompt_tokens, 0),
+def _take_back(table: str, totals: str, where: str) -> str:
+    """The statement that takes the deleted row out of the totals of ``table``'s row ``where``."""
+    return f"""
+    UPDATE {table} SET requests = requests - 1,
+{totals}
+    WHERE {where};"""
+
+
+#: What a deleted row takes out of ``rollup_hour``-like totals, and of a per-key rollup's.
+_HOUR_TAKEN = f"""        prompt_tokens = prompt_tokens - coalesce(OLD.prompt_tokens, 0),
         completion_tokens = completion_tokens - coalesce(OLD.completion_tokens, 0),
         total_tokens = total_tokens - coalesce(OLD.total_tokens, 0),
         cost_usd = cost_usd - coalesce(OLD.cost_usd, 0),
         unpriced = unpriced - {_old(UNPRICED_SQL)},
-        no_usage = no_usage - {_old(NO_USAGE_SQL)}
-    WHERE {match};"""
+        no_usage = no_usage - {_old(NO_USAGE_SQL)}"""
+_KEY_TAKEN = f"""        errors = errors - {_old(ERRORS_SQL)},
+        cancelled = cancelled - (OLD.status = 'cancelled'),
+        total_tokens = total_tokens - coalesce(OLD.total_tokens, 0),
+        cost_usd = cost_usd - coalesce(OLD.cost_usd, 0),
+        unpriced = unpriced - {_old(UNPRICED_SQL)},
+        no_usage = no_usage - {_old(NO_USAGE_SQL)}"""
+
+
+def _unfold_sql() -> str:
+    match = " AND ".join([f"hour = {_period('OLD.', 3600)}", *(f"{d} = {key_sql(d, 'OLD.')}" for d in HOUR_DIMS)])
+    hour = _take_back("rollup_hour", _HOUR_TAKEN, match)
     for column, table in KEY_ROLLUPS.items():
         match = (
             f"period = {_period('OLD.', KEY_PERIOD)} AND project = OLD.project AND {column} = {key_sql(column, 'OLD.')}"
         )
-        hour += f"""
-    UPDATE {table} SET requests = requests - 1,
-        errors = errors - {_old(ERRORS_SQL)},
-        cancelled = cancelled - (OLD.status = 'cancelled'),
-        total_tokens = total_tokens - coalesce(OLD.total_tokens, 0),
-        cost_usd = cost_usd - coalesce(OLD.cost_usd, 0),
-        unpriced = unpriced - {_old(UNPRICED_SQL)},
-        no_usage = no_usage - {_old(NO_USAGE_SQL)}
-    WHERE {match};"""
+        hour += _take_back(table, _KEY_TAKEN, match)
     for column, table in KEY_ALL_ROLLUPS.items():
-        hour += f"""
-    UPDATE {table} SET requests = requests - 1,
-        errors = errors - {_old(ERRORS_SQL)},
-        cancelled = cancelled - (OLD.status = 'cancelled'),
-        total_tokens = total_tokens - coalesce(OLD.total_tokens, 0),
-        cost_usd = cost_usd - coalesce(OLD.cost_usd, 0),
-        unpriced = unpriced - {_old(UNPRICED_SQL)},
-        no_usage = no_usage - {_old(NO_USAGE_SQL)}
-    WHERE project IN (OLD.project, '{EVERY_PROJECT}') AND {column} = {key_sql(column, "OLD.")};"""
-    hour += f"""
-    UPDATE {ALL_TOTALS} SET requests = requests - 1,
-        prompt_tokens = prompt_tokens - coalesce(OLD.prompt_tokens, 0),
-        completion_tokens = completion_tokens - coalesce(OLD.completion_tokens, 0),
-        total_tokens = total_tokens - coalesce(OLD.total_tokens, 0),
-        cost_usd = cost_usd - coalesce(OLD.cost_usd, 0),
-        unpriced = unpriced - {_old(UNPRICED_SQL)},
-        no_usage = no_usage - {_old(NO_USAGE_SQL)}
-    WHERE {" AND ".join(f"{d} = {key_sql(d, 'OLD.')}" for d in HOUR_DIMS)};"""
+        match = f"project IN (OLD.project, '{EVERY_PROJECT}') AND {column} = {key_sql(column, 'OLD.')}"
+        hour += _take_back(table, _KEY_TAKEN, match)
+    hour += _take_back(ALL_TOTALS, _HOUR_TAKEN, " AND ".join(f"{d} = {key_sql(d, 'OLD.')}" for d in HOUR_DIMS))
     hists = ""
     for metric, column in METRICS:
         match = " AND ".join(
