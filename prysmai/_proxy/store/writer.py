@@ -359,14 +359,7 @@ class TraceWriter:
         process.kill()
         if self._conn is None:
             self._conn = self.engine.open_for_writing()
-        engine = self.engine
-        assert isinstance(engine, SQLiteEngine), "the writer process writes SQLite files"
-        stored = engine.stored_ids(self._conn, [item.id for item in items])
-        if stored and process.on_cost is not None:  # their costs were in the answer never read
-            uncounted = {item.id: item for item in items if item.id in stored and not item.spend_counted}
-            for trace_id, usd in engine.costs_of(self._conn, list(uncounted)):
-                if usd:
-                    process.on_cost(uncounted[trace_id].project, usd, uncounted[trace_id].created_at)
+        stored = self.engine.stored_ids(self._conn, [item.id for item in items])
         written, repaired, failed = self._write_here([item for item in items if item.id not in stored])
         return written + len(stored), repaired, failed
 

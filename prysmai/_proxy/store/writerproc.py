@@ -158,8 +158,7 @@ class WriterProcess:
     ) -> None:
         self.prices = prices
         self._finalize = finalize
-        #: Called with (project, cost in USD, created_at) for each row the child costed.
-        self.on_cost = on_cost
+        self._on_cost = on_cost
         self._proc: subprocess.Popen[bytes] | None = None
         self._engine: SQLiteEngine | None = None
         #: Whether the running child put itself under SCHED_IDLE (:mod:`.idle`).
@@ -286,9 +285,9 @@ class WriterProcess:
         if reply[0] != "ok":
             raise WriterProcessError(f"the trace writer process failed a batch ({reply[1]})")
         _, written, repaired, failed, costs, _logs = reply
-        if self.on_cost is not None:
+        if self._on_cost is not None:
             for project, usd, created_at in costs:
-                self.on_cost(project, usd, created_at)
+                self._on_cost(project, usd, created_at)
         return written, repaired + built_repaired, failed + unbuildable
 
     def _pack(self, items: list[Any]) -> tuple[bytes, int, int]:

@@ -300,15 +300,6 @@ class SQLiteEngine:
             found.update(r[0] for r in conn.execute(sql, some))
         return found
 
-    def costs_of(self, conn: sqlite3.Connection, ids: Sequence[str]) -> list[tuple[str, float | None]]:
-        """(id, cost in USD) of each stored trace of ``ids``."""
-        found: list[tuple[str, float | None]] = []
-        for start in range(0, len(ids), 500):
-            some = list(ids[start : start + 500])
-            sql = f"SELECT id, cost_usd FROM {self.table} WHERE id IN ({', '.join('?' * len(some))})"
-            found.extend((r[0], r[1]) for r in conn.execute(sql, some))
-        return found
-
     def delete_expired(
         self, conn: sqlite3.Connection, project: str | None, before: float, exclude: Sequence[str], limit: int
     ) -> int:
