@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "--hogs",
         type=int,
         default=0,
-        help="busy-loop processes at normal priority for the run: a host with no spare CPU (the writer "
-        "child runs under SCHED_IDLE; this shows it still keeps up)",
+        help="busy-loop processes at normal priority for the run: a host with no spare CPU (does the writer keep up?)",
     )
     parser.add_argument(
         "--trace-writer",
@@ -133,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
                 samples.append([health(base) for base in bases])
 
     sampler = threading.Thread(target=sample, daemon=True)
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
     try:
         for n in range(args.proxies):
             extra = [*policy, "--queue-size", str(args.queue_size)]
@@ -191,9 +189,6 @@ def main(argv: list[str] | None = None) -> int:
         codes = [t.stop() for t in targets]
         stored = stored_traces(db)
     finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
         stop.set()
         for target in targets:
             target.stop()

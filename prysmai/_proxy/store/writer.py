@@ -19,10 +19,9 @@ import threading
 import time
 
 from .capture import scrub
-from .idle import CATCH_UP, STARVED_AFTER
 from .rows import build_rows
 from .sqlite import SQLiteEngine
-from .writerproc import WriterProcess, WriterProcessError, WriterStarved
+from .writerproc import WriterProcess, WriterProcessError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -113,10 +112,6 @@ class TraceWriter:
         self.dropped = 0
         self.lost = 0
         self.restarts = 0
-        #: Batches the idle writer child did not answer in time (:mod:`.idle`), and until when
-        #: the child then works at normal priority.
-        self.starved = 0
-        self._normal_until = 0.0
         self._incident: tuple[float, str] | None = None
         self._last_drop_log = 0.0
 
@@ -329,39 +324,13 @@ class TraceWriter:
     def _write_in_process(self, process: WriterProcess, items: list[Any]) -> tuple[int, int, int]:
         if not items:
             return 0, 0, 0
-        if time.monotonic() < self._normal_until:
-            return self._write_here(items)  # catching up after the child starved (see .idle)
         why = process.ensure_running()  # a child that died between batches: no trace was in it
         if why is not None:
             with self._cond:
                 self.restarts += 1
                 self._incident = (time.monotonic(), f"{why}; restarted, no trace lost")
             log.error("%s; restarted it, no trace lost", why)
-        if not process.idle:  # a platform without SCHED_IDLE: it works at normal priority
-            return process.write(items)
-        try:
-            return process.write(items, timeout=STARVED_AFTER)
-        except WriterStarved:
-            return self._write_starved(process, items)
-
-    def _write_starved(self, process: WriterProcess, items: list[Any]) -> tuple[int, int, int]:
-        """The idle child has not answered a batch in time: the host has no CPU to spare for it
-        (see :mod:`.idle`). It is killed -- it had committed the whole batch or none of it -- and
-        for :data:`CATCH_UP` seconds this thread writes, at the proxy's priority, starting with
-        the batch's traces the child had not committed."""
-        self._normal_until = time.monotonic() + CATCH_UP
-        self.starved += 1
-        log.warning(
-            "the trace writer process had no CPU to spare for %gs: traces are written by the proxy for %.0fs",
-            STARVED_AFTER,
-            CATCH_UP,
-        )
-        process.kill()
-        if self._conn is None:
-            self._conn = self.engine.open_for_writing()
-        stored = self.engine.stored_ids(self._conn, [item.id for item in items])
-        written, repaired, failed = self._write_here([item for item in items if item.id not in stored])
-        return written + len(stored), repaired, failed
+        return process.write(items)
 
     def _drain(self) -> bool:
         """Write batches until the stop marker; True when stopped."""

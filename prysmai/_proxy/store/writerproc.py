@@ -38,7 +38,6 @@ import time
 from ..config.policy import StoragePolicy
 from ..config.pricing import Price, PriceTable
 from .capture import DEFAULT_POLICY, Exchange, fallback_row, finalize
-from .idle import lower_priority
 from .outbox import OutboxEngine
 from .rows import build_row, build_rows
 from .sqlite import SQLiteEngine
@@ -83,10 +82,6 @@ ITEMS_PER_SLICE = 64
 
 class WriterProcessError(RuntimeError):
     """The child failed a batch or is gone; the batch's traces count as lost."""
-
-
-class WriterStarved(WriterProcessError):
-    """The child has not answered in the time given (it is still writing, or waiting for a core)."""
 
 
 def price_tuples(prices: Mapping[str, Price]) -> dict[str, tuple[float, float | None, float | None]]:
@@ -161,8 +156,6 @@ class WriterProcess:
         self._on_cost = on_cost
         self._proc: subprocess.Popen[bytes] | None = None
         self._engine: SQLiteEngine | None = None
-        #: Whether the running child put itself under SCHED_IDLE (:mod:`.idle`).
-        self.idle = False
         #: id(provider prices) -> (the mapping, kept alive so the id stays its own; its number).
         self._price_refs: dict[int, tuple[Mapping[str, Price], int]] = {}
         #: Storage policy -> its number (policies are frozen and hashable).
@@ -181,8 +174,8 @@ class WriterProcess:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, engine: SQLiteEngine) -> None:
-        """Start the child on ``engine``'s file (a SQLite store or an outbox), at the lowest CPU
-        priority where the platform has it (:mod:`.idle`), and wait until it has opened it."""
+        """Start the child on ``engine``'s file (a SQLite store or an outbox) and wait until it
+        has opened it."""
         self._engine = engine
         path = engine.path
         self._price_refs = {}
@@ -212,7 +205,6 @@ class WriterProcess:
         if reply[0] != "ready":
             self.stop(timeout=1.0)
             raise WriterProcessError(f"the trace writer process did not start: {reply[1]}")
-        self.idle = bool(reply[1])
 
     def ensure_running(self) -> str | None:
         """Start the child again if it is gone: why it had to be, or ``None`` (also when its end
@@ -225,11 +217,6 @@ class WriterProcess:
             self._discard()
         self.start(self._engine)
         return why
-
-    def kill(self) -> None:
-        """Kill the child and wait for its end (the next :meth:`ensure_running` starts another,
-        reporting nothing). A batch it had not answered was committed whole or not at all."""
-        self._discard()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Close the child's input (it finishes what it was given, then exits) and wait for it."""
@@ -271,17 +258,15 @@ class WriterProcess:
         return self._proc.stdin.fileno()
 
     # -- batches (the store's writer thread) -----------------------------------------------------
-    def write(self, items: list[Any], timeout: float | None = None) -> tuple[int, int, int]:
+    def write(self, items: list[Any]) -> tuple[int, int, int]:
         """Have the child build and insert the rows of ``items``; (written, repaired, failed).
-        Raises :class:`WriterProcessError` if it cannot (the batch is then lost), and
-        :class:`WriterStarved` if it has not answered within ``timeout`` seconds (the batch is
-        then the child's still)."""
+        Raises :class:`WriterProcessError` if it cannot (the batch is then lost)."""
         payload, built_repaired, unbuildable = self._pack(items)
         try:
             _write_frame(self._fd_in, payload)
         except OSError:
             raise self._died() from None
-        reply = self._reply(timeout)
+        reply = self._reply(None)
         if reply[0] != "ok":
             raise WriterProcessError(f"the trace writer process failed a batch ({reply[1]})")
         _, written, repaired, failed, costs, _logs = reply
@@ -373,7 +358,7 @@ class WriterProcess:
             with selectors.DefaultSelector() as sel:
                 sel.register(fd, selectors.EVENT_READ)
                 if not sel.select(timeout):
-                    raise WriterStarved(f"no answer in {timeout:g}s")
+                    raise WriterProcessError(f"no answer in {timeout:.0f}s")
         try:
             payload = _read_frame(fd)
         except (OSError, EOFError) as exc:
@@ -441,7 +426,6 @@ def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
     if init is None:
         return
     _, kind, path, tuples, as_of, source = marshal.loads(init)
-    idle = lower_priority()
     prices = PriceTable(price_table(tuples), as_of, source)
     engine = OutboxEngine(path) if kind == OutboxEngine.kind else SQLiteEngine(path)
     try:
@@ -449,7 +433,7 @@ def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
     except Exception as exc:
         _write_frame(fd_out, marshal.dumps(("failed", str(exc), collect.take())))
         return
-    _write_frame(fd_out, marshal.dumps(("ready", idle, collect.take())))
+    _write_frame(fd_out, marshal.dumps(("ready", None, collect.take())))
     provider_prices: dict[int, dict[str, Price]] = {}
     policies: dict[int, StoragePolicy] = {}
     while True:

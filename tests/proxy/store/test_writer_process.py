@@ -101,11 +101,8 @@ def test_a_child_killed_between_batches_is_replaced_and_no_trace_is_lost(proxy: 
 
 
 def test_a_child_killed_mid_batch_counts_that_batch_lost_and_the_next_is_written(
-    proxy: ProxyHandle, caplog: Any, monkeypatch: Any
+    proxy: ProxyHandle, caplog: Any
 ) -> None:
-    from prysmai._proxy.store import writer
-
-    monkeypatch.setattr(writer, "STARVED_AFTER", 60.0)  # it dies before the proxy gives up on it
     store = proxy.app.store.writer
     pid = child_of(store)
     os.kill(pid, signal.SIGSTOP)  # the batch goes into its pipe, and the writer waits for an answer
@@ -188,79 +185,6 @@ def test_the_child_holds_no_key(proxy: ProxyHandle, monkeypatch: Any) -> None:
         environ = fh.read()
     assert secret.encode() not in environ and KEY.encode() not in environ
     assert b"PATH=" in environ
-
-
-IDLE_ONLY = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is a Linux policy")
-
-
-@IDLE_ONLY
-def test_the_child_writes_at_the_lowest_cpu_priority(tmp_path: Any) -> None:
-    """Its bursts must not take a core from the proxy's event loop (the sequential p99): the child
-    runs under SCHED_IDLE, on cores nothing else wants."""
-    store = process_store(str(tmp_path / "t.db"))
-    store.open()
-    try:
-        store.submit(Exchange("one", time.time(), 1.0, "POST", "chat/completions"))
-        assert store.flush(30) and store.written == 1
-        assert os.sched_getscheduler(child_of(store)) == os.SCHED_IDLE
-    finally:
-        store.close()
-
-
-@IDLE_ONLY
-def test_a_starved_child_is_replaced_at_normal_priority_and_nothing_is_lost_or_doubled(tmp_path: Any) -> None:
-    """A child that gets no CPU (here: stopped) does not hold the traces up: after STARVED_AFTER
-    the proxy kills it and writes the batch itself, and so for CATCH_UP seconds; then a new idle
-    child writes again."""
-    store = process_store(str(tmp_path / "t.db"))
-    store.open()
-    try:
-        store.submit(Exchange("before", time.time(), 1.0, "POST", "chat/completions"))
-        assert store.flush(30)
-        starved = child_of(store)
-        os.kill(starved, signal.SIGSTOP)
-        for i in range(30):
-            store.submit(Exchange(f"t{i:02d}", time.time(), 1.0, "POST", "chat/completions"))
-        assert store.flush(30) and store.written == 31 and store.starved == 1
-        wait_gone(starved)
-        assert store._process is not None and store._process.pid is None
-        store.submit(Exchange("catching-up", time.time(), 1.0, "POST", "chat/completions"))
-        assert store.flush(30) and store.written == 32 and store._process.pid is None  # written here
-        store._normal_until = 0.0  # CATCH_UP has passed
-        store.submit(Exchange("after", time.time(), 1.0, "POST", "chat/completions"))
-        assert store.flush(30) and store.written == 33
-        assert os.sched_getscheduler(child_of(store)) == os.SCHED_IDLE
-        assert (store.lost, store.failed, store.restarts) == (0, 0, 0)
-    finally:
-        store.close()
-    ids = [t["id"] for t in read_traces(store.engine.location)]
-    assert sorted(ids) == sorted(["before", "catching-up", "after", *(f"t{i:02d}" for i in range(30))])
-
-
-@IDLE_ONLY
-def test_a_child_replaced_mid_batch_commits_each_trace_exactly_once(tmp_path: Any, monkeypatch: Any) -> None:
-    """Killed while it writes -- before or after its commit, whichever comes first -- a batch is
-    stored once: the proxy writes only the traces the child had not committed."""
-    from prysmai._proxy.store import writer
-
-    monkeypatch.setattr(writer, "CATCH_UP", 0.0)  # each batch goes to a new idle child again
-    store = process_store(str(tmp_path / "t.db"))
-    store.open()
-    expected = []
-    try:
-        # Timeouts from before a batch's commit to after it (a batch of 40 takes a few ms).
-        for batch, timeout in enumerate(0.0005 * 1.5**k for k in range(14)):  # 0.5 to 97 ms
-            monkeypatch.setattr(writer, "STARVED_AFTER", timeout)
-            for i in range(40):
-                expected.append(f"b{batch}-{i:02d}")
-                store.submit(Exchange(expected[-1], time.time(), 1.0, "POST", "chat/completions"))
-            assert store.flush(30)
-        assert store.starved >= 1 and store.written == len(expected)
-        assert (store.lost, store.failed) == (0, 0)
-    finally:
-        store.close()
-    ids = [t["id"] for t in read_traces(store.engine.location)]
-    assert sorted(ids) == sorted(expected)
 
 
 def test_trace_writer_must_be_process_or_thread() -> None:
