@@ -31,6 +31,23 @@ UPSTREAM_KEY = "sk-upstream-bench"
 #: checkout's, through ``PYTHONPATH``), not the installed script's.
 PRYSMAI_CLI = [sys.executable, "-c", "import sys; from prysmai._cli import main; sys.exit(main())"]
 
+#: Filler words for the benchmarks' made-up prose, the commonest English words first.
+#: ``dashboard_scale.py``'s bodies draw from ``COMMON_WORDS`` alone (so a store it fills now holds
+#: the rows it held before), ``openai_shapes.py``'s prose from all of ``WORDS``.
+# fmt: off
+COMMON_WORDS = (
+    "the", "a", "to", "of", "and", "in", "is", "it", "you", "that", "for", "on", "with", "as", "this", "be", "are",
+    "not", "can", "your", "have", "at", "from",
+)
+WORDS = (
+    *COMMON_WORDS,
+    "by", "we", "will", "an", "or", "if", "which", "when", "all", "their", "there", "would", "about", "more", "so",
+    "one", "how", "these", "into", "than", "then", "model", "answer", "request", "token", "tokens", "latency",
+    "cache", "prompt", "user", "system", "value", "function", "result", "error", "retry", "timeout", "budget",
+    "project", "release", "version", "deploy", "database", "query", "index", "table", "report",
+)
+# fmt: on
+
 CLK_TCK = _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 

@@ -39,7 +39,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_DIR, PRYSM_KEY, PRYSMAI_CLI, REPO_DIR, emit, machine_info, median
+from _common import BENCH_DIR, COMMON_WORDS, PRYSM_KEY, PRYSMAI_CLI, REPO_DIR, emit, machine_info, median
 
 sys.path.insert(0, str(REPO_DIR))
 
@@ -74,31 +74,6 @@ TARGETS_MS = {"overview": 300.0, "list": 100.0, "detail": 50.0}
 #: Projects and their shares of the traces: one large, two medium and small, one tiny (its rows
 #: are few among many: what a project-scoped read must find without walking everyone's).
 PROJECTS = [("web", 0.6), ("batch", 0.3), ("eval", 0.095), ("tiny", 0.005)]
-WORDS = [
-    "the",
-    "a",
-    "to",
-    "of",
-    "and",
-    "in",
-    "is",
-    "it",
-    "you",
-    "that",
-    "for",
-    "on",
-    "with",
-    "as",
-    "this",
-    "be",
-    "are",
-    "not",
-    "can",
-    "your",
-    "have",
-    "at",
-    "from",
-]
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -133,7 +108,7 @@ def make_rows(n: int, now: float, seed: int = 1) -> Any:
         prompt = rng.randint(20, 3000)
         completion = 0 if endpoint == "embeddings" or status != "success" else rng.randint(5, 800)
         user = None if rng.random() < 0.1 else rng.choices(users, user_w)[0]
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 300)))
+        words = " ".join(rng.choice(COMMON_WORDS) for _ in range(rng.randint(30, 300)))
         if i % RARE_EVERY == RARE_EVERY // 2:
             words += " " + RARE_WORD
         price = prices[model]
