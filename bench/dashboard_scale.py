@@ -39,7 +39,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_DIR, COMMON_WORDS, PRYSM_KEY, PRYSMAI_CLI, REPO_DIR, emit, machine_info, median
+from _common import (
+    BENCH_DIR,
+    COMMON_WORDS,
+    PRYSM_KEY,
+    PRYSMAI_CLI,
+    REPO_DIR,
+    emit,
+    machine_info,
+    median,
+    paired_rounds,
+)
 
 sys.path.insert(0, str(REPO_DIR))
 
@@ -861,10 +871,9 @@ def proxy_under_dashboard(path: Path, workdir: Path, rounds: int, requests: int)
     direct = Target("direct", upstream_url + "/chat/completions", "sk-bench", None)
     prysm = start_prysm(workdir, upstream_url, path)
     api = prysm.url.replace("/chat/completions", "")
-    stop = threading.Event()
     calls: list[float] = []
 
-    def dashboard() -> None:
+    def dashboard(stop: threading.Event) -> None:
         # What an open dashboard asks every 2 s: the all-time and 24 h stats and the newest traces.
         urls = [f"{api}/stats", f"{api}/stats?since=24h", f"{api}/traces?limit=50"]
         while not stop.is_set():
@@ -876,36 +885,19 @@ def proxy_under_dashboard(path: Path, workdir: Path, rounds: int, requests: int)
                 calls.append((time.perf_counter() - t0) * 1000)
             stop.wait(2.0)
 
-    out: list[dict[str, Any]] = []
     try:
         seq = ["--mode", "seq", "--requests", str(requests), "--warmup", "50"]
-        for rnd in range(rounds):
-            for with_dashboard in (False, True) if rnd % 2 == 0 else (True, False):
-                thread = None
-                if with_dashboard:
-                    stop.clear()
-                    thread = threading.Thread(target=dashboard, daemon=True)
-                    thread.start()
-                    time.sleep(0.5)
-                base = run_client(direct, seq, timeout=300)
-                got = run_client(prysm, seq, timeout=300)
-                if thread is not None:
-                    stop.set()
-                    thread.join(60)
-                if got.get("errors"):
-                    raise RuntimeError(f"proxy errors: {got}")
-                record = {
-                    "bench": "dashboard",
-                    "kind": "proxy",
-                    "round": rnd,
-                    "dashboard": with_dashboard,
-                    "added_p50_ms": round(got["p50_ms"] - base["p50_ms"], 4),
-                    "added_p99_ms": round(got["p99_ms"] - base["p99_ms"], 4),
-                    "proxy_p99_ms": got["p99_ms"],
-                    "direct_p99_ms": base["p99_ms"],
-                }
-                emit(record)
-                out.append(record)
+        out = paired_rounds(
+            {"bench": "dashboard", "kind": "proxy"},
+            "dashboard",
+            rounds,
+            dashboard,
+            lambda target: run_client(target, seq, timeout=300),
+            direct,
+            prysm,
+            settle_s=0.5,
+            stop_s=60,
+        )
         if calls:
             emit(
                 {
@@ -917,7 +909,6 @@ def proxy_under_dashboard(path: Path, workdir: Path, rounds: int, requests: int)
                 }
             )
     finally:
-        stop.set()
         prysm.stop()
         upstream.terminate()
         upstream.wait(10)
