@@ -527,18 +527,24 @@ def sha(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
-def priced_projects(fake: FakeUpstream, projects: Sequence[tuple[str, str, str]], admin: str | None = None) -> str:
-    """A config file's text: each of ``projects``, given as (name, key, its limits as TOML lines
-    such as ``"monthly_budget_usd = 3\\n"``), with one provider, ``fake``, whose answers for model
-    ``m`` cost exactly $1 (10 prompt tokens at $100 000 per million); ``admin``: a key that reads
-    every project."""
+def priced_projects(
+    fake: FakeUpstream, projects: Sequence[tuple[str, str | Sequence[str], str]], admin: str | None = None
+) -> str:
+    """A config file's text: each of ``projects``, given as (name, its key or keys, its limits as
+    TOML lines such as ``"monthly_budget_usd = 3\\n"``), with one provider, ``fake``, whose answers
+    for model ``m`` cost exactly $1 (10 prompt tokens at $100 000 per million); ``admin``: a key
+    that reads every project."""
     url = fake.url  # type: ignore[attr-defined]
+
+    def listed(keys: str | Sequence[str]) -> str:
+        return ", ".join(f'"{sha(key)}"' for key in ((keys,) if isinstance(keys, str) else keys))
+
     head = f'[admin]\nkeys = ["{sha(admin)}"]\n' if admin is not None else ""
     return head + "".join(
         f"""
 [[projects]]
 name = "{name}"
-keys = ["{sha(key)}"]
+keys = [{listed(keys)}]
 default_provider = "up"
 {limits}
   [[projects.providers]]
@@ -547,7 +553,7 @@ default_provider = "up"
   base_url = "{url}"
   prices = {{ "m" = {{ input = 100000, output = 0 }} }}
 """
-        for name, key, limits in projects
+        for name, keys, limits in projects
     )
 
 
