@@ -12,8 +12,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +31,23 @@ UPSTREAM_KEY = "sk-upstream-bench"
 #: ``prysmai`` as a command, run by this interpreter from whichever ``prysmai`` it imports (a
 #: checkout's, through ``PYTHONPATH``), not the installed script's.
 PRYSMAI_CLI = [sys.executable, "-c", "import sys; from prysmai._cli import main; sys.exit(main())"]
+
+#: Filler words for the benchmarks' made-up prose, the commonest English words first.
+#: ``dashboard_scale.py``'s bodies draw from ``COMMON_WORDS`` alone (so a store it fills now holds
+#: the rows it held before), ``openai_shapes.py``'s prose from all of ``WORDS``.
+# fmt: off
+COMMON_WORDS = (
+    "the", "a", "to", "of", "and", "in", "is", "it", "you", "that", "for", "on", "with", "as", "this", "be", "are",
+    "not", "can", "your", "have", "at", "from",
+)
+WORDS = (
+    *COMMON_WORDS,
+    "by", "we", "will", "an", "or", "if", "which", "when", "all", "their", "there", "would", "about", "more", "so",
+    "one", "how", "these", "into", "than", "then", "model", "answer", "request", "token", "tokens", "latency",
+    "cache", "prompt", "user", "system", "value", "function", "result", "error", "retry", "timeout", "budget",
+    "project", "release", "version", "deploy", "database", "query", "index", "table", "report",
+)
+# fmt: on
 
 CLK_TCK = _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -172,6 +190,57 @@ def loop_name() -> str:
     except ImportError:
         return "asyncio"
     return "uvloop"
+
+
+def paired_rounds(
+    record: dict[str, Any],
+    flag: str,
+    rounds: int,
+    load: Callable[[threading.Event], None],
+    run: Callable[[Any], dict[str, Any]],
+    direct: Any,
+    proxy: Any,
+    *,
+    settle_s: float,
+    stop_s: float,
+) -> list[dict[str, Any]]:
+    """The proxy's added latency with and without a background ``load``, in paired rounds.
+
+    Each round times the fake upstream ``direct`` then through ``proxy`` (``run(target)``: one
+    ``client.py`` result) twice: once with ``load(stop)`` running in a thread (started ``settle_s``
+    before the timing, told to stop after it and given ``stop_s`` to end its current step), once
+    without; the order alternates between rounds. Emits and returns one record per measurement:
+    ``record``'s fields, the round, ``flag`` (True: under the load), and the added p50/p99 (proxy
+    minus direct, same round) beside both p99s. A proxy that answered with errors stops the run."""
+    out: list[dict[str, Any]] = []
+    for rnd in range(rounds):
+        for loaded in (False, True) if rnd % 2 == 0 else (True, False):
+            stop = threading.Event()
+            thread = threading.Thread(target=load, args=(stop,), daemon=True) if loaded else None
+            try:
+                if thread is not None:
+                    thread.start()
+                    time.sleep(settle_s)
+                base = run(direct)
+                got = run(proxy)
+            finally:
+                stop.set()
+            if thread is not None:
+                thread.join(stop_s)
+            if got.get("errors"):
+                raise RuntimeError(f"proxy errors: {got}")
+            measured = {
+                **record,
+                "round": rnd,
+                flag: loaded,
+                "added_p50_ms": round(got["p50_ms"] - base["p50_ms"], 4),
+                "added_p99_ms": round(got["p99_ms"] - base["p99_ms"], 4),
+                "proxy_p99_ms": got["p99_ms"],
+                "direct_p99_ms": base["p99_ms"],
+            }
+            emit(measured)
+            out.append(measured)
+    return out
 
 
 def postgres_database(url: str) -> tuple[str, Any]:

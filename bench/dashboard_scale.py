@@ -39,7 +39,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_DIR, PRYSM_KEY, PRYSMAI_CLI, REPO_DIR, emit, machine_info, median
+from _common import (
+    BENCH_DIR,
+    COMMON_WORDS,
+    PRYSM_KEY,
+    PRYSMAI_CLI,
+    REPO_DIR,
+    emit,
+    machine_info,
+    median,
+    paired_rounds,
+)
 
 sys.path.insert(0, str(REPO_DIR))
 
@@ -74,31 +84,6 @@ TARGETS_MS = {"overview": 300.0, "list": 100.0, "detail": 50.0}
 #: Projects and their shares of the traces: one large, two medium and small, one tiny (its rows
 #: are few among many: what a project-scoped read must find without walking everyone's).
 PROJECTS = [("web", 0.6), ("batch", 0.3), ("eval", 0.095), ("tiny", 0.005)]
-WORDS = [
-    "the",
-    "a",
-    "to",
-    "of",
-    "and",
-    "in",
-    "is",
-    "it",
-    "you",
-    "that",
-    "for",
-    "on",
-    "with",
-    "as",
-    "this",
-    "be",
-    "are",
-    "not",
-    "can",
-    "your",
-    "have",
-    "at",
-    "from",
-]
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -133,7 +118,7 @@ def make_rows(n: int, now: float, seed: int = 1) -> Any:
         prompt = rng.randint(20, 3000)
         completion = 0 if endpoint == "embeddings" or status != "success" else rng.randint(5, 800)
         user = None if rng.random() < 0.1 else rng.choices(users, user_w)[0]
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 300)))
+        words = " ".join(rng.choice(COMMON_WORDS) for _ in range(rng.randint(30, 300)))
         if i % RARE_EVERY == RARE_EVERY // 2:
             words += " " + RARE_WORD
         price = prices[model]
@@ -886,10 +871,9 @@ def proxy_under_dashboard(path: Path, workdir: Path, rounds: int, requests: int)
     direct = Target("direct", upstream_url + "/chat/completions", "sk-bench", None)
     prysm = start_prysm(workdir, upstream_url, path)
     api = prysm.url.replace("/chat/completions", "")
-    stop = threading.Event()
     calls: list[float] = []
 
-    def dashboard() -> None:
+    def dashboard(stop: threading.Event) -> None:
         # What an open dashboard asks every 2 s: the all-time and 24 h stats and the newest traces.
         urls = [f"{api}/stats", f"{api}/stats?since=24h", f"{api}/traces?limit=50"]
         while not stop.is_set():
@@ -901,36 +885,19 @@ def proxy_under_dashboard(path: Path, workdir: Path, rounds: int, requests: int)
                 calls.append((time.perf_counter() - t0) * 1000)
             stop.wait(2.0)
 
-    out: list[dict[str, Any]] = []
     try:
         seq = ["--mode", "seq", "--requests", str(requests), "--warmup", "50"]
-        for rnd in range(rounds):
-            for with_dashboard in (False, True) if rnd % 2 == 0 else (True, False):
-                thread = None
-                if with_dashboard:
-                    stop.clear()
-                    thread = threading.Thread(target=dashboard, daemon=True)
-                    thread.start()
-                    time.sleep(0.5)
-                base = run_client(direct, seq, timeout=300)
-                got = run_client(prysm, seq, timeout=300)
-                if thread is not None:
-                    stop.set()
-                    thread.join(60)
-                if got.get("errors"):
-                    raise RuntimeError(f"proxy errors: {got}")
-                record = {
-                    "bench": "dashboard",
-                    "kind": "proxy",
-                    "round": rnd,
-                    "dashboard": with_dashboard,
-                    "added_p50_ms": round(got["p50_ms"] - base["p50_ms"], 4),
-                    "added_p99_ms": round(got["p99_ms"] - base["p99_ms"], 4),
-                    "proxy_p99_ms": got["p99_ms"],
-                    "direct_p99_ms": base["p99_ms"],
-                }
-                emit(record)
-                out.append(record)
+        out = paired_rounds(
+            {"bench": "dashboard", "kind": "proxy"},
+            "dashboard",
+            rounds,
+            dashboard,
+            lambda target: run_client(target, seq, timeout=300),
+            direct,
+            prysm,
+            settle_s=0.5,
+            stop_s=60,
+        )
         if calls:
             emit(
                 {
@@ -942,7 +909,6 @@ def proxy_under_dashboard(path: Path, workdir: Path, rounds: int, requests: int)
                 }
             )
     finally:
-        stop.set()
         prysm.stop()
         upstream.terminate()
         upstream.wait(10)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from _common import PRYSM_KEY, emit, median, percentile, rss_kib
+from _common import PRYSM_KEY, emit, median, paired_rounds, percentile, rss_kib
 from dashboard_scale import make_rows
 from proxy_overhead import Target, count_traces, run_client, start_prysm, start_upstream
 
@@ -145,36 +145,17 @@ def measure_request_path(
     prysm: Target, direct: Target, api: str, query: str, rounds: int, requests: int
 ) -> list[dict[str, Any]]:
     seq = ["--mode", "seq", "--requests", str(requests), "--warmup", "50"]
-    out = []
-    for rnd in range(rounds):
-        for exporting in (False, True) if rnd % 2 == 0 else (True, False):
-            stop = threading.Event()
-            thread = (
-                threading.Thread(target=keep_exporting, args=(api, query, stop), daemon=True) if exporting else None
-            )
-            if thread is not None:
-                thread.start()
-                time.sleep(1.0)  # (the export under way)
-            base = run_client(direct, seq, timeout=600)
-            got = run_client(prysm, seq, timeout=600)
-            if thread is not None:
-                stop.set()
-                thread.join(3600)
-            if got.get("errors"):
-                raise RuntimeError(f"proxy errors: {got}")
-            record = {
-                "bench": "export",
-                "kind": "request_path",
-                "round": rnd,
-                "exporting": exporting,
-                "added_p50_ms": round(got["p50_ms"] - base["p50_ms"], 4),
-                "added_p99_ms": round(got["p99_ms"] - base["p99_ms"], 4),
-                "proxy_p99_ms": got["p99_ms"],
-                "direct_p99_ms": base["p99_ms"],
-            }
-            emit(record)
-            out.append(record)
-    return out
+    return paired_rounds(
+        {"bench": "export", "kind": "request_path"},
+        "exporting",
+        rounds,
+        lambda stop: keep_exporting(api, query, stop),
+        lambda target: run_client(target, seq, timeout=600),
+        direct,
+        prysm,
+        settle_s=1.0,  # (the export under way)
+        stop_s=3600,  # (an export of every trace ends before the thread does)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

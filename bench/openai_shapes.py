@@ -21,6 +21,8 @@ import string
 from collections.abc import Iterator
 from typing import Any
 
+from _common import WORDS
+
 #: What a tenth of the prompts or answers hold: one value of a redaction set each.
 SENSITIVE = (
     "mail me at ada.lovelace@example.org",
@@ -29,78 +31,6 @@ SENSITIVE = (
     "call +44 20 7946 0958",
     "the server is 192.168.17.201",
 )
-_WORDS = [
-    "the",
-    "a",
-    "to",
-    "of",
-    "and",
-    "in",
-    "is",
-    "it",
-    "you",
-    "that",
-    "for",
-    "on",
-    "with",
-    "as",
-    "this",
-    "be",
-    "are",
-    "not",
-    "can",
-    "your",
-    "have",
-    "at",
-    "from",
-    "by",
-    "we",
-    "will",
-    "an",
-    "or",
-    "if",
-    "which",
-    "when",
-    "all",
-    "their",
-    "there",
-    "would",
-    "about",
-    "more",
-    "so",
-    "one",
-    "how",
-    "these",
-    "into",
-    "than",
-    "then",
-    "model",
-    "answer",
-    "request",
-    "token",
-    "tokens",
-    "latency",
-    "cache",
-    "prompt",
-    "user",
-    "system",
-    "value",
-    "function",
-    "result",
-    "error",
-    "retry",
-    "timeout",
-    "budget",
-    "project",
-    "release",
-    "version",
-    "deploy",
-    "database",
-    "query",
-    "index",
-    "table",
-    "report",
-]
 _CAPS = ("Python", "OpenAI", "PostgreSQL", "SQLite", "Monday", "January", "Berlin", "Docker", "API", "JSON", "The")
 _NUMBERS = (
     lambda r: str(r.randint(2, 99)),
@@ -122,15 +52,15 @@ def prose(rng: random.Random, words: int) -> str:
     for _ in range(words):
         r = rng.random()
         if sentence == 0:
-            word = rng.choice(_CAPS) if r < 0.3 else rng.choice(_WORDS).capitalize()
+            word = rng.choice(_CAPS) if r < 0.3 else rng.choice(WORDS).capitalize()
         elif r < 0.08:
             word = rng.choice(_NUMBERS)(rng)
         elif r < 0.12:
             word = rng.choice(_CAPS)
         elif r < 0.14:
-            word = f"`{rng.choice(_WORDS)}_{rng.choice(_WORDS)}()`"
+            word = f"`{rng.choice(WORDS)}_{rng.choice(WORDS)}()`"
         else:
-            word = rng.choice(_WORDS)
+            word = rng.choice(WORDS)
         sentence += 1
         if sentence > rng.randint(6, 18):
             word += rng.choice((".", ".", ".", "?", ":", "!"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -518,6 +519,42 @@ class ClosingUpstream(RawUpstream):
                 await self.read_request(reader)
                 self.requests += 1
         writer.close()
+
+
+# -- a config file of projects with limits, each answer of the fake upstream costing exactly $1 -----
+def sha(key: str) -> str:
+    """How a config file names a key: its SHA-256."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def priced_projects(
+    fake: FakeUpstream, projects: Sequence[tuple[str, str | Sequence[str], str]], admin: str | None = None
+) -> str:
+    """A config file's text: each of ``projects``, given as (name, its key or keys, its limits as
+    TOML lines such as ``"monthly_budget_usd = 3\\n"``), with one provider, ``fake``, whose answers
+    for model ``m`` cost exactly $1 (10 prompt tokens at $100 000 per million); ``admin``: a key
+    that reads every project."""
+    url = fake.url  # type: ignore[attr-defined]
+
+    def listed(keys: str | Sequence[str]) -> str:
+        return ", ".join(f'"{sha(key)}"' for key in ((keys,) if isinstance(keys, str) else keys))
+
+    head = f'[admin]\nkeys = ["{sha(admin)}"]\n' if admin is not None else ""
+    return head + "".join(
+        f"""
+[[projects]]
+name = "{name}"
+keys = [{listed(keys)}]
+default_provider = "up"
+{limits}
+  [[projects.providers]]
+  name = "up"
+  kind = "openai-compatible"
+  base_url = "{url}"
+  prices = {{ "m" = {{ input = 100000, output = 0 }} }}
+"""
+        for name, keys, limits in projects
+    )
 
 
 # -- ``prysmai proxy`` as a subprocess ------------------------------------------------------------

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ..config.test_projects import Proc, auth, sha
-from ..conftest import PRYSMAI, FakeUpstream, cli_env
+from ..config.test_projects import Proc, auth
+from ..conftest import PRYSMAI, FakeUpstream, cli_env, priced_projects
 
 SHOP = "sk-prysm-budget-shop-key-0123456789ab"
 LAB = "sk-prysm-budget-lab-key-0123456789abc"
@@ -24,25 +24,14 @@ ADMIN = "sk-prysm-budget-admin-key-0123456789a"
 
 
 def config(fake: FakeUpstream) -> str:
-    def project(name: str, key: str, limits: str) -> str:
-        return f"""
-[[projects]]
-name = "{name}"
-keys = ["{sha(key)}"]
-default_provider = "up"
-{limits}
-  [[projects.providers]]
-  name = "up"
-  kind = "openai-compatible"
-  base_url = "{fake.url}"
-  prices = {{ "m" = {{ input = 100000, output = 0 }} }}
-"""
-
-    return (
-        f'[admin]\nkeys = ["{sha(ADMIN)}"]\n'
-        + project("shop", SHOP, "monthly_budget_usd = 3\nrequests_per_minute = 100\n")
-        + project("lab", LAB, "requests_per_minute = 2\nmonthly_budget_usd = 100\n")
-        + project("free", FREE, "")
+    return priced_projects(
+        fake,
+        [
+            ("shop", SHOP, "monthly_budget_usd = 3\nrequests_per_minute = 100\n"),
+            ("lab", LAB, "requests_per_minute = 2\nmonthly_budget_usd = 100\n"),
+            ("free", FREE, ""),
+        ],
+        admin=ADMIN,
     )
 
 

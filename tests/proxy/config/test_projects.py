@@ -30,7 +30,7 @@ import prysmai
 from prysmai._proxy.config.settings import ProxyConfig
 from prysmai._proxy.server.serve import BackgroundServer
 
-from ..conftest import FakeUpstream, ProxyHandle, ThreadedServer, read_traces
+from ..conftest import FakeUpstream, ProxyHandle, ThreadedServer, read_traces, sha
 
 ALPHA_KEY = "sk-prysm-alpha-project-key-0123456789"
 BETA_KEY = "sk-prysm-beta-project-key-9876543210ab"
@@ -42,10 +42,6 @@ AZURE_CRED = "azure-beta-credential-3333333333333"
 GAMMA_CRED = "sk-gamma-provider-credential-44444444"
 SECRETS = (ALPHA_KEY, BETA_KEY, GAMMA_KEY, ADMIN_KEY, ALPHA_CRED, BETA_CRED, AZURE_CRED, GAMMA_CRED)
 PRYSMAI = [sys.executable, "-m", "prysmai._cli"]
-
-
-def sha(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 def key_id(key: str) -> str:

@@ -11,27 +11,15 @@ from typing import Any
 import httpx
 import pytest
 
-from ..config.test_projects import Proc, auth, sha
-from ..conftest import FakeUpstream, cli_env, read_traces
+from ..config.test_projects import Proc, auth
+from ..conftest import FakeUpstream, cli_env, priced_projects, read_traces
 
 KEY = "sk-prysm-budget-test-key-0123456789ab"
 BUDGET = 5
 
 
 def config(fake: FakeUpstream) -> str:
-    return f"""
-[[projects]]
-name = "p"
-keys = ["{sha(KEY)}"]
-default_provider = "up"
-monthly_budget_usd = {BUDGET}
-
-  [[projects.providers]]
-  name = "up"
-  kind = "openai-compatible"
-  base_url = "{fake.url}"
-  prices = {{ "m" = {{ input = 100000, output = 0 }} }}
-"""
+    return priced_projects(fake, [("p", KEY, f"monthly_budget_usd = {BUDGET}\n")])
 
 
 @pytest.fixture(params=["process", "thread"])

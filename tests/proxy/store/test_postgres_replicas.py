@@ -8,7 +8,6 @@ second is a known number of requests."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,8 @@ from typing import Any
 import httpx
 
 from ..cli.test_doctor import by_name, doctor
-from ..config.test_projects import auth, sha
-from ..conftest import FakeUpstream, Proxy
+from ..config.test_projects import auth
+from ..conftest import FakeUpstream, Proxy, priced_projects
 from ..postgres import PASSWORD, PostgresServer
 
 KEY = "sk-prysm-replicas-test-key-0123456789ab"
@@ -30,21 +29,7 @@ def config(
     fake: FakeUpstream, *, rpm: int | None = None, budget: float | None = None, keys: tuple[str, ...] = (KEY,)
 ) -> str:
     limits = (f"requests_per_minute = {rpm}\n" if rpm else "") + (f"monthly_budget_usd = {budget}\n" if budget else "")
-    return f"""
-[admin]
-keys = ["{sha(ADMIN)}"]
-
-[[projects]]
-name = "p"
-keys = [{", ".join(json.dumps(sha(k)) for k in keys)}]
-default_provider = "up"
-{limits}
-  [[projects.providers]]
-  name = "up"
-  kind = "openai-compatible"
-  base_url = "{fake.url}"
-  prices = {{ "m" = {{ input = 100000, output = 0 }} }}
-"""
+    return priced_projects(fake, [("p", keys, limits)], admin=ADMIN)
 
 
 def replicas(tmp_path: Path, url: str, text: str) -> tuple[Proxy, Proxy, Path]:

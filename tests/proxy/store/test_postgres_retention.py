@@ -163,3 +163,29 @@ def test_a_late_trace_of_a_day_another_replica_dropped_is_still_stored(pg_url: s
     finally:
         wconn.close()
         oconn.close()
+
+
+def test_a_day_a_reader_holds_is_kept_until_the_reader_is_gone(pg_url: str) -> None:
+    """Retention waits a moment for a day's lock, then leaves the day to the next pass: its rows
+    are deleted one by one meanwhile, and ``reclaim`` drops the emptied days, the busy one once
+    its reader has gone."""
+    engine = PostgresEngine(pg_url)
+    conn, reader = engine.open_for_writing(), engine.connect()
+    first = int(BASE / DAY)
+    try:
+        engine.insert_rows(conn, _day(0, 5) + _day(1, 5))
+        with reader.transaction():  # a read of the first day, under way throughout
+            assert reader.execute(f"SELECT count(*) FROM trace_rows_d{first}").fetchone()[0] == 5
+            assert engine.delete_expired(conn, None, BASE + 2 * DAY, (), 100) == 10
+            # The walk stopped at the busy day: both days are left, emptied row by row.
+            assert _partitions(conn) == [f"trace_rows_d{first}", f"trace_rows_d{first + 1}"]
+            assert conn.execute("SELECT count(*) FROM traces").fetchone()[0] == 0
+            assert engine.reclaim(conn) == (1, True)
+            assert _partitions(conn) == [f"trace_rows_d{first}"]
+        assert engine.reclaim(conn) == (1, True)
+        assert _partitions(conn) == []
+        assert engine.reclaim(conn) == (0, True)
+        assert not conn.execute("SELECT 1 FROM rollup_hour WHERE requests > 0").fetchone()
+    finally:
+        reader.close()
+        conn.close()

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from .. import browser as b
-from ..config.test_projects import Proc, auth, sha
-from ..conftest import FakeUpstream, cli_env
+from ..config.test_projects import Proc, auth
+from ..conftest import FakeUpstream, cli_env, priced_projects
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -27,25 +27,14 @@ ADMIN = "sk-prysm-budget-admin-key-0123456789a"
 
 
 def config(fake: FakeUpstream) -> str:
-    def project(name: str, key: str, limits: str) -> str:
-        return f"""
-[[projects]]
-name = "{name}"
-keys = ["{sha(key)}"]
-default_provider = "up"
-{limits}
-  [[projects.providers]]
-  name = "up"
-  kind = "openai-compatible"
-  base_url = "{fake.url}"
-  prices = {{ "m" = {{ input = 100000, output = 0 }} }}
-"""
-
-    return (
-        f'[admin]\nkeys = ["{sha(ADMIN)}"]\n'
-        + project("__proto__", PROTO, "monthly_budget_usd = 2\n")
-        + project("constructor", CTOR, "requests_per_minute = 1\n")
-        + project("-1", MINUS, "")
+    return priced_projects(
+        fake,
+        [
+            ("__proto__", PROTO, "monthly_budget_usd = 2\n"),
+            ("constructor", CTOR, "requests_per_minute = 1\n"),
+            ("-1", MINUS, ""),
+        ],
+        admin=ADMIN,
     )
 
 

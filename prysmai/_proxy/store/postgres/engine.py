@@ -31,7 +31,7 @@ from .schema import LOCK, MIGRATIONS, ROW_COLUMNS, SCHEMA_VERSION, TYPES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from typing import Any
 
     import psycopg
@@ -399,37 +399,65 @@ class PostgresEngine:
 
         lo, hi = day * DAY, (day + 1) * DAY
         others, params = _kept_projects(project, exclude)
+
+        def held(_day: int) -> int | None:
+            # Under the lock, the rollups count every committed row of the day (an insert folds
+            # them in its own transaction).
+            kept = conn.execute(
+                f"SELECT 1 FROM rollup_hour WHERE hour >= %s AND hour < %s AND requests > 0 AND {others} LIMIT 1",
+                [lo, hi, *params],
+            ).fetchone()
+            if kept is not None:
+                return None
+            total = conn.execute(
+                "SELECT coalesce(sum(requests), 0) FROM rollup_hour WHERE hour >= %s AND hour < %s", [lo, hi]
+            ).fetchone()
+            return int(total[0]) if total else 0
+
+        def forget() -> None:
+            for statement in rollups.FORGET_DAY:
+                conn.execute(statement, {"lo": lo, "hi": hi})
+            for table, (column, _seconds) in rollups.PERIODS.items():
+                conn.execute(f"DELETE FROM {table} WHERE {column} >= %s AND {column} < %s", [lo, hi])
+            for statement in (*rollups.EMPTY_ALL, *REBUILD_ALL_HIST):
+                conn.execute(statement)
+
+        try:
+            return self._drop_partitions(conn, day, held, forget)
+        except psycopg.errors.UndefinedTable:  # another replica dropped it first
+            self._days.discard(day)
+            return 0
+
+    def _drop_partitions(
+        self,
+        conn: psycopg.Connection[Any],
+        day: int,
+        held: Callable[[int], int | None],
+        forget: Callable[[], None] | None = None,
+    ) -> int | None:
+        """Drop ``day``'s partitions (its trace rows and bodies) in one transaction, under an
+        exclusive lock: ``held(day)``, asked under the lock, says how many traces they hold, or
+        ``None`` to keep them; ``forget`` then runs in the same transaction. Returns what ``held``
+        said, or ``None`` when they were kept or busy; raises ``psycopg.errors.UndefinedTable``
+        when they are gone already."""
+        import psycopg
+
         try:
             with conn.transaction():
                 # A short wait for the lock (readers of the table finish first): a busy day is
                 # dropped at the next pass rather than queueing writers behind the drop.
                 conn.execute("SET LOCAL lock_timeout = '5s'")
                 conn.execute(f"LOCK TABLE trace_rows_d{day}, trace_bodies_d{day} IN ACCESS EXCLUSIVE MODE")
-                # Under the lock, the rollups count every committed row of the day (an insert
-                # folds them in its own transaction).
-                kept = conn.execute(
-                    f"SELECT 1 FROM rollup_hour WHERE hour >= %s AND hour < %s AND requests > 0 AND {others} LIMIT 1",
-                    [lo, hi, *params],
-                ).fetchone()
-                if kept is not None:
+                traces = held(day)
+                if traces is None:
                     return None
-                held = conn.execute(
-                    "SELECT coalesce(sum(requests), 0) FROM rollup_hour WHERE hour >= %s AND hour < %s", [lo, hi]
-                ).fetchone()
                 conn.execute(f"DROP TABLE trace_rows_d{day}, trace_bodies_d{day}")
-                for statement in rollups.FORGET_DAY:
-                    conn.execute(statement, {"lo": lo, "hi": hi})
-                for table, (column, _seconds) in rollups.PERIODS.items():
-                    conn.execute(f"DELETE FROM {table} WHERE {column} >= %s AND {column} < %s", [lo, hi])
-                for statement in (*rollups.EMPTY_ALL, *REBUILD_ALL_HIST):
-                    conn.execute(statement)
+                if forget is not None:
+                    forget()
         except psycopg.errors.LockNotAvailable:
             return None
-        except psycopg.errors.UndefinedTable:  # another replica dropped it first
-            self._days.discard(day)
-            return 0
         self._days.discard(day)
-        return int(held[0]) if held else 0
+        return traces
 
     def _delete_rows(
         self, conn: psycopg.Connection[Any], project: str | None, before: float, exclude: Sequence[str], limit: int
@@ -471,20 +499,17 @@ class PostgresEngine:
         back at once. How many were dropped, and that disk was given back."""
         import psycopg
 
+        def held(day: int) -> int | None:
+            return None if conn.execute(f"SELECT 1 FROM trace_rows_d{day} LIMIT 1").fetchone() is not None else 0
+
         today = math.floor(time.time() / DAY)
         dropped = 0
         for day in self._days_before(conn, today * DAY):
             try:
-                with conn.transaction():
-                    conn.execute("SET LOCAL lock_timeout = '5s'")
-                    conn.execute(f"LOCK TABLE trace_rows_d{day}, trace_bodies_d{day} IN ACCESS EXCLUSIVE MODE")
-                    if conn.execute(f"SELECT 1 FROM trace_rows_d{day} LIMIT 1").fetchone() is not None:
-                        continue
-                    conn.execute(f"DROP TABLE trace_rows_d{day}, trace_bodies_d{day}")
-            except (psycopg.errors.LockNotAvailable, psycopg.errors.UndefinedTable):
+                if self._drop_partitions(conn, day, held) is not None:
+                    dropped += 1
+            except psycopg.errors.UndefinedTable:
                 continue
-            self._days.discard(day)
-            dropped += 1
         return dropped, True
 
     # -- export: each replica exports from its own outbox (..outbox), never from here ---------------
