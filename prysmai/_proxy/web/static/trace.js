@@ -3,7 +3,7 @@ import { getJSON, sendJSON } from "./api.js";
 import { apiParams } from "./filters.js";
 import { bodyDoc, bodyText, parameters, repeatedCount, requestMessages, responseMessages } from "./conversation.js";
 import { filterLink, metaText } from "./slice.js";
-import { clear, costStatus, costText, el, facts, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, scoreValue, sessionLink, statusBadge, traceCost, traceLink } from "./dom.js";
+import { clear, costStatus, costText, el, facts, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, scoreAverages, scoreChips, scoreValue, sessionLink, statusBadge, traceCost, traceLink } from "./dom.js";
 
 // The name the reviewer's thumbs are stored under (a boolean score).
 const THUMBS = "thumbs";
@@ -279,7 +279,8 @@ export async function renderSession(main, sessionId) {
         el("div", { class: "turn-head" }, traceLink(t.id, fmtTime(t.created_at)), " ", statusBadge(t.status, t.http_status),
           el("span", { class: "muted" }, ` ${t.model ?? ""} · ${fmtMs(t.latency_ms)} · ${fmtNum(t.total_tokens)} tokens · ${traceCost(t)}`)),
         latest, responseMessages(respDoc),
-        t.error ? el("div", { class: "error-text" }, t.error) : null));
+        t.error ? el("div", { class: "error-text" }, t.error) : null,
+        t.scores && t.scores.length ? el("div", { class: "turn-scores" }, scoreChips(t.scores)) : null));
     }
     count += traces.length;
     shown.textContent = `showing ${fmtNum(count)} of ${fmtNum(totals.requests)} traces`;
@@ -309,6 +310,7 @@ export async function renderSession(main, sessionId) {
       ["cost", el("span", { id: "session-cost" }, costText(totals.cost_usd, totals.unpriced) +
         (totals.no_usage ? ` · ${fmtNum(totals.no_usage)} reported no usage` : ""))],
       ["first / last", `${fmtTime(totals.first_seen)} – ${fmtTime(totals.last_seen)}`],
+      ["scores", el("span", { id: "session-scores" }, scoreAverages(totals.scores))],
       ["all its traces", pageLink("/traces", { session: sessionId, since: "all" }, "in the traces table")],
     ]),
     count ? timeline : el("p", { class: "muted" }, "No traces in this session."),
