@@ -8,7 +8,7 @@ import { getJSON } from "./api.js";
 import { clear, el, fmtNum, pageLink } from "./dom.js";
 
 // Parameters that belong to one page of a list or to one trace, not to the slice.
-const NOT_FILTERS = ["cursor", "trace", "list"];
+const NOT_FILTERS = ["cursor", "prev", "trace", "list"];
 
 /** The query `search` with `name` = `value` added as a filter (a metadata condition "key=value" is
  * added to the others: they all must hold). */
