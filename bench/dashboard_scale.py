@@ -490,6 +490,12 @@ TARGETS = [
     ("scores: averages by model, user, project, all", 300.0),
     ("scores: averages by model, user, project, 7 d", 300.0),
     ("scores: project web: averages by model and user, 24 h", 300.0),
+    ("scores: sessions with their scores, all", 300.0),
+    ("scores: sessions with their scores, 7 d", 300.0),
+    ("scores: users with their scores, all", 300.0),
+    ("scores: users with their scores, 7 d", 300.0),
+    ("scores: project web: users with their scores, 24 h", 300.0),
+    ("scores: session page with its scores", 300.0),
     # Issue 26: spend against budget.
     ("budgets: every project, this month", 300.0),
     ("budgets: project web, this month", 300.0),
@@ -714,6 +720,13 @@ def query_suite(path: Path, size: int, now: float, match: str | None = None) -> 
             {},
         ),
         ("overview", "scores: stats, score = thumbs (raw rows)", queries.stats, (TraceFilter(score="thumbs"),), {}),
+        # The sessions and users lists and a session's page as the read API gives them: with scores.
+        ("list", "scores: sessions with their scores, all", scores.sessions, (every,), {}),
+        ("list", "scores: sessions with their scores, 7 d", scores.sessions, (last7,), {}),
+        ("list", "scores: users with their scores, all", scores.users, (every,), {}),
+        ("list", "scores: users with their scores, 7 d", scores.users, (last7,), {}),
+        ("list", "scores: project web: users with their scores, 24 h", scores.users, (web24,), {}),
+        ("detail", "scores: session page with its scores", scores.session_page, (session,), {}),
         # Issue 26: spend against budget (the limits' 429s: one trace in REFUSED_EVERY).
         ("overview", "budgets: every project, this month", budget_page, (now, budgets.month_start(now)), {}),
         ("overview", "budgets: project web, this month", budget_page, (now, budgets.month_start(now), "web"), {}),

@@ -85,8 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         engine = PostgresEngine(url, search_index=args.search_index == "on")
         t = time.perf_counter()
         if args.store:
-            total, found = copy_store(args.store, engine)
-            emit({"bench": "pg_dashboard", "copy": total, "found": found, "s": round(time.perf_counter() - t, 1)})
+            copied = copy_store(args.store, engine)
+            emit(
+                {
+                    "bench": "pg_dashboard",
+                    "copy": copied.traces,
+                    "found": copied.traces_present,
+                    "scores": copied.scores,
+                    "scores_found": copied.scores_present,
+                    "s": round(time.perf_counter() - t, 1),
+                }
+            )
         else:
             engine.open_for_writing().close()  # migrations, and the search index as asked
             emit({"bench": "pg_dashboard", "migrated_s": round(time.perf_counter() - t, 1)})

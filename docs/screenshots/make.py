@@ -3,7 +3,7 @@
 Runs ``prysmai demo --serve`` (the offline model, a fresh store), adds some mixed traffic through
 its proxy (several models, users and sessions, an embedding, a Responses call, an error and a
 cancelled stream), logs in to the dashboard in Debian's chromium and saves each page at 1280x800
-(and the overview on a phone-sized screen):
+(and the overview on a phone-sized screen), after scoring some of them as a reviewer would:
 
     python docs/screenshots/make.py                 # into docs/screenshots/
     python docs/screenshots/make.py --out /tmp/shots
@@ -116,6 +116,22 @@ def traffic(url: str, key: str) -> None:
         sock.recv(1024)  # the head and the first events; then leave
 
 
+def review(url: str, key: str) -> None:
+    """A reviewer's and an evaluation's scores on some of the traces: a quality number and thumbs
+    (shown on the traces, sessions and users lists and a user's page)."""
+    request = urllib.request.Request(
+        f"{url}/api/v1/traces?since=24h&limit=100&endpoint=chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        traces = json.loads(response.read())["data"]
+    for i, trace in enumerate(t for t in traces if t["status"] == "success"):
+        if i % 2 == 0:
+            post(url, key, f"traces/{trace['id']}/scores", {"name": "quality", "value": [0.9, 0.6, 0.8, 1.0][i % 4]})
+        if i % 3 == 0:
+            post(url, key, f"traces/{trace['id']}/scores", {"name": "thumbs", "value": i % 9 != 0})
+
+
 def shoot(url: str, key: str, out: Path) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
@@ -184,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     proc, url, key = serve_demo(str(Path(work) / "demo.db"))
     try:
         traffic(url, key)
+        review(url, key)
         for path in shoot(url, key, out):
             print(path)
     finally:

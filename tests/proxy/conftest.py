@@ -134,7 +134,8 @@ class FakeUpstream:
             if headers.get("x-fake-echo-key"):
                 sent = headers.get("authorization", "").removeprefix("Bearer ") or headers.get("api-key", "")
                 message = f"Incorrect API key provided: {sent}. You can find your API key at https://example."
-            await self._json(send, status, {"error": {"message": message, "type": "fake", "code": None}}, extra)
+            code = headers.get("x-fake-error-code")  # the provider's own code, when a test gives one
+            await self._json(send, status, {"error": {"message": message, "type": "fake", "code": code}}, extra)
             return
         endpoint = path.split("/v1/", 1)[-1]
         if path.startswith("/openai/deployments/"):  # Azure OpenAI: /openai/deployments/{name}/{endpoint}

@@ -345,10 +345,10 @@ class Reads:
         return {"object": "overview", **page}
 
     async def _sessions(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
-        return await self._groups(queries.sessions, query, who)
+        return await self._groups(scores.sessions, query, who)
 
     async def _users(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
-        return await self._groups(queries.users, query, who)
+        return await self._groups(scores.users, query, who)
 
     async def _groups(self, fn: Callable[..., Any], query: Mapping[str, str], who: KeyEntry) -> Any:
         f = await self._filter(query, who)
@@ -368,7 +368,7 @@ class Reads:
         await self._flush()
         session_id = unquote(session_id)
         page = await self.store.read(
-            queries.session_page,
+            scores.session_page,
             session_id,
             cursor=query.get("cursor") or None,
             limit=_limit(query, SESSION_LIMIT),

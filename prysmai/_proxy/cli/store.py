@@ -1,4 +1,4 @@
-"""``prysmai store copy``: move an existing SQLite store into a PostgreSQL store.
+"""``prysmai store copy``: move an existing SQLite store (traces and scores) into a PostgreSQL store.
 
 Imported on every ``prysmai`` invocation: standard library only at module level.
 """
@@ -12,6 +12,7 @@ from .common import err
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 
@@ -26,11 +27,11 @@ def add_parser(subparsers: Any) -> None:
     sub.required = True
     copy = sub.add_parser(
         "copy",
-        help="copy every trace of a SQLite store into a PostgreSQL store (resumable, idempotent)",
+        help="copy every trace and score of a SQLite store into a PostgreSQL store (resumable, idempotent)",
         description=(
-            "Copy every trace of a SQLite store into a PostgreSQL store, in chunks, each checked on arrival. "
-            "Run it again after an interruption: it goes on where it stopped (--restart: from the start; "
-            "traces already there are never stored twice). Ends with a count check."
+            "Copy every trace, then every score, of a SQLite store into a PostgreSQL store, in chunks, each "
+            "checked on arrival. Run it again after an interruption: it goes on where it stopped (--restart: "
+            "from the start; traces and scores already there are never stored twice). Ends with a count check."
         ),
     )
     copy.add_argument("--from", dest="source", required=True, metavar="PATH", help="the SQLite store (traces.db)")
@@ -48,21 +49,36 @@ def copy_command(args: argparse.Namespace) -> int:
         err("--to must be a postgresql:// URL")
         return 2
     tty = sys.stderr.isatty()
-    shown = [0.0]
 
-    def progress(done: int, total: int) -> None:
-        share = done / total if total else 1.0
-        if tty:
-            bar = "#" * int(share * 30)
-            print(f"\r  [{bar:<30}] {done:,}/{total:,} traces", end="", file=sys.stderr, flush=True)
-        elif share - shown[0] >= 0.1 or done == total:  # a line per tenth when not on a terminal
-            shown[0] = share
-            print(f"  {done:,}/{total:,} traces", file=sys.stderr, flush=True)
+    def meter(what: str) -> Callable[[int, int], None]:
+        shown = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            share = done / total if total else 1.0
+            if tty:
+                bar = "#" * int(share * 30)
+                print(f"\r  [{bar:<30}] {done:,}/{total:,} {what}", end="", file=sys.stderr, flush=True)
+            elif share - shown[0] >= 0.1 or done == total:  # a line per tenth when not on a terminal
+                shown[0] = share
+                print(f"  {done:,}/{total:,} {what}", file=sys.stderr, flush=True)
+
+        return progress
+
+    score_progress = meter("scores")
+    scores_started = [False]
+
+    def scores_meter(done: int, total: int) -> None:
+        if tty and not scores_started[0]:
+            print(file=sys.stderr)  # the traces' bar keeps its own line
+        scores_started[0] = True
+        score_progress(done, total)
 
     try:
         engine = PostgresEngine(args.target)
         print(f"copying {args.source} -> {engine.location}", file=sys.stderr)
-        total, present = copy_store(args.source, engine, restart=args.restart, progress=progress)
+        copied = copy_store(
+            args.source, engine, restart=args.restart, progress=meter("traces"), score_progress=scores_meter
+        )
     except StoreError as exc:
         if tty:
             print(file=sys.stderr)
@@ -70,8 +86,14 @@ def copy_command(args: argparse.Namespace) -> int:
         return 1
     if tty:
         print(file=sys.stderr)
-    if present != total:
-        err(f"count check failed: {total:,} trace(s) in {args.source}, {present:,} of them in {engine.location}")
+    if not copied.whole:
+        err(
+            f"count check failed: {copied.traces:,} trace(s) and {copied.scores:,} score(s) in {args.source}, "
+            f"{copied.traces_present:,} and {copied.scores_present:,} of them in {engine.location}"
+        )
         return 1
-    print(f"count check: all {total:,} trace(s) of {args.source} are in {engine.location}")
+    print(
+        f"count check: all {copied.traces:,} trace(s) and {copied.scores:,} score(s) of {args.source} "
+        f"are in {engine.location}"
+    )
     return 0

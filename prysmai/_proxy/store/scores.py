@@ -418,33 +418,91 @@ def averages(conn: Connection, f: TraceFilter, groups: Iterable[str], rows: int)
     its edges. Otherwise time, project, model and user are matched on the scores' own copies (one
     index of the scores), and any other filter joins each score to its trace, read through the
     traces' time-first index (the score has the trace's time)."""
-    rest = dataclasses.replace(f, project=None, since=None, until=None, model=None, user_id=None)
-    clauses, params = _conditions(conn, rest, times=False) if rest != TraceFilter() else ([], [])
     out: dict[str, list[dict[str, Any]]] = {}
     for group in groups:
-        found: dict[tuple[Any, str], list[float]] = {}
-        dim = None if clauses else _rollup_dim(f, group)
-        if dim is None:
-            _average_rows(conn, f, group, clauses, params, f.since, f.until, found)
-        elif f.since is None and f.until is None:
-            _average_rollup(conn, f, group, dim, SCORE_ROLLUP_ALL, None, None, found)
-        else:
-            _tiered(
-                f.since,
-                f.until,
-                time.time(),
-                [(KEY_PERIOD, functools.partial(_average_rollup, conn, f, group, dim, SCORE_ROLLUP_DAY, found=found))],
-                functools.partial(_average_rows, conn, f, group, [], [], found=found),
-            )
-        # Most scores first; then by name, and by group with none last (as both engines' SQL did).
-        ranked = sorted(
-            ((key, name, n, total) for (key, name), (n, total) in found.items() if n > 0),
-            key=lambda r: (-r[2], r[1], r[0] is None, "" if r[0] is None else str(r[0])),
-        )[:rows]
         out[group] = [
-            {group: key, "name": name, "average": _digits(total / n), "scores": int(n)}
-            for key, name, n, total in ranked
+            {group: key, "name": name, "average": average, "scores": n}
+            for key, name, average, n in _ranked(_gather(conn, f, group))[:rows]
         ]
+    return out
+
+
+def _gather(
+    conn: Connection, f: TraceFilter, group: str, keys: Sequence[str] | None = None
+) -> dict[tuple[Any, str], list[float]]:
+    """The count and sum of the number and boolean scores of ``f``'s traces by ``group`` and
+    name (only the groups ``keys`` when given), from the score rollups where ``f`` allows (see
+    :func:`averages`)."""
+    rest = dataclasses.replace(f, project=None, since=None, until=None, model=None, user_id=None)
+    clauses, params = _conditions(conn, rest, times=False) if rest != TraceFilter() else ([], [])
+    found: dict[tuple[Any, str], list[float]] = {}
+    dim = None if clauses else _rollup_dim(f, group)
+    if dim is None:
+        _average_rows(conn, f, group, clauses, params, f.since, f.until, found, keys)
+    elif f.since is None and f.until is None:
+        _average_rollup(conn, f, group, dim, SCORE_ROLLUP_ALL, None, None, found, keys)
+    else:
+        _tiered(
+            f.since,
+            f.until,
+            time.time(),
+            [
+                (
+                    KEY_PERIOD,
+                    functools.partial(_average_rollup, conn, f, group, dim, SCORE_ROLLUP_DAY, found=found, keys=keys),
+                )
+            ],
+            functools.partial(_average_rows, conn, f, group, [], [], found=found, keys=keys),
+        )
+    return found
+
+
+def _ranked(found: dict[tuple[Any, str], list[float]]) -> list[tuple[Any, str, float, int]]:
+    """(group, name, average, scores) of what :func:`_gather` found, most scores first; then by
+    name, and by group with none last (as both engines' SQL did)."""
+    ranked = sorted(
+        ((key, name, n, total) for (key, name), (n, total) in found.items() if n > 0),
+        key=lambda r: (-r[2], r[1], r[0] is None, "" if r[0] is None else str(r[0])),
+    )
+    return [(key, name, _digits(total / n), int(n)) for key, name, n, total in ranked]
+
+
+#: Most keys :func:`of_keys` takes at once (a page of sessions or users is at most 1 000).
+MAX_KEYS = 1000
+
+
+def of_keys(conn: Connection, f: TraceFilter, column: str, keys: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The number and boolean scores of ``f``'s traces of each of ``keys`` (users or sessions, by
+    ``column``: ``user_id`` or ``session_id``): per key, ``[{name, average, scores}]``, the names
+    with most scores first (a key without scores is absent; category scores are not averaged).
+
+    Users: as :func:`averages` by user, from the score rollups when ``f`` names no more than time,
+    project and the user (only the rollup rows of ``keys``: a page's worth), else from the
+    scores' own copies of the trace's columns. Sessions, which the scores do not carry: the
+    traces of ``keys`` (through the traces' session index) joined to their scores (through
+    ``scores_by_trace_name``), so a page reads the traces of its own sessions only."""
+    wanted = list(dict.fromkeys(k for k in keys if k is not None))[:MAX_KEYS]
+    if not wanted:
+        return {}
+    if column == "user_id":
+        found = _gather(conn, f, "user", wanted)
+    elif column == "session_id":
+        found = {}
+        clauses, params = _conditions(conn, f)
+        clauses.append(f"session_id IN ({', '.join('?' * len(wanted))})")
+        sql = (
+            "SELECT scored.session_id, scores.name, count(*), sum(scores.num) FROM "
+            f"(SELECT id, session_id FROM traces{_where(clauses)}) AS scored "
+            "JOIN scores ON scores.trace_id = scored.id AND scores.num IS NOT NULL "
+            "GROUP BY scored.session_id, scores.name"
+        )
+        for key, name, n, total in conn.execute(sql, [*params, *wanted]):
+            _add(found, key, name, n, total)
+    else:
+        raise ValueError(f"scores by key: column must be user_id or session_id, not {column!r}")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key, name, average, n in _ranked(found):
+        out.setdefault(key, []).append({"name": name, "average": average, "scores": n})
     return out
 
 
@@ -477,9 +535,13 @@ def _average_rollup(
     lo: int | None,
     hi: int | None,
     found: dict[tuple[Any, str], list[float]],
+    keys: Sequence[str] | None = None,
 ) -> None:
     clauses = ["dim = ?"]
     params: list[Any] = [dim]
+    if keys is not None:  # (``dim`` is then the group's)
+        clauses.append(f"dim_value IN ({', '.join('?' * len(keys))})")
+        params.extend(keys)
     if f.project is not None:
         clauses.append("project = ?")
         params.append(f.project)
@@ -508,9 +570,13 @@ def _average_rows(
     lo: float | None,
     hi: float | None,
     found: dict[tuple[Any, str], list[float]],
+    keys: Sequence[str] | None = None,
 ) -> None:
     own: list[str] = ["scores.num IS NOT NULL"]
     own_params: list[Any] = []
+    if keys is not None:
+        own.append(f"scores.{AVERAGE_GROUPS[group][0]} IN ({', '.join('?' * len(keys))})")
+        own_params.extend(keys)
     for column, value in (("score_project", f.project), ("trace_model", f.model), ("trace_user", f.user_id)):
         if value is not None:
             own.append(f"scores.{column} = ?")
@@ -554,6 +620,35 @@ def list_traces(conn: Connection, f: TraceFilter, **options: Any) -> tuple[list[
     """:func:`~.queries.list_traces` with each row's ``scores``, in one snapshot."""
     rows, cursor = queries.list_traces(conn, f, **options)
     return with_scores(conn, rows), cursor
+
+
+def sessions(conn: Connection, f: TraceFilter, **options: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """:func:`~.queries.sessions` with each row's ``scores`` (:func:`of_keys`), in one snapshot."""
+    return _with_key_scores(conn, f, "session_id", *queries.sessions(conn, f, **options))
+
+
+def users(conn: Connection, f: TraceFilter, **options: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """:func:`~.queries.users` with each row's ``scores`` (:func:`of_keys`), in one snapshot."""
+    return _with_key_scores(conn, f, "user_id", *queries.users(conn, f, **options))
+
+
+def _with_key_scores(
+    conn: Connection, f: TraceFilter, column: str, rows: list[dict[str, Any]], cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    found = of_keys(conn, f, column, [r[column] for r in rows])
+    for r in rows:
+        r["scores"] = found.get(r[column], [])
+    return rows, cursor
+
+
+def session_page(conn: Connection, session_id: str, **options: Any) -> dict[str, Any]:
+    """:func:`~.queries.session_page` with the session's ``scores`` in its totals (:func:`of_keys`)
+    and each trace's scores, in one snapshot."""
+    page = queries.session_page(conn, session_id, **options)
+    f = TraceFilter(project=options.get("project"))
+    page["totals"]["scores"] = of_keys(conn, f, "session_id", [session_id]).get(session_id, [])
+    with_scores(conn, page["traces"])
+    return page
 
 
 def overview_page(

@@ -495,9 +495,124 @@ def test_a_stopped_copy_goes_on_where_it_stopped(pg_url: str, tmp_path: Any, mon
     assert sent == [1000, 1000]
     monkeypatch.setattr(engine, "insert_rows", real)
     seen: list[tuple[int, int]] = []
-    total, present = copy_module.copy_store(path, engine, chunk=1000, progress=lambda d, t: seen.append((d, t)))
-    assert (total, present) == (4500, 4500)
+    copied = copy_module.copy_store(path, engine, chunk=1000, progress=lambda d, t: seen.append((d, t)))
+    assert (copied.traces, copied.traces_present) == (4500, 4500)
     assert seen == [(3000, 4500), (4000, 4500), (4500, 4500)]  # from where it stopped, not from the start
+
+
+def _score_some(path: str, rows: list[tuple[Any, ...]], n: int, seed: int) -> list[dict[str, Any]]:
+    """Scores of three types on ``n`` traces of the SQLite store at ``path``, written through its
+    edit runner; the scores as the store reads them back."""
+    from prysmai._proxy.store import scores
+
+    rng = random.Random(seed)
+    store = Store.existing(path)
+    assert store is not None
+    made = []
+    with store:
+        for i, row in enumerate(rng.sample(rows, n)):
+            value: Any = [rng.choice([0, 1, 2.5]), rng.random() < 0.5, "curt & long"][i % 3]
+            name = ["helpful", "correct", "tone"][i % 3]
+            new = scores.NewScore.parse({"name": name, "value": value, "comment": f"c{i} =1+1 <i>"})
+            score = store.edit_sync(scores.add, row[0], new, project=None, author_key="key_x", source="api")
+            assert score is not None
+            made.append(score)
+    return made
+
+
+def _scores_read(url: str, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    from prysmai._proxy.store import scores
+
+    store = Store.existing(url, read_time_limit=None)
+    assert store is not None
+    with store:
+        return store.read_sync(scores.of_traces, ids)
+
+
+def _averages(url: str) -> Any:
+    from prysmai._proxy.store import scores
+
+    store = Store.existing(url, read_time_limit=None)
+    assert store is not None
+    with store:
+        return store.read_sync(scores.averages, TraceFilter(), ["model", "user", "project"], 50)
+
+
+def test_store_copy_moves_the_scores_once_with_their_rollups(pg_url: str, tmp_path: Any, capsys: Any) -> None:
+    from prysmai._cli import main
+
+    rows = make_rows(800, seed=13)
+    path = _sqlite_store(tmp_path, rows)
+    made = _score_some(path, rows, 150, seed=3)
+    assert main(["store", "copy", "--from", path, "--to", pg_url]) == 0
+    out, _ = capsys.readouterr()
+    assert "all 800 trace(s) and 150 score(s)" in out
+    ids = sorted({s["trace_id"] for s in made})
+    # Every score, as it was (its id, time, author and comment), and the averages read from the
+    # score rollups are the source's.
+    assert _scores_read(pg_url, ids) == _scores_read(path, ids)
+    assert close_enough(_averages(pg_url), _averages(path))
+    assert main(["store", "copy", "--from", path, "--to", pg_url, "--restart"]) == 0  # again: nothing twice
+    assert _scores_read(pg_url, ids) == _scores_read(path, ids)
+    assert close_enough(_averages(pg_url), _averages(path))
+    conn = PostgresEngine(pg_url).connect()
+    try:
+        assert conn.execute("SELECT count(*), count(DISTINCT score_id) FROM scores").fetchone() == (150, 150)
+        assert conn.execute("SELECT sum(scores) FROM rollup_score_all WHERE dim = 'model'").fetchone()[0] == 100
+    finally:
+        conn.close()
+
+
+def test_a_stopped_copy_of_scores_goes_on_where_it_stopped(pg_url: str, tmp_path: Any, monkeypatch: Any) -> None:
+    from prysmai._proxy.store import copy as copy_module
+    from prysmai._proxy.store import scores
+
+    rows = make_rows(600, seed=14)
+    path = _sqlite_store(tmp_path, rows)
+    _score_some(path, rows, 250, seed=4)
+    engine = PostgresEngine(pg_url)
+    real = scores.add
+    added: list[str] = []
+
+    def flaky(conn: Any, trace_id: str, score: Any, **kw: Any) -> Any:
+        if len(added) == 120:  # in the middle of the third chunk of 50: its 20 first are rolled back
+            raise StoreError("the connection broke")
+        added.append(kw["score_id"])
+        return real(conn, trace_id, score, **kw)
+
+    monkeypatch.setattr(scores, "add", flaky)
+    with pytest.raises(StoreError):
+        copy_module.copy_store(path, engine, chunk=50)
+    monkeypatch.setattr(scores, "add", real)
+    conn = engine.connect()
+    try:
+        assert conn.execute("SELECT count(*) FROM scores").fetchone()[0] == 100
+    finally:
+        conn.close()
+    seen: list[tuple[int, int]] = []
+    copied = copy_module.copy_store(path, engine, chunk=50, score_progress=lambda d, t: seen.append((d, t)))
+    assert copied == copy_module.Copied(600, 600, 250, 250) and copied.whole
+    assert seen == [(150, 250), (200, 250), (250, 250)]  # from where it stopped, not from the start
+    assert close_enough(_averages(pg_url), _averages(path))
+
+
+def test_store_copy_stops_at_a_score_of_another_type(pg_url: str, tmp_path: Any, capsys: Any) -> None:
+    from prysmai._cli import main
+
+    rows = make_rows(50, seed=15)
+    path = _sqlite_store(tmp_path, rows)
+    made = _score_some(path, rows, 1, seed=5)  # one number score named "helpful"
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, rows)
+        project = next(r for r in rows if r[0] == made[0]["trace_id"])[COLUMNS.index("project")]
+        conn.execute("INSERT INTO score_names (project, name, kind) VALUES (%s, 'helpful', 'boolean')", [project])
+    finally:
+        conn.close()
+    assert main(["store", "copy", "--from", path, "--to", pg_url]) == 1
+    err = capsys.readouterr().err
+    assert made[0]["id"] in err and "holds boolean values" in err
 
 
 def test_store_copy_refuses_what_is_not_a_store(pg_url: str, tmp_path: Any, capsys: Any) -> None:

@@ -191,3 +191,72 @@ def test_small_pages_of_a_common_score_are_the_same_traces_on_both(both: Any, f:
             if cursor is None:
                 break
         assert ids == whole, f
+
+
+key_filters = st.builds(
+    TraceFilter,
+    since=st.sampled_from([None, NOW - 3 * 86400, NOW - 5.5 * 86400]),
+    until=st.sampled_from([None, NOW - 1.25 * 86400]),
+    project=st.sampled_from([None, "web", "batch"]),
+    model=st.sampled_from([None, "o3"]),  # a user and a model: the rollups cannot answer
+    status=st.sampled_from([None, "success"]),  # another column: each score joined to its trace
+)
+
+
+def _expected_by_key(path: str, column: str, f: TraceFilter) -> dict[str, dict[str, tuple[int, float]]]:
+    """Per key and name, the count and mean of the number and boolean scores of ``f``'s traces,
+    by brute force over the SQLite file (a join of every score to its trace)."""
+    where, params = ["s.kind <> 'category'", f"t.{column} IS NOT NULL"], []
+    for name, op in (("since", ">="), ("until", "<")):
+        if getattr(f, name) is not None:
+            where.append(f"t.created_at {op} ?")
+            params.append(getattr(f, name))
+    for name, value in (("project", f.project), ("model", f.model), ("status", f.status)):
+        if value is not None:
+            where.append(f"t.{name} = ?")
+            params.append(value)
+    raw = sqlite3.connect(path)
+    try:
+        found = raw.execute(
+            f"SELECT t.{column}, s.name, count(*), avg(s.num) FROM scores s JOIN traces t ON t.id = s.trace_id "
+            f"WHERE {' AND '.join(where)} GROUP BY t.{column}, s.name",
+            params,
+        ).fetchall()
+    finally:
+        raw.close()
+    out: dict[str, dict[str, tuple[int, float]]] = {}
+    for key, name, n, mean in found:
+        out.setdefault(key, {})[name] = (n, mean)
+    return out
+
+
+@given(f=key_filters)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_sessions_and_users_carry_the_mean_of_their_scores_on_both(both: Any, f: TraceFilter) -> None:
+    """Each row of the sessions and users lists has its scores (per name: how many, their mean),
+    the same on both engines and equal to a brute-force join of the scores to their traces."""
+    sqlite_store, _ = both
+    for fn, column in ((scores.sessions, "session_id"), (scores.users, "user_id")):
+        pages = [store.read_sync(fn, f, limit=1000)[0] for store in both]
+        assert close_enough(pages[0], pages[1]), (f, column)
+        expected = _expected_by_key(sqlite_store.engine.location, column, f)
+        got = {
+            r[column]: {s["name"]: (s["scores"], s["average"]) for s in r["scores"]} for r in pages[0] if r["scores"]
+        }
+        assert close_enough(got, expected), (f, column)
+        for r in pages[0]:  # most scores first
+            counts = [s["scores"] for s in r["scores"]]
+            assert counts == sorted(counts, reverse=True)
+
+
+def test_a_session_page_has_its_scores_and_each_trace_its_own(both: Any) -> None:
+    sqlite_store, _ = both
+    expected = _expected_by_key(sqlite_store.engine.location, "session_id", TraceFilter())
+    assert expected
+    for session_id, names in expected.items():
+        pages = [store.read_sync(scores.session_page, session_id, limit=1000) for store in both]
+        assert close_enough(_strip(pages[0]), _strip(pages[1]))
+        totals = pages[0]["totals"]["scores"]
+        assert close_enough({s["name"]: (s["scores"], s["average"]) for s in totals}, names)
+        per_trace = [s for t in pages[0]["traces"] for s in t["scores"] if s["type"] != "category"]
+        assert len(per_trace) == sum(n for n, _ in names.values())

@@ -122,3 +122,58 @@ def test_a_project_log_in_sees_its_own_budget_only(chromium: Any, proc: Any) -> 
     b.goto(page, base + "/budgets?project=__proto__")
     assert "reads project 'constructor' only" in page.inner_text("#budgets-body .error")
     context.close()
+
+
+HOSTILE_CODE = '<img src=x onerror="document.body.dataset.pwned=1">quota'  # (sent in a header: ASCII)
+
+
+def test_the_trace_page_says_whose_error_code_a_failure_holds(chromium: Any, proc: Any) -> None:
+    """A limit's 429 shows the proxy's own code, said to be this proxy's limit (the provider not
+    called); a provider's own error shows the code of its answer, said to be the provider's, as
+    text; a success shows none."""
+    with httpx.Client(base_url=proc.base, timeout=30) as client:
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        theirs = client.post(
+            "/chat/completions",
+            content=body,
+            headers={**auth(MINUS), "x-fake-status": "429", "x-fake-error-code": HOSTILE_CODE},
+        )
+        assert theirs.status_code == 429
+        ok = client.post("/chat/completions", content=body, headers=auth(MINUS))
+        assert ok.status_code == 200
+
+        def refused(project: str) -> list[str]:
+            found = client.get("/traces", params={"project": project, "status": "error"}, headers=auth(ADMIN))
+            return [t["id"] for t in found.json()["data"]]
+
+        budget, (rate, _) = refused("__proto__"), refused("constructor")
+    assert len(budget) == 1
+    base = proc.base.removesuffix("/api/v1")
+    context = chromium.new_context(viewport=b.DESKTOP)
+    page = context.new_page()
+    b.login(page, base, ADMIN, "/traces/" + budget[0])
+
+    def shown(trace_id: str) -> tuple[str | None, str | None]:
+        b.goto(page, f"{base}/traces/{trace_id}")
+        page.wait_for_selector("dl.facts")
+        found = page.query_selector("#trace-error-code")
+        if found is None:
+            return None, None
+        label = page.evaluate(
+            "() => document.querySelector('#trace-error-code').closest('dd').previousSibling.innerText"
+        )
+        assert label == "error code"
+        return found.get_attribute("data-source"), found.inner_text()
+
+    source, text = shown(budget[0])
+    assert source == "proxy" and text.startswith("project_budget_exceeded ")
+    assert "monthly_budget_usd" in text and "provider was not called" in text
+    source, text = shown(rate)
+    assert source == "proxy" and text.startswith("project_rate_limit_exceeded ")
+    assert "requests_per_minute" in text
+    source, text = shown(theirs.headers["x-prysm-trace-id"])
+    assert source == "provider" and text == HOSTILE_CODE + " from the provider's answer"
+    assert page.query_selector("#trace-error-code img") is None
+    assert page.evaluate("document.body.dataset.pwned") is None
+    assert shown(ok.headers["x-prysm-trace-id"]) == (None, None)
+    context.close()

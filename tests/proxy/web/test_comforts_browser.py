@@ -589,3 +589,41 @@ def test_nothing_hides_the_zone_in_a_chart_axis(chromium: Any, served: Any) -> N
     assert labels[-1].endswith(" UTC") and not any("+" in label for label in labels), labels
     assert not errors_of(page), errors_of(page)
     context.close()
+
+
+AXIS_SIZES = """() => [...document.querySelectorAll('svg.chart text.axis')].map(t => {
+  const r = t.getBoundingClientRect();
+  // The size the text is drawn at on the screen: its font size in the drawing's units, times
+  // the drawing's scale to CSS pixels.
+  return [t.closest('svg').dataset.chart, parseFloat(getComputedStyle(t).fontSize) * t.getScreenCTM().a,
+          r.left, r.right, r.top, t.closest('svg').getBoundingClientRect().left];
+})"""
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_the_desktop_overview_draws_its_chart_axes_at_a_readable_size(chromium: Any, served: Any, width: int) -> None:
+    """On a desktop screen, light and dark, every axis label of the overview's charts is drawn at
+    12 CSS pixels or more (its font size times the chart's scale), inside its chart, none over
+    another."""
+    base = served.server.url
+    for scheme in ("light", "dark"):
+        context = chromium.new_context(viewport={"width": width, "height": 900}, color_scheme=scheme)
+        page = new_page(context)
+        b.login(page, base, KEY, "/")
+        sizes = page.evaluate(AXIS_SIZES)
+        assert {s[0] for s in sizes} >= {"requests", "latency", "cost"}, sizes
+        assert all(size >= 12 - 0.01 for _, size, *_ in sizes), (scheme, width, sizes)
+        assert all(left >= svg_left - 0.5 for _, _, left, _, _, svg_left in sizes), sizes  # not cut at the left
+        for chart in {s[0] for s in sizes}:
+            bottom = sorted(
+                (lft, rgt)
+                for name, _, lft, rgt, top, _ in sizes
+                if name == chart and top == max(s[4] for s in sizes if s[0] == chart)
+            )
+            assert all(a[1] <= b_[0] for a, b_ in zip(bottom, bottom[1:])), bottom
+        ratios = readable(page, OVERVIEW_COLOURS)
+        assert ratios["axis"] >= 4.5
+        if width == 1280:
+            b.screenshot(page, f"comforts-overview-axes-{scheme}")
+        assert not errors_of(page), errors_of(page)
+        context.close()

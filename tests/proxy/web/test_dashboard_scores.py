@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
@@ -216,3 +216,91 @@ def test_prysmai_ui_shows_scores_but_refuses_to_write_them(proxy: ProxyHandle) -
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+HOSTILE_USER = "<img src=x onerror=\"window.__pwned='user'\">u\u202e"
+HOSTILE_SESSION = "s/<b>1</b>%"
+
+
+def test_sessions_and_users_show_their_scores(chromium: Any, proxy: ProxyHandle) -> None:
+    """The sessions and users lists, a user's page and a session's page show, per score name, the
+    average and the count of the numbers and booleans given to their traces -- the read API's
+    figures, as text, for ids that are hostile to a page."""
+    from prysmai import _wire
+
+    sent = [(HOSTILE_USER, HOSTILE_SESSION), (HOSTILE_USER, HOSTILE_SESSION), (HOSTILE_USER, "s-2"), ("bob", "s-2")]
+    ids = []
+    for user, session in sent:
+        headers = {**AUTH, "X-Prysm-User-Id": _wire.encode_id(user), "X-Prysm-Session-Id": _wire.encode_id(session)}
+        r = httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT, headers=headers)
+        assert r.status_code == 200
+        ids.append(r.headers["x-prysm-trace-id"])
+    given = [(0, "quality", 1), (1, "quality", 0.5), (2, "quality", 0), (0, "thumbs", True), (3, "thumbs", False)]
+    given += [(1, "tone", "curt")]  # a category: not averaged
+    for i, name, value in given:
+        r = httpx.post(f"{proxy.base_url}/traces/{ids[i]}/scores", json={"name": name, "value": value}, headers=AUTH)
+        assert r.status_code == 201
+
+    def api(route: str, **params: str) -> Any:
+        return httpx.get(f"{proxy.base_url}/{route}", params={"since": "all", **params}, headers=AUTH).json()
+
+    users = {u["user_id"]: u["scores"] for u in api("users")["data"]}
+    assert users[HOSTILE_USER] == [
+        {"name": "quality", "average": 0.5, "scores": 3},
+        {"name": "thumbs", "average": 1, "scores": 1},
+    ]
+    assert users["bob"] == [{"name": "thumbs", "average": 0, "scores": 1}]
+    sessions = {s["session_id"]: s["scores"] for s in api("sessions")["data"]}
+    assert sessions[HOSTILE_SESSION] == [
+        {"name": "quality", "average": 0.75, "scores": 2},
+        {"name": "thumbs", "average": 1, "scores": 1},
+    ]
+    assert sessions["s-2"] == [
+        {"name": "quality", "average": 0, "scores": 1},
+        {"name": "thumbs", "average": 0, "scores": 1},
+    ]
+
+    base = proxy.server.url
+    context = chromium.new_context(viewport=b.DESKTOP)
+    page = context.new_page()
+    b.login(page, base, KEY, "/users?since=all")
+
+    def cells(table: str) -> dict[str, str]:
+        found = page.eval_on_selector_all(
+            f"#{table} tbody tr",
+            "rows => rows.map(r => [r.querySelector('td').innerText,"
+            " [...r.querySelectorAll('.scores-cell .chip')].map(c => c.innerText).join(' | ')])",
+        )
+        return dict(found)
+
+    assert cells("users-table") == {
+        HOSTILE_USER.replace("\u202e", "\u27e8U+202E\u27e9"): "quality: 0.5 (3) | thumbs: 1 (1)",
+        "bob": "thumbs: 0 (1)",
+    }
+    b.goto(page, f"{base}/sessions?since=all")
+    assert cells("sessions-table") == {
+        HOSTILE_SESSION: "quality: 0.75 (2) | thumbs: 1 (1)",
+        "s-2": "quality: 0 (1) | thumbs: 0 (1)",
+    }
+    # A user's page: a table of their scores, each name a link to their traces with that score.
+    b.goto(page, f"{base}/users/{quote(HOSTILE_USER, safe='')}?since=all")
+    page.wait_for_selector("#user-scores")
+    rows = page.eval_on_selector_all(
+        "#user-scores tbody tr", "rows => rows.map(r => [...r.querySelectorAll('td')].map(c => c.innerText))"
+    )
+    assert rows == [["quality", "0.5", "3"], ["thumbs", "1", "1"]]
+    b.goto(page, f"{base}/users/bob?since=all")
+    page.wait_for_selector("#user-scores")
+    assert page.eval_on_selector_all("#user-scores tbody tr", "rows => rows.length") == 1
+    # A session's page: its scores in its totals, and each turn its own.
+    b.goto(page, f"{base}/sessions/{quote(HOSTILE_SESSION, safe='')}")
+    page.wait_for_selector("#session-scores")
+    chips = "[...document.querySelectorAll('#session-scores .chip')].map(c => c.innerText)"
+    assert page.evaluate(chips) == ["quality: 0.75 (2)", "thumbs: 1 (1)"]
+    turns = page.eval_on_selector_all(
+        "#timeline .turn", "ts => ts.map(t => [...t.querySelectorAll('.turn-scores .chip')].map(c => c.innerText))"
+    )
+    assert turns == [["quality: 1", "thumbs: 👍 true"], ["quality: 0.5", "tone: curt"]]
+    assert page.evaluate("window.__pwned") is None
+    assert page.evaluate("document.querySelectorAll('main img, main b, main script').length") == 0
+    context.close()

@@ -220,3 +220,86 @@ def test_sessions_and_users_sort_and_search_and_a_user_has_a_page(
     ]
     assert not dialogs and page.evaluate("document.querySelectorAll('main img').length") == 0
     page.context.close()
+
+
+def test_previous_page_returns_exactly_to_the_page_before_and_back_does_too(
+    chromium: Any, tmp_path: Any, fake: FakeUpstream, start_proxy: Any
+) -> None:
+    """Three pages forward by "next page", then back by "previous page" to each page exactly (its
+    rows, in order), then the browser's back and forward buttons over the same pages; a trace
+    opened on page 2 walks the whole list (its previous is the last row of page 1)."""
+    rows = make_rows(23)
+    for i, row in enumerate(rows):
+        row["latency_ms"] = 1000.0 - i * 7  # a sort where time order would not do
+    path = str(tmp_path / "traces.db")
+    fill(path, rows)
+    proxy = start_proxy(fake.url, db_path=path)
+    base = proxy.server.url
+    whole = httpx.get(
+        f"{proxy.base_url}/traces",
+        params={"since": "all", "sort": "latency", "order": "asc", "limit": "100"},
+        headers=AUTH,
+    ).json()["data"]
+    expected = [[t["id"] for t in whole[i : i + 8]] for i in (0, 8, 16)]
+    assert [len(p) for p in expected] == [8, 8, 7]
+    page = chromium.new_context(viewport=b.DESKTOP).new_page()
+    b.login(page, base, KEY, "/traces?since=all&sort=latency&order=asc&limit=8")
+
+    def shown() -> list[str]:
+        hrefs = page.eval_on_selector_all(
+            "#traces-table tbody tr td:first-child a", "as => as.map(a => a.getAttribute('href'))"
+        )
+        return [h.split("?")[0].removeprefix("/traces/") for h in hrefs]
+
+    def click(selector: str) -> None:
+        page.click(selector)
+        b.wait_ready(page)
+
+    assert shown() == expected[0]
+    assert page.locator("#previous-page, #first-page").count() == 0
+    urls = [page.url]
+    click("#next-page")
+    assert shown() == expected[1]
+    urls.append(page.url)
+    click("#next-page")
+    assert shown() == expected[2] and page.locator("#next-page").count() == 0
+    urls.append(page.url)
+    assert "sort=latency" in page.url and "limit=8" in page.url
+    click("#previous-page")
+    assert shown() == expected[1] and page.url == urls[1]
+    click("#previous-page")
+    assert shown() == expected[0] and page.locator("#previous-page").count() == 0
+    # The browser's own buttons walk the same pages.
+    click("#next-page")
+    click("#next-page")
+    assert shown() == expected[2]
+    page.go_back()
+    b.wait_ready(page)
+    assert shown() == expected[1]
+    page.go_back()
+    b.wait_ready(page)
+    assert shown() == expected[0]
+    page.go_forward()
+    b.wait_ready(page)
+    assert shown() == expected[1]
+    # A new order starts from the first page, without the pages behind.
+    click("a[data-sort=cost]")
+    assert "cursor=" not in page.url and "prev=" not in page.url
+
+    # From page 2, a trace walks the list across the pages' edges, and back to its list.
+    b.goto(page, urls[1])
+    page.locator("#traces-table tbody tr").first.locator("a").first.click()
+    b.wait_ready(page)
+    page.wait_for_selector("#trace-next")
+    assert page.url.startswith(f"{base}/traces/{expected[1][0]}?")
+    assert page.get_attribute("#trace-previous", "href").startswith(f"/traces/{expected[0][-1]}?")  # type: ignore[union-attr]
+    page.click("#trace-previous")
+    b.wait_ready(page)
+    page.wait_for_selector("#trace-next")
+    assert page.url.startswith(f"{base}/traces/{expected[0][-1]}?")
+    for i in range(8, 10):
+        page.click("#trace-next")
+        b.wait_ready(page)
+        page.wait_for_selector("#trace-next")
+        assert page.url.startswith(f"{base}/traces/{whole[i]['id']}?"), (i, page.url)
+    page.context.close()

@@ -83,11 +83,11 @@ def test_suggestions_click_to_filter_and_split_charts(chromium: Any, sliced: Pro
 
     # -- suggestions: the store's models, as text, the hostile one marked ------------------------
     page.focus("#f-model")
-    page.wait_for_selector("#suggest-model button.suggestion")
-    shown = page.eval_on_selector_all("#suggest-model button.suggestion", "bs => bs.map(b => b.dataset.value)")
+    page.wait_for_selector("#suggest-model li.suggestion")
+    shown = page.eval_on_selector_all("#suggest-model li.suggestion", "bs => bs.map(b => b.dataset.value)")
     expected = [v["value"] for v in api(page, base, "suggest", field="model", since="1h")["values"]]
     assert shown == expected == ["gpt-4o-mini", HOSTILE_MODEL, "gpt-4.1"]  # ties by value
-    hostile = page.locator("#suggest-model button.suggestion").nth(1)
+    hostile = page.locator("#suggest-model li.suggestion").nth(1)
     assert hostile.inner_text().startswith(HOSTILE_MODEL.replace("\x07", "\u27e8U+0007\u27e9"))
     untouched(page)
     page.fill("#f-model", "GPT-4.")  # the list narrows to what is typed, any case
@@ -95,7 +95,7 @@ def test_suggestions_click_to_filter_and_split_charts(chromium: Any, sliced: Pro
     page.fill("#f-model", "")
     page.keyboard.type("<")
     expect_values(page, "#suggest-model", [HOSTILE_MODEL])
-    page.locator("#suggest-model button.suggestion").first.click()
+    page.locator("#suggest-model li.suggestion").first.click()
     assert page.input_value("#f-model") == HOSTILE_MODEL
     page.click("#filters button[type=submit]")
     page.wait_for_url(re.compile(r".*model=.*"))
@@ -107,14 +107,14 @@ def test_suggestions_click_to_filter_and_split_charts(chromium: Any, sliced: Pro
     # -- metadata: a key, then its values ---------------------------------------------------------
     b.goto(page, base + "/traces?since=1h")
     page.focus("#f-meta")
-    page.wait_for_selector("#suggest-meta button.suggestion")
-    keys = page.eval_on_selector_all("#suggest-meta button.suggestion", "bs => bs.map(b => b.dataset.value)")
+    page.wait_for_selector("#suggest-meta li.suggestion")
+    keys = page.eval_on_selector_all("#suggest-meta li.suggestion", "bs => bs.map(b => b.dataset.value)")
     assert keys == ["team", "img"]
-    page.click("#suggest-meta button.suggestion[data-value=team]")
+    page.click("#suggest-meta li.suggestion[data-value=team]")
     assert page.input_value("#f-meta") == "team="
     expect_values(page, "#suggest-meta", [HOSTILE_TEAM, "red", "blue"])
     untouched(page)
-    page.locator("#suggest-meta button.suggestion").first.click()
+    page.locator("#suggest-meta li.suggestion").first.click()
     assert page.input_value("#f-meta") == "team=" + HOSTILE_TEAM
     page.click("#filters button[type=submit]")
     page.wait_for_url(re.compile(r".*meta=.*"))
@@ -214,6 +214,105 @@ def test_suggestions_click_to_filter_and_split_charts(chromium: Any, sliced: Pro
 
 def expect_values(page: Any, selector: str, values: list[str]) -> None:
     """Wait until the suggestion list ``selector`` offers exactly ``values``."""
-    script = "([s, v]) => JSON.stringify([...document.querySelectorAll(s + ' button.suggestion')]"
+    script = "([s, v]) => JSON.stringify([...document.querySelectorAll(s + ' li.suggestion')]"
     script += ".map(b => b.dataset.value)) === JSON.stringify(v)"
     page.wait_for_function(script, arg=[selector, values], timeout=10000)
+
+
+def test_suggestions_work_from_the_keyboard_alone(chromium: Any, sliced: ProxyHandle) -> None:
+    """The model field is an ARIA combobox over a listbox of the store's models: ArrowDown / ArrowUp
+    move the highlighted option (aria-activedescendant, aria-selected; wrapping round), Enter picks
+    it without submitting the filters, Escape closes the list and a second Escape leaves the field;
+    metadata goes from a key to its values the same way. Hostile values stay text."""
+    base = sliced.server.url
+    context = chromium.new_context(viewport=b.DESKTOP)
+    page = context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    b.login(page, base, KEY, "/traces?since=1h")
+    models = [v["value"] for v in api(page, base, "suggest", field="model", since="1h")["values"]]
+    assert models == ["gpt-4o-mini", HOSTILE_MODEL, "gpt-4.1"]
+    page.keyboard.press("/")  # the keyboard only, from here: "/" is the search field
+    assert page.evaluate("document.activeElement.id") == "f-q"
+    for _ in range(30):
+        if page.evaluate("document.activeElement.id") == "f-model":
+            break
+        page.keyboard.press("Shift+Tab")  # (the model field is before the words field)
+    field = page.locator("#f-model")
+    assert field.get_attribute("role") == "combobox" and field.get_attribute("aria-controls") == "suggest-model"
+    expect_values(page, "#suggest-model", models)
+    assert page.get_attribute("#suggest-model", "role") == "listbox"
+    assert field.get_attribute("aria-expanded") == "true" and field.get_attribute("aria-activedescendant") is None
+
+    def active() -> Any:
+        """The highlighted option's value, checked against the ARIA state."""
+        return page.evaluate(
+            """() => {
+              const input = document.getElementById('f-model');
+              const id = input.getAttribute('aria-activedescendant');
+              const selected = [...document.querySelectorAll('#suggest-model [role=option][aria-selected=true]')];
+              if (!id) return selected.length ? 'stray selection' : null;
+              const option = document.getElementById(id);
+              const one = selected.length === 1 && selected[0] === option;
+              if (!one || option.getAttribute('role') !== 'option') return 'bad state';
+              return option.dataset.value;
+            }"""
+        )
+
+    page.keyboard.press("ArrowDown")
+    assert active() == models[0]
+    page.keyboard.press("ArrowDown")
+    assert active() == HOSTILE_MODEL
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")  # round to the first
+    assert active() == models[0]
+    page.keyboard.press("ArrowUp")  # and back round to the last
+    assert active() == models[2]
+    page.keyboard.press("ArrowUp")
+    assert active() == HOSTILE_MODEL
+    untouched(page)
+    page.keyboard.press("Enter")  # picks it; the filters are not submitted
+    assert page.input_value("#f-model") == HOSTILE_MODEL
+    assert "model=" not in page.url
+    assert page.is_hidden("#suggest-model") and field.get_attribute("aria-expanded") == "false"
+    assert field.get_attribute("aria-activedescendant") is None
+    assert page.evaluate("document.activeElement.id") == "f-model"
+    page.keyboard.press("Enter")  # the list closed: now Enter submits
+    page.wait_for_url(re.compile(r".*model=.*"))
+    b.wait_ready(page)
+    assert query_of(page.url)["model"] == [HOSTILE_MODEL]
+    assert page.locator("#traces-table tbody tr").count() == 1
+    untouched(page)
+
+    # Escape closes the list, and only the list; a second Escape leaves the field.
+    b.goto(page, base + "/traces?since=1h")
+    page.focus("#f-model")
+    expect_values(page, "#suggest-model", models)
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Escape")
+    assert page.is_hidden("#suggest-model") and page.evaluate("document.activeElement.id") == "f-model"
+    assert page.input_value("#f-model") == "" and page.url.endswith("/traces?since=1h")
+    page.keyboard.press("ArrowDown")  # opens it again, on the first
+    assert page.is_visible("#suggest-model") and active() == models[0]
+    page.keyboard.press("Escape")
+    page.keyboard.press("Escape")
+    assert page.evaluate("document.activeElement === document.body")
+    assert page.url.endswith("/traces?since=1h")  # (not "back up" to another page)
+
+    # Metadata: a key, then its values, by the keyboard.
+    page.focus("#f-meta")
+    expect_values(page, "#suggest-meta", ["team", "img"])
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    assert page.input_value("#f-meta") == "team="
+    expect_values(page, "#suggest-meta", [HOSTILE_TEAM, "red", "blue"])
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    assert page.input_value("#f-meta") == "team=" + HOSTILE_TEAM
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r".*meta=.*"))
+    b.wait_ready(page)
+    assert query_of(page.url)["meta"] == ["team=" + HOSTILE_TEAM]
+    untouched(page)
+    assert not dialogs
+    context.close()

@@ -4,10 +4,13 @@ import { svg, el } from "./dom.js";
 import { attachTips } from "./tips.js";
 import { fmtAxis } from "./time.js";
 
-// A phone's chart is drawn narrower, so that its labels keep a readable size when it is scaled
-// to the screen.
+// A chart is drawn for the width of its box (one unit of the drawing is one CSS pixel, so the
+// labels show at the size the style sheet gives them, on a phone as on a wide screen): first at a
+// guess, a phone's narrower, then again once its box is laid out, and whenever that box's width
+// changes.
 const WIDE = 600;
 const NARROW = 360;
+const MIN_W = 200;
 const H = 180;
 const PAD = { left: 62, right: 8, top: 10, bottom: 22 };
 
@@ -22,8 +25,35 @@ function niceMax(v) {
  * chart({id, title, points: [{t, ...}], bucket, series: [{key, label, kind: "bar"|"line"}], format})
  * Bars of several series are drawn side by side, lines on top.
  */
-export function chart({ id, title, points, bucket, series, format }) {
-  const W = matchMedia("(max-width: 760px)").matches ? NARROW : WIDE;
+export function chart(spec) {
+  const { title, series } = spec;
+  let W = matchMedia("(max-width: 760px)").matches ? NARROW : WIDE;
+  let drawn = draw(spec, W);
+  // A series may bring its own legend item (a link: click to filter).
+  const legend = el("div", { class: "legend" }, series.map((s, si) => {
+    const item = s.legend || el("span", null, s.label);
+    item.classList.add("key", `key-${si}`);
+    return item;
+  }));
+  const figure = el("figure", { class: "chart-box" }, el("figcaption", null, title), drawn.root, legend);
+  attachTips(figure, drawn.root, drawn.tips);
+  if (typeof ResizeObserver === "function") {
+    new ResizeObserver(() => {
+      const w = drawn.root.getBoundingClientRect().width;
+      if (w < MIN_W || Math.abs(w - W) < 0.5) return;
+      W = w;
+      const fresh = draw(spec, W);
+      for (const tip of figure.querySelectorAll(".chart-tip")) tip.remove();
+      drawn.root.replaceWith(fresh.root);
+      drawn = fresh;
+      attachTips(figure, drawn.root, drawn.tips);
+    }).observe(figure);
+  }
+  return figure;
+}
+
+/** The chart's SVG, `W` units wide, and what its tooltip needs. */
+function draw({ id, title, points, bucket, series, format }, W) {
   const root = svg("svg", {
     viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": title, "data-chart": id,
     "data-t": points.map((p) => p.t).join(","), "data-bucket": bucket,
@@ -84,13 +114,5 @@ export function chart({ id, title, points, bucket, series, format }) {
     }
     root.append(group);
   });
-  // A series may bring its own legend item (a link: click to filter).
-  const legend = el("div", { class: "legend" }, series.map((s, si) => {
-    const item = s.legend || el("span", null, s.label);
-    item.classList.add("key", `key-${si}`);
-    return item;
-  }));
-  const figure = el("figure", { class: "chart-box" }, el("figcaption", null, title), root, legend);
-  attachTips(figure, root, { points, series, format, center: (p) => x(p.t) + slot / 2, width: W, top: PAD.top, bottom: PAD.top + plotH });
-  return figure;
+  return { root, tips: { points, series, format, center: (p) => x(p.t) + slot / 2, width: W, top: PAD.top, bottom: PAD.top + plotH } };
 }

@@ -186,6 +186,20 @@ export function scoreValue(s) {
   return String(s.value);
 }
 
+/** An average of scores as text: up to 3 decimals (a boolean's: its share of true). */
+export function fmtAverage(x) {
+  return (Math.round(x * 1000) / 1000).toString();
+}
+
+/** The scores of a group of traces (a session, a user) in one cell: "name: average (count)" chips,
+ * as text; a group without any shows "–". */
+export function scoreAverages(scores) {
+  if (!scores || !scores.length) return "–";
+  return el("span", { class: "scores" }, scores.map((s) =>
+    el("span", { class: "chip", "data-score": s.name, title: `${s.name}: average of ${s.scores} score(s)` },
+      s.name + ": ", fmtAverage(s.average), el("span", { class: "muted" }, ` (${fmtNum(s.scores)})`))));
+}
+
 /** A trace's scores in one cell: "name: value" chips (text only; a title holds the comment). */
 export function scoreChips(scores) {
   if (!scores || !scores.length) return "–";

@@ -47,6 +47,8 @@ async function route() {
   else if (section === "users" && parts.length === 1) await renderUsers(main);
   else if (section === "users") await renderUser(main, parts.slice(1).join("/"));
   else if (section === "budgets") await budgets(main);
+  // Two frames: the charts, laid out in the first, are drawn again for their boxes (charts.js).
+  await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
   document.body.dataset.ready = "1";  // tests wait for this
 }
 

@@ -5,7 +5,7 @@ import { apiParams, filterBar } from "./filters.js";
 import { fmtClock } from "./time.js";
 import { welcomeIfEmpty } from "./welcome.js";
 import { drawSplit, splitSection } from "./groups.js";
-import { clear, costText, el, fmtCost, fmtMs, fmtNum, fmtPct, pageLink, sessionLink, table } from "./dom.js";
+import { clear, costText, el, fmtAverage, fmtCost, fmtMs, fmtNum, fmtPct, pageLink, sessionLink, table } from "./dom.js";
 
 const AVERAGE_TITLES = { model: "Average score by model", user: "Average score by user", project: "Average score by project" };
 // The traces filter each group's link adds.
@@ -19,7 +19,7 @@ function averages(by, rows) {
   const columns = [
     { head: by, cell: keyCell, cls: "clip" },
     { head: "score", cell: (r) => r.name, cls: "clip" },
-    { head: "average", cell: (r) => (Math.round(r.average * 1000) / 1000).toString(), cls: "num" },
+    { head: "average", cell: (r) => fmtAverage(r.average), cls: "num" },
     { head: "scores", cell: (r) => fmtNum(r.scores), cls: "num" },
   ];
   return el("section", { class: "breakdown", "data-averages": by },

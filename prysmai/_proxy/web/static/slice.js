@@ -8,7 +8,7 @@ import { getJSON } from "./api.js";
 import { clear, el, fmtNum, pageLink } from "./dom.js";
 
 // Parameters that belong to one page of a list or to one trace, not to the slice.
-const NOT_FILTERS = ["cursor", "trace", "list"];
+const NOT_FILTERS = ["cursor", "prev", "trace", "list"];
 
 /** The query `search` with `name` = `value` added as a filter (a metadata condition "key=value" is
  * added to the others: they all must hold). */
@@ -57,16 +57,27 @@ export function suggestionPanel() {
 }
 
 /** `input` (the filter field `name`), its suggestions shown in `panel` while it has the focus;
- * `scope()`: the page's range and project as API parameters. Returns the input. */
+ * `scope()`: the page's range and project as API parameters. Returns the input.
+ *
+ * The field is an ARIA combobox and the suggestions its listbox: the focus stays in the field,
+ * ArrowDown / ArrowUp move the highlighted option (`aria-activedescendant`, wrapping round),
+ * Enter picks it (and does not submit the filters), Escape closes the list (a second Escape leaves
+ * the field). A click picks an option too. */
 export function withSuggestions(name, input, scope, panel) {
   if (!(name in SUGGESTED)) return input;
   const list = el("ul", { class: "suggest", role: "listbox", id: "suggest-" + name, "aria-label": name + " suggestions" });
   list.hidden = true;
   panel.append(list);
   input.setAttribute("autocomplete", "off");
+  input.setAttribute("role", "combobox");
+  input.setAttribute("aria-autocomplete", "list");
+  input.setAttribute("aria-expanded", "false");
   input.setAttribute("aria-controls", list.id);
   const cache = new Map();
   let shown = 0;
+  // The options drawn ({ option, text }: the field's text once picked), and the highlighted one.
+  let choices = [];
+  let active = -1;
 
   function ask(params) {
     const key = new URLSearchParams(params).toString();
@@ -99,6 +110,33 @@ export function withSuggestions(name, input, scope, panel) {
     return [values, current.slice(eq + 1), (v) => before + key + "=" + v];
   }
 
+  function highlight(index) {
+    active = index;
+    choices.forEach((c, i) => {
+      c.option.setAttribute("aria-selected", String(i === index));
+      c.option.classList.toggle("active", i === index);
+    });
+    if (index < 0) {
+      input.removeAttribute("aria-activedescendant");
+      return;
+    }
+    input.setAttribute("aria-activedescendant", choices[index].option.id);
+    choices[index].option.scrollIntoView({ block: "nearest" });
+  }
+
+  function setOpen(open) {
+    list.hidden = !open;
+    input.setAttribute("aria-expanded", String(open));
+    if (!open) highlight(-1);
+  }
+
+  function pick(index) {
+    input.value = choices[index].text;
+    input.focus();
+    if (name === "meta" && input.value.endsWith("=")) draw();  // on to the key's values
+    else setOpen(false);
+  }
+
   async function draw() {
     const mine = ++shown;
     const [values, typed, write] = await options();
@@ -106,25 +144,39 @@ export function withSuggestions(name, input, scope, panel) {
     const wanted = typed.toLowerCase();
     const matching = values.filter((v) => v.value.toLowerCase().startsWith(wanted)).slice(0, SHOWN);
     clear(list);
-    for (const v of matching) {
-      const choice = el("button", { type: "button", class: "suggestion", role: "option", "data-value": v.value },
+    choices = matching.map((v, i) => {
+      const option = el("li", { class: "suggestion", role: "option", id: `${list.id}-${i}`, "aria-selected": "false", "data-value": v.value },
         el("span", { class: "suggestion-value" }, v.value), " ", el("span", { class: "muted" }, fmtNum(v.count)));
-      // Before the input loses focus to the button.
-      choice.addEventListener("mousedown", (event) => event.preventDefault());
-      choice.addEventListener("click", () => {
-        input.value = write(v.value);
-        input.focus();
-        if (name === "meta" && input.value.endsWith("=")) draw();  // on to the key's values
-        else list.hidden = true;
-      });
-      list.append(el("li", null, choice));
-    }
-    list.hidden = !matching.length;
+      // Before the input loses focus to the option.
+      option.addEventListener("mousedown", (event) => event.preventDefault());
+      option.addEventListener("click", () => pick(i));
+      list.append(option);
+      return { option, text: write(v.value) };
+    });
+    highlight(-1);
+    setOpen(choices.length > 0);
   }
 
   input.addEventListener("focus", draw);
   input.addEventListener("input", draw);
-  input.addEventListener("blur", () => { shown++; list.hidden = true; });
-  input.addEventListener("keydown", (event) => { if (event.key === "Escape") list.hidden = true; });
+  input.addEventListener("blur", () => { shown++; setOpen(false); });
+  input.addEventListener("keydown", (event) => {
+    const open = !list.hidden && choices.length > 0;
+    if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+      event.preventDefault();  // (not the caret to the text's start or end)
+      if (!open) {
+        if (choices.length) setOpen(true);
+        else { draw(); return; }
+      }
+      const n = choices.length;
+      highlight(event.key === "ArrowDown" ? (active + 1) % n : (active <= 0 ? n - 1 : active - 1));
+    } else if (event.key === "Enter" && open && active >= 0) {
+      event.preventDefault();  // the option, not the form's submit
+      pick(active);
+    } else if (event.key === "Escape" && open) {
+      event.preventDefault();  // only the list closes; the keyboard shortcuts leave the field on the next
+      setOpen(false);
+    }
+  });
   return input;
 }

@@ -3,7 +3,7 @@ import { getJSON, sendJSON } from "./api.js";
 import { apiParams } from "./filters.js";
 import { bodyDoc, bodyText, parameters, repeatedCount, requestMessages, responseMessages } from "./conversation.js";
 import { filterLink, metaText } from "./slice.js";
-import { clear, costStatus, costText, el, facts, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, scoreValue, sessionLink, statusBadge, traceCost, traceLink } from "./dom.js";
+import { clear, costStatus, costText, el, facts, fmtCost, fmtMs, fmtNum, fmtTime, pageLink, scoreAverages, scoreChips, scoreValue, sessionLink, statusBadge, traceCost, traceLink } from "./dom.js";
 
 // The name the reviewer's thumbs are stored under (a boolean score).
 const THUMBS = "thumbs";
@@ -145,6 +145,26 @@ function folded(messages) {
   return [...messages.slice(0, FOLD_KEEP_START), fold, ...messages.slice(messages.length - FOLD_KEEP_END)];
 }
 
+// The codes of the errors this proxy answers itself (the trace's error_code), said in words.
+const PROXY_CODES = {
+  project_rate_limit_exceeded: "refused by this proxy: the project's requests_per_minute limit (the provider was not called)",
+  project_budget_exceeded: "refused by this proxy: the project's monthly_budget_usd (the provider was not called)",
+};
+
+/** Whose error a failed trace holds: the code of an error this proxy answered itself (a limit's
+ * 429...), said as such, or else the code in the provider's own error answer, said as the
+ * provider's. Both are text. */
+function errorCode(t, resp) {
+  if (t.error_code) {
+    return el("span", { id: "trace-error-code", "data-source": "proxy" }, el("code", null, t.error_code), " ",
+      el("span", { class: "muted" }, PROXY_CODES[t.error_code] || "answered by this proxy, not the provider"));
+  }
+  const theirs = resp && typeof resp === "object" && resp.error && typeof resp.error === "object" ? resp.error.code : null;
+  if (t.status === "success" || (typeof theirs !== "string" && typeof theirs !== "number")) return null;
+  return el("span", { id: "trace-error-code", "data-source": "provider" }, el("code", null, String(theirs)), " ",
+    el("span", { class: "muted" }, "from the provider's answer"));
+}
+
 /** Previous / next along the list this trace was opened from (its filters and order are in this
  * page's URL), and the way back to it; nothing when opened from elsewhere. */
 function listNav(id) {
@@ -186,6 +206,7 @@ export async function renderTrace(main, id, me) {
   const summary = facts([
     ["status", statusBadge(t.status, t.http_status)],
     ["error", t.error ? el("span", { class: "error-text" }, t.error) : null],
+    ["error code", errorCode(t, resp)],
     ["time", el("span", { id: "trace-time", "data-unix": t.created_at }, fmtTime(t.created_at, true))],
     ["project", t.project ? facet("project", t.project) : null],
     ["provider", t.provider ? facet("provider", t.provider) : null],
@@ -258,7 +279,8 @@ export async function renderSession(main, sessionId) {
         el("div", { class: "turn-head" }, traceLink(t.id, fmtTime(t.created_at)), " ", statusBadge(t.status, t.http_status),
           el("span", { class: "muted" }, ` ${t.model ?? ""} · ${fmtMs(t.latency_ms)} · ${fmtNum(t.total_tokens)} tokens · ${traceCost(t)}`)),
         latest, responseMessages(respDoc),
-        t.error ? el("div", { class: "error-text" }, t.error) : null));
+        t.error ? el("div", { class: "error-text" }, t.error) : null,
+        t.scores && t.scores.length ? el("div", { class: "turn-scores" }, scoreChips(t.scores)) : null));
     }
     count += traces.length;
     shown.textContent = `showing ${fmtNum(count)} of ${fmtNum(totals.requests)} traces`;
@@ -288,6 +310,7 @@ export async function renderSession(main, sessionId) {
       ["cost", el("span", { id: "session-cost" }, costText(totals.cost_usd, totals.unpriced) +
         (totals.no_usage ? ` · ${fmtNum(totals.no_usage)} reported no usage` : ""))],
       ["first / last", `${fmtTime(totals.first_seen)} – ${fmtTime(totals.last_seen)}`],
+      ["scores", el("span", { id: "session-scores" }, scoreAverages(totals.scores))],
       ["all its traces", pageLink("/traces", { session: sessionId, since: "all" }, "in the traces table")],
     ]),
     count ? timeline : el("p", { class: "muted" }, "No traces in this session."),

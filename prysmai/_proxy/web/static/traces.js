@@ -1,16 +1,51 @@
-// Traces: newest first, filtered and sorted through the URL, paginated by cursor.
+// Traces: newest first, filtered and sorted through the URL, paginated by cursor. Each page is a
+// URL of its own: `cursor` (where it starts; none on the first page) and `prev`, the cursors of
+// the pages before it (one parameter each, oldest first, "" for the first page), so "previous
+// page" returns exactly to the page before, and the browser's back button does too.
 import { getJSON } from "./api.js";
 import { apiParams, DEFAULT_RANGE, filterBar } from "./filters.js";
 import { welcomeIfEmpty } from "./welcome.js";
 import { clear, el, fmtMs, fmtNum, fmtTime, pageLink, scoreChips, statusBadge, table, traceCost, traceLink } from "./dom.js";
 import { filterLink } from "./slice.js";
 
+// A page's own parameters (not the list's): a new order, size or filter starts at the first page.
+const PAGE_PARAMS = ["cursor", "prev"];
+// Pages "previous page" can go back through; a longer walk keeps the latest (the URL stays short),
+// and "first page" is always there.
+const MAX_BACK = 50;
+
+/** The pager: "first page", "previous page" (the page before, from the `prev` stack) and "next
+ * page" (this page's cursor pushed on the stack). */
+function pager(url, nextCursor) {
+  const nav = el("nav", { class: "pager", id: "traces-pager", "aria-label": "pages" });
+  const cursor = url.get("cursor") || "";
+  const stack = url.getAll("prev");
+  const at = (start, before) => {
+    const q = new URLSearchParams(url);
+    for (const drop of PAGE_PARAMS) q.delete(drop);
+    if (start) q.set("cursor", start);
+    for (const c of before) q.append("prev", c);
+    return q;
+  };
+  const link = (query, label, id) => {
+    const a = pageLink("/traces", query, label);
+    a.id = id;
+    return a;
+  };
+  if (cursor) nav.append(link(at("", []), "« first page", "first-page"));
+  if (cursor && stack.length) {
+    nav.append(link(at(stack[stack.length - 1], stack.slice(0, -1)), "‹ previous page", "previous-page"));
+  }
+  if (nextCursor) nav.append(link(at(nextCursor, [...stack, cursor].slice(-MAX_BACK)), "next page »", "next-page"));
+  return nav;
+}
+
 function sortHead(key, label) {
   const url = new URLSearchParams(location.search);
   const current = url.get("sort") || "time";
   const order = url.get("order") || "desc";
   const next = new URLSearchParams(url);
-  next.delete("cursor");
+  for (const drop of PAGE_PARAMS) next.delete(drop);
   next.set("sort", key);
   next.set("order", current === key && order === "desc" ? "asc" : "desc");
   const arrow = current === key ? (order === "desc" ? " ▼" : " ▲") : "";
@@ -33,7 +68,7 @@ function pageSize(url) {
     sizes.map((n) => el("option", { value: n, selected: n === current }, n + " per page")));
   select.addEventListener("change", () => {
     const next = new URLSearchParams(url);
-    next.delete("cursor");
+    for (const drop of PAGE_PARAMS) next.delete(drop);
     next.set("limit", select.value);
     location.assign("/traces?" + next.toString());
   });
@@ -92,7 +127,7 @@ function exportBar(url) {
 /** The list's filters and order (not its page), as the trace page takes them. */
 function listQuery(url) {
   const out = new URLSearchParams(url);
-  out.delete("cursor");
+  for (const drop of PAGE_PARAMS) out.delete(drop);
   out.delete("limit");
   if (!out.get("since")) out.set("since", DEFAULT_RANGE);
   out.set("list", "1");
@@ -115,19 +150,6 @@ export async function render(main, me) {
     return;
   }
   const rows = doc.data;
-  const pager = el("nav", { class: "pager" });
-  if (url.get("cursor")) {
-    const first = new URLSearchParams(url);
-    first.delete("cursor");
-    pager.append(pageLink("/traces", first, "« first page"));
-  }
-  if (doc.next_cursor) {
-    const next = new URLSearchParams(url);
-    next.set("cursor", doc.next_cursor);
-    const a = pageLink("/traces", next, "next page »");
-    a.id = "next-page";
-    pager.append(a);
-  }
   const total = doc.total === null ? "many traces match (counting them took too long)"
     : doc.total_exact ? `${doc.total.toLocaleString("en-US")} trace(s) match` : `more than ${doc.total.toLocaleString("en-US")} traces match`;
   clear(body).append(
@@ -135,5 +157,5 @@ export async function render(main, me) {
     rows.length ? table(traceColumns(true, Boolean(me && me.admin), listQuery(url)), rows, { id: "traces-table" })
       : (await welcomeIfEmpty(me)) || el("p", { class: "muted" }, "No traces match these filters."),
     el("p", { class: "muted" }, `${rows.length} trace(s) on this page`),
-    pager);
+    pager(url, doc.next_cursor));
 }

@@ -3,7 +3,7 @@
 import { getJSON } from "./api.js";
 import { chart } from "./charts.js";
 import { apiParams, filterBar } from "./filters.js";
-import { clear, costText, el, fmtCost, fmtNum, fmtTime, pageLink, sessionLink, table } from "./dom.js";
+import { clear, costText, el, fmtAverage, fmtCost, fmtNum, fmtTime, pageLink, scoreAverages, sessionLink, table } from "./dom.js";
 
 function sortHead(key, label) {
   const url = new URLSearchParams(location.search);
@@ -61,6 +61,7 @@ async function list(main, kind) {
     { head: "cancelled", cls: "num", cell: (r) => fmtNum(r.cancelled) },
     { head: sortHead("tokens", "tokens"), cls: "num", cell: (r) => fmtNum(r.total_tokens) },
     { head: sortHead("cost", "cost"), cls: "num", cell: (r) => costText(r.cost_usd, r.unpriced) },
+    { head: "scores", cls: "clip scores-cell", cell: (r) => scoreAverages(r.scores) },
     { head: "first seen", cls: "nowrap", cell: (r) => fmtTime(r.first_seen) },
     { head: sortHead("last_seen", "last seen"), cls: "nowrap", cell: (r) => fmtTime(r.last_seen) },
   ];
@@ -109,8 +110,18 @@ export async function renderUser(main, userId) {
     { head: "requests", cls: "num", cell: (r) => fmtNum(r.requests) },
     { head: "errors", cls: "num", cell: (r) => fmtNum(r.errors) },
     { head: "cost", cls: "num", cell: (r) => costText(r.cost_usd, r.unpriced) },
+    { head: "scores", cls: "clip scores-cell", cell: (r) => scoreAverages(r.scores) },
     { head: "last seen", cls: "nowrap", cell: (r) => fmtTime(r.last_seen) },
   ];
-  clear(body).append(cards, charts, el("h2", null, "Sessions"),
+  // The user's scores: the overview's averages by user, filtered to this user (one group).
+  const own = ((doc.score_averages || {}).user || []).filter((r) => r.user === userId);
+  const scoreColumns = [
+    { head: "score", cls: "clip", cell: (r) => pageLink("/traces", apiParams(location.search, { user: userId, score: r.name }), r.name) },
+    { head: "average", cls: "num", cell: (r) => fmtAverage(r.average) },
+    { head: "scores", cls: "num", cell: (r) => fmtNum(r.scores) },
+  ];
+  const scores = el("section", { id: "user-scores" }, el("h2", null, "Scores"),
+    own.length ? table(scoreColumns, own) : el("p", { class: "muted" }, "No scores in this range."));
+  clear(body).append(cards, charts, scores, el("h2", null, "Sessions"),
     sessions.data.length ? table(columns, sessions.data, { id: "user-sessions" }) : el("p", { class: "muted" }, "No sessions in this range."));
 }
