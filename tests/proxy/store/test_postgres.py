@@ -404,6 +404,37 @@ def test_lists_and_aggregates_read_no_body(pg_url: str) -> None:
         conn.close()
 
 
+def test_a_read_statement_run_again_is_planned_for_its_values(pg_url: str) -> None:
+    """psycopg prepares a statement it has run five times on a connection, and PostgreSQL then
+    plans it once for every value (a generic plan, costed for the average key: at 1 M traces, a
+    busy user's latency sample read all of that user's rows and sorted them). The overview's
+    statements, run again and again on one read connection, are each planned for their values."""
+    # One busy user and many with a trace each: the average user is not the busy one.
+    user = COLUMNS.index("user_id")
+    rows = [(*r[:user], "busy" if i % 2 else f"u-{i}", *r[user + 1 :]) for i, r in enumerate(make_rows(3000, seed=4))]
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, rows)
+        conn.execute("ANALYZE")
+    finally:
+        conn.close()
+    store = Store.existing(pg_url, read_time_limit=None)
+    assert store is not None
+
+    def page_then_plans(conn: Any) -> list[Any]:
+        # (psycopg forgets what it prepared at the read's ROLLBACK: look within the read.)
+        queries.overview_page(conn, TraceFilter(), 86400, queries.BREAKDOWNS, 50)
+        return conn.execute("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements").fetchall()
+
+    with store:
+        prepared = store.read_sync(page_then_plans)
+    reads = [p for p in prepared if p[0].startswith("SELECT")]
+    assert any("ORDER BY created_at DESC LIMIT" in p[0] for p in reads), prepared  # per key: prepared
+    for statement, generic, custom in reads:
+        assert generic == 0 and custom > 0, statement
+
+
 def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_path: Any) -> None:
     """Version 7 replaces the view's join to the bodies and indexes every day partition: a
     database of version 6 with traces reads, after it, the same rows and bodies as before and
