@@ -423,7 +423,7 @@ def test_a_read_statement_run_again_is_planned_for_its_values(pg_url: str) -> No
     assert store is not None
 
     def page_then_plans(conn: Any) -> list[Any]:
-        # (psycopg forgets what it prepared at the read's ROLLBACK: look within the read.)
+        # (psycopg deallocates what it prepared at a ROLLBACK, which ends every read: look within it.)
         queries.overview_page(conn, TraceFilter(), 86400, queries.BREAKDOWNS, 50)
         return conn.execute("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements").fetchall()
 
