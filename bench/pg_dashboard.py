@@ -17,6 +17,7 @@ Median of ``--runs`` after a first run; one JSON line each, and a Markdown table
     python bench/dashboard_scale.py --sizes 1000000 --workdir DIR --keep --no-migration --no-proxy
     python bench/pg_dashboard.py --store DIR/store-1000000.db
     python bench/pg_dashboard.py --url postgresql://... --runs 3   # a database filled before
+    python bench/pg_dashboard.py --url URL --search-index off --no-search   # pg_generate.py's store
 
 ``--url`` times a database already filled (by an earlier ``--store`` run with ``--keep``, or
 ``prysmai store copy``): it is migrated first (the time is printed), then timed; nothing is copied.
@@ -80,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the server of --store running (prints its URL)")
     parser.add_argument("--search-index", choices=("on", "off"), default="on")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--no-search",
+        action="store_true",
+        help="skip the text searches (a store without the search index: pg_generate.py's, with --search-index off)",
+    )
     args = parser.parse_args(argv)
     emit({"bench": "pg_dashboard", "kind": "machine", **machine_info()})
     server = None if args.url else PostgresServer().start()
@@ -121,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             rows = []
             for name, (kind, fn, fargs) in views.items():
+                if kind == "search" and args.no_search:
+                    continue
                 kwargs: dict[str, Any] = {"sort": "cost"} if "by cost" in name else {}
                 if "third page" in name:
                     sort = kwargs.get("sort", "created_at")
