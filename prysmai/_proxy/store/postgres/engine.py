@@ -184,13 +184,12 @@ def _number(text: str) -> int | float:
 
 
 #: The settings of a read connection. ``plan_cache_mode``: psycopg prepares a statement it has run
-#: five times on a connection, and PostgreSQL then plans it once for every value ("generic"), from
-#: the average key: the latency sample of a busy user (``SELECT latency_ms FROM traces WHERE
-#: user_id = $1 ... ORDER BY created_at DESC LIMIT 1000``) became a read of all of that user's rows
-#: in every day partition and a sort (0.7 s at 1 M traces) instead of a walk of the newest days'
-#: index that stops at 1 000 (14 ms). The query layer's statements depend on their values (a key's
-#: share of the traces, the partitions a time range prunes to); planning each one costs a
-#: millisecond or two.
+#: five times on a connection, and PostgreSQL may then plan it once for every value ("generic"),
+#: costed for the average value: the latency sample of a busy user (``SELECT latency_ms FROM traces
+#: WHERE user_id = $1 ... ORDER BY created_at DESC LIMIT 1000``) becomes a read of all of that
+#: user's rows in every day partition and a sort, instead of a walk of the newest days' index that
+#: stops at the limit. The query layer's statements depend on their values (a key's share of the
+#: traces, the partitions a time range prunes to), so each is planned for them (bench/README.md).
 _READ_OPTIONS = "-c default_transaction_read_only=on -c plan_cache_mode=force_custom_plan"
 
 

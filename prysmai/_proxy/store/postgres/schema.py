@@ -366,9 +366,9 @@ CREATE OR REPLACE VIEW traces AS
 
 #: Version 8 (the overview at 1 M traces): the user and session indexes hold the latency and the
 #: project too, as SQLite's do (``traces_user3``, ``traces_session3``): the overview's latency
-#: sample of a user or session (its newest 1 000 traces, of one project or all) is read from the
-#: index alone, not from 1 000 rows scattered over the days' tables (about 700 pages a key, twenty
-#: keys a page). The key columns are those of version 1's indexes, which these replace.
+#: sample of a user or session (its newest traces, of one project or all) is read from the index
+#: alone, not from rows scattered over the days' tables, for each of the overview's top keys. The
+#: key columns are those of version 1's indexes, which these replace.
 V8 = "".join(
     f"""CREATE INDEX IF NOT EXISTS trace_rows_{name}_covering ON trace_rows ({column}, created_at)
     INCLUDE (latency_ms, project) WHERE {column} IS NOT NULL;
