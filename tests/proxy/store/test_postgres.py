@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prysmai._proxy.store import Store, StoreError, TraceFilter, queries
-from prysmai._proxy.store.postgres.engine import PostgresEngine, masked
+from prysmai._proxy.store.engine import register_dialect
+from prysmai._proxy.store.postgres.engine import PostgresConnection, PostgresEngine, masked
 from prysmai._proxy.store.postgres.schema import SCHEMA_VERSION
 from prysmai._proxy.store.rows import COLUMNS
 from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
@@ -402,6 +404,84 @@ def test_lists_and_aggregates_read_no_body(pg_url: str) -> None:
         assert "trace_bodies" in plan
     finally:
         conn.close()
+
+
+def test_a_read_statement_run_again_is_planned_for_its_values(pg_url: str) -> None:
+    """psycopg prepares a statement it has run five times on a connection, and PostgreSQL then
+    plans it once for every value (a generic plan, costed for the average key: at 1 M traces, a
+    busy user's latency sample read all of that user's rows and sorted them). The overview's
+    statements, run again and again on one read connection, are each planned for their values."""
+    # One busy user and many with a trace each: the average user is not the busy one.
+    user = COLUMNS.index("user_id")
+    rows = [(*r[:user], "busy" if i % 2 else f"u-{i}", *r[user + 1 :]) for i, r in enumerate(make_rows(3000, seed=4))]
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, rows)
+        conn.execute("ANALYZE")
+    finally:
+        conn.close()
+    store = Store.existing(pg_url, read_time_limit=None)
+    assert store is not None
+
+    def page_then_plans(conn: Any) -> list[Any]:
+        # (psycopg deallocates what it prepared at a ROLLBACK, which ends every read: look within it.)
+        queries.overview_page(conn, TraceFilter(), 86400, queries.BREAKDOWNS, 50)
+        return conn.execute("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements").fetchall()
+
+    with store:
+        prepared = store.read_sync(page_then_plans)
+    reads = [p for p in prepared if p[0].startswith("SELECT")]
+    assert any("ORDER BY created_at DESC LIMIT" in p[0] for p in reads), prepared  # per key: prepared
+    for statement, generic, custom in reads:
+        assert generic == 0 and custom > 0, statement
+
+
+class _Explaining(PostgresConnection):
+    """A read connection that also EXPLAINs (ANALYZE) each per-key latency sample it runs."""
+
+    __slots__ = ()
+    plans: ClassVar[list[str]] = []
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        if "SELECT latency_ms FROM" in sql and "ORDER BY created_at DESC LIMIT" in sql:
+            plan = super().execute("EXPLAIN (ANALYZE) " + sql, parameters).fetchall()
+            self.plans.append("\n".join(r[0] for r in plan))
+        return super().execute(sql, parameters)
+
+
+register_dialect(_Explaining, PostgresEngine.dialect)
+
+
+@pytest.mark.parametrize("project", [None, "web"])
+@pytest.mark.parametrize("by", ["user_id", "session_id"])
+def test_a_keys_latency_sample_is_read_from_its_index_alone(pg_url: str, by: str, project: str | None) -> None:
+    """The overview's latency sample of each top user or session (its newest traces, of one
+    project or all) is read from the key's index alone: no trace row is visited (once the day
+    partitions are vacuumed, as autovacuum does), as SQLite's covering index reads it."""
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, make_rows(600, seed=6))
+        conn.execute("VACUUM (ANALYZE) trace_rows")
+    finally:
+        conn.close()
+    _Explaining.plans = []
+    reader = _Explaining(engine.connect(read_only=True))
+    try:
+        with engine.time_limited(reader, None):
+            # The store is too small for the planner to prefer an index to a scan on its own.
+            reader.execute("SET LOCAL enable_seqscan = off")
+            reader.execute("SET LOCAL enable_bitmapscan = off")
+            found = queries.breakdown(reader, TraceFilter(project=project), by, 5)
+    finally:
+        reader.close()
+    assert found and len(_Explaining.plans) == len(found)  # one sample a key
+    keyed = [plan for plan in _Explaining.plans if " IS NULL" not in plan]  # (no index holds NULL keys)
+    assert keyed
+    for plan in keyed:
+        assert "Index Only Scan" in plan and "Index Scan " not in plan and "Seq Scan" not in plan, plan
+        assert all(int(n) == 0 for n in re.findall(r"Heap Fetches: (\d+)", plan)), plan
 
 
 def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_path: Any) -> None:

@@ -183,6 +183,16 @@ def _number(text: str) -> int | float:
     return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
+#: The settings of a read connection. ``plan_cache_mode``: psycopg prepares a statement it has run
+#: five times on a connection, and PostgreSQL may then plan it once for every value ("generic"),
+#: costed for the average value: the latency sample of a busy user (``SELECT latency_ms FROM traces
+#: WHERE user_id = $1 ... ORDER BY created_at DESC LIMIT 1000``) becomes a read of all of that
+#: user's rows in every day partition and a sort, instead of a walk of the newest days' index that
+#: stops at the limit. The query layer's statements depend on their values (a key's share of the
+#: traces, the partitions a time range prunes to), so each is planned for them (bench/README.md).
+_READ_OPTIONS = "-c default_transaction_read_only=on -c plan_cache_mode=force_custom_plan"
+
+
 class PostgresEngine:
     """The store in the PostgreSQL database at ``url``; ``search_index``: build the search index
     of the bodies (``True``), drop it (``False``) or leave the database as it is (``None``; a new
@@ -214,7 +224,7 @@ class PostgresEngine:
         :class:`StoreError` (the URL shown without its password)."""
         import psycopg
 
-        options = "-c default_transaction_read_only=on" if read_only else None
+        options = _READ_OPTIONS if read_only else None
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10, options=options)
         except psycopg.Error as exc:
