@@ -730,7 +730,9 @@ def _tiered(
     raw: Callable[[float | None, float | None], None],
 ) -> None:
     """Cover ``[lo, hi)`` with the coarsest tier's whole periods, the rest with finer tiers, and
-    what no tier covers whole with ``raw`` (``None`` = open end)."""
+    what no tier covers whole with ``raw`` (``None`` = open end). An empty range reads nothing."""
+    if lo is not None and hi is not None and lo >= hi:
+        return
     if not tiers:
         raw(lo, hi)
         return

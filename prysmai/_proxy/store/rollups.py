@@ -24,10 +24,15 @@ HOUR_DIMS = ("project", "model", "endpoint", "status")
 #: overviews), daily by project, model and endpoint (breakdowns, filtered overviews).
 #: Schema 9 adds the daily one by project alone: a time series of days reads a row per day, project
 #: and bucket instead of one per day, project, model, endpoint and bucket (a tenth of them here).
+#: Schema 10 adds the hourly one by project, model and endpoint: the partial days at a range's edges
+#: and a sub-day series split or filtered by model or endpoint read it, not the rows (an hour's rows
+#: are at most its traces, so its size is bounded by the traffic, as a sum of the hourly ones by
+#: project is). Of two levels of one period, a read takes the one with fewer dimensions that answers.
 HIST_LEVELS: dict[str, tuple[int, tuple[str, ...]]] = {
     "rollup_hist_hour": (3600, ("project",)),
     "rollup_hist_day": (86400, ("project", "model", "endpoint")),
     "rollup_hist_project_day": (86400, ("project",)),
+    "rollup_hist_model_hour": (3600, ("project", "model", "endpoint")),
 }
 METRICS = (("latency", "latency_ms"), ("ttft", "ttft_ms"))
 #: Per-key rollups (schema 4): the traces' column -> its table, totals by day, project and that

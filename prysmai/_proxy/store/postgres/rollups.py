@@ -94,14 +94,14 @@ def _fold_key(column: str, sign: str = "") -> str:
         last_seen = greatest({table}.last_seen, excluded.last_seen)"""
 
 
-def _fold_hist(table: str, sign: str = "") -> str:
+def _fold_hist(table: str, sign: str = "", source: str = "new_rows") -> str:
     seconds, dims = HIST_LEVELS[table]
     names = ", ".join(["period", *dims, "metric", "bucket"])
     keys = ", ".join([f"{period_sql('created_at', seconds)} * {seconds}", *(key_sql(d) for d in dims)])
     group = ", ".join(str(i + 1) for i in range(len(dims) + 3))
     selects = " UNION ALL ".join(
         f"""SELECT {keys}, '{metric}', {bucket_sql(column)}, {sign}count(*), min({column}), max({column})
-        FROM new_rows WHERE {column} IS NOT NULL GROUP BY {group}"""
+        FROM {source} WHERE {column} IS NOT NULL GROUP BY {group}"""
         for metric, column in METRICS
     )
     return f"""INSERT INTO {table} ({names}, n, min_ms, max_ms) {selects}
@@ -109,6 +109,12 @@ def _fold_hist(table: str, sign: str = "") -> str:
         n = {table}.n + excluded.n,
         min_ms = least({table}.min_ms, excluded.min_ms),
         max_ms = greatest({table}.max_ms, excluded.max_ms)"""
+
+
+def fill_hist(table: str) -> str:
+    """The statement that folds every row of ``trace_rows`` into the histogram rollup ``table``,
+    just created empty (a migration's; the rows are committed, so every one is in the rollups)."""
+    return _fold_hist(table, source="trace_rows")
 
 
 _HOUR_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced", "no_usage")

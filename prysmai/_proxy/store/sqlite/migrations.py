@@ -81,6 +81,11 @@ rewrites no row: the traces of an earlier store have none.
   scores by project, name and the trace's model or user, per day and over all time, kept by each
   score's own write (:mod:`..scores`; built from the scores).
 
+10 (the views that missed 300 ms at 1 M traces) adds ``rollup_hist_model_hour``: the latency and
+TTFT histograms by hour, project, model and endpoint, folded and taken back with the others, for
+the partial days at a range's edges and the sub-day series split or filtered by model (built from
+the rows already folded).
+
 Scores are written outside the trace writer, by the proxy's edit runner (:mod:`..edits`), in short
 ``BEGIN IMMEDIATE`` transactions that wait for the writer's lock up to the busy timeout.
 
@@ -400,6 +405,21 @@ def _to_v9(conn: sqlite3.Connection) -> None:
     _script(conn, rollups.FOLD_TRIGGER + rollups.DELETE_TRIGGER)
 
 
+def _to_v10(conn: sqlite3.Connection) -> None:
+    # The fold and delete triggers gain the hourly histograms by model. An earlier step of this
+    # migration may have created the table (from ``rollups.TABLES``) and folded into it: built
+    # again here from every folded row either way; rows past the watermark are folded later by
+    # the trigger, as any pending rows are.
+    table = "rollup_hist_model_hour"
+    for trigger in rollups.TRIGGERS:
+        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    conn.execute(f"DROP TABLE IF EXISTS {table}")
+    _script(conn, rollups.TABLES)
+    folded = int(conn.execute("SELECT folded_rowid FROM rollup_state").fetchone()[0])
+    conn.execute(rollups.fold_once_sql(table, folded))
+    _script(conn, rollups.FOLD_TRIGGER + rollups.DELETE_TRIGGER)
+
+
 def _columns(conn: sqlite3.Connection) -> set[str]:
     return {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
 
@@ -435,6 +455,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     6: _to_v7,
     7: _to_v8,
     8: _to_v9,
+    9: _to_v10,
 }
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 
