@@ -84,7 +84,14 @@ INDEXES = {
 }
 #: Its triggers: the rollups' fold (once per batch) and delete, the search index's.
 #: The triggers of a store: folding (rollups, the search index, the export outbox) once per batch.
-TRIGGERS = ["export_enqueue", "rollup_fold", "search_delete", "search_fold", "traces_rollup_delete"]
+TRIGGERS = [
+    "export_enqueue",
+    "rollup_fold",
+    "scored_rollup_delete",
+    "search_delete",
+    "search_fold",
+    "traces_rollup_delete",
+]
 
 _counter = iter(range(1, 10**9))
 
@@ -1257,15 +1264,23 @@ def test_a_sub_day_series_by_model_reads_the_hourly_rollup_by_model_not_the_rows
 def test_a_schema_9_store_is_migrated_to_the_hourly_histograms_by_model(tmp_path: Any) -> None:
     """Schema 10 builds ``rollup_hist_model_hour`` from the rows already folded, and rows written
     past the watermark are folded after the migration: the store then answers what one folded
-    from the start answers, and every rollup equals a re-fold of the rows."""
-    from prysmai._proxy.store import slices
+    from the start answers, and every rollup equals a re-fold of the rows; the scored traces'
+    rollups are built from the scores and their traces."""
+    from prysmai._proxy.store import scores, slices
 
     from .test_postgres import close_enough
+    from .test_score_rollups import _scored_regrouped
 
     path = str(tmp_path / "s9.db")
     rows = random_rows(600, seed=29)
     with SQLiteEngine(path).open_for_writing() as conn:
         insert_rows(conn, [tuple(r.get(c) for c in COLUMNS) for r in rows[:500]])
+    store = Store.existing(path, read_time_limit=None)
+    assert store is not None
+    for r, name in zip(rows[:500:4], ["helpful", "tone"] * 500):
+        new = scores.NewScore.parse({"name": name, "value": 1 if name == "helpful" else "curt"})
+        assert store.edit_sync(scores.add, r["id"], new, project=None, author_key="key_x", source="api")
+    store.close()
     base = 1_700_000_000.0
     reads = [
         (queries.overview_page, (TraceFilter(since=base + 5.5 * HOUR, until=base + 40.2 * HOUR), 7200, ("model",), 5)),
@@ -1278,6 +1293,9 @@ def test_a_schema_9_store_is_migrated_to_the_hourly_histograms_by_model(tmp_path
     conn.execute("DROP TRIGGER rollup_fold")
     conn.execute("DROP TRIGGER traces_rollup_delete")
     conn.execute("DROP TABLE rollup_hist_model_hour")
+    conn.execute("DROP TRIGGER scored_rollup_delete")
+    conn.execute("DROP TABLE rollup_scored_day")
+    conn.execute("DROP TABLE rollup_scored_hist_day")
     conn.execute("PRAGMA user_version = 9")
     conn.commit()
     conn.close()
@@ -1298,6 +1316,8 @@ def test_a_schema_9_store_is_migrated_to_the_hourly_histograms_by_model(tmp_path
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 10
     assert_rollups_equal_rows(conn)
+    want_scored, got_scored = _scored_regrouped(conn)
+    assert want_scored and got_scored == want_scored
     conn.close()
     fresh = str(tmp_path / "fresh.db")
     with SQLiteEngine(fresh).open_for_writing() as conn:

@@ -39,8 +39,10 @@ from ..rollups import (
     KEY_TOTALS,
     METRICS,
     NO_USAGE_SQL,
+    SCORED_PAIRS,
     UNPRICED_SQL,
     key_sql,
+    scored_fold_sql,
 )
 
 
@@ -412,3 +414,31 @@ END;
 TRIGGERS = ("rollup_fold", "traces_rollup_delete")
 #: What schema 2 had before folding: a trigger per inserted row (dropped wherever found).
 OLD_INSERT_TRIGGER = "traces_rollup_insert"
+
+
+def _day(expression: str) -> str:
+    return f"CAST({expression} / {KEY_PERIOD} AS INTEGER)"
+
+
+#: Schema 10: a deleted trace (retention, or by hand) is taken out of the scored traces' rollups
+#: under each name it has a score of, before it goes (its row is read; its scores are deleted after
+#: it, by retention's last step). Its own trigger, without the watermark's condition: a trace is
+#: folded into them when scored, whether or not the other rollups hold it yet.
+SCORED_DELETE_TRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS scored_rollup_delete BEFORE DELETE ON traces BEGIN\n"
+    + "".join(
+        f"    {statement};\n"
+        for statement in scored_fold_sql(
+            _day,
+            bucket_sql,
+            "(SELECT DISTINCT trace_id, name FROM scores WHERE trace_id = OLD.id) AS s "
+            "JOIN traces ON traces.rowid = OLD.rowid",
+            "s.name",
+            "true",
+            "-",
+        )
+    )
+    + "END;\n"
+)
+#: The statements that fold every scored trace into the scored traces' rollups just created empty.
+SCORED_FILL = scored_fold_sql(_day, bucket_sql, SCORED_PAIRS, "s.name", "true")
