@@ -204,7 +204,9 @@ UNFOLD = (
     *scored_fold_sql(
         _day,
         bucket_sql,
-        "(SELECT DISTINCT trace_id, name FROM scores) AS s JOIN new_rows ON new_rows.id = s.trace_id",
+        # The deleted traces' scores only (through the scores' index by trace), not every score.
+        "(SELECT DISTINCT trace_id, name FROM scores WHERE trace_id IN (SELECT id FROM new_rows)) AS s "
+        "JOIN new_rows ON new_rows.id = s.trace_id",
         "s.name",
         "true",
         "-",
