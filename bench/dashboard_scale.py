@@ -728,7 +728,15 @@ def query_suite(path: Path, size: int, now: float, match: str | None = None) -> 
             (web24, ("model", "user"), 20),
             {},
         ),
-        ("overview", "scores: stats, score = thumbs (raw rows)", queries.stats, (TraceFilter(score="thumbs"),), {}),
+        # Schema 10: whole days from the scored traces' rollups, today's traces from the rows.
+        ("overview", "scores: stats, score = thumbs", queries.stats, (TraceFilter(score="thumbs"),), {}),
+        (
+            "overview",
+            "scores: stats, 7 d, score = thumbs",
+            queries.stats,
+            (TraceFilter(since=now - 7 * DAY, score="thumbs"),),
+            {},
+        ),
         # Issue 26: spend against budget (the limits' 429s: one trace in REFUSED_EVERY).
         ("overview", "budgets: every project, this month", budget_page, (now, budgets.month_start(now)), {}),
         ("overview", "budgets: project web, this month", budget_page, (now, budgets.month_start(now), "web"), {}),
