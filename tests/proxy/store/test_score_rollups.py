@@ -272,3 +272,30 @@ def test_a_score_added_then_deleted_takes_its_trace_in_and_out_once(both: Any) -
     assert read(scored) == 1
     assert sqlite_store.edit_sync(scores.delete, second["id"], project=None)
     assert read(scored) == 0
+
+
+def test_stats_of_a_score_over_whole_days_read_the_scored_rollups_not_the_traces(both: Any) -> None:
+    """Over whole days, ``stats?score=NAME`` reads the scored traces' rollups and no trace row (the
+    rows of every scored trace were what made it slow), and counts each scored trace once."""
+    sqlite_store, _ = both
+    until = NOW - NOW % 86400
+    f = TraceFilter(until=until, score="helpful")
+
+    def traced(conn: Any) -> tuple[dict[str, Any], list[str], int]:
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        try:
+            got = queries.stats(conn, f)
+        finally:
+            conn.set_trace_callback(None)
+        want = conn.execute(
+            "SELECT count(*) FROM traces WHERE created_at < ? "
+            "AND id IN (SELECT trace_id FROM scores WHERE name = 'helpful')",
+            [until],
+        ).fetchone()[0]
+        return got, statements, int(want)
+
+    got, statements, want = sqlite_store.read_sync(traced)
+    assert any("rollup_scored_day" in s for s in statements) and any("rollup_scored_hist_day" in s for s in statements)
+    assert not [s for s in statements if "traces" in s.replace("rollup_", "")], statements
+    assert got["requests"] == want > 0
