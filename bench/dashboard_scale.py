@@ -719,7 +719,6 @@ def query_suite(path: Path, size: int, now: float, match: str | None = None) -> 
             (web24, ("model", "user"), 20),
             {},
         ),
-        ("overview", "scores: stats, score = thumbs (raw rows)", queries.stats, (TraceFilter(score="thumbs"),), {}),
         # The sessions and users lists and a session's page as the read API gives them: with scores.
         ("list", "scores: sessions with their scores, all", scores.sessions, (every,), {}),
         ("list", "scores: sessions with their scores, 7 d", scores.sessions, (last7,), {}),
@@ -727,6 +726,15 @@ def query_suite(path: Path, size: int, now: float, match: str | None = None) -> 
         ("list", "scores: users with their scores, 7 d", scores.users, (last7,), {}),
         ("list", "scores: project web: users with their scores, 24 h", scores.users, (web24,), {}),
         ("detail", "scores: session page with its scores", scores.session_page, (session,), {}),
+        # Schema 10: whole days from the scored traces' rollups, today's traces from the rows.
+        ("overview", "scores: stats, score = thumbs", queries.stats, (TraceFilter(score="thumbs"),), {}),
+        (
+            "overview",
+            "scores: stats, 7 d, score = thumbs",
+            queries.stats,
+            (TraceFilter(since=now - 7 * DAY, score="thumbs"),),
+            {},
+        ),
         # Issue 26: spend against budget (the limits' 429s: one trace in REFUSED_EVERY).
         ("overview", "budgets: every project, this month", budget_page, (now, budgets.month_start(now)), {}),
         ("overview", "budgets: project web, this month", budget_page, (now, budgets.month_start(now), "web"), {}),

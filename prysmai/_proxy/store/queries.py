@@ -61,6 +61,9 @@ from .rollups import (
     KEY_ROLLUPS,
     METRICS,
     NO_USAGE_SQL,
+    SCORED_COUNTS,
+    SCORED_HIST,
+    SCORED_TOTALS,
     UNPRICED_SQL,
     bucket_bounds,
 )
@@ -730,7 +733,9 @@ def _tiered(
     raw: Callable[[float | None, float | None], None],
 ) -> None:
     """Cover ``[lo, hi)`` with the coarsest tier's whole periods, the rest with finer tiers, and
-    what no tier covers whole with ``raw`` (``None`` = open end)."""
+    what no tier covers whole with ``raw`` (``None`` = open end). An empty range reads nothing."""
+    if lo is not None and hi is not None and lo >= hi:
+        return
     if not tiers:
         raw(lo, hi)
         return
@@ -1159,7 +1164,7 @@ def overview_page(
 def stats(conn: Connection, f: TraceFilter) -> dict[str, Any]:
     """``prysmai stats --json`` and ``GET /api/v1/stats``: totals and ``by_model``, with the keys
     of prysmai 0.1.0 (``unpriced_requests``, ``latency_p50_ms``...) plus p99 and TTFT p95."""
-    by_model = _collect(conn, f, _by_column("model"))
+    by_model = _scored_by_model(conn, f) if _scored_rollup_ok(f) else _collect(conn, f, _by_column("model"))
     models: dict[str, _Agg] = {}
     for k, a in by_model.items():
         name = k or "(none)"
@@ -1167,6 +1172,48 @@ def stats(conn: Connection, f: TraceFilter) -> dict[str, Any]:
     out = _legacy(_merge(by_model.values()))
     out["by_model"] = {m: _legacy(a) for m, a in sorted(models.items())}
     return out
+
+
+# -- the scored traces' rollups (see .rollups): aggregates of the traces with a score of a name ------
+def _scored_rollup_ok(f: TraceFilter) -> bool:
+    """Whether the scored traces' rollups answer ``f``: a score name without bounds, and otherwise
+    only time, project and model (what they keep)."""
+    return (
+        f.score is not None
+        and f.score_min is None
+        and f.score_max is None
+        and f.endpoint is None
+        and f.status is None
+        and dataclasses.replace(f, score=None).rollup_ok
+    )
+
+
+def _scored_by_model(conn: Connection, f: TraceFilter, now: float | None = None) -> dict[Any, _Agg]:
+    """Totals and histograms by model of the traces with a score named ``f.score``: whole days
+    from the scored traces' rollups, the partial days at the range's edges from the rows."""
+    aggs: dict[Any, _Agg] = {}
+    seek = _small_project(conn, f)
+
+    def rollup(lo: int | None, hi: int) -> None:
+        clauses, params = _rollup_filters(f, ("project", "model"))
+        clauses += ["name = ?", "period < ?"]
+        params += [f.score, hi]
+        if lo is not None:
+            clauses.append("period >= ?")
+            params.append(lo)
+        sums = ", ".join(f"sum({c})" for c in SCORED_COUNTS)
+        sql = f"SELECT model, {sums} FROM {SCORED_TOTALS}{_where(clauses)} GROUP BY model"
+        for row in conn.execute(sql, params):
+            if row[1]:
+                _agg(aggs, row[0]).add_totals(*row[1:])
+        _read_hists(conn, aggs, "model", SCORED_HIST, clauses, params, 1)
+
+    def raw(lo: float | None, hi: float | None) -> None:
+        _raw_totals(conn, aggs, f, "model", lo, hi, seek)
+        _raw_hist(conn, aggs, f, "model", lo, hi, seek)
+
+    _tiered(f.since, f.until, time.time() if now is None else now, [(KEY_PERIOD, rollup)], raw)
+    return aggs
 
 
 def _legacy(agg: _Agg) -> dict[str, Any]:

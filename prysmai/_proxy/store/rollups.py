@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import math
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 #: Histogram buckets per e-fold of latency.
 BUCKETS_PER_E = 16
 #: Latencies below this many ms share bucket 0.
@@ -24,10 +28,15 @@ HOUR_DIMS = ("project", "model", "endpoint", "status")
 #: overviews), daily by project, model and endpoint (breakdowns, filtered overviews).
 #: Schema 9 adds the daily one by project alone: a time series of days reads a row per day, project
 #: and bucket instead of one per day, project, model, endpoint and bucket (a tenth of them here).
+#: Schema 10 adds the hourly one by project, model and endpoint: the partial days at a range's edges
+#: and a sub-day series split or filtered by model or endpoint read it, not the rows (an hour's rows
+#: are at most its traces, so its size is bounded by the traffic, as a sum of the hourly ones by
+#: project is). Of two levels of one period, a read takes the one with fewer dimensions that answers.
 HIST_LEVELS: dict[str, tuple[int, tuple[str, ...]]] = {
     "rollup_hist_hour": (3600, ("project",)),
     "rollup_hist_day": (86400, ("project", "model", "endpoint")),
     "rollup_hist_project_day": (86400, ("project",)),
+    "rollup_hist_model_hour": (3600, ("project", "model", "endpoint")),
 }
 METRICS = (("latency", "latency_ms"), ("ttft", "ttft_ms"))
 #: Per-key rollups (schema 4): the traces' column -> its table, totals by day, project and that
@@ -98,3 +107,82 @@ def bucket_bounds(bucket: int) -> tuple[float, float]:
         math.exp(bucket / BUCKETS_PER_E) * BUCKET_FLOOR_MS,
         math.exp((bucket + 1) / BUCKETS_PER_E) * BUCKET_FLOOR_MS,
     )
+
+
+#: The scored traces' rollups (SQLite schema 10, PostgreSQL version 9): the totals and latency/TTFT
+#: histograms of the traces that have at least one score of a name, by score name, day, project
+#: and model. ``stats?score=NAME`` reads them for whole days instead of every scored trace's row.
+#: A trace is folded in when it gets its first score of the name and taken back when its last one
+#: is deleted (:mod:`.scores`, in that write's transaction), or when the trace itself is deleted
+#: (SQLite: a trigger; PostgreSQL: retention's take-back and its dropped days).
+SCORED_TOTALS = "rollup_scored_day"
+SCORED_HIST = "rollup_scored_hist_day"
+SCORED_KEY = ("name", "period", "project", "model")
+SCORED_COUNTS = (
+    "requests",
+    "errors",
+    "cancelled",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_usd",
+    "unpriced",
+    "no_usage",
+)
+
+
+def scored_fold_sql(
+    period: Callable[[str], str], bucket: Callable[[str], str], source: str, name: str, where: str, sign: str = ""
+) -> tuple[str, str]:
+    """The two statements (totals, histograms) that add (``sign`` ``""``) or take out (``"-"``)
+    the traces of ``source`` (a FROM clause whose trace columns are unqualified) under the score
+    name ``name`` (an SQL expression) to the scored traces' rollups, for the rows ``where`` says.
+    ``period`` and ``bucket``: the engine's SQL for a time's day number and a latency's bucket.
+    A take-back leaves a bucket's bounds as they were, as every rollup's delete does."""
+    day = f"{period('created_at')} * {KEY_PERIOD}"
+    keys = f"{name}, {day}, project, coalesce(model, '')"
+    flags = {
+        "errors": ERRORS_SQL,
+        "cancelled": "(status = 'cancelled')",
+        "unpriced": UNPRICED_SQL,
+        "no_usage": NO_USAGE_SQL,
+    }
+    sums = ", ".join(
+        f"{sign}count(*)"
+        if c == "requests"
+        else f"{sign}sum(CASE WHEN {flags[c]} THEN 1 ELSE 0 END)"
+        if c in flags
+        else f"{sign}coalesce(sum({c}), 0)"
+        for c in SCORED_COUNTS
+    )
+    key = ", ".join(SCORED_KEY)
+    totals = (
+        f"INSERT INTO {SCORED_TOTALS} ({key}, {', '.join(SCORED_COUNTS)}) SELECT * FROM ("
+        f"SELECT {keys}, {sums} FROM {source} WHERE {where} GROUP BY 1, 2, 3, 4) AS scored WHERE true "
+        f"ON CONFLICT ({key}) DO UPDATE SET "
+        + ", ".join(f"{c} = {SCORED_TOTALS}.{c} + excluded.{c}" for c in SCORED_COUNTS)
+    )
+    selects = " UNION ALL ".join(
+        f"SELECT * FROM (SELECT {keys}, '{metric}' AS metric, {bucket(column)} AS bucket, {sign}count(*) AS n, "
+        f"min({column}) AS lo, max({column}) AS hi FROM {source} WHERE {where} AND {column} IS NOT NULL "
+        f"GROUP BY 1, 2, 3, 4, 5, 6) AS {metric}"
+        for metric, column in METRICS
+    )
+    bounds = (
+        ""
+        if sign
+        else (
+            f", min_ms = CASE WHEN excluded.min_ms < {SCORED_HIST}.min_ms THEN excluded.min_ms "
+            f"ELSE {SCORED_HIST}.min_ms END, max_ms = CASE WHEN excluded.max_ms > {SCORED_HIST}.max_ms "
+            f"THEN excluded.max_ms ELSE {SCORED_HIST}.max_ms END"
+        )
+    )
+    hist = (
+        f"INSERT INTO {SCORED_HIST} ({key}, metric, bucket, n, min_ms, max_ms) SELECT * FROM ({selects}) AS hists "
+        f"WHERE true ON CONFLICT ({key}, metric, bucket) DO UPDATE SET n = {SCORED_HIST}.n + excluded.n{bounds}"
+    )
+    return totals, hist
+
+
+#: The pairs (trace, score name) of every scored trace: the scores' (one row per trace and name).
+SCORED_PAIRS = "(SELECT DISTINCT trace_id, name FROM scores) AS s JOIN traces ON traces.id = s.trace_id"

@@ -30,7 +30,16 @@ from dataclasses import dataclass
 from . import queries
 from .engine import dialect_of
 from .queries import ParamError, TraceFilter, _conditions, _tiered, _where, get_trace
-from .rollups import KEY_PERIOD, SCORE_DIMS, SCORE_ROLLUP_ALL, SCORE_ROLLUP_DAY
+from .rollups import (
+    KEY_PERIOD,
+    METRICS,
+    SCORE_DIMS,
+    SCORE_ROLLUP_ALL,
+    SCORE_ROLLUP_DAY,
+    SCORED_HIST,
+    SCORED_TOTALS,
+    scored_fold_sql,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -188,6 +197,8 @@ def add(
     # A queued score applied again stores nothing, and is not folded into the rollups again.
     if score.num is not None and inserted.rowcount == 1:
         _fold(conn, trace["created_at"], trace["project"], score.name, trace["model"], trace["user_id"], 1, score.num)
+    if inserted.rowcount == 1 and _named(conn, trace["id"], score.name) == 1:
+        _fold_scored(conn, trace["id"], trace["created_at"], score.name, "")
     return _document(row)
 
 
@@ -199,15 +210,18 @@ def delete(conn: Connection, score_id: str, *, project: str | None) -> bool:
     """Delete a score by id (in ``project`` when given); whether there was one."""
     scope, params = ("", []) if project is None else (" AND score_project = ?", [project])
     found = conn.execute(
-        f"SELECT trace_time, score_project, name, trace_model, trace_user, num FROM scores WHERE score_id = ?{scope}",
+        "SELECT trace_time, score_project, name, trace_model, trace_user, num, trace_id FROM scores "
+        f"WHERE score_id = ?{scope}",
         [score_id, *params],
     ).fetchone()
     if found is None:
         return False
     conn.execute(f"DELETE FROM scores WHERE score_id = ?{scope}", [score_id, *params])
-    trace_time, score_project, name, model, user, num = found
+    trace_time, score_project, name, model, user, num, trace_id = found
     if num is not None:
         _fold(conn, trace_time, score_project, name, model, user, -1, -num)
+    if _named(conn, trace_id, name) == 0:  # (a trace already gone took itself back out)
+        _fold_scored(conn, trace_id, trace_time, name, "-")
     return True
 
 
@@ -302,6 +316,30 @@ def _fold(
         conn.execute(_UPSERT_ALL, [dim, *key, count, total])
 
 
+def _named(conn: Connection, trace_id: str, name: str) -> int:
+    """How many scores named ``name`` the trace has."""
+    return int(
+        conn.execute("SELECT count(*) FROM scores WHERE trace_id = ? AND name = ?", [trace_id, name]).fetchone()[0]
+    )
+
+
+def _fold_scored(conn: Connection, trace_id: str, created_at: float, name: str, sign: str) -> None:
+    """Add the trace to (``sign`` ``""``), or take it out of (``"-"``), the scored traces' rollups
+    under ``name``: its first score of that name was added, or its last one deleted."""
+    dialect = dialect_of(conn)
+    totals, hist = scored_fold_sql(
+        lambda t: dialect.period(t, KEY_PERIOD),
+        dialect.bucket,
+        "traces",
+        "CAST(? AS TEXT)",
+        "id = ? AND created_at = ?",
+        sign,
+    )
+    one = [name, trace_id, created_at]
+    conn.execute(totals, one)
+    conn.execute(hist, one * len(METRICS))
+
+
 def rollup_fill_sql(period: str) -> tuple[str, ...]:
     """The statements that fold every number and boolean score of the ``scores`` table into
     rollups just created empty (a migration's; ``period`` is the engine's SQL for a score's day
@@ -343,6 +381,10 @@ def forget_orphans(conn: Connection, before: float) -> None:
     conn.execute(f"DELETE FROM scores WHERE {_ORPHANS}", [before])
     for table in (SCORE_ROLLUP_DAY, SCORE_ROLLUP_ALL):
         conn.execute(f"DELETE FROM {table} WHERE scores <= 0")
+    # The scored traces' rollups took the deleted traces back with them (see ..rollups): what they
+    # brought to zero goes.
+    conn.execute(f"DELETE FROM {SCORED_TOTALS} WHERE requests <= 0")
+    conn.execute(f"DELETE FROM {SCORED_HIST} WHERE n <= 0")
 
 
 def of_traces(conn: Connection, trace_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:

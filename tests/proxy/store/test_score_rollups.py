@@ -1,18 +1,22 @@
 """The score rollups (schema 9 / PostgreSQL 6) on SQLite and PostgreSQL (a real server): after
 scores are added, deleted and taken by retention, each rollup holds what the scores table says,
 regrouped from scratch; and the averages read from them are the mean of the scores themselves over
-any range (whole days from the rollups, the edges from the scores)."""
+any range (whole days from the rollups, the edges from the scores). The scored traces' rollups
+(schema 10 / PostgreSQL 8) likewise hold what the traces with a score of each name say, and
+``stats?score=NAME`` read from them answers what the rows answer."""
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prysmai._proxy.store import Store, TraceFilter, scores
+from prysmai._proxy.store import Store, TraceFilter, queries, scores
 from prysmai._proxy.store.engine import dialect_of
 from prysmai._proxy.store.postgres.engine import PostgresEngine
 from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
@@ -152,3 +156,146 @@ def test_averages_from_the_rollups_are_the_mean_of_the_scores(
             assert set(got) == set(want), (group, f)
             for key, (average, n) in want.items():
                 assert got[key][1] == n and got[key][0] == pytest.approx(average, rel=1e-9), (group, key, f)
+
+
+# -- the scored traces' rollups (schema 10 / PostgreSQL 8) --------------------------------------------
+def _scored_regrouped(conn: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The scored traces' rollups as the traces and their scores say they should be (every trace
+    with a score of a name, once under that name), and as they are: totals, and histogram counts."""
+    dialect = dialect_of(conn)
+    day = f"{dialect.period('t.created_at', 86400)} * 86400"
+    pairs = "(SELECT DISTINCT trace_id, name FROM scores) AS s JOIN traces t ON t.id = s.trace_id"
+    want = [
+        (name, int(p), project, model, int(n), int(e), int(tokens), round(float(cost), 9))
+        for name, p, project, model, n, e, tokens, cost in conn.execute(
+            f"SELECT s.name, {day}, t.project, coalesce(t.model, ''), count(*), "
+            "sum(CASE WHEN t.status IN ('error', 'timeout') THEN 1 ELSE 0 END), coalesce(sum(t.total_tokens), 0), "
+            f"coalesce(sum(t.cost_usd), 0) FROM {pairs} GROUP BY 1, 2, 3, 4"
+        )
+    ]
+    got = [
+        (name, int(p), project, model, int(n), int(e), int(tokens), round(float(cost), 9))
+        for name, p, project, model, n, e, tokens, cost in conn.execute(
+            "SELECT name, period, project, model, requests, errors, total_tokens, cost_usd FROM rollup_scored_day "
+            "WHERE requests <> 0"
+        )
+    ]
+    for metric, column in (("latency", "latency_ms"), ("ttft", "ttft_ms")):
+        want += [
+            (name, int(p), project, model, metric, int(b), int(n))
+            for name, p, project, model, b, n in conn.execute(
+                f"SELECT s.name, {day}, t.project, coalesce(t.model, ''), {dialect.bucket('t.' + column)}, count(*) "
+                f"FROM {pairs} WHERE t.{column} IS NOT NULL GROUP BY 1, 2, 3, 4, 5"
+            )
+        ]
+    got += [
+        (name, int(p), project, model, metric, int(b), int(n))
+        for name, p, project, model, metric, b, n in conn.execute(
+            "SELECT name, period, project, model, metric, bucket, n FROM rollup_scored_hist_day WHERE n <> 0"
+        )
+    ]
+    return sorted(want, key=repr), sorted(got, key=repr)
+
+
+def test_the_scored_traces_rollups_hold_what_the_rows_say_after_adds_deletes_and_retention(both: Any) -> None:
+    for store in both:
+        want, got = store.read_sync(_scored_regrouped)
+        assert want and got == want, store
+        # Nothing left below zero, nor any row for a day retention took whole.
+        low = store.read_sync(
+            lambda c: c.execute(
+                "SELECT (SELECT count(*) FROM rollup_scored_day WHERE requests < 0 OR period < ?), "
+                "(SELECT count(*) FROM rollup_scored_hist_day WHERE n < 0 OR period < ?)",
+                [NOW - 8 * 86400, NOW - 8 * 86400],
+            ).fetchone()
+        )
+        assert tuple(low) == (0, 0)
+
+
+#: Two estimates of one percentile from the same bucket differ by at most its width (a take-back
+#: leaves a rollup's bucket bounds as they were; the rows give the remaining traces' own).
+_BUCKET_WIDTH = math.exp(1 / 16)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    since=st.one_of(st.none(), st.floats(min_value=NOW - 9 * 86400, max_value=NOW)),
+    span=st.one_of(st.none(), st.floats(min_value=0, max_value=5 * 86400)),
+    project=st.sampled_from([None, "web", "batch"]),
+    name=st.sampled_from(sorted(NAMES)),
+    model=st.sampled_from([None, "gpt-4o-mini", "o3"]),
+)
+def test_stats_of_a_score_from_the_rollups_are_those_of_the_rows(
+    both: Any, since: float | None, span: float | None, project: str | None, name: str, model: str | None
+) -> None:
+    """``stats?score=NAME`` reads the scored traces' rollups for whole days: the same totals as the
+    rows give (the pre-rollup path, forced), and percentiles within one bucket of theirs; and the
+    same on both engines."""
+    until = None if since is None or span is None else since + span
+    f = TraceFilter(since=since, until=until, project=project, score=name, model=model)
+    found = []
+    for store in both:
+        got = store.read_sync(queries.stats, f)
+        with mock.patch.object(queries, "_scored_rollup_ok", return_value=False):
+            want = store.read_sync(queries.stats, f)
+        for doc in (got, want):
+            for m in doc["by_model"].values():
+                m.pop("cost_usd")
+            doc.pop("cost_usd")
+        for part in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p50_ms", "ttft_p95_ms"):
+            for g, w in [(got, want), *((got["by_model"][k], want["by_model"][k]) for k in want["by_model"])]:
+                a, b = g.pop(part), w.pop(part)
+                assert (a is None) == (b is None) and (a is None or max(a / b, b / a) <= _BUCKET_WIDTH), (part, f)
+        assert got == want, f
+        found.append(got)
+    assert found[0] == found[1]
+
+
+def test_a_score_added_then_deleted_takes_its_trace_in_and_out_once(both: Any) -> None:
+    """A trace's first score of a name folds it; a second adds nothing; deleting one of two keeps
+    it; deleting the last takes it back out."""
+    sqlite_store, _ = both
+    read = sqlite_store.read_sync
+
+    def scored(c: Any) -> int:
+        return int(
+            c.execute("SELECT coalesce(sum(requests), 0) FROM rollup_scored_day WHERE name = 'fresh'").fetchone()[0]
+        )
+
+    trace = read(lambda c: c.execute("SELECT id FROM traces ORDER BY created_at DESC LIMIT 1").fetchone()[0])
+    new = scores.NewScore.parse({"name": "fresh", "value": 2})
+    first = sqlite_store.edit_sync(scores.add, trace, new, project=None, author_key="key_x", source="api")
+    assert read(scored) == 1
+    second = sqlite_store.edit_sync(scores.add, trace, new, project=None, author_key="key_x", source="api")
+    assert read(scored) == 1
+    assert sqlite_store.edit_sync(scores.delete, first["id"], project=None)
+    assert read(scored) == 1
+    assert sqlite_store.edit_sync(scores.delete, second["id"], project=None)
+    assert read(scored) == 0
+
+
+def test_stats_of_a_score_over_whole_days_read_the_scored_rollups_not_the_traces(both: Any) -> None:
+    """Over whole days, ``stats?score=NAME`` reads the scored traces' rollups and no trace row (the
+    rows of every scored trace were what made it slow), and counts each scored trace once."""
+    sqlite_store, _ = both
+    until = NOW - NOW % 86400
+    f = TraceFilter(until=until, score="helpful")
+
+    def traced(conn: Any) -> tuple[dict[str, Any], list[str], int]:
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        try:
+            got = queries.stats(conn, f)
+        finally:
+            conn.set_trace_callback(None)
+        want = conn.execute(
+            "SELECT count(*) FROM traces WHERE created_at < ? "
+            "AND id IN (SELECT trace_id FROM scores WHERE name = 'helpful')",
+            [until],
+        ).fetchone()[0]
+        return got, statements, int(want)
+
+    got, statements, want = sqlite_store.read_sync(traced)
+    assert any("rollup_scored_day" in s for s in statements) and any("rollup_scored_hist_day" in s for s in statements)
+    assert not [s for s in statements if "traces" in s.replace("rollup_", "")], statements
+    assert got["requests"] == want > 0

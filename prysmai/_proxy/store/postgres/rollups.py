@@ -32,8 +32,11 @@ from ..rollups import (
     KEY_TOTALS,
     METRICS,
     NO_USAGE_SQL,
+    SCORED_HIST,
+    SCORED_TOTALS,
     UNPRICED_SQL,
     key_sql,
+    scored_fold_sql,
 )
 
 
@@ -94,14 +97,14 @@ def _fold_key(column: str, sign: str = "") -> str:
         last_seen = greatest({table}.last_seen, excluded.last_seen)"""
 
 
-def _fold_hist(table: str, sign: str = "") -> str:
+def _fold_hist(table: str, sign: str = "", source: str = "new_rows") -> str:
     seconds, dims = HIST_LEVELS[table]
     names = ", ".join(["period", *dims, "metric", "bucket"])
     keys = ", ".join([f"{period_sql('created_at', seconds)} * {seconds}", *(key_sql(d) for d in dims)])
     group = ", ".join(str(i + 1) for i in range(len(dims) + 3))
     selects = " UNION ALL ".join(
         f"""SELECT {keys}, '{metric}', {bucket_sql(column)}, {sign}count(*), min({column}), max({column})
-        FROM new_rows WHERE {column} IS NOT NULL GROUP BY {group}"""
+        FROM {source} WHERE {column} IS NOT NULL GROUP BY {group}"""
         for metric, column in METRICS
     )
     return f"""INSERT INTO {table} ({names}, n, min_ms, max_ms) {selects}
@@ -109,6 +112,12 @@ def _fold_hist(table: str, sign: str = "") -> str:
         n = {table}.n + excluded.n,
         min_ms = least({table}.min_ms, excluded.min_ms),
         max_ms = greatest({table}.max_ms, excluded.max_ms)"""
+
+
+def fill_hist(table: str) -> str:
+    """The statement that folds every row of ``trace_rows`` into the histogram rollup ``table``,
+    just created empty (a migration's; the rows are committed, so every one is in the rollups)."""
+    return _fold_hist(table, source="trace_rows")
 
 
 _HOUR_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced", "no_usage")
@@ -181,18 +190,46 @@ def _forget_day() -> tuple[str, ...]:
     )
 
 
-#: The statements that fold ``new_rows`` into every rollup.
+def _day(expression: str) -> str:
+    return period_sql(expression, KEY_PERIOD)
+
+
+#: The statements that fold ``new_rows`` into every rollup. (A new row has no score yet: the
+#: scored traces' rollups take a trace when it is scored, :mod:`..scores`.)
 FOLD = _statements("")
-#: The statements that take the rows in ``new_rows`` (deleted) back out of every rollup.
-UNFOLD = _statements("-")
+#: The statements that take the rows in ``new_rows`` (deleted) back out of every rollup, the scored
+#: traces' too (under each name the trace has a score of; its scores are deleted after it).
+UNFOLD = (
+    *_statements("-"),
+    *scored_fold_sql(
+        _day,
+        bucket_sql,
+        # The deleted traces' scores only (through the scores' index by trace), not every score.
+        "(SELECT DISTINCT trace_id, name FROM scores WHERE trace_id IN (SELECT id FROM new_rows)) AS s "
+        "JOIN new_rows ON new_rows.id = s.trace_id",
+        "s.name",
+        "true",
+        "-",
+    ),
+)
+#: The statements that fold every scored trace into the scored traces' rollups just created empty.
+SCORED_FILL = scored_fold_sql(
+    _day,
+    bucket_sql,
+    "(SELECT DISTINCT trace_id, name FROM scores) AS s JOIN trace_rows ON trace_rows.id = s.trace_id",
+    "s.name",
+    "true",
+)
 #: Every rollup table, with the column holding its period's start and the period's length.
 PERIODS = {
     "rollup_hour": ("hour", 3600),
     **{t: ("period", seconds) for t, (seconds, _) in HIST_LEVELS.items()},
     **{t: ("period", KEY_PERIOD) for t in KEY_ROLLUPS.values()},
+    SCORED_TOTALS: ("period", KEY_PERIOD),
+    SCORED_HIST: ("period", KEY_PERIOD),
 }
 #: Each rollup table's count: a row whose count is 0 holds nothing.
-COUNTS = {t: "n" if t in HIST_LEVELS else "requests" for t in PERIODS}
+COUNTS = {t: "n" if t in HIST_LEVELS or t == SCORED_HIST else "requests" for t in PERIODS}
 #: The all-time rollups' rows brought to zero (a key seen again gets its row back).
 EMPTY_ALL = (
     *(f"DELETE FROM {t} WHERE requests <= 0" for t in (ALL_TOTALS, *KEY_ALL_ROLLUPS.values())),

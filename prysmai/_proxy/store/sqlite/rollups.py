@@ -39,8 +39,10 @@ from ..rollups import (
     KEY_TOTALS,
     METRICS,
     NO_USAGE_SQL,
+    SCORED_PAIRS,
     UNPRICED_SQL,
     key_sql,
+    scored_fold_sql,
 )
 
 
@@ -266,7 +268,7 @@ INSERT INTO {ALL_HIST} ({hist_names}, n, min_ms, max_ms) SELECT * FROM ({selects
 # sort column's index (schema 4) for "latency_ms IS NOT NULL", every row of the store per batch.
 
 
-def _fold_hist_sql(table: str, lo: str, hi: str) -> str:
+def _fold_hist_sql(table: str, lo: str, hi: str, source: str = "traces NOT INDEXED") -> str:
     seconds, dims = HIST_LEVELS[table]
     names = ", ".join(["period", *dims, "metric", "bucket"])
     keys = ", ".join([_period("", seconds), *(key_sql(d) for d in dims)])
@@ -274,7 +276,7 @@ def _fold_hist_sql(table: str, lo: str, hi: str) -> str:
     # Both metrics in one statement: a UNION ALL of one grouped SELECT per metric.
     selects = " UNION ALL ".join(
         f"""SELECT * FROM (SELECT {keys}, '{metric}', {bucket_sql(column)}, count(*), min({column}), max({column})
-        FROM traces NOT INDEXED WHERE rowid > {lo} AND rowid <= {hi} AND {column} IS NOT NULL GROUP BY {group})"""
+        FROM {source} WHERE rowid > {lo} AND rowid <= {hi} AND {column} IS NOT NULL GROUP BY {group})"""
         for metric, column in METRICS
     )
     # "WHERE true" keeps SQLite's parser from reading ON CONFLICT as a join constraint.
@@ -302,11 +304,12 @@ END;
 
 def fold_once_sql(table: str, hi: int) -> str:
     """The one statement that folds rows ``(0, hi]`` into ``table`` alone: for a migration that
-    (re)builds one rollup over the rows already in the others."""
+    (re)builds one rollup over the rows already in the others. A histogram rollup reads the
+    covering index ``traces_agg`` (every column it needs), not the rows with their bodies."""
     if table == "rollup_hour":
         return _fold_hour_sql("0", str(hi))
     if table in HIST_LEVELS:
-        return _fold_hist_sql(table, "0", str(hi))
+        return _fold_hist_sql(table, "0", str(hi), "traces INDEXED BY traces_agg")
     column = next((c for c, t in KEY_ALL_ROLLUPS.items() if t == table), None)
     if column is not None:
         return _fold_key_all_sql(column, "0", str(hi))
@@ -411,3 +414,31 @@ END;
 TRIGGERS = ("rollup_fold", "traces_rollup_delete")
 #: What schema 2 had before folding: a trigger per inserted row (dropped wherever found).
 OLD_INSERT_TRIGGER = "traces_rollup_insert"
+
+
+def _day(expression: str) -> str:
+    return f"CAST({expression} / {KEY_PERIOD} AS INTEGER)"
+
+
+#: Schema 10: a deleted trace (retention, or by hand) is taken out of the scored traces' rollups
+#: under each name it has a score of, before it goes (its row is read; its scores are deleted after
+#: it, by retention's last step). Its own trigger, without the watermark's condition: a trace is
+#: folded into them when scored, whether or not the other rollups hold it yet.
+SCORED_DELETE_TRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS scored_rollup_delete BEFORE DELETE ON traces BEGIN\n"
+    + "".join(
+        f"    {statement};\n"
+        for statement in scored_fold_sql(
+            _day,
+            bucket_sql,
+            "(SELECT DISTINCT trace_id, name FROM scores WHERE trace_id = OLD.id) AS s "
+            "JOIN traces ON traces.rowid = OLD.rowid",
+            "s.name",
+            "true",
+            "-",
+        )
+    )
+    + "END;\n"
+)
+#: The statements that fold every scored trace into the scored traces' rollups just created empty.
+SCORED_FILL = scored_fold_sql(_day, bucket_sql, SCORED_PAIRS, "s.name", "true")
