@@ -242,6 +242,26 @@ BENCH_LIMITS = {
 }
 
 
+def refused_row(trace_id: int, created_at: float, code: str, project: str) -> dict[str, Any]:
+    """A limit's refusal (rate or budget: 429, ``error_code``, the provider not called) as the
+    proxy stores it."""
+    return {
+        "id": f"{trace_id:032x}",
+        "created_at": created_at,
+        "method": "POST",
+        "endpoint": "chat/completions",
+        "model": "gpt-4o-mini",
+        "stream": 0,
+        "status": "error",
+        "http_status": 429,
+        "latency_ms": 0.2,
+        "error": "refused by the project's limit",
+        "error_code": code,
+        "project": project,
+        "provider": "openai",
+    }
+
+
 def fill_refusals(path: Path, size: int, now: float) -> dict[str, Any]:
     """``size / REFUSED_EVERY`` refusals of the limits (rate or budget, 429, ``error_code``), as
     the proxy stores them, inserted with the rollups folded (the writer's insert); none if the store
@@ -257,21 +277,7 @@ def fill_refusals(path: Path, size: int, now: float) -> dict[str, Any]:
         for _ in range(size // REFUSED_EVERY):
             project = rng.choices([p for p, _ in PROJECTS], [w for _, w in PROJECTS])[0]
             code = rng.choice(budgets.REFUSAL_CODES)
-            row = {
-                "id": f"{rng.getrandbits(128):032x}",
-                "created_at": now - rng.random() * SPAN_DAYS * DAY,
-                "method": "POST",
-                "endpoint": "chat/completions",
-                "model": "gpt-4o-mini",
-                "stream": 0,
-                "status": "error",
-                "http_status": 429,
-                "latency_ms": 0.2,
-                "error": "refused by the project's limit",
-                "error_code": code,
-                "project": project,
-                "provider": "openai",
-            }
+            row = refused_row(rng.getrandbits(128), now - rng.random() * SPAN_DAYS * DAY, code, project)
             rows.append(tuple(row.get(c) for c in COLUMNS))
         start = time.perf_counter()
         for at in range(0, len(rows), 1000):

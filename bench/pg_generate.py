@@ -14,7 +14,7 @@ own that are then attached as the day's partitions (``trace_rows_d<day>``, the n
 uses; attaching builds the partition's indexes in one pass), and the day folded into the rollups by
 the store's own statements (``postgres.rollups.FOLD``, which read ``new_rows``: here a view of the
 day's partition). The scores are copied in and their rollups built by the store's migration
-statements (``scores.rollup_fill_sql``). Then ``ANALYZE``.
+statements (``scores.rollup_fill_sql``, the rollups' ``SCORED_FILL``). Then ``ANALYZE``.
 
 ``--check`` (for a small ``--traces``, 100 000 say) also writes the same traces into a second
 database the way the proxy's writer does (``PostgresEngine.insert_rows`` in batches of 1 000, each
@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from _common import REPO_DIR, emit, machine_info, postgres_database
+from _common import REPO_DIR, WORDS, emit, machine_info, postgres_database
 
 sys.path.insert(0, str(REPO_DIR))
 
@@ -55,7 +55,7 @@ from dashboard_scale import (
     SESSION_HOURS,
     SPAN_DAYS,
     USERS,
-    WORDS,
+    refused_row,
 )
 
 from prysmai._proxy.store import TraceFilter, budgets, previews, queries, scores
@@ -159,22 +159,11 @@ def traces(n: int, now: float, seed: int = 1) -> Iterator[dict[str, Any]]:
         }
         yield previews.fill(row)
         if i % REFUSED_EVERY == REFUSED_EVERY - 1:
-            yield {
-                **dict.fromkeys(COLUMNS),
-                "id": f"{rng.getrandbits(128):032x}",
-                "created_at": min(t + step * 0.001, start + (i + 1) * step),
-                "method": "POST",
-                "endpoint": "chat/completions",
-                "model": "gpt-4o-mini",
-                "stream": 0,
-                "status": "error",
-                "http_status": 429,
-                "latency_ms": 0.2,
-                "error": "refused by the project's limit",
-                "error_code": rng.choice(budgets.REFUSAL_CODES),
-                "project": rng.choices(projects, cum_weights=project_cum)[0],
-                "provider": "openai",
-            }
+            trace_id = rng.getrandbits(128)
+            at = min(t + step * 0.001, start + (i + 1) * step)
+            code = rng.choice(budgets.REFUSAL_CODES)
+            project = rng.choices(projects, cum_weights=project_cum)[0]
+            yield {**dict.fromkeys(COLUMNS), **refused_row(trace_id, at, code, project)}
 
 
 def score_set(rng: random.Random) -> list[scores.NewScore]:
@@ -305,6 +294,8 @@ def generate(url: str, n: int, now: float, seed: int = 1) -> dict[str, Any]:
                 "INSERT INTO score_names (project, name, kind) SELECT DISTINCT score_project, name, kind FROM scores"
             )
             for statement in scores.rollup_fill_sql(period_sql("trace_time", KEY_PERIOD)):
+                conn.execute(statement)
+            for statement in pg_rollups.SCORED_FILL:  # the scored traces' totals (version 9)
                 conn.execute(statement)
         conn.execute("ANALYZE")
         count = conn.execute("SELECT count(*) FROM trace_rows").fetchone()[0]

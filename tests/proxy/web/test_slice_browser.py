@@ -71,6 +71,15 @@ def untouched(page: Any) -> None:
     assert page.evaluate(count) == 0
 
 
+def listed_by_the_hostile_model(page: Any) -> None:
+    """The filter was submitted: the URL and the list hold the one trace of the hostile model."""
+    page.wait_for_url(re.compile(r".*model=.*"))
+    b.wait_ready(page)
+    assert query_of(page.url)["model"] == [HOSTILE_MODEL]
+    assert page.locator("#traces-table tbody tr").count() == 1
+    untouched(page)
+
+
 def test_suggestions_click_to_filter_and_split_charts(chromium: Any, sliced: ProxyHandle) -> None:
     base = sliced.server.url
     context = chromium.new_context(viewport=b.DESKTOP)
@@ -98,11 +107,7 @@ def test_suggestions_click_to_filter_and_split_charts(chromium: Any, sliced: Pro
     page.locator("#suggest-model li.suggestion").first.click()
     assert page.input_value("#f-model") == HOSTILE_MODEL
     page.click("#filters button[type=submit]")
-    page.wait_for_url(re.compile(r".*model=.*"))
-    b.wait_ready(page)
-    assert query_of(page.url)["model"] == [HOSTILE_MODEL]
-    assert page.locator("#traces-table tbody tr").count() == 1
-    untouched(page)
+    listed_by_the_hostile_model(page)
 
     # -- metadata: a key, then its values ---------------------------------------------------------
     b.goto(page, base + "/traces?since=1h")
@@ -278,11 +283,7 @@ def test_suggestions_work_from_the_keyboard_alone(chromium: Any, sliced: ProxyHa
     assert field.get_attribute("aria-activedescendant") is None
     assert page.evaluate("document.activeElement.id") == "f-model"
     page.keyboard.press("Enter")  # the list closed: now Enter submits
-    page.wait_for_url(re.compile(r".*model=.*"))
-    b.wait_ready(page)
-    assert query_of(page.url)["model"] == [HOSTILE_MODEL]
-    assert page.locator("#traces-table tbody tr").count() == 1
-    untouched(page)
+    listed_by_the_hostile_model(page)
 
     # Escape closes the list, and only the list; a second Escape leaves the field.
     b.goto(page, base + "/traces?since=1h")
