@@ -602,6 +602,11 @@ def _key(row: Any, n: int) -> Any:
     return row[0] if n == 1 else tuple(row[:n])
 
 
+def _positions_of(values: list[Any]) -> str:
+    """As many placeholders as ``values``, comma-separated."""
+    return ", ".join("?" for _ in values)
+
+
 def _positions(n: int) -> str:
     return ", ".join(str(i + 1) for i in range(n))
 
@@ -990,15 +995,25 @@ def breakdown(conn: Connection, f: TraceFilter, by: str, limit: int = 20) -> lis
     limit = _check_limit(limit)
     if by in ROLLUP_BREAKDOWNS:
         return _rollup_breakdowns(conn, f, (by,), limit)[by]
-    # Users and sessions: the top keys by count from the per-day rollups (and the rows at the
-    # range's edges) when the filter allows, else through a covering index; then the latency
+    # Users and sessions: the top keys by count from the per-day rollups (and the range's partial
+    # days) when the filter allows, else through a covering index; then the latency
     # histograms of those keys only, through the key's own index.
     seek = _small_project(conn, f)
     clauses, params = _conditions(conn, f, seek=seek)
-    source, source_params = _key_groups(conn, f, by, seek, times=False, top=limit)
-    sql = f"{source} ORDER BY requests DESC, k IS NULL, k LIMIT ?"
+    order = "ORDER BY requests DESC, k IS NULL, k LIMIT ?"
+    if _keys_all_time(f, times=False):
+        source, source_params = _key_groups(conn, f, by, seek, times=False, top=limit)
+        found = conn.execute(f"{source} {order}", [*source_params, limit]).fetchall()
+    else:
+        # Over a range, the keys' requests alone are added up to find the top keys (the other
+        # totals would cost as much again, for every key), then the totals of those keys only.
+        source, source_params = _key_groups(conn, f, by, seek, times=False, columns=("requests",))
+        top = [key for key, _requests in conn.execute(f"{source} {order}", [*source_params, limit])]
+        source, source_params = _key_groups(conn, f, by, seek, times=False, keys=top) if top else ("", [])
+        rows = {row[0]: row for row in conn.execute(source, source_params)} if top else {}
+        found = [rows[key] for key in top]
     aggs = {}
-    for key, *totals, _first, _last in conn.execute(sql, [*source_params, limit]):
+    for key, *totals, _first, _last in found:
         agg = aggs[key] = _Agg()
         agg.add_totals(totals[0], totals[1], totals[2], 0, 0, *totals[3:])
     # Each key's latest traces in the range, through the key's own index, newest first.
@@ -1042,6 +1057,10 @@ def _rollup_breakdowns(
 KEY_LATENCY_SAMPLE = 1000
 
 
+#: The longest range (days) whose per-key rollup rows :func:`_key_groups` seeks key by key, day
+#: by day, for a few keys; a longer one is read whole.
+KEY_SEEK_DAYS = 62
+
 #: One group's totals over ``traces`` rows (every column in the user and session indexes).
 _GROUP_SUMS = (
     "count(*)",
@@ -1068,6 +1087,11 @@ _GROUP_COLUMNS = (
 )
 
 
+def _keys_all_time(f: TraceFilter, times: bool) -> bool:
+    """Whether :func:`_key_groups` reads the all-time per-key rollups (rows with every total)."""
+    return not times and f.keys_rollup_ok and f.since is None and f.until is None
+
+
 def _key_groups(
     conn: Connection,
     f: TraceFilter,
@@ -1077,6 +1101,8 @@ def _key_groups(
     *,
     times: bool = True,
     top: int | None = None,
+    columns: tuple[str, ...] = _GROUP_COLUMNS,
+    keys: list[Any] | None = None,
 ) -> tuple[str, list[Any]]:
     """A query of ``f``'s traces grouped by ``column`` (user_id, session_id): one row per key
     (``k``, ``None`` for traces without one) with :data:`_GROUP_COLUMNS`. Whole days come from the
@@ -1084,10 +1110,13 @@ def _key_groups(
     Without ``times`` (``first_seen`` and ``last_seen`` then ``NULL``), all time comes from the
     key's all-time rollup: one row per key in the project (or over every project), and with
     ``top`` only the rows that may be among the ``top`` most requested -- those with at least the
-    requests of the ``top``-th largest row, ties included, found through the rollup's index."""
+    requests of the ``top``-th largest row, ties included, found through the rollup's index.
+    Otherwise the rows hold only ``columns`` of :data:`_GROUP_COLUMNS`, and with ``keys`` only
+    those keys' rows, read through the keys' indexes (a few keys of many)."""
     parts: list[str] = []
     params: list[Any] = []
-    if not times and f.keys_rollup_ok and f.since is None and f.until is None:
+    named = [k for k in keys or () if k is not None]
+    if _keys_all_time(f, times):
         table = KEY_ALL_ROLLUPS[column]
         project = EVERY_PROJECT if f.project is None else f.project
         sql = (
@@ -1106,35 +1135,88 @@ def _key_groups(
             params += [project, top - 1]
         return f"SELECT * FROM ({sql}) AS top_keys", params
 
-    def raw(lo: float | None, hi: float | None) -> None:
+    def raw(lo: float | None, hi: float | None, sign: str = "") -> None:
         clauses, more = _conditions(conn, f, lo, hi, seek=seek)
         table = _traces(conn, dataclasses.replace(f, since=lo), seek)
+        if keys is not None:
+            # The key's own index (key, time) finds these keys' rows in the range.
+            table = "traces"
+            among = [f"{column} IN ({_positions_of(named)})"] if named else []
+            if None in keys:
+                among += [f"{column} IS NULL", f"{column} = ''"]
+            clauses.append(f"({' OR '.join(among)})")
+            more.extend(named)
+        # ``sign`` '-': the rows taken away from a day's rollup row (no first or last time then).
+        seen = "min(created_at), max(created_at)" if not sign else "NULL, NULL"
+        seen = seen.replace(", ", " AS first_seen, ") + " AS last_seen"
         parts.append(
-            f"SELECT NULLIF({column}, '') AS k, count(*) AS requests, sum({_ERR}) AS errors, "
-            f"sum({_CANCELLED}) AS cancelled, sum(total_tokens) AS total_tokens, sum(cost_usd) AS cost_usd, "
-            f"sum({_UNPRICED}) AS unpriced, sum({_NO_USAGE}) AS no_usage, min(created_at) AS first_seen, "
-            f"max(created_at) AS last_seen FROM {table}{_where(clauses)} GROUP BY {column}"
+            f"SELECT NULLIF({column}, '') AS k, {sign}count(*) AS requests, {sign}sum({_ERR}) AS errors, "
+            f"{sign}sum({_CANCELLED}) AS cancelled, {sign}sum(total_tokens) AS total_tokens, "
+            f"{sign}sum(cost_usd) AS cost_usd, {sign}sum({_UNPRICED}) AS unpriced, {sign}sum({_NO_USAGE}) AS no_usage, "
+            f"{seen} FROM {table}{_where(clauses)} GROUP BY {column}"
         )
         params.extend(more)
 
     def rollup(lo: int | None, hi: int) -> None:
         clauses, more = _rollup_filters(f, ("project",))
-        clauses.append("period < ?")
-        more.append(hi)
-        if lo is not None:
-            clauses.append("period >= ?")
-            more.append(lo)
+        if keys is not None and lo is not None and hi - lo <= KEY_SEEK_DAYS * KEY_PERIOD:
+            # Every (day, project, key) of the rollup's primary key, sought: not the range's rows.
+            days = list(range(lo, hi, KEY_PERIOD))
+            clauses.append(f"period IN ({_positions_of(days)})")
+            more.extend(days)
+            if f.project is None:
+                names = projects(conn)
+                clauses.append(f"project IN ({_positions_of(names)})" if names else "0 = 1")
+                more.extend(names)
+        else:
+            clauses.append("period < ?")
+            more.append(hi)
+            if lo is not None:
+                clauses.append("period >= ?")
+                more.append(lo)
+        if keys is not None:
+            wanted = [*named, *([""] if None in keys else [])]
+            clauses.append(f"{column} IN ({_positions_of(wanted)})")
+            more.extend(wanted)
         parts.append(
             f"SELECT NULLIF({column}, '') AS k, {', '.join(_GROUP_COLUMNS)} FROM {KEY_ROLLUPS[column]}{_where(clauses)}"
         )
         params.extend(more)
 
+    now = time.time() if now is None else now
+
+    def edge(lo: float | None, hi: float | None) -> None:
+        """The rows of ``[lo, hi)``, or -- when that is most of one day and no first or last time is
+        asked for -- the day's rollup rows less the rows of the day outside the range: the smaller
+        read, as exact (every total is a sum; the rollup rows are those rows' sums)."""
+        if times or not f.keys_rollup_ok or lo is None:
+            raw(lo, hi)
+            return
+        day = math.floor(lo / KEY_PERIOD) * KEY_PERIOD
+        end = day + KEY_PERIOD
+        if hi is not None and hi > end:
+            raw(lo, hi)
+            return
+        # Rows are about proportional to time, and none is later than now.
+        stop = min(end, now)
+        inside = max(0.0, min(stop, now if hi is None else hi) - lo)
+        if max(0.0, stop - day) - inside >= inside:
+            raw(lo, hi)
+            return
+        rollup(day, end)
+        if lo > day:
+            raw(day, lo, "-")
+        if hi is None:
+            raw(end, None)
+        elif hi < end:
+            raw(hi, end, "-")
+
     tiers: list[tuple[int, Callable[[int | None, int], None]]] = []
     if f.keys_rollup_ok:
         tiers.append((KEY_PERIOD, rollup))
-    _tiered(f.since, f.until, time.time() if now is None else now, tiers, raw)
+    _tiered(f.since, f.until, now, tiers, edge)
     sums = ", ".join(
-        f"{'min' if c == 'first_seen' else 'max' if c == 'last_seen' else 'sum'}({c}) AS {c}" for c in _GROUP_COLUMNS
+        f"{'min' if c == 'first_seen' else 'max' if c == 'last_seen' else 'sum'}({c}) AS {c}" for c in columns
     )
     # A rollup row whose traces were all deleted stays, with no requests.
     return f"SELECT k, {sums} FROM ({' UNION ALL '.join(parts)}) AS parts GROUP BY k HAVING sum(requests) > 0", params

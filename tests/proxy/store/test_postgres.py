@@ -168,11 +168,41 @@ def test_aggregates_answer_the_same(both: Any, f: TraceFilter) -> None:
         # Sub-day series read the hourly histograms by model (version 9; SQLite's schema 10).
         (queries.timeseries, (f, 7200)),
         (slices.group_series, (f, "model", 7200)),
+        # The overview page, whose top users and sessions over a range find the top keys by their
+        # requests first, with partial days read as their rollup less the rest when mostly inside.
+        (queries.overview_page, (f, queries.pick_bucket(f.since, f.until, NOW), queries.BREAKDOWNS, 10)),
     ):
-        if fn in (queries.timeseries, slices.group_series) and f.since is None:
+        if fn in (queries.timeseries, slices.group_series, queries.overview_page) and f.since is None:
             continue  # an open range ends at the wall clock's now, which moves between the two reads
         a, b = sqlite_store.read_sync(fn, *args), pg_store.read_sync(fn, *args)
         assert close_enough(a, b), (fn.__name__, f)
+
+
+@pytest.mark.parametrize("days", [7, 6.5, 1.7, 0.6])
+def test_the_overview_page_of_the_last_days_answers_the_same(both: Any, days: float) -> None:
+    """The dashboard's overview of the last days (7 by default), as the page asks for it: open-ended,
+    its partial first day and today read from the per-key rollups less the rows outside the range
+    or from the rows, whichever is fewer; the same on both engines."""
+    sqlite_store, pg_store = both
+    since = time.time() - days * 86400
+    for f in (TraceFilter(since=since), TraceFilter(since=since, project="web")):
+        args = (f, queries.pick_bucket(f.since, f.until), queries.BREAKDOWNS, 10)
+        a, b = sqlite_store.read_sync(queries.overview_page, *args), pg_store.read_sync(queries.overview_page, *args)
+        assert close_enough(a, b), f
+        for by in ("user_id", "session_id"):
+            # Each key's requests are its rows in the range (both engines' answers are that).
+            where = "created_at >= ?" + ("" if f.project is None else " AND project = ?")
+            params = [since] + ([] if f.project is None else [f.project])
+            counts = dict(
+                pg_store.read_sync(
+                    lambda conn, by=by, where=where, params=params: conn.execute(
+                        f"SELECT {by}, count(*) FROM traces WHERE {where} GROUP BY {by}", params
+                    ).fetchall()
+                )
+            )
+            got = b["breakdowns"][by]
+            assert got and [r["requests"] for r in got] == sorted(counts.values(), reverse=True)[: len(got)]
+            assert all(r["requests"] == counts[r["key"]] for r in got)
 
 
 @pytest.mark.parametrize(

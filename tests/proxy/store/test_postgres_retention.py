@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sqlite3
 from typing import Any
 
@@ -62,7 +63,13 @@ def _assert_rollups_match_rows(pg_url: str, tmp_path: Any, now: float) -> None:
     sqlite_store, pg_store = Store.existing(path, read_time_limit=None), Store.existing(pg_url, read_time_limit=None)
     assert sqlite_store is not None and pg_store is not None
     try:
-        for f in (TraceFilter(), TraceFilter(project="web"), TraceFilter(since=now - 5 * DAY, until=now)):
+        for f in (
+            TraceFilter(),
+            TraceFilter(project="web"),
+            TraceFilter(since=now - 5 * DAY, until=now),
+            # A week whose first day is mostly inside it: that day is its rollup less the rest.
+            TraceFilter(since=math.floor(now / DAY) * DAY - 6.8 * DAY, until=now),
+        ):
             for fn, args in (
                 (queries.stats, (f,)),
                 (queries.overview, (f,)),

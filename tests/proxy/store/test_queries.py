@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import math
 import random
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -1097,8 +1098,14 @@ def test_the_overview_page_and_the_key_rollups_agree_with_the_rows(tmp_path: Any
 
     ranges = [
         TraceFilter(),
+        # Partial days mostly inside the range: each read as its day's rollup less the rest.
         TraceFilter(since=base + 0.4 * 86400, until=base + 3.7 * 86400),
         TraceFilter(since=base + 1.2 * 86400, project="web"),
+        # Partial days mostly outside: their rows.
+        TraceFilter(since=base + 0.8 * 86400, until=base + 2.1 * 86400),
+        # Within one day, most of it, then little of it.
+        TraceFilter(since=base + 2.1 * 86400, until=base + 2.95 * 86400),
+        TraceFilter(since=base + 3.3 * 86400, until=base + 3.5 * 86400, project="batch"),
     ]
     for f in ranges:
         width = queries.pick_bucket(f.since, f.until)
@@ -1127,9 +1134,21 @@ def test_the_overview_page_and_the_key_rollups_agree_with_the_rows(tmp_path: Any
             assert page["overview"]["errors"] == sum(s in ("error", "timeout") for (s,) in chosen)
             assert page["overview"]["cancelled"] == sum(s == "cancelled" for (s,) in chosen)
 
+    def top_keys_agree() -> None:
+        # Ranges of any length and offset: each partial day read as its rows or as its day's
+        # rollup rows less the rest, the answer is the rows grouped.
+        for _ in range(40):
+            lo, hi = sorted(rng.uniform(-0.5, 5.5) * 86400 + base for _ in range(2))
+            f = TraceFilter(since=lo, until=rng.choice([hi, None]), project=rng.choice([None, "web"]))
+            raw = dataclasses.replace(f, text="hello")
+            for by in ("user_id", "session_id"):
+                same(queries.breakdown(conn, f, by, 5), queries.breakdown(conn, raw, by, 5))
+
+    top_keys_agree()
     # Deleted rows leave the rollups' counts (first and last seen may stay wider: not narrowed).
     conn.execute("DELETE FROM traces WHERE rowid % 17 = 0")
     assert_rollups_equal_rows(conn)
+    top_keys_agree()
     for f in ranges:
         raw = dataclasses.replace(f, text="hello")
         for listing, column in ((queries.users, "user_id"), (queries.sessions, "session_id")):
@@ -1142,6 +1161,48 @@ def test_the_overview_page_and_the_key_rollups_agree_with_the_rows(tmp_path: Any
                 for r in pages(listing, raw)
             }
             same(counts, want)
+
+
+def test_the_top_users_and_sessions_of_a_range_read_little_of_its_partial_days(tmp_path: Any) -> None:
+    """The overview's top users and sessions over a range whose first day is mostly inside it read
+    that day's rollup rows less the rows of the part outside (never the rows of the part inside),
+    add up the keys' requests alone to find the top keys, and then the totals of those keys only,
+    through the keys' indexes; the answer is the rows grouped."""
+    rng = random.Random(7)
+    base = 1_700_000_000.0 - 1_700_000_000.0 % 86400  # a day boundary
+    rows = [
+        row(
+            base + rng.uniform(0, 4 * 86400),
+            status=rng.choice(["success", "error", "cancelled"]),
+            cost_usd=rng.choice([None, rng.uniform(0, 0.01)]),
+            total_tokens=rng.choice([None, rng.randint(1, 50)]),
+            user_id=rng.choice([None] + [f"u{i}" for i in range(30)]),
+            session_id=rng.choice([None] + [f"s{i}" for i in range(80)]),
+            request_body="hello",
+        )
+        for _ in range(2000)
+    ]
+    conn = db(tmp_path, rows)
+    f = TraceFilter(since=base + 0.05 * 86400, until=base + 3.92 * 86400)
+    for by in ("user_id", "session_id"):
+        executed: list[str] = []
+        conn.set_trace_callback(executed.append)
+        got = queries.breakdown(conn, f, by, 5)
+        conn.set_trace_callback(None)
+        # Every read of the rows grouped by the key covers at most a tenth of a day, or few keys.
+        windows = [
+            re.search(r"created_at >= ([0-9.]+) AND created_at < ([0-9.]+)", q)
+            for q in executed
+            if "FROM traces" in q and f"GROUP BY {by}" in q and f"{by} IN (" not in q
+        ]
+        assert windows and all(w is not None and float(w[2]) - float(w[1]) <= 0.1 * 86400 for w in windows), executed
+        ranking = [q for q in executed if "ORDER BY requests DESC" in q]
+        assert len(ranking) == 1 and "sum(errors)" not in ranking[0], ranking
+        want = queries.breakdown(conn, dataclasses.replace(f, text="hello"), by, 5)
+        assert [r["key"] for r in got] == [r["key"] for r in want] and len(got) == 5
+        for g, w in zip(got, want):
+            assert {k: v for k, v in g.items() if k != "cost_usd"} == {k: v for k, v in w.items() if k != "cost_usd"}
+            assert g["cost_usd"] == (w["cost_usd"] if w["cost_usd"] is None else pytest.approx(w["cost_usd"], rel=1e-9))
 
 
 def test_a_sorted_list_of_few_traces_never_walks_the_whole_table(tmp_path: Any) -> None:
