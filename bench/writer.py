@@ -27,6 +27,15 @@ same round. ``--baseline DIR`` runs another checkout's writer on the same exchan
 largest share).
 
     python bench/writer.py --redaction --rounds 5 [--baseline DIR] [--mix chat]
+
+``--split`` measures where the CPU of writing a captured exchange goes with each
+``--trace-writer``: the proxy's writer thread (``process``: packing the exchanges for the child,
+unpacking the rows it sends back and inserting them; ``thread``: building and inserting) and the
+child (building), per trace, on the same exchanges as ``--redaction`` (redaction ``secrets``), with
+``--baseline DIR``'s checkout too, rounds interleaved. It also times, in this checkout, unpacking a
+batch's rows alone and inserting them alone (both on the writer thread).
+
+    python bench/writer.py --split --rounds 3 --rows 2000 [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -95,19 +104,40 @@ def child_redaction(code: str, n: int, sets: str, mix: str) -> None:
         raise RuntimeError(f"imported {prysmai.__file__}, not the checkout in {code}")
     from functools import partial
 
-    from prysmai._proxy.config.policy import StoragePolicy
     from prysmai._proxy.config.pricing import PriceTable
-    from prysmai._proxy.store.capture import Exchange, finalize
+    from prysmai._proxy.store.capture import finalize
     from prysmai._proxy.store.sqlite import SQLiteEngine
     from prysmai._proxy.store.writer import TraceWriter
+
+    items = _captured(n, mix, tuple(s for s in sets.split(",") if s))
+    with tempfile.TemporaryDirectory() as folder:
+        store = TraceWriter(
+            SQLiteEngine(os.path.join(folder, "t.db")), partial(finalize, prices=PriceTable.load()), queue_size=n + 10
+        )
+        store.open()
+        cpu, main_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
+        for ex in items:
+            store.submit(ex)
+        store.close(timeout=600)
+        wall = time.perf_counter() - wall
+        writer_cpu = (time.process_time() - cpu) - (time.thread_time() - main_cpu)
+        if store.written != n:
+            raise RuntimeError(f"wrote {store.written} of {n}")
+    print(json.dumps({"writer_cpu_s": writer_cpu, "wall_s": wall}))
+
+
+def _captured(n: int, mix: str = "all", redact: tuple[str, ...] = ("secrets",)) -> list[Any]:
+    """``n`` exchanges shaped as OpenAI writes them (``openai_shapes.py``), with these redaction
+    sets; ``mix`` ``chat``: non-streamed chat completions only (the lightest rows)."""
+    from prysmai._proxy.config.policy import StoragePolicy
+    from prysmai._proxy.store.capture import Exchange
 
     sys.path.insert(1, str(BENCH_DIR))
     from openai_shapes import exchanges
 
-    policy = StoragePolicy(redact=tuple(s for s in sets.split(",") if s))
+    policy = StoragePolicy(redact=redact)
     items = []
     now = time.time()
-    # --mix chat: non-streamed chat completions only, the lightest rows (redaction's worst case)
     for i, shape in enumerate(exchanges(n, seed=9, now=now, chat_only=mix == "chat")):
         ex = Exchange(f"{i:032x}", now, 0.0, "POST", shape["endpoint"])
         ex.model = shape["model"]
@@ -124,20 +154,106 @@ def child_redaction(code: str, n: int, sets: str, mix: str) -> None:
         ex.t_end = 0.5
         ex.policy = policy
         items.append(ex)
+    return items
+
+
+def child_split(code: str, n: int, kind: str) -> None:
+    """Write ``n`` captured exchanges with the ``kind`` of trace writer; the CPU of the writer
+    thread and of the child, per trace (and, for this checkout, of unpacking and inserting)."""
+    sys.path.insert(0, code)
+    import prysmai
+
+    if not prysmai.__file__ or not prysmai.__file__.startswith(code):
+        raise RuntimeError(f"imported {prysmai.__file__}, not the checkout in {code}")
+    import marshal
+    import resource
+    from functools import partial
+
+    from prysmai._proxy.config.pricing import PriceTable
+    from prysmai._proxy.store.capture import finalize
+    from prysmai._proxy.store.rows import build_rows
+    from prysmai._proxy.store.sqlite import SQLiteEngine
+    from prysmai._proxy.store.writer import TraceWriter
+    from prysmai._proxy.store.writerproc import WriterProcess
+
+    prices = PriceTable.load()
+    items = _captured(n)
+    record: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
-        store = TraceWriter(
-            SQLiteEngine(os.path.join(folder, "t.db")), partial(finalize, prices=PriceTable.load()), queue_size=n + 10
-        )
+        build = partial(finalize, prices=prices)
+        process = WriterProcess(prices, build) if kind == "process" else None
+        store = TraceWriter(SQLiteEngine(os.path.join(folder, "t.db")), build, queue_size=n + 10, process=process)
         store.open()
-        cpu, main_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu, main_cpu = time.process_time(), time.thread_time()
         for ex in items:
             store.submit(ex)
-        store.close(timeout=600)
-        wall = time.perf_counter() - wall
+        store.close(timeout=600)  # the child exits and is reaped here: its CPU is counted below
         writer_cpu = (time.process_time() - cpu) - (time.thread_time() - main_cpu)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        child_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
         if store.written != n:
             raise RuntimeError(f"wrote {store.written} of {n}")
-    print(json.dumps({"writer_cpu_s": writer_cpu, "wall_s": wall}))
+        record.update(writer_us=writer_cpu / n * 1e6, child_us=child_cpu / n * 1e6)
+        # a child starved on a busy host leaves its batches to the writer thread: say how many
+        record["fallbacks"] = getattr(store, "fallbacks", 0)
+        record["built_in"] = store.kind  # "thread" when the child did not start
+        if kind == "process" and hasattr(WriterProcess, "build"):  # this design: what the thread's share is made of
+            rows, _, _ = build_rows(_captured(n), build, None)
+            parts = [marshal.dumps(rows[i : i + 64]) for i in range(0, len(rows), 64)]
+            t = time.thread_time()
+            for part in parts:
+                marshal.loads(part)
+            record["unpack_us"] = (time.thread_time() - t) / n * 1e6
+            engine = SQLiteEngine(os.path.join(folder, "insert.db"))
+            conn = engine.open_for_writing()
+            t = time.thread_time()
+            for i in range(0, len(rows), 50):  # batches as the proxy's writer makes them at ~2 000 req/s
+                engine.insert_rows(conn, rows[i : i + 50])
+            record["insert_us"] = (time.thread_time() - t) / n * 1e6
+            record["frame_bytes_per_row"] = sum(len(p) for p in parts) / n
+            conn.close()
+    print(json.dumps(record))
+
+
+def split(rounds: int, n: int, baseline: str | None) -> int:
+    """``--split``: CPU per trace of the writer thread and the child, each kind of writer and
+    checkout, rounds interleaved."""
+    emit({"bench": "writer-split", "kind": "machine", **machine_info()})
+    checkouts = [("this", str(REPO_DIR))] + ([("baseline", str(Path(baseline).resolve()))] if baseline else [])
+    runs = [(f"{name} {kind}", code, kind) for name, code in checkouts for kind in ("process", "thread")]
+    results: dict[str, list[dict[str, Any]]] = {}
+    for rnd in range(rounds):
+        for name, code, kind in runs[rnd % len(runs) :] + runs[: rnd % len(runs)]:
+            cmd = [sys.executable, __file__, "--child-split", kind, "--rows", str(n), "--code", code]
+            # the writer's child imports prysmai afresh: point it at the same checkout
+            env = {**os.environ, "PYTHONPATH": code}
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1200, env=env).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            results.setdefault(name, []).append(r)
+            emit(
+                {
+                    "bench": "writer-split",
+                    "round": rnd,
+                    "variant": name,
+                    **{k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()},
+                }
+            )
+    lines = ["| writer | writer thread µs/trace | child µs/trace |", "|---|---:|---:|"]
+    for name, _, _ in runs:
+        got = results[name]
+        thread = median([r["writer_us"] for r in got])
+        child_us = median([r["child_us"] for r in got])
+        lines.append(f"| {name} | {thread:.0f} | {child_us:.0f} |")
+    this = results.get("this process", [])
+    if this and "unpack_us" in this[0]:
+        lines.append(
+            f"\nthis checkout's writer thread, of it: unpacking the rows {median([r['unpack_us'] for r in this]):.1f}"
+            f" µs/trace, inserting them {median([r['insert_us'] for r in this]):.0f} µs/trace"
+            f" ({median([r['frame_bytes_per_row'] for r in this]):.0f} bytes a row in the frames)"
+        )
+    print("\n".join(lines), file=sys.stderr)
+    return 0
 
 
 def redaction(rounds: int, n: int, baseline: str | None, mix: str) -> int:
@@ -208,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redaction", action="store_true", help="what redaction costs the writer (see above)")
     parser.add_argument("--child", metavar="CODE", help=argparse.SUPPRESS)
     parser.add_argument("--child-redaction", metavar="SETS", help=argparse.SUPPRESS)
+    parser.add_argument("--split", action="store_true", help="where writing costs CPU: the writer thread, the child")
+    parser.add_argument("--child-split", choices=("process", "thread"), help=argparse.SUPPRESS)
     parser.add_argument("--code", default=str(REPO_DIR), help=argparse.SUPPRESS)
     parser.add_argument(
         "--mix",
@@ -221,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.redaction:
         return redaction(args.rounds, args.rows, args.baseline, args.mix)
+    if args.child_split:
+        child_split(args.code, args.rows, args.child_split)
+        return 0
+    if args.split:
+        return split(args.rounds, args.rows, args.baseline)
     if args.child:
         child(args.child, args.kinds, args.rows, args.drop, args.body_kb)
         return 0

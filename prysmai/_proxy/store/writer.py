@@ -3,11 +3,12 @@ writes it in batches.
 
 The request path only calls :meth:`TraceWriter.submit`, which appends to an in-memory queue
 (never blocks, never touches the disk). The writer thread drains the queue; each batch's captured
-exchanges become rows (``finalize``, see :mod:`.capture`), inserted in one transaction, either by
-a child process the thread hands them to (:mod:`.writerproc`, what ``prysmai proxy`` does) or on
-the thread itself through the store's engine. A full queue drops the trace, counts it
-(``dropped``) and logs it at most every 10 seconds. :meth:`close` writes everything pending
-before returning.
+exchanges become rows (``finalize``, see :mod:`.capture`), built either by a child process the
+thread hands them to (:mod:`.writerproc`, what ``prysmai proxy`` does) or on the thread itself,
+and the thread inserts them in one transaction through the store's engine. A batch the child does
+not build in time (:mod:`.idle`) or at all is built on the thread. A full queue drops the trace,
+counts it (``dropped``) and logs it at most every 10 seconds. :meth:`close` writes everything
+pending before returning.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import threading
 import time
 
 from .capture import scrub
+from .idle import CATCH_UP, STARVED_AFTER
 from .rows import build_rows
-from .sqlite import SQLiteEngine
-from .writerproc import WriterProcess, WriterProcessError
+from .writerproc import WriterProcess, WriterProcessError, WriterStarved
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -85,8 +86,9 @@ class TraceWriter:
         self.engine = engine
         self._finalize = finalize
         self._fallback = fallback
-        #: Where rows are built and inserted: a child process (see :mod:`.writerproc`), or, when
-        #: ``None``, this writer's thread (``finalize`` and ``fallback`` run there).
+        #: Where rows are built: a child process (see :mod:`.writerproc`), or, when ``None``, this
+        #: writer's thread (``finalize`` and ``fallback`` run there, as they do for a batch the
+        #: child does not build). The thread inserts them either way.
         self._process = process
         #: The credentials the proxy holds now, masked in every trace (:func:`.capture.scrub`)
         #: here, before a row is built or an exchange is handed to the process.
@@ -112,6 +114,12 @@ class TraceWriter:
         self.dropped = 0
         self.lost = 0
         self.restarts = 0
+        #: Batches the idle child did not build in time (:mod:`.idle`), and until when this
+        #: thread then builds the rows itself.
+        self.starved = 0
+        #: Batches this thread built because the child did not (starved, gone, not started).
+        self.fallbacks = 0
+        self._here_until = 0.0
         self._incident: tuple[float, str] | None = None
         self._last_drop_log = 0.0
 
@@ -122,8 +130,7 @@ class TraceWriter:
         recovered = self._recover() if self._journal is not None else []
         if self._process is not None:
             try:
-                assert isinstance(self.engine, SQLiteEngine), "the writer process writes SQLite files"
-                self._process.start(self.engine)
+                self._process.start()
             except WriterProcessError as exc:
                 log.warning("%s; building trace rows on a thread of the proxy instead", exc)
                 self._process = None
@@ -238,6 +245,7 @@ class TraceWriter:
             "lost": self.lost,
             "write_errors": self.failed,
             "writer_restarts": self.restarts,
+            "writer_fallbacks": self.fallbacks,
             "queue_capacity": self.capacity,
         }
 
@@ -300,8 +308,6 @@ class TraceWriter:
         self._cond.notify_all()
 
     def _reconnect(self) -> None:
-        if self._process is not None:
-            return  # the child holds the connection; the next batch starts another if it is gone
         with contextlib.suppress(Exception):
             if self._conn is not None:
                 self._conn.close()
@@ -310,27 +316,63 @@ class TraceWriter:
         except Exception:  # the next batch fails too, and is counted
             log.exception("could not reopen the trace store %s", self.engine.location)
 
-    def _write_here(self, items: list[Any]) -> tuple[int, int, int]:
-        """Build and insert on this thread; (written, repaired, failed)."""
-        rows, built_repaired, unbuildable = build_rows(items, self._finalize, self._fallback, GIL_SLICE)
+    def _insert(self, rows: list[Any]) -> tuple[int, int, int]:
+        """Insert built rows on this thread, in one transaction; (written, repaired, failed)."""
         if self._conn is None:  # a writer restarted after its connection was closed
             self._reconnect()
         conn = self._conn
         if conn is None:
             raise RuntimeError("the trace store is not open")
         written, repaired, failed = self.engine.insert_rows(conn, rows)
-        return written, repaired + built_repaired, failed + unbuildable
+        return written, repaired, failed
 
-    def _write_in_process(self, process: WriterProcess, items: list[Any]) -> tuple[int, int, int]:
-        if not items:
-            return 0, 0, 0
-        why = process.ensure_running()  # a child that died between batches: no trace was in it
+    def _build_here(self, items: list[Any]) -> tuple[list[Any], int, int]:
+        """The rows of ``items`` built on this thread: (rows, repaired, unbuildable)."""
+        return build_rows(items, self._finalize, self._fallback, GIL_SLICE)
+
+    def _build(self, items: list[Any]) -> tuple[list[Any], int, int]:
+        """The rows of ``items``: (rows, repaired, unbuildable), built by the child process when
+        there is one and it builds them, else on this thread. Every item's row is built once,
+        here or there, and its cost counted once (by ``finalize`` here, by the child's answer
+        there)."""
+        process = self._process
+        if process is None or not items:
+            return self._build_here(items)
+        if time.monotonic() < self._here_until:
+            self.fallbacks += 1
+            return self._build_here(items)
+        try:
+            why = process.ensure_running()  # a child that died between batches: no trace was in it
+        except WriterProcessError as exc:
+            self._build_here_for_a_while(f"{exc}; trace rows are built by the proxy for {CATCH_UP:.0f}s")
+            self.fallbacks += 1
+            return self._build_here(items)
         if why is not None:
             with self._cond:
                 self.restarts += 1
                 self._incident = (time.monotonic(), f"{why}; restarted, no trace lost")
             log.error("%s; restarted it, no trace lost", why)
-        return process.write(items)
+        try:
+            return process.build(items, STARVED_AFTER)
+        except WriterStarved as exc:
+            self.starved += 1
+            self._build_here_for_a_while(f"{exc}; trace rows are built by the proxy for {CATCH_UP:.0f}s")
+        except WriterProcessError as exc:
+            if process.alive:  # it failed this batch (its log says why) and carries on
+                log.error("%s; its batch is built by the proxy", exc)
+            else:
+                with self._cond:
+                    self.restarts += 1
+                    self._incident = (time.monotonic(), f"{exc}; its batch built by the proxy, no trace lost")
+                log.error("%s; its batch is built by the proxy, no trace lost", exc)
+        self.fallbacks += 1
+        return self._build_here(items)
+
+    def _build_here_for_a_while(self, why: str) -> None:
+        """The child cannot build now (no spare CPU, or it does not start): this thread builds for
+        :data:`~.idle.CATCH_UP` seconds, then a child is tried again."""
+        self._here_until = time.monotonic() + CATCH_UP
+        log.warning("%s", why)
 
     def _drain(self) -> bool:
         """Write batches until the stop marker; True when stopped."""
@@ -352,10 +394,10 @@ class TraceWriter:
                 known = tuple(self._secrets())
                 for item in items:
                     scrub(item, known)
-            if self._process is not None:
-                written, repaired, failed = self._write_in_process(self._process, items)
-            else:
-                written, repaired, failed = self._write_here(items)
+            rows, built_repaired, unbuildable = self._build(items)
+            written, repaired, failed = self._insert(rows)
+            repaired += built_repaired
+            failed += unbuildable
             with self._cond:
                 self.written += written
                 self.repaired += repaired

@@ -1,25 +1,33 @@
-"""Trace rows built and written by a child process (``--trace-writer process``, the default).
+"""Trace rows built by a child process (``--trace-writer process``, the default); the proxy's
+writer thread inserts them.
 
 Why a process: turning a captured exchange into a row is Python (JSON parsing, stream
-reassembly, costing, ~35 us a row and ~200 us a streamed answer), and Python in a thread of the
-proxy holds the one GIL the event loop needs. The loop lets go of it at every poll for I/O, and a
-thread that takes it then keeps it for up to CPython's 5 ms switch interval: built in-process,
-rows cost the proxy about a quarter of its throughput at 64 connections (``bench/writer.py``,
-``bench/proxy_overhead.py --trace-writer``). Here the proxy's writer thread only copies each
-exchange's captured fields into a :mod:`marshal` frame (~2 us, C) and writes it to a pipe, GIL
-released; the child parses, costs and inserts with its own interpreter, and answers with what it
-wrote.
+reassembly, redaction, previews, costing: ~35 us a row and ~200 us a streamed answer), and Python
+in a thread of the proxy holds the one GIL the event loop needs. The loop lets go of it at every
+poll for I/O, and a thread that takes it then keeps it for up to CPython's 5 ms switch interval:
+built in-process, rows cost the proxy about a quarter of its throughput at 64 connections
+(``bench/writer.py``, ``bench/proxy_overhead.py --trace-writer``). Here the proxy's writer thread
+only copies each exchange's captured fields into a :mod:`marshal` frame (~2 us, C) and writes it
+to a pipe, GIL released; the child builds the rows with its own interpreter and sends them back;
+the writer thread inserts them (SQLite lets go of the GIL while it steps).
+
+Why the child never opens the store: it runs at the lowest CPU priority (:mod:`.idle`), and a
+process that gets no CPU must not be able to hold anything up. It has no connection, so it holds
+no lock, however long it is stopped, starved or dying. A batch it has not answered in time, or
+cannot answer (killed, crashed, a reply it cannot send), is built by the writer thread instead
+(:meth:`.writer.TraceWriter`): every batch is inserted once, by the proxy, whoever built its rows.
 
 The proxy's :class:`~.writer.TraceWriter` keeps everything else: the queue, the block/drop policy,
-the counters, ``flush`` and ``health``. A child that dies is started again; the batch it was
-writing is counted as lost, like a batch of a writer thread that failed.
+the counters, the store's connection, ``flush`` and ``health``.
 
 Wire format, both ways: frames of a 4-byte big-endian length and a :mod:`marshal` payload (only
-basic types: the child never runs code the proxy sent). To the child: ``("init", path, prices)``
-once, then ``("batch", price_defs, items)``; it answers each with ``("ok", written, repaired,
-failed, costs, logs)`` or ``("failed", reason, logs)``. The child exits when its input closes.
-Provider price tables and storage policies are sent once each (``price_defs``, ``policy_defs``) and
-referred to by number.
+basic types: the child never runs code the proxy sent). To the child: ``("init", prices, as_of,
+source)`` once, then ``("batch", price_defs, policy_defs, parts)``; it answers the first with
+``("ready", None, logs)`` and each batch with ``("ok", row_parts, repaired, unbuildable, costs,
+logs)`` or ``("failed", reason, logs)``. ``parts`` and ``row_parts`` are marshalled lists of a
+few dozen items or rows each, so neither end holds its GIL for a whole batch. The child exits
+when its input closes. Provider price tables and storage policies are sent once each
+(``price_defs``, ``policy_defs``) and referred to by number.
 """
 
 from __future__ import annotations
@@ -38,9 +46,8 @@ import time
 from ..config.policy import StoragePolicy
 from ..config.pricing import Price, PriceTable
 from .capture import DEFAULT_POLICY, Exchange, fallback_row, finalize
-from .outbox import OutboxEngine
+from .idle import STARVED_AFTER, lower_priority
 from .rows import build_row, build_rows
-from .sqlite import SQLiteEngine
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,17 +78,21 @@ if sys.argv[1] not in sys.path:
 from prysmai._proxy.store.writerproc import main
 main()
 """
-#: How long the proxy waits for a new child to say it is ready before it refuses to start.
+#: How long the proxy waits for a new child to say it is ready before it builds rows itself.
 START_TIMEOUT = 30.0
-#: An item built in the proxy (it could not be sent as is): its row, not its fields.
-_BUILT = 1
-_SENT = 0
-#: Items marshalled between two yields of the GIL (about 2 us each).
+#: Items marshalled, and rows unmarshalled, between two yields of the GIL (about 2 us each).
 ITEMS_PER_SLICE = 64
+#: A child waited for is starved when it ran for less than this share of the time waited (it is
+#: not merely busy with a large batch).
+STARVED_SHARE = 0.25
 
 
 class WriterProcessError(RuntimeError):
-    """The child failed a batch or is gone; the batch's traces count as lost."""
+    """The child did not build a batch (failed, gone, or not started); the proxy builds it."""
+
+
+class WriterStarved(WriterProcessError):
+    """The child got too little CPU to answer in time (see :mod:`.idle`); it has been killed."""
 
 
 def price_tuples(prices: Mapping[str, Price]) -> dict[str, tuple[float, float | None, float | None]]:
@@ -126,6 +137,17 @@ def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
             pipe.close()
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """The CPU time ``pid`` has used (Linux's ``/proc``); ``None`` where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+        fields = raw[raw.rindex(b")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 #: What the child keeps of the proxy's environment: what Python itself reads. Not the keys
 #: (``OPENAI_API_KEY``, ``PRYSM_PROXY_KEYS``, whatever a projects file names): the process that
 #: parses captured, untrusted content holds no secret. Not ``PRYSM_AUTO`` either.
@@ -139,9 +161,9 @@ def _child_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 class WriterProcess:
-    """The proxy's end of the child that builds and writes its trace rows.
+    """The proxy's end of the child that builds its trace rows.
 
-    ``on_cost(project, usd, created_at)`` is called for every written trace that has a cost (the
+    ``on_cost(project, usd, created_at)`` is called for every row the child costed (the
     projects' monthly budgets); ``finalize`` builds, in the proxy, the row of the rare exchange
     whose fields cannot be sent (a value :mod:`marshal` refuses)."""
 
@@ -155,7 +177,11 @@ class WriterProcess:
         self._finalize = finalize
         self._on_cost = on_cost
         self._proc: subprocess.Popen[bytes] | None = None
-        self._engine: SQLiteEngine | None = None
+        #: Whether :meth:`start` was called (a child that is gone is then started again).
+        self._wanted = False
+        #: Children killed and not yet reaped: a starved one may need a while to get a core and
+        #: exit, and nothing waits for that (it holds nothing).
+        self._killed: list[subprocess.Popen[bytes]] = []
         #: id(provider prices) -> (the mapping, kept alive so the id stays its own; its number).
         self._price_refs: dict[int, tuple[Mapping[str, Price], int]] = {}
         #: Storage policy -> its number (policies are frozen and hashable).
@@ -173,11 +199,11 @@ class WriterProcess:
         return self._proc is not None and self._proc.poll() is None
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self, engine: SQLiteEngine) -> None:
-        """Start the child on ``engine``'s file (a SQLite store or an outbox) and wait until it
-        has opened it."""
-        self._engine = engine
-        path = engine.path
+    def start(self) -> None:
+        """Start the child and wait until it says it is ready (it then lowers its CPU priority:
+        :mod:`.idle`). Raises :class:`WriterProcessError` if it does not start."""
+        self._wanted = True
+        self._reap()
         self._price_refs = {}
         self._policy_refs = {}
         env = _child_environment(os.environ)
@@ -195,62 +221,79 @@ class WriterProcess:
             raise WriterProcessError(f"the trace writer process did not start: {exc}") from None
         self._proc = proc
         table = self.prices
-        init = ("init", engine.kind, path, price_tuples(table.prices), table.as_of, table.source)
+        init = ("init", price_tuples(table.prices), table.as_of, table.source)
         try:
             _write_frame(self._fd_in, marshal.dumps(init))
             reply = self._reply(START_TIMEOUT)
         except (OSError, WriterProcessError) as exc:
-            self.stop(timeout=1.0)
+            self._discard()
             raise WriterProcessError(f"the trace writer process did not start ({exc})") from None
         if reply[0] != "ready":
-            self.stop(timeout=1.0)
+            self._discard()
             raise WriterProcessError(f"the trace writer process did not start: {reply[1]}")
 
     def ensure_running(self) -> str | None:
         """Start the child again if it is gone: why it had to be, or ``None`` (also when its end
-        was already reported, by the :class:`WriterProcessError` of the batch it was writing)."""
-        if self._engine is None or self.alive:
+        was already reported, by the :class:`WriterProcessError` of the batch it was building).
+        Raises :class:`WriterProcessError` if the new one does not start."""
+        if not self._wanted or self.alive:
             return None
         why = None
         if self._proc is not None:
             why = f"the trace writer process had exited (code {self._proc.poll()})"
             self._discard()
-        self.start(self._engine)
+        self.start()
         return why
 
+    def kill(self) -> None:
+        """Kill the child without waiting for it to exit (the next :meth:`ensure_running` starts
+        another). It holds no lock and has written nothing: there is nothing to wait for."""
+        self._discard()
+
     def stop(self, timeout: float = 30.0) -> None:
-        """Close the child's input (it finishes what it was given, then exits) and wait for it."""
-        proc = self._proc
-        if proc is None:
-            return
-        _close_pipes(proc)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.error("trace writer process %d did not exit in %.0fs: killed", proc.pid, timeout)
-            proc.kill()
-            proc.wait()
-        self._proc = None
+        """Close the child's input (it finishes what it was given, then exits) and wait for it,
+        and for the children killed before."""
+        self._wanted = False
+        proc, self._proc = self._proc, None
+        deadline = time.monotonic() + timeout
+        if proc is not None:
+            _close_pipes(proc)
+            self._killed.append(proc)
+        for proc in self._killed:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("trace writer process %d did not exit in %.0fs: killed", proc.pid, timeout)
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+        self._killed = []
 
     def _died(self) -> WriterProcessError:
-        """The child is gone mid-batch: reap it (the next batch starts another) and say how it ended."""
+        """The child is gone mid-batch: forget it (the next batch starts another) and say how it
+        ended, as far as is known without waiting for it."""
         proc = self._proc
         how = "exited"
         if proc is not None:
-            try:
-                how = f"exited (code {proc.wait(5)})"  # its pipe closed as it died: it is exiting
-            except subprocess.TimeoutExpired:
-                how = "stopped answering (killed)"
+            code = proc.poll()
+            how = "exited" if code is None else f"exited (code {code})"
             self._discard()
         return WriterProcessError(f"the trace writer process {how}")
 
     def _discard(self) -> None:
-        if self._proc is not None:
-            _close_pipes(self._proc)
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.wait()
-            self._proc = None
+        """Kill the child if it still runs and set it aside to be reaped later, never waiting."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        _close_pipes(proc)
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+        self._killed.append(proc)
+        self._reap()
+
+    def _reap(self) -> None:
+        self._killed = [proc for proc in self._killed if proc.poll() is None]
 
     @property
     def _fd_in(self) -> int:
@@ -258,30 +301,59 @@ class WriterProcess:
         return self._proc.stdin.fileno()
 
     # -- batches (the store's writer thread) -----------------------------------------------------
-    def write(self, items: list[Any]) -> tuple[int, int, int]:
-        """Have the child build and insert the rows of ``items``; (written, repaired, failed).
-        Raises :class:`WriterProcessError` if it cannot (the batch is then lost)."""
-        payload, built_repaired, unbuildable = self._pack(items)
+    def build(self, items: list[Any], starved_after: float | None = STARVED_AFTER) -> tuple[list[Any], int, int]:
+        """The rows of ``items``, built by the child: (rows, how many a fallback built, how many
+        items no row could be built for); the child's costs go to ``on_cost``. Raises
+        :class:`WriterStarved` (the child killed) when, after ``starved_after`` seconds, it has
+        not answered and has hardly run (``None``: wait as long as it takes), and
+        :class:`WriterProcessError` when it failed or is gone. Either way no row of the batch was
+        built and no cost counted: the caller builds them all."""
+        self._reap()
+        if self._proc is None:
+            raise WriterProcessError("the trace writer process is not running")
+        payload, rows, repaired, unbuildable = self._pack(items)
+        if payload is None:  # nothing the child could be sent
+            return rows, repaired, unbuildable
+        pid = self._proc.pid
+        cpu = _cpu_seconds(pid) if starved_after is not None else None
         try:
             _write_frame(self._fd_in, payload)
         except OSError:
             raise self._died() from None
-        reply = self._reply(None)
+        while True:
+            try:
+                reply = self._reply(starved_after)
+                break
+            except WriterStarved:
+                now = _cpu_seconds(pid)
+                if cpu is not None and now is not None and now - cpu < STARVED_SHARE * (starved_after or 0.0):
+                    self.kill()
+                    raise WriterStarved(
+                        f"the trace writer process ran {(now - cpu) * 1000:.0f} ms of the {starved_after:g} s "
+                        "it was waited for (no spare CPU); killed"
+                    ) from None
+                cpu = now  # busy with a large batch: wait for it
         if reply[0] != "ok":
             raise WriterProcessError(f"the trace writer process failed a batch ({reply[1]})")
-        _, written, repaired, failed, costs, _logs = reply
+        _, parts, built_repaired, failed, costs, _logs = reply
+        for start, part in enumerate(parts):
+            if start:
+                time.sleep(0)  # let the event loop have the GIL (see .writer.GIL_SLICE)
+            rows.extend(marshal.loads(part))
         if self._on_cost is not None:
             for project, usd, created_at in costs:
                 self._on_cost(project, usd, created_at)
-        return written, repaired + built_repaired, failed + unbuildable
+        return rows, repaired + built_repaired, unbuildable + failed
 
-    def _pack(self, items: list[Any]) -> tuple[bytes, int, int]:
-        """The batch's frame, and the counts of rows built here (by the fallback) and of items no
-        row could be built for. Marshalled :data:`ITEMS_PER_SLICE` items at a time, yielding the
-        GIL in between (a whole batch would hold it for a millisecond: see :data:`.writer.GIL_SLICE`)."""
+    def _pack(self, items: list[Any]) -> tuple[bytes | None, list[Any], int, int]:
+        """The batch's frame (``None``: no item to send), the rows of the items that cannot be
+        sent as they are (built here), and how many of those a fallback built or none could be
+        built for. Marshalled :data:`ITEMS_PER_SLICE` items at a time, yielding the GIL in between
+        (a whole batch would hold it for a millisecond: see :data:`.writer.GIL_SLICE`)."""
         defs: dict[int, Any] = {}
         policy_defs: dict[int, Any] = {}
         parts: list[bytes] = []
+        rows: list[Any] = []
         repaired = unbuildable = 0
         for start in range(0, len(items), ITEMS_PER_SLICE):
             if start:
@@ -289,7 +361,6 @@ class WriterProcess:
             some = items[start : start + ITEMS_PER_SLICE]
             sent = [
                 (
-                    _SENT,
                     fields_of(item),
                     self._price_ref(item.provider_prices, defs),
                     self._policy_ref(item.policy, policy_defs),
@@ -298,12 +369,28 @@ class WriterProcess:
             ]
             try:
                 parts.append(marshal.dumps(sent))
+                continue
             except ValueError:  # a value marshal refuses (nested too deeply): build those rows here
-                sent, built, failed = self._pack_each(some, sent)
-                parts.append(marshal.dumps(sent))
-                repaired += built
-                unbuildable += failed
-        return marshal.dumps(("batch", defs, policy_defs, parts)), repaired, unbuildable
+                pass
+            sendable = []
+            for item, entry in zip(some, sent):
+                try:
+                    marshal.dumps(entry)
+                    sendable.append(entry)
+                    continue
+                except ValueError:
+                    pass
+                row, fallback = build_row(item, self._finalize, fallback_row)
+                if row is None:
+                    unbuildable += 1
+                else:
+                    rows.append(row)
+                    repaired += fallback
+            if sendable:
+                parts.append(marshal.dumps(sendable))
+        if not parts:
+            return None, rows, repaired, unbuildable
+        return marshal.dumps(("batch", defs, policy_defs, parts)), rows, repaired, unbuildable
 
     def _price_ref(self, prices: Mapping[str, Price] | None, defs: dict[int, Any]) -> int:
         """The number the child knows a provider's price table by (-1: none); a table it has not
@@ -324,31 +411,9 @@ class WriterProcess:
             defs[known] = policy.as_tuple()
         return known
 
-    def _pack_each(self, items: list[Any], sent: list[Any]) -> tuple[list[Any], int, int]:
-        out: list[Any] = []
-        repaired = unbuildable = 0
-        for item, entry in zip(items, sent):
-            try:
-                marshal.dumps(entry)
-                out.append(entry)
-                continue
-            except ValueError:
-                pass
-            row, fallback = build_row(item, self._finalize, fallback_row)
-            if row is None:
-                unbuildable += 1
-                continue
-            try:
-                marshal.dumps(row)
-            except ValueError:
-                log.error("trace %s could not be written: a value cannot be sent to the writer process", row[0])
-                unbuildable += 1
-                continue
-            out.append((_BUILT, row, fallback, -1))
-            repaired += fallback
-        return out, repaired, unbuildable
-
     def _reply(self, timeout: float | None) -> Any:
+        """The child's next answer; :class:`WriterStarved` if none came within ``timeout``
+        seconds (the child is left as it is), :class:`WriterProcessError` if it is gone."""
         proc = self._proc
         assert proc is not None and proc.stdout is not None
         fd = proc.stdout.fileno()
@@ -358,7 +423,7 @@ class WriterProcess:
             with selectors.DefaultSelector() as sel:
                 sel.register(fd, selectors.EVENT_READ)
                 if not sel.select(timeout):
-                    raise WriterProcessError(f"no answer in {timeout:.0f}s")
+                    raise WriterStarved(f"no answer in {timeout:g}s")
         try:
             payload = _read_frame(fd)
         except (OSError, EOFError) as exc:
@@ -425,15 +490,12 @@ def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
     init = _read_frame(fd_in)
     if init is None:
         return
-    _, kind, path, tuples, as_of, source = marshal.loads(init)
+    _, tuples, as_of, source = marshal.loads(init)
     prices = PriceTable(price_table(tuples), as_of, source)
-    engine = OutboxEngine(path) if kind == OutboxEngine.kind else SQLiteEngine(path)
-    try:
-        conn = engine.open_for_writing()
-    except Exception as exc:
-        _write_frame(fd_out, marshal.dumps(("failed", str(exc), collect.take())))
-        return
+    # Ready first, at the priority it was started with, so the proxy's wait for it is short on a
+    # busy host too; idle from then on.
     _write_frame(fd_out, marshal.dumps(("ready", None, collect.take())))
+    lower_priority()
     provider_prices: dict[int, dict[str, Price]] = {}
     policies: dict[int, StoragePolicy] = {}
     while True:
@@ -447,18 +509,14 @@ def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
             for ref, values in policy_defs.items():
                 policies[ref] = StoragePolicy.from_tuple(values)
             items = [item for part in parts for item in marshal.loads(part)]
-            reply = _write_batch(engine, conn, items, prices, provider_prices, policies, collect)
-        except Exception as exc:
+            answer = marshal.dumps(_build_batch(items, prices, provider_prices, policies, collect))
+        except Exception as exc:  # the proxy builds this batch itself
             log.exception("the trace writer process failed a batch")
-            reply = ("failed", f"{type(exc).__name__}: {str(exc)[:200]}", collect.take())
-            conn = _reopen(engine, conn)
-        _write_frame(fd_out, marshal.dumps(reply))
-    conn.close()
+            answer = marshal.dumps(("failed", f"{type(exc).__name__}: {str(exc)[:200]}", collect.take()))
+        _write_frame(fd_out, answer)
 
 
-def _write_batch(
-    engine: SQLiteEngine,
-    conn: Any,
+def _build_batch(
     items: list[Any],
     prices: PriceTable,
     provider_prices: Mapping[int, Mapping[str, Price]],
@@ -473,23 +531,10 @@ def _write_batch(
             costs.append((ex.project, row["cost_usd"], ex.created_at))
         return row
 
-    rows = [values for kind, values, _, _ in items if kind == _BUILT]  # built in the proxy (rare)
-    exchanges = [
-        exchange_of(values, provider_prices.get(ref), policies.get(policy))
-        for kind, values, ref, policy in items
-        if kind == _SENT
-    ]
-    built, built_repaired, unbuildable = build_rows(exchanges, counted, fallback_row)
-    written, repaired, failed = engine.insert_rows(conn, rows + built)
-    return ("ok", written, built_repaired + repaired, failed + unbuildable, costs, collect.take())
-
-
-def _reopen(engine: SQLiteEngine, conn: Any) -> Any:
-    """A fresh connection after a failed batch (as the writer thread reconnects); if the store
-    cannot be opened now, the child exits and the proxy starts another for its next batch."""
-    with contextlib.suppress(Exception):
-        conn.close()
-    return engine.open_for_writing()
+    exchanges = [exchange_of(values, provider_prices.get(ref), policies.get(policy)) for values, ref, policy in items]
+    rows, repaired, unbuildable = build_rows(exchanges, counted, fallback_row)
+    parts = [marshal.dumps(rows[start : start + ITEMS_PER_SLICE]) for start in range(0, len(rows), ITEMS_PER_SLICE)]
+    return ("ok", parts, repaired, unbuildable, costs, collect.take())
 
 
 if __name__ == "__main__":

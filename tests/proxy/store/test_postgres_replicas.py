@@ -174,7 +174,9 @@ def test_postgres_down_each_replica_counts_its_own_and_catches_up(fake: FakeUpst
             # Alone, each replica enforces the limit on its own counts.
             assert paced([a.base], 15, per_second=50) == [200] * 15
             assert paced([b.base], 25, per_second=50) == [200] * 20 + [429] * 5
-            # prysmai doctor names the store (masked) and how far behind its outbox is.
+            # prysmai doctor names the store (masked) and how far behind its outbox is, once the
+            # writer has put B's traces there (answered is not yet in the outbox).
+            wait_for(lambda: health(b.base)["store"]["outbox_backlog"] == 25, 20, "B's backlog was not counted")
             _, out, err = doctor("--json", PRYSM_API_KEY=ADMIN, PRYSM_BASE_URL=b.base, OPENAI_API_KEY="sk-app")
             store = by_name(out)["trace store"]
             assert store["status"] == "warning", out + err
