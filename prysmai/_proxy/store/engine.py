@@ -97,6 +97,11 @@ class Dialect(Protocol):
         down."""
         ...
 
+    def count_sum(self, column: str) -> str:
+        """The sum of the counts in the whole-number column ``column``, as an integer the driver
+        reads at its native speed."""
+        ...
+
     def unindexed(self, column: str) -> str:
         """``column`` in a condition the planner must not answer through the column's own index,
         where the engine's planner needs telling."""

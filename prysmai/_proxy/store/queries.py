@@ -721,7 +721,8 @@ def _read_hists(
 ) -> None:
     """Add the histograms of the rollup ``table``'s rows matching ``clauses``, grouped by ``g``."""
     sql = (
-        f"SELECT {g}, metric, bucket, sum(n), min(min_ms), max(max_ms) FROM {table}{_where(clauses)} "
+        f"SELECT {g}, metric, bucket, {dialect_of(conn).count_sum('n')}, min(min_ms), max(max_ms) "
+        f"FROM {table}{_where(clauses)} "
         f"GROUP BY {_positions(n + 2)}"
     )
     for row in conn.execute(sql, params):

@@ -522,6 +522,56 @@ def test_a_keys_latency_sample_is_read_from_its_index_alone(pg_url: str, by: str
         assert all(int(n) == 0 for n in re.findall(r"Heap Fetches: (\d+)", plan)), plan
 
 
+class _Typing(PostgresConnection):
+    """A read connection that also notes the type of each histogram count it reads."""
+
+    __slots__ = ()
+    counts: ClassVar[list[int]] = []
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        cursor = super().execute(sql, parameters)
+        if "FROM rollup_hist" in sql and ", metric, bucket, " in sql:
+            columns = [d.name for d in cursor.description]
+            self.counts.append(cursor.description[columns.index("bucket") + 1].type_code)
+        return cursor
+
+
+register_dialect(_Typing, PostgresEngine.dialect)
+
+
+@pytest.mark.parametrize("days", [None, 7])
+def test_the_overviews_histogram_counts_are_read_as_bigint(pg_url: str, days: int | None, tmp_path: Any) -> None:
+    """The overview's histogram reads of the rollups (the 7-day page's series reads thousands of
+    rows) add their counts up as a ``bigint``, which psycopg loads in C, not as the ``numeric``
+    that ``sum`` of a bigint gives, which a Python loader reads; the page answers as SQLite's."""
+    from psycopg.postgres import types
+
+    rows = make_rows(400, seed=9)
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, rows)
+    finally:
+        conn.close()
+    since = None if days is None else time.time() - days * 86400
+    f = TraceFilter(since=since)
+    _Typing.counts = []
+    reader = _Typing(engine.connect(read_only=True))
+    try:
+        with engine.time_limited(reader, None):
+            page = queries.overview_page(reader, f, queries.pick_bucket(f.since, f.until), queries.BREAKDOWNS, 10)
+    finally:
+        reader.close()
+    assert _Typing.counts
+    assert set(_Typing.counts) == {types["int8"].oid}
+    with SQLiteEngine(str(tmp_path / "t.db")).open_for_writing() as lite:
+        insert_rows(lite, rows)
+        expected = queries.overview_page(lite, f, queries.pick_bucket(f.since, f.until), queries.BREAKDOWNS, 10)
+    assert close_enough(page["overview"], expected["overview"])
+    assert close_enough(page["timeseries"], expected["timeseries"])
+    assert close_enough(page["breakdowns"]["model"], expected["breakdowns"]["model"])
+
+
 def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_path: Any) -> None:
     """Version 7 replaces the view's join to the bodies and indexes every day partition: a
     database of version 6 with traces reads, after it, the same rows and bodies as before and

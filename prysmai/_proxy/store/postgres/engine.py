@@ -168,6 +168,12 @@ class PostgresDialect:
         return rollups.period_sql(expression, width)
 
     @staticmethod
+    def count_sum(column: str) -> str:
+        # ``sum`` of a bigint is a ``numeric``, read through a loader in Python (_numbers_as_python);
+        # a bigint is read by psycopg's own C loader. A count cannot outgrow a bigint.
+        return f"sum({column})::bigint"
+
+    @staticmethod
     def unindexed(column: str) -> str:
         return column
 

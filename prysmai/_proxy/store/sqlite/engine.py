@@ -119,6 +119,10 @@ class SQLiteDialect:
         return f"CAST({expression} / {width} AS INTEGER)"
 
     @staticmethod
+    def count_sum(column: str) -> str:
+        return f"sum({column})"
+
+    @staticmethod
     def unindexed(column: str) -> str:
         # Unary +: SQLite then does not use an index on the column for the condition.
         return f"+{column}"
