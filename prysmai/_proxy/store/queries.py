@@ -1158,6 +1158,10 @@ def _key_groups(
         )
         params.extend(more)
 
+    # Read once for every part: a list of projects is a few statements, each a seek per partition
+    # on PostgreSQL.
+    store_projects = functools.cache(lambda: projects(conn))
+
     def rollup(lo: int | None, hi: int) -> None:
         clauses, more = _rollup_filters(f, ("project",))
         if keys is not None and lo is not None and hi - lo <= KEY_SEEK_DAYS * KEY_PERIOD:
@@ -1166,7 +1170,7 @@ def _key_groups(
             clauses.append(f"period IN ({_positions_of(days)})")
             more.extend(days)
             if f.project is None:
-                names = projects(conn)
+                names = store_projects()
                 clauses.append(f"project IN ({_positions_of(names)})" if names else "0 = 1")
                 more.extend(names)
         else:

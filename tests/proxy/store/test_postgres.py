@@ -572,6 +572,48 @@ def test_the_overviews_histogram_counts_are_read_as_bigint(pg_url: str, days: in
     assert close_enough(page["breakdowns"]["model"], expected["breakdowns"]["model"])
 
 
+class _Counting(PostgresConnection):
+    """A read connection that notes each statement it runs."""
+
+    __slots__ = ()
+    statements: ClassVar[list[str]] = []
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        self.statements.append(sql)
+        return super().execute(sql, parameters)
+
+
+register_dialect(_Counting, PostgresEngine.dialect)
+
+
+@pytest.mark.parametrize("by", ["user_id", "session_id"])
+def test_a_ranges_top_keys_read_the_list_of_projects_once(pg_url: str, by: str, tmp_path: Any) -> None:
+    """The totals of a range's top users or sessions seek their per-day rollup rows by (day,
+    project, key) in each part of the range (its whole days, today, maybe its first day): the
+    store's projects are listed once for all the parts (a list is a statement per project, each a
+    seek in every day partition), and the breakdown answers as SQLite's."""
+    rows = make_rows(400, seed=10)
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, rows)
+    finally:
+        conn.close()
+    f = TraceFilter(since=time.time() - 7 * 86400)
+    _Counting.statements = []
+    reader = _Counting(engine.connect(read_only=True))
+    try:
+        with engine.time_limited(reader, None):
+            found = queries.breakdown(reader, f, by, 5)
+    finally:
+        reader.close()
+    assert any("period IN (" in sql for sql in _Counting.statements)  # the keys' rollup rows sought
+    assert _Counting.statements.count("SELECT min(project) FROM traces") == 1
+    with SQLiteEngine(str(tmp_path / "t.db")).open_for_writing() as lite:
+        insert_rows(lite, rows)
+        assert close_enough(found, queries.breakdown(lite, f, by, 5))
+
+
 def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_path: Any) -> None:
     """Version 7 replaces the view's join to the bodies and indexes every day partition: a
     database of version 6 with traces reads, after it, the same rows and bodies as before and
