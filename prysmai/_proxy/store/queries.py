@@ -461,8 +461,25 @@ def _conditions(
             if bound is not None:
                 sql += f" AND num {op} ?"
                 params.append(bound)
+        if not score_probe and times and since is not None and _short(since, until):
+            # A short range's scored traces are the scores of that range, read through the scores'
+            # time-first index (a score keeps its trace's time): not every score of the name.
+            sql = sql.replace("name = ?", f"{dialect.unindexed('name')} = ?", 1)
+            sql += " AND trace_time >= ?"
+            params.append(since)
+            if until is not None:
+                sql += " AND trace_time < ?"
+                params.append(until)
         clauses.append(f"EXISTS ({sql})" if score_probe else f"id IN ({sql})")
     return clauses, params
+
+
+#: The longest range whose score filter reads the scores of the range (see :func:`_conditions`).
+SHORT_RANGE = 2 * 86400
+
+
+def _short(since: float, until: float | None) -> bool:
+    return (time.time() if until is None else until) - since <= SHORT_RANGE
 
 
 def _where(clauses: list[str]) -> str:
