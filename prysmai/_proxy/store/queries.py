@@ -461,8 +461,25 @@ def _conditions(
             if bound is not None:
                 sql += f" AND num {op} ?"
                 params.append(bound)
+        if not score_probe and times and since is not None and _short(since, until):
+            # A short range's scored traces are the scores of that range, read through the scores'
+            # time-first index (a score keeps its trace's time): not every score of the name.
+            sql = sql.replace("name = ?", f"{dialect.unindexed('name')} = ?", 1)
+            sql += " AND trace_time >= ?"
+            params.append(since)
+            if until is not None:
+                sql += " AND trace_time < ?"
+                params.append(until)
         clauses.append(f"EXISTS ({sql})" if score_probe else f"id IN ({sql})")
     return clauses, params
+
+
+#: The longest range whose score filter reads the scores of the range (see :func:`_conditions`).
+SHORT_RANGE = 2 * 86400
+
+
+def _short(since: float, until: float | None) -> bool:
+    return (time.time() if until is None else until) - since <= SHORT_RANGE
 
 
 def _where(clauses: list[str]) -> str:
@@ -1104,6 +1121,7 @@ def _key_groups(
     top: int | None = None,
     columns: tuple[str, ...] = _GROUP_COLUMNS,
     keys: list[Any] | None = None,
+    kept: bool = True,
 ) -> tuple[str, list[Any]]:
     """A query of ``f``'s traces grouped by ``column`` (user_id, session_id): one row per key
     (``k``, ``None`` for traces without one) with :data:`_GROUP_COLUMNS`. Whole days come from the
@@ -1113,7 +1131,8 @@ def _key_groups(
     ``top`` only the rows that may be among the ``top`` most requested -- those with at least the
     requests of the ``top``-th largest row, ties included, found through the rollup's index.
     Otherwise the rows hold only ``columns`` of :data:`_GROUP_COLUMNS`, and with ``keys`` only
-    those keys' rows, read through the keys' indexes (a few keys of many)."""
+    those keys' rows, read through the keys' indexes (a few keys of many). Without ``kept``, keys
+    whose traces were all deleted keep their rows (their rollup rows' times still count)."""
     parts: list[str] = []
     params: list[Any] = []
     named = [k for k in keys or () if k is not None]
@@ -1224,7 +1243,8 @@ def _key_groups(
         f"{'min' if c == 'first_seen' else 'max' if c == 'last_seen' else 'sum'}({c}) AS {c}" for c in columns
     )
     # A rollup row whose traces were all deleted stays, with no requests.
-    return f"SELECT k, {sums} FROM ({' UNION ALL '.join(parts)}) AS parts GROUP BY k HAVING sum(requests) > 0", params
+    having = " HAVING sum(requests) > 0" if kept else ""
+    return f"SELECT k, {sums} FROM ({' UNION ALL '.join(parts)}) AS parts GROUP BY k{having}", params
 
 
 def overview_page(
@@ -1652,7 +1672,13 @@ def _groups(
     # (The default order keeps the cursors it has always given.)
     kind = f"{column}s" + ("" if (sort, descending) == ("last_seen", True) else f":{sort}:{descending}")
     seek = _small_project(conn, f)
-    source, params = _key_groups(conn, f, column, seek)
+    recent = None
+    if (sort, descending) == ("last_seen", True) and not cursor and not search:
+        recent = _recent_keys(conn, f, column, seek, limit + 1)
+    if recent is None:
+        source, params = _key_groups(conn, f, column, seek)
+    else:
+        source, params = _key_groups(conn, f, column, seek, keys=recent)
     where = "k IS NOT NULL"
     op, order = ("<", "DESC") if descending else (">", "ASC")
     if search:
@@ -1694,6 +1720,52 @@ def _groups(
         return rows, None
     rows = rows[:limit]
     return rows, _encode_cursor([kind, values[limit - 1], rows[-1][column], 0])
+
+
+#: Most of the newest traces :func:`_recent_keys` walks for a page's keys before it gives up.
+RECENT_WALK = 20000
+
+
+def _recent_keys(conn: Connection, f: TraceFilter, column: str, seek: bool, wanted: int) -> list[Any] | None:
+    """The keys that may be among the ``wanted`` most recently seen of ``f`` (``None``: not found
+    in the newest :data:`RECENT_WALK` traces): with them, a first page sorted by last seen reads the
+    totals of those keys alone instead of grouping every key of the range.
+
+    The newest traces are walked until ``wanted`` keys are seen; the time ``t`` of the last one
+    bounds the page: those keys were last seen at ``t`` or later, so every key of the page was
+    too. Such a key has a row -- of a day's rollup, whose ``last_seen`` is that day's and never
+    lowered by a delete, or of the traces -- last seen at ``t`` or later, on ``t``'s day or after:
+    those rows' keys, grouped as the page groups them, are the answer (a superset of the page's)."""
+    if not f.keys_rollup_ok:
+        return None
+    clauses, params = _conditions(conn, f, seek=seek)
+    unindexed = dialect_of(conn).unindexed(column)
+    clauses += [f"{unindexed} IS NOT NULL", f"{unindexed} <> ''"]
+    table = "traces" if seek else dialect_of(conn).time_first("traces")
+    sql = f"SELECT {column}, created_at FROM {table}{_where(clauses)} ORDER BY created_at DESC LIMIT ? OFFSET ?"
+    seen: set[Any] = set()
+    bound = None
+    walked = 0
+    # A short walk first (a page's keys are usually among the newest few hundred traces).
+    for step in (min(RECENT_WALK, 50 * wanted), RECENT_WALK):
+        if step <= walked:
+            continue
+        for key, created_at in conn.execute(sql, [*params, step - walked, walked]).fetchall():
+            seen.add(key)
+            if len(seen) >= wanted:
+                bound = created_at
+                break
+        if bound is not None:
+            break
+        walked = step
+    if bound is None:
+        return None
+    day = math.floor(bound / KEY_PERIOD) * KEY_PERIOD
+    since = day if f.since is None else max(f.since, day)
+    source, more = _key_groups(conn, dataclasses.replace(f, since=since), column, seek, kept=False)
+    sql = f"SELECT k FROM ({source}) AS recent WHERE k IS NOT NULL AND last_seen >= ?"
+    found = [k for (k,) in conn.execute(sql, [*more, bound])]
+    return found or None
 
 
 def sessions(

@@ -37,6 +37,7 @@ from .queries import (
     _conditions,
     _Grouping,
     _key_groups,
+    _keys_all_time,
     _merge,
     _raw_totals,
     _rollup_totals,
@@ -290,7 +291,14 @@ def _by_rollup_column(
 def _by_user(
     conn: Connection, f: TraceFilter, width: int, top: int, now: float, latency: bool
 ) -> tuple[Groups, dict[int, _Agg]]:
-    source, params = _key_groups(conn, f, "user_id", _small_project(conn, f), now)
+    # The users' requests alone (no other total, no first or last time), as the overview finds its
+    # top users: over all time the largest rows of the all-time rollup (one more, for the row of
+    # the traces without a user), over a range the partial days' rows or rollup rows less the rest.
+    seek = _small_project(conn, f)
+    if _keys_all_time(f, times=False):
+        source, params = _key_groups(conn, f, "user_id", seek, now, times=False, top=top + 1)
+    else:
+        source, params = _key_groups(conn, f, "user_id", seek, now, times=False, columns=("requests",))
     sql = f"SELECT k FROM ({source}) AS keys WHERE k IS NOT NULL ORDER BY requests DESC, k LIMIT ?"
     users = [k for (k,) in conn.execute(sql, [*params, top])]
     dialect = dialect_of(conn)

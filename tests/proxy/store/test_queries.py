@@ -1390,3 +1390,55 @@ def test_a_schema_9_store_is_migrated_to_the_hourly_histograms_by_model(tmp_path
     finally:
         store.close()
     assert close_enough(after, want) and after[0]["overview"]["requests"] > 0
+
+
+def test_a_first_page_of_recent_keys_groups_only_the_keys_it_may_hold(tmp_path: Any) -> None:
+    """The first page of sessions or users, most recently seen first, reads the totals of the keys
+    last seen on the newest days only (never every key of the range grouped); its rows are the
+    rows grouped by key, newest last trace first, and its next pages follow on."""
+    rng = random.Random(3)
+    base = 1_700_000_000.0 - 1_700_000_000.0 % 86400
+    rows = [
+        row(
+            base + rng.uniform(0, 12 * 86400),
+            status=rng.choice(["success", "error", "cancelled"]),
+            cost_usd=rng.choice([None, rng.uniform(0, 0.01)]),
+            total_tokens=rng.choice([None, rng.randint(1, 50)]),
+            project=rng.choice(["a", "b"]),
+            user_id=rng.choice([None, ""] + [f"u{i}" for i in range(60)]),
+            session_id=rng.choice([None] + [f"s{i}" for i in range(300)]),
+        )
+        for _ in range(3000)
+    ]
+    conn = db(tmp_path, rows)
+    for f in (TraceFilter(), TraceFilter(project="a"), TraceFilter(since=base + 2.5 * 86400)):
+        for column, fn in (("session_id", queries.sessions), ("user_id", queries.users)):
+            kept = [
+                r
+                for r in rows
+                if r[column]
+                and (f.project is None or r["project"] == f.project)
+                and (f.since is None or r["created_at"] >= f.since)
+            ]
+            by_key: dict[str, list[dict[str, Any]]] = {}
+            for r in kept:
+                by_key.setdefault(r[column], []).append(r)
+            want = sorted(by_key, key=lambda k: (max(r["created_at"] for r in by_key[k]), k), reverse=True)
+            for limit in (1, 7, 25):
+                executed: list[str] = []
+                conn.set_trace_callback(executed.append)
+                page, cursor = fn(conn, f, limit=limit)
+                conn.set_trace_callback(None)
+                # The page's statement names its keys; no statement groups every key of the range.
+                grouped = [q for q in executed if "sort_value" in q]
+                assert len(grouped) == 1 and f"{column} IN (" in grouped[0], executed
+                assert [r[column] for r in page] == want[:limit]
+                for r in page:
+                    mine = by_key[r[column]]
+                    assert r["requests"] == len(mine)
+                    assert r["errors"] == sum(t["status"] == "error" for t in mine)
+                    assert r["total_tokens"] == sum(t["total_tokens"] or 0 for t in mine)
+                    assert r["first_seen"] == min(t["created_at"] for t in mine)
+                    assert r["last_seen"] == max(t["created_at"] for t in mine)
+                rest, _ = fn(conn, f, cursor=cursor, limit=1000)
+                assert [r[column] for r in page + rest] == want

@@ -299,3 +299,40 @@ def test_stats_of_a_score_over_whole_days_read_the_scored_rollups_not_the_traces
     assert any("rollup_scored_day" in s for s in statements) and any("rollup_scored_hist_day" in s for s in statements)
     assert not [s for s in statements if "traces" in s.replace("rollup_", "")], statements
     assert got["requests"] == want > 0
+
+
+@pytest.mark.parametrize("since, span", [(NOW - 0.6 * 86400, None), (NOW - 1.7 * 86400, 0.9 * 86400)])
+@pytest.mark.parametrize("project", [None, "web"])
+def test_a_short_range_of_a_score_reads_the_scores_of_that_range_only(
+    both: Any, since: float, span: float | None, project: str | None
+) -> None:
+    """A range of a day or two (the partial days at a longer range's edges) finds its scored traces
+    among the scores of that range (the scores' time-first index), not every score of the name:
+    its stats are the rows' (each scored trace once), the same on both engines."""
+    until = None if span is None else since + span
+    f = TraceFilter(since=since, until=until, project=project, score="helpful")
+
+    def traced(conn: Any) -> tuple[dict[str, Any], list[str], list[Any]]:
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        try:
+            got = queries.stats(conn, f)
+        finally:
+            conn.set_trace_callback(None)
+        want = conn.execute(
+            "SELECT count(*), sum(status IN ('error', 'timeout')), sum(total_tokens) FROM traces "
+            "WHERE created_at >= ? AND created_at < ? AND (? IS NULL OR project = ?) "
+            "AND id IN (SELECT trace_id FROM scores WHERE name = 'helpful')",
+            [since, NOW + 86400 if until is None else until, project, project],
+        ).fetchone()
+        return got, statements, list(want)
+
+    sqlite_store, pg_store = both
+    got, statements, (requests, errors, tokens) = sqlite_store.read_sync(traced)
+    scored = [s for s in statements if "FROM scores" in s]
+    assert scored and all("trace_time >=" in s for s in scored), statements
+    assert requests > 0 and (got["requests"], got["errors"], got["total_tokens"]) == (requests, errors, tokens or 0)
+    other = pg_store.read_sync(queries.stats, f)
+    assert {k: v for k, v in other.items() if k != "by_model"} == pytest.approx(
+        {k: v for k, v in got.items() if k != "by_model"}
+    )

@@ -277,6 +277,35 @@ def test_a_split_series_is_its_groups_counted_by_hand(sqlite_store: Any, by: str
     assert doc["complete"]
 
 
+@pytest.mark.parametrize("since", [None, NOW - 3 * 86400 + 1234.5])
+@pytest.mark.parametrize("project", [None, "batch"])
+def test_the_top_users_of_a_split_add_up_their_requests_alone(sqlite_store: Any, since: Any, project: Any) -> None:
+    """A split by user finds its top users from their requests alone (over all time the all-time
+    rollup's largest rows; no first or last time, no other total of every user): the users with
+    most traces, counted by hand."""
+    f = TraceFilter(since=since, project=project)
+    width = queries.pick_bucket(since, None, NOW)
+
+    def traced(conn: Any) -> tuple[dict[str, Any], list[str]]:
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        try:
+            return slices.group_series(conn, f, "user", width, 2, latency=False), statements
+        finally:
+            conn.set_trace_callback(None)
+
+    doc, statements = sqlite_store.read_sync(traced)
+    ranking = [s for s in statements if "ORDER BY requests DESC" in s]
+    assert len(ranking) == 1, statements
+    if since is None:
+        assert "FROM rollup_user_all" in ranking[0] and "traces" not in ranking[0], ranking
+    else:
+        assert ranking[0].startswith("SELECT k FROM (SELECT k, sum(requests) AS requests FROM ("), ranking
+    per_user = Counter(r["user_id"] for r in DICTS if matches(r, f) and r["user_id"] is not None)
+    want = sorted(per_user.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
+    assert [(g["key"], g["requests"]) for g in doc["groups"] if not g["other"]] == want
+
+
 def test_a_split_by_a_metadata_key_says_what_it_covered(sqlite_store: Any, monkeypatch: Any) -> None:
     monkeypatch.setattr(slices, "META_SCAN", 50)
     f = TraceFilter(since=NOW - 86400 * 9)
