@@ -288,7 +288,7 @@ def test_jsonl_is_one_valid_document_per_line_whatever_was_captured(values: list
             "id": f"{i:032x}",
             "user_id": u,
             "metadata": json.dumps({"k": s}),
-            "request_body": "{" + e,  # never valid JSON: stays text
+            "request_body": "{{" + e,  # never valid JSON ("{" + "}" was): stays text
             "response_body": json.dumps({"content": e, "n": "NaN"}),
         }
         for i, (u, s, e) in enumerate(values)
