@@ -84,14 +84,20 @@ def child(code: str, kind: str, n: int, drop: str | None, body_kb: int) -> None:
         if drop and drop != SEARCH:
             assert store._conn is not None
             store._conn.execute(f"DROP INDEX {drop}")
-        cpu, main_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
-        for row in rows:
-            store.submit(row)
-        store.close(timeout=600)
-        wall = time.perf_counter() - wall
-        writer_cpu = (time.process_time() - cpu) - (time.thread_time() - main_cpu)
-        if store.written != n:
-            raise RuntimeError(f"wrote {store.written} of {n}")
+        _submit_and_time(store, rows, n)
+
+
+def _submit_and_time(store: Any, items: Any, n: int) -> None:
+    """Submit every item to an open writer, close it, check it wrote ``n``, and print the CPU the
+    writer's threads (every thread but this one) and the wall clock took."""
+    cpu, main_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
+    for item in items:
+        store.submit(item)
+    store.close(timeout=600)
+    wall = time.perf_counter() - wall
+    writer_cpu = (time.process_time() - cpu) - (time.thread_time() - main_cpu)
+    if store.written != n:
+        raise RuntimeError(f"wrote {store.written} of {n}")
     print(json.dumps({"writer_cpu_s": writer_cpu, "wall_s": wall}))
 
 
@@ -115,15 +121,7 @@ def child_redaction(code: str, n: int, sets: str, mix: str) -> None:
             SQLiteEngine(os.path.join(folder, "t.db")), partial(finalize, prices=PriceTable.load()), queue_size=n + 10
         )
         store.open()
-        cpu, main_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
-        for ex in items:
-            store.submit(ex)
-        store.close(timeout=600)
-        wall = time.perf_counter() - wall
-        writer_cpu = (time.process_time() - cpu) - (time.thread_time() - main_cpu)
-        if store.written != n:
-            raise RuntimeError(f"wrote {store.written} of {n}")
-    print(json.dumps({"writer_cpu_s": writer_cpu, "wall_s": wall}))
+        _submit_and_time(store, items, n)
 
 
 def _captured(n: int, mix: str = "all", redact: tuple[str, ...] = ("secrets",)) -> list[Any]:
