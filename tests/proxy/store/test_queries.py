@@ -22,6 +22,8 @@ from prysmai._proxy.store.rows import COLUMNS
 from prysmai._proxy.store.sqlite import SCHEMA_VERSION, SQLiteEngine, insert_rows, rollups
 from prysmai._proxy.store.writer import TraceWriter
 
+from .sqltrace import statements_run
+
 HOUR = 3600.0
 BOUND = math.exp(1 / 32) - 1  # the documented percentile error bound (3.2 %)
 
@@ -1185,10 +1187,8 @@ def test_the_top_users_and_sessions_of_a_range_read_little_of_its_partial_days(t
     conn = db(tmp_path, rows)
     f = TraceFilter(since=base + 0.05 * 86400, until=base + 3.92 * 86400)
     for by in ("user_id", "session_id"):
-        executed: list[str] = []
-        conn.set_trace_callback(executed.append)
-        got = queries.breakdown(conn, f, by, 5)
-        conn.set_trace_callback(None)
+        with statements_run(conn) as executed:
+            got = queries.breakdown(conn, f, by, 5)
         # Every read of the rows grouped by the key covers at most a tenth of a day, or few keys.
         windows = [
             re.search(r"created_at >= ([0-9.]+) AND created_at < ([0-9.]+)", q)
@@ -1300,13 +1300,11 @@ def test_a_sub_day_series_by_model_reads_the_hourly_rollup_by_model_not_the_rows
     conn = db(tmp_path, rows)
     base = 1_700_000_000.0 - 1_700_000_000.0 % HOUR
     since, until = base + 3 * HOUR, base + 41 * HOUR  # whole hours, not whole days
-    statements: list[str] = []
-    conn.set_trace_callback(statements.append)
     f = TraceFilter(since=since, until=until, model="a")
-    series = queries.timeseries(conn, f, 7200)
-    split = slices.group_series(conn, TraceFilter(since=since, until=until), "model", 7200)
-    models = queries.breakdown(conn, TraceFilter(since=since, until=until), "model")
-    conn.set_trace_callback(None)
+    with statements_run(conn) as statements:
+        series = queries.timeseries(conn, f, 7200)
+        split = slices.group_series(conn, TraceFilter(since=since, until=until), "model", 7200)
+        models = queries.breakdown(conn, TraceFilter(since=since, until=until), "model")
     assert any("rollup_hist_model_hour" in s for s in statements)
     assert not [s for s in statements if "FROM traces" in s], statements
     # The same answers from the rows (a text filter every row matches forces them).
@@ -1425,10 +1423,8 @@ def test_a_first_page_of_recent_keys_groups_only_the_keys_it_may_hold(tmp_path: 
                 by_key.setdefault(r[column], []).append(r)
             want = sorted(by_key, key=lambda k: (max(r["created_at"] for r in by_key[k]), k), reverse=True)
             for limit in (1, 7, 25):
-                executed: list[str] = []
-                conn.set_trace_callback(executed.append)
-                page, cursor = fn(conn, f, limit=limit)
-                conn.set_trace_callback(None)
+                with statements_run(conn) as executed:
+                    page, cursor = fn(conn, f, limit=limit)
                 # The page's statement names its keys; no statement groups every key of the range.
                 grouped = [q for q in executed if "sort_value" in q]
                 assert len(grouped) == 1 and f"{column} IN (" in grouped[0], executed

@@ -21,6 +21,7 @@ from prysmai._proxy.store.engine import dialect_of
 from prysmai._proxy.store.postgres.engine import PostgresEngine
 from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
 
+from .sqltrace import statements_run
 from .test_postgres import NOW, make_rows
 
 NAMES = {"helpful": "number", "correct": "boolean", "tone": "category"}
@@ -282,12 +283,8 @@ def test_stats_of_a_score_over_whole_days_read_the_scored_rollups_not_the_traces
     f = TraceFilter(until=until, score="helpful")
 
     def traced(conn: Any) -> tuple[dict[str, Any], list[str], int]:
-        statements: list[str] = []
-        conn.set_trace_callback(statements.append)
-        try:
+        with statements_run(conn) as statements:
             got = queries.stats(conn, f)
-        finally:
-            conn.set_trace_callback(None)
         want = conn.execute(
             "SELECT count(*) FROM traces WHERE created_at < ? "
             "AND id IN (SELECT trace_id FROM scores WHERE name = 'helpful')",
@@ -313,12 +310,8 @@ def test_a_short_range_of_a_score_reads_the_scores_of_that_range_only(
     f = TraceFilter(since=since, until=until, project=project, score="helpful")
 
     def traced(conn: Any) -> tuple[dict[str, Any], list[str], list[Any]]:
-        statements: list[str] = []
-        conn.set_trace_callback(statements.append)
-        try:
+        with statements_run(conn) as statements:
             got = queries.stats(conn, f)
-        finally:
-            conn.set_trace_callback(None)
         want = conn.execute(
             "SELECT count(*), sum(status IN ('error', 'timeout')), sum(total_tokens) FROM traces "
             "WHERE created_at >= ? AND created_at < ? AND (? IS NULL OR project = ?) "

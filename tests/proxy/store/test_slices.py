@@ -21,6 +21,7 @@ from prysmai._proxy.store.postgres.engine import PostgresEngine
 from prysmai._proxy.store.rows import COLUMNS
 from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
 
+from .sqltrace import statements_run
 from .test_postgres import NOW, close_enough, make_rows
 
 PROVIDERS = ["openai", "azure", "local<b>", None]
@@ -287,12 +288,8 @@ def test_the_top_users_of_a_split_add_up_their_requests_alone(sqlite_store: Any,
     width = queries.pick_bucket(since, None, NOW)
 
     def traced(conn: Any) -> tuple[dict[str, Any], list[str]]:
-        statements: list[str] = []
-        conn.set_trace_callback(statements.append)
-        try:
+        with statements_run(conn) as statements:
             return slices.group_series(conn, f, "user", width, 2, latency=False), statements
-        finally:
-            conn.set_trace_callback(None)
 
     doc, statements = sqlite_store.read_sync(traced)
     ranking = [s for s in statements if "ORDER BY requests DESC" in s]
