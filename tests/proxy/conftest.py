@@ -503,7 +503,13 @@ class RawUpstream:
 class ClosingUpstream(RawUpstream):
     """Answers every request as keep-alive (no ``Connection: close``) and then closes the
     connection at once: the next request on that pooled connection is sent to a server that has
-    already gone."""
+    already gone.
+
+    The answer and the close leave in one TCP segment (corked, then ``shutdown``): the client
+    can never read the answer before the FIN, so its next request always meets a closed
+    server. A close scheduled after the answer could instead land after the next request had
+    been acknowledged, unread -- a server that may have the request, which a client must not
+    send again (``eat_second`` is that case, on purpose)."""
 
     def __init__(self, eat_second: bool = False) -> None:
         super().__init__()
@@ -514,11 +520,16 @@ class ClosingUpstream(RawUpstream):
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self.read_request(reader)
         self.requests += 1
-        await self.answer(writer)
         if self.eat_second:
+            await self.answer(writer)
             with contextlib.suppress(asyncio.IncompleteReadError):
                 await self.read_request(reader)
                 self.requests += 1
+        else:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            await self.answer(writer)
+            sock.shutdown(socket.SHUT_WR)  # the FIN goes out with the corked answer
         writer.close()
 
 
