@@ -298,7 +298,9 @@ def test_stats_of_a_score_over_whole_days_read_the_scored_rollups_not_the_traces
     assert got["requests"] == want > 0
 
 
-@pytest.mark.parametrize("since, span", [(NOW - 0.6 * 86400, None), (NOW - 1.7 * 86400, 0.9 * 86400)])
+@pytest.mark.parametrize(
+    "since, span", [(NOW - 0.6 * 86400, None), (NOW - 1.7 * 86400, 0.9 * 86400)], ids=["last-14h", "inside-yesterday"]
+)
 @pytest.mark.parametrize("project", [None, "web"])
 def test_a_short_range_of_a_score_reads_the_scores_of_that_range_only(
     both: Any, since: float, span: float | None, project: str | None

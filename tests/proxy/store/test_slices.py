@@ -278,7 +278,7 @@ def test_a_split_series_is_its_groups_counted_by_hand(sqlite_store: Any, by: str
     assert doc["complete"]
 
 
-@pytest.mark.parametrize("since", [None, NOW - 3 * 86400 + 1234.5])
+@pytest.mark.parametrize("since", [None, NOW - 3 * 86400 + 1234.5], ids=["all", "3d-partial-day"])
 @pytest.mark.parametrize("project", [None, "batch"])
 def test_the_top_users_of_a_split_add_up_their_requests_alone(sqlite_store: Any, since: Any, project: Any) -> None:
     """A split by user finds its top users from their requests alone (over all time the all-time
