@@ -603,6 +603,11 @@ class _Grouping:
 
 
 _CONSTANT = _Grouping("0", "0", {t: "0" for t in HIST_LEVELS}, columns=())
+#: The metrics the histograms are kept of, all of which an aggregate reads by default.
+EVERY_METRIC = tuple(metric for metric, _ in METRICS)
+#: The histograms a time series reads: its buckets show latency percentiles and no TTFT, so the
+#: histogram rollups' TTFT rows (those of every streamed group) are neither read nor sorted.
+SERIES_METRICS = ("latency",)
 
 
 def _by_column(column: str) -> _Grouping:
@@ -672,12 +677,15 @@ def _raw_hist(
     hi: float | None,
     seek: bool = False,
     n: int = 1,
+    metrics: tuple[str, ...] = EVERY_METRIC,
 ) -> None:
     clauses, params = _conditions(conn, f, lo, hi, seek=seek)
     # A range's rows through the index that starts with time: grouped by a column, SQLite would
     # otherwise walk that column's index (the project's, say) whole to skip a sort.
     table = _traces(conn, dataclasses.replace(f, since=lo), seek)
     for metric, column in METRICS:
+        if metric not in metrics:
+            continue
         b = dialect_of(conn).bucket(column)
         sql = (
             f"SELECT {g}, {b} AS b, count(*), min({column}), max({column}) FROM {table}"
@@ -722,7 +730,15 @@ def _read_totals(
 
 
 def _rollup_hist(
-    conn: Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, table: str, lo: int | None, hi: int, n: int = 1
+    conn: Connection,
+    aggs: dict[Any, _Agg],
+    f: TraceFilter,
+    g: str,
+    table: str,
+    lo: int | None,
+    hi: int,
+    n: int = 1,
+    metrics: tuple[str, ...] = EVERY_METRIC,
 ) -> None:
     clauses, params = _rollup_filters(f, HIST_LEVELS[table][1])
     clauses.append("period < ?")
@@ -730,13 +746,25 @@ def _rollup_hist(
     if lo is not None:
         clauses.append("period >= ?")
         params.append(lo)
-    _read_hists(conn, aggs, g, table, clauses, params, n)
+    _read_hists(conn, aggs, g, table, clauses, params, n, metrics)
 
 
 def _read_hists(
-    conn: Connection, aggs: dict[Any, _Agg], g: str, table: str, clauses: list[str], params: list[Any], n: int
+    conn: Connection,
+    aggs: dict[Any, _Agg],
+    g: str,
+    table: str,
+    clauses: list[str],
+    params: list[Any],
+    n: int,
+    metrics: tuple[str, ...] = EVERY_METRIC,
 ) -> None:
-    """Add the histograms of the rollup ``table``'s rows matching ``clauses``, grouped by ``g``."""
+    """Add the histograms of the rollup ``table``'s rows matching ``clauses``, grouped by ``g``;
+    ``metrics``: only those metrics' histograms (a histogram rollup holds one row per metric, so
+    each one left out is rows neither read nor sorted)."""
+    if set(metrics) != set(EVERY_METRIC):
+        clauses = [*clauses, f"metric IN ({_positions_of(list(metrics))})"]
+        params = [*params, *metrics]
     sql = (
         f"SELECT {g}, metric, bucket, {dialect_of(conn).count_sum('n')}, min(min_ms), max(max_ms) "
         f"FROM {table}{_where(clauses)} "
@@ -774,9 +802,17 @@ def _tiered(
     _tiered(float(end), hi, now, finer, raw)  # to ``hi``, or on past ``now`` when open
 
 
-def _collect(conn: Connection, f: TraceFilter, grouping: _Grouping, now: float | None = None) -> dict[Any, _Agg]:
+def _collect(
+    conn: Connection,
+    f: TraceFilter,
+    grouping: _Grouping,
+    now: float | None = None,
+    *,
+    metrics: tuple[str, ...] = EVERY_METRIC,
+) -> dict[Any, _Agg]:
     """Totals and histograms of ``f``'s traces by group: whole periods from the rollups that can
-    answer the filter and the grouping, the partial periods at the edges from ``traces``."""
+    answer the filter and the grouping, the partial periods at the edges from ``traces``;
+    ``metrics``: the histograms read (:data:`SERIES_METRICS` for a time series)."""
     now = time.time() if now is None else now
     aggs: dict[Any, _Agg] = {}
     g = grouping
@@ -788,7 +824,7 @@ def _collect(conn: Connection, f: TraceFilter, grouping: _Grouping, now: float |
         _raw_totals(conn, aggs, f, g.raw, lo, hi, seek, g.n)
 
     def raw_hist(lo: float | None, hi: float | None) -> None:
-        _raw_hist(conn, aggs, f, g.raw, lo, hi, seek, g.n)
+        _raw_hist(conn, aggs, f, g.raw, lo, hi, seek, g.n, metrics)
 
     # All time, grouped by columns the all-time rollups keep: they alone answer it.
     every = f.rollup_ok and f.since is None and f.until is None and g.columns is not None
@@ -802,7 +838,7 @@ def _collect(conn: Connection, f: TraceFilter, grouping: _Grouping, now: float |
         _tiered(f.since, f.until, now, totals, raw_totals)
 
     if every and g.columns is not None and f.status is None and set(g.columns) <= set(ALL_HIST_DIMS):
-        _all_time(conn, aggs, f, g.columns, ALL_HIST, ALL_HIST_DIMS)
+        _all_time(conn, aggs, f, g.columns, ALL_HIST, ALL_HIST_DIMS, metrics)
         return aggs
     hists: list[tuple[int, Callable[[int | None, int], None]]] = []
     # The coarsest period first and, of two with the same period, the one with fewer rows (fewer
@@ -818,7 +854,9 @@ def _collect(conn: Connection, f: TraceFilter, grouping: _Grouping, now: float |
             and all(getattr(f, d) is None for d in unkept)
             and all(seconds != s for s, _ in hists)
         ):
-            hists.append((seconds, functools.partial(_rollup_hist, conn, aggs, f, group, table, n=g.n)))
+            hists.append(
+                (seconds, functools.partial(_rollup_hist, conn, aggs, f, group, table, n=g.n, metrics=metrics))
+            )
     _tiered(f.since, f.until, now, hists, raw_hist)
     return aggs
 
@@ -830,16 +868,17 @@ def _all_time(
     columns: tuple[str, ...],
     table: str,
     dims: tuple[str, ...],
+    metrics: tuple[str, ...] = EVERY_METRIC,
 ) -> None:
-    """Totals (``rollup_all``) or histograms (``rollup_hist_all``) of every trace of ``f``, grouped
-    by ``columns``: the all-time rollups, with no edges to read."""
+    """Totals (``rollup_all``) or histograms (``rollup_hist_all``, of ``metrics``) of every trace
+    of ``f``, grouped by ``columns``: the all-time rollups, with no edges to read."""
     clauses, params = _rollup_filters(f, dims)
     n = max(1, len(columns))
     g = ", ".join(columns) or "0"
     if table == ALL_TOTALS:
         _read_totals(conn, aggs, g, table, clauses, params, n)
     else:
-        _read_hists(conn, aggs, g, table, clauses, params, n)
+        _read_hists(conn, aggs, g, table, clauses, params, n, metrics)
 
 
 def _merge(aggs: Iterable[_Agg]) -> _Agg:
@@ -925,7 +964,7 @@ def timeseries(conn: Connection, f: TraceFilter, bucket_seconds: int) -> list[di
     end = now if f.until is None else f.until
     if f.since is not None and (end - f.since) / width > MAX_BUCKETS:
         raise ValueError(f"a {width} s bucket gives more than {MAX_BUCKETS} buckets over this range; widen it")
-    return _series(_collect(conn, f, _by_time(dialect_of(conn), width), now), f, width, now)
+    return _series(_collect(conn, f, _by_time(dialect_of(conn), width), now, metrics=SERIES_METRICS), f, width, now)
 
 
 def _check_width(bucket_seconds: Any) -> int:

@@ -28,6 +28,7 @@ from .queries import (
     _ERR,
     _NO_USAGE,
     _UNPRICED,
+    SERIES_METRICS,
     ParamError,
     TraceFilter,
     _Agg,
@@ -265,7 +266,8 @@ def _totals(conn: Connection, f: TraceFilter, g: _Grouping, now: float) -> dict[
 
 
 def _collected(conn: Connection, f: TraceFilter, g: _Grouping, now: float, latency: bool) -> dict[Any, _Agg]:
-    return _collect(conn, f, g, now) if latency else _totals(conn, f, g, now)
+    # A split shows the series of its groups: their latency histograms alone (SERIES_METRICS).
+    return _collect(conn, f, g, now, metrics=SERIES_METRICS) if latency else _totals(conn, f, g, now)
 
 
 def _by_rollup_column(

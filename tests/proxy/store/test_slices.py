@@ -303,6 +303,60 @@ def test_the_top_users_of_a_split_add_up_their_requests_alone(sqlite_store: Any,
     assert [(g["key"], g["requests"]) for g in doc["groups"] if not g["other"]] == want
 
 
+def _series_read(by: str, f: TraceFilter) -> Any:
+    width = queries.pick_bucket(f.since, f.until, NOW)
+    if by == "time":
+        return lambda conn: queries.timeseries(conn, f, width)
+    return lambda conn: slices.group_series(conn, f, by, width, 3)
+
+
+SERIES_RANGES = {
+    "all": TraceFilter(),  # days: the daily histogram rollups
+    "7d": TraceFilter(since=NOW - 7 * 86400 + 99.5, until=NOW),  # 2-hour buckets: the hourly ones
+    "3d-partial-hour": TraceFilter(since=NOW - 3 * 86400 + 1234.5, until=NOW),  # hours, and rows at the edge
+    "3d-web": TraceFilter(since=NOW - 3 * 86400 + 1234.5, until=NOW, project="web"),
+}
+
+
+@pytest.mark.parametrize("by", ["model", "project", "user", "time"])
+@pytest.mark.parametrize("span", list(SERIES_RANGES))
+def test_a_series_reads_the_latency_histograms_alone(sqlite_store: Any, monkeypatch: Any, by: str, span: str) -> None:
+    """A time series (split or not) shows latency percentiles and no TTFT: it reads the histogram
+    rollups' latency rows and the rows' latency buckets, never TTFT's, and answers exactly what
+    a read of every metric's histograms gives."""
+    f = SERIES_RANGES[span]
+    read = _series_read(by, f)
+
+    def traced(conn: Any) -> tuple[Any, list[str]]:
+        with statements_run(conn) as statements:
+            return read(conn), statements
+
+    doc, statements = sqlite_store.read_sync(traced)
+    hists = [s for s in statements if "FROM rollup_hist_" in s]
+    raw_latency = [s for s in statements if "min(latency_ms)" in s]
+    assert hists and all("metric IN ('latency')" in s for s in hists), hists
+    assert raw_latency or span == "all", statements  # the edges' rows were read too
+    assert not [s for s in statements if "ttft" in s], statements
+    # The same read over every metric's histograms answers the same.
+    monkeypatch.setattr(queries, "SERIES_METRICS", queries.EVERY_METRIC)
+    monkeypatch.setattr(slices, "SERIES_METRICS", queries.EVERY_METRIC)
+    assert sqlite_store.read_sync(read) == doc
+
+
+def test_the_overview_still_reads_the_ttft_histograms(sqlite_store: Any) -> None:
+    """The overview shows TTFT percentiles: its reads keep the TTFT histograms."""
+    f = TraceFilter(since=NOW - 3 * 86400 + 1234.5, until=NOW)
+
+    def traced(conn: Any) -> tuple[Any, list[str]]:
+        with statements_run(conn) as statements:
+            return queries.overview(conn, f), statements
+
+    doc, statements = sqlite_store.read_sync(traced)
+    hists = [s for s in statements if "FROM rollup_hist_" in s]
+    assert hists and not [s for s in hists if "metric IN" in s], hists
+    assert doc["ttft_ms"]["p50"] is not None
+
+
 def test_a_split_by_a_metadata_key_says_what_it_covered(sqlite_store: Any, monkeypatch: Any) -> None:
     monkeypatch.setattr(slices, "META_SCAN", 50)
     f = TraceFilter(since=NOW - 86400 * 9)
