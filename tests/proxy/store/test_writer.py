@@ -132,39 +132,3 @@ def test_writer_yields_the_gil_between_rows_once_its_slice_is_used(monkeypatch: 
         store.submit(_row(i))
     store.close()
     assert store.written == 40 and yields == 40
-
-
-def _inserted_with(monkeypatch: Any, tmp_path: Any, give_up_core: Any, n: int = 64) -> tuple[Any, Any]:
-    """``n`` rows inserted by ``insert_rows`` with the writer's yield replaced by ``give_up_core``:
-    (what ``insert_rows`` returned, the open connection)."""
-    from prysmai._proxy.store.sqlite import yielding
-
-    monkeypatch.setattr(yielding, "_give_up_core", give_up_core)
-    conn = SQLiteEngine(str(tmp_path / "t.db")).open_for_writing()
-    return insert_rows(conn, [tuple(_row(i).get(c) for c in COLUMNS) for i in range(n)]), conn
-
-
-def test_a_batch_gives_up_its_core_while_sqlite_works_and_only_then(monkeypatch: Any, tmp_path: Any) -> None:
-    offers = 0
-
-    def give_up_core() -> None:
-        nonlocal offers
-        offers += 1
-
-    result, conn = _inserted_with(monkeypatch, tmp_path, give_up_core)
-    assert result == (64, 0, 0)
-    during = offers
-    assert during > 0  # the inserts and the fold of the rollups offered their core
-    # Cleared after the batch: the connection's other statements (recovery, ids) do not yield.
-    assert conn.execute("SELECT count(*), sum(latency_ms) FROM traces").fetchone() == (64, float(sum(range(64))))
-    assert offers == during
-
-
-def test_a_failing_yield_never_stops_an_insert(monkeypatch: Any, tmp_path: Any) -> None:
-    def give_up_core() -> None:
-        raise OSError("no")
-
-    result, conn = _inserted_with(monkeypatch, tmp_path, give_up_core)
-    assert result == (64, 0, 0)
-    assert conn.execute("SELECT count(*) FROM traces").fetchone()[0] == 64
-    assert conn.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0] == 64

@@ -26,7 +26,6 @@ from ..rows import COLUMNS
 from . import outbox, retention, rollups, search
 from .migrations import SCHEMA_VERSION, migrate, prepare_new, version
 from .rollups import bucket_sql, ensure_functions
-from .yielding import yielding
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -329,15 +328,9 @@ class SQLiteEngine:
 
 def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int, int]:
     """Insert rows in one transaction, the rollups folded in it; (written, repaired, failed).
-    A row SQLite refuses is repaired (:func:`repair_row`) or skipped; the others are written.
-    SQLite's work gives up its core every few tens of microseconds (:mod:`.yielding`)."""
+    A row SQLite refuses is repaired (:func:`repair_row`) or skipped; the others are written."""
     if not rows:
         return 0, 0, 0
-    with yielding(conn):
-        return _insert_rows(conn, rows)
-
-
-def _insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int, int]:
     try:
         with conn:
             conn.execute("BEGIN")
