@@ -322,6 +322,22 @@ def wait_shipped(target: Target, timeout: float = 300.0) -> None:
         time.sleep(0.2)
 
 
+def writer_fallbacks(target: Target) -> int | None:
+    """Batches the proxy's writer thread built because its idle child did not (``/api/v1/health``'s
+    ``store.writer_fallbacks``); ``None`` for a proxy that does not report it. On a host with no
+    spare CPU the child starves and the proxy measures as ``--trace-writer thread`` from then on."""
+    import urllib.request
+
+    base = target.url.rsplit("/chat/completions", 1)[0]
+    request = urllib.request.Request(f"{base}/health", headers={"Authorization": f"Bearer {target.api_key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            value = json.load(answer).get("store", {}).get("writer_fallbacks")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, int) else None
+
+
 MEASUREMENTS: dict[str, list[str]] = {
     "seq": ["--mode", "seq"],
     "stream": ["--mode", "stream"],
@@ -552,6 +568,17 @@ def main(argv: list[str] | None = None) -> int:
                     if record.get("errors"):
                         failed = True
         print_paired_summary(pool_copies(records), list(dict.fromkeys(_stem(t.name) for t in targets[1:])))
+        for target in targets:
+            if not _stem(target.name).startswith("prysm"):
+                continue
+            fallbacks = writer_fallbacks(target)
+            emit({"bench": "proxy", "event": "writer", "target": target.name, "writer_fallbacks": fallbacks})
+            if fallbacks:
+                print(
+                    f"  {target.name}: its writer's idle child starved, {fallbacks} batch(es) built on the proxy's "
+                    "thread: from then on it was measured as --trace-writer thread",
+                    file=sys.stderr,
+                )
         for target in targets:
             pid = target.pid if target.pid is not None else upstream_proc.pid
             current, peak = rss_kib(pid)

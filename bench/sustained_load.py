@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         "dropped": total(last, "dropped"),
         "lost": total(last, "lost"),
         "write_errors": total(last, "write_errors"),
+        # Batches the writer thread built because the idle child starved (the --hogs case).
+        "writer_fallbacks": total(last, "writer_fallbacks"),
         "max_queued": max([total(s, "queued") for s in samples] + [0]),
         "max_outbox_backlog": max([total(s, "outbox_backlog") for s in samples] + [0]),
         "hogs": args.hogs,
