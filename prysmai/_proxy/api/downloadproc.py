@@ -176,7 +176,7 @@ class Relay:
     async def next(self) -> bytes | None:
         """The next chunk's bytes; ``None`` once the download is complete."""
         if self._closed:
-            return None
+            raise CutOff("it was ended (the proxy is stopping)")
         if self._proc is None:
             await self._spawn()
         cpu: float | None = None
@@ -186,7 +186,10 @@ class Relay:
             if self._pending is None:
                 self._pending = asyncio.ensure_future(_read(proc.stdout))
                 cpu = cpu_seconds(proc.pid) if self.priority == "idle" else None
-            done, _ = await asyncio.wait({self._pending}, timeout=STARVED_AFTER if cpu is not None else None)
+            pending = self._pending
+            done, _ = await asyncio.wait({pending}, timeout=STARVED_AFTER if cpu is not None else None)
+            if self._closed:  # (closed meanwhile: never a clean end)
+                raise CutOff("it was ended (the proxy is stopping)")
             if not done:
                 now = cpu_seconds(proc.pid)
                 if cpu is not None and now is not None and now - cpu < STARVED_SHARE * STARVED_AFTER:
@@ -195,7 +198,7 @@ class Relay:
                 else:
                     cpu = now  # it runs: a long chunk, not starvation
                 continue
-            frame, self._pending = self._pending.result(), None
+            frame, self._pending = pending.result(), None
             if frame is None:
                 code = proc.returncode
                 if code is None:
