@@ -29,7 +29,8 @@ refused with ``429`` and ``Retry-After`` (:meth:`Exports.admit`).
 
 Wire format: frames of :mod:`..store.writerproc` (a 4-byte length, a :mod:`marshal` payload of
 basic types only). To the child, once: ``("export", location, filter, plan, cursor, shown,
-time_limit, priority)``; from it: ``("data", bytes, cursor, shown)`` per chunk, then ``("end",
+time_limit, priority)``; from it: ``("ready",)`` once at its priority with its connection open
+(the starvation watch starts then), ``("data", bytes, cursor, shown)`` per chunk, then ``("end",
 shown)`` or ``("failed", reason)``.
 """
 
@@ -146,6 +147,7 @@ class Relay:
         self.priority = exports.priority
         self._proc: asyncio.subprocess.Process | None = None
         self._pending: asyncio.Future[Any] | None = None
+        self._ready = False
         self._closed = False
 
     @property
@@ -166,6 +168,7 @@ class Relay:
         except OSError as exc:  # no usable interpreter (an embedding host, a broken install)
             raise CutOff(f"its process did not start ({exc})") from None
         self._proc = proc
+        self._ready = False
         fields = {field.name: getattr(self.filter, field.name) for field in dataclasses.fields(self.filter)}
         plan = dataclasses.astuple(self.plan)
         job = ("export", self.exports.location, fields, plan, self.cursor, self.shown, self.exports.time_limit)
@@ -185,7 +188,8 @@ class Relay:
             assert proc is not None and proc.stdout is not None
             if self._pending is None:
                 self._pending = asyncio.ensure_future(_read(proc.stdout))
-                cpu = cpu_seconds(proc.pid) if self.priority == "idle" else None
+                # (Watched from its "ready" on: starting the interpreter is not starvation.)
+                cpu = cpu_seconds(proc.pid) if self.priority == "idle" and self._ready else None
             pending = self._pending
             done, _ = await asyncio.wait({pending}, timeout=STARVED_AFTER if cpu is not None else None)
             if self._closed:  # (closed meanwhile: never a clean end)
@@ -205,6 +209,9 @@ class Relay:
                     with contextlib.suppress(asyncio.TimeoutError):
                         code = await asyncio.wait_for(proc.wait(), 1.0)
                 raise CutOff(f"its process exited (code {code}) after {self.shown} row(s)")
+            if frame[0] == "ready":
+                self._ready = True
+                continue
             if frame[0] == "data":
                 _, data, self.cursor, self.shown = frame
                 return data  # type: ignore[no-any-return]
@@ -294,6 +301,7 @@ def export(job: tuple[Any, ...], out: int) -> None:
         plan = Plan(*plan_values)
         encoder = Encoder(plan)
         conn = engine.read_connection()
+        write_frame(out, marshal.dumps(("ready",)))
         try:
             while plan.more(cursor, shown):
                 with engine.time_limited(conn, time_limit):
