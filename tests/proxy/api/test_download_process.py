@@ -80,14 +80,14 @@ def open_pipes(pid: int) -> int:
     return pipes
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, poll: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+        time.sleep(poll)
 
 
 def gone(pid: int) -> bool:
@@ -255,9 +255,13 @@ def test_a_starved_idle_child_is_replaced_at_low_priority_and_the_file_is_whole(
     """A child that gets no CPU (stopped: SIGSTOP) is replaced by one at nice 19 that goes on from
     the last chunk sent: no row lost or repeated."""
     proxy = run_proxy(store)
-    expected = httpx.get(f"{proxy.base}/traces", params={"format": "csv"}, headers=AUTH, timeout=120).content
-    with stalled_export(proxy, "format=csv") as export:
-        (first,) = wait_for(lambda: [c for c in children(proxy.proc.pid) if _policy(c) == SCHED_IDLE])
+    # The first 8 000 rows of the CLI's export, read in its own process (the same bytes: another test).
+    cli = subprocess.run(
+        [*PRYSMAI, "traces", "--db", store, "--all", "--format", "csv"], capture_output=True, env=cli_env(), timeout=120
+    )
+    expected = b"".join(line + b"\r\n" for line in cli.stdout.split(b"\r\n")[: 8_000 + 1])
+    with stalled_export(proxy, "format=csv&limit=8000") as export:
+        (first,) = wait_for(lambda: [c for c in children(proxy.proc.pid) if _policy(c) == SCHED_IDLE], poll=0.005)
         os.kill(first, signal.SIGSTOP)
         second = wait_for(lambda: [pid for pid in children(proxy.proc.pid) if pid != first])[0]
         wait_for(lambda: scheduling(second) == (19, 0))  # nice 19, SCHED_OTHER
