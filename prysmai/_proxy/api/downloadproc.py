@@ -160,7 +160,7 @@ class Relay:
         env.update({k: v for k, v in os.environ.items() if k.startswith("PG")})
         try:
             proc = await asyncio.create_subprocess_exec(
-                *child_command("export", "api.downloadproc"),
+                *child_command("download", "api.downloadproc"),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 env=env,

@@ -43,7 +43,7 @@ def children(pid: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        if ppid == pid and b"# prysmai export" in cmdline:
+        if ppid == pid and b"# prysmai download" in cmdline:
             found.append(int(entry))
     return found
 
