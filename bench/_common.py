@@ -237,6 +237,7 @@ def paired_rounds(
                 "added_p99_ms": round(got["p99_ms"] - base["p99_ms"], 4),
                 "proxy_p99_ms": got["p99_ms"],
                 "direct_p99_ms": base["p99_ms"],
+                "loadavg_1m": round(os.getloadavg()[0], 2),
             }
             emit(measured)
             out.append(measured)

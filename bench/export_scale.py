@@ -10,9 +10,14 @@
    export thread reading every trace again and again); the order alternates between rounds.
    Reported per round: the proxy's added p50 and p99 (proxy minus direct, same round).
 
-The store is filled once in ``--workdir`` (``--reuse`` keeps it: 1 M traces take ~1.5 GB and some
+The store is filled once in ``--workdir`` (``--reuse`` keeps it: 1 M traces take ~3 GB and some
 minutes) with the rows of ``dashboard_scale.py`` (bodies of 0.2-2 KB, 4 projects, ...). At the end
-the proxy is stopped and its store must hold one trace more per request sent.
+the proxy is stopped and its store must hold one trace more per request sent. A reused store
+holds those traces of earlier runs too: it is kept when it holds at least ``--rows``, and the
+export must hold every trace it holds at the start.
+
+``--source DIR`` runs another checkout's proxy (main's, for a paired comparison); ``--proxy-flag``
+passes a flag on (``--proxy-flag=--export-priority=low``); ``--no-memory`` skips step 1.
 
     python bench/export_scale.py --quick                                  # 20 000 traces, 1 round (CI)
     python bench/export_scale.py --rows 1000000 --workdir /tmp/exp --reuse --rounds 4
@@ -168,23 +173,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests per measurement")
     parser.add_argument("--quick", action="store_true", help="20 000 traces, 1 round of 300 requests")
+    parser.add_argument("--source", help="run the proxy of this checkout (default: the installed prysmai)")
+    parser.add_argument("--proxy-flag", action="append", default=[], help="a flag for the proxy (repeatable)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.rounds, args.requests = 20_000, 1, 300
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="prysm-export-"))
     workdir.mkdir(parents=True, exist_ok=True)
     db = workdir / f"export-{args.rows}.db"
-    if not (args.reuse and db.exists() and stored(db) == args.rows):
+    # (A reused store also holds the traces of the requests earlier runs sent through the proxy.)
+    if not (args.reuse and db.exists() and stored(db) >= args.rows):
         for suffix in ("", "-wal", "-shm"):
             Path(str(db) + suffix).unlink(missing_ok=True)
         emit({"bench": "export", "kind": "fill", "rows": args.rows, "seconds": round(fill(db, args.rows), 1)})
+    rows = stored(db)
     query = f"format={args.format}&since=all" + (f"&fields={args.fields}" if args.fields else "")
     upstream, upstream_url = start_upstream(workdir)
     direct = Target("direct", upstream_url + "/chat/completions", "sk-bench", None)
-    prysm = start_prysm(workdir, upstream_url, db)
+    prysm = start_prysm(workdir, upstream_url, db, source=args.source, extra=tuple(args.proxy_flag))
     api = prysm.url.replace("/chat/completions", "")
     try:
-        emit(measure_memory(prysm, api, query, args.rows))
+        if not args.no_memory:
+            emit(measure_memory(prysm, api, query, rows))
         records = measure_request_path(prysm, direct, api, query, args.rounds, args.requests)
     finally:
         prysm.stop()
@@ -192,14 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         upstream.wait(10)
     for exporting in (False, True):
         p99s = [r["added_p99_ms"] for r in records if r["exporting"] is exporting]
+        loads = [r["loadavg_1m"] for r in records if r["exporting"] is exporting]
         print(
             f"added p99 {'with' if exporting else 'without'} an export: median {median(p99s):.3f} ms "
-            f"[{percentile(p99s, 25):.3f}-{percentile(p99s, 75):.3f}] over {len(p99s)} round(s)",
+            f"[{percentile(p99s, 25):.3f}-{percentile(p99s, 75):.3f}] over {len(p99s)} round(s), "
+            f"load average {min(loads):.2f}-{max(loads):.2f}",
             file=sys.stderr,
         )
     stored_now = count_traces(db)
-    if stored_now != args.rows + prysm.sent:
-        print(f"traces lost: {stored_now} stored, {args.rows} + {prysm.sent} expected", file=sys.stderr)
+    if stored_now != rows + prysm.sent:
+        print(f"traces lost: {stored_now} stored, {rows} + {prysm.sent} expected", file=sys.stderr)
         return 1
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from ..asgi import Receive, Send
     from ..store import Store, TraceFilter
+    from .downloadproc import Exports
 
 log = logging.getLogger("prysmai.proxy")
 
@@ -230,14 +231,21 @@ class Encoder:
 
 
 # -- the download, read chunk by chunk --------------------------------------------------------------
+def read_rows(
+    conn: Any, f: TraceFilter, plan: Plan, cursor: str | None, shown: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A query function: the rows of the chunk after ``cursor`` and the next chunk's cursor."""
+    listing = scores.list_traces if "scores" in plan.fields else queries.list_traces
+    return listing(conn, f, **plan.chunk(cursor, shown))
+
+
 def read_chunk(
     conn: Any, f: TraceFilter, plan: Plan, encoder: Encoder, cursor: str | None, shown: int
 ) -> tuple[bytes, str | None, int]:
     """A query function (for the read runner): the chunk after ``cursor`` as the download's bytes,
     the next chunk's cursor and the rows it held -- encoded in the worker thread, not on the
     event loop."""
-    listing = scores.list_traces if "scores" in plan.fields else queries.list_traces
-    rows, cursor = listing(conn, f, **plan.chunk(cursor, shown))
+    rows, cursor = read_rows(conn, f, plan, cursor, shown)
     return encoder.encode(rows), cursor, len(rows)
 
 
@@ -256,23 +264,39 @@ def chunks_sync(store: Store, f: TraceFilter, plan: Plan) -> Iterator[bytes]:
             return
 
 
+class CutOff(Exception):
+    """The rest of a download could not be read (its process failed or is gone): the answer is
+    cut off. Raised by an :class:`~.downloadproc.Exports` relay."""
+
+
 class Download:
     """A download the read API answers instead of a document: its first chunk already read.
-    :meth:`start` reads it; :meth:`send` streams it all to the client."""
+    :meth:`start` reads it; :meth:`send` streams it all to the client -- the other chunks read
+    by a process of their own when ``exports`` is given (the proxy: :mod:`.downloadproc`), else
+    on the store's read runner (``prysmai ui``)."""
 
-    def __init__(self, store: Store, f: TraceFilter, plan: Plan, first: tuple[bytes, str | None, int]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        f: TraceFilter,
+        plan: Plan,
+        first: tuple[bytes, str | None, int],
+        exports: Exports | None = None,
+    ) -> None:
         self.store = store
         self.filter = f
         self.plan = plan
         self.encoder = Encoder(plan)
+        self.exports = exports
         self._first = first
 
     @classmethod
-    async def start(cls, store: Store, f: TraceFilter, plan: Plan) -> Download:
+    async def start(cls, store: Store, f: TraceFilter, plan: Plan, exports: Exports | None = None) -> Download:
         """Read the first chunk: a bad cursor or sort, or a store that is down, fails here, while
-        the answer can still be a JSON error."""
+        the answer can still be a JSON error. (In the proxy's read runner even with ``exports``:
+        it is one chunk, and a download that fits in it needs no process.)"""
         first = await store.read(read_chunk, f, plan, Encoder(plan), plan.cursor, 0)
-        return cls(store, f, plan, first)
+        return cls(store, f, plan, first, exports)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [
@@ -284,19 +308,28 @@ class Download:
 
     async def send(self, send: Send, receive: Receive, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         """Stream the download (``extra``: more response headers); returns early when the client
-        leaves, or when a later chunk's read fails (the answer is then left incomplete)."""
+        leaves, or when a later chunk's read fails (the answer is then left incomplete). Ends the
+        admission :meth:`~.downloadproc.Exports.admit` gave it, whichever way it ends."""
         watch = watch_client(send, receive)
+        relay = None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": [*self.headers(), *(extra or ())]})
             data, cursor, shown = self._first
             self._first = (b"", None, 0)
             await send({"type": "http.response.body", "body": self.encoder.head() + data, "more_body": True})
-            while self.plan.more(cursor, shown):
-                data, cursor, n = await self.store.read(read_chunk, self.filter, self.plan, self.encoder, cursor, shown)
-                shown += n
-                await send({"type": "http.response.body", "body": data, "more_body": True})
+            if self.exports is None:
+                while self.plan.more(cursor, shown):
+                    data, cursor, n = await self.store.read(
+                        read_chunk, self.filter, self.plan, self.encoder, cursor, shown
+                    )
+                    shown += n
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+            elif self.plan.more(cursor, shown):
+                relay = self.exports.relay(self.filter, self.plan, cursor, shown)
+                while (part := await relay.next()) is not None:
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (QueryTimeout, StoreError) as exc:
+        except (QueryTimeout, StoreError, CutOff) as exc:
             # The head is out: no error document can follow. Ending without the last chunk tells
             # the client the download is incomplete.
             log.warning("an export stopped after part of its rows: %s", exc)
@@ -306,3 +339,7 @@ class Download:
             uncancel()
         finally:
             watch.stop()
+            if relay is not None:
+                relay.close()  # (a client that left, a proxy stopping: its process ends now)
+            if self.exports is not None:
+                self.exports.release()

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from ..config.pricing import PriceTable
     from ..config.projects import KeyEntry, Provider, Tenancy
     from ..store import Store
+    from .downloadproc import Exports
 
     Handler = Callable[["Reads", "str | None", Mapping[str, str], KeyEntry], Awaitable[Any]]
 
@@ -129,8 +130,12 @@ class Reads:
         read_only: bool = False,
         export: Any = None,
         public_url: str | None = None,
+        exports: Exports | None = None,
     ) -> None:
         self.store = store
+        #: The downloads' processes and their bound (``None``: read on the read runner, unbounded:
+        #: ``prysmai ui``, a store in memory).
+        self.exports = exports
         #: The OTLP export (its ``status()`` and ``trouble()``), or ``None``.
         self.export = export
         #: Limits and log-ins shared with other replicas (its ``status()`` and ``trouble()``), or
@@ -277,9 +282,9 @@ class Reads:
     # -- the reads ---------------------------------------------------------------------------------
     async def _traces(self, _: str | None, query: Mapping[str, str], who: KeyEntry) -> Any:
         plan = download.Plan.of(query)  # (its parameters checked before the filter waits for the store)
-        f = await self._filter(query, who)
         if plan is not None:
-            return await download.Download.start(self.store, f, plan)
+            return await self._download(plan, query, who)
+        f = await self._filter(query, who)
         rows, cursor = await self.store.read(
             scores.list_traces,
             f,
@@ -293,6 +298,19 @@ class Reads:
         with contextlib.suppress(QueryTimeout):
             total = await self.store.read(queries.count_traces, f)
         return jsonshape.trace_list(rows, cursor, total)
+
+    async def _download(self, plan: download.Plan, query: Mapping[str, str], who: KeyEntry) -> download.Download:
+        """A download, admitted first (``429`` when ``--max-exports`` run already); its end
+        (:meth:`~.download.Download.send`) ends the admission."""
+        if self.exports is not None:
+            self.exports.admit()
+        try:
+            f = await self._filter(query, who)
+            return await download.Download.start(self.store, f, plan, self.exports)
+        except BaseException:
+            if self.exports is not None:
+                self.exports.release()
+            raise
 
     async def _trace(self, trace_id: str | None, _: Mapping[str, str], who: KeyEntry) -> Any:
         assert trace_id is not None

@@ -13,10 +13,12 @@ import sys
 from ..config.policy import CAPTURE_MODES, DEFAULT_MAX_STORED_BODY_BYTES, DEFAULT_REDACT, REDACTION_SETS
 from ..config.settings import (
     DEFAULT_BODY_TIMEOUT,
+    DEFAULT_EXPORT_PRIORITY,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_EXPORTS,
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_PORT,
     DEFAULT_QUEUE_SIZE,
@@ -24,6 +26,7 @@ from ..config.settings import (
     DEFAULT_UPSTREAM,
     DEFAULT_WHEN_BEHIND,
     DEMO_UPSTREAM,
+    EXPORT_PRIORITIES,
     PRICING_ENV,
     PUBLIC_URL_ENV,
     TRACE_WRITERS,
@@ -140,6 +143,21 @@ def add_parser(subparsers: Any) -> None:
         default=DEFAULT_TRACE_WRITER,
         help="build trace rows in a child process at the lowest CPU priority, off the proxy's interpreter "
         f"(process), or on a thread of the proxy (thread); default {DEFAULT_TRACE_WRITER}",
+    )
+    proxy.add_argument(
+        "--max-exports",
+        type=int,
+        default=DEFAULT_MAX_EXPORTS,
+        metavar="N",
+        help="downloads (format=csv|jsonl) running at once; one more gets 429 with Retry-After "
+        f"(default {DEFAULT_MAX_EXPORTS})",
+    )
+    proxy.add_argument(
+        "--export-priority",
+        choices=EXPORT_PRIORITIES,
+        default=DEFAULT_EXPORT_PRIORITY,
+        help="CPU priority of a download's process: idle (SCHED_IDLE; a starved one goes on at low), "
+        f"low (nice 19) or normal; default {DEFAULT_EXPORT_PRIORITY}",
     )
     proxy.add_argument(
         "--header-timeout",
@@ -385,6 +403,7 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
         ("--max-connections", args.max_connections),
         ("--max-header-bytes", args.max_header_bytes),
         ("--queue-size", args.queue_size),
+        ("--max-exports", args.max_exports),
     ):
         if not value > 0:
             log.error("%s must be greater than 0", name)
@@ -402,6 +421,8 @@ def _settings(args: argparse.Namespace, log: logging.Logger) -> tuple[ProxyConfi
         inject_stream_usage=not args.no_stream_usage,
         when_behind=args.when_behind,
         trace_writer=args.trace_writer,
+        max_exports=args.max_exports,
+        export_priority=args.export_priority,
         search_index=args.search_index == "on",
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,

@@ -26,6 +26,11 @@ DEFAULT_WHEN_BEHIND = "block"
 #: ``--trace-writer``: where trace rows are built (the writer thread inserts them; see docs/proxy.md).
 TRACE_WRITERS = ("process", "thread")
 DEFAULT_TRACE_WRITER = "process"
+#: ``--max-exports``: downloads (``format=csv|jsonl``) running at once; one more gets ``429``.
+DEFAULT_MAX_EXPORTS = 2
+#: ``--export-priority``: the CPU priority of a download's process (see docs/proxy.md).
+EXPORT_PRIORITIES = ("idle", "low", "normal")
+DEFAULT_EXPORT_PRIORITY = "idle"
 #: Seconds a client has to send a request's headers, from connection or the previous request.
 DEFAULT_HEADER_TIMEOUT = 10.0
 #: Seconds between two reads of a request's body; a request without a valid key or session has
@@ -83,6 +88,10 @@ class ProxyConfig:
     when_behind: str = DEFAULT_WHEN_BEHIND
     #: Build and insert trace rows in a child process ("process") or on a thread of the proxy.
     trace_writer: str = DEFAULT_TRACE_WRITER
+    #: Downloads running at once (``--max-exports``), and their processes' CPU priority
+    #: (``--export-priority``).
+    max_exports: int = DEFAULT_MAX_EXPORTS
+    export_priority: str = DEFAULT_EXPORT_PRIORITY
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     #: Addresses of the reverse proxies whose ``X-Forwarded-For`` / ``-Proto`` are believed
@@ -122,6 +131,12 @@ class ProxyConfig:
     def __post_init__(self) -> None:
         if self.trace_writer not in TRACE_WRITERS:
             raise ValueError(f"trace_writer must be one of {', '.join(TRACE_WRITERS)}, not {self.trace_writer!r}")
+        if self.export_priority not in EXPORT_PRIORITIES:
+            raise ValueError(
+                f"export_priority must be one of {', '.join(EXPORT_PRIORITIES)}, not {self.export_priority!r}"
+            )
+        if self.max_exports < 1:
+            raise ValueError(f"max_exports must be 1 or more, not {self.max_exports!r}")
         if not 0.0 <= self.otlp_sample <= 1.0:
             raise ValueError(f"otlp_sample must be from 0 to 1, not {self.otlp_sample!r}")
         self.storage_policy()  # checked now: a bad setting is an error at start-up

@@ -35,6 +35,7 @@ from functools import partial
 from ... import _wire
 from ..api import jsonshape
 from ..api.download import Download
+from ..api.downloadproc import Exports
 from ..api.reads import Reads, pricing_note
 from ..asgi import (
     CONNECTION_KEY,
@@ -116,6 +117,7 @@ class ProxyApp:
             pricing=pricing,
             export=self.export,
             public_url=config.public_url,
+            exports=_exports(config, self.store),
         )
         #: Failed authentications per client address, on the API and at the dashboard's log-in.
         self.throttle = AuthThrottle(note=lambda message: self.warnings.event("auth-throttle", message))
@@ -183,6 +185,8 @@ class ProxyApp:
         await self.forwarder.aclose()
         if self.sharing is not None:
             await asyncio.to_thread(self.sharing.stop)
+        if self.reads.exports is not None:  # (uvicorn's graceful shutdown is over: end them)
+            self.reads.exports.close()
         await asyncio.to_thread(self.store.close)
         if self.export is not None:  # after the writer: what it wrote last goes out too
             await asyncio.to_thread(self.export.stop)
@@ -369,6 +373,20 @@ def _shared_cookie(config: ProxyConfig) -> str | None:
     """The session cookie's name on replicas of one PostgreSQL database (and ``prysmai ui`` on it):
     the same on each, their ports may differ behind a load balancer."""
     return shared_cookie_name(config.db_path) if is_postgres(config.db_path) else None
+
+
+def _exports(config: ProxyConfig, store: Store) -> Exports | None:
+    """The downloads' processes, which open the store by its ``--db`` (``None`` for a SQLite store
+    in memory, which no other process can open: its downloads are read on the read runner)."""
+    location = config.db_path
+    if not is_postgres(location) and (location == ":memory:" or location.startswith("file:")):
+        return None
+    return Exports(
+        location,
+        time_limit=store.reader.time_limit,
+        max_running=config.max_exports,
+        priority=config.export_priority,
+    )
 
 
 def _journal_of(engine: Engine) -> Journal | None:

@@ -1,4 +1,4 @@
-"""The trace writer's child at the lowest CPU priority, and how long the proxy waits for it.
+"""The proxy's child processes at a low CPU priority, and how long the proxy waits for them.
 
 Building a batch's rows costs the writer's child a burst of a few milliseconds of CPU. Where every
 core has something to run -- a small container, or the proxy sharing its host with its clients or
@@ -40,4 +40,19 @@ def lower_priority() -> bool:
         setter(0, policy, os.sched_param(0))
     except OSError:
         return False
+    return True
+
+
+def set_priority(name: str) -> bool:
+    """Put the calling process at the priority ``name`` (``--export-priority``): ``idle`` is
+    ``SCHED_IDLE`` (:func:`lower_priority`), ``low`` the lowest nice value (19: a share of the CPU
+    that is small but never nothing), ``normal`` leaves it as it is. ``False`` where the platform
+    has no such priority or refuses it."""
+    if name == "idle":
+        return lower_priority()
+    if name == "low":
+        try:
+            os.nice(19)  # (a nice value is capped at 19)
+        except (AttributeError, OSError):
+            return False
     return True

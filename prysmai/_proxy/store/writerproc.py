@@ -66,18 +66,27 @@ FIELDS = tuple(
 )
 fields_of = operator.attrgetter(*FIELDS)
 _HEADER = struct.Struct(">I")
-#: The child's command (``python -c``): this very copy of prysmai (the proxy may run from a
+#: A child's command (``python -c``): this very copy of prysmai (the proxy may run from a
 #: checkout, not the installed one), and not the working directory's modules, which ``-c`` and
 #: ``-m`` would put first on ``sys.path`` (the proxy may be started in any project's folder).
-_CHILD = """# prysmai trace writer
+_CHILD = """# prysmai {name}
 import sys
 if sys.path and sys.path[0] == "":
     del sys.path[0]
 if sys.argv[1] not in sys.path:
     sys.path.insert(0, sys.argv[1])
-from prysmai._proxy.store.writerproc import main
+from prysmai._proxy.{module} import main
 main()
 """
+
+
+def child_command(name: str, module: str) -> list[str]:
+    """The command of a child process of the proxy that runs ``prysmai._proxy.{module}.main()``
+    (``name``: what ``ps`` shows of it)."""
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return [sys.executable or "python3", "-c", _CHILD.format(name=name, module=module), package_root]
+
+
 #: How long the proxy waits for a new child to say it is ready before it builds rows itself.
 START_TIMEOUT = 30.0
 #: Items marshalled, and rows unmarshalled, between two yields of the GIL (about 2 us each).
@@ -103,13 +112,13 @@ def price_table(tuples: Mapping[str, Any]) -> dict[str, Price]:
     return {model: Price(*values) for model, values in tuples.items()}
 
 
-def _write_frame(fd: int, payload: bytes) -> None:
+def write_frame(fd: int, payload: bytes) -> None:
     view = memoryview(_HEADER.pack(len(payload)) + payload)
     while view:
         view = view[os.write(fd, view) :]  # releases the GIL while the pipe is full
 
 
-def _read_frame(fd: int) -> bytes | None:
+def read_frame(fd: int) -> bytes | None:
     """The next frame's payload; ``None`` at end of input."""
     header = _read_exact(fd, _HEADER.size)
     if header is None:
@@ -137,7 +146,7 @@ def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
             pipe.close()
 
 
-def _cpu_seconds(pid: int) -> float | None:
+def cpu_seconds(pid: int) -> float | None:
     """The CPU time ``pid`` has used (Linux's ``/proc``); ``None`` where it cannot be read."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
@@ -156,7 +165,7 @@ _ENVIRONMENT = frozenset(
 )
 
 
-def _child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k in _ENVIRONMENT or k.startswith(("PYTHON", "LC_"))}
 
 
@@ -206,11 +215,10 @@ class WriterProcess:
         self._reap()
         self._price_refs = {}
         self._policy_refs = {}
-        env = _child_environment(os.environ)
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = child_environment(os.environ)
         try:
             proc = subprocess.Popen(
-                [sys.executable or "python3", "-c", _CHILD, package_root],
+                child_command("trace writer", "store.writerproc"),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
@@ -223,7 +231,7 @@ class WriterProcess:
         table = self.prices
         init = ("init", price_tuples(table.prices), table.as_of, table.source)
         try:
-            _write_frame(self._fd_in, marshal.dumps(init))
+            write_frame(self._fd_in, marshal.dumps(init))
             reply = self._reply(START_TIMEOUT)
         except (OSError, WriterProcessError) as exc:
             self._discard()
@@ -315,9 +323,9 @@ class WriterProcess:
         if payload is None:  # nothing the child could be sent
             return rows, repaired, unbuildable
         pid = self._proc.pid
-        cpu = _cpu_seconds(pid) if starved_after is not None else None
+        cpu = cpu_seconds(pid) if starved_after is not None else None
         try:
-            _write_frame(self._fd_in, payload)
+            write_frame(self._fd_in, payload)
         except OSError:
             raise self._died() from None
         while True:
@@ -325,7 +333,7 @@ class WriterProcess:
                 reply = self._reply(starved_after)
                 break
             except WriterStarved:
-                now = _cpu_seconds(pid)
+                now = cpu_seconds(pid)
                 if cpu is not None and now is not None and now - cpu < STARVED_SHARE * (starved_after or 0.0):
                     self.kill()
                     raise WriterStarved(
@@ -425,7 +433,7 @@ class WriterProcess:
                 if not sel.select(timeout):
                     raise WriterStarved(f"no answer in {timeout:g}s")
         try:
-            payload = _read_frame(fd)
+            payload = read_frame(fd)
         except (OSError, EOFError) as exc:
             payload = None
             log.debug("trace writer process: %s", exc)
@@ -487,19 +495,19 @@ def main() -> None:
 
 
 def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
-    init = _read_frame(fd_in)
+    init = read_frame(fd_in)
     if init is None:
         return
     _, tuples, as_of, source = marshal.loads(init)
     prices = PriceTable(price_table(tuples), as_of, source)
     # Ready first, at the priority it was started with, so the proxy's wait for it is short on a
     # busy host too; idle from then on.
-    _write_frame(fd_out, marshal.dumps(("ready", None, collect.take())))
+    write_frame(fd_out, marshal.dumps(("ready", None, collect.take())))
     lower_priority()
     provider_prices: dict[int, dict[str, Price]] = {}
     policies: dict[int, StoragePolicy] = {}
     while True:
-        frame = _read_frame(fd_in)
+        frame = read_frame(fd_in)
         if frame is None:
             break
         _, defs, policy_defs, parts = marshal.loads(frame)
@@ -513,7 +521,7 @@ def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
         except Exception as exc:  # the proxy builds this batch itself
             log.exception("the trace writer process failed a batch")
             answer = marshal.dumps(("failed", f"{type(exc).__name__}: {str(exc)[:200]}", collect.take()))
-        _write_frame(fd_out, answer)
+        write_frame(fd_out, answer)
 
 
 def _build_batch(

@@ -29,7 +29,7 @@ from .rollups import bucket_sql, ensure_functions
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from typing import Any
 
 log = logging.getLogger("prysmai.proxy")
@@ -195,6 +195,10 @@ class SQLiteEngine:
         self.search_index = search_index
         self.location = path
         self._read_uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+        #: The clock a read's time limit is counted on: wall time. A reader at a low CPU priority
+        #: (the child process of an export) counts its own CPU time instead: a
+        #: process the kernel gives no CPU is not running a slow query.
+        self.clock: Callable[[], float] = time.monotonic
 
     def __repr__(self) -> str:
         return f"SQLiteEngine({self.path!r})"
@@ -249,14 +253,15 @@ class SQLiteEngine:
 
     @contextlib.contextmanager
     def time_limited(self, conn: sqlite3.Connection, seconds: float | None) -> Iterator[None]:
-        deadline = None if seconds is None else time.monotonic() + seconds
+        clock = self.clock
+        deadline = None if seconds is None else clock() + seconds
         if deadline is not None:
-            conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
+            conn.set_progress_handler(lambda: 1 if clock() > deadline else 0, 10_000)
         try:
             conn.execute("BEGIN")
             yield
         except sqlite3.OperationalError as exc:
-            if deadline is not None and "interrupt" in str(exc) and time.monotonic() > deadline:
+            if deadline is not None and "interrupt" in str(exc) and clock() > deadline:
                 raise QueryTimeout(
                     f"the query ran longer than its {seconds:g} s limit and was stopped; "
                     "narrow the time range or filters"
