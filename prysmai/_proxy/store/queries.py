@@ -76,6 +76,8 @@ if TYPE_CHECKING:
     from .engine import Connection, Dialect
 
 STATUSES = ("success", "error", "timeout", "cancelled")
+#: The histograms the rollups keep (``latency``, ``ttft``); a read may ask for some only.
+HIST_METRICS = tuple(metric for metric, _ in METRICS)
 
 
 class ParamError(ValueError):
@@ -499,7 +501,7 @@ class _Agg:
         "no_usage",
         "prompt",
         "requests",
-        "sample",
+        "sampled",
         "total",
         "unpriced",
     )
@@ -510,8 +512,8 @@ class _Agg:
         self.cost = 0.0
         # metric -> bucket -> [count, min, max]
         self.hist: dict[str, dict[int, list[float]]] = {"latency": {}, "ttft": {}}
-        # Latencies sorted, when percentiles come from a sample of the rows instead.
-        self.sample: list[float] | None = None
+        # The latency p50 and p95 of a sample of the rows, when the percentiles come from one.
+        self.sampled: tuple[float | None, float | None] | None = None
 
     def add_totals(
         self,
@@ -672,12 +674,15 @@ def _raw_hist(
     hi: float | None,
     seek: bool = False,
     n: int = 1,
+    metrics: tuple[str, ...] = HIST_METRICS,
 ) -> None:
     clauses, params = _conditions(conn, f, lo, hi, seek=seek)
     # A range's rows through the index that starts with time: grouped by a column, SQLite would
     # otherwise walk that column's index (the project's, say) whole to skip a sort.
     table = _traces(conn, dataclasses.replace(f, since=lo), seek)
     for metric, column in METRICS:
+        if metric not in metrics:
+            continue
         b = dialect_of(conn).bucket(column)
         sql = (
             f"SELECT {g}, {b} AS b, count(*), min({column}), max({column}) FROM {table}"
@@ -722,7 +727,15 @@ def _read_totals(
 
 
 def _rollup_hist(
-    conn: Connection, aggs: dict[Any, _Agg], f: TraceFilter, g: str, table: str, lo: int | None, hi: int, n: int = 1
+    conn: Connection,
+    aggs: dict[Any, _Agg],
+    f: TraceFilter,
+    g: str,
+    table: str,
+    lo: int | None,
+    hi: int,
+    n: int = 1,
+    metrics: tuple[str, ...] = HIST_METRICS,
 ) -> None:
     clauses, params = _rollup_filters(f, HIST_LEVELS[table][1])
     clauses.append("period < ?")
@@ -730,13 +743,24 @@ def _rollup_hist(
     if lo is not None:
         clauses.append("period >= ?")
         params.append(lo)
-    _read_hists(conn, aggs, g, table, clauses, params, n)
+    _read_hists(conn, aggs, g, table, clauses, params, n, metrics)
 
 
 def _read_hists(
-    conn: Connection, aggs: dict[Any, _Agg], g: str, table: str, clauses: list[str], params: list[Any], n: int
+    conn: Connection,
+    aggs: dict[Any, _Agg],
+    g: str,
+    table: str,
+    clauses: list[str],
+    params: list[Any],
+    n: int,
+    metrics: tuple[str, ...] = HIST_METRICS,
 ) -> None:
-    """Add the histograms of the rollup ``table``'s rows matching ``clauses``, grouped by ``g``."""
+    """Add the histograms (of ``metrics``) of the rollup ``table``'s rows matching ``clauses``,
+    grouped by ``g``."""
+    if metrics != HIST_METRICS:
+        clauses = [*clauses, f"metric IN ({_positions_of(list(metrics))})"]
+        params = [*params, *metrics]
     sql = (
         f"SELECT {g}, metric, bucket, {dialect_of(conn).count_sum('n')}, min(min_ms), max(max_ms) "
         f"FROM {table}{_where(clauses)} "
@@ -774,9 +798,16 @@ def _tiered(
     _tiered(float(end), hi, now, finer, raw)  # to ``hi``, or on past ``now`` when open
 
 
-def _collect(conn: Connection, f: TraceFilter, grouping: _Grouping, now: float | None = None) -> dict[Any, _Agg]:
-    """Totals and histograms of ``f``'s traces by group: whole periods from the rollups that can
-    answer the filter and the grouping, the partial periods at the edges from ``traces``."""
+def _collect(
+    conn: Connection,
+    f: TraceFilter,
+    grouping: _Grouping,
+    now: float | None = None,
+    metrics: tuple[str, ...] = HIST_METRICS,
+) -> dict[Any, _Agg]:
+    """Totals and histograms (of ``metrics`` only) of ``f``'s traces by group: whole periods from
+    the rollups that can answer the filter and the grouping, the partial periods at the edges from
+    ``traces``."""
     now = time.time() if now is None else now
     aggs: dict[Any, _Agg] = {}
     g = grouping
@@ -788,7 +819,7 @@ def _collect(conn: Connection, f: TraceFilter, grouping: _Grouping, now: float |
         _raw_totals(conn, aggs, f, g.raw, lo, hi, seek, g.n)
 
     def raw_hist(lo: float | None, hi: float | None) -> None:
-        _raw_hist(conn, aggs, f, g.raw, lo, hi, seek, g.n)
+        _raw_hist(conn, aggs, f, g.raw, lo, hi, seek, g.n, metrics)
 
     # All time, grouped by columns the all-time rollups keep: they alone answer it.
     every = f.rollup_ok and f.since is None and f.until is None and g.columns is not None
@@ -802,7 +833,7 @@ def _collect(conn: Connection, f: TraceFilter, grouping: _Grouping, now: float |
         _tiered(f.since, f.until, now, totals, raw_totals)
 
     if every and g.columns is not None and f.status is None and set(g.columns) <= set(ALL_HIST_DIMS):
-        _all_time(conn, aggs, f, g.columns, ALL_HIST, ALL_HIST_DIMS)
+        _all_time(conn, aggs, f, g.columns, ALL_HIST, ALL_HIST_DIMS, metrics)
         return aggs
     hists: list[tuple[int, Callable[[int | None, int], None]]] = []
     # The coarsest period first and, of two with the same period, the one with fewer rows (fewer
@@ -818,7 +849,9 @@ def _collect(conn: Connection, f: TraceFilter, grouping: _Grouping, now: float |
             and all(getattr(f, d) is None for d in unkept)
             and all(seconds != s for s, _ in hists)
         ):
-            hists.append((seconds, functools.partial(_rollup_hist, conn, aggs, f, group, table, n=g.n)))
+            hists.append(
+                (seconds, functools.partial(_rollup_hist, conn, aggs, f, group, table, n=g.n, metrics=metrics))
+            )
     _tiered(f.since, f.until, now, hists, raw_hist)
     return aggs
 
@@ -830,6 +863,7 @@ def _all_time(
     columns: tuple[str, ...],
     table: str,
     dims: tuple[str, ...],
+    metrics: tuple[str, ...] = HIST_METRICS,
 ) -> None:
     """Totals (``rollup_all``) or histograms (``rollup_hist_all``) of every trace of ``f``, grouped
     by ``columns``: the all-time rollups, with no edges to read."""
@@ -839,7 +873,7 @@ def _all_time(
     if table == ALL_TOTALS:
         _read_totals(conn, aggs, g, table, clauses, params, n)
     else:
-        _read_hists(conn, aggs, g, table, clauses, params, n)
+        _read_hists(conn, aggs, g, table, clauses, params, n, metrics)
 
 
 def _merge(aggs: Iterable[_Agg]) -> _Agg:
@@ -987,8 +1021,8 @@ def _series(aggs: dict[Any, _Agg], f: TraceFilter, width: int, now: float) -> li
 
 
 def _breakdown_row(key: Any, agg: _Agg) -> dict[str, Any]:
-    if agg.sample is not None:
-        p50, p95 = (_nearest_rank(agg.sample, p) for p in (50, 95))
+    if agg.sampled is not None:
+        p50, p95 = agg.sampled
     else:
         p50, p95 = agg.percentiles("latency", (50, 95))
     return {
@@ -1034,18 +1068,42 @@ def breakdown(conn: Connection, f: TraceFilter, by: str, limit: int = 20) -> lis
     for key, *totals, _first, _last in found:
         agg = aggs[key] = _Agg()
         agg.add_totals(totals[0], totals[1], totals[2], 0, 0, *totals[3:])
-    # Each key's latest traces in the range, through the key's own index, newest first.
-    table = "traces" if not seek else _traces(conn, f, seek)
-    for key, agg in aggs.items():
-        member = f"{by} = ?" if key is not None else f"{by} IS NULL"
-        sql = (
-            f"SELECT latency_ms FROM {table}"
-            f"{_where([*clauses, member, dialect_of(conn).unindexed('latency_ms') + ' IS NOT NULL'])} "
-            f"ORDER BY created_at DESC LIMIT {KEY_LATENCY_SAMPLE}"
-        )
-        latencies = sorted(r[0] for r in conn.execute(sql, [*params, *([key] if key is not None else [])]))
-        agg.sample = latencies
+    _sample_percentiles(conn, f, by, seek, clauses, params, list(aggs.values()), list(aggs))
     return [_breakdown_row(k, a) for k, a in aggs.items()]
+
+
+def _sample_percentiles(
+    conn: Connection,
+    f: TraceFilter,
+    by: str,
+    seek: bool,
+    clauses: list[str],
+    params: list[Any],
+    aggs: list[_Agg],
+    keys: list[Any],
+) -> None:
+    """Set each key's latency p50 and p95 (nearest rank) over its latest traces in the range, at
+    most :data:`KEY_LATENCY_SAMPLE` of them, read through the key's own index, newest first: one
+    statement for every key (on PostgreSQL, a statement is a round trip and a plan)."""
+    if not keys:
+        return
+    table = "traces" if not seek else _traces(conn, f, seek)
+    parts: list[str] = []
+    values: list[Any] = []
+    for i, key in enumerate(keys):
+        member = f"{by} = ?" if key is not None else f"{by} IS NULL"
+        parts.append(
+            f"SELECT {i} AS k, latency_ms FROM (SELECT latency_ms FROM {table}"
+            f"{_where([*clauses, member, dialect_of(conn).unindexed('latency_ms') + ' IS NOT NULL'])} "
+            f"ORDER BY created_at DESC LIMIT {KEY_LATENCY_SAMPLE}) AS sample{i}"
+        )
+        values += [*params, *([key] if key is not None else [])]
+    samples: list[list[float]] = [[] for _ in keys]
+    for k, latency in conn.execute(" UNION ALL ".join(parts), values):
+        samples[k].append(latency)
+    for agg, sample in zip(aggs, samples):
+        sample.sort()
+        agg.sampled = (_nearest_rank(sample, 50), _nearest_rank(sample, 95))
 
 
 #: Breakdowns the rollups keep (one read of them answers all three).
@@ -1058,7 +1116,11 @@ def _rollup_breakdowns(
     """A breakdown by each of ``bys`` (of :data:`ROLLUP_BREAKDOWNS`), from one read of the rollups
     grouped by all of them: a histogram is a sum of counts, so each breakdown's percentiles are
     what a read of its own would give."""
-    aggs = _collect(conn, f, _by_columns(bys), now)
+    return _breakdowns_of(_collect(conn, f, _by_columns(bys), now), bys, limit)
+
+
+def _breakdowns_of(aggs: dict[Any, _Agg], bys: tuple[str, ...], limit: int) -> dict[str, list[dict[str, Any]]]:
+    """The breakdowns of :func:`_rollup_breakdowns` from ``aggs``, grouped by all of ``bys``."""
     out = {}
     for i, by in enumerate(bys):
         merged: dict[Any, _Agg] = {}
@@ -1177,9 +1239,12 @@ def _key_groups(
         )
         params.extend(more)
 
-    # Read once for every part: a list of projects is a few statements, each a seek per partition
-    # on PostgreSQL.
-    store_projects = functools.cache(lambda: projects(conn))
+    # Read once for every part, from the all-time totals (a few rows a project): a walk of the
+    # traces' project index is a statement per project, each a seek in every day partition on
+    # PostgreSQL. A project whose traces were all deleted may be listed; its seeks find nothing.
+    store_projects = functools.cache(
+        lambda: [row[0] for row in conn.execute(f"SELECT DISTINCT project FROM {ALL_TOTALS} ORDER BY project")]
+    )
 
     def rollup(lo: int | None, hi: int) -> None:
         clauses, more = _rollup_filters(f, ("project",))
@@ -1253,15 +1318,22 @@ def overview_page(
     """The dashboard's overview: :func:`overview`, :func:`timeseries` and a :func:`breakdown` by
     each of ``breakdowns`` (``rows`` each), read on one connection -- in one read transaction,
     one snapshot, so its numbers cannot disagree. The totals are the time series' buckets added up
-    (one read for both), and the project, model and endpoint breakdowns come from one read."""
+    (one read for both), and the project, model and endpoint breakdowns come from one read. The
+    series' buckets show latency percentiles only: with those breakdowns, the range's TTFT
+    histogram is theirs (the same traces, every group added up), not read again per bucket."""
     now = time.time()
-    series = _collect(conn, f, _by_time(dialect_of(conn), _check_width(bucket_seconds)), now)
     bys = tuple(breakdowns)
     kept = tuple(by for by in bys if by in ROLLUP_BREAKDOWNS)
-    found = _rollup_breakdowns(conn, f, kept, _check_limit(rows), now) if kept else {}
+    by_columns = _collect(conn, f, _by_columns(kept), now) if kept else None
+    metrics = HIST_METRICS if by_columns is None else ("latency",)
+    series = _collect(conn, f, _by_time(dialect_of(conn), _check_width(bucket_seconds)), now, metrics)
+    found = _breakdowns_of(by_columns, kept, _check_limit(rows)) if by_columns is not None else {}
     found.update({by: breakdown(conn, f, by, rows) for by in bys if by not in ROLLUP_BREAKDOWNS})
+    overall = _merge(series.values())
+    if by_columns is not None:
+        overall.hist["ttft"] = _merge(by_columns.values()).hist["ttft"]
     return {
-        "overview": _overview_of(_merge(series.values())),
+        "overview": _overview_of(overall),
         "bucket_seconds": bucket_seconds,
         "timeseries": _series(series, f, bucket_seconds, now),
         "breakdowns": {by: found[by] for by in bys},
