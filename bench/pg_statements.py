@@ -11,6 +11,7 @@ the same statements in the same order while the store's newest hour does not mov
     python bench/pg_statements.py --url postgresql://... --days 7 --runs 5
     python bench/pg_statements.py --url URL --days 7 --explain 5     # the plans of the 5 slowest
     python bench/pg_statements.py --url URL --days 0                 # all time
+    python bench/pg_statements.py --url URL --until-newest           # a store whose newest trace is old
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "--days", type=float, default=7.0, help="the page's range, back from the newest trace (0: all time)"
     )
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--until-newest", action="store_true", help="the range ends at the newest trace, not now")
     parser.add_argument("--explain", type=int, default=0, help="print the plans of this many slowest statements")
     args = parser.parse_args(argv)
     emit({"bench": "pg_statements", "kind": "machine", **machine_info(), "load": os.getloadavg()})
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     conn = TimingConnection(engine.connect(read_only=True))
     with engine.time_limited(conn, None):
         newest = float(conn.execute("SELECT max(created_at) FROM traces").fetchone()[0])
-    f = TraceFilter(since=newest - args.days * DAY) if args.days else TraceFilter()
+    until = newest if args.until_newest else None
+    f = TraceFilter(since=newest - args.days * DAY, until=until) if args.days else TraceFilter()
     runs: list[list[tuple[str, list[Any], int, float, float]]] = []
     pages: list[float] = []
     client_cpu: list[float] = []
