@@ -118,13 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.runs + 1):
         conn.log = []
         server = backend_cpu_ms(conn)
-        cpu = time.process_time()
+        started_cpu = time.process_time()
         t = time.perf_counter()
         with engine.time_limited(conn, None):
             page(conn, f)
         if i:  # the first run warms the caches
             pages.append((time.perf_counter() - t) * 1000)
-            client_cpu.append((time.process_time() - cpu) * 1000)
+            client_cpu.append((time.process_time() - started_cpu) * 1000)
             after = backend_cpu_ms(conn)
             if server is not None and after is not None:
                 server_cpu.append(after - server)
