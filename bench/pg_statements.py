@@ -102,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--until-newest", action="store_true", help="the range ends at the newest trace, not now")
+    parser.add_argument(
+        "--hours-before",
+        type=float,
+        default=0.0,
+        help="with --until-newest: end this many hours before the newest trace (a range whose edges fall mid-day)",
+    )
     parser.add_argument("--explain", type=int, default=0, help="print the plans of this many slowest statements")
     args = parser.parse_args(argv)
     emit({"bench": "pg_statements", "kind": "machine", **machine_info(), "load": os.getloadavg()})
@@ -109,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     conn = TimingConnection(engine.connect(read_only=True))
     with engine.time_limited(conn, None):
         newest = float(conn.execute("SELECT max(created_at) FROM traces").fetchone()[0])
-    until = newest if args.until_newest else None
+    until = newest - args.hours_before * 3600 if args.until_newest else None
+    newest = newest if until is None else until
     f = TraceFilter(since=newest - args.days * DAY, until=until) if args.days else TraceFilter()
     runs: list[list[tuple[str, list[Any], int, float, float]]] = []
     pages: list[float] = []
