@@ -625,6 +625,40 @@ def test_a_ranges_top_keys_list_the_projects_once_from_the_rollups(pg_url: str, 
         assert close_enough(found, queries.breakdown(lite, f, by, 5))
 
 
+def test_the_7_day_page_reads_ttft_once_and_each_breakdowns_samples_at_once(pg_url: str, tmp_path: Any) -> None:
+    """The 7-day overview page reads less than one read per part: its 2-hour series reads the
+    latency histograms alone (the range's TTFT is the project, model and endpoint breakdowns'
+    read), and the latency samples of the top users, and of the top sessions, are one statement
+    each; the page answers as SQLite's."""
+    rows = make_rows(600, seed=11)
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, rows)
+    finally:
+        conn.close()
+    f = TraceFilter(since=time.time() - 7 * 86400)
+    width = queries.pick_bucket(f.since, f.until)
+    _Counting.statements = []
+    reader = _Counting(engine.connect(read_only=True))
+    try:
+        with engine.time_limited(reader, None):
+            page = queries.overview_page(reader, f, width, queries.BREAKDOWNS, 10)
+    finally:
+        reader.close()
+    series = [sql for sql in _Counting.statements if f"/ {width})" in sql]  # grouped by the series' bucket
+    assert any("rollup_hist_hour" in sql for sql in series)
+    for sql in series:
+        # No TTFT by bucket: the histogram rollups read for the latency alone, the rows' TTFT not read.
+        assert "ttft_ms" not in sql and ("metric" not in sql or "metric IN (" in sql), sql
+    samples = [sql for sql in _Counting.statements if "ORDER BY created_at DESC LIMIT" in sql]
+    assert len(samples) == 2 and "user_id" in samples[0] and "session_id" in samples[1]
+    assert page["overview"]["ttft_ms"]["p50"] is not None
+    with SQLiteEngine(str(tmp_path / "t.db")).open_for_writing() as lite:
+        insert_rows(lite, rows)
+        assert close_enough(page, queries.overview_page(lite, f, width, queries.BREAKDOWNS, 10))
+
+
 def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_path: Any) -> None:
     """Version 7 replaces the view's join to the bodies and indexes every day partition: a
     database of version 6 with traces reads, after it, the same rows and bodies as before and
