@@ -12,7 +12,9 @@ and the dashboard call them (``Store.read_sync``: a read-only connection, one sn
 * ``prysmai stats --db URL`` as a subprocess (wall time, and its CPU time: the process's own work,
   which the machine's load does not stretch), run from compiled bytecode as an installed prysmai.
 
-Median of ``--runs`` after a first run; one JSON line each, and a Markdown table at the end.
+Median of ``--runs`` after a first run, with the fastest and slowest run and the load average
+when the view was timed; one JSON line each, and a Markdown table at the end (medians [range],
+the load average before and after, the store's size and the commit measured).
 
     python bench/dashboard_scale.py --sizes 1000000 --workdir DIR --keep --no-migration --no-proxy
     python bench/pg_dashboard.py --store DIR/store-1000000.db
@@ -21,6 +23,8 @@ Median of ``--runs`` after a first run; one JSON line each, and a Markdown table
 
 ``--url`` times a database already filled (by an earlier ``--store`` run with ``--keep``, or
 ``prysmai store copy``): it is migrated first (the time is printed), then timed; nothing is copied.
+``--until-newest``: the 7-day views end at the newest trace, not now (a store whose newest trace
+is hours old, such as a generation stopped early, would otherwise be read over a longer range).
 """
 
 from __future__ import annotations
@@ -81,13 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the server of --store running (prints its URL)")
     parser.add_argument("--search-index", choices=("on", "off"), default="on")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--until-newest", action="store_true", help="the 7-day views end at the newest trace, not now")
     parser.add_argument(
         "--no-search",
         action="store_true",
         help="skip the text searches (a store without the search index: pg_generate.py's, with --search-index off)",
     )
     args = parser.parse_args(argv)
-    emit({"bench": "pg_dashboard", "kind": "machine", **machine_info()})
+    load_before = os.getloadavg()
+    emit({"bench": "pg_dashboard", "kind": "machine", **machine_info(), "commit": commit(), "load": load_before})
     server = None if args.url else PostgresServer().start()
     try:
         url = args.url or server.database()  # type: ignore[union-attr]
@@ -116,10 +122,22 @@ def main(argv: list[str] | None = None) -> int:
             total = store.read_sync(lambda conn: conn.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0])
             newest = store.read_sync(queries.list_traces, TraceFilter(), limit=1)[0][0]
             now = float(newest["created_at"])
+            until = now if args.until_newest else None
             model = newest["model"]
+            size = store.read_sync(
+                lambda conn: conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+            )
+            emit(
+                {
+                    "bench": "pg_dashboard",
+                    "traces": total,
+                    "db_mb": round(size / 2**20),
+                    "newest_age_s": round(time.time() - now),
+                }
+            )
             views = {
                 "overview page, all time": ("overview", overview, (TraceFilter(),)),
-                "overview page, 7 days": ("overview", overview, (TraceFilter(since=now - 7 * DAY),)),
+                "overview page, 7 days": ("overview", overview, (TraceFilter(since=now - 7 * DAY, until=until),)),
                 "list, newest": ("list", queries.list_traces, (TraceFilter(),)),
                 "list, one model": ("list", queries.list_traces, (TraceFilter(model=model),)),
                 "list, by cost": ("list", queries.list_traces, (TraceFilter(),)),
@@ -143,13 +161,16 @@ def main(argv: list[str] | None = None) -> int:
                     sort = kwargs.get("sort", "created_at")
                     kwargs["cursor"] = store.read_sync(cursor_of_page, TraceFilter(), 2, sort)
                 times = timed(store, args.runs, fn, *fargs, **kwargs)
-                rows.append((name, kind, median(times)))
+                rows.append((name, kind, times))
                 emit(
                     {
                         "bench": "pg_dashboard",
                         "view": name,
                         "ms": round(median(times), 1),
+                        "min_ms": round(min(times), 1),
                         "max_ms": round(max(times), 1),
+                        "runs": len(times),
+                        "load": os.getloadavg()[0],
                     }
                 )
         # As an installed prysmai runs: from compiled bytecode (the first run writes it, where the
@@ -164,23 +185,48 @@ def main(argv: list[str] | None = None) -> int:
             times.append((time.perf_counter() - t) * 1000)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu.append((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000)
-        rows.append(("prysmai stats (wall)", "stats", median(times[1:])))
+        rows.append(("prysmai stats (wall)", "stats", times[1:]))
         emit(
             {
                 "bench": "pg_dashboard",
                 "view": "prysmai stats",
                 "ms": round(median(times[1:]), 1),
+                "min_ms": round(min(times[1:]), 1),
+                "max_ms": round(max(times[1:]), 1),
                 "cpu_ms": round(median(cpu[1:]), 1),
+                "runs": len(times) - 1,
+                "load": os.getloadavg()[0],
             }
         )
     finally:
         if server is not None and not args.keep:
             server.close()
+    load_after = os.getloadavg()
+    print(
+        f"\n{total:,} traces; commit {commit()}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; "
+        f"median of {args.runs} after a first run [fastest-slowest]",
+        file=sys.stderr,
+    )
     print(f"\n| {total:,} traces in PostgreSQL | ms | target |\n|---|---:|---:|", file=sys.stderr)
-    for name, kind, ms in rows:
+    for name, kind, times in rows:
+        ms = median(times)
         verdict = "met" if ms <= TARGETS[kind] else "**missed**"
-        print(f"| {name} | {ms:,.1f} | {TARGETS[kind]:g}, {verdict} |", file=sys.stderr)
+        spread = f"{min(times):,.1f}-{max(times):,.1f}"
+        print(f"| {name} | {ms:,.1f} [{spread}] | {TARGETS[kind]:g}, {verdict} |", file=sys.stderr)
     return 0
+
+
+def commit() -> str:
+    """The commit of the checkout measured (``+`` when it has changes), or ``?``."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--untracked-files=no"]
+        dirty = subprocess.run(status, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return head + ("+" if dirty else "")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,8 @@ if TYPE_CHECKING:
     from .engine import Connection, Dialect
 
 STATUSES = ("success", "error", "timeout", "cancelled")
+#: The histograms the rollups keep (``latency``, ``ttft``); a read may ask for some only.
+HIST_METRICS = tuple(metric for metric, _ in METRICS)
 
 
 class ParamError(ValueError):
@@ -499,7 +501,7 @@ class _Agg:
         "no_usage",
         "prompt",
         "requests",
-        "sample",
+        "sampled",
         "total",
         "unpriced",
     )
@@ -510,8 +512,8 @@ class _Agg:
         self.cost = 0.0
         # metric -> bucket -> [count, min, max]
         self.hist: dict[str, dict[int, list[float]]] = {"latency": {}, "ttft": {}}
-        # Latencies sorted, when percentiles come from a sample of the rows instead.
-        self.sample: list[float] | None = None
+        # The latency p50 and p95 of a sample of the rows, when the percentiles come from one.
+        self.sampled: tuple[float | None, float | None] | None = None
 
     def add_totals(
         self,
@@ -603,8 +605,6 @@ class _Grouping:
 
 
 _CONSTANT = _Grouping("0", "0", {t: "0" for t in HIST_LEVELS}, columns=())
-#: The metrics the histograms are kept of, all of which an aggregate reads by default.
-EVERY_METRIC = tuple(metric for metric, _ in METRICS)
 #: The histograms a time series reads: its buckets show latency percentiles and no TTFT, so the
 #: histogram rollups' TTFT rows (those of every streamed group) are neither read nor sorted.
 SERIES_METRICS = ("latency",)
@@ -677,7 +677,7 @@ def _raw_hist(
     hi: float | None,
     seek: bool = False,
     n: int = 1,
-    metrics: tuple[str, ...] = EVERY_METRIC,
+    metrics: tuple[str, ...] = HIST_METRICS,
 ) -> None:
     clauses, params = _conditions(conn, f, lo, hi, seek=seek)
     # A range's rows through the index that starts with time: grouped by a column, SQLite would
@@ -738,7 +738,7 @@ def _rollup_hist(
     lo: int | None,
     hi: int,
     n: int = 1,
-    metrics: tuple[str, ...] = EVERY_METRIC,
+    metrics: tuple[str, ...] = HIST_METRICS,
 ) -> None:
     clauses, params = _rollup_filters(f, HIST_LEVELS[table][1])
     clauses.append("period < ?")
@@ -757,12 +757,12 @@ def _read_hists(
     clauses: list[str],
     params: list[Any],
     n: int,
-    metrics: tuple[str, ...] = EVERY_METRIC,
+    metrics: tuple[str, ...] = HIST_METRICS,
 ) -> None:
     """Add the histograms of the rollup ``table``'s rows matching ``clauses``, grouped by ``g``;
     ``metrics``: only those metrics' histograms (a histogram rollup holds one row per metric, so
     each one left out is rows neither read nor sorted)."""
-    if set(metrics) != set(EVERY_METRIC):
+    if metrics != HIST_METRICS:
         clauses = [*clauses, f"metric IN ({_positions_of(list(metrics))})"]
         params = [*params, *metrics]
     sql = (
@@ -808,7 +808,7 @@ def _collect(
     grouping: _Grouping,
     now: float | None = None,
     *,
-    metrics: tuple[str, ...] = EVERY_METRIC,
+    metrics: tuple[str, ...] = HIST_METRICS,
 ) -> dict[Any, _Agg]:
     """Totals and histograms of ``f``'s traces by group: whole periods from the rollups that can
     answer the filter and the grouping, the partial periods at the edges from ``traces``;
@@ -868,7 +868,7 @@ def _all_time(
     columns: tuple[str, ...],
     table: str,
     dims: tuple[str, ...],
-    metrics: tuple[str, ...] = EVERY_METRIC,
+    metrics: tuple[str, ...] = HIST_METRICS,
 ) -> None:
     """Totals (``rollup_all``) or histograms (``rollup_hist_all``, of ``metrics``) of every trace
     of ``f``, grouped by ``columns``: the all-time rollups, with no edges to read."""
@@ -1026,8 +1026,8 @@ def _series(aggs: dict[Any, _Agg], f: TraceFilter, width: int, now: float) -> li
 
 
 def _breakdown_row(key: Any, agg: _Agg) -> dict[str, Any]:
-    if agg.sample is not None:
-        p50, p95 = (_nearest_rank(agg.sample, p) for p in (50, 95))
+    if agg.sampled is not None:
+        p50, p95 = agg.sampled
     else:
         p50, p95 = agg.percentiles("latency", (50, 95))
     return {
@@ -1073,18 +1073,42 @@ def breakdown(conn: Connection, f: TraceFilter, by: str, limit: int = 20) -> lis
     for key, *totals, _first, _last in found:
         agg = aggs[key] = _Agg()
         agg.add_totals(totals[0], totals[1], totals[2], 0, 0, *totals[3:])
-    # Each key's latest traces in the range, through the key's own index, newest first.
-    table = "traces" if not seek else _traces(conn, f, seek)
-    for key, agg in aggs.items():
-        member = f"{by} = ?" if key is not None else f"{by} IS NULL"
-        sql = (
-            f"SELECT latency_ms FROM {table}"
-            f"{_where([*clauses, member, dialect_of(conn).unindexed('latency_ms') + ' IS NOT NULL'])} "
-            f"ORDER BY created_at DESC LIMIT {KEY_LATENCY_SAMPLE}"
-        )
-        latencies = sorted(r[0] for r in conn.execute(sql, [*params, *([key] if key is not None else [])]))
-        agg.sample = latencies
+    _sample_percentiles(conn, f, by, seek, clauses, params, list(aggs.values()), list(aggs))
     return [_breakdown_row(k, a) for k, a in aggs.items()]
+
+
+def _sample_percentiles(
+    conn: Connection,
+    f: TraceFilter,
+    by: str,
+    seek: bool,
+    clauses: list[str],
+    params: list[Any],
+    aggs: list[_Agg],
+    keys: list[Any],
+) -> None:
+    """Set each key's latency p50 and p95 (nearest rank) over its latest traces in the range, at
+    most :data:`KEY_LATENCY_SAMPLE` of them, read through the key's own index, newest first: one
+    statement for every key (on PostgreSQL, a statement is a round trip and a plan)."""
+    if not keys:
+        return
+    table = "traces" if not seek else _traces(conn, f, seek)
+    parts: list[str] = []
+    values: list[Any] = []
+    for i, key in enumerate(keys):
+        member = f"{by} = ?" if key is not None else f"{by} IS NULL"
+        parts.append(
+            f"SELECT {i} AS k, latency_ms FROM (SELECT latency_ms FROM {table}"
+            f"{_where([*clauses, member, dialect_of(conn).unindexed('latency_ms') + ' IS NOT NULL'])} "
+            f"ORDER BY created_at DESC LIMIT {KEY_LATENCY_SAMPLE}) AS sample{i}"
+        )
+        values += [*params, *([key] if key is not None else [])]
+    samples: list[list[float]] = [[] for _ in keys]
+    for k, latency in conn.execute(" UNION ALL ".join(parts), values):
+        samples[k].append(latency)
+    for agg, sample in zip(aggs, samples):
+        sample.sort()
+        agg.sampled = (_nearest_rank(sample, 50), _nearest_rank(sample, 95))
 
 
 #: Breakdowns the rollups keep (one read of them answers all three).
@@ -1097,7 +1121,11 @@ def _rollup_breakdowns(
     """A breakdown by each of ``bys`` (of :data:`ROLLUP_BREAKDOWNS`), from one read of the rollups
     grouped by all of them: a histogram is a sum of counts, so each breakdown's percentiles are
     what a read of its own would give."""
-    aggs = _collect(conn, f, _by_columns(bys), now)
+    return _breakdowns_of(_collect(conn, f, _by_columns(bys), now), bys, limit)
+
+
+def _breakdowns_of(aggs: dict[Any, _Agg], bys: tuple[str, ...], limit: int) -> dict[str, list[dict[str, Any]]]:
+    """The breakdowns of :func:`_rollup_breakdowns` from ``aggs``, grouped by all of ``bys``."""
     out = {}
     for i, by in enumerate(bys):
         merged: dict[Any, _Agg] = {}
@@ -1216,9 +1244,12 @@ def _key_groups(
         )
         params.extend(more)
 
-    # Read once for every part: a list of projects is a few statements, each a seek per partition
-    # on PostgreSQL.
-    store_projects = functools.cache(lambda: projects(conn))
+    # Read once for every part, from the all-time totals (a few rows a project): a walk of the
+    # traces' project index is a statement per project, each a seek in every day partition on
+    # PostgreSQL. A project whose traces were all deleted may be listed; its seeks find nothing.
+    store_projects = functools.cache(
+        lambda: [row[0] for row in conn.execute(f"SELECT DISTINCT project FROM {ALL_TOTALS} ORDER BY project")]
+    )
 
     def rollup(lo: int | None, hi: int) -> None:
         clauses, more = _rollup_filters(f, ("project",))
@@ -1292,15 +1323,22 @@ def overview_page(
     """The dashboard's overview: :func:`overview`, :func:`timeseries` and a :func:`breakdown` by
     each of ``breakdowns`` (``rows`` each), read on one connection -- in one read transaction,
     one snapshot, so its numbers cannot disagree. The totals are the time series' buckets added up
-    (one read for both), and the project, model and endpoint breakdowns come from one read."""
+    (one read for both), and the project, model and endpoint breakdowns come from one read. The
+    series' buckets show latency percentiles only: with those breakdowns, the range's TTFT
+    histogram is theirs (the same traces, every group added up), not read again per bucket."""
     now = time.time()
-    series = _collect(conn, f, _by_time(dialect_of(conn), _check_width(bucket_seconds)), now)
     bys = tuple(breakdowns)
     kept = tuple(by for by in bys if by in ROLLUP_BREAKDOWNS)
-    found = _rollup_breakdowns(conn, f, kept, _check_limit(rows), now) if kept else {}
+    by_columns = _collect(conn, f, _by_columns(kept), now) if kept else None
+    metrics = HIST_METRICS if by_columns is None else SERIES_METRICS
+    series = _collect(conn, f, _by_time(dialect_of(conn), _check_width(bucket_seconds)), now, metrics=metrics)
+    found = _breakdowns_of(by_columns, kept, _check_limit(rows)) if by_columns is not None else {}
     found.update({by: breakdown(conn, f, by, rows) for by in bys if by not in ROLLUP_BREAKDOWNS})
+    overall = _merge(series.values())
+    if by_columns is not None:
+        overall.hist["ttft"] = _merge(by_columns.values()).hist["ttft"]
     return {
-        "overview": _overview_of(_merge(series.values())),
+        "overview": _overview_of(overall),
         "bucket_seconds": bucket_seconds,
         "timeseries": _series(series, f, bucket_seconds, now),
         "breakdowns": {by: found[by] for by in bys},

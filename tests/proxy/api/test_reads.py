@@ -133,15 +133,18 @@ def test_the_overview_is_read_in_one_snapshot(tmp_path: Any, monkeypatch: Any) -
         return [tuple(r.get(c) for c in COLUMNS) for r in made]
 
     insert_rows(conn, rows(0, 10))
-    breakdowns = queries._rollup_breakdowns
+    collect = queries._collect
     wrote = threading.Event()
+    reads = []
 
-    def breakdowns_after_a_write(*args: Any, **kwargs: Any) -> Any:
-        insert_rows(conn, rows(10, 5))  # another writer commits between two of the page's queries
-        wrote.set()
-        return breakdowns(*args, **kwargs)
+    def second_read_after_a_write(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        if len(reads) == 2:  # the breakdowns read, then the series: another writer commits between
+            insert_rows(conn, rows(10, 5))
+            wrote.set()
+        return collect(*args, **kwargs)
 
-    monkeypatch.setattr(queries, "_rollup_breakdowns", breakdowns_after_a_write)
+    monkeypatch.setattr(queries, "_collect", second_read_after_a_write)
     store = Store.existing(path)
     assert store is not None
     with store:

@@ -462,19 +462,23 @@ def test_a_read_statement_run_again_is_planned_for_its_values(pg_url: str) -> No
 
     def page_then_plans(conn: Any) -> list[Any]:
         # (psycopg deallocates what it prepared at a ROLLBACK, which ends every read: look within it.)
-        queries.overview_page(conn, TraceFilter(), 86400, queries.BREAKDOWNS, 50)
+        # Twelve pages: psycopg prepares a statement at its sixth run, and PostgreSQL may choose
+        # a generic plan from the sixth run of a prepared statement on.
+        for _ in range(12):
+            queries.overview_page(conn, TraceFilter(), 86400, queries.BREAKDOWNS, 50)
         return conn.execute("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements").fetchall()
 
     with store:
         prepared = store.read_sync(page_then_plans)
-    reads = [p for p in prepared if p[0].startswith("SELECT")]
-    assert any("ORDER BY created_at DESC LIMIT" in p[0] for p in reads), prepared  # per key: prepared
+    # (A statement without parameters has one plan whatever the mode: nothing to plan for.)
+    reads = [p for p in prepared if p[0].startswith("SELECT") and "$1" in p[0]]
+    assert any("ORDER BY created_at DESC LIMIT" in p[0] for p in reads), prepared  # the keys' samples: prepared
     for statement, generic, custom in reads:
         assert generic == 0 and custom > 0, statement
 
 
 class _Explaining(PostgresConnection):
-    """A read connection that also EXPLAINs (ANALYZE) each per-key latency sample it runs."""
+    """A read connection that also EXPLAINs (ANALYZE) each read of the keys' latency samples."""
 
     __slots__ = ()
     plans: ClassVar[list[str]] = []
@@ -494,7 +498,8 @@ register_dialect(_Explaining, PostgresEngine.dialect)
 def test_a_keys_latency_sample_is_read_from_its_index_alone(pg_url: str, by: str, project: str | None) -> None:
     """The overview's latency sample of each top user or session (its newest traces, of one
     project or all) is read from the key's index alone: no trace row is visited (once the day
-    partitions are vacuumed, as autovacuum does), as SQLite's covering index reads it."""
+    partitions are vacuumed, as autovacuum does), as SQLite's covering index reads it; one
+    statement reads every key's sample."""
     engine = PostgresEngine(pg_url)
     conn = engine.open_for_writing()
     try:
@@ -512,8 +517,12 @@ def test_a_keys_latency_sample_is_read_from_its_index_alone(pg_url: str, by: str
             found = queries.breakdown(reader, TraceFilter(project=project), by, 5)
     finally:
         reader.close()
-    assert found and len(_Explaining.plans) == len(found)  # one sample a key
-    keyed = [plan for plan in _Explaining.plans if " IS NULL" not in plan]  # (no index holds NULL keys)
+    assert found and len(_Explaining.plans) == 1  # one read for every key
+    # The plan of each key's sample (the subquery ``sample<i>`` of the i-th key).
+    arms = re.split(r"\n\s*->  Subquery Scan on sample(\d+)", _Explaining.plans[0])
+    samples = {int(i): plan for i, plan in zip(arms[1::2], arms[2::2])}
+    assert sorted(samples) == list(range(len(found)))
+    keyed = [samples[i] for i, row in enumerate(found) if row["key"] is not None]  # (no index holds NULL keys)
     assert keyed
     for plan in keyed:
         # A day holding one or two rows may be planned on another index: the key's own never reads rows.
@@ -587,11 +596,12 @@ register_dialect(_Counting, PostgresEngine.dialect)
 
 
 @pytest.mark.parametrize("by", ["user_id", "session_id"])
-def test_a_ranges_top_keys_read_the_list_of_projects_once(pg_url: str, by: str, tmp_path: Any) -> None:
+def test_a_ranges_top_keys_list_the_projects_once_from_the_rollups(pg_url: str, by: str, tmp_path: Any) -> None:
     """The totals of a range's top users or sessions seek their per-day rollup rows by (day,
     project, key) in each part of the range (its whole days, today, maybe its first day): the
-    store's projects are listed once for all the parts (a list is a statement per project, each a
-    seek in every day partition), and the breakdown answers as SQLite's."""
+    store's projects are listed once for all the parts, from the all-time totals (a walk of the
+    traces' project index is a statement per project, each a seek in every day partition), and
+    the breakdown answers as SQLite's."""
     rows = make_rows(400, seed=10)
     engine = PostgresEngine(pg_url)
     conn = engine.open_for_writing()
@@ -608,10 +618,45 @@ def test_a_ranges_top_keys_read_the_list_of_projects_once(pg_url: str, by: str, 
     finally:
         reader.close()
     assert any("period IN (" in sql for sql in _Counting.statements)  # the keys' rollup rows sought
-    assert _Counting.statements.count("SELECT min(project) FROM traces") == 1
+    assert not any("min(project)" in sql for sql in _Counting.statements)
+    assert sum("DISTINCT project FROM rollup_all" in sql for sql in _Counting.statements) == 1
     with SQLiteEngine(str(tmp_path / "t.db")).open_for_writing() as lite:
         insert_rows(lite, rows)
         assert close_enough(found, queries.breakdown(lite, f, by, 5))
+
+
+def test_the_7_day_page_reads_ttft_once_and_each_breakdowns_samples_at_once(pg_url: str, tmp_path: Any) -> None:
+    """The 7-day overview page reads less than one read per part: its 2-hour series reads the
+    latency histograms alone (the range's TTFT is the project, model and endpoint breakdowns'
+    read), and the latency samples of the top users, and of the top sessions, are one statement
+    each; the page answers as SQLite's."""
+    rows = make_rows(600, seed=11)
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, rows)
+    finally:
+        conn.close()
+    f = TraceFilter(since=time.time() - 7 * 86400)
+    width = queries.pick_bucket(f.since, f.until)
+    _Counting.statements = []
+    reader = _Counting(engine.connect(read_only=True))
+    try:
+        with engine.time_limited(reader, None):
+            page = queries.overview_page(reader, f, width, queries.BREAKDOWNS, 10)
+    finally:
+        reader.close()
+    series = [sql for sql in _Counting.statements if f"/ {width})" in sql]  # grouped by the series' bucket
+    assert any("rollup_hist_hour" in sql for sql in series)
+    for sql in series:
+        # No TTFT by bucket: the histogram rollups read for the latency alone, the rows' TTFT not read.
+        assert "ttft_ms" not in sql and ("metric" not in sql or "metric IN (" in sql), sql
+    samples = [sql for sql in _Counting.statements if "ORDER BY created_at DESC LIMIT" in sql]
+    assert len(samples) == 2 and "user_id" in samples[0] and "session_id" in samples[1]
+    assert page["overview"]["ttft_ms"]["p50"] is not None
+    with SQLiteEngine(str(tmp_path / "t.db")).open_for_writing() as lite:
+        insert_rows(lite, rows)
+        assert close_enough(page, queries.overview_page(lite, f, width, queries.BREAKDOWNS, 10))
 
 
 def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_path: Any) -> None:

@@ -1065,6 +1065,7 @@ def test_the_overview_page_and_the_key_rollups_agree_with_the_rows(tmp_path: Any
             endpoint=rng.choice(["chat/completions", "embeddings"]),
             status=rng.choice(["success"] * 6 + ["error", "timeout", "cancelled"]),
             latency_ms=rng.lognormvariate(5, 1),
+            ttft_ms=rng.choice([None, rng.lognormvariate(3, 1)]),
             total_tokens=rng.choice([None, rng.randint(1, 500)]),
             cost_usd=rng.choice([None, rng.uniform(0, 0.01)]),
             user_id=rng.choice([None] + [f"u{i}" for i in range(12)]),
@@ -1112,7 +1113,12 @@ def test_the_overview_page_and_the_key_rollups_agree_with_the_rows(tmp_path: Any
     for f in ranges:
         width = queries.pick_bucket(f.since, f.until)
         page = queries.overview_page(conn, f, width, ("project", "model", "endpoint", "user_id", "session_id"), 10)
+        # Its TTFT comes from the breakdowns' read (the series' buckets read latency alone).
+        assert page["overview"]["ttft_ms"]["p50"] is not None
         same(page["overview"], queries.overview(conn, f))
+        without = queries.overview_page(conn, f, width, ("user_id",), 10)
+        same(without["overview"], page["overview"])
+        same(without["timeseries"], page["timeseries"])
         same(page["timeseries"], queries.timeseries(conn, f, width))
         for by in ("project", "model", "endpoint", "user_id", "session_id"):
             same(page["breakdowns"][by], queries.breakdown(conn, f, by, 10))

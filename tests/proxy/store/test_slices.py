@@ -338,8 +338,8 @@ def test_a_series_reads_the_latency_histograms_alone(sqlite_store: Any, monkeypa
     assert raw_latency or span == "all", statements  # the edges' rows were read too
     assert not [s for s in statements if "ttft" in s], statements
     # The same read over every metric's histograms answers the same.
-    monkeypatch.setattr(queries, "SERIES_METRICS", queries.EVERY_METRIC)
-    monkeypatch.setattr(slices, "SERIES_METRICS", queries.EVERY_METRIC)
+    monkeypatch.setattr(queries, "SERIES_METRICS", queries.HIST_METRICS)
+    monkeypatch.setattr(slices, "SERIES_METRICS", queries.HIST_METRICS)
     assert sqlite_store.read_sync(read) == doc
 
 
