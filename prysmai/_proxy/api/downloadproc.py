@@ -42,8 +42,6 @@ import dataclasses
 import logging
 import marshal
 import os
-import signal
-import struct
 import time
 
 from ..asgi import HTTPError
@@ -51,7 +49,17 @@ from ..config.settings import DEFAULT_EXPORT_PRIORITY, DEFAULT_MAX_EXPORTS
 from ..store import QueryTimeout, StoreError, TraceFilter, engine_for
 from ..store.idle import set_priority
 from ..store.sqlite import SQLiteEngine
-from ..store.writerproc import STARVED_SHARE, child_command, child_environment, cpu_seconds, read_frame, write_frame
+from ..store.writerproc import (
+    FRAME_HEADER,
+    STARVED_SHARE,
+    child_command,
+    child_environment,
+    child_output,
+    cpu_seconds,
+    frame,
+    read_frame,
+    write_frame,
+)
 from .download import CutOff, Encoder, Plan, read_rows
 
 TYPE_CHECKING = False
@@ -64,7 +72,6 @@ log = logging.getLogger("prysmai.proxy")
 STARVED_AFTER = 1.0
 #: What a refused export is told to wait, in seconds.
 RETRY_AFTER = 10
-_HEADER = struct.Struct(">I")
 
 
 class Exports:
@@ -173,7 +180,7 @@ class Relay:
         plan = dataclasses.astuple(self.plan)
         job = ("export", self.exports.location, fields, plan, self.cursor, self.shown, self.exports.time_limit)
         assert proc.stdin is not None
-        proc.stdin.write(_frame((*job, self.priority)))
+        proc.stdin.write(frame(marshal.dumps((*job, self.priority))))
         proc.stdin.close()  # (one job: the child reads it and needs its input no more)
 
     async def next(self) -> bytes | None:
@@ -251,11 +258,6 @@ class Relay:
         self.exports._closed(self)
 
 
-def _frame(message: Any) -> bytes:
-    payload = marshal.dumps(message)
-    return _HEADER.pack(len(payload)) + payload
-
-
 async def _drain(proc: asyncio.subprocess.Process) -> None:
     if proc.stdout is not None:
         while await proc.stdout.read(1 << 16):
@@ -266,8 +268,8 @@ async def _drain(proc: asyncio.subprocess.Process) -> None:
 async def _read(stream: asyncio.StreamReader) -> Any:
     """The next frame's message; ``None`` at the end of the child's output."""
     try:
-        header = await stream.readexactly(_HEADER.size)
-        return marshal.loads(await stream.readexactly(_HEADER.unpack(header)[0]))
+        header = await stream.readexactly(FRAME_HEADER.size)
+        return marshal.loads(await stream.readexactly(FRAME_HEADER.unpack(header)[0]))
     except asyncio.IncompleteReadError:
         return None
 
@@ -275,13 +277,8 @@ async def _read(stream: asyncio.StreamReader) -> Any:
 # -- the child ---------------------------------------------------------------------------------------
 def main() -> None:
     """The child: read the job from standard input, write the chunks to standard output."""
-    # Ended by the proxy (killed), or by its own output closing: never by a signal meant for the
-    # proxy (Ctrl-C, a service manager's SIGTERM to the group), so the proxy decides when.
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-    out = os.dup(1)
-    os.dup2(2, 1)  # a stray print() must not corrupt the frames
+    # Ended by the proxy (killed), or by its own output closing.
+    out = child_output()
     job = read_frame(0)
     if job is None:
         return

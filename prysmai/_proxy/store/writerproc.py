@@ -65,7 +65,9 @@ FIELDS = tuple(
     f for f in Exchange.__slots__ if f not in ("provider_prices", "request_json", "submitted", "policy", "sent_secrets")
 )
 fields_of = operator.attrgetter(*FIELDS)
-_HEADER = struct.Struct(">I")
+#: A frame between the proxy and a child: this length (4 bytes, big-endian), then a
+#: :mod:`marshal` payload of basic types only.
+FRAME_HEADER = struct.Struct(">I")
 #: A child's command (``python -c``): this very copy of prysmai (the proxy may run from a
 #: checkout, not the installed one), and not the working directory's modules, which ``-c`` and
 #: ``-m`` would put first on ``sys.path`` (the proxy may be started in any project's folder).
@@ -85,6 +87,19 @@ def child_command(name: str, module: str) -> list[str]:
     (``name``: what ``ps`` shows of it)."""
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return [sys.executable or "python3", "-c", _CHILD.format(name=name, module=module), package_root]
+
+
+def child_output() -> int:
+    """In a child process of the proxy, first: the descriptor its frames go to. Standard output
+    becomes standard error (a stray ``print()`` must not corrupt the frames), and the signals
+    meant for the proxy (Ctrl-C, a service manager's SIGTERM to the whole group) are ignored:
+    the proxy decides when its children end."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    out = os.dup(1)
+    os.dup2(2, 1)
+    return out
 
 
 #: How long the proxy waits for a new child to say it is ready before it builds rows itself.
@@ -112,18 +127,23 @@ def price_table(tuples: Mapping[str, Any]) -> dict[str, Price]:
     return {model: Price(*values) for model, values in tuples.items()}
 
 
+def frame(payload: bytes) -> bytes:
+    """``payload`` as one frame."""
+    return FRAME_HEADER.pack(len(payload)) + payload
+
+
 def write_frame(fd: int, payload: bytes) -> None:
-    view = memoryview(_HEADER.pack(len(payload)) + payload)
+    view = memoryview(frame(payload))
     while view:
         view = view[os.write(fd, view) :]  # releases the GIL while the pipe is full
 
 
 def read_frame(fd: int) -> bytes | None:
     """The next frame's payload; ``None`` at end of input."""
-    header = _read_exact(fd, _HEADER.size)
+    header = _read_exact(fd, FRAME_HEADER.size)
     if header is None:
         return None
-    payload = _read_exact(fd, _HEADER.unpack(header)[0])
+    payload = _read_exact(fd, FRAME_HEADER.unpack(header)[0])
     if payload is None:
         raise EOFError("input ended inside a frame")
     return payload
@@ -480,13 +500,8 @@ def exchange_of(values: tuple[Any, ...], prices: Mapping[str, Price] | None, pol
 
 def main() -> None:
     """The child: read frames from standard input until it closes, answer on standard output."""
-    # Stopped by the proxy closing our input, never by a signal meant for the proxy (Ctrl-C, a
-    # service manager's SIGTERM to the whole group): the proxy still has traces to hand over.
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-    out = os.dup(1)
-    os.dup2(2, 1)  # a stray print() must not corrupt the frames
+    # Stopped by the proxy closing our input: the proxy still has traces to hand over.
+    out = child_output()
     collect = _Collect()
     log.addHandler(collect)
     log.setLevel(logging.INFO)
