@@ -531,6 +531,30 @@ def test_a_keys_latency_sample_is_read_from_its_index_alone(pg_url: str, by: str
         assert all(int(n) == 0 for n in re.findall(r"Heap Fetches: (\d+)", plan)), plan
 
 
+def _read_on_postgres(pg_url: str, rows: list[tuple[Any, ...]], connection: type[PostgresConnection], read: Any) -> Any:
+    """``read(conn)`` of a PostgreSQL store holding ``rows``, on a read connection of the class
+    ``connection`` (one that notes what it runs), without a time limit."""
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, rows)
+    finally:
+        conn.close()
+    reader = connection(engine.connect(read_only=True))
+    try:
+        with engine.time_limited(reader, None):
+            return read(reader)
+    finally:
+        reader.close()
+
+
+def _read_on_sqlite(tmp_path: Any, rows: list[tuple[Any, ...]], read: Any) -> Any:
+    """``read(conn)`` of a SQLite store holding ``rows``: what PostgreSQL's answer must equal."""
+    with SQLiteEngine(str(tmp_path / "t.db")).open_for_writing() as lite:
+        insert_rows(lite, rows)
+        return read(lite)
+
+
 class _Typing(PostgresConnection):
     """A read connection that also notes the type of each histogram count it reads."""
 
@@ -556,26 +580,17 @@ def test_the_overviews_histogram_counts_are_read_as_bigint(pg_url: str, days: in
     from psycopg.postgres import types
 
     rows = make_rows(400, seed=9)
-    engine = PostgresEngine(pg_url)
-    conn = engine.open_for_writing()
-    try:
-        engine.insert_rows(conn, rows)
-    finally:
-        conn.close()
     since = None if days is None else time.time() - days * 86400
     f = TraceFilter(since=since)
+
+    def read(conn: Any) -> Any:
+        return queries.overview_page(conn, f, queries.pick_bucket(f.since, f.until), queries.BREAKDOWNS, 10)
+
     _Typing.counts = []
-    reader = _Typing(engine.connect(read_only=True))
-    try:
-        with engine.time_limited(reader, None):
-            page = queries.overview_page(reader, f, queries.pick_bucket(f.since, f.until), queries.BREAKDOWNS, 10)
-    finally:
-        reader.close()
+    page = _read_on_postgres(pg_url, rows, _Typing, read)
     assert _Typing.counts
     assert set(_Typing.counts) == {types["int8"].oid}
-    with SQLiteEngine(str(tmp_path / "t.db")).open_for_writing() as lite:
-        insert_rows(lite, rows)
-        expected = queries.overview_page(lite, f, queries.pick_bucket(f.since, f.until), queries.BREAKDOWNS, 10)
+    expected = _read_on_sqlite(tmp_path, rows, read)
     assert close_enough(page["overview"], expected["overview"])
     assert close_enough(page["timeseries"], expected["timeseries"])
     assert close_enough(page["breakdowns"]["model"], expected["breakdowns"]["model"])
@@ -603,26 +618,17 @@ def test_a_ranges_top_keys_list_the_projects_once_from_the_rollups(pg_url: str, 
     traces' project index is a statement per project, each a seek in every day partition), and
     the breakdown answers as SQLite's."""
     rows = make_rows(400, seed=10)
-    engine = PostgresEngine(pg_url)
-    conn = engine.open_for_writing()
-    try:
-        engine.insert_rows(conn, rows)
-    finally:
-        conn.close()
     f = TraceFilter(since=time.time() - 7 * 86400)
+
+    def read(conn: Any) -> Any:
+        return queries.breakdown(conn, f, by, 5)
+
     _Counting.statements = []
-    reader = _Counting(engine.connect(read_only=True))
-    try:
-        with engine.time_limited(reader, None):
-            found = queries.breakdown(reader, f, by, 5)
-    finally:
-        reader.close()
+    found = _read_on_postgres(pg_url, rows, _Counting, read)
     assert any("period IN (" in sql for sql in _Counting.statements)  # the keys' rollup rows sought
     assert not any("min(project)" in sql for sql in _Counting.statements)
     assert sum("DISTINCT project FROM rollup_all" in sql for sql in _Counting.statements) == 1
-    with SQLiteEngine(str(tmp_path / "t.db")).open_for_writing() as lite:
-        insert_rows(lite, rows)
-        assert close_enough(found, queries.breakdown(lite, f, by, 5))
+    assert close_enough(found, _read_on_sqlite(tmp_path, rows, read))
 
 
 def test_the_7_day_page_reads_ttft_once_and_each_breakdowns_samples_at_once(pg_url: str, tmp_path: Any) -> None:
@@ -631,21 +637,14 @@ def test_the_7_day_page_reads_ttft_once_and_each_breakdowns_samples_at_once(pg_u
     read), and the latency samples of the top users, and of the top sessions, are one statement
     each; the page answers as SQLite's."""
     rows = make_rows(600, seed=11)
-    engine = PostgresEngine(pg_url)
-    conn = engine.open_for_writing()
-    try:
-        engine.insert_rows(conn, rows)
-    finally:
-        conn.close()
     f = TraceFilter(since=time.time() - 7 * 86400)
     width = queries.pick_bucket(f.since, f.until)
+
+    def read(conn: Any) -> Any:
+        return queries.overview_page(conn, f, width, queries.BREAKDOWNS, 10)
+
     _Counting.statements = []
-    reader = _Counting(engine.connect(read_only=True))
-    try:
-        with engine.time_limited(reader, None):
-            page = queries.overview_page(reader, f, width, queries.BREAKDOWNS, 10)
-    finally:
-        reader.close()
+    page = _read_on_postgres(pg_url, rows, _Counting, read)
     series = [sql for sql in _Counting.statements if f"/ {width})" in sql]  # grouped by the series' bucket
     assert any("rollup_hist_hour" in sql for sql in series)
     for sql in series:
@@ -654,9 +653,7 @@ def test_the_7_day_page_reads_ttft_once_and_each_breakdowns_samples_at_once(pg_u
     samples = [sql for sql in _Counting.statements if "ORDER BY created_at DESC LIMIT" in sql]
     assert len(samples) == 2 and "user_id" in samples[0] and "session_id" in samples[1]
     assert page["overview"]["ttft_ms"]["p50"] is not None
-    with SQLiteEngine(str(tmp_path / "t.db")).open_for_writing() as lite:
-        insert_rows(lite, rows)
-        assert close_enough(page, queries.overview_page(lite, f, width, queries.BREAKDOWNS, 10))
+    assert close_enough(page, _read_on_sqlite(tmp_path, rows, read))
 
 
 def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_path: Any) -> None:
