@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -487,8 +488,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="URL",
         help="also measure prysm-pg, the proxy storing in PostgreSQL (no URL: a throwaway server)",
     )
+    parser.add_argument(
+        "--variant",
+        metavar="NAME=FLAGS",
+        action="append",
+        default=[],
+        help="also measure this checkout's proxy started with more flags, as target prysm-NAME, in the "
+        "same rounds (repeatable), e.g. --variant 'nosearch=--search-index off'",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, store)")
     args = parser.parse_args(argv)
+    variants: list[tuple[str, tuple[str, ...]]] = []
+    for spec in args.variant:
+        vname, sep, flags = spec.partition("=")
+        if not sep or not vname.strip():
+            parser.error(f"--variant: NAME=FLAGS, e.g. 'nosearch=--search-index off' (got {spec!r})")
+        variants.append((vname.strip(), tuple(shlex.split(flags))))
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in metrics if m not in MEASUREMENTS]
     if unknown or not metrics:
@@ -511,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
             for i, source in enumerate(args.baseline):
                 name = ("prysm-baseline" if i == 0 else f"prysm-baseline{i + 1}") + suffix
                 targets.append(start_prysm(workdir, upstream, workdir / f"{name}.db", name, source))
+            for vname, flags in variants:
+                name = f"prysm-{vname}{suffix}"
+                targets.append(start_prysm(workdir, upstream, workdir / f"{name}.db", name, extra=flags))
             if pg_url is not None:  # copies share the database, each with its own outbox
                 outbox = ("--outbox", str(workdir / f"outbox{suffix}.db"))
                 targets.append(start_prysm(workdir, upstream, pg_url, "prysm-pg" + suffix, extra=outbox))

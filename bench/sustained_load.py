@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 samples.append([health(base) for base in bases])
 
     sampler = threading.Thread(target=sample, daemon=True)
+    hogs: list[subprocess.Popen[bytes]] = []
     try:
         for n in range(args.proxies):
             extra = [*policy, "--queue-size", str(args.queue_size)]
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         bases = [t.url.rsplit("/chat/completions", 1)[0] for t in targets]
         cpu0 = [cpu_seconds(t.proc.pid) if t.proc is not None else 0.0 for t in targets]
         sampler.start()
+        # Busy loops at normal priority beside the load: a host with no spare CPU.
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
         started = time.monotonic()
         clients = [
             subprocess.Popen(
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"client failed: {err[-2000:]}")
             results.append(json.loads(out.strip().splitlines()[-1]))
         loaded = time.monotonic() - started
+        for hog in hogs:
+            hog.kill()
         # Until every trace is written (and, on PostgreSQL, shipped): the drain after the load.
         deadline = time.monotonic() + 300
         while True:
@@ -190,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         stored = stored_traces(db)
     finally:
         stop.set()
+        for hog in hogs:
+            hog.kill()
+            hog.wait(10)
         for target in targets:
             target.stop()
         upstream_proc.terminate()

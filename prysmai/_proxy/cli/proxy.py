@@ -141,8 +141,8 @@ def add_parser(subparsers: Any) -> None:
         "--trace-writer",
         choices=TRACE_WRITERS,
         default=DEFAULT_TRACE_WRITER,
-        help="build trace rows in a child process at the lowest CPU priority, off the proxy's interpreter "
-        f"(process), or on a thread of the proxy (thread); default {DEFAULT_TRACE_WRITER}",
+        help="build and store trace rows in a child process at the lowest CPU priority, off the proxy's "
+        f"interpreter (process), or on a thread of the proxy (thread); default {DEFAULT_TRACE_WRITER}",
     )
     proxy.add_argument(
         "--max-exports",

@@ -23,7 +23,7 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_QUEUE_SIZE = 10_000
 #: ``--when-behind``: what to do when the trace queue is full (see docs/proxy.md).
 DEFAULT_WHEN_BEHIND = "block"
-#: ``--trace-writer``: where trace rows are built (the writer thread inserts them; see docs/proxy.md).
+#: ``--trace-writer``: where trace rows are built and stored (see docs/proxy.md).
 TRACE_WRITERS = ("process", "thread")
 DEFAULT_TRACE_WRITER = "process"
 #: ``--max-exports``: downloads (``format=csv|jsonl``) running at once; one more gets ``429``.

@@ -155,9 +155,10 @@ class Engine(Protocol):
         ...
 
     # -- retention (store/retention.py runs it) --------------------------------------------------
-    def stored_ids(self, conn: Any, ids: Sequence[str]) -> set[str]:
-        """Which of ``ids`` are in the store already (the writer's journal, recovered at start-up,
-        stores only the others)."""
+    def stored_costs(self, conn: Any, ids: Sequence[str]) -> dict[str, float | None]:
+        """Which of ``ids`` are in the store already, with their cost: the writer's journal,
+        recovered at start-up, stores only the others, as does the writer thread with a batch its
+        child process may have stored before it was killed."""
         ...
 
     def delete_expired(self, conn: Any, project: str | None, before: float, exclude: Sequence[str], limit: int) -> int:

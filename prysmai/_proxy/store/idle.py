@@ -1,6 +1,6 @@
 """The proxy's child processes at a low CPU priority, and how long the proxy waits for them.
 
-Building a batch's rows costs the writer's child a burst of a few milliseconds of CPU. Where every
+Building and storing a batch's rows costs the writer's child a burst of a few milliseconds of CPU. Where every
 core has something to run -- a small container, or the proxy sharing its host with its clients or
 an upstream -- the kernel gives such a burst the same share as the proxy's event loop, and a
 request that wakes up meanwhile waits for it: the bursts were the proxy's sequential p99
@@ -13,10 +13,10 @@ its interpreter's GIL stops every other thread of that interpreter with it.
 
 On a host with no spare core at all such a process gets next to nothing, and an unprivileged
 process cannot leave ``SCHED_IDLE`` again. So the proxy bounds its wait: a batch the child has not
-answered within :data:`STARVED_AFTER` seconds is built by the proxy's writer thread instead, the
-child is killed, and the thread keeps building for :data:`CATCH_UP` seconds before a new child is
-started. That is safe because the child only builds rows and never opens the store: killed at any
-moment, and however long it then takes to exit, it holds no lock and has written nothing.
+answered within :data:`STARVED_AFTER` seconds is stored by the proxy's writer thread instead, the
+child is killed, and the thread keeps storing for :data:`CATCH_UP` seconds before a new child is
+started. A killed child may hold the store's write lock until it has exited: the thread waits for
+that, and stores only what the child had not committed (:mod:`.writerproc`).
 """
 
 from __future__ import annotations

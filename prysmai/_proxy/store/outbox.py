@@ -69,10 +69,10 @@ class OutboxEngine(SQLiteEngine):
 
     kind = "outbox"
 
-    def stored_ids(self, conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
-        # None, as far as the outbox can tell: a trace shipped already is gone from it, and is
-        # recognised by the shared store instead (a batch sent again stores nothing twice).
-        return set()
+    #: Where a trace waits to be shipped (``stored_costs`` looks there; a trace shipped already is
+    #: gone from it, and is recognised by the shared store instead: a batch sent again stores
+    #: nothing twice).
+    table = "outbox"
 
     def open_for_writing(self) -> sqlite3.Connection:
         from . import private_files

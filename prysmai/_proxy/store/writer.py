@@ -3,10 +3,10 @@ writes it in batches.
 
 The request path only calls :meth:`TraceWriter.submit`, which appends to an in-memory queue
 (never blocks, never touches the disk). The writer thread drains the queue; each batch's captured
-exchanges become rows (``finalize``, see :mod:`.capture`), built either by a child process the
-thread hands them to (:mod:`.writerproc`, what ``prysmai proxy`` does) or on the thread itself,
-and the thread inserts them in one transaction through the store's engine. A batch the child does
-not build in time (:mod:`.idle`) or at all is built on the thread. A full queue drops the trace,
+exchanges become rows (``finalize``, see :mod:`.capture`) stored in one transaction through the
+store's engine: by a child process the thread hands them to (:mod:`.writerproc`, what ``prysmai
+proxy`` does), or on the thread itself. A batch the child does not store in time (:mod:`.idle`)
+or at all is stored by the thread, less the traces the child did commit. A full queue drops the trace,
 counts it (``dropped``) and logs it at most every 10 seconds. :meth:`close` writes everything
 pending before returning.
 """
@@ -22,7 +22,7 @@ import time
 from .capture import scrub
 from .idle import CATCH_UP, STARVED_AFTER
 from .rows import build_rows
-from .writerproc import WriterProcess, WriterProcessError, WriterStarved
+from .writerproc import WriterProcess, WriterProcessError, WriterStarved, store_spec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,6 +38,9 @@ _STOP = object()
 _BATCH = 512
 _LINGER = 0.025
 _DROP_LOG_INTERVAL = 10.0
+#: How long the writer thread waits for a child it killed mid-batch to exit (it may hold the
+#: store's write lock until then) before it stores the batch anyway.
+_CHILD_EXIT_WAIT = 30.0
 #: Longest stretch of Python the writer runs before it lets go of the GIL (seconds). The event loop
 #: releases the GIL whenever it polls for I/O; a thread that then takes it keeps it until it
 #: blocks or, by CPython's switch interval, up to 5 ms -- and every request in flight waits that
@@ -86,9 +89,9 @@ class TraceWriter:
         self.engine = engine
         self._finalize = finalize
         self._fallback = fallback
-        #: Where rows are built: a child process (see :mod:`.writerproc`), or, when ``None``, this
-        #: writer's thread (``finalize`` and ``fallback`` run there, as they do for a batch the
-        #: child does not build). The thread inserts them either way.
+        #: Where rows are built and stored: a child process (see :mod:`.writerproc`), or, when
+        #: ``None``, this writer's thread (``finalize`` and ``fallback`` run there, as they do for
+        #: a batch the child does not store).
         self._process = process
         #: The credentials the proxy holds now, masked in every trace (:func:`.capture.scrub`)
         #: here, before a row is built or an exchange is handed to the process.
@@ -129,6 +132,7 @@ class TraceWriter:
         self._closing = False
         recovered = self._recover() if self._journal is not None else []
         if self._process is not None:
+            self._process.store_into = store_spec(self.engine)
             try:
                 self._process.start()
             except WriterProcessError as exc:
@@ -146,7 +150,7 @@ class TraceWriter:
         found = self._journal.recover()
         if not found:
             return []
-        stored = self.engine.stored_ids(self._conn, [ex.id for ex in found])
+        stored = self.engine.stored_costs(self._conn, [ex.id for ex in found])
         missing = [ex for ex in found if ex.id not in stored]
         if missing:
             log.warning(
@@ -157,7 +161,7 @@ class TraceWriter:
 
     @property
     def kind(self) -> str:
-        """Where rows are built: ``"process"`` or ``"thread"``."""
+        """Where rows are built and stored: ``"process"`` or ``"thread"``."""
         return "thread" if self._process is None else "process"
 
     def _start_thread(self) -> None:
@@ -326,47 +330,74 @@ class TraceWriter:
         written, repaired, failed = self.engine.insert_rows(conn, rows)
         return written, repaired, failed
 
-    def _build_here(self, items: list[Any]) -> tuple[list[Any], int, int]:
-        """The rows of ``items`` built on this thread: (rows, repaired, unbuildable)."""
-        return build_rows(items, self._finalize, self._fallback, GIL_SLICE)
+    def _store_here(self, items: list[Any]) -> tuple[int, int, int]:
+        """Build and insert the rows of ``items`` on this thread: (written, repaired, failed)."""
+        rows, repaired, unbuildable = build_rows(items, self._finalize, self._fallback, GIL_SLICE)
+        written, fixed, failed = self._insert(rows)
+        return written, repaired + fixed, unbuildable + failed
 
-    def _build(self, items: list[Any]) -> tuple[list[Any], int, int]:
-        """The rows of ``items``: (rows, repaired, unbuildable), built by the child process when
-        there is one and it builds them, else on this thread. Every item's row is built once,
-        here or there, and its cost counted once (by ``finalize`` here, by the child's answer
-        there)."""
+    def _store(self, items: list[Any]) -> tuple[int, int, int]:
+        """Store ``items``: (written, repaired, failed). By the child process when there is one
+        and it does (it builds and inserts them), else on this thread. Every item is stored once
+        and its cost counted once, here or there."""
         process = self._process
         if process is None or not items:
-            return self._build_here(items)
+            return self._store_here(items)
         if time.monotonic() < self._here_until:
             self.fallbacks += 1
-            return self._build_here(items)
+            return self._store_here(items)
         try:
             why = process.ensure_running()  # a child that died between batches: no trace was in it
         except WriterProcessError as exc:
-            self._build_here_for_a_while(f"{exc}; trace rows are built by the proxy for {CATCH_UP:.0f}s")
+            self._build_here_for_a_while(f"{exc}; traces are stored by the proxy for {CATCH_UP:.0f}s")
             self.fallbacks += 1
-            return self._build_here(items)
+            return self._store_here(items)
         if why is not None:
             with self._cond:
                 self.restarts += 1
                 self._incident = (time.monotonic(), f"{why}; restarted, no trace lost")
             log.error("%s; restarted it, no trace lost", why)
+        stores = process.store_into is not None
         try:
-            return process.build(items, STARVED_AFTER)
+            if not stores:
+                rows, repaired, unbuildable = process.build(items, STARVED_AFTER)
+                written, fixed, failed = self._insert(rows)
+                return written, repaired + fixed, unbuildable + failed
+            written, repaired, failed, rows = process.store(items, STARVED_AFTER)
+            here = self._insert(rows)  # the rows of items the pipe could not carry
+            return written + here[0], repaired + here[1], failed + here[2]
         except WriterStarved as exc:
             self.starved += 1
-            self._build_here_for_a_while(f"{exc}; trace rows are built by the proxy for {CATCH_UP:.0f}s")
+            self._build_here_for_a_while(f"{exc}; traces are stored by the proxy for {CATCH_UP:.0f}s")
         except WriterProcessError as exc:
             if process.alive:  # it failed this batch (its log says why) and carries on
-                log.error("%s; its batch is built by the proxy", exc)
+                log.error("%s; its batch is stored by the proxy", exc)
             else:
                 with self._cond:
                     self.restarts += 1
-                    self._incident = (time.monotonic(), f"{exc}; its batch built by the proxy, no trace lost")
-                log.error("%s; its batch is built by the proxy, no trace lost", exc)
+                    self._incident = (time.monotonic(), f"{exc}; its batch stored by the proxy, no trace lost")
+                log.error("%s; its batch is stored by the proxy, no trace lost", exc)
         self.fallbacks += 1
-        return self._build_here(items)
+        if not stores:
+            return self._store_here(items)
+        return self._take_over(process, items)
+
+    def _take_over(self, process: WriterProcess, items: list[Any]) -> tuple[int, int, int]:
+        """Store the batch a storing child did not answer for. A killed child may have committed
+        it before it could answer, and holds the write lock until it exits: wait for that, then
+        store only the traces not in the store, and count the cost of those that are, as the
+        child's answer would have."""
+        if not process.wait_exited(_CHILD_EXIT_WAIT):
+            log.error("a killed trace writer process has not exited in %.0fs; storing its batch", _CHILD_EXIT_WAIT)
+        if self._conn is None:
+            self._reconnect()
+        stored = self.engine.stored_costs(self._conn, [item.id for item in items]) if self._conn is not None else {}
+        for item in items:
+            cost = stored.get(item.id)
+            if cost and not item.spend_counted:
+                process.call_on_cost(item.project, cost, item.created_at)
+        written, repaired, failed = self._store_here([item for item in items if item.id not in stored])
+        return written + len(stored), repaired, failed
 
     def _build_here_for_a_while(self, why: str) -> None:
         """The child cannot build now (no spare CPU, or it does not start): this thread builds for
@@ -394,10 +425,7 @@ class TraceWriter:
                 known = tuple(self._secrets())
                 for item in items:
                     scrub(item, known)
-            rows, built_repaired, unbuildable = self._build(items)
-            written, repaired, failed = self._insert(rows)
-            repaired += built_repaired
-            failed += unbuildable
+            written, repaired, failed = self._store(items)
             with self._cond:
                 self.written += written
                 self.repaired += repaired

@@ -1,5 +1,4 @@
-"""Trace rows built by a child process (``--trace-writer process``, the default); the proxy's
-writer thread inserts them.
+"""Trace rows built and stored by a child process (``--trace-writer process``, the default).
 
 Why a process: turning a captured exchange into a row is Python (JSON parsing, stream
 reassembly, redaction, previews, costing: ~35 us a row and ~200 us a streamed answer), and Python
@@ -8,24 +7,36 @@ poll for I/O, and a thread that takes it then keeps it for up to CPython's 5 ms 
 built in-process, rows cost the proxy about a quarter of its throughput at 64 connections
 (``bench/writer.py``, ``bench/proxy_overhead.py --trace-writer``). Here the proxy's writer thread
 only copies each exchange's captured fields into a :mod:`marshal` frame (~2 us, C) and writes it
-to a pipe, GIL released; the child builds the rows with its own interpreter and sends them back;
-the writer thread inserts them (SQLite lets go of the GIL while it steps).
+to a pipe, GIL released; the child builds the rows with its own interpreter.
 
-Why the child never opens the store: it runs at the lowest CPU priority (:mod:`.idle`), and a
-process that gets no CPU must not be able to hold anything up. It has no connection, so it holds
-no lock, however long it is stopped, starved or dying. A batch it has not answered in time, or
-cannot answer (killed, crashed, a reply it cannot send), is built by the writer thread instead
-(:meth:`.writer.TraceWriter`): every batch is inserted once, by the proxy, whoever built its rows.
+Why it stores them too: a batch's insert is a burst of SQLite's CPU (the rows, their indexes,
+the rollups' fold, the search index: ~50 us a small row, ~750 us an OpenAI-shaped one, and
+~0.6 ms a transaction). On the proxy's writer thread that burst had the same share of a core as
+the event loop, and a request that woke up meanwhile waited for it: it was the proxy's
+sequential p99 (bench/README.md, "The tail"). In the child it runs under ``SCHED_IDLE``
+(:mod:`.idle`), on a core nothing else wants. The child opens the SQLite file the writer writes
+(the store, or a shared store's outbox) and inserts each batch in one transaction, as the thread
+would; it answers with the counts. A store no other process can open (``:memory:``) has its rows
+built by the child and inserted by the thread, as before.
+
+A child that gets no CPU holds the store's write lock while it is in a transaction. So the proxy
+bounds its wait: a batch not answered within :data:`~.idle.STARVED_AFTER` by a child that hardly
+ran, or a child that fails or dies, is taken over by the writer thread
+(:meth:`.writer.TraceWriter`), which kills the child, waits for it to exit (its lock then goes,
+and an open transaction with it), stores the batch's traces the child did not commit, and counts
+the costs of those it did. Every trace is stored once, whichever process stored it.
 
 The proxy's :class:`~.writer.TraceWriter` keeps everything else: the queue, the block/drop policy,
-the counters, the store's connection, ``flush`` and ``health``.
+the counters, the journal, ``flush`` and ``health``.
 
 Wire format, both ways: frames of a 4-byte big-endian length and a :mod:`marshal` payload (only
 basic types: the child never runs code the proxy sent). To the child: ``("init", prices, as_of,
-source)`` once, then ``("batch", price_defs, policy_defs, parts)``; it answers the first with
-``("ready", None, logs)`` and each batch with ``("ok", row_parts, repaired, unbuildable, costs,
-logs)`` or ``("failed", reason, logs)``. ``parts`` and ``row_parts`` are marshalled lists of a
-few dozen items or rows each, so neither end holds its GIL for a whole batch. The child exits
+source, store)`` once (``store``: ``(kind, path)`` of the file to store into, or ``None``), then
+``("batch", price_defs, policy_defs, parts)``; it answers the first with ``("ready", None, logs)``
+(or ``("failed", reason, logs)``), and each batch with ``("stored", written, repaired, failed,
+costs, logs)`` when it stores, ``("ok", row_parts, repaired, unbuildable, costs, logs)`` when it
+only builds, or ``("failed", reason, logs)``. ``parts`` and ``row_parts`` are marshalled lists of
+a few dozen items or rows each, so neither end holds its GIL for a whole batch. The child exits
 when its input closes. Provider price tables and storage policies are sent once each
 (``price_defs``, ``policy_defs``) and referred to by number.
 """
@@ -189,8 +200,32 @@ def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k in _ENVIRONMENT or k.startswith(("PYTHON", "LC_"))}
 
 
+#: The SQLite files a child can store into, by the writer's engine's ``kind``.
+_STORABLE = ("sqlite", "outbox")
+
+
+def store_spec(engine: Any) -> tuple[str, str] | None:
+    """What a child is told to open to store rows the way ``engine`` does: ``(kind, path)``, or
+    ``None`` when no other process can open it (a store in memory, a ``file:`` URI)."""
+    kind, path = getattr(engine, "kind", None), getattr(engine, "path", None)
+    if kind not in _STORABLE or not isinstance(path, str) or path == ":memory:" or path.startswith("file:"):
+        return None
+    return kind, os.path.abspath(path)
+
+
+def _open_store(spec: tuple[str, str]) -> tuple[Any, Any]:
+    """In the child: the engine of ``spec`` and a connection to write with."""
+    from .outbox import OutboxEngine
+    from .sqlite.engine import SQLiteEngine
+
+    kind, path = spec
+    engine = OutboxEngine(path) if kind == "outbox" else SQLiteEngine(path)
+    return engine, engine.open_for_writing()
+
+
 class WriterProcess:
-    """The proxy's end of the child that builds its trace rows.
+    """The proxy's end of the child that builds its trace rows, and stores them when it is given
+    a store (:attr:`store_into`).
 
     ``on_cost(project, usd, created_at)`` is called for every row the child costed (the
     projects' monthly budgets); ``finalize`` builds, in the proxy, the row of the rare exchange
@@ -205,11 +240,14 @@ class WriterProcess:
         self.prices = prices
         self._finalize = finalize
         self._on_cost = on_cost
+        #: What the next child started opens to store its batches (:func:`store_spec`); ``None``:
+        #: it only builds rows, and the caller inserts them.
+        self.store_into: tuple[str, str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         #: Whether :meth:`start` was called (a child that is gone is then started again).
         self._wanted = False
         #: Children killed and not yet reaped: a starved one may need a while to get a core and
-        #: exit, and nothing waits for that (it holds nothing).
+        #: exit (:meth:`wait_exited` waits for that, when it may hold the store's write lock).
         self._killed: list[subprocess.Popen[bytes]] = []
         #: id(provider prices) -> (the mapping, kept alive so the id stays its own; its number).
         self._price_refs: dict[int, tuple[Mapping[str, Price], int]] = {}
@@ -249,7 +287,7 @@ class WriterProcess:
             raise WriterProcessError(f"the trace writer process did not start: {exc}") from None
         self._proc = proc
         table = self.prices
-        init = ("init", price_tuples(table.prices), table.as_of, table.source)
+        init = ("init", price_tuples(table.prices), table.as_of, table.source, self.store_into)
         try:
             write_frame(self._fd_in, marshal.dumps(init))
             reply = self._reply(START_TIMEOUT)
@@ -275,8 +313,26 @@ class WriterProcess:
 
     def kill(self) -> None:
         """Kill the child without waiting for it to exit (the next :meth:`ensure_running` starts
-        another). It holds no lock and has written nothing: there is nothing to wait for."""
+        another; :meth:`wait_exited` waits for it)."""
         self._discard()
+
+    def call_on_cost(self, project: str, usd: float, created_at: float) -> None:
+        """Count a cost as a child's answer would have (a trace it stored, then died unanswered)."""
+        if self._on_cost is not None:
+            self._on_cost(project, usd, created_at)
+
+    def wait_exited(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until every child killed so far has exited: a child
+        that stores holds the store's write lock, and may commit, until then. ``False`` if one
+        still runs."""
+        deadline = time.monotonic() + timeout
+        for proc in self._killed:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return False
+        self._reap()
+        return True
 
     def stop(self, timeout: float = 30.0) -> None:
         """Close the child's input (it finishes what it was given, then exits) and wait for it,
@@ -330,18 +386,58 @@ class WriterProcess:
 
     # -- batches (the store's writer thread) -----------------------------------------------------
     def build(self, items: list[Any], starved_after: float | None = STARVED_AFTER) -> tuple[list[Any], int, int]:
-        """The rows of ``items``, built by the child: (rows, how many a fallback built, how many
-        items no row could be built for); the child's costs go to ``on_cost``. Raises
-        :class:`WriterStarved` (the child killed) when, after ``starved_after`` seconds, it has
-        not answered and has hardly run (``None``: wait as long as it takes), and
-        :class:`WriterProcessError` when it failed or is gone. Either way no row of the batch was
-        built and no cost counted: the caller builds them all."""
+        """The rows of ``items``, built by a child that does not store (:attr:`store_into` ``None``):
+        (rows, how many a fallback built, how many items no row could be built for); the child's
+        costs go to ``on_cost``. Raises as :meth:`store` does; then no row of the batch was built
+        and no cost counted: the caller builds them all."""
+        reply, rows, repaired, unbuildable = self._ask(items, starved_after)
+        if reply is None:
+            return rows, repaired, unbuildable
+        if reply[0] != "ok":
+            raise WriterProcessError(f"the trace writer process failed a batch ({reply[1]})")
+        _, parts, built_repaired, failed, costs, _logs = reply
+        for start, part in enumerate(parts):
+            if start:
+                time.sleep(0)  # let the event loop have the GIL (see .writer.GIL_SLICE)
+            rows.extend(marshal.loads(part))
+        self._count(costs)
+        return rows, repaired + built_repaired, unbuildable + failed
+
+    def store(self, items: list[Any], starved_after: float | None = STARVED_AFTER) -> tuple[int, int, int, list[Any]]:
+        """Have a child that stores (:attr:`store_into`) build and store ``items`` in one transaction:
+        (written, repaired, failed, rows), ``rows`` being those of the rare items the pipe cannot
+        carry, built here, for the caller to insert. The child's costs go to ``on_cost``.
+
+        Raises :class:`WriterStarved` (the child killed) when, after ``starved_after`` seconds,
+        it has not answered and has hardly run (``None``: wait as long as it takes), and
+        :class:`WriterProcessError` when it failed the batch (its transaction rolled back) or is
+        gone. A child killed or gone may have committed the batch before it could answer: the
+        caller waits for it to exit (:meth:`wait_exited`) and looks."""
+        reply, rows, repaired, unbuildable = self._ask(items, starved_after)
+        if reply is None:
+            return 0, repaired, unbuildable, rows
+        if reply[0] != "stored":
+            raise WriterProcessError(f"the trace writer process failed a batch ({reply[1]})")
+        _, written, child_repaired, failed, costs, _logs = reply
+        self._count(costs)
+        return written, repaired + child_repaired, unbuildable + failed, rows
+
+    def _count(self, costs: list[tuple[str, float, float]]) -> None:
+        if self._on_cost is not None:
+            for project, usd, created_at in costs:
+                self._on_cost(project, usd, created_at)
+
+    def _ask(self, items: list[Any], starved_after: float | None) -> tuple[Any, list[Any], int, int]:
+        """Send ``items`` to the child and wait for its answer: (the answer, or ``None`` when no
+        item could be sent; the rows built here of the items that cannot be sent; how many of
+        those a fallback built or none could be built for). Raises :class:`WriterStarved` and
+        :class:`WriterProcessError` as :meth:`store` says."""
         self._reap()
         if self._proc is None:
             raise WriterProcessError("the trace writer process is not running")
         payload, rows, repaired, unbuildable = self._pack(items)
         if payload is None:  # nothing the child could be sent
-            return rows, repaired, unbuildable
+            return None, rows, repaired, unbuildable
         pid = self._proc.pid
         cpu = cpu_seconds(pid) if starved_after is not None else None
         try:
@@ -350,8 +446,7 @@ class WriterProcess:
             raise self._died() from None
         while True:
             try:
-                reply = self._reply(starved_after)
-                break
+                return self._reply(starved_after), rows, repaired, unbuildable
             except WriterStarved:
                 now = cpu_seconds(pid)
                 if cpu is not None and now is not None and now - cpu < STARVED_SHARE * (starved_after or 0.0):
@@ -361,17 +456,6 @@ class WriterProcess:
                         "it was waited for (no spare CPU); killed"
                     ) from None
                 cpu = now  # busy with a large batch: wait for it
-        if reply[0] != "ok":
-            raise WriterProcessError(f"the trace writer process failed a batch ({reply[1]})")
-        _, parts, built_repaired, failed, costs, _logs = reply
-        for start, part in enumerate(parts):
-            if start:
-                time.sleep(0)  # let the event loop have the GIL (see .writer.GIL_SLICE)
-            rows.extend(marshal.loads(part))
-        if self._on_cost is not None:
-            for project, usd, created_at in costs:
-                self._on_cost(project, usd, created_at)
-        return rows, repaired + built_repaired, unbuildable + failed
 
     def _pack(self, items: list[Any]) -> tuple[bytes | None, list[Any], int, int]:
         """The batch's frame (``None``: no item to send), the rows of the items that cannot be
@@ -513,12 +597,28 @@ def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
     init = read_frame(fd_in)
     if init is None:
         return
-    _, tuples, as_of, source = marshal.loads(init)
+    _, tuples, as_of, source, spec = marshal.loads(init)
     prices = PriceTable(price_table(tuples), as_of, source)
+    engine = conn = None
+    if spec is not None:
+        try:
+            engine, conn = _open_store(spec)
+        except Exception as exc:  # the proxy then stores on its own thread, and says why
+            write_frame(fd_out, marshal.dumps(("failed", f"cannot open {spec[1]}: {exc}", collect.take())))
+            return
     # Ready first, at the priority it was started with, so the proxy's wait for it is short on a
     # busy host too; idle from then on.
     write_frame(fd_out, marshal.dumps(("ready", None, collect.take())))
     lower_priority()
+    try:
+        _serve_batches(fd_in, fd_out, collect, prices, engine, conn)
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def _serve_batches(fd_in: int, fd_out: int, collect: _Collect, prices: PriceTable, engine: Any, conn: Any) -> None:
+    """Answer each batch until the input closes: stored through ``engine`` when there is one."""
     provider_prices: dict[int, dict[str, Price]] = {}
     policies: dict[int, StoragePolicy] = {}
     while True:
@@ -532,8 +632,12 @@ def serve(fd_in: int, fd_out: int, collect: _Collect) -> None:
             for ref, values in policy_defs.items():
                 policies[ref] = StoragePolicy.from_tuple(values)
             items = [item for part in parts for item in marshal.loads(part)]
-            answer = marshal.dumps(_build_batch(items, prices, provider_prices, policies, collect))
-        except Exception as exc:  # the proxy builds this batch itself
+            built = _build_batch(items, prices, provider_prices, policies)
+            if engine is None:
+                answer = marshal.dumps(("ok", *_row_parts(built), collect.take()))
+            else:
+                answer = marshal.dumps(("stored", *_store_batch(engine, conn, built), collect.take()))
+        except Exception as exc:  # the proxy stores this batch itself (an insert that raised rolled back)
             log.exception("the trace writer process failed a batch")
             answer = marshal.dumps(("failed", f"{type(exc).__name__}: {str(exc)[:200]}", collect.take()))
         write_frame(fd_out, answer)
@@ -544,8 +648,8 @@ def _build_batch(
     prices: PriceTable,
     provider_prices: Mapping[int, Mapping[str, Price]],
     policies: Mapping[int, StoragePolicy],
-    collect: _Collect,
-) -> tuple[Any, ...]:
+) -> tuple[list[Any], int, int, list[tuple[str, float, float]]]:
+    """The batch's rows: (rows, repaired, unbuildable, the costs to count)."""
     costs: list[tuple[str, float, float]] = []
 
     def counted(ex: Exchange) -> dict[str, Any]:
@@ -556,8 +660,22 @@ def _build_batch(
 
     exchanges = [exchange_of(values, provider_prices.get(ref), policies.get(policy)) for values, ref, policy in items]
     rows, repaired, unbuildable = build_rows(exchanges, counted, fallback_row)
+    return rows, repaired, unbuildable, costs
+
+
+def _row_parts(built: tuple[list[Any], int, int, list[Any]]) -> tuple[Any, ...]:
+    """A built batch as the proxy inserts it: (row parts, repaired, unbuildable, costs)."""
+    rows, repaired, unbuildable, costs = built
     parts = [marshal.dumps(rows[start : start + ITEMS_PER_SLICE]) for start in range(0, len(rows), ITEMS_PER_SLICE)]
-    return ("ok", parts, repaired, unbuildable, costs, collect.take())
+    return parts, repaired, unbuildable, costs
+
+
+def _store_batch(engine: Any, conn: Any, built: tuple[list[Any], int, int, list[Any]]) -> tuple[Any, ...]:
+    """A built batch stored in one transaction: (written, repaired, failed, costs). An insert
+    that raises has rolled back: the proxy stores the batch."""
+    rows, repaired, unbuildable, costs = built
+    written, fixed, failed = engine.insert_rows(conn, rows)
+    return written, repaired + fixed, unbuildable + failed, costs
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""The trace writer process (``--trace-writer process``, the default): rows are built by a child
-at the lowest CPU priority, exactly as the writer thread builds them, and inserted by the proxy's
-writer thread; a child that dies, starves or is stopped is replaced and its batch built by the
+"""The trace writer process (``--trace-writer process``, the default): rows are built and stored by
+a child at the lowest CPU priority, exactly as the writer thread builds and stores them; a child
+that dies, starves or is stopped (in its transaction too) is replaced and its batch stored by the
 proxy, nothing lost or stored twice; budgets and the log still see what it did; a proxy that is
 killed leaves no child behind. Real child processes, a real store."""
 
@@ -232,26 +232,167 @@ def _write_lock_is_free(path: str) -> bool:
         conn.close()
 
 
+class _CountingEngine(SQLiteEngine):
+    """A SQLite store that counts the rows inserted through it in this process."""
+
+    inserted = 0
+
+    def insert_rows(self, conn: sqlite3.Connection, rows: Any) -> tuple[int, int, int]:
+        type(self).inserted += len(rows)
+        return super().insert_rows(conn, rows)
+
+
 @LINUX_ONLY
-def test_the_child_builds_at_the_lowest_cpu_priority_and_never_opens_the_store(tmp_path: Any) -> None:
-    """Its bursts must not take a core from the proxy's event loop (SCHED_IDLE), and, since such a
-    child may get no CPU for a long time, it must hold nothing the store needs (no open file)."""
+def test_the_child_builds_and_stores_at_the_lowest_cpu_priority_and_the_proxy_inserts_nothing(tmp_path: Any) -> None:
+    """A batch's insert is a burst of SQLite's CPU: in the proxy's process it took a core from the
+    event loop (the sequential p99). The child, under SCHED_IDLE, holds the store open and
+    inserts; the proxy's process inserts no row."""
     path = str(tmp_path / "t.db")
-    store = process_store(path)
+    _CountingEngine.inserted = 0
+    store = TraceWriter(
+        _CountingEngine(path),
+        lambda ex: finalize(ex, PRICES),
+        fallback=fallback_row,
+        process=WriterProcess(PRICES, lambda ex: finalize(ex, PRICES)),
+    )
     store.open()
     try:
-        store.submit(Exchange("one", time.time(), 1.0, "POST", "chat/completions"))
-        assert store.flush(30) and store.written == 1
+        for ex in _exchanges():
+            store.submit(ex)
+        assert store.flush(30) and store.written == 40 and store.fallbacks == 0
         pid = child_of(store)
         deadline = time.monotonic() + 10
         while os.sched_getscheduler(pid) != os.SCHED_IDLE:  # it lowers itself once it said it is ready
             assert time.monotonic() < deadline, "the child did not go under SCHED_IDLE"
             time.sleep(0.01)
-        opened = _open_files(pid)
-        assert not {f for f in opened if f.startswith(str(tmp_path))}, opened
+        assert path in _open_files(pid)
+        assert _CountingEngine.inserted == 0
     finally:
         store.close()
-    assert [t["id"] for t in read_traces(path)] == ["one"]
+    assert len(read_traces(path)) == 40
+
+
+def _openai_shaped(n: int, prefix: str) -> list[Exchange]:
+    """``n`` exchanges with bodies of a few KB (their insert takes the child a while)."""
+    out = []
+    for i in range(n):
+        ex = Exchange(f"{prefix}{i:04d}", time.time(), 1.0, "POST", "chat/completions")
+        ex.t_end = 1.2
+        ex.project = "default"
+        ex.model = "gpt-4o-mini"
+        words = " ".join(f"word{i}-{k} lorem ipsum dolor" for k in range(150))
+        ex.request_body = json.dumps(
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": words}]}
+        ).encode()
+        ex.request_content_type = ex.response_content_type = "application/json"
+        answer = {"id": f"r{i}", "model": "gpt-4o-mini", "choices": [{"message": {"content": words}}]}
+        answer["usage"] = {"prompt_tokens": 300, "completion_tokens": 300, "total_tokens": 600}
+        ex.response_body = json.dumps(answer).encode()
+        ex.http_status, ex.status = 200, "success"
+        out.append(ex)
+    return out
+
+
+@LINUX_ONLY
+def test_a_child_stopped_inside_its_transaction_is_killed_and_its_batch_stored_once(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """A child that gets no CPU while it holds the store's write lock (here: stopped in the middle
+    of its insert) holds the traces up for STARVED_AFTER only: the proxy kills it, waits for it to
+    exit (its transaction rolls back, the lock goes), and stores the whole batch itself, each
+    trace once and its cost counted once; the lock is free again."""
+    from prysmai._proxy.store import writer
+
+    path = str(tmp_path / "t.db")
+    spent: list[float] = []
+    store = process_store(path, on_cost=lambda _project, usd, _at: spent.append(usd))
+    proxy_finalize = store._finalize
+    store._finalize = lambda ex: (spent.append(0.0 if ex.spend_counted else -1.0), proxy_finalize(ex))[1]
+    store.open()
+    expected: list[str] = []
+    stopped = None
+    monkeypatch.setattr(writer, "STARVED_AFTER", 0.25)  # as shipped
+    try:
+        # Caught inside its transaction: the write lock held, by the child (the proxy's thread
+        # inserts nothing while a child stores). A child that commits before it is stopped, or
+        # starves on a busy machine before it is caught, is let go and the next batch tried.
+        for attempt in range(8):
+            store._here_until = 0.0
+            process = store._process
+            assert process is not None
+            if process.pid is None:
+                assert process.ensure_running() is None
+            child = child_of(store)
+            batch = _openai_shaped(200, f"a{attempt}-")
+            expected += [ex.id for ex in batch]
+            before = store.starved
+            for ex in batch:
+                store.submit(ex)
+            deadline = time.monotonic() + 30
+            while _write_lock_is_free(path) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGSTOP)
+            if store.starved == before and not _write_lock_is_free(path):
+                stopped = child
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGCONT)
+            assert store.flush(60)
+        assert stopped is not None, "the child was never caught inside its transaction"
+        starved = store.starved
+        assert store.flush(60)
+        assert store.starved == starved + 1
+        assert store.written == len(expected) and (store.lost, store.failed) == (0, 0)
+        assert _write_lock_is_free(path)
+        wait_gone(stopped)
+    finally:
+        if stopped is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGKILL)
+        store.close()
+    rows = read_traces(path)
+    assert sorted(t["id"] for t in rows) == sorted(expected)
+    # Each trace's cost counted once: by a child's answer (its usd) or by the proxy's build (-1).
+    assert len(spent) == len(expected)
+
+
+def test_what_a_killed_child_had_committed_is_not_stored_again_and_its_cost_counts_once(tmp_path: Any) -> None:
+    """A child killed after its commit, before its answer: the writer thread stores only the
+    batch's other traces, and counts the cost of those the child stored (its answer, which
+    would have, never came)."""
+    spent: list[float] = []
+
+    def counting(ex: Exchange) -> dict[str, Any]:  # as the proxy's finalize counts the budget
+        row = finalize(ex, PRICES)
+        if not ex.spend_counted:
+            spent.append(row.get("cost_usd") or 0.0)
+        return row
+
+    path = str(tmp_path / "t.db")
+    store = TraceWriter(
+        SQLiteEngine(path),
+        counting,
+        fallback=fallback_row,
+        process=WriterProcess(PRICES, counting, on_cost=lambda _project, usd, _at: spent.append(usd)),
+    )
+    store.open()
+    try:
+        batch = _openai_shaped(10, "c")
+        batch[0].spend_counted = True  # counted by the proxy as it answered: not again
+        committed, _, _ = build_rows(_openai_shaped(6, "c"), lambda ex: finalize(ex, PRICES), fallback_row)
+        assert store.engine.insert_rows(store._conn, committed) == (6, 0, 0)
+        process = store._process
+        assert process is not None
+        process.kill()
+        assert store._take_over(process, batch) == (10, 0, 0)
+    finally:
+        store.close()
+    rows = read_traces(path)
+    assert sorted(t["id"] for t in rows) == sorted(ex.id for ex in batch)
+    costs = {t["id"]: t["cost_usd"] for t in rows}
+    assert all(costs.values())
+    assert sorted(spent) == sorted(c for i, c in costs.items() if i != batch[0].id)
 
 
 @LINUX_ONLY

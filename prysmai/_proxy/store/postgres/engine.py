@@ -371,9 +371,9 @@ class PostgresEngine:
             for statement in rollups.FOLD:
                 conn.execute(statement)
 
-    def stored_ids(self, conn: psycopg.Connection[Any], ids: Sequence[str]) -> set[str]:
-        rows = conn.execute("SELECT id FROM trace_rows WHERE id = ANY(%s)", [list(ids)]).fetchall()
-        return {r[0] for r in rows}
+    def stored_costs(self, conn: psycopg.Connection[Any], ids: Sequence[str]) -> dict[str, float | None]:
+        rows = conn.execute("SELECT id, cost_usd FROM trace_rows WHERE id = ANY(%s)", [list(ids)]).fetchall()
+        return {r[0]: r[1] for r in rows}
 
     # -- retention ---------------------------------------------------------------------------------
     def delete_expired(

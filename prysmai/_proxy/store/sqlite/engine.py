@@ -301,12 +301,12 @@ class SQLiteEngine:
     # -- retention -------------------------------------------------------------------------------
     table = "traces"
 
-    def stored_ids(self, conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
-        found: set[str] = set()
+    def stored_costs(self, conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, float | None]:
+        found: dict[str, float | None] = {}
         for start in range(0, len(ids), 500):
             some = list(ids[start : start + 500])
-            sql = f"SELECT id FROM {self.table} WHERE id IN ({', '.join('?' * len(some))})"
-            found.update(r[0] for r in conn.execute(sql, some))
+            sql = f"SELECT id, cost_usd FROM {self.table} WHERE id IN ({', '.join('?' * len(some))})"
+            found.update((r[0], r[1]) for r in conn.execute(sql, some))
         return found
 
     def delete_expired(
