@@ -56,6 +56,8 @@ _TABLES = (
 _SHIPPED = "(SELECT seq FROM outbox_position WHERE reader = 'shipped')"
 _EXPORTED = "(SELECT seq FROM outbox_position WHERE reader = 'exported')"
 _INSERT = f"INSERT INTO outbox ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+#: How many of the outbox's newest rows ``stored_costs`` looks among.
+_LOOK_BACK = 50_000
 #: Rows a shipment takes at most.
 SHIP_BATCH = 1000
 #: Score edits applied between two looks at the traces.
@@ -69,10 +71,18 @@ class OutboxEngine(SQLiteEngine):
 
     kind = "outbox"
 
-    #: Where a trace waits to be shipped (``stored_costs`` looks there; a trace shipped already is
-    #: gone from it, and is recognised by the shared store instead: a batch sent again stores
-    #: nothing twice).
-    table = "outbox"
+    def stored_costs(self, conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, float | None]:
+        # Among the newest rows only (the outbox has no index on id, and may hold a long backlog):
+        # what is asked about -- a journal's last second, a batch of the writer's child -- was
+        # written last. A trace found nowhere (shipped already, or older) is written again, and
+        # recognised by the shared store then: a batch sent again stores nothing twice.
+        found: dict[str, float | None] = {}
+        newest = f"seq > (SELECT coalesce(max(seq), 0) FROM outbox) - {_LOOK_BACK}"
+        for start in range(0, len(ids), 500):
+            some = list(ids[start : start + 500])
+            sql = f"SELECT id, cost_usd FROM outbox WHERE {newest} AND id IN ({', '.join('?' * len(some))})"
+            found.update((r[0], r[1]) for r in conn.execute(sql, some))
+        return found
 
     def open_for_writing(self) -> sqlite3.Connection:
         from . import private_files

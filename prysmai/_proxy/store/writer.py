@@ -349,7 +349,7 @@ class TraceWriter:
         try:
             why = process.ensure_running()  # a child that died between batches: no trace was in it
         except WriterProcessError as exc:
-            self._build_here_for_a_while(f"{exc}; traces are stored by the proxy for {CATCH_UP:.0f}s")
+            self._store_here_for_a_while(f"{exc}; traces are stored by the proxy for {CATCH_UP:.0f}s")
             self.fallbacks += 1
             return self._store_here(items)
         if why is not None:
@@ -368,7 +368,7 @@ class TraceWriter:
             return written + here[0], repaired + here[1], failed + here[2]
         except WriterStarved as exc:
             self.starved += 1
-            self._build_here_for_a_while(f"{exc}; traces are stored by the proxy for {CATCH_UP:.0f}s")
+            self._store_here_for_a_while(f"{exc}; traces are stored by the proxy for {CATCH_UP:.0f}s")
         except WriterProcessError as exc:
             if process.alive:  # it failed this batch (its log says why) and carries on
                 log.error("%s; its batch is stored by the proxy", exc)
@@ -399,8 +399,8 @@ class TraceWriter:
         written, repaired, failed = self._store_here([item for item in items if item.id not in stored])
         return written + len(stored), repaired, failed
 
-    def _build_here_for_a_while(self, why: str) -> None:
-        """The child cannot build now (no spare CPU, or it does not start): this thread builds for
+    def _store_here_for_a_while(self, why: str) -> None:
+        """The child cannot store now (no spare CPU, or it does not start): this thread stores for
         :data:`~.idle.CATCH_UP` seconds, then a child is tried again."""
         self._here_until = time.monotonic() + CATCH_UP
         log.warning("%s", why)

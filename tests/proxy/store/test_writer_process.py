@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from prysmai._proxy.config.policy import REDACTION_SETS, StoragePolicy
 from prysmai._proxy.config.pricing import Price, PriceTable
 from prysmai._proxy.store.capture import Exchange, fallback_row, finalize
+from prysmai._proxy.store.outbox import OutboxEngine
 from prysmai._proxy.store.rows import COLUMNS, build_rows
 from prysmai._proxy.store.sqlite import SQLiteEngine
 from prysmai._proxy.store.writer import TraceWriter
@@ -357,10 +358,23 @@ def test_a_child_stopped_inside_its_transaction_is_killed_and_its_batch_stored_o
     assert len(spent) == len(expected)
 
 
-def test_what_a_killed_child_had_committed_is_not_stored_again_and_its_cost_counts_once(tmp_path: Any) -> None:
+def _outbox_rows(path: str) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(path)
+    try:
+        return [{"id": r[0], "cost_usd": r[1]} for r in conn.execute("SELECT id, cost_usd FROM outbox")]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("engine", "rows_of"), [(SQLiteEngine, read_traces), (OutboxEngine, _outbox_rows)], ids=["store", "outbox"]
+)
+def test_what_a_killed_child_had_committed_is_not_stored_again_and_its_cost_counts_once(
+    tmp_path: Any, engine: Any, rows_of: Any
+) -> None:
     """A child killed after its commit, before its answer: the writer thread stores only the
     batch's other traces, and counts the cost of those the child stored (its answer, which
-    would have, never came)."""
+    would have, never came). So in a SQLite store and in a PostgreSQL store's outbox."""
     spent: list[float] = []
 
     def counting(ex: Exchange) -> dict[str, Any]:  # as the proxy's finalize counts the budget
@@ -371,13 +385,15 @@ def test_what_a_killed_child_had_committed_is_not_stored_again_and_its_cost_coun
 
     path = str(tmp_path / "t.db")
     store = TraceWriter(
-        SQLiteEngine(path),
+        engine(path),
         counting,
         fallback=fallback_row,
         process=WriterProcess(PRICES, counting, on_cost=lambda _project, usd, _at: spent.append(usd)),
     )
     store.open()
     try:
+        store.submit(_openai_shaped(1, "first")[0])  # stored by the child, into this engine's file
+        assert store.flush(30) and store.written == 1 and store.fallbacks == 0
         batch = _openai_shaped(10, "c")
         batch[0].spend_counted = True  # counted by the proxy as it answered: not again
         committed, _, _ = build_rows(_openai_shaped(6, "c"), lambda ex: finalize(ex, PRICES), fallback_row)
@@ -388,8 +404,8 @@ def test_what_a_killed_child_had_committed_is_not_stored_again_and_its_cost_coun
         assert store._take_over(process, batch) == (10, 0, 0)
     finally:
         store.close()
-    rows = read_traces(path)
-    assert sorted(t["id"] for t in rows) == sorted(ex.id for ex in batch)
+    rows = rows_of(path)
+    assert sorted(t["id"] for t in rows) == sorted(["first0000", *(ex.id for ex in batch)])
     costs = {t["id"]: t["cost_usd"] for t in rows}
     assert all(costs.values())
     assert sorted(spent) == sorted(c for i, c in costs.items() if i != batch[0].id)
