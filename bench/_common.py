@@ -118,7 +118,9 @@ def _children(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int, include_children: bool = True) -> float:
-    """User + system CPU seconds consumed so far by pid (and its live descendants)."""
+    """User + system CPU seconds consumed so far by pid (and its descendants: the live ones', and
+    those of the children it has reaped, which the kernel adds to its own account -- a proxy
+    replaces a starved writer child, and the count must not go back when it does)."""
     total = 0.0
     pids = [pid, *(_children(pid) if include_children else [])]
     for p in pids:
@@ -131,6 +133,8 @@ def cpu_seconds(pid: int, include_children: bool = True) -> float:
         fields = raw[raw.rindex(")") + 2 :].split()
         utime, stime = int(fields[11]), int(fields[12])
         total += (utime + stime) / _CLK_TCK
+        if include_children and p == pid:  # cutime, cstime: its reaped children's
+            total += (int(fields[13]) + int(fields[14])) / _CLK_TCK
     return total
 
 
