@@ -57,6 +57,8 @@ from .rollups import (
     HIST_LEVELS,
     HOUR_DIMS,
     KEY_ALL_ROLLUPS,
+    KEY_HOUR_PERIOD,
+    KEY_HOUR_ROLLUPS,
     KEY_PERIOD,
     KEY_ROLLUPS,
     METRICS,
@@ -1142,9 +1144,9 @@ def _breakdowns_of(aggs: dict[Any, _Agg], bys: tuple[str, ...], limit: int) -> d
 KEY_LATENCY_SAMPLE = 1000
 
 
-#: The longest range (days) whose per-key rollup rows :func:`_key_groups` seeks key by key, day
-#: by day, for a few keys; a longer one is read whole.
-KEY_SEEK_DAYS = 62
+#: The most periods (days, or hours) of a per-key rollup whose rows :func:`_key_groups` seeks key
+#: by key, period by period, for a few keys; more are read whole.
+KEY_SEEK_PERIODS = 62
 
 #: One group's totals over ``traces`` rows (every column in the user and session indexes).
 _GROUP_SUMS = (
@@ -1192,7 +1194,9 @@ def _key_groups(
 ) -> tuple[str, list[Any]]:
     """A query of ``f``'s traces grouped by ``column`` (user_id, session_id): one row per key
     (``k``, ``None`` for traces without one) with :data:`_GROUP_COLUMNS`. Whole days come from the
-    key's per-day rollup when the filter names only time and project, the rest from ``traces``.
+    key's per-day rollup when the filter names only time and project, and the whole hours of the
+    partial days from its hourly rollup where the engine keeps one (``Dialect.hourly_keys``), the
+    rest from ``traces``.
     Without ``times`` (``first_seen`` and ``last_seen`` then ``NULL``), all time comes from the
     key's all-time rollup: one row per key in the project (or over every project), and with
     ``top`` only the rows that may be among the ``top`` most requested -- those with at least the
@@ -1251,13 +1255,15 @@ def _key_groups(
         lambda: [row[0] for row in conn.execute(f"SELECT DISTINCT project FROM {ALL_TOTALS} ORDER BY project")]
     )
 
-    def rollup(lo: int | None, hi: int) -> None:
+    def rollup(lo: int | None, hi: int, seconds: int = KEY_PERIOD, sign: str = "") -> None:
+        """The rows of the per-key rollup of ``seconds``-long periods (a day's or an hour's) for
+        the periods in ``[lo, hi)``; ``sign`` '-': their totals taken away (no first or last time)."""
         clauses, more = _rollup_filters(f, ("project",))
-        if keys is not None and lo is not None and hi - lo <= KEY_SEEK_DAYS * KEY_PERIOD:
-            # Every (day, project, key) of the rollup's primary key, sought: not the range's rows.
-            days = list(range(lo, hi, KEY_PERIOD))
-            clauses.append(f"period IN ({_positions_of(days)})")
-            more.extend(days)
+        if keys is not None and lo is not None and (hi - lo) // seconds <= KEY_SEEK_PERIODS:
+            # Every (period, project, key) of the rollup's primary key, sought: not the range's rows.
+            periods = list(range(lo, hi, seconds))
+            clauses.append(f"period IN ({_positions_of(periods)})")
+            more.extend(periods)
             if f.project is None:
                 names = store_projects()
                 clauses.append(f"project IN ({_positions_of(names)})" if names else "0 = 1")
@@ -1272,38 +1278,54 @@ def _key_groups(
             wanted = [*named, *([""] if None in keys else [])]
             clauses.append(f"{column} IN ({_positions_of(wanted)})")
             more.extend(wanted)
-        parts.append(
-            f"SELECT NULLIF({column}, '') AS k, {', '.join(_GROUP_COLUMNS)} FROM {KEY_ROLLUPS[column]}{_where(clauses)}"
-        )
+        table = KEY_ROLLUPS[column] if seconds == KEY_PERIOD else KEY_HOUR_ROLLUPS[column]
+        totals = ", ".join(f"{sign}{c} AS {c}" for c in _GROUP_COLUMNS[:-2])
+        seen = "first_seen, last_seen" if not sign else "NULL AS first_seen, NULL AS last_seen"
+        parts.append(f"SELECT NULLIF({column}, '') AS k, {totals}, {seen} FROM {table}{_where(clauses)}")
         params.extend(more)
 
     now = time.time() if now is None else now
+    hourly = f.keys_rollup_ok and dialect_of(conn).hourly_keys()
+
+    def within_day(lo: float | None, hi: float | None, sign: str = "") -> None:
+        """The part ``[lo, hi)`` of a day (or of two, for a range of no whole day): its whole hours
+        from the hourly per-key rollup where the store keeps one, the rest from the rows."""
+        if not hourly:
+            raw(lo, hi, sign)
+            return
+        _tiered(
+            lo,
+            hi,
+            now,
+            [(KEY_HOUR_PERIOD, lambda a, b: rollup(a, b, KEY_HOUR_PERIOD, sign))],
+            lambda a, b: raw(a, b, sign),
+        )
 
     def edge(lo: float | None, hi: float | None) -> None:
-        """The rows of ``[lo, hi)``, or -- when that is most of one day and no first or last time is
-        asked for -- the day's rollup rows less the rows of the day outside the range: the smaller
-        read, as exact (every total is a sum; the rollup rows are those rows' sums)."""
+        """The part ``[lo, hi)`` of a day, or -- when that is most of the day and no first or last
+        time is asked for -- the day's rollup rows less the part of the day outside the range: the
+        smaller read, as exact (every total is a sum; the rollup rows are those rows' sums)."""
         if times or not f.keys_rollup_ok or lo is None:
-            raw(lo, hi)
+            within_day(lo, hi)
             return
         day = math.floor(lo / KEY_PERIOD) * KEY_PERIOD
         end = day + KEY_PERIOD
         if hi is not None and hi > end:
-            raw(lo, hi)
+            within_day(lo, hi)
             return
         # Rows are about proportional to time, and none is later than now.
         stop = min(end, now)
         inside = max(0.0, min(stop, now if hi is None else hi) - lo)
         if max(0.0, stop - day) - inside >= inside:
-            raw(lo, hi)
+            within_day(lo, hi)
             return
         rollup(day, end)
         if lo > day:
-            raw(day, lo, "-")
+            within_day(day, lo, "-")
         if hi is None:
             raw(end, None)
         elif hi < end:
-            raw(hi, end, "-")
+            within_day(hi, end, "-")
 
     tiers: list[tuple[int, Callable[[int | None, int], None]]] = []
     if f.keys_rollup_ok:

@@ -20,6 +20,7 @@ from prysmai._proxy.store import Store, StoreError, TraceFilter, queries, slices
 from prysmai._proxy.store.engine import register_dialect
 from prysmai._proxy.store.postgres.engine import PostgresConnection, PostgresEngine, masked
 from prysmai._proxy.store.postgres.schema import SCHEMA_VERSION
+from prysmai._proxy.store.rollups import KEY_HOUR_ROLLUPS
 from prysmai._proxy.store.rows import COLUMNS
 from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
 
@@ -656,13 +657,78 @@ def test_the_7_day_page_reads_ttft_once_and_each_breakdowns_samples_at_once(pg_u
     assert close_enough(page, _read_on_sqlite(tmp_path, rows, read))
 
 
+#: Ranges whose edges fall inside days and hours: the dashboard's 7 days to now; a closed range;
+#: a range of no whole day; a week whose first day is mostly inside it (that day is then its
+#: rollup row less the hours, and the partial hour, before the range).
+_MID_DAY_RANGES = (
+    TraceFilter(since=time.time() - 7 * 86400),
+    TraceFilter(since=NOW - 6 * 86400 - 4321.5, until=NOW - 2 * 86400 + 777.25),
+    TraceFilter(since=NOW - 20 * 3600 - 100.5, until=NOW - 7 * 3600 + 0.5),
+    TraceFilter(since=math.floor(NOW / 86400) * 86400 - 6.8 * 86400, project="web"),
+)
+
+
+def _key_reads(conn: Any) -> Any:
+    """What reads the per-key rollups over a range: the overview page (its top users and
+    sessions), their breakdowns, and the user and session lists (with first and last times)."""
+    return [
+        (
+            queries.overview_page(conn, f, queries.pick_bucket(f.since, f.until), queries.BREAKDOWNS, 5),
+            queries.breakdown(conn, f, "user_id", 3),
+            queries.users(conn, f),
+            queries.sessions(conn, f, sort="requests"),
+        )
+        for f in _MID_DAY_RANGES
+    ]
+
+
+def test_a_ranges_partial_days_are_read_from_the_hourly_key_rollups(pg_url: str, tmp_path: Any) -> None:
+    """On PostgreSQL (version 10), the whole hours of a range's partial days come from the hourly
+    per-key rollups, not from the rows (at 10 M traces, half a day is 200 000 rows to group), for
+    the overview page's top keys and their totals and for the user and session lists; each
+    answers exactly as SQLite, which reads those hours from the rows."""
+    rows = make_rows(900, seed=13)
+    _Counting.statements = []
+    found = _read_on_postgres(pg_url, rows, _Counting, _key_reads)
+    for table in KEY_HOUR_ROLLUPS.values():
+        assert any(f"FROM {table}" in sql for sql in _Counting.statements), table
+    expected = _read_on_sqlite(tmp_path, rows, _key_reads)
+    for got, want, f in zip(found, expected, _MID_DAY_RANGES):
+        assert close_enough(got, want), f
+        assert want[0]["breakdowns"]["user_id"] and want[3][0], f  # something to compare
+
+
+def test_version_10_builds_the_hourly_key_rollups_from_the_rows(pg_url: str) -> None:
+    """A database of version 9 holding traces gets its hourly per-key rollups built from the rows:
+    row for row what folding those traces gives."""
+    import psycopg
+
+    rows = make_rows(500, seed=14)
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, rows)
+    finally:
+        conn.close()
+    every = {t: f"SELECT * FROM {t} ORDER BY period, project, {c}" for c, t in KEY_HOUR_ROLLUPS.items()}
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        folded = {t: raw.execute(sql).fetchall() for t, sql in every.items()}
+        assert all(folded.values())
+        assert {t: sum(r[3] for r in found) for t, found in folded.items()} == dict.fromkeys(every, len(rows))
+        raw.execute(f"DROP TABLE {', '.join(KEY_HOUR_ROLLUPS.values())}")
+        raw.execute("UPDATE prysmai_schema SET version = 9")
+        engine.open_for_writing().close()  # migrates
+        assert raw.execute("SELECT version FROM prysmai_schema").fetchone() == (SCHEMA_VERSION,)
+        assert {t: raw.execute(sql).fetchall() for t, sql in every.items()} == folded
+
+
 def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_path: Any) -> None:
     """Version 7 replaces the view's join to the bodies and indexes every day partition: a
     database of version 6 with traces reads, after it, the same rows and bodies as before and
     as SQLite."""
     import psycopg
 
-    from prysmai._proxy.store.postgres.schema import MIGRATIONS, _hist_table
+    from prysmai._proxy.store.postgres.schema import MIGRATIONS, _hist_table, _key_table
 
     rows = make_rows(400, seed=8)
     engine = PostgresEngine(pg_url)
@@ -671,11 +737,16 @@ def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_pa
             conn.execute(MIGRATIONS[step])
         conn.execute("CREATE TABLE prysmai_schema (version integer NOT NULL)")
         conn.execute("INSERT INTO prysmai_schema (version) VALUES (6)")
-        # Today's insert also folds into version 9's hourly histograms by model: the table is
-        # there for it, emptied after, and version 9 builds it again from the rows.
+        # Today's insert also folds into version 9's hourly histograms by model and version 10's
+        # hourly per-key rollups: the tables are there for it, emptied after, and versions 9 and
+        # 10 build them again from the rows.
         conn.execute(_hist_table("rollup_hist_model_hour"))
+        for column, table in KEY_HOUR_ROLLUPS.items():
+            conn.execute(_key_table(column, table))
         engine.insert_rows(conn, rows)
         conn.execute("DELETE FROM rollup_hist_model_hour")
+        for table in KEY_HOUR_ROLLUPS.values():
+            conn.execute(f"DELETE FROM {table}")
         every = "SELECT * FROM traces ORDER BY id"
         before = conn.execute(every).fetchall()
         engine.open_for_writing().close()  # migrates
