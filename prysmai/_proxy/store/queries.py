@@ -693,7 +693,7 @@ def _raw_hist(
             f"SELECT {g}, {b} AS b, count(*), min({column}), max({column}) FROM {table}"
             f"{_where([*clauses, f'{dialect_of(conn).unindexed(column)} IS NOT NULL'])} GROUP BY {_positions(n + 1)}"
         )
-        for row in conn.execute(sql, params):
+        for row in conn.execute(sql, params).fetchall():
             bucket, count, lo_ms, hi_ms = row[n:]
             _agg(aggs, _key(row, n)).add_hist(metric, bucket, count, lo_ms, hi_ms)
 
@@ -772,7 +772,8 @@ def _read_hists(
         f"FROM {table}{_where(clauses)} "
         f"GROUP BY {_positions(n + 2)}"
     )
-    for row in conn.execute(sql, params):
+    # Fetched at once: psycopg loads a result's rows in one call, not one call a row.
+    for row in conn.execute(sql, params).fetchall():
         metric, bucket, count, lo_ms, hi_ms = row[n:]
         if count:
             _agg(aggs, _key(row, n)).add_hist(metric, bucket, count, lo_ms, hi_ms)
@@ -883,16 +884,39 @@ def _all_time(
         _read_hists(conn, aggs, g, table, clauses, params, n, metrics)
 
 
-def _merge(aggs: Iterable[_Agg]) -> _Agg:
+def _merge(aggs: Iterable[_Agg], metrics: tuple[str, ...] = HIST_METRICS) -> _Agg:
+    """``aggs`` added up into a new aggregate (``metrics``: the histograms added)."""
     out = _Agg()
     for a in aggs:
         out.add_totals(
             a.requests, a.errors, a.cancelled, a.prompt, a.completion, a.total, a.cost, a.unpriced, a.no_usage
         )
-        for metric, hist in a.hist.items():
-            for b, (n, lo, hi) in hist.items():
-                out.add_hist(metric, b, int(n), lo, hi)
+        for metric in metrics:
+            # As add_hist, inline: a page adds up tens of thousands of cells.
+            into = out.hist[metric]
+            for b, (n, lo, hi) in a.hist[metric].items():
+                if not n:
+                    continue
+                cell = into.get(b)
+                if cell is None:
+                    into[b] = [int(n), lo, hi]
+                else:
+                    cell[0] += int(n)
+                    if lo < cell[1]:
+                        cell[1] = lo
+                    if hi > cell[2]:
+                        cell[2] = hi
     return out
+
+
+def _merged_by(groups: Iterable[tuple[Any, _Agg]]) -> dict[Any, _Agg]:
+    """The aggregates of ``groups`` (key, aggregate) added up by key, each key's once (adding
+    them up one at a time would copy the sum so far at each step); a key of one group keeps its
+    aggregate as it is."""
+    parts: dict[Any, list[_Agg]] = {}
+    for key, agg in groups:
+        parts.setdefault(key, []).append(agg)
+    return {key: aggs[0] if len(aggs) == 1 else _merge(aggs) for key, aggs in parts.items()}
 
 
 # -- aggregates ---------------------------------------------------------------------------------
@@ -1106,7 +1130,7 @@ def _sample_percentiles(
         )
         values += [*params, *([key] if key is not None else [])]
     samples: list[list[float]] = [[] for _ in keys]
-    for k, latency in conn.execute(" UNION ALL ".join(parts), values):
+    for k, latency in conn.execute(" UNION ALL ".join(parts), values).fetchall():
         samples[k].append(latency)
     for agg, sample in zip(aggs, samples):
         sample.sort()
@@ -1130,10 +1154,8 @@ def _breakdowns_of(aggs: dict[Any, _Agg], bys: tuple[str, ...], limit: int) -> d
     """The breakdowns of :func:`_rollup_breakdowns` from ``aggs``, grouped by all of ``bys``."""
     out = {}
     for i, by in enumerate(bys):
-        merged: dict[Any, _Agg] = {}
-        for k, a in aggs.items():
-            key = (k if len(bys) == 1 else k[i]) or None  # the rollups keep a missing model as ''
-            merged[key] = _merge([merged[key], a]) if key in merged else a
+        # The rollups keep a missing model as ''.
+        merged = _merged_by(((k if len(bys) == 1 else k[i]) or None, a) for k, a in aggs.items())
         top = sorted(merged.items(), key=lambda kv: (-kv[1].requests, "" if kv[0] is None else str(kv[0])))[:limit]
         out[by] = [_breakdown_row(k, a) for k, a in top]
     return out
@@ -1358,7 +1380,7 @@ def overview_page(
     found.update({by: breakdown(conn, f, by, rows) for by in bys if by not in ROLLUP_BREAKDOWNS})
     overall = _merge(series.values())
     if by_columns is not None:
-        overall.hist["ttft"] = _merge(by_columns.values()).hist["ttft"]
+        overall.hist["ttft"] = _merge(by_columns.values(), ("ttft",)).hist["ttft"]
     return {
         "overview": _overview_of(overall),
         "bucket_seconds": bucket_seconds,
@@ -1371,10 +1393,7 @@ def stats(conn: Connection, f: TraceFilter) -> dict[str, Any]:
     """``prysmai stats --json`` and ``GET /api/v1/stats``: totals and ``by_model``, with the keys
     of prysmai 0.1.0 (``unpriced_requests``, ``latency_p50_ms``...) plus p99 and TTFT p95."""
     by_model = _scored_by_model(conn, f) if _scored_rollup_ok(f) else _collect(conn, f, _by_column("model"))
-    models: dict[str, _Agg] = {}
-    for k, a in by_model.items():
-        name = k or "(none)"
-        models[name] = _merge([models[name], a]) if name in models else a
+    models = _merged_by((k or "(none)", a) for k, a in by_model.items())
     out = _legacy(_merge(by_model.values()))
     out["by_model"] = {m: _legacy(a) for m, a in sorted(models.items())}
     return out
