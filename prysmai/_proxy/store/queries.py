@@ -1087,6 +1087,11 @@ def breakdown(conn: Connection, f: TraceFilter, by: str, limit: int = 20) -> lis
     if _keys_all_time(f, times=False):
         source, source_params = _key_groups(conn, f, by, seek, times=False, top=limit)
         found = conn.execute(f"{source} {order}", [*source_params, limit]).fetchall()
+    elif (candidates := _key_candidates(conn, f, by, limit)) is not None:
+        # The candidates' totals (a few keys, sought), and the top of them as the ranking orders.
+        source, source_params = _key_groups(conn, f, by, seek, times=False, keys=candidates) if candidates else ("", [])
+        sought = conn.execute(source, source_params).fetchall() if candidates else []
+        found = sorted(sought, key=lambda row: (-row[1], row[0] is None, row[0] or ""))[:limit]
     else:
         # Over a range, the keys' requests alone are added up to find the top keys (the other
         # totals would cost as much again, for every key), then the totals of those keys only.
@@ -1101,6 +1106,47 @@ def breakdown(conn: Connection, f: TraceFilter, by: str, limit: int = 20) -> lis
         agg.add_totals(totals[0], totals[1], totals[2], 0, 0, *totals[3:])
     _sample_percentiles(conn, f, by, seek, clauses, params, list(aggs.values()), list(aggs))
     return [_breakdown_row(k, a) for k, a in aggs.items()]
+
+
+#: The most keys :func:`_key_candidates` names; with more, the range is ranked whole.
+KEY_CANDIDATES = 100
+_FLOAT_REQUESTS = "CAST(requests AS DOUBLE PRECISION)"
+
+
+def _key_candidates(conn: Connection, f: TraceFilter, column: str, limit: int) -> list[Any] | None:
+    """The keys of ``column`` (user_id, session_id) that may be among the ``limit`` most
+    requested in ``f``'s range, found from the per-day rollup alone: a key's requests on the whole
+    days inside the range are at most its requests in the range, and on every day the range
+    touches at least them, so a key whose requests on those days are fewer than the ``limit``-th
+    largest on the whole days cannot be among them. A range's partial days are then never
+    grouped key by key (at 10 M traces, their hourly rows are tens of thousands): the few keys
+    left are sought. ``None`` (rank the range whole) where the engine keeps no hourly per-key
+    rollup (SQLite reads a partial day through a covering index, and meets its targets), for a
+    filter the rollups cannot answer, or when more than :data:`KEY_CANDIDATES` keys are left."""
+    if not (f.keys_rollup_ok and f.since is not None and dialect_of(conn).hourly_keys()):
+        return None
+    clauses, params = _rollup_filters(f, ("project",))
+    clauses.append("period >= ?")
+    params.append(math.floor(f.since / KEY_PERIOD) * KEY_PERIOD)
+    inside: list[str] = ["period >= ?"]
+    inside_params: list[Any] = [math.ceil(f.since / KEY_PERIOD) * KEY_PERIOD]
+    if f.until is not None:
+        clauses.append("period < ?")
+        params.append(f.until)
+        inside.append("period <= ?")
+        inside_params.append(f.until - KEY_PERIOD)
+    # Added up as floats (exact for whole numbers below 2 ** 53): PostgreSQL adds bigints up as
+    # numerics, several times slower, for every key of the range.
+    bounds = (
+        f"SELECT NULLIF({column}, '') AS k, sum(CASE WHEN {' AND '.join(inside)} THEN {_FLOAT_REQUESTS} ELSE 0 END) "
+        f"AS least, sum({_FLOAT_REQUESTS}) AS most FROM {KEY_ROLLUPS[column]}{_where(clauses)} GROUP BY {column}"
+    )
+    sql = (
+        f"WITH bounds AS MATERIALIZED ({bounds}) SELECT k FROM bounds WHERE most > 0 AND most >= "
+        "coalesce((SELECT least FROM bounds ORDER BY least DESC LIMIT 1 OFFSET ?), 0) LIMIT ?"
+    )
+    found = [row[0] for row in conn.execute(sql, [*inside_params, *params, limit - 1, KEY_CANDIDATES + 1]).fetchall()]
+    return None if len(found) > KEY_CANDIDATES else found
 
 
 def _sample_percentiles(
