@@ -698,6 +698,42 @@ def test_a_ranges_partial_days_are_read_from_the_hourly_key_rollups(pg_url: str,
         assert want[0]["breakdowns"]["user_id"] and want[3][0], f  # something to compare
 
 
+def _many_keys(rows: list[tuple[Any, ...]], seed: int) -> list[tuple[Any, ...]]:
+    """``rows`` with their users and sessions drawn from many keys (ties among the top ones)."""
+    rng = random.Random(seed)
+    user, session = COLUMNS.index("user_id"), COLUMNS.index("session_id")
+    out = []
+    for r in rows:
+        row = list(r)
+        row[user] = None if rng.random() < 0.1 else f"u{rng.randrange(40):02d}"
+        row[session] = None if rng.random() < 0.1 else f"s{rng.randrange(70)}"
+        out.append(tuple(row))
+    return out
+
+
+@pytest.mark.parametrize("by", ["user_id", "session_id"])
+def test_a_ranges_top_keys_are_found_from_its_days_and_sought(pg_url: str, by: str, tmp_path: Any) -> None:
+    """On PostgreSQL, a range's top users or sessions are chosen among candidates read from the
+    per-day rollup alone (its whole days a floor of each key's requests, every day it touches a
+    ceiling), whose totals are then sought key by key: the partial days' hourly rows are read for
+    those keys only, never grouped for every key. The ranking, ties included, is SQLite's."""
+    rows = _many_keys(make_rows(900, seed=15), seed=15)
+
+    def read(conn: Any) -> Any:
+        return [(queries.breakdown(conn, f, by, 5), queries.breakdown(conn, f, by, 12)) for f in _MID_DAY_RANGES]
+
+    _Counting.statements = []
+    found = _read_on_postgres(pg_url, rows, _Counting, read)
+    hourly = [sql for sql in _Counting.statements if f"FROM {KEY_HOUR_ROLLUPS[by]}" in sql]
+    assert hourly and all(f"{by} IN (" in sql for sql in hourly)
+    assert any("WITH bounds AS MATERIALIZED" in sql for sql in _Counting.statements)
+    expected = _read_on_sqlite(tmp_path, rows, read)
+    for got, want, f in zip(found, expected, _MID_DAY_RANGES):
+        assert close_enough(got, want), f
+        # Ties among the top keys: the order of tied keys is compared too.
+        assert len(want[0]) == 5 and any(a["requests"] == b["requests"] for a, b in zip(want[1], want[1][1:])), f
+
+
 def test_version_10_builds_the_hourly_key_rollups_from_the_rows(pg_url: str) -> None:
     """A database of version 9 holding traces gets its hourly per-key rollups built from the rows:
     row for row what folding those traces gives."""
