@@ -1347,9 +1347,12 @@ def _key_groups(
             clauses.append(f"{column} IN ({_positions_of(wanted)})")
             more.extend(wanted)
         table = KEY_ROLLUPS[column] if seconds == KEY_PERIOD else KEY_HOUR_ROLLUPS[column]
-        totals = ", ".join(f"{sign}{c} AS {c}" for c in _GROUP_COLUMNS[:-2])
-        seen = "first_seen, last_seen" if not sign else "NULL AS first_seen, NULL AS last_seen"
-        parts.append(f"SELECT NULLIF({column}, '') AS k, {totals}, {seen} FROM {table}{_where(clauses)}")
+        if sign:
+            taken = ", ".join(f"{sign}{c} AS {c}" for c in _GROUP_COLUMNS[:-2])
+            selected = f"{taken}, NULL AS first_seen, NULL AS last_seen"
+        else:
+            selected = ", ".join(_GROUP_COLUMNS)
+        parts.append(f"SELECT NULLIF({column}, '') AS k, {selected} FROM {table}{_where(clauses)}")
         params.extend(more)
 
     now = time.time() if now is None else now
