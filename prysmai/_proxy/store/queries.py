@@ -1131,10 +1131,12 @@ def _key_candidates(conn: Connection, f: TraceFilter, column: str, limit: int) -
     inside: list[str] = ["period >= ?"]
     inside_params: list[Any] = [math.ceil(f.since / KEY_PERIOD) * KEY_PERIOD]
     if f.until is not None:
+        # Whole numbers, as the periods are: the days that start before the end, and those that
+        # end by it.
         clauses.append("period < ?")
-        params.append(f.until)
-        inside.append("period <= ?")
-        inside_params.append(f.until - KEY_PERIOD)
+        params.append(math.ceil(f.until / KEY_PERIOD) * KEY_PERIOD)
+        inside.append("period < ?")
+        inside_params.append(math.floor(f.until / KEY_PERIOD) * KEY_PERIOD)
     # Added up as floats (exact for whole numbers below 2 ** 53): PostgreSQL adds bigints up as
     # numerics, several times slower, for every key of the range.
     bounds = (

@@ -734,6 +734,44 @@ def test_a_ranges_top_keys_are_found_from_its_days_and_sought(pg_url: str, by: s
         assert len(want[0]) == 5 and any(a["requests"] == b["requests"] for a, b in zip(want[1], want[1][1:])), f
 
 
+@pytest.fixture(scope="module")
+def many(postgres_server: Any, tmp_path_factory: Any) -> Any:
+    """The same 1 500 traces of many users and sessions in a SQLite store and a PostgreSQL store."""
+    rows = _many_keys(make_rows(1500, seed=16), seed=16)
+    path = str(tmp_path_factory.mktemp("many") / "t.db")
+    with SQLiteEngine(path).open_for_writing() as conn:
+        insert_rows(conn, rows)
+    engine = PostgresEngine(postgres_server.database())
+    conn = engine.open_for_writing()
+    engine.insert_rows(conn, rows)
+    conn.close()
+    stores = Store.existing(path, read_time_limit=None), Store.existing(engine.url, read_time_limit=None)
+    yield stores
+    for store in stores:
+        assert store is not None
+        store.close()
+
+
+@given(
+    since=st.floats(min_value=0.2, max_value=8.5),
+    length=st.one_of(st.none(), st.floats(min_value=0.05, max_value=8.0)),
+    by=st.sampled_from(["user_id", "session_id"]),
+    limit=st.sampled_from([1, 3, 10, 40]),
+    project=st.sampled_from([None, "web"]),
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_ranges_top_keys_answer_the_same_whatever_its_edges(
+    many: Any, since: float, length: float | None, by: str, limit: int, project: str | None
+) -> None:
+    """The top users and sessions of any range (PostgreSQL: candidates from the per-day rollup,
+    their totals sought through the hourly rollups; SQLite: the range ranked whole) are the same
+    keys, in the same order, with the same totals."""
+    lite, pg = many
+    start = NOW - since * 86400
+    f = TraceFilter(since=start, until=None if length is None else start + length * 86400, project=project)
+    assert close_enough(pg.read_sync(queries.breakdown, f, by, limit), lite.read_sync(queries.breakdown, f, by, limit))
+
+
 def test_version_10_builds_the_hourly_key_rollups_from_the_rows(pg_url: str) -> None:
     """A database of version 9 holding traces gets its hourly per-key rollups built from the rows:
     row for row what folding those traces gives."""
