@@ -772,11 +772,26 @@ def _read_hists(
         f"FROM {table}{_where(clauses)} "
         f"GROUP BY {_positions(n + 2)}"
     )
-    # Fetched at once: psycopg loads a result's rows in one call, not one call a row.
+    # Fetched at once (psycopg loads a result's rows in one call, not one call a row), and added
+    # as _Agg.add_hist adds, inline: a page adds tens of thousands of these rows.
     for row in conn.execute(sql, params).fetchall():
         metric, bucket, count, lo_ms, hi_ms = row[n:]
-        if count:
-            _agg(aggs, _key(row, n)).add_hist(metric, bucket, count, lo_ms, hi_ms)
+        if not count:
+            continue
+        key = row[0] if n == 1 else tuple(row[:n])
+        agg = aggs.get(key)
+        if agg is None:
+            agg = aggs[key] = _Agg()
+        hist = agg.hist[metric]
+        cell = hist.get(bucket)
+        if cell is None:
+            hist[bucket] = [count, lo_ms, hi_ms]
+        else:
+            cell[0] += count
+            if lo_ms < cell[1]:
+                cell[1] = lo_ms
+            if hi_ms > cell[2]:
+                cell[2] = hi_ms
 
 
 def _tiered(
