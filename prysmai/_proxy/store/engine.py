@@ -107,6 +107,11 @@ class Dialect(Protocol):
         where the engine's planner needs telling."""
         ...
 
+    def hourly_keys(self) -> bool:
+        """Whether the store keeps the per-key rollups by hour (:data:`~.rollups.KEY_HOUR_ROLLUPS`)
+        beside the per-day ones: a range's partial days are then read from them."""
+        ...
+
 
 class Engine(Protocol):
     """One database the store lives in."""

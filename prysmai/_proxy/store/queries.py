@@ -57,6 +57,8 @@ from .rollups import (
     HIST_LEVELS,
     HOUR_DIMS,
     KEY_ALL_ROLLUPS,
+    KEY_HOUR_PERIOD,
+    KEY_HOUR_ROLLUPS,
     KEY_PERIOD,
     KEY_ROLLUPS,
     METRICS,
@@ -691,7 +693,7 @@ def _raw_hist(
             f"SELECT {g}, {b} AS b, count(*), min({column}), max({column}) FROM {table}"
             f"{_where([*clauses, f'{dialect_of(conn).unindexed(column)} IS NOT NULL'])} GROUP BY {_positions(n + 1)}"
         )
-        for row in conn.execute(sql, params):
+        for row in conn.execute(sql, params).fetchall():
             bucket, count, lo_ms, hi_ms = row[n:]
             _agg(aggs, _key(row, n)).add_hist(metric, bucket, count, lo_ms, hi_ms)
 
@@ -770,10 +772,26 @@ def _read_hists(
         f"FROM {table}{_where(clauses)} "
         f"GROUP BY {_positions(n + 2)}"
     )
-    for row in conn.execute(sql, params):
+    # Fetched at once (psycopg loads a result's rows in one call, not one call a row), and added
+    # as _Agg.add_hist adds, inline: a page adds tens of thousands of these rows.
+    for row in conn.execute(sql, params).fetchall():
         metric, bucket, count, lo_ms, hi_ms = row[n:]
-        if count:
-            _agg(aggs, _key(row, n)).add_hist(metric, bucket, count, lo_ms, hi_ms)
+        if not count:
+            continue
+        key = row[0] if n == 1 else tuple(row[:n])
+        agg = aggs.get(key)
+        if agg is None:
+            agg = aggs[key] = _Agg()
+        hist = agg.hist[metric]
+        cell = hist.get(bucket)
+        if cell is None:
+            hist[bucket] = [count, lo_ms, hi_ms]
+        else:
+            cell[0] += count
+            if lo_ms < cell[1]:
+                cell[1] = lo_ms
+            if hi_ms > cell[2]:
+                cell[2] = hi_ms
 
 
 def _tiered(
@@ -881,16 +899,39 @@ def _all_time(
         _read_hists(conn, aggs, g, table, clauses, params, n, metrics)
 
 
-def _merge(aggs: Iterable[_Agg]) -> _Agg:
+def _merge(aggs: Iterable[_Agg], metrics: tuple[str, ...] = HIST_METRICS) -> _Agg:
+    """``aggs`` added up into a new aggregate (``metrics``: the histograms added)."""
     out = _Agg()
     for a in aggs:
         out.add_totals(
             a.requests, a.errors, a.cancelled, a.prompt, a.completion, a.total, a.cost, a.unpriced, a.no_usage
         )
-        for metric, hist in a.hist.items():
-            for b, (n, lo, hi) in hist.items():
-                out.add_hist(metric, b, int(n), lo, hi)
+        for metric in metrics:
+            # As add_hist, inline: a page adds up tens of thousands of cells.
+            into = out.hist[metric]
+            for b, (n, lo, hi) in a.hist[metric].items():
+                if not n:
+                    continue
+                cell = into.get(b)
+                if cell is None:
+                    into[b] = [int(n), lo, hi]
+                else:
+                    cell[0] += int(n)
+                    if lo < cell[1]:
+                        cell[1] = lo
+                    if hi > cell[2]:
+                        cell[2] = hi
     return out
+
+
+def _merged_by(groups: Iterable[tuple[Any, _Agg]]) -> dict[Any, _Agg]:
+    """The aggregates of ``groups`` (key, aggregate) added up by key, each key's once (adding
+    them up one at a time would copy the sum so far at each step); a key of one group keeps its
+    aggregate as it is."""
+    parts: dict[Any, list[_Agg]] = {}
+    for key, agg in groups:
+        parts.setdefault(key, []).append(agg)
+    return {key: aggs[0] if len(aggs) == 1 else _merge(aggs) for key, aggs in parts.items()}
 
 
 # -- aggregates ---------------------------------------------------------------------------------
@@ -1061,6 +1102,11 @@ def breakdown(conn: Connection, f: TraceFilter, by: str, limit: int = 20) -> lis
     if _keys_all_time(f, times=False):
         source, source_params = _key_groups(conn, f, by, seek, times=False, top=limit)
         found = conn.execute(f"{source} {order}", [*source_params, limit]).fetchall()
+    elif (candidates := _key_candidates(conn, f, by, limit)) is not None:
+        # The candidates' totals (a few keys, sought), and the top of them as the ranking orders.
+        source, source_params = _key_groups(conn, f, by, seek, times=False, keys=candidates) if candidates else ("", [])
+        sought = conn.execute(source, source_params).fetchall() if candidates else []
+        found = sorted(sought, key=lambda row: (-row[1], row[0] is None, row[0] or ""))[:limit]
     else:
         # Over a range, the keys' requests alone are added up to find the top keys (the other
         # totals would cost as much again, for every key), then the totals of those keys only.
@@ -1075,6 +1121,49 @@ def breakdown(conn: Connection, f: TraceFilter, by: str, limit: int = 20) -> lis
         agg.add_totals(totals[0], totals[1], totals[2], 0, 0, *totals[3:])
     _sample_percentiles(conn, f, by, seek, clauses, params, list(aggs.values()), list(aggs))
     return [_breakdown_row(k, a) for k, a in aggs.items()]
+
+
+#: The most keys :func:`_key_candidates` names; with more, the range is ranked whole.
+KEY_CANDIDATES = 100
+_FLOAT_REQUESTS = "CAST(requests AS DOUBLE PRECISION)"
+
+
+def _key_candidates(conn: Connection, f: TraceFilter, column: str, limit: int) -> list[Any] | None:
+    """The keys of ``column`` (user_id, session_id) that may be among the ``limit`` most
+    requested in ``f``'s range, found from the per-day rollup alone: a key's requests on the whole
+    days inside the range are at most its requests in the range, and on every day the range
+    touches at least them, so a key whose requests on those days are fewer than the ``limit``-th
+    largest on the whole days cannot be among them. A range's partial days are then never
+    grouped key by key (at 10 M traces, their hourly rows are tens of thousands): the few keys
+    left are sought. ``None`` (rank the range whole) where the engine keeps no hourly per-key
+    rollup (SQLite reads a partial day through a covering index, and meets its targets), for a
+    filter the rollups cannot answer, or when more than :data:`KEY_CANDIDATES` keys are left."""
+    if not (f.keys_rollup_ok and f.since is not None and dialect_of(conn).hourly_keys()):
+        return None
+    clauses, params = _rollup_filters(f, ("project",))
+    clauses.append("period >= ?")
+    params.append(math.floor(f.since / KEY_PERIOD) * KEY_PERIOD)
+    inside: list[str] = ["period >= ?"]
+    inside_params: list[Any] = [math.ceil(f.since / KEY_PERIOD) * KEY_PERIOD]
+    if f.until is not None:
+        # Whole numbers, as the periods are: the days that start before the end, and those that
+        # end by it.
+        clauses.append("period < ?")
+        params.append(math.ceil(f.until / KEY_PERIOD) * KEY_PERIOD)
+        inside.append("period < ?")
+        inside_params.append(math.floor(f.until / KEY_PERIOD) * KEY_PERIOD)
+    # Added up as floats (exact for whole numbers below 2 ** 53): PostgreSQL adds bigints up as
+    # numerics, several times slower, for every key of the range.
+    bounds = (
+        f"SELECT NULLIF({column}, '') AS k, sum(CASE WHEN {' AND '.join(inside)} THEN {_FLOAT_REQUESTS} ELSE 0 END) "
+        f"AS least, sum({_FLOAT_REQUESTS}) AS most FROM {KEY_ROLLUPS[column]}{_where(clauses)} GROUP BY {column}"
+    )
+    sql = (
+        f"WITH bounds AS MATERIALIZED ({bounds}) SELECT k FROM bounds WHERE most > 0 AND most >= "
+        "coalesce((SELECT least FROM bounds ORDER BY least DESC LIMIT 1 OFFSET ?), 0) LIMIT ?"
+    )
+    found = [row[0] for row in conn.execute(sql, [*inside_params, *params, limit - 1, KEY_CANDIDATES + 1]).fetchall()]
+    return None if len(found) > KEY_CANDIDATES else found
 
 
 def _sample_percentiles(
@@ -1104,7 +1193,7 @@ def _sample_percentiles(
         )
         values += [*params, *([key] if key is not None else [])]
     samples: list[list[float]] = [[] for _ in keys]
-    for k, latency in conn.execute(" UNION ALL ".join(parts), values):
+    for k, latency in conn.execute(" UNION ALL ".join(parts), values).fetchall():
         samples[k].append(latency)
     for agg, sample in zip(aggs, samples):
         sample.sort()
@@ -1128,10 +1217,8 @@ def _breakdowns_of(aggs: dict[Any, _Agg], bys: tuple[str, ...], limit: int) -> d
     """The breakdowns of :func:`_rollup_breakdowns` from ``aggs``, grouped by all of ``bys``."""
     out = {}
     for i, by in enumerate(bys):
-        merged: dict[Any, _Agg] = {}
-        for k, a in aggs.items():
-            key = (k if len(bys) == 1 else k[i]) or None  # the rollups keep a missing model as ''
-            merged[key] = _merge([merged[key], a]) if key in merged else a
+        # The rollups keep a missing model as ''.
+        merged = _merged_by(((k if len(bys) == 1 else k[i]) or None, a) for k, a in aggs.items())
         top = sorted(merged.items(), key=lambda kv: (-kv[1].requests, "" if kv[0] is None else str(kv[0])))[:limit]
         out[by] = [_breakdown_row(k, a) for k, a in top]
     return out
@@ -1142,9 +1229,9 @@ def _breakdowns_of(aggs: dict[Any, _Agg], bys: tuple[str, ...], limit: int) -> d
 KEY_LATENCY_SAMPLE = 1000
 
 
-#: The longest range (days) whose per-key rollup rows :func:`_key_groups` seeks key by key, day
-#: by day, for a few keys; a longer one is read whole.
-KEY_SEEK_DAYS = 62
+#: The most periods (days, or hours) of a per-key rollup whose rows :func:`_key_groups` seeks key
+#: by key, period by period, for a few keys; more are read whole.
+KEY_SEEK_PERIODS = 62
 
 #: One group's totals over ``traces`` rows (every column in the user and session indexes).
 _GROUP_SUMS = (
@@ -1192,7 +1279,9 @@ def _key_groups(
 ) -> tuple[str, list[Any]]:
     """A query of ``f``'s traces grouped by ``column`` (user_id, session_id): one row per key
     (``k``, ``None`` for traces without one) with :data:`_GROUP_COLUMNS`. Whole days come from the
-    key's per-day rollup when the filter names only time and project, the rest from ``traces``.
+    key's per-day rollup when the filter names only time and project, and the whole hours of the
+    partial days from its hourly rollup where the engine keeps one (``Dialect.hourly_keys``), the
+    rest from ``traces``.
     Without ``times`` (``first_seen`` and ``last_seen`` then ``NULL``), all time comes from the
     key's all-time rollup: one row per key in the project (or over every project), and with
     ``top`` only the rows that may be among the ``top`` most requested -- those with at least the
@@ -1251,13 +1340,15 @@ def _key_groups(
         lambda: [row[0] for row in conn.execute(f"SELECT DISTINCT project FROM {ALL_TOTALS} ORDER BY project")]
     )
 
-    def rollup(lo: int | None, hi: int) -> None:
+    def rollup(lo: int | None, hi: int, seconds: int = KEY_PERIOD, sign: str = "") -> None:
+        """The rows of the per-key rollup of ``seconds``-long periods (a day's or an hour's) for
+        the periods in ``[lo, hi)``; ``sign`` '-': their totals taken away (no first or last time)."""
         clauses, more = _rollup_filters(f, ("project",))
-        if keys is not None and lo is not None and hi - lo <= KEY_SEEK_DAYS * KEY_PERIOD:
-            # Every (day, project, key) of the rollup's primary key, sought: not the range's rows.
-            days = list(range(lo, hi, KEY_PERIOD))
-            clauses.append(f"period IN ({_positions_of(days)})")
-            more.extend(days)
+        if keys is not None and lo is not None and (hi - lo) // seconds <= KEY_SEEK_PERIODS:
+            # Every (period, project, key) of the rollup's primary key, sought: not the range's rows.
+            periods = list(range(lo, hi, seconds))
+            clauses.append(f"period IN ({_positions_of(periods)})")
+            more.extend(periods)
             if f.project is None:
                 names = store_projects()
                 clauses.append(f"project IN ({_positions_of(names)})" if names else "0 = 1")
@@ -1272,38 +1363,57 @@ def _key_groups(
             wanted = [*named, *([""] if None in keys else [])]
             clauses.append(f"{column} IN ({_positions_of(wanted)})")
             more.extend(wanted)
-        parts.append(
-            f"SELECT NULLIF({column}, '') AS k, {', '.join(_GROUP_COLUMNS)} FROM {KEY_ROLLUPS[column]}{_where(clauses)}"
-        )
+        table = KEY_ROLLUPS[column] if seconds == KEY_PERIOD else KEY_HOUR_ROLLUPS[column]
+        if sign:
+            taken = ", ".join(f"{sign}{c} AS {c}" for c in _GROUP_COLUMNS[:-2])
+            selected = f"{taken}, NULL AS first_seen, NULL AS last_seen"
+        else:
+            selected = ", ".join(_GROUP_COLUMNS)
+        parts.append(f"SELECT NULLIF({column}, '') AS k, {selected} FROM {table}{_where(clauses)}")
         params.extend(more)
 
     now = time.time() if now is None else now
+    hourly = f.keys_rollup_ok and dialect_of(conn).hourly_keys()
+
+    def within_day(lo: float | None, hi: float | None, sign: str = "") -> None:
+        """The part ``[lo, hi)`` of a day (or of two, for a range of no whole day): its whole hours
+        from the hourly per-key rollup where the store keeps one, the rest from the rows."""
+        if not hourly:
+            raw(lo, hi, sign)
+            return
+        _tiered(
+            lo,
+            hi,
+            now,
+            [(KEY_HOUR_PERIOD, lambda a, b: rollup(a, b, KEY_HOUR_PERIOD, sign))],
+            lambda a, b: raw(a, b, sign),
+        )
 
     def edge(lo: float | None, hi: float | None) -> None:
-        """The rows of ``[lo, hi)``, or -- when that is most of one day and no first or last time is
-        asked for -- the day's rollup rows less the rows of the day outside the range: the smaller
-        read, as exact (every total is a sum; the rollup rows are those rows' sums)."""
+        """The part ``[lo, hi)`` of a day, or -- when that is most of the day and no first or last
+        time is asked for -- the day's rollup rows less the part of the day outside the range: the
+        smaller read, as exact (every total is a sum; the rollup rows are those rows' sums)."""
         if times or not f.keys_rollup_ok or lo is None:
-            raw(lo, hi)
+            within_day(lo, hi)
             return
         day = math.floor(lo / KEY_PERIOD) * KEY_PERIOD
         end = day + KEY_PERIOD
         if hi is not None and hi > end:
-            raw(lo, hi)
+            within_day(lo, hi)
             return
         # Rows are about proportional to time, and none is later than now.
         stop = min(end, now)
         inside = max(0.0, min(stop, now if hi is None else hi) - lo)
         if max(0.0, stop - day) - inside >= inside:
-            raw(lo, hi)
+            within_day(lo, hi)
             return
         rollup(day, end)
         if lo > day:
-            raw(day, lo, "-")
+            within_day(day, lo, "-")
         if hi is None:
             raw(end, None)
         elif hi < end:
-            raw(hi, end, "-")
+            within_day(hi, end, "-")
 
     tiers: list[tuple[int, Callable[[int | None, int], None]]] = []
     if f.keys_rollup_ok:
@@ -1336,7 +1446,7 @@ def overview_page(
     found.update({by: breakdown(conn, f, by, rows) for by in bys if by not in ROLLUP_BREAKDOWNS})
     overall = _merge(series.values())
     if by_columns is not None:
-        overall.hist["ttft"] = _merge(by_columns.values()).hist["ttft"]
+        overall.hist["ttft"] = _merge(by_columns.values(), ("ttft",)).hist["ttft"]
     return {
         "overview": _overview_of(overall),
         "bucket_seconds": bucket_seconds,
@@ -1349,10 +1459,7 @@ def stats(conn: Connection, f: TraceFilter) -> dict[str, Any]:
     """``prysmai stats --json`` and ``GET /api/v1/stats``: totals and ``by_model``, with the keys
     of prysmai 0.1.0 (``unpriced_requests``, ``latency_p50_ms``...) plus p99 and TTFT p95."""
     by_model = _scored_by_model(conn, f) if _scored_rollup_ok(f) else _collect(conn, f, _by_column("model"))
-    models: dict[str, _Agg] = {}
-    for k, a in by_model.items():
-        name = k or "(none)"
-        models[name] = _merge([models[name], a]) if name in models else a
+    models = _merged_by((k or "(none)", a) for k, a in by_model.items())
     out = _legacy(_merge(by_model.values()))
     out["by_model"] = {m: _legacy(a) for m, a in sorted(models.items())}
     return out

@@ -20,6 +20,7 @@ from prysmai._proxy.store import Store, StoreError, TraceFilter, queries, slices
 from prysmai._proxy.store.engine import register_dialect
 from prysmai._proxy.store.postgres.engine import PostgresConnection, PostgresEngine, masked
 from prysmai._proxy.store.postgres.schema import SCHEMA_VERSION
+from prysmai._proxy.store.rollups import KEY_HOUR_ROLLUPS
 from prysmai._proxy.store.rows import COLUMNS
 from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
 
@@ -656,13 +657,152 @@ def test_the_7_day_page_reads_ttft_once_and_each_breakdowns_samples_at_once(pg_u
     assert close_enough(page, _read_on_sqlite(tmp_path, rows, read))
 
 
+#: Ranges whose edges fall inside days and hours: the dashboard's 7 days to now; a closed range;
+#: a range of no whole day; a week whose first day is mostly inside it (that day is then its
+#: rollup row less the hours, and the partial hour, before the range).
+_MID_DAY_RANGES = (
+    TraceFilter(since=time.time() - 7 * 86400),
+    TraceFilter(since=NOW - 6 * 86400 - 4321.5, until=NOW - 2 * 86400 + 777.25),
+    TraceFilter(since=NOW - 20 * 3600 - 100.5, until=NOW - 7 * 3600 + 0.5),
+    TraceFilter(since=math.floor(NOW / 86400) * 86400 - 6.8 * 86400, project="web"),
+)
+
+
+def _key_reads(conn: Any) -> Any:
+    """What reads the per-key rollups over a range: the overview page (its top users and
+    sessions), their breakdowns, and the user and session lists (with first and last times)."""
+    return [
+        (
+            queries.overview_page(conn, f, queries.pick_bucket(f.since, f.until), queries.BREAKDOWNS, 5),
+            queries.breakdown(conn, f, "user_id", 3),
+            queries.users(conn, f),
+            queries.sessions(conn, f, sort="requests"),
+        )
+        for f in _MID_DAY_RANGES
+    ]
+
+
+def test_a_ranges_partial_days_are_read_from_the_hourly_key_rollups(pg_url: str, tmp_path: Any) -> None:
+    """On PostgreSQL (version 10), the whole hours of a range's partial days come from the hourly
+    per-key rollups, not from the rows (at 10 M traces, half a day is 200 000 rows to group), for
+    the overview page's top keys and their totals and for the user and session lists; each
+    answers exactly as SQLite, which reads those hours from the rows."""
+    rows = make_rows(900, seed=13)
+    _Counting.statements = []
+    found = _read_on_postgres(pg_url, rows, _Counting, _key_reads)
+    for table in KEY_HOUR_ROLLUPS.values():
+        assert any(f"FROM {table}" in sql for sql in _Counting.statements), table
+    expected = _read_on_sqlite(tmp_path, rows, _key_reads)
+    for got, want, f in zip(found, expected, _MID_DAY_RANGES):
+        assert close_enough(got, want), f
+        assert want[0]["breakdowns"]["user_id"] and want[3][0], f  # something to compare
+
+
+def _many_keys(rows: list[tuple[Any, ...]], seed: int) -> list[tuple[Any, ...]]:
+    """``rows`` with their users and sessions drawn from many keys (ties among the top ones)."""
+    rng = random.Random(seed)
+    user, session = COLUMNS.index("user_id"), COLUMNS.index("session_id")
+    out = []
+    for r in rows:
+        row = list(r)
+        row[user] = None if rng.random() < 0.1 else f"u{rng.randrange(40):02d}"
+        row[session] = None if rng.random() < 0.1 else f"s{rng.randrange(70)}"
+        out.append(tuple(row))
+    return out
+
+
+@pytest.mark.parametrize("by", ["user_id", "session_id"])
+def test_a_ranges_top_keys_are_found_from_its_days_and_sought(pg_url: str, by: str, tmp_path: Any) -> None:
+    """On PostgreSQL, a range's top users or sessions are chosen among candidates read from the
+    per-day rollup alone (its whole days a floor of each key's requests, every day it touches a
+    ceiling), whose totals are then sought key by key: the partial days' hourly rows are read for
+    those keys only, never grouped for every key. The ranking, ties included, is SQLite's."""
+    rows = _many_keys(make_rows(900, seed=15), seed=15)
+
+    def read(conn: Any) -> Any:
+        return [(queries.breakdown(conn, f, by, 5), queries.breakdown(conn, f, by, 12)) for f in _MID_DAY_RANGES]
+
+    _Counting.statements = []
+    found = _read_on_postgres(pg_url, rows, _Counting, read)
+    hourly = [sql for sql in _Counting.statements if f"FROM {KEY_HOUR_ROLLUPS[by]}" in sql]
+    assert hourly and all(f"{by} IN (" in sql for sql in hourly)
+    assert any("WITH bounds AS MATERIALIZED" in sql for sql in _Counting.statements)
+    expected = _read_on_sqlite(tmp_path, rows, read)
+    for got, want, f in zip(found, expected, _MID_DAY_RANGES):
+        assert close_enough(got, want), f
+        # Ties among the top keys: the order of tied keys is compared too.
+        assert len(want[0]) == 5 and any(a["requests"] == b["requests"] for a, b in zip(want[1], want[1][1:])), f
+
+
+@pytest.fixture(scope="module")
+def many(postgres_server: Any, tmp_path_factory: Any) -> Any:
+    """The same 1 500 traces of many users and sessions in a SQLite store and a PostgreSQL store."""
+    rows = _many_keys(make_rows(1500, seed=16), seed=16)
+    path = str(tmp_path_factory.mktemp("many") / "t.db")
+    with SQLiteEngine(path).open_for_writing() as conn:
+        insert_rows(conn, rows)
+    engine = PostgresEngine(postgres_server.database())
+    conn = engine.open_for_writing()
+    engine.insert_rows(conn, rows)
+    conn.close()
+    stores = Store.existing(path, read_time_limit=None), Store.existing(engine.url, read_time_limit=None)
+    yield stores
+    for store in stores:
+        assert store is not None
+        store.close()
+
+
+@given(
+    since=st.floats(min_value=0.2, max_value=8.5),
+    length=st.one_of(st.none(), st.floats(min_value=0.05, max_value=8.0)),
+    by=st.sampled_from(["user_id", "session_id"]),
+    limit=st.sampled_from([1, 3, 10, 40]),
+    project=st.sampled_from([None, "web"]),
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_ranges_top_keys_answer_the_same_whatever_its_edges(
+    many: Any, since: float, length: float | None, by: str, limit: int, project: str | None
+) -> None:
+    """The top users and sessions of any range (PostgreSQL: candidates from the per-day rollup,
+    their totals sought through the hourly rollups; SQLite: the range ranked whole) are the same
+    keys, in the same order, with the same totals."""
+    lite, pg = many
+    start = NOW - since * 86400
+    f = TraceFilter(since=start, until=None if length is None else start + length * 86400, project=project)
+    assert close_enough(pg.read_sync(queries.breakdown, f, by, limit), lite.read_sync(queries.breakdown, f, by, limit))
+
+
+def test_version_10_builds_the_hourly_key_rollups_from_the_rows(pg_url: str) -> None:
+    """A database of version 9 holding traces gets its hourly per-key rollups built from the rows:
+    row for row what folding those traces gives."""
+    import psycopg
+
+    rows = make_rows(500, seed=14)
+    engine = PostgresEngine(pg_url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, rows)
+    finally:
+        conn.close()
+    every = {t: f"SELECT * FROM {t} ORDER BY period, project, {c}" for c, t in KEY_HOUR_ROLLUPS.items()}
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        folded = {t: raw.execute(sql).fetchall() for t, sql in every.items()}
+        assert all(folded.values())
+        assert {t: sum(r[3] for r in found) for t, found in folded.items()} == dict.fromkeys(every, len(rows))
+        raw.execute(f"DROP TABLE {', '.join(KEY_HOUR_ROLLUPS.values())}")
+        raw.execute("UPDATE prysmai_schema SET version = 9")
+        engine.open_for_writing().close()  # migrates
+        assert raw.execute("SELECT version FROM prysmai_schema").fetchone() == (SCHEMA_VERSION,)
+        assert {t: raw.execute(sql).fetchall() for t, sql in every.items()} == folded
+
+
 def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_path: Any) -> None:
     """Version 7 replaces the view's join to the bodies and indexes every day partition: a
     database of version 6 with traces reads, after it, the same rows and bodies as before and
     as SQLite."""
     import psycopg
 
-    from prysmai._proxy.store.postgres.schema import MIGRATIONS, _hist_table
+    from prysmai._proxy.store.postgres.schema import MIGRATIONS, _hist_table, _key_table
 
     rows = make_rows(400, seed=8)
     engine = PostgresEngine(pg_url)
@@ -671,11 +811,16 @@ def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_pa
             conn.execute(MIGRATIONS[step])
         conn.execute("CREATE TABLE prysmai_schema (version integer NOT NULL)")
         conn.execute("INSERT INTO prysmai_schema (version) VALUES (6)")
-        # Today's insert also folds into version 9's hourly histograms by model: the table is
-        # there for it, emptied after, and version 9 builds it again from the rows.
+        # Today's insert also folds into version 9's hourly histograms by model and version 10's
+        # hourly per-key rollups: the tables are there for it, emptied after, and versions 9 and
+        # 10 build them again from the rows.
         conn.execute(_hist_table("rollup_hist_model_hour"))
+        for column, table in KEY_HOUR_ROLLUPS.items():
+            conn.execute(_key_table(column, table))
         engine.insert_rows(conn, rows)
         conn.execute("DELETE FROM rollup_hist_model_hour")
+        for table in KEY_HOUR_ROLLUPS.values():
+            conn.execute(f"DELETE FROM {table}")
         every = "SELECT * FROM traces ORDER BY id"
         before = conn.execute(every).fetchall()
         engine.open_for_writing().close()  # migrates

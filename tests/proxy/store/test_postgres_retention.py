@@ -14,6 +14,7 @@ from typing import Any
 from prysmai._proxy.store import Store, TraceFilter, queries, slices
 from prysmai._proxy.store.postgres.engine import PostgresEngine
 from prysmai._proxy.store.retention import Retention
+from prysmai._proxy.store.rollups import KEY_HOUR_ROLLUPS
 from prysmai._proxy.store.rows import COLUMNS
 from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
 
@@ -107,6 +108,44 @@ def _assert_rollups_match_rows(pg_url: str, tmp_path: Any, now: float) -> None:
     finally:
         conn.close()
     assert got == want and want
+    _assert_key_hours_match_rows(pg_url, kept)
+
+
+def _assert_key_hours_match_rows(pg_url: str, kept: list[tuple[Any, ...]]) -> None:
+    """Row for row, the hourly per-key rollups (version 10, PostgreSQL's own) hold the totals of
+    the rows kept, added up here from the rows (a delete leaves a row's first and last times as
+    they were: its totals are compared)."""
+    at = {c: COLUMNS.index(c) for c in ("created_at", "project", "status", "total_tokens", "cost_usd")}
+    conn = PostgresEngine(pg_url).connect()
+    try:
+        for column, table in KEY_HOUR_ROLLUPS.items():
+            want: dict[tuple[Any, ...], list[Any]] = {}
+            for r in kept:
+                key = (math.floor(r[at["created_at"]] / 3600) * 3600, r[at["project"]], r[COLUMNS.index(column)] or "")
+                tokens, cost = r[at["total_tokens"]], r[at["cost_usd"]]
+                totals = want.setdefault(key, [0, 0, 0, 0, 0.0, 0, 0])
+                for i, add in enumerate(
+                    (
+                        1,
+                        r[at["status"]] in ("error", "timeout"),
+                        r[at["status"]] == "cancelled",
+                        tokens or 0,
+                        cost or 0.0,
+                        cost is None and tokens is not None,
+                        cost is None and tokens is None,
+                    )
+                ):
+                    totals[i] += add
+            got = {
+                (period, project, k): list(totals)
+                for period, project, k, *totals in conn.execute(
+                    f"SELECT period, project, {column}, requests, errors, cancelled, total_tokens, cost_usd, "
+                    f"unpriced, no_usage FROM {table} WHERE requests <> 0"
+                ).fetchall()
+            }
+            assert close_enough(dict(sorted(got.items())), dict(sorted(want.items()))), table
+    finally:
+        conn.close()
 
 
 def test_a_month_at_ten_days_retention_drops_whole_days_and_frees_their_disk(pg_url: str, tmp_path: Any) -> None:

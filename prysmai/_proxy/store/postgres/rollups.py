@@ -12,6 +12,10 @@ The all-time rollups (version 6) are folded and un-folded with the others; a day
 takes its day out of the all-time totals by subtracting that day's rows of the per-day rollups,
 which hold it exactly (:data:`FORGET_DAY`), and builds the all-time histograms again from the
 daily ones left.
+
+The hourly per-key rollups (version 10) are PostgreSQL's own (SQLite keeps none: see
+:data:`~..rollups.KEY_HOUR_ROLLUPS`): folded and un-folded as the per-day ones are, and a dropped
+day's rows of them deleted with its other rollup rows.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from ..rollups import (
     HIST_LEVELS,
     HOUR_DIMS,
     KEY_ALL_ROLLUPS,
+    KEY_HOUR_PERIOD,
+    KEY_HOUR_ROLLUPS,
     KEY_PERIOD,
     KEY_ROLLUPS,
     KEY_TOTALS,
@@ -76,15 +82,15 @@ def _fold_hour(sign: str = "") -> str:
         no_usage = rollup_hour.no_usage + excluded.no_usage"""
 
 
-def _fold_key(column: str, sign: str = "") -> str:
-    table = KEY_ROLLUPS[column]
+def _fold_key(column: str, sign: str = "", hourly: bool = False, source: str = "new_rows", order: str = "") -> str:
+    table, seconds = (KEY_HOUR_ROLLUPS[column], KEY_HOUR_PERIOD) if hourly else (KEY_ROLLUPS[column], KEY_PERIOD)
     names = f"period, project, {column}"
     return f"""INSERT INTO {table} ({names}, requests, errors, cancelled, total_tokens, cost_usd,
         unpriced, no_usage, first_seen, last_seen)
-    SELECT {period_sql("created_at", KEY_PERIOD)} * {KEY_PERIOD}, project, {key_sql(column)}, {sign}count(*),
+    SELECT {period_sql("created_at", seconds)} * {seconds}, project, {key_sql(column)}, {sign}count(*),
         {sign}{_ERRORS}, {sign}count(*) FILTER (WHERE status = 'cancelled'), {sign}coalesce(sum(total_tokens), 0),
         {sign}coalesce(sum(cost_usd), 0), {sign}{_UNPRICED}, {sign}{_NO_USAGE}, min(created_at), max(created_at)
-    FROM new_rows GROUP BY 1, 2, 3
+    FROM {source} GROUP BY 1, 2, 3{order}
     ON CONFLICT ({names}) DO UPDATE SET
         requests = {table}.requests + excluded.requests,
         errors = {table}.errors + excluded.errors,
@@ -112,6 +118,13 @@ def _fold_hist(table: str, sign: str = "", source: str = "new_rows") -> str:
         n = {table}.n + excluded.n,
         min_ms = least({table}.min_ms, excluded.min_ms),
         max_ms = greatest({table}.max_ms, excluded.max_ms)"""
+
+
+def fill_key_hours(column: str) -> str:
+    """The statement that folds every row of ``trace_rows`` into the hourly per-key rollup of
+    ``column``, just created empty (a migration's): in the order of their hours, as folding writes
+    them, so that a range's hours are together on disk, not spread over the whole table."""
+    return _fold_key(column, hourly=True, source="trace_rows", order=" ORDER BY 1")
 
 
 def fill_hist(table: str) -> str:
@@ -167,6 +180,7 @@ def _statements(sign: str) -> tuple[str, ...]:
         _fold_hour(sign),
         *(_fold_hist(t, sign) for t in HIST_LEVELS),
         *(_fold_key(c, sign) for c in KEY_ROLLUPS),
+        *(_fold_key(c, sign, hourly=True) for c in KEY_HOUR_ROLLUPS),
         *_fold_all(sign),
         *(_fold_key_all(c, sign) for c in KEY_ALL_ROLLUPS),
     )
@@ -225,6 +239,7 @@ PERIODS = {
     "rollup_hour": ("hour", 3600),
     **{t: ("period", seconds) for t, (seconds, _) in HIST_LEVELS.items()},
     **{t: ("period", KEY_PERIOD) for t in KEY_ROLLUPS.values()},
+    **{t: ("period", KEY_HOUR_PERIOD) for t in KEY_HOUR_ROLLUPS.values()},
     SCORED_TOTALS: ("period", KEY_PERIOD),
     SCORED_HIST: ("period", KEY_PERIOD),
 }

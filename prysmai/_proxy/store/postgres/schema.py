@@ -21,7 +21,9 @@ The same logical schema as SQLite's, laid out for a database that holds weeks of
   those of SQLite, folded from each batch's new rows in the batch's transaction (:mod:`.rollups`);
   version 8 makes the user and session indexes covering; version 9 adds
   ``rollup_hist_model_hour`` and the scored traces' rollups (``rollup_scored_day``,
-  ``rollup_scored_hist_day``, kept by the scores' writes and retention's take-backs).
+  ``rollup_scored_hist_day``, kept by the scores' writes and retention's take-backs); version 10
+  adds the per-key rollups by hour, ``rollup_user_hour`` and ``rollup_session_hour`` (PostgreSQL's
+  own: SQLite keeps none).
 
 Migrations run at start-up inside a transaction holding an advisory lock, so replicas starting
 together cannot race; ``prysmai_schema.version`` holds the version, and a database written by a
@@ -39,6 +41,7 @@ from ..rollups import (
     HIST_LEVELS,
     HOUR_DIMS,
     KEY_ALL_ROLLUPS,
+    KEY_HOUR_ROLLUPS,
     KEY_PERIOD,
     KEY_ROLLUPS,
     KEY_TOTALS,
@@ -50,7 +53,7 @@ from ..rollups import (
     SCORED_TOTALS,
 )
 from ..scores import rollup_fill_sql
-from .rollups import SCORED_FILL, fill_hist, period_sql
+from .rollups import SCORED_FILL, fill_hist, fill_key_hours, period_sql
 
 #: Column types, in :data:`~..rows.COLUMNS` order. Bodies are not in ``trace_rows``.
 TYPES = {
@@ -111,8 +114,8 @@ def _hist_table(table: str) -> str:
 """
 
 
-def _key_table(column: str) -> str:
-    return f"""CREATE TABLE {KEY_ROLLUPS[column]} (
+def _key_table(column: str, table: str = "") -> str:
+    return f"""CREATE TABLE {table or KEY_ROLLUPS[column]} (
     period bigint NOT NULL,
     project {_TEXT} NOT NULL,
     {column} {_TEXT} NOT NULL,
@@ -409,8 +412,21 @@ CREATE TABLE {SCORED_HIST} (
     + "".join(f"{statement};\n" for statement in SCORED_FILL)
 )
 
+
+def _v10() -> str:
+    """Version 10 (the 7-day overview at 10 M traces): the per-key rollups by hour
+    (:data:`~..rollups.KEY_HOUR_ROLLUPS`), built from the rows (again, for a database taken back a
+    version). A range's partial days are then read from an hour's rows per key, not from the rows."""
+    return "".join(
+        f"DROP TABLE IF EXISTS {table};\n{_key_table(column, table)}{fill_key_hours(column)};\nANALYZE {table};\n"
+        for column, table in KEY_HOUR_ROLLUPS.items()
+    )
+
+
+V10 = _v10()
+
 #: ``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3, 3: V4, 4: V5, 5: V6, 6: V7, 7: V8, 8: V9}
+MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3, 3: V4, 4: V5, 5: V6, 6: V7, 7: V8, 8: V9, 9: V10}
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 #: The advisory lock migrations and partition creation take (any constant of our own).
 LOCK = 0x70727973  # "prys"
