@@ -772,26 +772,11 @@ def _read_hists(
         f"FROM {table}{_where(clauses)} "
         f"GROUP BY {_positions(n + 2)}"
     )
-    # Fetched at once (psycopg loads a result's rows in one call, not one call a row), and added
-    # as _Agg.add_hist adds, inline: a page adds tens of thousands of these rows.
+    # Fetched at once: psycopg loads a result's rows in one call, not one call a row.
     for row in conn.execute(sql, params).fetchall():
         metric, bucket, count, lo_ms, hi_ms = row[n:]
-        if not count:
-            continue
-        key = row[0] if n == 1 else tuple(row[:n])
-        agg = aggs.get(key)
-        if agg is None:
-            agg = aggs[key] = _Agg()
-        hist = agg.hist[metric]
-        cell = hist.get(bucket)
-        if cell is None:
-            hist[bucket] = [count, lo_ms, hi_ms]
-        else:
-            cell[0] += count
-            if lo_ms < cell[1]:
-                cell[1] = lo_ms
-            if hi_ms > cell[2]:
-                cell[2] = hi_ms
+        if count:
+            _agg(aggs, _key(row, n)).add_hist(metric, bucket, count, lo_ms, hi_ms)
 
 
 def _tiered(
@@ -907,20 +892,8 @@ def _merge(aggs: Iterable[_Agg], metrics: tuple[str, ...] = HIST_METRICS) -> _Ag
             a.requests, a.errors, a.cancelled, a.prompt, a.completion, a.total, a.cost, a.unpriced, a.no_usage
         )
         for metric in metrics:
-            # As add_hist, inline: a page adds up tens of thousands of cells.
-            into = out.hist[metric]
             for b, (n, lo, hi) in a.hist[metric].items():
-                if not n:
-                    continue
-                cell = into.get(b)
-                if cell is None:
-                    into[b] = [int(n), lo, hi]
-                else:
-                    cell[0] += int(n)
-                    if lo < cell[1]:
-                        cell[1] = lo
-                    if hi > cell[2]:
-                        cell[2] = hi
+                out.add_hist(metric, b, int(n), lo, hi)
     return out
 
 
