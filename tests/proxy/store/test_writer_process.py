@@ -413,9 +413,10 @@ def test_what_a_killed_child_had_committed_is_not_stored_again_and_its_cost_coun
 
 @LINUX_ONLY
 def test_a_stopped_child_holds_nothing_up_and_nothing_is_lost_or_doubled(tmp_path: Any, monkeypatch: Any) -> None:
-    """A child that gets no CPU (here: stopped) does not hold the traces or the store up: after
-    STARVED_AFTER the proxy builds the batch itself, and so for CATCH_UP seconds; the store's
-    write lock is free all along; then a new idle child builds again."""
+    """A child that gets no CPU (here: stopped between two batches, in no transaction) does not
+    hold the traces or the store up: after STARVED_AFTER the proxy stores the batch itself, and so
+    for CATCH_UP seconds; the store's write lock is free all along; then a new idle child stores
+    again."""
     from prysmai._proxy.store import writer
 
     path = str(tmp_path / "t.db")
