@@ -58,7 +58,9 @@ def start_proxy(workdir: Path, upstream: str, db: Path | str, extra: list[str]) 
     log = open(workdir / f"prysm-{port}.log", "wb")  # noqa: SIM115 - kept open for the process's life
     cmd = [*PRYSMAI_CLI, "proxy", "--port", str(port), "--db", str(db), "--upstream", upstream]
     cmd += ["--key", PRYSM_KEY, *extra]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # cwd: `python -c` puts the working directory first on sys.path, where a checkout's root would
+    # shadow the prysmai a PYTHONPATH names (a checkout measured against another).
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(BENCH_DIR))
     wait_for_port(port, proc, timeout=60)
     target = Target("prysm", f"http://127.0.0.1:{port}/api/v1/chat/completions", PRYSM_KEY, proc)
     target.log = log
