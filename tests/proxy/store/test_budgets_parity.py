@@ -25,7 +25,7 @@ from prysmai._proxy.store.rows import COLUMNS
 from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
 from prysmai._proxy.store.sqlite.migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
-from .test_postgres import close_enough
+from .test_postgres import close_enough, stores_holding
 
 NOW = float(int(time.time()) - 1)
 START = month_start(NOW)
@@ -82,15 +82,7 @@ def make_rows(n: int, seed: int = 3) -> list[dict[str, Any]]:
 def both(postgres_server: Any, tmp_path_factory: Any) -> Any:
     rows = make_rows(900)
     tuples = [tuple(r.get(c) for c in COLUMNS) for r in rows]
-    path = str(tmp_path_factory.mktemp("sqlite") / "t.db")
-    with SQLiteEngine(path).open_for_writing() as conn:
-        insert_rows(conn, tuples)
-    engine = PostgresEngine(postgres_server.database())
-    conn = engine.open_for_writing()
-    engine.insert_rows(conn, tuples)
-    conn.close()
-    stores = (Store.existing(path, read_time_limit=None), Store.existing(engine.url, read_time_limit=None))
-    assert stores[0] is not None and stores[1] is not None
+    stores = stores_holding(tuples, tmp_path_factory.mktemp("sqlite"), postgres_server.database())
     yield rows, stores
     for store in stores:
         store.close()

@@ -11,28 +11,16 @@ import httpx
 import pytest
 
 from prysmai._proxy.store import Store, TraceFilter, queries
-from prysmai._proxy.store.postgres.engine import PostgresEngine
-from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
 
 from ..conftest import KEY, FakeUpstream
-from .test_postgres import make_rows
+from .test_postgres import make_rows, stores_holding
 
 
 @pytest.fixture(scope="module")
 def stores(postgres_server: Any, tmp_path_factory: Any) -> Any:
-    rows = make_rows(400, seed=5)
-    path = str(tmp_path_factory.mktemp("sqlite") / "t.db")
-    with SQLiteEngine(path).open_for_writing() as conn:
-        insert_rows(conn, rows)
-    engine = PostgresEngine(postgres_server.database())
-    conn = engine.open_for_writing()
-    engine.insert_rows(conn, rows)
-    conn.close()
-    opened = [Store.existing(path, read_time_limit=None), Store.existing(engine.url, read_time_limit=None)]
-    assert all(s is not None for s in opened)
+    opened = stores_holding(make_rows(400, seed=5), tmp_path_factory.mktemp("sqlite"), postgres_server.database())
     yield opened
     for s in opened:
-        assert s is not None
         s.close()
 
 

@@ -34,6 +34,29 @@ PROJECTS = ["default", "web", "batch"]
 STATUSES = ["success", "success", "success", "error", "timeout", "cancelled"]
 
 
+def insert_on_postgres(url: str, rows: list[tuple[Any, ...]]) -> PostgresEngine:
+    """The PostgreSQL store at ``url``, ``rows`` inserted in it (migrated first)."""
+    engine = PostgresEngine(url)
+    conn = engine.open_for_writing()
+    try:
+        engine.insert_rows(conn, rows)
+    finally:
+        conn.close()
+    return engine
+
+
+def stores_holding(rows: list[tuple[Any, ...]], directory: Any, url: str) -> tuple[Store, Store]:
+    """A SQLite store in ``directory`` and the PostgreSQL store at ``url``, both holding ``rows``,
+    opened to be read without a time limit: (SQLite's, PostgreSQL's)."""
+    path = str(directory / "t.db")
+    with SQLiteEngine(path).open_for_writing() as conn:
+        insert_rows(conn, rows)
+    engine = insert_on_postgres(url, rows)
+    lite, pg = Store.existing(path, read_time_limit=None), Store.existing(engine.url, read_time_limit=None)
+    assert lite is not None and pg is not None
+    return lite, pg
+
+
 def make_rows(n: int, seed: int = 7) -> list[tuple[Any, ...]]:
     """Traces over the last 9 days, of several models, users, sessions, projects and statuses,
     with and without cost and TTFT, metadata of strings, numbers and booleans."""
@@ -535,12 +558,7 @@ def test_a_keys_latency_sample_is_read_from_its_index_alone(pg_url: str, by: str
 def _read_on_postgres(pg_url: str, rows: list[tuple[Any, ...]], connection: type[PostgresConnection], read: Any) -> Any:
     """``read(conn)`` of a PostgreSQL store holding ``rows``, on a read connection of the class
     ``connection`` (one that notes what it runs), without a time limit."""
-    engine = PostgresEngine(pg_url)
-    conn = engine.open_for_writing()
-    try:
-        engine.insert_rows(conn, rows)
-    finally:
-        conn.close()
+    engine = insert_on_postgres(pg_url, rows)
     reader = connection(engine.connect(read_only=True))
     try:
         with engine.time_limited(reader, None):
@@ -738,17 +756,9 @@ def test_a_ranges_top_keys_are_found_from_its_days_and_sought(pg_url: str, by: s
 def many(postgres_server: Any, tmp_path_factory: Any) -> Any:
     """The same 1 500 traces of many users and sessions in a SQLite store and a PostgreSQL store."""
     rows = _many_keys(make_rows(1500, seed=16), seed=16)
-    path = str(tmp_path_factory.mktemp("many") / "t.db")
-    with SQLiteEngine(path).open_for_writing() as conn:
-        insert_rows(conn, rows)
-    engine = PostgresEngine(postgres_server.database())
-    conn = engine.open_for_writing()
-    engine.insert_rows(conn, rows)
-    conn.close()
-    stores = Store.existing(path, read_time_limit=None), Store.existing(engine.url, read_time_limit=None)
+    stores = stores_holding(rows, tmp_path_factory.mktemp("many"), postgres_server.database())
     yield stores
     for store in stores:
-        assert store is not None
         store.close()
 
 
@@ -778,12 +788,7 @@ def test_version_10_builds_the_hourly_key_rollups_from_the_rows(pg_url: str) -> 
     import psycopg
 
     rows = make_rows(500, seed=14)
-    engine = PostgresEngine(pg_url)
-    conn = engine.open_for_writing()
-    try:
-        engine.insert_rows(conn, rows)
-    finally:
-        conn.close()
+    engine = insert_on_postgres(pg_url, rows)
     every = {t: f"SELECT * FROM {t} ORDER BY period, project, {c}" for c, t in KEY_HOUR_ROLLUPS.items()}
     with psycopg.connect(pg_url, autocommit=True) as raw:
         folded = {t: raw.execute(sql).fetchall() for t, sql in every.items()}

@@ -18,7 +18,7 @@ from prysmai._proxy.store import Store, TraceFilter, queries, scores
 from prysmai._proxy.store.postgres.engine import PostgresEngine
 from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
 
-from .test_postgres import NOW, close_enough, make_rows
+from .test_postgres import NOW, close_enough, make_rows, stores_holding
 
 NAMES = {"helpful": "number", "correct": "boolean", "tone": "category"}
 
@@ -35,15 +35,7 @@ def _value(rng: random.Random, kind: str) -> Any:
 def both(postgres_server: Any, tmp_path_factory: Any) -> Any:
     """The same 600 traces in both engines, and the same scores on a fifth of them."""
     rows = make_rows(600, seed=11)
-    path = str(tmp_path_factory.mktemp("sqlite") / "t.db")
-    with SQLiteEngine(path).open_for_writing() as conn:
-        insert_rows(conn, rows)
-    engine = PostgresEngine(postgres_server.database())
-    conn = engine.open_for_writing()
-    engine.insert_rows(conn, rows)
-    conn.close()
-    stores = (Store.existing(path, read_time_limit=None), Store.existing(engine.url, read_time_limit=None))
-    assert stores[0] is not None and stores[1] is not None
+    stores = stores_holding(rows, tmp_path_factory.mktemp("sqlite"), postgres_server.database())
     rng = random.Random(5)
     for row in rng.sample(rows, 120):
         for name, kind in NAMES.items():

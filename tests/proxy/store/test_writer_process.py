@@ -69,6 +69,25 @@ def process_store(path: str, on_cost: Any = None) -> TraceWriter:
     )
 
 
+def counting_store(engine: Any, spent: list[float]) -> TraceWriter:
+    """A store (not opened) on ``engine`` whose writer process and writer thread each put every
+    cost they count towards a budget in ``spent``: by the child's answer, or by the proxy's build
+    as the proxy's finalize counts it (not when it was counted as the request was answered)."""
+
+    def counting(ex: Exchange) -> dict[str, Any]:
+        row = finalize(ex, PRICES)
+        if not ex.spend_counted:
+            spent.append(row.get("cost_usd") or 0.0)
+        return row
+
+    return TraceWriter(
+        engine,
+        counting,
+        fallback=fallback_row,
+        process=WriterProcess(PRICES, counting, on_cost=lambda _project, usd, _at: spent.append(usd)),
+    )
+
+
 def child_of(store: TraceWriter) -> int:
     process = store._process
     assert process is not None and process.pid is not None
@@ -306,9 +325,7 @@ def test_a_child_stopped_inside_its_transaction_is_killed_and_its_batch_stored_o
 
     path = str(tmp_path / "t.db")
     spent: list[float] = []
-    store = process_store(path, on_cost=lambda _project, usd, _at: spent.append(usd))
-    proxy_finalize = store._finalize
-    store._finalize = lambda ex: (spent.append(0.0 if ex.spend_counted else -1.0), proxy_finalize(ex))[1]
+    store = counting_store(SQLiteEngine(path), spent)
     store.open()
     expected: list[str] = []
     stopped = None
@@ -354,7 +371,7 @@ def test_a_child_stopped_inside_its_transaction_is_killed_and_its_batch_stored_o
         store.close()
     rows = read_traces(path)
     assert sorted(t["id"] for t in rows) == sorted(expected)
-    # Each trace's cost counted once: by a child's answer (its usd) or by the proxy's build (-1).
+    # Each trace's cost counted once: by a child's answer or by the proxy's build.
     assert len(spent) == len(expected)
 
 
@@ -376,20 +393,8 @@ def test_what_a_killed_child_had_committed_is_not_stored_again_and_its_cost_coun
     batch's other traces, and counts the cost of those the child stored (its answer, which
     would have, never came). So in a SQLite store and in a PostgreSQL store's outbox."""
     spent: list[float] = []
-
-    def counting(ex: Exchange) -> dict[str, Any]:  # as the proxy's finalize counts the budget
-        row = finalize(ex, PRICES)
-        if not ex.spend_counted:
-            spent.append(row.get("cost_usd") or 0.0)
-        return row
-
     path = str(tmp_path / "t.db")
-    store = TraceWriter(
-        engine(path),
-        counting,
-        fallback=fallback_row,
-        process=WriterProcess(PRICES, counting, on_cost=lambda _project, usd, _at: spent.append(usd)),
-    )
+    store = counting_store(engine(path), spent)
     store.open()
     try:
         store.submit(_openai_shaped(1, "first")[0])  # stored by the child, into this engine's file
@@ -459,19 +464,7 @@ def test_a_child_killed_at_any_moment_of_a_batch_stores_each_trace_once_and_cost
     """Killed before it is sent its batch, while it builds, or after it answered: every trace is
     stored once, and its cost counted once (by the child's answer, or by the proxy's build)."""
     spent: list[float] = []
-
-    def counting(ex: Exchange) -> dict[str, Any]:  # as the proxy's finalize counts the budget
-        row = finalize(ex, PRICES)
-        if not ex.spend_counted:
-            spent.append(row.get("cost_usd") or 0.0)
-        return row
-
-    store = TraceWriter(
-        SQLiteEngine(str(tmp_path / "t.db")),
-        counting,
-        fallback=fallback_row,
-        process=WriterProcess(PRICES, counting, on_cost=lambda _project, usd, _at: spent.append(usd)),
-    )
+    store = counting_store(SQLiteEngine(str(tmp_path / "t.db")), spent)
     store.open()
     expected = []
     try:
