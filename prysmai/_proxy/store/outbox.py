@@ -71,18 +71,13 @@ class OutboxEngine(SQLiteEngine):
 
     kind = "outbox"
 
-    def stored_costs(self, conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, float | None]:
-        # Among the newest rows only (the outbox has no index on id, and may hold a long backlog):
-        # what is asked about -- a journal's last second, a batch of the writer's child -- was
-        # written last. A trace found nowhere (shipped already, or older) is written again, and
-        # recognised by the shared store then: a batch sent again stores nothing twice.
-        found: dict[str, float | None] = {}
-        newest = f"seq > (SELECT coalesce(max(seq), 0) FROM outbox) - {_LOOK_BACK}"
-        for start in range(0, len(ids), 500):
-            some = list(ids[start : start + 500])
-            sql = f"SELECT id, cost_usd FROM outbox WHERE {newest} AND id IN ({', '.join('?' * len(some))})"
-            found.update((r[0], r[1]) for r in conn.execute(sql, some))
-        return found
+    # Among the newest rows only (the outbox has no index on id, and may hold a long backlog):
+    # what is asked about -- a journal's last second, a batch of the writer's child -- was written
+    # last. A trace found nowhere (shipped already, or older) is written again, and recognised by
+    # the shared store then: a batch sent again stores nothing twice.
+    stored_in = (
+        f"(SELECT id, cost_usd FROM outbox WHERE seq > (SELECT coalesce(max(seq), 0) FROM outbox) - {_LOOK_BACK})"
+    )
 
     def open_for_writing(self) -> sqlite3.Connection:
         from . import private_files

@@ -423,9 +423,8 @@ class WriterProcess:
         return written, repaired + child_repaired, unbuildable + failed, rows
 
     def _count(self, costs: list[tuple[str, float, float]]) -> None:
-        if self._on_cost is not None:
-            for project, usd, created_at in costs:
-                self._on_cost(project, usd, created_at)
+        for project, usd, created_at in costs:
+            self.call_on_cost(project, usd, created_at)
 
     def _ask(self, items: list[Any], starved_after: float | None) -> tuple[Any, list[Any], int, int]:
         """Send ``items`` to the child and wait for its answer: (the answer, or ``None`` when no

@@ -305,13 +305,14 @@ class SQLiteEngine:
             raise
 
     # -- retention -------------------------------------------------------------------------------
-    table = "traces"
+    #: Where :meth:`stored_costs` looks for traces (rows with ``id`` and ``cost_usd``).
+    stored_in = "traces"
 
     def stored_costs(self, conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, float | None]:
         found: dict[str, float | None] = {}
         for start in range(0, len(ids), 500):
             some = list(ids[start : start + 500])
-            sql = f"SELECT id, cost_usd FROM {self.table} WHERE id IN ({', '.join('?' * len(some))})"
+            sql = f"SELECT id, cost_usd FROM {self.stored_in} WHERE id IN ({', '.join('?' * len(some))})"
             found.update((r[0], r[1]) for r in conn.execute(sql, some))
         return found
 
