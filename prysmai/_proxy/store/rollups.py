@@ -48,9 +48,9 @@ KEY_PERIOD = 86400
 #: Per-key rollups by hour (PostgreSQL version 10): the per-day ones' columns and key at an hour's
 #: grain. A range's partial days are read from them, and only its partial hours from the rows: at
 #: hundreds of thousands of traces a day, an hour of a user or session is one row where its
-#: traces are many. SQLite keeps none (its partial days are read through a covering index, and
-#: its pages meet their targets without; every fold is work for the one machine's writer): the query layer uses them
-#: where the engine's dialect says it has them (``Dialect.hourly_keys``).
+#: traces are many. SQLite keeps none (its partial days are read through a covering index, and its
+#: pages meet their targets without; every fold is work for the one machine's writer): the query
+#: layer uses them where the engine's dialect says it has them (``Dialect.hourly_keys``).
 KEY_HOUR_ROLLUPS = {"user_id": "rollup_user_hour", "session_id": "rollup_session_hour"}
 KEY_HOUR_PERIOD = 3600
 #: All-time rollups (schema 9): what ``rollup_hour`` and ``rollup_hist_day`` hold, without the
