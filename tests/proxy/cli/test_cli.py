@@ -212,7 +212,9 @@ def test_traces_pages_and_takes_every_filter_of_the_api(capsys: Any, fake: FakeU
     middle = t[everything[3]]["created_at"]
     assert ids("--until", str(middle)) == everything[4:]
     assert ids("--since", str(middle), "--until", str(t[everything[1]]["created_at"])) == everything[2:4]
-    by_latency = sorted(everything, key=lambda i: (t[i]["latency_ms"], i))
+    # Equal latencies (kept to the microsecond: it happens) in order of arrival, as documented;
+    # the requests were sent one at a time, so ``everything`` is newest arrival first.
+    by_latency = sorted(everything, key=lambda i: (t[i]["latency_ms"], -everything.index(i)))
     assert ids("--sort", "latency", "--order", "asc") == by_latency
     assert ids("--sort", "latency") == list(reversed(by_latency))
     code, _, err = run_cli(capsys, "traces", "--db", db, "--meta", "novalue")
