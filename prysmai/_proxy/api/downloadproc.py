@@ -180,8 +180,13 @@ class Relay:
         plan = dataclasses.astuple(self.plan)
         job = ("export", self.exports.location, fields, plan, self.cursor, self.shown, self.exports.time_limit)
         assert proc.stdin is not None
-        proc.stdin.write(frame(marshal.dumps((*job, self.priority))))
-        proc.stdin.close()  # (one job: the child reads it and needs its input no more)
+        try:
+            proc.stdin.write(frame(marshal.dumps((*job, self.priority))))
+            proc.stdin.close()  # (one job: the child reads it and needs its input no more)
+        except (RuntimeError, ConnectionError):
+            # The child died before its job reached it (uvloop refuses a write to the closed pipe
+            # of an exited child): the end of its output tells next() so, with its exit code.
+            pass
 
     async def next(self) -> bytes | None:
         """The next chunk's bytes; ``None`` once the download is complete."""

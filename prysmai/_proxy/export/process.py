@@ -94,8 +94,11 @@ class ExportProcess:
             close_fds=True,
         )
         assert proc.stdin is not None
-        proc.stdin.write((json.dumps(self.settings) + "\n").encode())
-        proc.stdin.flush()
+        # A child that died at once (its pipe broken) is seen by the reader: its output ends, and
+        # it is started again after a wait, as any child that exits.
+        with contextlib.suppress(OSError):
+            proc.stdin.write((json.dumps(self.settings) + "\n").encode())
+            proc.stdin.flush()
         self._proc = proc
         self._down_since = None
         self._reader = threading.Thread(target=self._read, args=(proc,), name="prysmai-export-reader", daemon=True)

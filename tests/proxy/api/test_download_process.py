@@ -329,3 +329,44 @@ def test_a_child_counts_a_sqlite_reads_time_limit_in_its_own_cpu_time(tmp_path: 
         run()
     engine.clock = time.process_time
     assert run() == 200_001
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_child_that_dies_before_its_job_reaches_it_cuts_the_download_off(loop: str, monkeypatch: Any) -> None:
+    """Killed at once (before the proxy wrote its job to its input): the download is cut off with
+    the child's exit, as a child killed later is, never an internal error."""
+    import asyncio
+
+    from prysmai._proxy.api import downloadproc
+    from prysmai._proxy.api.download import CutOff, Plan
+    from prysmai._proxy.store import TraceFilter
+
+    spawn = asyncio.create_subprocess_exec
+
+    async def dead_at_once(*args: Any, **kwargs: Any) -> Any:
+        proc = await spawn(*args, **kwargs)
+        proc.kill()
+        await proc.wait()
+        for _ in range(5):  # (the loop closes the exited child's pipes)
+            await asyncio.sleep(0.01)
+        return proc
+
+    monkeypatch.setattr(downloadproc.asyncio, "create_subprocess_exec", dead_at_once)
+
+    async def export() -> str:
+        exports = downloadproc.Exports("unused.db", time_limit=None)
+        relay = exports.relay(TraceFilter(), Plan("jsonl"), None, 0)
+        try:
+            with pytest.raises(CutOff) as cut:
+                await relay.next()
+        finally:
+            relay.close()
+        return str(cut.value)
+
+    if loop == "uvloop":
+        import uvloop
+
+        reason = uvloop.run(export())
+    else:
+        reason = asyncio.run(export())
+    assert reason == "its process exited (code -9) after 0 row(s)"
