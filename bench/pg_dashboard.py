@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--until-newest", action="store_true", help="the 7-day views end at the newest trace, not now")
     parser.add_argument(
+        "--hours-before",
+        type=float,
+        default=0.0,
+        help="with --until-newest: end this many hours before the newest trace (a range whose edges fall mid-day)",
+    )
+    parser.add_argument(
         "--no-search",
         action="store_true",
         help="skip the text searches (a store without the search index: pg_generate.py's, with --search-index off)",
@@ -122,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             total = store.read_sync(lambda conn: conn.execute("SELECT sum(requests) FROM rollup_hour").fetchone()[0])
             newest = store.read_sync(queries.list_traces, TraceFilter(), limit=1)[0][0]
             now = float(newest["created_at"])
-            until = now if args.until_newest else None
+            until = now - args.hours_before * 3600 if args.until_newest else None
+            now = now if until is None else until
             model = newest["model"]
             size = store.read_sync(
                 lambda conn: conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]

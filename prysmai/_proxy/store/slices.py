@@ -40,11 +40,12 @@ from .queries import (
     _key_groups,
     _keys_all_time,
     _merge,
-    _raw_totals,
-    _rollup_totals,
+    _raw_totals_sql,
+    _rollup_totals_sql,
     _series,
     _small_project,
     _tiered,
+    _Tiers,
     _traces,
     _where,
 )
@@ -257,11 +258,17 @@ def _totals(conn: Connection, f: TraceFilter, g: _Grouping, now: float) -> dict[
     whole hours from ``rollup_hour`` when the filter allows, the rest from ``traces``."""
     aggs: dict[Any, _Agg] = {}
     seek = not f.rollup_ok and _small_project(conn, f)
+    reads = _Tiers(conn, aggs, g.n)
     tiers: list[tuple[int, Callable[[int | None, int], None]]] = []
     hour = g.hour
     if f.rollup_ok and hour is not None:
-        tiers.append((_HOUR, lambda lo, hi: _rollup_totals(conn, aggs, f, hour, lo, hi, g.n)))
-    _tiered(f.since, f.until, now, tiers, lambda lo, hi: _raw_totals(conn, aggs, f, g.raw, lo, hi, seek, g.n))
+        tiers.append((_HOUR, lambda lo, hi: reads.totals.append(_rollup_totals_sql(f, hour, lo, hi, g.n))))
+
+    def raw(lo: float | None, hi: float | None) -> None:
+        reads.totals.append(_raw_totals_sql(conn, f, g.raw, lo, hi, seek, g.n))
+
+    _tiered(f.since, f.until, now, tiers, raw)
+    reads.read()
     return aggs
 
 

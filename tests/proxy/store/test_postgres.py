@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prysmai._proxy.store import Store, StoreError, TraceFilter, queries, slices
+from prysmai._proxy.store import QueryTimeout, Store, StoreError, TraceFilter, queries, slices
 from prysmai._proxy.store.engine import register_dialect
 from prysmai._proxy.store.postgres.engine import PostgresConnection, PostgresEngine, masked
 from prysmai._proxy.store.postgres.schema import SCHEMA_VERSION
@@ -484,13 +484,21 @@ def test_a_read_statement_run_again_is_planned_for_its_values(pg_url: str) -> No
     store = Store.existing(pg_url, read_time_limit=None)
     assert store is not None
 
+    plans = "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+
+    def breakdowns_then_plans(other: Any) -> list[Any]:
+        for _ in range(12):
+            queries.breakdown(other, TraceFilter(), "user_id", 50)
+        return other.execute(plans).fetchall()  # type: ignore[no-any-return]
+
     def page_then_plans(conn: Any) -> list[Any]:
         # (psycopg deallocates what it prepared at a ROLLBACK, which ends every read: look within it.)
         # Twelve pages: psycopg prepares a statement at its sixth run, and PostgreSQL may choose
         # a generic plan from the sixth run of a prepared statement on.
         for _ in range(12):
             queries.overview_page(conn, TraceFilter(), 86400, queries.BREAKDOWNS, 50)
-        return conn.execute("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements").fetchall()
+        # The page reads the users' and sessions' breakdowns on a second connection, alongside.
+        return [*conn.execute(plans).fetchall(), *conn.alongside(breakdowns_then_plans)()]
 
     with store:
         prepared = store.read_sync(page_then_plans)
@@ -499,6 +507,38 @@ def test_a_read_statement_run_again_is_planned_for_its_values(pg_url: str) -> No
     assert any("ORDER BY created_at DESC LIMIT" in p[0] for p in reads), prepared  # the keys' samples: prepared
     for statement, generic, custom in reads:
         assert generic == 0 and custom > 0, statement
+
+
+def test_a_read_alongside_sees_the_snapshot_of_its_read_and_keeps_its_time_limit(pg_url: str) -> None:
+    """A page's part read on a second connection (``alongside``) sees what the page's own
+    connection sees: a trace committed meanwhile is in neither; the read's time limit holds there
+    too, as a :class:`QueryTimeout`."""
+    rows = make_rows(40, seed=11)
+    engine = insert_on_postgres(pg_url, rows[:30])
+    count = "SELECT count(*) FROM traces"
+
+    def then_insert(conn: Any) -> tuple[int, int]:
+        before = int(conn.execute(count).fetchone()[0])
+        insert_on_postgres(pg_url, rows[30:])  # committed, after this read's snapshot was taken
+        beside = conn.alongside(lambda other: int(other.execute(count).fetchone()[0]))()
+        return before, beside
+
+    store = Store.existing(engine.url, read_time_limit=None)
+    assert store is not None
+    with store:
+        assert store.read_sync(then_insert) == (30, 30)
+        assert store.read_sync(lambda conn: conn.alongside(lambda o: int(o.execute(count).fetchone()[0]))()) == 40
+        with pytest.raises(QueryTimeout, match=r"0\.2 s limit"):
+            store.read_sync(lambda conn: conn.alongside(lambda o: o.execute("SELECT pg_sleep(3)"))(), time_limit=0.2)
+        # The connections go on: the next read beside is whole.
+        assert store.read_sync(lambda conn: conn.alongside(lambda o: int(o.execute(count).fetchone()[0]))()) == 40
+
+        def page_beside(conn: Any) -> tuple[int, bool]:
+            page = queries.overview_page(conn, TraceFilter(), 86400, queries.BREAKDOWNS, 10)
+            return page["overview"]["requests"], conn._beside is not None
+
+        # The overview page reads part of itself beside (its answers: the parity tests).
+        assert store.read_sync(page_beside) == (40, True)
 
 
 class _Explaining(PostgresConnection):

@@ -13,6 +13,7 @@ this engine hands it turns them into psycopg's ``%s`` once per distinct statemen
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -32,9 +33,11 @@ from .schema import LOCK, MIGRATIONS, ROW_COLUMNS, SCHEMA_VERSION, TYPES
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
-    from typing import Any
+    from typing import Any, TypeVar
 
     import psycopg
+
+    T = TypeVar("T")
 
 log = logging.getLogger("prysmai.proxy")
 _EXPORT_FROM_OUTBOX = "the OTLP export of a PostgreSQL store reads each replica's outbox, not the database"
@@ -89,22 +92,100 @@ class _Cursor:
 
 
 class PostgresConnection:
-    """A read connection for the query layer: qmark statements, numbers as ``int``/``float``."""
+    """A read connection for the query layer: qmark statements, numbers as ``int``/``float``.
 
-    __slots__ = ("raw",)
+    With an ``opener`` (the engine's read connections have one), :meth:`alongside` runs part of a
+    read on a second connection, in a thread, in the first one's snapshot: a page of several
+    statements uses two of the server's cores, and still reads one consistent state."""
 
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+    __slots__ = ("_beside", "_running", "location", "opener", "raw", "time_limit")
+
+    def __init__(
+        self,
+        raw: psycopg.Connection[Any],
+        opener: Callable[[], psycopg.Connection[Any]] | None = None,
+        location: str = "",
+    ) -> None:
         self.raw = raw
+        self.opener = opener
+        self.location = location
+        #: The read's time limit (seconds), while :meth:`PostgresEngine.time_limited` runs.
+        self.time_limit: float | None = None
+        self._beside: PostgresConnection | None = None
+        self._running: concurrent.futures.Future[Any] | None = None
 
     def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
         return _Cursor(self.raw.execute(_qmark(sql), list(parameters)))
 
+    def alongside(self, fn: Callable[[PostgresConnection], T]) -> Callable[[], T]:
+        """Start ``fn(other)`` on a second connection whose read transaction imports this one's
+        snapshot (``pg_export_snapshot``) and has its time limit; returns what waits for its
+        result (or raises its error: :class:`QueryTimeout`, :class:`StoreUnavailable`). Call it
+        while this connection's read transaction is open. Without an opener, ``fn(self)`` runs
+        when the result is asked for."""
+        if self.opener is None or self.raw.info.transaction_status != _IN_TRANSACTION:
+            return lambda: fn(self)
+        if self._running is not None:  # (a read that raised before asking for its result)
+            concurrent.futures.wait([self._running])
+        snapshot = self.raw.execute("SELECT pg_export_snapshot()").fetchone()
+        assert snapshot is not None
+        running = self._running = _alongside_pool().submit(self._run_beside, fn, str(snapshot[0]), self.time_limit)
+        return running.result
+
+    def _run_beside(self, fn: Callable[[PostgresConnection], T], snapshot: str, seconds: float | None) -> T:
+        import psycopg
+
+        beside = self._beside
+        try:
+            if beside is None or beside.closed:
+                assert self.opener is not None
+                beside = self._beside = PostgresConnection(self.opener(), location=self.location)
+            raw = beside.raw
+            raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                # (The snapshot first: a transaction imports one before any other statement.)
+                raw.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+                raw.execute(f"SET LOCAL statement_timeout = {_timeout_ms(seconds)}")
+                return fn(beside)
+            finally:
+                if not raw.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        raw.execute("ROLLBACK")
+        except psycopg.errors.QueryCanceled:
+            raise QueryTimeout(_too_long(seconds)) from None
+        except psycopg.OperationalError as exc:
+            if beside is not None:
+                beside.close()
+            raise StoreUnavailable(f"the trace store {self.location} is unreachable: {_reason(exc)}") from None
+
     def close(self) -> None:
+        if self._running is not None:
+            concurrent.futures.wait([self._running])
+        if self._beside is not None:
+            self._beside.close()
         self.raw.close()
 
     @property
     def closed(self) -> bool:
         return bool(self.raw.closed)
+
+
+#: psycopg's ``TransactionStatus.INTRANS`` (a transaction open and idle).
+_IN_TRANSACTION = 2
+
+
+@functools.cache
+def _alongside_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads of :meth:`PostgresConnection.alongside` (one a read worker is plenty)."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="prysmai-read-alongside")
+
+
+def _timeout_ms(seconds: float | None) -> int:
+    return 0 if seconds is None else max(1, math.ceil(seconds * 1000))
+
+
+def _too_long(seconds: float | None) -> str:
+    return f"the query ran longer than its {seconds:g} s limit and was stopped; narrow the time range or filters"
 
 
 class PostgresDialect:
@@ -304,7 +385,8 @@ class PostgresEngine:
             search.uninstall(conn)
 
     def read_connection(self) -> PostgresConnection:
-        return PostgresConnection(self.connect(read_only=True))
+        opener = functools.partial(self.connect, read_only=True)
+        return PostgresConnection(opener(), opener, self.location)
 
     @contextlib.contextmanager
     def time_limited(self, conn: PostgresConnection, seconds: float | None) -> Iterator[None]:
@@ -314,12 +396,11 @@ class PostgresEngine:
         try:
             raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             # Per statement: a read of several statements is bounded by their number times this.
-            raw.execute(f"SET LOCAL statement_timeout = {0 if seconds is None else max(1, math.ceil(seconds * 1000))}")
+            raw.execute(f"SET LOCAL statement_timeout = {_timeout_ms(seconds)}")
+            conn.time_limit = seconds
             yield
         except psycopg.errors.QueryCanceled:
-            raise QueryTimeout(
-                f"the query ran longer than its {seconds:g} s limit and was stopped; narrow the time range or filters"
-            ) from None
+            raise QueryTimeout(_too_long(seconds)) from None
         except psycopg.OperationalError as exc:  # the server went away: the next read reconnects
             raw.close()
             raise StoreUnavailable(f"the trace store {self.location} is unreachable: {_reason(exc)}") from None
