@@ -664,20 +664,6 @@ def _raw_totals_sql(
     return f"SELECT {g}, {_RAW_TOTALS} FROM {table}{_where(clauses)} GROUP BY {_positions(n)}", params
 
 
-def _raw_totals(
-    conn: Connection,
-    aggs: dict[Any, _Agg],
-    f: TraceFilter,
-    g: str,
-    lo: float | None,
-    hi: float | None,
-    seek: bool = False,
-    n: int = 1,
-) -> None:
-    sql, params = _raw_totals_sql(conn, f, g, lo, hi, seek, n)
-    _add_totals(aggs, conn.execute(sql, params), n)
-
-
 def _raw_hist_sql(
     conn: Connection,
     f: TraceFilter,
@@ -703,21 +689,6 @@ def _raw_hist_sql(
             cells = f"'{metric}', {b}, count(*), min({column}), max({column})"
             out.append((f"SELECT {g}, {cells} FROM {table}{where} GROUP BY {groups}", params))
     return out
-
-
-def _raw_hist(
-    conn: Connection,
-    aggs: dict[Any, _Agg],
-    f: TraceFilter,
-    g: str,
-    lo: float | None,
-    hi: float | None,
-    seek: bool = False,
-    n: int = 1,
-    metrics: tuple[str, ...] = HIST_METRICS,
-) -> None:
-    for sql, params in _raw_hist_sql(conn, f, g, lo, hi, seek, n, metrics):
-        _add_hists(aggs, conn.execute(sql, params).fetchall(), n)
 
 
 def _add_totals(aggs: dict[Any, _Agg], rows: Iterable[Any], n: int) -> None:
@@ -759,13 +730,6 @@ def _rollup_totals_sql(f: TraceFilter, g: str, lo: int | None, hi: int, n: int) 
 
 def _totals_sql(g: str, table: str, clauses: list[str], n: int) -> str:
     return f"SELECT {g}, {_HOUR_TOTALS} FROM {table}{_where(clauses)} GROUP BY {_positions(n)}"
-
-
-def _read_totals(
-    conn: Connection, aggs: dict[Any, _Agg], g: str, table: str, clauses: list[str], params: list[Any], n: int
-) -> None:
-    """Add the totals of the rollup ``table``'s rows matching ``clauses``, grouped by ``g``."""
-    _add_totals(aggs, conn.execute(_totals_sql(g, table, clauses, n), params), n)
 
 
 def _rollup_hist_sql(
@@ -812,22 +776,6 @@ def _hists_sql(
     return sql, params
 
 
-def _read_hists(
-    conn: Connection,
-    aggs: dict[Any, _Agg],
-    g: str,
-    table: str,
-    clauses: list[str],
-    params: list[Any],
-    n: int,
-    metrics: tuple[str, ...] = HIST_METRICS,
-) -> None:
-    """Add the histograms of :func:`_hists_sql` to ``aggs``."""
-    sql, params = _hists_sql(conn, g, table, clauses, params, n, metrics)
-    # Fetched at once: psycopg loads a result's rows in one call, not one call a row.
-    _add_hists(aggs, conn.execute(sql, params).fetchall(), n)
-
-
 class _Tiers:
     """The statements of one aggregate's tiers (rollups over whole periods, rows at the range's
     edges), read as one statement for the totals and one for the histograms: the database adds
@@ -846,6 +794,7 @@ class _Tiers:
         self.hists: list[tuple[str, list[Any]]] = []
 
     def read(self) -> None:
+        # (Rows fetched at once: psycopg loads a result's rows in one call, not one call a row.)
         n = self.n if self.each is None else 2
         if self.totals:
             sums = ("requests", "errors", "cancelled", "prompt", "completion", "total", "cost", "unpriced", "no_usage")
@@ -998,15 +947,15 @@ def _all_time(
         tiers.hists.append(_hists_sql(conn, g, table, clauses, params, n, metrics))
 
 
-def _merge(aggs: Iterable[_Agg], metrics: tuple[str, ...] = HIST_METRICS) -> _Agg:
-    """``aggs`` added up into a new aggregate (``metrics``: the histograms added)."""
+def _merge(aggs: Iterable[_Agg]) -> _Agg:
+    """``aggs`` added up into a new aggregate."""
     out = _Agg()
     for a in aggs:
         out.add_totals(
             a.requests, a.errors, a.cancelled, a.prompt, a.completion, a.total, a.cost, a.unpriced, a.no_usage
         )
-        for metric in metrics:
-            for b, (n, lo, hi) in a.hist[metric].items():
+        for metric, hist in a.hist.items():
+            for b, (n, lo, hi) in hist.items():
                 out.add_hist(metric, b, int(n), lo, hi)
     return out
 
@@ -1594,6 +1543,7 @@ def _scored_by_model(conn: Connection, f: TraceFilter, now: float | None = None)
     from the scored traces' rollups, the partial days at the range's edges from the rows."""
     aggs: dict[Any, _Agg] = {}
     seek = _small_project(conn, f)
+    tiers = _Tiers(conn, aggs, 1)
 
     def rollup(lo: int | None, hi: int) -> None:
         clauses, params = _rollup_filters(f, ("project", "model"))
@@ -1603,17 +1553,15 @@ def _scored_by_model(conn: Connection, f: TraceFilter, now: float | None = None)
             clauses.append("period >= ?")
             params.append(lo)
         sums = ", ".join(f"sum({c})" for c in SCORED_COUNTS)
-        sql = f"SELECT model, {sums} FROM {SCORED_TOTALS}{_where(clauses)} GROUP BY model"
-        for row in conn.execute(sql, params):
-            if row[1]:
-                _agg(aggs, row[0]).add_totals(*row[1:])
-        _read_hists(conn, aggs, "model", SCORED_HIST, clauses, params, 1)
+        tiers.totals.append((f"SELECT model, {sums} FROM {SCORED_TOTALS}{_where(clauses)} GROUP BY model", params))
+        tiers.hists.append(_hists_sql(conn, "model", SCORED_HIST, clauses, params, 1))
 
     def raw(lo: float | None, hi: float | None) -> None:
-        _raw_totals(conn, aggs, f, "model", lo, hi, seek)
-        _raw_hist(conn, aggs, f, "model", lo, hi, seek)
+        tiers.totals.append(_raw_totals_sql(conn, f, "model", lo, hi, seek, 1))
+        tiers.hists.extend(_raw_hist_sql(conn, f, "model", lo, hi, seek, 1, HIST_METRICS))
 
     _tiered(f.since, f.until, time.time() if now is None else now, [(KEY_PERIOD, rollup)], raw)
+    tiers.read()
     return aggs
 
 
