@@ -3,7 +3,8 @@ a throwaway PostgreSQL (tests/proxy/postgres.py, Debian's PostgreSQL) with ``pry
 own code, then the views issue 23 sets targets for, timed through the store facade as the read API
 and the dashboard call them (``Store.read_sync``: a read-only connection, one snapshot):
 
-* the overview page as an admin reads it (totals, series, five breakdowns): all time and 7 days;
+* the overview page as an admin reads it (totals, series, five breakdowns): all time, 7 days, and
+  24 hours (the range the dashboard opens with);
 * a trace list page: newest, filtered by model, sorted by cost, and the third page from its
   cursor (newest first, and by cost; the cursor is read before the timing);
 * a text search (``q=``) for a rare word (``quokka``, in one body in 50 000), a common one (in
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             views = {
                 "overview page, all time": ("overview", overview, (TraceFilter(),)),
                 "overview page, 7 days": ("overview", overview, (TraceFilter(since=now - 7 * DAY, until=until),)),
+                "overview page, 24 hours": ("overview", overview, (TraceFilter(since=now - DAY, until=until),)),
                 "list, newest": ("list", queries.list_traces, (TraceFilter(),)),
                 "list, one model": ("list", queries.list_traces, (TraceFilter(model=model),)),
                 "list, by cost": ("list", queries.list_traces, (TraceFilter(),)),

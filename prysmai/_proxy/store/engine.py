@@ -56,7 +56,8 @@ class Dialect(Protocol):
     """The SQL that differs between engines, as the query layer needs it."""
 
     def bucket(self, column: str) -> str:
-        """The histogram bucket of ``column`` (see :mod:`.rollups`); NULL stays NULL."""
+        """The histogram bucket of ``column`` (see :mod:`.rollups`); of a NULL, some bucket or NULL
+        (a count of the column then skips it)."""
         ...
 
     def meta_equals(self, key: str, value: str) -> tuple[str, list[Any]]:
@@ -110,6 +111,12 @@ class Dialect(Protocol):
     def hourly_keys(self) -> bool:
         """Whether the store keeps the per-key rollups by hour (:data:`~.rollups.KEY_HOUR_ROLLUPS`)
         beside the per-day ones: a range's partial days are then read from them."""
+        ...
+
+    def quarter_hours(self) -> bool:
+        """Whether the store keeps the rollups by quarter hour (:data:`~.rollups.QUARTER_TOTALS`,
+        :data:`~.rollups.QUARTER_HIST`): a series of 15-minute buckets, and the whole quarters of
+        a range's partial hours, are then read from them."""
         ...
 
 

@@ -41,19 +41,26 @@ from .queries import (
     _keys_all_time,
     _merge,
     _raw_totals_sql,
-    _rollup_totals_sql,
     _series,
     _small_project,
     _tiered,
     _Tiers,
+    _totals_tiers,
     _traces,
     _where,
 )
-from .rollups import BUCKET_FLOOR_MS, BUCKETS_PER_E, ERROR_STATUSES, HIST_LEVELS, KEY_PERIOD, KEY_ROLLUPS
+from .rollups import (
+    BUCKET_FLOOR_MS,
+    BUCKETS_PER_E,
+    ERROR_STATUSES,
+    EVERY_HIST_LEVEL,
+    EVERY_TOTALS_LEVEL,
+    KEY_PERIOD,
+    KEY_ROLLUPS,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
     from .engine import Connection
@@ -259,15 +266,11 @@ def _totals(conn: Connection, f: TraceFilter, g: _Grouping, now: float) -> dict[
     aggs: dict[Any, _Agg] = {}
     seek = not f.rollup_ok and _small_project(conn, f)
     reads = _Tiers(conn, aggs, g.n)
-    tiers: list[tuple[int, Callable[[int | None, int], None]]] = []
-    hour = g.hour
-    if f.rollup_ok and hour is not None:
-        tiers.append((_HOUR, lambda lo, hi: reads.totals.append(_rollup_totals_sql(f, hour, lo, hi, g.n))))
 
     def raw(lo: float | None, hi: float | None) -> None:
         reads.totals.append(_raw_totals_sql(conn, f, g.raw, lo, hi, seek, g.n))
 
-    _tiered(f.since, f.until, now, tiers, raw)
+    _tiered(f.since, f.until, now, _totals_tiers(conn, f, g, reads), raw)
     reads.read()
     return aggs
 
@@ -287,8 +290,8 @@ def _by_rollup_column(
 
     grouping = _Grouping(
         f"{dialect.period('created_at', width)}, {column}",
-        per(_HOUR, "hour"),
-        {t: per(seconds, "period") if column in dims else None for t, (seconds, dims) in HIST_LEVELS.items()},
+        {t: per(seconds, time_column) for t, (seconds, time_column) in EVERY_TOTALS_LEVEL.items()},
+        {t: per(seconds, "period") if column in dims else None for t, (seconds, dims) in EVERY_HIST_LEVEL.items()},
         2,
     )
     per_key: dict[Any, dict[int, _Agg]] = {}

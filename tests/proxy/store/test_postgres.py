@@ -4,6 +4,7 @@ versioned, and a URL's password is never shown."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -20,7 +21,7 @@ from prysmai._proxy.store import QueryTimeout, Store, StoreError, TraceFilter, q
 from prysmai._proxy.store.engine import register_dialect
 from prysmai._proxy.store.postgres.engine import PostgresConnection, PostgresEngine, masked
 from prysmai._proxy.store.postgres.schema import SCHEMA_VERSION
-from prysmai._proxy.store.rollups import KEY_HOUR_ROLLUPS
+from prysmai._proxy.store.rollups import KEY_HOUR_ROLLUPS, QUARTER_HIST, QUARTER_TOTALS
 from prysmai._proxy.store.rows import COLUMNS
 from prysmai._proxy.store.sqlite import SQLiteEngine, insert_rows
 
@@ -756,6 +757,50 @@ def test_a_ranges_partial_days_are_read_from_the_hourly_key_rollups(pg_url: str,
         assert want[0]["breakdowns"]["user_id"] and want[3][0], f  # something to compare
 
 
+#: Ranges of a day or so with edges inside a quarter hour: the dashboard's day (15-minute
+#: buckets), and ranges whose partial hours hold whole quarters.
+_QUARTER_RANGES = (
+    TraceFilter(since=NOW - 86400 + 0.25),
+    TraceFilter(since=NOW - 3 * 86400 - 1234.5, until=NOW - 2 * 86400 + 2345.75),
+    TraceFilter(since=NOW - 30 * 3600 + 77.5, until=NOW - 5 * 3600 - 600.25, project="web"),
+)
+
+
+def test_a_days_series_and_a_ranges_partial_hours_read_the_quarter_hour_rollups(pg_url: str, tmp_path: Any) -> None:
+    """On PostgreSQL (version 11), a series of 15-minute buckets reads the rollups by quarter hour
+    (the dashboard's day: at 10 M traces its rows were a day's 440 000), and so do the whole
+    quarters of a range's partial hours (a 7-day page's series and totals); a filter the rollups
+    cannot answer reads the rows. Each answers exactly as SQLite, which keeps no such rollups."""
+    rows = make_rows(1500, seed=19)
+    reads: list[tuple[str, list[str]]] = []
+
+    def read(conn: Any) -> Any:
+        out = []
+        for f in _QUARTER_RANGES:
+            for what, fn, args in (
+                ("page", queries.overview_page, (f, 900, queries.BREAKDOWNS, 5)),
+                ("week page", queries.overview_page, (dataclasses.replace(f, since=f.since - 6 * 86400), 7200, (), 5)),
+                ("split", slices.group_series, (f, "model", 900)),
+                ("a user's", queries.timeseries, (dataclasses.replace(f, user_id="ann"), 900)),
+            ):
+                _Counting.statements = []
+                out.append(fn(conn, *args))
+                reads.append((what, list(_Counting.statements)))
+        return out
+
+    found = _read_on_postgres(pg_url, rows, _Counting, read)
+    for what, statements in reads:
+        totals = any("FROM rollup_quarter" in sql for sql in statements)
+        hists = any("FROM rollup_hist_quarter" in sql for sql in statements)
+        assert totals == (what != "a user's"), what
+        # A split by model has no histogram by quarter and model: its quarters' are read from rows.
+        assert hists == (what in ("page", "week page")), what
+    expected = _read_on_sqlite(tmp_path, rows, read)
+    for got, want in zip(found, expected):
+        assert close_enough(got, want)
+    assert all(page["overview"]["requests"] for page in expected[::4])  # something to compare
+
+
 def _many_keys(rows: list[tuple[Any, ...]], seed: int) -> list[tuple[Any, ...]]:
     """``rows`` with their users and sessions drawn from many keys (ties among the top ones)."""
     rng = random.Random(seed)
@@ -847,7 +892,7 @@ def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_pa
     as SQLite."""
     import psycopg
 
-    from prysmai._proxy.store.postgres.schema import MIGRATIONS, _hist_table, _key_table
+    from prysmai._proxy.store.postgres.schema import MIGRATIONS, V11, _hist_table, _key_table
 
     rows = make_rows(400, seed=8)
     engine = PostgresEngine(pg_url)
@@ -856,14 +901,17 @@ def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_pa
             conn.execute(MIGRATIONS[step])
         conn.execute("CREATE TABLE prysmai_schema (version integer NOT NULL)")
         conn.execute("INSERT INTO prysmai_schema (version) VALUES (6)")
-        # Today's insert also folds into version 9's hourly histograms by model and version 10's
-        # hourly per-key rollups: the tables are there for it, emptied after, and versions 9 and
-        # 10 build them again from the rows.
+        # Today's insert also folds into version 9's hourly histograms by model, version 10's
+        # hourly per-key rollups and version 11's rollups by quarter hour: the tables are there
+        # for it (version 11's as it makes them), emptied or dropped after, and versions 9 to 11
+        # build them again from the rows.
         conn.execute(_hist_table("rollup_hist_model_hour"))
         for column, table in KEY_HOUR_ROLLUPS.items():
             conn.execute(_key_table(column, table))
+        conn.execute(V11)
         engine.insert_rows(conn, rows)
         conn.execute("DELETE FROM rollup_hist_model_hour")
+        conn.execute(f"DROP TABLE {', '.join([*QUARTER_TOTALS, *QUARTER_HIST])}")
         for table in KEY_HOUR_ROLLUPS.values():
             conn.execute(f"DELETE FROM {table}")
         every = "SELECT * FROM traces ORDER BY id"
@@ -893,6 +941,30 @@ def test_a_version_6_database_is_migrated_and_reads_the_same(pg_url: str, tmp_pa
         for store in stores:
             if store is not None:
                 store.close()
+
+
+def test_version_11_builds_the_quarter_hour_rollups_from_the_rows(pg_url: str) -> None:
+    """A database of version 10 holding traces gets its rollups by quarter hour built from the
+    rows: row for row what folding those traces gives, every trace counted once."""
+    import psycopg
+
+    rows = make_rows(700, seed=18)
+    engine = insert_on_postgres(pg_url, rows)
+    every = {
+        "rollup_quarter": "SELECT * FROM rollup_quarter ORDER BY period, project, model, endpoint, status",
+        "rollup_hist_quarter": "SELECT * FROM rollup_hist_quarter ORDER BY period, project, metric, bucket",
+    }
+    assert set(every) == {*QUARTER_TOTALS, *QUARTER_HIST}
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        folded = {t: raw.execute(sql).fetchall() for t, sql in every.items()}
+        assert sum(r[5] for r in folded["rollup_quarter"]) == len(rows)
+        latencies = sum(1 for r in rows if r[COLUMNS.index("latency_ms")] is not None)
+        assert sum(r[4] for r in folded["rollup_hist_quarter"] if r[2] == "latency") == latencies
+        raw.execute(f"DROP TABLE {', '.join(every)}")
+        raw.execute("UPDATE prysmai_schema SET version = 10")
+        engine.open_for_writing().close()  # migrates
+        assert raw.execute("SELECT version FROM prysmai_schema").fetchone() == (SCHEMA_VERSION,)
+        assert {t: raw.execute(sql).fetchall() for t, sql in every.items()} == folded
 
 
 # -- prysmai store copy ----------------------------------------------------------------------------

@@ -87,6 +87,8 @@ def _assert_rollups_match_rows(pg_url: str, tmp_path: Any, now: float) -> None:
                     [
                         (slices.group_series, (f, "model", 7200)),
                         (queries.timeseries, (dataclasses.replace(f, model="a"), 7200)),
+                        # The rollups by quarter hour (version 11): a day's page of 15-minute buckets.
+                        (queries.overview_page, (dataclasses.replace(f, since=now - DAY - 0.5), 900, (), 5)),
                     ]
                     if f.since is not None
                     else []
@@ -100,14 +102,29 @@ def _assert_rollups_match_rows(pg_url: str, tmp_path: Any, now: float) -> None:
     # Row for row, the hourly histograms by model equal those folded from scratch (a delete leaves
     # a bucket's bounds as they were: its count is compared).
     hist = "SELECT period, project, model, endpoint, metric, bucket, n FROM rollup_hist_model_hour WHERE n <> 0"
+    # PostgreSQL's rollups by quarter hour (version 11; SQLite keeps none), added up by hour, hold
+    # what SQLite's hourly ones hold.
+    quarters = {
+        "SELECT hour, project, model, endpoint, status, requests, total_tokens FROM rollup_hour WHERE requests <> 0": (
+            "SELECT period / 3600 * 3600, project, model, endpoint, status, sum(requests), sum(total_tokens) "
+            "FROM rollup_quarter GROUP BY 1, 2, 3, 4, 5 HAVING sum(requests) <> 0"
+        ),
+        "SELECT period, project, metric, bucket, n FROM rollup_hist_hour WHERE n <> 0": (
+            "SELECT period / 3600 * 3600, project, metric, bucket, sum(n) FROM rollup_hist_quarter "
+            "GROUP BY 1, 2, 3, 4 HAVING sum(n) <> 0"
+        ),
+    }
     with sqlite3.connect(path) as sconn:
         want = sorted(tuple(r) for r in sconn.execute(hist))
+        want_hours = [sorted(tuple(r) for r in sconn.execute(sql)) for sql in quarters]
     conn = PostgresEngine(pg_url).connect()
     try:
         got = sorted(tuple(r) for r in conn.execute(hist).fetchall())
+        got_hours = [sorted(tuple(r) for r in conn.execute(sql).fetchall()) for sql in quarters.values()]
     finally:
         conn.close()
     assert got == want and want
+    assert got_hours == want_hours and all(want_hours)
     _assert_key_hours_match_rows(pg_url, kept)
 
 

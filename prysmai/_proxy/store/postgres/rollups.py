@@ -13,9 +13,10 @@ takes its day out of the all-time totals by subtracting that day's rows of the p
 which hold it exactly (:data:`FORGET_DAY`), and builds the all-time histograms again from the
 daily ones left.
 
-The hourly per-key rollups (version 10) are PostgreSQL's own (SQLite keeps none: see
-:data:`~..rollups.KEY_HOUR_ROLLUPS`): folded and un-folded as the per-day ones are, and a dropped
-day's rows of them deleted with its other rollup rows.
+The hourly per-key rollups (version 10) and the rollups by quarter hour (version 11) are
+PostgreSQL's own (SQLite keeps none: see :data:`~..rollups.KEY_HOUR_ROLLUPS`,
+:data:`~..rollups.QUARTER_TOTALS`): folded and un-folded as the others are, and a dropped day's
+rows of them deleted with its other rollup rows.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from ..rollups import (
     BUCKET_FLOOR_MS,
     BUCKETS_PER_E,
     ERRORS_SQL,
+    EVERY_HIST_LEVEL,
     EVERY_PROJECT,
-    HIST_LEVELS,
+    EVERY_TOTALS_LEVEL,
     HOUR_DIMS,
     KEY_ALL_ROLLUPS,
     KEY_HOUR_PERIOD,
@@ -47,7 +49,8 @@ from ..rollups import (
 
 
 def bucket_sql(column: str) -> str:
-    """The histogram bucket of ``column`` (NULL stays NULL), as SQLite's ``CAST(ln(...) AS
+    """The histogram bucket of ``column`` (a NULL falls in bucket 0: ``greatest`` skips NULLs; the
+    folds read non-NULL values, and a read counts ``count(column)``), as SQLite's ``CAST(ln(...) AS
     INTEGER)`` computes it: ``floor``, since PostgreSQL's cast to an integer rounds."""
     return f"floor(ln(greatest({column}, {BUCKET_FLOOR_MS}) * {1 / BUCKET_FLOOR_MS:g}) * {BUCKETS_PER_E})::integer"
 
@@ -62,24 +65,18 @@ _NO_USAGE = f"count(*) FILTER (WHERE {NO_USAGE_SQL})"
 _ERRORS = f"count(*) FILTER (WHERE {ERRORS_SQL})"
 
 
-def _fold_hour(sign: str = "") -> str:
-    names = ", ".join(["hour", *HOUR_DIMS])
+def _fold_totals(table: str, sign: str = "", source: str = "new_rows", order: str = "") -> str:
+    seconds, column = EVERY_TOTALS_LEVEL[table]
+    names = ", ".join([column, *HOUR_DIMS])
     keys = ", ".join(key_sql(d) for d in HOUR_DIMS)
     group = ", ".join(str(i + 1) for i in range(len(HOUR_DIMS) + 1))
-    return f"""INSERT INTO rollup_hour ({names}, requests, prompt_tokens, completion_tokens, total_tokens,
+    return f"""INSERT INTO {table} ({names}, requests, prompt_tokens, completion_tokens, total_tokens,
         cost_usd, unpriced, no_usage)
-    SELECT {period_sql("created_at", 3600)} * 3600, {keys}, {sign}count(*),
+    SELECT {period_sql("created_at", seconds)} * {seconds}, {keys}, {sign}count(*),
         {sign}coalesce(sum(prompt_tokens), 0), {sign}coalesce(sum(completion_tokens), 0),
         {sign}coalesce(sum(total_tokens), 0), {sign}coalesce(sum(cost_usd), 0), {sign}{_UNPRICED}, {sign}{_NO_USAGE}
-    FROM new_rows GROUP BY {group}
-    ON CONFLICT ({names}) DO UPDATE SET
-        requests = rollup_hour.requests + excluded.requests,
-        prompt_tokens = rollup_hour.prompt_tokens + excluded.prompt_tokens,
-        completion_tokens = rollup_hour.completion_tokens + excluded.completion_tokens,
-        total_tokens = rollup_hour.total_tokens + excluded.total_tokens,
-        cost_usd = rollup_hour.cost_usd + excluded.cost_usd,
-        unpriced = rollup_hour.unpriced + excluded.unpriced,
-        no_usage = rollup_hour.no_usage + excluded.no_usage"""
+    FROM {source} GROUP BY {group}{order}
+    ON CONFLICT ({names}) DO UPDATE SET {_adding(table, _HOUR_TOTALS)}"""
 
 
 def _fold_key(column: str, sign: str = "", hourly: bool = False, source: str = "new_rows", order: str = "") -> str:
@@ -103,8 +100,8 @@ def _fold_key(column: str, sign: str = "", hourly: bool = False, source: str = "
         last_seen = greatest({table}.last_seen, excluded.last_seen)"""
 
 
-def _fold_hist(table: str, sign: str = "", source: str = "new_rows") -> str:
-    seconds, dims = HIST_LEVELS[table]
+def _fold_hist(table: str, sign: str = "", source: str = "new_rows", order: str = "") -> str:
+    seconds, dims = EVERY_HIST_LEVEL[table]
     names = ", ".join(["period", *dims, "metric", "bucket"])
     keys = ", ".join([f"{period_sql('created_at', seconds)} * {seconds}", *(key_sql(d) for d in dims)])
     group = ", ".join(str(i + 1) for i in range(len(dims) + 3))
@@ -113,7 +110,7 @@ def _fold_hist(table: str, sign: str = "", source: str = "new_rows") -> str:
         FROM {source} WHERE {column} IS NOT NULL GROUP BY {group}"""
         for metric, column in METRICS
     )
-    return f"""INSERT INTO {table} ({names}, n, min_ms, max_ms) {selects}
+    return f"""INSERT INTO {table} ({names}, n, min_ms, max_ms) {selects}{order}
     ON CONFLICT ({names}) DO UPDATE SET
         n = {table}.n + excluded.n,
         min_ms = least({table}.min_ms, excluded.min_ms),
@@ -127,10 +124,17 @@ def fill_key_hours(column: str) -> str:
     return _fold_key(column, hourly=True, source="trace_rows", order=" ORDER BY 1")
 
 
-def fill_hist(table: str) -> str:
+def fill_hist(table: str, order: str = "") -> str:
     """The statement that folds every row of ``trace_rows`` into the histogram rollup ``table``,
-    just created empty (a migration's; the rows are committed, so every one is in the rollups)."""
-    return _fold_hist(table, source="trace_rows")
+    just created empty (a migration's; the rows are committed, so every one is in the rollups);
+    ``order``: `` ORDER BY 1`` to write its rows in the order of their periods."""
+    return _fold_hist(table, source="trace_rows", order=order)
+
+
+def fill_totals(table: str) -> str:
+    """The statement that folds every row of ``trace_rows`` into the totals rollup ``table``, just
+    created empty (a migration's), in the order of their periods, as folding writes them."""
+    return _fold_totals(table, source="trace_rows", order=" ORDER BY 1")
 
 
 _HOUR_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced", "no_usage")
@@ -177,8 +181,8 @@ def _fold_key_all(column: str, sign: str = "") -> str:
 
 def _statements(sign: str) -> tuple[str, ...]:
     return (
-        _fold_hour(sign),
-        *(_fold_hist(t, sign) for t in HIST_LEVELS),
+        *(_fold_totals(t, sign) for t in EVERY_TOTALS_LEVEL),
+        *(_fold_hist(t, sign) for t in EVERY_HIST_LEVEL),
         *(_fold_key(c, sign) for c in KEY_ROLLUPS),
         *(_fold_key(c, sign, hourly=True) for c in KEY_HOUR_ROLLUPS),
         *_fold_all(sign),
@@ -236,15 +240,15 @@ SCORED_FILL = scored_fold_sql(
 )
 #: Every rollup table, with the column holding its period's start and the period's length.
 PERIODS = {
-    "rollup_hour": ("hour", 3600),
-    **{t: ("period", seconds) for t, (seconds, _) in HIST_LEVELS.items()},
+    **{t: (column, seconds) for t, (seconds, column) in EVERY_TOTALS_LEVEL.items()},
+    **{t: ("period", seconds) for t, (seconds, _) in EVERY_HIST_LEVEL.items()},
     **{t: ("period", KEY_PERIOD) for t in KEY_ROLLUPS.values()},
     **{t: ("period", KEY_HOUR_PERIOD) for t in KEY_HOUR_ROLLUPS.values()},
     SCORED_TOTALS: ("period", KEY_PERIOD),
     SCORED_HIST: ("period", KEY_PERIOD),
 }
 #: Each rollup table's count: a row whose count is 0 holds nothing.
-COUNTS = {t: "n" if t in HIST_LEVELS or t == SCORED_HIST else "requests" for t in PERIODS}
+COUNTS = {t: "n" if t in EVERY_HIST_LEVEL or t == SCORED_HIST else "requests" for t in PERIODS}
 #: The all-time rollups' rows brought to zero (a key seen again gets its row back).
 EMPTY_ALL = (
     *(f"DELETE FROM {t} WHERE requests <= 0" for t in (ALL_TOTALS, *KEY_ALL_ROLLUPS.values())),

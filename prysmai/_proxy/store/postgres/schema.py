@@ -22,8 +22,9 @@ The same logical schema as SQLite's, laid out for a database that holds weeks of
   version 8 makes the user and session indexes covering; version 9 adds
   ``rollup_hist_model_hour`` and the scored traces' rollups (``rollup_scored_day``,
   ``rollup_scored_hist_day``, kept by the scores' writes and retention's take-backs); version 10
-  adds the per-key rollups by hour, ``rollup_user_hour`` and ``rollup_session_hour`` (PostgreSQL's
-  own: SQLite keeps none).
+  adds the per-key rollups by hour, ``rollup_user_hour`` and ``rollup_session_hour``; version 11
+  the rollups by quarter hour, ``rollup_quarter`` and ``rollup_hist_quarter`` (PostgreSQL's own:
+  SQLite keeps neither).
 
 Migrations run at start-up inside a transaction holding an advisory lock, so replicas starting
 together cannot race; ``prysmai_schema.version`` holds the version, and a database written by a
@@ -37,14 +38,16 @@ from ..rollups import (
     ALL_HIST,
     ALL_HIST_DIMS,
     ALL_TOTALS,
+    EVERY_HIST_LEVEL,
     EVERY_PROJECT,
-    HIST_LEVELS,
     HOUR_DIMS,
     KEY_ALL_ROLLUPS,
     KEY_HOUR_ROLLUPS,
     KEY_PERIOD,
     KEY_ROLLUPS,
     KEY_TOTALS,
+    QUARTER_HIST,
+    QUARTER_TOTALS,
     SCORE_ROLLUP_ALL,
     SCORE_ROLLUP_DAY,
     SCORED_COUNTS,
@@ -53,7 +56,7 @@ from ..rollups import (
     SCORED_TOTALS,
 )
 from ..scores import rollup_fill_sql
-from .rollups import SCORED_FILL, fill_hist, fill_key_hours, period_sql
+from .rollups import SCORED_FILL, fill_hist, fill_key_hours, fill_totals, period_sql
 
 #: Column types, in :data:`~..rows.COLUMNS` order. Bodies are not in ``trace_rows``.
 TYPES = {
@@ -99,7 +102,7 @@ _HOUR_DIMS = "".join(f"    {d} {_TEXT} NOT NULL,\n" for d in HOUR_DIMS)
 
 
 def _hist_table(table: str) -> str:
-    _, dims = HIST_LEVELS[table]
+    _, dims = EVERY_HIST_LEVEL[table]
     dim_columns = "".join(f"    {d} {_TEXT} NOT NULL,\n" for d in dims)
     key = ", ".join(["period", *dims, "metric", "bucket"])
     return f"""CREATE TABLE {table} (
@@ -425,8 +428,35 @@ def _v10() -> str:
 
 V10 = _v10()
 
+
+def _v11() -> str:
+    """Version 11 (the day's overview at 10 M traces): the rollups by quarter hour
+    (:data:`~..rollups.QUARTER_TOTALS`, :data:`~..rollups.QUARTER_HIST`), built from the rows (again,
+    for a database taken back a version), in the order of their periods, as folding writes them."""
+    statements = []
+    for table in QUARTER_TOTALS:
+        column = QUARTER_TOTALS[table][1]
+        statements.append(
+            f"""DROP TABLE IF EXISTS {table};
+CREATE TABLE {table} (
+    {column} bigint NOT NULL,
+{_HOUR_DIMS}{_numbers(_HOUR_TOTALS)}    PRIMARY KEY ({column}, {", ".join(HOUR_DIMS)})
+);
+{fill_totals(table)};
+ANALYZE {table};
+"""
+        )
+    for table in QUARTER_HIST:
+        statements.append(
+            f"DROP TABLE IF EXISTS {table};\n{_hist_table(table)}{fill_hist(table, ' ORDER BY 1')};\nANALYZE {table};\n"
+        )
+    return "".join(statements)
+
+
+V11 = _v11()
+
 #: ``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3, 3: V4, 4: V5, 5: V6, 6: V7, 7: V8, 8: V9, 9: V10}
+MIGRATIONS: dict[int, str] = {0: V1, 1: V2, 2: V3, 3: V4, 4: V5, 5: V6, 6: V7, 7: V8, 8: V9, 9: V10, 10: V11}
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 #: The advisory lock migrations and partition creation take (any constant of our own).
 LOCK = 0x70727973  # "prys"

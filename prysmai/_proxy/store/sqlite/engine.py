@@ -133,6 +133,10 @@ class SQLiteDialect:
         # covering index traces_agg), and each fold would be work for the one machine's writer.
         return False
 
+    @staticmethod
+    def quarter_hours() -> bool:
+        return False  # as hourly_keys: its day page meets its target from the rows
+
 
 def _like_literal(text: str) -> str:
     """``text`` as a LIKE pattern that matches it literally (with ``ESCAPE '\\'``)."""
