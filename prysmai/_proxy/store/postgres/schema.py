@@ -40,6 +40,7 @@ from ..rollups import (
     ALL_TOTALS,
     EVERY_HIST_LEVEL,
     EVERY_PROJECT,
+    EVERY_TOTALS_LEVEL,
     HOUR_DIMS,
     KEY_ALL_ROLLUPS,
     KEY_HOUR_ROLLUPS,
@@ -99,6 +100,26 @@ LATER = (*PREVIEWS, "error_code")
 _TEXT = 'text COLLATE "C"'
 _ROW_DDL = ",\n    ".join(f"{c} {TYPES[c].replace('text', _TEXT, 1)}" for c in ROW_COLUMNS if c not in LATER)
 _HOUR_DIMS = "".join(f"    {d} {_TEXT} NOT NULL,\n" for d in HOUR_DIMS)
+
+
+_HOUR_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced", "no_usage")
+
+
+def _numbers(columns: tuple[str, ...]) -> str:
+    return "".join(f"    {c} {'double precision' if c == 'cost_usd' else 'bigint'} NOT NULL,\n" for c in columns)
+
+
+def _dims(dims: tuple[str, ...]) -> str:
+    return "".join(f"    {d} {_TEXT} NOT NULL,\n" for d in dims)
+
+
+def _totals_table(table: str) -> str:
+    column = EVERY_TOTALS_LEVEL[table][1]
+    return f"""CREATE TABLE {table} (
+    {column} bigint NOT NULL,
+{_HOUR_DIMS}{_numbers(_HOUR_TOTALS)}    PRIMARY KEY ({column}, {", ".join(HOUR_DIMS)})
+);
+"""
 
 
 def _hist_table(table: str) -> str:
@@ -161,18 +182,8 @@ CREATE VIEW traces AS
         b.request_body, b.response_body, r.error, r.user_id, r.session_id, r.metadata,
         r.notes, r.response_model, r.provider_request_id, r.key_id, r.project, r.provider
     FROM trace_rows r LEFT JOIN trace_bodies b ON b.id = r.id AND b.created_at = r.created_at;
-CREATE TABLE rollup_hour (
-    hour bigint NOT NULL,
-{_HOUR_DIMS}    requests bigint NOT NULL,
-    prompt_tokens bigint NOT NULL,
-    completion_tokens bigint NOT NULL,
-    total_tokens bigint NOT NULL,
-    cost_usd double precision NOT NULL,
-    unpriced bigint NOT NULL,
-    no_usage bigint NOT NULL,
-    PRIMARY KEY (hour, {", ".join(HOUR_DIMS)})
-);
 """
+    + _totals_table("rollup_hour")
     # Version 1's histogram levels (version 6 adds rollup_hist_project_day).
     + "".join(_hist_table(t) for t in ("rollup_hist_hour", "rollup_hist_day"))
     + "".join(_key_table(c) for c in KEY_ROLLUPS)
@@ -268,16 +279,6 @@ CREATE OR REPLACE VIEW traces AS
 CREATE INDEX trace_rows_limited ON trace_rows (project, created_at, error_code)
     WHERE error_code IN ({", ".join(f"'{c}'" for c in REFUSAL_CODES)});
 """
-
-_HOUR_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced", "no_usage")
-
-
-def _numbers(columns: tuple[str, ...]) -> str:
-    return "".join(f"    {c} {'double precision' if c == 'cost_usd' else 'bigint'} NOT NULL,\n" for c in columns)
-
-
-def _dims(dims: tuple[str, ...]) -> str:
-    return "".join(f"    {d} {_TEXT} NOT NULL,\n" for d in dims)
 
 
 def _score_table(table: str, period: bool) -> str:
@@ -433,24 +434,9 @@ def _v11() -> str:
     """Version 11 (the day's overview at 10 M traces): the rollups by quarter hour
     (:data:`~..rollups.QUARTER_TOTALS`, :data:`~..rollups.QUARTER_HIST`), built from the rows (again,
     for a database taken back a version), in the order of their periods, as folding writes them."""
-    statements = []
-    for table in QUARTER_TOTALS:
-        column = QUARTER_TOTALS[table][1]
-        statements.append(
-            f"""DROP TABLE IF EXISTS {table};
-CREATE TABLE {table} (
-    {column} bigint NOT NULL,
-{_HOUR_DIMS}{_numbers(_HOUR_TOTALS)}    PRIMARY KEY ({column}, {", ".join(HOUR_DIMS)})
-);
-{fill_totals(table)};
-ANALYZE {table};
-"""
-        )
-    for table in QUARTER_HIST:
-        statements.append(
-            f"DROP TABLE IF EXISTS {table};\n{_hist_table(table)}{fill_hist(table, ' ORDER BY 1')};\nANALYZE {table};\n"
-        )
-    return "".join(statements)
+    built = [(t, _totals_table(t), fill_totals(t)) for t in QUARTER_TOTALS]
+    built += [(t, _hist_table(t), fill_hist(t, " ORDER BY 1")) for t in QUARTER_HIST]
+    return "".join(f"DROP TABLE IF EXISTS {t};\n{ddl}{fill};\nANALYZE {t};\n" for t, ddl, fill in built)
 
 
 V11 = _v11()
